@@ -1,0 +1,100 @@
+"""Constants of the official recipe and the AudioSet label list.
+
+Official code reads ``metadata/class_labels_indices.csv`` relative to the current directory at
+import time. Here nothing is read at import: ``config.labels``/``config.ids``/``config.classes_num``
+and the lookup tables are resolved on first access, from the CSV *inside the repository*
+(``<repo>/metadata/class_labels_indices.csv``), whatever the working directory. The CSV is the
+AudioSet ontology file; ``scripts/fetch_metadata.sh`` (or ``python3 utils/download.py labels``)
+fetches it from its official source. Any other label CSV in the same format can be passed around
+explicitly with :func:`read_class_labels`.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import os
+from dataclasses import dataclass
+from typing import List
+
+from errors import PannsError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_LABELS_CSV = os.path.join(REPO_ROOT, "metadata", "class_labels_indices.csv")
+LABELS_CSV_URL = "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/class_labels_indices.csv"
+
+# Official recipe constants (utils/config.py of audioset_tagging_cnn).
+sample_rate = 32000
+clip_seconds = 10
+clip_samples = sample_rate * clip_seconds
+AUDIOSET_CLASSES_NUM = 527
+
+
+@dataclass(frozen=True)
+class ClassLabels:
+    """The class list of a data set: ``ids[i]`` (AudioSet mid) and ``labels[i]`` (display name)."""
+
+    ids: List[str]
+    labels: List[str]
+
+    @property
+    def classes_num(self) -> int:
+        return len(self.labels)
+
+    @functools.cached_property
+    def id_to_ix(self) -> dict:
+        return {mid: i for i, mid in enumerate(self.ids)}
+
+    @functools.cached_property
+    def lb_to_ix(self) -> dict:
+        return {lb: i for i, lb in enumerate(self.labels)}
+
+
+def read_class_labels(csv_path: str | None = None) -> ClassLabels:
+    """Read a label CSV (header ``index,mid,display_name``; rows in index order).
+
+    Raises PannsError with the fix when the file is missing or malformed.
+    """
+    path = csv_path or DEFAULT_LABELS_CSV
+    if not os.path.isfile(path):
+        if csv_path is None:
+            raise PannsError(
+                f"AudioSet label CSV not found at {path}; fetch it with "
+                "'bash scripts/fetch_metadata.sh' (or pass --class_labels_csv)")
+        raise PannsError(f"label CSV not found: {path}")
+    return _read_class_labels_cached(os.path.abspath(path), os.path.getmtime(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_class_labels_cached(path: str, _mtime: float) -> ClassLabels:
+    ids, labels = [], []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows or [c.strip() for c in rows[0][:3]] != ["index", "mid", "display_name"]:
+        raise PannsError(f"{path} is not a label CSV (expected header 'index,mid,display_name')")
+    for n, row in enumerate(rows[1:]):
+        if len(row) < 3:
+            raise PannsError(f"{path}: line {n + 2} has {len(row)} columns, expected 3")
+        ids.append(row[1])
+        labels.append(row[2])
+    if not labels:
+        raise PannsError(f"{path} lists no classes")
+    return ClassLabels(ids=ids, labels=labels)
+
+
+def __getattr__(name: str):
+    """Official module-level names (``labels``, ``ids``, ``classes_num``, ``lb_to_ix``, ...), lazily."""
+    table = {"labels": "labels", "ids": "ids"}
+    if name in table:
+        return getattr(read_class_labels(), table[name])
+    if name == "classes_num":
+        try:
+            return read_class_labels().classes_num
+        except PannsError:
+            return AUDIOSET_CLASSES_NUM
+    if name in ("lb_to_ix", "id_to_ix"):
+        return getattr(read_class_labels(), name)
+    if name == "ix_to_lb":
+        return dict(enumerate(read_class_labels().labels))
+    if name == "ix_to_id":
+        return dict(enumerate(read_class_labels().ids))
+    raise AttributeError(f"module 'config' has no attribute {name!r}")

@@ -1,0 +1,115 @@
+"""Small helpers of the official ``utils/utilities.py`` (same names and numerics), fixed where noted."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Optional
+
+import numpy as np
+
+
+def create_folder(fd: str) -> None:
+    os.makedirs(fd, exist_ok=True)
+
+
+def get_filename(path: str) -> str:
+    """'/a/b/c.wav' -> 'c' (official: realpath, last component, splitext)."""
+    return os.path.splitext(os.path.basename(os.path.realpath(path)))[0]
+
+
+def get_sub_filepaths(folder: str) -> list:
+    """All files under ``folder``, sorted (official order was os.walk order)."""
+    paths = []
+    for root, _dirs, files in os.walk(folder):
+        paths.extend(os.path.join(root, name) for name in files)
+    return sorted(paths)
+
+
+def create_logging(log_dir: str, filemode: str = "w", console: bool = True) -> logging.Logger:
+    """Log to the first free ``<log_dir>/NNNN.log`` (INFO) and, optionally, the console.
+
+    Official format kept; fixed: the file is at INFO, not DEBUG (third-party debug spam stays out),
+    and repeated calls do not stack handlers.
+    """
+    create_folder(log_dir)
+    i = 0
+    while os.path.isfile(os.path.join(log_dir, f"{i:04d}.log")):
+        i += 1
+    log_path = os.path.join(log_dir, f"{i:04d}.log")
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_panns", False):
+            root.removeHandler(h)
+    root.setLevel(logging.INFO)
+    fh = logging.FileHandler(log_path, mode=filemode)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(filename)s[line:%(lineno)d] %(levelname)s %(message)s",
+                                      datefmt="%a, %d %b %Y %H:%M:%S"))
+    fh._panns = True
+    root.addHandler(fh)
+    if console:
+        ch = logging.StreamHandler(sys.stderr)
+        ch.setLevel(logging.INFO)
+        ch.setFormatter(logging.Formatter("%(name)-12s: %(levelname)-8s %(message)s"))
+        ch._panns = True
+        root.addHandler(ch)
+    return logging.getLogger()
+
+
+def float32_to_int16(x: np.ndarray) -> np.ndarray:
+    """Official quantisation: clip to [-1, 1], times 32767, truncate toward zero.
+
+    Fixed: the official ``assert max|x| <= 1.2`` aborted a whole packing job on one hot file;
+    out-of-range samples are clipped instead (values inside the range are byte-identical).
+    """
+    x = np.clip(np.asarray(x), -1, 1)
+    return (x * 32767.0).astype(np.int16)
+
+
+def int16_to_float32(x: np.ndarray) -> np.ndarray:
+    return (np.asarray(x) / 32767.0).astype(np.float32)
+
+
+def pad_or_truncate(x: np.ndarray, audio_length: int) -> np.ndarray:
+    """Pad zeros at the end or keep the first ``audio_length`` samples (official behaviour)."""
+    if len(x) <= audio_length:
+        return np.concatenate((x, np.zeros(audio_length - len(x))), axis=0)
+    return x[0:audio_length]
+
+
+def d_prime(auc) -> np.ndarray:
+    from scipy import stats
+
+    return stats.norm().ppf(auc) * np.sqrt(2.0)
+
+
+class Mixup(object):
+    """Beta(alpha, alpha) mixing coefficients for adjacent pairs (official ``utilities.Mixup``).
+
+    ``get_lambda(2B)`` returns ``[l0, 1-l0, l1, 1-l1, ...]`` drawn from its own RandomState so that
+    the sequence is reproducible; ``state_dict``/``load_state_dict`` make it resumable.
+    """
+
+    def __init__(self, mixup_alpha: float, random_seed: int = 1234):
+        self.mixup_alpha = mixup_alpha
+        self.random_state = np.random.RandomState(random_seed)
+
+    def get_lambda(self, batch_size: int) -> np.ndarray:
+        mixup_lambdas = []
+        for _n in range(0, batch_size, 2):
+            lam = self.random_state.beta(self.mixup_alpha, self.mixup_alpha, 1)[0]
+            mixup_lambdas.append(lam)
+            mixup_lambdas.append(1.0 - lam)
+        return np.array(mixup_lambdas)
+
+    def state_dict(self) -> dict:
+        return {"random_state": self.random_state.get_state(legacy=False)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.random_state.set_state(state["random_state"])
+
+
+def atomic_path(path: str) -> str:
+    """Temporary sibling name for writing ``path`` atomically (write there, then ``os.replace``)."""
+    d, base = os.path.split(os.path.abspath(path))
+    return os.path.join(d, f".{base}.tmp{os.getpid()}")
