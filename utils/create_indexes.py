@@ -1,0 +1,275 @@
+"""Index HDF5 files: which clip lives in which waveform HDF5 (official ``utils/create_indexes.py``).
+
+An index file has one row per clip (official format, readable by the official loader):
+
+    audio_name     (N,)       S20     b'Y<YTID>.wav'
+    target         (N, C)     bool    multi-hot labels
+    hdf5_path      (N,)       str     waveform HDF5 holding the clip (variable-length UTF-8; the official
+                                      S200 silently truncated long paths)
+    index_in_hdf5  (N,)       int32   row of the clip in that file
+
+Fixes against the official code:
+
+* ``hdf5_path`` is stored **relative to the folder of the index file** (attribute
+  ``hdf5_path_relative_to = 'index_dir'``), so a workspace can be moved or used from any working
+  directory. :func:`resolve_hdf5_path` reads absolute paths as they are, and relative paths first
+  relative to the index folder, then relative to the current directory (official files stored the
+  path as typed, relative to the CWD of script 3).
+* Rows of clips that were never packed (empty ``audio_name`` in official waveform files) are dropped.
+* ``combine_full_indexes`` chooses part files by **file name** (``balanced_train*.h5`` and
+  ``unbalanced_train*.h5``), not by a substring of the whole path (a workspace under
+  ``/data/train_ws`` used to pull ``eval.h5`` into full_train), in sorted, deterministic order.
+* Outputs are written to a temporary name and renamed.
+
+Usage (official command lines)::
+
+    python3 utils/create_indexes.py create_indexes --waveforms_hdf5_path=W.h5 --indexes_hdf5_path=I.h5
+    python3 utils/create_indexes.py combine_full_indexes --indexes_hdf5s_dir=DIR --full_indexes_hdf5_path=F.h5
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import h5py
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from errors import PannsError, run_cli  # noqa: E402
+from utilities import atomic_path  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+PATH_DTYPE = h5py.string_dtype("utf-8")
+PART_PREFIXES = ("balanced_train", "unbalanced_train")
+_ROWS_PER_READ = 200_000  # bounds memory when copying big (full_train sized) arrays
+
+
+def _relpath_for(target: str, index_path: str) -> str:
+    """``target`` relative to the folder of ``index_path`` (absolute when no relative path exists)."""
+    target = os.path.abspath(target)
+    try:
+        return os.path.relpath(target, os.path.dirname(os.path.abspath(index_path)))
+    except ValueError:  # other drive on Windows
+        return target
+
+
+def resolve_hdf5_path(stored: str, index_dir: str) -> str:
+    """Absolute path of a waveform HDF5 named in an index file stored in ``index_dir``.
+
+    Absolute paths are kept; relative ones are tried relative to ``index_dir`` (our files), then
+    relative to the current directory (official files). If neither exists the index-relative
+    candidate is returned, so the eventual error names a sensible path.
+    """
+    if os.path.isabs(stored):
+        return stored
+    candidate = os.path.normpath(os.path.join(index_dir, stored))
+    if os.path.exists(candidate):
+        return candidate
+    if os.path.exists(stored):
+        return os.path.abspath(stored)
+    return candidate
+
+
+def _decode(x) -> str:
+    return x.decode("utf-8") if isinstance(x, (bytes, np.bytes_)) else str(x)
+
+
+@dataclass
+class IndexTable:
+    """An index file in memory (targets optional, they are big for full_train).
+
+    ``hdf5_paths[path_codes[i]]`` is the resolved absolute waveform HDF5 path of row i.
+    """
+
+    indexes_hdf5_path: str
+    audio_names: np.ndarray      # (N,) fixed-width bytes
+    path_codes: np.ndarray       # (N,) int32 into hdf5_paths
+    hdf5_paths: List[str]        # unique resolved paths
+    indexes_in_hdf5: np.ndarray  # (N,) int64
+    classes_num: int
+    targets: Optional[np.ndarray] = None  # (N, C) bool
+
+    def __len__(self) -> int:
+        return len(self.audio_names)
+
+
+def _unique_codes(ds: h5py.Dataset) -> tuple:
+    """(unique strings, int32 codes) of a string dataset, fast for both S200 and vlen strings."""
+    n = ds.shape[0]
+    if ds.dtype.kind == "S":
+        arr = ds[:]
+        uniq, codes = np.unique(arr, return_inverse=True)
+        return [_decode(u) for u in uniq], codes.astype(np.int32)
+    codes = np.empty(n, dtype=np.int32)
+    table: Dict[bytes, int] = {}
+    for start in range(0, n, _ROWS_PER_READ):
+        chunk = ds[start:start + _ROWS_PER_READ]
+        for k, s in enumerate(chunk):
+            code = table.get(s)
+            if code is None:
+                code = table[s] = len(table)
+            codes[start + k] = code
+    return [_decode(u) for u in table], codes
+
+
+def read_index(indexes_hdf5_path: str, load_targets: bool = False, keep_empty: bool = False) -> IndexTable:
+    """Load an index HDF5 (ours or official). Rows with an empty ``audio_name`` are dropped unless asked."""
+    if not os.path.isfile(indexes_hdf5_path):
+        raise PannsError(f"index file not found: {indexes_hdf5_path} (create it with utils/create_indexes.py)")
+    try:
+        hf = h5py.File(indexes_hdf5_path, "r")
+    except OSError as e:
+        raise PannsError(f"cannot open index file {indexes_hdf5_path}: {e}") from None
+    with hf:
+        missing = [k for k in ("audio_name", "hdf5_path", "index_in_hdf5", "target") if k not in hf]
+        if missing:
+            raise PannsError(f"{indexes_hdf5_path} is not an index file (missing datasets: {', '.join(missing)})")
+        names = hf["audio_name"][:]
+        if names.dtype.kind != "S":
+            names = np.array([n if isinstance(n, bytes) else str(n).encode() for n in names], dtype="S")
+        uniq, codes = _unique_codes(hf["hdf5_path"])
+        idx = hf["index_in_hdf5"][:].astype(np.int64)
+        classes_num = int(hf["target"].shape[1])
+        targets = None
+        if load_targets:
+            targets = np.empty(hf["target"].shape, dtype=bool)
+            for s in range(0, len(names), _ROWS_PER_READ):
+                targets[s:s + _ROWS_PER_READ] = hf["target"][s:s + _ROWS_PER_READ]
+    index_dir = os.path.dirname(os.path.abspath(indexes_hdf5_path))
+    paths = [resolve_hdf5_path(p, index_dir) for p in uniq]
+    if not keep_empty:
+        keep = names != b""
+        if not keep.all():
+            names, codes, idx = names[keep], codes[keep], idx[keep]
+            targets = targets[keep] if targets is not None else None
+    return IndexTable(indexes_hdf5_path, names, codes, paths, idx, classes_num, targets)
+
+
+def _write_index_datasets(hf: h5py.File, n: int, classes_num: int, name_dtype, resizable: bool) -> None:
+    kw = dict(maxshape=(None,), chunks=True) if resizable else {}
+    kw2 = dict(maxshape=(None, classes_num), chunks=True) if resizable else {}
+    hf.create_dataset("audio_name", shape=(n,), dtype=name_dtype, **kw)
+    hf.create_dataset("target", shape=(n, classes_num), dtype=bool, **kw2)
+    hf.create_dataset("hdf5_path", shape=(n,), dtype=PATH_DTYPE, **kw)
+    hf.create_dataset("index_in_hdf5", shape=(n,), dtype=np.int32, **kw)
+    hf.attrs["hdf5_path_relative_to"] = "index_dir"
+
+
+def create_indexes(waveforms_hdf5_path: str, indexes_hdf5_path: str) -> int:
+    """Write the index of one waveform HDF5; returns the number of rows (packed clips)."""
+    if not os.path.isfile(waveforms_hdf5_path):
+        raise PannsError(f"waveform HDF5 not found: {waveforms_hdf5_path}")
+    try:
+        src = h5py.File(waveforms_hdf5_path, "r")
+    except OSError as e:
+        raise PannsError(f"cannot open waveform HDF5 {waveforms_hdf5_path}: {e}") from None
+    with src:
+        for k in ("audio_name", "target", "waveform"):
+            if k not in src:
+                raise PannsError(f"{waveforms_hdf5_path} is not a waveform HDF5 (no '{k}' dataset)")
+        names = src["audio_name"][:]
+        targets = src["target"][:]
+    rows = np.flatnonzero(names != b"")  # official files keep empty rows for missing clips
+    os.makedirs(os.path.dirname(os.path.abspath(indexes_hdf5_path)), exist_ok=True)
+    rel = _relpath_for(waveforms_hdf5_path, indexes_hdf5_path)
+    tmp = atomic_path(indexes_hdf5_path)
+    try:
+        with h5py.File(tmp, "w") as hf:
+            _write_index_datasets(hf, len(rows), targets.shape[1], names.dtype, resizable=False)
+            hf["audio_name"][:] = names[rows]
+            hf["target"][:] = targets[rows].astype(bool)
+            hf["hdf5_path"][:] = np.array([rel] * len(rows), dtype=object)
+            hf["index_in_hdf5"][:] = rows.astype(np.int32)
+        os.replace(tmp, indexes_hdf5_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    print(f"Write to {indexes_hdf5_path}")
+    return len(rows)
+
+
+def find_part_indexes(indexes_hdf5s_dir: str, exclude: Optional[str] = None) -> List[str]:
+    """Training part files under a folder: basename starts with balanced_train/unbalanced_train, ends .h5.
+
+    Sorted by path relative to the folder (balanced_train.h5 first, then the unbalanced parts in order).
+    """
+    found = []
+    excl = os.path.abspath(exclude) if exclude else None
+    for root, _dirs, files in os.walk(indexes_hdf5s_dir):
+        for name in files:
+            if name.endswith(".h5") and name.startswith(PART_PREFIXES):
+                path = os.path.join(root, name)
+                if os.path.abspath(path) != excl:
+                    found.append(path)
+    return sorted(found, key=lambda p: os.path.relpath(p, indexes_hdf5s_dir).replace(os.sep, "/"))
+
+
+def combine_full_indexes(indexes_hdf5s_dir: str, full_indexes_hdf5_path: str) -> int:
+    """Concatenate the training part indexes under a folder into one index; returns its row count."""
+    if not os.path.isdir(indexes_hdf5s_dir):
+        raise PannsError(f"indexes folder not found: {indexes_hdf5s_dir}")
+    paths = find_part_indexes(indexes_hdf5s_dir, exclude=full_indexes_hdf5_path)
+    print(f"Total {len(paths)} hdf5 to combine.")
+    if not paths:
+        raise PannsError(f"no balanced_train*.h5 / unbalanced_train*.h5 index files under {indexes_hdf5s_dir}")
+    os.makedirs(os.path.dirname(os.path.abspath(full_indexes_hdf5_path)), exist_ok=True)
+    tmp = atomic_path(full_indexes_hdf5_path)
+    n = 0
+    classes_num = None
+    try:
+        with h5py.File(tmp, "w") as full:
+            for path in paths:
+                print(path)
+                part = read_index(path, load_targets=True)
+                if classes_num is None:
+                    classes_num = part.classes_num
+                    _write_index_datasets(full, 0, classes_num, "S20", resizable=True)
+                elif part.classes_num != classes_num:
+                    raise PannsError(f"{path} has {part.classes_num} classes, earlier parts have {classes_num}")
+                names = part.audio_names
+                if names.dtype.itemsize > full["audio_name"].dtype.itemsize:
+                    raise PannsError(f"{path}: audio names longer than 20 bytes cannot be combined")
+                rel = np.array([_relpath_for(p, full_indexes_hdf5_path) for p in part.hdf5_paths], dtype=object)
+                m = n + len(part)
+                for key in ("audio_name", "hdf5_path", "index_in_hdf5"):
+                    full[key].resize((m,))
+                full["target"].resize((m, classes_num))
+                full["audio_name"][n:m] = names
+                full["target"][n:m] = part.targets
+                full["hdf5_path"][n:m] = rel[part.path_codes]
+                full["index_in_hdf5"][n:m] = part.indexes_in_hdf5.astype(np.int32)
+                n = m
+        os.replace(tmp, full_indexes_hdf5_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    print(f"Write combined full hdf5 to {full_indexes_hdf5_path}")
+    return n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode")
+    p = sub.add_parser("create_indexes", help="index one waveform HDF5")
+    p.add_argument("--waveforms_hdf5_path", type=str, required=True, help="waveform HDF5 to index")
+    p.add_argument("--indexes_hdf5_path", type=str, required=True, help="index HDF5 to write")
+    p = sub.add_parser("combine_full_indexes", help="combine balanced + unbalanced part indexes into full_train")
+    p.add_argument("--indexes_hdf5s_dir", type=str, required=True,
+                   help="folder searched (recursively) for balanced_train*.h5 and unbalanced_train*.h5 indexes")
+    p.add_argument("--full_indexes_hdf5_path", type=str, required=True, help="combined index HDF5 to write")
+    args = parser.parse_args()
+    if args.mode == "create_indexes":
+        create_indexes(args.waveforms_hdf5_path, args.indexes_hdf5_path)
+    elif args.mode == "combine_full_indexes":
+        combine_full_indexes(args.indexes_hdf5s_dir, args.full_indexes_hdf5_path)
+    else:
+        parser.error("choose a sub-command: create_indexes or combine_full_indexes")
+
+
+if __name__ == "__main__":
+    run_cli(main)

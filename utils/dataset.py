@@ -1,0 +1,646 @@
+"""AudioSet acquisition and packing (official ``utils/dataset.py`` sub-commands, fixed).
+
+Sub-commands (official names and arguments, plus options)::
+
+    split_unbalanced_csv_to_partial_csvs --unbalanced_csv=CSV --unbalanced_partial_csvs_dir=DIR
+    download_wavs --csv_path=CSV --audios_dir=DIR [--mini_data] [--num_workers=4] [--url_template=...]
+    pack_waveforms_to_hdf5 --csv_path=CSV --audios_dir=DIR --waveforms_hdf5_path=OUT.h5 [--mini_data]
+        [--sample_rate=32000] [--clip_seconds=10] [--num_workers=N] [--class_labels_csv=CSV] [--skip_existing]
+
+Segment CSVs are read with the official rule: the first three lines are dropped, every other line is
+``<YTID>, <start>, <end>, "<mid>,<mid>"`` (split on ``", "``).
+
+download_wavs: for each segment, yt-dlp downloads the whole audio stream to a temporary folder,
+ffmpeg cuts the segment (``-ss``/``-t`` *before* ``-i``, so it seeks instead of decoding the whole
+file first) to mono 16-bit PCM at 32 kHz, the result is validated and renamed to ``Y<YTID>.wav``.
+Clips run in parallel threads; existing valid files are skipped (resumable); throttling and transient
+network errors are retried with exponential backoff; clips that fail are listed with the reason in
+``<audios_dir>/download_failures.csv`` (permanent failures such as removed videos are not retried on
+the next run unless ``--retry_failed``). Unlike the official flag, ``--mini_data`` is really optional.
+
+pack_waveforms_to_hdf5 writes the official waveform HDF5 (``audio_name`` S20, ``waveform`` int16
+(N, clip_samples), ``target`` bool (N, classes), attribute ``sample_rate``). Differences on purpose:
+one row per clip that exists and decodes (the others are listed in ``<output>.missing.csv`` with the
+reason), so there are no silent all-zero rows; any format soundfile/ffmpeg decodes is accepted
+(``Y<YTID>.wav`` first, then ``Y<YTID>.flac``/``.mp3``/...; ``audio_name`` stays ``Y<YTID>.wav``);
+stereo is averaged, other rates are resampled (soxr HQ, as librosa); out-of-range samples are clipped
+instead of aborting; decoding runs in a process pool with ordered writes; the file is written under a
+temporary name and renamed. On 32 kHz input rows are byte-identical to the official packer
+(``librosa.load(sr=32000, mono=True)`` -> ``pad_or_truncate`` -> ``float32_to_int16``).
+A label id (mid) missing from the label CSV is an error naming the mid, the line and the label CSV.
+Extra attributes (the official code ignores them): ``clip_samples``, ``class_ids``, ``class_labels``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import multiprocessing
+import os
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import h5py
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import config  # noqa: E402
+from audio_io import AUDIO_EXTENSIONS, ffmpeg_exe, load_audio  # noqa: E402
+from errors import PannsError, run_cli  # noqa: E402
+from utilities import atomic_path, create_logging, float32_to_int16, get_filename, pad_or_truncate  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+YOUTUBE_URL_TEMPLATE = "https://www.youtube.com/watch?v={ytid}"
+UNBALANCED_ROWS_PER_PART = 50000
+MINI_ROWS = 10
+FAILURES_CSV_NAME = "download_failures.csv"
+
+
+# ------------------------------------------------------------------------------------------------
+# Segment CSVs
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Segment:
+    """One row of an AudioSet segment CSV."""
+
+    ytid: str
+    start: float
+    end: float
+    mids: Tuple[str, ...]
+    line: int = 0  # 1-based line number in the CSV, for error messages
+
+    @property
+    def audio_name(self) -> str:
+        # 'Y' prefix: some YouTube ids start with '-', which breaks command lines (official naming).
+        return f"Y{self.ytid}.wav"
+
+
+def read_segments_csv(csv_path: str) -> List[Segment]:
+    """Parse a segment CSV with the official rule (3 header lines dropped, fields split on ', ')."""
+    if not os.path.isfile(csv_path):
+        raise PannsError(f"segment CSV not found: {csv_path}")
+    with open(csv_path, "r", encoding="utf-8") as f:
+        lines = f.readlines()
+    segments = []
+    for n, line in enumerate(lines[3:], start=4):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        items = line.split(", ")
+        if len(items) < 4:
+            raise PannsError(f"{csv_path} line {n}: expected 'YTID, start, end, \"labels\"', got {line[:80]!r}")
+        try:
+            start, end = float(items[1]), float(items[2])
+        except ValueError:
+            raise PannsError(f"{csv_path} line {n}: start/end are not numbers: {line[:80]!r}") from None
+        label_field = ", ".join(items[3:])
+        parts = label_field.split('"')
+        labels = parts[1] if len(parts) >= 3 else label_field.strip()
+        mids = tuple(m.strip() for m in labels.split(",") if m.strip())
+        segments.append(Segment(items[0].strip(), start, end, mids, n))
+    return segments
+
+
+def targets_for(segments: Sequence[Segment], labels: config.ClassLabels, csv_path: str,
+                labels_csv: str) -> np.ndarray:
+    """Multi-hot bool targets (N, classes_num). Unknown mids raise PannsError naming mid, line and label CSV."""
+    targets = np.zeros((len(segments), labels.classes_num), dtype=bool)
+    id_to_ix = labels.id_to_ix
+    for n, seg in enumerate(segments):
+        for mid in seg.mids:
+            ix = id_to_ix.get(mid)
+            if ix is None:
+                raise PannsError(f"label id {mid!r} ({csv_path} line {seg.line}) is not in the label CSV "
+                                 f"{labels_csv}; pass the matching --class_labels_csv")
+            targets[n, ix] = True
+    return targets
+
+
+def read_metadata(csv_path: str, classes_num: Optional[int] = None, id_to_ix: Optional[dict] = None,
+                  class_labels_csv: Optional[str] = None) -> dict:
+    """Official helper: {'audio_name': array of 'Y<YTID>.wav', 'target': bool (N, classes_num)}."""
+    segments = read_segments_csv(csv_path)
+    if id_to_ix is None:
+        labels = config.read_class_labels(class_labels_csv)
+        targets = targets_for(segments, labels, csv_path, class_labels_csv or config.DEFAULT_LABELS_CSV)
+    else:
+        ids = [None] * (classes_num or len(id_to_ix))
+        for mid, ix in id_to_ix.items():
+            ids[ix] = mid
+        labels = config.ClassLabels(ids=ids, labels=[str(i) for i in ids])
+        targets = targets_for(segments, labels, csv_path, "<id_to_ix>")
+    return {"audio_name": np.array([s.audio_name for s in segments]), "target": targets}
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    tmp = atomic_path(path)
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def split_unbalanced_csv_to_partial_csvs(unbalanced_csv: str, unbalanced_partial_csvs_dir: str,
+                                         rows_per_part: int = UNBALANCED_ROWS_PER_PART) -> List[str]:
+    """Split the big unbalanced CSV into parts of <= 50,000 rows (official format: 3 'empty' lines first)."""
+    if not os.path.isfile(unbalanced_csv):
+        raise PannsError(f"unbalanced CSV not found: {unbalanced_csv}")
+    with open(unbalanced_csv, "r", encoding="utf-8") as f:
+        lines = f.readlines()[3:]
+    os.makedirs(unbalanced_partial_csvs_dir, exist_ok=True)
+    files_num = int(np.ceil(len(lines) / float(rows_per_part)))
+    out = []
+    for r in range(files_num):
+        path = os.path.join(unbalanced_partial_csvs_dir, f"unbalanced_train_segments_part{r:02d}.csv")
+        chunk = lines[r * rows_per_part:(r + 1) * rows_per_part]
+        _atomic_write_text(path, "empty\nempty\nempty\n" + "".join(chunk))
+        print(f"Write out csv to {path}")
+        out.append(path)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Download
+# ------------------------------------------------------------------------------------------------
+
+# Substrings of yt-dlp/HTTP error messages that mean "try again later" (throttling, flaky network).
+_TRANSIENT_MARKERS = (
+    "http error 429", "too many requests", "http error 500", "http error 502", "http error 503",
+    "http error 504", "timed out", "timeout", "temporary failure", "connection reset", "connection refused",
+    "connection aborted", "remote end closed", "incompleteread", "network is unreachable", "try again later",
+    "rate-limit", "rate limit", "confirm you're not a bot", "confirm you’re not a bot", "ssl", "eof occurred",
+)
+
+
+def is_transient_error(message: str) -> bool:
+    """True when a download error message looks like throttling or a transient network problem."""
+    m = message.lower()
+    return any(k in m for k in _TRANSIENT_MARKERS)
+
+
+def is_valid_wav(path: str, sample_rate: int = config.sample_rate) -> bool:
+    """A finished clip: readable WAV, mono, 16-bit PCM, the expected rate, at least one sample."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(path)
+    except Exception:
+        return False
+    return (info.format == "WAV" and info.channels == 1 and info.samplerate == sample_rate
+            and info.subtype == "PCM_16" and info.frames > 0)
+
+
+class _YdlLogger:
+    """Collects yt-dlp messages instead of printing them (the progress bar owns the terminal)."""
+
+    def __init__(self) -> None:
+        self.errors: List[str] = []
+
+    def debug(self, msg: str) -> None:
+        pass
+
+    def info(self, msg: str) -> None:
+        pass
+
+    def warning(self, msg: str) -> None:
+        logger.debug("yt-dlp: %s", msg)
+
+    def error(self, msg: str) -> None:
+        self.errors.append(msg)
+
+
+@dataclass
+class DownloadResult:
+    segment: Segment
+    status: str          # 'downloaded' | 'skipped' | 'failed'
+    reason: str = ""
+    permanent: bool = False
+    attempts: int = 0
+
+
+@dataclass
+class DownloadOptions:
+    audios_dir: str
+    url_template: str = YOUTUBE_URL_TEMPLATE
+    sample_rate: int = config.sample_rate
+    max_retries: int = 4
+    retry_base_delay: float = 10.0
+    socket_timeout: float = 30.0
+    cookies: Optional[str] = None
+
+
+def _fetch_media(url: str, tmp_dir: str, opts: DownloadOptions) -> str:
+    """Download the best audio stream of ``url`` into ``tmp_dir``; returns the file path."""
+    import yt_dlp
+
+    ylog = _YdlLogger()
+    ydl_opts = {
+        "format": "bestaudio/best",
+        "outtmpl": os.path.join(tmp_dir, "media.%(ext)s"),
+        "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": True,
+        "retries": 2, "fragment_retries": 2, "socket_timeout": opts.socket_timeout,
+        "cachedir": False, "overwrites": True, "logger": ylog,
+    }
+    exe = ffmpeg_exe()
+    if exe:
+        ydl_opts["ffmpeg_location"] = exe
+    if opts.cookies:
+        ydl_opts["cookiefile"] = opts.cookies
+    with yt_dlp.YoutubeDL(ydl_opts) as ydl:
+        ret = ydl.download([url])
+    files = [f for f in os.listdir(tmp_dir) if f.startswith("media.") and not f.endswith((".part", ".ytdl"))]
+    if ret != 0 or not files:
+        raise RuntimeError(ylog.errors[-1] if ylog.errors else f"yt-dlp returned {ret} and no file")
+    return os.path.join(tmp_dir, files[0])
+
+
+def _cut_segment(media: str, seg: Segment, out_wav: str, sample_rate: int) -> None:
+    """ffmpeg: seek to the segment start before opening the input, cut, downmix, resample, 16-bit PCM."""
+    exe = ffmpeg_exe()
+    if exe is None:
+        raise PannsError("ffmpeg not found; install it or 'pip install imageio-ffmpeg'")
+    duration = max(seg.end - seg.start, 0.0)
+    cmd = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+           "-ss", f"{seg.start:.3f}", "-t", f"{duration:.3f}", "-i", media,
+           "-vn", "-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le", "-f", "wav", out_wav]
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise RuntimeError(f"ffmpeg failed: {err[-1] if err else proc.returncode}")
+
+
+def _download_one(seg: Segment, opts: DownloadOptions) -> DownloadResult:
+    """Download and cut one segment with retries; never raises for per-clip problems."""
+    out = os.path.join(opts.audios_dir, seg.audio_name)
+    if is_valid_wav(out, opts.sample_rate):
+        return DownloadResult(seg, "skipped")
+    url = opts.url_template.format(ytid=seg.ytid)
+    attempt = 0
+    while True:
+        attempt += 1
+        tmp_dir = os.path.join(opts.audios_dir, f".tmp_Y{seg.ytid}_{os.getpid()}_{threading.get_ident()}")
+        os.makedirs(tmp_dir, exist_ok=True)
+        try:
+            try:
+                media = _fetch_media(url, tmp_dir, opts)
+            except Exception as e:  # yt-dlp DownloadError and network errors
+                msg = " ".join(str(e).replace("ERROR: ", "").split())
+                if is_transient_error(msg) and attempt <= opts.max_retries:
+                    delay = opts.retry_base_delay * (2 ** (attempt - 1)) * (1 + 0.25 * random.random())
+                    logger.info("%s: transient error (%s), retry %d in %.1f s", seg.ytid, msg, attempt, delay)
+                    time.sleep(delay)
+                    continue
+                return DownloadResult(seg, "failed", f"download: {msg}", not is_transient_error(msg), attempt)
+            tmp_wav = os.path.join(tmp_dir, "clip.wav")
+            try:
+                _cut_segment(media, seg, tmp_wav, opts.sample_rate)
+            except RuntimeError as e:
+                return DownloadResult(seg, "failed", str(e), True, attempt)
+            if not is_valid_wav(tmp_wav, opts.sample_rate):
+                return DownloadResult(seg, "failed", f"no audio in segment {seg.start:g}-{seg.end:g} s "
+                                      "(segment beyond the end of the media?)", True, attempt)
+            os.replace(tmp_wav, out)
+            return DownloadResult(seg, "downloaded", attempts=attempt)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _clean_stale_tmp_dirs(audios_dir: str) -> None:
+    """Remove temporary folders left by killed runs (their process no longer exists)."""
+    for name in os.listdir(audios_dir):
+        if not name.startswith(".tmp_Y"):
+            continue
+        try:
+            pid = int(name.rsplit("_", 2)[-2])
+            os.kill(pid, 0)
+            continue  # still running
+        except (ValueError, IndexError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(os.path.join(audios_dir, name), ignore_errors=True)
+
+
+def _read_failures(path: str) -> Dict[str, Tuple[str, bool]]:
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        return {r["YTID"]: (r.get("reason", ""), r.get("permanent", "0") == "1") for r in csv.DictReader(f)}
+
+
+def _write_failures(path: str, rows: List[DownloadResult]) -> None:
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["YTID", "start_seconds", "end_seconds", "reason", "permanent", "attempts"])
+    for r in rows:
+        s = r.segment
+        w.writerow([s.ytid, f"{s.start:g}", f"{s.end:g}", r.reason, int(r.permanent), r.attempts])
+    _atomic_write_text(path, buf.getvalue())
+
+
+@dataclass
+class DownloadReport:
+    downloaded: int = 0
+    skipped: int = 0
+    failed: List[DownloadResult] = field(default_factory=list)
+    failures_csv: str = ""
+
+
+def download_wavs(csv_path: str, audios_dir: str, mini_data: bool = False, num_workers: int = 4,
+                  url_template: str = YOUTUBE_URL_TEMPLATE, max_retries: int = 4, retry_base_delay: float = 10.0,
+                  failures_csv: Optional[str] = None, retry_failed: bool = False, sample_rate: int = config.sample_rate,
+                  socket_timeout: float = 30.0, cookies: Optional[str] = None, progress: bool = True) -> DownloadReport:
+    """Download the segments of a CSV as ``<audios_dir>/Y<YTID>.wav`` (see module docstring)."""
+    if "{ytid}" not in url_template:
+        raise PannsError(f"--url_template must contain '{{ytid}}', got {url_template!r}")
+    segments = read_segments_csv(csv_path)
+    if mini_data:
+        segments = segments[:MINI_ROWS]
+    os.makedirs(audios_dir, exist_ok=True)
+    _clean_stale_tmp_dirs(audios_dir)
+    failures_csv = failures_csv or os.path.join(audios_dir, FAILURES_CSV_NAME)
+    previous = _read_failures(failures_csv)
+    opts = DownloadOptions(audios_dir, url_template, sample_rate, max_retries, retry_base_delay, socket_timeout, cookies)
+
+    report = DownloadReport(failures_csv=failures_csv)
+    todo = []
+    for seg in segments:
+        prev = previous.get(seg.ytid)
+        if prev and prev[1] and not retry_failed and not os.path.exists(os.path.join(audios_dir, seg.audio_name)):
+            report.failed.append(DownloadResult(seg, "failed", prev[0], True, 0))  # known permanent failure
+        else:
+            todo.append(seg)
+    if report.failed:
+        logger.info("Not retrying %d clips that failed permanently before (use --retry_failed)", len(report.failed))
+    logger.info("Downloading %d clips of %s to %s with %d workers", len(todo), csv_path, audios_dir, num_workers)
+
+    from tqdm import tqdm
+
+    t0 = time.time()
+    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool, \
+            tqdm(total=len(todo), desc=f"download {get_filename(csv_path)}", unit="clip", disable=not progress) as bar:
+        futures = [pool.submit(_download_one, seg, opts) for seg in todo]
+        for fut in as_completed(futures):
+            res = fut.result()
+            if res.status == "downloaded":
+                report.downloaded += 1
+                logger.info("Download and convert to %s", os.path.join(audios_dir, res.segment.audio_name))
+            elif res.status == "skipped":
+                report.skipped += 1
+            else:
+                report.failed.append(res)
+                logger.info("Failed %s: %s", res.segment.ytid, res.reason)
+            bar.set_postfix(ok=report.downloaded, skip=report.skipped, fail=len(report.failed), refresh=False)
+            bar.update(1)
+    order = {s.ytid: i for i, s in enumerate(segments)}
+    report.failed.sort(key=lambda r: order.get(r.segment.ytid, 0))
+    _write_failures(failures_csv, report.failed)
+    logger.info("Download finished in %.1f s: %d downloaded, %d already present, %d failed (listed in %s)",
+                time.time() - t0, report.downloaded, report.skipped, len(report.failed), failures_csv)
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+# Packing
+# ------------------------------------------------------------------------------------------------
+
+_EXT_RANK = {ext: i for i, ext in enumerate(AUDIO_EXTENSIONS)}
+
+
+def scan_audios(audios_dir: str) -> Dict[str, str]:
+    """Map 'Y<YTID>' -> file path for every audio file in a folder (one listing, not a glob per clip).
+
+    When several files share a stem, ``.wav`` wins, then the order of ``audio_io.AUDIO_EXTENSIONS``.
+    """
+    found: Dict[str, Tuple[int, str]] = {}
+    with os.scandir(audios_dir) as it:
+        for entry in it:
+            stem, ext = os.path.splitext(entry.name)
+            rank = _EXT_RANK.get(ext.lower())
+            if rank is None or not stem.startswith("Y") or not entry.is_file():
+                continue
+            if stem not in found or rank < found[stem][0]:
+                found[stem] = (rank, entry.path)
+    return {stem: path for stem, (_rank, path) in found.items()}
+
+
+def decode_clip(path: str, sample_rate: int, clip_samples: int) -> np.ndarray:
+    """The official packing numerics: load (mono, resampled), pad/truncate, quantise to int16."""
+    audio = load_audio(path, sample_rate, mono=True)
+    return float32_to_int16(pad_or_truncate(audio, clip_samples))
+
+
+def _decode_job(job: Tuple[int, str, int, int]) -> Tuple[int, Optional[np.ndarray], str]:
+    n, path, sample_rate, clip_samples = job
+    try:
+        return n, decode_clip(path, sample_rate, clip_samples), ""
+    except Exception as e:  # one bad file must not stop the job
+        return n, None, " ".join(str(e).split()) or type(e).__name__
+
+
+def is_complete_waveforms_hdf5(path: str) -> bool:
+    """True for a readable waveform HDF5 whose datasets agree in length (what a finished pack leaves)."""
+    try:
+        with h5py.File(path, "r") as hf:
+            n = hf["audio_name"].shape[0]
+            return (hf["waveform"].shape[0] == n and hf["target"].shape[0] == n and "sample_rate" in hf.attrs)
+    except Exception:
+        return False
+
+
+@dataclass
+class PackReport:
+    path: str
+    rows: int
+    missing: List[Tuple[str, str]]
+    skipped_existing: bool = False
+
+
+def _decode_pool(jobs: List[Tuple[int, str, int, int]], num_workers: int):
+    """A process pool for decoding (None when one process is enough). Created before any HDF5 file is open."""
+    if num_workers <= 1 or len(jobs) <= 1:
+        return None
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else methods[0])
+    return ctx.Pool(min(num_workers, len(jobs)))
+
+
+def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: str, mini_data: bool = False,
+                           sample_rate: int = config.sample_rate, clip_seconds: float = config.clip_seconds,
+                           num_workers: int = 1, class_labels_csv: Optional[str] = None,
+                           skip_existing: bool = False, progress: bool = True) -> PackReport:
+    """Pack the clips of a segment CSV found in ``audios_dir`` into one waveform HDF5 (see module docstring)."""
+    if mini_data:
+        waveforms_hdf5_path += ".mini"
+    if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
+        logger.info("Skip %s: already packed", waveforms_hdf5_path)
+        return PackReport(waveforms_hdf5_path, -1, [], skipped_existing=True)
+    labels = config.read_class_labels(class_labels_csv)
+    segments = read_segments_csv(csv_path)
+    if mini_data:
+        segments = segments[:MINI_ROWS]
+    targets = targets_for(segments, labels, csv_path, class_labels_csv or config.DEFAULT_LABELS_CSV)
+    if not os.path.isdir(audios_dir):
+        raise PannsError(f"audio folder not found: {audios_dir}")
+    clip_samples = int(round(sample_rate * clip_seconds))
+    if clip_samples <= 0:
+        raise PannsError(f"clip length must be positive (sample_rate={sample_rate}, clip_seconds={clip_seconds})")
+    available = scan_audios(audios_dir)
+
+    missing: List[Tuple[str, str]] = []
+    jobs = []
+    for n, seg in enumerate(segments):
+        path = available.get(f"Y{seg.ytid}")
+        if path is None:
+            missing.append((seg.audio_name, "file not found"))
+            logger.info("%d File does not exist! %s", n, os.path.join(audios_dir, seg.audio_name))
+        else:
+            jobs.append((n, path, sample_rate, clip_samples))
+
+    names = [s.audio_name.encode() for s in segments]
+    name_width = max([20] + [len(b) for b in names])
+    out_dir = os.path.dirname(os.path.abspath(waveforms_hdf5_path))
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = atomic_path(waveforms_hdf5_path)
+    t0 = time.time()
+    from tqdm import tqdm
+
+    kept: List[int] = []
+    pool = _decode_pool(jobs, num_workers)
+    try:
+        # imap keeps the CSV order, so rows are written in order while workers decode ahead.
+        decoded = pool.imap(_decode_job, jobs, chunksize=2) if pool else map(_decode_job, jobs)
+        with h5py.File(tmp, "w") as hf:
+            # Chunks of one row: rows are read one at a time, and the file can shrink when a clip fails to decode.
+            wav = hf.create_dataset("waveform", shape=(len(jobs), clip_samples), maxshape=(None, clip_samples),
+                                    dtype=np.int16, chunks=(1, clip_samples))
+            with tqdm(total=len(jobs), desc=f"pack {get_filename(csv_path)}", unit="clip", disable=not progress) as bar:
+                for n, data, reason in decoded:
+                    if data is None:
+                        missing.append((segments[n].audio_name, f"decode error: {reason}"))
+                        logger.info("%d Cannot decode %s: %s", n, segments[n].audio_name, reason)
+                    else:
+                        wav[len(kept)] = data
+                        kept.append(n)
+                    bar.update(1)
+            wav.resize((len(kept), clip_samples))
+            hf.create_dataset("audio_name", data=np.array([names[n] for n in kept], dtype=f"S{name_width}"),
+                              shape=(len(kept),), dtype=f"S{name_width}")
+            hf.create_dataset("target", data=targets[kept].reshape(len(kept), labels.classes_num), dtype=bool)
+            hf.attrs.create("sample_rate", data=sample_rate, dtype=np.int32)
+            hf.attrs["clip_samples"] = np.int64(clip_samples)
+            hf.attrs["class_ids"] = np.array(labels.ids, dtype=h5py.string_dtype("utf-8"))
+            hf.attrs["class_labels"] = np.array(labels.labels, dtype=h5py.string_dtype("utf-8"))
+        os.replace(tmp, waveforms_hdf5_path)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+    missing_csv = waveforms_hdf5_path + ".missing.csv"
+    if missing:
+        order = {s.audio_name: i for i, s in enumerate(segments)}
+        missing.sort(key=lambda m: order.get(m[0], 0))
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["audio_name", "reason"])
+        w.writerows(missing)
+        _atomic_write_text(missing_csv, buf.getvalue())
+        logger.info("%d of %d clips missing or undecodable, listed in %s", len(missing), len(segments), missing_csv)
+    elif os.path.exists(missing_csv):
+        os.remove(missing_csv)  # stale list from an earlier run
+    logger.info("Write to %s (%d clips)", waveforms_hdf5_path, len(kept))
+    logger.info("Pack hdf5 time: %.3f", time.time() - t0)
+    return PackReport(waveforms_hdf5_path, len(kept), missing)
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode")
+
+    p = sub.add_parser("split_unbalanced_csv_to_partial_csvs", help="split the unbalanced CSV into 50k-row parts")
+    p.add_argument("--unbalanced_csv", type=str, required=True, help="path of unbalanced_train_segments.csv")
+    p.add_argument("--unbalanced_partial_csvs_dir", type=str, required=True, help="folder for the part CSVs")
+
+    p = sub.add_parser("download_wavs", help="download the clips of a segment CSV as 32 kHz mono wavs")
+    p.add_argument("--csv_path", type=str, required=True, help="segment CSV (AudioSet format)")
+    p.add_argument("--audios_dir", type=str, required=True, help="folder for Y<YTID>.wav files")
+    p.add_argument("--mini_data", action="store_true", default=False, help="only the first 10 clips (debug)")
+    p.add_argument("--num_workers", type=int, default=4, help="parallel downloads")
+    p.add_argument("--url_template", type=str, default=YOUTUBE_URL_TEMPLATE,
+                   help="URL of a clip's video, '{ytid}' is replaced by the YouTube id (point it at a mirror)")
+    p.add_argument("--max_retries", type=int, default=4, help="retries of a clip after throttling/transient errors")
+    p.add_argument("--retry_base_delay", type=float, default=10.0,
+                   help="seconds before the first retry; doubled for every further retry")
+    p.add_argument("--failures_csv", type=str, default=None,
+                   help=f"CSV listing failed clips and why (default <audios_dir>/{FAILURES_CSV_NAME})")
+    p.add_argument("--retry_failed", action="store_true",
+                   help="also retry clips that failed permanently in an earlier run (removed/private videos)")
+    p.add_argument("--cookies", type=str, default=None, help="cookies.txt passed to yt-dlp (optional)")
+    p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
+
+    p = sub.add_parser("pack_waveforms_to_hdf5", help="pack the clips of a segment CSV into one waveform HDF5")
+    p.add_argument("--csv_path", type=str, required=True, help="segment CSV (AudioSet format)")
+    p.add_argument("--audios_dir", type=str, required=True, help="folder holding Y<YTID>.wav (or .flac, .mp3, ...)")
+    p.add_argument("--waveforms_hdf5_path", type=str, required=True, help="output HDF5")
+    p.add_argument("--mini_data", action="store_true", default=False,
+                   help="only the first 10 clips; output name gets the suffix .mini")
+    p.add_argument("--sample_rate", type=int, default=config.sample_rate, help="sample rate of the packed waveforms")
+    p.add_argument("--clip_seconds", type=float, default=config.clip_seconds, help="clip length (pad or truncate)")
+    p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
+    p.add_argument("--class_labels_csv", type=str, default=None,
+                   help="label CSV (index,mid,display_name); default metadata/class_labels_indices.csv of the repo")
+    p.add_argument("--skip_existing", action="store_true", help="do nothing if the output exists and is complete")
+    p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
+
+    args = parser.parse_args()
+    if args.mode == "split_unbalanced_csv_to_partial_csvs":
+        split_unbalanced_csv_to_partial_csvs(args.unbalanced_csv, args.unbalanced_partial_csvs_dir)
+    elif args.mode == "download_wavs":
+        sub_dir = "download_dataset_minidata" if args.mini_data else "download_dataset"
+        logs = os.path.join(args.logs_dir, sub_dir, get_filename(args.csv_path))
+        create_logging(logs, filemode="w", console=False)
+        logging.info("Download log is saved to %s", logs)
+        rep = download_wavs(args.csv_path, args.audios_dir, args.mini_data, args.num_workers, args.url_template,
+                            args.max_retries, args.retry_base_delay, args.failures_csv, args.retry_failed,
+                            cookies=args.cookies)
+        print(f"{rep.downloaded} downloaded, {rep.skipped} already present, {len(rep.failed)} failed"
+              + (f" (see {rep.failures_csv})" if rep.failed else ""))
+    elif args.mode == "pack_waveforms_to_hdf5":
+        logs = os.path.join(args.logs_dir, "pack_waveforms_to_hdf5",
+                            ("mini_" if args.mini_data else "") + get_filename(args.csv_path))
+        create_logging(logs, filemode="w", console=False)
+        rep = pack_waveforms_to_hdf5(args.csv_path, args.audios_dir, args.waveforms_hdf5_path, args.mini_data,
+                                     args.sample_rate, args.clip_seconds, args.num_workers, args.class_labels_csv,
+                                     args.skip_existing)
+        if rep.skipped_existing:
+            print(f"Skip {rep.path}: already packed")
+        else:
+            print(f"Write {rep.rows} clips to {rep.path}"
+                  + (f"; {len(rep.missing)} missing, see {rep.path}.missing.csv" if rep.missing else ""))
+    else:
+        parser.error("choose a sub-command: split_unbalanced_csv_to_partial_csvs, download_wavs, "
+                     "pack_waveforms_to_hdf5")
+
+
+if __name__ == "__main__":
+    run_cli(main)
