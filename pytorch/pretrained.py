@@ -1,0 +1,197 @@
+"""Catalogue of the official pretrained PANNs checkpoints and a cached, resumable downloader.
+
+The authors published their AudioSet-trained weights on Zenodo (record 3987831) as
+``<ModelType>_mAP=<mAP>.pth`` files in the official format ``{'model': state_dict, ...}``.
+:func:`get_checkpoint` downloads the file for a model type once into a cache folder
+(``$PANNS_CACHE`` or ``~/.cache/panns``), validates it by loading it into the model (strict), and
+returns its path on every later call without touching the network. The base URL can be changed
+with ``$PANNS_CHECKPOINT_BASE_URL`` (mirrors, tests).
+
+CLI::
+
+    python3 pytorch/pretrained.py list
+    python3 pytorch/pretrained.py download --model_type Cnn14      # prints the cached path
+    python3 pytorch/pretrained.py path --model_type Cnn14          # where it is / would be cached
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import urllib.parse
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../utils"))
+
+from errors import CheckpointError, PannsError, run_cli  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+ZENODO_RECORD = 3987831
+DEFAULT_BASE_URL = f"https://zenodo.org/record/{ZENODO_RECORD}/files"
+
+# (sample_rate, window_size, hop_size, mel_bins, fmin, fmax) used to train each file.
+FRONT_END_32K = (32000, 1024, 320, 64, 50, 14000)
+FRONT_END_16K = (16000, 512, 160, 64, 50, 8000)
+FRONT_END_8K = (8000, 256, 80, 64, 50, 4000)
+
+
+@dataclass(frozen=True)
+class PretrainedCheckpoint:
+    """One published checkpoint file.
+
+    ``verified``: False where the file name is only known from third-party code that cites an
+    earlier version of the record (3960586); the download then may 404 and says so.
+    """
+
+    filename: str
+    model_type: str
+    mAP: float
+    front_end: Tuple[int, int, int, int, int, int] = FRONT_END_32K
+    verified: bool = True
+
+    @property
+    def sample_rate(self) -> int:
+        return self.front_end[0]
+
+    @property
+    def url(self) -> str:
+        return checkpoint_url(self.filename)
+
+
+def _entry(model_type: str, mAP: str, front_end=FRONT_END_32K, verified=True, filename=None) -> PretrainedCheckpoint:
+    return PretrainedCheckpoint(filename or f"{model_type}_mAP={mAP}.pth", model_type, float(mAP), front_end, verified)
+
+
+# Published mAP on the AudioSet evaluation set (README / resources/mAP_table.png).
+CATALOGUE: Dict[str, PretrainedCheckpoint] = {c.model_type: c for c in [
+    _entry("Cnn14", "0.431"),
+    _entry("Cnn14_16k", "0.438", FRONT_END_16K),
+    _entry("Cnn14_8k", "0.416", FRONT_END_8K),
+    _entry("Cnn14_DecisionLevelMax", "0.385"),
+    _entry("Wavegram_Logmel_Cnn14", "0.439"),
+    _entry("Wavegram_Cnn14", "0.389"),
+    _entry("Cnn10", "0.380"),
+    _entry("Cnn6", "0.343"),
+    _entry("ResNet22", "0.430"),
+    _entry("ResNet38", "0.434"),
+    _entry("ResNet54", "0.429"),
+    _entry("MobileNetV1", "0.389"),
+    _entry("MobileNetV2", "0.383"),
+    _entry("LeeNet11", "0.266"),
+    _entry("LeeNet24", "0.336"),
+    _entry("DaiNet19", "0.295"),
+    _entry("Res1dNet31", "0.365"),
+    _entry("Res1dNet51", "0.355"),
+    # Cited by third-party code from the earlier record version 3960586; unverified in 3987831.
+    _entry("Cnn14_DecisionLevelAtt", "0.425", verified=False),
+    _entry("Cnn14_emb512", "0.420", verified=False),
+    _entry("Cnn14_emb128", "0.412", verified=False),
+    _entry("Cnn14_emb32", "0.364", verified=False),
+]}
+
+
+def base_url() -> str:
+    return os.environ.get("PANNS_CHECKPOINT_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
+
+
+def checkpoint_url(filename: str) -> str:
+    """Zenodo URL of a file; the name is percent-encoded ('=' -> %3D)."""
+    return f"{base_url()}/{urllib.parse.quote(filename, safe='')}?download=1"
+
+
+def cache_dir() -> str:
+    return os.path.abspath(os.path.expanduser(os.environ.get("PANNS_CACHE") or "~/.cache/panns"))
+
+
+def available() -> List[str]:
+    """Model types that have a published checkpoint."""
+    return list(CATALOGUE)
+
+
+def lookup(name: str) -> PretrainedCheckpoint:
+    """Catalogue entry by model type (``Cnn14``) or file name (``Cnn14_mAP=0.431.pth``)."""
+    if name in CATALOGUE:
+        return CATALOGUE[name]
+    for entry in CATALOGUE.values():
+        if name in (entry.filename, os.path.splitext(entry.filename)[0]):
+            return entry
+    raise PannsError(f"no published checkpoint for {name!r}; pass --checkpoint_path. "
+                     f"Published: {', '.join(available())}")
+
+
+def cached_path(name: str, cache: Optional[str] = None) -> str:
+    return os.path.join(cache or cache_dir(), lookup(name).filename)
+
+
+def validate_checkpoint(path: str, model_type: str) -> None:
+    """Load ``path`` into a fresh ``model_type`` model (strict); CheckpointError if it does not fit."""
+    import checkpoint
+
+    checkpoint.load_model(path, model_type=model_type)
+
+
+def get_checkpoint(name: str, cache: Optional[str] = None, download: bool = True, progress: bool = True,
+                   validate: bool = True) -> str:
+    """Path of the official checkpoint for ``name`` (model type or file name), downloading it once.
+
+    A cached file is reused as is. A new download goes to ``<file>.part`` (resumable), is renamed
+    into place, then loaded into the model; a file that does not load is removed and reported.
+    """
+    entry = lookup(name)
+    path = cached_path(entry.model_type, cache)
+    if os.path.isfile(path):
+        return path
+    hint = (f"download {entry.url} and save it as {path} (or pass --checkpoint_path; "
+            f"set PANNS_CACHE to use another cache folder)")
+    if not download:
+        raise CheckpointError(f"checkpoint {entry.filename} is not in the cache; {hint}")
+    from download import DownloadError
+    from download import download as http_download
+
+    logger.info("downloading %s (%s, published mAP %.3f) to %s", entry.filename, entry.model_type, entry.mAP, path)
+    try:
+        http_download(entry.url, path, progress=progress)
+    except DownloadError as e:
+        unverified = "" if entry.verified else " (this file name is unverified for this record)"
+        raise CheckpointError(f"cannot download {entry.filename}: {e}{unverified}; {hint}") from None
+    if validate:
+        try:
+            validate_checkpoint(path, entry.model_type)
+        except PannsError as e:
+            bad = path + ".invalid"
+            os.replace(path, bad)
+            raise CheckpointError(f"downloaded {entry.filename} does not load as {entry.model_type} ({e}); "
+                                  f"moved to {bad}") from None
+    return path
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Official pretrained PANNs checkpoints (Zenodo record "
+                                                 f"{ZENODO_RECORD}): list, download into the cache, locate.")
+    sub = parser.add_subparsers(dest="mode", required=True)
+    sub.add_parser("list", help="print the catalogue (model type, mAP, sample rate, file name)")
+    for mode, text in (("download", "download (once) and print the cached path"),
+                       ("path", "print where the checkpoint is or would be cached")):
+        p = sub.add_parser(mode, help=text)
+        p.add_argument("--model_type", required=True, help="model type (e.g. Cnn14) or file name")
+        p.add_argument("--cache_dir", default=None, help="cache folder (default: $PANNS_CACHE or ~/.cache/panns)")
+        if mode == "download":
+            p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.mode == "list":
+        print(f"{'model_type':<24} {'mAP':>5} {'sr':>6}  file")
+        for e in CATALOGUE.values():
+            mark = "" if e.verified else "  (unverified)"
+            print(f"{e.model_type:<24} {e.mAP:.3f} {e.sample_rate:>6}  {e.filename}{mark}")
+    elif args.mode == "path":
+        print(cached_path(args.model_type, args.cache_dir))
+    else:
+        print(get_checkpoint(args.model_type, args.cache_dir, progress=not args.quiet))
+
+
+if __name__ == "__main__":
+    run_cli(main)

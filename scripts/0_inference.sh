@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The two official inference examples: audio tagging with Cnn14 and sound event detection with
+# Cnn14_DecisionLevelMax. Checkpoints come from the official Zenodo record (downloaded once into
+# $PANNS_CACHE or ~/.cache/panns); the label CSV is fetched into metadata/ if missing.
+#
+# Override with environment variables:
+#   AUDIO_PATH   clip to analyse (default: resources/R9_ZSCveAHg_7s.wav if present, else resources/example_clip.wav)
+#   CUDA_FLAG    "--cuda" to run on the GPU (default: on when a GPU is visible)
+#   TAGGING_MODEL / SED_MODEL   model types (default Cnn14 / Cnn14_DecisionLevelMax)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${AUDIO_PATH:-}" ]; then
+  if [ -f resources/R9_ZSCveAHg_7s.wav ]; then AUDIO_PATH=resources/R9_ZSCveAHg_7s.wav
+  else AUDIO_PATH=resources/example_clip.wav; fi
+fi
+TAGGING_MODEL="${TAGGING_MODEL:-Cnn14}"
+SED_MODEL="${SED_MODEL:-Cnn14_DecisionLevelMax}"
+if [ -z "${CUDA_FLAG+x}" ]; then
+  CUDA_FLAG=$(python3 -c "import torch; print('--cuda' if torch.cuda.is_available() else '')")
+fi
+
+# Label CSV (metadata/class_labels_indices.csv) if missing.
+[ -f metadata/class_labels_indices.csv ] || python3 utils/download.py labels
+
+# ------ Inference audio tagging result with pretrained model. ------
+CHECKPOINT_PATH=$(python3 pytorch/pretrained.py download --model_type="$TAGGING_MODEL")
+python3 pytorch/inference.py audio_tagging \
+    --model_type="$TAGGING_MODEL" \
+    --checkpoint_path="$CHECKPOINT_PATH" \
+    --audio_path="$AUDIO_PATH" \
+    $CUDA_FLAG
+
+# ------ Inference sound event detection result with pretrained model. ------
+CHECKPOINT_PATH=$(python3 pytorch/pretrained.py download --model_type="$SED_MODEL")
+python3 pytorch/inference.py sound_event_detection \
+    --model_type="$SED_MODEL" \
+    --checkpoint_path="$CHECKPOINT_PATH" \
+    --audio_path="$AUDIO_PATH" \
+    $CUDA_FLAG
