@@ -1,0 +1,995 @@
+"""PANNs model zoo: the 30 official classes, rebuilt from shared parts, plus a registry.
+
+Every class keeps the official name, constructor ``(sample_rate, window_size, hop_size, mel_bins,
+fmin, fmax, classes_num)``, ``state_dict`` keys (names, order, shapes), ``forward(input,
+mixup_lambda=None)`` and output dict, so official checkpoints load strictly and give the same
+numbers in fp32. Instead of 23 copies of the front end and head, the parts are written once:
+
+* ``_Model._add_frontend`` / ``_logmel``: STFT -> log-mel -> bn0 -> SpecAugment (always fp32);
+* ``ConvBlock`` & co.: one conv+BN+ReLU stack class (``_ConvStack``) in 1-D and 2-D;
+* ``_Model._clip_head`` / ``_sed_head``: the tagging head and the decision-level (SED) head;
+* families (``_Cnn``, ``_ResNetModel``, ``MobileNetV1/2``, ``_WaveModel``) whose variants only
+  pass other numbers.
+
+Mixed precision: under ``torch.autocast`` the front end and the final sigmoid / softmax run in
+float32; only the CNN body runs in bf16/fp16.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchlibrosa.augmentation import SpecAugmentation
+from torchlibrosa.stft import LogmelFilterBank, Spectrogram
+
+from pytorch_utils import do_mixup, interpolate, pad_framewise_output
+
+try:  # utils/ is on sys.path for entry scripts and tests; keep models importable without it
+    from errors import PannsError
+except ImportError:  # pragma: no cover
+    class PannsError(Exception):
+        pass
+
+
+def init_layer(layer: nn.Module) -> None:
+    """Xavier-uniform weight, zero bias (official init)."""
+    nn.init.xavier_uniform_(layer.weight)
+    if getattr(layer, "bias", None) is not None:
+        layer.bias.data.fill_(0.0)
+
+
+def init_bn(bn: nn.Module) -> None:
+    bn.bias.data.fill_(0.0)
+    bn.weight.data.fill_(1.0)
+
+
+def _fp32_region(x: torch.Tensor):
+    """Context that switches autocast off for x's device (the front end and output activations
+    must stay float32 for accuracy); a no-op when autocast is not active."""
+    dev = x.device.type
+    try:
+        active = torch.is_autocast_enabled(dev)
+    except (TypeError, RuntimeError):  # device types without autocast support
+        active = False
+    return torch.autocast(dev, enabled=False) if active else contextlib.nullcontext()
+
+
+def _pool2d(x: torch.Tensor, pool_size, pool_type: str) -> torch.Tensor:
+    if pool_type == "max":
+        return F.max_pool2d(x, kernel_size=pool_size)
+    if pool_type == "avg":
+        return F.avg_pool2d(x, kernel_size=pool_size)
+    if pool_type == "avg+max":
+        return F.avg_pool2d(x, kernel_size=pool_size) + F.max_pool2d(x, kernel_size=pool_size)
+    raise ValueError(f"pool_type must be 'avg', 'max' or 'avg+max', got {pool_type!r}")
+
+
+def _dropout(x: torch.Tensor, p: float, training: bool, inplace: bool = False) -> torch.Tensor:
+    return F.dropout(x, p=p, training=training, inplace=inplace) if p > 0 else x
+
+
+# ------------------------------------------------------------------------------------------------
+# Building blocks (official names kept; all conv+BN+ReLU stacks share one implementation)
+# ------------------------------------------------------------------------------------------------
+class _ConvStack(nn.Module):
+    """``n`` convolutions, each followed by BN and ReLU. Convs are registered before BNs
+    (conv1, conv2, bn1, bn2), which is the official state_dict order. The first conv carries the
+    stride; ``dilations`` gives each conv's dilation (padding keeps the length)."""
+
+    def __init__(self, nd: int, cin: int, cout: int, kernel: int, n: int, stride: int = 1,
+                 dilations=(1, 1)):
+        super().__init__()
+        conv, bn = (nn.Conv1d, nn.BatchNorm1d) if nd == 1 else (nn.Conv2d, nn.BatchNorm2d)
+        self.n = n
+        for i in range(n):
+            d = dilations[i]
+            setattr(self, f"conv{i + 1}", conv(cin if i == 0 else cout, cout, kernel,
+                                               stride=stride if i == 0 else 1,
+                                               padding=d * (kernel // 2), dilation=d, bias=False))
+        for i in range(n):
+            setattr(self, f"bn{i + 1}", bn(cout))
+        for i in range(n):
+            init_layer(getattr(self, f"conv{i + 1}"))
+        for i in range(n):
+            init_bn(getattr(self, f"bn{i + 1}"))
+
+    def _convs(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(1, self.n + 1):
+            x = F.relu_(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
+        return x
+
+
+class ConvBlock(_ConvStack):
+    """Two 3x3 conv-BN-ReLU then 2-D pooling (CNN10/14, ResNets, Wavegram)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(2, in_channels, out_channels, 3, 2)
+
+    def forward(self, input, pool_size=(2, 2), pool_type="avg"):
+        return _pool2d(self._convs(input), pool_size, pool_type)
+
+
+class ConvBlock5x5(_ConvStack):
+    """One 5x5 conv-BN-ReLU then 2-D pooling (CNN6)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(2, in_channels, out_channels, 5, 1)
+
+    def forward(self, input, pool_size=(2, 2), pool_type="avg"):
+        return _pool2d(self._convs(input), pool_size, pool_type)
+
+
+class LeeNetConvBlock(_ConvStack):
+    """1-D conv (stride on the conv) then optional padded max-pool (LeeNet11)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, n_convs: int = 1):
+        super().__init__(1, in_channels, out_channels, kernel_size, n_convs, stride)
+
+    def forward(self, x, pool_size=1):
+        x = self._convs(x)
+        if pool_size != 1:
+            x = F.max_pool1d(x, kernel_size=pool_size, padding=pool_size // 2)
+        return x
+
+
+class LeeNetConvBlock2(LeeNetConvBlock):
+    """Two 1-D convs per block (LeeNet24)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride):
+        super().__init__(in_channels, out_channels, kernel_size, stride, n_convs=2)
+
+
+class ConvPreWavBlock(_ConvStack):
+    """Wavegram block: conv k3, conv k3 dilation 2, each BN+ReLU, then max-pool."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(1, in_channels, out_channels, 3, 2, dilations=(1, 2))
+
+    def forward(self, input, pool_size):
+        return F.max_pool1d(self._convs(input), kernel_size=pool_size)
+
+
+class DaiNetResBlock(nn.Module):
+    """Four 1-D convs with a residual connection; the 1x1 ``downsample`` always exists but is used
+    only when the channel count changes (official quirk, kept for the state_dict)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__()
+        for i in range(1, 5):
+            setattr(self, f"conv{i}", nn.Conv1d(in_channels if i == 1 else out_channels, out_channels,
+                                                kernel_size, padding=kernel_size // 2, bias=False))
+        self.downsample = nn.Conv1d(in_channels, out_channels, 1, bias=False)
+        for i in range(1, 5):
+            setattr(self, f"bn{i}", nn.BatchNorm1d(out_channels))
+        self.bn_downsample = nn.BatchNorm1d(out_channels)
+        for i in range(1, 5):
+            init_layer(getattr(self, f"conv{i}"))
+        init_layer(self.downsample)
+        for i in range(1, 5):
+            init_bn(getattr(self, f"bn{i}"))
+        nn.init.constant_(self.bn4.weight, 0)
+        init_bn(self.bn_downsample)
+
+    def forward(self, input, pool_size=1):
+        x = input
+        for i in range(1, 4):
+            x = F.relu_(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
+        x = self.bn4(self.conv4(x))
+        if input.shape == x.shape:
+            x = F.relu_(x + input)
+        else:
+            x = F.relu(x + self.bn_downsample(self.downsample(input)))
+        if pool_size != 1:
+            x = F.max_pool1d(x, kernel_size=pool_size, padding=pool_size // 2)
+        return x
+
+
+class AttBlock(nn.Module):
+    """Attention pooling over time: clipwise = sum_t softmax(att) * act(cla).
+    ``bn_att`` and ``temperature`` are unused (kept for the state_dict)."""
+
+    def __init__(self, n_in: int, n_out: int, activation: str = "linear", temperature: float = 1.0):
+        super().__init__()
+        self.activation = activation
+        self.temperature = temperature
+        self.att = nn.Conv1d(n_in, n_out, kernel_size=1, bias=True)
+        self.cla = nn.Conv1d(n_in, n_out, kernel_size=1, bias=True)
+        self.bn_att = nn.BatchNorm1d(n_out)
+        init_layer(self.att)
+        init_layer(self.cla)
+        init_bn(self.bn_att)
+
+    def forward(self, x):
+        """x: (B, n_in, T) -> (clipwise (B, n_out), norm_att (B, n_out, T), cla (B, n_out, T)),
+        computed in float32 from the (possibly bf16) 1x1 conv outputs."""
+        att, cla = self.att(x), self.cla(x)
+        with _fp32_region(x):
+            norm_att = torch.softmax(torch.clamp(att.float(), -10, 10), dim=-1)
+            cla = self.nonlinear_transform(cla.float())
+            return torch.sum(norm_att * cla, dim=2), norm_att, cla
+
+    def nonlinear_transform(self, x):
+        return torch.sigmoid(x) if self.activation == "sigmoid" else x
+
+
+# Residual blocks (2-D for ResNet22/38/54, 1-D for Res1dNet31/51) -----------------------------------
+class _ResnetBasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-dropout(0.1)-conv3x3-BN (+ identity) -ReLU. Downsampling pools the input
+    of the main path first (avg 2x2 in 2-D; max in 1-D, whose 2nd conv is dilated by 2)."""
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, nd: int = 2):
+        super().__init__()
+        conv, bn = (nn.Conv1d, nn.BatchNorm1d) if nd == 1 else (nn.Conv2d, nn.BatchNorm2d)
+        d2 = 2 if nd == 1 else 1
+        self.nd, self.stride = nd, stride
+        self.conv1 = conv(inplanes, planes, 3, padding=1, bias=False)
+        self.bn1 = bn(planes)
+        self.conv2 = conv(planes, planes, 3, padding=d2, dilation=d2, bias=False)
+        self.bn2 = bn(planes)
+        self.downsample = downsample
+        init_layer(self.conv1)
+        init_bn(self.bn1)
+        init_layer(self.conv2)
+        init_bn(self.bn2)
+        nn.init.constant_(self.bn2.weight, 0)  # zero-gamma residual init (unconditional, as official)
+
+    def _pool(self, x):
+        if self.nd == 1:
+            return F.max_pool1d(x, kernel_size=self.stride) if self.stride != 1 else x
+        return F.avg_pool2d(x, kernel_size=(2, 2)) if self.stride == 2 else x
+
+    def forward(self, x):
+        out = F.relu_(self.bn1(self.conv1(self._pool(x))))
+        out = F.dropout(out, p=0.1, training=self.training)
+        out = self.bn2(self.conv2(out))
+        identity = self.downsample(x) if self.downsample is not None else x
+        return F.relu_(out + identity)
+
+
+class _ResnetBottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1 (x4 channels) bottleneck, avg-pool 2x2 first when stride is 2."""
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, nd: int = 2):
+        super().__init__()
+        self.stride = stride
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.downsample = downsample
+        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
+            init_layer(conv)
+            init_bn(bn)
+        nn.init.constant_(self.bn3.weight, 0)
+
+    def forward(self, x):
+        identity = x
+        if self.stride == 2:
+            x = F.avg_pool2d(x, kernel_size=(2, 2))
+        out = F.relu_(self.bn1(self.conv1(x)))
+        out = F.relu_(self.bn2(self.conv2(out)))
+        out = F.dropout(out, p=0.1, training=self.training)
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(identity)
+        return F.relu_(out + identity)
+
+
+class _ResNet(nn.Module):
+    """``layer1..layerN`` of residual blocks; the input already has 64 channels (no stem).
+    2-D: planes 64..512, strides 1,2,2,2. 1-D: planes 64..2048, strides 1,4,...,4."""
+
+    def __init__(self, block, layers, planes=(64, 128, 256, 512), strides=(1, 2, 2, 2), nd: int = 2):
+        super().__init__()
+        conv, bn, pool = ((nn.Conv1d, nn.BatchNorm1d, nn.AvgPool1d) if nd == 1
+                          else (nn.Conv2d, nn.BatchNorm2d, nn.AvgPool2d))
+        self.n_layers = len(layers)
+        inplanes = 64
+        for li, (n, p, s) in enumerate(zip(layers, planes, strides), 1):
+            out = p * block.expansion
+            downsample = None
+            if s != 1 or inplanes != out:
+                mods = ([pool(s)] if s != 1 else []) + [conv(inplanes, out, 1, bias=False), bn(out)]
+                downsample = nn.Sequential(*mods)
+                init_layer(downsample[-2])
+                init_bn(downsample[-1])
+            blocks = [block(inplanes, p, s, downsample, nd=nd)]
+            inplanes = out
+            blocks += [block(inplanes, p, nd=nd) for _ in range(1, n)]
+            setattr(self, f"layer{li}", nn.Sequential(*blocks))
+
+    def forward(self, x):
+        for li in range(1, self.n_layers + 1):
+            x = getattr(self, f"layer{li}")(x)
+        return x
+
+
+class _ResNetWav1d(_ResNet):
+    def __init__(self, block, layers):
+        super().__init__(block, layers, planes=(64, 128, 256, 512, 1024, 1024, 2048),
+                         strides=(1, 4, 4, 4, 4, 4, 4), nd=1)
+
+
+class _ResnetBasicBlockWav1d(_ResnetBasicBlock):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, nd: int = 1):
+        super().__init__(inplanes, planes, stride, downsample, nd=1)
+
+
+# MobileNet pieces ----------------------------------------------------------------------------------
+def _conv_pool_bn(inp, oup, stride, groups=1, act=nn.ReLU, kernel=3):
+    """[conv, AvgPool2d(stride), BN, act]: MobileNets downsample by average pooling after the conv."""
+    layers = [nn.Conv2d(inp, oup, kernel, 1, kernel // 2, groups=groups, bias=False),
+              nn.AvgPool2d(stride), nn.BatchNorm2d(oup), act(inplace=True)]
+    init_layer(layers[0])
+    init_bn(layers[2])
+    return layers
+
+
+def _pw_bn(inp, oup, act=None):
+    """[1x1 conv, BN(, act)]."""
+    layers = [nn.Conv2d(inp, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup)]
+    init_layer(layers[0])
+    init_bn(layers[1])
+    return layers + ([act(inplace=True)] if act else [])
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, inp, oup, stride, expand_ratio):
+        super().__init__()
+        hidden = round(inp * expand_ratio)
+        self.use_res_connect = stride == 1 and inp == oup
+        expand = [] if expand_ratio == 1 else _pw_bn(inp, hidden, nn.ReLU6)
+        self.conv = nn.Sequential(*expand, *_conv_pool_bn(hidden, hidden, stride, hidden, nn.ReLU6),
+                                  *_pw_bn(hidden, oup))
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared model machinery
+# ------------------------------------------------------------------------------------------------
+_A32 = dict(sample_rate=32000, window_size=1024, hop_size=320, mel_bins=64, fmin=50, fmax=14000)
+
+
+class _Model(nn.Module):
+    """Shared parts of every PANNs model: log-mel front end, clip head, SED head."""
+
+    is_sed = False
+    bn_bins: Optional[int] = 64        # bn0 width hard-coded per official class (None: waveform model)
+    freq_drop_width = 8                # SpecAugment frequency stripe width
+    spec_augment = True
+    required_frontend: Optional[dict] = None   # official asserts (Cnn14_16k, Cnn14_8k)
+
+    def _check_frontend(self, **fe) -> None:
+        name = type(self).__name__
+        req = self.required_frontend
+        if req and any(fe[k] != v for k, v in req.items()):
+            want = ", ".join(f"{k}={v}" for k, v in req.items())
+            got = ", ".join(f"{k}={fe[k]}" for k in req)
+            raise PannsError(f"{name} only works with {want}; got {got}")
+        if self.bn_bins is not None and fe["mel_bins"] != self.bn_bins:
+            raise PannsError(f"{name} needs mel_bins={self.bn_bins} (its bn0 has {self.bn_bins} "
+                             f"channels), got mel_bins={fe['mel_bins']}")
+
+    def _add_frontend(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, stft=True):
+        """Register spectrogram_extractor, logmel_extractor, spec_augmenter and bn0 (this order
+        gives the official state_dict order). STFT kernels and mel matrix are frozen buffers-as-
+        parameters, as in torchlibrosa."""
+        self.sample_rate, self.window_size, self.hop_size = sample_rate, window_size, hop_size
+        if stft:
+            self.spectrogram_extractor = Spectrogram(
+                n_fft=window_size, hop_length=hop_size, win_length=window_size, window="hann",
+                center=True, pad_mode="reflect", freeze_parameters=True)
+            self.logmel_extractor = LogmelFilterBank(
+                sr=sample_rate, n_fft=window_size, n_mels=mel_bins, fmin=fmin, fmax=fmax, ref=1.0,
+                amin=1e-10, top_db=None, freeze_parameters=True)
+        if self.spec_augment:
+            self.spec_augmenter = SpecAugmentation(time_drop_width=64, time_stripes_num=2,
+                                                   freq_drop_width=self.freq_drop_width,
+                                                   freq_stripes_num=2)
+        self.bn0 = nn.BatchNorm2d(self.bn_bins)
+
+    def _logmel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(B, samples) -> normalised (and, in training, SpecAugmented) log-mel (B, 1, T, mel),
+        always computed in float32."""
+        with _fp32_region(waveform):
+            x = self.spectrogram_extractor(waveform.float())
+            x = self.logmel_extractor(x)
+            x = self.bn0(x.transpose(1, 3)).transpose(1, 3)   # BN per mel bin
+            if self.training and self.spec_augment:
+                x = self.spec_augmenter(x)
+        return x
+
+    def _clip_head(self, x: torch.Tensor, pre_dropout: bool = True) -> Dict[str, torch.Tensor]:
+        """(B, C, T) -> {'clipwise_output', 'embedding'}. Official quirk kept: the classifier reads
+        the fc1 activation *before* the embedding dropout."""
+        x = torch.max(x, dim=2)[0] + torch.mean(x, dim=2)
+        if pre_dropout:
+            x = F.dropout(x, p=0.5, training=self.training)
+        x = F.relu_(self.fc1(x))
+        embedding = F.dropout(x, p=0.5, training=self.training)
+        logits = self.fc_audioset(x)
+        with _fp32_region(logits):
+            clipwise = torch.sigmoid(logits.float())
+        return {"clipwise_output": clipwise, "embedding": embedding.float()}
+
+    def _sed_head(self, x: torch.Tensor, frames_num: int, pooling: str) -> Dict[str, torch.Tensor]:
+        """(B, C, T') -> {'framewise_output' (B, frames_num, K), 'clipwise_output' (B, K)}.
+        Official quirk kept: avg_pool1d counts the zero padding at the edges."""
+        x = F.max_pool1d(x, kernel_size=3, stride=1, padding=1) + \
+            F.avg_pool1d(x, kernel_size=3, stride=1, padding=1)
+        x = F.dropout(x, p=0.5, training=self.training)
+        x = F.relu_(self.fc1(x.transpose(1, 2)))
+        if pooling == "att":
+            x = F.dropout(x.transpose(1, 2), p=0.5, training=self.training)
+            clipwise, _, segmentwise = self.att_block(x)
+            segmentwise = segmentwise.transpose(1, 2)
+        else:
+            x = F.dropout(x, p=0.5, training=self.training)
+            logits = self.fc_audioset(x)
+            with _fp32_region(logits):
+                segmentwise = torch.sigmoid(logits.float())
+            clipwise = segmentwise.max(dim=1)[0] if pooling == "max" else segmentwise.mean(dim=1)
+        framewise = pad_framewise_output(interpolate(segmentwise, self.interpolate_ratio), frames_num)
+        return {"framewise_output": framewise, "clipwise_output": clipwise}
+
+    def _add_head(self, in_features: int, embedding_dim: int, classes_num: int) -> None:
+        self.fc1 = nn.Linear(in_features, embedding_dim, bias=True)
+        if getattr(self, "sed_pooling", None) == "att":
+            self.att_block = AttBlock(embedding_dim, classes_num, activation="sigmoid")
+        else:
+            self.fc_audioset = nn.Linear(embedding_dim, classes_num, bias=True)
+
+    def _init_head(self) -> None:
+        """Official init order after the body: bn0, fc1, fc_audioset (att_block inits itself)."""
+        if hasattr(self, "bn0"):
+            init_bn(self.bn0)
+        init_layer(self.fc1)
+        if hasattr(self, "fc_audioset"):
+            init_layer(self.fc_audioset)
+
+    @property
+    def min_samples(self) -> int:
+        """Smallest input length (samples) this instance runs on in eval mode; pad shorter clips."""
+        return _min_samples(type(self), getattr(self, "hop_size", 320), getattr(self, "window_size", 1024))
+
+
+# ------------------------------------------------------------------------------------------------
+# CNN family: Cnn6, Cnn10, Cnn14 and its variants, decision-level models, Wavegram models
+# ------------------------------------------------------------------------------------------------
+class _Cnn(_Model):
+    """Log-mel -> ConvBlocks (2x2 avg pools, last Cnn14 block (1,1)) with dropout 0.2 -> head."""
+
+    channels = (64, 128, 256, 512, 1024, 2048)
+    block = ConvBlock
+    embedding_dim = 2048
+    block_dropout = 0.2
+    time_mixup = False           # Cnn14_mixup_time_domain mixes waveforms instead of log-mels
+    wavegram: Optional[str] = None   # None | 'only' (Wavegram_Cnn14) | 'logmel' (Wavegram_Logmel_Cnn14)
+    wavegram_channels = 128      # pre_block3 width (256 for Wavegram_Logmel128_Cnn14)
+    sed_pooling: Optional[str] = None   # decision-level models: 'max' | 'avg' | 'att'
+    interpolate_ratio = 32       # time reduction of blocks 1-5 (SED framewise upsampling)
+
+    def __init__(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, classes_num):
+        super().__init__()
+        fe = dict(sample_rate=sample_rate, window_size=window_size, hop_size=hop_size,
+                  mel_bins=mel_bins, fmin=fmin, fmax=fmax)
+        self._check_frontend(**fe)
+        if self.wavegram:
+            self._add_wavegram()
+        self._add_frontend(**fe, stft=self.wavegram != "only")
+        cin = 1
+        for i, c in enumerate(self.channels, 1):
+            extra = 64 if (i == 2 and self.wavegram == "logmel") else 0   # log-mel + wavegram concat
+            setattr(self, f"conv_block{i}", self.block(cin + extra, c))
+            cin = c
+        self._add_head(cin, self.embedding_dim, classes_num)
+        if self.wavegram:
+            init_layer(self.pre_conv0)
+            init_bn(self.pre_bn0)
+        self._init_head()
+
+    def _add_wavegram(self) -> None:
+        self.pre_conv0 = nn.Conv1d(1, 64, kernel_size=11, stride=5, padding=5, bias=False)
+        self.pre_bn0 = nn.BatchNorm1d(64)
+        self.pre_block1 = ConvPreWavBlock(64, 64)
+        self.pre_block2 = ConvPreWavBlock(64, 128)
+        self.pre_block3 = ConvPreWavBlock(128, self.wavegram_channels)
+        self.pre_block4 = ConvBlock(in_channels=4, out_channels=64)
+
+    def _wavegram_features(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> Wavegram (B, 64, ~L/640, wavegram_channels/4): learnt 1-D front end whose
+        channel groups become a pseudo-frequency axis."""
+        a = F.relu_(self.pre_bn0(self.pre_conv0(waveform[:, None, :])))
+        for blk in (self.pre_block1, self.pre_block2, self.pre_block3):
+            a = blk(a, pool_size=4)
+        a = a.reshape((a.shape[0], -1, self.wavegram_channels // 4, a.shape[-1])).transpose(2, 3)
+        return self.pre_block4(a, pool_size=(2, 1))
+
+    def forward(self, input, mixup_lambda=None):
+        """input: (B, samples) float waveform. Returns the official output dict."""
+        mix = self.training and mixup_lambda is not None
+        if mix and self.time_mixup:
+            input = do_mixup(input, mixup_lambda)
+        if self.wavegram:
+            a1 = self._wavegram_features(input)
+        frames_num = None
+        if self.wavegram != "only":
+            x = self._logmel(input)
+            frames_num = x.shape[2]
+            if mix and not self.time_mixup:
+                x = do_mixup(x, mixup_lambda)
+        if self.wavegram and mix:
+            a1 = do_mixup(a1, mixup_lambda)
+
+        if self.wavegram == "only":
+            x = a1
+        else:
+            x = self.conv_block1(x, pool_size=(2, 2), pool_type="avg")
+            if self.wavegram:
+                # Fix (official crash, Q20): the two branches can differ by one frame for some
+                # lengths; crop both to the shorter one (no change where the official code runs).
+                t = min(x.shape[2], a1.shape[2])
+                x = torch.cat((x[:, :, :t], a1[:, :, :t]), dim=1)
+        x = _dropout(x, self.block_dropout, self.training)
+        for i in range(2, len(self.channels) + 1):
+            pool = (1, 1) if i == 6 else (2, 2)
+            x = getattr(self, f"conv_block{i}")(x, pool_size=pool, pool_type="avg")
+            x = _dropout(x, self.block_dropout, self.training)
+        x = torch.mean(x, dim=3)
+        if self.sed_pooling:
+            return self._sed_head(x, frames_num, self.sed_pooling)
+        return self._clip_head(x)
+
+
+class Cnn14(_Cnn):
+    pass
+
+
+class Cnn14_no_specaug(_Cnn):
+    spec_augment = False
+
+
+class Cnn14_no_dropout(_Cnn):
+    block_dropout = 0.0
+
+
+class Cnn14_emb512(_Cnn):
+    embedding_dim = 512
+
+
+class Cnn14_emb128(_Cnn):
+    embedding_dim = 128
+
+
+class Cnn14_emb32(_Cnn):
+    embedding_dim = 32
+
+
+class Cnn14_16k(_Cnn):
+    required_frontend = dict(sample_rate=16000, window_size=512, hop_size=160, mel_bins=64,
+                             fmin=50, fmax=8000)
+
+
+class Cnn14_8k(_Cnn):
+    required_frontend = dict(sample_rate=8000, window_size=256, hop_size=80, mel_bins=64,
+                             fmin=50, fmax=4000)
+
+
+class Cnn14_mel32(_Cnn):
+    bn_bins, freq_drop_width = 32, 4
+
+
+class Cnn14_mel128(_Cnn):
+    bn_bins, freq_drop_width = 128, 16
+
+
+class Cnn14_mixup_time_domain(_Cnn):
+    time_mixup = True
+
+
+class Cnn6(_Cnn):
+    channels, block, embedding_dim = (64, 128, 256, 512), ConvBlock5x5, 512
+
+
+class Cnn10(_Cnn):
+    channels, embedding_dim = (64, 128, 256, 512), 512
+
+
+class Cnn14_DecisionLevelMax(_Cnn):
+    is_sed, sed_pooling = True, "max"
+
+
+class Cnn14_DecisionLevelAvg(_Cnn):
+    is_sed, sed_pooling = True, "avg"
+
+
+class Cnn14_DecisionLevelAtt(_Cnn):
+    is_sed, sed_pooling = True, "att"
+
+
+class Wavegram_Cnn14(_Cnn):
+    """Wavegram only. Official quirk kept: bn0, conv_block1 and spec_augmenter exist (bn0 and
+    conv_block1 are in the state_dict) but are never used."""
+    wavegram = "only"
+
+
+class Wavegram_Logmel_Cnn14(_Cnn):
+    wavegram = "logmel"
+
+
+class Wavegram_Logmel128_Cnn14(_Cnn):
+    wavegram, wavegram_channels, bn_bins, freq_drop_width = "logmel", 256, 128, 16
+
+
+# ------------------------------------------------------------------------------------------------
+# ResNets and MobileNets (log-mel front end, different bodies)
+# ------------------------------------------------------------------------------------------------
+class _ResNetModel(_Model):
+    """Log-mel -> ConvBlock(1->64) -> _ResNet -> avg-pool -> ConvBlock(->2048) -> head."""
+    resnet_block = _ResnetBasicBlock
+    layers = (2, 2, 2, 2)
+
+    def __init__(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, classes_num):
+        super().__init__()
+        fe = dict(sample_rate=sample_rate, window_size=window_size, hop_size=hop_size,
+                  mel_bins=mel_bins, fmin=fmin, fmax=fmax)
+        self._check_frontend(**fe)
+        self._add_frontend(**fe)
+        self.conv_block1 = ConvBlock(in_channels=1, out_channels=64)
+        self.resnet = _ResNet(block=self.resnet_block, layers=self.layers)
+        self.conv_block_after1 = ConvBlock(in_channels=512 * self.resnet_block.expansion,
+                                           out_channels=2048)
+        self._add_head(2048, 2048, classes_num)
+        self._init_head()
+
+    def forward(self, input, mixup_lambda=None):
+        x = self._logmel(input)
+        if self.training and mixup_lambda is not None:
+            x = do_mixup(x, mixup_lambda)
+        x = self.conv_block1(x, pool_size=(2, 2), pool_type="avg")
+        x = F.dropout(x, p=0.2, training=self.training, inplace=True)
+        x = self.resnet(x)
+        x = F.avg_pool2d(x, kernel_size=(2, 2))
+        x = F.dropout(x, p=0.2, training=self.training, inplace=True)
+        x = self.conv_block_after1(x, pool_size=(1, 1), pool_type="avg")
+        x = F.dropout(x, p=0.2, training=self.training, inplace=True)
+        return self._clip_head(torch.mean(x, dim=3))
+
+
+class ResNet22(_ResNetModel):
+    layers = (2, 2, 2, 2)
+
+
+class ResNet38(_ResNetModel):
+    layers = (3, 4, 6, 3)
+
+
+class ResNet54(_ResNetModel):
+    resnet_block, layers = _ResnetBottleneck, (3, 4, 6, 3)
+
+
+class _MobileNet(_Model):
+    """Log-mel -> ``features`` (nn.Sequential) -> head (fc1 from the last width)."""
+    last_channels, embedding_dim, pre_dropout = 1024, 1024, True
+
+    def __init__(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, classes_num):
+        super().__init__()
+        fe = dict(sample_rate=sample_rate, window_size=window_size, hop_size=hop_size,
+                  mel_bins=mel_bins, fmin=fmin, fmax=fmax)
+        self._check_frontend(**fe)
+        self._add_frontend(**fe)
+        self.features = nn.Sequential(*self._features())
+        self._add_head(self.last_channels, self.embedding_dim, classes_num)
+        self._init_head()
+
+    def forward(self, input, mixup_lambda=None):
+        x = self._logmel(input)
+        if self.training and mixup_lambda is not None:
+            x = do_mixup(x, mixup_lambda)
+        x = torch.mean(self.features(x), dim=3)
+        return self._clip_head(x, pre_dropout=self.pre_dropout)
+
+
+class MobileNetV1(_MobileNet):
+    def _features(self):
+        def dw(inp, oup, stride):   # depthwise 3x3 (+avg-pool) then pointwise 1x1
+            return nn.Sequential(*_conv_pool_bn(inp, inp, stride, groups=inp), *_pw_bn(inp, oup, nn.ReLU))
+        widths = [(32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 512, 2)] + \
+                 [(512, 512, 1)] * 5 + [(512, 1024, 2), (1024, 1024, 1)]
+        return [nn.Sequential(*_conv_pool_bn(1, 32, 2))] + [dw(*w) for w in widths]
+
+
+class MobileNetV2(_MobileNet):
+    """Official quirk kept: no dropout before fc1."""
+    last_channels, pre_dropout = 1280, False
+
+    def _features(self):
+        layers, cin = [nn.Sequential(*_conv_pool_bn(1, 32, 2, act=nn.ReLU6))], 32
+        for t, c, n, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                           (6, 96, 3, 2), (6, 160, 3, 1), (6, 320, 1, 1)):
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, expand_ratio=t))
+                cin = c
+        return layers + [nn.Sequential(*_pw_bn(cin, self.last_channels, nn.ReLU6))]
+
+
+# ------------------------------------------------------------------------------------------------
+# One-dimensional (raw waveform) models: no front end; mixup on the waveform
+# ------------------------------------------------------------------------------------------------
+class _WaveModel(_Model):
+    """(B, L) waveform -> (B, 1, L) -> ``_body`` -> clip head. Spectrogram args are ignored."""
+    bn_bins = None
+    embedding_dim = 512
+
+    def __init__(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, classes_num):
+        super().__init__()
+        self._build()
+        self._add_head(self.fc1_in, self.embedding_dim, classes_num)
+        self._init_head()
+
+    def forward(self, input, mixup_lambda=None):
+        x = input[:, None, :]
+        if self.training and mixup_lambda is not None:
+            x = do_mixup(x, mixup_lambda)
+        return self._clip_head(self._body(x))
+
+
+class _LeeNet(_WaveModel):
+    """Sample-level CNN: a strided conv block, then blocks with max-pool 3."""
+    widths: tuple = ()
+    block_cls = LeeNetConvBlock
+    inner_dropout = 0.0
+    last_pool = 3
+
+    def _build(self):
+        cin = 1
+        for i, c in enumerate(self.widths, 1):
+            setattr(self, f"conv_block{i}", self.block_cls(cin, c, 3, 3 if i == 1 else 1))
+            cin = c
+        self.fc1_in = cin
+
+    def _body(self, x):
+        n = len(self.widths)
+        for i in range(1, n + 1):
+            pool = 1 if i == 1 else (self.last_pool if i == n else 3)
+            x = getattr(self, f"conv_block{i}")(x, pool_size=pool)
+            if i < n:
+                x = _dropout(x, self.inner_dropout, self.training)
+        return x
+
+
+class LeeNet11(_LeeNet):
+    widths = (64, 64, 64, 128, 128, 128, 128, 128, 256)
+
+
+class LeeNet24(_LeeNet):
+    widths = (64, 96, 128, 128, 256, 256, 512, 512, 1024)
+    block_cls, inner_dropout, last_pool, embedding_dim = LeeNetConvBlock2, 0.1, 1, 1024
+
+
+class DaiNet19(_WaveModel):
+    def _build(self):
+        self.conv0 = nn.Conv1d(1, 64, kernel_size=80, stride=4, padding=0, bias=False)
+        self.bn0 = nn.BatchNorm1d(64)
+        for i, (a, b) in enumerate(((64, 64), (64, 128), (128, 256), (256, 512)), 1):
+            setattr(self, f"conv_block{i}", DaiNetResBlock(a, b, 3))
+        self.fc1_in = 512
+        init_layer(self.conv0)
+
+    def _body(self, x):
+        x = self.bn0(self.conv0(x))
+        for i in range(1, 5):
+            x = getattr(self, f"conv_block{i}")(x)
+            if i < 4:
+                x = F.max_pool1d(x, kernel_size=4)
+        return x
+
+
+class _Res1dNet(_WaveModel):
+    layers: tuple = ()
+    embedding_dim = 2048
+
+    def _build(self):
+        self.conv0 = nn.Conv1d(1, 64, kernel_size=11, stride=5, padding=5, bias=False)
+        self.bn0 = nn.BatchNorm1d(64)
+        self.resnet = _ResNetWav1d(_ResnetBasicBlockWav1d, self.layers)
+        self.fc1_in = 2048
+        init_layer(self.conv0)
+
+    def _body(self, x):
+        return self.resnet(self.bn0(self.conv0(x)))
+
+
+class Res1dNet31(_Res1dNet):
+    layers = (2, 2, 2, 2, 2, 2, 2)
+
+
+class Res1dNet51(_Res1dNet):
+    layers = (2, 3, 4, 6, 4, 3, 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# Transfer learning (official Transfer_Cnn14 from finetune_template.py, generalised)
+# ------------------------------------------------------------------------------------------------
+class _Transfer(nn.Module):
+    """An AudioSet model (``base``, 527 classes, loadable from a PANNs checkpoint) plus a new
+    ``fc_transfer`` on its embedding; outputs log-softmax under 'clipwise_output' (single-label)."""
+    base_type = "Cnn14"
+
+    def __init__(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, classes_num,
+                 freeze_base=False):
+        super().__init__()
+        base_cls = MODELS[self.base_type].cls
+        self.base = base_cls(sample_rate, window_size, hop_size, mel_bins, fmin, fmax, 527)
+        self.fc_transfer = nn.Linear(self.base.fc1.out_features, classes_num, bias=True)
+        if freeze_base:
+            for p in self.base.parameters():
+                p.requires_grad = False
+        init_layer(self.fc_transfer)
+
+    def load_from_pretrain(self, pretrained_checkpoint_path: str) -> None:
+        """Load an AudioSet checkpoint ({'model': state_dict}) into ``base`` (strict)."""
+        import checkpoint as ckpt_lib   # late import: checkpoint imports this module
+        ckpt = ckpt_lib.load_checkpoint(pretrained_checkpoint_path)
+        sd = ckpt_lib.strip_prefixes(ckpt_lib.model_state_dict(ckpt, pretrained_checkpoint_path))
+        ckpt_lib.check_state_dict(self.base, sd, pretrained_checkpoint_path, self.base_type)
+        self.base.load_state_dict(sd)
+
+    def forward(self, input, mixup_lambda=None):
+        output_dict = self.base(input, mixup_lambda)
+        logits = self.fc_transfer(output_dict["embedding"])
+        with _fp32_region(logits):
+            output_dict["clipwise_output"] = torch.log_softmax(logits.float(), dim=-1)
+        return output_dict
+
+    @property
+    def min_samples(self) -> int:
+        return self.base.min_samples
+
+
+class Transfer_Cnn14(_Transfer):
+    base_type = "Cnn14"
+
+
+_TRANSFER_CLASSES: Dict[str, type] = {"Cnn14": Transfer_Cnn14}
+
+
+def transfer_class(base_name: str) -> type:
+    """The Transfer_<base_name> class (created once per clip-level base model)."""
+    spec = get_model_spec(base_name)
+    if spec.is_sed or spec.base is not None:
+        clip = [n for n, s in MODELS.items() if not s.is_sed]
+        raise PannsError(f"transfer learning needs a clip-level model with an embedding; "
+                         f"{base_name} is not one. Choose one of: {', '.join(clip)}")
+    if base_name not in _TRANSFER_CLASSES:
+        _TRANSFER_CLASSES[base_name] = type(f"Transfer_{base_name}", (_Transfer,),
+                                            {"base_type": base_name, "__module__": __name__})
+    return _TRANSFER_CLASSES[base_name]
+
+
+def make_transfer_model(base_name: str, classes_num: int, freeze_base: bool = False, **frontend):
+    """Transfer_<base_name>(front end from the registry unless overridden, classes_num, freeze_base)."""
+    cls = transfer_class(base_name)
+    fe = {**MODELS[base_name].frontend(), **{k: v for k, v in frontend.items() if v is not None}}
+    return cls(**fe, classes_num=classes_num, freeze_base=freeze_base)
+
+
+# ------------------------------------------------------------------------------------------------
+# Input-length limits
+# ------------------------------------------------------------------------------------------------
+# Official Cnn14 crashes below 32 frames (9,920 samples at 32 kHz); the models are kept as they
+# are and callers pad to ``min_samples``. Log-mel models need 2**(number of 2x time pools) frames;
+# waveform models (and the Wavegram branch) a fixed number of samples, measured at 32 kHz.
+_MIN_WAVE_SAMPLES: Dict = {LeeNet11: 1, LeeNet24: 1, DaiNet19: 1, Res1dNet31: 1, Res1dNet51: 1,
+                           "wavegram": 1}
+
+
+def _min_samples(cls: type, hop_size: int, window_size: int) -> int:
+    if cls in _MIN_WAVE_SAMPLES:
+        return _MIN_WAVE_SAMPLES[cls]
+    frames = 16 if cls in (Cnn6, Cnn10) else 32
+    # frames = L // hop + 1, and the reflect padding of the STFT needs L > window_size // 2
+    need = max((frames - 1) * hop_size, window_size // 2 + 1)
+    if getattr(cls, "wavegram", None):
+        need = max(need, _MIN_WAVE_SAMPLES["wavegram"])
+    return need
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model class with its default front end (what the official scripts pass)."""
+    name: str
+    cls: type
+    sample_rate: int
+    window_size: int
+    hop_size: int
+    mel_bins: int
+    fmin: int
+    fmax: int
+    is_sed: bool
+    embedding_dim: Optional[int]
+    min_samples: int
+    base: Optional[str] = None          # Transfer_<base> models: the base model name
+    output: str = "sigmoid"             # 'sigmoid' (multi-label) | 'log_softmax' (Transfer_*)
+
+    def frontend(self) -> dict:
+        return dict(sample_rate=self.sample_rate, window_size=self.window_size,
+                    hop_size=self.hop_size, mel_bins=self.mel_bins, fmin=self.fmin, fmax=self.fmax)
+
+
+_CLASSES = [Cnn6, Cnn10, Cnn14, Cnn14_16k, Cnn14_8k, Cnn14_no_specaug, Cnn14_no_dropout,
+            Cnn14_emb512, Cnn14_emb128, Cnn14_emb32, Cnn14_mel32, Cnn14_mel128,
+            Cnn14_mixup_time_domain, Cnn14_DecisionLevelMax, Cnn14_DecisionLevelAvg,
+            Cnn14_DecisionLevelAtt, ResNet22, ResNet38, ResNet54, MobileNetV1, MobileNetV2,
+            LeeNet11, LeeNet24, DaiNet19, Res1dNet31, Res1dNet51, Wavegram_Cnn14,
+            Wavegram_Logmel_Cnn14, Wavegram_Logmel128_Cnn14]
+
+
+def _spec_for(cls: type) -> ModelSpec:
+    fe = dict(cls.required_frontend or _A32)
+    if cls.bn_bins is not None:
+        fe["mel_bins"] = cls.bn_bins
+    emb = None if cls.is_sed else (getattr(cls, "embedding_dim", None) or 2048)
+    return ModelSpec(cls.__name__, cls, **fe, is_sed=cls.is_sed, embedding_dim=emb,
+                     min_samples=_min_samples(cls, fe["hop_size"], fe["window_size"]))
+
+
+MODELS: Dict[str, ModelSpec] = {}
+
+
+def _register_all() -> None:
+    for cls in _CLASSES:
+        MODELS[cls.__name__] = _spec_for(cls)
+    base = MODELS["Cnn14"]
+    MODELS["Transfer_Cnn14"] = ModelSpec(
+        "Transfer_Cnn14", Transfer_Cnn14, **base.frontend(), is_sed=False, embedding_dim=2048,
+        min_samples=base.min_samples, base="Cnn14", output="log_softmax")
+
+
+def model_names(include_transfer: bool = True):
+    """Registered model names (official class names; Transfer_<Base> resolves for any clip model)."""
+    return [n for n, s in MODELS.items() if include_transfer or s.base is None]
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """ModelSpec for ``name``; 'Transfer_<Base>' works for every clip-level base."""
+    if name in MODELS:
+        return MODELS[name]
+    if isinstance(name, str) and name.startswith("Transfer_") and name[9:] in MODELS:
+        base = MODELS[name[9:]]
+        cls = transfer_class(base.name)
+        return ModelSpec(name, cls, **base.frontend(), is_sed=False,
+                         embedding_dim=base.embedding_dim, min_samples=base.min_samples,
+                         base=base.name, output="log_softmax")
+    raise PannsError(f"unknown model type {name!r}; valid names: {', '.join(model_names())} "
+                     f"(and Transfer_<name> for clip-level models)")
+
+
+def create_model(name: str, classes_num: int = 527, **frontend) -> nn.Module:
+    """Build ``name`` with its registry front end, overridden by any non-None ``frontend`` value
+    (sample_rate, window_size, hop_size, mel_bins, fmin, fmax); Transfer_* also take freeze_base."""
+    spec = get_model_spec(name)
+    freeze_base = frontend.pop("freeze_base", False)
+    unknown = set(frontend) - set(spec.frontend())
+    if unknown:
+        raise PannsError(f"create_model: unknown option(s) {sorted(unknown)}")
+    fe = {**spec.frontend(), **{k: v for k, v in frontend.items() if v is not None}}
+    if spec.base is not None:
+        return spec.cls(**fe, classes_num=classes_num, freeze_base=freeze_base)
+    return spec.cls(**fe, classes_num=classes_num)
+
+
+_register_all()
