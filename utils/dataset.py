@@ -238,29 +238,71 @@ class DownloadOptions:
     cookies: Optional[str] = None
 
 
-def _fetch_media(url: str, tmp_dir: str, opts: DownloadOptions) -> str:
-    """Download the best audio stream of ``url`` into ``tmp_dir``; returns the file path."""
-    import yt_dlp
+class _Fetcher(object):
+    """One yt-dlp instance per download thread, reused for every clip, writing into the thread's own temp folder.
 
-    ylog = _YdlLogger()
-    ydl_opts = {
-        "format": "bestaudio/best",
-        "outtmpl": os.path.join(tmp_dir, "media.%(ext)s"),
-        "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": True,
-        "retries": 2, "fragment_retries": 2, "socket_timeout": opts.socket_timeout,
-        "cachedir": False, "overwrites": True, "logger": ylog,
-    }
-    exe = ffmpeg_exe()
-    if exe:
-        ydl_opts["ffmpeg_location"] = exe
-    if opts.cookies:
-        ydl_opts["cookiefile"] = opts.cookies
-    with yt_dlp.YoutubeDL(ydl_opts) as ydl:
-        ret = ydl.download([url])
-    files = [f for f in os.listdir(tmp_dir) if f.startswith("media.") and not f.endswith((".part", ".ytdl"))]
-    if ret != 0 or not files:
-        raise RuntimeError(ylog.errors[-1] if ylog.errors else f"yt-dlp returned {ret} and no file")
-    return os.path.join(tmp_dir, files[0])
+    Only yt-dlp's YouTube and generic extractors are registered: building the full extractor list costs
+    seconds per instance, and mirrors given by ``--url_template`` serve plain media (generic extractor).
+    """
+
+    _count = 0
+    _count_lock = threading.Lock()
+
+    def __init__(self, opts: "DownloadOptions"):
+        import yt_dlp
+
+        with _Fetcher._count_lock:
+            _Fetcher._count += 1
+            n = _Fetcher._count
+        self.tmp_dir = os.path.join(opts.audios_dir, f".tmp_dl_{os.getpid()}_{n}")
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        self.log = _YdlLogger()
+        params = {
+            "format": "bestaudio/best",
+            "outtmpl": os.path.join(self.tmp_dir, "media.%(ext)s"),
+            "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": True,
+            "retries": 2, "fragment_retries": 2, "socket_timeout": opts.socket_timeout,
+            "cachedir": False, "overwrites": True, "logger": self.log,
+        }
+        exe = ffmpeg_exe()
+        if exe:
+            params["ffmpeg_location"] = exe
+        if opts.cookies:
+            params["cookiefile"] = opts.cookies
+        self.ydl = yt_dlp.YoutubeDL(params, auto_init=False)
+        try:
+            from yt_dlp.extractor.generic import GenericIE
+            from yt_dlp.extractor.youtube import YoutubeIE
+
+            self.ydl.add_info_extractor(YoutubeIE())
+            self.ydl.add_info_extractor(GenericIE())
+        except ImportError:  # other yt-dlp layout: all extractors
+            self.ydl.add_default_info_extractors()
+
+    def clear(self) -> None:
+        for name in os.listdir(self.tmp_dir):
+            path = os.path.join(self.tmp_dir, name)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+
+    def fetch(self, url: str) -> str:
+        """Download the best audio stream of ``url``; returns the file path (inside ``tmp_dir``)."""
+        self.clear()
+        self.log.errors.clear()
+        try:
+            ret = self.ydl.download([url])
+        except Exception as e:
+            raise RuntimeError(" ".join(str(e).replace("ERROR: ", "").split())) from None
+        files = [f for f in os.listdir(self.tmp_dir) if f.startswith("media.") and not f.endswith((".part", ".ytdl"))]
+        if ret != 0 or not files:
+            raise RuntimeError(self.log.errors[-1] if self.log.errors else f"yt-dlp returned {ret} and no file")
+        return os.path.join(self.tmp_dir, files[0])
+
+    def close(self) -> None:
+        try:
+            self.ydl.close()
+        except Exception:
+            pass
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
 def _cut_segment(media: str, seg: Segment, out_wav: str, sample_rate: int) -> None:
@@ -278,29 +320,27 @@ def _cut_segment(media: str, seg: Segment, out_wav: str, sample_rate: int) -> No
         raise RuntimeError(f"ffmpeg failed: {err[-1] if err else proc.returncode}")
 
 
-def _download_one(seg: Segment, opts: DownloadOptions) -> DownloadResult:
+def _download_one(seg: Segment, opts: DownloadOptions, fetcher: _Fetcher) -> DownloadResult:
     """Download and cut one segment with retries; never raises for per-clip problems."""
     out = os.path.join(opts.audios_dir, seg.audio_name)
     if is_valid_wav(out, opts.sample_rate):
         return DownloadResult(seg, "skipped")
-    url = opts.url_template.format(ytid=seg.ytid)
+    url = opts.url_template.replace("{ytid}", seg.ytid)
     attempt = 0
-    while True:
-        attempt += 1
-        tmp_dir = os.path.join(opts.audios_dir, f".tmp_Y{seg.ytid}_{os.getpid()}_{threading.get_ident()}")
-        os.makedirs(tmp_dir, exist_ok=True)
-        try:
+    try:
+        while True:
+            attempt += 1
             try:
-                media = _fetch_media(url, tmp_dir, opts)
-            except Exception as e:  # yt-dlp DownloadError and network errors
-                msg = " ".join(str(e).replace("ERROR: ", "").split())
+                media = fetcher.fetch(url)
+            except RuntimeError as e:  # yt-dlp DownloadError and network errors
+                msg = str(e)
                 if is_transient_error(msg) and attempt <= opts.max_retries:
                     delay = opts.retry_base_delay * (2 ** (attempt - 1)) * (1 + 0.25 * random.random())
                     logger.info("%s: transient error (%s), retry %d in %.1f s", seg.ytid, msg, attempt, delay)
                     time.sleep(delay)
                     continue
                 return DownloadResult(seg, "failed", f"download: {msg}", not is_transient_error(msg), attempt)
-            tmp_wav = os.path.join(tmp_dir, "clip.wav")
+            tmp_wav = os.path.join(fetcher.tmp_dir, "clip.wav")
             try:
                 _cut_segment(media, seg, tmp_wav, opts.sample_rate)
             except RuntimeError as e:
@@ -310,19 +350,18 @@ def _download_one(seg: Segment, opts: DownloadOptions) -> DownloadResult:
                                       "(segment beyond the end of the media?)", True, attempt)
             os.replace(tmp_wav, out)
             return DownloadResult(seg, "downloaded", attempts=attempt)
-        finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+    finally:
+        fetcher.clear()
 
 
 def _clean_stale_tmp_dirs(audios_dir: str) -> None:
     """Remove temporary folders left by killed runs (their process no longer exists)."""
     for name in os.listdir(audios_dir):
-        if not name.startswith(".tmp_Y"):
+        if not name.startswith(".tmp_dl_"):
             continue
         try:
-            pid = int(name.rsplit("_", 2)[-2])
-            os.kill(pid, 0)
-            continue  # still running
+            os.kill(int(name.split("_")[2]), 0)
+            continue  # that process is still running
         except (ValueError, IndexError, ProcessLookupError):
             pass
         except PermissionError:
@@ -388,21 +427,39 @@ def download_wavs(csv_path: str, audios_dir: str, mini_data: bool = False, num_w
     from tqdm import tqdm
 
     t0 = time.time()
-    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool, \
-            tqdm(total=len(todo), desc=f"download {get_filename(csv_path)}", unit="clip", disable=not progress) as bar:
-        futures = [pool.submit(_download_one, seg, opts) for seg in todo]
-        for fut in as_completed(futures):
-            res = fut.result()
-            if res.status == "downloaded":
-                report.downloaded += 1
-                logger.info("Download and convert to %s", os.path.join(audios_dir, res.segment.audio_name))
-            elif res.status == "skipped":
-                report.skipped += 1
-            else:
-                report.failed.append(res)
-                logger.info("Failed %s: %s", res.segment.ytid, res.reason)
-            bar.set_postfix(ok=report.downloaded, skip=report.skipped, fail=len(report.failed), refresh=False)
-            bar.update(1)
+    local = threading.local()
+    fetchers: List[_Fetcher] = []
+    lock = threading.Lock()
+
+    def work(seg: Segment) -> DownloadResult:
+        if is_valid_wav(os.path.join(audios_dir, seg.audio_name), sample_rate):
+            return DownloadResult(seg, "skipped")  # before building a yt-dlp instance
+        fetcher = getattr(local, "fetcher", None)
+        if fetcher is None:
+            fetcher = local.fetcher = _Fetcher(opts)
+            with lock:
+                fetchers.append(fetcher)
+        return _download_one(seg, opts, fetcher)
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool, \
+                tqdm(total=len(todo), desc=f"download {get_filename(csv_path)}", unit="clip", disable=not progress) as bar:
+            futures = [pool.submit(work, seg) for seg in todo]
+            for fut in as_completed(futures):
+                res = fut.result()
+                if res.status == "downloaded":
+                    report.downloaded += 1
+                    logger.info("Download and convert to %s", os.path.join(audios_dir, res.segment.audio_name))
+                elif res.status == "skipped":
+                    report.skipped += 1
+                else:
+                    report.failed.append(res)
+                    logger.info("Failed %s: %s", res.segment.ytid, res.reason)
+                bar.set_postfix(ok=report.downloaded, skip=report.skipped, fail=len(report.failed), refresh=False)
+                bar.update(1)
+    finally:
+        for f in fetchers:
+            f.close()
     order = {s.ytid: i for i, s in enumerate(segments)}
     report.failed.sort(key=lambda r: order.get(r.segment.ytid, 0))
     _write_failures(failures_csv, report.failed)

@@ -1,0 +1,54 @@
+#!/bin/bash
+# Pack the downloaded clips into waveform HDF5s (eval, balanced_train, one per unbalanced part).
+#
+#   bash scripts/2_pack_waveforms_to_hdf5s.sh [DATASET_DIR] [WORKSPACE]
+#       defaults: ./datasets/audioset201906  ./workspaces/audioset_tagging
+#
+# Finished outputs are skipped (they only appear, complete, once a part is done), so an interrupted run can
+# simply be started again. Environment overrides:
+#   PACK_JOBS=<cores>     unbalanced parts packed at the same time (one decoding process each)
+#   NUM_WORKERS=<cores>   decoding processes for eval and balanced_train
+#   SAMPLE_RATE=32000  CLIP_SECONDS=10  PYTHON=python3
+set -euo pipefail
+
+DATASET_DIR="${1:-./datasets/audioset201906}"
+WORKSPACE="${2:-./workspaces/audioset_tagging}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+CORES="$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)"
+PACK_JOBS="${PACK_JOBS:-$CORES}"
+NUM_WORKERS="${NUM_WORKERS:-$CORES}"
+SAMPLE_RATE="${SAMPLE_RATE:-32000}"
+CLIP_SECONDS="${CLIP_SECONDS:-10}"
+
+# The data set's own label CSV when it has one (script 1 fetches it), else the repository default.
+LABELS_CSV="$DATASET_DIR/metadata/class_labels_indices.csv"
+if [ ! -f "$LABELS_CSV" ]; then LABELS_CSV="$REPO/metadata/class_labels_indices.csv"; fi
+
+WAVEFORMS="$WORKSPACE/hdf5s/waveforms"
+mkdir -p "$WAVEFORMS/unbalanced_train"
+
+pack() {  # pack CSV AUDIOS_DIR OUT.h5 WORKERS
+  "$PYTHON" "$REPO/utils/dataset.py" pack_waveforms_to_hdf5 --csv_path="$1" --audios_dir="$2" \
+    --waveforms_hdf5_path="$3" --num_workers="$4" --sample_rate="$SAMPLE_RATE" --clip_seconds="$CLIP_SECONDS" \
+    --class_labels_csv="$LABELS_CSV" --skip_existing
+}
+
+pack "$DATASET_DIR/metadata/eval_segments.csv" "$DATASET_DIR/audios/eval_segments" \
+  "$WAVEFORMS/eval.h5" "$NUM_WORKERS"
+pack "$DATASET_DIR/metadata/balanced_train_segments.csv" "$DATASET_DIR/audios/balanced_train_segments" \
+  "$WAVEFORMS/balanced_train.h5" "$NUM_WORKERS"
+
+pack_part() {  # unbalanced_train_segments_partNN.csv -> unbalanced_train/unbalanced_train_partNN.h5
+  local csv="$1" part nn
+  part="$(basename "$csv" .csv)"
+  nn="${part##*_part}"
+  pack "$csv" "$DATASET_DIR/audios/unbalanced_train_segments/$part" \
+    "$WAVEFORMS/unbalanced_train/unbalanced_train_part$nn.h5" 1
+}
+export -f pack pack_part
+export PYTHON REPO DATASET_DIR WAVEFORMS SAMPLE_RATE CLIP_SECONDS LABELS_CSV
+find "$DATASET_DIR/metadata/unbalanced_partial_csvs" -name 'unbalanced_train_segments_part*.csv' | sort | \
+  xargs -P "$PACK_JOBS" -I{} bash -c 'set -euo pipefail; pack_part "$1"' _ {}
+
+echo "Packed waveforms in $WAVEFORMS"

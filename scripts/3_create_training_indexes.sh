@@ -1,0 +1,33 @@
+#!/bin/bash
+# Index files for eval, balanced_train and every unbalanced part, the combined full_train index, and the
+# DCASE 2017 task 4 black list (skipped with a message when its inputs are missing).
+#
+#   bash scripts/3_create_training_indexes.sh [WORKSPACE]     (default ./workspaces/audioset_tagging)
+#
+# Index files store waveform paths relative to themselves, so the workspace can be moved afterwards.
+set -euo pipefail
+
+WORKSPACE="${1:-./workspaces/audioset_tagging}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+
+WAVEFORMS="$WORKSPACE/hdf5s/waveforms"
+INDEXES="$WORKSPACE/hdf5s/indexes"
+mkdir -p "$INDEXES/unbalanced_train"
+
+index() {  # index WAVEFORMS.h5 INDEX.h5
+  "$PYTHON" "$REPO/utils/create_indexes.py" create_indexes --waveforms_hdf5_path="$1" --indexes_hdf5_path="$2"
+}
+
+index "$WAVEFORMS/eval.h5" "$INDEXES/eval.h5"
+index "$WAVEFORMS/balanced_train.h5" "$INDEXES/balanced_train.h5"
+find "$WAVEFORMS/unbalanced_train" -name 'unbalanced_train_part*.h5' | sort | while read -r part; do
+  index "$part" "$INDEXES/unbalanced_train/$(basename "$part")"
+done
+
+"$PYTHON" "$REPO/utils/create_indexes.py" combine_full_indexes \
+  --indexes_hdf5s_dir="$INDEXES" --full_indexes_hdf5_path="$INDEXES/full_train.h5"
+
+if [ -f "$REPO/utils/create_black_list.py" ]; then
+  "$PYTHON" "$REPO/utils/create_black_list.py" dcase2017task4 --workspace="$WORKSPACE"
+fi

@@ -1,0 +1,104 @@
+"""Shared builders for the data-pipeline tests: a tiny AudioSet-layout data set with awkward extras,
+a packed/indexed workspace, and an independent copy of the official packing numerics."""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Dict
+
+import numpy as np
+import soundfile as sf
+
+CLIP_SECONDS = 1.0
+SR = 32000
+
+
+def official_pack_row(path: str, clip_samples: int) -> np.ndarray:
+    """What the official packer writes for one file, re-implemented from its description (spec 4.1/4.3):
+    librosa.load(sr=32000, mono=True) -> pad with float64 zeros / truncate -> assert |x|<=1.2, clip,
+    * 32767.0, cast to int16."""
+    import librosa
+
+    audio, _ = librosa.load(path, sr=32000, mono=True)
+    if len(audio) <= clip_samples:
+        audio = np.concatenate((audio, np.zeros(clip_samples - len(audio))), axis=0)
+    else:
+        audio = audio[0:clip_samples]
+    assert np.max(np.abs(audio)) <= 1.2
+    audio = np.clip(audio, -1, 1)
+    return (audio * 32767.0).astype(np.int16)
+
+
+def append_segment(csv_path: str, ytid: str, mids, start: float = 0.0, end: float = CLIP_SECONDS) -> None:
+    with open(csv_path, "a") as f:
+        f.write(f'{ytid}, {start:.3f}, {end:.3f}, "{",".join(mids)}"\n')
+
+
+def make_dataset(root: str, extras: bool = True, multi_label_fraction: float = 0.2, classes_num: int = 5,
+                 per_class: Dict[str, int] | None = None) -> dict:
+    """Demo data set (1-s clips) plus, in balanced_train, extras: a missing clip, a corrupt file, a 44.1 kHz
+    wav, a stereo flac, a too-long and a too-short 32 kHz wav, and a hot (out of range) float wav."""
+    from make_demo_dataset import CLASSES, make_demo_dataset
+
+    per_class = per_class or {"balanced_train": 3, "eval": 2, "unbalanced_train": 3}
+    make_demo_dataset(root, classes_num=classes_num, clips_per_class=per_class, clip_seconds=CLIP_SECONDS,
+                      sample_rate=SR, multi_label_fraction=multi_label_fraction, unbalanced_parts=2, seed=0)
+    info = {"root": root, "labels_csv": os.path.join(root, "metadata", "class_labels_indices.csv"),
+            "bal_csv": os.path.join(root, "metadata", "balanced_train_segments.csv"),
+            "eval_csv": os.path.join(root, "metadata", "eval_segments.csv"),
+            "bal_dir": os.path.join(root, "audios", "balanced_train_segments"),
+            "eval_dir": os.path.join(root, "audios", "eval_segments")}
+    if not extras:
+        return info
+    rs = np.random.RandomState(1)
+    mid = CLASSES[0][0]
+    d, csv = info["bal_dir"], info["bal_csv"]
+    append_segment(csv, "xmissing000", [mid])                      # no file at all
+    append_segment(csv, "xcorrupt000", [mid])
+    with open(os.path.join(d, "Yxcorrupt000.wav"), "wb") as f:     # not audio
+        f.write(b"RIFF\x00\x00garbage" * 10)
+    append_segment(csv, "x44k1000000", [mid])
+    sf.write(os.path.join(d, "Yx44k1000000.wav"), 0.3 * rs.randn(44100).clip(-3, 3) / 3, 44100, subtype="PCM_16")
+    append_segment(csv, "xstereo0000", [CLASSES[1][0]])
+    st = 0.2 * rs.randn(int(SR * 0.8), 2)
+    sf.write(os.path.join(d, "Yxstereo0000.flac"), st, SR)
+    append_segment(csv, "xlong000000", [mid])
+    sf.write(os.path.join(d, "Yxlong000000.wav"), 0.5 * np.sin(np.arange(int(SR * 1.5)) / 7.0), SR, subtype="PCM_16")
+    append_segment(csv, "xshort00000", [mid])
+    sf.write(os.path.join(d, "Yxshort00000.wav"), 0.5 * np.sin(np.arange(int(SR * 0.5)) / 5.0), SR, subtype="PCM_16")
+    append_segment(csv, "xhot0000000", [mid])
+    sf.write(os.path.join(d, "Yxhot0000000.wav"), 1.5 * np.sin(np.arange(SR) / 3.0), SR, subtype="FLOAT")
+    info["extras"] = {"missing": "Yxmissing000.wav", "corrupt": "Yxcorrupt000.wav", "44k": "Yx44k1000000.wav",
+                      "stereo": "Yxstereo0000.wav", "stereo_file": os.path.join(d, "Yxstereo0000.flac"),
+                      "long": "Yxlong000000.wav", "short": "Yxshort00000.wav", "hot": "Yxhot0000000.wav"}
+    return info
+
+
+def build_workspace(dataset: dict, ws: str) -> dict:
+    """Pack eval, balanced_train and the unbalanced parts; index them and combine full_train."""
+    import create_indexes
+    import dataset as ds
+
+    root = dataset["root"]
+    wav_dir = os.path.join(ws, "hdf5s", "waveforms")
+    idx_dir = os.path.join(ws, "hdf5s", "indexes")
+    kw = dict(clip_seconds=CLIP_SECONDS, class_labels_csv=dataset["labels_csv"], progress=False, num_workers=1)
+    jobs = [(dataset["eval_csv"], dataset["eval_dir"], "eval.h5"),
+            (dataset["bal_csv"], dataset["bal_dir"], "balanced_train.h5")]
+    for p in range(2):
+        part = f"unbalanced_train_segments_part{p:02d}"
+        jobs.append((os.path.join(root, "metadata", "unbalanced_partial_csvs", part + ".csv"),
+                     os.path.join(root, "audios", "unbalanced_train_segments", part),
+                     os.path.join("unbalanced_train", f"unbalanced_train_part{p:02d}.h5")))
+    for csv_path, audios_dir, rel in jobs:
+        ds.pack_waveforms_to_hdf5(csv_path, audios_dir, os.path.join(wav_dir, rel), **kw)
+        create_indexes.create_indexes(os.path.join(wav_dir, rel), os.path.join(idx_dir, rel))
+    full = os.path.join(idx_dir, "full_train.h5")
+    create_indexes.combine_full_indexes(idx_dir, full)
+    return {"ws": ws, "waveforms": wav_dir, "indexes": idx_dir, "full": full,
+            "bal_index": os.path.join(idx_dir, "balanced_train.h5"), "eval_index": os.path.join(idx_dir, "eval.h5")}
+
+
+def copy_tree(src: str, dst: str) -> str:
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,189 @@
+"""download_wavs (utils/dataset.py) against a loopback HTTP server serving generated media files:
+segment cut, format, resumability, failure CSV, retry of transient errors."""
+import csv
+import functools
+import http.server
+import os
+import threading
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import dataset as ds
+from errors import PannsError
+
+SRC_SR = 44100
+TONES = (440.0, 880.0, 1760.0)  # one tone per second, so the cut segment can be identified
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves /media/<ytid> from the file <ytid>.<ext>; '/media/flaky*' answers 503 on its first request."""
+
+    def log_message(self, *args):
+        pass
+
+    def _resolve(self):
+        stem = self.path.rsplit("/", 1)[-1]
+        for name in os.listdir(self.directory):
+            if os.path.splitext(name)[0] == stem:
+                return "/" + name
+        return self.path
+
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        if "/flaky" in self.path and self.server.requests.count(self.path) == 1:
+            self.send_error(503, "Service Unavailable")
+            return
+        self.path = self._resolve()
+        super().do_GET()
+
+    def do_HEAD(self):
+        self.server.requests.append("HEAD " + self.path)
+        self.path = self._resolve()
+        super().do_HEAD()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("srv")
+    t = np.arange(SRC_SR) / SRC_SR
+    mono = 0.5 * np.concatenate([np.sin(2 * np.pi * f * t) for f in TONES])
+    stereo = np.stack([mono, mono], axis=1)
+    sf.write(root / "wavclip0000.wav", stereo, SRC_SR, subtype="PCM_16")
+    sf.write(root / "flacclip000.flac", stereo, SRC_SR)
+    sf.write(root / "mp3clip0000.mp3", mono, SRC_SR)
+    sf.write(root / "flakyclip00.wav", mono, SRC_SR, subtype="PCM_16")
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
+    srv.requests = []
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _csv(path, ytids, start=1.0, end=2.0):
+    with open(path, "w") as f:
+        f.write("# created\n# counts\n# YTID, start_seconds, end_seconds, positive_labels\n")
+        for y in ytids:
+            f.write(f'{y}, {start:.3f}, {end:.3f}, "/m/demo00"\n')
+    return str(path)
+
+
+def _dominant_hz(y, sr):
+    spec = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+    return np.fft.rfftfreq(len(y), 1 / sr)[np.argmax(spec)]
+
+
+def test_download_cut_resume_and_failures(server, tmp_path):
+    url = f"http://127.0.0.1:{server.server_address[1]}/media/{{ytid}}"
+    csv_path = _csv(tmp_path / "seg.csv", ["wavclip0000", "flacclip000", "mp3clip0000", "gone0000000"])
+    audios = tmp_path / "audios"
+    rep = ds.download_wavs(csv_path, str(audios), num_workers=3, url_template=url, retry_base_delay=0.01,
+                           progress=False)
+    assert (rep.downloaded, rep.skipped, len(rep.failed)) == (3, 0, 1)
+    for ytid in ("wavclip0000", "flacclip000", "mp3clip0000"):
+        path = audios / f"Y{ytid}.wav"
+        info = sf.info(str(path))
+        assert (info.samplerate, info.channels, info.subtype) == (32000, 1, "PCM_16")
+        y, _ = sf.read(str(path))
+        assert abs(len(y) - 32000) <= 320, (ytid, len(y))  # the 1-s segment, 1..2 s
+        assert abs(_dominant_hz(y, 32000) - TONES[1]) < 5, ytid  # the second tone: seek went to 1 s
+    assert sorted(os.listdir(audios)) == ["Yflacclip000.wav", "Ymp3clip0000.wav", "Ywavclip0000.wav",
+                                          ds.FAILURES_CSV_NAME]
+    with open(audios / ds.FAILURES_CSV_NAME) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["YTID"] for r in rows] == ["gone0000000"]
+    assert "404" in rows[0]["reason"] and rows[0]["permanent"] == "1"
+
+    # Second run: present clips are skipped without a request, the permanent failure is not retried.
+    before = len(server.requests)
+    rep2 = ds.download_wavs(csv_path, str(audios), num_workers=2, url_template=url, progress=False)
+    assert (rep2.downloaded, rep2.skipped, len(rep2.failed)) == (0, 3, 1)
+    assert len(server.requests) == before
+    # --retry_failed asks again (and fails again).
+    rep3 = ds.download_wavs(csv_path, str(audios), url_template=url, retry_failed=True, progress=False)
+    assert len(rep3.failed) == 1 and rep3.failed[0].attempts == 1
+    assert any("gone0000000" in r for r in server.requests[before:])
+
+    # A corrupt/partial existing file is not "valid": it is fetched again.
+    (audios / "Ywavclip0000.wav").write_bytes(b"RIFF....")
+    rep4 = ds.download_wavs(csv_path, str(audios), url_template=url, progress=False)
+    assert rep4.downloaded == 1 and rep4.skipped == 2
+
+
+def test_download_retries_transient_errors(server, tmp_path):
+    url = f"http://127.0.0.1:{server.server_address[1]}/media/{{ytid}}"
+    csv_path = _csv(tmp_path / "seg.csv", ["flakyclip00"], start=0.0, end=1.0)
+    rep = ds.download_wavs(csv_path, str(tmp_path / "a"), url_template=url, retry_base_delay=0.01, progress=False)
+    assert rep.downloaded == 1 and not rep.failed
+    assert server.requests.count("/media/flakyclip00") >= 2
+
+
+def test_segment_beyond_media_fails_cleanly(server, tmp_path):
+    url = f"http://127.0.0.1:{server.server_address[1]}/media/{{ytid}}"
+    csv_path = _csv(tmp_path / "seg.csv", ["wavclip0000"], start=30.0, end=40.0)
+    rep = ds.download_wavs(csv_path, str(tmp_path / "a"), url_template=url, progress=False)
+    assert len(rep.failed) == 1 and "segment" in rep.failed[0].reason
+    assert os.listdir(tmp_path / "a") == [ds.FAILURES_CSV_NAME]  # no temp folders or partial files left
+
+
+def test_url_template_needs_placeholder(tmp_path):
+    csv_path = _csv(tmp_path / "seg.csv", ["x"])
+    with pytest.raises(PannsError, match="ytid"):
+        ds.download_wavs(csv_path, str(tmp_path / "a"), url_template="http://127.0.0.1/x", progress=False)
+
+
+def test_transient_error_classification():
+    assert ds.is_transient_error("HTTP Error 429: Too Many Requests")
+    assert ds.is_transient_error("Unable to download webpage: HTTP Error 503: Service Unavailable")
+    assert ds.is_transient_error("Read timed out.")
+    assert not ds.is_transient_error("Video unavailable. This video has been removed by the uploader")
+    assert not ds.is_transient_error("HTTP Error 404: Not Found")
+
+
+def test_scripts_1_2_3_end_to_end(tmp_path, repo_root):
+    """Script 1 downloads metadata and clips from a loopback mirror, scripts 2 and 3 pack and index them."""
+    import subprocess
+
+    import h5py
+
+    from make_demo_dataset import make_demo_dataset
+
+    src = tmp_path / "src"
+    made = make_demo_dataset(str(src), classes_num=2, clip_seconds=1.0, unbalanced_parts=1,
+                             clips_per_class={"balanced_train": 1, "eval": 1, "unbalanced_train": 2})
+    mirror = tmp_path / "mirror"
+    for sub in ("csv", "qa", "media"):
+        (mirror / sub).mkdir(parents=True)
+    for split in ("eval", "balanced_train", "unbalanced_train"):
+        segs = ds.read_segments_csv(str(src / "metadata" / f"{split}_segments.csv"))
+        with open(mirror / "csv" / f"{split}_segments.csv", "w") as f:  # the demo files are the segments: start 0
+            f.write("#\n#\n#\n" + "".join(f'{s.ytid}, 0.000, 1.000, "{",".join(s.mids)}"\n' for s in segs))
+    (mirror / "csv" / "class_labels_indices.csv").write_bytes((src / "metadata" / "class_labels_indices.csv").read_bytes())
+    (mirror / "qa" / "qa_true_counts.csv").write_text("label_id,num_rated,num_true\n")
+    for paths in made.values():
+        for p in paths:
+            os.link(p, mirror / "media" / os.path.basename(p)[1:])  # served as /media/<ytid>.wav
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(mirror)))
+    srv.requests = []
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    env = dict(os.environ, CSV_BASE_URL=base, URL_TEMPLATE=base + "/media/{ytid}.wav", NUM_WORKERS="2",
+               PARALLEL_PARTS="2", CLIP_SECONDS="1", PACK_JOBS="2")
+    data, ws = tmp_path / "data train", tmp_path / "ws train"
+    try:
+        for script, args in (("1_download_dataset.sh", [data]), ("2_pack_waveforms_to_hdf5s.sh", [data, ws]),
+                             ("3_create_training_indexes.sh", [ws])):
+            r = subprocess.run(["bash", os.path.join(repo_root, "scripts", script)] + [str(a) for a in args],
+                               capture_output=True, text=True, env=env, cwd=str(tmp_path))
+            assert r.returncode == 0, f"{script}: {r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert len(os.listdir(data / "audios" / "unbalanced_train_segments" / "unbalanced_train_segments_part00")) == 4 + 1
+    with h5py.File(ws / "hdf5s" / "indexes" / "full_train.h5", "r") as hf:
+        assert hf["audio_name"].shape == (2 + 4,)  # balanced + the one unbalanced part, not eval
+    with h5py.File(ws / "hdf5s" / "indexes" / "eval.h5", "r") as hf:
+        assert hf["audio_name"].shape == (2,)
