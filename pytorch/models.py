@@ -890,8 +890,8 @@ def make_transfer_model(base_name: str, classes_num: int, freeze_base: bool = Fa
 # Official Cnn14 crashes below 32 frames (9,920 samples at 32 kHz); the models are kept as they
 # are and callers pad to ``min_samples``. Log-mel models need 2**(number of 2x time pools) frames;
 # waveform models (and the Wavegram branch) a fixed number of samples, measured at 32 kHz.
-_MIN_WAVE_SAMPLES: Dict = {LeeNet11: 1, LeeNet24: 1, DaiNet19: 1, Res1dNet31: 1, Res1dNet51: 1,
-                           "wavegram": 1}
+_MIN_WAVE_SAMPLES: Dict = {LeeNet11: 1, LeeNet24: 1, DaiNet19: 332, Res1dNet31: 20476,
+                           Res1dNet51: 20476, "wavegram": 10236}
 
 
 def _min_samples(cls: type, hop_size: int, window_size: int) -> int:
