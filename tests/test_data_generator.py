@@ -223,16 +223,59 @@ def test_dataset_opens_each_file_once(ws, monkeypatch):
 
 
 def test_dataloader_with_workers(ws):
+    """Workers hand batches over in recycled shared memory: values equal the in-process read, plain numpy
+    arrays arrive, and batches still referenced are never overwritten when buffers are recycled."""
     import torch
 
     sampler = dg.BalancedTrainSampler(ws["full"], batch_size=4)
     loader = torch.utils.data.DataLoader(dg.AudioSetDataset(), batch_sampler=sampler, collate_fn=dg.collate_fn,
                                          num_workers=2, worker_init_fn=dg.worker_init_fn)
     it = iter(loader)
-    batches = [next(it) for _ in range(4)]
+    n = 3 * dg._ShmPool.SLOTS  # more batches than a worker has buffers
+    kept = {}
+    for k in range(n):
+        b = next(it)
+        assert type(b["waveform"]) is np.ndarray and b["waveform"].shape == (4, SR) and b["target"].shape == (4, 6)
+        if k in (0, 1, 5):
+            kept[k] = (b, b["waveform"].copy())
+        elif k % 2:
+            kept[k] = (b["waveform"][1:], b["waveform"][1:].copy())  # a view keeps its batch alive
     del it
-    assert all(b["waveform"].shape == (4, SR) for b in batches)
     direct = dg.BalancedTrainSampler(ws["full"], batch_size=4)
+    ref = dg.AudioSetDataset()
+    for k, (arr, copy) in kept.items():
+        arr = arr["waveform"] if isinstance(arr, dict) else arr
+        np.testing.assert_array_equal(arr, copy)  # untouched by later batches
+        rows = dg.collate_fn([ref[direct.index.meta(r)] for r in direct.batch_rows(k)])
+        np.testing.assert_array_equal(copy, rows["waveform"][-len(copy):])
     t = ci.read_index(ws["full"])
-    expect = [[t.audio_names[r].decode() for r in direct.batch_rows(k)] for k in range(4)]
-    assert [list(b["audio_name"]) for b in batches] == expect
+    assert list(kept[0][0]["audio_name"]) == [t.audio_names[r].decode() for r in direct.batch_rows(0)]
+
+
+def test_row_reader_layouts(tmp_path):
+    """Direct reads equal h5py for contiguous, one-row-chunked, compressed and partly unwritten datasets."""
+    rs = np.random.RandomState(0)
+    data = (rs.randn(6, 50) * 1000).astype(np.int16)
+    path = tmp_path / "r.h5"
+    with h5py.File(path, "w") as hf:
+        hf.create_dataset("contiguous", data=data)
+        hf.create_dataset("chunked", data=data, chunks=(1, 50))
+        hf.create_dataset("gzip", data=data, chunks=(2, 50), compression="gzip")
+        part = hf.create_dataset("partial", shape=(6, 50), dtype=np.int16, chunks=(1, 50))
+        part[2] = data[2]
+        hf.create_dataset("names", data=[b"Ya.wav", b"Ybb.wav"], dtype="S20")
+        hf.create_dataset("bools", data=rs.rand(6, 7) > 0.5)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with h5py.File(path, "r") as hf:
+            readers = {k: dg._RowReader(hf[k], fd) for k in hf}
+            assert readers["contiguous"].base is not None and readers["chunked"].offsets is not None
+            assert readers["gzip"].base is None and readers["gzip"].offsets is None
+            for key, r in readers.items():
+                for i in range(hf[key].shape[0]):
+                    np.testing.assert_array_equal(r.read(i), hf[key][i], err_msg=f"{key}[{i}]")
+            assert dg._decode_name(readers["names"].read(1)) == "Ybb.wav"
+            with pytest.raises(PannsError, match="out of range"):
+                readers["chunked"].read(6)
+    finally:
+        os.close(fd)
