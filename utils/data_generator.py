@@ -36,6 +36,10 @@ Differences on purpose (fixes):
   index is loaded, so a listed clip no longer consumes a balanced class slot.
 * Targets are kept as bool and only as long as needed (official: float32 copy of the whole matrix).
 * HDF5 files are opened lazily once per worker process and kept open (official: one open per clip).
+  Rows of uncompressed datasets are read with one ``preadv`` at a precomputed offset, a whole batch
+  at a time (``__getitems__``) into one array that :func:`collate_fn` passes on without copying; in
+  DataLoader workers that array lives in recycled shared memory, so batches reach the main process
+  without pickling 80 MB through a pipe (``benchmarks/bench_loader.py``). Batches are still numpy.
 * When the training rate differs from the file's ``sample_rate`` attribute the waveform is resampled
   properly with soxr (``resample='soxr'``, default); ``resample='decimate'`` gives the official
   ``[::2]``/``[::4]`` for exact reproduction.
