@@ -1,0 +1,601 @@
+"""Embedding extraction engine: many audio files -> (embedding, clipwise_output) rows in HDF5.
+
+Python API (also used by the fine-tuning linear probe)::
+
+    from extract import Extractor
+    ex = Extractor.from_checkpoint("Cnn14_mAP=0.431.pth", model_type="Cnn14")   # or Extractor(model, config)
+    feats = ex.embed_files(["a.wav", "b.mp3"])          # FeatureSet, rows in input order
+    feats.embedding        # (N, D) float32     feats.clipwise_output  # (N, classes) float32 probabilities
+    feats.audio_names      # [str] * N          feats.failed           # [(path, reason)] not decodable
+    ex.embed_waveforms([np.ndarray (samples,), ...])  # same, from decoded audio at ex.sample_rate
+    extract_to_hdf5(ex, paths, "features.h5")          # resumable file output (what the CLI does)
+
+How it is fast: torch DataLoader workers decode (and resample) files while the model runs;
+decoded clips are grouped by length and run as batches (equal lengths only, so a row equals a
+plain ``model(waveform[None])`` forward of that clip up to float rounding); the model runs under
+``torch.inference_mode`` with the precision chosen by ``precision.resolve_precision``.
+
+HDF5 layout (``extract_to_hdf5``): ``audio_name`` (N,) utf-8 strings (the path as gathered),
+``embedding`` (N, D) float32, ``clipwise_output`` (N, classes) float32 (probabilities; exp of
+log-softmax outputs for fine-tuned models), ``labels`` (classes,) when known; attributes:
+the model config (``model_type``, ``sample_rate``, ``window_size``, ``hop_size``, ``mel_bins``,
+``fmin``, ``fmax``, ``classes_num``, ``config_json``), ``checkpoint_path``, ``weights_fingerprint``,
+``precision``, ``segment_seconds`` (0 = whole files) and ``num_rows``.
+
+Crash safety: rows are appended batch by batch; after each batch the data are flushed and only
+then ``num_rows`` is advanced and flushed. A run killed at any point leaves a readable file whose
+first ``num_rows`` rows are complete; :func:`read_features` and a resumed run ignore anything
+past ``num_rows``. Re-running the same command skips the names already in the file.
+Under ``torchrun`` each rank writes ``<output>.rank<k>.h5`` for its share ``files[rank::world]``
+and rank 0 merges the shares into the output once every rank is done.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../utils"))
+
+import audio_io  # noqa: E402
+from errors import PannsError  # noqa: E402
+from utilities import atomic_path  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+FRONT_END_KEYS = ("sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax")
+
+
+@dataclass
+class FeatureSet:
+    """Rows of extracted features (input order) plus the files that could not be decoded."""
+
+    audio_names: List[str]
+    embedding: np.ndarray          # (N, D) float32
+    clipwise_output: np.ndarray    # (N, classes) float32 probabilities
+    failed: List[Tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    indices: List[int]
+    names: List[str]
+    embedding: np.ndarray
+    clipwise_output: np.ndarray
+
+
+def model_min_samples(config, model: Optional[torch.nn.Module] = None) -> int:
+    """Shortest input the model accepts (the instance's ``min_samples``, else the registry's)."""
+    ms = getattr(model, "min_samples", None) if model is not None else None
+    if isinstance(ms, int):
+        return ms
+    import models
+
+    for name in (getattr(config, "model_type", None), getattr(config, "base_model_type", None)):
+        if not name:
+            continue
+        try:
+            return int(models.get_model_spec(name).min_samples or 0)
+        except PannsError:
+            continue
+    return 0
+
+
+def pad_to_min(waveform: np.ndarray, min_samples: int) -> np.ndarray:
+    """Zero-pad at the end up to ``min_samples`` (models cannot run on shorter inputs)."""
+    if len(waveform) >= min_samples:
+        return waveform
+    return np.concatenate([waveform, np.zeros(min_samples - len(waveform), dtype=waveform.dtype)])
+
+
+def crop_or_pad(waveform: np.ndarray, length: int) -> np.ndarray:
+    """First ``length`` samples, zero-padded at the end if shorter (official pad_or_truncate)."""
+    if len(waveform) >= length:
+        return waveform[:length]
+    return np.concatenate([waveform, np.zeros(length - len(waveform), dtype=waveform.dtype)])
+
+
+def to_probabilities(clipwise: np.ndarray, config) -> np.ndarray:
+    """Fine-tuned (log-softmax) outputs -> probabilities; sigmoid outputs unchanged."""
+    if getattr(config, "output", "sigmoid") == "log_softmax":
+        return np.exp(clipwise)
+    return clipwise
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """Cheap identity of a set of weights: sha1 over every tensor's name, shape and first values."""
+    h = hashlib.sha1()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().reshape(-1)[:64].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- decoding workers
+class _DecodeDataset(torch.utils.data.Dataset):
+    """Item i -> (i, waveform tensor or None, error message or None); decoding runs in workers."""
+
+    def __init__(self, paths: Sequence[str], sample_rate: int, segment_samples: Optional[int], min_samples: int):
+        self.paths = list(paths)
+        self.sample_rate = sample_rate
+        self.segment_samples = segment_samples
+        self.min_samples = min_samples
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        path = self.paths[i]
+        try:
+            wav = audio_io.load_audio(path, self.sample_rate)
+        except PannsError as e:
+            return i, None, str(e)
+        except Exception as e:  # a decoder bug on one odd file must not stop a long run
+            return i, None, f"cannot decode {path}: {type(e).__name__}: {e}"
+        if self.segment_samples:
+            wav = crop_or_pad(wav, self.segment_samples)
+        wav = pad_to_min(wav, self.min_samples)
+        return i, torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), None
+
+
+def _identity(x):
+    return x
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # decoding is numpy/soxr work; leave the cores to the model
+
+
+def default_num_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+# ----------------------------------------------------------------------------- extractor
+class Extractor:
+    """Runs a PANNs model over waveforms or files in batches of equal-length clips.
+
+    model: a PANNs model whose forward returns ``embedding`` and ``clipwise_output``.
+    config: its checkpoint.ModelConfig (sample rate, output kind, labels).
+    precision: 'fp32' | 'bf16' | 'fp16' | 'auto' (resolved for the device by precision.py).
+    segment_seconds: crop/zero-pad every file to this length (None: keep each file whole).
+    """
+
+    def __init__(self, model: torch.nn.Module, config, precision: str = "auto", device: str | torch.device = "cpu",
+                 batch_size: int = 8, num_workers: Optional[int] = None, segment_seconds: Optional[float] = None,
+                 progress: bool = True):
+        import precision as precision_mod
+
+        self.device = torch.device(device)
+        self.precision = precision_mod.resolve_precision(precision, self.device)
+        self._autocast = precision_mod.autocast
+        model = model.to(self.device)
+        self.model = precision_mod.prepare_for_inference(model, self.precision, self.device) or model
+        self.model.eval()
+        self.config = config
+        self.sample_rate = int(config.sample_rate)
+        self.batch_size = max(1, int(batch_size))
+        self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
+        self.segment_seconds = segment_seconds
+        self.segment_samples = int(round(segment_seconds * self.sample_rate)) if segment_seconds else None
+        self.min_samples = model_min_samples(config, model)
+        self.progress = progress
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_path: Optional[str] = None, model_type: Optional[str] = None,
+                        frontend: Optional[dict] = None, **kwargs) -> "Extractor":
+        """Load a checkpoint (ours or official; None: the cached official file of ``model_type``)."""
+        import checkpoint
+
+        if checkpoint_path is None:
+            if model_type is None:
+                raise PannsError("give a checkpoint path or a model type")
+            import pretrained
+
+            checkpoint_path = pretrained.get_checkpoint(model_type)
+        device = kwargs.get("device", "cpu")
+        model, config = checkpoint.load_model(checkpoint_path, model_type=model_type, frontend=frontend,
+                                              device=str(device))
+        ex = cls(model, config, **kwargs)
+        ex.checkpoint_path = checkpoint_path
+        return ex
+
+    checkpoint_path: Optional[str] = None
+
+    # -- model ------------------------------------------------------------------------------
+    def forward(self, batch: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+        """(B, samples) float32 -> (embedding (B, D), clipwise probabilities (B, classes)) float32."""
+        with torch.inference_mode(), self._autocast(self.precision, self.device):
+            out = self.model(batch.to(self.device, non_blocking=True))
+        if "embedding" not in out:
+            raise PannsError(f"{self.config.model_type} outputs no embedding (decision-level SED models have none); "
+                             "use a clip-level model such as Cnn14")
+        emb = out["embedding"].float().cpu().numpy()
+        clip = to_probabilities(out["clipwise_output"].float().cpu().numpy(), self.config)
+        return emb, clip
+
+    def _prepare(self, wav: np.ndarray) -> np.ndarray:
+        wav = np.asarray(wav, dtype=np.float32)
+        if self.segment_samples:
+            wav = crop_or_pad(wav, self.segment_samples)
+        return pad_to_min(wav, self.min_samples)
+
+    # -- batching ---------------------------------------------------------------------------
+    def _batches(self, items: Iterable[Tuple[int, Optional[torch.Tensor], Optional[str]]], names: Sequence[str],
+                 failed: List[Tuple[str, str]], bar=None) -> Iterator[Batch]:
+        """Group decoded clips by length; forward a group when it fills a batch (or at the end)."""
+        buckets: Dict[int, List[Tuple[int, torch.Tensor]]] = {}
+        buffered = 0
+        max_buffered = 4 * self.batch_size
+
+        def run(length: int) -> Batch:
+            nonlocal buffered
+            group = buckets.pop(length)
+            buffered -= len(group)
+            idx = [i for i, _ in group]
+            emb, clip = self.forward(torch.stack([w for _, w in group]))
+            if bar is not None:
+                bar.update(len(group))
+            return Batch(idx, [names[i] for i in idx], emb, clip)
+
+        for i, wav, err in items:
+            if wav is None:
+                failed.append((names[i], err or "unknown error"))
+                logger.warning("skipping %s", err)
+                if bar is not None:
+                    bar.update(1)
+                continue
+            bucket = buckets.setdefault(int(wav.shape[-1]), [])
+            bucket.append((i, wav))
+            buffered += 1
+            if len(bucket) >= self.batch_size:
+                yield run(int(wav.shape[-1]))
+            elif buffered > max_buffered:
+                # Many distinct lengths: run the fullest group rather than hold every clip in memory.
+                yield run(max(buckets, key=lambda k: len(buckets[k])))
+        for length in sorted(buckets, key=lambda k: buckets[k][0][0]):
+            yield run(length)
+
+    def iter_files(self, paths: Sequence[str], failed: Optional[List[Tuple[str, str]]] = None,
+                   names: Optional[Sequence[str]] = None, desc: str = "extract") -> Iterator[Batch]:
+        """Decode ``paths`` in DataLoader workers and yield forwarded batches (any order)."""
+        failed = [] if failed is None else failed
+        names = list(paths) if names is None else list(names)
+        ds = _DecodeDataset(paths, self.sample_rate, self.segment_samples, self.min_samples)
+        if len(ds) == 0:
+            return
+        workers = min(self.num_workers, len(ds))
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
+            worker_init_fn=_worker_init if workers else None,
+            prefetch_factor=max(2, self.batch_size) if workers else None,
+            persistent_workers=False)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(ds), unit="clip", desc=desc, file=sys.stderr, dynamic_ncols=True)
+        try:
+            yield from self._batches(iter(loader), names, failed, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def embed_files(self, paths: Sequence[str]) -> FeatureSet:
+        """Embeddings and clipwise probabilities of audio files, rows in input order."""
+        failed: List[Tuple[str, str]] = []
+        return self._collect(self.iter_files(paths, failed), list(paths), failed)
+
+    def embed_waveforms(self, waveforms: Sequence[np.ndarray], names: Optional[Sequence[str]] = None) -> FeatureSet:
+        """Same as embed_files for decoded mono waveforms at ``self.sample_rate``."""
+        names = [str(i) for i in range(len(waveforms))] if names is None else list(names)
+        items = ((i, torch.from_numpy(self._prepare(w)), None) for i, w in enumerate(waveforms))
+        return self._collect(self._batches(items, names, []), names, [])
+
+    def _collect(self, batches: Iterable[Batch], names: List[str], failed) -> FeatureSet:
+        rows: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+        for b in batches:
+            for k, i in enumerate(b.indices):
+                rows[i] = (b.embedding[k], b.clipwise_output[k])
+        order = sorted(rows)
+        emb_dim = getattr(self.config, "embedding_dim", None)
+        if order:
+            emb = np.stack([rows[i][0] for i in order]).astype(np.float32)
+            clip = np.stack([rows[i][1] for i in order]).astype(np.float32)
+        else:
+            emb = np.zeros((0, emb_dim or 0), np.float32)
+            clip = np.zeros((0, self.config.classes_num), np.float32)
+        return FeatureSet([names[i] for i in order], emb, clip, list(failed))
+
+    # -- metadata ---------------------------------------------------------------------------
+    def attributes(self) -> dict:
+        """What identifies these features: model config, weights, precision, segment length."""
+        cfg = self.config.to_dict() if hasattr(self.config, "to_dict") else dict(vars(self.config))
+        attrs = {k: cfg[k] for k in ("model_type",) + FRONT_END_KEYS + ("classes_num",) if cfg.get(k) is not None}
+        attrs["config_json"] = json.dumps({k: v for k, v in cfg.items() if k not in ("labels", "ids")}, sort_keys=True)
+        attrs["checkpoint_path"] = os.path.abspath(self.checkpoint_path) if self.checkpoint_path else ""
+        attrs["weights_fingerprint"] = weights_fingerprint(self.model)
+        attrs["precision"] = self.precision
+        attrs["segment_seconds"] = float(self.segment_seconds or 0.0)
+        return attrs
+
+
+# ----------------------------------------------------------------------------- HDF5 output
+# Attributes that must agree before rows are appended to an existing file.
+_IDENTITY_ATTRS = ("model_type",) + FRONT_END_KEYS + ("classes_num", "weights_fingerprint", "segment_seconds")
+
+
+class FeatureWriter:
+    """Append-only, crash-safe HDF5 feature file (see the module docstring for the layout)."""
+
+    def __init__(self, path: str, attrs: dict, embedding_dim: int, classes_num: int,
+                 labels: Optional[Sequence[str]] = None, overwrite: bool = False, chunk_rows: int = 64):
+        import h5py
+
+        self.path = path
+        if overwrite and os.path.exists(path):
+            os.remove(path)
+        if not os.path.exists(path):
+            self._create(path, attrs, embedding_dim, classes_num, labels, chunk_rows)
+        try:
+            self.f = h5py.File(path, "r+")
+        except OSError as e:
+            raise PannsError(f"{path} exists but is not a readable HDF5 file ({e}); delete it or pass --overwrite") \
+                from None
+        self._check(attrs, embedding_dim, classes_num)
+        n = int(self.f.attrs.get("num_rows", 0))
+        for key in ("audio_name", "embedding", "clipwise_output"):
+            if self.f[key].shape[0] != n:  # rows past num_rows: a run died mid-batch; drop them
+                self.f[key].resize(n, axis=0)
+        self.names = set(_decode_names(self.f["audio_name"][:n]))
+        self.num_rows = n
+
+    @staticmethod
+    def _create(path, attrs, embedding_dim, classes_num, labels, chunk_rows) -> None:
+        import h5py
+
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = atomic_path(path)
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("audio_name", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
+                             chunks=(max(chunk_rows, 256),))
+            f.create_dataset("embedding", shape=(0, embedding_dim), maxshape=(None, embedding_dim),
+                             dtype=np.float32, chunks=(chunk_rows, embedding_dim))
+            f.create_dataset("clipwise_output", shape=(0, classes_num), maxshape=(None, classes_num),
+                             dtype=np.float32, chunks=(chunk_rows, classes_num))
+            if labels is not None:
+                f.create_dataset("labels", data=np.array(list(labels), dtype=object), dtype=h5py.string_dtype("utf-8"))
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            f.attrs["num_rows"] = 0
+        os.replace(tmp, path)
+
+    def _check(self, attrs: dict, embedding_dim: int, classes_num: int) -> None:
+        have = self.f.attrs
+        for k in _IDENTITY_ATTRS:
+            if k in attrs and k in have and _norm(have[k]) != _norm(attrs[k]):
+                raise PannsError(f"{self.path} holds features of a different model or setting ({k}: "
+                                 f"{_norm(have[k])} in the file, {_norm(attrs[k])} now); use another --output_path "
+                                 "or pass --overwrite")
+        if self.f["embedding"].shape[1] != embedding_dim or self.f["clipwise_output"].shape[1] != classes_num:
+            raise PannsError(f"{self.path} has other feature sizes; use another --output_path or pass --overwrite")
+        if "precision" in attrs and "precision" in have and _norm(have["precision"]) != attrs["precision"]:
+            logger.warning("%s was started with precision %s, continuing with %s", self.path,
+                           _norm(have["precision"]), attrs["precision"])
+
+    def append(self, names: Sequence[str], embedding: np.ndarray, clipwise: np.ndarray) -> None:
+        """Write rows, flush, then commit them by advancing ``num_rows`` (flushed again)."""
+        keep = [k for k, n in enumerate(names) if n not in self.names]
+        if not keep:
+            return
+        names = [names[k] for k in keep]
+        n0, n1 = self.num_rows, self.num_rows + len(names)
+        for key, data in (("audio_name", np.array(names, dtype=object)), ("embedding", embedding[keep]),
+                          ("clipwise_output", clipwise[keep])):
+            ds = self.f[key]
+            ds.resize(n1, axis=0)
+            ds[n0:n1] = data
+        self.f.flush()
+        self.f.attrs["num_rows"] = n1
+        self.f.flush()
+        self.num_rows = n1
+        self.names.update(names)
+
+    def close(self) -> None:
+        if getattr(self, "f", None) is not None:
+            self.f.close()
+            self.f = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _norm(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _decode_names(arr) -> List[str]:
+    return [a.decode("utf-8") if isinstance(a, bytes) else str(a) for a in arr]
+
+
+def read_features(path: str) -> FeatureSet:
+    """Committed rows of a feature file (ignores anything a killed run left past ``num_rows``)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        n = int(f.attrs.get("num_rows", f["audio_name"].shape[0]))
+        return FeatureSet(_decode_names(f["audio_name"][:n]), f["embedding"][:n].astype(np.float32),
+                          f["clipwise_output"][:n].astype(np.float32))
+
+
+def read_feature_names(path: str) -> set:
+    if not os.path.exists(path):
+        return set()
+    return set(read_features(path).audio_names)
+
+
+def write_failed_csv(path: str, failed: Sequence[Tuple[str, str]]) -> None:
+    """``audio_path,error`` rows (atomic); removes a stale file when nothing failed."""
+    if not failed:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    tmp = atomic_path(path)
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["audio_path", "error"])
+        w.writerows(failed)
+    os.replace(tmp, path)
+
+
+def _read_failed_csv(path: str) -> List[Tuple[str, str]]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [tuple(r) for r in list(csv.reader(f))[1:] if len(r) >= 2]
+
+
+def _labels_of(config) -> Optional[List[str]]:
+    return list(config.labels) if getattr(config, "labels", None) else None
+
+
+def _extract_one(extractor: Extractor, paths: Sequence[str], output_path: str, overwrite: bool,
+                 skip: set, desc: str) -> Tuple[int, List[Tuple[str, str]]]:
+    """Extract ``paths`` (minus ``skip`` and rows already in the file) into ``output_path``."""
+    emb_dim = _embedding_dim(extractor)
+    with FeatureWriter(output_path, extractor.attributes(), emb_dim, extractor.config.classes_num,
+                       _labels_of(extractor.config), overwrite=overwrite) as writer:
+        todo = [p for p in paths if p not in writer.names and p not in skip]
+        done_before = len(paths) - len(todo)
+        if done_before:
+            logger.info("%s: %d of %d files already extracted, %d to go", output_path, done_before, len(paths),
+                        len(todo))
+        failed: List[Tuple[str, str]] = []
+        for b in extractor.iter_files(todo, failed, desc=desc):
+            writer.append(b.names, b.embedding, b.clipwise_output)
+        return len(todo) - len(failed), failed
+
+
+def _embedding_dim(extractor: Extractor) -> int:
+    dim = getattr(extractor.config, "embedding_dim", None)
+    if dim:
+        return int(dim)
+    import models
+
+    try:
+        spec = models.get_model_spec(extractor.config.model_type)
+        if spec.embedding_dim:
+            return int(spec.embedding_dim)
+    except Exception:
+        pass
+    # Unknown (custom model): probe with a short silent clip.
+    probe = np.zeros(max(extractor.min_samples, extractor.sample_rate), np.float32)
+    emb, _ = extractor.forward(torch.from_numpy(probe)[None])
+    return int(emb.shape[1])
+
+
+def merge_feature_files(output_path: str, part_paths: Sequence[str], attrs: dict, embedding_dim: int,
+                        classes_num: int, labels=None, remove_parts: bool = True, chunk: int = 1024) -> int:
+    """Append the committed rows of ``part_paths`` to ``output_path`` (names already there skipped)."""
+    import h5py
+
+    added = 0
+    with FeatureWriter(output_path, attrs, embedding_dim, classes_num, labels) as writer:
+        for part in part_paths:
+            if not os.path.exists(part):
+                continue
+            with h5py.File(part, "r") as f:
+                n = int(f.attrs.get("num_rows", f["audio_name"].shape[0]))
+                for s in range(0, n, chunk):
+                    e = min(n, s + chunk)
+                    before = writer.num_rows
+                    writer.append(_decode_names(f["audio_name"][s:e]), f["embedding"][s:e],
+                                  f["clipwise_output"][s:e])
+                    added += writer.num_rows - before
+    if remove_parts:
+        for part in part_paths:
+            if os.path.exists(part):
+                os.remove(part)
+    return added
+
+
+def dist_info() -> Tuple[int, int]:
+    """(rank, world_size) from torchrun's environment; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str, overwrite: bool = False,
+                    rank: Optional[int] = None, world_size: Optional[int] = None, barrier=None) -> dict:
+    """Extract features of ``paths`` into ``output_path`` (resumable); returns a summary dict.
+
+    With ``world_size > 1`` this process handles ``paths[rank::world_size]`` into
+    ``<output>.rank<rank>.h5``; after ``barrier()`` (all ranks done) rank 0 merges the shares.
+    Files that fail to decode are listed in ``<output>.failed.csv`` (not fatal).
+    """
+    r0, w0 = dist_info()
+    rank = r0 if rank is None else rank
+    world_size = w0 if world_size is None else world_size
+    paths = list(dict.fromkeys(paths))
+    failed_csv = output_path + ".failed.csv"
+    if overwrite and rank == 0:
+        for p in [output_path, failed_csv] + [f"{output_path}.rank{k}.h5" for k in range(world_size)]:
+            if os.path.exists(p):
+                os.remove(p)
+    if world_size <= 1:
+        ok, failed = _extract_one(extractor, paths, output_path, False, set(), "extract")
+        write_failed_csv(failed_csv, failed)
+        total = len(read_feature_names(output_path))
+        return {"extracted": ok, "failed": len(failed), "rows": total, "output": output_path}
+
+    # Distributed: each rank does its share into its own file, rank 0 merges.
+    done = read_feature_names(output_path)
+    share = paths[rank::world_size]
+    part = f"{output_path}.rank{rank}.h5"
+    ok, failed = _extract_one(extractor, share, part, False, done, f"extract[rank {rank}]")
+    write_failed_csv(f"{output_path}.rank{rank}.failed.csv", failed)
+    if barrier is not None:
+        barrier()
+    summary = {"extracted": ok, "failed": len(failed), "output": part}
+    if rank == 0:
+        parts = [f"{output_path}.rank{k}.h5" for k in range(world_size)]
+        merge_feature_files(output_path, parts, extractor.attributes(), _embedding_dim(extractor),
+                            extractor.config.classes_num, _labels_of(extractor.config))
+        all_failed: List[Tuple[str, str]] = []
+        for k in range(world_size):
+            fc = f"{output_path}.rank{k}.failed.csv"
+            all_failed += _read_failed_csv(fc)
+            if os.path.exists(fc):
+                os.remove(fc)
+        write_failed_csv(failed_csv, all_failed)
+        summary.update(failed=len(all_failed), rows=len(read_feature_names(output_path)), output=output_path)
+    return summary
+
+
+def init_distributed():
+    """Join torchrun's process group (gloo, long timeout: ranks wait for the slowest share).
+
+    Returns (rank, world_size, barrier or None, cleanup)."""
+    rank, world = dist_info()
+    if world <= 1:
+        return 0, 1, None, lambda: None
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+    return rank, world, dist.barrier, dist.destroy_process_group

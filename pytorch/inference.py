@@ -1,0 +1,618 @@
+"""Audio tagging, sound event detection and embedding extraction with a PANNs checkpoint.
+
+Official sub-commands and output (``pytorch/inference.py`` of audioset_tagging_cnn)::
+
+    python3 pytorch/inference.py audio_tagging --model_type=Cnn14 --checkpoint_path=Cnn14_mAP=0.431.pth \
+        --audio_path=resources/R9_ZSCveAHg_7s.wav [--cuda]
+    python3 pytorch/inference.py sound_event_detection --model_type=Cnn14_DecisionLevelMax \
+        --checkpoint_path=Cnn14_DecisionLevelMax_mAP=0.385.pth --audio_path=resources/R9_ZSCveAHg_7s.wav
+
+print what the official script prints (``Using CPU.``, the top-10 ``label: prob`` lines, the
+embedding shape; the SED result shape and the figure path ``results/<stem>.png``). The model is
+rebuilt from the checkpoint (its saved config, or the registry defaults of ``--model_type`` for an
+official ``{'model': ...}`` file); front-end flags that contradict the checkpoint are an error.
+Without ``--checkpoint_path`` the official file of ``--model_type`` is downloaded once into the
+cache (see pretrained.py).
+
+Beyond the official script: several inputs (files, folders, .txt/.lst lists, globs), ``--top_k``,
+``--output`` (.json/.csv), sliding windows for long recordings (``--segment_seconds``,
+``--hop_seconds``, ``--aggregate``), an events CSV from framewise output (``--events_csv``,
+``--threshold``, ``--min_duration``), ``--precision``, and a third sub-command::
+
+    python3 pytorch/inference.py extract_embeddings --model_type=Cnn14 --checkpoint_path=... \
+        --audio_path=DIR|FILE|LIST --output_path=features.h5 [--batch_size 8] [--num_workers N]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../utils"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import audio_io  # noqa: E402
+import config  # noqa: E402
+from errors import AudioDecodeError, PannsError, run_cli  # noqa: E402
+from utilities import atomic_path, create_folder, get_filename  # noqa: E402
+
+logger = logging.getLogger("inference")
+
+FRONT_END_KEYS = ("sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax")
+LIST_EXTENSIONS = (".txt", ".lst")
+# Longer files are tagged with sliding 10-s windows unless --segment_seconds says otherwise.
+AUTO_WINDOW_SECONDS = 600.0
+AUTO_SEGMENT_SECONDS = 10.0
+
+
+# ----------------------------------------------------------------------------- inputs
+def _has_glob(spec: str) -> bool:
+    return any(c in spec for c in "*?[")
+
+
+def _read_list_file(path: str) -> List[str]:
+    """One path per line ('#' comments and blank lines skipped); relative paths are taken
+    relative to the current directory if they exist there, else to the list file's folder."""
+    base = os.path.dirname(os.path.abspath(path))
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            p = line.strip()
+            if not p or p.startswith("#"):
+                continue
+            if not os.path.isabs(p) and not os.path.exists(p) and os.path.exists(os.path.join(base, p)):
+                p = os.path.join(base, p)
+            out.append(p)
+    return out
+
+
+def _audio_files_under(folder: str) -> List[str]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found.extend(os.path.join(root, n) for n in sorted(files) if audio_io.is_audio_file(n))
+    return found
+
+
+def gather_inputs(specs: Sequence[str]) -> List[str]:
+    """Expand --audio_path values (files, folders, .txt/.lst lists, globs) into audio paths.
+
+    Order is kept (folders and globs sorted), duplicates dropped. Missing paths and empty
+    folders/globs are a PannsError; a listed file that turns out undecodable fails later.
+    """
+    out: List[str] = []
+    for spec in specs:
+        if os.path.isdir(spec):
+            files = _audio_files_under(spec)
+            if not files:
+                raise PannsError(f"no audio files ({', '.join(audio_io.AUDIO_EXTENSIONS)}) under folder {spec}")
+            out += files
+        elif os.path.isfile(spec) and os.path.splitext(spec)[1].lower() in LIST_EXTENSIONS:
+            files = _read_list_file(spec)
+            if not files:
+                raise PannsError(f"list file {spec} names no audio files")
+            out += files
+        elif os.path.isfile(spec):
+            out.append(spec)
+        elif _has_glob(spec):
+            files = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+            if not files:
+                raise PannsError(f"no files match {spec}")
+            out += files
+        else:
+            raise AudioDecodeError(f"audio file not found: {spec}")
+    return list(dict.fromkeys(os.path.normpath(p) if not os.path.isabs(p) else p for p in out))
+
+
+# ----------------------------------------------------------------------------- model + labels
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    config: object            # checkpoint.ModelConfig
+    spec: object              # models.ModelSpec (or None for unknown types)
+    device: torch.device
+    precision: str
+    checkpoint_path: str
+    min_samples: int
+
+
+def select_device(cuda: bool) -> torch.device:
+    if cuda and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if cuda:
+        logger.warning("--cuda given but CUDA is not available; running on CPU")
+    return torch.device("cpu")
+
+
+def frontend_from_args(args) -> Optional[dict]:
+    fe = {k: getattr(args, k) for k in FRONT_END_KEYS if getattr(args, k, None) is not None}
+    return fe or None
+
+
+def model_spec(cfg):
+    import models
+
+    for name in (cfg.model_type, getattr(cfg, "base_model_type", None)):
+        if name:
+            try:
+                return models.get_model_spec(name)
+            except PannsError:
+                continue
+    return None
+
+
+def load_for_inference(args, device: torch.device, precision: str) -> Loaded:
+    """checkpoint (given, or the cached official file of --model_type) -> model ready to run."""
+    import checkpoint
+    import precision as precision_mod
+    from extract import model_min_samples
+
+    ckpt = args.checkpoint_path
+    if ckpt is None:
+        if not args.model_type:
+            raise PannsError("give --checkpoint_path, or --model_type to use its official pretrained checkpoint")
+        import pretrained
+
+        ckpt = pretrained.get_checkpoint(args.model_type)
+    model, cfg = checkpoint.load_model(ckpt, model_type=args.model_type, frontend=frontend_from_args(args),
+                                       device=str(device))
+    prec = precision_mod.resolve_precision(precision, device)
+    model = precision_mod.prepare_for_inference(model, prec, device) or model
+    model.eval()
+    return Loaded(model, cfg, model_spec(cfg), device, prec, ckpt, model_min_samples(cfg, model))
+
+
+def resolve_labels(cfg, class_labels_csv: Optional[str]) -> Tuple[List[str], List[str]]:
+    """(labels, ids): the checkpoint's own list, else --class_labels_csv, else the repo's CSV."""
+    if getattr(cfg, "labels", None):
+        labels = list(cfg.labels)
+        ids = list(cfg.ids) if getattr(cfg, "ids", None) else [""] * len(labels)
+        if class_labels_csv:
+            logger.warning("checkpoint carries its own class labels; --class_labels_csv ignored")
+    else:
+        cl = config.read_class_labels(class_labels_csv)
+        labels, ids = list(cl.labels), list(cl.ids)
+    if len(labels) != cfg.classes_num:
+        src = class_labels_csv or config.DEFAULT_LABELS_CSV
+        raise PannsError(f"the model has {cfg.classes_num} classes but the label list ({src}) has {len(labels)}")
+    return labels, ids
+
+
+# ----------------------------------------------------------------------------- running
+def window_starts(n: int, win: int, hop: int, align: int = 1) -> List[int]:
+    """Window starts covering ``n`` samples; starts are multiples of ``align`` (model hop)."""
+    if n <= win:
+        return [0]
+    starts = list(range(0, n - win + 1, hop))
+    last = (n - win) // align * align
+    if starts[-1] < last:
+        starts.append(last)
+    return starts
+
+
+@dataclass
+class ClipResult:
+    audio_path: str
+    waveform: np.ndarray                  # (samples,) at the model's sample rate
+    clipwise: np.ndarray                  # (classes,) probabilities
+    embedding: Optional[np.ndarray]       # (D,) or None
+    framewise: Optional[np.ndarray]       # (frames, classes) or None
+    windows: int
+
+
+def _forward(ld: Loaded, batch: np.ndarray) -> dict:
+    import precision as precision_mod
+    from extract import to_probabilities
+
+    x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(ld.device)
+    with torch.inference_mode(), precision_mod.autocast(ld.precision, ld.device):
+        out = ld.model(x)
+    res = {k: v.float().cpu().numpy() for k, v in out.items() if isinstance(v, torch.Tensor)}
+    res["clipwise_output"] = to_probabilities(res["clipwise_output"], ld.config)
+    if "framewise_output" in res:
+        res["framewise_output"] = to_probabilities(res["framewise_output"], ld.config)
+    return res
+
+
+def run_clip(ld: Loaded, waveform: np.ndarray, audio_path: str = "", segment_seconds: Optional[float] = None,
+             hop_seconds: Optional[float] = None, aggregate: str = "max", batch_size: int = 8,
+             need_framewise: bool = False) -> ClipResult:
+    """Run the model on one recording: whole (official) or in sliding windows.
+
+    Windowed: clipwise output and embedding are the max/mean over windows; framewise output is
+    stitched back on the model's frame grid (overlaps max/mean-combined)."""
+    from extract import pad_to_min
+
+    sr, hop_size = ld.config.sample_rate, ld.config.hop_size
+    n = len(waveform)
+    if segment_seconds is None and n > AUTO_WINDOW_SECONDS * sr:
+        segment_seconds = AUTO_SEGMENT_SECONDS
+        logger.info("%s is %.0f s long; tagging it in %.0f-s windows (set --segment_seconds to change)",
+                    audio_path, n / sr, segment_seconds)
+    frames_num = n // hop_size + 1
+    if segment_seconds is None or n <= int(round(segment_seconds * sr)):
+        out = _forward(ld, pad_to_min(waveform, ld.min_samples)[None])
+        fw = out.get("framewise_output")
+        return ClipResult(audio_path, waveform, out["clipwise_output"][0],
+                          out["embedding"][0] if "embedding" in out else None,
+                          fw[0][:frames_num] if fw is not None else None, 1)
+
+    win = max(hop_size, int(round(segment_seconds * sr)) // hop_size * hop_size)
+    hop = max(hop_size, int(round((hop_seconds or segment_seconds) * sr)) // hop_size * hop_size)
+    starts = window_starts(n, win, hop, hop_size)
+    clips, embs = [], []
+    fw_acc = fw_cnt = None
+    for b in range(0, len(starts), batch_size):
+        chunk = starts[b:b + batch_size]
+        batch = np.stack([pad_to_min(waveform[s:s + win], ld.min_samples) for s in chunk])
+        out = _forward(ld, batch)
+        clips.append(out["clipwise_output"])
+        if "embedding" in out:
+            embs.append(out["embedding"])
+        if need_framewise and "framewise_output" in out:
+            fw = out["framewise_output"]
+            if fw_acc is None:
+                fw_acc = np.zeros((frames_num, fw.shape[2]), np.float32)
+                fw_cnt = np.zeros(frames_num, np.int32)
+            for k, s in enumerate(chunk):
+                f0 = s // hop_size
+                seg = fw[k][: min(fw.shape[1], frames_num - f0)]
+                if aggregate == "max":
+                    fw_acc[f0:f0 + len(seg)] = np.maximum(fw_acc[f0:f0 + len(seg)], seg)
+                else:
+                    fw_acc[f0:f0 + len(seg)] += seg
+                fw_cnt[f0:f0 + len(seg)] += 1
+    reduce = np.max if aggregate == "max" else np.mean
+    clipwise = reduce(np.concatenate(clips), axis=0)
+    embedding = reduce(np.concatenate(embs), axis=0) if embs else None
+    framewise = None
+    if fw_acc is not None:
+        if aggregate == "mean":
+            fw_acc /= np.maximum(fw_cnt, 1)[:, None]
+        covered = np.nonzero(fw_cnt)[0]
+        if len(covered) < frames_num:  # last < 1 frame of samples not in any window: repeat
+            fw_acc[covered[-1] + 1:] = fw_acc[covered[-1]]
+        framewise = fw_acc
+    return ClipResult(audio_path, waveform, clipwise, embedding, framewise, len(starts))
+
+
+# ----------------------------------------------------------------------------- results
+def top_indexes(probs: np.ndarray, k: int) -> np.ndarray:
+    """Official order: ``argsort`` reversed (descending), first k."""
+    return np.argsort(probs)[::-1][:k]
+
+
+def format_tagging(probs: np.ndarray, labels: Sequence[str], top_k: int = 10,
+                   embedding: Optional[np.ndarray] = None) -> List[str]:
+    """Lines the official audio_tagging prints: ``<label>: <prob:.3f>`` x top_k, then the embedding shape."""
+    lines = ["{}: {:.3f}".format(labels[i], probs[i]) for i in top_indexes(probs, top_k)]
+    if embedding is not None:
+        lines.append("embedding: {}".format(embedding.shape))
+    return lines
+
+
+@dataclass
+class Event:
+    onset: float
+    offset: float
+    label: str
+    score: float
+    index: int
+
+
+def detect_events(framewise: np.ndarray, labels: Sequence[str], frames_per_second: float,
+                  threshold: float = 0.5, min_duration: float = 0.0,
+                  duration: Optional[float] = None) -> List[Event]:
+    """Runs of frames whose probability is >= threshold, per class, as (onset, offset) seconds.
+
+    framewise: (frames, classes). An event spans frames [a, b) -> onset a/fps, offset b/fps;
+    its score is the highest probability inside; offsets are clipped to ``duration`` (seconds)
+    when given. Events shorter than min_duration are dropped. Sorted by onset, then score."""
+    active = framewise >= threshold
+    events: List[Event] = []
+    for c in np.nonzero(active.any(axis=0))[0]:
+        edges = np.diff(np.concatenate([[0], active[:, c].astype(np.int8), [0]]))
+        for a, b in zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]):
+            onset, offset = a / frames_per_second, b / frames_per_second
+            if duration is not None:
+                offset = min(offset, duration)
+            if offset - onset + 1e-9 < min_duration:
+                continue
+            events.append(Event(onset, offset, labels[c], float(framewise[a:b, c].max()), int(c)))
+    events.sort(key=lambda e: (e.onset, -e.score, e.index))
+    return events
+
+
+def _atomic_write_text(path: str, write) -> None:
+    create_folder(os.path.dirname(os.path.abspath(path)))
+    tmp = atomic_path(path)
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def write_events_csv(path: str, events_by_file: Sequence[Tuple[str, List[Event]]]) -> None:
+    """``onset,offset,label,score`` (seconds); an ``audio_path`` column first when several files."""
+    multi = len(events_by_file) > 1
+
+    def write(f):
+        w = csv.writer(f)
+        w.writerow((["audio_path"] if multi else []) + ["onset", "offset", "label", "score"])
+        for audio_path, events in events_by_file:
+            for e in events:
+                w.writerow(([audio_path] if multi else []) + [f"{e.onset:.3f}", f"{e.offset:.3f}", e.label,
+                                                              f"{e.score:.4f}"])
+    _atomic_write_text(path, write)
+
+
+def tags_of(probs: np.ndarray, labels, ids, top_k: int) -> List[dict]:
+    return [{"rank": r + 1, "index": int(i), "mid": ids[i], "label": labels[i], "probability": float(probs[i])}
+            for r, i in enumerate(top_indexes(probs, top_k))]
+
+
+def write_results(path: str, records: List[dict], meta: dict) -> None:
+    """--output: .json (everything) or .csv (one row per file and tag)."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".json":
+        _atomic_write_text(path, lambda f: json.dump(dict(meta, results=records), f, indent=2))
+    elif ext == ".csv":
+        def write(f):
+            w = csv.writer(f)
+            w.writerow(["audio_path", "rank", "index", "mid", "label", "probability"])
+            for r in records:
+                for t in r.get("tags", []):
+                    w.writerow([r["audio_path"], t["rank"], t["index"], t["mid"], t["label"],
+                                f"{t['probability']:.6f}"])
+        _atomic_write_text(path, write)
+    else:
+        raise PannsError(f"--output must end in .json or .csv, got {path}")
+
+
+def plot_sed(waveform: np.ndarray, framewise: np.ndarray, labels: Sequence[str], sample_rate: int,
+             window_size: int, hop_size: int, fig_path: str, top_k: int = 10) -> None:
+    """The official two-panel figure: log spectrogram over the top classes' framewise probabilities.
+
+    Top classes are ranked by their maximum over time. (Official: ``np.log`` of the magnitude,
+    which is -inf on digital silence; a 1e-10 floor is added here.)"""
+    import librosa
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames_per_second = sample_rate // hop_size
+    order = np.argsort(framewise.max(axis=0))[::-1][:top_k]
+    top = framewise[:, order]
+    frames_num = top.shape[0]
+    stft = np.abs(librosa.stft(y=waveform, n_fft=window_size, hop_length=hop_size, window="hann", center=True))
+    fig, axs = plt.subplots(2, 1, sharex=True, figsize=(10, 4))
+    axs[0].matshow(np.log(stft + 1e-10), origin="lower", aspect="auto", cmap="jet")
+    axs[0].set_ylabel("Frequency bins")
+    axs[0].set_title("Log spectrogram")
+    axs[1].matshow(top.T, origin="upper", aspect="auto", cmap="jet", vmin=0, vmax=1)
+    seconds = frames_num / frames_per_second
+    step = 1 if seconds <= 30 else max(1, int(math.ceil(seconds / 20)))  # keep long plots readable
+    ticks = np.arange(0, frames_num, frames_per_second * step)
+    axs[1].xaxis.set_ticks(ticks)
+    axs[1].xaxis.set_ticklabels([f"{t / frames_per_second:.1f}" for t in ticks])
+    axs[1].yaxis.set_ticks(np.arange(0, len(order)))
+    axs[1].yaxis.set_ticklabels([labels[i] for i in order])
+    axs[1].yaxis.grid(color="k", linestyle="solid", linewidth=0.3, alpha=0.3)
+    axs[1].set_xlabel("Seconds")
+    axs[1].xaxis.set_ticks_position("bottom")
+    plt.tight_layout()
+    create_folder(os.path.dirname(os.path.abspath(fig_path)))
+    tmp = atomic_path(fig_path) + os.path.splitext(fig_path)[1]
+    plt.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, fig_path)
+
+
+def _figure_paths(paths: Sequence[str], output_dir: str) -> List[str]:
+    """results/<stem>.png per input (official), made unique when two inputs share a stem."""
+    seen: dict = {}
+    out = []
+    for p in paths:
+        stem = get_filename(p)
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        out.append(os.path.join(output_dir, f"{stem}.png" if n == 0 else f"{stem}_{n}.png"))
+    return out
+
+
+# ----------------------------------------------------------------------------- sub-commands
+def _print_device(device: torch.device) -> None:
+    if device.type == "cuda":
+        print("GPU number: {}".format(torch.cuda.device_count()))
+    else:
+        print("Using CPU.")
+
+
+def _tag_files(args, sed: bool) -> int:
+    paths = gather_inputs(args.audio_path)
+    device = select_device(args.cuda)
+    ld = load_for_inference(args, device, args.precision)
+    if sed and not getattr(ld.spec, "is_sed", False):
+        import models
+
+        sed_names = [n for n in models.model_names() if getattr(models.get_model_spec(n), "is_sed", False)]
+        raise PannsError(f"{ld.config.model_type} is a clip-level model without framewise output; sound event "
+                         f"detection needs a decision-level model: {', '.join(sed_names)}")
+    labels, ids = resolve_labels(ld.config, args.class_labels_csv)
+    _print_device(device)
+    top_k = min(args.top_k, len(labels))
+    sr, hop = ld.config.sample_rate, ld.config.hop_size
+    fps = sr / hop
+    fig_paths = _figure_paths(paths, args.output_dir) if sed else []
+    records, events_by_file, failures = [], [], 0
+    for n, path in enumerate(paths):
+        if len(paths) > 1:
+            print("==> {} <==".format(path))
+        try:
+            waveform = audio_io.load_audio(path, sr)
+        except AudioDecodeError as e:
+            if len(paths) == 1:
+                raise
+            logger.error("%s", e)
+            records.append({"audio_path": path, "error": str(e)})
+            failures += 1
+            continue
+        res = run_clip(ld, waveform, path, args.segment_seconds, args.hop_seconds, args.aggregate,
+                       args.batch_size, need_framewise=sed)
+        rec = {"audio_path": path, "duration_seconds": round(len(waveform) / sr, 3), "windows": res.windows,
+               "tags": tags_of(res.clipwise, labels, ids, top_k)}
+        if not sed:
+            for line in format_tagging(res.clipwise, labels, top_k, res.embedding):
+                print(line)
+        else:
+            fw = res.framewise
+            print("Sound event detection result (time_steps x classes_num): {}".format(fw.shape))
+            plot_sed(waveform, fw, labels, sr, ld.config.window_size, hop, fig_paths[n], top_k)
+            print("Save sound event detection visualization to {}".format(fig_paths[n]))
+            events = detect_events(fw, labels, fps, args.threshold, args.min_duration, len(waveform) / sr)
+            events_by_file.append((path, events))
+            rec["figure"] = fig_paths[n]
+            rec["frames"] = int(fw.shape[0])
+            rec["events"] = [{"onset": round(e.onset, 3), "offset": round(e.offset, 3), "label": e.label,
+                              "index": e.index, "score": round(e.score, 4)} for e in events]
+        records.append(rec)
+    if args.output:
+        meta = {"model_type": ld.config.model_type, "checkpoint_path": os.path.abspath(ld.checkpoint_path),
+                "sample_rate": sr, "precision": ld.precision, "top_k": top_k,
+                "segment_seconds": args.segment_seconds, "hop_seconds": args.hop_seconds, "aggregate": args.aggregate}
+        if sed:
+            meta.update(threshold=args.threshold, min_duration=args.min_duration)
+        write_results(args.output, records, meta)
+        logger.info("wrote %s", args.output)
+    if sed and args.events_csv:
+        write_events_csv(args.events_csv, events_by_file)
+        logger.info("wrote %s", args.events_csv)
+    if failures:
+        logger.error("%d of %d files could not be decoded", failures, len(paths))
+        return 1
+    return 0
+
+
+def audio_tagging(args) -> int:
+    return _tag_files(args, sed=False)
+
+
+def sound_event_detection(args) -> int:
+    return _tag_files(args, sed=True)
+
+
+def extract_embeddings(args) -> int:
+    from extract import Extractor, extract_to_hdf5, init_distributed
+
+    rank, world, barrier, cleanup = init_distributed()
+    device = select_device(args.cuda)
+    try:
+        paths = gather_inputs(args.audio_path)
+        ex = Extractor.from_checkpoint(args.checkpoint_path, model_type=args.model_type,
+                                       frontend=frontend_from_args(args), precision=args.precision, device=device,
+                                       batch_size=args.batch_size, num_workers=args.num_workers,
+                                       segment_seconds=args.segment_seconds, progress=not args.quiet and rank == 0)
+        summary = extract_to_hdf5(ex, paths, args.output_path, overwrite=args.overwrite, rank=rank,
+                                  world_size=world, barrier=barrier)
+    finally:
+        cleanup()
+    if rank == 0:
+        print("Extracted {} clips ({} failed) -> {} ({} rows)".format(summary["extracted"], summary["failed"],
+                                                                      summary["output"], summary.get("rows")))
+        if summary["failed"]:
+            logger.warning("%d files could not be decoded; see %s.failed.csv", summary["failed"], args.output_path)
+    return 0
+
+
+# ----------------------------------------------------------------------------- CLI
+def _add_common(p: argparse.ArgumentParser, default_precision: str) -> None:
+    g = p.add_argument_group("model (front-end flags default to the checkpoint's settings; official defaults "
+                             "32000/1024/320/64/50/14000)")
+    g.add_argument("--sample_rate", type=int, default=None, help="sample rate the model runs at")
+    g.add_argument("--window_size", type=int, default=None, help="STFT window (n_fft)")
+    g.add_argument("--hop_size", type=int, default=None, help="STFT hop in samples")
+    g.add_argument("--mel_bins", type=int, default=None, help="number of mel bins")
+    g.add_argument("--fmin", type=int, default=None, help="lowest mel frequency (Hz)")
+    g.add_argument("--fmax", type=int, default=None, help="highest mel frequency (Hz)")
+    g.add_argument("--model_type", type=str, default=None,
+                   help="model class (e.g. Cnn14); needed for official checkpoints and without --checkpoint_path")
+    g.add_argument("--checkpoint_path", type=str, default=None,
+                   help="checkpoint file; omitted: the official pretrained file of --model_type, downloaded once "
+                        "into $PANNS_CACHE or ~/.cache/panns")
+    p.add_argument("--audio_path", type=str, required=True, nargs="+", action="extend",
+                   help="audio file(s), folder(s), .txt/.lst list(s) of paths or glob(s); may repeat")
+    p.add_argument("--cuda", action="store_true", default=False, help="run on the GPU if available (else warn, CPU)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default=default_precision,
+                   help=f"numeric precision of the CNN body (default {default_precision}; auto picks bf16 only where "
+                        "the device runs it fast)")
+    p.add_argument("--segment_seconds", type=float, default=None,
+                   help="split recordings into windows of this length (default: whole file up to "
+                        f"{AUTO_WINDOW_SECONDS:.0f} s, {AUTO_SEGMENT_SECONDS:.0f}-s windows beyond)")
+    p.add_argument("--batch_size", type=int, default=8, help="windows/clips per forward pass")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="PANNs inference: audio tagging, sound event detection, embeddings.")
+    sub = parser.add_subparsers(dest="mode", required=True)
+    for mode, text in (("audio_tagging", "print the top clip-level tags (official output)"),
+                       ("sound_event_detection", "framewise detection + figure (decision-level models)")):
+        p = sub.add_parser(mode, help=text)
+        _add_common(p, "fp32")
+        p.add_argument("--class_labels_csv", type=str, default=None,
+                       help="label CSV when the checkpoint carries no labels (default: metadata/class_labels_indices.csv "
+                            "in the repository; fetch it with scripts/fetch_metadata.sh)")
+        p.add_argument("--top_k", type=int, default=10, help="number of classes printed/plotted (default 10)")
+        p.add_argument("--hop_seconds", type=float, default=None,
+                       help="hop between windows (default: --segment_seconds, i.e. no overlap)")
+        p.add_argument("--aggregate", choices=("max", "mean"), default="max",
+                       help="how window outputs are combined into one clip result (default max)")
+        p.add_argument("--output", type=str, default=None, help="also write results to this .json or .csv file")
+        if mode == "sound_event_detection":
+            p.add_argument("--output_dir", type=str, default="results",
+                           help="folder of the figures <stem>.png (default: results, relative to the current dir)")
+            p.add_argument("--events_csv", type=str, default=None,
+                           help="write detected events (onset,offset,label,score) to this CSV")
+            p.add_argument("--threshold", type=float, default=0.5,
+                           help="framewise probability at or above which a class is active (default 0.5)")
+            p.add_argument("--min_duration", type=float, default=0.0,
+                           help="drop events shorter than this many seconds (default 0)")
+    p = sub.add_parser("extract_embeddings", help="embeddings + clipwise output of many files into HDF5")
+    _add_common(p, "auto")
+    p.add_argument("--output_path", type=str, required=True, help="HDF5 file to create or resume")
+    p.add_argument("--num_workers", type=int, default=None, help="decoding worker processes (default: cores/2, 1-4)")
+    p.add_argument("--overwrite", action="store_true", help="start from scratch instead of resuming")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    for noisy in ("matplotlib", "numba", "PIL", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if getattr(args, "top_k", 1) < 1:
+        raise PannsError("--top_k must be at least 1")
+    if args.batch_size < 1:
+        raise PannsError("--batch_size must be at least 1")
+    if args.segment_seconds is not None and args.segment_seconds <= 0:
+        raise PannsError("--segment_seconds must be positive")
+    if getattr(args, "hop_seconds", None) is not None and args.hop_seconds <= 0:
+        raise PannsError("--hop_seconds must be positive")
+    handler = {"audio_tagging": audio_tagging, "sound_event_detection": sound_event_detection,
+               "extract_embeddings": extract_embeddings}[args.mode]
+    rc = handler(args)
+    if rc:
+        sys.exit(rc)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,155 @@
+"""Embedding extraction: rows equal a direct forward, resume, crash safety, shards, failures."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import audio_io
+import checkpoint
+import extract
+import inference
+import models
+
+SR = 32000
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("extract")
+    torch.manual_seed(0)
+    model = models.create_model("Cnn6").eval()
+    ckpt = str(d / "cnn6.pth")
+    checkpoint.save_checkpoint(ckpt, {"model": model.state_dict(),
+                                      "config": checkpoint.ModelConfig.from_registry("Cnn6").to_dict()})
+    clips = d / "clips"
+    (clips / "sub").mkdir(parents=True)
+    rs = np.random.RandomState(0)
+    lengths = {"c0.wav": 1.0, "c1.wav": 1.0, "c2.wav": 1.0, "sub/c3.wav": 0.6, "c4.wav": 1.0, "c5.flac": 0.1}
+    for name, sec in lengths.items():
+        sf.write(str(clips / name), (0.2 * rs.randn(int(sec * SR))).astype(np.float32), SR)
+    sf.write(str(clips / "st44.wav"), (0.2 * rs.randn(30000, 2)).astype(np.float32), 44100)
+    (clips / "broken.wav").write_bytes(b"RIFF....not really a wav file")
+    paths = inference.gather_inputs([str(clips)])
+    return {"dir": d, "model": model, "ckpt": ckpt, "paths": paths}
+
+
+def _reference(model, path):
+    wav = audio_io.load_audio(path, SR)
+    wav = extract.pad_to_min(wav, model.min_samples)
+    with torch.no_grad():
+        out = model(torch.from_numpy(wav[None]))
+    return out["embedding"][0].numpy(), out["clipwise_output"][0].numpy()
+
+
+def _extractor(setup, **kw):
+    kw.setdefault("num_workers", 1)
+    kw.setdefault("batch_size", 2)
+    return extract.Extractor.from_checkpoint(setup["ckpt"], precision="fp32", progress=False, **kw)
+
+
+def test_rows_equal_direct_forward_and_failures_listed(setup, tmp_path, capsys):
+    out = tmp_path / "feats.h5"
+    inference.main(["extract_embeddings", f"--checkpoint_path={setup['ckpt']}", f"--audio_path={setup['dir'] / 'clips'}",
+                    f"--output_path={out}", "--batch_size=2", "--num_workers=1", "--precision=fp32", "--quiet"])
+    assert "Extracted 7 clips (1 failed)" in capsys.readouterr().out
+    feats = extract.read_features(str(out))
+    good = [p for p in setup["paths"] if not p.endswith("broken.wav")]
+    assert sorted(feats.audio_names) == sorted(good)
+    assert feats.embedding.shape == (7, 512) and feats.clipwise_output.shape == (7, 527)
+    assert feats.embedding.dtype == np.float32
+    for name, emb, clip in zip(feats.audio_names, feats.embedding, feats.clipwise_output):
+        ref_emb, ref_clip = _reference(setup["model"], name)
+        np.testing.assert_allclose(emb, ref_emb, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(clip, ref_clip, rtol=1e-4, atol=1e-6)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["model_type"] == "Cnn6" and f.attrs["sample_rate"] == SR and f.attrs["num_rows"] == 7
+        assert f.attrs["mel_bins"] == 64 and f.attrs["precision"] == "fp32" and f.attrs["window_size"] == 1024
+    failed = (tmp_path / "feats.h5.failed.csv").read_text().splitlines()
+    assert failed[0] == "audio_path,error" and len(failed) == 2 and "broken.wav" in failed[1]
+    # Python API: same rows, input order; waveforms give the same answer as files
+    ex = _extractor(setup)
+    fs = ex.embed_files(good[:3])
+    assert fs.audio_names == good[:3]
+    np.testing.assert_allclose(fs.embedding, feats.embedding[[feats.audio_names.index(p) for p in good[:3]]],
+                               rtol=1e-4, atol=1e-5)
+    fw = ex.embed_waveforms([audio_io.load_audio(p, SR) for p in good[:3]])
+    np.testing.assert_allclose(fw.embedding, fs.embedding, rtol=1e-4, atol=1e-5)
+
+
+def test_resume_after_partial_run_has_no_duplicates(setup, tmp_path):
+    paths = setup["paths"]
+    full, part = str(tmp_path / "full.h5"), str(tmp_path / "part.h5")
+    ex = _extractor(setup, segment_seconds=0.5)      # crop/pad every clip to 0.5 s: one length, full batches
+    extract.extract_to_hdf5(ex, paths, full)
+    extract.extract_to_hdf5(ex, paths[: len(paths) // 2], part)
+    n_half = len(extract.read_features(part).audio_names)
+    summary = extract.extract_to_hdf5(ex, paths, part)
+    assert summary["extracted"] == len(paths) - 1 - n_half      # only the missing ones (broken.wav fails)
+    a, b = extract.read_features(full), extract.read_features(part)
+    assert len(b.audio_names) == len(set(b.audio_names)) == len(paths) - 1
+    ia = {n: i for i, n in enumerate(a.audio_names)}
+    order = [ia[n] for n in b.audio_names]
+    np.testing.assert_allclose(b.embedding, a.embedding[order], rtol=1e-5, atol=1e-6)
+    # other settings are refused instead of mixed into the same file
+    with pytest.raises(extract.PannsError, match="segment_seconds"):
+        extract.extract_to_hdf5(_extractor(setup), paths, part)
+
+
+def test_killed_run_leaves_valid_file_and_resumes(setup, tmp_path):
+    out = str(tmp_path / "crash.h5")
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path[:0] = [{os.path.join(REPO, 'pytorch')!r}, {os.path.join(REPO, 'utils')!r}]
+        import extract
+        orig = extract.FeatureWriter.append
+        calls = []
+        def append(self, *a, **k):
+            orig(self, *a, **k)
+            calls.append(1)
+            if len(calls) == 2:          # hard kill after two committed batches: no cleanup runs
+                os.kill(os.getpid(), signal.SIGKILL)
+        extract.FeatureWriter.append = append
+        ex = extract.Extractor.from_checkpoint({setup['ckpt']!r}, precision="fp32", batch_size=1, num_workers=0,
+                                               progress=False)
+        extract.extract_to_hdf5(ex, {setup['paths']!r}, {out!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    feats = extract.read_features(out)                  # readable, two committed rows
+    assert len(feats.audio_names) == 2
+    with h5py.File(out, "r") as f:
+        assert f.attrs["num_rows"] == 2
+    # simulate a death between writing rows and committing them: rows past num_rows are dropped
+    with h5py.File(out, "r+") as f:
+        for k in ("audio_name", "embedding", "clipwise_output"):
+            f[k].resize(3, axis=0)
+        f["audio_name"][2] = "half-written"
+    ex = _extractor(setup, batch_size=4)
+    summary = extract.extract_to_hdf5(ex, setup["paths"], out)
+    assert summary["extracted"] == len(setup["paths"]) - 1 - 2
+    feats = extract.read_features(out)
+    assert len(feats.audio_names) == len(set(feats.audio_names)) == len(setup["paths"]) - 1
+    assert "half-written" not in feats.audio_names
+    for name, emb in list(zip(feats.audio_names, feats.embedding))[:3]:
+        np.testing.assert_allclose(emb, _reference(setup["model"], name)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_rank_shards_are_merged(setup, tmp_path):
+    out = str(tmp_path / "dist.h5")
+    ex = _extractor(setup, num_workers=0)
+    paths = setup["paths"]
+    s1 = extract.extract_to_hdf5(ex, paths, out, rank=1, world_size=2)   # rank 1 finishes first
+    assert s1["output"] == out + ".rank1.h5" and os.path.exists(out + ".rank1.h5")
+    s0 = extract.extract_to_hdf5(ex, paths, out, rank=0, world_size=2)   # rank 0: its share, then merge
+    assert s0["rows"] == len(paths) - 1 and s0["failed"] == 1
+    assert not os.path.exists(out + ".rank0.h5") and not os.path.exists(out + ".rank1.h5")
+    assert "broken.wav" in open(out + ".failed.csv").read()
+    feats = extract.read_features(out)
+    assert sorted(feats.audio_names) == sorted(p for p in paths if not p.endswith("broken.wav"))
