@@ -1,0 +1,672 @@
+"""Fine-tune a pretrained PANN on your own labelled sounds (the official ``finetune_template.py``, made to train).
+
+Official command line (still works: builds the model, loads the pretrained base, prints
+``Load pretrained model successfully!``; without data it then says so and stops)::
+
+    python3 pytorch/finetune_template.py train --sample_rate 32000 --window_size 1024 --hop_size 320 \
+        --mel_bins 64 --fmin 50 --fmax 14000 --model_type Transfer_Cnn14 \
+        --pretrained_checkpoint_path Cnn14_mAP=0.431.pth [--freeze_base] [--cuda]
+
+Real fine-tuning adds data and a workspace (the six front-end flags may be left out: they come from
+the pretrained checkpoint or the registry)::
+
+    python3 pytorch/finetune_template.py train --model_type Transfer_Cnn14 \
+        --pretrained_checkpoint_path Cnn14_mAP=0.431.pth --dataset_dir my_sounds/ --workspace ws
+    # ESC-50, fold 1 held out:
+    ... --meta_csv ESC-50-master/meta/esc50.csv --audio_dir ESC-50-master/audio --holdout_fold 1
+    # the quick baseline first: frozen embeddings + logistic regression
+    ... --dataset_dir my_sounds/ --workspace ws --linear_probe
+
+Outputs under ``<workspace>/finetune/<run name>/``: ``best.pth`` / ``latest.pth`` (self-describing:
+``pytorch/inference.py audio_tagging --checkpoint_path best.pth --audio_path x.wav`` prints the new classes
+with probabilities), ``report.txt`` (per-class report of the best checkpoint), ``metrics.jsonl`` (one line per
+evaluation), ``run.json`` (resolved settings, versions, git commit), ``logs/``; ``linear_probe.joblib`` for
+``--linear_probe``. Decoded clips are cached in ``<workspace>/cache`` (see finetune_data.py for the data
+layouts, the cache and the crop rules).
+
+Differences from the official template (see the spec, section 9 and Q23): it trains; the transfer head is
+built for any clip-level registry model (``Transfer_<Base>``); the number of classes comes from the data (not
+527); ``--loss bce`` gives a sigmoid (multi-label) head; with ``--freeze_base`` the base is really frozen: its
+weights *and* its BatchNorm statistics stay as pretrained (the official template kept updating the statistics).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../utils"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import finetune_data as fd  # noqa: E402
+import models  # noqa: E402
+from errors import CheckpointError, PannsError, run_cli  # noqa: E402
+from models import Transfer_Cnn14, make_transfer_model  # noqa: E402,F401  (official name, re-exported)
+from utilities import atomic_path, create_folder, create_logging  # noqa: E402
+
+logger = logging.getLogger("finetune")
+
+FRONT_END_KEYS = ("sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax")
+AUDIOSET_CLASSES_NUM = 527
+MAX_AUTO_CLIP_SECONDS = 10.0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Losses (clipwise_output is log-probabilities for 'nll', probabilities for 'bce'; both fp32, soft targets ok)
+# ------------------------------------------------------------------------------------------------------------
+def clip_nll(output_dict: Dict[str, torch.Tensor], target_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of log-softmax outputs (B, C) with (possibly mixup-softened) one-hot targets (B, C)."""
+    logp = output_dict["clipwise_output"].float()
+    return -(target_dict["target"].float() * logp).sum(dim=-1).mean()
+
+
+def clip_bce(output_dict: Dict[str, torch.Tensor], target_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
+    from losses import clip_bce as official_clip_bce  # fp32, autocast-safe
+
+    return official_clip_bce(output_dict, target_dict)
+
+
+LOSSES = {"nll": clip_nll, "bce": clip_bce}
+OUTPUT_OF_LOSS = {"nll": "log_softmax", "bce": "sigmoid"}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Model: Transfer_<Base> with the pretrained base loaded strictly
+# ------------------------------------------------------------------------------------------------------------
+def _transfer_forward(self, input, mixup_lambda=None):
+    """Transfer forward with the two options the registry class does not have.
+
+    * frozen base: the base runs as a fixed feature extractor (kept in eval mode by ``train()``: no dropout,
+      SpecAugment or BatchNorm updates; no autograd graph), so with mixup the *embeddings* are mixed;
+    * sigmoid output (multi-label, ``--loss bce``) instead of log-softmax.
+    input: (B, samples) -> {'clipwise_output': (B', classes), 'embedding': (B, D), ...}; B' = B/2 with mixup.
+    """
+    if self.frozen_base:
+        with torch.no_grad():
+            output_dict = self.base(input)
+        embedding = output_dict["embedding"]
+        if self.training and mixup_lambda is not None:
+            from pytorch_utils import do_mixup
+
+            embedding = do_mixup(embedding, mixup_lambda)
+    else:
+        output_dict = self.base(input, mixup_lambda)
+        embedding = output_dict["embedding"]
+    logits = self.fc_transfer(embedding).float()
+    if self.output == "sigmoid":
+        output_dict["clipwise_output"] = torch.sigmoid(logits)
+    else:
+        output_dict["clipwise_output"] = torch.log_softmax(logits, dim=-1)
+    return output_dict
+
+
+def _train_frozen_base(self, mode: bool = True):
+    """``train()`` that keeps a frozen base in eval mode (its BatchNorm statistics stay pretrained)."""
+    torch.nn.Module.train(self, mode)
+    self.base.eval()
+    return self
+
+
+def build_transfer_model(base_name: str, classes_num: int, frontend: dict, freeze_base: bool = False,
+                         output: str = "log_softmax", base_classes_num: int = AUDIOSET_CLASSES_NUM) -> torch.nn.Module:
+    """``Transfer_<base_name>`` from models.make_transfer_model, with a sigmoid output and/or a frozen base.
+
+    Those options change behaviour only (forward/train on a same-named subclass): the state_dict keys are
+    exactly the registry transfer model's, so checkpoint.load_model rebuilds the model for inference.
+    """
+    import inspect
+
+    kwargs = {}
+    params = inspect.signature(make_transfer_model).parameters
+    if output != "log_softmax" and "output" in params:
+        kwargs["output"] = output
+    if base_classes_num != AUDIOSET_CLASSES_NUM and "base_classes_num" in params:
+        kwargs["base_classes_num"] = base_classes_num
+    model = make_transfer_model(base_name, classes_num, freeze_base=freeze_base, **kwargs, **frontend)
+    if base_classes_num != AUDIOSET_CLASSES_NUM and "base_classes_num" not in kwargs:
+        # Our own base checkpoints may have another head size; that head is unused by the transfer output.
+        model.base.fc_audioset = torch.nn.Linear(model.base.fc_audioset.in_features, base_classes_num)
+        if freeze_base:
+            model.base.fc_audioset.requires_grad_(False)
+    model.output = output
+    model.frozen_base = freeze_base
+    attrs = {}
+    if freeze_base or (output == "sigmoid" and "output" not in kwargs):
+        attrs["forward"] = _transfer_forward
+    if freeze_base:
+        attrs["train"] = _train_frozen_base
+    if attrs:
+        cls = type(model)
+        model.__class__ = type(cls.__name__, (cls,), {**attrs, "__module__": cls.__module__})
+    return model
+
+
+def base_of(model_type: str) -> str:
+    """'Transfer_Cnn14' -> 'Cnn14'; a plain clip-level name means the same; SED models are refused."""
+    spec = models.get_model_spec(model_type)
+    base = spec.base or spec.name
+    models.transfer_class(base)  # raises with the list of clip-level models for SED names
+    return base
+
+
+def read_pretrained(path: str, base_name: str, cli_frontend: dict) -> Tuple[dict, dict, int, Optional[dict]]:
+    """Load a base checkpoint (official ``{'model': sd}``, ours with a config, or a fine-tuned Transfer one).
+
+    Returns (base state_dict, resolved front end, base head size, saved config or None). Front-end flags that
+    contradict the checkpoint's saved config are an error; for official files they override registry defaults.
+    """
+    import checkpoint as ckpt_lib
+
+    ckpt = ckpt_lib.load_checkpoint(path)
+    sd = ckpt_lib.strip_prefixes(ckpt_lib.model_state_dict(ckpt, path))
+    cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
+    spec = models.get_model_spec(base_name)
+    frontend = spec.frontend()
+    if cfg:
+        saved_type = cfg.get("model_type")
+        saved_base = cfg.get("base_model_type") or (saved_type[9:] if str(saved_type).startswith("Transfer_") else None)
+        if saved_base:  # a fine-tuned transfer model: continue from its base
+            if saved_base != base_name:
+                raise CheckpointError(f"{path} is a fine-tuned {saved_type} (base {saved_base}), not a {base_name} base; "
+                                      f"use --model_type Transfer_{saved_base}")
+            sd = {k[5:]: v for k, v in sd.items() if k.startswith("base.")}
+        elif saved_type and saved_type != base_name:
+            raise CheckpointError(f"{path} holds a {saved_type} model, but --model_type asks for {base_name} "
+                                  f"(use --model_type Transfer_{saved_type})")
+        for k in FRONT_END_KEYS:
+            if cfg.get(k) is not None:
+                if cli_frontend.get(k) is not None and int(cli_frontend[k]) != int(cfg[k]):
+                    raise CheckpointError(f"--{k} {cli_frontend[k]} contradicts the checkpoint {path}, "
+                                          f"which was trained with {k}={cfg[k]}; drop the flag or pass {cfg[k]}")
+                frontend[k] = int(cfg[k])
+    else:
+        frontend.update({k: int(v) for k, v in cli_frontend.items() if v is not None})
+    base_classes_num = AUDIOSET_CLASSES_NUM
+    for key in ("fc_audioset.weight", "att_block.att.weight"):
+        if key in sd:
+            base_classes_num = int(sd[key].shape[0])
+            break
+    return sd, frontend, base_classes_num, cfg
+
+
+def load_base_strict(model: torch.nn.Module, sd: dict, path: str, base_name: str, frontend: dict,
+                     official: bool) -> None:
+    """Strict load into ``model.base``; one-line CheckpointError naming missing/unexpected/mismatched keys, or
+    (official files, which carry no config) a mel filterbank that shows another front end."""
+    import checkpoint as ckpt_lib
+
+    if official and hasattr(ckpt_lib, "_check_frontend_weights"):
+        ckpt_lib._check_frontend_weights(model.base, sd, path, ckpt_lib.ModelConfig(model_type=base_name, **frontend))
+    ckpt_lib.check_state_dict(model.base, sd, path, base_name)
+    model.base.load_state_dict(sd, strict=True)
+
+
+def model_config(base_name: str, frontend: dict, labels: List[str], output: str, **extra) -> dict:
+    """The checkpoint 'config' entry: checkpoint.ModelConfig of the fine-tuned model plus extra keys."""
+    import checkpoint as ckpt_lib
+
+    cfg = ckpt_lib.ModelConfig(model_type=f"Transfer_{base_name}", **frontend, classes_num=len(labels),
+                               labels=list(labels), ids=None, base_model_type=base_name, output=output)
+    return {**cfg.to_dict(), **extra}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader, device: torch.device, precision: str, output: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Probabilities (N, C) and targets (N, C) over a loader (eval mode; exp of log-softmax outputs)."""
+    import precision as precision_mod
+
+    model.eval()
+    probs, targets = [], []
+    for batch in loader:
+        x = torch.from_numpy(batch["waveform"]).to(device)
+        with precision_mod.autocast(precision, device):
+            out = model(x)["clipwise_output"].float()
+        probs.append((out.exp() if output == "log_softmax" else out).cpu().numpy())
+        targets.append(batch["target"])
+    return np.concatenate(probs), np.concatenate(targets)
+
+
+def score(probs: np.ndarray, targets: np.ndarray, labels: List[str], multi_label: bool) -> dict:
+    """Single-label: accuracy + sklearn classification_report; multi-label: mAP + per-class AP and F1 at 0.5.
+
+    ``metric``/``value`` name the number used to pick the best checkpoint (accuracy, or mAP).
+    """
+    from sklearn.metrics import average_precision_score, classification_report
+
+    present = targets.sum(0) > 0
+    ap = np.full(len(labels), np.nan)
+    if present.any():
+        ap[present] = average_precision_score(targets[:, present], probs[:, present], average=None)
+    mean_ap = float(np.nanmean(ap)) if present.any() else float("nan")
+    if not multi_label:
+        y_true, y_pred = targets.argmax(1), probs.argmax(1)
+        acc = float((y_true == y_pred).mean())
+        report = classification_report(y_true, y_pred, labels=list(range(len(labels))), target_names=labels,
+                                       digits=3, zero_division=0)
+        return {"metric": "accuracy", "value": acc, "accuracy": acc, "mAP": mean_ap, "clips": int(len(y_true)),
+                "report": f"accuracy: {acc:.4f} ({int((y_true == y_pred).sum())}/{len(y_true)} clips), mAP: {mean_ap:.4f}\n\n{report}"}
+    report = classification_report(targets.astype(int), (probs >= 0.5).astype(int), labels=list(range(len(labels))),
+                                   target_names=labels, digits=3, zero_division=0)
+    width = max(len(lb) for lb in labels)
+    ap_lines = "\n".join(f"{lb:>{width}}  {('%.3f' % a) if np.isfinite(a) else '  -  '}  {int(n)}"
+                         for lb, a, n in zip(labels, ap, targets.sum(0)))
+    return {"metric": "mAP", "value": mean_ap, "mAP": mean_ap, "clips": int(len(targets)),
+            "report": (f"mAP: {mean_ap:.4f} over {int(present.sum())} classes with positives\n\n"
+                       f"{'class':>{width}}  AP     positives\n{ap_lines}\n\nthreshold 0.5:\n{report}")}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Run setup helpers
+# ------------------------------------------------------------------------------------------------------------
+def _write_text(path: str, text: str) -> None:
+    tmp = atomic_path(path)
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _append_jsonl(path: str, obj: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(obj) + "\n")
+
+
+def load_data(args) -> Optional[fd.LabelledData]:
+    """The data set named by the arguments, or None when no data argument was given."""
+    given = [n for n in ("dataset_dir", "train_csv", "meta_csv") if getattr(args, n)]
+    if len(given) > 1:
+        raise PannsError(f"give one data source, not {' and '.join('--' + g for g in given)}")
+    if args.eval_csv and not args.train_csv:
+        raise PannsError("--eval_csv needs --train_csv")
+    if args.holdout_fold is not None and not args.meta_csv:
+        raise PannsError("--holdout_fold needs --meta_csv")
+    if args.dataset_dir:
+        return fd.from_folder(args.dataset_dir, args.eval_fraction, args.seed)
+    if args.train_csv:
+        return fd.from_csv_lists(args.train_csv, args.eval_csv, args.audio_dir, args.eval_fraction, args.seed)
+    if args.meta_csv:
+        return fd.from_meta_csv(args.meta_csv, args.holdout_fold, args.audio_dir)
+    return None
+
+
+def train_min_samples(model: torch.nn.Module) -> int:
+    """Shortest training input: the model's minimum, and 64 frames when the base trains with SpecAugment
+    (its 64-frame time stripes need them; torchlibrosa fails on shorter inputs)."""
+    n = int(model.min_samples)
+    base = model.base
+    if not getattr(model, "frozen_base", False) and getattr(base, "spec_augment", False) and hasattr(base, "spec_augmenter"):
+        n = max(n, 63 * int(base.hop_size))
+    return n
+
+
+def resolve_clip_samples(args, cache: fd.ClipCache, data: fd.LabelledData, sample_rate: int, min_samples: int) -> int:
+    """--clip_seconds, or the longest clip of the data set up to 10 s; never below the model's minimum input."""
+    if args.clip_seconds is not None:
+        if args.clip_seconds <= 0:
+            raise PannsError(f"--clip_seconds must be > 0 (got {args.clip_seconds})")
+        n = int(round(args.clip_seconds * sample_rate))
+    else:
+        longest = max(cache.length(cache.index[p]) for p in data.train.paths + data.eval.paths)
+        n = min(longest, int(MAX_AUTO_CLIP_SECONDS * sample_rate))
+        logger.info("Clip length: %.2f s (longest clip, at most %.0f s; set --clip_seconds to change)",
+                    n / sample_rate, MAX_AUTO_CLIP_SECONDS)
+    if n < min_samples:
+        logger.warning("Clip length %.3f s is below the model's minimum training input; using %.3f s", n / sample_rate,
+                       min_samples / sample_rate)
+        n = min_samples
+    return n
+
+
+def select_device(cuda: bool) -> torch.device:
+    if cuda and torch.cuda.is_available():
+        return torch.device("cuda")
+    if cuda:
+        logger.warning("--cuda given but CUDA is not available; running on CPU")
+    return torch.device("cpu")
+
+
+def _run_record(args, extra: dict) -> dict:
+    from train_lib import git_commit, versions
+
+    return {"args": vars(args), **extra, "versions": versions(), "git_commit": git_commit(), "argv": sys.argv,
+            "started": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Fine-tuning loop
+# ------------------------------------------------------------------------------------------------------------
+def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.ClipCache, clip_samples: int,
+              device: torch.device, precision: str, loss: str, config: dict, run_dir: str) -> dict:
+    """Train ``model`` for ``args.iterations`` steps, evaluating every ``args.eval_every``; returns the best score."""
+    import checkpoint as ckpt_lib
+    import train_lib as tl
+    from utilities import Mixup
+
+    mixup = args.augmentation == "mixup"
+    per_step = args.batch_size * (2 if mixup else 1)  # as the official main.py: the loader yields 2B with mixup
+    train_ds = fd.ClipDataset(cache, data.train, clip_samples, train=True, seed=args.seed)
+    eval_ds = fd.ClipDataset(cache, data.eval, clip_samples, train=False)
+    workers = args.num_workers
+    loader = torch.utils.data.DataLoader(
+        train_ds, batch_sampler=fd.ShuffledBatchSampler(len(train_ds), per_step, args.seed), collate_fn=fd.collate,
+        num_workers=workers, worker_init_fn=fd.worker_init_fn if workers else None, persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda")
+    eval_loader = torch.utils.data.DataLoader(eval_ds, batch_size=args.batch_size, shuffle=False,
+                                              collate_fn=fd.collate, num_workers=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    # Official main.py optimizer (Adam, amsgrad).
+    optimizer = torch.optim.Adam(params, lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0,
+                                 amsgrad=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=(precision == "fp16" and device.type == "cuda"))
+    mixer = Mixup(mixup_alpha=1.0, random_seed=args.seed) if mixup else None
+    loss_func = LOSSES[loss]
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    best: Optional[dict] = None
+    best_path, latest_path = os.path.join(run_dir, "best.pth"), os.path.join(run_dir, "latest.pth")
+    batches = iter(loader)
+    t_train, losses = time.time(), []
+    t_start = time.time()
+    for iteration in range(1, args.iterations + 1):
+        batch = tl.to_device(next(batches), device)
+        lam = None
+        if mixer is not None:
+            lam = torch.from_numpy(mixer.get_lambda(len(batch["waveform"]))).float().to(device)
+        stats = tl.train_step(model, batch, optimizer, loss_func, precision=precision, mixup_lambda=lam, scaler=scaler)
+        losses.append(stats["loss"])
+        if iteration % args.eval_every != 0 and iteration != args.iterations:
+            continue
+        train_time = time.time() - t_train
+        train_loss = float(torch.stack(losses).mean())
+        t_eval = time.time()
+        probs, targets = predict(model, eval_loader, device, precision, model.output)
+        sc = score(probs, targets, data.labels, data.multi_label)
+        eval_time = time.time() - t_eval
+        improved = best is None or sc["value"] > best["value"]
+        record = {"iteration": iteration, "train_loss": train_loss, sc["metric"]: sc["value"], "mAP": sc["mAP"],
+                  "train_time_s": round(train_time, 3), "eval_time_s": round(eval_time, 3),
+                  "s_per_iteration": round(train_time / len(losses), 4), "best": improved}
+        _append_jsonl(metrics_path, record)
+        logger.info("iteration %d: train loss %.4f, eval %s %.4f, mAP %.4f%s (train %.1f s, %.3f s/it; eval %.1f s)",
+                    iteration, train_loss, sc["metric"], sc["value"], sc["mAP"], " *best*" if improved else "",
+                    train_time, train_time / len(losses), eval_time)
+        state = {"model": model.state_dict(), "config": config, "iteration": iteration,
+                 "metrics": {k: v for k, v in sc.items() if k != "report"}, "args": vars(args)}
+        ckpt_lib.save_checkpoint(latest_path, {**state, "optimizer": optimizer.state_dict()})
+        if improved:
+            best = {**sc, "iteration": iteration}
+            ckpt_lib.save_checkpoint(best_path, state)
+            _write_text(os.path.join(run_dir, "report.txt"),
+                        f"{data.source}\nbest checkpoint: {best_path} (iteration {iteration})\n\n{sc['report']}\n")
+        model.train()
+        losses, t_train = [], time.time()
+    best["wall_s"] = time.time() - t_start
+    best["best_path"], best["latest_path"] = best_path, latest_path
+    return best
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Linear probe: frozen embeddings + logistic regression
+# ------------------------------------------------------------------------------------------------------------
+def _embeddings(extractor, cache: fd.ClipCache, paths: List[str], clip_samples: int, cache_dir: str,
+                fingerprint: str) -> np.ndarray:
+    """Embeddings (N, D) of the eval crops of ``paths``, computed once and kept in ``cache_dir``."""
+    key = hashlib.sha1("|".join([fingerprint, os.path.basename(cache.h5_path), str(clip_samples),
+                                 extractor.precision] + sorted(paths)).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"embeddings_{key}.npz")
+    if os.path.isfile(path):
+        with np.load(path, allow_pickle=False) as z:
+            names = list(z["paths"])
+            if sorted(names) == sorted(paths):
+                logger.info("Using cached embeddings %s", path)
+                row = {p: i for i, p in enumerate(names)}
+                return z["embedding"][[row[p] for p in paths]]
+    embs = []
+    chunk = 256  # bounded memory: decode crops of a few hundred clips at a time
+    for s in range(0, len(paths), chunk):
+        waves = [fd.crop(cache.read(cache.index[p]), clip_samples) for p in paths[s:s + chunk]]
+        embs.append(extractor.embed_waveforms(waves, paths[s:s + chunk]).embedding)
+    emb = np.concatenate(embs).astype(np.float32)
+    tmp = atomic_path(path) + ".npz"
+    np.savez(tmp, paths=np.array(paths), embedding=emb)
+    os.replace(tmp, path)
+    return emb
+
+
+def linear_probe(args, base: torch.nn.Module, base_name: str, frontend: dict, base_classes_num: int,
+                 data: fd.LabelledData, cache: fd.ClipCache, clip_samples: int, device: torch.device,
+                 cache_dir: str, run_dir: str) -> dict:
+    """Fit LogisticRegression on frozen base embeddings; same report as fine-tuning; probe saved with joblib."""
+    import checkpoint as ckpt_lib
+    import joblib
+    from extract import Extractor, weights_fingerprint
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    t0 = time.time()
+    base_cfg = ckpt_lib.ModelConfig(model_type=base_name, **frontend, classes_num=base_classes_num,
+                                    labels=None, ids=None, base_model_type=None, output="sigmoid")
+    ex = Extractor(base, base_cfg, precision=args.precision, device=device, batch_size=args.batch_size,
+                   num_workers=0, progress=True)
+    fp = weights_fingerprint(base)
+    x_train = _embeddings(ex, cache, data.train.paths, clip_samples, cache_dir, fp)
+    x_eval = _embeddings(ex, cache, data.eval.paths, clip_samples, cache_dir, fp)
+    t_emb = time.time() - t0
+    lr = LogisticRegression(max_iter=2000, C=args.probe_c)
+    if data.multi_label:
+        clf = make_pipeline(StandardScaler(), OneVsRestClassifier(lr))
+        clf.fit(x_train, data.train.targets.astype(int))
+        probs = clf.predict_proba(x_eval)
+    else:
+        clf = make_pipeline(StandardScaler(), lr)
+        y = data.train.targets.argmax(1)
+        clf.fit(x_train, y)
+        probs = np.zeros((len(x_eval), data.classes_num), np.float32)
+        probs[:, clf.classes_] = clf.predict_proba(x_eval)
+    sc = score(probs, data.eval.targets, data.labels, data.multi_label)
+    probe_path = os.path.join(run_dir, "linear_probe.joblib")
+    tmp = atomic_path(probe_path)
+    joblib.dump({"classifier": clf, "labels": list(data.labels), "multi_label": data.multi_label,
+                 "base_model_type": base_name, "frontend": frontend, "clip_seconds": clip_samples / frontend["sample_rate"],
+                 "pretrained_checkpoint_path": args.pretrained_checkpoint_path, "weights_fingerprint": fp,
+                 "metrics": {k: v for k, v in sc.items() if k != "report"},
+                 "usage": "embeddings = base model 'embedding' of the first clip_seconds (zero-padded); "
+                          "classifier.predict_proba(embeddings) -> columns in the order of 'labels'"}, tmp)
+    os.replace(tmp, probe_path)
+    _write_text(os.path.join(run_dir, "report.txt"), f"{data.source}\nlinear probe: {probe_path}\n\n{sc['report']}\n")
+    _append_jsonl(os.path.join(run_dir, "metrics.jsonl"),
+                  {"linear_probe": True, sc["metric"]: sc["value"], "mAP": sc["mAP"],
+                   "embedding_time_s": round(t_emb, 3), "total_time_s": round(time.time() - t0, 3)})
+    return {**sc, "probe_path": probe_path, "wall_s": time.time() - t0, "embedding_time_s": t_emb}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Entry
+# ------------------------------------------------------------------------------------------------------------
+def train(args) -> Optional[dict]:
+    """Build the transfer model, load the pretrained base, then fine-tune (or linear-probe) on the data given."""
+    base_name = base_of(args.model_type)
+    cli_fe = {k: getattr(args, k) for k in FRONT_END_KEYS}
+    data = load_data(args)  # early: data errors before any model work
+    if data is not None and not args.workspace:
+        raise PannsError("--workspace is required when fine-tuning (checkpoints, cache and reports go there)")
+    loss = args.loss or ("bce" if data is not None and data.multi_label else "nll")
+    if data is not None and data.multi_label and loss == "nll":
+        raise PannsError("some clips have several labels; single-label --loss nll cannot learn that: use --loss bce")
+    output = OUTPUT_OF_LOSS[loss]
+
+    run_dir = None
+    if data is not None:
+        run_name = args.run_name or "_".join(
+            [f"Transfer_{base_name}", data.name] + (["linear_probe"] if args.linear_probe else
+                                                    [loss] + (["frozen"] if args.freeze_base else [])))
+        run_dir = os.path.join(args.workspace, "finetune", run_name)
+        create_folder(run_dir)
+        create_logging(os.path.join(run_dir, "logs"), filemode="w")
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(name)-12s: %(levelname)-8s %(message)s")
+    if data is not None:
+        logger.info("Data: %s; %d classes, %d train / %d eval clips%s", data.source, data.classes_num,
+                    len(data.train), len(data.eval), " (multi-label)" if data.multi_label else "")
+        for w in data.warnings:
+            logger.warning(w)
+
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed % 2**32)
+    device = select_device(args.cuda)
+    import precision as precision_mod
+
+    precision = precision_mod.resolve_precision(args.precision, device)
+
+    # Model (official order: build, load pretrained, report device).
+    sd = None
+    base_classes_num = AUDIOSET_CLASSES_NUM
+    if args.pretrained_checkpoint_path:
+        sd, frontend, base_classes_num, saved_cfg = read_pretrained(args.pretrained_checkpoint_path, base_name, cli_fe)
+    else:
+        frontend = {**models.get_model_spec(base_name).frontend(), **{k: v for k, v in cli_fe.items() if v is not None}}
+    classes_num = data.classes_num if data is not None else AUDIOSET_CLASSES_NUM
+    model = build_transfer_model(base_name, classes_num, frontend, freeze_base=args.freeze_base, output=output,
+                                 base_classes_num=base_classes_num)
+    if sd is not None:
+        logger.info("Load pretrained model from %s", args.pretrained_checkpoint_path)
+        load_base_strict(model, sd, args.pretrained_checkpoint_path, base_name, frontend, official=saved_cfg is None)
+    if device.type == "cuda":
+        print(f"GPU number: {torch.cuda.device_count()}")
+    model.to(device)
+    if sd is not None:
+        print("Load pretrained model successfully!")
+    else:
+        logger.warning("No --pretrained_checkpoint_path: the base starts from random weights (training from scratch)")
+    if data is None:
+        print("No data given, nothing to fine-tune: pass --dataset_dir DIR (one sub-folder per class), "
+              "--train_csv [--eval_csv], or --meta_csv with --holdout_fold, and --workspace.")
+        return None
+
+    cache_dir = args.cache_dir or os.path.join(args.workspace, "cache")
+    cache = fd.build_cache(data.train.paths + data.eval.paths, frontend["sample_rate"], cache_dir, args.num_workers)
+    clip_samples = resolve_clip_samples(args, cache, data, frontend["sample_rate"], train_min_samples(model))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    config = model_config(base_name, frontend, data.labels, output, clip_seconds=clip_samples / frontend["sample_rate"],
+                          pretrained_checkpoint_path=args.pretrained_checkpoint_path, freeze_base=args.freeze_base,
+                          base_classes_num=base_classes_num)
+    from train_lib import write_json
+
+    write_json(os.path.join(run_dir, "run.json"), _run_record(args, {
+        "data": data.source, "labels": data.labels, "train_clips": len(data.train), "eval_clips": len(data.eval),
+        "loss": loss, "output": output, "frontend": frontend, "clip_samples": clip_samples, "precision": precision,
+        "device": str(device), "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": trainable, "cache": cache.h5_path}))
+
+    if args.linear_probe:
+        res = linear_probe(args, model.base, base_name, frontend, base_classes_num, data, cache, clip_samples,
+                           device, cache_dir, run_dir)
+        print(res["report"])
+        print(f"Linear probe {res['metric']}: {res['value']:.4f} ({res['wall_s']:.1f} s); saved to {res['probe_path']}")
+        return res
+
+    logger.info("Fine-tuning Transfer_%s: %s loss, %s output, %d trainable of %d parameters, clip %.2f s, "
+                "batch %d, lr %g, %d iterations, %s on %s", base_name, loss, output, trainable,
+                sum(p.numel() for p in model.parameters()), clip_samples / frontend["sample_rate"], args.batch_size,
+                args.learning_rate, args.iterations, precision, device)
+    res = fine_tune(args, model, data, cache, clip_samples, device, precision, loss, config, run_dir)
+    print(res["report"])
+    print(f"Best {res['metric']}: {res['value']:.4f} at iteration {res['iteration']} "
+          f"({res['wall_s']:.1f} s); checkpoint: {res['best_path']}")
+    return res
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode")
+    p = sub.add_parser("train", help="fine-tune a pretrained model (or run a linear probe)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("model (official arguments)")
+    for k, h in (("sample_rate", "audio sample rate (Hz)"), ("window_size", "STFT window (samples)"),
+                 ("hop_size", "STFT hop (samples)"), ("mel_bins", "number of mel bins"),
+                 ("fmin", "lowest mel frequency (Hz)"), ("fmax", "highest mel frequency (Hz)")):
+        g.add_argument(f"--{k}", type=int, default=None,
+                       help=f"{h}; default: the pretrained checkpoint's, else the registry's for the base model "
+                            "(a value contradicting the checkpoint is an error)")
+    g.add_argument("--model_type", type=str, default="Transfer_Cnn14",
+                   help="Transfer_<Base> for any clip-level model (a plain base name means the same)")
+    g.add_argument("--pretrained_checkpoint_path", type=str, default=None,
+                   help="base weights: an official PANNs .pth, one of ours, or a fine-tuned Transfer_<Base> checkpoint")
+    g.add_argument("--freeze_base", action="store_true",
+                   help="train only the new head (the base's weights and BatchNorm statistics stay pretrained)")
+    g.add_argument("--cuda", action="store_true", help="use the GPU if there is one")
+    d = p.add_argument_group("data (one of --dataset_dir, --train_csv, --meta_csv)")
+    d.add_argument("--dataset_dir", type=str, default=None,
+                   help="folder with one sub-folder of clips per class (or train/ and eval|val|test/ folders of those)")
+    d.add_argument("--train_csv", type=str, default=None, help="CSV of 'path,label[,label...]' rows for training")
+    d.add_argument("--eval_csv", type=str, default=None,
+                   help="CSV of 'path,label[,label...]' rows for evaluation (default: hold out --eval_fraction)")
+    d.add_argument("--meta_csv", type=str, default=None,
+                   help="metadata CSV with file, fold and label columns (ESC-50 meta/esc50.csv, UrbanSound8K)")
+    d.add_argument("--holdout_fold", type=str, default=None, help="with --meta_csv: the fold used for evaluation")
+    d.add_argument("--audio_dir", type=str, default=None,
+                   help="folder that relative paths in the CSVs start from (default: <meta csv>/../audio, "
+                        "then the CSV's folder)")
+    d.add_argument("--eval_fraction", type=float, default=0.2,
+                   help="share of every class held out for evaluation when no eval split is given")
+    d.add_argument("--clip_seconds", type=float, default=None,
+                   help="clip length fed to the model: random crops for training, the first seconds for "
+                        "evaluation, zero-padded when shorter (default: longest clip, at most 10 s)")
+    t = p.add_argument_group("training")
+    t.add_argument("--workspace", type=str, default=None, help="folder for the cache, checkpoints and reports")
+    t.add_argument("--run_name", type=str, default=None,
+                   help="sub-folder of <workspace>/finetune (default: model, data set, loss, frozen)")
+    t.add_argument("--cache_dir", type=str, default=None, help="decoded-clip cache (default: <workspace>/cache)")
+    t.add_argument("--batch_size", type=int, default=32, help="clips per optimizer step")
+    t.add_argument("--learning_rate", type=float, default=None,
+                   help="Adam learning rate (default: 1e-3 with --freeze_base, 1e-4 otherwise)")
+    t.add_argument("--iterations", type=int, default=1000, help="optimizer steps")
+    t.add_argument("--eval_every", type=int, default=100, help="evaluate and save every this many steps (and at the end)")
+    t.add_argument("--augmentation", choices=("none", "mixup"), default="none",
+                   help="mixup: mix pairs of clips (log-mel) and their targets, as the official main.py")
+    t.add_argument("--loss", choices=("nll", "bce"), default=None,
+                   help="nll: single-label, log-softmax head (official Transfer_Cnn14); bce: multi-label, sigmoid head "
+                        "(default: bce if any clip has several labels, else nll)")
+    t.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="worker processes for decoding and batch loading (0: in the main process)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the eval hold-out, batch order, crops and init")
+    t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="compute precision of the CNN body (auto: bf16 on GPUs that support it, fp32 on CPU)")
+    t.add_argument("--linear_probe", action="store_true",
+                   help="instead of fine-tuning: base embeddings (extracted once) + logistic regression")
+    t.add_argument("--probe_c", type=float, default=1.0, help="inverse L2 strength of the linear probe")
+    return parser
+
+
+def main(argv=None) -> Optional[dict]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.mode != "train":
+        parser.error("choose the sub-command: train")
+    if args.learning_rate is None:
+        args.learning_rate = 1e-3 if args.freeze_base else 1e-4
+    for name in ("batch_size", "iterations", "eval_every"):
+        if getattr(args, name) < 1:
+            raise PannsError(f"--{name} must be >= 1 (got {getattr(args, name)})")
+    if args.augmentation == "mixup" and args.batch_size < 1:
+        raise PannsError("--augmentation mixup needs --batch_size >= 1")
+    if args.num_workers < 0:
+        raise PannsError("--num_workers must be >= 0")
+    args.filename = "finetune_template"
+    return train(args)
+
+
+if __name__ == "__main__":
+    run_cli(main)
