@@ -4,8 +4,8 @@ An index file has one row per clip (official format, readable by the official lo
 
     audio_name     (N,)       S20     b'Y<YTID>.wav'
     target         (N, C)     bool    multi-hot labels
-    hdf5_path      (N,)       str     waveform HDF5 holding the clip (variable-length UTF-8; the official
-                                      S200 silently truncated long paths)
+    hdf5_path      (N,)       S<n>    waveform HDF5 holding the clip (UTF-8; width = longest path, the
+                                      official S200 silently truncated longer ones)
     index_in_hdf5  (N,)       int32   row of the clip in that file
 
 Fixes against the official code:
@@ -44,7 +44,6 @@ from utilities import atomic_path  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-PATH_DTYPE = h5py.string_dtype("utf-8")
 PART_PREFIXES = ("balanced_train", "unbalanced_train")
 _ROWS_PER_READ = 200_000  # bounds memory when copying big (full_train sized) arrays
 
@@ -84,6 +83,7 @@ class IndexTable:
     """An index file in memory (targets optional, they are big for full_train).
 
     ``hdf5_paths[path_codes[i]]`` is the resolved absolute waveform HDF5 path of row i.
+    ``positives`` (optional) = (rows, classes) of every True target entry, sorted by row.
     """
 
     indexes_hdf5_path: str
@@ -93,32 +93,34 @@ class IndexTable:
     indexes_in_hdf5: np.ndarray  # (N,) int64
     classes_num: int
     targets: Optional[np.ndarray] = None  # (N, C) bool
+    positives: Optional[tuple] = None     # ((P,) int64 rows, (P,) int64 classes)
 
     def __len__(self) -> int:
         return len(self.audio_names)
 
 
+def _as_fixed_bytes(chunk: np.ndarray) -> np.ndarray:
+    if chunk.dtype.kind == "S":
+        return chunk
+    return np.array([x if isinstance(x, bytes) else str(x).encode() for x in chunk], dtype="S")
+
+
 def _unique_codes(ds: h5py.Dataset) -> tuple:
-    """(unique strings, int32 codes) of a string dataset, fast for both S200 and vlen strings."""
-    n = ds.shape[0]
-    if ds.dtype.kind == "S":
-        arr = ds[:]
-        uniq, codes = np.unique(arr, return_inverse=True)
-        return [_decode(u) for u in uniq], codes.astype(np.int32)
-    codes = np.empty(n, dtype=np.int32)
-    table: Dict[bytes, int] = {}
-    for start in range(0, n, _ROWS_PER_READ):
-        chunk = ds[start:start + _ROWS_PER_READ]
-        for k, s in enumerate(chunk):
-            code = table.get(s)
-            if code is None:
-                code = table[s] = len(table)
-            codes[start + k] = code
-    return [_decode(u) for u in table], codes
+    """(unique strings, int32 codes) of a string dataset (fixed-width or variable-length)."""
+    if ds.shape[0] == 0:
+        return [], np.zeros(0, dtype=np.int32)
+    arr = _as_fixed_bytes(ds[:])
+    uniq, codes = np.unique(arr, return_inverse=True)
+    return [_decode(u) for u in uniq], codes.astype(np.int32).reshape(-1)
 
 
-def read_index(indexes_hdf5_path: str, load_targets: bool = False, keep_empty: bool = False) -> IndexTable:
-    """Load an index HDF5 (ours or official). Rows with an empty ``audio_name`` are dropped unless asked."""
+def read_index(indexes_hdf5_path: str, load_targets: bool = False, keep_empty: bool = False,
+               load_positives: bool = False) -> IndexTable:
+    """Load an index HDF5 (ours or official). Rows with an empty ``audio_name`` are dropped unless asked.
+
+    ``load_positives`` gives the (row, class) pairs of all labels without holding the (N, C) matrix
+    (read in blocks; ~1 GB as bool for full AudioSet).
+    """
     if not os.path.isfile(indexes_hdf5_path):
         raise PannsError(f"index file not found: {indexes_hdf5_path} (create it with utils/create_indexes.py)")
     try:
@@ -129,33 +131,50 @@ def read_index(indexes_hdf5_path: str, load_targets: bool = False, keep_empty: b
         missing = [k for k in ("audio_name", "hdf5_path", "index_in_hdf5", "target") if k not in hf]
         if missing:
             raise PannsError(f"{indexes_hdf5_path} is not an index file (missing datasets: {', '.join(missing)})")
-        names = hf["audio_name"][:]
-        if names.dtype.kind != "S":
-            names = np.array([n if isinstance(n, bytes) else str(n).encode() for n in names], dtype="S")
+        names = _as_fixed_bytes(hf["audio_name"][:])
         uniq, codes = _unique_codes(hf["hdf5_path"])
         idx = hf["index_in_hdf5"][:].astype(np.int64)
-        classes_num = int(hf["target"].shape[1])
-        targets = None
-        if load_targets:
-            targets = np.empty(hf["target"].shape, dtype=bool)
-            for s in range(0, len(names), _ROWS_PER_READ):
-                targets[s:s + _ROWS_PER_READ] = hf["target"][s:s + _ROWS_PER_READ]
+        n, classes_num = hf["target"].shape
+        targets = np.empty((n, classes_num), dtype=bool) if load_targets else None
+        pos_rows, pos_cols = [], []
+        if load_targets or load_positives:
+            for s in range(0, n, _ROWS_PER_READ):
+                block = hf["target"][s:s + _ROWS_PER_READ]
+                if targets is not None:
+                    targets[s:s + len(block)] = block
+                if load_positives:
+                    r, c = np.nonzero(block)
+                    pos_rows.append(r + s)
+                    pos_cols.append(c)
     index_dir = os.path.dirname(os.path.abspath(indexes_hdf5_path))
     paths = [resolve_hdf5_path(p, index_dir) for p in uniq]
+    positives = None
+    if load_positives:
+        positives = (np.concatenate(pos_rows).astype(np.int64) if pos_rows else np.zeros(0, np.int64),
+                     np.concatenate(pos_cols).astype(np.int64) if pos_cols else np.zeros(0, np.int64))
     if not keep_empty:
         keep = names != b""
         if not keep.all():
             names, codes, idx = names[keep], codes[keep], idx[keep]
             targets = targets[keep] if targets is not None else None
-    return IndexTable(indexes_hdf5_path, names, codes, paths, idx, classes_num, targets)
+            if positives is not None:
+                new_row = np.cumsum(keep) - 1
+                ok = keep[positives[0]]
+                positives = (new_row[positives[0][ok]], positives[1][ok])
+    return IndexTable(indexes_hdf5_path, names, codes, paths, idx, int(classes_num), targets, positives)
 
 
-def _write_index_datasets(hf: h5py.File, n: int, classes_num: int, name_dtype, resizable: bool) -> None:
+def _path_dtype(paths) -> np.dtype:
+    """Fixed-width bytes wide enough for every path (official S200 truncated longer ones)."""
+    return np.dtype(f"S{max([1] + [len(p.encode('utf-8')) for p in paths])}")
+
+
+def _write_index_datasets(hf: h5py.File, n: int, classes_num: int, name_dtype, path_dtype, resizable: bool) -> None:
     kw = dict(maxshape=(None,), chunks=True) if resizable else {}
     kw2 = dict(maxshape=(None, classes_num), chunks=True) if resizable else {}
     hf.create_dataset("audio_name", shape=(n,), dtype=name_dtype, **kw)
     hf.create_dataset("target", shape=(n, classes_num), dtype=bool, **kw2)
-    hf.create_dataset("hdf5_path", shape=(n,), dtype=PATH_DTYPE, **kw)
+    hf.create_dataset("hdf5_path", shape=(n,), dtype=path_dtype, **kw)
     hf.create_dataset("index_in_hdf5", shape=(n,), dtype=np.int32, **kw)
     hf.attrs["hdf5_path_relative_to"] = "index_dir"
 
@@ -177,14 +196,16 @@ def create_indexes(waveforms_hdf5_path: str, indexes_hdf5_path: str) -> int:
     rows = np.flatnonzero(names != b"")  # official files keep empty rows for missing clips
     os.makedirs(os.path.dirname(os.path.abspath(indexes_hdf5_path)), exist_ok=True)
     rel = _relpath_for(waveforms_hdf5_path, indexes_hdf5_path)
+    path_dtype = _path_dtype([rel])
     tmp = atomic_path(indexes_hdf5_path)
     try:
         with h5py.File(tmp, "w") as hf:
-            _write_index_datasets(hf, len(rows), targets.shape[1], names.dtype, resizable=False)
-            hf["audio_name"][:] = names[rows]
-            hf["target"][:] = targets[rows].astype(bool)
-            hf["hdf5_path"][:] = np.array([rel] * len(rows), dtype=object)
-            hf["index_in_hdf5"][:] = rows.astype(np.int32)
+            _write_index_datasets(hf, len(rows), targets.shape[1], names.dtype, path_dtype, resizable=False)
+            if len(rows):
+                hf["audio_name"][:] = names[rows]
+                hf["target"][:] = targets[rows].astype(bool)
+                hf["hdf5_path"][:] = np.full(len(rows), rel.encode("utf-8"), dtype=path_dtype)
+                hf["index_in_hdf5"][:] = rows.astype(np.int32)
         os.replace(tmp, indexes_hdf5_path)
     finally:
         if os.path.exists(tmp):
@@ -218,6 +239,14 @@ def combine_full_indexes(indexes_hdf5s_dir: str, full_indexes_hdf5_path: str) ->
     if not paths:
         raise PannsError(f"no balanced_train*.h5 / unbalanced_train*.h5 index files under {indexes_hdf5s_dir}")
     os.makedirs(os.path.dirname(os.path.abspath(full_indexes_hdf5_path)), exist_ok=True)
+    # First pass (paths only): the path column's width must be known before writing.
+    rel_paths = {}
+    for path in paths:
+        with h5py.File(path, "r") as hf:
+            uniq, _ = _unique_codes(hf["hdf5_path"])
+        index_dir = os.path.dirname(os.path.abspath(path))
+        rel_paths[path] = [_relpath_for(resolve_hdf5_path(p, index_dir), full_indexes_hdf5_path) for p in uniq]
+    path_dtype = _path_dtype([p for v in rel_paths.values() for p in v])
     tmp = atomic_path(full_indexes_hdf5_path)
     n = 0
     classes_num = None
@@ -228,21 +257,23 @@ def combine_full_indexes(indexes_hdf5s_dir: str, full_indexes_hdf5_path: str) ->
                 part = read_index(path, load_targets=True)
                 if classes_num is None:
                     classes_num = part.classes_num
-                    _write_index_datasets(full, 0, classes_num, "S20", resizable=True)
+                    _write_index_datasets(full, 0, classes_num, "S20", path_dtype, resizable=True)
                 elif part.classes_num != classes_num:
                     raise PannsError(f"{path} has {part.classes_num} classes, earlier parts have {classes_num}")
                 names = part.audio_names
                 if names.dtype.itemsize > full["audio_name"].dtype.itemsize:
                     raise PannsError(f"{path}: audio names longer than 20 bytes cannot be combined")
-                rel = np.array([_relpath_for(p, full_indexes_hdf5_path) for p in part.hdf5_paths], dtype=object)
+                rel = np.array([_relpath_for(p, full_indexes_hdf5_path).encode("utf-8") for p in part.hdf5_paths],
+                               dtype=path_dtype) if part.hdf5_paths else np.zeros(0, path_dtype)
                 m = n + len(part)
                 for key in ("audio_name", "hdf5_path", "index_in_hdf5"):
                     full[key].resize((m,))
                 full["target"].resize((m, classes_num))
-                full["audio_name"][n:m] = names
-                full["target"][n:m] = part.targets
-                full["hdf5_path"][n:m] = rel[part.path_codes]
-                full["index_in_hdf5"][n:m] = part.indexes_in_hdf5.astype(np.int32)
+                if len(part):
+                    full["audio_name"][n:m] = names
+                    full["target"][n:m] = part.targets
+                    full["hdf5_path"][n:m] = rel[part.path_codes]
+                    full["index_in_hdf5"][n:m] = part.indexes_in_hdf5.astype(np.int32)
                 n = m
         os.replace(tmp, full_indexes_hdf5_path)
     finally:

@@ -475,9 +475,9 @@ class _Index(object):
     """An index file loaded for sampling: paths/rows for meta dicts and the pool of usable rows."""
 
     def __init__(self, indexes_hdf5_path: str, black_list_csv: Optional[str], black_list: Optional[Iterable[str]],
-                 load_targets: bool):
+                 load_positives: bool):
         t0 = time.time()
-        self.table = read_index(indexes_hdf5_path, load_targets=load_targets)
+        self.table = read_index(indexes_hdf5_path, load_positives=load_positives)
         self.fingerprint = _fingerprint(self.table)
         names: Set[str] = set(black_list or ())
         if black_list_csv:
@@ -522,20 +522,24 @@ class _BalancedStream(object):
     """Global class slot s -> row (see module docstring)."""
 
     def __init__(self, index: _Index, seed: int):
-        targets = index.table.targets
-        pool_targets = targets[index.pool]
-        rows, cols = np.nonzero(pool_targets)
-        order = np.argsort(cols, kind="stable")
-        rows, cols = index.pool[rows[order]], cols[order]
-        counts = np.bincount(cols, minlength=targets.shape[1])
+        rows, cols = index.table.positives  # (row, class) of every label; the (N, C) matrix is never held
+        classes_num = index.table.classes_num
+        if len(index.pool) != len(index.table):  # drop black-listed rows
+            usable = np.zeros(len(index.table), dtype=bool)
+            usable[index.pool] = True
+            keep = usable[rows]
+            rows, cols = rows[keep], cols[keep]
+        order = np.argsort(cols, kind="stable")  # rows stay ascending within a class
+        rows, cols = rows[order], cols[order]
+        counts = np.bincount(cols, minlength=classes_num)
         bounds = np.concatenate([[0], np.cumsum(counts)])
-        self.rows_per_class = [rows[bounds[c]:bounds[c + 1]] for c in range(targets.shape[1])]
+        self.rows_per_class = [rows[bounds[c]:bounds[c + 1]] for c in range(classes_num)]
         self.samples_num_per_class = counts
         self.classes = np.flatnonzero(counts > 0)
-        empty = targets.shape[1] - len(self.classes)
+        empty = classes_num - len(self.classes)
         if empty:
             logger.warning("%d of %d classes have no clip and are skipped by the balanced sampler",
-                           empty, targets.shape[1])
+                           empty, classes_num)
         if len(self.classes) == 0:
             raise PannsError(f"{index.table.indexes_hdf5_path}: no clip has a positive label; "
                              "the balanced sampler needs labelled clips")
@@ -581,7 +585,7 @@ class _TrainSamplerBase(object):
         self.rank, self.world_size = int(rank), int(world_size)
         self.index = _Index(indexes_hdf5_path, black_list_csv, black_list, self._needs_targets)
         self._build()
-        self.index.table.targets = None  # only needed while building the per-class lists
+        self.index.table.positives = None  # only needed while building the per-class lists
         self._batches = 0  # local batches yielded by this rank
 
     def _build(self) -> None:
