@@ -187,3 +187,28 @@ def test_scripts_1_2_3_end_to_end(tmp_path, repo_root):
         assert hf["audio_name"].shape == (2 + 4,)  # balanced + the one unbalanced part, not eval
     with h5py.File(ws / "hdf5s" / "indexes" / "eval.h5", "r") as hf:
         assert hf["audio_name"].shape == (2,)
+
+
+def test_interrupt_keeps_failure_list(tmp_path, monkeypatch):
+    """Ctrl-C: queued clips are cancelled and earlier failure entries of clips not reached are kept."""
+    csv_path = _csv(tmp_path / "seg.csv", [f"clip{i:07d}" for i in range(6)])
+    audios = tmp_path / "a"
+    audios.mkdir()
+    with open(audios / ds.FAILURES_CSV_NAME, "w") as f:
+        f.write("YTID,start_seconds,end_seconds,reason,permanent,attempts\nclip0000005,1,2,download: HTTP Error 503,0,5\n")
+    calls = []
+
+    def fake(seg, opts, fetcher):
+        calls.append(seg.ytid)
+        if seg.ytid == "clip0000001":
+            raise KeyboardInterrupt
+        return ds.DownloadResult(seg, "failed", "download: HTTP Error 404", True, 1)
+
+    monkeypatch.setattr(ds, "_download_one", fake)
+    monkeypatch.setattr(ds, "_Fetcher", lambda opts: type("F", (), {"close": lambda self: None})())
+    with pytest.raises(KeyboardInterrupt):
+        ds.download_wavs(csv_path, str(audios), num_workers=1, url_template="http://127.0.0.1:9/{ytid}", progress=False)
+    assert len(calls) < 6  # the queue was not drained
+    with open(audios / ds.FAILURES_CSV_NAME) as f:
+        rows = {r["YTID"]: r for r in csv.DictReader(f)}
+    assert rows["clip0000000"]["permanent"] == "1" and rows["clip0000005"]["reason"].endswith("503")

@@ -441,28 +441,43 @@ def download_wavs(csv_path: str, audios_dir: str, mini_data: bool = False, num_w
                 fetchers.append(fetcher)
         return _download_one(seg, opts, fetcher)
 
+    done = set()
     try:
         with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool, \
                 tqdm(total=len(todo), desc=f"download {get_filename(csv_path)}", unit="clip", disable=not progress) as bar:
             futures = [pool.submit(work, seg) for seg in todo]
-            for fut in as_completed(futures):
-                res = fut.result()
-                if res.status == "downloaded":
-                    report.downloaded += 1
-                    logger.info("Download and convert to %s", os.path.join(audios_dir, res.segment.audio_name))
-                elif res.status == "skipped":
-                    report.skipped += 1
-                else:
-                    report.failed.append(res)
-                    logger.info("Failed %s: %s", res.segment.ytid, res.reason)
-                bar.set_postfix(ok=report.downloaded, skip=report.skipped, fail=len(report.failed), refresh=False)
-                bar.update(1)
+            try:
+                for fut in as_completed(futures):
+                    res = fut.result()
+                    done.add(res.segment.ytid)
+                    if res.status == "downloaded":
+                        report.downloaded += 1
+                        logger.info("Download and convert to %s", os.path.join(audios_dir, res.segment.audio_name))
+                    elif res.status == "skipped":
+                        report.skipped += 1
+                    else:
+                        report.failed.append(res)
+                        logger.info("Failed %s: %s", res.segment.ytid, res.reason)
+                    bar.set_postfix(ok=report.downloaded, skip=report.skipped, fail=len(report.failed), refresh=False)
+                    bar.update(1)
+            except BaseException:  # Ctrl-C: do not wait for the queued clips, only for the running ones
+                for fut in futures:
+                    fut.cancel()
+                raise
     finally:
         for f in fetchers:
             f.close()
-    order = {s.ytid: i for i, s in enumerate(segments)}
+        # Failures of this run, plus earlier entries of clips this run did not get to (interrupted).
+        failed = list(report.failed)
+        listed = {r.segment.ytid for r in failed}
+        for seg in todo:
+            prev = previous.get(seg.ytid)
+            if prev and seg.ytid not in done and seg.ytid not in listed:
+                failed.append(DownloadResult(seg, "failed", prev[0], prev[1], 0))
+        order = {s.ytid: i for i, s in enumerate(segments)}
+        failed.sort(key=lambda r: order.get(r.segment.ytid, 0))
+        _write_failures(failures_csv, failed)
     report.failed.sort(key=lambda r: order.get(r.segment.ytid, 0))
-    _write_failures(failures_csv, report.failed)
     logger.info("Download finished in %.1f s: %d downloaded, %d already present, %d failed (listed in %s)",
                 time.time() - t0, report.downloaded, report.skipped, len(report.failed), failures_csv)
     return report
