@@ -1,0 +1,208 @@
+"""Evaluation of a tagging model on an index file: per-class AP/AUC, mAP, mAUC, d-prime.
+
+Official ``evaluate.py`` called scikit-learn on all 527 columns. On a small evaluation set a class
+without positives gets AP 0 (and AUC NaN) with a warning, which silently dilutes mAP. Here a class
+only counts where its metric is defined: AP needs at least one positive, AUC at least one positive
+and one negative. Undefined per-class entries are NaN (a marker, not a number to average); the
+summary numbers (mAP, mAUC, d-prime) are means over the defined classes, never NaN, and say how
+many classes they cover. No scikit-learn warnings leak: it is only called on defined columns.
+
+Statistics follow the official pickle (``{'bal': [stat, ...], 'test': [stat, ...]}``, each stat
+``{'average_precision': (C,), 'auc': (C,), 'iteration': int}``) and are also written as readable
+``statistics.json``; every file is written atomically.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import pickle
+import time
+from typing import Dict, Iterable, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from sklearn import metrics
+
+from utilities import atomic_path, create_folder
+
+logger = logging.getLogger(__name__)
+
+# AUC 1.0 (or 0.0) would give an infinite d-prime; clip so that a perfect score stays finite (d' ~ 7.3).
+_AUC_CLIP = 1e-7
+
+
+def d_prime(auc: float) -> float:
+    """sqrt(2) * Phi^-1(AUC) (official ``utilities.d_prime``), finite for AUC in [0, 1]."""
+    from scipy import stats
+
+    return float(stats.norm().ppf(np.clip(auc, _AUC_CLIP, 1 - _AUC_CLIP)) * np.sqrt(2.0))
+
+
+def compute_metrics(target: np.ndarray, clipwise_output: np.ndarray) -> Dict[str, object]:
+    """Per-class AP and AUC plus their means over the classes where they are defined.
+
+    target: (N, C) in {0, 1} (values >= 0.5 count as positive); clipwise_output: (N, C) scores.
+    Returns 'average_precision' (C,), 'auc' (C,) (NaN where undefined), 'mAP', 'mAUC', 'd_prime',
+    'ap_classes', 'auc_classes' (how many classes each mean covers), 'classes_num', 'clips'.
+    """
+    target = np.asarray(target) >= 0.5
+    output = np.asarray(clipwise_output, dtype=np.float64)
+    if target.shape != output.shape or target.ndim != 2:
+        raise ValueError(f"target {target.shape} and output {output.shape} must both be (N, C)")
+    n, classes_num = target.shape
+    positives = target.sum(axis=0)
+    ap = np.full(classes_num, np.nan)
+    auc = np.full(classes_num, np.nan)
+    has_pos = positives > 0
+    has_both = has_pos & (positives < n)
+    if has_pos.any():
+        ap[has_pos] = metrics.average_precision_score(target[:, has_pos], output[:, has_pos], average=None)
+    if has_both.any():
+        auc[has_both] = metrics.roc_auc_score(target[:, has_both], output[:, has_both], average=None)
+    m_ap = float(np.mean(ap[has_pos])) if has_pos.any() else 0.0
+    m_auc = float(np.mean(auc[has_both])) if has_both.any() else 0.5
+    return {"average_precision": ap, "auc": auc, "mAP": m_ap, "mAUC": m_auc, "d_prime": d_prime(m_auc),
+            "ap_classes": int(has_pos.sum()), "auc_classes": int(has_both.sum()),
+            "classes_num": int(classes_num), "clips": int(n)}
+
+
+def summarize(stat: Dict[str, object]) -> Dict[str, object]:
+    """Summary numbers of one official stat dict (per-class arrays, NaN = undefined)."""
+    ap = np.asarray(stat["average_precision"], dtype=np.float64)
+    auc = np.asarray(stat["auc"], dtype=np.float64)
+    ap_ok, auc_ok = ~np.isnan(ap), ~np.isnan(auc)
+    m_auc = float(auc[auc_ok].mean()) if auc_ok.any() else 0.5
+    out = {"iteration": int(stat.get("iteration", -1)),
+           "mAP": float(ap[ap_ok].mean()) if ap_ok.any() else 0.0,
+           "mAUC": m_auc, "d_prime": d_prime(m_auc),
+           "ap_classes": int(ap_ok.sum()), "auc_classes": int(auc_ok.sum()), "classes_num": int(ap.size)}
+    if "clips" in stat:
+        out["clips"] = int(stat["clips"])
+    return out
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    import precision as prec  # pytorch/precision.py (models helper)
+
+    return prec.autocast(precision, device)
+
+
+@torch.no_grad()
+def forward(model: torch.nn.Module, loader: Iterable[dict], precision: str = "fp32",
+            return_target: bool = True) -> Dict[str, np.ndarray]:
+    """Run ``model`` (eval mode) over every batch of ``loader``; concatenate along the batch axis.
+
+    Returns 'audio_name' (N,), 'clipwise_output' (N, C) float32 and, if the batches carry it,
+    'target' (N, C). The model's train/eval mode is restored afterwards.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    names: List[np.ndarray] = []
+    outputs: List[np.ndarray] = []
+    targets: List[np.ndarray] = []
+    try:
+        for batch in loader:
+            waveform = torch.as_tensor(batch["waveform"], dtype=torch.float32).to(device, non_blocking=True)
+            with _autocast(precision, device):
+                out = model(waveform)
+            outputs.append(out["clipwise_output"].float().cpu().numpy())
+            names.append(np.asarray(batch["audio_name"]))
+            if return_target and "target" in batch:
+                targets.append(np.asarray(batch["target"], dtype=np.float32))
+    finally:
+        model.train(was_training)
+    result = {"audio_name": np.concatenate(names) if names else np.zeros(0, dtype=str),
+              "clipwise_output": np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)}
+    if targets:
+        result["target"] = np.concatenate(targets)
+    return result
+
+
+class Evaluator:
+    """``Evaluator(model).evaluate(loader)`` -> per-class AP/AUC and their summaries (see compute_metrics).
+
+    ``model`` is the unwrapped module (no DDP/compile wrapper). Under torch.distributed every rank
+    evaluates the batches its loader yields (a shard) and the outputs are gathered, so all ranks get
+    the same result; without a process group the loader's batches are all evaluated here.
+    """
+
+    def __init__(self, model: torch.nn.Module, precision: str = "fp32"):
+        self.model = model
+        self.precision = precision
+
+    def evaluate(self, data_loader: Iterable[dict]) -> Dict[str, object]:
+        t0 = time.perf_counter()
+        out = forward(self.model, data_loader, precision=self.precision, return_target=True)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            shards: List[Optional[dict]] = [None] * dist.get_world_size()
+            dist.all_gather_object(shards, {k: out[k] for k in ("clipwise_output", "target") if k in out})
+            parts = [s for s in shards if s and len(s["clipwise_output"])]
+            out = {k: np.concatenate([s[k] for s in parts]) for k in ("clipwise_output", "target")}
+        if "target" not in out or len(out["clipwise_output"]) == 0:
+            raise ValueError("evaluation loader yielded no clips with targets")
+        stats = compute_metrics(out["target"], out["clipwise_output"])
+        logger.debug("evaluated %d clips in %.2f s", stats["clips"], time.perf_counter() - t0)
+        return stats
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    tmp = atomic_path(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class StatisticsContainer:
+    """Official statistics container: append per-evaluation stats, dump them after every evaluation.
+
+    Files: ``statistics.pkl`` (official structure), ``statistics_<YYYY-mm-dd_HH-MM-SS>.pkl`` (backup of
+    this run, official), ``statistics.json`` (summaries: mAP, mAUC, d-prime, classes counted, iteration).
+    """
+
+    KEYS = ("average_precision", "auc", "iteration")
+
+    def __init__(self, statistics_path: str):
+        self.statistics_path = statistics_path
+        stem = os.path.splitext(statistics_path)[0]
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        self.backup_statistics_path = f"{stem}_{stamp}.pkl"
+        self.json_path = f"{stem}.json"
+        self.statistics_dict: Dict[str, List[dict]] = {"bal": [], "test": []}
+        self.extra: Dict[str, Dict[int, dict]] = {"bal": {}, "test": {}}
+
+    def append(self, iteration: int, statistics: Dict[str, object], data_type: str) -> None:
+        stat = {"average_precision": np.asarray(statistics["average_precision"], dtype=np.float64),
+                "auc": np.asarray(statistics["auc"], dtype=np.float64), "iteration": int(iteration)}
+        self.statistics_dict.setdefault(data_type, []).append(stat)
+        if "clips" in statistics:
+            self.extra.setdefault(data_type, {})[int(iteration)] = {"clips": int(statistics["clips"])}
+
+    def summaries(self) -> Dict[str, List[dict]]:
+        return {k: [{**summarize(s), **self.extra.get(k, {}).get(s["iteration"], {})} for s in v]
+                for k, v in self.statistics_dict.items()}
+
+    def dump(self) -> None:
+        create_folder(os.path.dirname(os.path.abspath(self.statistics_path)))
+        blob = pickle.dumps(self.statistics_dict)
+        for path in (self.statistics_path, self.backup_statistics_path):
+            _atomic_write(path, blob)
+            logger.info("    Dump statistics to %s", path)
+        _atomic_write(self.json_path, (json.dumps(self.summaries(), indent=1) + "\n").encode())
+
+    def load_state_dict(self, resume_iteration: int) -> None:
+        """Reload ``statistics.pkl`` keeping the evaluations at iterations <= resume_iteration."""
+        if not os.path.isfile(self.statistics_path):
+            logger.warning("no %s to resume statistics from; starting a new record", self.statistics_path)
+            return
+        with open(self.statistics_path, "rb") as f:
+            loaded = pickle.load(f)
+        self.statistics_dict = {k: [s for s in v if s["iteration"] <= resume_iteration] for k, v in loaded.items()}
+        for k in ("bal", "test"):
+            self.statistics_dict.setdefault(k, [])

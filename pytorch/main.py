@@ -1,0 +1,125 @@
+"""Train an AudioSet tagging model (official ``pytorch/main.py train``), resumable and DDP-ready.
+
+    python3 pytorch/main.py train --workspace WS --model_type Cnn14 [official options] [--cuda]
+    torchrun --nproc_per_node=N pytorch/main.py train ...       # DistributedDataParallel
+
+Reads ``WS/hdf5s/indexes/{<data_type>,balanced_train,eval}.h5`` and writes, under the official layout
+``WS/{checkpoints,statistics,logs}/main/<features>/data_type=../<Model>/loss_type=../balanced=../
+augmentation=../batch_size=..``: ``<iteration>_iterations.pth`` (self-describing: config, model,
+optimizer, sampler, RNG states), ``statistics.pkl``/``.json`` and the logs with ``config.json``.
+
+Differences from the official script (on purpose): ``--early_stop N`` performs N steps and saves the
+final weights; resume is exact (optimizer, RNG, Mixup and the sampler at the batches actually
+consumed); the evaluation also runs at the final iteration; bad inputs fail with one line before any
+work; one log line every ``--log_every`` iterations instead of ``print(loss)`` every step.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Any, Dict, Optional
+
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "utils"))
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from errors import PannsError, run_cli  # noqa: E402
+import train_lib as tl  # noqa: E402
+from train_lib import TrainConfig, train_step  # noqa: E402
+
+logger = logging.getLogger("main")
+
+
+def train(cfg: TrainConfig) -> Dict[str, Any]:
+    """Run training as configured; returns {'iteration', 'checkpoint_path', 'statistics'} (rank 0 view)."""
+    import train_session as session  # pytorch/train_session.py: setup, evaluation, checkpointing
+
+    cfg.validate()
+    info = tl.init_distributed(cfg.cuda)
+    try:
+        s = session.Session(cfg, info)
+        it = s.iteration
+        while True:
+            if (it % cfg.eval_every == 0 or it == cfg.early_stop) and (it > cfg.resume_iteration or it == 0):
+                s.evaluate(it)
+            if (it % cfg.save_every == 0 or it == cfg.early_stop) and not (0 < cfg.resume_iteration == it):
+                s.save(it)
+            if it >= cfg.early_stop:
+                break
+            batch, wait = s.next_batch()
+            scalars = train_step(s.model, batch, s.optimizer, s.loss_func, precision=s.precision,
+                                 mixup_lambda=s.mixup_lambda(batch), scaler=s.scaler, grad_clip=cfg.grad_clip)
+            it += 1
+            s.meter.update(scalars, wait, len(batch["waveform"]))
+            if it % cfg.log_every == 0:
+                s.log_progress(it)
+        return s.finish(it)
+    finally:
+        if info.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig(workspace="")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("train", help="train a model on the workspace's AudioSet HDF5 files")
+    p.add_argument("--workspace", type=str, required=True, help="workspace holding hdf5s/indexes/*.h5; outputs go here")
+    p.add_argument("--data_type", type=str, default=d.data_type, choices=tl.DATA_TYPES,
+                   help="training index: hdf5s/indexes/<data_type>.h5")
+    p.add_argument("--sample_rate", type=int, default=d.sample_rate, help="model sample rate (data resampled if needed)")
+    p.add_argument("--window_size", type=int, default=d.window_size, help="STFT window / n_fft")
+    p.add_argument("--hop_size", type=int, default=d.hop_size, help="STFT hop in samples")
+    p.add_argument("--mel_bins", type=int, default=d.mel_bins, help="number of mel bins")
+    p.add_argument("--fmin", type=int, default=d.fmin, help="lowest mel frequency (Hz)")
+    p.add_argument("--fmax", type=int, default=d.fmax, help="highest mel frequency (Hz)")
+    p.add_argument("--model_type", type=str, required=True, help="model class name, e.g. Cnn14, Cnn14_16k, Cnn6")
+    p.add_argument("--loss_type", type=str, default=d.loss_type, choices=["clip_bce"], help="training loss")
+    p.add_argument("--balanced", type=str, default=d.balanced, choices=tl.BALANCED,
+                   help="sampling: none (random), balanced (class-balanced), alternate (both in turn)")
+    p.add_argument("--augmentation", type=str, default=d.augmentation, choices=tl.AUGMENTATIONS,
+                   help="mixup: Beta(1,1) mixing of adjacent pairs in the log-mel domain")
+    p.add_argument("--batch_size", type=int, default=d.batch_size,
+                   help="examples per optimizer step (after mixup; the loader reads twice as many clips); "
+                        "with DDP the total over all processes")
+    p.add_argument("--learning_rate", type=float, default=d.learning_rate, help="Adam (amsgrad) learning rate")
+    p.add_argument("--resume_iteration", type=int, default=d.resume_iteration,
+                   help="resume from <checkpoints dir>/<N>_iterations.pth (0: start fresh)")
+    p.add_argument("--early_stop", type=int, default=d.early_stop, help="stop after this many optimizer steps")
+    p.add_argument("--cuda", action="store_true", default=False, help="train on the GPU when one is available")
+    p.add_argument("--eval_every", type=int, default=d.eval_every, help="evaluate every N iterations")
+    p.add_argument("--save_every", type=int, default=d.save_every, help="save a checkpoint every N iterations")
+    p.add_argument("--num_workers", type=int, default=d.num_workers,
+                   help="data loader worker processes (clamped to the CPU count)")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the sampler, Mixup and torch/numpy RNGs (1234 = official sampler/Mixup)")
+    p.add_argument("--precision", type=str, default=d.precision, choices=tl.PRECISIONS,
+                   help="CNN body precision under autocast (front end and loss stay fp32); also for evaluation")
+    p.add_argument("--compile", action="store_true", default=False, help="torch.compile the model for training")
+    p.add_argument("--black_list_csv", type=str, default=None,
+                   help="CSV of clips to skip in training (e.g. WS/black_list/dcase2017task4.csv)")
+    p.add_argument("--class_labels_csv", type=str, default=None,
+                   help="label CSV (index,mid,display_name); default metadata/class_labels_indices.csv")
+    p.add_argument("--log_every", type=int, default=d.log_every, help="log loss/speed every N iterations")
+    p.add_argument("--grad_clip", type=float, default=d.grad_clip, help="clip the gradient norm (0: off, official)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    fields = {f for f in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def main(argv: Optional[list] = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.mode == "train":
+        train(config_from_args(args))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,382 @@
+"""Building blocks of ``pytorch/main.py train``: config, paths, checks, DDP, train_step, state, run record.
+
+Everything the loop needs but is not the loop: the typed :class:`TrainConfig` (defaults = the
+official recipe), the official workspace layout, the input checks that fail with one clear line
+before any work, torch.distributed setup from torchrun's environment, the single
+:func:`train_step`, the resumable training state (RNG states, consumed-batch sampler state) and
+the run record written next to the logs.
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import platform
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any, Deque, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from errors import PannsError
+from utilities import atomic_path, create_folder
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_TYPES = ("balanced_train", "full_train")
+BALANCED = ("none", "balanced", "alternate")
+AUGMENTATIONS = ("none", "mixup")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+# ----------------------------------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    """Resolved training configuration; defaults are the official ``scripts/4_train.sh`` recipe."""
+
+    workspace: str
+    model_type: str = "Cnn14"
+    data_type: str = "full_train"
+    sample_rate: int = 32000
+    window_size: int = 1024
+    hop_size: int = 320
+    mel_bins: int = 64
+    fmin: int = 50
+    fmax: int = 14000
+    loss_type: str = "clip_bce"
+    balanced: str = "balanced"
+    augmentation: str = "mixup"
+    batch_size: int = 32            # mixed examples per optimizer step (the loader yields 2x with mixup)
+    learning_rate: float = 1e-3
+    resume_iteration: int = 0
+    early_stop: int = 1_000_000     # number of optimizer steps (official did one more)
+    cuda: bool = False
+    # Additions (defaults keep the official behaviour).
+    eval_every: int = 2000
+    save_every: int = 100_000
+    num_workers: int = 8
+    seed: int = 1234                # official sampler and Mixup seed
+    precision: str = "fp32"
+    compile: bool = False
+    black_list_csv: Optional[str] = None
+    class_labels_csv: Optional[str] = None
+    log_every: int = 10
+    mixup_alpha: float = 1.0
+    grad_clip: float = 0.0          # 0 = off (official: no clipping)
+    filename: str = "main"          # official path level (script name)
+
+    # Official workspace layout (spec 2.2).
+    @property
+    def feature_dir(self) -> str:
+        return (f"sample_rate={self.sample_rate},window_size={self.window_size},hop_size={self.hop_size},"
+                f"mel_bins={self.mel_bins},fmin={self.fmin},fmax={self.fmax}")
+
+    @property
+    def run_subpath(self) -> str:
+        return os.path.join(self.filename, self.feature_dir, f"data_type={self.data_type}", self.model_type,
+                            f"loss_type={self.loss_type}", f"balanced={self.balanced}",
+                            f"augmentation={self.augmentation}", f"batch_size={self.batch_size}")
+
+    @property
+    def checkpoints_dir(self) -> str:
+        return os.path.join(self.workspace, "checkpoints", self.run_subpath)
+
+    @property
+    def statistics_path(self) -> str:
+        return os.path.join(self.workspace, "statistics", self.run_subpath, "statistics.pkl")
+
+    @property
+    def logs_dir(self) -> str:
+        return os.path.join(self.workspace, "logs", self.run_subpath)
+
+    def indexes_path(self, name: str) -> str:
+        return os.path.join(self.workspace, "hdf5s", "indexes", f"{name}.h5")
+
+    def checkpoint_path(self, iteration: int) -> str:
+        return os.path.join(self.checkpoints_dir, f"{iteration}_iterations.pth")
+
+    @property
+    def frontend(self) -> Dict[str, int]:
+        return {k: getattr(self, k) for k in ("sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax")}
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Value checks (argparse covers the CLI; this covers programmatic use)."""
+        for name, value, choices in (("data_type", self.data_type, DATA_TYPES), ("balanced", self.balanced, BALANCED),
+                                     ("augmentation", self.augmentation, AUGMENTATIONS),
+                                     ("precision", self.precision, PRECISIONS)):
+            if value not in choices:
+                raise PannsError(f"--{name} {value!r} is not one of {', '.join(choices)}")
+        for name in ("batch_size", "eval_every", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise PannsError(f"--{name} must be >= 1 (got {getattr(self, name)})")
+        if self.early_stop < 0 or self.resume_iteration < 0:
+            raise PannsError("--early_stop and --resume_iteration must be >= 0")
+        if self.resume_iteration > self.early_stop:
+            raise PannsError(f"--resume_iteration {self.resume_iteration} is past --early_stop {self.early_stop}")
+        if self.learning_rate <= 0:
+            raise PannsError(f"--learning_rate must be > 0 (got {self.learning_rate})")
+
+
+# ------------------------------------------------------------------------------------ distributed
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(cuda: bool) -> DistInfo:
+    """Rank/world from torchrun's environment; gloo on CPU, nccl on CUDA; device per local rank.
+
+    Without torchrun (no WORLD_SIZE or WORLD_SIZE=1) nothing is initialised.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = cuda and torch.cuda.is_available()
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu") if world > 1 else \
+        torch.device("cuda" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        # Long timeout: ranks wait for each other across evaluations and checkpoint writes.
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
+    return DistInfo(rank, world, local_rank, device)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def all_gather_object(info: DistInfo, obj: Any) -> List[Any]:
+    if not info.distributed:
+        return [obj]
+    out: List[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def mean_over_ranks(info: DistInfo, value: float) -> float:
+    if not info.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=info.device if info.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return float(t.item()) / info.world_size
+
+
+def broadcast_buffers(info: DistInfo, model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BN running stats differ slightly after DDP's last forward)."""
+    if info.distributed:
+        for b in model.buffers():
+            dist.broadcast(b.data, src=0)
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """Short hash of a model's state_dict (names, dtypes and bytes), to compare weights across ranks."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel) or isinstance(model, torch.nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+# ------------------------------------------------------------------------------------- train step
+def to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    """Float arrays -> float32 tensors, int arrays -> int64, anything else (names) as it is."""
+    out = {}
+    non_blocking = device.type == "cuda"
+    for k, v in batch.items():
+        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+            v = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+        elif isinstance(v, np.ndarray) and v.dtype.kind in "iu":
+            v = torch.from_numpy(v.astype(np.int64))
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=non_blocking)
+        out[k] = v
+    return out
+
+
+def mix_targets(target: torch.Tensor, mixup_lambda: torch.Tensor) -> torch.Tensor:
+    """(2B, C) targets of adjacent pairs mixed with (2B,) lambdas -> (B, C) (official do_mixup)."""
+    return target[0::2] * mixup_lambda[0::2, None] + target[1::2] * mixup_lambda[1::2, None]
+
+
+def train_step(model: torch.nn.Module, batch: Dict[str, Any], optimizer: torch.optim.Optimizer,
+               loss_func, *, precision: str = "fp32", mixup_lambda: Optional[torch.Tensor] = None,
+               scaler: Optional[torch.amp.GradScaler] = None, grad_clip: float = 0.0) -> Dict[str, torch.Tensor]:
+    """One optimizer step: forward (CNN body under autocast), fp32 loss, backward, (unscale, clip,) step.
+
+    batch: 'waveform' (B', T) float32 and 'target' (B', C) on the model's device; with mixup
+    B' = 2B and ``mixup_lambda`` (2B,) mixes adjacent pairs inside the model (after bn0/SpecAugment)
+    and here for the targets. Returns detached 0-dim tensors ('loss', and 'grad_norm' when clipping)
+    so that the caller decides when to synchronise.
+    """
+    waveform, target = batch["waveform"], batch["target"]
+    model.train()
+    with _autocast(precision, waveform.device):
+        output = model(waveform, mixup_lambda)
+    if mixup_lambda is not None:
+        target = mix_targets(target, mixup_lambda)
+    loss = loss_func(output, {"target": target})
+    optimizer.zero_grad(set_to_none=True)
+    stats = {"loss": loss.detach()}
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).detach()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if grad_clip > 0:
+            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).detach()
+        optimizer.step()
+    return stats
+
+
+def _autocast(precision: str, device: torch.device):
+    import contextlib
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    import precision as prec  # pytorch/precision.py
+
+    return prec.autocast(precision, device)
+
+
+# -------------------------------------------------------------------------------- resumable state
+class ConsumedStateSampler:
+    """Batch sampler wrapper that knows the sampler state after the batches the loop has *consumed*.
+
+    A DataLoader draws batches ahead (prefetch, workers), so the wrapped sampler's own state is
+    ahead of training. Each yielded batch's post-state is queued; :meth:`mark_consumed` (called by
+    the loop when it receives a batch, in order) pops it. :meth:`state_dict` is therefore exactly
+    the state to resume from. Only the main process iterates a batch sampler, so no locking.
+    """
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self._pending: Deque[dict] = collections.deque()
+        self._consumed = copy.deepcopy(sampler.state_dict())
+
+    def __iter__(self) -> Iterator[list]:
+        self._pending.clear()  # a fresh iteration restarts from the consumed state
+        self.sampler.load_state_dict(copy.deepcopy(self._consumed))
+        for batch in self.sampler:
+            self._pending.append(copy.deepcopy(self.sampler.state_dict()))
+            yield batch
+
+    def mark_consumed(self) -> None:
+        self._consumed = self._pending.popleft()
+
+    def state_dict(self) -> dict:
+        return copy.deepcopy(self._consumed)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(copy.deepcopy(state))
+        self._consumed = copy.deepcopy(self.sampler.state_dict())
+        self._pending.clear()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(device: torch.device) -> Dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(legacy=False),
+             "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(_as_tuple(state["python"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# ---------------------------------------------------------------------------------------- records
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", REPO_ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> Dict[str, str]:
+    import h5py
+    import sklearn
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "h5py": h5py.__version__, "sklearn": sklearn.__version__}
+
+
+def write_json(path: str, obj: Any) -> None:
+    create_folder(os.path.dirname(os.path.abspath(path)))
+    tmp = atomic_path(path)
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_run_record(cfg: TrainConfig, model_config: Dict[str, Any], parameters: int, info: DistInfo,
+                     precision: str) -> str:
+    """``<logs dir>/config.json``: resolved config, model config, parameter count, versions, git commit."""
+    mc = {k: v for k, v in model_config.items() if k not in ("labels", "ids")}
+    record = {"train": cfg.to_dict(), "model": mc, "parameters": parameters, "versions": versions(),
+              "git_commit": git_commit(), "world_size": info.world_size, "device": str(info.device),
+              "precision": precision, "argv": sys.argv, "started": datetime.datetime.now().isoformat(timespec="seconds")}
+    path = os.path.join(cfg.logs_dir, "config.json")
+    write_json(path, record)
+    return path

@@ -1,0 +1,373 @@
+"""Everything a training run holds (model, optimizer, loaders, state) and the work around the loop.
+
+:class:`Session` checks the inputs (one clear line before any work), sets up the run (paths,
+logging, model, DDP, data, resume) and provides the steps ``pytorch/main.py`` calls: next batch,
+evaluation, checkpoint, progress line, finish.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import h5py
+import numpy as np
+import torch
+
+import config
+import train_lib as tl
+from errors import CheckpointError, PannsError
+from train_lib import DistInfo, TrainConfig
+from utilities import Mixup, create_folder, create_logging
+
+logger = logging.getLogger("main")
+
+INDEX_SCRIPTS = {
+    "full_train": "utils/create_indexes.py combine_full_indexes (scripts/3_create_training_indexes.sh)",
+    "balanced_train": "utils/create_indexes.py create_indexes (scripts/3_create_training_indexes.sh)",
+    "eval": "utils/create_indexes.py create_indexes (scripts/3_create_training_indexes.sh)",
+}
+
+
+# ------------------------------------------------------------------------------------------ checks
+@dataclass
+class DataInfo:
+    """What the checks learned about the data: classes, clip length at the model rate."""
+    labels: config.ClassLabels
+    file_sample_rate: int
+    clip_samples: int            # at the training sample rate
+
+
+def _first_waveform_file(indexes_path: str) -> Tuple[str, int]:
+    """(resolved waveform HDF5 path, rows) of the first row of an index file."""
+    from create_indexes import read_index
+
+    table = read_index(indexes_path)
+    if len(table) == 0:
+        raise PannsError(f"{indexes_path} lists no clips (was the waveform HDF5 empty?)")
+    return table.hdf5_paths[table.path_codes[0]], len(table)
+
+
+def check_inputs(cfg: TrainConfig) -> DataInfo:
+    """Fail with one line, before any work, on inputs that cannot train (see module docstring)."""
+    labels = config.read_class_labels(cfg.class_labels_csv)
+    import models
+
+    models.get_model_spec(cfg.model_type)  # unknown names list the valid ones
+    for name in (cfg.data_type, "balanced_train", "eval"):
+        path = cfg.indexes_path(name)
+        if not os.path.isfile(path):
+            raise PannsError(f"index file {path} not found; create it with {INDEX_SCRIPTS[name]}")
+        with h5py.File(path, "r") as hf:
+            width = hf["target"].shape[1] if "target" in hf else None
+        if width != labels.classes_num:
+            raise PannsError(f"{path} has targets for {width} classes but the label CSV "
+                             f"({cfg.class_labels_csv or config.DEFAULT_LABELS_CSV}) lists {labels.classes_num}; "
+                             "pass the label CSV the data was packed with (--class_labels_csv)")
+    if cfg.black_list_csv and not os.path.isfile(cfg.black_list_csv):
+        raise PannsError(f"black list CSV not found: {cfg.black_list_csv}")
+    wav_path, _ = _first_waveform_file(cfg.indexes_path(cfg.data_type))
+    if not os.path.isfile(wav_path):
+        raise PannsError(f"waveform HDF5 {wav_path} (named in {cfg.indexes_path(cfg.data_type)}) not found; "
+                         "pack it with utils/dataset.py pack_waveforms_to_hdf5")
+    with h5py.File(wav_path, "r") as hf:
+        file_sr = int(hf.attrs.get("sample_rate", config.sample_rate))
+        file_len = int(hf["waveform"].shape[1])
+        ids = [str(x.decode() if isinstance(x, bytes) else x) for x in hf.attrs.get("class_ids", [])]
+    if ids and ids != list(labels.ids):
+        raise PannsError(f"{wav_path} was packed with a different label CSV than "
+                         f"{cfg.class_labels_csv or config.DEFAULT_LABELS_CSV} (class ids differ); "
+                         "pass the matching --class_labels_csv")
+    check_resampling(file_sr, cfg.sample_rate, wav_path, cfg.fmax)
+    clip_samples = int(round(file_len * cfg.sample_rate / file_sr))
+    return DataInfo(labels, file_sr, clip_samples)
+
+
+def check_resampling(file_sr: int, sample_rate: int, path: str, fmax: int) -> None:
+    """The loader resamples packed clips to the model rate (soxr, both ways); warn where it loses nothing
+    but gains nothing either (upsampling leaves the band above the file's Nyquist empty)."""
+    if file_sr == sample_rate:
+        return
+    logger.info("%s holds %d Hz audio; the loader resamples it to %d Hz", path, file_sr, sample_rate)
+    if sample_rate > file_sr and fmax > file_sr / 2:
+        logger.warning("training at %d Hz on %d Hz data: mel bands above %d Hz (fmax=%d) will be empty",
+                       sample_rate, file_sr, file_sr // 2, fmax)
+
+
+def build_model(cfg: TrainConfig, classes_num: int, clip_samples: int) -> torch.nn.Module:
+    """The model for ``cfg`` with a clear error for front ends or clip lengths it cannot take."""
+    import models
+
+    try:
+        model = models.create_model(cfg.model_type, classes_num=classes_num, **cfg.frontend)
+    except PannsError:
+        raise
+    except (AssertionError, ValueError, RuntimeError, TypeError) as e:
+        raise PannsError(f"{cfg.model_type} cannot be built with {cfg.feature_dir}: {type(e).__name__}: {e}") from None
+    need = int(getattr(model, "min_samples", 0) or 0)
+    if getattr(model, "spec_augmenter", None) is not None and getattr(model, "spec_augment", True):
+        # SpecAugment draws time stripes up to 63 frames wide: needs >= 64 frames in training.
+        need = max(need, 63 * cfg.hop_size)
+    if clip_samples < need:
+        raise PannsError(f"clips of {clip_samples} samples ({clip_samples / cfg.sample_rate:.2f} s at "
+                         f"{cfg.sample_rate} Hz) are too short to train {cfg.model_type} with hop {cfg.hop_size}; "
+                         f"it needs >= {need} samples ({need / cfg.sample_rate:.2f} s): repack with a longer "
+                         "--clip_seconds")
+    return model
+
+
+# -------------------------------------------------------------------------------------------- meter
+@dataclass
+class Meter:
+    """Sums over the current log window: loss, clips, time waiting for data."""
+    losses: List[torch.Tensor] = field(default_factory=list)
+    wait: float = 0.0
+    clips: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def update(self, scalars: Dict[str, torch.Tensor], wait: float, clips: int) -> None:
+        self.losses.append(scalars["loss"])
+        self.wait += wait
+        self.clips += clips
+
+    def reset(self) -> None:
+        self.losses, self.wait, self.clips, self.start = [], 0.0, 0, time.perf_counter()
+
+
+# ------------------------------------------------------------------------------------------ session
+class Session:
+    def __init__(self, cfg: TrainConfig, info: DistInfo):
+        self.cfg, self.info = cfg, info
+        data = check_inputs(cfg)
+        self.labels = data.labels
+        if info.distributed and cfg.batch_size % info.world_size:
+            raise PannsError(f"--batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
+        self.batch_per_rank = cfg.batch_size // info.world_size
+        import precision as prec
+
+        self.precision = prec.resolve_precision(cfg.precision, info.device)
+        tl.seed_everything(cfg.seed)  # same initial weights on every rank
+        raw = build_model(cfg, data.labels.classes_num, data.clip_samples)
+        from losses import get_loss_func
+
+        self.loss_func = get_loss_func(cfg.loss_type)
+        self._setup_logging()
+        logger.info("Config: %s", cfg.to_dict())
+        logger.info("Using %s (%s%s).", "GPU" if info.device.type == "cuda" else "CPU", info.device,
+                    f", {info.world_size} processes" if info.distributed else "")
+        if cfg.cuda and info.device.type != "cuda":
+            logger.warning("--cuda given but no GPU is available; training on the CPU")
+        self.raw_model = raw.to(info.device)
+        n_params = sum(p.numel() for p in raw.parameters() if p.requires_grad)
+        logger.info("Parameters num: %d", n_params)
+        self.model_config = self._model_config()
+        if info.is_main:
+            tl.write_run_record(cfg, self.model_config, n_params, info, self.precision)
+
+        # Optimizer of the official recipe (no schedule, no weight decay).
+        self.optimizer = torch.optim.Adam(raw.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-08,
+                                          weight_decay=0.0, amsgrad=True)
+        self.scaler = torch.amp.GradScaler(info.device.type, enabled=self.precision == "fp16")
+        self.model = torch.compile(raw) if cfg.compile else raw
+        if info.distributed:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
+                find_unused_parameters=True)  # some official classes carry unused layers (Q19)
+        self.mixup = Mixup(mixup_alpha=cfg.mixup_alpha, random_seed=cfg.seed + info.rank) \
+            if cfg.augmentation == "mixup" else None
+        self._setup_data()
+        from evaluate import Evaluator, StatisticsContainer
+
+        self.evaluator = Evaluator(raw, precision=self.precision)
+        self.statistics = StatisticsContainer(cfg.statistics_path)
+        self.iteration = 0
+        # Training randomness (SpecAugment, dropout) differs per rank; weights are already equal.
+        tl.seed_everything(cfg.seed + info.rank)
+        if cfg.resume_iteration > 0:
+            self._resume(cfg.resume_iteration)
+        self.meter = Meter()
+        self._train_start = time.perf_counter()
+        self._last_saved: Optional[str] = None
+        self._last_stats: Dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------ setup
+    def _setup_logging(self) -> None:
+        if self.info.is_main:
+            create_folder(self.cfg.checkpoints_dir)
+            create_folder(os.path.dirname(self.cfg.statistics_path))
+            create_logging(self.cfg.logs_dir, filemode="w")
+        else:
+            logging.getLogger().setLevel(logging.WARNING)
+
+    def _model_config(self) -> Dict[str, Any]:
+        import checkpoint
+
+        mc = checkpoint.ModelConfig(model_type=self.cfg.model_type, **self.cfg.frontend,
+                                    classes_num=self.labels.classes_num, labels=list(self.labels.labels),
+                                    ids=list(self.labels.ids))
+        return mc.to_dict()
+
+    def _setup_data(self) -> None:
+        import data_generator as dg
+        from torch.utils.data import DataLoader
+
+        cfg, info = self.cfg, self.info
+        cpus = os.cpu_count() or 1
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
+        self.num_workers = max(0, min(cfg.num_workers, cpus // max(local_world, 1)))
+        sampler_cls = {"none": dg.TrainSampler, "balanced": dg.BalancedTrainSampler,
+                       "alternate": dg.AlternateTrainSampler}[cfg.balanced]
+        per_step = self.batch_per_rank * (2 if self.mixup is not None else 1)
+        self.train_sampler = tl.ConsumedStateSampler(sampler_cls(
+            indexes_hdf5_path=cfg.indexes_path(cfg.data_type), batch_size=per_step,
+            black_list_csv=cfg.black_list_csv, random_seed=cfg.seed, rank=info.rank, world_size=info.world_size))
+        self.dataset = dg.AudioSetDataset(sample_rate=cfg.sample_rate)
+        common = dict(collate_fn=dg.collate_fn, num_workers=self.num_workers, pin_memory=info.device.type == "cuda")
+        worker_init = getattr(dg, "worker_init_fn", None)
+        if worker_init is not None and self.num_workers > 0:
+            common["worker_init_fn"] = worker_init
+        # Own generators: creating loader iterators must not draw from the global torch RNG (exact resume).
+        self.train_loader = DataLoader(self.dataset, batch_sampler=self.train_sampler,
+                                       generator=torch.Generator().manual_seed(cfg.seed + info.rank), **common)
+        self.eval_loaders = {}
+        for key, name in (("bal", "balanced_train"), ("test", "eval")):
+            sampler = dg.EvaluateSampler(indexes_hdf5_path=cfg.indexes_path(name), batch_size=self.batch_per_rank,
+                                         rank=info.rank, world_size=info.world_size)  # shard, gathered by Evaluator
+            self.eval_loaders[key] = DataLoader(self.dataset, batch_sampler=sampler,
+                                                generator=torch.Generator().manual_seed(cfg.seed),
+                                                persistent_workers=self.num_workers > 0, **common)
+        self._train_iter = None
+
+    # ----------------------------------------------------------------------------------- resume
+    def _resume(self, n: int) -> None:
+        import checkpoint
+
+        path = self.cfg.checkpoint_path(n)
+        if not os.path.isfile(path):
+            have = sorted(int(f.split("_")[0]) for f in os.listdir(self.cfg.checkpoints_dir)
+                          if f.endswith("_iterations.pth") and f.split("_")[0].isdigit()) \
+                if os.path.isdir(self.cfg.checkpoints_dir) else []
+            raise CheckpointError(f"no checkpoint {path} to resume from; saved iterations: "
+                                  f"{', '.join(map(str, have)) or 'none'}")
+        logger.info("Loading checkpoint %s", path)
+        ckpt = checkpoint.load_checkpoint(path, map_location=self.info.device)
+        saved = ckpt.get("config") or {}
+        for key in ("model_type", "classes_num", "sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax"):
+            if key in saved and saved[key] != self.model_config[key]:
+                raise CheckpointError(f"{path} was trained with {key}={saved[key]}, this run has "
+                                      f"{key}={self.model_config[key]}")
+        try:
+            self.raw_model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: model weights do not fit {self.cfg.model_type}: "
+                                  f"{str(e).splitlines()[0]}") from None
+        if "optimizer" in ckpt:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        else:
+            logger.warning("%s has no optimizer state (official checkpoint?): Adam moments restart", path)
+        if "scaler" in ckpt and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        per_rank = ckpt.get("rank_states")
+        rank = self.info.rank
+        if per_rank is not None and len(per_rank) == self.info.world_size:
+            mine = per_rank[rank]
+        else:
+            if per_rank is not None:
+                logger.warning("%s was saved by %d processes, this run has %d: sampler/RNG state of rank 0 reused "
+                               "(resume not exact)", path, len(per_rank), self.info.world_size)
+            mine = {"sampler": ckpt.get("sampler")}
+        if mine.get("sampler") is not None:
+            try:
+                self.train_sampler.load_state_dict(mine["sampler"])
+            except (KeyError, ValueError, TypeError, IndexError) as e:
+                raise CheckpointError(f"{path}: sampler state does not fit this data/sampler: {e}") from None
+        if self.mixup is not None and mine.get("mixup") is not None:
+            self.mixup.load_state_dict(mine["mixup"])
+        if mine.get("rng") is not None:
+            tl.set_rng_state(mine["rng"], self.info.device)
+        self.statistics.load_state_dict(n)
+        self.iteration = int(ckpt["iteration"])
+
+    # ------------------------------------------------------------------------------------ steps
+    def next_batch(self) -> Tuple[Dict[str, Any], float]:
+        """(batch on the device, seconds spent waiting for it)."""
+        t0 = time.perf_counter()
+        if self._train_iter is None:
+            self._train_iter = iter(self.train_loader)
+        batch = next(self._train_iter)
+        self.train_sampler.mark_consumed()
+        batch = tl.to_device(batch, self.info.device)
+        return batch, time.perf_counter() - t0
+
+    def mixup_lambda(self, batch: Dict[str, Any]) -> Optional[torch.Tensor]:
+        if self.mixup is None:
+            return None
+        lam = self.mixup.get_lambda(batch_size=len(batch["waveform"]))
+        return torch.as_tensor(lam, dtype=torch.float32, device=self.info.device)
+
+    def evaluate(self, iteration: int) -> None:
+        train_time = time.perf_counter() - self._train_start
+        t0 = time.perf_counter()
+        tl.broadcast_buffers(self.info, self.raw_model)
+        results = {}
+        for key, loader in self.eval_loaders.items():
+            results[key] = self.evaluator.evaluate(loader)
+        if self.info.is_main:
+            for key, name in (("bal", "bal"), ("test", "test")):
+                r = results[key]
+                logger.info("Validate %s mAP: %.3f (mAUC %.3f, d-prime %.3f; %d/%d classes with positives, %d clips)",
+                            name, r["mAP"], r["mAUC"], r["d_prime"], r["ap_classes"], r["classes_num"], r["clips"])
+                self.statistics.append(iteration, r, key)
+            self.statistics.dump()
+            logger.info("iteration: %d, train time: %.3f s, validate time: %.3f s", iteration, train_time,
+                        time.perf_counter() - t0)
+            logger.info("------------------------------------")
+        self._last_stats = {k: {m: results[k][m] for m in ("mAP", "mAUC", "d_prime", "ap_classes", "auc_classes")}
+                            for k in results}
+        self._train_start = time.perf_counter()
+        self.meter.reset()
+
+    def save(self, iteration: int) -> None:
+        """Checkpoint (rank 0 writes; every rank contributes its sampler/RNG/Mixup state)."""
+        import checkpoint
+
+        mine = {"sampler": self.train_sampler.state_dict(), "rng": tl.rng_state(self.info.device),
+                "mixup": self.mixup.state_dict() if self.mixup is not None else None}
+        states = tl.all_gather_object(self.info, mine)
+        if self.info.is_main:
+            ckpt = {"iteration": iteration, "model": self.raw_model.state_dict(), "sampler": states[0]["sampler"],
+                    "optimizer": self.optimizer.state_dict(),
+                    "config": {**self.cfg.to_dict(), **self.model_config, "precision": self.precision,
+                               "world_size": self.info.world_size},
+                    "rank_states": states}
+            if self.scaler.is_enabled():
+                ckpt["scaler"] = self.scaler.state_dict()
+            path = self.cfg.checkpoint_path(iteration)
+            checkpoint.save_checkpoint(path, ckpt)
+            logger.info("Model saved to %s", path)
+            self._last_saved = path
+        tl.barrier(self.info)
+
+    def log_progress(self, iteration: int) -> None:
+        m = self.meter
+        loss = float(torch.stack(m.losses).float().mean()) if m.losses else float("nan")
+        loss = tl.mean_over_ranks(self.info, loss)
+        elapsed = max(time.perf_counter() - m.start, 1e-9)
+        steps = len(m.losses)
+        logger.info("iteration: %d, loss: %.4f, %.2f it/s, %.1f clips/s, data wait %.0f%%", iteration, loss,
+                    steps / elapsed, m.clips * self.info.world_size / elapsed, 100.0 * m.wait / elapsed)
+        m.reset()
+
+    def finish(self, iteration: int) -> Dict[str, Any]:
+        tl.broadcast_buffers(self.info, self.raw_model)
+        if self.info.distributed:  # DDP sanity check: every rank must hold the same weights
+            digests = tl.all_gather_object(self.info, tl.state_digest(self.raw_model))
+            if len(set(digests)) == 1:
+                logger.info("Final weights identical on all %d processes (digest %s)", self.info.world_size, digests[0])
+            else:
+                logger.warning("Final weights differ across processes: %s", digests)
+        logger.info("Finished at iteration %d", iteration)
+        return {"iteration": iteration, "checkpoint_path": self._last_saved or self.cfg.checkpoint_path(iteration),
+                "statistics": self._last_stats, "statistics_path": self.cfg.statistics_path}

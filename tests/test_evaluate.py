@@ -1,0 +1,155 @@
+"""Evaluation metrics, statistics files, loss and plotting (no training)."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics
+
+from errors import PannsError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_metrics_skip_undefined_classes_without_warnings():
+    from evaluate import compute_metrics
+
+    rs = np.random.RandomState(0)
+    target = np.zeros((12, 5), np.float32)
+    target[:6, 0] = 1          # class 0: positives and negatives
+    target[::2, 1] = 1         # class 1: positives and negatives
+    target[:, 2] = 1           # class 2: only positives -> AP defined, AUC undefined
+    # class 3, 4: no positives -> both undefined
+    output = rs.rand(12, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any sklearn/numpy warning fails the test
+        r = compute_metrics(target, output)
+    assert r["ap_classes"] == 3 and r["auc_classes"] == 2 and r["classes_num"] == 5 and r["clips"] == 12
+    assert np.isnan(r["average_precision"][3:]).all() and np.isnan(r["auc"][2:]).all()
+    ap0 = metrics.average_precision_score(target[:, 0], output[:, 0])
+    assert r["average_precision"][0] == pytest.approx(ap0)
+    assert r["mAP"] == pytest.approx(np.mean(r["average_precision"][:3]))
+    assert r["mAUC"] == pytest.approx(np.mean(r["auc"][:2]))
+    for k in ("mAP", "mAUC", "d_prime"):
+        assert np.isfinite(r[k])
+
+
+def test_perfect_scores_give_finite_d_prime():
+    from evaluate import compute_metrics, d_prime
+
+    target = np.eye(4, dtype=np.float32)
+    r = compute_metrics(target, target * 0.9 + 0.05)
+    assert r["mAP"] == pytest.approx(1.0) and r["mAUC"] == pytest.approx(1.0)
+    assert 5 < r["d_prime"] < 10
+    assert d_prime(0.973) == pytest.approx(2.725, abs=1e-3)  # official reference value
+    empty = compute_metrics(np.zeros((3, 2)), np.random.rand(3, 2))
+    assert empty["ap_classes"] == 0 and np.isfinite(empty["mAP"])
+
+
+class _Fixed(torch.nn.Module):
+    """Returns stored scores per item (first waveform sample = item id)."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.scores = torch.as_tensor(scores, dtype=torch.float32)
+
+    def forward(self, x, mixup_lambda=None):
+        return {"clipwise_output": self.scores[x[:, 0].long()] + 0 * self.w}
+
+
+def test_evaluator_over_batches_matches_metrics():
+    from evaluate import Evaluator, compute_metrics
+
+    rs = np.random.RandomState(1)
+    n, c = 10, 3
+    target = (rs.rand(n, c) > 0.5).astype(np.float32)
+    scores = rs.rand(n, c)
+    model = _Fixed(scores)
+    model.train()
+    loader = [{"audio_name": np.array([f"Y{i}.wav" for i in idx]),
+               "waveform": np.stack([np.full(8, i, np.float32) for i in idx]), "target": target[idx]}
+              for idx in (np.arange(0, 4), np.arange(4, 8), np.arange(8, 10))]
+    r = Evaluator(model).evaluate(loader)
+    ref = compute_metrics(target, scores)
+    np.testing.assert_allclose(r["average_precision"], ref["average_precision"], rtol=1e-6)
+    assert r["clips"] == n and model.training, "evaluation must restore the train mode"
+
+
+def test_statistics_container_files_and_truncation(tmp_path):
+    from evaluate import StatisticsContainer, compute_metrics
+
+    path = str(tmp_path / "stats" / "statistics.pkl")
+    sc = StatisticsContainer(path)
+    rs = np.random.RandomState(2)
+    target = (rs.rand(20, 4) > 0.5).astype(np.float32)
+    for it in (0, 2000, 4000):
+        for key in ("bal", "test"):
+            sc.append(it, compute_metrics(target, rs.rand(20, 4)), key)
+        sc.dump()
+    with open(path, "rb") as f:
+        stats = pickle.load(f)
+    assert set(stats) == {"bal", "test"} and len(stats["test"]) == 3
+    assert set(stats["test"][0]) == {"average_precision", "auc", "iteration"}
+    assert stats["test"][0]["average_precision"].shape == (4,)
+    assert os.path.isfile(sc.backup_statistics_path) and sc.backup_statistics_path != path
+    summary = json.load(open(str(tmp_path / "stats" / "statistics.json")))
+    assert [s["iteration"] for s in summary["bal"]] == [0, 2000, 4000]
+    assert summary["test"][1]["ap_classes"] == 4 and 0 <= summary["test"][1]["mAP"] <= 1
+    assert not [f for f in os.listdir(tmp_path / "stats") if ".tmp" in f]
+    sc2 = StatisticsContainer(path)
+    sc2.load_state_dict(2000)
+    assert [s["iteration"] for s in sc2.statistics_dict["test"]] == [0, 2000]
+
+
+def test_clip_bce_under_autocast_matches_fp32():
+    from losses import clip_bce, get_loss_func
+
+    out = torch.rand(4, 6) * 0.98 + 0.01
+    tgt = (torch.rand(4, 6) > 0.5).float()
+    ref = torch.nn.functional.binary_cross_entropy(out, tgt)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = clip_bce({"clipwise_output": out.bfloat16()}, {"target": tgt})
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-2)
+    assert get_loss_func("clip_bce") is clip_bce
+    with pytest.raises(PannsError, match="clip_bce"):
+        get_loss_func("frame_bce")
+
+
+def _write_stats(path, maps):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    stats = {k: [{"average_precision": np.array([m, m, np.nan]), "auc": np.array([0.9, 0.9, np.nan]),
+                  "iteration": 2000 * i} for i, m in enumerate(maps)] for k in ("bal", "test")}
+    with open(path, "wb") as f:
+        pickle.dump(stats, f)
+
+
+def test_plot_runs_and_official_plot_command(tmp_path):
+    from plot_statistics import load_curves, plot_runs
+
+    ws = tmp_path / "ws"
+    a = str(ws / "statistics" / "main" / "feat" / "Cnn14" / "balanced=balanced" / "statistics.pkl")
+    b = str(ws / "statistics" / "main" / "feat" / "Cnn14" / "balanced=none" / "statistics.pkl")
+    _write_stats(a, [0.1, 0.3, 0.5])
+    _write_stats(b, [0.1, 0.2])
+    its, maps = load_curves(a)["test"]
+    assert list(its) == [0, 2000, 4000] and maps[2] == pytest.approx(0.5)  # NaN classes skipped
+    out = plot_runs([a, b], str(tmp_path / "x.png"))
+    assert os.path.getsize(out) > 1000
+    script = os.path.join(REPO, "utils", "plot_statistics.py")
+    r = subprocess.run([sys.executable, script, "plot", "--dataset_dir", "unused", f"--workspace={ws}",
+                        "--select=1_aug"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert os.path.getsize(tmp_path / "results" / "1_aug.pdf") > 1000
+    r = subprocess.run([sys.executable, script, "plot_runs", "--workspace", str(ws), "--statistics_paths", a,
+                        "--output", str(tmp_path / "y.png")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and os.path.isfile(tmp_path / "y.png"), r.stderr
+    r = subprocess.run([sys.executable, script, "plot", "--workspace", str(tmp_path / "nothing"), "--select=x"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: no statistics.pkl"), r.stderr

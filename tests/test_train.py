@@ -1,0 +1,190 @@
+"""Training pipeline on a tiny generated AudioSet-layout data set: make data -> pack -> index -> train.
+
+Covers: the official workspace layout, one-line input errors, exact resume (N steps straight ==
+N/2 + resume + N/2, with 0 and 1 loader workers), a model that actually learns the synthetic classes,
+and a resumed run that continues the curve.
+"""
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from errors import PannsError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A cheap configuration: 16 kHz, hop 400 (40 frames/s), Cnn6 (the smallest log-mel CNN).
+FAST = dict(sample_rate=16000, window_size=512, hop_size=400, mel_bins=64, fmin=50, fmax=8000)
+
+
+def make_workspace(root, classes_num=5, train_per_class=4, eval_per_class=2, clip_seconds=1.6,
+                   sample_rate=16000, full_train=False, seed=0):
+    """Generate clips, pack them and write the index files; returns (workspace, label CSV)."""
+    from create_indexes import combine_full_indexes, create_indexes
+    from dataset import pack_waveforms_to_hdf5
+    from make_demo_dataset import make_demo_dataset
+
+    ds, ws = os.path.join(root, "dataset"), os.path.join(root, "workspace")
+    make_demo_dataset(ds, classes_num=classes_num,
+                      clips_per_class={"balanced_train": train_per_class, "eval": eval_per_class,
+                                       "unbalanced_train": 0},
+                      clip_seconds=clip_seconds, sample_rate=sample_rate, unbalanced_parts=1, seed=seed)
+    labels = os.path.join(ds, "metadata", "class_labels_indices.csv")
+    for split in ("balanced_train", "eval"):
+        wav = os.path.join(ws, "hdf5s", "waveforms", f"{split}.h5")
+        pack_waveforms_to_hdf5(os.path.join(ds, "metadata", f"{split}_segments.csv"),
+                               os.path.join(ds, "audios", f"{split}_segments"), wav, sample_rate=sample_rate,
+                               clip_seconds=clip_seconds, class_labels_csv=labels, progress=False)
+        create_indexes(wav, os.path.join(ws, "hdf5s", "indexes", f"{split}.h5"))
+    if full_train:
+        combine_full_indexes(os.path.join(ws, "hdf5s", "indexes"), os.path.join(ws, "hdf5s", "indexes", "full_train.h5"))
+    return ws, labels
+
+
+def tiny_config(ws, labels, **kw):
+    from train_lib import TrainConfig
+
+    base = dict(workspace=ws, model_type="Cnn6", data_type="balanced_train", batch_size=4, num_workers=0,
+                eval_every=1000, save_every=1000, early_stop=4, class_labels_csv=labels, log_every=2, **FAST)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def tiny_ws(tmp_path_factory):
+    return make_workspace(str(tmp_path_factory.mktemp("train")), classes_num=3, train_per_class=3,
+                          eval_per_class=1, clip_seconds=1.6)
+
+
+def test_workspace_layout_is_official(tmp_path):
+    from train_lib import TrainConfig
+
+    cfg = TrainConfig(workspace="ws", model_type="Cnn14")
+    assert cfg.checkpoint_path(600000) == os.path.join(
+        "ws", "checkpoints", "main", "sample_rate=32000,window_size=1024,hop_size=320,mel_bins=64,fmin=50,fmax=14000",
+        "data_type=full_train", "Cnn14", "loss_type=clip_bce", "balanced=balanced", "augmentation=mixup",
+        "batch_size=32", "600000_iterations.pth")
+    assert cfg.statistics_path.startswith(os.path.join("ws", "statistics", "main", "sample_rate=32000"))
+    assert cfg.logs_dir.startswith(os.path.join("ws", "logs", "main"))
+    # Official recipe defaults.
+    assert (cfg.learning_rate, cfg.batch_size, cfg.balanced, cfg.augmentation, cfg.early_stop) == \
+        (1e-3, 32, "balanced", "mixup", 1_000_000)
+
+
+def test_input_errors_are_one_line(tiny_ws, tmp_path):
+    from main import train
+
+    ws, labels = tiny_ws
+    with pytest.raises(PannsError, match="create_indexes"):
+        train(tiny_config(str(tmp_path / "empty"), labels))
+    with pytest.raises(PannsError, match="Cnn14_16k only works with sample_rate=16000"):
+        train(tiny_config(ws, labels, model_type="Cnn14_16k", sample_rate=32000, window_size=1024, hop_size=320,
+                          fmax=14000))
+    with pytest.raises(PannsError, match="too short"):
+        train(tiny_config(ws, labels, hop_size=2000, window_size=2048))
+    other = tmp_path / "labels.csv"
+    other.write_text("index,mid,display_name\n0,/m/a,A\n1,/m/b,B\n")
+    with pytest.raises(PannsError, match="targets for 3 classes"):
+        train(tiny_config(ws, str(other)))
+    with pytest.raises(PannsError, match="unknown model type"):
+        train(tiny_config(ws, labels, model_type="Cnn99"))
+    assert not os.path.exists(os.path.join(ws, "checkpoints")), "errors must come before any output"
+
+
+def test_cli_error_exit_code(tiny_ws):
+    ws, labels = tiny_ws
+    r = subprocess.run([sys.executable, os.path.join(REPO, "pytorch", "main.py"), "train", "--workspace", ws,
+                        "--model_type", "Cnn14_16k", "--class_labels_csv", labels, "--data_type", "balanced_train"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Cnn14_16k only works") and "Traceback" not in r.stderr, r.stderr
+
+
+def _state(path):
+    from checkpoint import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def _assert_same_state(a, b):
+    assert a["iteration"] == b["iteration"]
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        for name in sa[k]:
+            assert torch.equal(torch.as_tensor(sa[k][name]), torch.as_tensor(sb[k][name])), (k, name)
+    assert a["sampler"] == b["sampler"]
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_resume_is_exact(tiny_ws, num_workers):
+    """4 steps straight == 2 steps, resume, 2 steps (weights, optimizer, sampler); stats truncated."""
+    from main import train
+
+    ws, labels = tiny_ws
+    cfg = tiny_config(ws, labels, num_workers=num_workers,
+                      eval_every=2, save_every=1000)
+    straight = train(cfg)
+    assert straight["iteration"] == 4 and os.path.basename(straight["checkpoint_path"]) == "4_iterations.pth"
+    a = _state(straight["checkpoint_path"])
+    assert a["sampler"]["batches"] == 4, "sampler state must count consumed batches, not prefetched ones"
+    assert set(a) >= {"iteration", "model", "sampler", "optimizer", "config", "rank_states"}
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in a["model"])
+    assert a["config"]["labels"] and a["config"]["model_type"] == "Cnn6" and a["config"]["classes_num"] == 3
+
+    cfg.early_stop = 2
+    train(cfg)
+    cfg.early_stop, cfg.resume_iteration = 4, 2
+    resumed = train(cfg)
+    _assert_same_state(a, _state(resumed["checkpoint_path"]))
+    with open(cfg.statistics_path, "rb") as f:
+        stats = pickle.load(f)
+    assert [s["iteration"] for s in stats["test"]] == [0, 2, 4]  # 2 evaluated once, before the resume
+
+
+def test_learns_and_resumed_run_continues(tmp_path):
+    """Cnn6 on 5 synthetic classes reaches a high eval mAP quickly; a resumed run continues the curve."""
+    from main import train
+
+    ws, labels = make_workspace(str(tmp_path), classes_num=5, train_per_class=8, eval_per_class=4,
+                                clip_seconds=1.6, seed=1)
+    cfg = tiny_config(ws, labels, batch_size=8, augmentation="none", early_stop=40, eval_every=40, log_every=10)
+    first = train(cfg)
+    m1 = first["statistics"]["test"]["mAP"]
+    cfg.resume_iteration, cfg.early_stop = 40, 50
+    second = train(cfg)
+    m2 = second["statistics"]["test"]["mAP"]
+    with open(cfg.statistics_path, "rb") as f:
+        stats = pickle.load(f)
+    its = [s["iteration"] for s in stats["test"]]
+    assert its == [0, 40, 50]
+    assert second["statistics"]["test"]["ap_classes"] == 5
+    assert m2 >= 0.8, (m1, m2)
+    assert m2 >= m1 - 0.1, "a resumed run must continue from the trained weights, not restart"
+    assert np.mean(stats["test"][0]["average_precision"]) < m2 - 0.2  # it learned something
+
+
+def test_run_record_and_logs(tiny_ws):
+    import json
+
+    from main import train
+
+    ws, labels = tiny_ws
+    cfg = tiny_config(ws, labels, early_stop=2, balanced="none", augmentation="none", log_every=1)
+    train(cfg)
+    rec = json.load(open(os.path.join(cfg.logs_dir, "config.json")))
+    assert rec["train"]["model_type"] == "Cnn6" and rec["parameters"] > 1e6
+    assert set(rec["versions"]) >= {"python", "torch", "numpy"} and "git_commit" in rec
+    log = open(sorted(p for p in (os.path.join(cfg.logs_dir, f) for f in os.listdir(cfg.logs_dir))
+                      if p.endswith(".log"))[-1]).read()
+    assert "it/s" in log and "data wait" in log and "Validate test mAP" in log
+    summary = json.load(open(cfg.statistics_path[:-4] + ".json"))
+    assert summary["test"][-1]["ap_classes"] == 3 and summary["test"][-1]["iteration"] == 2
