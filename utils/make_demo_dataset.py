@@ -182,6 +182,24 @@ def make_demo_dataset(dataset_dir: str, classes_num: int = 10, clips_per_class: 
     return written
 
 
+def make_class_folders(out_dir: str, classes_num: int = 4, clips_per_class: int = 10, clip_seconds: float = 3.0,
+                       sample_rate: int = 32000, seed: int = 1) -> Dict[str, List[str]]:
+    """A single-label data set as one sub-folder per class (``<out_dir>/<label>/<n>.wav``), the
+    layout ``pytorch/finetune_template.py --dataset_dir`` reads. Returns {label: [paths]}."""
+    rs = np.random.RandomState(seed)
+    out: Dict[str, List[str]] = {}
+    for c in range(classes_num):
+        label = CLASSES[c][1]
+        folder = os.path.join(out_dir, label.replace(" ", "_"))
+        os.makedirs(folder, exist_ok=True)
+        out[label] = []
+        for i in range(clips_per_class):
+            path = os.path.join(folder, f"{i:04d}.wav")
+            sf.write(path, synth_clip(rs, [c], clip_seconds, sample_rate), sample_rate, subtype="PCM_16")
+            out[label].append(path)
+    return out
+
+
 def _write_wav(folder: str, ytid: str, clip: np.ndarray, sample_rate: int) -> str:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"Y{ytid}.wav")
@@ -191,7 +209,7 @@ def _write_wav(folder: str, ytid: str, clip: np.ndarray, sample_rate: int) -> st
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset_dir", required=True, help="output folder (AudioSet layout)")
+    p.add_argument("--dataset_dir", help="output folder (AudioSet layout)")
     p.add_argument("--classes_num", type=int, default=10, help=f"number of synthetic classes (1..{len(CLASSES)})")
     p.add_argument("--balanced_per_class", type=int, default=6, help="balanced_train clips per class")
     p.add_argument("--eval_per_class", type=int, default=4, help="eval clips per class")
@@ -201,7 +219,17 @@ def main() -> None:
     p.add_argument("--sample_rate", type=int, default=32000, help="sample rate of the written wavs")
     p.add_argument("--multi_label_fraction", type=float, default=0.2, help="share of clips with a second class")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--class_folders_dir", default=None,
+                   help="instead: write a single-label class-folder data set (<dir>/<label>/*.wav) for fine-tuning")
+    p.add_argument("--folder_clips_per_class", type=int, default=10, help="clips per class with --class_folders_dir")
     a = p.parse_args()
+    if a.class_folders_dir:
+        out = make_class_folders(a.class_folders_dir, a.classes_num, a.folder_clips_per_class, a.clip_seconds,
+                                 a.sample_rate, a.seed)
+        print(f"Wrote {sum(len(v) for v in out.values())} clips of {len(out)} classes to {a.class_folders_dir}")
+        return
+    if not a.dataset_dir:
+        p.error("--dataset_dir or --class_folders_dir is required")
     out = make_demo_dataset(a.dataset_dir, a.classes_num,
                             {"balanced_train": a.balanced_per_class, "eval": a.eval_per_class,
                              "unbalanced_train": a.unbalanced_per_class},
