@@ -204,9 +204,9 @@ class Session:
     def _model_config(self) -> Dict[str, Any]:
         import checkpoint
 
-        mc = checkpoint.ModelConfig(model_type=self.cfg.model_type, **self.cfg.frontend,
-                                    classes_num=self.labels.classes_num, labels=list(self.labels.labels),
-                                    ids=list(self.labels.ids))
+        mc = checkpoint.ModelConfig.from_registry(self.cfg.model_type, classes_num=self.labels.classes_num,
+                                                  **self.cfg.frontend)
+        mc.labels, mc.ids = list(self.labels.labels), list(self.labels.ids)
         return mc.to_dict()
 
     def _setup_data(self) -> None:

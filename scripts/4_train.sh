@@ -1,0 +1,48 @@
+#!/bin/bash
+# Train Cnn14 with the official recipe (full_train, balanced sampling, mixup, batch 32, Adam 1e-3),
+# then plot the mAP curves of the workspace's runs.
+#
+#   bash scripts/4_train.sh [WORKSPACE] [DATASET_DIR] [extra pytorch/main.py train options...]
+#
+# WORKSPACE defaults to ./workspaces/audioset_tagging, DATASET_DIR to ./datasets/audioset201906 (only
+# passed on to the plot command, as in the official script, where it was undefined). Extra options
+# override the recipe, e.g. --data_type=balanced_train --early_stop=10000 --num_workers=4.
+# --cuda is added when PyTorch sees a GPU. To resume: --resume_iteration=N.
+# Several GPUs: PYTHON="torchrun --nproc_per_node=4" bash scripts/4_train.sh ...   (DDP; batch 32 in total)
+# Environment: MODEL_TYPE=Cnn14, PYTHON=python3.
+set -euo pipefail
+
+WORKSPACE="${1:-./workspaces/audioset_tagging}"
+DATASET_DIR="${2:-./datasets/audioset201906}"
+EXTRA_ARGS=("${@:3}")
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+MODEL_TYPE="${MODEL_TYPE:-Cnn14}"
+
+CUDA_FLAG=()
+if [ "$(python3 -c 'import torch;print(torch.cuda.is_available())')" = "True" ]; then
+  CUDA_FLAG=(--cuda)
+fi
+
+# shellcheck disable=SC2086  # PYTHON may be "torchrun --nproc_per_node=N"
+$PYTHON "$REPO/pytorch/main.py" train \
+  --workspace="$WORKSPACE" \
+  --data_type=full_train \
+  --sample_rate=32000 \
+  --window_size=1024 \
+  --hop_size=320 \
+  --mel_bins=64 \
+  --fmin=50 \
+  --fmax=14000 \
+  --model_type="$MODEL_TYPE" \
+  --loss_type=clip_bce \
+  --balanced=balanced \
+  --augmentation=mixup \
+  --batch_size=32 \
+  --learning_rate=1e-3 \
+  --resume_iteration=0 \
+  --early_stop=1000000 \
+  "${CUDA_FLAG[@]}" "${EXTRA_ARGS[@]}"
+
+# Plot the statistics of every run in the workspace (results/1_aug.pdf).
+python3 "$REPO/utils/plot_statistics.py" plot --dataset_dir="$DATASET_DIR" --workspace="$WORKSPACE" --select=1_aug
