@@ -204,8 +204,14 @@ def load_base_strict(model: torch.nn.Module, sd: dict, path: str, base_name: str
     (official files, which carry no config) a mel filterbank that shows another front end."""
     import checkpoint as ckpt_lib
 
-    if official and hasattr(ckpt_lib, "_check_frontend_weights"):
-        ckpt_lib._check_frontend_weights(model.base, sd, path, ckpt_lib.ModelConfig(model_type=base_name, **frontend))
+    mel = "logmel_extractor.melW"
+    if official and mel in sd and mel in model.base.state_dict():
+        mine, theirs = model.base.state_dict()[mel], sd[mel]
+        if mine.shape == theirs.shape and not torch.allclose(mine.float(), theirs.float(), atol=1e-5):
+            fe = ", ".join(f"{k}={frontend[k]}" for k in FRONT_END_KEYS if k != "hop_size")
+            raise CheckpointError(f"{path} was trained with another front end than {fe} (its mel filterbank differs; "
+                                  f"its weights look like {ckpt_lib.describe_state_dict(sd)}); pass the matching "
+                                  "--sample_rate/--window_size/--mel_bins/--fmin/--fmax")
     ckpt_lib.check_state_dict(model.base, sd, path, base_name)
     model.base.load_state_dict(sd, strict=True)
 

@@ -1,0 +1,302 @@
+"""Fine-tuning (pytorch/finetune_template.py, pytorch/finetune_data.py) on a generated 4-class folder data set.
+
+The "pretrained" base is a Cnn6 with random convolutions, calibrated without labels on the clips the way a
+trained network is scaled: BatchNorm statistics measured on them, and fc1 set to standardise the pooled
+features, so its embedding has unit scale like a real pretrained one (raw random features are separable, see
+the linear probe, but badly scaled for a few SGD steps on the head). Saved both as an official
+``{'model': sd}`` file and as one of ours with a config. Four spectrally distinct classes, a small front end
+(16 kHz, hop 250) and ~1-s clips keep every run short on CPU.
+"""
+import csv
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import checkpoint
+import finetune_data as fd
+import finetune_template as ft
+import models
+from errors import PannsError, run_cli
+from make_demo_dataset import CLASSES, synth_clip
+
+SR = 16000
+FRONTEND = dict(sample_rate=SR, window_size=512, hop_size=250, mel_bins=64, fmin=50, fmax=8000)
+CLIP = int(1.25 * SR)  # longest generated clip
+CLASS_IDS = (0, 1, 4, 9)  # Low tone, High tone, Hiss, Mid-band noise
+N_CLASSES, PER_CLASS = len(CLASS_IDS), 12
+NAMES = sorted(CLASSES[c][1] for c in CLASS_IDS)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write_class_folders(root, classes=N_CLASSES, per_class=PER_CLASS, seed=0):
+    rs = np.random.RandomState(seed)
+    for c in CLASS_IDS[:classes]:
+        d = os.path.join(root, CLASSES[c][1])
+        os.makedirs(d, exist_ok=True)
+        for i in range(per_class):
+            sf.write(os.path.join(d, f"clip{i:02d}.wav"), synth_clip(rs, [c], rs.uniform(1.0, 1.25), SR), SR,
+                     subtype="PCM_16")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return _write_class_folders(str(tmp_path_factory.mktemp("ft_data") / "sounds"))
+
+
+@pytest.fixture(scope="module")
+def pretrained(dataset, tmp_path_factory):
+    """(official-format path, our-format path, state_dict) of a Cnn6 base with calibrated BatchNorm."""
+    torch.manual_seed(0)
+    base = models.create_model("Cnn6", 527, **FRONTEND)
+    clips = [sf.read(p, dtype="float32")[0] for p in sorted(glob.glob(os.path.join(dataset, "*", "*.wav")))]
+    x = torch.from_numpy(np.stack([np.pad(c, (0, CLIP - len(c))) for c in clips]))
+    for m in base.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative average: statistics of these clips
+    base.train()
+    with torch.no_grad():
+        base(x)
+    base.eval()
+    pooled = {}
+    hook = base.fc1.register_forward_hook(lambda mod, inp, out: pooled.setdefault("h", inp[0].detach()))
+    with torch.no_grad():
+        base(x)
+    hook.remove()
+    mu, sd = pooled["h"].mean(0), pooled["h"].std(0) + 1e-3
+    with torch.no_grad():
+        base.fc1.weight.copy_(torch.diag(1.0 / sd))
+        base.fc1.bias.copy_(-mu / sd)
+    sd = base.state_dict()
+    d = tmp_path_factory.mktemp("ft_ckpt")
+    official, ours = str(d / "Cnn6_official.pth"), str(d / "Cnn6_ours.pth")
+    torch.save({"model": sd, "iteration": 0}, official)
+    torch.save({"model": sd, "config": checkpoint.ModelConfig("Cnn6", **FRONTEND).to_dict()}, ours)
+    return official, ours, sd
+
+
+@pytest.fixture(scope="module")
+def frozen_run(dataset, pretrained, tmp_path_factory):
+    """One frozen-base fine-tune (front end taken from our checkpoint's config: no front-end flags)."""
+    ws = str(tmp_path_factory.mktemp("ft_ws"))
+    res = ft.main(["train", "--model_type", "Transfer_Cnn6", "--pretrained_checkpoint_path", pretrained[1],
+                   "--dataset_dir", dataset, "--workspace", ws, "--freeze_base", "--batch_size", "8",
+                   "--iterations", "30", "--eval_every", "15", "--learning_rate", "1e-2", "--num_workers", "0",
+                   "--eval_fraction", "0.25"])
+    return ws, res
+
+
+def test_transfer_models_importable_from_template():
+    assert ft.Transfer_Cnn14 is models.Transfer_Cnn14
+    m = ft.make_transfer_model("Cnn6", 3, freeze_base=True)
+    assert m.fc_transfer.out_features == 3 and m.fc_transfer.in_features == 512  # embedding size from the base
+
+
+def test_frozen_finetune_learns_and_changes_only_the_head(frozen_run, pretrained):
+    ws, res = frozen_run
+    assert res["metric"] == "accuracy" and res["value"] >= 0.9, res["report"]
+    run = os.path.join(ws, "finetune", "Transfer_Cnn6_sounds_nll_frozen")
+    for name in ("best.pth", "latest.pth", "report.txt", "metrics.jsonl", "run.json"):
+        assert os.path.isfile(os.path.join(run, name)), name
+    assert "precision" in open(os.path.join(run, "report.txt")).read()  # sklearn classification_report
+    ck = checkpoint.load_checkpoint(os.path.join(run, "best.pth"))
+    cfg = ck["config"]
+    assert cfg["model_type"] == "Transfer_Cnn6" and cfg["base_model_type"] == "Cnn6"
+    assert cfg["output"] == "log_softmax" and cfg["classes_num"] == N_CLASSES
+    assert cfg["labels"] == NAMES
+    assert {k: cfg[k] for k in FRONTEND} == FRONTEND
+    base_sd = pretrained[2]
+    for k, v in base_sd.items():  # weights and BatchNorm statistics of the base untouched
+        assert torch.equal(ck["model"]["base." + k], v), k
+    torch.manual_seed(0)
+    fresh = models.make_transfer_model("Cnn6", N_CLASSES, **FRONTEND)
+    assert not torch.equal(ck["model"]["fc_transfer.weight"], fresh.fc_transfer.weight.detach())
+    # The checkpoint rebuilds through the shared loader used by inference.
+    model, mc = checkpoint.load_model(os.path.join(run, "best.pth"))
+    assert mc.labels == cfg["labels"] and mc.output == "log_softmax"
+
+
+def test_finetuned_checkpoint_tags_through_inference_cli(frozen_run, dataset):
+    ws, _ = frozen_run
+    best = os.path.join(ws, "finetune", "Transfer_Cnn6_sounds_nll_frozen", "best.pth")
+    label = CLASSES[1][1]
+    clip = sorted(glob.glob(os.path.join(dataset, label, "*.wav")))[-1]
+    out = subprocess.run([sys.executable, os.path.join(REPO, "pytorch", "inference.py"), "audio_tagging",
+                          "--checkpoint_path", best, "--audio_path", clip], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stdout.splitlines() if ": " in ln and not ln.startswith("embedding")]
+    probs = {ln.rsplit(": ", 1)[0]: float(ln.rsplit(": ", 1)[1]) for ln in lines}
+    assert set(probs) == set(NAMES)
+    assert abs(sum(probs.values()) - 1.0) < 0.01  # probabilities, not log-probabilities
+    assert lines[0].startswith(label + ": ")
+
+
+def test_linear_probe(dataset, pretrained, tmp_path):
+    import joblib
+
+    argv = ["train", "--model_type", "Transfer_Cnn6", "--pretrained_checkpoint_path", pretrained[1],
+            "--dataset_dir", dataset, "--workspace", str(tmp_path), "--linear_probe", "--num_workers", "0",
+            "--eval_fraction", "0.25", "--batch_size", "16"]
+    res = ft.main(argv)
+    assert res["value"] >= 0.9, res["report"]
+    probe = joblib.load(res["probe_path"])
+    assert probe["labels"] == NAMES
+    assert probe["classifier"].predict_proba(np.zeros((1, 512), np.float32)).shape == (1, N_CLASSES)
+    assert len(glob.glob(os.path.join(str(tmp_path), "cache", "embeddings_*.npz"))) == 2
+    again = ft.main(argv)  # embeddings and decoded clips come from the cache
+    assert again["embedding_time_s"] < res["embedding_time_s"] and again["value"] == res["value"]
+
+
+def test_unfrozen_bce_mixup_from_csv_changes_the_base(dataset, pretrained, tmp_path):
+    """Multi-label CSV lists, sigmoid head, mixup, official-format base with the front end given as flags."""
+    files = sorted(glob.glob(os.path.join(dataset, "*", "*.wav")))
+    rows = [[f, os.path.basename(os.path.dirname(f))] + (["Extra"] if i % 3 == 0 else []) for i, f in enumerate(files)]
+    for name, part in (("train.csv", rows[::2]), ("eval.csv", rows[1::2])):
+        with open(tmp_path / name, "w", newline="") as f:
+            csv.writer(f).writerows([["path", "label"]] + part)
+    flags = [x for k, v in FRONTEND.items() for x in (f"--{k}", str(v))]
+    res = ft.main(["train", "--model_type", "Transfer_Cnn6", "--pretrained_checkpoint_path", pretrained[0], *flags,
+                   "--train_csv", str(tmp_path / "train.csv"), "--eval_csv", str(tmp_path / "eval.csv"),
+                   "--workspace", str(tmp_path / "ws"), "--augmentation", "mixup", "--batch_size", "2",
+                   "--iterations", "2", "--eval_every", "2", "--num_workers", "0", "--clip_seconds", "0.5"])
+    assert res["metric"] == "mAP" and 0.0 <= res["value"] <= 1.0
+    ck = checkpoint.load_checkpoint(res["best_path"])
+    assert ck["config"]["output"] == "sigmoid" and ck["config"]["labels"] == sorted(NAMES + ["Extra"])
+    # clip_seconds 0.5 is below the 64 frames SpecAugment needs in training: raised to 63 hops
+    assert ck["config"]["clip_seconds"] == pytest.approx(63 * 250 / SR)
+    changed = [k for k, v in pretrained[2].items() if not torch.equal(ck["model"]["base." + k], v)]
+    assert any(k.endswith("conv1.weight") for k in changed)
+    model = ft.build_transfer_model("Cnn6", 5, FRONTEND, output="sigmoid")
+    model.load_state_dict(ck["model"])
+    with torch.no_grad():
+        out = model.eval()(torch.zeros(1, SR))["clipwise_output"]
+    assert out.shape == (1, 5) and float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+def _cli_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: ft.main(argv))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the run's log lines
+    assert err.startswith("error: ")
+    return err
+
+
+@pytest.mark.parametrize("case", ["empty_class", "single_class", "unreadable", "contradiction", "nll_multilabel"])
+def test_bad_input_gives_one_line_error(case, dataset, pretrained, tmp_path, capsys):
+    ds = str(tmp_path / "ds")
+    extra = []
+    if case == "empty_class":
+        _write_class_folders(ds, classes=2, per_class=2)
+        os.makedirs(os.path.join(ds, "Silence"))
+        expect = "Silence has no audio files"
+    elif case == "single_class":
+        _write_class_folders(ds, classes=1, per_class=3)
+        expect = "at least 2 classes"
+    elif case == "unreadable":
+        _write_class_folders(ds, classes=2, per_class=2)
+        with open(os.path.join(ds, CLASSES[CLASS_IDS[0]][1], "broken.wav"), "wb") as f:
+            f.write(b"RIFF\x00\x00\x00\x00WAVEjunk" * 3)
+        expect = "broken.wav"
+    elif case == "contradiction":
+        ds = dataset
+        extra = ["--sample_rate", "32000"]
+        expect = "contradicts the checkpoint"
+    else:
+        with open(tmp_path / "multi.csv", "w") as f:
+            f.write("a.wav,x,y\nb.wav,y\nc.wav,x\nd.wav,y\n")
+        for n in "abcd":
+            sf.write(str(tmp_path / f"{n}.wav"), np.zeros(SR, np.float32), SR)
+        extra = ["--loss", "nll"]
+        expect = "--loss bce"
+    data = ["--train_csv", str(tmp_path / "multi.csv")] if case == "nll_multilabel" else ["--dataset_dir", ds]
+    err = _cli_error(["train", "--model_type", "Transfer_Cnn6", "--pretrained_checkpoint_path", pretrained[1],
+                      *data, "--workspace", str(tmp_path / "ws"), "--num_workers", "0", *extra], capsys)
+    assert expect in err, err
+
+
+def test_official_command_without_data(pretrained, capsys):
+    """The official command line (six front-end flags, official-format checkpoint, no data) still works."""
+    flags = [x for k, v in FRONTEND.items() for x in (f"--{k}", str(v))]
+    assert ft.main(["train", *flags, "--model_type", "Transfer_Cnn6", "--pretrained_checkpoint_path", pretrained[0],
+                    "--freeze_base"]) is None
+    out = capsys.readouterr().out
+    assert "Load pretrained model successfully!" in out and "No data given" in out
+
+
+def test_cli_exit_code(tmp_path):
+    """A real subprocess: bad data gives exit status 2 and one 'error:' line on stderr."""
+    bad = subprocess.run([sys.executable, os.path.join(REPO, "pytorch", "finetune_template.py"), "train",
+                          "--model_type", "Transfer_Cnn6", "--dataset_dir", str(tmp_path / "missing"),
+                          "--workspace", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "is not a folder" in bad.stderr
+
+
+def test_sed_model_is_refused():
+    with pytest.raises(PannsError, match="clip-level"):
+        ft.base_of("Transfer_Cnn14_DecisionLevelMax")
+    assert ft.base_of("Transfer_ResNet22") == "ResNet22" and ft.base_of("MobileNetV1") == "MobileNetV1"
+
+
+# ---------------------------------------------------------------------------------------------- data layouts
+def test_meta_csv_folds_esc50_and_urbansound_layouts(tmp_path):
+    root = tmp_path / "ESC-50"
+    (root / "meta").mkdir(parents=True)
+    (root / "audio").mkdir()
+    rows = []
+    for i in range(10):
+        name = f"{i % 5 + 1}-{i}-A-{i % 2}.wav"
+        sf.write(str(root / "audio" / name), np.zeros(800, np.float32), 8000)
+        rows.append([name, i % 5 + 1, i % 2, ["dog", "rooster"][i % 2], "False", "x", "A"])
+    with open(root / "meta" / "esc50.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
+        w.writerows(rows)
+    data = fd.from_meta_csv(str(root / "meta" / "esc50.csv"), "2")  # audio dir found at meta/../audio
+    assert data.labels == ["dog", "rooster"] and len(data.eval) == 2 and len(data.train) == 8
+    assert all(os.path.basename(p).startswith("2-") for p in data.eval.paths)
+    with pytest.raises(PannsError, match="folds: 1, 2, 3, 4, 5"):
+        fd.from_meta_csv(str(root / "meta" / "esc50.csv"), "9")
+    with pytest.raises(PannsError, match="--holdout_fold"):
+        fd.from_meta_csv(str(root / "meta" / "esc50.csv"), None)
+    # UrbanSound8K: slice_file_name, fold, classID, class; audio/fold<k>/<file>
+    us = tmp_path / "UrbanSound8K"
+    (us / "metadata").mkdir(parents=True)
+    lines = ["slice_file_name,fsID,start,end,salience,fold,classID,class"]
+    for i in range(6):
+        fold = i % 3 + 1
+        (us / "audio" / f"fold{fold}").mkdir(parents=True, exist_ok=True)
+        sf.write(str(us / "audio" / f"fold{fold}" / f"s{i}.wav"), np.zeros(800, np.float32), 8000)
+        lines.append(f"s{i}.wav,1,0,1,1,{fold},{i % 2 * 3},{['air_conditioner', 'dog_bark'][i % 2]}")
+    (us / "metadata" / "UrbanSound8K.csv").write_text("\n".join(lines) + "\n")
+    data = fd.from_meta_csv(str(us / "metadata" / "UrbanSound8K.csv"), "3")
+    assert data.labels == ["air_conditioner", "dog_bark"] and len(data.eval) == 2
+
+
+def test_folder_splits_and_decode_once_cache(tmp_path):
+    root = tmp_path / "sets"
+    _write_class_folders(str(root / "train"), classes=3, per_class=2)
+    _write_class_folders(str(root / "val"), classes=3, per_class=1, seed=1)
+    data = fd.from_folder(str(root))
+    assert data.classes_num == 3 and len(data.train) == 6 and len(data.eval) == 3
+    paths = data.train.paths + data.eval.paths
+    c1 = fd.build_cache(paths, 8000, str(tmp_path / "cache"))
+    c2 = fd.build_cache(list(reversed(paths)), 8000, str(tmp_path / "cache"))
+    assert c1.h5_path == c2.h5_path and len(c1) == 9
+    y = c1.read(c1.index[paths[0]])
+    assert y.dtype == np.float32 and 8000 <= len(y) <= 10000  # full length kept, resampled 16k -> 8k
+    # crops: training takes random windows of long clips, evaluation the start; short ones are zero-padded
+    long = np.arange(100, dtype=np.float32)
+    assert np.array_equal(fd.crop(long, 10), long[:10])
+    starts = {int(fd.crop(long, 10, np.random.default_rng(s))[0]) for s in range(20)}
+    assert len(starts) > 5
+    assert np.array_equal(fd.crop(long[:4], 6), np.array([0, 1, 2, 3, 0, 0], np.float32))
+    # a changed file changes the key: a new cache is built
+    sf.write(paths[0], np.zeros(SR, np.float32), SR)
+    assert fd.build_cache(paths, 8000, str(tmp_path / "cache")).h5_path != c1.h5_path
