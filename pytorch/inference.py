@@ -521,6 +521,11 @@ def extract_embeddings(args) -> int:
                                        frontend=frontend_from_args(args), precision=args.precision, device=device,
                                        batch_size=args.batch_size, num_workers=args.num_workers,
                                        segment_seconds=args.segment_seconds, progress=not args.quiet and rank == 0)
+        if not getattr(ex.config, "labels", None):
+            try:  # official checkpoints carry no labels: store the CSV's names if it is there
+                ex.labels = resolve_labels(ex.config, args.class_labels_csv)[0]
+            except PannsError as e:
+                logger.info("no class labels stored with the features (%s)", e)
         summary = extract_to_hdf5(ex, paths, args.output_path, overwrite=args.overwrite, rank=rank,
                                   world_size=world, barrier=barrier)
     finally:
@@ -588,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract_embeddings", help="embeddings + clipwise output of many files into HDF5")
     _add_common(p, "auto")
     p.add_argument("--output_path", type=str, required=True, help="HDF5 file to create or resume")
+    p.add_argument("--class_labels_csv", type=str, default=None,
+                   help="label CSV whose names are stored as 'labels' when the checkpoint has none "
+                        "(default: metadata/class_labels_indices.csv if present)")
     p.add_argument("--num_workers", type=int, default=None, help="decoding worker processes (default: cores/2, 1-4)")
     p.add_argument("--overwrite", action="store_true", help="start from scratch instead of resuming")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -195,30 +195,39 @@ def sed_ckpt(tmp_path_factory):
 
 def test_sound_event_detection_figure_events_and_windows(sed_ckpt, env, tmp_path, capsys, monkeypatch):
     model, path = sed_ckpt
-    wav_path = str(env["dir"] / "audio" / "a.wav")      # 2 s -> 201 frames
+    wav_path = str(env["dir"] / "audio" / "b.flac")     # 1.5 s -> 151 frames
     monkeypatch.chdir(tmp_path)
     events_csv = tmp_path / "events.csv"
     out = _run(capsys, "sound_event_detection", "--model_type=Cnn14_DecisionLevelMax", f"--checkpoint_path={path}",
                f"--audio_path={wav_path}", f"--class_labels_csv={env['labels_csv']}", f"--events_csv={events_csv}",
                "--threshold=0.3")
-    assert out == ["Using CPU.", "Sound event detection result (time_steps x classes_num): (201, 527)",
-                   "Save sound event detection visualization to results/a.png"]
-    assert (tmp_path / "results" / "a.png").stat().st_size > 10_000
+    assert out == ["Using CPU.", "Sound event detection result (time_steps x classes_num): (151, 527)",
+                   "Save sound event detection visualization to results/b.png"]
+    assert (tmp_path / "results" / "b.png").stat().st_size > 10_000
     wav = audio_io.load_audio(wav_path, SR)
     ref = _direct(model, wav)["framewise_output"]
-    expected = inference.detect_events(ref, env["labels"], 100.0, 0.3, 0.0, 2.0)
+    expected = inference.detect_events(ref, env["labels"], 100.0, 0.3, 0.0, 1.5)
     rows = list(csv.reader(open(events_csv)))
     assert rows[0] == ["onset", "offset", "label", "score"]
     assert rows[1:] == [[f"{e.onset:.3f}", f"{e.offset:.3f}", e.label, f"{e.score:.4f}"] for e in expected]
     assert len(expected) > 0
-    # windowed SED: 1-s windows, no overlap; framewise output stitched on the full grid
+    # windowed SED: 1-s windows (starts 0 and 0.5 s); framewise output stitched on the full grid
     js = tmp_path / "sed.json"
     out = _run(capsys, "sound_event_detection", "--model_type=Cnn14_DecisionLevelMax", f"--checkpoint_path={path}",
                f"--audio_path={wav_path}", f"--class_labels_csv={env['labels_csv']}", "--segment_seconds=1",
                f"--output_dir={tmp_path / 'figs'}", f"--output={js}")
-    assert out[1] == "Sound event detection result (time_steps x classes_num): (201, 527)"
+    assert out[1] == "Sound event detection result (time_steps x classes_num): (151, 527)"
     rec = json.loads(js.read_text())["results"][0]
-    assert rec["windows"] == 2 and rec["figure"] == str(tmp_path / "figs" / "a.png")
-    first = _direct(model, wav[:SR])
+    assert rec["windows"] == 2 and rec["figure"] == str(tmp_path / "figs" / "b.png")
+    first, second = _direct(model, wav[:SR]), _direct(model, wav[SR // 2:])
     assert rec["tags"][0]["probability"] == pytest.approx(
-        float(max(first["clipwise_output"].max(), _direct(model, wav[SR:])["clipwise_output"].max())), abs=1e-6)
+        float(max(first["clipwise_output"].max(), second["clipwise_output"].max())), abs=1e-6)
+    assert rec["frames"] == 151
+    # stitching: frames one window covers come from it alone; overlapping frames are the max of both
+    ld = inference.Loaded(model, checkpoint.ModelConfig.from_registry("Cnn14_DecisionLevelMax"), None,
+                          torch.device("cpu"), "fp32", path, model.min_samples)
+    fw = inference.run_clip(ld, wav, segment_seconds=1.0, need_framewise=True).framewise
+    a, b = first["framewise_output"], second["framewise_output"]
+    np.testing.assert_allclose(fw[:50], a[:50], atol=1e-6)
+    np.testing.assert_allclose(fw[101:], b[51:], atol=1e-6)
+    np.testing.assert_allclose(fw[50:101], np.maximum(a[50:], b[:51]), atol=1e-6)
