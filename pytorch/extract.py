@@ -660,7 +660,8 @@ def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str
             if os.path.exists(fc):
                 os.remove(fc)
         write_failed_csv(failed_csv, all_failed)
-        summary.update(failed=len(all_failed), rows=len(read_feature_names(output_path)), output=output_path)
+        rows = len(read_feature_names(output_path))
+        summary.update(extracted=rows - len(done), failed=len(all_failed), rows=rows, output=output_path)
     return summary
 
 

@@ -514,6 +514,8 @@ def extract_embeddings(args) -> int:
     from extract import Extractor, extract_to_hdf5, init_distributed
 
     rank, world, barrier, cleanup = init_distributed()
+    if rank > 0:
+        logging.getLogger().setLevel(logging.WARNING)
     device = select_device(args.cuda)
     try:
         paths = gather_inputs(args.audio_path)

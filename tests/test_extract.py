@@ -149,7 +149,7 @@ def test_rank_shards_are_merged(setup, tmp_path):
     s1 = extract.extract_to_hdf5(ex, paths, out, rank=1, world_size=2)   # rank 1 finishes first
     assert s1["output"] == out + ".rank1.h5" and os.path.exists(out + ".rank1.h5")
     s0 = extract.extract_to_hdf5(ex, paths, out, rank=0, world_size=2)   # rank 0: its share, then merge
-    assert s0["rows"] == len(paths) - 1 and s0["failed"] == 1
+    assert s0["rows"] == s0["extracted"] == len(paths) - 1 and s0["failed"] == 1
     assert not os.path.exists(out + ".rank0.h5") and not os.path.exists(out + ".rank1.h5")
     assert "broken.wav" in open(out + ".failed.csv").read()
     feats = extract.read_features(out)
