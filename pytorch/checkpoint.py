@@ -234,19 +234,22 @@ def check_state_dict(model: torch.nn.Module, sd: Dict[str, torch.Tensor], path: 
                           f"its weights look like {describe_state_dict(sd)}")
 
 
-def _check_frontend_weights(model: torch.nn.Module, sd: Dict[str, torch.Tensor], path: str,
-                            cfg: ModelConfig) -> None:
-    """Official files carry no config, but their mel matrix reveals sample rate/fmin/fmax: refuse
-    to run e.g. 16-kHz weights with 32-kHz settings."""
+def _check_frontend_weights(sd: Dict[str, torch.Tensor], path: str, cfg: ModelConfig) -> None:
+    """Official files carry no config, but their mel matrix reveals window size, mel bins, sample
+    rate, fmin and fmax: refuse e.g. 16-kHz weights with 32-kHz settings (checked before building
+    the model, so a wrong guess fails fast)."""
     prefix = "base." if any(k.startswith("base.") for k in sd) else ""
-    key = prefix + "logmel_extractor.melW"
-    if key not in sd or key not in model.state_dict():
-        return
-    mine, theirs = model.state_dict()[key], sd[key]
-    if _shape(mine) == _shape(theirs) and torch.allclose(mine.float(), theirs.float().cpu(), atol=1e-5):
+    theirs = sd.get(prefix + "logmel_extractor.melW")
+    spec = models.get_model_spec(cfg.model_type)
+    cls = models.get_model_spec(spec.base).cls if spec.base else spec.cls
+    uses_logmel = cls.bn_bins is not None and getattr(cls, "wavegram", None) != "only"
+    if theirs is None or theirs.dim() != 2 or not uses_logmel:
+        return   # nothing to compare; the strict key check below reports a wrong model type
+    mine = _mel_matrix(cfg.sample_rate, cfg.window_size, cfg.mel_bins, cfg.fmin, cfg.fmax)
+    if _shape(mine) == _shape(theirs) and torch.allclose(mine, theirs.float().cpu(), atol=1e-5):
         return
     fe = ", ".join(f"{k}={v}" for k, v in cfg.frontend().items() if k != "hop_size")
-    guess = _frontend_from_mel(theirs) if theirs.dim() == 2 else None
+    guess = _frontend_from_mel(theirs)
     raise CheckpointError(
         f"checkpoint {path} was trained with another front end than {fe} (its mel filterbank "
         f"{_shape(theirs)} differs{'; it matches ' + guess if guess else ''}); pass the matching "
@@ -302,12 +305,12 @@ def load_model(checkpoint_path: str, model_type: Optional[str] = None, frontend:
             classes_num = _classes_in(sd) or 527
         cfg = ModelConfig.from_registry(model_type, classes_num=classes_num, **frontend)
 
+    if not isinstance(ckpt.get("config"), dict):
+        _check_frontend_weights(sd, checkpoint_path, cfg)
     try:
         model = models.create_model(cfg.model_type, classes_num=cfg.classes_num, **cfg.frontend())
     except models.PannsError as e:
         raise CheckpointError(f"cannot build {cfg.model_type} for checkpoint {checkpoint_path}: {e}")
-    if not isinstance(ckpt.get("config"), dict):
-        _check_frontend_weights(model, sd, checkpoint_path, cfg)
     check_state_dict(model, sd, checkpoint_path, cfg.model_type)
     model.load_state_dict(sd, strict=True)
     model.to(device).eval()

@@ -229,6 +229,7 @@ class _ResnetBasicBlock(nn.Module):
         self.nd, self.stride = nd, stride
         self.conv1 = conv(inplanes, planes, 3, padding=1, bias=False)
         self.bn1 = bn(planes)
+        self.relu = nn.ReLU(inplace=True)   # a module (not F.relu) so count_flops sees it
         self.conv2 = conv(planes, planes, 3, padding=d2, dilation=d2, bias=False)
         self.bn2 = bn(planes)
         self.downsample = downsample
@@ -244,11 +245,11 @@ class _ResnetBasicBlock(nn.Module):
         return F.avg_pool2d(x, kernel_size=(2, 2)) if self.stride == 2 else x
 
     def forward(self, x):
-        out = F.relu_(self.bn1(self.conv1(self._pool(x))))
+        out = self.relu(self.bn1(self.conv1(self._pool(x))))
         out = F.dropout(out, p=0.1, training=self.training)
         out = self.bn2(self.conv2(out))
         identity = self.downsample(x) if self.downsample is not None else x
-        return F.relu_(out + identity)
+        return self.relu(out + identity)
 
 
 class _ResnetBottleneck(nn.Module):
@@ -264,6 +265,7 @@ class _ResnetBottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
             init_layer(conv)
@@ -274,13 +276,13 @@ class _ResnetBottleneck(nn.Module):
         identity = x
         if self.stride == 2:
             x = F.avg_pool2d(x, kernel_size=(2, 2))
-        out = F.relu_(self.bn1(self.conv1(x)))
-        out = F.relu_(self.bn2(self.conv2(out)))
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
         out = F.dropout(out, p=0.1, training=self.training)
         out = self.bn3(self.conv3(out))
         if self.downsample is not None:
             identity = self.downsample(identity)
-        return F.relu_(out + identity)
+        return self.relu(out + identity)
 
 
 class _ResNet(nn.Module):

@@ -59,7 +59,8 @@ def count_parameters(model: nn.Module) -> int:
 
 def count_flops(model: nn.Module, audio_length: int) -> int:
     """FLOPs of one forward pass on a (1, audio_length) input, counted like the official counter:
-    hooks on leaf Conv1d/Conv2d/Linear/BatchNorm/ReLU/pooling modules, a multiply-add = 2 FLOPs;
+    hooks on leaf Conv1d/Conv2d/Linear/BatchNorm/ReLU/pooling modules, a multiply-add = 2 FLOPs,
+    BN and ReLU = 2 per element;
     functional ops (F.relu, F.avg_pool2d, the mel matmul) are not counted. Cnn14 @ 10 s: 42.22e9."""
     total = [0]
 
@@ -71,8 +72,11 @@ def count_flops(model: nn.Module, audio_length: int) -> int:
         batch = inp[0].size(0) if inp[0].dim() == 2 else 1
         total[0] += batch * (m.weight.numel() * 2 + (m.bias.numel() if m.bias is not None else 0))
 
-    def elementwise_hook(m, inp, out):
-        total[0] += inp[0].numel()
+    def bn_hook(m, inp, out):   # scale and shift
+        total[0] += 2 * inp[0].numel()
+
+    def relu_hook(m, inp, out):
+        total[0] += 2 * inp[0].numel()
 
     def pool_hook(m, inp, out):
         k = m.kernel_size if isinstance(m.kernel_size, int) else int(np.prod(m.kernel_size))
@@ -87,8 +91,10 @@ def count_flops(model: nn.Module, audio_length: int) -> int:
             hooks.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(linear_hook))
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6)):
-            hooks.append(m.register_forward_hook(elementwise_hook))
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            hooks.append(m.register_forward_hook(bn_hook))
+        elif isinstance(m, nn.ReLU):   # the official counter ignores ReLU6 (MobileNetV2)
+            hooks.append(m.register_forward_hook(relu_hook))
         elif isinstance(m, (nn.AvgPool1d, nn.AvgPool2d, nn.MaxPool1d, nn.MaxPool2d)):
             hooks.append(m.register_forward_hook(pool_hook))
     device = next(model.parameters()).device

@@ -1,0 +1,135 @@
+"""Numeric precision for training and inference: choose, apply (autocast) and prepare models.
+
+Models keep their front end (STFT, log-mel, bn0, SpecAugment) and final sigmoid/softmax in float32
+inside autocast, so only the CNN body runs in bf16/fp16. bf16 is fast on GPUs with bf16 support
+and on CPUs with AMX or AVX512-BF16; elsewhere (e.g. AVX2-only CPUs) it is emulated and slow, so
+'auto' picks fp32 there.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from typing import Union
+
+import torch
+import torch.nn as nn
+
+from errors import PannsError
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _device_type(device: Union[str, torch.device]) -> str:
+    return torch.device(device).type
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AMX-BF16 or AVX512-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set()
+            for line in f:
+                if line.startswith("flags"):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+        if flags & {"amx_bf16", "avx512_bf16"}:
+            return True
+    except OSError:
+        pass
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()   # e.g. 'AVX2', 'AVX512', 'AVX512_BF16', 'AMX'
+    except Exception:
+        return False
+    return "AMX" in cap or "BF16" in cap
+
+
+def resolve_precision(precision: str, device: Union[str, torch.device]) -> str:
+    """'fp32' | 'bf16' | 'fp16' | 'auto' -> the precision to use on ``device``.
+    'auto': bf16 on CUDA with bf16 support or on a CPU with fast bf16, else fp32."""
+    if precision not in PRECISIONS:
+        raise PannsError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    dev = _device_type(device)
+    if precision == "auto":
+        if dev == "cuda":
+            return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if dev == "cpu" and cpu_has_fast_bf16() else "fp32"
+    if precision == "fp16" and dev == "cpu":
+        logger.warning("fp16 on CPU is emulated and slow; bf16 or fp32 are better choices")
+    if precision == "bf16" and dev == "cpu" and not cpu_has_fast_bf16():
+        logger.warning("this CPU has no native bf16 (AMX/AVX512-BF16): bf16 will be slower than fp32")
+    return precision
+
+
+def autocast(precision: str, device: Union[str, torch.device]):
+    """Autocast context for a resolved precision; a no-op for fp32."""
+    if precision == "auto":
+        precision = resolve_precision(precision, device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in _DTYPES:
+        raise PannsError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return torch.autocast(device_type=_device_type(device), dtype=_DTYPES[precision])
+
+
+def prepare_for_inference(model: nn.Module, precision: str, device: Union[str, torch.device]) -> nn.Module:
+    """eval() and move to ``device``; channels_last memory format where it was measured to help
+    (bf16 convolutions: oneDNN on AMX/AVX512-BF16 CPUs and tensor cores on CUDA). On an AVX2 CPU
+    channels_last made fp32 Cnn14 slower, so fp32 on CPU keeps the default layout."""
+    model = model.to(device).eval()
+    dev = _device_type(device)
+    if precision in ("bf16", "fp16") and (dev == "cuda" or (dev == "cpu" and cpu_has_fast_bf16())):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def fold_bn(model: nn.Module) -> nn.Module:
+    """Inference copy of ``model`` with each eval-mode BatchNorm folded into the convolution right
+    before it (conv -> BN pairs inside ConvBlock-style modules and nn.Sequential). The original is
+    untouched; the copy is for eval only (its BNs become identities)."""
+    model = copy.deepcopy(model).eval()
+    pairs = []
+    for mod in model.modules():
+        names = [n for n, _ in mod.named_children()]
+        for n in names:
+            child = getattr(mod, n)
+            if not isinstance(child, (nn.Conv1d, nn.Conv2d)):
+                continue
+            bn_name = _bn_after(mod, n, names)
+            if bn_name is not None:
+                pairs.append((mod, n, bn_name))
+    for mod, conv_name, bn_name in pairs:
+        conv, bn = getattr(mod, conv_name), getattr(mod, bn_name)
+        if conv.out_channels != bn.num_features:
+            continue
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        with torch.no_grad():
+            w = conv.weight * scale.reshape(-1, *([1] * (conv.weight.dim() - 1)))
+            b = (conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean))
+            b = (b - bn.running_mean) * scale + bn.bias
+            conv.weight.copy_(w)
+            conv.bias = nn.Parameter(b)
+        setattr(mod, bn_name, nn.Identity())
+    return model
+
+
+def _bn_after(mod: nn.Module, conv_name: str, names) -> str | None:
+    """Name of the BN that directly follows ``conv_name`` in ``mod``: 'convK' -> 'bnK' in blocks;
+    the next child in a Sequential (an AvgPool between them commutes with a per-channel affine)."""
+    if conv_name.startswith("conv") and conv_name[4:].isdigit():
+        bn = "bn" + conv_name[4:]
+        return bn if isinstance(getattr(mod, bn, None), (nn.BatchNorm1d, nn.BatchNorm2d)) else None
+    if conv_name == "downsample" and isinstance(getattr(mod, "bn_downsample", None), nn.BatchNorm1d):
+        return "bn_downsample"
+    if isinstance(mod, nn.Sequential):
+        i = names.index(conv_name)
+        for nxt in names[i + 1:i + 3]:
+            child = getattr(mod, nxt)
+            if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                return nxt
+            if not isinstance(child, (nn.AvgPool1d, nn.AvgPool2d)):
+                return None
+    return None

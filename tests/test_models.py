@@ -1,0 +1,244 @@
+"""Behaviour of every registered model (shapes, batch consistency, train/eval, mixup, input-length
+limits), the registry, transfer models and pytorch_utils. Numerics against the official code are
+in test_golden.py."""
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
+from model_helpers import quick_fill, skip_weight_init  # noqa: E402
+
+import models  # noqa: E402
+import pytorch_utils as pu  # noqa: E402
+from errors import PannsError  # noqa: E402
+
+CLASSES = 7
+NAMES = models.model_names(include_transfer=False)
+
+
+def _eval_length(spec) -> int:
+    """Short eval input: >= min_samples and >= 34 frames (~0.34 s at the model's rate)."""
+    return max(spec.min_samples, 34 * spec.hop_size)
+
+
+def _train_length(spec) -> int:
+    """Training needs >= 64 frames (SpecAugment's time stripes), ~0.66 s, and more than one value
+    per channel in the last BN after mixup halves the batch (waveform models: 2x min_samples)."""
+    return max(2 * spec.min_samples + 1024, 66 * spec.hop_size)
+
+
+def _waves(n, length, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return 0.1 * torch.randn(n, length, generator=g)
+
+
+def _max_rel_err(a, b):
+    return float((a - b).abs().max() / (b.abs().max() + 1e-12))
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def built(request):
+    """(name, spec, model in eval mode), built once per model for all tests of this module."""
+    spec = models.get_model_spec(request.param)
+    with skip_weight_init():
+        model = models.create_model(request.param, classes_num=CLASSES)
+    return request.param, spec, quick_fill(model).eval()
+
+
+def test_outputs_and_batch_consistency(built):
+    """Output keys/shapes/ranges; a clip gives the same output alone and inside a batch (eval)."""
+    name, spec, model = built
+    n = _eval_length(spec)
+    x = _waves(3, n)
+    with torch.no_grad():
+        out = model(x)
+        alone = model(x[2:3])
+    clip = out["clipwise_output"]
+    assert clip.shape == (3, CLASSES) and clip.dtype == torch.float32
+    assert torch.isfinite(clip).all() and torch.all((clip >= 0) & (clip <= 1))
+    if spec.is_sed:
+        assert list(out) == ["framewise_output", "clipwise_output"]
+        assert out["framewise_output"].shape == (3, n // spec.hop_size + 1, CLASSES)
+    else:
+        assert list(out) == ["clipwise_output", "embedding"]
+        assert out["embedding"].shape == (3, spec.embedding_dim)
+    for key in out:
+        assert _max_rel_err(alone[key][0], out[key][2]) < 1e-4, key
+
+
+def test_min_samples(built):
+    """min_samples runs in eval mode; one sample less fails (callers must pad)."""
+    name, spec, model = built
+    assert model.min_samples == spec.min_samples
+    with torch.no_grad():
+        assert torch.isfinite(model(_waves(1, spec.min_samples))["clipwise_output"]).all()
+        with pytest.raises(RuntimeError):
+            model(_waves(1, spec.min_samples - 1))
+
+
+def test_train_mode_and_mixup(built):
+    """In train mode mixup halves the batch and outputs are stochastic (dropout/SpecAugment)."""
+    name, spec, model = built
+    x = _waves(2, _train_length(spec), seed=2)
+    lam = torch.tensor([0.3, 0.7])
+    try:
+        model.train()
+        with torch.no_grad():
+            torch.manual_seed(0)
+            a = model(x, mixup_lambda=lam)
+            torch.manual_seed(1)
+            b = model(x, mixup_lambda=lam)
+    finally:
+        model.eval()
+    assert a["clipwise_output"].shape == (1, CLASSES)
+    if not spec.is_sed:
+        assert a["embedding"].shape == (1, spec.embedding_dim)
+    assert any(not torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_eval_ignores_mixup():
+    with skip_weight_init():
+        model = quick_fill(models.create_model("Cnn6", classes_num=3)).eval()
+    x = _waves(2, 32000)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, mixup_lambda=torch.tensor([0.5, 0.5]))["embedding"],
+                                   model(x)["embedding"])
+
+
+@pytest.mark.parametrize("length", [32320, 33000])
+def test_wavegram_logmel_odd_lengths(length):
+    """The official Wavegram_Logmel_Cnn14 crashes for these lengths (branches differ by a frame)."""
+    with skip_weight_init():
+        model = quick_fill(models.create_model("Wavegram_Logmel_Cnn14", classes_num=3)).eval()
+    with torch.no_grad():
+        assert model(_waves(1, length))["clipwise_output"].shape == (1, 3)
+
+
+# Registry -------------------------------------------------------------------------------------
+def test_registry_contents():
+    assert len(NAMES) == 29 and "Transfer_Cnn14" in models.model_names()
+    assert all(models.MODELS[n].cls.__name__ == n for n in NAMES)
+    s16 = models.get_model_spec("Cnn14_16k")
+    assert (s16.sample_rate, s16.window_size, s16.hop_size, s16.mel_bins, s16.fmin, s16.fmax) == \
+        (16000, 512, 160, 64, 50, 8000)
+    s8 = models.get_model_spec("Cnn14_8k")
+    assert (s8.sample_rate, s8.window_size, s8.hop_size, s8.fmax) == (8000, 256, 80, 4000)
+    assert models.get_model_spec("Cnn14_mel128").mel_bins == 128
+    assert models.get_model_spec("Wavegram_Logmel128_Cnn14").mel_bins == 128
+    assert models.get_model_spec("Cnn14_mel32").mel_bins == 32
+    c14 = models.get_model_spec("Cnn14")
+    assert (c14.sample_rate, c14.window_size, c14.hop_size, c14.fmax, c14.min_samples) == \
+        (32000, 1024, 320, 14000, 9920)
+    assert models.get_model_spec("Cnn14_DecisionLevelMax").is_sed
+    assert models.get_model_spec("Cnn14_DecisionLevelMax").embedding_dim is None
+    assert models.get_model_spec("MobileNetV1").embedding_dim == 1024
+    assert models.get_model_spec("Cnn14_emb32").embedding_dim == 32
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(PannsError, match="Cnn14_16k"):
+        models.get_model_spec("Cnn15")
+    with pytest.raises(PannsError):
+        models.create_model("Transfer_Cnn15")
+
+
+def test_frontend_checks():
+    with pytest.raises(PannsError, match="mel_bins=64"):
+        models.create_model("Cnn14", mel_bins=128)
+    with pytest.raises(PannsError, match="sample_rate=16000"):
+        models.Cnn14_16k(32000, 1024, 320, 64, 50, 14000, 527)
+    with pytest.raises(PannsError, match="unknown option"):
+        models.create_model("Cnn6", sample_rte=16000)
+    m = models.create_model("LeeNet11", classes_num=3, sample_rate=16000)   # ignored by 1-D models
+    assert m.fc_audioset.out_features == 3
+
+
+def test_create_model_frontend_override():
+    m = models.create_model("Cnn6", classes_num=4, sample_rate=16000, window_size=512, hop_size=160,
+                            fmax=8000)
+    assert m.logmel_extractor.melW.shape == (257, 64)
+    assert m.min_samples == 15 * 160
+
+
+def test_official_init_conventions():
+    torch.manual_seed(0)
+    m = models.create_model("DaiNet19", classes_num=3)
+    assert torch.all(m.conv_block1.bn4.weight == 0) and torch.all(m.conv_block1.bn1.weight == 1)
+    assert torch.all(m.fc1.bias == 0)
+    r = models.create_model("Res1dNet31", classes_num=3)
+    assert torch.all(r.resnet.layer1[0].bn2.weight == 0)
+
+
+# Transfer models --------------------------------------------------------------------------------
+def test_transfer_cnn14_is_official_layout():
+    spec = models.get_model_spec("Transfer_Cnn14")
+    assert spec.cls is models.Transfer_Cnn14 and spec.output == "log_softmax" and spec.base == "Cnn14"
+    with skip_weight_init():
+        m = models.Transfer_Cnn14(32000, 1024, 320, 64, 50, 14000, 10, True)
+    keys = list(m.state_dict())
+    assert keys[-2:] == ["fc_transfer.weight", "fc_transfer.bias"] and keys[0].startswith("base.")
+    assert m.base.fc_audioset.out_features == 527 and m.fc_transfer.in_features == 2048
+
+
+@pytest.mark.parametrize("base", ["Cnn6", "LeeNet11", "MobileNetV2"])
+def test_transfer_models(base):
+    with skip_weight_init():
+        m = quick_fill(models.make_transfer_model(base, classes_num=5, freeze_base=True)).eval()
+    assert type(m).__name__ == f"Transfer_{base}"
+    assert isinstance(m.base, models.MODELS[base].cls)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable == {"fc_transfer.weight", "fc_transfer.bias"}
+    spec = models.get_model_spec(f"Transfer_{base}")
+    assert spec.base == base and spec.output == "log_softmax" and spec.cls is type(m)
+    x = _waves(2, _eval_length(spec))
+    with torch.no_grad():
+        out = m(x)
+    assert out["clipwise_output"].shape == (2, 5)
+    torch.testing.assert_close(out["clipwise_output"].exp().sum(-1), torch.ones(2))
+    assert out["embedding"].shape == (2, spec.embedding_dim)
+    m2 = models.create_model(f"Transfer_{base}", classes_num=5)
+    assert m2.fc_transfer.out_features == 5 and m2.base.fc1.weight.requires_grad   # not frozen
+
+
+def test_transfer_rejects_sed_base():
+    with pytest.raises(PannsError, match="clip-level"):
+        models.make_transfer_model("Cnn14_DecisionLevelMax", classes_num=3)
+
+
+def test_transfer_load_from_pretrain(tmp_path):
+    base = models.create_model("Cnn6")
+    path = tmp_path / "Cnn6.pth"
+    torch.save({"model": base.state_dict(), "iteration": 0, "sampler": {"indexes": np.arange(4)}}, path)
+    m = models.make_transfer_model("Cnn6", classes_num=3)
+    m.load_from_pretrain(str(path))
+    torch.testing.assert_close(m.base.fc1.weight, base.fc1.weight)
+
+
+# pytorch_utils ----------------------------------------------------------------------------------
+def test_do_mixup_reference():
+    x = torch.arange(8, dtype=torch.float32).reshape(4, 2)
+    out = pu.do_mixup(x, torch.tensor([0.25, 0.75, 0.5, 0.5]))
+    torch.testing.assert_close(out, torch.tensor([[1.5, 2.5], [5.0, 6.0]]))
+    y = torch.randn(4, 1, 5, 3)
+    lam = np.array([0.2, 0.8, 1.0, 0.0])
+    torch.testing.assert_close(pu.do_mixup(y, lam)[1], y[2])
+
+
+def test_interpolate_and_pad():
+    x = torch.arange(6, dtype=torch.float32).reshape(1, 3, 2)
+    up = pu.interpolate(x, 4)
+    assert up.shape == (1, 12, 2) and torch.equal(up[0, 4:8], x[0, 1].repeat(4, 1))
+    padded = pu.pad_framewise_output(up, 15)
+    assert padded.shape == (1, 15, 2) and torch.equal(padded[0, -1], x[0, -1])
+
+
+def test_move_data_to_device_and_count():
+    assert pu.move_data_to_device(np.zeros(3, np.float64), "cpu").dtype == torch.float32
+    assert pu.move_data_to_device(np.zeros(3, np.int32), "cpu").dtype == torch.int64
+    assert pu.move_data_to_device(["a"], "cpu") == ["a"]
+    m = models.create_model("MobileNetV1")
+    assert pu.count_parameters(m) == 4_796_303           # official count (frozen front end excluded)
+    assert abs(pu.count_flops(m, 32000 * 10) / 1e9 - 3.614) < 0.001   # official counter's value
