@@ -279,6 +279,10 @@ def _build(train: List[Item], evl: List[Item], name: str, source: str, labels: O
     missing_files = [p for p, _ in train + evl if not os.path.isfile(p)]
     if missing_files:
         raise PannsError(f"{source}: {len(missing_files)} audio file(s) not found, first: {missing_files[0]}")
+    overlap = {p for p, _ in train} & {p for p, _ in evl}
+    if overlap:
+        warnings.append(f"{len(overlap)} clip(s) are in both the train and the eval split (eval scores will be "
+                        f"optimistic), e.g. {sorted(overlap)[0]}")
     eval_counts = np.zeros(len(labels), int)
     for _p, lbs in evl:
         for lb in lbs:
@@ -384,7 +388,7 @@ def build_cache(paths: Sequence[str], sample_rate: int, cache_dir: str, num_work
             wav = hf.create_dataset("waveform", shape=(0,), maxshape=(None,), dtype=np.int16, chunks=(1 << 16,))
             offset = np.zeros(len(paths) + 1, np.int64)
             jobs = [(p, sample_rate) for p in paths]
-            pool = multiprocessing.get_context("spawn").Pool(num_workers) if num_workers > 0 and len(paths) > 8 else None
+            pool = multiprocessing.Pool(num_workers) if num_workers > 0 and len(paths) > 8 else None
             try:
                 results = pool.imap(_decode, jobs, chunksize=4) if pool else map(_decode, jobs)
                 for i, (y, err) in enumerate(tqdm(results, total=len(paths), desc="decode", unit="clip", leave=False)):

@@ -26,8 +26,11 @@ layouts, the cache and the crop rules).
 
 Differences from the official template (see the spec, section 9 and Q23): it trains; the transfer head is
 built for any clip-level registry model (``Transfer_<Base>``); the number of classes comes from the data (not
-527); ``--loss bce`` gives a sigmoid (multi-label) head; with ``--freeze_base`` the base is really frozen: its
-weights *and* its BatchNorm statistics stay as pretrained (the official template kept updating the statistics).
+527); ``--loss bce`` gives a sigmoid (multi-label) head; with ``--freeze_base`` the base is a fixed feature
+extractor: weights *and* BatchNorm statistics stay as pretrained and it runs in eval mode (no dropout or
+SpecAugment; with mixup the embeddings are mixed), where the official template kept updating the statistics and
+dropping out features of a "frozen" base. A base trained on another class list (ours, e.g. 10 classes) loads
+strictly except its own classifier head, which the transfer model does not use.
 """
 from __future__ import annotations
 
@@ -45,7 +48,6 @@ sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import finetune_data as fd  # noqa: E402
 import models  # noqa: E402
@@ -117,7 +119,7 @@ def _train_frozen_base(self, mode: bool = True):
 
 
 def build_transfer_model(base_name: str, classes_num: int, frontend: dict, freeze_base: bool = False,
-                         output: str = "log_softmax", base_classes_num: int = AUDIOSET_CLASSES_NUM) -> torch.nn.Module:
+                         output: str = "log_softmax") -> torch.nn.Module:
     """``Transfer_<base_name>`` from models.make_transfer_model, with a sigmoid output and/or a frozen base.
 
     Those options change behaviour only (forward/train on a same-named subclass): the state_dict keys are
@@ -129,14 +131,7 @@ def build_transfer_model(base_name: str, classes_num: int, frontend: dict, freez
     params = inspect.signature(make_transfer_model).parameters
     if output != "log_softmax" and "output" in params:
         kwargs["output"] = output
-    if base_classes_num != AUDIOSET_CLASSES_NUM and "base_classes_num" in params:
-        kwargs["base_classes_num"] = base_classes_num
     model = make_transfer_model(base_name, classes_num, freeze_base=freeze_base, **kwargs, **frontend)
-    if base_classes_num != AUDIOSET_CLASSES_NUM and "base_classes_num" not in kwargs:
-        # Our own base checkpoints may have another head size; that head is unused by the transfer output.
-        model.base.fc_audioset = torch.nn.Linear(model.base.fc_audioset.in_features, base_classes_num)
-        if freeze_base:
-            model.base.fc_audioset.requires_grad_(False)
     model.output = output
     model.frozen_base = freeze_base
     attrs = {}
@@ -158,10 +153,10 @@ def base_of(model_type: str) -> str:
     return base
 
 
-def read_pretrained(path: str, base_name: str, cli_frontend: dict) -> Tuple[dict, dict, int, Optional[dict]]:
+def read_pretrained(path: str, base_name: str, cli_frontend: dict) -> Tuple[dict, dict, Optional[dict]]:
     """Load a base checkpoint (official ``{'model': sd}``, ours with a config, or a fine-tuned Transfer one).
 
-    Returns (base state_dict, resolved front end, base head size, saved config or None). Front-end flags that
+    Returns (base state_dict, resolved front end, saved config or None). Front-end flags that
     contradict the checkpoint's saved config are an error; for official files they override registry defaults.
     """
     import checkpoint as ckpt_lib
@@ -190,28 +185,37 @@ def read_pretrained(path: str, base_name: str, cli_frontend: dict) -> Tuple[dict
                 frontend[k] = int(cfg[k])
     else:
         frontend.update({k: int(v) for k, v in cli_frontend.items() if v is not None})
-    base_classes_num = AUDIOSET_CLASSES_NUM
-    for key in ("fc_audioset.weight", "att_block.att.weight"):
-        if key in sd:
-            base_classes_num = int(sd[key].shape[0])
-            break
-    return sd, frontend, base_classes_num, cfg
+    return sd, frontend, cfg
+
+
+HEAD_KEYS = ("fc_audioset.weight", "fc_audioset.bias")
 
 
 def load_base_strict(model: torch.nn.Module, sd: dict, path: str, base_name: str, frontend: dict,
                      official: bool) -> None:
     """Strict load into ``model.base``; one-line CheckpointError naming missing/unexpected/mismatched keys, or
-    (official files, which carry no config) a mel filterbank that shows another front end."""
+    (official files, which carry no config) a mel filterbank that shows another front end.
+
+    One exception: a base trained on another class list (e.g. ours on a 10-class set) has a head of another
+    size. The transfer model never uses that head (it reads the embedding), so it is not loaded and the
+    transfer model keeps the registry's 527-class head: a standard Transfer_<Base> that inference rebuilds.
+    """
     import checkpoint as ckpt_lib
 
     mel = "logmel_extractor.melW"
-    if official and mel in sd and mel in model.base.state_dict():
-        mine, theirs = model.base.state_dict()[mel], sd[mel]
+    own = model.base.state_dict()
+    if official and mel in sd and mel in own:
+        mine, theirs = own[mel], sd[mel]
         if mine.shape == theirs.shape and not torch.allclose(mine.float(), theirs.float(), atol=1e-5):
             fe = ", ".join(f"{k}={frontend[k]}" for k in FRONT_END_KEYS if k != "hop_size")
             raise CheckpointError(f"{path} was trained with another front end than {fe} (its mel filterbank differs; "
                                   f"its weights look like {ckpt_lib.describe_state_dict(sd)}); pass the matching "
                                   "--sample_rate/--window_size/--mel_bins/--fmin/--fmax")
+    if all(k in sd and k in own for k in HEAD_KEYS) and sd[HEAD_KEYS[0]].shape != own[HEAD_KEYS[0]].shape \
+            and sd[HEAD_KEYS[0]].shape[1:] == own[HEAD_KEYS[0]].shape[1:]:
+        logger.info("The base's own %d-class head is not used by the transfer model and is not loaded",
+                    sd[HEAD_KEYS[0]].shape[0])
+        sd = {**sd, **{k: own[k] for k in HEAD_KEYS}}
     ckpt_lib.check_state_dict(model.base, sd, path, base_name)
     model.base.load_state_dict(sd, strict=True)
 
@@ -449,7 +453,7 @@ def _embeddings(extractor, cache: fd.ClipCache, paths: List[str], clip_samples: 
     return emb
 
 
-def linear_probe(args, base: torch.nn.Module, base_name: str, frontend: dict, base_classes_num: int,
+def linear_probe(args, base: torch.nn.Module, base_name: str, frontend: dict,
                  data: fd.LabelledData, cache: fd.ClipCache, clip_samples: int, device: torch.device,
                  cache_dir: str, run_dir: str) -> dict:
     """Fit LogisticRegression on frozen base embeddings; same report as fine-tuning; probe saved with joblib."""
@@ -462,7 +466,7 @@ def linear_probe(args, base: torch.nn.Module, base_name: str, frontend: dict, ba
     from sklearn.preprocessing import StandardScaler
 
     t0 = time.time()
-    base_cfg = ckpt_lib.ModelConfig(model_type=base_name, **frontend, classes_num=base_classes_num,
+    base_cfg = ckpt_lib.ModelConfig(model_type=base_name, **frontend, classes_num=AUDIOSET_CLASSES_NUM,
                                     labels=None, ids=None, base_model_type=None, output="sigmoid")
     ex = Extractor(base, base_cfg, precision=args.precision, device=device, batch_size=args.batch_size,
                    num_workers=0, progress=True)
@@ -538,14 +542,12 @@ def train(args) -> Optional[dict]:
 
     # Model (official order: build, load pretrained, report device).
     sd = None
-    base_classes_num = AUDIOSET_CLASSES_NUM
     if args.pretrained_checkpoint_path:
-        sd, frontend, base_classes_num, saved_cfg = read_pretrained(args.pretrained_checkpoint_path, base_name, cli_fe)
+        sd, frontend, saved_cfg = read_pretrained(args.pretrained_checkpoint_path, base_name, cli_fe)
     else:
         frontend = {**models.get_model_spec(base_name).frontend(), **{k: v for k, v in cli_fe.items() if v is not None}}
     classes_num = data.classes_num if data is not None else AUDIOSET_CLASSES_NUM
-    model = build_transfer_model(base_name, classes_num, frontend, freeze_base=args.freeze_base, output=output,
-                                 base_classes_num=base_classes_num)
+    model = build_transfer_model(base_name, classes_num, frontend, freeze_base=args.freeze_base, output=output)
     if sd is not None:
         logger.info("Load pretrained model from %s", args.pretrained_checkpoint_path)
         load_base_strict(model, sd, args.pretrained_checkpoint_path, base_name, frontend, official=saved_cfg is None)
@@ -566,8 +568,7 @@ def train(args) -> Optional[dict]:
     clip_samples = resolve_clip_samples(args, cache, data, frontend["sample_rate"], train_min_samples(model))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     config = model_config(base_name, frontend, data.labels, output, clip_seconds=clip_samples / frontend["sample_rate"],
-                          pretrained_checkpoint_path=args.pretrained_checkpoint_path, freeze_base=args.freeze_base,
-                          base_classes_num=base_classes_num)
+                          pretrained_checkpoint_path=args.pretrained_checkpoint_path, freeze_base=args.freeze_base)
     from train_lib import write_json
 
     write_json(os.path.join(run_dir, "run.json"), _run_record(args, {
@@ -577,7 +578,7 @@ def train(args) -> Optional[dict]:
         "trainable_parameters": trainable, "cache": cache.h5_path}))
 
     if args.linear_probe:
-        res = linear_probe(args, model.base, base_name, frontend, base_classes_num, data, cache, clip_samples,
+        res = linear_probe(args, model.base, base_name, frontend, data, cache, clip_samples,
                            device, cache_dir, run_dir)
         print(res["report"])
         print(f"Linear probe {res['metric']}: {res['value']:.4f} ({res['wall_s']:.1f} s); saved to {res['probe_path']}")
