@@ -87,7 +87,7 @@ def frozen_run(dataset, pretrained, tmp_path_factory):
     ws = str(tmp_path_factory.mktemp("ft_ws"))
     res = ft.main(["train", "--model_type", "Transfer_Cnn6", "--pretrained_checkpoint_path", pretrained[1],
                    "--dataset_dir", dataset, "--workspace", ws, "--freeze_base", "--batch_size", "8",
-                   "--iterations", "30", "--eval_every", "15", "--learning_rate", "1e-2", "--num_workers", "0",
+                   "--iterations", "24", "--eval_every", "12", "--learning_rate", "1e-2", "--num_workers", "0",
                    "--eval_fraction", "0.25"])
     return ws, res
 
