@@ -561,9 +561,14 @@ def _add_common(p: argparse.ArgumentParser, default_precision: str) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default=default_precision,
                    help=f"numeric precision of the CNN body (default {default_precision}; auto picks bf16 only where "
                         "the device runs it fast)")
-    p.add_argument("--segment_seconds", type=float, default=None,
-                   help="split recordings into windows of this length (default: whole file up to "
-                        f"{AUTO_WINDOW_SECONDS:.0f} s, {AUTO_SEGMENT_SECONDS:.0f}-s windows beyond)")
+    if default_precision == "auto":   # extract_embeddings: one row per file
+        p.add_argument("--segment_seconds", type=float, default=None,
+                       help="crop/zero-pad every file to this length (default: keep each file whole; "
+                            "equal lengths are batched together)")
+    else:
+        p.add_argument("--segment_seconds", type=float, default=None,
+                       help="split recordings into windows of this length (default: whole file up to "
+                            f"{AUTO_WINDOW_SECONDS:.0f} s, {AUTO_SEGMENT_SECONDS:.0f}-s windows beyond)")
     p.add_argument("--batch_size", type=int, default=8, help="windows/clips per forward pass")
 
 
