@@ -168,6 +168,9 @@ class Extractor:
     config: its checkpoint.ModelConfig (sample rate, output kind, labels).
     precision: 'fp32' | 'bf16' | 'fp16' | 'auto' (resolved for the device by precision.py).
     segment_seconds: crop/zero-pad every file to this length (None: keep each file whole).
+    compute_threads: forwards run side by side (default: torch's thread count on CPU, each
+    single-threaded; 1 on GPU). optimize: run a BN-folded (and on CPU channels_last) copy.
+    The model given is moved to ``device`` and put in eval mode; it is not otherwise changed.
     """
 
     def __init__(self, model: torch.nn.Module, config, precision: str = "auto", device: str | torch.device = "cpu",
