@@ -30,6 +30,7 @@ import torch  # noqa: E402
 
 from errors import PannsError, run_cli  # noqa: E402
 import train_lib as tl  # noqa: E402
+import train_session as session  # noqa: E402  (setup, evaluation, checkpointing around the loop)
 from train_lib import TrainConfig, train_step  # noqa: E402
 
 logger = logging.getLogger("main")
@@ -37,8 +38,6 @@ logger = logging.getLogger("main")
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
     """Run training as configured; returns {'iteration', 'checkpoint_path', 'statistics'} (rank 0 view)."""
-    import train_session as session  # pytorch/train_session.py: setup, evaluation, checkpointing
-
     cfg.validate()
     info = tl.init_distributed(cfg.cuda)
     try:
@@ -55,7 +54,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             scalars = train_step(s.model, batch, s.optimizer, s.loss_func, precision=s.precision,
                                  mixup_lambda=s.mixup_lambda(batch), scaler=s.scaler, grad_clip=cfg.grad_clip)
             it += 1
-            s.meter.update(scalars, wait, len(batch["waveform"]))
+            s.meter.update(scalars, wait)
             if it % cfg.log_every == 0:
                 s.log_progress(it)
         return s.finish(it)

@@ -121,19 +121,17 @@ def build_model(cfg: TrainConfig, classes_num: int, clip_samples: int) -> torch.
 # -------------------------------------------------------------------------------------------- meter
 @dataclass
 class Meter:
-    """Sums over the current log window: loss, clips, time waiting for data."""
+    """Sums over the current log window: losses (tensors, synchronised only when logged), data wait."""
     losses: List[torch.Tensor] = field(default_factory=list)
     wait: float = 0.0
-    clips: int = 0
     start: float = field(default_factory=time.perf_counter)
 
-    def update(self, scalars: Dict[str, torch.Tensor], wait: float, clips: int) -> None:
+    def update(self, scalars: Dict[str, torch.Tensor], wait: float) -> None:
         self.losses.append(scalars["loss"])
         self.wait += wait
-        self.clips += clips
 
     def reset(self) -> None:
-        self.losses, self.wait, self.clips, self.start = [], 0.0, 0, time.perf_counter()
+        self.losses, self.wait, self.start = [], 0.0, time.perf_counter()
 
 
 # ------------------------------------------------------------------------------------------ session
@@ -356,8 +354,8 @@ class Session:
         loss = tl.mean_over_ranks(self.info, loss)
         elapsed = max(time.perf_counter() - m.start, 1e-9)
         steps = len(m.losses)
-        logger.info("iteration: %d, loss: %.4f, %.2f it/s, %.1f clips/s, data wait %.0f%%", iteration, loss,
-                    steps / elapsed, m.clips * self.info.world_size / elapsed, 100.0 * m.wait / elapsed)
+        logger.info("iteration: %d, loss: %.4f, %.2f it/s, %.1f examples/s, data wait %.0f%%", iteration, loss,
+                    steps / elapsed, steps * self.cfg.batch_size / elapsed, 100.0 * m.wait / elapsed)
         m.reset()
 
     def finish(self, iteration: int) -> Dict[str, Any]:

@@ -22,7 +22,7 @@ FAST = dict(sample_rate=16000, window_size=512, hop_size=400, mel_bins=64, fmin=
 
 
 def make_workspace(root, classes_num=5, train_per_class=4, eval_per_class=2, clip_seconds=1.6,
-                   sample_rate=16000, full_train=False, seed=0):
+                   sample_rate=16000, full_train=False, seed=0, multi_label_fraction=0.2):
     """Generate clips, pack them and write the index files; returns (workspace, label CSV)."""
     from create_indexes import combine_full_indexes, create_indexes
     from dataset import pack_waveforms_to_hdf5
@@ -32,7 +32,8 @@ def make_workspace(root, classes_num=5, train_per_class=4, eval_per_class=2, cli
     make_demo_dataset(ds, classes_num=classes_num,
                       clips_per_class={"balanced_train": train_per_class, "eval": eval_per_class,
                                        "unbalanced_train": 0},
-                      clip_seconds=clip_seconds, sample_rate=sample_rate, unbalanced_parts=1, seed=seed)
+                      clip_seconds=clip_seconds, sample_rate=sample_rate, unbalanced_parts=1, seed=seed,
+                      multi_label_fraction=multi_label_fraction)
     labels = os.path.join(ds, "metadata", "class_labels_indices.csv")
     for split in ("balanced_train", "eval"):
         wav = os.path.join(ws, "hdf5s", "waveforms", f"{split}.h5")
@@ -149,26 +150,33 @@ def test_resume_is_exact(tiny_ws, num_workers):
     assert [s["iteration"] for s in stats["test"]] == [0, 2, 4]  # 2: end of the first half, not repeated on resume
 
 
-def test_learns_and_resumed_run_continues(tmp_path):
+def test_learns_and_resumed_run_continues(tmp_path, monkeypatch):
     """Cnn6 on 5 synthetic classes reaches a high eval mAP quickly; a resumed run continues the curve."""
+    import functools
+
+    import make_demo_dataset
     from main import train
 
+    # Events span the whole clip: SpecAugment's time stripes (up to 2 x 63 frames, sized for 10-s clips)
+    # can blank most of a 65-frame clip, and a short event masked away would become label noise.
+    monkeypatch.setattr(make_demo_dataset, "synth_clip",
+                        functools.partial(make_demo_dataset.synth_clip, event_seconds=(0.9, 1.0)))
     ws, labels = make_workspace(str(tmp_path), classes_num=5, train_per_class=8, eval_per_class=4,
-                                clip_seconds=1.6, seed=1)
-    cfg = tiny_config(ws, labels, batch_size=8, augmentation="none", early_stop=40, eval_every=40, log_every=10)
+                                clip_seconds=1.6, seed=1, multi_label_fraction=0.0)
+    cfg = tiny_config(ws, labels, batch_size=8, augmentation="none", early_stop=30, eval_every=30, log_every=10)
     first = train(cfg)
     m1 = first["statistics"]["test"]["mAP"]
-    cfg.resume_iteration, cfg.early_stop = 40, 50
+    cfg.resume_iteration, cfg.early_stop = 30, 40
     second = train(cfg)
     m2 = second["statistics"]["test"]["mAP"]
     with open(cfg.statistics_path, "rb") as f:
         stats = pickle.load(f)
-    its = [s["iteration"] for s in stats["test"]]
-    assert its == [0, 40, 50]
+    assert [s["iteration"] for s in stats["test"]] == [0, 30, 40]
     assert second["statistics"]["test"]["ap_classes"] == 5
-    assert m2 >= 0.8, (m1, m2)
+    m0 = float(np.mean(stats["test"][0]["average_precision"]))
+    assert m2 >= 0.8, (m0, m1, m2)
     assert m2 >= m1 - 0.1, "a resumed run must continue from the trained weights, not restart"
-    assert np.mean(stats["test"][0]["average_precision"]) < m2 - 0.2  # it learned something
+    assert m0 < m2 - 0.3, (m0, m1, m2)  # it learned
 
 
 def test_run_record_and_logs(tiny_ws):
@@ -187,3 +195,20 @@ def test_run_record_and_logs(tiny_ws):
     assert "it/s" in log and "data wait" in log and "Validate test mAP" in log
     summary = json.load(open(cfg.statistics_path[:-4] + ".json"))
     assert summary["test"][-1]["ap_classes"] == 3 and summary["test"][-1]["iteration"] == 2
+
+
+def test_train_script_runs_as_written(tmp_path):
+    """scripts/4_train.sh (official recipe: full_train, 32 kHz front end) then its plot, on a tiny workspace."""
+    ws, labels = make_workspace(str(tmp_path), classes_num=3, train_per_class=2, eval_per_class=1,
+                                clip_seconds=1.0, sample_rate=32000, full_train=True)
+    env = {**os.environ, "MODEL_TYPE": "Cnn6"}
+    r = subprocess.run(["bash", os.path.join(REPO, "scripts", "4_train.sh"), ws, str(tmp_path / "dataset"),
+                        "--early_stop=0", "--num_workers=0", f"--class_labels_csv={labels}"],
+                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt_dir = os.path.join(ws, "checkpoints", "main",
+                            "sample_rate=32000,window_size=1024,hop_size=320,mel_bins=64,fmin=50,fmax=14000",
+                            "data_type=full_train", "Cnn6", "loss_type=clip_bce", "balanced=balanced",
+                            "augmentation=mixup", "batch_size=32")
+    assert os.listdir(ckpt_dir) == ["0_iterations.pth"]
+    assert os.path.getsize(tmp_path / "results" / "1_aug.pdf") > 1000
