@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Offline end-to-end demo of the whole PANNs pipeline on a generated AudioSet-layout data set.
+#
+#   bash scripts/demo.sh [OUT_DIR]          (default ./demo_out; DEMO_QUICK=1 for a reduced run)
+#
+# Runs the same entry points you run on AudioSet: generate data -> pack waveforms -> indexes ->
+# main.py train (a small model) -> evaluation mAP -> plot -> audio tagging + sound event detection
+# on resources/example_clip.wav -> embedding extraction -> a short fine-tune. CPU only, no network.
+# Re-running replaces the previous outputs in OUT_DIR cleanly.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="$(mkdir -p "${1:-$ROOT/demo_out}" && cd "${1:-$ROOT/demo_out}" && pwd)"
+QUICK="${DEMO_QUICK:-0}"
+PY="${PYTHON:-python3}"
+
+if [ "$QUICK" = "1" ]; then
+  CLIP_SECONDS=1; BAL=2; EVAL=1; UNBAL=1; ITERS=2; EVAL_EVERY=2; BATCH=4; FT_ITERS=2; FT_CLIPS=3
+else
+  CLIP_SECONDS=3; BAL=8; EVAL=4; UNBAL=8; ITERS=120; EVAL_EVERY=40; BATCH=16; FT_ITERS=30; FT_CLIPS=10
+fi
+MODEL="${DEMO_MODEL:-MobileNetV1}"
+SED_MODEL="${DEMO_SED_MODEL:-MobileNetV1_DecisionLevelMax}"
+DATASET_DIR="$OUT/dataset"
+WORKSPACE="$OUT/workspace"
+LABELS="$DATASET_DIR/metadata/class_labels_indices.csv"
+CLIP="$ROOT/resources/example_clip.wav"
+step() { printf '\n==== %s ====\n' "$*"; }
+START=$(date +%s)
+
+rm -rf "$DATASET_DIR" "$WORKSPACE" "$OUT/results" "$OUT/finetune_data" "$OUT/finetune_ws" "$OUT/embeddings.h5"*
+
+step "1/9 Generate a small AudioSet-layout data set (10 synthetic sound classes, ${CLIP_SECONDS}-s clips)"
+"$PY" utils/make_demo_dataset.py --dataset_dir "$DATASET_DIR" --clip_seconds "$CLIP_SECONDS" \
+  --balanced_per_class "$BAL" --eval_per_class "$EVAL" --unbalanced_per_class "$UNBAL" --unbalanced_parts 2
+
+step "2/9 Pack waveforms to HDF5 (utils/dataset.py pack_waveforms_to_hdf5)"
+pack() {  # csv audios_dir out.h5
+  "$PY" utils/dataset.py pack_waveforms_to_hdf5 --csv_path "$1" --audios_dir "$2" --waveforms_hdf5_path "$3" \
+    --clip_seconds "$CLIP_SECONDS" --class_labels_csv "$LABELS" --num_workers 2 --logs_dir "$OUT/logs"
+}
+pack "$DATASET_DIR/metadata/eval_segments.csv" "$DATASET_DIR/audios/eval_segments" "$WORKSPACE/hdf5s/waveforms/eval.h5"
+pack "$DATASET_DIR/metadata/balanced_train_segments.csv" "$DATASET_DIR/audios/balanced_train_segments" \
+  "$WORKSPACE/hdf5s/waveforms/balanced_train.h5"
+for part in 00 01; do
+  pack "$DATASET_DIR/metadata/unbalanced_partial_csvs/unbalanced_train_segments_part$part.csv" \
+    "$DATASET_DIR/audios/unbalanced_train_segments/unbalanced_train_segments_part$part" \
+    "$WORKSPACE/hdf5s/waveforms/unbalanced_train/unbalanced_train_part$part.h5"
+done
+
+step "3/9 Create training indexes (utils/create_indexes.py)"
+for name in eval balanced_train unbalanced_train/unbalanced_train_part00 unbalanced_train/unbalanced_train_part01; do
+  "$PY" utils/create_indexes.py create_indexes --waveforms_hdf5_path "$WORKSPACE/hdf5s/waveforms/$name.h5" \
+    --indexes_hdf5_path "$WORKSPACE/hdf5s/indexes/$name.h5"
+done
+"$PY" utils/create_indexes.py combine_full_indexes --indexes_hdf5s_dir "$WORKSPACE/hdf5s/indexes" \
+  --full_indexes_hdf5_path "$WORKSPACE/hdf5s/indexes/full_train.h5"
+
+step "4/9 Train $MODEL and $SED_MODEL (pytorch/main.py train, balanced sampling + mixup, as the official recipe)"
+train() {  # model_type
+  "$PY" pytorch/main.py train --workspace "$WORKSPACE" --data_type full_train --model_type "$1" \
+    --loss_type clip_bce --balanced balanced --augmentation mixup --batch_size "$BATCH" --learning_rate 1e-3 \
+    --early_stop "$ITERS" --eval_every "$EVAL_EVERY" --save_every "$ITERS" --num_workers 1 \
+    --class_labels_csv "$LABELS" --log_every 20
+}
+train "$MODEL"
+train "$SED_MODEL"
+CKPT="$(find "$WORKSPACE/checkpoints" -path "*/$MODEL/*" -name "${ITERS}_iterations.pth" | head -n 1)"
+SED_CKPT="$(find "$WORKSPACE/checkpoints" -path "*/$SED_MODEL/*" -name "${ITERS}_iterations.pth" | head -n 1)"
+STATS="$(find "$WORKSPACE/statistics" -path "*/$MODEL/*" -name statistics.json | head -n 1)"
+
+step "5/9 Evaluation (mAP over the eval set, from $STATS)"
+"$PY" - "$STATS" <<'PYEOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+last = s["test"][-1] if isinstance(s, dict) and "test" in s else s[-1]
+print(json.dumps(last, indent=1)[:600])
+PYEOF
+
+step "6/9 Plot mAP vs iteration (utils/plot_statistics.py)"
+"$PY" utils/plot_statistics.py plot_runs --workspace "$WORKSPACE" --output "$OUT/results/mAP.png"
+
+step "7/9 Audio tagging and sound event detection on resources/example_clip.wav (pytorch/inference.py)"
+"$PY" pytorch/inference.py audio_tagging --model_type "$MODEL" --checkpoint_path "$CKPT" --audio_path "$CLIP" --top_k 5
+"$PY" pytorch/inference.py sound_event_detection --model_type "$SED_MODEL" --checkpoint_path "$SED_CKPT" \
+  --audio_path "$CLIP" --output_dir "$OUT/results" --events_csv "$OUT/results/example_clip_events.csv"
+
+step "8/9 Extract embeddings of the eval clips (pytorch/inference.py extract_embeddings)"
+"$PY" pytorch/inference.py extract_embeddings --model_type "$MODEL" --checkpoint_path "$CKPT" \
+  --audio_path "$DATASET_DIR/audios/eval_segments" --output_path "$OUT/embeddings.h5" --batch_size 16
+
+step "9/9 Fine-tune Transfer_$MODEL (frozen base, new head) on a 4-class folder data set (pytorch/finetune_template.py)"
+"$PY" utils/make_demo_dataset.py --class_folders_dir "$OUT/finetune_data" --classes_num 4 \
+  --folder_clips_per_class "$FT_CLIPS" --clip_seconds "$CLIP_SECONDS" --seed 5
+"$PY" pytorch/finetune_template.py train --model_type "Transfer_$MODEL" --pretrained_checkpoint_path "$CKPT" --freeze_base \
+  --dataset_dir "$OUT/finetune_data" --workspace "$OUT/finetune_ws" --iterations "$FT_ITERS" \
+  --eval_every "$(( FT_ITERS / 2 > 0 ? FT_ITERS / 2 : 1 ))" --batch_size 8 --clip_seconds "$CLIP_SECONDS" --num_workers 0
+FT_CKPT="$(find "$OUT/finetune_ws" -name 'best*.pth' | head -n 1)"
+"$PY" pytorch/inference.py audio_tagging --checkpoint_path "$FT_CKPT" \
+  --audio_path "$(find "$OUT/finetune_data" -name '*.wav' | sort | head -n 1)" --top_k 4
+
+step "Done in $(( $(date +%s) - START )) s. Outputs:"
+cat <<EOT
+  data set (AudioSet layout)   $DATASET_DIR
+  packed HDF5 + indexes        $WORKSPACE/hdf5s
+  checkpoints                  $CKPT
+                               $SED_CKPT
+  statistics (pkl + json)      $(dirname "$STATS")
+  training logs                $WORKSPACE/logs
+  mAP plot                     $OUT/results/mAP.png
+  SED figure + events          $OUT/results/example_clip.png, $OUT/results/example_clip_events.csv
+  embeddings                   $OUT/embeddings.h5
+  fine-tuned checkpoint        $FT_CKPT
+EOT
