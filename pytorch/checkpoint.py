@@ -308,7 +308,8 @@ def load_model(checkpoint_path: str, model_type: Optional[str] = None, frontend:
     if not isinstance(ckpt.get("config"), dict):
         _check_frontend_weights(sd, checkpoint_path, cfg)
     try:
-        model = models.create_model(cfg.model_type, classes_num=cfg.classes_num, **cfg.frontend())
+        with models.skip_init():   # every tensor comes from the checkpoint (strict load below)
+            model = models.create_model(cfg.model_type, classes_num=cfg.classes_num, **cfg.frontend())
     except models.PannsError as e:
         raise CheckpointError(f"cannot build {cfg.model_type} for checkpoint {checkpoint_path}: {e}")
     check_state_dict(model, sd, checkpoint_path, cfg.model_type)

@@ -47,6 +47,22 @@ def init_bn(bn: nn.Module) -> None:
     bn.weight.data.fill_(1.0)
 
 
+@contextlib.contextmanager
+def skip_init():
+    """Build models without random initialisation (several seconds of single-threaded RNG for
+    Cnn14) when every tensor is loaded from a checkpoint right after; weights are garbage until
+    then. Not thread-safe (it swaps torch.nn.init functions for the duration)."""
+    names = ("xavier_uniform_", "kaiming_uniform_", "uniform_", "normal_")
+    saved = {n: getattr(nn.init, n) for n in names}
+    for n in names:
+        setattr(nn.init, n, lambda t, *a, **k: t)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(nn.init, n, f)
+
+
 def _fp32_region(x: torch.Tensor):
     """Context that switches autocast off for x's device (the front end and output activations
     must stay float32 for accuracy); a no-op when autocast is not active."""
@@ -940,6 +956,9 @@ _CLASSES = [Cnn6, Cnn10, Cnn14, Cnn14_16k, Cnn14_8k, Cnn14_no_specaug, Cnn14_no_
             Wavegram_Logmel_Cnn14, Wavegram_Logmel128_Cnn14]
 
 
+OFFICIAL_NAMES = tuple(c.__name__ for c in _CLASSES) + ("Transfer_Cnn14",)   # the official zoo
+
+
 def _spec_for(cls: type) -> ModelSpec:
     fe = dict(cls.required_frontend or _A32)
     if cls.bn_bins is not None:
@@ -995,3 +1014,25 @@ def create_model(name: str, classes_num: int = 527, **frontend) -> nn.Module:
 
 
 _register_all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Extensions: not official classes (no official checkpoint); built from the same shared parts.
+# ------------------------------------------------------------------------------------------------
+class MobileNetV1_DecisionLevelMax(MobileNetV1):
+    """MobileNetV1 body (1/12 of Cnn14's FLOPs) with the Cnn14_DecisionLevelMax SED head: a
+    sound event detector cheap enough to train on a CPU (the offline demo uses it). Its body
+    downsamples time by 32 like Cnn14's, so the framewise upsampling is the same."""
+    is_sed, sed_pooling, interpolate_ratio = True, "max", 32
+
+    def forward(self, input, mixup_lambda=None):
+        x = self._logmel(input)
+        frames_num = x.shape[2]
+        if self.training and mixup_lambda is not None:
+            x = do_mixup(x, mixup_lambda)
+        x = torch.mean(self.features(x), dim=3)
+        return self._sed_head(x, frames_num, self.sed_pooling)
+
+
+EXTENSIONS = ("MobileNetV1_DecisionLevelMax",)
+MODELS["MobileNetV1_DecisionLevelMax"] = _spec_for(MobileNetV1_DecisionLevelMax)

@@ -27,10 +27,10 @@ def _device_type(device: Union[str, torch.device]) -> str:
     return torch.device(device).type
 
 
-def cpu_has_fast_bf16() -> bool:
+def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True when the CPU has native bf16 matrix instructions (AMX-BF16 or AVX512-BF16)."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             flags = set()
             for line in f:
                 if line.startswith("flags"):
@@ -75,13 +75,25 @@ def autocast(precision: str, device: Union[str, torch.device]):
     return torch.autocast(device_type=_device_type(device), dtype=_DTYPES[precision])
 
 
-def prepare_for_inference(model: nn.Module, precision: str, device: Union[str, torch.device]) -> nn.Module:
-    """eval() and move to ``device``; channels_last memory format where it was measured to help
-    (bf16 convolutions: oneDNN on AMX/AVX512-BF16 CPUs and tensor cores on CUDA). On an AVX2 CPU
-    channels_last made fp32 Cnn14 slower, so fp32 on CPU keeps the default layout."""
+# Where channels_last memory format pays off (benchmarks/bench_models.py, Cnn14, 10-s clips):
+# on a 2-core AVX2 CPU fp32 batch 8 went from 0.46 to 0.65 clips/s (oneDNN convolutions avoid
+# reordering NCHW tensors); bf16 is measured slow there anyway. On CUDA, tensor-core convolutions
+# prefer channels_last for bf16/fp16 (not measured here: no GPU), fp32 keeps the default layout.
+CHANNELS_LAST = {("cpu", "fp32"): True, ("cpu", "bf16"): True, ("cpu", "fp16"): False,
+                 ("cuda", "fp32"): False, ("cuda", "bf16"): True, ("cuda", "fp16"): True}
+
+
+def prepare_for_inference(model: nn.Module, precision: str, device: Union[str, torch.device],
+                          fold: bool = False) -> nn.Module:
+    """eval(), move to ``device`` and use channels_last where it was measured to help
+    (``CHANNELS_LAST``). ``fold=True`` also folds BatchNorm into the convolutions (a copy; outputs
+    within 1e-5 relative, faster on CPU) - for inference only, never for training."""
     model = model.to(device).eval()
-    dev = _device_type(device)
-    if precision in ("bf16", "fp16") and (dev == "cuda" or (dev == "cpu" and cpu_has_fast_bf16())):
+    if fold:
+        model = fold_bn(model)
+    if precision == "auto":
+        precision = resolve_precision(precision, device)
+    if CHANNELS_LAST.get((_device_type(device), precision), False):
         model = model.to(memory_format=torch.channels_last)
     return model
 

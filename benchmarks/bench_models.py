@@ -1,0 +1,116 @@
+"""Forward-pass speed of Cnn14 on 10-s 32-kHz clips on this machine's CPU (or --device cuda).
+
+Prints the parameter count and, per batch size, clips/s for
+  * fp32 in the official memory layout: the official-style baseline (our fp32 model is numerically
+    the official one, so this is the official code's speed),
+  * fp32 + channels_last, and fp32 + BN folded into the convs + channels_last,
+  * bf16 autocast + channels_last,
+each with its fraction of the measured matmul peak of that dtype (Cnn14 = 42.2 GFLOP per 10-s clip
+by the official counter). Settings are timed round-robin (best of --repeats) so that load changes
+on a shared machine hit them alike.
+
+    python3 benchmarks/bench_models.py                 # batches 1 and 8 (bf16 at batch 1 only)
+    python3 benchmarks/bench_models.py --full          # also batch 32, bf16 at every batch
+"""
+import argparse
+import copy
+import os
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(ROOT, "pytorch"), os.path.join(ROOT, "utils")]
+
+import models  # noqa: E402
+import precision  # noqa: E402
+from pytorch_utils import count_parameters  # noqa: E402
+
+CNN14_GFLOP = 42.22   # per 10-s clip, official counter (spec 7.13)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_gflops(dtype, device, n=2048, repeats=3):
+    """Best-of-``repeats`` GFLOP/s of an n x n matmul."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def timed_forward(model, x, precision_name, device):
+    with torch.no_grad(), precision.autocast(precision_name, device):
+        t = time.perf_counter()
+        model(x)
+        _sync(device)
+        return time.perf_counter() - t
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batches", type=int, nargs="+", default=None,
+                   help="batch sizes to time (default: 1 8; with --full: 1 8 32)")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per setting; the best is kept")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--full", action="store_true",
+                   help="add batch 32 and time bf16 at every batch size (slow without native bf16)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    batches = args.batches or ([1, 8, 32] if args.full else [1, 8])
+    fast_bf16 = device.type == "cuda" or precision.cpu_has_fast_bf16()
+
+    torch.manual_seed(0)
+    model = models.create_model("Cnn14").to(device).eval()
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    folded = precision.fold_bn(model).to(memory_format=torch.channels_last)
+
+    # Emulated bf16 matmul is ~100x slower than fp32 on AVX2-only CPUs: time a smaller one there.
+    n_bf16 = 2048 if fast_bf16 else 512
+    peak = {"fp32": matmul_gflops(torch.float32, device),
+            "bf16": matmul_gflops(torch.bfloat16, device, n=n_bf16)}
+    print(f"Cnn14: {count_parameters(model):,} trainable parameters, {CNN14_GFLOP} GFLOP per 10-s clip")
+    print(f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {fast_bf16}")
+    print(f"matmul peak: fp32 {peak['fp32']:.1f} GFLOP/s (2048x2048), "
+          f"bf16 {peak['bf16']:.1f} GFLOP/s ({n_bf16}x{n_bf16})\n")
+
+    settings = [("fp32, official layout (official-style baseline)", model, "fp32"),
+                ("fp32 + channels_last", channels_last, "fp32"),
+                ("fp32 + BN folded + channels_last", folded, "fp32"),
+                ("bf16 autocast + channels_last", channels_last, "bf16")]
+    print(f"{'setting':50s} {'batch':>5s} {'clips/s':>8s} {'GFLOP/s':>8s} {'of peak':>8s}")
+    for b in batches:
+        x = 0.1 * torch.randn(b, 320000, device=device)
+        active = [s for s in settings if s[2] == "fp32" or fast_bf16 or args.full or b == 1]
+        best = {s[0]: float("inf") for s in active}
+        for name, m, prec in active:   # warm-up: oneDNN primitives, allocator
+            timed_forward(m, x, prec, device)
+        for _ in range(args.repeats):
+            for name, m, prec in active:
+                best[name] = min(best[name], timed_forward(m, x, prec, device))
+        for name, m, prec in active:
+            cps = b / best[name]
+            gf = cps * CNN14_GFLOP
+            print(f"{name:50s} {b:5d} {cps:8.2f} {gf:8.1f} {gf / peak[prec]:8.1%}", flush=True)
+    if not fast_bf16:
+        print("\nno native bf16 here: the bf16 matmul 'peak' is an emulated one, and bf16 Cnn14 is "
+              "slower than fp32 (use fp32; --precision auto picks it)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Mixed precision: bf16 autocast runs only the CNN body in bf16 (front end and outputs fp32) and
+stays close to fp32 on the golden weights; precision resolution; inference preparation; BN folding."""
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
+sys.path.insert(0, GOLDEN)
+from fill import fill_state_dict, test_waveform as make_waveform  # noqa: E402
+from model_helpers import quick_fill, single_thread, skip_weight_init  # noqa: E402
+
+import models  # noqa: E402
+import precision as P  # noqa: E402
+from errors import PannsError  # noqa: E402
+
+_one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
+
+
+@pytest.fixture(scope="module")
+def cnn14_runs():
+    """Golden-weight Cnn14 run on two 0.7-s clips in fp32 and under bf16 autocast, with the
+    dtypes seen at the output of a few layers during the bf16 run."""
+    ref = np.load(os.path.join(GOLDEN, "Cnn14.npz"))
+    with skip_weight_init():
+        model = models.create_model("Cnn14")
+    fill_state_dict(model, str(ref["head"]), float(ref["head_scale"])).eval()
+    x = make_waveform(32000, seconds=0.7)
+    seen = {}
+    layers = ["spectrogram_extractor", "logmel_extractor", "bn0", "conv_block1.conv1", "fc1", "fc_audioset"]
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda m, i, o, n=n: seen.__setitem__(n, o.dtype)) for n in layers]
+    with torch.no_grad():
+        fp32 = model(x)
+        with P.autocast("bf16", "cpu"):
+            bf16 = model(x)
+    for h in hooks:
+        h.remove()
+    return fp32, bf16, seen
+
+
+def test_bf16_front_end_and_outputs_stay_fp32(cnn14_runs):
+    fp32, bf16, seen = cnn14_runs
+    assert seen["spectrogram_extractor"] == seen["logmel_extractor"] == seen["bn0"] == torch.float32
+    assert seen["conv_block1.conv1"] == seen["fc1"] == seen["fc_audioset"] == torch.bfloat16
+    assert all(v.dtype == torch.float32 for v in bf16.values())
+
+
+def test_bf16_close_to_fp32_on_golden_weights(cnn14_runs):
+    fp32, bf16, _ = cnn14_runs
+    assert (fp32["clipwise_output"] - bf16["clipwise_output"]).abs().max() < 0.01
+    cos = torch.nn.functional.cosine_similarity(fp32["embedding"], bf16["embedding"], dim=1)
+    assert cos.min() >= 0.998
+
+
+def test_transfer_and_attention_outputs_fp32_under_autocast():
+    with skip_weight_init():
+        t = quick_fill(models.make_transfer_model("LeeNet11", classes_num=4)).eval()
+    att = models.AttBlock(64, 3, activation="sigmoid").eval()
+    with torch.no_grad(), P.autocast("bf16", "cpu"):
+        out = t(0.1 * torch.randn(2, 8000))
+        clip, norm_att, cla = att(torch.randn(2, 64, 9))
+    assert out["clipwise_output"].dtype == torch.float32
+    torch.testing.assert_close(out["clipwise_output"].exp().sum(-1), torch.ones(2))
+    assert clip.dtype == norm_att.dtype == cla.dtype == torch.float32
+    torch.testing.assert_close(norm_att.sum(-1), torch.ones(2, 3))
+
+
+def test_resolve_precision(monkeypatch):
+    monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda *a: False)
+    assert P.resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda *a: True)
+    assert P.resolve_precision("auto", "cpu") == "bf16"
+    assert P.resolve_precision("fp32", "cpu") == "fp32" and P.resolve_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert P.resolve_precision("auto", "cuda:0") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert P.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    with pytest.raises(PannsError, match="fp32, bf16, fp16, auto"):
+        P.resolve_precision("half", "cpu")
+
+
+def test_cpu_has_fast_bf16(tmp_path, monkeypatch):
+    amx = tmp_path / "amx"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
+    assert P.cpu_has_fast_bf16(str(amx))
+    plain = tmp_path / "plain"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not P.cpu_has_fast_bf16(str(plain))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
+    assert P.cpu_has_fast_bf16(str(tmp_path / "missing"))
+
+
+def test_autocast_contexts():
+    with P.autocast("fp32", "cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+    with P.autocast("bf16", "cpu"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_prepare_for_inference(monkeypatch):
+    model = models.create_model("Cnn6", classes_num=3).train()
+    out = P.prepare_for_inference(model, "fp32", "cpu")
+    assert not out.training
+    w = out.conv_block2.conv1.weight
+    assert w.is_contiguous(memory_format=torch.channels_last) == P.CHANNELS_LAST["cpu", "fp32"]
+    monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda *a: True)
+    out = P.prepare_for_inference(model, "bf16", "cpu")
+    assert out.conv_block2.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name", ["Cnn6", "MobileNetV2", "DaiNet19"])
+def test_fold_bn_keeps_outputs(name):
+    with skip_weight_init():
+        model = quick_fill(models.create_model(name, classes_num=5)).eval()
+    folded = P.fold_bn(model)
+    n_bn = lambda m: sum(isinstance(x, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for x in m.modules())  # noqa: E731
+    assert n_bn(folded) < n_bn(model) and n_bn(model) > 0
+    x = 0.1 * torch.randn(2, models.get_model_spec(name).min_samples + 3000)
+    with torch.no_grad():
+        a, b = model(x), folded(x)
+    for k in a:
+        err = (a[k] - b[k]).abs().max() / a[k].abs().max()
+        assert err < 1e-4, (k, float(err))
+    assert any(isinstance(m, torch.nn.BatchNorm2d) or isinstance(m, torch.nn.BatchNorm1d)
+               for m in model.modules())   # original untouched
