@@ -17,7 +17,7 @@ float32; only the CNN body runs in bf16/fp16.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
@@ -84,13 +84,11 @@ def _pool2d(x: torch.Tensor, pool_size, pool_type: str) -> torch.Tensor:
     raise ValueError(f"pool_type must be 'avg', 'max' or 'avg+max', got {pool_type!r}")
 
 
-def _dropout(x: torch.Tensor, p: float, training: bool, inplace: bool = False) -> torch.Tensor:
-    return F.dropout(x, p=p, training=training, inplace=inplace) if p > 0 else x
+def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    return F.dropout(x, p=p, training=training) if p > 0 else x
 
 
-# ------------------------------------------------------------------------------------------------
-# Building blocks (official names kept; all conv+BN+ReLU stacks share one implementation)
-# ------------------------------------------------------------------------------------------------
+# ---- Building blocks (official names kept; all conv+BN+ReLU stacks share one implementation) -----
 class _ConvStack(nn.Module):
     """``n`` convolutions, each followed by BN and ReLU. Convs are registered before BNs
     (conv1, conv2, bn1, bn2), which is the official state_dict order. The first conv carries the
@@ -372,9 +370,7 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
-# ------------------------------------------------------------------------------------------------
-# Shared model machinery
-# ------------------------------------------------------------------------------------------------
+# ---- Shared model machinery ----------------------------------------------------------------------
 _A32 = dict(sample_rate=32000, window_size=1024, hop_size=320, mel_bins=64, fmin=50, fmax=14000)
 
 
@@ -481,9 +477,7 @@ class _Model(nn.Module):
         return _min_samples(type(self), getattr(self, "hop_size", 320), getattr(self, "window_size", 1024))
 
 
-# ------------------------------------------------------------------------------------------------
-# CNN family: Cnn6, Cnn10, Cnn14 and its variants, decision-level models, Wavegram models
-# ------------------------------------------------------------------------------------------------
+# ---- CNN family: Cnn6, Cnn10, Cnn14 and its variants, decision-level models, Wavegram models -----
 class _Cnn(_Model):
     """Log-mel -> ConvBlocks (2x2 avg pools, last Cnn14 block (1,1)) with dropout 0.2 -> head."""
 
@@ -649,9 +643,7 @@ class Wavegram_Logmel128_Cnn14(_Cnn):
     wavegram, wavegram_channels, bn_bins, freq_drop_width = "logmel", 256, 128, 16
 
 
-# ------------------------------------------------------------------------------------------------
-# ResNets and MobileNets (log-mel front end, different bodies)
-# ------------------------------------------------------------------------------------------------
+# ---- ResNets and MobileNets (log-mel front end, different bodies) --------------------------------
 class _ResNetModel(_Model):
     """Log-mel -> ConvBlock(1->64) -> _ResNet -> avg-pool -> ConvBlock(->2048) -> head."""
     resnet_block = _ResnetBasicBlock
@@ -741,9 +733,7 @@ class MobileNetV2(_MobileNet):
         return layers + [nn.Sequential(*_pw_bn(cin, self.last_channels, nn.ReLU6))]
 
 
-# ------------------------------------------------------------------------------------------------
-# One-dimensional (raw waveform) models: no front end; mixup on the waveform
-# ------------------------------------------------------------------------------------------------
+# ---- One-dimensional (raw waveform) models: no front end; mixup on the waveform ------------------
 class _WaveModel(_Model):
     """(B, L) waveform -> (B, 1, L) -> ``_body`` -> clip head. Spectrogram args are ignored."""
     bn_bins = None
@@ -836,9 +826,7 @@ class Res1dNet51(_Res1dNet):
     layers = (2, 3, 4, 6, 4, 3, 2)
 
 
-# ------------------------------------------------------------------------------------------------
-# Transfer learning (official Transfer_Cnn14 from finetune_template.py, generalised)
-# ------------------------------------------------------------------------------------------------
+# ---- Transfer learning (official Transfer_Cnn14 from finetune_template.py, generalised) ----------
 class _Transfer(nn.Module):
     """An AudioSet model (``base``, 527 classes, loadable from a PANNs checkpoint) plus a new
     ``fc_transfer`` on its embedding; outputs log-softmax under 'clipwise_output' (single-label)."""
@@ -902,9 +890,7 @@ def make_transfer_model(base_name: str, classes_num: int, freeze_base: bool = Fa
     return cls(**fe, classes_num=classes_num, freeze_base=freeze_base)
 
 
-# ------------------------------------------------------------------------------------------------
-# Input-length limits
-# ------------------------------------------------------------------------------------------------
+# ---- Input-length limits -------------------------------------------------------------------------
 # Official Cnn14 crashes below 32 frames (9,920 samples at 32 kHz); the models are kept as they
 # are and callers pad to ``min_samples``. Log-mel models need 2**(number of 2x time pools) frames;
 # waveform models (and the Wavegram branch) a fixed number of samples, measured at 32 kHz.
@@ -923,9 +909,7 @@ def _min_samples(cls: type, hop_size: int, window_size: int) -> int:
     return need
 
 
-# ------------------------------------------------------------------------------------------------
-# Registry
-# ------------------------------------------------------------------------------------------------
+# ---- Registry ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelSpec:
     """A model class with its default front end (what the official scripts pass)."""
@@ -974,10 +958,14 @@ MODELS: Dict[str, ModelSpec] = {}
 def _register_all() -> None:
     for cls in _CLASSES:
         MODELS[cls.__name__] = _spec_for(cls)
-    base = MODELS["Cnn14"]
-    MODELS["Transfer_Cnn14"] = ModelSpec(
-        "Transfer_Cnn14", Transfer_Cnn14, **base.frontend(), is_sed=False, embedding_dim=2048,
-        min_samples=base.min_samples, base="Cnn14", output="log_softmax")
+    MODELS["Transfer_Cnn14"] = _transfer_spec("Cnn14")
+
+
+def _transfer_spec(base_name: str) -> ModelSpec:
+    base = MODELS[base_name]
+    return ModelSpec(f"Transfer_{base_name}", transfer_class(base_name), **base.frontend(),
+                     is_sed=False, embedding_dim=base.embedding_dim, min_samples=base.min_samples,
+                     base=base_name, output="log_softmax")
 
 
 def model_names(include_transfer: bool = True):
@@ -990,11 +978,7 @@ def get_model_spec(name: str) -> ModelSpec:
     if name in MODELS:
         return MODELS[name]
     if isinstance(name, str) and name.startswith("Transfer_") and name[9:] in MODELS:
-        base = MODELS[name[9:]]
-        cls = transfer_class(base.name)
-        return ModelSpec(name, cls, **base.frontend(), is_sed=False,
-                         embedding_dim=base.embedding_dim, min_samples=base.min_samples,
-                         base=base.name, output="log_softmax")
+        return _transfer_spec(name[9:])
     raise PannsError(f"unknown model type {name!r}; valid names: {', '.join(model_names())} "
                      f"(and Transfer_<name> for clip-level models)")
 
@@ -1004,6 +988,8 @@ def create_model(name: str, classes_num: int = 527, **frontend) -> nn.Module:
     (sample_rate, window_size, hop_size, mel_bins, fmin, fmax); Transfer_* also take freeze_base."""
     spec = get_model_spec(name)
     freeze_base = frontend.pop("freeze_base", False)
+    if freeze_base and spec.base is None:
+        raise PannsError(f"freeze_base only applies to Transfer_* models, not {name}")
     unknown = set(frontend) - set(spec.frontend())
     if unknown:
         raise PannsError(f"create_model: unknown option(s) {sorted(unknown)}")
@@ -1016,9 +1002,7 @@ def create_model(name: str, classes_num: int = 527, **frontend) -> nn.Module:
 _register_all()
 
 
-# ------------------------------------------------------------------------------------------------
-# Extensions: not official classes (no official checkpoint); built from the same shared parts.
-# ------------------------------------------------------------------------------------------------
+# ---- Extensions: not official classes (no official checkpoint); built from the same shared parts. ----
 class MobileNetV1_DecisionLevelMax(MobileNetV1):
     """MobileNetV1 body (1/12 of Cnn14's FLOPs) with the Cnn14_DecisionLevelMax SED head: a
     sound event detector cheap enough to train on a CPU (the offline demo uses it). Its body
