@@ -20,6 +20,7 @@ import torch
 
 import models
 from errors import CheckpointError
+from utilities import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +69,31 @@ class ModelConfig:
 # ------------------------------------------------------------------------------------------------
 # Save / load
 # ------------------------------------------------------------------------------------------------
+_PLAIN = (str, bytes, int, float, complex, bool, type(None), torch.Tensor, np.ndarray, np.generic,
+          np.dtype, torch.Size, torch.dtype)
+
+
+def _check_saveable(obj, where: str = "checkpoint") -> None:
+    """Only tensors, numpy and plain python data, so that load_checkpoint (weights_only) can read
+    the file back; fail before writing, naming the offending entry."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_saveable(k, f"{where} key {k!r}")
+            _check_saveable(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for i, v in enumerate(obj):
+            _check_saveable(v, f"{where}[{i}]")
+    elif not isinstance(obj, _PLAIN):
+        raise TypeError(f"{where} is a {type(obj).__name__}; checkpoints hold only tensors, numpy "
+                        f"and plain python data (convert it, e.g. vars(args) or .state_dict())")
+
+
 def save_checkpoint(path: str, obj: dict) -> None:
     """torch.save ``obj`` atomically: write a temp sibling, then rename (a crash never leaves a
-    half-written checkpoint under ``path``)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    half-written checkpoint under ``path``). ``obj`` must hold only tensors, numpy and python data."""
+    _check_saveable(obj)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = atomic_path(path)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
@@ -309,7 +329,8 @@ def load_model(checkpoint_path: str, model_type: Optional[str] = None, frontend:
         _check_frontend_weights(sd, checkpoint_path, cfg)
     try:
         with models.skip_init():   # every tensor comes from the checkpoint (strict load below)
-            model = models.create_model(cfg.model_type, classes_num=cfg.classes_num, **cfg.frontend())
+            extra = {"output": cfg.output} if models.get_model_spec(cfg.model_type).base else {}
+            model = models.create_model(cfg.model_type, classes_num=cfg.classes_num, **cfg.frontend(), **extra)
     except models.PannsError as e:
         raise CheckpointError(f"cannot build {cfg.model_type} for checkpoint {checkpoint_path}: {e}")
     check_state_dict(model, sd, checkpoint_path, cfg.model_type)

@@ -833,8 +833,11 @@ class _Transfer(nn.Module):
     base_type = "Cnn14"
 
     def __init__(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, classes_num,
-                 freeze_base=False):
+                 freeze_base=False, output: str = "log_softmax"):
         super().__init__()
+        if output not in ("log_softmax", "sigmoid"):
+            raise PannsError(f"transfer output must be 'log_softmax' or 'sigmoid', got {output!r}")
+        self.output = output   # 'sigmoid': multi-label fine-tuning (not in the official template)
         base_cls = MODELS[self.base_type].cls
         self.base = base_cls(sample_rate, window_size, hop_size, mel_bins, fmin, fmax, 527)
         self.fc_transfer = nn.Linear(self.base.fc1.out_features, classes_num, bias=True)
@@ -855,7 +858,8 @@ class _Transfer(nn.Module):
         output_dict = self.base(input, mixup_lambda)
         logits = self.fc_transfer(output_dict["embedding"])
         with _fp32_region(logits):
-            output_dict["clipwise_output"] = torch.log_softmax(logits.float(), dim=-1)
+            act = torch.sigmoid if self.output == "sigmoid" else (lambda t: torch.log_softmax(t, dim=-1))
+            output_dict["clipwise_output"] = act(logits.float())
         return output_dict
 
     @property
@@ -883,11 +887,13 @@ def transfer_class(base_name: str) -> type:
     return _TRANSFER_CLASSES[base_name]
 
 
-def make_transfer_model(base_name: str, classes_num: int, freeze_base: bool = False, **frontend):
-    """Transfer_<base_name>(front end from the registry unless overridden, classes_num, freeze_base)."""
+def make_transfer_model(base_name: str, classes_num: int, freeze_base: bool = False,
+                        output: str = "log_softmax", **frontend):
+    """Transfer_<base_name>(front end from the registry unless overridden, classes_num, freeze_base,
+    output 'log_softmax' (official, single-label) or 'sigmoid' (multi-label))."""
     cls = transfer_class(base_name)
     fe = {**MODELS[base_name].frontend(), **{k: v for k, v in frontend.items() if v is not None}}
-    return cls(**fe, classes_num=classes_num, freeze_base=freeze_base)
+    return cls(**fe, classes_num=classes_num, freeze_base=freeze_base, output=output)
 
 
 # ---- Input-length limits -------------------------------------------------------------------------
@@ -988,6 +994,7 @@ def create_model(name: str, classes_num: int = 527, **frontend) -> nn.Module:
     (sample_rate, window_size, hop_size, mel_bins, fmin, fmax); Transfer_* also take freeze_base."""
     spec = get_model_spec(name)
     freeze_base = frontend.pop("freeze_base", False)
+    output = frontend.pop("output", None)
     if freeze_base and spec.base is None:
         raise PannsError(f"freeze_base only applies to Transfer_* models, not {name}")
     unknown = set(frontend) - set(spec.frontend())
@@ -995,7 +1002,8 @@ def create_model(name: str, classes_num: int = 527, **frontend) -> nn.Module:
         raise PannsError(f"create_model: unknown option(s) {sorted(unknown)}")
     fe = {**spec.frontend(), **{k: v for k, v in frontend.items() if v is not None}}
     if spec.base is not None:
-        return spec.cls(**fe, classes_num=classes_num, freeze_base=freeze_base)
+        return spec.cls(**fe, classes_num=classes_num, freeze_base=freeze_base,
+                        output=output or spec.output)
     return spec.cls(**fe, classes_num=classes_num)
 
 
