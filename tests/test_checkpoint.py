@@ -175,6 +175,12 @@ def test_atomic_save_failure_leaves_nothing(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_save_refuses_objects_weights_only_cannot_load(tmp_path):
+    with pytest.raises(TypeError, match=r"checkpoint\['args'\] is a ZipInfo"):
+        ck.save_checkpoint(str(tmp_path / "x.pth"), {"model": {}, "args": zipfile.ZipInfo("x")})
+    assert os.listdir(tmp_path) == []
+
+
 def test_config_from_dict_ignores_unknown_keys():
     cfg = ck.ModelConfig.from_dict({"model_type": "Cnn14", "classes_num": 10, "lr": 1e-3})
     assert cfg.classes_num == 10 and cfg.frontend()["fmax"] == 14000

@@ -159,6 +159,8 @@ def test_frontend_checks():
         models.Cnn14_16k(32000, 1024, 320, 64, 50, 14000, 527)
     with pytest.raises(PannsError, match="unknown option"):
         models.create_model("Cnn6", sample_rte=16000)
+    with pytest.raises(PannsError, match="freeze_base"):
+        models.create_model("Cnn6", freeze_base=True)
     m = models.create_model("LeeNet11", classes_num=3, sample_rate=16000)   # ignored by 1-D models
     assert m.fc_audioset.out_features == 3
 
