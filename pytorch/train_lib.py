@@ -231,6 +231,18 @@ def to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
     return out
 
 
+class TensorCollate:
+    """Wrap a numpy collate_fn so that workers return torch tensors (pin_memory only pins tensors)."""
+
+    def __init__(self, collate_fn):
+        self.collate_fn = collate_fn
+
+    def __call__(self, items: list) -> Dict[str, Any]:
+        out = self.collate_fn(items)
+        return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) and v.dtype.kind in "fiub" else v
+                for k, v in out.items()}
+
+
 def mix_targets(target: torch.Tensor, mixup_lambda: torch.Tensor) -> torch.Tensor:
     """(2B, C) targets of adjacent pairs mixed with (2B,) lambdas -> (B, C) (official do_mixup)."""
     return target[0::2] * mixup_lambda[0::2, None] + target[1::2] * mixup_lambda[1::2, None]

@@ -20,6 +20,7 @@ import config
 import train_lib as tl
 from errors import CheckpointError, PannsError
 from train_lib import DistInfo, TrainConfig
+from pytorch_utils import count_parameters
 from utilities import Mixup, create_folder, create_logging
 
 logger = logging.getLogger("main")
@@ -34,29 +35,56 @@ INDEX_SCRIPTS = {
 # ------------------------------------------------------------------------------------------ checks
 @dataclass
 class DataInfo:
-    """What the checks learned about the data: classes, clip length at the model rate."""
+    """What the checks learned about the data: classes, clip lengths at the model rate."""
     labels: config.ClassLabels
-    file_sample_rate: int
-    clip_samples: int            # at the training sample rate
+    clip_samples: int            # training clips, at the training sample rate
+    eval_clip_samples: int       # shortest evaluation clip, at the training sample rate
 
 
-def _first_waveform_file(indexes_path: str) -> Tuple[str, int]:
-    """(resolved waveform HDF5 path, rows) of the first row of an index file."""
+def _waveform_files(indexes_path: str) -> List[str]:
+    """The waveform HDF5 files an index file points to (resolved paths)."""
     from create_indexes import read_index
 
     table = read_index(indexes_path)
     if len(table) == 0:
         raise PannsError(f"{indexes_path} lists no clips (was the waveform HDF5 empty?)")
-    return table.hdf5_paths[table.path_codes[0]], len(table)
+    return sorted(set(table.hdf5_paths[c] for c in np.unique(table.path_codes)))
+
+
+def _clip_samples(indexes_path: str, labels: config.ClassLabels, sample_rate: int, fmax: int) -> int:
+    """Clip length (samples at ``sample_rate``) of the clips an index points to; they must all agree."""
+    lengths: Dict[str, int] = {}
+    rates: Dict[int, str] = {}
+    for path in _waveform_files(indexes_path):
+        if not os.path.isfile(path):
+            raise PannsError(f"waveform HDF5 {path} (named in {indexes_path}) not found; "
+                             "pack it with utils/dataset.py pack_waveforms_to_hdf5")
+        with h5py.File(path, "r") as hf:
+            file_sr = int(hf.attrs.get("sample_rate", config.sample_rate))
+            file_len = int(hf["waveform"].shape[1])
+            ids = [x.decode() if isinstance(x, bytes) else str(x) for x in hf.attrs.get("class_ids", [])]
+        if ids and ids != list(labels.ids):
+            raise PannsError(f"{path} was packed with another label CSV (class ids differ from "
+                             f"{labels.ids[:2]}...); pass the matching --class_labels_csv")
+        rates.setdefault(file_sr, path)
+        lengths[path] = int(round(file_len * sample_rate / file_sr))
+    for file_sr, path in rates.items():
+        check_resampling(file_sr, sample_rate, path, fmax)
+    if len(set(lengths.values())) > 1:
+        raise PannsError(f"{indexes_path} mixes clips of different lengths ({sorted(set(lengths.values()))} samples "
+                         f"at {sample_rate} Hz); repack all parts with the same --clip_seconds")
+    return next(iter(lengths.values()))
 
 
 def check_inputs(cfg: TrainConfig) -> DataInfo:
-    """Fail with one line, before any work, on inputs that cannot train (see module docstring)."""
+    """Fail with one line, before any work, on inputs that cannot train: label CSV, model name, index
+    files (which script makes them), their class count, the waveform files they name, clip lengths."""
     labels = config.read_class_labels(cfg.class_labels_csv)
     import models
 
     models.get_model_spec(cfg.model_type)  # unknown names list the valid ones
-    for name in (cfg.data_type, "balanced_train", "eval"):
+    names = (cfg.data_type, "balanced_train", "eval")
+    for name in names:
         path = cfg.indexes_path(name)
         if not os.path.isfile(path):
             raise PannsError(f"index file {path} not found; create it with {INDEX_SCRIPTS[name]}")
@@ -68,21 +96,8 @@ def check_inputs(cfg: TrainConfig) -> DataInfo:
                              "pass the label CSV the data was packed with (--class_labels_csv)")
     if cfg.black_list_csv and not os.path.isfile(cfg.black_list_csv):
         raise PannsError(f"black list CSV not found: {cfg.black_list_csv}")
-    wav_path, _ = _first_waveform_file(cfg.indexes_path(cfg.data_type))
-    if not os.path.isfile(wav_path):
-        raise PannsError(f"waveform HDF5 {wav_path} (named in {cfg.indexes_path(cfg.data_type)}) not found; "
-                         "pack it with utils/dataset.py pack_waveforms_to_hdf5")
-    with h5py.File(wav_path, "r") as hf:
-        file_sr = int(hf.attrs.get("sample_rate", config.sample_rate))
-        file_len = int(hf["waveform"].shape[1])
-        ids = [str(x.decode() if isinstance(x, bytes) else x) for x in hf.attrs.get("class_ids", [])]
-    if ids and ids != list(labels.ids):
-        raise PannsError(f"{wav_path} was packed with a different label CSV than "
-                         f"{cfg.class_labels_csv or config.DEFAULT_LABELS_CSV} (class ids differ); "
-                         "pass the matching --class_labels_csv")
-    check_resampling(file_sr, cfg.sample_rate, wav_path, cfg.fmax)
-    clip_samples = int(round(file_len * cfg.sample_rate / file_sr))
-    return DataInfo(labels, file_sr, clip_samples)
+    lengths = {n: _clip_samples(cfg.indexes_path(n), labels, cfg.sample_rate, cfg.fmax) for n in set(names)}
+    return DataInfo(labels, lengths[cfg.data_type], min(lengths["balanced_train"], lengths["eval"]))
 
 
 def check_resampling(file_sr: int, sample_rate: int, path: str, fmax: int) -> None:
@@ -96,7 +111,7 @@ def check_resampling(file_sr: int, sample_rate: int, path: str, fmax: int) -> No
                        sample_rate, file_sr, file_sr // 2, fmax)
 
 
-def build_model(cfg: TrainConfig, classes_num: int, clip_samples: int) -> torch.nn.Module:
+def build_model(cfg: TrainConfig, classes_num: int, clip_samples: int, eval_clip_samples: int) -> torch.nn.Module:
     """The model for ``cfg`` with a clear error for front ends or clip lengths it cannot take."""
     import models
 
@@ -106,15 +121,16 @@ def build_model(cfg: TrainConfig, classes_num: int, clip_samples: int) -> torch.
         raise
     except (AssertionError, ValueError, RuntimeError, TypeError) as e:
         raise PannsError(f"{cfg.model_type} cannot be built with {cfg.feature_dir}: {type(e).__name__}: {e}") from None
-    need = int(getattr(model, "min_samples", 0) or 0)
+    need_eval = int(getattr(model, "min_samples", 0) or 0)
+    need = need_eval
     if getattr(model, "spec_augmenter", None) is not None and getattr(model, "spec_augment", True):
         # SpecAugment draws time stripes up to 63 frames wide: needs >= 64 frames in training.
         need = max(need, 63 * cfg.hop_size)
-    if clip_samples < need:
-        raise PannsError(f"clips of {clip_samples} samples ({clip_samples / cfg.sample_rate:.2f} s at "
-                         f"{cfg.sample_rate} Hz) are too short to train {cfg.model_type} with hop {cfg.hop_size}; "
-                         f"it needs >= {need} samples ({need / cfg.sample_rate:.2f} s): repack with a longer "
-                         "--clip_seconds")
+    for what, have, want in (("training", clip_samples, need), ("evaluation", eval_clip_samples, need_eval)):
+        if have < want:
+            raise PannsError(f"{what} clips of {have} samples ({have / cfg.sample_rate:.2f} s at {cfg.sample_rate} Hz) "
+                             f"are too short for {cfg.model_type} with hop {cfg.hop_size}: it needs >= {want} "
+                             f"samples ({want / cfg.sample_rate:.2f} s); repack with a longer --clip_seconds")
     return model
 
 
@@ -143,11 +159,13 @@ class Session:
         if info.distributed and cfg.batch_size % info.world_size:
             raise PannsError(f"--batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
         self.batch_per_rank = cfg.batch_size // info.world_size
+        if cfg.resume_iteration > 0:
+            self._resume_path(cfg.resume_iteration)  # fail before any work when it is missing
         import precision as prec
 
         self.precision = prec.resolve_precision(cfg.precision, info.device)
         tl.seed_everything(cfg.seed)  # same initial weights on every rank
-        raw = build_model(cfg, data.labels.classes_num, data.clip_samples)
+        raw = build_model(cfg, data.labels.classes_num, data.clip_samples, data.eval_clip_samples)
         from losses import get_loss_func
 
         self.loss_func = get_loss_func(cfg.loss_type)
@@ -158,7 +176,7 @@ class Session:
         if cfg.cuda and info.device.type != "cuda":
             logger.warning("--cuda given but no GPU is available; training on the CPU")
         self.raw_model = raw.to(info.device)
-        n_params = sum(p.numel() for p in raw.parameters() if p.requires_grad)
+        n_params = count_parameters(raw)
         logger.info("Parameters num: %d", n_params)
         self.model_config = self._model_config()
         if info.is_main:
@@ -222,7 +240,8 @@ class Session:
             indexes_hdf5_path=cfg.indexes_path(cfg.data_type), batch_size=per_step,
             black_list_csv=cfg.black_list_csv, random_seed=cfg.seed, rank=info.rank, world_size=info.world_size))
         self.dataset = dg.AudioSetDataset(sample_rate=cfg.sample_rate)
-        common = dict(collate_fn=dg.collate_fn, num_workers=self.num_workers, pin_memory=info.device.type == "cuda")
+        common = dict(collate_fn=tl.TensorCollate(dg.collate_fn), num_workers=self.num_workers,
+                      pin_memory=info.device.type == "cuda")
         worker_init = getattr(dg, "worker_init_fn", None)
         if worker_init is not None and self.num_workers > 0:
             common["worker_init_fn"] = worker_init
@@ -231,7 +250,7 @@ class Session:
                                        generator=torch.Generator().manual_seed(cfg.seed + info.rank), **common)
         self.eval_loaders = {}
         for key, name in (("bal", "balanced_train"), ("test", "eval")):
-            sampler = dg.EvaluateSampler(indexes_hdf5_path=cfg.indexes_path(name), batch_size=self.batch_per_rank,
+            sampler = dg.EvaluateSampler(indexes_hdf5_path=cfg.indexes_path(name), batch_size=cfg.batch_size,
                                          rank=info.rank, world_size=info.world_size)  # shard, gathered by Evaluator
             self.eval_loaders[key] = DataLoader(self.dataset, batch_sampler=sampler,
                                                 generator=torch.Generator().manual_seed(cfg.seed),
@@ -239,9 +258,7 @@ class Session:
         self._train_iter = None
 
     # ----------------------------------------------------------------------------------- resume
-    def _resume(self, n: int) -> None:
-        import checkpoint
-
+    def _resume_path(self, n: int) -> str:
         path = self.cfg.checkpoint_path(n)
         if not os.path.isfile(path):
             have = sorted(int(f.split("_")[0]) for f in os.listdir(self.cfg.checkpoints_dir)
@@ -249,8 +266,14 @@ class Session:
                 if os.path.isdir(self.cfg.checkpoints_dir) else []
             raise CheckpointError(f"no checkpoint {path} to resume from; saved iterations: "
                                   f"{', '.join(map(str, have)) or 'none'}")
+        return path
+
+    def _resume(self, n: int) -> None:
+        import checkpoint
+
+        path = self._resume_path(n)
         logger.info("Loading checkpoint %s", path)
-        ckpt = checkpoint.load_checkpoint(path, map_location=self.info.device)
+        ckpt = checkpoint.load_checkpoint(path, map_location="cpu")  # RNG states must stay CPU tensors
         saved = ckpt.get("config") or {}
         for key in ("model_type", "classes_num", "sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax"):
             if key in saved and saved[key] != self.model_config[key]:
@@ -276,17 +299,21 @@ class Session:
                 logger.warning("%s was saved by %d processes, this run has %d: sampler/RNG state of rank 0 reused "
                                "(resume not exact)", path, len(per_rank), self.info.world_size)
             mine = {"sampler": ckpt.get("sampler")}
-        if mine.get("sampler") is not None:
+        sampler_state = mine.get("sampler")
+        if isinstance(sampler_state, dict) and "batches" not in sampler_state:
+            logger.warning("%s holds an official sampler state (a RandomState snapshot) that cannot be restored "
+                           "exactly; the sampler starts afresh", path)
+        elif sampler_state is not None:
             try:
-                self.train_sampler.load_state_dict(mine["sampler"])
-            except (KeyError, ValueError, TypeError, IndexError) as e:
-                raise CheckpointError(f"{path}: sampler state does not fit this data/sampler: {e}") from None
+                self.train_sampler.load_state_dict(sampler_state)
+            except (PannsError, KeyError, ValueError, TypeError) as e:
+                raise CheckpointError(f"{path}: its sampler state does not fit this run: {e}") from None
         if self.mixup is not None and mine.get("mixup") is not None:
             self.mixup.load_state_dict(mine["mixup"])
         if mine.get("rng") is not None:
             tl.set_rng_state(mine["rng"], self.info.device)
         self.statistics.load_state_dict(n)
-        self.iteration = int(ckpt["iteration"])
+        self.iteration = int(ckpt.get("iteration", n))
 
     # ------------------------------------------------------------------------------------ steps
     def next_batch(self) -> Tuple[Dict[str, Any], float]:
