@@ -129,9 +129,11 @@ def bench(args, batch_size: int, precision_name: str, device: torch.device) -> d
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_type", default="Cnn14", help="registry model (its default front end is used)")
-    p.add_argument("--batch_sizes", type=int, nargs="+", default=[4, 8], help="training examples per step")
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
-                   help="fp32 | bf16 | fp16, optionally +compile (e.g. bf16+compile)")
+    p.add_argument("--batch_sizes", type=int, nargs="+", default=None,
+                   help="training examples per step (default: 4 8 on CPU, 32 on GPU)")
+    p.add_argument("--precisions", nargs="+", default=None,
+                   help="fp32 | bf16 | fp16, optionally +compile (default: fp32 bf16 on CPU, "
+                        "fp32 bf16 bf16+compile on GPU)")
     p.add_argument("--clip_seconds", type=float, default=10.0, help="clip length")
     p.add_argument("--classes_num", type=int, default=527, help="output classes")
     p.add_argument("--no_mixup", dest="mixup", action="store_false", help="no mixup (loader batch = batch size)")
@@ -148,6 +150,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    if args.batch_sizes is None:
+        args.batch_sizes = [32] if device.type == "cuda" else [4, 8]
+    if args.precisions is None:
+        args.precisions = ["fp32", "bf16", "bf16+compile"] if device.type == "cuda" else ["fp32", "bf16"]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
