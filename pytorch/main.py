@@ -19,16 +19,14 @@ import argparse
 import logging
 import os
 import sys
-import time
 from typing import Any, Dict, Optional
 
 sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "utils"))
 sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from errors import PannsError, run_cli  # noqa: E402
+from errors import run_cli  # noqa: E402
 import train_lib as tl  # noqa: E402
 import train_session as session  # noqa: E402  (setup, evaluation, checkpointing around the loop)
 from train_lib import TrainConfig, train_step  # noqa: E402
