@@ -20,7 +20,7 @@ if [ "$QUICK" = "1" ]; then
 else
   CLIP_SECONDS=2; BAL=6; EVAL=3; UNBAL=4; ITERS=30; EVAL_EVERY=15; BATCH=8; FT_ITERS=20; FT_CLIPS=8
 fi
-MODEL="${DEMO_MODEL:-MobileNetV1}"
+MODEL="${DEMO_MODEL:-Cnn6}"
 SED_MODEL="${DEMO_SED_MODEL:-MobileNetV1_DecisionLevelMax}"
 DATASET_DIR="$OUT/dataset"
 WORKSPACE="$OUT/workspace"
@@ -33,7 +33,8 @@ rm -rf "$DATASET_DIR" "$WORKSPACE" "$OUT/results" "$OUT/finetune_data" "$OUT/fin
 
 step "1/9 Generate a small AudioSet-layout data set (10 synthetic sound classes, ${CLIP_SECONDS}-s clips)"
 "$PY" utils/make_demo_dataset.py --dataset_dir "$DATASET_DIR" --clip_seconds "$CLIP_SECONDS" \
-  --balanced_per_class "$BAL" --eval_per_class "$EVAL" --unbalanced_per_class "$UNBAL" --unbalanced_parts 2
+  --balanced_per_class "$BAL" --eval_per_class "$EVAL" --unbalanced_per_class "$UNBAL" --unbalanced_parts 2 \
+  --event_fraction 0.8 1.0
 
 step "2/9 Pack waveforms to HDF5 (utils/dataset.py pack_waveforms_to_hdf5)"
 pack() {  # csv audios_dir out.h5

@@ -20,6 +20,6 @@ def test_demo_quick_runs_every_stage(tmp_path):
     assert (out / "results" / "mAP.png").stat().st_size > 0
     assert (out / "results" / "example_clip.png").stat().st_size > 0
     with h5py.File(out / "embeddings.h5", "r") as f:
-        assert f["embedding"].shape == (10, 1024)  # 10 classes x 1 eval clip, MobileNetV1 embedding
+        assert f["embedding"].shape == (10, 512)  # 10 classes x 1 eval clip, Cnn6 embedding
     best = [p for p in (out / "finetune_ws").rglob("best.pth")]
     assert best, "fine-tune wrote no checkpoint"

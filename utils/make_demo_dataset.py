@@ -144,7 +144,8 @@ def write_segments_csv(path: str, rows: List[Tuple[str, float, float, List[str]]
 
 def make_demo_dataset(dataset_dir: str, classes_num: int = 10, clips_per_class: Dict[str, int] | None = None,
                       clip_seconds: float = 10.0, sample_rate: int = 32000, multi_label_fraction: float = 0.2,
-                      unbalanced_parts: int = 2, seed: int = 0) -> Dict[str, List[str]]:
+                      unbalanced_parts: int = 2, seed: int = 0,
+                      event_seconds: Tuple[float, float] = (0.3, 0.8)) -> Dict[str, List[str]]:
     """Write the data set; returns {split: [audio paths]}. Existing identical files are rewritten."""
     if not 1 <= classes_num <= len(CLASSES):
         raise ValueError(f"classes_num must be in 1..{len(CLASSES)}")
@@ -164,7 +165,7 @@ def make_demo_dataset(dataset_dir: str, classes_num: int = 10, clips_per_class: 
                 ytid = f"d{s_ix}{c:02d}{i:04d}xyzw"[:11]
                 start = float(rs.randint(0, 30))
                 rows.append((ytid, start, start + clip_seconds, [CLASSES[k][0] for k in ids]))
-                clips.append(synth_clip(rs, ids, clip_seconds, sample_rate))
+                clips.append(synth_clip(rs, ids, clip_seconds, sample_rate, event_seconds))
         written[split] = []
         if split == "unbalanced_train":
             write_segments_csv(os.path.join(meta, "unbalanced_train_segments.csv"), rows)
@@ -219,6 +220,8 @@ def main() -> None:
     p.add_argument("--sample_rate", type=int, default=32000, help="sample rate of the written wavs")
     p.add_argument("--multi_label_fraction", type=float, default=0.2, help="share of clips with a second class")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--event_fraction", type=float, nargs=2, default=(0.3, 0.8), metavar=("MIN", "MAX"),
+                   help="each event lasts this fraction of the clip (uniform between MIN and MAX)")
     p.add_argument("--class_folders_dir", default=None,
                    help="instead: write a single-label class-folder data set (<dir>/<label>/*.wav) for fine-tuning")
     p.add_argument("--folder_clips_per_class", type=int, default=10, help="clips per class with --class_folders_dir")
@@ -233,7 +236,8 @@ def main() -> None:
     out = make_demo_dataset(a.dataset_dir, a.classes_num,
                             {"balanced_train": a.balanced_per_class, "eval": a.eval_per_class,
                              "unbalanced_train": a.unbalanced_per_class},
-                            a.clip_seconds, a.sample_rate, a.multi_label_fraction, a.unbalanced_parts, a.seed)
+                            a.clip_seconds, a.sample_rate, a.multi_label_fraction, a.unbalanced_parts, a.seed,
+                            tuple(a.event_fraction))
     print(f"Wrote {sum(len(v) for v in out.values())} clips ({', '.join(f'{k}: {len(v)}' for k, v in out.items())}) "
           f"of {a.classes_num} classes to {a.dataset_dir}")
 
