@@ -28,14 +28,13 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(1, os.path.join(REPO, "utils"))
-sys.path.insert(1, os.path.join(REPO, "pytorch"))
+sys.path.insert(0, os.path.join(REPO, "pytorch"))  # the `panns` package in a checkout
 
 
 def make_clips(folder: str, n: int, seconds: float, sample_rate: int = 32000) -> list:
     import soundfile as sf
 
-    from make_demo_dataset import CLASSES, synth_clip
+    from panns.make_demo_dataset import CLASSES, synth_clip
 
     os.makedirs(folder, exist_ok=True)
     rs = np.random.RandomState(0)
@@ -52,7 +51,7 @@ def make_clips(folder: str, n: int, seconds: float, sample_rate: int = 32000) ->
 def make_checkpoint(path: str, model_type: str) -> None:
     import torch
 
-    import models
+    from panns import models
 
     if os.path.exists(path):
         return
@@ -66,7 +65,7 @@ def child_plain(files: list, checkpoint_path: str, model_type: str, out: str) ->
     import librosa
     import torch
 
-    import models
+    from panns import models
 
     spec = models.get_model_spec(model_type)
     model = spec.cls(**spec.frontend(), classes_num=527)
@@ -133,7 +132,7 @@ def main() -> None:
         cmd.append(f"--num_workers={args.num_workers}")
     t_ext = timed(cmd)
 
-    from extract import read_features
+    from panns.extract import read_features
 
     feats = read_features(h5)
     row = {n: i for i, n in enumerate(feats.audio_names)}

@@ -20,12 +20,12 @@ import h5py
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "utils"))
+sys.path.insert(0, os.path.join(ROOT, "pytorch"))  # the `panns` package in a checkout
 
 import torch  # noqa: E402
 
-from create_indexes import create_indexes  # noqa: E402
-from data_generator import AudioSetDataset, BalancedTrainSampler, collate_fn, worker_init_fn  # noqa: E402
+from panns.create_indexes import create_indexes
+from panns.data_generator import AudioSetDataset, BalancedTrainSampler, collate_fn, worker_init_fn
 
 SR = 32000
 CLIP = SR * 10

@@ -21,11 +21,11 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "pytorch"), os.path.join(ROOT, "utils")]
+sys.path.insert(0, os.path.join(ROOT, "pytorch"))  # the `panns` package in a checkout
 
-import models  # noqa: E402
-import precision  # noqa: E402
-from pytorch_utils import count_parameters  # noqa: E402
+from panns import models
+from panns import amp
+from panns.pytorch_utils import count_parameters
 
 CNN14_GFLOP = 42.22   # per 10-s clip, official counter (spec 7.13)
 
@@ -51,7 +51,7 @@ def matmul_gflops(dtype, device, n=2048, repeats=3):
 
 
 def timed_forward(model, x, precision_name, device):
-    with torch.no_grad(), precision.autocast(precision_name, device):
+    with torch.no_grad(), amp.autocast(precision_name, device):
         t = time.perf_counter()
         model(x)
         _sync(device)
@@ -72,12 +72,12 @@ def main():
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     batches = args.batches or ([1, 8, 32] if args.full else [1, 8])
-    fast_bf16 = device.type == "cuda" or precision.cpu_has_fast_bf16()
+    fast_bf16 = device.type == "cuda" or amp.cpu_has_fast_bf16()
 
     torch.manual_seed(0)
     model = models.create_model("Cnn14").to(device).eval()
     channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    folded = precision.fold_bn(model).to(memory_format=torch.channels_last)
+    folded = amp.fold_bn(model).to(memory_format=torch.channels_last)
 
     # Emulated bf16 matmul is ~100x slower than fp32 on AVX2-only CPUs: time a smaller one there.
     n_bf16 = 2048 if fast_bf16 else 512

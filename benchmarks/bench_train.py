@@ -25,22 +25,22 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(REPO, "pytorch"), os.path.join(REPO, "utils")]
+sys.path.insert(0, os.path.join(REPO, "pytorch"))  # the `panns` package in a checkout
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import models  # noqa: E402
-import train_lib as tl  # noqa: E402
-from losses import clip_bce  # noqa: E402
-from utilities import Mixup  # noqa: E402
+from panns import models
+from panns import train_lib as tl
+from panns.losses import clip_bce
+from panns.utilities import Mixup
 
 
 def make_loader_workspace(root: str, clips: int, clip_samples: int, sample_rate: int, classes_num: int) -> str:
     """A waveform HDF5 of noise clips with random labels and its index; returns the index path."""
     import h5py
 
-    from create_indexes import create_indexes
+    from panns.create_indexes import create_indexes
 
     rs = np.random.RandomState(0)
     wav = os.path.join(root, "waveforms.h5")
@@ -73,7 +73,7 @@ def bench(args, batch_size: int, precision_name: str, device: torch.device) -> d
     if args.loader:
         from torch.utils.data import DataLoader
 
-        import data_generator as dg
+        from panns import data_generator as dg
 
         tmp = tempfile.TemporaryDirectory()
         index = make_loader_workspace(tmp.name, max(4 * clips, 64), clip_samples, spec.sample_rate, args.classes_num)

@@ -18,9 +18,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-import models
-from errors import CheckpointError
-from utilities import atomic_path
+from panns import models
+from panns.errors import CheckpointError
+from panns.utilities import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ Statistics follow the official pickle (``{'bal': [stat, ...], 'test': [stat, ...
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
@@ -27,7 +26,8 @@ import torch
 import torch.distributed as dist
 from sklearn import metrics
 
-from utilities import atomic_path, create_folder
+from panns import amp
+from panns.utilities import atomic_path, create_folder
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +85,6 @@ def summarize(stat: Dict[str, object]) -> Dict[str, object]:
     return out
 
 
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    import precision as prec  # pytorch/precision.py (models helper)
-
-    return prec.autocast(precision, device)
 
 
 @torch.no_grad()
@@ -110,7 +104,7 @@ def forward(model: torch.nn.Module, loader: Iterable[dict], precision: str = "fp
     try:
         for batch in loader:
             waveform = torch.as_tensor(batch["waveform"], dtype=torch.float32).to(device, non_blocking=True)
-            with _autocast(precision, device):
+            with amp.autocast(precision, device):
                 out = model(waveform)
             outputs.append(out["clipwise_output"].float().cpu().numpy())
             names.append(np.asarray(batch["audio_name"]))

@@ -2,7 +2,7 @@
 
 Python API (also used by the fine-tuning linear probe)::
 
-    from extract import Extractor
+    from panns.extract import Extractor
     ex = Extractor.from_checkpoint("Cnn14_mAP=0.431.pth", model_type="Cnn14")   # or Extractor(model, config)
     feats = ex.embed_files(["a.wav", "b.mp3"])          # FeatureSet, rows in input order
     feats.embedding        # (N, D) float32     feats.clipwise_output  # (N, classes) float32 probabilities
@@ -44,11 +44,11 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../utils"))
 
-import audio_io  # noqa: E402
-from errors import PannsError  # noqa: E402
-from utilities import atomic_path  # noqa: E402
+from panns import amp
+from panns import audio_io
+from panns.errors import PannsError
+from panns.utilities import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def model_min_samples(config, model: Optional[torch.nn.Module] = None) -> int:
     ms = getattr(model, "min_samples", None) if model is not None else None
     if isinstance(ms, int):
         return ms
-    import models
+    from panns import models
 
     for name in (getattr(config, "model_type", None), getattr(config, "base_model_type", None)):
         if not name:
@@ -176,17 +176,14 @@ class Extractor:
     def __init__(self, model: torch.nn.Module, config, precision: str = "auto", device: str | torch.device = "cpu",
                  batch_size: int = 8, num_workers: Optional[int] = None, segment_seconds: Optional[float] = None,
                  progress: bool = True, compute_threads: Optional[int] = None, optimize: bool = True):
-        import precision as precision_mod
-
         self.device = torch.device(device)
-        self.precision = precision_mod.resolve_precision(precision, self.device)
-        self._autocast = precision_mod.autocast
+        self.precision = amp.resolve_precision(precision, self.device)
         model = model.to(self.device).eval()
         self.config = config
         self.min_samples = model_min_samples(config, model)
         self.sample_rate = int(config.sample_rate)
         self.fingerprint = weights_fingerprint(model)   # of the weights as given, before folding
-        self.model = precision_mod.prepare_for_inference(model, self.precision, self.device) or model
+        self.model = amp.prepare_for_inference(model, self.precision, self.device) or model
         if optimize:
             self.model = self._optimized(self.model)
         self.model.eval()
@@ -205,16 +202,15 @@ class Extractor:
         """Inference copy with BatchNorm folded into the convolutions and, on CPU in fp32,
         channels_last (oneDNN's faster layout for batched 2-D convolutions here). Checked on a
         probe clip; falls back to the model as given if the outputs differ."""
-        import precision as precision_mod
 
         try:
-            fast = precision_mod.fold_bn(model)
+            fast = amp.fold_bn(model)
             if self.device.type == "cpu" and self.precision == "fp32":
                 fast = fast.to(memory_format=torch.channels_last)
             rs = np.random.RandomState(0)
             probe = torch.from_numpy((0.1 * rs.randn(1, max(self.min_samples, self.sample_rate // 4)))
                                      .astype(np.float32)).to(self.device)
-            with torch.inference_mode(), self._autocast(self.precision, self.device):
+            with torch.inference_mode(), amp.autocast(self.precision, self.device):
                 a, b = model(probe), fast(probe)
             key = "embedding" if "embedding" in a else "clipwise_output"
             ref = a[key].float()
@@ -231,12 +227,12 @@ class Extractor:
     def from_checkpoint(cls, checkpoint_path: Optional[str] = None, model_type: Optional[str] = None,
                         frontend: Optional[dict] = None, **kwargs) -> "Extractor":
         """Load a checkpoint (ours or official; None: the cached official file of ``model_type``)."""
-        import checkpoint
+        from panns import checkpoint
 
         if checkpoint_path is None:
             if model_type is None:
                 raise PannsError("give a checkpoint path or a model type")
-            import pretrained
+            from panns import pretrained
 
             checkpoint_path = pretrained.get_checkpoint(model_type)
         device = kwargs.get("device", "cpu")
@@ -252,7 +248,7 @@ class Extractor:
     # -- model ------------------------------------------------------------------------------
     def forward(self, batch: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
         """(B, samples) float32 -> (embedding (B, D), clipwise probabilities (B, classes)) float32."""
-        with torch.inference_mode(), self._autocast(self.precision, self.device):
+        with torch.inference_mode(), amp.autocast(self.precision, self.device):
             out = self.model(batch.to(self.device, non_blocking=True))
         if "embedding" not in out:
             raise PannsError(f"{self.config.model_type} outputs no embedding (decision-level SED models have none); "
@@ -576,7 +572,7 @@ def _embedding_dim(extractor: Extractor) -> int:
     dim = getattr(extractor.config, "embedding_dim", None)
     if dim:
         return int(dim)
-    import models
+    from panns import models
 
     try:
         spec = models.get_model_spec(extractor.config.model_type)

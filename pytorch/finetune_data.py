@@ -42,9 +42,9 @@ import h5py
 import numpy as np
 import torch
 
-from audio_io import AUDIO_EXTENSIONS, is_audio_file, load_audio
-from errors import AudioDecodeError, PannsError
-from utilities import atomic_path, float32_to_int16, int16_to_float32
+from panns.audio_io import AUDIO_EXTENSIONS, is_audio_file, load_audio
+from panns.errors import AudioDecodeError, PannsError
+from panns.utilities import atomic_path, float32_to_int16, int16_to_float32
 
 logger = logging.getLogger(__name__)
 

@@ -44,16 +44,15 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
-sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../utils"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import finetune_data as fd  # noqa: E402
-import models  # noqa: E402
-from errors import CheckpointError, PannsError, run_cli  # noqa: E402
-from models import Transfer_Cnn14, make_transfer_model  # noqa: E402,F401  (official name, re-exported)
-from utilities import atomic_path, create_folder, create_logging  # noqa: E402
+import numpy as np
+import torch
+from panns import amp
+from panns import finetune_data as fd
+from panns import models
+from panns.errors import CheckpointError, PannsError, run_cli
+from panns.models import Transfer_Cnn14, make_transfer_model  # noqa: F401  (official name, re-exported)
+from panns.utilities import atomic_path, create_folder, create_logging
 
 logger = logging.getLogger("finetune")
 
@@ -72,7 +71,7 @@ def clip_nll(output_dict: Dict[str, torch.Tensor], target_dict: Dict[str, torch.
 
 
 def clip_bce(output_dict: Dict[str, torch.Tensor], target_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
-    from losses import clip_bce as official_clip_bce  # fp32, autocast-safe
+    from panns.losses import clip_bce as official_clip_bce  # fp32, autocast-safe
 
     return official_clip_bce(output_dict, target_dict)
 
@@ -97,7 +96,7 @@ def _transfer_forward(self, input, mixup_lambda=None):
             output_dict = self.base(input)
         embedding = output_dict["embedding"]
         if self.training and mixup_lambda is not None:
-            from pytorch_utils import do_mixup
+            from panns.pytorch_utils import do_mixup
 
             embedding = do_mixup(embedding, mixup_lambda)
     else:
@@ -159,7 +158,7 @@ def read_pretrained(path: str, base_name: str, cli_frontend: dict) -> Tuple[dict
     Returns (base state_dict, resolved front end, saved config or None). Front-end flags that
     contradict the checkpoint's saved config are an error; for official files they override registry defaults.
     """
-    import checkpoint as ckpt_lib
+    from panns import checkpoint as ckpt_lib
 
     ckpt = ckpt_lib.load_checkpoint(path)
     sd = ckpt_lib.strip_prefixes(ckpt_lib.model_state_dict(ckpt, path))
@@ -200,7 +199,7 @@ def load_base_strict(model: torch.nn.Module, sd: dict, path: str, base_name: str
     size. The transfer model never uses that head (it reads the embedding), so it is not loaded and the
     transfer model keeps the registry's 527-class head: a standard Transfer_<Base> that inference rebuilds.
     """
-    import checkpoint as ckpt_lib
+    from panns import checkpoint as ckpt_lib
 
     mel = "logmel_extractor.melW"
     own = model.base.state_dict()
@@ -222,7 +221,7 @@ def load_base_strict(model: torch.nn.Module, sd: dict, path: str, base_name: str
 
 def model_config(base_name: str, frontend: dict, labels: List[str], output: str, **extra) -> dict:
     """The checkpoint 'config' entry: checkpoint.ModelConfig of the fine-tuned model plus extra keys."""
-    import checkpoint as ckpt_lib
+    from panns import checkpoint as ckpt_lib
 
     cfg = ckpt_lib.ModelConfig(model_type=f"Transfer_{base_name}", **frontend, classes_num=len(labels),
                                labels=list(labels), ids=None, base_model_type=base_name, output=output)
@@ -235,13 +234,12 @@ def model_config(base_name: str, frontend: dict, labels: List[str], output: str,
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader, device: torch.device, precision: str, output: str) -> Tuple[np.ndarray, np.ndarray]:
     """Probabilities (N, C) and targets (N, C) over a loader (eval mode; exp of log-softmax outputs)."""
-    import precision as precision_mod
 
     model.eval()
     probs, targets = [], []
     for batch in loader:
         x = torch.from_numpy(batch["waveform"]).to(device)
-        with precision_mod.autocast(precision, device):
+        with amp.autocast(precision, device):
             out = model(x)["clipwise_output"].float()
         probs.append((out.exp() if output == "log_softmax" else out).cpu().numpy())
         targets.append(batch["target"])
@@ -347,7 +345,7 @@ def select_device(cuda: bool) -> torch.device:
 
 
 def _run_record(args, extra: dict) -> dict:
-    from train_lib import git_commit, versions
+    from panns.train_lib import git_commit, versions
 
     return {"args": vars(args), **extra, "versions": versions(), "git_commit": git_commit(), "argv": sys.argv,
             "started": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -359,9 +357,9 @@ def _run_record(args, extra: dict) -> dict:
 def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.ClipCache, clip_samples: int,
               device: torch.device, precision: str, loss: str, config: dict, run_dir: str) -> dict:
     """Train ``model`` for ``args.iterations`` steps, evaluating every ``args.eval_every``; returns the best score."""
-    import checkpoint as ckpt_lib
-    import train_lib as tl
-    from utilities import Mixup
+    from panns import checkpoint as ckpt_lib
+    from panns import train_lib as tl
+    from panns.utilities import Mixup
 
     mixup = args.augmentation == "mixup"
     per_step = args.batch_size * (2 if mixup else 1)  # as the official main.py: the loader yields 2B with mixup
@@ -457,9 +455,9 @@ def linear_probe(args, base: torch.nn.Module, base_name: str, frontend: dict,
                  data: fd.LabelledData, cache: fd.ClipCache, clip_samples: int, device: torch.device,
                  cache_dir: str, run_dir: str) -> dict:
     """Fit LogisticRegression on frozen base embeddings; same report as fine-tuning; probe saved with joblib."""
-    import checkpoint as ckpt_lib
+    from panns import checkpoint as ckpt_lib
     import joblib
-    from extract import Extractor, weights_fingerprint
+    from panns.extract import Extractor, weights_fingerprint
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import make_pipeline
@@ -536,9 +534,8 @@ def train(args) -> Optional[dict]:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed % 2**32)
     device = select_device(args.cuda)
-    import precision as precision_mod
 
-    precision = precision_mod.resolve_precision(args.precision, device)
+    precision = amp.resolve_precision(args.precision, device)
 
     # Model (official order: build, load pretrained, report device).
     sd = None
@@ -569,7 +566,7 @@ def train(args) -> Optional[dict]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     config = model_config(base_name, frontend, data.labels, output, clip_seconds=clip_samples / frontend["sample_rate"],
                           pretrained_checkpoint_path=args.pretrained_checkpoint_path, freeze_base=args.freeze_base)
-    from train_lib import write_json
+    from panns.train_lib import write_json
 
     write_json(os.path.join(run_dir, "run.json"), _run_record(args, {
         "data": data.source, "labels": data.labels, "train_clips": len(data.train), "eval_clips": len(data.eval),

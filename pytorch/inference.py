@@ -35,15 +35,14 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../utils"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import audio_io  # noqa: E402
-import config  # noqa: E402
-from errors import AudioDecodeError, PannsError, run_cli  # noqa: E402
-from utilities import atomic_path, create_folder, get_filename  # noqa: E402
+import numpy as np
+import torch
+from panns import amp
+from panns import audio_io
+from panns import config
+from panns.errors import AudioDecodeError, PannsError, run_cli
+from panns.utilities import atomic_path, create_folder, get_filename
 
 logger = logging.getLogger("inference")
 
@@ -139,7 +138,7 @@ def frontend_from_args(args) -> Optional[dict]:
 
 
 def model_spec(cfg):
-    import models
+    from panns import models
 
     for name in (cfg.model_type, getattr(cfg, "base_model_type", None)):
         if name:
@@ -152,21 +151,20 @@ def model_spec(cfg):
 
 def load_for_inference(args, device: torch.device, precision: str) -> Loaded:
     """checkpoint (given, or the cached official file of --model_type) -> model ready to run."""
-    import checkpoint
-    import precision as precision_mod
-    from extract import model_min_samples
+    from panns import checkpoint
+    from panns.extract import model_min_samples
 
     ckpt = args.checkpoint_path
     if ckpt is None:
         if not args.model_type:
             raise PannsError("give --checkpoint_path, or --model_type to use its official pretrained checkpoint")
-        import pretrained
+        from panns import pretrained
 
         ckpt = pretrained.get_checkpoint(args.model_type)
     model, cfg = checkpoint.load_model(ckpt, model_type=args.model_type, frontend=frontend_from_args(args),
                                        device=str(device))
-    prec = precision_mod.resolve_precision(precision, device)
-    model = precision_mod.prepare_for_inference(model, prec, device) or model
+    prec = amp.resolve_precision(precision, device)
+    model = amp.prepare_for_inference(model, prec, device) or model
     model.eval()
     return Loaded(model, cfg, model_spec(cfg), device, prec, ckpt, model_min_samples(cfg, model))
 
@@ -210,11 +208,10 @@ class ClipResult:
 
 
 def _forward(ld: Loaded, batch: np.ndarray) -> dict:
-    import precision as precision_mod
-    from extract import to_probabilities
+    from panns.extract import to_probabilities
 
     x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(ld.device)
-    with torch.inference_mode(), precision_mod.autocast(ld.precision, ld.device):
+    with torch.inference_mode(), amp.autocast(ld.precision, ld.device):
         out = ld.model(x)
     res = {k: v.float().cpu().numpy() for k, v in out.items() if isinstance(v, torch.Tensor)}
     res["clipwise_output"] = to_probabilities(res["clipwise_output"], ld.config)
@@ -230,7 +227,7 @@ def run_clip(ld: Loaded, waveform: np.ndarray, audio_path: str = "", segment_sec
 
     Windowed: clipwise output and embedding are the max/mean over windows; framewise output is
     stitched back on the model's frame grid (overlaps max/mean-combined)."""
-    from extract import pad_to_min
+    from panns.extract import pad_to_min
 
     sr, hop_size = ld.config.sample_rate, ld.config.hop_size
     n = len(waveform)
@@ -442,7 +439,7 @@ def _tag_files(args, sed: bool) -> int:
     device = select_device(args.cuda)
     ld = load_for_inference(args, device, args.precision)
     if sed and not getattr(ld.spec, "is_sed", False):
-        import models
+        from panns import models
 
         sed_names = [n for n in models.model_names() if getattr(models.get_model_spec(n), "is_sed", False)]
         raise PannsError(f"{ld.config.model_type} is a clip-level model without framewise output; sound event "
@@ -511,7 +508,7 @@ def sound_event_detection(args) -> int:
 
 
 def extract_embeddings(args) -> int:
-    from extract import Extractor, extract_to_hdf5, init_distributed
+    from panns.extract import Extractor, extract_to_hdf5, init_distributed
 
     rank, world, barrier, cleanup = init_distributed()
     if rank > 0:

@@ -11,7 +11,7 @@ from typing import Callable, Dict
 import torch
 import torch.nn.functional as F
 
-from errors import PannsError
+from panns.errors import PannsError
 
 LossFunc = Callable[[Dict[str, torch.Tensor], Dict[str, torch.Tensor]], torch.Tensor]
 

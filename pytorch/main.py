@@ -17,19 +17,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sys
 from typing import Any, Dict, Optional
 
-sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "utils"))
-sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
-
-from errors import run_cli  # noqa: E402
-import train_lib as tl  # noqa: E402
-import train_session as session  # noqa: E402  (setup, evaluation, checkpointing around the loop)
-from train_lib import TrainConfig, train_step  # noqa: E402
+import torch
+from panns.errors import run_cli
+from panns import train_lib as tl
+from panns import train_session as session  # (setup, evaluation, checkpointing around the loop)
+from panns.train_lib import TrainConfig, train_step
 
 logger = logging.getLogger("main")
 

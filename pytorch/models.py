@@ -26,13 +26,9 @@ import torch.nn.functional as F
 from torchlibrosa.augmentation import SpecAugmentation
 from torchlibrosa.stft import LogmelFilterBank, Spectrogram
 
-from pytorch_utils import do_mixup, interpolate, pad_framewise_output
+from panns.pytorch_utils import do_mixup, interpolate, pad_framewise_output
 
-try:  # utils/ is on sys.path for entry scripts and tests; keep models importable without it
-    from errors import PannsError
-except ImportError:  # pragma: no cover
-    class PannsError(Exception):
-        pass
+from panns.errors import PannsError
 
 
 def init_layer(layer: nn.Module) -> None:
@@ -848,7 +844,7 @@ class _Transfer(nn.Module):
 
     def load_from_pretrain(self, pretrained_checkpoint_path: str) -> None:
         """Load an AudioSet checkpoint ({'model': state_dict}) into ``base`` (strict)."""
-        import checkpoint as ckpt_lib   # late import: checkpoint imports this module
+        from panns import checkpoint as ckpt_lib   # late import: checkpoint imports this module
         ckpt = ckpt_lib.load_checkpoint(pretrained_checkpoint_path)
         sd = ckpt_lib.strip_prefixes(ckpt_lib.model_state_dict(ckpt, pretrained_checkpoint_path))
         ckpt_lib.check_state_dict(self.base, sd, pretrained_checkpoint_path, self.base_type)

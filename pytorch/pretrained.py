@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import urllib.parse
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../utils"))
 
-from errors import CheckpointError, PannsError, run_cli  # noqa: E402
+from panns.errors import CheckpointError, PannsError, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +126,7 @@ def cached_path(name: str, cache: Optional[str] = None) -> str:
 
 def validate_checkpoint(path: str, model_type: str) -> None:
     """Load ``path`` into a fresh ``model_type`` model (strict); CheckpointError if it does not fit."""
-    import checkpoint
+    from panns import checkpoint
 
     checkpoint.load_model(path, model_type=model_type)
 
@@ -148,8 +146,8 @@ def get_checkpoint(name: str, cache: Optional[str] = None, download: bool = True
             f"set PANNS_CACHE to use another cache folder)")
     if not download:
         raise CheckpointError(f"checkpoint {entry.filename} is not in the cache; {hint}")
-    from download import DownloadError
-    from download import download as http_download
+    from panns.download import DownloadError
+    from panns.download import download as http_download
 
     logger.info("downloading %s (%s, published mAP %.3f) to %s", entry.filename, entry.model_type, entry.mAP, path)
     try:

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from errors import PannsError
-from utilities import atomic_path, create_folder
+from panns import amp
+from panns.errors import PannsError
+from panns.utilities import atomic_path, create_folder
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ def train_step(model: torch.nn.Module, batch: Dict[str, Any], optimizer: torch.o
     """
     waveform, target = batch["waveform"], batch["target"]
     model.train()
-    with _autocast(precision, waveform.device):
+    with amp.autocast(precision, waveform.device):
         output = model(waveform, mixup_lambda)
     if mixup_lambda is not None:
         target = mix_targets(target, mixup_lambda)
@@ -282,14 +283,6 @@ def train_step(model: torch.nn.Module, batch: Dict[str, Any], optimizer: torch.o
     return stats
 
 
-def _autocast(precision: str, device: torch.device):
-    import contextlib
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    import precision as prec  # pytorch/precision.py
-
-    return prec.autocast(precision, device)
 
 
 # -------------------------------------------------------------------------------- resumable state

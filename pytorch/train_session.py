@@ -16,12 +16,13 @@ import h5py
 import numpy as np
 import torch
 
-import config
-import train_lib as tl
-from errors import CheckpointError, PannsError
-from train_lib import DistInfo, TrainConfig
-from pytorch_utils import count_parameters
-from utilities import Mixup, create_folder, create_logging
+from panns import amp
+from panns import config
+from panns import train_lib as tl
+from panns.errors import CheckpointError, PannsError
+from panns.train_lib import DistInfo, TrainConfig
+from panns.pytorch_utils import count_parameters
+from panns.utilities import Mixup, create_folder, create_logging
 
 logger = logging.getLogger("main")
 
@@ -43,7 +44,7 @@ class DataInfo:
 
 def _waveform_files(indexes_path: str) -> List[str]:
     """The waveform HDF5 files an index file points to (resolved paths)."""
-    from create_indexes import read_index
+    from panns.create_indexes import read_index
 
     table = read_index(indexes_path)
     if len(table) == 0:
@@ -80,7 +81,7 @@ def check_inputs(cfg: TrainConfig) -> DataInfo:
     """Fail with one line, before any work, on inputs that cannot train: label CSV, model name, index
     files (which script makes them), their class count, the waveform files they name, clip lengths."""
     labels = config.read_class_labels(cfg.class_labels_csv)
-    import models
+    from panns import models
 
     models.get_model_spec(cfg.model_type)  # unknown names list the valid ones
     names = (cfg.data_type, "balanced_train", "eval")
@@ -113,7 +114,7 @@ def check_resampling(file_sr: int, sample_rate: int, path: str, fmax: int) -> No
 
 def build_model(cfg: TrainConfig, classes_num: int, clip_samples: int, eval_clip_samples: int) -> torch.nn.Module:
     """The model for ``cfg`` with a clear error for front ends or clip lengths it cannot take."""
-    import models
+    from panns import models
 
     try:
         model = models.create_model(cfg.model_type, classes_num=classes_num, **cfg.frontend)
@@ -161,12 +162,11 @@ class Session:
         self.batch_per_rank = cfg.batch_size // info.world_size
         if cfg.resume_iteration > 0:
             self._resume_path(cfg.resume_iteration)  # fail before any work when it is missing
-        import precision as prec
 
-        self.precision = prec.resolve_precision(cfg.precision, info.device)
+        self.precision = amp.resolve_precision(cfg.precision, info.device)
         tl.seed_everything(cfg.seed)  # same initial weights on every rank
         raw = build_model(cfg, data.labels.classes_num, data.clip_samples, data.eval_clip_samples)
-        from losses import get_loss_func
+        from panns.losses import get_loss_func
 
         self.loss_func = get_loss_func(cfg.loss_type)
         self._setup_logging()
@@ -194,7 +194,7 @@ class Session:
         self.mixup = Mixup(mixup_alpha=cfg.mixup_alpha, random_seed=cfg.seed + info.rank) \
             if cfg.augmentation == "mixup" else None
         self._setup_data()
-        from evaluate import Evaluator, StatisticsContainer
+        from panns.evaluate import Evaluator, StatisticsContainer
 
         self.evaluator = Evaluator(raw, precision=self.precision)
         self.statistics = StatisticsContainer(cfg.statistics_path)
@@ -218,7 +218,7 @@ class Session:
             logging.getLogger().setLevel(logging.WARNING)
 
     def _model_config(self) -> Dict[str, Any]:
-        import checkpoint
+        from panns import checkpoint
 
         mc = checkpoint.ModelConfig.from_registry(self.cfg.model_type, classes_num=self.labels.classes_num,
                                                   **self.cfg.frontend)
@@ -226,7 +226,7 @@ class Session:
         return mc.to_dict()
 
     def _setup_data(self) -> None:
-        import data_generator as dg
+        from panns import data_generator as dg
         from torch.utils.data import DataLoader
 
         cfg, info = self.cfg, self.info
@@ -269,7 +269,7 @@ class Session:
         return path
 
     def _resume(self, n: int) -> None:
-        import checkpoint
+        from panns import checkpoint
 
         path = self._resume_path(n)
         logger.info("Loading checkpoint %s", path)
@@ -356,7 +356,7 @@ class Session:
 
     def save(self, iteration: int) -> None:
         """Checkpoint (rank 0 writes; every rank contributes its sampler/RNG/Mixup state)."""
-        import checkpoint
+        from panns import checkpoint
 
         mine = {"sampler": self.train_sampler.state_dict(), "rng": tl.rng_state(self.info.device),
                 "mixup": self.mixup.state_dict() if self.mixup is not None else None}

@@ -1,16 +1,10 @@
-"""Shared pytest setup: entry-script style imports (pytorch/, utils/ on sys.path) and small fixtures."""
+"""Shared pytest setup and small fixtures (pytest.ini puts pytorch/ on the path, so `panns` imports)."""
 import os
-import sys
 
 import pytest
+import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for sub in ("pytorch", "utils"):
-    p = os.path.join(REPO, sub)
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
-import torch  # noqa: E402
 
 torch.set_num_threads(2)
 

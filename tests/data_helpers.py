@@ -38,7 +38,7 @@ def make_dataset(root: str, extras: bool = True, multi_label_fraction: float = 0
                  per_class: Dict[str, int] | None = None) -> dict:
     """Demo data set (1-s clips) plus, in balanced_train, extras: a missing clip, a corrupt file, a 44.1 kHz
     wav, a stereo flac, a too-long and a too-short 32 kHz wav, and a hot (out of range) float wav."""
-    from make_demo_dataset import CLASSES, make_demo_dataset
+    from panns.make_demo_dataset import CLASSES, make_demo_dataset
 
     per_class = per_class or {"balanced_train": 3, "eval": 2, "unbalanced_train": 3}
     make_demo_dataset(root, classes_num=classes_num, clips_per_class=per_class, clip_seconds=CLIP_SECONDS,
@@ -76,8 +76,8 @@ def make_dataset(root: str, extras: bool = True, multi_label_fraction: float = 0
 
 def build_workspace(dataset: dict, ws: str) -> dict:
     """Pack eval, balanced_train and the unbalanced parts; index them and combine full_train."""
-    import create_indexes
-    import dataset as ds
+    from panns import create_indexes
+    from panns import dataset as ds
 
     root = dataset["root"]
     wav_dir = os.path.join(ws, "hdf5s", "waveforms")

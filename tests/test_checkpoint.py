@@ -11,9 +11,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
 from model_helpers import quick_fill, single_thread, skip_weight_init  # noqa: E402
 
-import checkpoint as ck  # noqa: E402
-import models  # noqa: E402
-from errors import CheckpointError  # noqa: E402
+from panns import checkpoint as ck
+from panns import models
+from panns.errors import CheckpointError
 
 FE16 = dict(sample_rate=16000, window_size=512, hop_size=160, mel_bins=64, fmin=50, fmax=8000)
 

@@ -11,8 +11,8 @@ import pytest
 
 from data_helpers import CLIP_SECONDS, SR, append_segment, make_dataset, official_pack_row
 
-import dataset as ds
-from errors import PannsError
+from panns import dataset as ds
+from panns.errors import PannsError
 
 CLIP = int(SR * CLIP_SECONDS)
 

@@ -15,9 +15,9 @@ def _free_port() -> int:
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
-    from checkpoint import load_checkpoint
-    from data_generator import TrainSampler
-    from train_lib import TrainConfig
+    from panns.checkpoint import load_checkpoint
+    from panns.data_generator import TrainSampler
+    from panns.train_lib import TrainConfig
 
     ws, labels = make_workspace(str(tmp_path), classes_num=3, train_per_class=3, eval_per_class=1)
     args = dict(workspace=ws, model_type="Cnn6", data_type="balanced_train", balanced="none", augmentation="mixup",

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import dataset as ds
-from errors import PannsError
+from panns import dataset as ds
+from panns.errors import PannsError
 
 SRC_SR = 44100
 TONES = (440.0, 880.0, 1760.0)  # one tone per second, so the cut segment can be identified
@@ -150,7 +150,7 @@ def test_scripts_1_2_3_end_to_end(tmp_path, repo_root):
 
     import h5py
 
-    from make_demo_dataset import make_demo_dataset
+    from panns.make_demo_dataset import make_demo_dataset
 
     src = tmp_path / "src"
     made = make_demo_dataset(str(src), classes_num=2, clip_seconds=1.0, unbalanced_parts=1,

@@ -11,13 +11,13 @@ import pytest
 import torch
 from sklearn import metrics
 
-from errors import PannsError
+from panns.errors import PannsError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_metrics_skip_undefined_classes_without_warnings():
-    from evaluate import compute_metrics
+    from panns.evaluate import compute_metrics
 
     rs = np.random.RandomState(0)
     target = np.zeros((12, 5), np.float32)
@@ -40,7 +40,7 @@ def test_metrics_skip_undefined_classes_without_warnings():
 
 
 def test_perfect_scores_give_finite_d_prime():
-    from evaluate import compute_metrics, d_prime
+    from panns.evaluate import compute_metrics, d_prime
 
     target = np.eye(4, dtype=np.float32)
     r = compute_metrics(target, target * 0.9 + 0.05)
@@ -64,7 +64,7 @@ class _Fixed(torch.nn.Module):
 
 
 def test_evaluator_over_batches_matches_metrics():
-    from evaluate import Evaluator, compute_metrics
+    from panns.evaluate import Evaluator, compute_metrics
 
     rs = np.random.RandomState(1)
     n, c = 10, 3
@@ -82,7 +82,7 @@ def test_evaluator_over_batches_matches_metrics():
 
 
 def test_statistics_container_files_and_truncation(tmp_path):
-    from evaluate import StatisticsContainer, compute_metrics
+    from panns.evaluate import StatisticsContainer, compute_metrics
 
     path = str(tmp_path / "stats" / "statistics.pkl")
     sc = StatisticsContainer(path)
@@ -108,7 +108,7 @@ def test_statistics_container_files_and_truncation(tmp_path):
 
 
 def test_clip_bce_under_autocast_matches_fp32():
-    from losses import clip_bce, get_loss_func
+    from panns.losses import clip_bce, get_loss_func
 
     out = torch.rand(4, 6) * 0.98 + 0.01
     tgt = (torch.rand(4, 6) > 0.5).float()
@@ -131,7 +131,7 @@ def _write_stats(path, maps):
 
 
 def test_plot_runs_and_official_plot_command(tmp_path):
-    from plot_statistics import load_curves, plot_runs
+    from panns.plot_statistics import load_curves, plot_runs
 
     ws = tmp_path / "ws"
     a = str(ws / "statistics" / "main" / "feat" / "Cnn14" / "balanced=balanced" / "statistics.pkl")

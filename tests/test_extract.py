@@ -10,11 +10,11 @@ import pytest
 import soundfile as sf
 import torch
 
-import audio_io
-import checkpoint
-import extract
-import inference
-import models
+from panns import audio_io
+from panns import checkpoint
+from panns import extract
+from panns import inference
+from panns import models
 
 SR = 32000
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,8 +107,8 @@ def test_killed_run_leaves_valid_file_and_resumes(setup, tmp_path):
     out = str(tmp_path / "crash.h5")
     script = textwrap.dedent(f"""
         import os, signal, sys
-        sys.path[:0] = [{os.path.join(REPO, 'pytorch')!r}, {os.path.join(REPO, 'utils')!r}]
-        import extract
+        sys.path[:0] = [{os.path.join(REPO, 'pytorch')!r}]
+        from panns import extract
         orig = extract.FeatureWriter.append
         calls = []
         def append(self, *a, **k):

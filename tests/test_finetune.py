@@ -18,12 +18,12 @@ import pytest
 import soundfile as sf
 import torch
 
-import checkpoint
-import finetune_data as fd
-import finetune_template as ft
-import models
-from errors import PannsError, run_cli
-from make_demo_dataset import CLASSES, synth_clip
+from panns import checkpoint
+from panns import finetune_data as fd
+from panns import finetune_template as ft
+from panns import models
+from panns.errors import PannsError, run_cli
+from panns.make_demo_dataset import CLASSES, synth_clip
 
 SR = 16000
 FRONTEND = dict(sample_rate=SR, window_size=512, hop_size=250, mel_bins=64, fmin=50, fmax=8000)

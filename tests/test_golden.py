@@ -18,8 +18,8 @@ from fill import fill_state_dict, test_waveform as make_waveform  # noqa: E402
 from model_helpers import single_thread, skip_weight_init  # noqa: E402
 from specs import CORE, SPECS  # noqa: E402
 
-import models  # noqa: E402
-from pytorch_utils import count_parameters  # noqa: E402
+from panns import models
+from panns.pytorch_utils import count_parameters
 
 OFFICIAL_PARAMS = json.load(open(os.path.join(GOLDEN, "official_params.json")))
 

@@ -11,9 +11,9 @@ import pytest
 
 from data_helpers import build_workspace, make_dataset
 
-import create_black_list
-import create_indexes as ci
-from errors import PannsError
+from panns import create_black_list
+from panns import create_indexes as ci
+from panns.errors import PannsError
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +148,6 @@ def test_black_list(tmp_path, capsys):
     (bl / "groundtruth_weak_label_evaluation_set.csv").write_text("0BHN3aVgXNU_2.000_12.000.wav\t2.0\t12.0\tTruck\n")
     out = create_black_list.dcase2017task4(str(tmp_path / "ws"), str(bl))
     assert open(out).read().split() == ["-5QrBL6MzLg", "-E0shPRxAbo", "0BHN3aVgXNU"]
-    from data_generator import read_black_list
+    from panns.data_generator import read_black_list
 
     assert read_black_list(out) == {"Y-5QrBL6MzLg.wav", "Y-E0shPRxAbo.wav", "Y0BHN3aVgXNU.wav"}

@@ -13,12 +13,12 @@ import pytest
 import soundfile as sf
 import torch
 
-import audio_io
-import checkpoint
-import config
-import inference
-import models
-from errors import CheckpointError, PannsError
+from panns import audio_io
+from panns import checkpoint
+from panns import config
+from panns import inference
+from panns import models
+from panns.errors import CheckpointError, PannsError
 
 SR = 32000
 

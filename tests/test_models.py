@@ -11,9 +11,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
 from model_helpers import quick_fill, single_thread, skip_weight_init  # noqa: E402
 
-import models  # noqa: E402
-import pytorch_utils as pu  # noqa: E402
-from errors import PannsError  # noqa: E402
+from panns import models
+from panns import pytorch_utils as pu
+from panns.errors import PannsError
 
 CLASSES = 7
 NAMES = models.model_names(include_transfer=False)

@@ -12,9 +12,9 @@ sys.path.insert(0, GOLDEN)
 from fill import fill_state_dict, test_waveform as make_waveform  # noqa: E402
 from model_helpers import quick_fill, single_thread, skip_weight_init  # noqa: E402
 
-import models  # noqa: E402
-import precision as P  # noqa: E402
-from errors import PannsError  # noqa: E402
+from panns import models
+from panns import amp
+from panns.errors import PannsError
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
 
@@ -34,7 +34,7 @@ def cnn14_runs():
         lambda m, i, o, n=n: seen.__setitem__(n, o.dtype)) for n in layers]
     with torch.no_grad():
         fp32 = model(x)
-        with P.autocast("bf16", "cpu"):
+        with amp.autocast("bf16", "cpu"):
             bf16 = model(x)
     for h in hooks:
         h.remove()
@@ -59,7 +59,7 @@ def test_transfer_and_attention_outputs_fp32_under_autocast():
     with skip_weight_init():
         t = quick_fill(models.make_transfer_model("LeeNet11", classes_num=4)).eval()
     att = models.AttBlock(64, 3, activation="sigmoid").eval()
-    with torch.no_grad(), P.autocast("bf16", "cpu"):
+    with torch.no_grad(), amp.autocast("bf16", "cpu"):
         out = t(0.1 * torch.randn(2, 8000))
         clip, norm_att, cla = att(torch.randn(2, 64, 9))
     assert out["clipwise_output"].dtype == torch.float32
@@ -69,47 +69,47 @@ def test_transfer_and_attention_outputs_fp32_under_autocast():
 
 
 def test_resolve_precision(monkeypatch):
-    monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda *a: False)
-    assert P.resolve_precision("auto", "cpu") == "fp32"
-    monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda *a: True)
-    assert P.resolve_precision("auto", "cpu") == "bf16"
-    assert P.resolve_precision("fp32", "cpu") == "fp32" and P.resolve_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(amp, "cpu_has_fast_bf16", lambda *a: False)
+    assert amp.resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(amp, "cpu_has_fast_bf16", lambda *a: True)
+    assert amp.resolve_precision("auto", "cpu") == "bf16"
+    assert amp.resolve_precision("fp32", "cpu") == "fp32" and amp.resolve_precision("bf16", "cpu") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert P.resolve_precision("auto", "cuda:0") == "fp32"
+    assert amp.resolve_precision("auto", "cuda:0") == "fp32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert P.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert amp.resolve_precision("auto", torch.device("cuda")) == "bf16"
     with pytest.raises(PannsError, match="fp32, bf16, fp16, auto"):
-        P.resolve_precision("half", "cpu")
+        amp.resolve_precision("half", "cpu")
 
 
 def test_cpu_has_fast_bf16(tmp_path, monkeypatch):
     amx = tmp_path / "amx"
     amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
-    assert P.cpu_has_fast_bf16(str(amx))
+    assert amp.cpu_has_fast_bf16(str(amx))
     plain = tmp_path / "plain"
     plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert not P.cpu_has_fast_bf16(str(plain))
+    assert not amp.cpu_has_fast_bf16(str(plain))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
-    assert P.cpu_has_fast_bf16(str(tmp_path / "missing"))
+    assert amp.cpu_has_fast_bf16(str(tmp_path / "missing"))
 
 
 def test_autocast_contexts():
-    with P.autocast("fp32", "cpu"):
+    with amp.autocast("fp32", "cpu"):
         assert not torch.is_autocast_enabled("cpu")
-    with P.autocast("bf16", "cpu"):
+    with amp.autocast("bf16", "cpu"):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 def test_prepare_for_inference(monkeypatch):
     model = models.create_model("Cnn6", classes_num=3).train()
-    out = P.prepare_for_inference(model, "fp32", "cpu")
+    out = amp.prepare_for_inference(model, "fp32", "cpu")
     assert not out.training
     w = out.conv_block2.conv1.weight
-    assert w.is_contiguous(memory_format=torch.channels_last) == P.CHANNELS_LAST["cpu", "fp32"]
-    monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda *a: True)
-    out = P.prepare_for_inference(model, "bf16", "cpu")
+    assert w.is_contiguous(memory_format=torch.channels_last) == amp.CHANNELS_LAST["cpu", "fp32"]
+    monkeypatch.setattr(amp, "cpu_has_fast_bf16", lambda *a: True)
+    out = amp.prepare_for_inference(model, "bf16", "cpu")
     assert out.conv_block2.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -117,7 +117,7 @@ def test_prepare_for_inference(monkeypatch):
 def test_fold_bn_keeps_outputs(name):
     with skip_weight_init():
         model = quick_fill(models.create_model(name, classes_num=5)).eval()
-    folded = P.fold_bn(model)
+    folded = amp.fold_bn(model)
     n_bn = lambda m: sum(isinstance(x, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for x in m.modules())  # noqa: E731
     assert n_bn(folded) < n_bn(model) and n_bn(model) > 0
     x = 0.1 * torch.randn(2, models.get_model_spec(name).min_samples + 3000)

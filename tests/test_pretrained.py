@@ -7,9 +7,9 @@ import urllib.parse
 import pytest
 import torch
 
-import download
-import pretrained
-from errors import PannsError
+from panns import download
+from panns import pretrained
+from panns.errors import PannsError
 
 
 class _Server:
@@ -70,7 +70,7 @@ def _fast_retries(monkeypatch):
 
 
 def test_catalogue_urls_and_front_ends():
-    import models
+    from panns import models
 
     e = pretrained.lookup("Cnn14")
     assert e.filename == "Cnn14_mAP=0.431.pth" and e.mAP == pytest.approx(0.431)
@@ -138,7 +138,7 @@ def test_fetch_labels_validates_row_count(tmp_path, audioset_labels_csv):
 
 
 def _small_official_checkpoint(path, model_type="Cnn6"):
-    import models
+    from panns import models
 
     torch.manual_seed(0)
     model = models.create_model(model_type)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from errors import PannsError
+from panns.errors import PannsError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,9 +24,9 @@ FAST = dict(sample_rate=16000, window_size=512, hop_size=400, mel_bins=64, fmin=
 def make_workspace(root, classes_num=5, train_per_class=4, eval_per_class=2, clip_seconds=1.6,
                    sample_rate=16000, full_train=False, seed=0, multi_label_fraction=0.2, event_seconds=(0.3, 0.8)):
     """Generate clips, pack them and write the index files; returns (workspace, label CSV)."""
-    from create_indexes import combine_full_indexes, create_indexes
-    from dataset import pack_waveforms_to_hdf5
-    from make_demo_dataset import make_demo_dataset
+    from panns.create_indexes import combine_full_indexes, create_indexes
+    from panns.dataset import pack_waveforms_to_hdf5
+    from panns.make_demo_dataset import make_demo_dataset
 
     ds, ws = os.path.join(root, "dataset"), os.path.join(root, "workspace")
     make_demo_dataset(ds, classes_num=classes_num,
@@ -47,7 +47,7 @@ def make_workspace(root, classes_num=5, train_per_class=4, eval_per_class=2, cli
 
 
 def tiny_config(ws, labels, **kw):
-    from train_lib import TrainConfig
+    from panns.train_lib import TrainConfig
 
     base = dict(workspace=ws, model_type="Cnn6", data_type="balanced_train", batch_size=4, num_workers=0,
                 eval_every=1000, save_every=1000, early_stop=4, class_labels_csv=labels, log_every=2, **FAST)
@@ -62,7 +62,7 @@ def tiny_ws(tmp_path_factory):
 
 
 def test_workspace_layout_is_official(tmp_path):
-    from train_lib import TrainConfig
+    from panns.train_lib import TrainConfig
 
     cfg = TrainConfig(workspace="ws", model_type="Cnn14")
     assert cfg.checkpoint_path(600000) == os.path.join(
@@ -77,7 +77,7 @@ def test_workspace_layout_is_official(tmp_path):
 
 
 def test_input_errors_are_one_line(tiny_ws, tmp_path):
-    from main import train
+    from panns.main import train
 
     ws, labels = tiny_ws
     with pytest.raises(PannsError, match="create_indexes"):
@@ -107,7 +107,7 @@ def test_cli_error_exit_code(tiny_ws):
 
 
 def _state(path):
-    from checkpoint import load_checkpoint
+    from panns.checkpoint import load_checkpoint
 
     return load_checkpoint(path)
 
@@ -130,7 +130,7 @@ def test_resume_is_exact(tiny_ws, num_workers, steps):
     """N steps straight == N/2 steps, resume, N/2 steps (weights, optimizer, sampler); stats truncated.
 
     With a loader worker the sampler runs ahead (prefetch): the saved state must still be N batches."""
-    from main import train
+    from panns.main import train
 
     ws, labels = tiny_ws
     half = steps // 2
@@ -155,7 +155,7 @@ def test_resume_is_exact(tiny_ws, num_workers, steps):
 
 def test_learns_and_resumed_run_continues(tmp_path):
     """Cnn6 on 5 synthetic classes reaches a high eval mAP quickly; a resumed run continues the curve."""
-    from main import train
+    from panns.main import train
 
     # Events span the whole clip: SpecAugment's time stripes (up to 2 x 63 frames, sized for 10-s clips)
     # can blank most of a 65-frame clip, and a short event masked away would become label noise.
@@ -181,7 +181,7 @@ def test_learns_and_resumed_run_continues(tmp_path):
 def test_run_record_and_logs(tiny_ws):
     import json
 
-    from main import train
+    from panns.main import train
 
     ws, labels = tiny_ws
     cfg = tiny_config(ws, labels, early_stop=2, balanced="none", augmentation="none", log_every=1)

@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from errors import AudioDecodeError
+from panns.errors import AudioDecodeError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".webm", ".aiff", ".aif", ".mp4")
 

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import List
 
-from errors import PannsError
+from panns.errors import PannsError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_LABELS_CSV = os.path.join(REPO_ROOT, "metadata", "class_labels_indices.csv")

@@ -18,10 +18,12 @@ import os
 import sys
 from typing import List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import config  # noqa: E402
-from errors import PannsError, run_cli  # noqa: E402
-from utilities import atomic_path  # noqa: E402
+if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch/panns) importable
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pytorch"))
+
+from panns import config
+from panns.errors import PannsError, run_cli
+from panns.utilities import atomic_path
 
 DEFAULT_BLACK_LIST_DIR = os.path.join(config.REPO_ROOT, "metadata", "black_list")
 DCASE2017_FILES = ("groundtruth_weak_label_testing_set.csv", "groundtruth_weak_label_evaluation_set.csv")

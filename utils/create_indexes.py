@@ -38,9 +38,11 @@ from typing import Dict, List, Optional
 import h5py
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from errors import PannsError, run_cli  # noqa: E402
-from utilities import atomic_path  # noqa: E402
+if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch/panns) importable
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pytorch"))
+
+from panns.errors import PannsError, run_cli
+from panns.utilities import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -52,7 +52,6 @@ import hashlib
 import logging
 import os
 import random
-import sys
 import time
 import weakref
 from typing import Dict, Iterable, Iterator, List, Optional, Set
@@ -60,9 +59,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Set
 import h5py
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from create_indexes import IndexTable, read_index, resolve_hdf5_path  # noqa: E402
-from errors import PannsError  # noqa: E402
+from panns.create_indexes import IndexTable, read_index, resolve_hdf5_path
+from panns.errors import PannsError
 
 logger = logging.getLogger(__name__)
 

@@ -50,11 +50,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import h5py
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import config  # noqa: E402
-from audio_io import AUDIO_EXTENSIONS, ffmpeg_exe, load_audio  # noqa: E402
-from errors import PannsError, run_cli  # noqa: E402
-from utilities import atomic_path, create_logging, float32_to_int16, get_filename, pad_or_truncate  # noqa: E402
+if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch/panns) importable
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pytorch"))
+
+from panns import config
+from panns.audio_io import AUDIO_EXTENSIONS, ffmpeg_exe, load_audio
+from panns.errors import PannsError, run_cli
+from panns.utilities import atomic_path, create_logging, float32_to_int16, get_filename, pad_or_truncate
 
 logger = logging.getLogger(__name__)
 

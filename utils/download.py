@@ -26,8 +26,11 @@ import urllib.error
 import urllib.request
 from typing import Optional
 
-import config
-from errors import PannsError, run_cli
+if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch/panns) importable
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pytorch"))
+
+from panns import config
+from panns.errors import PannsError, run_cli
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,10 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from errors import run_cli  # noqa: E402
+if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch/panns) importable
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pytorch"))
+
+from panns.errors import run_cli
 
 Synth = Callable[[np.random.RandomState, int, int], np.ndarray]
 

@@ -1,12 +1,19 @@
 """Small helpers of the official ``utils/utilities.py`` (same names and numerics), fixed where noted."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
 import logging
 import os
+import re
+import shutil
 import sys
-from typing import Optional
+from typing import Iterator
 
 import numpy as np
+
+from panns.errors import PannsError
 
 
 def create_folder(fd: str) -> None:
@@ -113,3 +120,76 @@ def atomic_path(path: str) -> str:
     """Temporary sibling name for writing ``path`` atomically (write there, then ``os.replace``)."""
     d, base = os.path.split(os.path.abspath(path))
     return os.path.join(d, f".{base}.tmp{os.getpid()}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(path: str) -> list:
+    """Delete temporary siblings of ``path`` (see ``atomic_path``) left by processes that are gone.
+
+    Returns the removed paths. A temp file of a live process (a run still going) is left alone."""
+    d, base = os.path.split(os.path.abspath(path))
+    removed = []
+    for tmp in glob.glob(os.path.join(glob.escape(d), "." + glob.escape(base) + ".tmp*")):
+        m = re.match(r"\.tmp(\d+)", os.path.basename(tmp)[len(base) + 1:])
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+                removed.append(tmp)
+    return removed
+
+
+class DiskFullError(PannsError):
+    """The disk filled up while writing a file; nothing half-written was left under its name."""
+
+
+def disk_full_error(path: str, needed_bytes: int | None = None) -> DiskFullError:
+    """One-line error naming ``path``, the bytes needed where known and the space left."""
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        free = f"{shutil.disk_usage(d).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    need = f", about {needed_bytes / 1e6:.1f} MB needed" if needed_bytes else ""
+    return DiskFullError(f"disk full while writing {path} ({free}{need}); free space and re-run")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, suffix: str = "") -> Iterator[str]:
+    """Write ``path`` atomically: yield a temporary sibling name, rename it to ``path`` on success.
+
+    On any failure (an exception, Ctrl-C) the temporary file is removed, so ``path`` is either the
+    old file or the complete new one. ``suffix`` keeps an extension that a writer needs (``.png``).
+    A full disk becomes a one-line ``DiskFullError`` naming ``path``."""
+    tmp = atomic_path(path) + suffix
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise disk_full_error(path) from e
+        raise
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see ``atomic_write``)."""
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see ``atomic_write``)."""
+    atomic_write_bytes(path, text.encode("utf-8"))

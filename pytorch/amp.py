@@ -15,7 +15,7 @@ from typing import Union
 import torch
 import torch.nn as nn
 
-from errors import PannsError
+from panns.errors import PannsError
 
 logger = logging.getLogger(__name__)
 
