@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional
 
 from panns import devices
 from panns.errors import run_cli
+from panns.frontend import add_frontend_args
 from panns import train_lib as tl
 from panns import train_session as session  # (setup, evaluation, checkpointing around the loop)
 from panns.train_lib import TrainConfig, train_step
@@ -73,12 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", type=str, required=True, help="workspace holding hdf5s/indexes/*.h5; outputs go here")
     p.add_argument("--data_type", type=str, default=d.data_type, choices=tl.DATA_TYPES,
                    help="training index: hdf5s/indexes/<data_type>.h5")
-    p.add_argument("--sample_rate", type=int, default=d.sample_rate, help="model sample rate (data resampled if needed)")
-    p.add_argument("--window_size", type=int, default=d.window_size, help="STFT window / n_fft")
-    p.add_argument("--hop_size", type=int, default=d.hop_size, help="STFT hop in samples")
-    p.add_argument("--mel_bins", type=int, default=d.mel_bins, help="number of mel bins")
-    p.add_argument("--fmin", type=int, default=d.fmin, help="lowest mel frequency (Hz)")
-    p.add_argument("--fmax", type=int, default=d.fmax, help="highest mel frequency (Hz)")
+    add_frontend_args(p, d.front_end)
     p.add_argument("--model_type", type=str, required=True, help="model class name, e.g. Cnn14, Cnn14_16k, Cnn6")
     p.add_argument("--loss_type", type=str, default=d.loss_type, choices=["clip_bce"], help="training loss")
     p.add_argument("--balanced", type=str, default=d.balanced, choices=tl.BALANCED,

@@ -33,6 +33,7 @@ from panns import amp
 from panns.data_generator import to_device  # noqa: F401  (re-exported: fine-tuning moves batches with it)
 from panns.devices import DistInfo
 from panns.errors import PannsError
+from panns.frontend import FRONT_END_32K, FRONTEND_KEYS, FrontEnd
 from panns.utilities import atomic_path, create_folder
 
 logger = logging.getLogger(__name__)
@@ -52,12 +53,12 @@ class TrainConfig:
     workspace: str
     model_type: str = "Cnn14"
     data_type: str = "full_train"
-    sample_rate: int = 32000
-    window_size: int = 1024
-    hop_size: int = 320
-    mel_bins: int = 64
-    fmin: int = 50
-    fmax: int = 14000
+    sample_rate: int = FRONT_END_32K.sample_rate   # the FrontEnd fields (flat: CLI flags, saved config)
+    window_size: int = FRONT_END_32K.window_size
+    hop_size: int = FRONT_END_32K.hop_size
+    mel_bins: int = FRONT_END_32K.mel_bins
+    fmin: int = FRONT_END_32K.fmin
+    fmax: int = FRONT_END_32K.fmax
     loss_type: str = "clip_bce"
     balanced: str = "balanced"
     augmentation: str = "mixup"
@@ -115,7 +116,11 @@ class TrainConfig:
 
     @property
     def frontend(self) -> Dict[str, int]:
-        return {k: getattr(self, k) for k in ("sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax")}
+        return {k: getattr(self, k) for k in FRONTEND_KEYS}
+
+    @property
+    def front_end(self) -> FrontEnd:
+        return FrontEnd.from_dict(self.frontend)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
