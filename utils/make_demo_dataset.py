@@ -222,7 +222,8 @@ def make_demo_dataset(dataset_dir: str, classes_num: int = 10, clips_per_class: 
 
 
 def make_class_folders(out_dir: str, classes_num: int = 4, clips_per_class: int = 10, clip_seconds: float = 3.0,
-                       sample_rate: int = 32000, seed: int = 1) -> Dict[str, List[str]]:
+                       sample_rate: int = 32000, seed: int = 1,
+                       event_seconds: Tuple[float, float] = (0.3, 0.8)) -> Dict[str, List[str]]:
     """A single-label data set as one sub-folder per class (``<out_dir>/<label>/<n>.wav``), the
     layout ``pytorch/finetune_template.py --dataset_dir`` reads. Returns {label: [paths]}."""
     rs = np.random.RandomState(seed)
@@ -234,7 +235,8 @@ def make_class_folders(out_dir: str, classes_num: int = 4, clips_per_class: int 
         out[label] = []
         for i in range(clips_per_class):
             path = os.path.join(folder, f"{i:04d}.wav")
-            sf.write(path, synth_clip(rs, [c], clip_seconds, sample_rate), sample_rate, subtype="PCM_16")
+            sf.write(path, synth_clip(rs, [c], clip_seconds, sample_rate, event_seconds), sample_rate,
+                     subtype="PCM_16")
             out[label].append(path)
     return out
 
@@ -277,7 +279,7 @@ def main() -> None:
         return
     if a.class_folders_dir:
         out = make_class_folders(a.class_folders_dir, a.classes_num, a.folder_clips_per_class, a.clip_seconds,
-                                 a.sample_rate, a.seed)
+                                 a.sample_rate, a.seed, tuple(a.event_fraction))
         print(f"Wrote {sum(len(v) for v in out.values())} clips of {len(out)} classes to {a.class_folders_dir}")
         return
     if not a.dataset_dir:
