@@ -54,8 +54,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from panns import amp
-from panns import checkpoint as ckpt_lib
+from panns import checkpoint as ckpt_lib, devices, runtime
 from panns import finetune_data as fd
 from panns import losses, models
 from panns import train_lib as tl
@@ -142,19 +141,12 @@ def model_config(base_name: str, frontend: dict, labels: List[str], output: str,
 # ------------------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def predict(model: torch.nn.Module, loader, device: torch.device, precision: str, output: str) -> Tuple[np.ndarray, np.ndarray]:
-    """Probabilities (N, C) and targets (N, C) over a loader (eval mode; exp of log-softmax outputs)."""
-
-    model.eval()
-    probs, targets = [], []
-    for batch in loader:
-        x = torch.from_numpy(batch["waveform"]).to(device)
-        with amp.autocast(precision, device):
-            out = model(x)["clipwise_output"].float()
-        probs.append((out.exp() if output == "log_softmax" else out).cpu().numpy())
-        targets.append(batch["target"])
-    return np.concatenate(probs), np.concatenate(targets)
+def predict(model: torch.nn.Module, loader, precision: str, output: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Probabilities (N, C) and targets (N, C) over a loader (the shared evaluation path of training;
+    exp of log-softmax outputs)."""
+    out = runtime.run_batches(model, loader, precision, outputs=("clipwise_output",), carry=("target",))
+    probs = out["clipwise_output"]
+    return (np.exp(probs) if output == "log_softmax" else probs), out["target"]
 
 
 def score(probs: np.ndarray, targets: np.ndarray, labels: List[str], multi_label: bool) -> dict:
@@ -253,14 +245,6 @@ def resolve_clip_samples(args, cache: fd.ClipCache, data: fd.LabelledData, sampl
     return n
 
 
-def select_device(cuda: bool) -> torch.device:
-    if cuda and torch.cuda.is_available():
-        return torch.device("cuda")
-    if cuda:
-        logger.warning("--cuda given but CUDA is not available; running on CPU")
-    return torch.device("cpu")
-
-
 def _run_record(args, extra: dict) -> dict:
     return {"args": vars(args), **extra, "versions": tl.versions(), "git_commit": tl.git_commit(), "argv": sys.argv,
             "started": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -312,7 +296,7 @@ def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.Cli
         train_time = time.time() - t_train
         train_loss = float(torch.stack(losses).mean())
         t_eval = time.time()
-        probs, targets = predict(model, eval_loader, device, precision, model.output)
+        probs, targets = predict(model, eval_loader, precision, model.output)
         sc = score(probs, targets, data.labels, data.multi_label)
         eval_time = time.time() - t_eval
         improved = best is None or sc["value"] > best["value"]
@@ -468,9 +452,9 @@ def train(args) -> Optional[dict]:
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed % 2**32)
-    device = select_device(args.cuda)
+    device = devices.select_device(args.cuda)
 
-    precision = amp.resolve_precision(args.precision, device)
+    precision = devices.resolve_precision(args.precision, device, training=not args.linear_probe)
 
     # Model (official order: build, load pretrained, report device).
     sd = None
