@@ -39,7 +39,7 @@ mkdir -p "$RESULTS"
 step "1/9 Generate a small AudioSet-layout data set (10 synthetic sound classes, ${CLIP_SECONDS}-s clips) and the example clip with its ground truth"
 "$PY" utils/make_demo_dataset.py --dataset_dir "$DATASET_DIR" --clip_seconds "$CLIP_SECONDS" \
   --balanced_per_class "$BAL" --eval_per_class "$EVAL" --unbalanced_per_class "$UNBAL" --unbalanced_parts 2 \
-  --event_fraction 0.8 1.0
+  --event_fraction 0.5 1.0 --multi_label_fraction 0.4
 "$PY" utils/make_demo_dataset.py --example_clip "$CLIP"
 
 step "2/9 Pack waveforms to HDF5 (utils/dataset.py pack_waveforms_to_hdf5)"
@@ -91,8 +91,9 @@ step "6/9 Plot mAP vs iteration (utils/plot_statistics.py)"
 
 step "7/9 Audio tagging and sound event detection of the example clip (pytorch/inference.py); truth: $TRUTH"
 cat "$TRUTH"
+# The model saw ${CLIP_SECONDS}-s clips: tag the 7-s clip in windows of that length (max over windows).
 "$PY" pytorch/inference.py audio_tagging --checkpoint_path "$CKPT" --audio_path "$CLIP" --top_k 5 \
-  --output "$RESULTS/example_clip_tags.json"
+  --segment_seconds "$CLIP_SECONDS" --hop_seconds 0.5 --aggregate max --output "$RESULTS/example_clip_tags.json"
 check tagging --results "$RESULTS/example_clip_tags.json" --truth "$TRUTH" --top 3
 "$PY" pytorch/inference.py sound_event_detection --checkpoint_path "$SED_CKPT" --audio_path "$CLIP" \
   --output_dir "$RESULTS" --events_csv "$RESULTS/example_clip_events.csv" --min_duration 0.2
