@@ -114,13 +114,15 @@ def test_pack_interrupted_leaves_no_output(tmp_path, monkeypatch):
     info = make_dataset(str(tmp_path), extras=False)
     calls = []
 
-    def flaky(path, sr, n):
-        calls.append(path)
+    real = ds.packing.decode_row
+
+    def flaky(job):
+        calls.append(job)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return np.zeros(n, np.int16)
+        return real(job)
 
-    monkeypatch.setattr(ds, "decode_clip", flaky)
+    monkeypatch.setattr(ds.packing, "decode_row", flaky)
     out = tmp_path / "ws" / "eval.h5"
     with pytest.raises(KeyboardInterrupt):
         ds.pack_waveforms_to_hdf5(info["eval_csv"], info["eval_dir"], str(out), clip_seconds=1.0, num_workers=1,
