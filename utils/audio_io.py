@@ -74,6 +74,16 @@ def _declared_frames(f: "sf.SoundFile") -> Optional[int]:
     return None
 
 
+def is_truncated(path: str) -> bool:
+    """True when a WAV/FLAC file is shorter than its header says (an interrupted download or copy)."""
+    try:
+        with sf.SoundFile(path) as f:
+            declared = _declared_frames(f)
+            return declared is not None and declared > f.frames
+    except Exception:
+        return False
+
+
 def _decode_soundfile(src) -> Tuple[np.ndarray, int, Optional[int]]:
     """(float32 (channels, samples), rate, frames the header declares or None) of a path or file object."""
     with sf.SoundFile(src) as f:

@@ -52,7 +52,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from queue import Empty, Queue
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -63,10 +63,11 @@ if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch
 
 from panns import config, packing, shards
 from panns import storage as storage_mod
-from panns.audio_io import AUDIO_EXTENSIONS, ffmpeg_exe, load_audio
+from panns.audio_io import AUDIO_EXTENSIONS, ffmpeg_exe, is_truncated, load_audio
 from panns.errors import PannsError, run_cli
 from panns.packing import is_complete_waveforms_hdf5
-from panns.utilities import atomic_write_text, create_logging, float32_to_int16, get_filename, pad_or_truncate
+from panns.utilities import (atomic_write_text, create_logging, float32_to_int16, get_filename, pad_or_truncate,
+                             remove_stale_temps)
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ def is_transient_error(message: str) -> bool:
 
 
 def is_valid_wav(path: str, sample_rate: int = config.sample_rate) -> bool:
-    """A finished clip: readable WAV, mono, 16-bit PCM, the expected rate, at least one sample."""
+    """A finished clip: readable WAV, mono, 16-bit PCM, the expected rate, at least one sample, not cut short."""
     import soundfile as sf
 
     try:
@@ -236,7 +237,7 @@ def is_valid_wav(path: str, sample_rate: int = config.sample_rate) -> bool:
     except Exception:
         return False
     return (info.format == "WAV" and info.channels == 1 and info.samplerate == sample_rate
-            and info.subtype == "PCM_16" and info.frames > 0)
+            and info.subtype == "PCM_16" and info.frames > 0 and not is_truncated(path))
 
 
 class _YdlLogger:
@@ -276,6 +277,7 @@ class DownloadOptions:
     retry_base_delay: float = 10.0
     socket_timeout: float = 30.0
     cookies: Optional[str] = None
+    stop: threading.Event = field(default_factory=threading.Event)  # set on Ctrl-C: no new work, no retries
 
 
 class _Fetcher(object):
@@ -377,7 +379,8 @@ def _download_one(seg: Segment, opts: DownloadOptions, fetcher: _Fetcher) -> Dow
                 if is_transient_error(msg) and attempt <= opts.max_retries:
                     delay = opts.retry_base_delay * (2 ** (attempt - 1)) * (1 + 0.25 * random.random())
                     logger.info("%s: transient error (%s), retry %d in %.1f s", seg.ytid, msg, attempt, delay)
-                    time.sleep(delay)
+                    if opts.stop.wait(delay):
+                        return DownloadResult(seg, "failed", f"interrupted (download: {msg})", False, attempt)
                     continue
                 return DownloadResult(seg, "failed", f"download: {msg}", not is_transient_error(msg), attempt)
             tmp_wav = os.path.join(fetcher.tmp_dir, "clip.wav")
@@ -449,6 +452,7 @@ def download_wavs(csv_path: str, audios_dir: str, mini_data: bool = False, num_w
     os.makedirs(audios_dir, exist_ok=True)
     _clean_stale_tmp_dirs(audios_dir)
     failures_csv = failures_csv or os.path.join(audios_dir, FAILURES_CSV_NAME)
+    remove_stale_temps(failures_csv)
     previous = _read_failures(failures_csv)
     opts = DownloadOptions(audios_dir, url_template, sample_rate, max_retries, retry_base_delay, socket_timeout, cookies)
 
@@ -482,28 +486,56 @@ def download_wavs(csv_path: str, audios_dir: str, mini_data: bool = False, num_w
         return _download_one(seg, opts, fetcher)
 
     done = set()
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool, \
-                tqdm(total=len(todo), desc=f"download {get_filename(csv_path)}", unit="clip", disable=not progress) as bar:
-            futures = [pool.submit(work, seg) for seg in todo]
+    # Daemon threads, not a ThreadPoolExecutor: its threads are joined at exit, so Ctrl-C waited for
+    # every running download (and its retry back-off). Here Ctrl-C sets ``stop`` and returns at once;
+    # a download still running is abandoned (its temp folder is removed by the next run).
+    queue: "Queue[Optional[Segment]]" = Queue()
+    results: "Queue[tuple]" = Queue()
+    for seg in todo:
+        queue.put(seg)
+
+    def loop() -> None:
+        while not opts.stop.is_set():
             try:
-                for fut in as_completed(futures):
-                    res = fut.result()
-                    done.add(res.segment.ytid)
-                    if res.status == "downloaded":
-                        report.downloaded += 1
-                        logger.info("Download and convert to %s", os.path.join(audios_dir, res.segment.audio_name))
-                    elif res.status == "skipped":
-                        report.skipped += 1
-                    else:
-                        report.failed.append(res)
-                        logger.info("Failed %s: %s", res.segment.ytid, res.reason)
-                    bar.set_postfix(ok=report.downloaded, skip=report.skipped, fail=len(report.failed), refresh=False)
-                    bar.update(1)
-            except BaseException:  # Ctrl-C: do not wait for the queued clips, only for the running ones
-                for fut in futures:
-                    fut.cancel()
-                raise
+                seg = queue.get_nowait()
+            except Empty:
+                return
+            try:
+                results.put((work(seg), None))
+            except BaseException as e:  # reported to the main thread, which re-raises it
+                results.put((None, e))
+                return
+
+    threads = [threading.Thread(target=loop, daemon=True, name=f"download-{k}")
+               for k in range(max(1, min(num_workers, len(todo))))]
+    try:
+        with tqdm(total=len(todo), desc=f"download {get_filename(csv_path)}", unit="clip", disable=not progress) as bar:
+            for t in threads:
+                t.start()
+            for _ in range(len(todo)):
+                while True:
+                    try:
+                        res, err = results.get(timeout=0.5)  # a timeout keeps Ctrl-C responsive
+                        break
+                    except Empty:
+                        if not any(t.is_alive() for t in threads) and results.empty():
+                            raise PannsError("download threads stopped unexpectedly")
+                if err is not None:
+                    raise err
+                done.add(res.segment.ytid)
+                if res.status == "downloaded":
+                    report.downloaded += 1
+                    logger.info("Download and convert to %s", os.path.join(audios_dir, res.segment.audio_name))
+                elif res.status == "skipped":
+                    report.skipped += 1
+                else:
+                    report.failed.append(res)
+                    logger.info("Failed %s: %s", res.segment.ytid, res.reason)
+                bar.set_postfix(ok=report.downloaded, skip=report.skipped, fail=len(report.failed), refresh=False)
+                bar.update(1)
+    except BaseException:
+        opts.stop.set()  # running clips stop at their next check; queued ones are never started
+        raise
     finally:
         for f in fetchers:
             f.close()

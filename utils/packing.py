@@ -40,7 +40,7 @@ from panns.utilities import (atomic_write, atomic_write_text, disk_full_error, f
 logger = logging.getLogger(__name__)
 
 SHORT_FRACTION = 0.5  # clips shorter than this fraction of the clip length are counted in the summary
-_FREE_MARGIN = 32 << 20  # bytes kept free while writing, so HDF5 metadata and the final datasets still fit
+_FREE_MARGIN = 4 << 20  # bytes kept free while writing: HDF5 metadata, then names and targets
 
 
 # ------------------------------------------------------------------------------------------------
