@@ -653,13 +653,11 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
                          f"(listed in {waveforms_hdf5_path}.missing.csv); nothing packed")
 
     t0 = time.time()
-    from tqdm import tqdm
-
     short = 0
     # Workers are forked before any HDF5 file is open.
     with packing.OrderedPool(packing.decode_row, min(num_workers, len(jobs))) as pool, \
             packing.PackedFile(waveforms_hdf5_path, len(jobs), clip_samples, storage) as out:
-        with tqdm(total=len(jobs), desc=f"pack {get_filename(csv_path)}", unit="clip", disable=not progress) as bar:
+        with packing.Progress(len(jobs), f"pack {get_filename(csv_path)}", progress) as bar:
             for res in pool.imap(jobs):
                 seg = segments[res.n]
                 if res.row is None:

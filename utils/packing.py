@@ -24,6 +24,8 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -163,6 +165,38 @@ class OrderedPool(object):
         for c in self.conns:
             c.close()
         self.procs, self.conns = [], []
+
+
+class Progress(object):
+    """A tqdm bar on a terminal; elsewhere (logs, pipes) an INFO line every ``every_s`` seconds.
+
+    ``enabled=False`` turns both off (library use, tests)."""
+
+    def __init__(self, total: Optional[int], desc: str, enabled: bool = True, every_s: float = 30.0):
+        from tqdm import tqdm
+
+        self.total, self.desc, self.every_s = total, desc, every_s
+        self.tty = enabled and sys.stderr.isatty()
+        self.log = enabled and not self.tty
+        self.bar = tqdm(total=total, desc=desc, unit="clip", disable=not self.tty)
+        self.n, self._last = 0, time.time()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
+        self.bar.set_description(desc)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.bar.update(n)
+        if self.log and time.time() - self._last >= self.every_s:
+            self._last = time.time()
+            logger.info("%s: %d%s clips done", self.desc, self.n, f" of {self.total}" if self.total else "")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -386,8 +386,6 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
                      id_field: Optional[str] = None, audio_field: str = "audio", storage_name: str = "pcm16",
                      skip_existing: bool = False, progress: bool = True) -> ShardPackReport:
     """Pack tar or Parquet shards into one waveform HDF5 (see module docstring)."""
-    from tqdm import tqdm
-
     storage.check_storage(storage_name)
     if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
         logger.info("Skip %s: already packed", waveforms_hdf5_path)
@@ -408,7 +406,7 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
     known = None
     if all(shard_format(p) == "parquet" for p in paths):
         known = sum(parquet_rows(p) for p in paths)
-    with tqdm(total=known, desc="pack shards", unit="clip", disable=not progress) as bar:
+    with packing.Progress(known, "pack shards", progress) as bar:
         for i, shard in enumerate(paths):
             part = _part_path(parts_dir, i, shard)
             parts.append(part)
