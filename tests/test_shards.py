@@ -188,14 +188,14 @@ def test_hosted_route_scripts(clips, tmp_path, repo_root):
     (repo / "metadata").mkdir()
     shutil.copy(clips["labels_csv"], repo / "metadata" / "class_labels_indices.csv")
     r = subprocess.run(["bash", str(repo / "scripts" / "2_pack_from_shards.sh"), str(tmp_path / "unused"), str(ws)],
-                       capture_output=True, text=True, env=env)
+                       capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "CLIP_SECONDS=1" in r.stdout
     wav = ws / "hdf5s" / "waveforms"
     assert sorted(os.listdir(wav / "unbalanced_train")) == ["unbalanced_train_part00000.h5",
                                                             "unbalanced_train_part00001.h5"]
     r = subprocess.run(["bash", str(repo / "scripts" / "3_create_training_indexes.sh"), str(ws)],
-                       capture_output=True, text=True, env=env)
+                       capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
     with h5py.File(ws / "hdf5s" / "indexes" / "full_train.h5", "r") as hf:
         assert hf["audio_name"].shape == (3 + 6,)  # balanced (3 clips; the broken member has no row) + 2 x 3
