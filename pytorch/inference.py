@@ -603,7 +603,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=None, help="decoding worker processes (default: cores/2, 1-4)")
     p.add_argument("--overwrite", action="store_true", help="start from scratch instead of resuming")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("export", help="write the model (front end included) as an ONNX file for other runtimes")
+    _add_export_args(p)
     return parser
+
+
+def _add_export_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (front-end flags only for official checkpoints without a config)")
+    for k in FRONT_END_KEYS:
+        g.add_argument(f"--{k}", type=int, default=None, help=f"{k} (default: the checkpoint's / registry's)")
+    g.add_argument("--model_type", type=str, default=None, help="model class; needed for official checkpoints")
+    g.add_argument("--checkpoint_path", type=str, default=None,
+                   help="checkpoint file; omitted: the official pretrained file of --model_type")
+    p.add_argument("--output", type=str, required=True, help="ONNX file to write (atomically)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18, the lowest the exporter writes)")
+    p.add_argument("--class_labels_csv", type=str, default=None,
+                   help="label CSV stored in the metadata when the checkpoint has no labels (default: the repository's)")
+    p.set_defaults(cuda=False, precision="fp32", top_k=1, batch_size=1, segment_seconds=None)
+
+
+def export(args) -> int:
+    """Write the checkpoint's model (log-mel front end included) as an ONNX file, labels and
+    front-end settings in its metadata, checked against torch on a probe clip."""
+    from panns import onnx_backend  # optional dependencies (onnx, onnxscript, onnxruntime): only here
+
+    ld = load_for_inference(args, torch.device("cpu"), "fp32")
+    try:
+        labels = resolve_labels(ld.config, args.class_labels_csv)[0]
+    except (PannsError, OSError) as e:
+        if args.class_labels_csv:
+            raise
+        logger.warning("exporting without class labels (%s)", e)
+        labels = []
+    err = onnx_backend.export_checked(ld.model, ld.config, args.output, opset=args.opset, labels=labels)
+    print("Exported {} to {} (opset {}, {:.1f} MB); ONNX Runtime output within {:.1e} of torch's largest value".format(
+        ld.config.model_type, args.output, args.opset, os.path.getsize(args.output) / 1e6, err))
+    return 0
 
 
 def main(argv=None) -> None:
@@ -620,7 +655,7 @@ def main(argv=None) -> None:
     if getattr(args, "hop_seconds", None) is not None and args.hop_seconds <= 0:
         raise PannsError("--hop_seconds must be positive")
     handler = {"audio_tagging": audio_tagging, "sound_event_detection": sound_event_detection,
-               "extract_embeddings": extract_embeddings}[args.mode]
+               "extract_embeddings": extract_embeddings, "export": export}[args.mode]
     rc = handler(args)
     if rc:
         sys.exit(rc)
