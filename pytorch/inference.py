@@ -627,6 +627,7 @@ def export(args) -> int:
     front-end settings in its metadata, checked against torch on a probe clip."""
     from panns import onnx_backend  # optional dependencies (onnx, onnxscript, onnxruntime): only here
 
+    onnx_backend.check_opset(args.opset)
     ld = load_for_inference(args, torch.device("cpu"), "fp32")
     try:
         labels = resolve_labels(ld.config, args.class_labels_csv)[0]

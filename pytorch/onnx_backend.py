@@ -110,13 +110,17 @@ def read_metadata(path: str) -> Dict[str, object]:
     return {k[6:]: json.loads(v) for k, v in props.items() if k.startswith("panns.")}
 
 
+def check_opset(opset: int) -> None:
+    if opset < MIN_OPSET:
+        raise PannsError(f"--opset {opset} is not supported: the exporter writes opset {MIN_OPSET} or newer")
+
+
 def export_onnx(model: torch.nn.Module, config, path: str, opset: int = DEFAULT_OPSET,
                 labels: Optional[Sequence[str]] = None, key: str = "") -> List[str]:
     """Export ``model`` (eval mode, fp32, CPU copy) to ``path`` atomically, one self-contained file.
 
     Returns the output names. Raises PannsError (one line) when the model cannot be exported."""
-    if opset < MIN_OPSET:
-        raise PannsError(f"--opset {opset} is not supported: the exporter writes opset {MIN_OPSET} or newer")
+    check_opset(opset)
     try:
         import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
     except ImportError as e:
@@ -151,8 +155,8 @@ def export_onnx(model: torch.nn.Module, config, path: str, opset: int = DEFAULT_
 
 
 @contextlib.contextmanager
-def _quiet_loggers(names=("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._dynamo",
-                          "torch.fx", "torch._export")):
+def _quiet_loggers(names=("onnx_ir", "onnxscript", "torch.onnx", "torch.onnx._internal.exporter._registration",
+                          "torch.export", "torch._dynamo", "torch.fx", "torch._export")):
     """The exporter's libraries log every graph pass (and absent optional packages); keep errors."""
     saved = {n: logging.getLogger(n).level for n in names}
     for n in names:
