@@ -20,11 +20,11 @@ import torch
 
 from panns import models
 from panns.errors import CheckpointError
+from panns.frontend import FRONT_END_32K, FRONTEND_KEYS, FrontEnd
 from panns.utilities import atomic_path
 
 logger = logging.getLogger(__name__)
 
-FRONTEND_KEYS = ("sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax")
 _PREFIXES = ("module.", "_orig_mod.")   # DataParallel/DDP and torch.compile wrappers
 
 
@@ -32,12 +32,12 @@ _PREFIXES = ("module.", "_orig_mod.")   # DataParallel/DDP and torch.compile wra
 class ModelConfig:
     """Everything needed to rebuild a model and name its outputs."""
     model_type: str
-    sample_rate: int = 32000
-    window_size: int = 1024
-    hop_size: int = 320
-    mel_bins: int = 64
-    fmin: int = 50
-    fmax: int = 14000
+    sample_rate: int = FRONT_END_32K.sample_rate   # the FrontEnd fields, flat as saved in checkpoints
+    window_size: int = FRONT_END_32K.window_size
+    hop_size: int = FRONT_END_32K.hop_size
+    mel_bins: int = FRONT_END_32K.mel_bins
+    fmin: int = FRONT_END_32K.fmin
+    fmax: int = FRONT_END_32K.fmax
     classes_num: int = 527
     labels: Optional[List[str]] = None
     ids: Optional[List[str]] = None
@@ -64,6 +64,10 @@ class ModelConfig:
 
     def frontend(self) -> dict:
         return {k: getattr(self, k) for k in FRONTEND_KEYS}
+
+    @property
+    def front_end(self) -> FrontEnd:
+        return FrontEnd.from_dict(self.frontend())
 
 
 # ------------------------------------------------------------------------------------------------

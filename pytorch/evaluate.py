@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from sklearn import metrics
 
-from panns import amp
+from panns import runtime
 from panns.utilities import atomic_path, create_folder
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,6 @@ def summarize(stat: Dict[str, object]) -> Dict[str, object]:
 
 
 
-@torch.no_grad()
 def forward(model: torch.nn.Module, loader: Iterable[dict], precision: str = "fp32",
             return_target: bool = True) -> Dict[str, np.ndarray]:
     """Run ``model`` (eval mode) over every batch of ``loader``; concatenate along the batch axis.
@@ -95,28 +94,13 @@ def forward(model: torch.nn.Module, loader: Iterable[dict], precision: str = "fp
     Returns 'audio_name' (N,), 'clipwise_output' (N, C) float32 and, if the batches carry it,
     'target' (N, C). The model's train/eval mode is restored afterwards.
     """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    names: List[np.ndarray] = []
-    outputs: List[np.ndarray] = []
-    targets: List[np.ndarray] = []
-    try:
-        for batch in loader:
-            waveform = torch.as_tensor(batch["waveform"], dtype=torch.float32).to(device, non_blocking=True)
-            with amp.autocast(precision, device):
-                out = model(waveform)
-            outputs.append(out["clipwise_output"].float().cpu().numpy())
-            names.append(np.asarray(batch["audio_name"]))
-            if return_target and "target" in batch:
-                targets.append(np.asarray(batch["target"], dtype=np.float32))
-    finally:
-        model.train(was_training)
-    result = {"audio_name": np.concatenate(names) if names else np.zeros(0, dtype=str),
-              "clipwise_output": np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)}
-    if targets:
-        result["target"] = np.concatenate(targets)
-    return result
+    out = runtime.run_batches(model, loader, precision, outputs=("clipwise_output",),
+                              carry=("audio_name", "target") if return_target else ("audio_name",))
+    out.setdefault("audio_name", np.zeros(0, dtype=str))
+    out.setdefault("clipwise_output", np.zeros((0, 0), np.float32))
+    if "target" in out:
+        out["target"] = out["target"].astype(np.float32)
+    return out
 
 
 class Evaluator:

@@ -13,7 +13,7 @@ Python API (also used by the fine-tuning linear probe)::
 How it is fast: torch DataLoader workers decode (and resample) files while the model runs;
 decoded clips are grouped by length and run as batches (equal lengths only, so a row equals a
 plain ``model(waveform[None])`` forward of that clip up to float rounding); the model runs under
-``torch.inference_mode`` with the precision chosen by ``precision.resolve_precision``.
+``torch.inference_mode`` through the shared runtime (``runtime.Runtime``: padding, precision, backend).
 
 HDF5 layout (``extract_to_hdf5``): ``audio_name`` (N,) utf-8 strings (the path as gathered),
 ``embedding`` (N, D) float32, ``clipwise_output`` (N, classes) float32 (probabilities; exp of
@@ -45,15 +45,14 @@ import numpy as np
 import torch
 
 
-from panns import amp
 from panns import audio_io
+from panns import runtime
 from panns.errors import PannsError
+from panns.frontend import FRONTEND_KEYS
+from panns.runtime import pad_to_min
 from panns.utilities import atomic_path
 
 logger = logging.getLogger(__name__)
-
-FRONT_END_KEYS = ("sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax")
-
 
 @dataclass
 class FeatureSet:
@@ -73,42 +72,11 @@ class Batch:
     clipwise_output: np.ndarray
 
 
-def model_min_samples(config, model: Optional[torch.nn.Module] = None) -> int:
-    """Shortest input the model accepts (the instance's ``min_samples``, else the registry's)."""
-    ms = getattr(model, "min_samples", None) if model is not None else None
-    if isinstance(ms, int):
-        return ms
-    from panns import models
-
-    for name in (getattr(config, "model_type", None), getattr(config, "base_model_type", None)):
-        if not name:
-            continue
-        try:
-            return int(models.get_model_spec(name).min_samples or 0)
-        except PannsError:
-            continue
-    return 0
-
-
-def pad_to_min(waveform: np.ndarray, min_samples: int) -> np.ndarray:
-    """Zero-pad at the end up to ``min_samples`` (models cannot run on shorter inputs)."""
-    if len(waveform) >= min_samples:
-        return waveform
-    return np.concatenate([waveform, np.zeros(min_samples - len(waveform), dtype=waveform.dtype)])
-
-
 def crop_or_pad(waveform: np.ndarray, length: int) -> np.ndarray:
     """First ``length`` samples, zero-padded at the end if shorter (official pad_or_truncate)."""
     if len(waveform) >= length:
         return waveform[:length]
     return np.concatenate([waveform, np.zeros(length - len(waveform), dtype=waveform.dtype)])
-
-
-def to_probabilities(clipwise: np.ndarray, config) -> np.ndarray:
-    """Fine-tuned (log-softmax) outputs -> probabilities; sigmoid outputs unchanged."""
-    if getattr(config, "output", "sigmoid") == "log_softmax":
-        return np.exp(clipwise)
-    return clipwise
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -173,20 +141,19 @@ class Extractor:
     The model given is moved to ``device`` and put in eval mode; it is not otherwise changed.
     """
 
-    def __init__(self, model: torch.nn.Module, config, precision: str = "auto", device: str | torch.device = "cpu",
+    def __init__(self, model: torch.nn.Module, config, precision: str = "fp32", device: str | torch.device = "cpu",
                  batch_size: int = 8, num_workers: Optional[int] = None, segment_seconds: Optional[float] = None,
-                 progress: bool = True, compute_threads: Optional[int] = None, optimize: bool = True):
-        self.device = torch.device(device)
-        self.precision = amp.resolve_precision(precision, self.device)
-        model = model.to(self.device).eval()
-        self.config = config
-        self.min_samples = model_min_samples(config, model)
-        self.sample_rate = int(config.sample_rate)
+                 progress: bool = True, compute_threads: Optional[int] = None, optimize: bool = True,
+                 backend: str = "torch", checkpoint_path: Optional[str] = None):
         self.fingerprint = weights_fingerprint(model)   # of the weights as given, before folding
-        self.model = amp.prepare_for_inference(model, self.precision, self.device) or model
-        if optimize:
-            self.model = self._optimized(self.model)
-        self.model.eval()
+        self.runtime = runtime.Runtime(model, config, device=device, precision=precision, backend=backend,
+                                       checkpoint_path=checkpoint_path, optimize=optimize)
+        self.device = self.runtime.device
+        self.precision = self.runtime.precision
+        self.config = config
+        self.min_samples = self.runtime.min_samples
+        self.sample_rate = self.runtime.sample_rate
+        self.checkpoint_path = checkpoint_path
         self.batch_size = max(1, int(batch_size))
         self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
         # On CPU, N single-threaded forwards side by side beat one N-threaded forward (measured:
@@ -198,64 +165,23 @@ class Extractor:
         self.segment_samples = int(round(segment_seconds * self.sample_rate)) if segment_seconds else None
         self.progress = progress
 
-    def _optimized(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Inference copy with BatchNorm folded into the convolutions and, on CPU in fp32,
-        channels_last (oneDNN's faster layout for batched 2-D convolutions here). Checked on a
-        probe clip; falls back to the model as given if the outputs differ."""
-
-        try:
-            fast = amp.fold_bn(model)
-            if self.device.type == "cpu" and self.precision == "fp32":
-                fast = fast.to(memory_format=torch.channels_last)
-            rs = np.random.RandomState(0)
-            probe = torch.from_numpy((0.1 * rs.randn(1, max(self.min_samples, self.sample_rate // 4)))
-                                     .astype(np.float32)).to(self.device)
-            with torch.inference_mode(), amp.autocast(self.precision, self.device):
-                a, b = model(probe), fast(probe)
-            key = "embedding" if "embedding" in a else "clipwise_output"
-            ref = a[key].float()
-            err = (ref - b[key].float()).abs().max().item() / max(ref.abs().max().item(), 1e-6)
-            tol = 1e-4 if self.precision == "fp32" else 5e-2
-            if err <= tol:
-                return fast
-            logger.warning("optimised model differs from the original (relative %.2g); using the original", err)
-        except Exception as e:  # unknown module layouts: correctness first
-            logger.warning("could not optimise the model for inference (%s); using it as given", e)
-        return model
-
     @classmethod
     def from_checkpoint(cls, checkpoint_path: Optional[str] = None, model_type: Optional[str] = None,
                         frontend: Optional[dict] = None, **kwargs) -> "Extractor":
         """Load a checkpoint (ours or official; None: the cached official file of ``model_type``)."""
-        from panns import checkpoint
+        model, config, path = runtime.load_model(checkpoint_path, model_type, frontend)
+        return cls(model, config, checkpoint_path=path, **kwargs)
 
-        if checkpoint_path is None:
-            if model_type is None:
-                raise PannsError("give a checkpoint path or a model type")
-            from panns import pretrained
-
-            checkpoint_path = pretrained.get_checkpoint(model_type)
-        device = kwargs.get("device", "cpu")
-        model, config = checkpoint.load_model(checkpoint_path, model_type=model_type, frontend=frontend,
-                                              device=str(device))
-        ex = cls(model, config, **kwargs)
-        ex.checkpoint_path = checkpoint_path
-        return ex
-
-    checkpoint_path: Optional[str] = None
     labels: Optional[List[str]] = None    # class names stored with the features (default: the config's)
 
     # -- model ------------------------------------------------------------------------------
     def forward(self, batch: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
         """(B, samples) float32 -> (embedding (B, D), clipwise probabilities (B, classes)) float32."""
-        with torch.inference_mode(), amp.autocast(self.precision, self.device):
-            out = self.model(batch.to(self.device, non_blocking=True))
+        out = self.runtime.forward(batch)
         if "embedding" not in out:
             raise PannsError(f"{self.config.model_type} outputs no embedding (decision-level SED models have none); "
                              "use a clip-level model such as Cnn14")
-        emb = out["embedding"].float().cpu().numpy()
-        clip = to_probabilities(out["clipwise_output"].float().cpu().numpy(), self.config)
-        return emb, clip
+        return out["embedding"], out["clipwise_output"]
 
     def _prepare(self, wav: np.ndarray) -> np.ndarray:
         wav = np.asarray(wav, dtype=np.float32)
@@ -395,7 +321,7 @@ class Extractor:
     def attributes(self) -> dict:
         """What identifies these features: model config, weights, precision, segment length."""
         cfg = self.config.to_dict() if hasattr(self.config, "to_dict") else dict(vars(self.config))
-        attrs = {k: cfg[k] for k in ("model_type",) + FRONT_END_KEYS + ("classes_num",) if cfg.get(k) is not None}
+        attrs = {k: cfg[k] for k in ("model_type",) + FRONTEND_KEYS + ("classes_num",) if cfg.get(k) is not None}
         attrs["config_json"] = json.dumps({k: v for k, v in cfg.items() if k not in ("labels", "ids")}, sort_keys=True)
         attrs["checkpoint_path"] = os.path.abspath(self.checkpoint_path) if self.checkpoint_path else ""
         attrs["weights_fingerprint"] = self.fingerprint
@@ -406,7 +332,7 @@ class Extractor:
 
 # ----------------------------------------------------------------------------- HDF5 output
 # Attributes that must agree before rows are appended to an existing file.
-_IDENTITY_ATTRS = ("model_type",) + FRONT_END_KEYS + ("classes_num", "weights_fingerprint", "segment_seconds")
+_IDENTITY_ATTRS = ("model_type",) + FRONTEND_KEYS + ("classes_num", "weights_fingerprint", "segment_seconds")
 
 
 class FeatureWriter:

@@ -38,15 +38,17 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from panns import amp
+
 from panns import audio_io
 from panns import config
+from panns import runtime
 from panns.errors import AudioDecodeError, PannsError, run_cli
+from panns.frontend import add_frontend_args, frontend_overrides
+from panns.runtime import Runtime, pad_to_min
 from panns.utilities import atomic_path, create_folder, get_filename
 
 logger = logging.getLogger("inference")
 
-FRONT_END_KEYS = ("sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax")
 LIST_EXTENSIONS = (".txt", ".lst")
 # Longer files are tagged with sliding 10-s windows unless --segment_seconds says otherwise.
 AUTO_WINDOW_SECONDS = 600.0
@@ -113,60 +115,11 @@ def gather_inputs(specs: Sequence[str]) -> List[str]:
 
 
 # ----------------------------------------------------------------------------- model + labels
-@dataclass
-class Loaded:
-    model: torch.nn.Module
-    config: object            # checkpoint.ModelConfig
-    spec: object              # models.ModelSpec (or None for unknown types)
-    device: torch.device
-    precision: str
-    checkpoint_path: str
-    min_samples: int
-
-
-def select_device(cuda: bool) -> torch.device:
-    if cuda and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if cuda:
-        logger.warning("--cuda given but CUDA is not available; running on CPU")
-    return torch.device("cpu")
-
-
-def frontend_from_args(args) -> Optional[dict]:
-    fe = {k: getattr(args, k) for k in FRONT_END_KEYS if getattr(args, k, None) is not None}
-    return fe or None
-
-
-def model_spec(cfg):
-    from panns import models
-
-    for name in (cfg.model_type, getattr(cfg, "base_model_type", None)):
-        if name:
-            try:
-                return models.get_model_spec(name)
-            except PannsError:
-                continue
-    return None
-
-
-def load_for_inference(args, device: torch.device, precision: str) -> Loaded:
-    """checkpoint (given, or the cached official file of --model_type) -> model ready to run."""
-    from panns import checkpoint
-    from panns.extract import model_min_samples
-
-    ckpt = args.checkpoint_path
-    if ckpt is None:
-        if not args.model_type:
-            raise PannsError("give --checkpoint_path, or --model_type to use its official pretrained checkpoint")
-        from panns import pretrained
-
-        ckpt = pretrained.get_checkpoint(args.model_type)
-    model, cfg = checkpoint.load_model(ckpt, model_type=args.model_type, frontend=frontend_from_args(args),
-                                       device=str(device))
-    prec = amp.resolve_precision(precision, device)
-    model = amp.prepare_for_inference(model, prec, device) or model
-    model.eval()
-    return Loaded(model, cfg, model_spec(cfg), device, prec, ckpt, model_min_samples(cfg, model))
+def load_runtime(args) -> Runtime:
+    """checkpoint (given, or the cached official file of --model_type) -> Runtime on the chosen
+    device at the chosen precision, through the chosen backend."""
+    return Runtime.load(args.checkpoint_path, model_type=args.model_type, frontend=frontend_overrides(args) or None,
+                        device=bool(args.cuda), precision=args.precision, backend=getattr(args, "backend", "torch"))
 
 
 def resolve_labels(cfg, class_labels_csv: Optional[str]) -> Tuple[List[str], List[str]]:
@@ -207,29 +160,14 @@ class ClipResult:
     windows: int
 
 
-def _forward(ld: Loaded, batch: np.ndarray) -> dict:
-    from panns.extract import to_probabilities
-
-    x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(ld.device)
-    with torch.inference_mode(), amp.autocast(ld.precision, ld.device):
-        out = ld.model(x)
-    res = {k: v.float().cpu().numpy() for k, v in out.items() if isinstance(v, torch.Tensor)}
-    res["clipwise_output"] = to_probabilities(res["clipwise_output"], ld.config)
-    if "framewise_output" in res:
-        res["framewise_output"] = to_probabilities(res["framewise_output"], ld.config)
-    return res
-
-
-def run_clip(ld: Loaded, waveform: np.ndarray, audio_path: str = "", segment_seconds: Optional[float] = None,
+def run_clip(rt: Runtime, waveform: np.ndarray, audio_path: str = "", segment_seconds: Optional[float] = None,
              hop_seconds: Optional[float] = None, aggregate: str = "max", batch_size: int = 8,
              need_framewise: bool = False) -> ClipResult:
     """Run the model on one recording: whole (official) or in sliding windows.
 
     Windowed: clipwise output and embedding are the max/mean over windows; framewise output is
     stitched back on the model's frame grid (overlaps max/mean-combined)."""
-    from panns.extract import pad_to_min
-
-    sr, hop_size = ld.config.sample_rate, ld.config.hop_size
+    sr, hop_size = rt.sample_rate, rt.hop_size
     n = len(waveform)
     if segment_seconds is None and n > AUTO_WINDOW_SECONDS * sr:
         segment_seconds = AUTO_SEGMENT_SECONDS
@@ -237,7 +175,7 @@ def run_clip(ld: Loaded, waveform: np.ndarray, audio_path: str = "", segment_sec
                     audio_path, n / sr, segment_seconds)
     frames_num = n // hop_size + 1
     if segment_seconds is None or n <= int(round(segment_seconds * sr)):
-        out = _forward(ld, pad_to_min(waveform, ld.min_samples)[None])
+        out = rt.forward(waveform[None])
         fw = out.get("framewise_output")
         return ClipResult(audio_path, waveform, out["clipwise_output"][0],
                           out["embedding"][0] if "embedding" in out else None,
@@ -250,8 +188,8 @@ def run_clip(ld: Loaded, waveform: np.ndarray, audio_path: str = "", segment_sec
     fw_acc = fw_cnt = None
     for b in range(0, len(starts), batch_size):
         chunk = starts[b:b + batch_size]
-        batch = np.stack([pad_to_min(waveform[s:s + win], ld.min_samples) for s in chunk])
-        out = _forward(ld, batch)
+        batch = np.stack([pad_to_min(waveform[s:s + win], rt.min_samples) for s in chunk])
+        out = rt.forward(batch)
         clips.append(out["clipwise_output"])
         if "embedding" in out:
             embs.append(out["embedding"])
@@ -427,6 +365,22 @@ def _figure_paths(paths: Sequence[str], output_dir: str) -> List[str]:
 
 
 # ----------------------------------------------------------------------------- sub-commands
+OUTPUT_EXTENSIONS = {"output": (".json", ".csv"), "events_csv": (".csv",), "framewise_output": (".npy", ".h5")}
+
+
+def check_outputs(args) -> None:
+    """Reject output paths with a wrong extension or an unwritable folder before any work is done."""
+    for key, exts in OUTPUT_EXTENSIONS.items():
+        path = getattr(args, key, None)
+        if not path:
+            continue
+        if os.path.splitext(path)[1].lower() not in exts:
+            raise PannsError(f"--{key} must end in {' or '.join(exts)}, got {path}")
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(folder) and not os.access(folder, os.W_OK):
+            raise PannsError(f"cannot write --{key} {path}: folder {folder} is not writable")
+
+
 def _print_device(device: torch.device) -> None:
     if device.type == "cuda":
         print("GPU number: {}".format(torch.cuda.device_count()))
@@ -436,9 +390,12 @@ def _print_device(device: torch.device) -> None:
 
 def _tag_files(args, sed: bool) -> int:
     paths = gather_inputs(args.audio_path)
-    device = select_device(args.cuda)
-    ld = load_for_inference(args, device, args.precision)
-    if sed and not getattr(ld.spec, "is_sed", False):
+    check_outputs(args)
+    if args.class_labels_csv or os.path.isfile(config.DEFAULT_LABELS_CSV):
+        config.read_class_labels(args.class_labels_csv)   # a bad label CSV fails before the model loads
+    ld = load_runtime(args)
+    device = ld.device
+    if sed and not ld.is_sed:
         from panns import models
 
         sed_names = [n for n in models.model_names() if getattr(models.get_model_spec(n), "is_sed", False)]
@@ -447,7 +404,7 @@ def _tag_files(args, sed: bool) -> int:
     labels, ids = resolve_labels(ld.config, args.class_labels_csv)
     _print_device(device)
     top_k = min(args.top_k, len(labels))
-    sr, hop = ld.config.sample_rate, ld.config.hop_size
+    sr, hop = ld.sample_rate, ld.hop_size
     fps = sr / hop
     fig_paths = _figure_paths(paths, args.output_dir) if sed else []
     records, events_by_file, failures = [], [], 0
@@ -508,16 +465,18 @@ def sound_event_detection(args) -> int:
 
 
 def extract_embeddings(args) -> int:
+    # The extraction engine (HDF5 writer, decoding workers) is only needed by this sub-command.
     from panns.extract import Extractor, extract_to_hdf5, init_distributed
 
     rank, world, barrier, cleanup = init_distributed()
     if rank > 0:
         logging.getLogger().setLevel(logging.WARNING)
-    device = select_device(args.cuda)
+    device = runtime.resolve_device(bool(args.cuda))
     try:
         paths = gather_inputs(args.audio_path)
         ex = Extractor.from_checkpoint(args.checkpoint_path, model_type=args.model_type,
-                                       frontend=frontend_from_args(args), precision=args.precision, device=device,
+                                       frontend=frontend_overrides(args) or None, precision=args.precision, device=device,
+                                       backend=args.backend,
                                        batch_size=args.batch_size, num_workers=args.num_workers,
                                        segment_seconds=args.segment_seconds, progress=not args.quiet and rank == 0)
         if not getattr(ex.config, "labels", None):
@@ -538,27 +497,24 @@ def extract_embeddings(args) -> int:
 
 
 # ----------------------------------------------------------------------------- CLI
-def _add_common(p: argparse.ArgumentParser, default_precision: str) -> None:
-    g = p.add_argument_group("model (front-end flags default to the checkpoint's settings; official defaults "
-                             "32000/1024/320/64/50/14000)")
-    g.add_argument("--sample_rate", type=int, default=None, help="sample rate the model runs at")
-    g.add_argument("--window_size", type=int, default=None, help="STFT window (n_fft)")
-    g.add_argument("--hop_size", type=int, default=None, help="STFT hop in samples")
-    g.add_argument("--mel_bins", type=int, default=None, help="number of mel bins")
-    g.add_argument("--fmin", type=int, default=None, help="lowest mel frequency (Hz)")
-    g.add_argument("--fmax", type=int, default=None, help="highest mel frequency (Hz)")
+def _add_common(p: argparse.ArgumentParser, extract: bool = False) -> None:
+    g = p.add_argument_group("model (front-end flags default to the checkpoint's settings)")
+    add_frontend_args(g)
     g.add_argument("--model_type", type=str, default=None,
-                   help="model class (e.g. Cnn14); needed for official checkpoints and without --checkpoint_path")
+                   help="model class (e.g. Cnn14); needed for official checkpoints and without --checkpoint_path "
+                        "(default: %(default)s)")
     g.add_argument("--checkpoint_path", type=str, default=None,
-                   help="checkpoint file; omitted: the official pretrained file of --model_type, downloaded once "
-                        "into $PANNS_CACHE or ~/.cache/panns")
+                   help="checkpoint file (default: the official pretrained file of --model_type, downloaded once "
+                        "into $PANNS_CACHE or ~/.cache/panns)")
+    g.add_argument("--backend", choices=runtime.backend_names(), default="torch",
+                   help="what runs the model (default: %(default)s)")
     p.add_argument("--audio_path", type=str, required=True, nargs="+", action="extend",
                    help="audio file(s), folder(s), .txt/.lst list(s) of paths or glob(s); may repeat")
     p.add_argument("--cuda", action="store_true", default=False, help="run on the GPU if available (else warn, CPU)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default=default_precision,
-                   help=f"numeric precision of the CNN body (default {default_precision}; auto picks bf16 only where "
-                        "the device runs it fast)")
-    if default_precision == "auto":   # extract_embeddings: one row per file
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
+                   help="numeric precision of the CNN body (default: %(default)s; auto picks bf16 on a CUDA GPU with "
+                        "bf16 or a CPU with native bf16 instructions, else fp32)")
+    if extract:   # extract_embeddings: one row per file
         p.add_argument("--segment_seconds", type=float, default=None,
                        help="crop/zero-pad every file to this length (default: keep each file whole; "
                             "equal lengths are batched together)")
@@ -575,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     for mode, text in (("audio_tagging", "print the top clip-level tags (official output)"),
                        ("sound_event_detection", "framewise detection + figure (decision-level models)")):
         p = sub.add_parser(mode, help=text)
-        _add_common(p, "fp32")
+        _add_common(p)
         p.add_argument("--class_labels_csv", type=str, default=None,
                        help="label CSV when the checkpoint carries no labels (default: metadata/class_labels_indices.csv "
                             "in the repository; fetch it with scripts/fetch_metadata.sh)")
@@ -595,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--min_duration", type=float, default=0.0,
                            help="drop events shorter than this many seconds (default 0)")
     p = sub.add_parser("extract_embeddings", help="embeddings + clipwise output of many files into HDF5")
-    _add_common(p, "auto")
+    _add_common(p, extract=True)
     p.add_argument("--output_path", type=str, required=True, help="HDF5 file to create or resume")
     p.add_argument("--class_labels_csv", type=str, default=None,
                    help="label CSV whose names are stored as 'labels' when the checkpoint has none "

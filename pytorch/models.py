@@ -29,6 +29,7 @@ from torchlibrosa.stft import LogmelFilterBank, Spectrogram
 from panns.pytorch_utils import do_mixup, interpolate, pad_framewise_output
 
 from panns.errors import PannsError
+from panns.frontend import FRONT_END_8K, FRONT_END_16K, FRONT_END_32K, FrontEnd
 
 
 def init_layer(layer: nn.Module) -> None:
@@ -367,7 +368,7 @@ class InvertedResidual(nn.Module):
 
 
 # ---- Shared model machinery ----------------------------------------------------------------------
-_A32 = dict(sample_rate=32000, window_size=1024, hop_size=320, mel_bins=64, fmin=50, fmax=14000)
+_A32 = FRONT_END_32K.to_dict()
 
 
 class _Model(nn.Module):
@@ -584,13 +585,11 @@ class Cnn14_emb32(_Cnn):
 
 
 class Cnn14_16k(_Cnn):
-    required_frontend = dict(sample_rate=16000, window_size=512, hop_size=160, mel_bins=64,
-                             fmin=50, fmax=8000)
+    required_frontend = FRONT_END_16K.to_dict()
 
 
 class Cnn14_8k(_Cnn):
-    required_frontend = dict(sample_rate=8000, window_size=256, hop_size=80, mel_bins=64,
-                             fmin=50, fmax=4000)
+    required_frontend = FRONT_END_8K.to_dict()
 
 
 class Cnn14_mel32(_Cnn):
@@ -930,8 +929,11 @@ class ModelSpec:
     output: str = "sigmoid"             # 'sigmoid' (multi-label) | 'log_softmax' (Transfer_*)
 
     def frontend(self) -> dict:
-        return dict(sample_rate=self.sample_rate, window_size=self.window_size,
-                    hop_size=self.hop_size, mel_bins=self.mel_bins, fmin=self.fmin, fmax=self.fmax)
+        return self.front_end.to_dict()
+
+    @property
+    def front_end(self) -> FrontEnd:
+        return FrontEnd(self.sample_rate, self.window_size, self.hop_size, self.mel_bins, self.fmin, self.fmax)
 
 
 _CLASSES = [Cnn6, Cnn10, Cnn14, Cnn14_16k, Cnn14_8k, Cnn14_no_specaug, Cnn14_no_dropout,

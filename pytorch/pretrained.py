@@ -24,16 +24,12 @@ from typing import Dict, List, Optional, Tuple
 
 
 from panns.errors import CheckpointError, PannsError, run_cli
+from panns.frontend import FRONT_END_8K, FRONT_END_16K, FRONT_END_32K, FrontEnd
 
 logger = logging.getLogger(__name__)
 
 ZENODO_RECORD = 3987831
 DEFAULT_BASE_URL = f"https://zenodo.org/record/{ZENODO_RECORD}/files"
-
-# (sample_rate, window_size, hop_size, mel_bins, fmin, fmax) used to train each file.
-FRONT_END_32K = (32000, 1024, 320, 64, 50, 14000)
-FRONT_END_16K = (16000, 512, 160, 64, 50, 8000)
-FRONT_END_8K = (8000, 256, 80, 64, 50, 4000)
 
 
 @dataclass(frozen=True)
@@ -47,12 +43,12 @@ class PretrainedCheckpoint:
     filename: str
     model_type: str
     mAP: float
-    front_end: Tuple[int, int, int, int, int, int] = FRONT_END_32K
+    front_end: FrontEnd = FRONT_END_32K
     verified: bool = True
 
     @property
     def sample_rate(self) -> int:
-        return self.front_end[0]
+        return self.front_end.sample_rate
 
     @property
     def url(self) -> str:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Dict, Iterable
 
 import numpy as np
@@ -110,31 +109,14 @@ def count_flops(model: nn.Module, audio_length: int) -> int:
     return total[0]
 
 
-def _append(d: Dict[str, list], key: str, value) -> None:
-    d.setdefault(key, []).append(value)
-
-
 def forward(model: nn.Module, generator: Iterable[dict], return_input: bool = False,
             return_target: bool = False) -> Dict[str, np.ndarray]:
     """Run ``model`` (eval, no grad) over batches {'audio_name', 'waveform'(, 'target')} and
     concatenate 'audio_name', 'clipwise_output' (and 'framewise_output', 'waveform', 'target')."""
-    out: Dict[str, list] = {}
-    device = next(model.parameters()).device
-    model.eval()
-    t0 = time.time()
-    for n, batch in enumerate(generator):
-        waveform = move_data_to_device(batch["waveform"], device)
-        with torch.no_grad():
-            batch_out = model(waveform)
-        _append(out, "audio_name", batch["audio_name"])
-        for key in ("clipwise_output", "segmentwise_output", "framewise_output"):
-            if key in batch_out:
-                _append(out, key, batch_out[key].detach().float().cpu().numpy())
-        if return_input:
-            _append(out, "waveform", batch["waveform"])
-        if return_target and "target" in batch:
-            _append(out, "target", batch["target"])
-        if n % 10 == 9:
-            logger.debug("forward: %d batches, %.3f s / 10 batches", n + 1, time.time() - t0)
-            t0 = time.time()
-    return {k: np.concatenate(v, axis=0) for k, v in out.items()}
+    from panns import runtime  # the runtime sits above the models that import this module
+
+    carry = ("audio_name",) + (("waveform",) if return_input else ()) + (("target",) if return_target else ())
+    out = runtime.run_batches(model, generator, outputs=("clipwise_output", "segmentwise_output", "framewise_output"),
+                              carry=carry)
+    model.eval()   # official forward leaves the model in eval mode
+    return out

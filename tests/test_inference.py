@@ -19,6 +19,7 @@ from panns import config
 from panns import inference
 from panns import models
 from panns.errors import CheckpointError, PannsError
+from panns.runtime import Runtime
 
 SR = 32000
 
@@ -224,9 +225,8 @@ def test_sound_event_detection_figure_events_and_windows(sed_ckpt, env, tmp_path
         float(max(first["clipwise_output"].max(), second["clipwise_output"].max())), abs=1e-6)
     assert rec["frames"] == 151
     # stitching: frames one window covers come from it alone; overlapping frames are the max of both
-    ld = inference.Loaded(model, checkpoint.ModelConfig.from_registry("Cnn14_DecisionLevelMax"), None,
-                          torch.device("cpu"), "fp32", path, model.min_samples)
-    fw = inference.run_clip(ld, wav, segment_seconds=1.0, need_framewise=True).framewise
+    rt = Runtime(model, checkpoint.ModelConfig.from_registry("Cnn14_DecisionLevelMax"))
+    fw = inference.run_clip(rt, wav, segment_seconds=1.0, need_framewise=True).framewise
     a, b = first["framewise_output"], second["framewise_output"]
     np.testing.assert_allclose(fw[:50], a[:50], atol=1e-6)
     np.testing.assert_allclose(fw[101:], b[51:], atol=1e-6)

@@ -1,0 +1,89 @@
+"""The log-mel front-end settings, in one frozen dataclass used by the model registry, checkpoint
+configs, the training config and every command line.
+
+``FrontEnd()`` holds the official 32 kHz recipe (32000 Hz, 1024-sample window, 320-sample hop,
+64 mel bins, 50-14000 Hz); ``FRONT_END_16K`` and ``FRONT_END_8K`` are the settings of the
+``Cnn14_16k`` and ``Cnn14_8k`` models. :func:`add_frontend_args` adds the six flags to a parser;
+:func:`FrontEnd.from_args` / :func:`frontend_overrides` read them back.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Dict, Optional, Union
+
+from panns.errors import PannsError
+
+
+@dataclass(frozen=True)
+class FrontEnd:
+    """STFT and mel settings: sample rate (Hz), window (n_fft) and hop (samples), mel bins, mel range (Hz)."""
+
+    sample_rate: int = 32000
+    window_size: int = 1024
+    hop_size: int = 320
+    mel_bins: int = 64
+    fmin: int = 50
+    fmax: int = 14000
+
+    def to_dict(self) -> Dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Optional[int]) -> "FrontEnd":
+        """A copy with the given (non-None) settings changed; unknown names are a PannsError."""
+        bad = set(changes) - set(FRONTEND_KEYS)
+        if bad:
+            raise PannsError(f"unknown front-end setting(s) {sorted(bad)}; known: {', '.join(FRONTEND_KEYS)}")
+        return dataclasses.replace(self, **{k: int(v) for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, object], base: Optional["FrontEnd"] = None) -> "FrontEnd":
+        """Settings from a dict (other keys ignored, None values keep ``base``'s value)."""
+        return (base or cls()).replace(**{k: d[k] for k in FRONTEND_KEYS if d.get(k) is not None})
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, base: Optional["FrontEnd"] = None) -> "FrontEnd":
+        """Settings from parsed flags (see add_frontend_args); flags left at None keep ``base``'s value."""
+        return cls.from_dict(vars(args), base)
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop_size
+
+    def frames(self, samples: int) -> int:
+        """Frames the (centred) STFT gives for ``samples`` input samples."""
+        return samples // self.hop_size + 1
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.to_dict().items())
+
+
+FRONTEND_KEYS = tuple(f.name for f in dataclasses.fields(FrontEnd))
+FRONT_END_32K = FrontEnd()
+FRONT_END_16K = FrontEnd(16000, 512, 160, 64, 50, 8000)
+FRONT_END_8K = FrontEnd(8000, 256, 80, 64, 50, 4000)
+
+_HELP = {"sample_rate": "sample rate the model runs at (Hz)", "window_size": "STFT window (n_fft, samples)",
+         "hop_size": "STFT hop (samples)", "mel_bins": "number of mel bins",
+         "fmin": "lowest mel frequency (Hz)", "fmax": "highest mel frequency (Hz)"}
+
+
+def add_frontend_args(parser: Union[argparse.ArgumentParser, argparse._ArgumentGroup],
+                      defaults: Optional[FrontEnd] = None) -> None:
+    """Add --sample_rate --window_size --hop_size --mel_bins --fmin --fmax.
+
+    defaults: the values the flags default to (training); None: every flag defaults to None,
+    meaning "the checkpoint's setting" (inference), and the help names the official values."""
+    for key in FRONTEND_KEYS:
+        if defaults is None:
+            text = f"{_HELP[key]} (default: the checkpoint's; official {getattr(FRONT_END_32K, key)})"
+            parser.add_argument(f"--{key}", type=int, default=None, help=text)
+        else:
+            parser.add_argument(f"--{key}", type=int, default=getattr(defaults, key),
+                                help=f"{_HELP[key]} (default: %(default)s)")
+
+
+def frontend_overrides(args: argparse.Namespace) -> Dict[str, int]:
+    """The front-end flags the user actually gave (not None), e.g. to check against a checkpoint."""
+    return {k: int(getattr(args, k)) for k in FRONTEND_KEYS if getattr(args, k, None) is not None}

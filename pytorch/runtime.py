@@ -1,0 +1,344 @@
+"""The one inference runtime: load a model, choose device and precision, pad, batch and predict.
+
+Every inference path goes through here: ``inference.py`` (tagging, SED), ``extract.py``
+(embeddings), evaluation, fine-tuning and the Python API (``panns.load``)::
+
+    rt = Runtime.load("Cnn14_mAP=0.431.pth", model_type="Cnn14")   # or Runtime.load(model_type="Cnn14")
+    pred = rt.predict(waveforms)          # (T,), (B, T) or a list of 1-D arrays at rt.sample_rate
+    pred.clipwise                         # (B, classes) probabilities
+    pred.embedding                        # (B, D) or None (decision-level SED models have none)
+    pred.framewise                        # (B, frames, classes), a list when lengths differ, or None
+    for out in rt.predict_batches(loader):    # batch dicts {'audio_name', 'waveform'(, 'target')}
+        ...                               # -> {'audio_name', 'clipwise_output', ...(, 'target')}
+
+Backends: the model runs through a *backend*, a callable ``(B, T) float32 array -> dict of
+float32 arrays`` (the model's raw outputs). ``torch`` is built in; other backends (e.g. ONNX
+Runtime) register a factory with :func:`register_backend` and are chosen by name
+(``Runtime.load(..., backend=name)``, ``--backend`` on the command line). Padding, probabilities
+(log-softmax outputs of fine-tuned models become probabilities), batching and windowing happen
+here, the same for every backend.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from panns import amp
+from panns.errors import PannsError
+from panns.frontend import FrontEnd
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_KEYS = ("clipwise_output", "embedding", "framewise_output")
+Waveforms = Union[np.ndarray, torch.Tensor, Sequence[np.ndarray]]
+Backend = Callable[[np.ndarray], Dict[str, np.ndarray]]
+
+
+# ----------------------------------------------------------------------------- small pieces
+def resolve_device(device: Union[None, bool, str, torch.device] = None) -> torch.device:
+    """None/'auto': CUDA when available, else CPU; True/False: the CLIs' --cuda flag (CPU with a
+    warning where CUDA is missing); otherwise a torch device string."""
+    if isinstance(device, torch.device):
+        return device
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, bool):
+        if device and not torch.cuda.is_available():
+            logger.warning("--cuda given but CUDA is not available; running on CPU")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if device and torch.cuda.is_available() \
+            else torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PannsError(f"device {device!r} requested but CUDA is not available (use device='cpu' or 'auto')")
+    return dev
+
+
+def model_min_samples(config, model: Optional[torch.nn.Module] = None) -> int:
+    """Shortest input the model accepts (the instance's ``min_samples``, else the registry's)."""
+    ms = getattr(model, "min_samples", None) if model is not None else None
+    if isinstance(ms, int):
+        return ms
+    from panns import models  # registry only needed for custom models without min_samples
+
+    for name in (getattr(config, "model_type", None), getattr(config, "base_model_type", None)):
+        if not name:
+            continue
+        try:
+            return int(models.get_model_spec(name).min_samples or 0)
+        except PannsError:
+            continue
+    return 0
+
+
+def pad_to_min(waveform: np.ndarray, min_samples: int) -> np.ndarray:
+    """Zero-pad the last axis at the end up to ``min_samples`` (models cannot run on shorter inputs)."""
+    n = waveform.shape[-1]
+    if n >= min_samples:
+        return waveform
+    pad = [(0, 0)] * (waveform.ndim - 1) + [(0, min_samples - n)]
+    return np.pad(waveform, pad)
+
+
+def to_probabilities(output: np.ndarray, config) -> np.ndarray:
+    """Fine-tuned (log-softmax) outputs -> probabilities; sigmoid outputs unchanged."""
+    if getattr(config, "output", "sigmoid") == "log_softmax":
+        return np.exp(output)
+    return output
+
+
+def as_batch(waveforms: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
+    """(T,) or (B, T) float array/tensor -> contiguous float32 (B, T)."""
+    if isinstance(waveforms, torch.Tensor):
+        waveforms = waveforms.detach().float().cpu().numpy()
+    x = np.ascontiguousarray(waveforms, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2:
+        raise PannsError(f"expected waveforms of shape (samples,) or (batch, samples), got {x.shape}")
+    return x
+
+
+# ----------------------------------------------------------------------------- backends
+class TorchBackend:
+    """Runs a torch model under ``inference_mode`` and autocast for ``precision``.
+
+    optimize: run a BN-folded copy (and on CPU in fp32, channels_last), checked on a probe clip
+    against the model as given; the original is used if the outputs differ."""
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, precision: str, optimize: bool = False,
+                 probe_samples: int = 8000):
+        self.device = device
+        self.precision = precision
+        model = amp.prepare_for_inference(model, precision, device) or model
+        self.model = self._optimized(model, probe_samples) if optimize else model
+        self.model.eval()
+
+    def _optimized(self, model: torch.nn.Module, probe_samples: int) -> torch.nn.Module:
+        try:
+            fast = amp.fold_bn(model)
+            if self.device.type == "cpu" and self.precision == "fp32":
+                fast = fast.to(memory_format=torch.channels_last)
+            rs = np.random.RandomState(0)
+            probe = torch.from_numpy((0.1 * rs.randn(1, probe_samples)).astype(np.float32)).to(self.device)
+            with torch.inference_mode(), amp.autocast(self.precision, self.device):
+                a, b = model(probe), fast(probe)
+            key = "embedding" if "embedding" in a else "clipwise_output"
+            ref = a[key].float()
+            err = (ref - b[key].float()).abs().max().item() / max(ref.abs().max().item(), 1e-6)
+            if err <= (1e-4 if self.precision == "fp32" else 5e-2):
+                return fast
+            logger.warning("optimised model differs from the original (relative %.2g); using the original", err)
+        except Exception as e:  # unknown module layouts: correctness first
+            logger.warning("could not optimise the model for inference (%s); using it as given", e)
+        return model
+
+    def __call__(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        with torch.inference_mode(), amp.autocast(self.precision, self.device):
+            out = self.model(x)
+        return {k: v.float().cpu().numpy() for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+
+# name -> factory(runtime, **options) -> Backend. Other modules add theirs with register_backend.
+_BACKENDS: Dict[str, Callable[..., Backend]] = {}
+
+
+def register_backend(name: str, factory: Callable[..., Backend]) -> None:
+    """Make ``backend=name`` available; ``factory(runtime, **options)`` returns the callable."""
+    _BACKENDS[name] = factory
+
+
+def backend_names() -> List[str]:
+    return list(_BACKENDS)
+
+
+register_backend("torch", lambda rt, optimize=False, **_: TorchBackend(rt.model, rt.device, rt.precision, optimize,
+                                                                        max(rt.min_samples, rt.sample_rate // 4)))
+
+
+# ----------------------------------------------------------------------------- runtime
+def load_model(checkpoint_path: Optional[str] = None, model_type: Optional[str] = None,
+               frontend: Optional[Dict[str, int]] = None, download: bool = True):
+    """(model in eval mode on CPU, checkpoint.ModelConfig, checkpoint path) of a checkpoint file, or
+    of the official catalogue file of ``model_type`` when no path is given (downloaded once)."""
+    from panns import checkpoint  # checkpoint imports the model registry: only needed when loading
+
+    if checkpoint_path is None:
+        if not model_type:
+            raise PannsError("give a checkpoint path, or a model type to use its official pretrained checkpoint")
+        from panns import pretrained  # the catalogue (and its downloader) only when asked for
+
+        checkpoint_path = pretrained.get_checkpoint(model_type, download=download)
+    model, cfg = checkpoint.load_model(checkpoint_path, model_type=model_type, frontend=frontend)
+    return model, cfg, checkpoint_path
+
+
+@dataclass
+class Prediction:
+    """Outputs of :meth:`Runtime.predict` for B inputs (probabilities, float32)."""
+
+    clipwise: np.ndarray                                    # (B, classes)
+    embedding: Optional[np.ndarray]                         # (B, D) or None
+    framewise: Union[None, np.ndarray, List[np.ndarray]]    # (B, frames, classes) or [(frames_i, classes)]
+
+
+class Runtime:
+    """A model ready for inference: rebuilt from its checkpoint, on a device, at a precision.
+
+    model: the torch module (kept even when another backend runs it: the config and shapes come
+    from it). config: its ``checkpoint.ModelConfig``. precision: 'fp32' (default) | 'bf16' | 'fp16'
+    | 'auto' ('auto' = bf16 on a CUDA GPU with bf16 or a CPU with native bf16 instructions, else fp32).
+    """
+
+    def __init__(self, model: torch.nn.Module, config, device: Union[None, bool, str, torch.device] = "cpu",
+                 precision: str = "fp32", backend: str = "torch", checkpoint_path: Optional[str] = None,
+                 optimize: bool = False, **backend_options):
+        self.device = resolve_device(device)
+        self.precision = amp.resolve_precision(precision, self.device)
+        self.model = model.to(self.device).eval()
+        self.config = config
+        self.checkpoint_path = checkpoint_path
+        self.min_samples = model_min_samples(config, model)
+        if backend not in _BACKENDS:
+            raise PannsError(f"unknown backend {backend!r}; available: {', '.join(_BACKENDS)}")
+        self.backend_name = backend
+        self.backend: Backend = _BACKENDS[backend](self, optimize=optimize, **backend_options)
+
+    @classmethod
+    def load(cls, checkpoint_path: Optional[str] = None, model_type: Optional[str] = None,
+             frontend: Optional[Dict[str, int]] = None, device: Union[None, bool, str, torch.device] = "cpu",
+             precision: str = "fp32", backend: str = "torch", download: bool = True, **options) -> "Runtime":
+        """Load a checkpoint (ours, or an official file with ``model_type``); without a path, the
+        catalogue checkpoint of ``model_type`` (downloaded once into the cache when ``download``).
+
+        frontend: front-end settings to check against the checkpoint (official files: to use)."""
+        model, cfg, checkpoint_path = load_model(checkpoint_path, model_type, frontend, download)
+        return cls(model, cfg, device=device, precision=precision, backend=backend,
+                   checkpoint_path=checkpoint_path, **options)
+
+    # -- facts about the model ----------------------------------------------------------------
+    @property
+    def frontend(self) -> FrontEnd:
+        return FrontEnd.from_dict(self.config.frontend() if hasattr(self.config, "frontend") else vars(self.config))
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.config.sample_rate)
+
+    @property
+    def hop_size(self) -> int:
+        return int(self.config.hop_size)
+
+    @property
+    def classes_num(self) -> int:
+        return int(self.config.classes_num)
+
+    @property
+    def spec(self):
+        """The registry entry of the model (or its base), None for unknown types."""
+        from panns import models  # registry lookup only
+
+        for name in (self.config.model_type, getattr(self.config, "base_model_type", None)):
+            if name:
+                try:
+                    return models.get_model_spec(name)
+                except PannsError:
+                    continue
+        return None
+
+    @property
+    def is_sed(self) -> bool:
+        return bool(getattr(self.spec, "is_sed", False))
+
+    # -- running --------------------------------------------------------------------------------
+    def forward(self, waveforms: Union[np.ndarray, torch.Tensor]) -> Dict[str, np.ndarray]:
+        """One batch: (B, T) or (T,) float -> outputs as float32 arrays, zero-padded to the model's
+        minimum length, probabilities for clipwise/framewise output (framewise trimmed to the
+        frames of the unpadded input)."""
+        x = as_batch(waveforms)
+        n = x.shape[1]
+        out = self.backend(pad_to_min(x, self.min_samples))
+        for key in ("clipwise_output", "framewise_output"):
+            if key in out:
+                out[key] = to_probabilities(out[key], self.config)
+        if "framewise_output" in out and n < self.min_samples:
+            out["framewise_output"] = out["framewise_output"][:, : n // self.hop_size + 1]
+        return out
+
+    def predict(self, waveforms: Waveforms, batch_size: int = 8) -> Prediction:
+        """clipwise, embedding and framewise output of waveforms at ``sample_rate``.
+
+        waveforms: (T,) or (B, T) array/tensor, or a list of 1-D arrays of any lengths (equal
+        lengths are batched together, ``batch_size`` at a time; each row equals a forward of
+        that clip alone up to float rounding)."""
+        if isinstance(waveforms, (np.ndarray, torch.Tensor)):
+            x = as_batch(waveforms)
+            items = [x[i] for i in range(len(x))]
+        else:
+            items = [as_batch(w)[0] for w in waveforms]
+        if not items:
+            raise PannsError("no waveforms given")
+        results: List[Optional[Dict[str, np.ndarray]]] = [None] * len(items)
+        by_len: Dict[int, List[int]] = {}
+        for i, w in enumerate(items):
+            by_len.setdefault(len(w), []).append(i)
+        for idx in by_len.values():
+            for s in range(0, len(idx), max(1, batch_size)):
+                chunk = idx[s:s + batch_size]
+                out = self.forward(np.stack([items[i] for i in chunk]))
+                for k, i in enumerate(chunk):
+                    results[i] = {key: v[k] for key, v in out.items()}
+        clip = np.stack([r["clipwise_output"] for r in results])
+        emb = np.stack([r["embedding"] for r in results]) if "embedding" in results[0] else None
+        fw = None
+        if "framewise_output" in results[0]:
+            frames = [r["framewise_output"] for r in results]
+            fw = np.stack(frames) if len({f.shape for f in frames}) == 1 else frames
+        return Prediction(clip, emb, fw)
+
+    def predict_batches(self, batches: Iterable[dict]) -> Iterator[Dict[str, np.ndarray]]:
+        """Batch dicts (a DataLoader of {'audio_name', 'waveform'(, 'target')}) -> output dicts with
+        the model's outputs (probabilities) and the batch's 'audio_name'/'target' carried over."""
+        for batch in batches:
+            out = self.forward(batch["waveform"])
+            for key in ("audio_name", "target"):
+                if key in batch:
+                    v = batch[key]
+                    out[key] = v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+            yield out
+
+
+# ----------------------------------------------------------------------------- bare models
+def run_batches(model: torch.nn.Module, batches: Iterable[dict], precision: str = "fp32",
+                outputs: Sequence[str] = ("clipwise_output", "segmentwise_output", "framewise_output"),
+                carry: Sequence[str] = ("audio_name", "target")) -> Dict[str, np.ndarray]:
+    """Run a model being trained (eval mode, no grad, its train/eval mode restored afterwards) over
+    batch dicts and concatenate ``outputs`` (float32) and the batch keys in ``carry`` along the
+    batch axis. The evaluation path of training; inference uses :class:`Runtime`."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    acc: Dict[str, list] = {}
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                x = torch.as_tensor(batch["waveform"], dtype=torch.float32).to(device, non_blocking=True)
+                with amp.autocast(precision, device):
+                    out = model(x)
+                for key in outputs:
+                    if key in out:
+                        acc.setdefault(key, []).append(out[key].detach().float().cpu().numpy())
+                for key in carry:
+                    if key in batch:
+                        v = batch[key]
+                        acc.setdefault(key, []).append(v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+    finally:
+        model.train(was_training)
+    return {k: np.concatenate(v, axis=0) for k, v in acc.items()}
