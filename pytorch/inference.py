@@ -566,16 +566,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_export_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (front-end flags only for official checkpoints without a config)")
-    for k in FRONT_END_KEYS:
-        g.add_argument(f"--{k}", type=int, default=None, help=f"{k} (default: the checkpoint's / registry's)")
+    add_frontend_args(g)
     g.add_argument("--model_type", type=str, default=None, help="model class; needed for official checkpoints")
     g.add_argument("--checkpoint_path", type=str, default=None,
-                   help="checkpoint file; omitted: the official pretrained file of --model_type")
+                   help="checkpoint file (default: the official pretrained file of --model_type)")
     p.add_argument("--output", type=str, required=True, help="ONNX file to write (atomically)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18, the lowest the exporter writes)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s, the lowest the exporter writes)")
     p.add_argument("--class_labels_csv", type=str, default=None,
                    help="label CSV stored in the metadata when the checkpoint has no labels (default: the repository's)")
-    p.set_defaults(cuda=False, precision="fp32", top_k=1, batch_size=1, segment_seconds=None)
+    p.set_defaults(batch_size=1, segment_seconds=None)
 
 
 def export(args) -> int:
@@ -584,17 +583,19 @@ def export(args) -> int:
     from panns import onnx_backend  # optional dependencies (onnx, onnxscript, onnxruntime): only here
 
     onnx_backend.check_opset(args.opset)
-    ld = load_for_inference(args, torch.device("cpu"), "fp32")
+    if not args.output.lower().endswith(".onnx"):
+        raise PannsError(f"--output must end in .onnx, got {args.output}")
+    model, cfg, _ = runtime.load_model(args.checkpoint_path, args.model_type, frontend_overrides(args) or None)
     try:
-        labels = resolve_labels(ld.config, args.class_labels_csv)[0]
+        labels = resolve_labels(cfg, args.class_labels_csv)[0]
     except (PannsError, OSError) as e:
         if args.class_labels_csv:
             raise
         logger.warning("exporting without class labels (%s)", e)
         labels = []
-    err = onnx_backend.export_checked(ld.model, ld.config, args.output, opset=args.opset, labels=labels)
+    err = onnx_backend.export_checked(model, cfg, args.output, opset=args.opset, labels=labels)
     print("Exported {} to {} (opset {}, {:.1f} MB); ONNX Runtime output within {:.1e} of torch's largest value".format(
-        ld.config.model_type, args.output, args.opset, os.path.getsize(args.output) / 1e6, err))
+        cfg.model_type, args.output, args.opset, os.path.getsize(args.output) / 1e6, err))
     return 0
 
 

@@ -49,6 +49,13 @@ OUTPUT_ORDER = ("clipwise_output", "embedding", "framewise_output")
 EXPORT_FORMAT = 1
 
 
+def available() -> bool:
+    """True when onnxruntime and the exporter's packages are installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "onnxscript"))
+
+
 def _require_onnx():
     try:
         import onnxruntime  # noqa: F401  (only needed by this optional backend)

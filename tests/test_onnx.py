@@ -133,3 +133,52 @@ def test_bad_opset_and_unreadable_file(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(PannsError, match="cannot load ONNX model"):
         onnx_backend.OnnxBackend(str(bad))
+
+
+# ----------------------------------------------------------------------------- command line
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory, audioset_labels_csv):
+    """An official-format LeeNet11 checkpoint (527 classes), a 2-s clip and the label CSV."""
+    import soundfile as sf
+
+    d = tmp_path_factory.mktemp("onnx_cli")
+    with skip_weight_init():
+        model = models.create_model("LeeNet11")
+    quick_fill(model).eval()
+    ckpt = str(d / "LeeNet11.pth")
+    torch.save({"model": model.state_dict()}, ckpt)
+    t = np.arange(64000) / 32000
+    sf.write(str(d / "clip.wav"), (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 32000)
+    return {"dir": d, "ckpt": ckpt, "wav": str(d / "clip.wav"), "labels": audioset_labels_csv}
+
+
+def test_audio_tagging_printout_same_with_onnxruntime(cli_env, capsys, monkeypatch):
+    """The official printout is identical through ONNX Runtime; the export lands in the cache once."""
+    from panns import inference
+
+    cache = cli_env["dir"] / "cache"
+    monkeypatch.setenv("PANNS_CACHE", str(cache))
+    argv = ["audio_tagging", "--model_type=LeeNet11", f"--checkpoint_path={cli_env['ckpt']}",
+            f"--audio_path={cli_env['wav']}", f"--class_labels_csv={cli_env['labels']}"]
+    inference.main(argv)
+    ref = capsys.readouterr().out
+    inference.main(argv + ["--backend=onnxruntime"])
+    assert capsys.readouterr().out == ref and "Using CPU." in ref and "embedding: (512,)" in ref
+    files = os.listdir(cache / "onnx")
+    assert len(files) == 1 and files[0].startswith("LeeNet11-") and files[0].endswith(".onnx")
+
+
+def test_export_command(cli_env, capsys):
+    from panns import inference
+
+    out = cli_env["dir"] / "LeeNet11.onnx"
+    inference.main(["export", "--model_type=LeeNet11", f"--checkpoint_path={cli_env['ckpt']}",
+                    f"--output={out}", f"--class_labels_csv={cli_env['labels']}"])
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"Exported LeeNet11 to {out} (opset 18,") and "ONNX Runtime output within" in line
+    meta = onnx_backend.read_metadata(str(out))
+    assert meta["labels"][:2] == ["Class 0, synthetic", "Class 1, synthetic"] and len(meta["labels"]) == 527
+    assert meta["frontend"]["sample_rate"] == 32000 and meta["model_type"] == "LeeNet11"
+    with pytest.raises(PannsError, match="must end in .onnx"):
+        inference.main(["export", "--model_type=LeeNet11", f"--checkpoint_path={cli_env['ckpt']}",
+                        f"--output={out}.bin"])
