@@ -559,7 +559,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=None, help="decoding worker processes (default: cores/2, 1-4)")
     p.add_argument("--overwrite", action="store_true", help="start from scratch instead of resuming")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("export", help="write the model (front end included) as an ONNX file for other runtimes")
+    _add_export_args(p)
     return parser
+
+
+def _add_export_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (front-end flags only for official checkpoints without a config)")
+    add_frontend_args(g)
+    g.add_argument("--model_type", type=str, default=None, help="model class; needed for official checkpoints")
+    g.add_argument("--checkpoint_path", type=str, default=None,
+                   help="checkpoint file (default: the official pretrained file of --model_type)")
+    p.add_argument("--output", type=str, required=True, help="ONNX file to write (atomically)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s, the lowest the exporter writes)")
+    p.add_argument("--class_labels_csv", type=str, default=None,
+                   help="label CSV stored in the metadata when the checkpoint has no labels (default: the repository's)")
+    p.set_defaults(batch_size=1, segment_seconds=None)
+
+
+def export(args) -> int:
+    """Write the checkpoint's model (log-mel front end included) as an ONNX file, labels and
+    front-end settings in its metadata, checked against torch on a probe clip."""
+    from panns import onnx_backend  # optional dependencies (onnx, onnxscript, onnxruntime): only here
+
+    onnx_backend.check_opset(args.opset)
+    if not args.output.lower().endswith(".onnx"):
+        raise PannsError(f"--output must end in .onnx, got {args.output}")
+    model, cfg, _ = runtime.load_model(args.checkpoint_path, args.model_type, frontend_overrides(args) or None)
+    try:
+        labels = resolve_labels(cfg, args.class_labels_csv)[0]
+    except (PannsError, OSError) as e:
+        if args.class_labels_csv:
+            raise
+        logger.warning("exporting without class labels (%s)", e)
+        labels = []
+    err = onnx_backend.export_checked(model, cfg, args.output, opset=args.opset, labels=labels)
+    print("Exported {} to {} (opset {}, {:.1f} MB); ONNX Runtime output within {:.1e} of torch's largest value".format(
+        cfg.model_type, args.output, args.opset, os.path.getsize(args.output) / 1e6, err))
+    return 0
 
 
 def main(argv=None) -> None:
@@ -576,7 +613,7 @@ def main(argv=None) -> None:
     if getattr(args, "hop_seconds", None) is not None and args.hop_seconds <= 0:
         raise PannsError("--hop_seconds must be positive")
     handler = {"audio_tagging": audio_tagging, "sound_event_detection": sound_event_detection,
-               "extract_embeddings": extract_embeddings}[args.mode]
+               "extract_embeddings": extract_embeddings, "export": export}[args.mode]
     rc = handler(args)
     if rc:
         sys.exit(rc)

@@ -163,6 +163,27 @@ register_backend("torch", lambda rt, optimize=False, **_: TorchBackend(rt.model,
                                                                         max(rt.min_samples, rt.sample_rate // 4)))
 
 
+def _onnxruntime_backend(rt, **options) -> Backend:
+    """ONNX Runtime on CPU, fp32: the model exported once (cached) and run there (onnx_backend.py)."""
+    from panns import onnx_backend  # optional dependencies (onnxruntime, onnx, onnxscript): only when chosen
+
+    return onnx_backend.backend_factory(rt, **options)
+
+
+def _auto_backend(rt, **options) -> Backend:
+    """ONNX Runtime for fp32 on CPU where it is installed (faster there, same outputs within
+    1e-6), torch otherwise (GPUs, bf16/fp16)."""
+    from panns import onnx_backend  # see _onnxruntime_backend
+
+    use_onnx = rt.device.type == "cpu" and rt.precision == "fp32" and onnx_backend.available()
+    rt.backend_name = "onnxruntime" if use_onnx else "torch"
+    return _BACKENDS[rt.backend_name](rt, **options)
+
+
+register_backend("onnxruntime", _onnxruntime_backend)
+register_backend("auto", _auto_backend)
+
+
 # ----------------------------------------------------------------------------- runtime
 def load_model(checkpoint_path: Optional[str] = None, model_type: Optional[str] = None,
                frontend: Optional[Dict[str, int]] = None, download: bool = True):

@@ -62,6 +62,7 @@ import soxr
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
+from panns import storage
 from panns.create_indexes import IndexTable, read_index, resolve_hdf5_path
 from panns.errors import PannsError
 from panns.utilities import INT16_SCALE, int16_to_float32
@@ -248,17 +249,23 @@ class _OpenFile(object):
             self.hf = h5py.File(path, "r")
         except (OSError, FileNotFoundError) as e:
             raise PannsError(f"cannot open waveform HDF5 {path}: {e}") from None
-        for key in ("audio_name", "waveform", "target"):
-            if key not in self.hf:
-                self.hf.close()
-                raise PannsError(f"{path} is not a waveform HDF5 (no '{key}' dataset)")
+        try:
+            layout = storage.storage_of(self.hf)
+            for key in ("audio_name", "target"):
+                if key not in self.hf:
+                    raise PannsError(f"{path} is not a waveform HDF5 (no '{key}' dataset)")
+        except PannsError:
+            self.hf.close()
+            raise
         try:
             self.fd: Optional[int] = os.open(path, os.O_RDONLY)
         except OSError:
             self.fd = None
         self.sample_rate = int(self.hf.attrs.get("sample_rate", 32000))
         self.names = _RowReader(self.hf["audio_name"], self.fd)
-        self.waves = _RowReader(self.hf["waveform"], self.fd)
+        # flac layout: rows are decoded here, i.e. in the loader worker, into the same int16 rows.
+        self.waves = (storage.FlacRowReader(self.hf[storage.FLAC_KEY], storage.clip_samples_of(self.hf))
+                      if layout == "flac" else _RowReader(self.hf["waveform"], self.fd))
         self.targets = _RowReader(self.hf["target"], self.fd)
 
     def close(self) -> None:
