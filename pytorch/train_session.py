@@ -394,8 +394,11 @@ class Session:
         loss = tl.mean_over_ranks(self.info, loss)
         elapsed = max(time.perf_counter() - m.start, 1e-9)
         steps = len(m.losses)
-        logger.info("iteration: %d, loss: %.4f, %.2f it/s, %.1f examples/s, data wait %.0f%%", iteration, loss,
-                    steps / elapsed, steps * self.global_batch / elapsed, 100.0 * m.wait / elapsed)
+        memory = ""
+        if self.info.device.type == "cuda":
+            memory = f", peak memory {torch.cuda.max_memory_allocated(self.info.device) / 2**30:.1f} GiB"
+        logger.info("iteration: %d, loss: %.4f, %.2f it/s, %.1f examples/s, data wait %.0f%%%s", iteration, loss,
+                    steps / elapsed, steps * self.global_batch / elapsed, 100.0 * m.wait / elapsed, memory)
         m.reset()
         self.progress.note(iteration)
 
