@@ -128,7 +128,8 @@ class FlacRowReader(object):
 
     def read_into(self, i: int, out: np.ndarray) -> None:
         if not 0 <= i < self.ds.shape[0]:
-            raise PannsError(f"row {i} out of range for {self.ds.name} ({self.ds.shape[0]} rows) in {self.ds.file.filename}")
+            raise PannsError(f"row {i} out of range for {self.ds.name} ({self.ds.shape[0]} rows) "
+                             f"in {self.ds.file.filename}")
         decode_flac_into(self.ds[i], out, f"row {i} of {self.ds.file.filename}")
 
     def read(self, i: int) -> np.ndarray:
