@@ -1,9 +1,8 @@
-"""Numeric precision for training and inference: choose, apply (autocast) and prepare models.
+"""Numeric precision mechanics for training and inference: autocast, channels_last, BatchNorm folding.
 
 Models keep their front end (STFT, log-mel, bn0, SpecAugment) and final sigmoid/softmax in float32
-inside autocast, so only the CNN body runs in bf16/fp16. bf16 is fast on GPUs with bf16 support
-and on CPUs with AMX or AVX512-BF16; elsewhere (e.g. AVX2-only CPUs) it is emulated and slow, so
-'auto' picks fp32 there.
+inside autocast, so only the CNN body runs in bf16/fp16. Which precision a device should use
+('auto') is decided by :func:`panns.devices.resolve_precision`.
 """
 from __future__ import annotations
 
@@ -15,53 +14,18 @@ from typing import Union
 import torch
 import torch.nn as nn
 
+# The precision *choice* (which precision a device wants) lives in devices.py; re-exported here for callers
+# that already use amp.resolve_precision.
+from panns.devices import PRECISIONS, cpu_has_fast_bf16, resolve_precision  # noqa: F401
 from panns.errors import PannsError
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _device_type(device: Union[str, torch.device]) -> str:
     return torch.device(device).type
-
-
-def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True when the CPU has native bf16 matrix instructions (AMX-BF16 or AVX512-BF16)."""
-    try:
-        with open(cpuinfo) as f:
-            flags = set()
-            for line in f:
-                if line.startswith("flags"):
-                    flags.update(line.split(":", 1)[1].split())
-                    break
-        if flags & {"amx_bf16", "avx512_bf16"}:
-            return True
-    except OSError:
-        pass
-    try:
-        cap = torch.backends.cpu.get_cpu_capability()   # e.g. 'AVX2', 'AVX512', 'AVX512_BF16', 'AMX'
-    except Exception:
-        return False
-    return "AMX" in cap or "BF16" in cap
-
-
-def resolve_precision(precision: str, device: Union[str, torch.device]) -> str:
-    """'fp32' | 'bf16' | 'fp16' | 'auto' -> the precision to use on ``device``.
-    'auto': bf16 on CUDA with bf16 support or on a CPU with fast bf16, else fp32."""
-    if precision not in PRECISIONS:
-        raise PannsError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    dev = _device_type(device)
-    if precision == "auto":
-        if dev == "cuda":
-            return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-        return "bf16" if dev == "cpu" and cpu_has_fast_bf16() else "fp32"
-    if precision == "fp16" and dev == "cpu":
-        logger.warning("fp16 on CPU is emulated and slow; bf16 or fp32 are better choices")
-    if precision == "bf16" and dev == "cpu" and not cpu_has_fast_bf16():
-        logger.warning("this CPU has no native bf16 (AMX/AVX512-BF16): bf16 will be slower than fp32")
-    return precision
 
 
 def autocast(precision: str, device: Union[str, torch.device]):

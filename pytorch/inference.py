@@ -44,7 +44,7 @@ from panns import config
 from panns import runtime
 from panns.errors import AudioDecodeError, PannsError, run_cli
 from panns.frontend import add_frontend_args, frontend_overrides
-from panns.postprocess import Event, EventTracker, detect_events, tags_of, top_indexes
+from panns.postprocess import Event, detect_events, tags_of, top_indexes
 from panns.runtime import AUTO_SEGMENT_SECONDS, AUTO_WINDOW_SECONDS, Runtime
 from panns.utilities import atomic_path, create_folder, get_filename
 
@@ -411,8 +411,8 @@ def _add_common(p: argparse.ArgumentParser, extract: bool = False) -> None:
                    help="audio file(s), folder(s), .txt/.lst list(s) of paths or glob(s); may repeat")
     p.add_argument("--cuda", action="store_true", default=False, help="run on the GPU if available (else warn, CPU)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
-                   help="numeric precision of the CNN body (default: %(default)s; auto picks bf16 on a CUDA GPU with "
-                        "bf16 or a CPU with native bf16 instructions, else fp32)")
+                   help="numeric precision of the CNN body (default: %(default)s; auto picks bf16 where the hardware "
+                        "has native bf16 (CUDA sm80+, CPUs with AMX/AVX512-BF16), fp16 on sm70/75 GPUs, else fp32)")
     if extract:   # extract_embeddings: one row per file
         p.add_argument("--segment_seconds", type=float, default=None,
                        help="crop/zero-pad every file to this length (default: keep each file whole; "
@@ -459,7 +459,44 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=None, help="decoding worker processes (default: cores/2, 1-4)")
     p.add_argument("--overwrite", action="store_true", help="start from scratch instead of resuming")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("export", help="write the model (front end included) as an ONNX file for other runtimes")
+    _add_export_args(p)
     return parser
+
+
+def _add_export_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (front-end flags only for official checkpoints without a config)")
+    add_frontend_args(g)
+    g.add_argument("--model_type", type=str, default=None, help="model class; needed for official checkpoints")
+    g.add_argument("--checkpoint_path", type=str, default=None,
+                   help="checkpoint file (default: the official pretrained file of --model_type)")
+    p.add_argument("--output", type=str, required=True, help="ONNX file to write (atomically)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s, the lowest the exporter writes)")
+    p.add_argument("--class_labels_csv", type=str, default=None,
+                   help="label CSV stored in the metadata when the checkpoint has no labels (default: the repository's)")
+    p.set_defaults(batch_size=1, segment_seconds=None)
+
+
+def export(args) -> int:
+    """Write the checkpoint's model (log-mel front end included) as an ONNX file, labels and
+    front-end settings in its metadata, checked against torch on a probe clip."""
+    from panns import onnx_backend  # optional dependencies (onnx, onnxscript, onnxruntime): only here
+
+    onnx_backend.check_opset(args.opset)
+    if not args.output.lower().endswith(".onnx"):
+        raise PannsError(f"--output must end in .onnx, got {args.output}")
+    model, cfg, _ = runtime.load_model(args.checkpoint_path, args.model_type, frontend_overrides(args) or None)
+    try:
+        labels = resolve_labels(cfg, args.class_labels_csv)[0]
+    except (PannsError, OSError) as e:
+        if args.class_labels_csv:
+            raise
+        logger.warning("exporting without class labels (%s)", e)
+        labels = []
+    err = onnx_backend.export_checked(model, cfg, args.output, opset=args.opset, labels=labels)
+    print("Exported {} to {} (opset {}, {:.1f} MB); ONNX Runtime output within {:.1e} of torch's largest value".format(
+        cfg.model_type, args.output, args.opset, os.path.getsize(args.output) / 1e6, err))
+    return 0
 
 
 def main(argv=None, prog: Optional[str] = None) -> None:
@@ -476,7 +513,7 @@ def main(argv=None, prog: Optional[str] = None) -> None:
     if getattr(args, "hop_seconds", None) is not None and args.hop_seconds <= 0:
         raise PannsError("--hop_seconds must be positive")
     handler = {"audio_tagging": audio_tagging, "sound_event_detection": sound_event_detection,
-               "extract_embeddings": extract_embeddings}[args.mode]
+               "extract_embeddings": extract_embeddings, "export": export}[args.mode]
     rc = handler(args)
     if rc:
         sys.exit(rc)

@@ -19,8 +19,7 @@ import argparse
 import logging
 from typing import Any, Dict, Optional
 
-
-import torch
+from panns import devices
 from panns.errors import run_cli
 from panns.frontend import add_frontend_args
 from panns import train_lib as tl
@@ -33,14 +32,19 @@ logger = logging.getLogger("main")
 def train(cfg: TrainConfig) -> Dict[str, Any]:
     """Run training as configured; returns {'iteration', 'checkpoint_path', 'statistics'} (rank 0 view)."""
     cfg.validate()
-    info = tl.init_distributed(cfg.cuda)
+    info = devices.init_distributed(cfg.cuda)
     try:
+        devices.configure_backends(info.device, deterministic=cfg.deterministic)
         s = session.Session(cfg, info)
         it = s.iteration
         while True:
-            if (it % cfg.eval_every == 0 or it == cfg.early_stop) and (it > cfg.resume_iteration or it == 0):
+            at_end = it == cfg.early_stop
+            just_resumed = 0 < cfg.resume_iteration == it  # the checkpoint we resumed from holds this point
+            should_eval = (it % cfg.eval_every == 0 or at_end) and (it > cfg.resume_iteration or it == 0)
+            should_save = (it % cfg.save_every == 0 or at_end) and not just_resumed
+            if should_eval:
                 s.evaluate(it)
-            if (it % cfg.save_every == 0 or it == cfg.early_stop) and not (0 < cfg.resume_iteration == it):
+            if should_save:
                 s.save(it)
             if it >= cfg.early_stop:
                 break
@@ -51,17 +55,22 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             s.meter.update(scalars, wait)
             if it % cfg.log_every == 0:
                 s.log_progress(it)
+            s.progress.update(it)
         return s.finish(it)
     finally:
-        if info.distributed and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        devices.teardown(info)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Module docstring as written, and every option's default in --help."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig(workspace="")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
-    p = sub.add_parser("train", help="train a model on the workspace's AudioSet HDF5 files")
+    p = sub.add_parser("train", help="train a model on the workspace's AudioSet HDF5 files",
+                       description="Train a model on the workspace's AudioSet HDF5 files.", formatter_class=_HelpFormatter)
     p.add_argument("--workspace", type=str, required=True, help="workspace holding hdf5s/indexes/*.h5; outputs go here")
     p.add_argument("--data_type", type=str, default=d.data_type, choices=tl.DATA_TYPES,
                    help="training index: hdf5s/indexes/<data_type>.h5")
@@ -74,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixup: Beta(1,1) mixing of adjacent pairs in the log-mel domain")
     p.add_argument("--batch_size", type=int, default=d.batch_size,
                    help="examples per optimizer step (after mixup; the loader reads twice as many clips); "
-                        "with DDP the total over all processes")
+                        "with DDP the total over all processes (see --per_rank_batch_size)")
     p.add_argument("--learning_rate", type=float, default=d.learning_rate, help="Adam (amsgrad) learning rate")
     p.add_argument("--resume_iteration", type=int, default=d.resume_iteration,
                    help="resume from <checkpoints dir>/<N>_iterations.pth (0: start fresh)")
@@ -83,11 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_every", type=int, default=d.eval_every, help="evaluate every N iterations")
     p.add_argument("--save_every", type=int, default=d.save_every, help="save a checkpoint every N iterations")
     p.add_argument("--num_workers", type=int, default=d.num_workers,
-                   help="data loader worker processes (clamped to the CPU count)")
+                   help="data loader worker processes per training process (clamped to the CPUs it may use)")
     p.add_argument("--seed", type=int, default=d.seed,
                    help="seed of the sampler, Mixup and torch/numpy RNGs (1234 = official sampler/Mixup)")
     p.add_argument("--precision", type=str, default=d.precision, choices=tl.PRECISIONS,
-                   help="CNN body precision under autocast (front end and loss stay fp32); also for evaluation")
+                   help="CNN body precision under autocast (front end and loss stay fp32); also for evaluation. "
+                        "auto: bf16 on GPUs with native bf16 (sm80+), else fp32")
     p.add_argument("--compile", action="store_true", default=False, help="torch.compile the model for training")
     p.add_argument("--black_list_csv", type=str, default=None,
                    help="CSV of clips to skip in training (e.g. WS/black_list/dcase2017task4.csv)")
@@ -95,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label CSV (index,mid,display_name); default metadata/class_labels_indices.csv")
     p.add_argument("--log_every", type=int, default=d.log_every, help="log loss/speed every N iterations")
     p.add_argument("--grad_clip", type=float, default=d.grad_clip, help="clip the gradient norm (0: off, official)")
+    p.add_argument("--deterministic", action="store_true", default=False,
+                   help="deterministic kernels (cuDNN/cuBLAS): resume is bit-exact on CUDA too, at some speed")
+    p.add_argument("--per_rank_batch_size", type=int, default=d.per_rank_batch_size,
+                   help="examples per process per step; the global batch becomes this x processes (0: "
+                        "--batch_size split over the processes). The learning rate is not changed: scale "
+                        "--learning_rate yourself if you grow the global batch")
+    p.add_argument("--sync_bn", action="store_true", default=False,
+                   help="DDP on CUDA: BatchNorm statistics over all processes (helps small per-process batches)")
     return parser
 
 

@@ -21,7 +21,6 @@ here, the same for every backend.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from panns import amp
+from panns import devices
 from panns.errors import PannsError
 from panns.frontend import FrontEnd
 
@@ -45,21 +45,20 @@ Backend = Callable[[np.ndarray], Dict[str, np.ndarray]]
 
 # ----------------------------------------------------------------------------- small pieces
 def resolve_device(device: Union[None, bool, str, torch.device] = None) -> torch.device:
-    """None/'auto': CUDA when available, else CPU; True/False: the CLIs' --cuda flag (CPU with a
-    warning where CUDA is missing); otherwise a torch device string."""
-    if isinstance(device, torch.device):
+    """A device argument of the API or CLIs -> torch.device; the choice is ``devices.select_device``'s.
+
+    None/'auto': CUDA when available, else CPU; True/False: the CLIs' --cuda flag; 'cuda' without a
+    GPU: the CPU, with a warning; other strings/devices as given."""
+    if isinstance(device, torch.device) and device.type != "cuda":
         return device
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(device, bool):
-        if device and not torch.cuda.is_available():
-            logger.warning("--cuda given but CUDA is not available; running on CPU")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if device and torch.cuda.is_available() \
-            else torch.device("cpu")
+        return devices.select_device(device)
+    if device is None or device == "auto":
+        return devices.select_device(torch.cuda.is_available())
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PannsError(f"device {device!r} requested but CUDA is not available (use device='cpu' or 'auto')")
-    return dev
+    if dev.type != "cuda":
+        return dev
+    return devices.select_device(True, dev.index) if dev.index is not None else devices.select_device(True)
 
 
 def model_min_samples(config, model: Optional[torch.nn.Module] = None) -> int:
@@ -165,6 +164,27 @@ def backend_names() -> List[str]:
 
 register_backend("torch", lambda rt, optimize=False, **_: TorchBackend(rt.model, rt.device, rt.precision, optimize,
                                                                         max(rt.min_samples, rt.sample_rate // 4)))
+
+
+def _onnxruntime_backend(rt, **options) -> Backend:
+    """ONNX Runtime on CPU, fp32: the model exported once (cached) and run there (onnx_backend.py)."""
+    from panns import onnx_backend  # optional dependencies (onnxruntime, onnx, onnxscript): only when chosen
+
+    return onnx_backend.backend_factory(rt, **options)
+
+
+def _auto_backend(rt, **options) -> Backend:
+    """ONNX Runtime for fp32 on CPU where it is installed (faster there, same outputs within
+    1e-6), torch otherwise (GPUs, bf16/fp16)."""
+    from panns import onnx_backend  # see _onnxruntime_backend
+
+    use_onnx = rt.device.type == "cpu" and rt.precision == "fp32" and onnx_backend.available()
+    rt.backend_name = "onnxruntime" if use_onnx else "torch"
+    return _BACKENDS[rt.backend_name](rt, **options)
+
+
+register_backend("onnxruntime", _onnxruntime_backend)
+register_backend("auto", _auto_backend)
 
 
 # ----------------------------------------------------------------------------- runtime

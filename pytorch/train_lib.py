@@ -8,10 +8,9 @@ the run record written next to the logs.
 """
 from __future__ import annotations
 
-import collections
-import copy
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -19,14 +18,20 @@ import platform
 import random
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
+import h5py
 import numpy as np
+import sklearn
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from panns import amp
+from panns.data_generator import to_device  # noqa: F401  (re-exported: fine-tuning moves batches with it)
+from panns.devices import DistInfo
 from panns.errors import PannsError
 from panns.frontend import FRONT_END_32K, FRONTEND_KEYS, FrontEnd
 from panns.utilities import atomic_path, create_folder
@@ -37,7 +42,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_TYPES = ("balanced_train", "full_train")
 BALANCED = ("none", "balanced", "alternate")
 AUGMENTATIONS = ("none", "mixup")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -74,6 +79,9 @@ class TrainConfig:
     log_every: int = 10
     mixup_alpha: float = 1.0
     grad_clip: float = 0.0          # 0 = off (official: no clipping)
+    deterministic: bool = False     # deterministic kernels: bit-exact resume on CUDA (slower)
+    per_rank_batch_size: int = 0    # 0: batch_size is the global batch, split over the processes
+    sync_bn: bool = False           # DDP: BatchNorm statistics over all processes (CUDA only)
     filename: str = "main"          # official path level (script name)
 
     # Official workspace layout (spec 2.2).
@@ -124,6 +132,8 @@ class TrainConfig:
                                      ("precision", self.precision, PRECISIONS)):
             if value not in choices:
                 raise PannsError(f"--{name} {value!r} is not one of {', '.join(choices)}")
+        if self.per_rank_batch_size < 0:
+            raise PannsError(f"--per_rank_batch_size must be >= 0 (got {self.per_rank_batch_size})")
         for name in ("batch_size", "eval_every", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise PannsError(f"--{name} must be >= 1 (got {getattr(self, name)})")
@@ -136,41 +146,6 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------ distributed
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(cuda: bool) -> DistInfo:
-    """Rank/world from torchrun's environment; gloo on CPU, nccl on CUDA; device per local rank.
-
-    Without torchrun (no WORLD_SIZE or WORLD_SIZE=1) nothing is initialised.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = cuda and torch.cuda.is_available()
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu") if world > 1 else \
-        torch.device("cuda" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        # Long timeout: ranks wait for each other across evaluations and checkpoint writes.
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
-    return DistInfo(rank, world, local_rank, device)
-
-
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
@@ -201,8 +176,6 @@ def broadcast_buffers(info: DistInfo, model: torch.nn.Module) -> None:
 
 def state_digest(model: torch.nn.Module) -> str:
     """Short hash of a model's state_dict (names, dtypes and bytes), to compare weights across ranks."""
-    import hashlib
-
     h = hashlib.blake2b(digest_size=8)
     for name, t in model.state_dict().items():
         h.update(name.encode())
@@ -222,31 +195,20 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------------- train step
-def to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
-    """Float arrays -> float32 tensors, int arrays -> int64, anything else (names) as it is."""
-    out = {}
-    non_blocking = device.type == "cuda"
-    for k, v in batch.items():
-        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
-            v = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
-        elif isinstance(v, np.ndarray) and v.dtype.kind in "iu":
-            v = torch.from_numpy(v.astype(np.int64))
-        if isinstance(v, torch.Tensor):
-            v = v.to(device, non_blocking=non_blocking)
-        out[k] = v
-    return out
-
-
-class TensorCollate:
-    """Wrap a numpy collate_fn so that workers return torch tensors (pin_memory only pins tensors)."""
-
-    def __init__(self, collate_fn):
-        self.collate_fn = collate_fn
-
-    def __call__(self, items: list) -> Dict[str, Any]:
-        out = self.collate_fn(items)
-        return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) and v.dtype.kind in "fiub" else v
-                for k, v in out.items()}
+def unused_parameters(model: torch.nn.Module, samples: int) -> List[str]:
+    """Names of trainable parameters outside the graph of 'clipwise_output' (what the loss uses), found with
+    one forward/backward of a (1, samples) zero waveform in eval mode: BatchNorm statistics, dropout and
+    SpecAugment draw nothing, so training state is unchanged."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        out = model(torch.zeros(1, samples, device=device))
+        out["clipwise_output"].float().sum().backward()
+        return [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
 
 
 def mix_targets(target: torch.Tensor, mixup_lambda: torch.Tensor) -> torch.Tensor:
@@ -290,40 +252,44 @@ def train_step(model: torch.nn.Module, batch: Dict[str, Any], optimizer: torch.o
 
 
 
+# -------------------------------------------------------------------------------------- progress
+class Progress:
+    """Progress between log lines: a tqdm bar on a terminal, else a line every ``every_s`` seconds.
+
+    Only where ``enabled`` (rank 0); ``update(iteration)`` once per step, ``close()`` at the end."""
+
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, every_s: float = 60.0):
+        self.total, self.every_s = total, every_s
+        self.bar = None
+        self.enabled = enabled
+        self._last = time.perf_counter()
+        self._last_it = start
+        if enabled and sys.stderr.isatty():
+            self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, leave=False)
+
+    def update(self, iteration: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(iteration - self.bar.n)
+            return
+        now = time.perf_counter()
+        if now - self._last >= self.every_s:
+            rate = (iteration - self._last_it) / (now - self._last)
+            logger.info("iteration %d/%d (%.2f it/s)", iteration, self.total, rate)
+            self._last, self._last_it = now, iteration
+
+    def note(self, iteration: int) -> None:
+        """A log line was just printed: restart the interval."""
+        self._last, self._last_it = time.perf_counter(), iteration
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 # -------------------------------------------------------------------------------- resumable state
-class ConsumedStateSampler:
-    """Batch sampler wrapper that knows the sampler state after the batches the loop has *consumed*.
-
-    A DataLoader draws batches ahead (prefetch, workers), so the wrapped sampler's own state is
-    ahead of training. Each yielded batch's post-state is queued; :meth:`mark_consumed` (called by
-    the loop when it receives a batch, in order) pops it. :meth:`state_dict` is therefore exactly
-    the state to resume from. Only the main process iterates a batch sampler, so no locking.
-    """
-
-    def __init__(self, sampler):
-        self.sampler = sampler
-        self._pending: Deque[dict] = collections.deque()
-        self._consumed = copy.deepcopy(sampler.state_dict())
-
-    def __iter__(self) -> Iterator[list]:
-        self._pending.clear()  # a fresh iteration restarts from the consumed state
-        self.sampler.load_state_dict(copy.deepcopy(self._consumed))
-        for batch in self.sampler:
-            self._pending.append(copy.deepcopy(self.sampler.state_dict()))
-            yield batch
-
-    def mark_consumed(self) -> None:
-        self._consumed = self._pending.popleft()
-
-    def state_dict(self) -> dict:
-        return copy.deepcopy(self._consumed)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(copy.deepcopy(state))
-        self._consumed = copy.deepcopy(self.sampler.state_dict())
-        self._pending.clear()
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -364,9 +330,6 @@ def git_commit() -> Optional[str]:
 
 
 def versions() -> Dict[str, str]:
-    import h5py
-    import sklearn
-
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "h5py": h5py.__version__, "sklearn": sklearn.__version__}
 

@@ -17,11 +17,20 @@ import numpy as np
 import torch
 
 from panns import amp
+from panns import checkpoint
 from panns import config
+from panns import data_generator as dg
+from panns import devices
+from panns import models
+from panns import storage
 from panns import train_lib as tl
+from panns.create_indexes import read_index
+from panns.devices import DistInfo
 from panns.errors import CheckpointError, PannsError
-from panns.train_lib import DistInfo, TrainConfig
+from panns.evaluate import Evaluator, StatisticsContainer
+from panns.losses import get_loss_func
 from panns.pytorch_utils import count_parameters
+from panns.train_lib import TrainConfig
 from panns.utilities import Mixup, create_folder, create_logging
 
 logger = logging.getLogger("main")
@@ -44,8 +53,6 @@ class DataInfo:
 
 def _waveform_files(indexes_path: str) -> List[str]:
     """The waveform HDF5 files an index file points to (resolved paths)."""
-    from panns.create_indexes import read_index
-
     table = read_index(indexes_path)
     if len(table) == 0:
         raise PannsError(f"{indexes_path} lists no clips (was the waveform HDF5 empty?)")
@@ -62,7 +69,7 @@ def _clip_samples(indexes_path: str, labels: config.ClassLabels, sample_rate: in
                              "pack it with utils/dataset.py pack_waveforms_to_hdf5")
         with h5py.File(path, "r") as hf:
             file_sr = int(hf.attrs.get("sample_rate", config.sample_rate))
-            file_len = int(hf["waveform"].shape[1])
+            file_len = storage.clip_samples_of(hf)  # either layout (pcm16 or flac)
             ids = [x.decode() if isinstance(x, bytes) else str(x) for x in hf.attrs.get("class_ids", [])]
         if ids and ids != list(labels.ids):
             raise PannsError(f"{path} was packed with another label CSV (class ids differ from "
@@ -81,8 +88,6 @@ def check_inputs(cfg: TrainConfig) -> DataInfo:
     """Fail with one line, before any work, on inputs that cannot train: label CSV, model name, index
     files (which script makes them), their class count, the waveform files they name, clip lengths."""
     labels = config.read_class_labels(cfg.class_labels_csv)
-    from panns import models
-
     models.get_model_spec(cfg.model_type)  # unknown names list the valid ones
     names = (cfg.data_type, "balanced_train", "eval")
     for name in names:
@@ -114,8 +119,6 @@ def check_resampling(file_sr: int, sample_rate: int, path: str, fmax: int) -> No
 
 def build_model(cfg: TrainConfig, classes_num: int, clip_samples: int, eval_clip_samples: int) -> torch.nn.Module:
     """The model for ``cfg`` with a clear error for front ends or clip lengths it cannot take."""
-    from panns import models
-
     try:
         model = models.create_model(cfg.model_type, classes_num=classes_num, **cfg.frontend)
     except PannsError:
@@ -157,22 +160,28 @@ class Session:
         self.cfg, self.info = cfg, info
         data = check_inputs(cfg)
         self.labels = data.labels
-        if info.distributed and cfg.batch_size % info.world_size:
-            raise PannsError(f"--batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
-        self.batch_per_rank = cfg.batch_size // info.world_size
+        if cfg.per_rank_batch_size > 0:
+            self.batch_per_rank = cfg.per_rank_batch_size
+        elif info.distributed and cfg.batch_size % info.world_size:
+            raise PannsError(f"--batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes; "
+                             "pass a divisible global batch or --per_rank_batch_size")
+        else:
+            self.batch_per_rank = cfg.batch_size // info.world_size
+        self.global_batch = self.batch_per_rank * info.world_size
+        if cfg.sync_bn and info.distributed and info.device.type != "cuda":
+            raise PannsError("--sync_bn needs CUDA (SyncBatchNorm has no CPU/gloo implementation)")
         if cfg.resume_iteration > 0:
             self._resume_path(cfg.resume_iteration)  # fail before any work when it is missing
 
-        self.precision = amp.resolve_precision(cfg.precision, info.device)
+        self.precision = amp.resolve_precision(cfg.precision, info.device, training=True)
         tl.seed_everything(cfg.seed)  # same initial weights on every rank
         raw = build_model(cfg, data.labels.classes_num, data.clip_samples, data.eval_clip_samples)
-        from panns.losses import get_loss_func
-
         self.loss_func = get_loss_func(cfg.loss_type)
         self._setup_logging()
         logger.info("Config: %s", cfg.to_dict())
-        logger.info("Using %s (%s%s).", "GPU" if info.device.type == "cuda" else "CPU", info.device,
-                    f", {info.world_size} processes" if info.distributed else "")
+        logger.info("Using %s%s; precision %s; batch %d per process, %d per step.", devices.describe(info.device),
+                    f", {info.world_size} processes" if info.distributed else "", self.precision,
+                    self.batch_per_rank, self.global_batch)
         if cfg.cuda and info.device.type != "cuda":
             logger.warning("--cuda given but no GPU is available; training on the CPU")
         self.raw_model = raw.to(info.device)
@@ -186,16 +195,10 @@ class Session:
         self.optimizer = torch.optim.Adam(raw.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-08,
                                           weight_decay=0.0, amsgrad=True)
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=self.precision == "fp16")
-        self.model = torch.compile(raw) if cfg.compile else raw
-        if info.distributed:
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
-                find_unused_parameters=True)  # some official classes carry unused layers (Q19)
+        self.model = self._wrap(raw, data.clip_samples)
         self.mixup = Mixup(mixup_alpha=cfg.mixup_alpha, random_seed=cfg.seed + info.rank) \
             if cfg.augmentation == "mixup" else None
         self._setup_data()
-        from panns.evaluate import Evaluator, StatisticsContainer
-
         self.evaluator = Evaluator(raw, precision=self.precision)
         self.statistics = StatisticsContainer(cfg.statistics_path)
         self.iteration = 0
@@ -204,9 +207,31 @@ class Session:
         if cfg.resume_iteration > 0:
             self._resume(cfg.resume_iteration)
         self.meter = Meter()
+        self.progress = tl.Progress(total=cfg.early_stop, start=self.iteration, enabled=info.is_main)
         self._train_start = time.perf_counter()
         self._last_saved: Optional[str] = None
         self._last_stats: Dict[str, Any] = {}
+
+    def _wrap(self, raw: torch.nn.Module, clip_samples: int) -> torch.nn.Module:
+        """DDP (with SyncBatchNorm if asked), then torch.compile of the DDP module - the order PyTorch
+        documents, so that DDP's graph-aware bucketing sees the compiled graphs."""
+        cfg, info = self.cfg, self.info
+        model = raw
+        if info.distributed:
+            # DDP's unused-parameter search costs a graph walk every step: only ask for it where the
+            # model really has parameters outside the training loss's graph (e.g. Wavegram_Cnn14's bn0).
+            unused = tl.unused_parameters(raw, clip_samples)
+            if unused:
+                logger.info("%d parameter tensors get no gradient (%s...): DDP find_unused_parameters on",
+                            len(unused), ", ".join(unused[:3]))
+            if cfg.sync_bn:
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
+                find_unused_parameters=bool(unused))
+        if cfg.compile:
+            model = torch.compile(model)
+        return model
 
     # ------------------------------------------------------------------------------------ setup
     def _setup_logging(self) -> None:
@@ -218,43 +243,34 @@ class Session:
             logging.getLogger().setLevel(logging.WARNING)
 
     def _model_config(self) -> Dict[str, Any]:
-        from panns import checkpoint
-
         mc = checkpoint.ModelConfig.from_registry(self.cfg.model_type, classes_num=self.labels.classes_num,
                                                   **self.cfg.frontend)
         mc.labels, mc.ids = list(self.labels.labels), list(self.labels.ids)
         return mc.to_dict()
 
     def _setup_data(self) -> None:
-        from panns import data_generator as dg
-        from torch.utils.data import DataLoader
-
         cfg, info = self.cfg, self.info
-        cpus = os.cpu_count() or 1
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
-        self.num_workers = max(0, min(cfg.num_workers, cpus // max(local_world, 1)))
+        self.num_workers = max(0, min(cfg.num_workers, dg.usable_cpus() // max(local_world, 1)))
         sampler_cls = {"none": dg.TrainSampler, "balanced": dg.BalancedTrainSampler,
                        "alternate": dg.AlternateTrainSampler}[cfg.balanced]
         per_step = self.batch_per_rank * (2 if self.mixup is not None else 1)
-        self.train_sampler = tl.ConsumedStateSampler(sampler_cls(
+        self.train_sampler = sampler_cls(
             indexes_hdf5_path=cfg.indexes_path(cfg.data_type), batch_size=per_step,
-            black_list_csv=cfg.black_list_csv, random_seed=cfg.seed, rank=info.rank, world_size=info.world_size))
-        self.dataset = dg.AudioSetDataset(sample_rate=cfg.sample_rate)
-        common = dict(collate_fn=tl.TensorCollate(dg.collate_fn), num_workers=self.num_workers,
-                      pin_memory=info.device.type == "cuda")
-        worker_init = getattr(dg, "worker_init_fn", None)
-        if worker_init is not None and self.num_workers > 0:
-            common["worker_init_fn"] = worker_init
-        # Own generators: creating loader iterators must not draw from the global torch RNG (exact resume).
-        self.train_loader = DataLoader(self.dataset, batch_sampler=self.train_sampler,
-                                       generator=torch.Generator().manual_seed(cfg.seed + info.rank), **common)
+            black_list_csv=cfg.black_list_csv, random_seed=cfg.seed, rank=info.rank, world_size=info.world_size)
+        # Batches the loop has taken from the loader (the sampler itself runs ahead by the prefetch).
+        self.batches_consumed = 0
+        self.dataset = dg.AudioSetDataset(sample_rate=cfg.sample_rate, raw=True)
+        self.train_loader = dg.train_loader(self.dataset, self.train_sampler, self.num_workers, info.device,
+                                            seed=cfg.seed + info.rank)
+        # Evaluation takes float32 batches (evaluate.py feeds them to the model as they come).
+        eval_dataset = dg.AudioSetDataset(sample_rate=cfg.sample_rate)
         self.eval_loaders = {}
         for key, name in (("bal", "balanced_train"), ("test", "eval")):
             sampler = dg.EvaluateSampler(indexes_hdf5_path=cfg.indexes_path(name), batch_size=cfg.batch_size,
                                          rank=info.rank, world_size=info.world_size)  # shard, gathered by Evaluator
-            self.eval_loaders[key] = DataLoader(self.dataset, batch_sampler=sampler,
-                                                generator=torch.Generator().manual_seed(cfg.seed),
-                                                persistent_workers=self.num_workers > 0, **common)
+            self.eval_loaders[key] = dg.train_loader(eval_dataset, sampler, self.num_workers, info.device,
+                                                     seed=cfg.seed, persistent_workers=self.num_workers > 0)
         self._train_iter = None
 
     # ----------------------------------------------------------------------------------- resume
@@ -269,8 +285,6 @@ class Session:
         return path
 
     def _resume(self, n: int) -> None:
-        from panns import checkpoint
-
         path = self._resume_path(n)
         logger.info("Loading checkpoint %s", path)
         ckpt = checkpoint.load_checkpoint(path, map_location="cpu")  # RNG states must stay CPU tensors
@@ -291,15 +305,14 @@ class Session:
         if "scaler" in ckpt and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
         per_rank = ckpt.get("rank_states")
-        rank = self.info.rank
         if per_rank is not None and len(per_rank) == self.info.world_size:
-            mine = per_rank[rank]
+            mine = per_rank[self.info.rank]
         else:
             if per_rank is not None:
-                logger.warning("%s was saved by %d processes, this run has %d: sampler/RNG state of rank 0 reused "
-                               "(resume not exact)", path, len(per_rank), self.info.world_size)
-            mine = {"sampler": ckpt.get("sampler")}
-        sampler_state = mine.get("sampler")
+                logger.warning("%s was saved by %d processes, this run has %d: RNG and Mixup states "
+                               "restart (resume not exact)", path, len(per_rank), self.info.world_size)
+            mine = {}
+        sampler_state = ckpt.get("sampler")
         if isinstance(sampler_state, dict) and "batches" not in sampler_state:
             logger.warning("%s holds an official sampler state (a RandomState snapshot) that cannot be restored "
                            "exactly; the sampler starts afresh", path)
@@ -308,6 +321,7 @@ class Session:
                 self.train_sampler.load_state_dict(sampler_state)
             except (PannsError, KeyError, ValueError, TypeError) as e:
                 raise CheckpointError(f"{path}: its sampler state does not fit this run: {e}") from None
+            self.batches_consumed = self.train_sampler.state_dict()["batches"]
         if self.mixup is not None and mine.get("mixup") is not None:
             self.mixup.load_state_dict(mine["mixup"])
         if mine.get("rng") is not None:
@@ -322,8 +336,8 @@ class Session:
         if self._train_iter is None:
             self._train_iter = iter(self.train_loader)
         batch = next(self._train_iter)
-        self.train_sampler.mark_consumed()
-        batch = tl.to_device(batch, self.info.device)
+        self.batches_consumed += 1
+        batch = dg.to_device(batch, self.info.device)
         return batch, time.perf_counter() - t0
 
     def mixup_lambda(self, batch: Dict[str, Any]) -> Optional[torch.Tensor]:
@@ -355,14 +369,15 @@ class Session:
         self.meter.reset()
 
     def save(self, iteration: int) -> None:
-        """Checkpoint (rank 0 writes; every rank contributes its sampler/RNG/Mixup state)."""
-        from panns import checkpoint
-
-        mine = {"sampler": self.train_sampler.state_dict(), "rng": tl.rng_state(self.info.device),
+        """Checkpoint (rank 0 writes; every rank contributes its RNG/Mixup state)."""
+        mine = {"rng": tl.rng_state(self.info.device),
                 "mixup": self.mixup.state_dict() if self.mixup is not None else None}
         states = tl.all_gather_object(self.info, mine)
         if self.info.is_main:
-            ckpt = {"iteration": iteration, "model": self.raw_model.state_dict(), "sampler": states[0]["sampler"],
+            # Every rank consumes the same number of batches, so rank 0's sampler state (batches consumed
+            # x world size = global position) restores every rank's stream; stored once.
+            sampler = self.train_sampler.state_dict(batches_consumed=self.batches_consumed)
+            ckpt = {"iteration": iteration, "model": self.raw_model.state_dict(), "sampler": sampler,
                     "optimizer": self.optimizer.state_dict(),
                     "config": {**self.cfg.to_dict(), **self.model_config, "precision": self.precision,
                                "world_size": self.info.world_size},
@@ -382,10 +397,12 @@ class Session:
         elapsed = max(time.perf_counter() - m.start, 1e-9)
         steps = len(m.losses)
         logger.info("iteration: %d, loss: %.4f, %.2f it/s, %.1f examples/s, data wait %.0f%%", iteration, loss,
-                    steps / elapsed, steps * self.cfg.batch_size / elapsed, 100.0 * m.wait / elapsed)
+                    steps / elapsed, steps * self.global_batch / elapsed, 100.0 * m.wait / elapsed)
         m.reset()
+        self.progress.note(iteration)
 
     def finish(self, iteration: int) -> Dict[str, Any]:
+        self.progress.close()
         tl.broadcast_buffers(self.info, self.raw_model)
         if self.info.distributed:  # DDP sanity check: every rank must hold the same weights
             digests = tl.all_gather_object(self.info, tl.state_digest(self.raw_model))

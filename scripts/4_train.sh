@@ -7,8 +7,11 @@
 # WORKSPACE defaults to ./workspaces/audioset_tagging, DATASET_DIR to ./datasets/audioset201906 (only
 # passed on to the plot command, as in the official script, where it was undefined). Extra options
 # override the recipe, e.g. --data_type=balanced_train --early_stop=10000 --num_workers=4.
-# --cuda is added when PyTorch sees a GPU. To resume: --resume_iteration=N.
+# --cuda is added when PyTorch sees a GPU; --precision=auto trains in bf16 on GPUs that compute it natively
+# (A100/H100/RTX 30xx+), fp32 elsewhere (pass --precision=fp32 for the official numerics).
+# To resume: --resume_iteration=N.
 # Several GPUs: PYTHON="torchrun --nproc_per_node=4" bash scripts/4_train.sh ...   (DDP; batch 32 in total)
+# Docker: give the loader workers shared memory (--ipc=host or --shm-size=8g); 64 MB is the default.
 # Environment: MODEL_TYPE=Cnn14, PYTHON=python3.
 set -euo pipefail
 
@@ -42,6 +45,7 @@ $PYTHON "$REPO/pytorch/main.py" train \
   --learning_rate=1e-3 \
   --resume_iteration=0 \
   --early_stop=1000000 \
+  --precision=auto \
   "${CUDA_FLAG[@]}" "${EXTRA_ARGS[@]}"
 
 # Plot the statistics of every run in the workspace (results/1_aug.pdf).

@@ -14,6 +14,7 @@ from model_helpers import quick_fill, single_thread, skip_weight_init  # noqa: E
 
 from panns import models
 from panns import amp
+from panns import devices
 from panns.errors import PannsError
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
@@ -69,16 +70,19 @@ def test_transfer_and_attention_outputs_fp32_under_autocast():
 
 
 def test_resolve_precision(monkeypatch):
-    monkeypatch.setattr(amp, "cpu_has_fast_bf16", lambda *a: False)
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda *a: False)
     assert amp.resolve_precision("auto", "cpu") == "fp32"
-    monkeypatch.setattr(amp, "cpu_has_fast_bf16", lambda *a: True)
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda *a: True)
     assert amp.resolve_precision("auto", "cpu") == "bf16"
     assert amp.resolve_precision("fp32", "cpu") == "fp32" and amp.resolve_precision("bf16", "cpu") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert amp.resolve_precision("auto", "cuda:0") == "fp32"
+    # is_bf16_supported() is True on V100/T4 too (emulated): the choice must follow the capability instead.
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert amp.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 0))
+    assert amp.resolve_precision("auto", "cuda:0") == "fp16"
+    assert amp.resolve_precision("auto", "cuda:0", training=True) == "fp32"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (8, 0))
+    assert amp.resolve_precision("auto", torch.device("cuda", 0)) == "bf16"
     with pytest.raises(PannsError, match="fp32, bf16, fp16, auto"):
         amp.resolve_precision("half", "cpu")
 
@@ -86,13 +90,13 @@ def test_resolve_precision(monkeypatch):
 def test_cpu_has_fast_bf16(tmp_path, monkeypatch):
     amx = tmp_path / "amx"
     amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
-    assert amp.cpu_has_fast_bf16(str(amx))
+    assert devices.cpu_has_fast_bf16(str(amx))
     plain = tmp_path / "plain"
     plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert not amp.cpu_has_fast_bf16(str(plain))
+    assert not devices.cpu_has_fast_bf16(str(plain))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
-    assert amp.cpu_has_fast_bf16(str(tmp_path / "missing"))
+    assert devices.cpu_has_fast_bf16(str(tmp_path / "missing"))
 
 
 def test_autocast_contexts():
@@ -108,7 +112,7 @@ def test_prepare_for_inference(monkeypatch):
     assert not out.training
     w = out.conv_block2.conv1.weight
     assert w.is_contiguous(memory_format=torch.channels_last) == amp.CHANNELS_LAST["cpu", "fp32"]
-    monkeypatch.setattr(amp, "cpu_has_fast_bf16", lambda *a: True)
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda *a: True)
     out = amp.prepare_for_inference(model, "bf16", "cpu")
     assert out.conv_block2.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 

@@ -211,3 +211,55 @@ def test_train_script_runs_as_written(tmp_path):
                             "augmentation=mixup", "batch_size=32")
     assert os.listdir(ckpt_dir) == ["0_iterations.pth"]
     assert os.path.getsize(tmp_path / "results" / "1_aug.pdf") > 1000
+
+
+def _fake_cuda_env(tmp_path, count=1, cap="9.0"):
+    """Environment in which every Python process sees ``count`` fake GPUs (tests/fake_cuda/sitecustomize.py)."""
+    log = tmp_path / "fake_cuda.log"
+    path = os.pathsep.join([os.path.join(REPO, "tests", "fake_cuda"), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "MODEL_TYPE": "Cnn6", "PYTHONPATH": path, "PANNS_FAKE_CUDA": str(count),
+           "PANNS_FAKE_CUDA_CAP": cap, "PANNS_FAKE_CUDA_LOG": str(log)}
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "CUDA_VISIBLE_DEVICES"):
+        env.pop(var, None)
+    return env, log
+
+
+@pytest.mark.parametrize("cap, precision", [("9.0", "bf16"), ("7.5", "fp32")])
+def test_train_script_starts_on_one_gpu(tmp_path, cap, precision):
+    """On a one-GPU box (CUDA faked as such a box presents it) scripts/4_train.sh gets past start-up: the
+    GPU is selected with its index, the precision follows the card, and the model is moved to cuda:0 (where
+    the fake stops the process with status 42, since no real GPU is here)."""
+    ws, labels = make_workspace(str(tmp_path), classes_num=3, train_per_class=2, eval_per_class=1,
+                                clip_seconds=1.0, sample_rate=32000, full_train=True)
+    env, log = _fake_cuda_env(tmp_path, cap=cap)
+    r = subprocess.run(["bash", os.path.join(REPO, "scripts", "4_train.sh"), ws, str(tmp_path / "dataset"),
+                        "--early_stop=0", "--num_workers=0", f"--class_labels_csv={labels}"],
+                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.returncode == 42, r.stderr[-3000:]
+    calls = log.read_text().split("\n")
+    assert any(c.endswith("set_device 0") for c in calls) and any(c.endswith("module.to cuda:0") for c in calls)
+    assert f"Using Fake GPU (cuda:0, sm{cap.replace('.', '')}, native bf16: {cap >= '8.0'}); precision {precision}" \
+        in r.stderr, r.stderr[-3000:]
+
+
+def test_rank_without_a_gpu_is_one_line(tmp_path, tiny_ws):
+    """torchrun-style LOCAL_RANK beyond the visible GPUs: one error line naming CUDA_VISIBLE_DEVICES."""
+    ws, labels = tiny_ws
+    env, _ = _fake_cuda_env(tmp_path, count=1)
+    env.update(LOCAL_RANK="1", CUDA_VISIBLE_DEVICES="3")
+    r = subprocess.run([sys.executable, os.path.join(REPO, "pytorch", "main.py"), "train", "--workspace", ws,
+                        "--model_type", "Cnn6", "--class_labels_csv", labels, "--data_type", "balanced_train",
+                        "--cuda"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: local rank 1 needs GPU 1 but this process sees 1 GPU(s) "
+                                                         "(CUDA_VISIBLE_DEVICES=3)")
+
+
+def test_help_shows_defaults():
+    r = subprocess.run([sys.executable, os.path.join(REPO, "pytorch", "main.py"), "train", "--help"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    for default in ("(default: 32)", "(default: 0.001)", "(default: fp32)", "(default: clip_bce)", "(default: 8)"):
+        assert default in text, default

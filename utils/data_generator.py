@@ -58,9 +58,14 @@ from typing import Dict, Iterable, Iterator, List, Optional, Set
 
 import h5py
 import numpy as np
+import soxr
+import torch
+from torch.utils.data import DataLoader, get_worker_info
 
+from panns import storage
 from panns.create_indexes import IndexTable, read_index, resolve_hdf5_path
 from panns.errors import PannsError
+from panns.utilities import INT16_SCALE, int16_to_float32
 
 logger = logging.getLogger(__name__)
 
@@ -73,20 +78,7 @@ _TAG_CLASS_ROUND, _TAG_CLASS_CLIPS, _TAG_EPOCH = 0, 1, 2
 # Dataset
 # ------------------------------------------------------------------------------------------------
 
-_INT16_SCALE = np.float32(32767.0)
-
-
-def int16_to_float32(x: np.ndarray) -> np.ndarray:
-    """Official ``x / 32767`` in float32. Bit-identical to the official float64 route for every int16 value
-    (checked exhaustively in the tests) and ~3x faster."""
-    return np.divide(x, _INT16_SCALE, dtype=np.float32)
-
-
 def _in_loader_worker() -> bool:
-    try:
-        from torch.utils.data import get_worker_info
-    except ImportError:
-        return False
     return get_worker_info() is not None
 
 
@@ -132,15 +124,11 @@ class _ShmPool(object):
     SLOTS = 8
 
     def __init__(self):
-        import torch
-
-        self.torch = torch
         self.flags = self._shared(self.SLOTS * 4).view(torch.int32)
         self.flags.zero_()
         self.buffers: List = [None] * self.SLOTS
 
-    def _shared(self, nbytes: int):
-        torch = self.torch
+    def _shared(self, nbytes: int) -> torch.Tensor:
         try:
             storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(nbytes)
             return torch.empty(0, dtype=torch.uint8).new(storage)
@@ -258,17 +246,23 @@ class _OpenFile(object):
             self.hf = h5py.File(path, "r")
         except (OSError, FileNotFoundError) as e:
             raise PannsError(f"cannot open waveform HDF5 {path}: {e}") from None
-        for key in ("audio_name", "waveform", "target"):
-            if key not in self.hf:
-                self.hf.close()
-                raise PannsError(f"{path} is not a waveform HDF5 (no '{key}' dataset)")
+        try:
+            layout = storage.storage_of(self.hf)
+            for key in ("audio_name", "target"):
+                if key not in self.hf:
+                    raise PannsError(f"{path} is not a waveform HDF5 (no '{key}' dataset)")
+        except PannsError:
+            self.hf.close()
+            raise
         try:
             self.fd: Optional[int] = os.open(path, os.O_RDONLY)
         except OSError:
             self.fd = None
         self.sample_rate = int(self.hf.attrs.get("sample_rate", 32000))
         self.names = _RowReader(self.hf["audio_name"], self.fd)
-        self.waves = _RowReader(self.hf["waveform"], self.fd)
+        # flac layout: rows are decoded here, i.e. in the loader worker, into the same int16 rows.
+        self.waves = (storage.FlacRowReader(self.hf[storage.FLAC_KEY], storage.clip_samples_of(self.hf))
+                      if layout == "flac" else _RowReader(self.hf["waveform"], self.fd))
         self.targets = _RowReader(self.hf["target"], self.fd)
 
     def close(self) -> None:
@@ -294,6 +288,8 @@ class AudioSetDataset(object):
             32000 if absent); other rates are resampled.
         resample: 'soxr' (band-limited, default) or 'decimate' (official: keep every k-th sample; needs
             the file rate to be a multiple of ``sample_rate``).
+        raw: ``__getitems__`` keeps stored int16 waveforms / bool targets for :func:`to_device` to convert
+            on the device (the training path); per-clip ``__getitem__`` always returns float32.
         base_dir: folder that relative ``hdf5_path`` values are relative to (the index file's folder;
             samplers already yield absolute paths). Falls back to the current directory.
 
@@ -303,12 +299,14 @@ class AudioSetDataset(object):
     array, so :func:`collate_fn` can hand it over without copying.
     """
 
-    def __init__(self, sample_rate: int = 32000, resample: str = "soxr", base_dir: Optional[str] = None):
+    def __init__(self, sample_rate: int = 32000, resample: str = "soxr", base_dir: Optional[str] = None,
+                 raw: bool = False):
         if resample not in ("soxr", "decimate"):
             raise PannsError(f"resample must be 'soxr' or 'decimate', got {resample!r}")
         self.sample_rate = int(sample_rate)
         self.resample_mode = resample
         self.base_dir = base_dir
+        self.raw = bool(raw)
         self._files: Dict[str, _OpenFile] = {}
         self._pid = os.getpid()
 
@@ -348,8 +346,6 @@ class AudioSetDataset(object):
                 raise PannsError(f"resample='decimate' needs the file rate ({file_sr}) to be a multiple of "
                                  f"the training rate ({sr}); use resample='soxr'")
             return waveform[::file_sr // sr]
-        import soxr
-
         n_out = int(round(len(waveform) * sr / file_sr))
         y = soxr.resample(waveform, file_sr, sr, quality="HQ").astype(np.float32, copy=False)
         if len(y) != n_out:
@@ -366,26 +362,36 @@ class AudioSetDataset(object):
         }
 
     def __getitems__(self, metas: List[dict]) -> List[dict]:
-        """A whole batch: rows read into one (B, T) array (shared memory inside loader workers)."""
+        """A whole batch read into one (B, T) array (recycled shared memory inside loader workers).
+
+        With ``raw=True`` (the training path) rows stay as stored, int16 waveforms and bool targets: half
+        the bytes through shared memory and the host-to-device copy; :func:`to_device` makes them float
+        on the device, bit-identical to ``int16_to_float32``. Otherwise float32 as ``__getitem__``."""
         files = [self._open(m["hdf5_path"]) for m in metas]
         same = all(f.sample_rate == self.sample_rate and f.waves.row_shape == files[0].waves.row_shape
                    and f.waves.dtype == np.int16 and f.targets.row_shape == files[0].targets.row_shape
-                   for f in files)
+                   and f.targets.dtype == files[0].targets.dtype for f in files)
         if not metas or not same:
             return [self[m] for m in metas]
         b = len(metas)
-        raw = np.empty((b,) + files[0].waves.row_shape, np.int16)
-        raw_t = np.empty((b,) + files[0].targets.row_shape, files[0].targets.dtype)
+        if self.raw:
+            waves = _alloc((b,) + files[0].waves.row_shape, np.int16)
+            targets = _alloc((b,) + files[0].targets.row_shape, files[0].targets.dtype)
+        else:
+            waves = np.empty((b,) + files[0].waves.row_shape, np.int16)
+            targets = np.empty((b,) + files[0].targets.row_shape, files[0].targets.dtype)
         names = []
         for k, (f, m) in enumerate(zip(files, metas)):
             i = int(m["index_in_hdf5"])
-            f.waves.read_into(i, raw[k])
-            f.targets.read_into(i, raw_t[k])
+            f.waves.read_into(i, waves[k])
+            f.targets.read_into(i, targets[k])
             names.append(_decode_name(f.names.read(i)))
-        waves = _alloc(raw.shape, np.float32)
-        np.divide(raw, _INT16_SCALE, out=waves, dtype=np.float32)
-        targets = _alloc(raw_t.shape, np.float32)
-        targets[...] = raw_t
+        if not self.raw:
+            floats = _alloc(waves.shape, np.float32)
+            np.divide(waves, INT16_SCALE, out=floats, dtype=np.float32)
+            float_targets = _alloc(targets.shape, np.float32)
+            float_targets[...] = targets
+            waves, targets = floats, float_targets
         return [{"audio_name": names[k], "waveform": waves[k], "target": targets[k]} for k in range(b)]
 
     def __del__(self):
@@ -408,13 +414,26 @@ def _stacked_base(values: list) -> Optional[np.ndarray]:
     return base
 
 
-def collate_fn(list_data_dict: List[dict]) -> dict:
+class Batch(dict):
+    """A collated batch: ``{'audio_name': (B,) str, 'waveform': (B, T), 'target': (B, C)}`` numpy arrays.
+
+    A dict (the official contract) that DataLoader's pin-memory thread knows how to pin: it calls
+    :meth:`pin_memory`, which copies the numeric arrays once into page-locked tensors. The worker's
+    shared-memory arrays are dropped right after that copy, so their slots go back to the worker.
+    """
+
+    def pin_memory(self, device=None) -> "Batch":
+        return Batch({k: torch.from_numpy(v).pin_memory() if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"
+                      else v for k, v in self.items()})
+
+
+def collate_fn(list_data_dict: List[dict]) -> Batch:
     """[{'audio_name', 'waveform', 'target'}, ...] -> {'audio_name': (B,), 'waveform': (B, T), 'target': (B, C)}.
 
-    numpy arrays as in the official code. Batches read by ``AudioSetDataset.__getitems__`` are handed
-    over without copying; inside a loader worker numeric arrays are stacked into shared memory.
+    numpy arrays as in the official code (a :class:`Batch`). Batches read by ``AudioSetDataset.__getitems__``
+    are handed over without copying; inside a loader worker numeric arrays are stacked into shared memory.
     """
-    out = {}
+    out = Batch()
     for key in list_data_dict[0].keys():
         values = [d[key] for d in list_data_dict]
         base = _stacked_base(values) if isinstance(values[0], np.ndarray) else None
@@ -430,10 +449,67 @@ def collate_fn(list_data_dict: List[dict]) -> dict:
     return out
 
 
+_SCALES: Dict[torch.device, torch.Tensor] = {}
+
+
+def _int16_scale(device: torch.device) -> torch.Tensor:
+    """32767 as a 0-dim float32 tensor on ``device``. Dividing by a device tensor, not a Python number, keeps
+    the division exact: CUDA kernels turn division by a host scalar into multiplication by its reciprocal,
+    which differs from ``x / 32767`` in the last bit for some values."""
+    t = _SCALES.get(device)
+    if t is None:
+        t = _SCALES[device] = torch.tensor(float(INT16_SCALE), dtype=torch.float32, device=device)
+    return t
+
+
+def to_device(batch: Dict[str, object], device: torch.device) -> Dict[str, object]:
+    """A collated batch on ``device``: 'waveform' float32 (B, T), 'target' float32 (B, C), other numeric
+    arrays as float32 / int64 tensors, anything else (names) as it is.
+
+    int16 waveforms (the training path) are copied as int16 and divided by 32767 on the device, which
+    gives exactly ``int16_to_float32`` of the same rows. Pinned inputs are copied asynchronously."""
+    device = torch.device(device)
+    out: Dict[str, object] = {}
+    for k, v in batch.items():
+        if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
+            v = torch.from_numpy(np.ascontiguousarray(v))
+        if isinstance(v, torch.Tensor):
+            non_blocking = device.type == "cuda" and v.is_pinned()
+            if k == "waveform" and v.dtype == torch.int16:
+                v = v.to(device, non_blocking=non_blocking).to(torch.float32).div_(_int16_scale(device))
+            elif v.is_floating_point() or v.dtype == torch.bool:
+                v = v.to(device, non_blocking=non_blocking).to(torch.float32)
+            else:
+                v = v.to(device, non_blocking=non_blocking).to(torch.int64)
+        out[k] = v
+    return out
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (affinity / container limits), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def train_loader(dataset: "AudioSetDataset", batch_sampler, num_workers: int, device: torch.device,
+                 seed: int, persistent_workers: bool = False) -> DataLoader:
+    """The DataLoader of the training path (``main.py train``, ``bench_loader.py``, ``bench_train.py``).
+
+    ``dataset`` should have ``raw=True``: workers read int16 waveforms and bool targets into recycled
+    shared memory; on CUDA the pin-memory thread copies each batch once into page-locked memory;
+    :func:`to_device` then makes them float32 on the device. ``seed`` gives the loader its own generator, so
+    creating iterators never draws from the global torch RNG (exact resume)."""
+    kwargs = dict(batch_sampler=batch_sampler, collate_fn=collate_fn, num_workers=num_workers,
+                  pin_memory=torch.device(device).type == "cuda", generator=torch.Generator().manual_seed(seed))
+    if num_workers > 0:
+        kwargs.update(worker_init_fn=worker_init_fn, persistent_workers=persistent_workers)
+    return DataLoader(dataset, **kwargs)
+
+
 def worker_init_fn(worker_id: int) -> None:
     """DataLoader worker init: seed numpy and random from torch's per-worker seed (distinct per worker/epoch)."""
-    import torch
-
     seed = torch.initial_seed() % (2 ** 32)
     np.random.seed(seed)
     random.seed(seed)

@@ -73,8 +73,13 @@ def float32_to_int16(x: np.ndarray) -> np.ndarray:
     return (x * 32767.0).astype(np.int16)
 
 
+INT16_SCALE = np.float32(32767.0)
+
+
 def int16_to_float32(x: np.ndarray) -> np.ndarray:
-    return (np.asarray(x) / 32767.0).astype(np.float32)
+    """Official ``(x / 32767).astype(float32)``, computed in float32: bit-identical for every int16 value
+    (checked exhaustively in the tests) and ~3x faster than the float64 route."""
+    return np.divide(x, INT16_SCALE, dtype=np.float32)
 
 
 def pad_or_truncate(x: np.ndarray, audio_length: int) -> np.ndarray:
