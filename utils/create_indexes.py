@@ -54,7 +54,7 @@ from panns.utilities import atomic_write, disk_full_error, remove_stale_temps
 logger = logging.getLogger(__name__)
 
 PART_PREFIXES = ("balanced_train", "unbalanced_train")
-_FREE_MARGIN = 16 << 20  # bytes for HDF5 metadata on top of the data
+_FREE_MARGIN = 1 << 20  # bytes for HDF5 metadata on top of the data
 _ROWS_PER_READ = 200_000  # bounds memory when copying big (full_train sized) arrays
 
 
