@@ -48,13 +48,17 @@ import logging
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
-from queue import Empty, Queue
 from dataclasses import dataclass, field
+from queue import Empty, Queue
 from typing import Dict, List, Optional, Sequence, Tuple
+
+if __name__ == "__main__":  # Ctrl-C while the modules load (nothing written yet): one line, no traceback
+    signal.signal(signal.SIGINT, lambda *_: (print("error: interrupted", file=sys.stderr), os._exit(130)))
 
 import numpy as np
 
@@ -687,15 +691,30 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
 # CLI
 # ------------------------------------------------------------------------------------------------
 
+class _Help(argparse.HelpFormatter):
+    """Shows '(default: X)' for options with a real default; help texts that explain their default
+    themselves, and unset/False defaults, are left alone (no '(default: None)' noise)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
+                or "default" in text.lower()):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def main() -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode")
 
-    p = sub.add_parser("split_unbalanced_csv_to_partial_csvs", help="split the unbalanced CSV into 50k-row parts")
+    p = sub.add_parser("split_unbalanced_csv_to_partial_csvs", help="split the unbalanced CSV into 50k-row parts",
+                       formatter_class=_Help)
     p.add_argument("--unbalanced_csv", type=str, required=True, help="path of unbalanced_train_segments.csv")
     p.add_argument("--unbalanced_partial_csvs_dir", type=str, required=True, help="folder for the part CSVs")
 
-    p = sub.add_parser("download_wavs", help="download the clips of a segment CSV as 32 kHz mono wavs")
+    p = sub.add_parser("download_wavs", help="download the clips of a segment CSV as 32 kHz mono wavs",
+                       formatter_class=_Help)
     p.add_argument("--csv_path", type=str, required=True, help="segment CSV (AudioSet format)")
     p.add_argument("--audios_dir", type=str, required=True, help="folder for Y<YTID>.wav files")
     p.add_argument("--mini_data", action="store_true", default=False, help="only the first 10 clips (debug)")
@@ -712,7 +731,8 @@ def main() -> None:
     p.add_argument("--cookies", type=str, default=None, help="cookies.txt passed to yt-dlp (optional)")
     p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
 
-    p = sub.add_parser("pack_waveforms_to_hdf5", help="pack the clips of a segment CSV into one waveform HDF5")
+    p = sub.add_parser("pack_waveforms_to_hdf5", help="pack the clips of a segment CSV into one waveform HDF5",
+                       formatter_class=_Help)
     p.add_argument("--csv_path", type=str, required=True, help="segment CSV (AudioSet format)")
     p.add_argument("--audios_dir", type=str, required=True, help="folder holding Y<YTID>.wav (or .flac, .mp3, ...)")
     p.add_argument("--waveforms_hdf5_path", type=str, required=True, help="output HDF5")
@@ -729,7 +749,7 @@ def main() -> None:
     p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
 
     p = sub.add_parser("pack_from_shards", help="pack hosted AudioSet shards (WebDataset .tar or Parquet) into one "
-                       "waveform HDF5", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       "waveform HDF5", formatter_class=_Help)
     p.add_argument("--shards", type=str, required=True,
                    help="glob ('DIR/*.tar', 'DIR/*.parquet'), folder, or comma-separated shard files")
     p.add_argument("--waveforms_hdf5_path", type=str, required=True, help="output HDF5")
