@@ -22,6 +22,7 @@ from panns import config
 from panns import data_generator as dg
 from panns import devices
 from panns import models
+from panns import storage
 from panns import train_lib as tl
 from panns.create_indexes import read_index
 from panns.devices import DistInfo
@@ -68,7 +69,7 @@ def _clip_samples(indexes_path: str, labels: config.ClassLabels, sample_rate: in
                              "pack it with utils/dataset.py pack_waveforms_to_hdf5")
         with h5py.File(path, "r") as hf:
             file_sr = int(hf.attrs.get("sample_rate", config.sample_rate))
-            file_len = int(hf["waveform"].shape[1])
+            file_len = storage.clip_samples_of(hf)  # either layout (pcm16 or flac)
             ids = [x.decode() if isinstance(x, bytes) else str(x) for x in hf.attrs.get("class_ids", [])]
         if ids and ids != list(labels.ids):
             raise PannsError(f"{path} was packed with another label CSV (class ids differ from "
@@ -259,17 +260,15 @@ class Session:
             black_list_csv=cfg.black_list_csv, random_seed=cfg.seed, rank=info.rank, world_size=info.world_size)
         # Batches the loop has taken from the loader (the sampler itself runs ahead by the prefetch).
         self.batches_consumed = 0
-        self.dataset = dg.AudioSetDataset(sample_rate=cfg.sample_rate, raw=True)
-        self.train_loader = dg.train_loader(self.dataset, self.train_sampler, self.num_workers, info.device,
+        self.train_loader = dg.train_loader(cfg.sample_rate, self.train_sampler, self.num_workers, info.device,
                                             seed=cfg.seed + info.rank)
-        # Evaluation takes float32 batches (evaluate.py feeds them to the model as they come).
-        eval_dataset = dg.AudioSetDataset(sample_rate=cfg.sample_rate)
         self.eval_loaders = {}
         for key, name in (("bal", "balanced_train"), ("test", "eval")):
             sampler = dg.EvaluateSampler(indexes_hdf5_path=cfg.indexes_path(name), batch_size=cfg.batch_size,
                                          rank=info.rank, world_size=info.world_size)  # shard, gathered by Evaluator
-            self.eval_loaders[key] = dg.train_loader(eval_dataset, sampler, self.num_workers, info.device,
-                                                     seed=cfg.seed, persistent_workers=self.num_workers > 0)
+            # float32 batches: evaluate.py feeds them to the model as they come
+            self.eval_loaders[key] = dg.train_loader(cfg.sample_rate, sampler, self.num_workers, info.device,
+                                                     seed=cfg.seed, persistent_workers=self.num_workers > 0, raw=False)
         self._train_iter = None
 
     # ----------------------------------------------------------------------------------- resume
@@ -395,8 +394,11 @@ class Session:
         loss = tl.mean_over_ranks(self.info, loss)
         elapsed = max(time.perf_counter() - m.start, 1e-9)
         steps = len(m.losses)
-        logger.info("iteration: %d, loss: %.4f, %.2f it/s, %.1f examples/s, data wait %.0f%%", iteration, loss,
-                    steps / elapsed, steps * self.global_batch / elapsed, 100.0 * m.wait / elapsed)
+        memory = ""
+        if self.info.device.type == "cuda":
+            memory = f", peak memory {torch.cuda.max_memory_allocated(self.info.device) / 2**30:.1f} GiB"
+        logger.info("iteration: %d, loss: %.4f, %.2f it/s, %.1f examples/s, data wait %.0f%%%s", iteration, loss,
+                    steps / elapsed, steps * self.global_batch / elapsed, 100.0 * m.wait / elapsed, memory)
         m.reset()
         self.progress.note(iteration)
 

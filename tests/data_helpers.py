@@ -102,3 +102,100 @@ def build_workspace(dataset: dict, ws: str) -> dict:
 def copy_tree(src: str, dst: str) -> str:
     shutil.copytree(src, dst)
     return dst
+
+
+def speechlike(rs: np.random.RandomState, n: int, sr: int) -> np.ndarray:
+    """Syllable-like bursts of resonant noise with pauses (compresses like speech, unlike a pure tone)."""
+    from scipy.signal import lfilter
+
+    x = lfilter([1.0], [1.0, -1.5 + 0.2 * rs.rand(), 0.7], rs.randn(n))
+    t = np.arange(n) / sr
+    env = np.clip(np.sin(2 * np.pi * rs.uniform(2, 5) * t + rs.rand() * 6), 0, None) ** 2
+    return (0.3 * x * env / (np.abs(x).max() + 1e-9)).astype(np.float32)
+
+
+def make_shard_clips(root: str, labels_csv: str) -> dict:
+    """Six clips of awkward formats written both as files (for pack_waveforms_to_hdf5) and as shards.
+
+    Returns {'clips': [(ytid, label value for the shard, mids, encoded bytes, ext)], 'audios_dir', 'csv'} with
+    48 kHz 24-bit stereo FLAC, 44.1 kHz FLAC, 32 kHz WAV, 16 kHz OGG; labels given as mids, display names and
+    class indices; one unknown label. The segment CSV lists the same clips with their mids."""
+    import io
+
+    from panns import config
+
+    labels = config.read_class_labels(labels_csv)
+    rs = np.random.RandomState(7)
+    specs = [  # ytid, rate, channels, subtype, format, label value, mids
+        ("shard00000a", 48000, 2, "PCM_24", "FLAC", [labels.ids[0]], [labels.ids[0]]),
+        ("shard00000b", 44100, 1, "PCM_16", "FLAC", [labels.labels[1]], [labels.ids[1]]),
+        ("shard00000c", 32000, 1, "PCM_16", "WAV", [2, 0], [labels.ids[0], labels.ids[2]]),
+        ("shard00000d", 16000, 1, "VORBIS", "OGG", f"{labels.ids[3]},/m/unknown", [labels.ids[3]]),
+        ("shard00000e", 48000, 2, "PCM_24", "FLAC", [labels.ids[4], "Not a class"], [labels.ids[4]]),
+        ("shard00000f", 44100, 2, "PCM_16", "FLAC", ["3"], [labels.ids[3]]),
+    ]
+    audios = os.path.join(root, "audios")
+    os.makedirs(audios, exist_ok=True)
+    clips, rows = [], []
+    for ytid, sr, ch, subtype, fmt, value, mids in specs:
+        n = int(sr * 1.2)
+        y = np.stack([speechlike(rs, n, sr) for _ in range(ch)], axis=1)
+        buf = io.BytesIO()
+        sf.write(buf, y, sr, format=fmt, subtype=subtype)
+        ext = {"FLAC": ".flac", "WAV": ".wav", "OGG": ".ogg"}[fmt]
+        data = buf.getvalue()
+        with open(os.path.join(audios, f"Y{ytid}{ext}"), "wb") as f:
+            f.write(data)
+        clips.append((ytid, value, mids, data, ext))
+        rows.append((ytid, 0.0, 1.2, mids))
+    from panns.make_demo_dataset import write_segments_csv
+
+    csv_path = os.path.join(root, "segments.csv")
+    write_segments_csv(csv_path, rows)
+    return {"clips": clips, "audios_dir": audios, "csv": csv_path}
+
+
+def write_tar_shards(folder: str, clips, per_shard: int = 3, corrupt_member: bool = True) -> list:
+    """WebDataset tar shards: <ytid>.<ext> + <ytid>.json {'labels': ...}; plus one corrupt audio member."""
+    import io
+    import json
+    import tarfile
+
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for s in range(0, len(clips), per_shard):
+        path = os.path.join(folder, f"audioset-{s // per_shard:04d}.tar")
+        with tarfile.open(path, "w") as tf:
+            members = [(f"{ytid}{ext}", data) for ytid, value, _m, data, ext in clips[s:s + per_shard]]
+            metas = [(f"{ytid}.json", json.dumps({"labels": value}).encode()) for ytid, value, *_ in clips[s:s + per_shard]]
+            items = [x for pair in zip(members, metas) for x in pair]
+            if corrupt_member and s == 0:
+                items += [("broken00000.flac", b"fLaC" + b"\x00garbage" * 50),
+                          ("broken00000.json", json.dumps({"labels": ["/m/demo00"]}).encode())]
+            for name, data in items:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+        paths.append(path)
+    return paths
+
+
+def write_parquet_shards(folder: str, clips, per_shard: int = 3) -> list:
+    """Parquet shards as the `datasets` library writes them: video_id, audio {bytes, path}, labels list."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for s in range(0, len(clips), per_shard):
+        chunk = clips[s:s + per_shard]
+        table = pa.table({
+            "video_id": [c[0] for c in chunk],
+            "audio": [{"bytes": c[3], "path": f"{c[0]}{c[4]}"} for c in chunk],
+            "labels": [c[2] for c in chunk],  # the mids
+            "human_labels": [[str(m) for m in c[2]] for c in chunk],
+        })
+        path = os.path.join(folder, f"train-{s // per_shard:05d}-of-{(len(clips) + per_shard - 1) // per_shard:05d}.parquet")
+        pq.write_table(table, path, row_group_size=2)
+        paths.append(path)
+    return paths

@@ -114,13 +114,15 @@ def test_pack_interrupted_leaves_no_output(tmp_path, monkeypatch):
     info = make_dataset(str(tmp_path), extras=False)
     calls = []
 
-    def flaky(path, sr, n):
-        calls.append(path)
+    real = ds.packing.decode_row
+
+    def flaky(job):
+        calls.append(job)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return np.zeros(n, np.int16)
+        return real(job)
 
-    monkeypatch.setattr(ds, "decode_clip", flaky)
+    monkeypatch.setattr(ds.packing, "decode_row", flaky)
     out = tmp_path / "ws" / "eval.h5"
     with pytest.raises(KeyboardInterrupt):
         ds.pack_waveforms_to_hdf5(info["eval_csv"], info["eval_dir"], str(out), clip_seconds=1.0, num_workers=1,
@@ -149,3 +151,189 @@ def test_pack_cli_mini_and_skip_existing(tmp_path, repo_root):
                      f"--class_labels_csv={info['labels_csv']}", f"--logs_dir={tmp_path / '_logs'}"]
     r = subprocess.run(bad, capture_output=True, text=True, cwd=str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs, interrupts and full disks
+# ------------------------------------------------------------------------------------------------
+
+def _pack(info, out, **kw):
+    args = dict(clip_seconds=1.0, num_workers=1, class_labels_csv=info["labels_csv"], progress=False)
+    args.update(kw)
+    return ds.pack_waveforms_to_hdf5(info["eval_csv"], info["eval_dir"], str(out), **args)
+
+
+def test_headerless_csv_keeps_every_row_and_bad_rows_name_their_lines(tmp_path):
+    rows = [f'id{i:09d}, 0.000, 10.000, "/m/a"' for i in range(4)]
+    with_header = tmp_path / "h.csv"
+    with_header.write_text("# a\n# b\n# YTID, start_seconds, end_seconds, positive_labels\n" + "\n".join(rows) + "\n")
+    plain = tmp_path / "p.csv"
+    plain.write_text("\n".join(rows) + "\n")
+    split_style = tmp_path / "s.csv"
+    split_style.write_text("empty\nempty\nempty\n" + "\n".join(rows) + "\n")
+    for p in (with_header, plain, split_style):
+        assert [s.ytid for s in ds.read_segments_csv(str(p))] == [f"id{i:09d}" for i in range(4)], p
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join([rows[0], "garbage", rows[1], 'id3, zero, 10.0, "/m/a"', rows[2]]) + "\n")
+    with pytest.raises(PannsError, match=r"2 rows cannot be parsed: line 2 .*line 4 "):
+        ds.read_segments_csv(str(bad))
+    parts = ds.split_unbalanced_csv_to_partial_csvs(str(plain), str(tmp_path / "parts"), rows_per_part=3)
+    assert sum(len(ds.read_segments_csv(p)) for p in parts) == 4  # the official split lost the first 3 rows
+
+
+def test_empty_inputs_are_one_line_errors(tmp_path):
+    from panns.create_indexes import create_indexes
+
+    info = make_dataset(str(tmp_path / "d"), extras=False)
+    empty_csv = tmp_path / "empty.csv"
+    empty_csv.write_text("# a\n# b\n# c\n")
+    out = tmp_path / "ws" / "x.h5"
+    with pytest.raises(PannsError, match="lists no segments"):
+        ds.pack_waveforms_to_hdf5(str(empty_csv), info["eval_dir"], str(out), class_labels_csv=info["labels_csv"])
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(PannsError, match="no audio files"):
+        ds.pack_waveforms_to_hdf5(info["eval_csv"], str(tmp_path / "nothing"), str(out),
+                                  class_labels_csv=info["labels_csv"])
+    assert not out.exists()
+    with h5py.File(tmp_path / "zero.h5", "w") as hf:  # a 0-row file as older packers wrote it
+        hf.create_dataset("audio_name", shape=(0,), dtype="S20")
+        hf.create_dataset("waveform", shape=(0, 100), dtype=np.int16)
+        hf.create_dataset("target", shape=(0, 5), dtype=bool)
+    with pytest.raises(PannsError, match="holds no clips"):
+        create_indexes(str(tmp_path / "zero.h5"), str(tmp_path / "idx.h5"))
+    assert not (tmp_path / "idx.h5").exists()
+
+
+def test_truncated_file_listed_and_short_clips_counted(tmp_path, caplog):
+    import logging
+
+    import soundfile as sf
+
+    info = make_dataset(str(tmp_path / "d"), extras=False)
+    y = 0.3 * np.sin(np.arange(3 * SR) / 5.0)
+    full = tmp_path / "full.wav"
+    sf.write(full, y, SR, subtype="PCM_16")
+    data = full.read_bytes()
+    (tmp_path / "d" / "audios" / "eval_segments" / "Yxtrunc00000.wav").write_bytes(data[:44 + 2 * 19840])
+    append_segment(info["eval_csv"], "xtrunc00000", ["/m/demo00"])
+    sf.write(tmp_path / "d" / "audios" / "eval_segments" / "Yxshort00000.wav", y[:SR // 4], SR, subtype="PCM_16")
+    append_segment(info["eval_csv"], "xshort00000", ["/m/demo00"])
+    with caplog.at_level(logging.INFO):
+        rep = _pack(info, tmp_path / "e.h5")
+    reasons = dict(rep.missing)
+    assert reasons["Yxtrunc00000.wav"].endswith("header says 3.00 s, only 0.62 s present")
+    assert rep.short == 1 and "Clip length 1 s (32000 samples at 32000 Hz)" in caplog.text
+    assert "1 clips are shorter than 0.5 x the clip length" in ds.summarize(rep, rep.rows + 1)
+
+
+def test_stale_temp_of_dead_run_is_removed(tmp_path):
+    info = make_dataset(str(tmp_path / "d"), extras=False)
+    out = tmp_path / "ws" / "e.h5"
+    out.parent.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out.parent / f".e.h5.tmp{dead.pid}"
+    stale.write_bytes(b"x" * 1000)
+    _pack(info, out)
+    assert sorted(os.listdir(out.parent)) == ["e.h5"]
+
+
+def test_disk_full_before_and_while_writing(tmp_path, monkeypatch):
+    import errno
+    import shutil as _shutil
+    from collections import namedtuple
+
+    from panns import create_indexes as ci
+    from panns import packing, storage
+    from panns.utilities import DiskFullError
+
+    info = make_dataset(str(tmp_path / "d"), extras=False)
+    out = tmp_path / "ws" / "e.h5"
+    usage = namedtuple("usage", "total used free")
+    real_usage = _shutil.disk_usage
+    monkeypatch.setattr(packing.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 100_000, 100_000))
+    with pytest.raises(DiskFullError, match=r"e\.h5 .*MB needed"):
+        _pack(info, out)
+    assert os.listdir(out.parent) == []
+    monkeypatch.setattr(packing.shutil, "disk_usage", real_usage)
+    real = storage.WaveformWriter.append
+
+    def fill(self, row):  # the disk fills at the third row (the free-space check cannot foresee everything)
+        if self.rows == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, row)
+
+    monkeypatch.setattr(storage.WaveformWriter, "append", fill)
+    with pytest.raises(DiskFullError, match=r"disk full while writing .*e\.h5"):
+        _pack(info, out, storage="flac")
+    assert os.listdir(out.parent) == []
+    monkeypatch.setattr(storage.WaveformWriter, "append", real)
+    _pack(info, out)
+    monkeypatch.setattr(ci.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 100_000, 100_000))
+    with pytest.raises(DiskFullError, match=r"idx\.h5"):
+        ci.create_indexes(str(out), str(tmp_path / "ws" / "idx.h5"))
+    monkeypatch.setattr(ci.shutil, "disk_usage", real_usage)
+    monkeypatch.setattr(ci, "_write_index_datasets", lambda *a, **k: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(DiskFullError, match=r"idx\.h5"):
+        ci.create_indexes(str(out), str(tmp_path / "ws" / "idx.h5"))
+    assert sorted(os.listdir(out.parent)) == ["e.h5"]
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 6 MB tmpfs, where mounting is allowed (root on Linux); skipped elsewhere."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (the injected-ENOSPC test covers the same path)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_tmpfs_pack_and_index_end_in_one_line(tmp_path, tiny_tmpfs, repo_root):
+    info = make_dataset(str(tmp_path / "d"), extras=False, per_class={"balanced_train": 1, "eval": 40,
+                                                                       "unbalanced_train": 0})
+    base = [sys.executable, os.path.join(repo_root, "utils", "dataset.py"), "pack_waveforms_to_hdf5",
+            f"--csv_path={info['eval_csv']}", f"--audios_dir={info['eval_dir']}", "--clip_seconds=1",
+            f"--class_labels_csv={info['labels_csv']}", f"--logs_dir={tmp_path / 'logs'}", "--num_workers=2"]
+    for storage_name in ("pcm16", "flac"):  # pcm16: refused up front; flac: stopped while writing
+        r = subprocess.run(base + [f"--waveforms_hdf5_path={tiny_tmpfs / 'eval.h5'}", f"--storage={storage_name}"],
+                           capture_output=True, text=True)
+        assert r.returncode == 2, (storage_name, r.returncode, r.stderr)
+        assert r.stderr.startswith("error: disk full while writing") and "eval.h5" in r.stderr
+        assert r.stderr.count("\n") == 1 and "MB needed" in r.stderr
+        assert [f for f in os.listdir(tiny_tmpfs) if f.endswith(".h5") or ".tmp" in f] == []
+
+
+def test_ctrl_c_with_two_workers_stops_fast_and_leaves_no_temp(tmp_path, repo_root):
+    """SIGINT while 2 workers decode: exit within seconds, rc 130, no output and no temporary file."""
+    import signal
+    import time
+
+    info = make_dataset(str(tmp_path / "d"), extras=False, per_class={"balanced_train": 1, "eval": 20,
+                                                                       "unbalanced_train": 0})
+    out = tmp_path / "ws" / "eval.h5"
+    # Slow decoding (0.2 s per clip) so that the interrupt lands mid-pack.
+    code = ("import sys, time; sys.path.insert(0, %r)\n"
+            "from panns import packing, dataset\n"
+            "real = packing.decode_row\n"
+            "def slow(job):\n    time.sleep(0.2)\n    return real(job)\n"
+            "packing.decode_row = slow\n"
+            "sys.argv = ['dataset.py', 'pack_waveforms_to_hdf5', '--csv_path=%s', '--audios_dir=%s', "
+            "'--waveforms_hdf5_path=%s', '--clip_seconds=1', '--num_workers=2', '--class_labels_csv=%s', "
+            "'--logs_dir=%s']\n"
+            "from panns.errors import run_cli\nrun_cli(dataset.main)\n") % (
+        os.path.join(repo_root, "pytorch"), info["eval_csv"], info["eval_dir"], out, info["labels_csv"],
+        tmp_path / "logs")
+    for attempt in range(3):
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5 + 0.3 * attempt)
+        p.send_signal(signal.SIGINT)
+        t0 = time.time()
+        _out, err = p.communicate(timeout=20)
+        assert time.time() - t0 < 5, "Ctrl-C took too long"
+        assert p.returncode == 130, err
+        assert "Traceback" not in err and err.strip().splitlines()[-1] == "error: interrupted"
+        assert not out.exists() and [f for f in os.listdir(out.parent)] == []

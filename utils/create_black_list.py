@@ -23,7 +23,7 @@ if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch
 
 from panns import config
 from panns.errors import PannsError, run_cli
-from panns.utilities import atomic_path
+from panns.utilities import atomic_write_text
 
 DEFAULT_BLACK_LIST_DIR = os.path.join(config.REPO_ROOT, "metadata", "black_list")
 DCASE2017_FILES = ("groundtruth_weak_label_testing_set.csv", "groundtruth_weak_label_evaluation_set.csv")
@@ -59,10 +59,7 @@ def dcase2017task4(workspace: str, black_list_dir: str = DEFAULT_BLACK_LIST_DIR)
         ytids.extend(_ytids(path))
     out = os.path.join(workspace, "black_list", "dcase2017task4.csv")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = atomic_path(out)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(y + "\n" for y in ytids)
-    os.replace(tmp, out)
+    atomic_write_text(out, "".join(y + "\n" for y in ytids))
     print(f"Write black list to {out}")
     return out
 

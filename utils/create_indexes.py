@@ -29,11 +29,17 @@ Usage (official command lines)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shutil
+import signal
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Iterator, List, Optional
+
+if __name__ == "__main__":  # Ctrl-C while the modules load (nothing written yet): one line, no traceback
+    signal.signal(signal.SIGINT, lambda *_: (print("error: interrupted", file=sys.stderr), os._exit(130)))
 
 import h5py
 import numpy as np
@@ -41,12 +47,14 @@ import numpy as np
 if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch/panns) importable
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pytorch"))
 
+from panns import storage
 from panns.errors import PannsError, run_cli
-from panns.utilities import atomic_path
+from panns.utilities import atomic_write, disk_full_error, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
 PART_PREFIXES = ("balanced_train", "unbalanced_train")
+_FREE_MARGIN = 1 << 20  # bytes for HDF5 metadata on top of the data
 _ROWS_PER_READ = 200_000  # bounds memory when copying big (full_train sized) arrays
 
 
@@ -181,6 +189,27 @@ def _write_index_datasets(hf: h5py.File, n: int, classes_num: int, name_dtype, p
     hf.attrs["hdf5_path_relative_to"] = "index_dir"
 
 
+def _prepare_output(path: str, needed: int) -> None:
+    """Remove temporaries of killed runs; refuse to start without room for ``needed`` bytes (+ margin):
+    h5py can crash the process when the disk fills while it writes."""
+    remove_stale_temps(path)
+    needed += _FREE_MARGIN
+    if shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < needed:
+        raise disk_full_error(path, needed)
+
+
+@contextlib.contextmanager
+def _written(path: str) -> Iterator[str]:
+    """``atomic_write`` that also recognises h5py's disk-full errors (they carry no errno)."""
+    try:
+        with atomic_write(path) as tmp:
+            yield tmp
+    except OSError as e:
+        if "No space left" in str(e):
+            raise disk_full_error(path) from e
+        raise
+
+
 def create_indexes(waveforms_hdf5_path: str, indexes_hdf5_path: str) -> int:
     """Write the index of one waveform HDF5; returns the number of rows (packed clips)."""
     if not os.path.isfile(waveforms_hdf5_path):
@@ -190,28 +219,27 @@ def create_indexes(waveforms_hdf5_path: str, indexes_hdf5_path: str) -> int:
     except OSError as e:
         raise PannsError(f"cannot open waveform HDF5 {waveforms_hdf5_path}: {e}") from None
     with src:
-        for k in ("audio_name", "target", "waveform"):
+        storage.storage_of(src)  # either layout (pcm16 or flac), else a one-line error
+        for k in ("audio_name", "target"):
             if k not in src:
                 raise PannsError(f"{waveforms_hdf5_path} is not a waveform HDF5 (no '{k}' dataset)")
         names = src["audio_name"][:]
         targets = src["target"][:]
     rows = np.flatnonzero(names != b"")  # official files keep empty rows for missing clips
+    if len(rows) == 0:
+        raise PannsError(f"{waveforms_hdf5_path} holds no clips; nothing to index (re-pack it: were the audio "
+                         "files there?)")
     os.makedirs(os.path.dirname(os.path.abspath(indexes_hdf5_path)), exist_ok=True)
     rel = _relpath_for(waveforms_hdf5_path, indexes_hdf5_path)
     path_dtype = _path_dtype([rel])
-    tmp = atomic_path(indexes_hdf5_path)
-    try:
+    _prepare_output(indexes_hdf5_path, len(rows) * (names.dtype.itemsize + targets.shape[1] + path_dtype.itemsize + 4))
+    with _written(indexes_hdf5_path) as tmp:
         with h5py.File(tmp, "w") as hf:
             _write_index_datasets(hf, len(rows), targets.shape[1], names.dtype, path_dtype, resizable=False)
-            if len(rows):
-                hf["audio_name"][:] = names[rows]
-                hf["target"][:] = targets[rows].astype(bool)
-                hf["hdf5_path"][:] = np.full(len(rows), rel.encode("utf-8"), dtype=path_dtype)
-                hf["index_in_hdf5"][:] = rows.astype(np.int32)
-        os.replace(tmp, indexes_hdf5_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            hf["audio_name"][:] = names[rows]
+            hf["target"][:] = targets[rows].astype(bool)
+            hf["hdf5_path"][:] = np.full(len(rows), rel.encode("utf-8"), dtype=path_dtype)
+            hf["index_in_hdf5"][:] = rows.astype(np.int32)
     print(f"Write to {indexes_hdf5_path}")
     return len(rows)
 
@@ -249,10 +277,14 @@ def combine_full_indexes(indexes_hdf5s_dir: str, full_indexes_hdf5_path: str) ->
         index_dir = os.path.dirname(os.path.abspath(path))
         rel_paths[path] = [_relpath_for(resolve_hdf5_path(p, index_dir), full_indexes_hdf5_path) for p in uniq]
     path_dtype = _path_dtype([p for v in rel_paths.values() for p in v])
-    tmp = atomic_path(full_indexes_hdf5_path)
+    needed = 0
+    for path in paths:
+        with h5py.File(path, "r") as hf:
+            needed += hf["target"].shape[0] * (hf["target"].shape[1] + 20 + path_dtype.itemsize + 4)
+    _prepare_output(full_indexes_hdf5_path, needed)
     n = 0
     classes_num = None
-    try:
+    with _written(full_indexes_hdf5_path) as tmp:
         with h5py.File(tmp, "w") as full:
             for path in paths:
                 print(path)
@@ -277,15 +309,12 @@ def combine_full_indexes(indexes_hdf5s_dir: str, full_indexes_hdf5_path: str) ->
                     full["hdf5_path"][n:m] = rel[part.path_codes]
                     full["index_in_hdf5"][n:m] = part.indexes_in_hdf5.astype(np.int32)
                 n = m
-        os.replace(tmp, full_indexes_hdf5_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     print(f"Write combined full hdf5 to {full_indexes_hdf5_path}")
     return n
 
 
 def main() -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode")
     p = sub.add_parser("create_indexes", help="index one waveform HDF5")

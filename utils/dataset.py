@@ -6,9 +6,13 @@ Sub-commands (official names and arguments, plus options)::
     download_wavs --csv_path=CSV --audios_dir=DIR [--mini_data] [--num_workers=4] [--url_template=...]
     pack_waveforms_to_hdf5 --csv_path=CSV --audios_dir=DIR --waveforms_hdf5_path=OUT.h5 [--mini_data]
         [--sample_rate=32000] [--clip_seconds=10] [--num_workers=N] [--class_labels_csv=CSV] [--skip_existing]
+        [--storage=pcm16|flac]
+    pack_from_shards --shards='DIR/*.tar'|'DIR/*.parquet' --waveforms_hdf5_path=OUT.h5 [same options]
+        [--label_field=F] [--id_field=F] [--audio_field=audio]      (hosted copies, no YouTube: shards.py)
 
-Segment CSVs are read with the official rule: the first three lines are dropped, every other line is
-``<YTID>, <start>, <end>, "<mid>,<mid>"`` (split on ``", "``).
+Segment CSVs: every line is ``<YTID>, <start>, <end>, "<mid>,<mid>"`` (split on ``", "``); AudioSet's
+three ``#`` header lines are optional (the official code dropped the first three lines of any CSV, so a
+CSV without them lost three clips). Rows that cannot be parsed are reported with their line numbers.
 
 download_wavs: for each segment, yt-dlp downloads the whole audio stream to a temporary folder,
 ffmpeg cuts the segment (``-ss``/``-t`` *before* ``-i``, so it seeks instead of decoding the whole
@@ -28,35 +32,46 @@ instead of aborting; decoding runs in a process pool with ordered writes; the fi
 temporary name and renamed. On 32 kHz input rows are byte-identical to the official packer
 (``librosa.load(sr=32000, mono=True)`` -> ``pad_or_truncate`` -> ``float32_to_int16``).
 A label id (mid) missing from the label CSV is an error naming the mid, the line and the label CSV.
-Extra attributes (the official code ignores them): ``clip_samples``, ``class_ids``, ``class_labels``.
+Extra attributes (the official code ignores them): ``clip_samples``, ``class_ids``, ``class_labels``,
+``storage``. ``--storage flac`` stores each row as FLAC bytes instead (lossless, about half the size;
+see storage.py). The clip length used is logged, and clips much shorter than it (zero-padded) are
+counted in the summary; a truncated file (shorter than its header says) is listed as failed with the
+length actually present. Ctrl-C stops the workers at once and leaves no temporary file; a re-run
+removes temporaries of killed runs. Before and while writing, free space is checked, so a full disk
+ends in one line naming the file and the bytes needed, never with a half-written output.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import logging
-import multiprocessing
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from queue import Empty, Queue
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import h5py
+if __name__ == "__main__":  # Ctrl-C while the modules load (nothing written yet): one line, no traceback
+    signal.signal(signal.SIGINT, lambda *_: (print("error: interrupted", file=sys.stderr), os._exit(130)))
+
 import numpy as np
 
 if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch/panns) importable
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pytorch"))
 
-from panns import config
-from panns.audio_io import AUDIO_EXTENSIONS, ffmpeg_exe, load_audio
+from panns import config, packing, shards
+from panns import storage as storage_mod
+from panns.audio_io import AUDIO_EXTENSIONS, ffmpeg_exe, is_truncated, load_audio
 from panns.errors import PannsError, run_cli
-from panns.utilities import atomic_path, create_logging, float32_to_int16, get_filename, pad_or_truncate
+from panns.packing import is_complete_waveforms_hdf5
+from panns.utilities import (atomic_write_text, create_logging, float32_to_int16, get_filename, pad_or_truncate,
+                             remove_stale_temps)
 
 logger = logging.getLogger(__name__)
 
@@ -86,29 +101,52 @@ class Segment:
         return f"Y{self.ytid}.wav"
 
 
-def read_segments_csv(csv_path: str) -> List[Segment]:
-    """Parse a segment CSV with the official rule (3 header lines dropped, fields split on ', ')."""
+def _parse_segment(line: str, n: int) -> Segment:
+    """One ``YTID, start, end, "mid,mid"`` row; ValueError with the reason when it is not one."""
+    items = line.split(", ")
+    if len(items) < 4:
+        items = [x.strip() for x in line.split(",", 3)]  # tolerate missing spaces after the commas
+    if len(items) < 4 or not items[0].strip():
+        raise ValueError("expected 'YTID, start, end, \"labels\"'")
+    try:
+        start, end = float(items[1]), float(items[2])
+    except ValueError:
+        raise ValueError("start/end are not numbers") from None
+    label_field = ", ".join(items[3:])
+    parts = label_field.split('"')
+    labels = parts[1] if len(parts) >= 3 else label_field.strip()
+    mids = tuple(m.strip() for m in labels.split(",") if m.strip())
+    return Segment(items[0].strip(), start, end, mids, n)
+
+
+def read_segments_csv(csv_path: str, allow_empty: bool = False) -> List[Segment]:
+    """Parse a segment CSV, with or without AudioSet's three header lines.
+
+    The official rule dropped the first three lines blindly, so a CSV without them lost three clips.
+    Here lines starting with '#' are comments anywhere, and a line among the first three that is not
+    a segment row (the '# YTID, start_seconds, ...' header, or 'empty' as written by
+    split_unbalanced_csv_to_partial_csvs) is a header; every other line must be a segment row. Rows
+    that cannot be parsed are all reported with their line numbers in one error; none is dropped
+    silently. An empty CSV is an error unless ``allow_empty``."""
     if not os.path.isfile(csv_path):
         raise PannsError(f"segment CSV not found: {csv_path}")
-    with open(csv_path, "r", encoding="utf-8") as f:
-        lines = f.readlines()
-    segments = []
-    for n, line in enumerate(lines[3:], start=4):
-        line = line.rstrip("\r\n")
-        if not line.strip():
+    with open(csv_path, "r", encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    segments, bad = [], []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
-        items = line.split(", ")
-        if len(items) < 4:
-            raise PannsError(f"{csv_path} line {n}: expected 'YTID, start, end, \"labels\"', got {line[:80]!r}")
         try:
-            start, end = float(items[1]), float(items[2])
-        except ValueError:
-            raise PannsError(f"{csv_path} line {n}: start/end are not numbers: {line[:80]!r}") from None
-        label_field = ", ".join(items[3:])
-        parts = label_field.split('"')
-        labels = parts[1] if len(parts) >= 3 else label_field.strip()
-        mids = tuple(m.strip() for m in labels.split(",") if m.strip())
-        segments.append(Segment(items[0].strip(), start, end, mids, n))
+            segments.append(_parse_segment(line, n))
+        except ValueError as e:
+            if n <= 3 and not segments:
+                continue  # a header line
+            bad.append(f"line {n} ({e}: {line[:60]!r})")
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise PannsError(f"{csv_path}: {len(bad)} rows cannot be parsed: {shown}. Fix or delete them and re-run")
+    if not segments and not allow_empty:
+        raise PannsError(f"{csv_path} lists no segments (expected rows 'YTID, start, end, \"mids\"')")
     return segments
 
 
@@ -143,28 +181,33 @@ def read_metadata(csv_path: str, classes_num: Optional[int] = None, id_to_ix: Op
     return {"audio_name": np.array([s.audio_name for s in segments]), "target": targets}
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = atomic_path(path)
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def split_unbalanced_csv_to_partial_csvs(unbalanced_csv: str, unbalanced_partial_csvs_dir: str,
                                          rows_per_part: int = UNBALANCED_ROWS_PER_PART) -> List[str]:
     """Split the big unbalanced CSV into parts of <= 50,000 rows (official format: 3 'empty' lines first)."""
     if not os.path.isfile(unbalanced_csv):
         raise PannsError(f"unbalanced CSV not found: {unbalanced_csv}")
     with open(unbalanced_csv, "r", encoding="utf-8") as f:
-        lines = f.readlines()[3:]
+        lines = f.readlines()
+    read_segments_csv(unbalanced_csv)  # every row must parse (reported with line numbers)
+    # Drop the header lines (up to three, see read_segments_csv), keep every segment row.
+    head = 0
+    while head < min(3, len(lines)):
+        line = lines[head]
+        try:
+            if line.strip() and not line.lstrip().startswith("#"):
+                _parse_segment(line.rstrip("\r\n"), head + 1)
+                break
+        except ValueError:
+            pass
+        head += 1
+    lines = [ln for ln in lines[head:] if ln.strip() and not ln.lstrip().startswith("#")]
     os.makedirs(unbalanced_partial_csvs_dir, exist_ok=True)
     files_num = int(np.ceil(len(lines) / float(rows_per_part)))
     out = []
     for r in range(files_num):
         path = os.path.join(unbalanced_partial_csvs_dir, f"unbalanced_train_segments_part{r:02d}.csv")
         chunk = lines[r * rows_per_part:(r + 1) * rows_per_part]
-        _atomic_write_text(path, "empty\nempty\nempty\n" + "".join(chunk))
+        atomic_write_text(path, "empty\nempty\nempty\n" + "".join(chunk))
         print(f"Write out csv to {path}")
         out.append(path)
     return out
@@ -190,7 +233,7 @@ def is_transient_error(message: str) -> bool:
 
 
 def is_valid_wav(path: str, sample_rate: int = config.sample_rate) -> bool:
-    """A finished clip: readable WAV, mono, 16-bit PCM, the expected rate, at least one sample."""
+    """A finished clip: readable WAV, mono, 16-bit PCM, the expected rate, at least one sample, not cut short."""
     import soundfile as sf
 
     try:
@@ -198,7 +241,7 @@ def is_valid_wav(path: str, sample_rate: int = config.sample_rate) -> bool:
     except Exception:
         return False
     return (info.format == "WAV" and info.channels == 1 and info.samplerate == sample_rate
-            and info.subtype == "PCM_16" and info.frames > 0)
+            and info.subtype == "PCM_16" and info.frames > 0 and not is_truncated(path))
 
 
 class _YdlLogger:
@@ -238,6 +281,7 @@ class DownloadOptions:
     retry_base_delay: float = 10.0
     socket_timeout: float = 30.0
     cookies: Optional[str] = None
+    stop: threading.Event = field(default_factory=threading.Event)  # set on Ctrl-C: no new work, no retries
 
 
 class _Fetcher(object):
@@ -339,7 +383,8 @@ def _download_one(seg: Segment, opts: DownloadOptions, fetcher: _Fetcher) -> Dow
                 if is_transient_error(msg) and attempt <= opts.max_retries:
                     delay = opts.retry_base_delay * (2 ** (attempt - 1)) * (1 + 0.25 * random.random())
                     logger.info("%s: transient error (%s), retry %d in %.1f s", seg.ytid, msg, attempt, delay)
-                    time.sleep(delay)
+                    if opts.stop.wait(delay):
+                        return DownloadResult(seg, "failed", f"interrupted (download: {msg})", False, attempt)
                     continue
                 return DownloadResult(seg, "failed", f"download: {msg}", not is_transient_error(msg), attempt)
             tmp_wav = os.path.join(fetcher.tmp_dir, "clip.wav")
@@ -387,7 +432,7 @@ def _write_failures(path: str, rows: List[DownloadResult]) -> None:
     for r in rows:
         s = r.segment
         w.writerow([s.ytid, f"{s.start:g}", f"{s.end:g}", r.reason, int(r.permanent), r.attempts])
-    _atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 @dataclass
@@ -411,6 +456,7 @@ def download_wavs(csv_path: str, audios_dir: str, mini_data: bool = False, num_w
     os.makedirs(audios_dir, exist_ok=True)
     _clean_stale_tmp_dirs(audios_dir)
     failures_csv = failures_csv or os.path.join(audios_dir, FAILURES_CSV_NAME)
+    remove_stale_temps(failures_csv)
     previous = _read_failures(failures_csv)
     opts = DownloadOptions(audios_dir, url_template, sample_rate, max_retries, retry_base_delay, socket_timeout, cookies)
 
@@ -444,28 +490,56 @@ def download_wavs(csv_path: str, audios_dir: str, mini_data: bool = False, num_w
         return _download_one(seg, opts, fetcher)
 
     done = set()
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool, \
-                tqdm(total=len(todo), desc=f"download {get_filename(csv_path)}", unit="clip", disable=not progress) as bar:
-            futures = [pool.submit(work, seg) for seg in todo]
+    # Daemon threads, not a ThreadPoolExecutor: its threads are joined at exit, so Ctrl-C waited for
+    # every running download (and its retry back-off). Here Ctrl-C sets ``stop`` and returns at once;
+    # a download still running is abandoned (its temp folder is removed by the next run).
+    queue: "Queue[Optional[Segment]]" = Queue()
+    results: "Queue[tuple]" = Queue()
+    for seg in todo:
+        queue.put(seg)
+
+    def loop() -> None:
+        while not opts.stop.is_set():
             try:
-                for fut in as_completed(futures):
-                    res = fut.result()
-                    done.add(res.segment.ytid)
-                    if res.status == "downloaded":
-                        report.downloaded += 1
-                        logger.info("Download and convert to %s", os.path.join(audios_dir, res.segment.audio_name))
-                    elif res.status == "skipped":
-                        report.skipped += 1
-                    else:
-                        report.failed.append(res)
-                        logger.info("Failed %s: %s", res.segment.ytid, res.reason)
-                    bar.set_postfix(ok=report.downloaded, skip=report.skipped, fail=len(report.failed), refresh=False)
-                    bar.update(1)
-            except BaseException:  # Ctrl-C: do not wait for the queued clips, only for the running ones
-                for fut in futures:
-                    fut.cancel()
-                raise
+                seg = queue.get_nowait()
+            except Empty:
+                return
+            try:
+                results.put((work(seg), None))
+            except BaseException as e:  # reported to the main thread, which re-raises it
+                results.put((None, e))
+                return
+
+    threads = [threading.Thread(target=loop, daemon=True, name=f"download-{k}")
+               for k in range(max(1, min(num_workers, len(todo))))]
+    try:
+        with tqdm(total=len(todo), desc=f"download {get_filename(csv_path)}", unit="clip", disable=not progress) as bar:
+            for t in threads:
+                t.start()
+            for _ in range(len(todo)):
+                while True:
+                    try:
+                        res, err = results.get(timeout=0.5)  # a timeout keeps Ctrl-C responsive
+                        break
+                    except Empty:
+                        if not any(t.is_alive() for t in threads) and results.empty():
+                            raise PannsError("download threads stopped unexpectedly")
+                if err is not None:
+                    raise err
+                done.add(res.segment.ytid)
+                if res.status == "downloaded":
+                    report.downloaded += 1
+                    logger.info("Download and convert to %s", os.path.join(audios_dir, res.segment.audio_name))
+                elif res.status == "skipped":
+                    report.skipped += 1
+                else:
+                    report.failed.append(res)
+                    logger.info("Failed %s: %s", res.segment.ytid, res.reason)
+                bar.set_postfix(ok=report.downloaded, skip=report.skipped, fail=len(report.failed), refresh=False)
+                bar.update(1)
+    except BaseException:
+        opts.stop.set()  # running clips stop at their next check; queued ones are never started
+        raise
     finally:
         for f in fetchers:
             f.close()
@@ -515,46 +589,38 @@ def decode_clip(path: str, sample_rate: int, clip_samples: int) -> np.ndarray:
     return float32_to_int16(pad_or_truncate(audio, clip_samples))
 
 
-def _decode_job(job: Tuple[int, str, int, int]) -> Tuple[int, Optional[np.ndarray], str]:
-    n, path, sample_rate, clip_samples = job
-    try:
-        return n, decode_clip(path, sample_rate, clip_samples), ""
-    except Exception as e:  # one bad file must not stop the job
-        return n, None, " ".join(str(e).split()) or type(e).__name__
-
-
-def is_complete_waveforms_hdf5(path: str) -> bool:
-    """True for a readable waveform HDF5 whose datasets agree in length (what a finished pack leaves)."""
-    try:
-        with h5py.File(path, "r") as hf:
-            n = hf["audio_name"].shape[0]
-            return (hf["waveform"].shape[0] == n and hf["target"].shape[0] == n and "sample_rate" in hf.attrs)
-    except Exception:
-        return False
-
-
 @dataclass
 class PackReport:
     path: str
     rows: int
     missing: List[Tuple[str, str]]
     skipped_existing: bool = False
+    short: int = 0          # clips shorter than half the clip length (zero-padded)
+    clip_seconds: float = 0.0
 
 
-def _decode_pool(jobs: List[Tuple[int, str, int, int]], num_workers: int):
-    """A process pool for decoding (None when one process is enough). Created before any HDF5 file is open."""
-    if num_workers <= 1 or len(jobs) <= 1:
-        return None
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else methods[0])
-    return ctx.Pool(min(num_workers, len(jobs)))
+def log_clip_length(sample_rate: int, clip_seconds: float, clip_samples: int) -> None:
+    logger.info("Clip length %g s (%d samples at %d Hz): longer clips are cut, shorter ones zero-padded "
+                "(--clip_seconds)", clip_seconds, clip_samples, sample_rate)
+
+
+def summarize(rep: PackReport, total: int) -> str:
+    """One line for the console and the log: rows, failures, short clips."""
+    msg = f"Write {rep.rows} clips to {rep.path}"
+    if rep.missing:
+        msg += f"; {len(rep.missing)} of {total} missing or undecodable, see {rep.path}.missing.csv"
+    if rep.short:
+        msg += (f"; {rep.short} clips are shorter than {packing.SHORT_FRACTION:g} x the clip length "
+                f"({rep.clip_seconds:g} s) and were zero-padded (set --clip_seconds to the clips' length?)")
+    return msg
 
 
 def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: str, mini_data: bool = False,
                            sample_rate: int = config.sample_rate, clip_seconds: float = config.clip_seconds,
                            num_workers: int = 1, class_labels_csv: Optional[str] = None,
-                           skip_existing: bool = False, progress: bool = True) -> PackReport:
+                           skip_existing: bool = False, progress: bool = True, storage: str = "pcm16") -> PackReport:
     """Pack the clips of a segment CSV found in ``audios_dir`` into one waveform HDF5 (see module docstring)."""
+    storage_mod.check_storage(storage)
     if mini_data:
         waveforms_hdf5_path += ".mini"
     if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
@@ -571,6 +637,10 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
     if clip_samples <= 0:
         raise PannsError(f"clip length must be positive (sample_rate={sample_rate}, clip_seconds={clip_seconds})")
     available = scan_audios(audios_dir)
+    if not available:
+        raise PannsError(f"no audio files (Y<YTID>.wav, .flac, ...) in {audios_dir}; download them first "
+                         "(utils/dataset.py download_wavs) or pass the right --audios_dir")
+    log_clip_length(sample_rate, clip_seconds, clip_samples)
 
     missing: List[Tuple[str, str]] = []
     jobs = []
@@ -580,82 +650,71 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
             missing.append((seg.audio_name, "file not found"))
             logger.info("%d File does not exist! %s", n, os.path.join(audios_dir, seg.audio_name))
         else:
-            jobs.append((n, path, sample_rate, clip_samples))
+            jobs.append(packing.DecodeJob(n, path, seg.audio_name, sample_rate, clip_samples, storage))
+    if not jobs:
+        packing.write_missing_csv(waveforms_hdf5_path, missing)
+        raise PannsError(f"none of the {len(segments)} clips of {csv_path} is in {audios_dir} "
+                         f"(listed in {waveforms_hdf5_path}.missing.csv); nothing packed")
 
-    names = [s.audio_name.encode() for s in segments]
-    name_width = max([20] + [len(b) for b in names])
-    out_dir = os.path.dirname(os.path.abspath(waveforms_hdf5_path))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = atomic_path(waveforms_hdf5_path)
     t0 = time.time()
-    from tqdm import tqdm
-
-    kept: List[int] = []
-    pool = _decode_pool(jobs, num_workers)
-    try:
-        # imap keeps the CSV order, so rows are written in order while workers decode ahead.
-        decoded = pool.imap(_decode_job, jobs, chunksize=2) if pool else map(_decode_job, jobs)
-        with h5py.File(tmp, "w") as hf:
-            # Chunks of one row: rows are read one at a time, and the file can shrink when a clip fails to decode.
-            wav = hf.create_dataset("waveform", shape=(len(jobs), clip_samples), maxshape=(None, clip_samples),
-                                    dtype=np.int16, chunks=(1, clip_samples))
-            with tqdm(total=len(jobs), desc=f"pack {get_filename(csv_path)}", unit="clip", disable=not progress) as bar:
-                for n, data, reason in decoded:
-                    if data is None:
-                        missing.append((segments[n].audio_name, f"decode error: {reason}"))
-                        logger.info("%d Cannot decode %s: %s", n, segments[n].audio_name, reason)
-                    else:
-                        wav[len(kept)] = data
-                        kept.append(n)
-                    bar.update(1)
-            wav.resize((len(kept), clip_samples))
-            hf.create_dataset("audio_name", data=np.array([names[n] for n in kept], dtype=f"S{name_width}"),
-                              shape=(len(kept),), dtype=f"S{name_width}")
-            hf.create_dataset("target", data=targets[kept].reshape(len(kept), labels.classes_num), dtype=bool)
-            hf.attrs.create("sample_rate", data=sample_rate, dtype=np.int32)
-            hf.attrs["clip_samples"] = np.int64(clip_samples)
-            hf.attrs["class_ids"] = np.array(labels.ids, dtype=h5py.string_dtype("utf-8"))
-            hf.attrs["class_labels"] = np.array(labels.labels, dtype=h5py.string_dtype("utf-8"))
-        os.replace(tmp, waveforms_hdf5_path)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-    missing_csv = waveforms_hdf5_path + ".missing.csv"
-    if missing:
+    short = 0
+    # Workers are forked before any HDF5 file is open.
+    with packing.OrderedPool(packing.decode_row, min(num_workers, len(jobs))) as pool, \
+            packing.PackedFile(waveforms_hdf5_path, len(jobs), clip_samples, storage) as out:
+        with packing.Progress(len(jobs), f"pack {get_filename(csv_path)}", progress) as bar:
+            for res in pool.imap(jobs):
+                seg = segments[res.n]
+                if res.row is None:
+                    missing.append((seg.audio_name, f"decode error: {res.reason}"))
+                    logger.info("%d Cannot decode %s: %s", res.n, seg.audio_name, res.reason)
+                else:
+                    out.add(seg.audio_name.encode(), targets[res.n], res.row)
+                    short += res.seconds < packing.SHORT_FRACTION * clip_seconds
+                bar.update(1)
         order = {s.audio_name: i for i, s in enumerate(segments)}
         missing.sort(key=lambda m: order.get(m[0], 0))
-        import io
-
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["audio_name", "reason"])
-        w.writerows(missing)
-        _atomic_write_text(missing_csv, buf.getvalue())
-        logger.info("%d of %d clips missing or undecodable, listed in %s", len(missing), len(segments), missing_csv)
-    elif os.path.exists(missing_csv):
-        os.remove(missing_csv)  # stale list from an earlier run
-    logger.info("Write to %s (%d clips)", waveforms_hdf5_path, len(kept))
+        packing.write_missing_csv(waveforms_hdf5_path, missing)
+        if out.rows == 0:
+            raise PannsError(f"no clip of {csv_path} could be decoded (reasons in {waveforms_hdf5_path}.missing.csv); "
+                             "nothing packed")
+        out.commit(labels, sample_rate)
+    rep = PackReport(waveforms_hdf5_path, out.rows, missing, short=short, clip_seconds=clip_seconds)
+    if missing:
+        logger.info("%d of %d clips missing or undecodable, listed in %s.missing.csv", len(missing), len(segments),
+                    waveforms_hdf5_path)
+    logger.info(summarize(rep, len(segments)))
     logger.info("Pack hdf5 time: %.3f", time.time() - t0)
-    return PackReport(waveforms_hdf5_path, len(kept), missing)
+    return rep
 
 
 # ------------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------------
 
+class _Help(argparse.HelpFormatter):
+    """Shows '(default: X)' for options with a real default; help texts that explain their default
+    themselves, and unset/False defaults, are left alone (no '(default: None)' noise)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
+                or "default" in text.lower()):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def main() -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode")
 
-    p = sub.add_parser("split_unbalanced_csv_to_partial_csvs", help="split the unbalanced CSV into 50k-row parts")
+    p = sub.add_parser("split_unbalanced_csv_to_partial_csvs", help="split the unbalanced CSV into 50k-row parts",
+                       formatter_class=_Help)
     p.add_argument("--unbalanced_csv", type=str, required=True, help="path of unbalanced_train_segments.csv")
     p.add_argument("--unbalanced_partial_csvs_dir", type=str, required=True, help="folder for the part CSVs")
 
-    p = sub.add_parser("download_wavs", help="download the clips of a segment CSV as 32 kHz mono wavs")
+    p = sub.add_parser("download_wavs", help="download the clips of a segment CSV as 32 kHz mono wavs",
+                       formatter_class=_Help)
     p.add_argument("--csv_path", type=str, required=True, help="segment CSV (AudioSet format)")
     p.add_argument("--audios_dir", type=str, required=True, help="folder for Y<YTID>.wav files")
     p.add_argument("--mini_data", action="store_true", default=False, help="only the first 10 clips (debug)")
@@ -672,7 +731,8 @@ def main() -> None:
     p.add_argument("--cookies", type=str, default=None, help="cookies.txt passed to yt-dlp (optional)")
     p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
 
-    p = sub.add_parser("pack_waveforms_to_hdf5", help="pack the clips of a segment CSV into one waveform HDF5")
+    p = sub.add_parser("pack_waveforms_to_hdf5", help="pack the clips of a segment CSV into one waveform HDF5",
+                       formatter_class=_Help)
     p.add_argument("--csv_path", type=str, required=True, help="segment CSV (AudioSet format)")
     p.add_argument("--audios_dir", type=str, required=True, help="folder holding Y<YTID>.wav (or .flac, .mp3, ...)")
     p.add_argument("--waveforms_hdf5_path", type=str, required=True, help="output HDF5")
@@ -684,6 +744,30 @@ def main() -> None:
     p.add_argument("--class_labels_csv", type=str, default=None,
                    help="label CSV (index,mid,display_name); default metadata/class_labels_indices.csv of the repo")
     p.add_argument("--skip_existing", action="store_true", help="do nothing if the output exists and is complete")
+    p.add_argument("--storage", choices=storage_mod.STORAGES, default="pcm16",
+                   help="pcm16: official int16 rows; flac: lossless FLAC bytes per row (about half the size)")
+    p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
+
+    p = sub.add_parser("pack_from_shards", help="pack hosted AudioSet shards (WebDataset .tar or Parquet) into one "
+                       "waveform HDF5", formatter_class=_Help)
+    p.add_argument("--shards", type=str, required=True,
+                   help="glob ('DIR/*.tar', 'DIR/*.parquet'), folder, or comma-separated shard files")
+    p.add_argument("--waveforms_hdf5_path", type=str, required=True, help="output HDF5")
+    p.add_argument("--sample_rate", type=int, default=config.sample_rate, help="sample rate of the packed waveforms")
+    p.add_argument("--clip_seconds", type=float, default=config.clip_seconds, help="clip length (pad or truncate)")
+    p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
+    p.add_argument("--class_labels_csv", type=str, default=None,
+                   help="label CSV (index,mid,display_name); default: metadata/class_labels_indices.csv of the repo")
+    p.add_argument("--label_field", type=str, default=None,
+                   help="json key / column holding the labels; default: first of " + ", ".join(shards.LABEL_FIELDS))
+    p.add_argument("--id_field", type=str, default=None,
+                   help="json key / column holding the YouTube id; default: first of " + ", ".join(shards.ID_FIELDS)
+                   + ", else the tar key")
+    p.add_argument("--audio_field", type=str, default="audio", help="Parquet column holding the audio")
+    p.add_argument("--storage", choices=storage_mod.STORAGES, default="pcm16",
+                   help="pcm16: official int16 rows; flac: lossless FLAC bytes per row")
+    p.add_argument("--skip_existing", action="store_true",
+                   help="reuse shards packed by an interrupted run; do nothing if the output is complete")
     p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
 
     args = parser.parse_args()
@@ -703,17 +787,33 @@ def main() -> None:
         logs = os.path.join(args.logs_dir, "pack_waveforms_to_hdf5",
                             ("mini_" if args.mini_data else "") + get_filename(args.csv_path))
         create_logging(logs, filemode="w", console=False)
+        print(f"Clip length {args.clip_seconds:g} s at {args.sample_rate} Hz (--clip_seconds)")
         rep = pack_waveforms_to_hdf5(args.csv_path, args.audios_dir, args.waveforms_hdf5_path, args.mini_data,
                                      args.sample_rate, args.clip_seconds, args.num_workers, args.class_labels_csv,
-                                     args.skip_existing)
+                                     args.skip_existing, storage=args.storage)
         if rep.skipped_existing:
             print(f"Skip {rep.path}: already packed")
         else:
-            print(f"Write {rep.rows} clips to {rep.path}"
-                  + (f"; {len(rep.missing)} missing, see {rep.path}.missing.csv" if rep.missing else ""))
+            print(summarize(rep, rep.rows + len(rep.missing)))
+    elif args.mode == "pack_from_shards":
+        create_logging(os.path.join(args.logs_dir, "pack_from_shards", get_filename(args.waveforms_hdf5_path)),
+                       filemode="w", console=False)
+        print(f"Clip length {args.clip_seconds:g} s at {args.sample_rate} Hz (--clip_seconds)")
+        srep = shards.pack_from_shards(args.shards, args.waveforms_hdf5_path, args.sample_rate, args.clip_seconds,
+                                       args.num_workers, args.class_labels_csv, args.label_field, args.id_field,
+                                       args.audio_field, args.storage, args.skip_existing)
+        if srep.rows < 0:
+            print(f"Skip {srep.path}: already packed")
+        else:
+            rep = PackReport(srep.path, srep.rows, srep.missing, short=srep.short, clip_seconds=srep.clip_seconds)
+            print(summarize(rep, srep.rows + len(srep.missing))
+                  + (f" ({srep.shards_skipped} of {srep.shards} shards reused from an earlier run)"
+                     if srep.shards_skipped else ""))
+            if srep.label_report:
+                print(srep.label_report)
     else:
         parser.error("choose a sub-command: split_unbalanced_csv_to_partial_csvs, download_wavs, "
-                     "pack_waveforms_to_hdf5")
+                     "pack_waveforms_to_hdf5, pack_from_shards")
 
 
 if __name__ == "__main__":

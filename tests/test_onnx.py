@@ -1,0 +1,184 @@
+"""ONNX export and the ONNX Runtime backend: every exported model type matches torch fp32 within
+1e-5 of the largest output value; the export cache is reused, and rebuilt when stale or corrupt.
+
+Exports take seconds each (torch.export + graph optimisation), so CI checks a core set that
+covers every distinct graph family cheaply (2-D CNN clip model, the SED heads, MobileNets, 1-D
+waveform models, Wavegram); ``PANNS_TEST_ALL_ONNX=1`` checks every registered model type."""
+import logging
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
+from model_helpers import quick_fill, skip_weight_init  # noqa: E402
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from panns import models, onnx_backend  # noqa: E402
+from panns.checkpoint import ModelConfig  # noqa: E402
+from panns.errors import PannsError  # noqa: E402
+
+CLASSES = 7
+CORE = ("Cnn6", "MobileNetV1_DecisionLevelMax", "LeeNet11")
+ALL = os.environ.get("PANNS_TEST_ALL_ONNX") == "1"
+NAMES = models.model_names() if ALL else list(CORE)
+
+
+def _build(name: str, seed: int = 0):
+    with skip_weight_init():
+        model = models.create_model(name, classes_num=CLASSES)
+    return quick_fill(model, seed).eval(), ModelConfig.from_registry(name, classes_num=CLASSES)
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_export_matches_torch(name, export_dir):
+    """Outputs of the exported file (dynamic batch and length) vs torch fp32 on two lengths."""
+    model, cfg = _build(name)
+    path = str(export_dir / f"{name}.onnx")
+    names = onnx_backend.export_onnx(model, cfg, path, labels=[f"c{i}" for i in range(CLASSES)])
+    backend = onnx_backend.OnnxBackend(path, threads=1)
+    spec = models.get_model_spec(name)
+    assert set(backend.output_names) == set(names)
+    for batch, n in ((1, spec.min_samples), (3, max(spec.min_samples, spec.sample_rate // 2) + 321)):
+        x = (0.1 * np.random.RandomState(n).randn(batch, n)).astype(np.float32)
+        with torch.inference_mode():
+            ref = model(torch.from_numpy(x))
+        out = backend(x)
+        assert set(out) == {k for k in ref if isinstance(ref[k], torch.Tensor)}
+        for k, v in out.items():
+            r = ref[k].numpy()
+            assert v.shape == r.shape, (k, v.shape, r.shape)
+            assert np.abs(v - r).max() <= 1e-5 * np.abs(r).max(), (name, k, n)
+    meta = backend.metadata
+    assert meta["model_type"] == name and meta["classes_num"] == CLASSES
+    assert meta["labels"] == [f"c{i}" for i in range(CLASSES)]
+    assert meta["frontend"] == {k: getattr(cfg, k) for k in meta["frontend"]}
+    assert meta["frontend"]["sample_rate"] == spec.sample_rate and meta["min_samples"] == spec.min_samples
+
+
+def _fake_export(calls):
+    """Stand-in for export_onnx (a real export costs seconds; the cache logic is what is tested
+    here): a tiny valid ONNX file (waveform -> Identity) carrying the real metadata."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def fake(model, config, path, opset=onnx_backend.DEFAULT_OPSET, labels=None, key=""):
+        calls.append(key)
+        io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", "samples"])
+              for n in ("waveform", "clipwise_output")]
+        graph = helper.make_graph([helper.make_node("Identity", ["waveform"], ["clipwise_output"])], "g",
+                                  io[:1], io[1:])
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        proto.ir_version = 8
+        helper.set_model_props(proto, onnx_backend.export_metadata(config, labels, opset, 0, key))
+        from panns.utilities import atomic_write_bytes
+
+        atomic_write_bytes(path, proto.SerializeToString())
+        return ["clipwise_output"]
+    return fake
+
+
+def test_cache_reused_and_rebuilt(tmp_path, monkeypatch, caplog):
+    """One export per weights: the second call reuses the file; a corrupt file and a file made
+    from other weights are rebuilt with one warning each."""
+    monkeypatch.setenv("PANNS_CACHE", str(tmp_path))
+    model, cfg = _build("LeeNet11")
+    calls = []
+    monkeypatch.setattr(onnx_backend, "export_onnx", _fake_export(calls))
+    path = onnx_backend.cached_export(model, cfg)
+    assert path.startswith(str(tmp_path / "onnx")) and os.path.exists(path) and len(calls) == 1
+    assert onnx_backend.cached_export(model, cfg) == path and len(calls) == 1
+    assert onnx_backend.read_metadata(path)["cache_key"] == calls[0]
+
+    with open(path, "r+b") as f:   # truncated by a crash or a full disk
+        f.truncate(20)
+    with caplog.at_level(logging.WARNING):
+        assert onnx_backend.cached_export(model, cfg) == path
+    assert len(calls) == 2 and "cannot be read" in caplog.text
+    assert onnx_backend.read_metadata(path)["cache_key"] == calls[0]
+
+    other, _ = _build("LeeNet11", seed=1)
+    assert onnx_backend.cache_key(other, cfg) != onnx_backend.cache_key(model, cfg)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):   # the same file name, other weights: stale
+        onnx_backend.cached_export(other, cfg, path=path)
+    assert len(calls) == 3 and "other weights" in caplog.text
+    assert onnx_backend.read_metadata(path)["cache_key"] == calls[2] != calls[0]
+    assert not [f for f in os.listdir(os.path.dirname(path)) if ".tmp" in f]
+
+
+def test_cache_path_next_to_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.delenv("PANNS_CACHE", raising=False)
+    cfg = ModelConfig.from_registry("Cnn6")
+    ckpt = tmp_path / "model.pth"
+    assert onnx_backend.cache_path(cfg, "abc", str(ckpt)) == str(ckpt) + ".abc.onnx"
+    monkeypatch.setenv("PANNS_CACHE", str(tmp_path / "cache"))
+    assert onnx_backend.cache_path(cfg, "abc", str(ckpt)) == str(tmp_path / "cache" / "onnx" / "Cnn6-abc.onnx")
+
+
+def test_bad_opset_and_unreadable_file(tmp_path):
+    model, cfg = _build("LeeNet11")
+    with pytest.raises(PannsError, match="opset"):
+        onnx_backend.export_onnx(model, cfg, str(tmp_path / "m.onnx"), opset=11)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(PannsError, match="cannot load ONNX model"):
+        onnx_backend.OnnxBackend(str(bad))
+
+
+# ----------------------------------------------------------------------------- command line
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory, audioset_labels_csv):
+    """An official-format LeeNet11 checkpoint (527 classes), a 2-s clip and the label CSV."""
+    import soundfile as sf
+
+    d = tmp_path_factory.mktemp("onnx_cli")
+    with skip_weight_init():
+        model = models.create_model("LeeNet11")
+    quick_fill(model).eval()
+    ckpt = str(d / "LeeNet11.pth")
+    torch.save({"model": model.state_dict()}, ckpt)
+    t = np.arange(64000) / 32000
+    sf.write(str(d / "clip.wav"), (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 32000)
+    return {"dir": d, "ckpt": ckpt, "wav": str(d / "clip.wav"), "labels": audioset_labels_csv}
+
+
+def test_audio_tagging_printout_same_with_onnxruntime(cli_env, capsys, monkeypatch):
+    """The official printout is identical through ONNX Runtime; the export lands in the cache once."""
+    from panns import inference
+
+    cache = cli_env["dir"] / "cache"
+    monkeypatch.setenv("PANNS_CACHE", str(cache))
+    argv = ["audio_tagging", "--model_type=LeeNet11", f"--checkpoint_path={cli_env['ckpt']}",
+            f"--audio_path={cli_env['wav']}", f"--class_labels_csv={cli_env['labels']}"]
+    inference.main(argv)
+    ref = capsys.readouterr().out
+    inference.main(argv + ["--backend=onnxruntime"])
+    assert capsys.readouterr().out == ref and "Using CPU." in ref and "embedding: (512,)" in ref
+    files = os.listdir(cache / "onnx")
+    assert len(files) == 1 and files[0].startswith("LeeNet11-") and files[0].endswith(".onnx")
+
+
+def test_export_command(cli_env, capsys):
+    from panns import inference
+
+    out = cli_env["dir"] / "LeeNet11.onnx"
+    inference.main(["export", "--model_type=LeeNet11", f"--checkpoint_path={cli_env['ckpt']}",
+                    f"--output={out}", f"--class_labels_csv={cli_env['labels']}"])
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"Exported LeeNet11 to {out} (opset 18,") and "ONNX Runtime output within" in line
+    meta = onnx_backend.read_metadata(str(out))
+    assert meta["labels"][:2] == ["Class 0, synthetic", "Class 1, synthetic"] and len(meta["labels"]) == 527
+    assert meta["frontend"]["sample_rate"] == 32000 and meta["model_type"] == "LeeNet11"
+    with pytest.raises(PannsError, match="must end in .onnx"):
+        inference.main(["export", "--model_type=LeeNet11", f"--checkpoint_path={cli_env['ckpt']}",
+                        f"--output={out}.bin"])

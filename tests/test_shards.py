@@ -1,0 +1,201 @@
+"""pack_from_shards (utils/shards.py): tar and Parquet shards pack into the rows pack_waveforms_to_hdf5 gives
+for the same audio, labels map through the label CSV, bad members are listed, unknown labels reported,
+corrupt shards named, interrupted runs resume shard by shard; the flac storage layout."""
+import csv
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from data_helpers import make_dataset, make_shard_clips, write_parquet_shards, write_tar_shards
+
+from panns import dataset as ds
+from panns import shards, storage
+from panns.errors import PannsError
+
+SR = 32000
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("shards"))
+    labels_csv = make_dataset(os.path.join(root, "demo"), extras=False,
+                              per_class={"balanced_train": 1, "eval": 1, "unbalanced_train": 0})["labels_csv"]
+    info = make_shard_clips(root, labels_csv)
+    info["labels_csv"] = labels_csv
+    info["root"] = root
+    # The reference: the same audio as files, packed by the file packer.
+    info["ref"] = os.path.join(root, "ref.h5")
+    ds.pack_waveforms_to_hdf5(info["csv"], info["audios_dir"], info["ref"], clip_seconds=1.0, num_workers=1,
+                              class_labels_csv=labels_csv, progress=False)
+    info["tars"] = write_tar_shards(os.path.join(root, "tar"), info["clips"])
+    info["parquets"] = write_parquet_shards(os.path.join(root, "parquet"), info["clips"])
+    return info
+
+
+def _rows(path):
+    with h5py.File(path, "r") as hf:
+        names = [x.decode() for x in hf["audio_name"][:]]
+        return {n: (storage.read_waveform(hf, i), hf["target"][i]) for i, n in enumerate(names)}, dict(hf.attrs)
+
+
+@pytest.mark.parametrize("fmt,layout", [("tar", "pcm16"), ("parquet", "flac")])
+def test_shards_pack_rows_identical_to_file_packer(clips, tmp_path, fmt, layout):
+    out = str(tmp_path / "bal.h5")
+    rep = shards.pack_from_shards(os.path.join(clips["root"], fmt, "*." + fmt), out, clip_seconds=1.0, num_workers=2,
+                                  class_labels_csv=clips["labels_csv"], storage_name=layout, progress=False)
+    ref, _ = _rows(clips["ref"])
+    got, attrs = _rows(out)
+    assert attrs["storage"] == layout and attrs["sample_rate"] == SR and attrs["clip_samples"] == SR
+    assert list(got) == list(ref)  # same names (Y<id>.wav), same order; the corrupt member is not a row
+    for name in ref:
+        np.testing.assert_array_equal(got[name][0], ref[name][0], err_msg=name)
+        assert got[name][1].tolist() == ref[name][1].tolist(), name  # mids, display names, indices all mapped
+    assert rep.rows == 6 and not os.path.exists(out + ".parts")
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+    if fmt == "tar":
+        assert [m[0] for m in rep.missing] == ["Ybroken00000.wav"]
+        assert "decode error" in rep.missing[0][1] and "audioset-0000.tar" in rep.missing[0][1]
+        with open(out + ".missing.csv") as f:
+            assert [r["audio_name"] for r in csv.DictReader(f)] == ["Ybroken00000.wav"]
+        assert rep.unknown_labels == {"/m/unknown": 1, "Not a class": 1}
+        assert "2 label values (2 distinct) are not in the label CSV" in rep.label_report
+    else:
+        assert rep.missing == [] and rep.unknown_labels == {}
+
+
+def test_resume_after_interrupt_packs_each_shard_once(clips, tmp_path, monkeypatch):
+    out = str(tmp_path / "bal.h5")
+    real = shards._pack_shard
+    calls = []
+
+    def interrupted(shard, *a, **k):
+        calls.append(os.path.basename(shard))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(shard, *a, **k)
+
+    monkeypatch.setattr(shards, "_pack_shard", interrupted)
+    kw = dict(clip_seconds=1.0, num_workers=1, class_labels_csv=clips["labels_csv"], progress=False, skip_existing=True)
+    with pytest.raises(KeyboardInterrupt):
+        shards.pack_from_shards(clips["tars"][0] + "," + clips["tars"][1], out, **kw)
+    assert not os.path.exists(out)
+    parts = sorted(os.listdir(out + ".parts"))
+    assert [p for p in parts if p.endswith(".h5")] == ["00000_audioset-0000.h5"]  # no temp, no half shard
+    monkeypatch.setattr(shards, "_pack_shard", lambda shard, *a, **k: (calls.append(os.path.basename(shard)),
+                                                                        real(shard, *a, **k))[1])
+    rep = shards.pack_from_shards(clips["tars"][0] + "," + clips["tars"][1], out, **kw)
+    assert calls == ["audioset-0000.tar", "audioset-0001.tar", "audioset-0001.tar"]
+    assert rep.shards_skipped == 1 and rep.rows == 6
+    ref, _ = _rows(clips["ref"])
+    got, _ = _rows(out)
+    assert list(got) == list(ref) and all((got[n][0] == ref[n][0]).all() for n in ref)
+
+
+def test_corrupt_shard_is_one_line_naming_it(clips, tmp_path, repo_root):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    data = open(clips["tars"][1], "rb").read()
+    (bad / "audioset-0001.tar").write_bytes(data[: len(data) // 2])  # cut in the middle of a member
+    with pytest.raises(PannsError, match=r"corrupt shard .*audioset-0001\.tar"):
+        shards.pack_from_shards(str(bad / "*.tar"), str(tmp_path / "o.h5"), clip_seconds=1.0,
+                                class_labels_csv=clips["labels_csv"], progress=False)
+    (bad / "x.parquet").write_bytes(b"PAR1 not really")
+    r = subprocess.run([sys.executable, os.path.join(repo_root, "utils", "dataset.py"), "pack_from_shards",
+                        f"--shards={bad}/*.parquet", f"--waveforms_hdf5_path={tmp_path / 'p.h5'}", "--clip_seconds=1",
+                        f"--class_labels_csv={clips['labels_csv']}", f"--logs_dir={tmp_path / 'logs'}"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "x.parquet" in r.stderr, r.stderr
+    assert not os.path.exists(tmp_path / "p.h5")
+
+
+def test_cli_tar_flac_layout_and_loader(clips, tmp_path, repo_root):
+    """The CLI writes the flac layout; create_indexes and the training dataset read it into the same rows."""
+    from panns.create_indexes import create_indexes
+    from panns.data_generator import AudioSetDataset
+
+    out = str(tmp_path / "w" / "balanced_train.h5")
+    r = subprocess.run([sys.executable, os.path.join(repo_root, "utils", "dataset.py"), "pack_from_shards",
+                        f"--shards={os.path.dirname(clips['tars'][0])}", f"--waveforms_hdf5_path={out}",
+                        "--clip_seconds=1", "--num_workers=2", "--storage=flac",
+                        f"--class_labels_csv={clips['labels_csv']}", f"--logs_dir={tmp_path / 'logs'}"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "Write 6 clips" in r.stdout and "1 of 7 missing" in r.stdout and "not in the label CSV" in r.stdout
+    assert create_indexes(out, str(tmp_path / "i" / "balanced_train.h5")) == 6
+    ref, _ = _rows(clips["ref"])
+    dset = AudioSetDataset(sample_rate=SR)
+    batch = dset.__getitems__([{"hdf5_path": out, "index_in_hdf5": i} for i in range(6)])
+    for item in batch:
+        np.testing.assert_array_equal(item["waveform"], ref[item["audio_name"]][0] / np.float32(32767.0))
+    dset.close()
+
+
+def test_label_mapper_forms():
+    from panns import config
+
+    labels = config.ClassLabels(ids=["/m/a", "/m/b", "/m/c"], labels=["Speech", "Music, loud", "Dog"])
+    m = shards.LabelMapper(labels)
+    assert m.target(["/m/a", "dog"]).tolist() == [True, False, True]
+    assert m.target("Music, loud").tolist() == [False, True, False]  # a display name with a comma
+    assert m.target("/m/c,/m/b").tolist() == [False, True, True]
+    assert m.target([0, "2", 7]).tolist() == [True, False, True]
+    assert m.target(None).tolist() == [False] * 3
+    assert dict(m.unknown) == {"7": 1} and m.unlabelled == 1
+
+
+def test_flac_workspace_trains_to_the_same_map_as_pcm16(tmp_path):
+    """Same generated clips packed both ways; same seed and config: the same eval mAP (flac rows are decoded in
+    2 loader workers, pcm16 rows read in the main process)."""
+    from test_train import make_workspace, tiny_config
+
+    from panns.create_indexes import create_indexes
+    from panns.main import train
+
+    ws, labels = make_workspace(str(tmp_path / "a"), classes_num=3, train_per_class=3, eval_per_class=2,
+                                clip_seconds=1.6, seed=1, multi_label_fraction=0.0, event_seconds=(0.9, 1.0))
+    data = str(tmp_path / "a" / "dataset")
+    ws_flac = str(tmp_path / "flac")
+    for split in ("balanced_train", "eval"):
+        wav = os.path.join(ws_flac, "hdf5s", "waveforms", f"{split}.h5")
+        ds.pack_waveforms_to_hdf5(os.path.join(data, "metadata", f"{split}_segments.csv"),
+                                  os.path.join(data, "audios", f"{split}_segments"), wav, sample_rate=16000,
+                                  clip_seconds=1.6, class_labels_csv=labels, progress=False, storage="flac")
+        create_indexes(wav, os.path.join(ws_flac, "hdf5s", "indexes", f"{split}.h5"))
+    kw = dict(batch_size=4, augmentation="none", early_stop=3, eval_every=3, log_every=3)
+    pcm = train(tiny_config(ws, labels, **kw))["statistics"]["test"]["mAP"]
+    flac = train(tiny_config(ws_flac, labels, num_workers=2, **kw))["statistics"]["test"]["mAP"]
+    assert flac == pytest.approx(pcm, abs=1e-6), (pcm, flac)
+
+
+def test_hosted_route_scripts(clips, tmp_path, repo_root):
+    """scripts/2_pack_from_shards.sh (tar globs, flac storage, one part per unbalanced shard), then script 3."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    env = dict(os.environ, EVAL_SHARDS=clips["tars"][1], BALANCED_SHARDS=clips["tars"][0],
+               UNBALANCED_SHARDS=os.path.join(os.path.dirname(clips["parquets"][0]), "*.parquet"),
+               CLIP_SECONDS="1", STORAGE="flac", NUM_WORKERS="2", PACK_JOBS="2", PYTHON=sys.executable)
+    # The script uses the repository's label CSV: give it the test's (5 demo classes) through a copy of the repo
+    # scripts folder next to a metadata folder.
+    repo = tmp_path / "repo"
+    shutil.copytree(os.path.join(repo_root, "scripts"), repo / "scripts")
+    os.symlink(os.path.join(repo_root, "utils"), repo / "utils")
+    os.symlink(os.path.join(repo_root, "pytorch"), repo / "pytorch")
+    (repo / "metadata").mkdir()
+    shutil.copy(clips["labels_csv"], repo / "metadata" / "class_labels_indices.csv")
+    r = subprocess.run(["bash", str(repo / "scripts" / "2_pack_from_shards.sh"), str(tmp_path / "unused"), str(ws)],
+                       capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "CLIP_SECONDS=1" in r.stdout
+    wav = ws / "hdf5s" / "waveforms"
+    assert sorted(os.listdir(wav / "unbalanced_train")) == ["unbalanced_train_part00000.h5",
+                                                            "unbalanced_train_part00001.h5"]
+    r = subprocess.run(["bash", str(repo / "scripts" / "3_create_training_indexes.sh"), str(ws)],
+                       capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    with h5py.File(ws / "hdf5s" / "indexes" / "full_train.h5", "r") as hf:
+        assert hf["audio_name"].shape == (3 + 6,)  # balanced (3 clips; the broken member has no row) + 2 x 3

@@ -1,0 +1,317 @@
+"""The machinery both packers share (``dataset.pack_waveforms_to_hdf5`` from audio files,
+``shards.pack_from_shards`` from tar/Parquet shards).
+
+* :func:`decode_row`: the official packing numerics (decode, mono, soxr resample, pad/truncate,
+  int16), then the storage encoding (see ``storage.py``). Files and in-memory bytes go through the
+  same decoder and resampler, so the same audio gives the same row whichever way it arrives.
+* :class:`OrderedPool`: decoding in forked worker processes, results in job order. Workers ignore
+  Ctrl-C and own no lock the parent could wait on; on Ctrl-C or any error the parent kills them,
+  so an interrupted pack stops at once (a ``multiprocessing.Pool`` can hang in ``terminate`` when
+  a worker holds its queue lock).
+* :class:`PackedFile`: writes one waveform HDF5 under a temporary name and renames it when
+  complete. It removes temporaries of dead runs first, checks free space before and while writing
+  (h5py can crash the process when the disk fills mid-write), and turns a full disk into a
+  one-line ``DiskFullError`` naming the file and the bytes needed.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import io
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import h5py
+import numpy as np
+
+from panns import config, storage
+from panns.audio_io import load_audio, load_audio_bytes
+from panns.errors import PannsError
+from panns.utilities import (atomic_write, atomic_write_text, disk_full_error, float32_to_int16, pad_or_truncate,
+                             remove_stale_temps)
+
+logger = logging.getLogger(__name__)
+
+SHORT_FRACTION = 0.5  # clips shorter than this fraction of the clip length are counted in the summary
+_FREE_MARGIN = 4 << 20  # bytes kept free while writing: HDF5 metadata, then names and targets
+
+
+# ------------------------------------------------------------------------------------------------
+# One clip
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class DecodeJob:
+    """One clip to decode: ``source`` is a file path or the encoded bytes; ``n`` its position."""
+
+    n: int
+    source: Union[str, bytes]
+    name: str
+    sample_rate: int
+    clip_samples: int
+    storage: str = "pcm16"
+
+
+@dataclass
+class Decoded:
+    n: int
+    row: Optional[np.ndarray]  # int16 (clip_samples,) or uint8 FLAC bytes; None when it failed
+    reason: str = ""
+    seconds: float = 0.0       # length of the audio before padding/truncation
+
+
+def decode_row(job: DecodeJob) -> Decoded:
+    """Decode one clip with the official numerics; never raises for a bad clip (reason instead)."""
+    try:
+        if isinstance(job.source, str):
+            audio = load_audio(job.source, job.sample_rate, mono=True, on_truncated="raise")
+        else:
+            audio = load_audio_bytes(job.source, job.sample_rate, mono=True, name=job.name, on_truncated="raise")
+        row = float32_to_int16(pad_or_truncate(audio, job.clip_samples))
+        return Decoded(job.n, storage.encode_row(row, job.storage, job.sample_rate), "", len(audio) / job.sample_rate)
+    except Exception as e:  # one bad clip must not stop the job
+        return Decoded(job.n, None, " ".join(str(e).split()) or type(e).__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker processes
+# ------------------------------------------------------------------------------------------------
+
+def _worker(conn, fn: Callable, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us
+    while True:
+        if not conn.poll(1.0):
+            if os.getppid() != parent:  # parent gone without killing us
+                return
+            continue
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        conn.send(fn(job))
+
+
+class OrderedPool(object):
+    """``imap(fn, jobs)`` over ``num_workers`` forked processes; results come back in job order.
+
+    Each worker has its own pipe and at most one job; the next job goes to the worker whose result was
+    just taken, so results arrive in order without a shared queue. Use as a context manager: leaving it
+    (normally, by an error or by Ctrl-C) kills the workers."""
+
+    def __init__(self, fn: Callable, num_workers: int):
+        self.fn, self.num_workers = fn, max(1, int(num_workers))
+        self.procs: list = []
+        self.conns: list = []
+
+    def __enter__(self) -> "OrderedPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else methods[0])
+        for _ in range(self.num_workers):
+            mine, theirs = ctx.Pipe(duplex=True)
+            p = ctx.Process(target=_worker, args=(theirs, self.fn, os.getpid()), daemon=True)
+            p.start()
+            theirs.close()
+            self.procs.append(p)
+            self.conns.append(mine)
+
+    def imap(self, jobs: Iterable) -> Iterator:
+        if self.num_workers <= 1:
+            yield from map(self.fn, jobs)
+            return
+        it = iter(jobs)
+        self._start()
+        pending: deque = deque()
+        for k in range(self.num_workers):
+            job = next(it, None)
+            if job is None:
+                break
+            self.conns[k].send(job)
+            pending.append(k)
+        while pending:
+            k = pending.popleft()
+            try:
+                res = self.conns[k].recv()
+            except (EOFError, OSError):
+                raise PannsError("a decoding process died (out of memory?); re-run with fewer --num_workers") from None
+            job = next(it, None)
+            if job is not None:
+                self.conns[k].send(job)
+                pending.append(k)
+            yield res
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+        for p in self.procs:
+            p.join(timeout=5)
+        for c in self.conns:
+            c.close()
+        self.procs, self.conns = [], []
+
+
+class Progress(object):
+    """A tqdm bar on a terminal; elsewhere (logs, pipes) an INFO line every ``every_s`` seconds.
+
+    ``enabled=False`` turns both off (library use, tests)."""
+
+    def __init__(self, total: Optional[int], desc: str, enabled: bool = True, every_s: float = 30.0,
+                 unit: str = "clip"):
+        from tqdm import tqdm
+
+        self.total, self.desc, self.every_s, self.unit = total, desc, every_s, unit
+        self.tty = enabled and sys.stderr.isatty()
+        self.log = enabled and not self.tty
+        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not self.tty)
+        self.n, self._last = 0, time.time()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
+        self.bar.set_description(desc)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.bar.update(n)
+        if self.log and time.time() - self._last >= self.every_s:
+            self._last = time.time()
+            logger.info("%s: %d%s %ss done", self.desc, self.n, f" of {self.total}" if self.total else "", self.unit)
+
+
+# ------------------------------------------------------------------------------------------------
+# The output file
+# ------------------------------------------------------------------------------------------------
+
+def _is_enospc(e: BaseException) -> bool:
+    return isinstance(e, OSError) and (e.errno == errno.ENOSPC or "No space left" in str(e))
+
+
+def check_free_space(path: str, needed: int) -> None:
+    """DiskFullError naming ``path`` unless its folder has ``needed`` bytes (+ a margin) free."""
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    if free < needed + _FREE_MARGIN:
+        raise disk_full_error(path, needed + _FREE_MARGIN)
+
+
+@dataclass
+class PackStats:
+    """What a pack did: rows written, failures (name, reason), clips much shorter than the clip length."""
+
+    rows: int = 0
+    missing: List[Tuple[str, str]] = field(default_factory=list)
+    short: int = 0
+    nbytes: int = 0
+
+
+class PackedFile(object):
+    """A waveform HDF5 being written (see module docstring). Use as a context manager::
+
+        with PackedFile(path, capacity, clip_samples, storage) as out:
+            out.add(b"Y<id>.wav", target_row, encoded_row)
+            out.commit(labels, sample_rate)     # datasets + attributes; renamed on leaving the block
+    """
+
+    def __init__(self, path: str, capacity: int, clip_samples: int, storage_name: str):
+        self.path, self.capacity, self.clip_samples = path, int(capacity), int(clip_samples)
+        self.storage = storage.check_storage(storage_name)
+        self.names: List[bytes] = []
+        self.targets: List[np.ndarray] = []
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "PackedFile":
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        for tmp in remove_stale_temps(self.path) + remove_stale_temps(self.path + ".missing.csv"):
+            logger.info("Removed %s, left by an interrupted run", tmp)
+        # FLAC needs about half of pcm16 on speech/music; ask for a third up front, check while writing.
+        full = storage.estimate_bytes(self.capacity, self.clip_samples, self.storage)
+        check_free_space(self.path, full if self.storage == "pcm16" else full // 3)
+        try:
+            self.tmp = self._stack.enter_context(atomic_write(self.path))
+            self.hf = self._stack.enter_context(h5py.File(self.tmp, "w"))
+            self.writer = storage.WaveformWriter(self.hf, self.capacity, self.clip_samples, self.storage)
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def add(self, name: bytes, target: np.ndarray, encoded: np.ndarray) -> None:
+        """Append one clip (called in output order)."""
+        # Checked before every row: h5py can crash the process when the disk fills mid-write.
+        check_free_space(self.path, int(encoded.nbytes) + len(self.names) * (len(target) + 32))
+        self.writer.append(encoded)
+        self.names.append(name)
+        self.targets.append(target)
+
+    def commit(self, labels: config.ClassLabels, sample_rate: int) -> None:
+        """Write names, targets and attributes; the file is renamed to its final name on leaving the block."""
+        n = len(self.names)
+        self.writer.finish()
+        width = max([20] + [len(b) for b in self.names])
+        self.hf.create_dataset("audio_name", data=np.array(self.names, dtype=f"S{width}"), shape=(n,),
+                               dtype=f"S{width}")
+        tg = np.array(self.targets, dtype=bool).reshape(n, labels.classes_num)
+        self.hf.create_dataset("target", data=tg, dtype=bool)
+        self.hf.attrs.create("sample_rate", data=sample_rate, dtype=np.int32)
+        self.hf.attrs["class_ids"] = np.array(labels.ids, dtype=h5py.string_dtype("utf-8"))
+        self.hf.attrs["class_labels"] = np.array(labels.labels, dtype=h5py.string_dtype("utf-8"))
+
+    @property
+    def rows(self) -> int:
+        return len(self.names)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self._stack.__exit__(exc_type, exc, tb)  # closes the HDF5, then renames (or removes) the temp
+        except BaseException as e:
+            if _is_enospc(e):
+                raise disk_full_error(self.path) from e
+            raise
+        if exc is not None and _is_enospc(exc):
+            raise disk_full_error(self.path) from exc
+        return False
+
+
+def write_missing_csv(out_path: str, missing: Sequence[Tuple[str, str]], header=("audio_name", "reason")) -> str:
+    """``<out>.missing.csv`` listing clips that were not packed and why (removes a stale list when none)."""
+    path = out_path + ".missing.csv"
+    if missing:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(list(header))
+        w.writerows(missing)
+        atomic_write_text(path, buf.getvalue())
+    elif os.path.exists(path):
+        os.remove(path)
+    return path
+
+
+def is_complete_waveforms_hdf5(path: str) -> bool:
+    """True for a readable waveform HDF5 (either layout) whose datasets agree in length."""
+    try:
+        with h5py.File(path, "r") as hf:
+            n = hf["audio_name"].shape[0]
+            return storage.waveform_rows(hf) == n and hf["target"].shape[0] == n and "sample_rate" in hf.attrs
+    except Exception:
+        return False

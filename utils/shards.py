@@ -1,0 +1,443 @@
+"""Pack AudioSet from hosted shard copies (no YouTube): WebDataset tar shards and Hugging Face Parquet.
+
+    python3 utils/dataset.py pack_from_shards --shards 'DIR/*.tar' --waveforms_hdf5_path OUT.h5
+    python3 utils/dataset.py pack_from_shards --shards 'DIR/*.parquet' --waveforms_hdf5_path OUT.h5
+
+Shard formats (chosen by extension):
+
+* ``.tar`` (also ``.tar.gz``/``.tgz``), read as a stream: WebDataset samples, i.e. consecutive
+  members sharing a key (the name up to the first dot): ``<key>.flac`` (or .wav/.mp3/.ogg/...)
+  and ``<key>.json`` with the labels and, optionally, the YouTube id.
+* ``.parquet`` as the ``datasets`` library writes it, read one row group at a time: an ``audio``
+  column (struct of ``bytes`` + ``path``, or plain binary), ``video_id`` and ``labels``.
+
+Clip ids: ``--id_field`` (default: the first of video_id, youtube_id, ytid, YTID, id present),
+else the tar key; a 12-character id starting with 'Y' is taken as already prefixed (YouTube ids
+have 11). Rows are named ``Y<id>.wav`` as download_wavs names files, so create_indexes, the black
+list and the eval/train separation work unchanged.
+
+Labels (``--label_field``, default the first of labels, label, mids, positive_labels,
+human_labels present) may be AudioSet ids (``/m/09x0r``), display names (``Speech``) or class
+indices, as a list or a comma-separated string; they are mapped through the label CSV. Values the
+CSV does not know are counted and reported (log, summary line), and the clip keeps its known labels.
+
+Decoding uses the packer's numerics (``packing.decode_row``), so a clip gives the same row as
+packing the same audio from a file. Each shard is packed into ``OUT.h5.parts/NNNNN_<shard>.h5``
+(atomic); ``--skip_existing`` reuses finished parts, so an interrupted run resumes shard by shard.
+When every shard is done the parts are joined into ``OUT.h5`` (atomic; joining needs the parts'
+disk space again, then they are removed; a single shard's part is simply renamed). A shard that
+cannot be read (truncated tar, broken Parquet) stops the run with one line naming it; finished
+parts are kept.
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import glob
+import json
+import logging
+import os
+import shutil
+import tarfile
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import h5py
+import numpy as np
+
+from panns import config, packing, storage
+from panns.errors import PannsError
+from panns.packing import is_complete_waveforms_hdf5
+
+logger = logging.getLogger(__name__)
+
+AUDIO_MEMBER_EXTS = (".flac", ".wav", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm")
+ID_FIELDS = ("video_id", "youtube_id", "ytid", "YTID", "id")
+LABEL_FIELDS = ("labels", "label", "mids", "positive_labels", "human_labels")
+_PARQUET_BATCH = 64  # rows per Arrow batch: bounds memory to a few tens of MB of encoded audio
+
+
+class ShardError(PannsError):
+    """A shard that cannot be read (corrupt, truncated, wrong format)."""
+
+
+def list_shards(spec: str) -> List[str]:
+    """Shard paths from a glob (``'DIR/*.tar'``), a folder, a file, or a comma-separated list; sorted."""
+    paths: List[str] = []
+    for part in [p for p in spec.split(",") if p.strip()]:
+        part = os.path.expanduser(part.strip())
+        if os.path.isdir(part):
+            found = [os.path.join(part, n) for n in os.listdir(part)]
+            paths += [p for p in found if _is_shard(p)]
+        elif any(c in part for c in "*?["):
+            paths += [p for p in glob.glob(part) if os.path.isfile(p)]
+        elif os.path.isfile(part):
+            paths.append(part)
+        else:
+            raise PannsError(f"shard not found: {part}")
+    paths = sorted(set(paths))
+    if not paths:
+        raise PannsError(f"no shards match {spec!r} (expected .tar or .parquet files)")
+    for p in paths:
+        shard_format(p)
+    return paths
+
+
+def _is_shard(path: str) -> bool:
+    return path.endswith((".tar", ".tar.gz", ".tgz", ".parquet"))
+
+
+def shard_format(path: str) -> str:
+    if path.endswith((".tar", ".tar.gz", ".tgz")):
+        return "tar"
+    if path.endswith(".parquet"):
+        return "parquet"
+    raise PannsError(f"unknown shard format (expected .tar, .tar.gz or .parquet): {path}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Samples of a shard
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    """One clip of a shard: its id, encoded audio (None when absent) and metadata."""
+
+    key: str
+    audio: Optional[bytes]
+    meta: dict
+    where: str  # for messages: 'shard.tar:key.flac'
+    problem: str = ""
+
+
+def _split_key(name: str) -> Tuple[str, str]:
+    """WebDataset convention: key = path up to the first dot of the basename, the rest is the field."""
+    d, base = os.path.split(name)
+    stem, dot, ext = base.partition(".")
+    return (os.path.join(d, stem) if d else stem), (dot + ext).lower()
+
+
+def _tar_group(shard: str, key: str, files: Dict[str, bytes]) -> Sample:
+    meta: dict = {}
+    problem = ""
+    js = next((f for f in files if f.endswith(".json")), None)
+    if js is not None:
+        try:
+            meta = json.loads(files[js].decode("utf-8"))
+            if not isinstance(meta, dict):
+                meta = {"labels": meta}
+        except (ValueError, UnicodeDecodeError) as e:
+            problem = f"unreadable json: {e}"
+    for ext in AUDIO_MEMBER_EXTS:
+        for field_name in files:  # 'flac', or e.g. '30.000.flac' when the key itself contains dots
+            if field_name == ext or field_name.endswith(ext):
+                return Sample(key, files[field_name], meta, f"{os.path.basename(shard)}:{key}{field_name}", problem)
+    return Sample(key, None, meta, f"{os.path.basename(shard)}:{key}", problem or "no audio member")
+
+
+def iter_tar(shard: str) -> Iterator[Sample]:
+    """Samples of a tar shard, read as a stream (members of one sample are consecutive)."""
+    key, files = None, {}
+    try:
+        with tarfile.open(shard, mode="r|*") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                k, ext = _split_key(m.name)
+                if key is not None and k != key:
+                    yield _tar_group(shard, key, files)
+                    files = {}
+                key = k
+                f = tf.extractfile(m)
+                files[ext] = f.read() if f is not None else b""
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise ShardError(f"corrupt shard {shard}: {' '.join(str(e).split()) or type(e).__name__}; "
+                         "re-download it (finished shards are kept: re-run with --skip_existing)") from None
+    if key is not None:
+        yield _tar_group(shard, key, files)
+
+
+def _pyarrow():
+    try:
+        import pyarrow.parquet as pq  # optional dependency: only the Parquet route needs it
+    except ImportError:
+        raise PannsError("reading Parquet shards needs pyarrow: pip install pyarrow") from None
+    return pq
+
+
+def parquet_rows(shard: str) -> int:
+    try:
+        return int(_pyarrow().ParquetFile(shard).metadata.num_rows)
+    except PannsError:
+        raise
+    except Exception as e:
+        raise ShardError(f"corrupt shard {shard}: {' '.join(str(e).split())}") from None
+
+
+def iter_parquet(shard: str, audio_field: str = "audio") -> Iterator[Sample]:
+    """Samples of a Parquet shard, read in batches of rows (all columns but the audio are metadata)."""
+    pq = _pyarrow()
+    try:
+        pf = pq.ParquetFile(shard)
+        names = pf.schema_arrow.names
+        if audio_field not in names:
+            raise ShardError(f"{shard} has no '{audio_field}' column (columns: {', '.join(names)}); "
+                             "pass --audio_field")
+        n = 0
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH):
+            for row in batch.to_pylist():
+                audio = row.pop(audio_field)
+                where = f"{os.path.basename(shard)}:row {n}"
+                problem = ""
+                if isinstance(audio, dict):
+                    audio = audio.get("bytes")
+                if audio is None:
+                    problem = "no audio bytes"
+                yield Sample(str(n), audio, row, where, problem)
+                n += 1
+    except ShardError:
+        raise
+    except Exception as e:  # pyarrow raises ArrowInvalid/OSError on broken files
+        raise ShardError(f"corrupt shard {shard}: {' '.join(str(e).split()) or type(e).__name__}; "
+                         "re-download it (finished shards are kept: re-run with --skip_existing)") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Ids and labels
+# ------------------------------------------------------------------------------------------------
+
+def clip_id(sample: Sample, id_field: Optional[str]) -> str:
+    fields = (id_field,) if id_field else ID_FIELDS
+    for f in fields:
+        v = sample.meta.get(f)
+        if v not in (None, ""):
+            ytid = str(v)
+            break
+    else:
+        if id_field:
+            raise PannsError(f"{sample.where}: no field {id_field!r} (fields: {', '.join(sample.meta) or 'none'})")
+        ytid = os.path.basename(sample.key)
+    if len(ytid) == 12 and ytid.startswith("Y"):
+        ytid = ytid[1:]  # already named like download_wavs' files
+    return ytid
+
+
+class LabelMapper(object):
+    """Label values (ids, display names or indices) -> class indices of a label CSV; counts unknowns."""
+
+    def __init__(self, labels: config.ClassLabels):
+        self.classes_num = labels.classes_num
+        self.by_id = dict(labels.id_to_ix)
+        self.by_name = {str(n).strip().lower(): i for i, n in enumerate(labels.labels)}
+        self.unknown: collections.Counter = collections.Counter()
+        self.unlabelled = 0
+
+    def _one(self, v) -> Optional[int]:
+        if isinstance(v, (bool, np.bool_)):
+            return None
+        if isinstance(v, (int, np.integer)):
+            return int(v) if 0 <= int(v) < self.classes_num else None
+        s = str(v).strip()
+        if s in self.by_id:
+            return self.by_id[s]
+        if s.lower() in self.by_name:
+            return self.by_name[s.lower()]
+        if s.isdigit() and int(s) < self.classes_num:
+            return int(s)
+        return None
+
+    def target(self, value) -> np.ndarray:
+        """Multi-hot bool (classes_num,) of a label value: a list, or a string (one label or comma-separated)."""
+        t = np.zeros(self.classes_num, dtype=bool)
+        if value is None:
+            self.unlabelled += 1
+            return t
+        if isinstance(value, str):
+            ix = self._one(value)  # a display name can itself contain commas
+            items = [value] if ix is not None else [x for x in value.split(",") if x.strip()]
+        elif isinstance(value, (list, tuple, np.ndarray)):
+            items = list(value)
+        else:
+            items = [value]
+        for v in items:
+            ix = self._one(v)
+            if ix is None:
+                self.unknown[str(v).strip()] += 1
+            else:
+                t[ix] = True
+        return t
+
+    def report(self) -> str:
+        """'' or one sentence on unknown label values and clips without labels."""
+        parts = []
+        if self.unknown:
+            top = ", ".join(f"{k!r} x{c}" for k, c in self.unknown.most_common(5))
+            parts.append(f"{sum(self.unknown.values())} label values ({len(self.unknown)} distinct) are not in the "
+                         f"label CSV and were ignored: {top}" + (", ..." if len(self.unknown) > 5 else ""))
+        if self.unlabelled:
+            parts.append(f"{self.unlabelled} clips have no label field (packed with no positive label)")
+        return "; ".join(parts)
+
+
+def label_value(sample: Sample, label_field: Optional[str]):
+    if label_field:
+        return sample.meta.get(label_field)
+    for f in LABEL_FIELDS:
+        if f in sample.meta:
+            return sample.meta[f]
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Packing
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class ShardPackReport:
+    path: str
+    rows: int
+    missing: List[Tuple[str, str]]
+    shards: int
+    shards_skipped: int
+    short: int = 0
+    clip_seconds: float = 0.0
+    unknown_labels: Dict[str, int] = field(default_factory=dict)
+    label_report: str = ""
+
+
+def _part_path(parts_dir: str, i: int, shard: str) -> str:
+    stem = os.path.basename(shard)
+    for ext in (".tar.gz", ".tgz", ".tar", ".parquet"):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+    return os.path.join(parts_dir, f"{i:05d}_{stem}.h5")
+
+
+def _pack_shard(shard: str, part: str, mapper: LabelMapper, labels: config.ClassLabels, sample_rate: int,
+                clip_seconds: float, clip_samples: int, storage_name: str, num_workers: int,
+                id_field: Optional[str], label_field: Optional[str], audio_field: str, bar) -> Tuple[int, int]:
+    """Pack one shard into ``part`` (atomic). Returns (rows, short clips); failures go to part.missing.csv."""
+    fmt = shard_format(shard)
+    samples = iter_tar(shard) if fmt == "tar" else iter_parquet(shard, audio_field)
+    capacity = parquet_rows(shard) if fmt == "parquet" else 0
+    names: List[str] = []
+    targets: List[np.ndarray] = []
+    missing: List[Tuple[str, str]] = []
+
+    def jobs():
+        for s in samples:
+            name = f"Y{clip_id(s, id_field)}.wav"
+            names.append(name)
+            targets.append(mapper.target(label_value(s, label_field)))
+            n = len(names) - 1
+            if s.audio is None or s.problem:
+                missing.append((name, f"{s.where}: {s.problem}"))
+                bar.update(1)
+                continue
+            yield packing.DecodeJob(n, s.audio, s.where, sample_rate, clip_samples, storage_name)
+
+    short = 0
+    with packing.OrderedPool(packing.decode_row, num_workers) as pool, \
+            packing.PackedFile(part, capacity, clip_samples, storage_name) as out:
+        for res in pool.imap(jobs()):
+            if res.row is None:
+                missing.append((names[res.n], f"decode error: {res.reason}"))
+                logger.info("Cannot decode %s (%s): %s", names[res.n], shard, res.reason)
+            else:
+                out.add(names[res.n].encode(), targets[res.n], res.row)
+                short += res.seconds < packing.SHORT_FRACTION * clip_seconds
+            bar.update(1)
+        packing.write_missing_csv(part, missing)
+        out.commit(labels, sample_rate)
+    return out.rows, short
+
+
+def join_packed_files(parts: Sequence[str], out_path: str, labels: config.ClassLabels, sample_rate: int,
+                      move_single: bool = False) -> Tuple[int, List[Tuple[str, str]]]:
+    """Concatenate packed files of one layout (and their ``.missing.csv`` lists) into ``out_path``
+    (atomic); returns (rows, failures). The storage and clip length come from the first part.
+    ``move_single``: a single part is renamed to ``out_path`` instead of copied."""
+    total = 0
+    for p in parts:
+        with h5py.File(p, "r") as hf:
+            total += int(hf["audio_name"].shape[0])
+            layout, clip_samples = storage.storage_of(hf), storage.clip_samples_of(hf)
+    missing: List[Tuple[str, str]] = []
+    for p in parts:
+        mp = p + ".missing.csv"
+        if os.path.isfile(mp):
+            with open(mp, newline="", encoding="utf-8") as f:
+                missing += [(r["audio_name"], r["reason"]) for r in csv.DictReader(f)]
+    if total == 0:
+        packing.write_missing_csv(out_path, missing)
+        raise PannsError(f"no clip of the shards could be decoded (reasons in {out_path}.missing.csv); nothing packed")
+    if move_single and len(parts) == 1:  # one shard: the part becomes the output (no copy, no second disk space)
+        packing.write_missing_csv(out_path, missing)
+        os.replace(parts[0], out_path)
+        return total, missing
+    with packing.PackedFile(out_path, total, clip_samples, layout) as out:
+        for p in parts:
+            with h5py.File(p, "r") as hf:
+                ds = hf[storage.FLAC_KEY if layout == "flac" else storage.PCM_KEY]
+                names, tg = hf["audio_name"][:], hf["target"][:]
+                for i in range(len(names)):
+                    out.add(bytes(names[i]), tg[i], ds[i])
+        packing.write_missing_csv(out_path, missing)
+        out.commit(labels, sample_rate)
+    return total, missing
+
+
+def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = config.sample_rate,
+                     clip_seconds: float = config.clip_seconds, num_workers: int = 1,
+                     class_labels_csv: Optional[str] = None, label_field: Optional[str] = None,
+                     id_field: Optional[str] = None, audio_field: str = "audio", storage_name: str = "pcm16",
+                     skip_existing: bool = False, progress: bool = True) -> ShardPackReport:
+    """Pack tar or Parquet shards into one waveform HDF5 (see module docstring)."""
+    storage.check_storage(storage_name)
+    if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
+        logger.info("Skip %s: already packed", waveforms_hdf5_path)
+        return ShardPackReport(waveforms_hdf5_path, -1, [], 0, 0)
+    paths = list_shards(shards)
+    labels = config.read_class_labels(class_labels_csv)
+    clip_samples = int(round(sample_rate * clip_seconds))
+    if clip_samples <= 0:
+        raise PannsError(f"clip length must be positive (sample_rate={sample_rate}, clip_seconds={clip_seconds})")
+    logger.info("Packing %d shards into %s (%s storage)", len(paths), waveforms_hdf5_path, storage_name)
+    logger.info("Clip length %g s (%d samples at %d Hz): longer clips are cut, shorter ones zero-padded "
+                "(--clip_seconds)", clip_seconds, clip_samples, sample_rate)
+    parts_dir = waveforms_hdf5_path + ".parts"
+    os.makedirs(parts_dir, exist_ok=True)
+    mapper = LabelMapper(labels)
+    t0 = time.time()
+    parts, skipped, short = [], 0, 0
+    known = None
+    if all(shard_format(p) == "parquet" for p in paths):
+        known = sum(parquet_rows(p) for p in paths)
+    with packing.Progress(known, "pack shards", progress) as bar:
+        for i, shard in enumerate(paths):
+            part = _part_path(parts_dir, i, shard)
+            parts.append(part)
+            if skip_existing and is_complete_waveforms_hdf5(part):
+                with h5py.File(part, "r") as hf:
+                    if hf.attrs.get("storage", "pcm16") == storage_name and \
+                            storage.clip_samples_of(hf) == clip_samples and int(hf.attrs["sample_rate"]) == sample_rate:
+                        skipped += 1
+                        if known is not None:
+                            bar.update(parquet_rows(shard))
+                        logger.info("Skip shard %s: packed in an earlier run (%s)", shard, part)
+                        continue
+            bar.set_description(f"pack shard {i + 1}/{len(paths)}")
+            rows, s = _pack_shard(shard, part, mapper, labels, sample_rate, clip_seconds, clip_samples, storage_name,
+                                  num_workers, id_field, label_field, audio_field, bar)
+            short += s
+            logger.info("Shard %s: %d clips -> %s", shard, rows, part)
+    rows, missing = join_packed_files(parts, waveforms_hdf5_path, labels, sample_rate, move_single=True)
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    rep = ShardPackReport(waveforms_hdf5_path, rows, missing, len(paths), skipped, short, clip_seconds,
+                          dict(mapper.unknown), mapper.report())
+    if rep.label_report:
+        logger.warning(rep.label_report)
+    logger.info("Packed %d clips from %d shards in %.1f s", rows, len(paths), time.time() - t0)
+    return rep
