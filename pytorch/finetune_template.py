@@ -376,12 +376,10 @@ def probe_to_head(clf, classes_num: int, multi_label: bool) -> Tuple[np.ndarray,
     return weight.astype(np.float32), bias.astype(np.float32)
 
 
-def linear_probe(args, model: torch.nn.Module, base_name: str, frontend: dict, data: fd.LabelledData,
-                 cache: fd.ClipCache, clip_samples: int, device: torch.device, cache_dir: str, run_dir: str,
-                 config: dict) -> dict:
-    """Fit a logistic regression on frozen base embeddings (same report as fine-tuning), then write it
-    as the head of ``model`` (Transfer_<Base>) to ``linear_probe.pth``: a checkpoint that
-    ``inference.py audio_tagging --checkpoint_path`` uses like any fine-tuned one."""
+def fit_probe_head(args, model: torch.nn.Module, base_name: str, frontend: dict, data: fd.LabelledData,
+                   cache: fd.ClipCache, clip_samples: int, device: torch.device, cache_dir: str) -> Tuple[dict, float]:
+    """Fit a logistic regression on the base's embeddings of the training clips and make it the head
+    (``fc_transfer``) of ``model``. Returns (its score on the eval clips, seconds spent on embeddings)."""
     t0 = time.time()
     base = model.base
     base_cfg = ckpt_lib.ModelConfig(model_type=base_name, **frontend, classes_num=AUDIOSET_CLASSES_NUM,
@@ -408,6 +406,17 @@ def linear_probe(args, model: torch.nn.Module, base_name: str, frontend: dict, d
     with torch.no_grad():
         model.fc_transfer.weight.copy_(torch.from_numpy(weight))
         model.fc_transfer.bias.copy_(torch.from_numpy(bias))
+    return sc, t_emb
+
+
+def linear_probe(args, model: torch.nn.Module, base_name: str, frontend: dict, data: fd.LabelledData,
+                 cache: fd.ClipCache, clip_samples: int, device: torch.device, cache_dir: str, run_dir: str,
+                 config: dict) -> dict:
+    """Fit a logistic regression on frozen base embeddings (same report as fine-tuning), then write it
+    as the head of ``model`` (Transfer_<Base>) to ``linear_probe.pth``: a checkpoint that
+    ``inference.py audio_tagging --checkpoint_path`` uses like any fine-tuned one."""
+    t0 = time.time()
+    sc, t_emb = fit_probe_head(args, model, base_name, frontend, data, cache, clip_samples, device, cache_dir)
     probe_path = os.path.join(run_dir, "linear_probe.pth")
     metrics = {k: v for k, v in sc.items() if k != "report"}
     ckpt_lib.save_checkpoint(probe_path, {"model": model.state_dict(), "config": {**config, "linear_probe": True},
@@ -505,6 +514,10 @@ def train(args) -> Optional[dict]:
                 "batch %d, lr %g, %d iterations, %s on %s", base_name, loss, output, trainable,
                 sum(p.numel() for p in model.parameters()), clip_samples / frontend["sample_rate"], args.batch_size,
                 args.learning_rate, args.iterations, precision, device)
+    if args.head_init == "probe":
+        sc, _ = fit_probe_head(args, model, base_name, frontend, data, cache, clip_samples, device, cache_dir)
+        logger.info("Head initialised from a linear probe on the %d training clips' embeddings (eval %s %.4f)",
+                    len(data.train), sc["metric"], sc["value"])
     res = fine_tune(args, model, data, cache, clip_samples, device, precision, loss, config, run_dir)
     print(res["report"])
     print(f"Best {res['metric']}: {res['value']:.4f} at iteration {res['iteration']} "
@@ -581,6 +594,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="seed of the eval hold-out, batch order, crops and init")
     t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="compute precision of the CNN body (auto: bf16 on GPUs that support it, fp32 on CPU)")
+    t.add_argument("--head_init", choices=("probe", "random"), default=None,
+                   help="start the new head from a linear probe fitted on the base's embeddings of the training "
+                        "clips, or from random weights (default: probe with --freeze_base, else random). A random "
+                        "head on a frozen base learns slowly: its embedding's common offset dwarfs the differences "
+                        "between clips, so the first hundred steps only shift the class biases")
     t.add_argument("--linear_probe", action="store_true",
                    help="instead of fine-tuning: base embeddings (extracted once) + logistic regression")
     t.add_argument("--probe_c", type=float, default=1.0, help="inverse L2 strength of the linear probe")
@@ -592,6 +610,8 @@ def main(argv=None) -> Optional[dict]:
     args = parser.parse_args(argv)
     if args.mode != "train":
         parser.error("choose the sub-command: train")
+    if args.head_init is None:
+        args.head_init = "probe" if args.freeze_base else "random"
     if args.learning_rate is None:
         args.learning_rate = 1e-3 if args.freeze_base else 1e-4
     for name in ("batch_size", "iterations", "eval_every"):
