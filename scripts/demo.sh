@@ -3,10 +3,12 @@
 #
 #   bash scripts/demo.sh [OUT_DIR]          (default ./demo_out; DEMO_QUICK=1 for a reduced run)
 #
-# Runs the same entry points you run on AudioSet: generate data -> pack waveforms -> indexes ->
-# main.py train (a small model) -> evaluation mAP -> plot -> audio tagging + sound event detection
-# on resources/example_clip.wav -> embedding extraction -> a short fine-tune. CPU only, no network.
-# Re-running replaces the previous outputs in OUT_DIR cleanly.
+# Runs the same entry points you run on AudioSet: generate data (and the example clip with its ground
+# truth) -> pack waveforms -> indexes -> main.py train (Cnn6, and Cnn6_DecisionLevelAvg for SED) ->
+# evaluation mAP -> plot -> audio tagging + sound event detection of the example clip -> embedding
+# extraction -> a frozen-base fine-tune whose checkpoint tags new clips. CPU only, no network.
+# Each stage is checked against the generated truth (utils/demo_checks.py); the run ends with a
+# table and exits 1 when a check failed. Re-running replaces the previous outputs in OUT_DIR cleanly.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,7 +20,7 @@ PY="${PYTHON:-python3}"
 if [ "$QUICK" = "1" ]; then   # every stage runs, nothing is expected to learn: checks are reported, not enforced
   CLIP_SECONDS=1; BAL=2; EVAL=1; UNBAL=1; ITERS=2; EVAL_EVERY=2; BATCH=4; FT_ITERS=2; FT_CLIPS=4
 else
-  CLIP_SECONDS=2; BAL=6; EVAL=3; UNBAL=4; ITERS=60; EVAL_EVERY=20; BATCH=8; FT_ITERS=40; FT_CLIPS=10
+  CLIP_SECONDS=2; BAL=6; EVAL=3; UNBAL=4; ITERS=60; EVAL_EVERY=20; BATCH=8; FT_ITERS=20; FT_CLIPS=10
 fi
 MODEL="${DEMO_MODEL:-Cnn6}"
 SED_MODEL="${DEMO_SED_MODEL:-Cnn6_DecisionLevelAvg}"
@@ -111,7 +113,7 @@ step "9/9 Fine-tune Transfer_$MODEL (frozen base, new head) on a 4-class folder 
   --folder_clips_per_class "$FT_CLIPS" --clip_seconds "$CLIP_SECONDS" --event_fraction 0.8 1.0 --seed 5
 "$PY" pytorch/finetune_template.py train --model_type "Transfer_$MODEL" --pretrained_checkpoint_path "$CKPT" --freeze_base \
   --dataset_dir "$OUT/finetune_data" --eval_fraction 0.3 --workspace "$OUT/finetune_ws" --iterations "$FT_ITERS" \
-  --eval_every "$(( FT_ITERS / 4 > 0 ? FT_ITERS / 4 : 1 ))" --batch_size 8 --learning_rate "${DEMO_FT_LR:-1e-2}" \
+  --eval_every "$(( FT_ITERS / 2 > 0 ? FT_ITERS / 2 : 1 ))" --batch_size 8 \
   --clip_seconds "$CLIP_SECONDS" --num_workers 0
 FT_RUN="$(dirname "$(find "$OUT/finetune_ws" -name 'best.pth' | head -n 1)")"
 check finetune --metrics "$FT_RUN/metrics.jsonl" --min 0.9

@@ -115,7 +115,11 @@ def check_sed(a) -> bool:
     truth = read_truth(a.truth)
     matches = match_events(read_events(a.events), truth, a.tolerance, a.min_iou)
     found = sum(m[1] for m in matches)
-    result = f"{found}/{len(truth)} found: " + "; ".join(f"{lb} {how}" for lb, _, how in matches)
+    detected = read_events(a.events)
+    extra = [f"{lb} {on:.1f}-{off:.1f} s" for lb, on, off in detected    # overlapping no true event of its class
+             if not any(_normalise(lb) == _normalise(t) and on < b and a < off for t, a, b in truth)]
+    result = (f"{found}/{len(truth)} found: " + "; ".join(f"{lb} {how}" for lb, _, how in matches)
+              + (f"; other detections: {', '.join(extra)}" if extra else ""))
     expected = ("; ".join(f"{lb} {on:.1f}-{off:.1f} s" for lb, on, off in truth)
                 + f" (each within {a.tolerance} s or IoU >= {a.min_iou})")
     return _add_row(a.out, "SED events of the example clip", result, expected, found == len(truth))

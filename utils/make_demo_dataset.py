@@ -126,9 +126,10 @@ def synth_clip(rs: np.random.RandomState, class_ids: List[int], seconds: float, 
     return np.clip(y, -1, 1).astype(np.float32)
 
 
-# The example clip of the README and the demo: (class name, onset s, offset s).
+# The example clip of the README and the demo: (class name, onset s, offset s). Two events overlap
+# for half a second, as in the training clips with two labels.
 EXAMPLE_EVENTS: Tuple[Tuple[str, float, float], ...] = (
-    ("Clicks", 0.7, 3.1), ("Low tone", 1.0, 2.7), ("Rising chirp", 3.1, 5.6))
+    ("Clicks", 0.5, 2.5), ("Low tone", 2.0, 4.0), ("Rising chirp", 4.5, 6.5))
 
 
 def make_example_clip(wav_path: str, events: Sequence[Tuple[str, float, float]] = EXAMPLE_EVENTS,
