@@ -5,11 +5,17 @@ fmin, fmax, classes_num)``, ``state_dict`` keys (names, order, shapes), ``forwar
 mixup_lambda=None)`` and output dict, so official checkpoints load strictly and give the same
 numbers in fp32. Instead of 23 copies of the front end and head, the parts are written once:
 
-* ``_Model._add_frontend`` / ``_logmel``: STFT -> log-mel -> bn0 -> SpecAugment (always fp32);
+* ``_Model._setup_frontend`` / ``_logmel``: STFT -> log-mel -> bn0 -> SpecAugment (always fp32);
 * ``ConvBlock`` & co.: one conv+BN+ReLU stack class (``_ConvStack``) in 1-D and 2-D;
-* ``_Model._clip_head`` / ``_sed_head``: the tagging head and the decision-level (SED) head;
+* ``_Model._head``: the tagging head, or the decision-level (SED) head when ``sed_pooling`` is set;
+* minimum input lengths as class attributes (``min_frames``, ``min_wave_samples``);
 * families (``_Cnn``, ``_ResNetModel``, ``MobileNetV1/2``, ``_WaveModel``) whose variants only
   pass other numbers.
+
+Extensions (not official, no official checkpoint): ``MobileNetV1_DecisionLevelMax`` and
+``Cnn6_DecisionLevelMax/Avg``, SED heads on the small bodies; the CPU demo trains
+``Cnn6_DecisionLevelAvg``. ``Transfer_<Base>.load_from_pretrain`` (official method) is attached by
+``checkpoint.py``, where loading lives, so this module never imports it.
 
 Mixed precision: under ``torch.autocast`` the front end and the final sigmoid / softmax run in
 float32; only the CNN body runs in bf16/fp16.
@@ -569,7 +575,7 @@ class _Cnn(_Model):
         else:
             x = self.conv_block1(x, pool_size=(2, 2), pool_type="avg")
             if self.wavegram:
-                # Fix (official crash, Q20): the two branches can differ by one frame for some
+                # Fix (an official crash): the two branches can differ by one frame for some
                 # lengths; crop both to the shorter one (no change where the official code runs).
                 t = min(x.shape[2], a1.shape[2])
                 x = torch.cat((x[:, :, :t], a1[:, :, :t]), dim=1)
@@ -1030,18 +1036,23 @@ _register_all()
 
 # ---- Extensions: not official classes (no official checkpoint); built from the same shared parts. ----
 class MobileNetV1_DecisionLevelMax(MobileNetV1):
-    """MobileNetV1 body (1/12 of Cnn14's FLOPs) with the Cnn14_DecisionLevelMax SED head: a
-    sound event detector cheap enough to train on a CPU (the offline demo uses it). Its body
-    downsamples time by 32 like Cnn14's, so the framewise upsampling is the same."""
+    """MobileNetV1 body (1/12 of Cnn14's FLOPs) with the Cnn14_DecisionLevelMax SED head. Its body
+    downsamples time by 32 like Cnn14's, so the framewise upsampling is the same. Not for a few
+    dozen steps: its depthwise convolutions start with outputs of variance ~1e-3 while BatchNorm's
+    running variance starts at 1 and keeps 0.9**N of it after N steps, so in eval mode each block
+    shrinks the signal ~10x and every clip gets the same scores until a few hundred steps."""
     is_sed, sed_pooling = True, "max"
 
 
 class Cnn6_DecisionLevelMax(Cnn6):
-    """Cnn6 body with the Cnn14_DecisionLevelMax SED head (experimental)."""
+    """Cnn6 body with the Cnn14_DecisionLevelMax SED head (clipwise = max over time)."""
     is_sed, sed_pooling = True, "max"
 
 
 class Cnn6_DecisionLevelAvg(Cnn6):
+    """Cnn6 body with the Cnn14_DecisionLevelAvg SED head (clipwise = mean over time). Every frame
+    gets a gradient, so it learns from clip labels in a few dozen CPU steps (the demo's SED model);
+    the max-pooled head trains only the loudest frame and needs far more."""
     is_sed, sed_pooling = True, "avg"
 
 
