@@ -161,18 +161,26 @@ def export_onnx(model: torch.nn.Module, config, path: str, opset: int = DEFAULT_
     return names
 
 
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
 @contextlib.contextmanager
 def _quiet_loggers(names=("onnx_ir", "onnxscript", "torch.onnx", "torch.onnx._internal.exporter._registration",
                           "torch.export", "torch._dynamo", "torch.fx", "torch._export")):
-    """The exporter's libraries log every graph pass (and absent optional packages); keep errors."""
-    saved = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.WARNING)
+    """The exporter's libraries log every graph pass (and absent optional packages); keep errors.
+    A filter, not only a level: torch resets its loggers' levels when the exporter starts."""
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+        lg.addFilter(_errors_only)
     try:
         yield
     finally:
-        for n, level in saved.items():
-            logging.getLogger(n).setLevel(level)
+        for lg, level in zip(loggers, saved):
+            lg.setLevel(level)
+            lg.removeFilter(_errors_only)
 
 
 # ----------------------------------------------------------------------------- cache
