@@ -4,7 +4,7 @@ Two inputs: 32 kHz mono 16-bit WAV (what download_wavs writes; no resampling) an
 (decoded, down-mixed and resampled to 32 kHz with soxr), each packed with 1 and 2 decoding processes.
 The clips are generated first and are in the page cache, so the figures measure decoding + writing.
 
-    python3 benchmarks/bench_pack.py [--clips 60] [--workers 1 2]
+    python3 benchmarks/bench_pack.py [--clips 60] [--workers 1 2] [--storage pcm16|flac]
 """
 from __future__ import annotations
 
@@ -47,12 +47,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=60, help="clips per input format")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="decoding process counts")
+    p.add_argument("--storage", choices=("pcm16", "flac"), default="pcm16",
+                   help="storage layout of the output (flac also encodes every row in the workers)")
     p.add_argument("--dir", type=str, default=None, help="scratch folder (default: a temp folder)")
     a = p.parse_args()
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
         labels = os.path.join(tmp, "labels.csv")
         write_label_csv(labels, 1)
-        print(f"{a.clips} clips of 10 s per format, {os.cpu_count()} CPUs")
+        print(f"{a.clips} clips of 10 s per format, {a.storage} output, {os.cpu_count()} CPUs")
         print(f"{'input':<22} {'workers':>7} {'clips/s':>8} {'MB/s out':>9}")
         for fmt, desc in (("wav32k", "32 kHz mono wav"), ("flac44k", "44.1 kHz stereo flac")):
             folder = os.path.join(tmp, fmt)
@@ -63,7 +65,7 @@ def main() -> None:
                 out = os.path.join(tmp, f"{fmt}_{w}.h5")
                 t0 = time.perf_counter()
                 rep = pack_waveforms_to_hdf5(csv_path, folder, out, num_workers=w, class_labels_csv=labels,
-                                             progress=False)
+                                             progress=False, storage=a.storage)
                 dt = time.perf_counter() - t0
                 assert rep.rows == a.clips and not rep.missing
                 print(f"{desc:<22} {w:>7} {a.clips / dt:>8.1f} {os.path.getsize(out) / dt / 1e6:>9.1f}"

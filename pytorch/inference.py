@@ -44,15 +44,13 @@ from panns import config
 from panns import runtime
 from panns.errors import AudioDecodeError, PannsError, run_cli
 from panns.frontend import add_frontend_args, frontend_overrides
-from panns.runtime import Runtime, pad_to_min
+from panns.postprocess import Event, detect_events, tags_of, top_indexes
+from panns.runtime import AUTO_SEGMENT_SECONDS, AUTO_WINDOW_SECONDS, Runtime
 from panns.utilities import atomic_path, create_folder, get_filename
 
 logger = logging.getLogger("inference")
 
 LIST_EXTENSIONS = (".txt", ".lst")
-# Longer files are tagged with sliding 10-s windows unless --segment_seconds says otherwise.
-AUTO_WINDOW_SECONDS = 600.0
-AUTO_SEGMENT_SECONDS = 10.0
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -139,17 +137,6 @@ def resolve_labels(cfg, class_labels_csv: Optional[str]) -> Tuple[List[str], Lis
 
 
 # ----------------------------------------------------------------------------- running
-def window_starts(n: int, win: int, hop: int, align: int = 1) -> List[int]:
-    """Window starts covering ``n`` samples; starts are multiples of ``align`` (model hop)."""
-    if n <= win:
-        return [0]
-    starts = list(range(0, n - win + 1, hop))
-    last = (n - win) // align * align
-    if starts[-1] < last:
-        starts.append(last)
-    return starts
-
-
 @dataclass
 class ClipResult:
     audio_path: str
@@ -163,69 +150,18 @@ class ClipResult:
 def run_clip(rt: Runtime, waveform: np.ndarray, audio_path: str = "", segment_seconds: Optional[float] = None,
              hop_seconds: Optional[float] = None, aggregate: str = "max", batch_size: int = 8,
              need_framewise: bool = False) -> ClipResult:
-    """Run the model on one recording: whole (official) or in sliding windows.
-
-    Windowed: clipwise output and embedding are the max/mean over windows; framewise output is
-    stitched back on the model's frame grid (overlaps max/mean-combined)."""
-    sr, hop_size = rt.sample_rate, rt.hop_size
-    n = len(waveform)
-    if segment_seconds is None and n > AUTO_WINDOW_SECONDS * sr:
+    """Run the model on one decoded recording: whole (official) or in sliding windows (see
+    ``Runtime.predict_windows``); recordings over AUTO_WINDOW_SECONDS default to windows."""
+    sr = rt.sample_rate
+    if segment_seconds is None and len(waveform) > AUTO_WINDOW_SECONDS * sr:
         segment_seconds = AUTO_SEGMENT_SECONDS
         logger.info("%s is %.0f s long; tagging it in %.0f-s windows (set --segment_seconds to change)",
-                    audio_path, n / sr, segment_seconds)
-    frames_num = n // hop_size + 1
-    if segment_seconds is None or n <= int(round(segment_seconds * sr)):
-        out = rt.forward(waveform[None])
-        fw = out.get("framewise_output")
-        return ClipResult(audio_path, waveform, out["clipwise_output"][0],
-                          out["embedding"][0] if "embedding" in out else None,
-                          fw[0][:frames_num] if fw is not None else None, 1)
-
-    win = max(hop_size, int(round(segment_seconds * sr)) // hop_size * hop_size)
-    hop = max(hop_size, int(round((hop_seconds or segment_seconds) * sr)) // hop_size * hop_size)
-    starts = window_starts(n, win, hop, hop_size)
-    clips, embs = [], []
-    fw_acc = fw_cnt = None
-    for b in range(0, len(starts), batch_size):
-        chunk = starts[b:b + batch_size]
-        batch = np.stack([pad_to_min(waveform[s:s + win], rt.min_samples) for s in chunk])
-        out = rt.forward(batch)
-        clips.append(out["clipwise_output"])
-        if "embedding" in out:
-            embs.append(out["embedding"])
-        if need_framewise and "framewise_output" in out:
-            fw = out["framewise_output"]
-            if fw_acc is None:
-                fw_acc = np.zeros((frames_num, fw.shape[2]), np.float32)
-                fw_cnt = np.zeros(frames_num, np.int32)
-            for k, s in enumerate(chunk):
-                f0 = s // hop_size
-                seg = fw[k][: min(fw.shape[1], frames_num - f0)]
-                if aggregate == "max":
-                    fw_acc[f0:f0 + len(seg)] = np.maximum(fw_acc[f0:f0 + len(seg)], seg)
-                else:
-                    fw_acc[f0:f0 + len(seg)] += seg
-                fw_cnt[f0:f0 + len(seg)] += 1
-    reduce = np.max if aggregate == "max" else np.mean
-    clipwise = reduce(np.concatenate(clips), axis=0)
-    embedding = reduce(np.concatenate(embs), axis=0) if embs else None
-    framewise = None
-    if fw_acc is not None:
-        if aggregate == "mean":
-            fw_acc /= np.maximum(fw_cnt, 1)[:, None]
-        covered = np.nonzero(fw_cnt)[0]
-        if len(covered) < frames_num:  # last < 1 frame of samples not in any window: repeat
-            fw_acc[covered[-1] + 1:] = fw_acc[covered[-1]]
-        framewise = fw_acc
-    return ClipResult(audio_path, waveform, clipwise, embedding, framewise, len(starts))
+                    audio_path, len(waveform) / sr, segment_seconds)
+    res = rt.predict_windows(waveform, segment_seconds, hop_seconds, aggregate, batch_size, framewise=need_framewise)
+    return ClipResult(audio_path, waveform, res.clipwise, res.embedding, res.framewise, res.windows)
 
 
 # ----------------------------------------------------------------------------- results
-def top_indexes(probs: np.ndarray, k: int) -> np.ndarray:
-    """Official order: ``argsort`` reversed (descending), first k."""
-    return np.argsort(probs)[::-1][:k]
-
-
 def format_tagging(probs: np.ndarray, labels: Sequence[str], top_k: int = 10,
                    embedding: Optional[np.ndarray] = None) -> List[str]:
     """Lines the official audio_tagging prints: ``<label>: <prob:.3f>`` x top_k, then the embedding shape."""
@@ -233,38 +169,6 @@ def format_tagging(probs: np.ndarray, labels: Sequence[str], top_k: int = 10,
     if embedding is not None:
         lines.append("embedding: {}".format(embedding.shape))
     return lines
-
-
-@dataclass
-class Event:
-    onset: float
-    offset: float
-    label: str
-    score: float
-    index: int
-
-
-def detect_events(framewise: np.ndarray, labels: Sequence[str], frames_per_second: float,
-                  threshold: float = 0.5, min_duration: float = 0.0,
-                  duration: Optional[float] = None) -> List[Event]:
-    """Runs of frames whose probability is >= threshold, per class, as (onset, offset) seconds.
-
-    framewise: (frames, classes). An event spans frames [a, b) -> onset a/fps, offset b/fps;
-    its score is the highest probability inside; offsets are clipped to ``duration`` (seconds)
-    when given. Events shorter than min_duration are dropped. Sorted by onset, then score."""
-    active = framewise >= threshold
-    events: List[Event] = []
-    for c in np.nonzero(active.any(axis=0))[0]:
-        edges = np.diff(np.concatenate([[0], active[:, c].astype(np.int8), [0]]))
-        for a, b in zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]):
-            onset, offset = a / frames_per_second, b / frames_per_second
-            if duration is not None:
-                offset = min(offset, duration)
-            if offset - onset + 1e-9 < min_duration:
-                continue
-            events.append(Event(onset, offset, labels[c], float(framewise[a:b, c].max()), int(c)))
-    events.sort(key=lambda e: (e.onset, -e.score, e.index))
-    return events
 
 
 def _atomic_write_text(path: str, write) -> None:
@@ -287,11 +191,6 @@ def write_events_csv(path: str, events_by_file: Sequence[Tuple[str, List[Event]]
                 w.writerow(([audio_path] if multi else []) + [f"{e.onset:.3f}", f"{e.offset:.3f}", e.label,
                                                               f"{e.score:.4f}"])
     _atomic_write_text(path, write)
-
-
-def tags_of(probs: np.ndarray, labels, ids, top_k: int) -> List[dict]:
-    return [{"rank": r + 1, "index": int(i), "mid": ids[i], "label": labels[i], "probability": float(probs[i])}
-            for r, i in enumerate(top_indexes(probs, top_k))]
 
 
 def write_results(path: str, records: List[dict], meta: dict) -> None:
@@ -512,8 +411,8 @@ def _add_common(p: argparse.ArgumentParser, extract: bool = False) -> None:
                    help="audio file(s), folder(s), .txt/.lst list(s) of paths or glob(s); may repeat")
     p.add_argument("--cuda", action="store_true", default=False, help="run on the GPU if available (else warn, CPU)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
-                   help="numeric precision of the CNN body (default: %(default)s; auto picks bf16 on a CUDA GPU with "
-                        "bf16 or a CPU with native bf16 instructions, else fp32)")
+                   help="numeric precision of the CNN body (default: %(default)s; auto picks bf16 where the hardware "
+                        "has native bf16 (CUDA sm80+, CPUs with AMX/AVX512-BF16), fp16 on sm70/75 GPUs, else fp32)")
     if extract:   # extract_embeddings: one row per file
         p.add_argument("--segment_seconds", type=float, default=None,
                        help="crop/zero-pad every file to this length (default: keep each file whole; "
@@ -525,8 +424,9 @@ def _add_common(p: argparse.ArgumentParser, extract: bool = False) -> None:
     p.add_argument("--batch_size", type=int, default=8, help="windows/clips per forward pass")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="PANNs inference: audio tagging, sound event detection, embeddings.")
+def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="PANNs inference: audio tagging, sound event detection, "
+                                     "embeddings.")
     sub = parser.add_subparsers(dest="mode", required=True)
     for mode, text in (("audio_tagging", "print the top clip-level tags (official output)"),
                        ("sound_event_detection", "framewise detection + figure (decision-level models)")):
@@ -599,8 +499,8 @@ def export(args) -> int:
     return 0
 
 
-def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
+def main(argv=None, prog: Optional[str] = None) -> None:
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     for noisy in ("matplotlib", "numba", "PIL", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -20,7 +20,7 @@ import logging
 import os
 import urllib.parse
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 
 from panns.errors import CheckpointError, PannsError, run_cli

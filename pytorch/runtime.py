@@ -21,7 +21,6 @@ here, the same for every backend.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
@@ -29,33 +28,37 @@ import numpy as np
 import torch
 
 from panns import amp
+from panns import devices
 from panns.errors import PannsError
 from panns.frontend import FrontEnd
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_KEYS = ("clipwise_output", "embedding", "framewise_output")
+# Recordings longer than this run in sliding windows of AUTO_SEGMENT_SECONDS unless told otherwise
+# (one forward of an hour of audio needs tens of GB).
+AUTO_WINDOW_SECONDS = 600.0
+AUTO_SEGMENT_SECONDS = 10.0
 Waveforms = Union[np.ndarray, torch.Tensor, Sequence[np.ndarray]]
 Backend = Callable[[np.ndarray], Dict[str, np.ndarray]]
 
 
 # ----------------------------------------------------------------------------- small pieces
 def resolve_device(device: Union[None, bool, str, torch.device] = None) -> torch.device:
-    """None/'auto': CUDA when available, else CPU; True/False: the CLIs' --cuda flag (CPU with a
-    warning where CUDA is missing); otherwise a torch device string."""
-    if isinstance(device, torch.device):
+    """A device argument of the API or CLIs -> torch.device; the choice is ``devices.select_device``'s.
+
+    None/'auto': CUDA when available, else CPU; True/False: the CLIs' --cuda flag; 'cuda' without a
+    GPU: the CPU, with a warning; other strings/devices as given."""
+    if isinstance(device, torch.device) and device.type != "cuda":
         return device
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(device, bool):
-        if device and not torch.cuda.is_available():
-            logger.warning("--cuda given but CUDA is not available; running on CPU")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if device and torch.cuda.is_available() \
-            else torch.device("cpu")
+        return devices.select_device(device)
+    if device is None or device == "auto":
+        return devices.select_device(torch.cuda.is_available())
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PannsError(f"device {device!r} requested but CUDA is not available (use device='cpu' or 'auto')")
-    return dev
+    if dev.type != "cuda":
+        return dev
+    return devices.select_device(True, dev.index) if dev.index is not None else devices.select_device(True)
 
 
 def model_min_samples(config, model: Optional[torch.nn.Module] = None) -> int:
@@ -334,6 +337,189 @@ class Runtime:
                     v = batch[key]
                     out[key] = v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
             yield out
+
+    def predict_windows(self, audio: Union[np.ndarray, Iterable[np.ndarray]], segment_seconds: Optional[float],
+                        hop_seconds: Optional[float] = None, aggregate: str = "max", batch_size: int = 8,
+                        framewise: bool = False, framewise_sink: Optional[Callable[[np.ndarray], None]] = None,
+                        on_window: Optional[Callable[[int], None]] = None) -> "WindowedPrediction":
+        """One recording, whole or in sliding windows, streamed: ``audio`` is a 1-D array or an
+        iterable of consecutive 1-D blocks (a decoder reading a long file), at ``sample_rate``.
+
+        segment_seconds None (or a recording no longer than one window): one forward of the whole
+        recording (the official behaviour). Otherwise windows of ``segment_seconds`` every
+        ``hop_seconds`` (default: no overlap), both rounded to the model hop, plus a last window
+        ending at the end; clipwise output and embedding are the max/mean over windows and the
+        framewise output is stitched on the model's frame grid (overlaps max/mean-combined).
+        framewise: keep the (frames, classes) matrix in the result; framewise_sink: receive it in
+        consecutive pieces as they become final (memory stays bounded for any length).
+        on_window(k): called after every k windows (progress)."""
+        blocks = [np.asarray(audio, dtype=np.float32)] if isinstance(audio, np.ndarray) else audio
+        hop_size = self.hop_size
+        win = None
+        if segment_seconds is not None:
+            win = max(hop_size, int(round(segment_seconds * self.sample_rate)) // hop_size * hop_size)
+            hop = max(hop_size, int(round((hop_seconds or segment_seconds) * self.sample_rate)) // hop_size * hop_size)
+        kept: List[np.ndarray] = []
+
+        def sink(frames: np.ndarray) -> None:
+            if framewise:
+                kept.append(frames)
+            if framewise_sink is not None:
+                framewise_sink(frames)
+
+        want_fw = framewise or framewise_sink is not None
+        buf = np.zeros(0, np.float32)   # samples from buf_start on
+        buf_start = 0
+        n = 0
+        pending: List[int] = []
+        state = {"clip": None, "emb": None, "count": 0}
+        stitcher = _Stitcher(aggregate, sink)
+
+        def run(starts: List[int]) -> None:
+            batch = np.stack([buf[s - buf_start:s - buf_start + win] for s in starts])
+            out = self.forward(batch)
+            for key, name in (("clipwise_output", "clip"), ("embedding", "emb")):
+                if key not in out:
+                    continue
+                v = out[key].max(axis=0) if aggregate == "max" else out[key].sum(axis=0)
+                cur = state[name]
+                state[name] = v if cur is None else (np.maximum(cur, v) if aggregate == "max" else cur + v)
+            if want_fw and "framewise_output" in out:
+                for k, s in enumerate(starts):
+                    stitcher.add(s // hop_size, out["framewise_output"][k])
+                stitcher.release(starts[-1] // hop_size)
+            state["count"] += len(starts)
+            if on_window is not None:
+                on_window(len(starts))
+
+        next_start = 0
+        last_start = -1
+        for block in blocks:
+            block = np.asarray(block, dtype=np.float32).reshape(-1)
+            n += len(block)
+            buf = np.concatenate([buf, block]) if len(buf) else block
+            if win is None:
+                continue
+            while next_start + win <= n:
+                pending.append(next_start)
+                last_start = next_start
+                next_start += hop
+                if len(pending) == batch_size:
+                    run(pending)
+                    pending = []
+            keep_from = min(pending[0] if pending else next_start, max(last_start, 0))
+            if keep_from > buf_start:
+                buf, buf_start = buf[keep_from - buf_start:], keep_from
+        if n == 0:
+            raise PannsError("no audio samples")
+        if win is None or n <= win:   # the whole recording in one forward
+            out = self.forward(buf[None])
+            fw = out.get("framewise_output")
+            if want_fw and fw is not None:
+                sink(fw[0][: n // hop_size + 1])
+            if on_window is not None:
+                on_window(1)
+            return WindowedPrediction(out["clipwise_output"][0], out["embedding"][0] if "embedding" in out else None,
+                                      np.concatenate(kept) if kept else None, 1, n)
+        final = (n - win) // hop_size * hop_size
+        if final > last_start:
+            pending.append(final)
+        if pending:
+            run(pending)
+        if want_fw:
+            stitcher.finish(n // hop_size + 1)
+        count = state["count"]
+        clip = state["clip"] if aggregate == "max" else state["clip"] / count
+        emb = state["emb"]
+        if emb is not None and aggregate == "mean":
+            emb = emb / count
+        return WindowedPrediction(clip, emb, np.concatenate(kept) if kept else None, count, n)
+
+
+# ----------------------------------------------------------------------------- long recordings
+def auto_segment(samples: int, sample_rate: int, segment_seconds: Optional[float]) -> Optional[float]:
+    """``segment_seconds``, or AUTO_SEGMENT_SECONDS for a recording over AUTO_WINDOW_SECONDS."""
+    if segment_seconds is None and samples > AUTO_WINDOW_SECONDS * sample_rate:
+        return AUTO_SEGMENT_SECONDS
+    return segment_seconds
+
+
+def window_starts(n: int, win: int, hop: int, align: int = 1) -> List[int]:
+    """Window starts covering ``n`` samples: every ``hop`` while a whole window fits, plus one
+    last window ending at the end (its start a multiple of ``align``, the model hop)."""
+    if n <= win:
+        return [0]
+    starts = list(range(0, n - win + 1, hop))
+    last = (n - win) // align * align
+    if starts[-1] < last:
+        starts.append(last)
+    return starts
+
+
+class _Stitcher:
+    """Framewise outputs of overlapping windows on one frame grid, released in order.
+
+    Frames that no later window can touch are handed to ``sink`` ((frames, classes) arrays in
+    order) as soon as they are final, so a long recording never holds its whole matrix here."""
+
+    def __init__(self, aggregate: str, sink: Callable[[np.ndarray], None]):
+        self.aggregate, self.sink = aggregate, sink
+        self.base = 0                      # frame index of acc[0]
+        self.acc: Optional[np.ndarray] = None
+        self.cnt = np.zeros(0, np.int32)
+        self.emitted = 0
+        self.last: Optional[np.ndarray] = None
+
+    def add(self, f0: int, seg: np.ndarray) -> None:
+        if self.acc is None:
+            self.acc = np.zeros((0, seg.shape[1]), np.float32)
+        end = f0 + len(seg) - self.base
+        if end > len(self.acc):
+            grow = end - len(self.acc)
+            self.acc = np.concatenate([self.acc, np.zeros((grow, self.acc.shape[1]), np.float32)])
+            self.cnt = np.concatenate([self.cnt, np.zeros(grow, np.int32)])
+        a = f0 - self.base
+        if self.aggregate == "max":
+            np.maximum(self.acc[a:end], seg, out=self.acc[a:end])
+        else:
+            self.acc[a:end] += seg
+        self.cnt[a:end] += 1
+
+    def release(self, before: int) -> None:
+        """Hand over the frames with index < ``before`` (final: every later window starts there or later)."""
+        k = min(max(0, before - self.base), len(self.cnt))
+        if k == 0 or self.acc is None:
+            return
+        out = self.acc[:k]
+        if self.aggregate == "mean":
+            out = out / np.maximum(self.cnt[:k], 1)[:, None]
+        self.sink(np.ascontiguousarray(out, dtype=np.float32))
+        self.last = out[-1].copy()
+        self.emitted += k
+        self.acc, self.cnt, self.base = self.acc[k:], self.cnt[k:], self.base + k
+
+    def finish(self, frames_num: int) -> None:
+        """Release everything, trimmed to ``frames_num`` frames; frames after the last window's
+        (less than one window hop of samples) repeat the last covered frame."""
+        covered = np.nonzero(self.cnt)[0]
+        keep = min(frames_num - self.base, (covered[-1] + 1) if len(covered) else 0)
+        self.acc, self.cnt = self.acc[:max(keep, 0)], self.cnt[:max(keep, 0)]
+        self.release(self.base + len(self.cnt))
+        missing = frames_num - self.emitted
+        if missing > 0 and self.last is not None:
+            self.sink(np.repeat(self.last[None], missing, axis=0))
+            self.emitted += missing
+
+
+@dataclass
+class WindowedPrediction:
+    """Outputs of :meth:`Runtime.predict_windows` for one recording."""
+
+    clipwise: np.ndarray                  # (classes,) max/mean over windows
+    embedding: Optional[np.ndarray]       # (D,) max/mean over windows, or None
+    framewise: Optional[np.ndarray]       # (frames, classes) when kept, else None (given to the sink)
+    windows: int
+    samples: int
 
 
 # ----------------------------------------------------------------------------- bare models

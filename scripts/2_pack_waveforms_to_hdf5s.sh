@@ -8,7 +8,10 @@
 # simply be started again. Environment overrides:
 #   PACK_JOBS=<cores>     unbalanced parts packed at the same time (one decoding process each)
 #   NUM_WORKERS=<cores>   decoding processes for eval and balanced_train
-#   SAMPLE_RATE=32000  CLIP_SECONDS=10  PYTHON=python3
+#   SAMPLE_RATE=32000  PYTHON=python3
+#   CLIP_SECONDS=10       every clip is cut or zero-padded to this length (AudioSet clips are 10 s; set it to
+#                         your clips' length for other data, or short clips become mostly zeros)
+#   STORAGE=pcm16|flac    flac: lossless FLAC rows, about half the disk; decoded in the training loader workers
 set -euo pipefail
 
 DATASET_DIR="${1:-./datasets/audioset201906}"
@@ -20,6 +23,8 @@ PACK_JOBS="${PACK_JOBS:-$CORES}"
 NUM_WORKERS="${NUM_WORKERS:-$CORES}"
 SAMPLE_RATE="${SAMPLE_RATE:-32000}"
 CLIP_SECONDS="${CLIP_SECONDS:-10}"
+STORAGE="${STORAGE:-pcm16}"
+echo "Clips are cut or zero-padded to CLIP_SECONDS=$CLIP_SECONDS s at $SAMPLE_RATE Hz, storage $STORAGE"
 
 # The data set's own label CSV when it has one (script 1 fetches it), else the repository default.
 LABELS_CSV="$DATASET_DIR/metadata/class_labels_indices.csv"
@@ -31,7 +36,7 @@ mkdir -p "$WAVEFORMS/unbalanced_train"
 pack() {  # pack CSV AUDIOS_DIR OUT.h5 WORKERS
   "$PYTHON" "$REPO/utils/dataset.py" pack_waveforms_to_hdf5 --csv_path="$1" --audios_dir="$2" \
     --waveforms_hdf5_path="$3" --num_workers="$4" --sample_rate="$SAMPLE_RATE" --clip_seconds="$CLIP_SECONDS" \
-    --class_labels_csv="$LABELS_CSV" --skip_existing
+    --class_labels_csv="$LABELS_CSV" --storage="$STORAGE" --skip_existing
 }
 
 pack "$DATASET_DIR/metadata/eval_segments.csv" "$DATASET_DIR/audios/eval_segments" \
@@ -47,7 +52,7 @@ pack_part() {  # unbalanced_train_segments_partNN.csv -> unbalanced_train/unbala
     "$WAVEFORMS/unbalanced_train/unbalanced_train_part$nn.h5" 1
 }
 export -f pack pack_part
-export PYTHON REPO DATASET_DIR WAVEFORMS SAMPLE_RATE CLIP_SECONDS LABELS_CSV
+export PYTHON REPO DATASET_DIR WAVEFORMS SAMPLE_RATE CLIP_SECONDS STORAGE LABELS_CSV
 find "$DATASET_DIR/metadata/unbalanced_partial_csvs" -name 'unbalanced_train_segments_part*.csv' | sort | \
   xargs -P "$PACK_JOBS" -I{} bash -c 'set -euo pipefail; pack_part "$1"' _ {}
 

@@ -4,8 +4,10 @@ import csv
 import functools
 import http.server
 import os
-import time
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -215,3 +217,31 @@ def test_interrupt_keeps_failure_list(tmp_path, monkeypatch):
     with open(audios / ds.FAILURES_CSV_NAME) as f:
         rows = {r["YTID"]: r for r in csv.DictReader(f)}
     assert rows["clip0000000"]["permanent"] == "1" and rows["clip0000005"]["reason"].endswith("503")
+
+
+def test_ctrl_c_during_retry_backoff_returns_at_once(tmp_path, monkeypatch):
+    """A clip waiting out a long retry back-off must not hold Ctrl-C up; stale temp folders of dead runs go."""
+    import _thread
+
+    csv_path = _csv(tmp_path / "seg.csv", [f"clip{i:07d}" for i in range(4)])
+    audios = tmp_path / "a"
+    audios.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = audios / f".tmp_dl_{dead.pid}_1"
+    stale.mkdir()
+    (stale / "media.webm.part").write_bytes(b"x")
+
+    def backoff(seg, opts, fetcher):
+        opts.stop.wait(60)  # what a retry delay does
+        return ds.DownloadResult(seg, "failed", "interrupted", False, 1)
+
+    monkeypatch.setattr(ds, "_download_one", backoff)
+    monkeypatch.setattr(ds, "_Fetcher", lambda opts: type("F", (), {"close": lambda self: None})())
+    threading.Timer(0.5, _thread.interrupt_main).start()
+    t0 = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        ds.download_wavs(csv_path, str(audios), num_workers=2, url_template="http://127.0.0.1:9/{ytid}", progress=False)
+    assert time.time() - t0 < 3
+    assert not stale.exists()
+    assert not [f for f in os.listdir(audios) if ".tmp" in f]

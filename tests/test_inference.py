@@ -19,6 +19,7 @@ from panns import config
 from panns import inference
 from panns import models
 from panns.errors import CheckpointError, PannsError
+from panns import runtime
 from panns.runtime import Runtime
 
 SR = 32000
@@ -181,8 +182,8 @@ def test_detect_events():
     ev = inference.detect_events(fw, ["a", "b", "c"], 100.0, threshold=0.5, min_duration=0.05, duration=0.995)
     assert [(e.label, e.onset, e.offset) for e in ev] == [("a", 0.1, 0.3), ("c", 0.5, 0.995)]
     assert ev[1].score == pytest.approx(0.8)
-    assert inference.window_starts(1000, 400, 300, align=10) == [0, 300, 600]
-    assert inference.window_starts(300, 400, 300) == [0]
+    assert runtime.window_starts(1000, 400, 300, align=10) == [0, 300, 600]
+    assert runtime.window_starts(300, 400, 300) == [0]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import csv
 import os
 import subprocess
 import sys
-import tarfile
 
 import h5py
 import numpy as np
@@ -170,3 +169,33 @@ def test_flac_workspace_trains_to_the_same_map_as_pcm16(tmp_path):
     pcm = train(tiny_config(ws, labels, **kw))["statistics"]["test"]["mAP"]
     flac = train(tiny_config(ws_flac, labels, num_workers=2, **kw))["statistics"]["test"]["mAP"]
     assert flac == pytest.approx(pcm, abs=1e-6), (pcm, flac)
+
+
+def test_hosted_route_scripts(clips, tmp_path, repo_root):
+    """scripts/2_pack_from_shards.sh (tar globs, flac storage, one part per unbalanced shard), then script 3."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    env = dict(os.environ, EVAL_SHARDS=clips["tars"][1], BALANCED_SHARDS=clips["tars"][0],
+               UNBALANCED_SHARDS=os.path.join(os.path.dirname(clips["parquets"][0]), "*.parquet"),
+               CLIP_SECONDS="1", STORAGE="flac", NUM_WORKERS="2", PACK_JOBS="2", PYTHON=sys.executable)
+    # The script uses the repository's label CSV: give it the test's (5 demo classes) through a copy of the repo
+    # scripts folder next to a metadata folder.
+    repo = tmp_path / "repo"
+    shutil.copytree(os.path.join(repo_root, "scripts"), repo / "scripts")
+    os.symlink(os.path.join(repo_root, "utils"), repo / "utils")
+    os.symlink(os.path.join(repo_root, "pytorch"), repo / "pytorch")
+    (repo / "metadata").mkdir()
+    shutil.copy(clips["labels_csv"], repo / "metadata" / "class_labels_indices.csv")
+    r = subprocess.run(["bash", str(repo / "scripts" / "2_pack_from_shards.sh"), str(tmp_path / "unused"), str(ws)],
+                       capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "CLIP_SECONDS=1" in r.stdout
+    wav = ws / "hdf5s" / "waveforms"
+    assert sorted(os.listdir(wav / "unbalanced_train")) == ["unbalanced_train_part00000.h5",
+                                                            "unbalanced_train_part00001.h5"]
+    r = subprocess.run(["bash", str(repo / "scripts" / "3_create_training_indexes.sh"), str(ws)],
+                       capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    with h5py.File(ws / "hdf5s" / "indexes" / "full_train.h5", "r") as hf:
+        assert hf["audio_name"].shape == (3 + 6,)  # balanced (3 clips; the broken member has no row) + 2 x 3

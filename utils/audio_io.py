@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import subprocess
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import numpy as np
 import soundfile as sf

@@ -18,8 +18,20 @@ from typing import List
 
 from panns.errors import PannsError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_LABELS_CSV = os.path.join(REPO_ROOT, "metadata", "class_labels_indices.csv")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(_HERE)
+_LABELS_NAME = os.path.join("metadata", "class_labels_indices.csv")
+
+
+def _default_labels_csv() -> str:
+    """The checkout's metadata/ CSV, else the copy inside an installed package (next to this file)."""
+    for path in (os.path.join(REPO_ROOT, _LABELS_NAME), os.path.join(_HERE, _LABELS_NAME)):
+        if os.path.isfile(path):
+            return path
+    return os.path.join(REPO_ROOT, _LABELS_NAME)
+
+
+DEFAULT_LABELS_CSV = _default_labels_csv()
 LABELS_CSV_URL = "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/class_labels_indices.csv"
 
 # Official recipe constants (utils/config.py of audioset_tagging_cnn).

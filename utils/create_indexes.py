@@ -35,7 +35,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional
+from typing import Iterator, List, Optional
 
 import h5py
 import numpy as np

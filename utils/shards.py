@@ -33,7 +33,6 @@ from __future__ import annotations
 import collections
 import csv
 import glob
-import io
 import json
 import logging
 import os
@@ -352,13 +351,15 @@ def _pack_shard(shard: str, part: str, mapper: LabelMapper, labels: config.Class
     return out.rows, short
 
 
-def _join_parts(parts: Sequence[str], out_path: str, clip_samples: int, storage_name: str,
-                labels: config.ClassLabels, sample_rate: int) -> Tuple[int, List[Tuple[str, str]]]:
-    """Concatenate finished part files (same storage) into ``out_path`` (atomic); returns rows, failures."""
+def join_packed_files(parts: Sequence[str], out_path: str, labels: config.ClassLabels,
+                      sample_rate: int) -> Tuple[int, List[Tuple[str, str]]]:
+    """Concatenate packed files of one layout (and their ``.missing.csv`` lists) into ``out_path``
+    (atomic); returns (rows, failures). The storage and clip length come from the first part."""
     total = 0
     for p in parts:
         with h5py.File(p, "r") as hf:
             total += int(hf["audio_name"].shape[0])
+            layout, clip_samples = storage.storage_of(hf), storage.clip_samples_of(hf)
     missing: List[Tuple[str, str]] = []
     for p in parts:
         mp = p + ".missing.csv"
@@ -368,11 +369,11 @@ def _join_parts(parts: Sequence[str], out_path: str, clip_samples: int, storage_
     if total == 0:
         packing.write_missing_csv(out_path, missing)
         raise PannsError(f"no clip of the shards could be decoded (reasons in {out_path}.missing.csv); nothing packed")
-    with packing.PackedFile(out_path, total, clip_samples, storage_name) as out:
+    with packing.PackedFile(out_path, total, clip_samples, layout) as out:
         for p in parts:
             with h5py.File(p, "r") as hf:
-                key = storage.FLAC_KEY if storage_name == "flac" else storage.PCM_KEY
-                ds, names, tg = hf[key], hf["audio_name"][:], hf["target"][:]
+                ds = hf[storage.FLAC_KEY if layout == "flac" else storage.PCM_KEY]
+                names, tg = hf["audio_name"][:], hf["target"][:]
                 for i in range(len(names)):
                     out.add(bytes(names[i]), tg[i], ds[i])
         packing.write_missing_csv(out_path, missing)
@@ -424,7 +425,7 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
                                   num_workers, id_field, label_field, audio_field, bar)
             short += s
             logger.info("Shard %s: %d clips -> %s", shard, rows, part)
-    rows, missing = _join_parts(parts, waveforms_hdf5_path, clip_samples, storage_name, labels, sample_rate)
+    rows, missing = join_packed_files(parts, waveforms_hdf5_path, labels, sample_rate)
     shutil.rmtree(parts_dir, ignore_errors=True)
     rep = ShardPackReport(waveforms_hdf5_path, rows, missing, len(paths), skipped, short, clip_seconds,
                           dict(mapper.unknown), mapper.report())

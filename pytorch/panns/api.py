@@ -1,0 +1,294 @@
+"""The Python API: ``panns.load`` and the panns_inference-compatible ``AudioTagging`` /
+``SoundEventDetection``.
+
+::
+
+    import panns
+    m = panns.load("Cnn14")                      # catalogue name (downloaded once) or a checkpoint path
+    m.tag("clip.wav", top_k=5)                   # [("Speech", 0.93), ...]
+    m.embed(audio, sample_rate=44100)            # (2048,) float32; audio resampled to m.sample_rate
+    m.framewise(["a.wav", "b.wav"])              # SED models: [(frames, classes), ...]
+    m.detect_events("street.wav", threshold=0.3) # SED models: [{"onset", "offset", "label", "score", "index"}]
+
+Inputs everywhere: a path, a list of paths, a 1-D array/tensor (one clip), a 2-D (batch, samples)
+array/tensor, or a list of 1-D arrays; arrays are taken at ``sample_rate`` (default: the model's
+rate) and resampled when it differs. One input gives one answer, several give a list.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from panns import audio_io
+from panns import config
+from panns import runtime
+from panns.errors import PannsError
+from panns.postprocess import EventTracker, top_indexes
+from panns.runtime import Runtime, WindowedPrediction
+
+Audio = Union[str, os.PathLike, np.ndarray, torch.Tensor, Sequence[Union[str, os.PathLike, np.ndarray]]]
+
+
+def _resolve(name_or_path: str, model_type: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """(checkpoint path or None for the catalogue download, model type or None)."""
+    from panns import pretrained  # catalogue of the official files
+
+    path = os.fspath(name_or_path)
+    if os.path.exists(path):
+        if model_type is None:   # an official file keeps its published name: Cnn14_mAP=0.431.pth
+            try:
+                model_type = pretrained.lookup(os.path.basename(path)).model_type
+            except PannsError:
+                pass
+        return path, model_type
+    if path in pretrained.CATALOGUE:
+        return None, path
+    raise PannsError(f"{path!r} is neither a checkpoint file nor a published model; published: "
+                     f"{', '.join(pretrained.available())}")
+
+
+def load(name_or_path: str = "Cnn14", model_type: Optional[str] = None, device: Union[None, str, torch.device] = None,
+         precision: str = "fp32", labels_csv: Optional[str] = None, download: bool = True) -> "Model":
+    """Load a model for inference.
+
+    name_or_path: a checkpoint file (ours, or an official ``{'model': ...}`` file; official files
+    need ``model_type`` unless they keep their published name) or a published model type
+    (``"Cnn14"``, ``"Cnn14_DecisionLevelMax"``, ...), downloaded once into ``$PANNS_CACHE`` or
+    ``~/.cache/panns`` (``download=False``: only use the cache). device: None/'auto' = CUDA when
+    available, else CPU. precision: 'fp32' (default), 'bf16', 'fp16' or 'auto'.
+    labels_csv: class names when the checkpoint has none (default: the AudioSet label list)."""
+    path, mt = _resolve(name_or_path, model_type)
+    rt = Runtime.load(path, model_type=mt, device=device, precision=precision, download=download)
+    return Model(rt, labels_csv)
+
+
+class Model:
+    """A loaded model (see :func:`load`). ``runtime`` is the underlying :class:`runtime.Runtime`,
+    ``module`` the torch model; ``labels`` the class names; ``sample_rate`` the model's rate."""
+
+    def __init__(self, rt: Runtime, labels_csv: Optional[str] = None):
+        self.runtime = rt
+        cfg = rt.config
+        if getattr(cfg, "labels", None):
+            self.labels, self.ids = list(cfg.labels), list(cfg.ids or [""] * len(cfg.labels))
+        elif rt.classes_num == config.AUDIOSET_CLASSES_NUM or labels_csv:
+            cl = config.read_class_labels(labels_csv)
+            self.labels, self.ids = list(cl.labels), list(cl.ids)
+        else:
+            self.labels, self.ids = [f"class_{i}" for i in range(rt.classes_num)], [""] * rt.classes_num
+        if len(self.labels) != rt.classes_num:
+            raise PannsError(f"the model has {rt.classes_num} classes but the label list has {len(self.labels)}")
+
+    def __repr__(self) -> str:
+        return (f"panns.Model({self.model_type}, {self.sample_rate} Hz, {self.runtime.classes_num} classes, "
+                f"device={self.runtime.device}, precision={self.runtime.precision})")
+
+    @property
+    def model_type(self) -> str:
+        return self.runtime.config.model_type
+
+    @property
+    def sample_rate(self) -> int:
+        return self.runtime.sample_rate
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.runtime.model
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.runtime.sample_rate / self.runtime.hop_size
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def waveforms(self, audio: Audio, sample_rate: Optional[int] = None) -> Tuple[List[np.ndarray], bool]:
+        """(list of mono float32 waveforms at the model's rate, whether a single input was given)."""
+        sr = self.sample_rate if sample_rate is None else int(sample_rate)
+        if isinstance(audio, (str, os.PathLike)):
+            return [audio_io.load_audio(os.fspath(audio), self.sample_rate)], True
+        if isinstance(audio, torch.Tensor):
+            audio = audio.detach().float().cpu().numpy()
+        if isinstance(audio, np.ndarray):
+            if audio.ndim not in (1, 2):
+                raise PannsError(f"audio arrays must be (samples,) or (batch, samples), got {audio.shape}")
+            single = audio.ndim == 1
+            items = [audio] if single else list(audio)
+        else:
+            items, single = list(audio), False
+            if not items:
+                raise PannsError("no audio given")
+        out = []
+        for item in items:
+            if isinstance(item, (str, os.PathLike)):
+                out.append(audio_io.load_audio(os.fspath(item), self.sample_rate))
+                continue
+            w = np.asarray(item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else item, dtype=np.float32)
+            if w.ndim != 1 or len(w) == 0:
+                raise PannsError(f"each clip must be a non-empty 1-D array, got shape {w.shape}")
+            out.append(audio_io.resample(w, sr, self.sample_rate))
+        return out, single
+
+    # -- outputs --------------------------------------------------------------------------------
+    def predict(self, audio: Audio, sample_rate: Optional[int] = None, segment_seconds: Optional[float] = None,
+                hop_seconds: Optional[float] = None, aggregate: str = "max", batch_size: int = 8,
+                framewise: bool = False) -> Union[WindowedPrediction, List[WindowedPrediction]]:
+        """Everything the model outputs, per input: ``clipwise`` (classes,), ``embedding`` (D,) or
+        None, ``framewise`` (frames, classes) when asked for (SED models), ``windows``, ``samples``.
+
+        Clips are run whole (equal lengths batched together) unless ``segment_seconds`` is given
+        or a clip is longer than 600 s; then in sliding windows (see Runtime.predict_windows)."""
+        waves, single = self.waveforms(audio, sample_rate)
+        rt = self.runtime
+        results: List[Optional[WindowedPrediction]] = [None] * len(waves)
+        whole = [i for i, w in enumerate(waves) if runtime.auto_segment(len(w), rt.sample_rate, segment_seconds) is None]
+        if whole:
+            pred = rt.predict([waves[i] for i in whole], batch_size)
+            for k, i in enumerate(whole):
+                fw = None
+                if framewise and pred.framewise is not None:
+                    fw = pred.framewise[k]
+                results[i] = WindowedPrediction(pred.clipwise[k], None if pred.embedding is None else pred.embedding[k],
+                                                fw, 1, len(waves[i]))
+        for i, w in enumerate(waves):
+            if results[i] is None:
+                seg = runtime.auto_segment(len(w), rt.sample_rate, segment_seconds)
+                results[i] = rt.predict_windows(w, seg, hop_seconds, aggregate, batch_size, framewise=framewise)
+        return results[0] if single else results
+
+    def tag(self, audio: Audio, sample_rate: Optional[int] = None, top_k: int = 10,
+            **options) -> Union[List[Tuple[str, float]], List[List[Tuple[str, float]]]]:
+        """Top-k (label, probability) pairs, most probable first (official ranking)."""
+        preds = self.predict(audio, sample_rate, **options)
+        one = lambda p: [(self.labels[i], float(p.clipwise[i])) for i in top_indexes(p.clipwise, top_k)]  # noqa: E731
+        return one(preds) if isinstance(preds, WindowedPrediction) else [one(p) for p in preds]
+
+    def clipwise(self, audio: Audio, sample_rate: Optional[int] = None, **options) -> np.ndarray:
+        """Clip-level probabilities: (classes,) for one input, (N, classes) for several."""
+        preds = self.predict(audio, sample_rate, **options)
+        return preds.clipwise if isinstance(preds, WindowedPrediction) else np.stack([p.clipwise for p in preds])
+
+    def embed(self, audio: Audio, sample_rate: Optional[int] = None, **options) -> np.ndarray:
+        """Embeddings: (D,) for one input, (N, D) for several (2048 for Cnn14)."""
+        if self.runtime.is_sed:
+            raise PannsError(f"{self.model_type} outputs no embedding (decision-level SED models have none); "
+                             "load a clip-level model such as Cnn14")
+        preds = self.predict(audio, sample_rate, **options)
+        if isinstance(preds, WindowedPrediction):
+            return preds.embedding
+        return np.stack([p.embedding for p in preds])
+
+    def framewise(self, audio: Audio, sample_rate: Optional[int] = None,
+                  **options) -> Union[np.ndarray, List[np.ndarray]]:
+        """Framewise probabilities (frames, classes) per input, ``frames_per_second`` frames a second
+        (SED models: Cnn14_DecisionLevelMax/Avg/Att and other decision-level models)."""
+        self._need_sed()
+        preds = self.predict(audio, sample_rate, framewise=True, **options)
+        return preds.framewise if isinstance(preds, WindowedPrediction) else [p.framewise for p in preds]
+
+    def detect_events(self, audio: Audio, sample_rate: Optional[int] = None, threshold: float = 0.5,
+                      min_duration: float = 0.0, **options) -> Union[List[dict], List[List[dict]]]:
+        """Sound events per input: dicts with onset/offset (seconds), label, class index and score
+        (the highest framewise probability inside), for runs of frames at or above ``threshold``."""
+        self._need_sed()
+        preds = self.predict(audio, sample_rate, framewise=True, **options)
+
+        def events(p: WindowedPrediction) -> List[dict]:
+            tracker = EventTracker(self.labels, self.frames_per_second, threshold, min_duration)
+            tracker.update(p.framewise)
+            return [e.to_dict() for e in tracker.events(p.samples / self.sample_rate)]
+
+        return events(preds) if isinstance(preds, WindowedPrediction) else [events(p) for p in preds]
+
+    def _need_sed(self) -> None:
+        if not self.runtime.is_sed:
+            raise PannsError(f"{self.model_type} is a clip-level model without framewise output; load a "
+                             "decision-level model such as Cnn14_DecisionLevelMax")
+
+
+# ----------------------------------------------------------------------------- panns_inference
+_LEGACY_DIR = os.path.join(os.path.expanduser("~"), "panns_data")   # where panns_inference keeps its files
+
+
+def _compat_runtime(model: Optional[torch.nn.Module], checkpoint_path: Optional[str], device: str,
+                    default_type: str) -> Runtime:
+    from panns import checkpoint, pretrained  # loading and the catalogue
+
+    model_type = type(model).__name__ if model is not None else default_type
+    if not checkpoint_path:
+        legacy = os.path.join(_LEGACY_DIR, pretrained.lookup(default_type).filename)
+        checkpoint_path = legacy if model is None and os.path.isfile(legacy) else None
+    if checkpoint_path is None:
+        checkpoint_path = pretrained.get_checkpoint(model_type)
+    print("Checkpoint path: {}".format(checkpoint_path))
+    given_type = model_type if model is not None or _needs_type(checkpoint_path) else None
+    built, cfg = checkpoint.load_model(checkpoint_path, model_type=given_type)
+    if model is not None:   # the caller's own instance gets the weights (strict)
+        model.load_state_dict(built.state_dict(), strict=True)
+        built = model
+    use_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+    rt = Runtime(built, cfg, device="cuda" if use_cuda else "cpu", checkpoint_path=checkpoint_path)
+    if use_cuda:
+        print("GPU number: {}".format(torch.cuda.device_count()))
+    else:
+        print("Using CPU.")
+    return rt
+
+
+def _needs_type(path: str) -> bool:
+    """Official files carry no config, so the loader needs the model type."""
+    from panns import checkpoint  # loading
+
+    return not isinstance(checkpoint.load_checkpoint(path).get("config"), dict)
+
+
+class AudioTagging:
+    """panns_inference's ``AudioTagging``: ``AudioTagging(checkpoint_path=None, device='cuda')
+    .inference(audio)`` -> ``(clipwise_output (B, classes), embedding (B, D))`` for audio
+    (B, samples) at the model's rate (32 kHz for Cnn14).
+
+    Differences: runs on the CPU when CUDA is missing (as before) without DataParallel; nothing
+    is downloaded at import; without ``checkpoint_path`` an existing ``~/panns_data`` file is
+    used, else the published file is downloaded once into the cache (``$PANNS_CACHE`` or
+    ``~/.cache/panns``) and a checkpoint file is never overwritten; any model type's checkpoint
+    loads (ours carry their config; official files need ``model``, an instance of their class);
+    inputs shorter than the model's minimum are zero-padded instead of failing."""
+
+    default_model_type = "Cnn14"
+
+    def __init__(self, model: Optional[torch.nn.Module] = None, checkpoint_path: Optional[str] = None,
+                 device: str = "cuda"):
+        self.runtime = _compat_runtime(model, checkpoint_path, device, self.default_model_type)
+        self.model = self.runtime.model
+        self.device = self.runtime.device.type
+        self.labels = _labels_of(self.runtime)
+        self.classes_num = len(self.labels)
+
+    def inference(self, audio) -> Tuple[np.ndarray, np.ndarray]:
+        out = self.runtime.forward(audio)
+        if "embedding" not in out:
+            raise PannsError(f"{self.runtime.config.model_type} has no embedding; use SoundEventDetection")
+        return out["clipwise_output"], out["embedding"]
+
+
+class SoundEventDetection(AudioTagging):
+    """panns_inference's ``SoundEventDetection``: ``.inference(audio)`` -> framewise_output
+    (B, frames, classes) (default model Cnn14_DecisionLevelMax; differences as AudioTagging)."""
+
+    default_model_type = "Cnn14_DecisionLevelMax"
+
+    def inference(self, audio) -> np.ndarray:
+        out = self.runtime.forward(audio)
+        if "framewise_output" not in out:
+            raise PannsError(f"{self.runtime.config.model_type} has no framewise output; use a decision-level "
+                             "model such as Cnn14_DecisionLevelMax")
+        return out["framewise_output"]
+
+
+def _labels_of(rt: Runtime) -> List[str]:
+    if getattr(rt.config, "labels", None):
+        return list(rt.config.labels)
+    if rt.classes_num == config.AUDIOSET_CLASSES_NUM:
+        return list(config.read_class_labels().labels)
+    return [f"class_{i}" for i in range(rt.classes_num)]

@@ -1,0 +1,73 @@
+#!/bin/bash
+# The hosted route (no YouTube): pack AudioSet shards downloaded from the Hugging Face Hub into the same
+# waveform HDF5s that scripts 1 + 2 produce (eval, balanced_train, one file per unbalanced shard), then
+# continue with scripts/3_create_training_indexes.sh and 4_train.sh as usual.
+#
+#   bash scripts/2_pack_from_shards.sh SHARDS_DIR [WORKSPACE=./workspaces/audioset_tagging]
+#
+# Download the shards first, on a machine with internet (nothing here downloads), e.g. Parquet
+# (FLAC 48/44.1 kHz; balanced ~50 GB, unbalanced ~2.4 TB):
+#   huggingface-cli download agkphysics/AudioSet --repo-type dataset --include 'data/eval/*' 'data/bal_train/*' \
+#       --local-dir SHARDS_DIR            (add 'data/unbal_train/*' for the full set)
+# The default globs below match that layout. For WebDataset tar shards, set the globs, e.g. the 16 kHz copy:
+#   huggingface-cli download confit/audioset-16khz-wds --repo-type dataset --include '20k/*' --local-dir SHARDS_DIR
+#   EVAL_SHARDS='SHARDS_DIR/20k/test/*.tar' BALANCED_SHARDS='SHARDS_DIR/20k/train/*.tar' UNBALANCED_SHARDS= \
+#       SAMPLE_RATE=16000 bash scripts/2_pack_from_shards.sh SHARDS_DIR     (then train a *_16k model)
+#
+# Resumable: finished outputs are skipped and a half-packed output resumes shard by shard (--skip_existing).
+# Environment overrides:
+#   EVAL_SHARDS, BALANCED_SHARDS, UNBALANCED_SHARDS   shard globs (an empty UNBALANCED_SHARDS skips it)
+#   STORAGE=pcm16|flac   flac: lossless, about half the disk; decoded in the loader workers
+#   SAMPLE_RATE=32000  CLIP_SECONDS=10 (AudioSet clips are 10 s; shorter clips are zero-padded)
+#   NUM_WORKERS=<cores>  decoding processes    PACK_JOBS=<cores>/NUM_WORKERS unbalanced shards at a time
+#   LABEL_FIELD, ID_FIELD  json key / column of the labels and of the YouTube id (default: detected)
+#   PYTHON=python3
+set -euo pipefail
+
+SHARDS_DIR="${1:?usage: bash scripts/2_pack_from_shards.sh SHARDS_DIR [WORKSPACE]}"
+WORKSPACE="${2:-./workspaces/audioset_tagging}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+CORES="$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)"
+NUM_WORKERS="${NUM_WORKERS:-$CORES}"
+PACK_JOBS="${PACK_JOBS:-$(( CORES > 1 ? CORES / 2 : 1 ))}"
+SAMPLE_RATE="${SAMPLE_RATE:-32000}"
+CLIP_SECONDS="${CLIP_SECONDS:-10}"
+STORAGE="${STORAGE:-pcm16}"
+EVAL_SHARDS="${EVAL_SHARDS-$SHARDS_DIR/data/eval/*.parquet}"
+BALANCED_SHARDS="${BALANCED_SHARDS-$SHARDS_DIR/data/bal_train/*.parquet}"
+UNBALANCED_SHARDS="${UNBALANCED_SHARDS-$SHARDS_DIR/data/unbal_train/*.parquet}"
+LABELS_CSV="$REPO/metadata/class_labels_indices.csv"
+WAVEFORMS="$WORKSPACE/hdf5s/waveforms"
+mkdir -p "$WAVEFORMS/unbalanced_train"
+echo "Clips are cut or zero-padded to CLIP_SECONDS=$CLIP_SECONDS s at $SAMPLE_RATE Hz, storage $STORAGE"
+
+EXTRA_FLAGS=""  # field names have no spaces; word-split on purpose below
+if [ -n "${LABEL_FIELD:-}" ]; then EXTRA_FLAGS="$EXTRA_FLAGS --label_field=$LABEL_FIELD"; fi
+if [ -n "${ID_FIELD:-}" ]; then EXTRA_FLAGS="$EXTRA_FLAGS --id_field=$ID_FIELD"; fi
+
+pack() {  # pack SHARDS OUT.h5 WORKERS
+  # shellcheck disable=SC2086
+  "$PYTHON" "$REPO/utils/dataset.py" pack_from_shards --shards="$1" --waveforms_hdf5_path="$2" \
+    --num_workers="$3" --sample_rate="$SAMPLE_RATE" --clip_seconds="$CLIP_SECONDS" --storage="$STORAGE" \
+    --class_labels_csv="$LABELS_CSV" --skip_existing $EXTRA_FLAGS
+}
+export -f pack
+export PYTHON REPO SAMPLE_RATE CLIP_SECONDS STORAGE LABELS_CSV EXTRA_FLAGS
+
+pack "$EVAL_SHARDS" "$WAVEFORMS/eval.h5" "$NUM_WORKERS"
+pack "$BALANCED_SHARDS" "$WAVEFORMS/balanced_train.h5" "$NUM_WORKERS"
+
+# shellcheck disable=SC2086  # the globs are meant to expand here
+if [ -n "$UNBALANCED_SHARDS" ] && ! compgen -G "$UNBALANCED_SHARDS" > /dev/null; then
+  echo "No unbalanced shards match $UNBALANCED_SHARDS; packed eval and balanced_train only"
+  UNBALANCED_SHARDS=""
+fi
+if [ -n "$UNBALANCED_SHARDS" ]; then
+  # One output per shard (unbalanced_train_partNNNNN.h5, the name script 3 indexes), PACK_JOBS at a time.
+  ls -1 $UNBALANCED_SHARDS | sort | awk '{printf "%05d %s\n", NR - 1, $0}' | \
+    while read -r nn shard; do echo "$shard"; echo "$WAVEFORMS/unbalanced_train/unbalanced_train_part$nn.h5"; done | \
+    xargs -P "$PACK_JOBS" -n 2 -d '\n' bash -c 'set -euo pipefail; pack "$1" "$2" 2' _
+fi
+
+echo "Packed waveforms in $WAVEFORMS; next: bash scripts/3_create_training_indexes.sh $WORKSPACE"
