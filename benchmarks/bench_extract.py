@@ -140,10 +140,12 @@ def main() -> None:
     for backend in args.backends:
         h5 = os.path.join(work, f"features_{backend}.h5")
 
+        prec = args.precision if backend == "torch" else "fp32"   # the ONNX backend runs fp32 only
+
         def cmd(listing_path, out):
             c = [sys.executable, "pytorch/inference.py", "extract_embeddings", f"--model_type={args.model_type}",
                  f"--checkpoint_path={ckpt}", f"--audio_path={listing_path}", f"--output_path={out}", "--overwrite",
-                 f"--batch_size={args.batch_size}", f"--precision={args.precision}", "--quiet", f"--backend={backend}"]
+                 f"--batch_size={args.batch_size}", f"--precision={prec}", "--quiet", f"--backend={backend}"]
             return c + ([f"--num_workers={args.num_workers}"] if args.num_workers is not None else [])
 
         if backend != "torch":

@@ -39,7 +39,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def matmul_gflops(dtype, device, n=2048, repeats=3):
+def matmul_gflops(dtype, device, n=2048, repeats=5):
     """Best-of-``repeats`` GFLOP/s of an n x n matmul."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
