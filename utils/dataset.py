@@ -687,15 +687,29 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
 # CLI
 # ------------------------------------------------------------------------------------------------
 
+class _Help(argparse.HelpFormatter):
+    """Shows '(default: X)' for options with a real default; help texts that explain their default
+    themselves, and unset/False defaults, are left alone (no '(default: None)' noise)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
+                or "default" in text.lower()):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode")
 
-    p = sub.add_parser("split_unbalanced_csv_to_partial_csvs", help="split the unbalanced CSV into 50k-row parts")
+    p = sub.add_parser("split_unbalanced_csv_to_partial_csvs", help="split the unbalanced CSV into 50k-row parts",
+                       formatter_class=_Help)
     p.add_argument("--unbalanced_csv", type=str, required=True, help="path of unbalanced_train_segments.csv")
     p.add_argument("--unbalanced_partial_csvs_dir", type=str, required=True, help="folder for the part CSVs")
 
-    p = sub.add_parser("download_wavs", help="download the clips of a segment CSV as 32 kHz mono wavs")
+    p = sub.add_parser("download_wavs", help="download the clips of a segment CSV as 32 kHz mono wavs",
+                       formatter_class=_Help)
     p.add_argument("--csv_path", type=str, required=True, help="segment CSV (AudioSet format)")
     p.add_argument("--audios_dir", type=str, required=True, help="folder for Y<YTID>.wav files")
     p.add_argument("--mini_data", action="store_true", default=False, help="only the first 10 clips (debug)")
@@ -712,7 +726,8 @@ def main() -> None:
     p.add_argument("--cookies", type=str, default=None, help="cookies.txt passed to yt-dlp (optional)")
     p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
 
-    p = sub.add_parser("pack_waveforms_to_hdf5", help="pack the clips of a segment CSV into one waveform HDF5")
+    p = sub.add_parser("pack_waveforms_to_hdf5", help="pack the clips of a segment CSV into one waveform HDF5",
+                       formatter_class=_Help)
     p.add_argument("--csv_path", type=str, required=True, help="segment CSV (AudioSet format)")
     p.add_argument("--audios_dir", type=str, required=True, help="folder holding Y<YTID>.wav (or .flac, .mp3, ...)")
     p.add_argument("--waveforms_hdf5_path", type=str, required=True, help="output HDF5")
@@ -729,7 +744,7 @@ def main() -> None:
     p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
 
     p = sub.add_parser("pack_from_shards", help="pack hosted AudioSet shards (WebDataset .tar or Parquet) into one "
-                       "waveform HDF5", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       "waveform HDF5", formatter_class=_Help)
     p.add_argument("--shards", type=str, required=True,
                    help="glob ('DIR/*.tar', 'DIR/*.parquet'), folder, or comma-separated shard files")
     p.add_argument("--waveforms_hdf5_path", type=str, required=True, help="output HDF5")

@@ -241,7 +241,7 @@ class PackedFile(object):
 
     def __enter__(self) -> "PackedFile":
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        for tmp in remove_stale_temps(self.path):
+        for tmp in remove_stale_temps(self.path) + remove_stale_temps(self.path + ".missing.csv"):
             logger.info("Removed %s, left by an interrupted run", tmp)
         # FLAC needs about half of pcm16 on speech/music; ask for a third up front, check while writing.
         full = storage.estimate_bytes(self.capacity, self.clip_samples, self.storage)

@@ -121,16 +121,18 @@ def _split_key(name: str) -> Tuple[str, str]:
 def _tar_group(shard: str, key: str, files: Dict[str, bytes]) -> Sample:
     meta: dict = {}
     problem = ""
-    if ".json" in files:
+    js = next((f for f in files if f.endswith(".json")), None)
+    if js is not None:
         try:
-            meta = json.loads(files[".json"].decode("utf-8"))
+            meta = json.loads(files[js].decode("utf-8"))
             if not isinstance(meta, dict):
                 meta = {"labels": meta}
         except (ValueError, UnicodeDecodeError) as e:
             problem = f"unreadable json: {e}"
     for ext in AUDIO_MEMBER_EXTS:
-        if ext in files:
-            return Sample(key, files[ext], meta, f"{os.path.basename(shard)}:{key}{ext}", problem)
+        for field_name in files:  # 'flac', or e.g. '30.000.flac' when the key itself contains dots
+            if field_name == ext or field_name.endswith(ext):
+                return Sample(key, files[field_name], meta, f"{os.path.basename(shard)}:{key}{field_name}", problem)
     return Sample(key, None, meta, f"{os.path.basename(shard)}:{key}", problem or "no audio member")
 
 
