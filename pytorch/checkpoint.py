@@ -118,6 +118,16 @@ def _numpy_safe_globals() -> list:
     return safe
 
 
+def _looks_like_text(path: str) -> bool:
+    """True when the file starts with printable UTF-8 text (no NUL bytes), unlike any torch file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+        return b"\0" not in head and bool(head.decode("utf-8", errors="strict").strip())
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """``torch.load(weights_only=True)`` with the numpy types allow-listed; CUDA-saved files load on
     CPU. Raises CheckpointError (one line) for a missing, unreadable, unsafe or non-dict file."""
@@ -135,6 +145,9 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         msg = " ".join(str(e).split())[:160]
         raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({msg})")
+    except Exception as e:   # the unpickler fails in many ways on files that are not checkpoints at all
+        what = "a text file" if _looks_like_text(path) else "corrupt or not a PyTorch file"
+        raise CheckpointError(f"checkpoint {path} is {what} ({type(e).__name__}: {' '.join(str(e).split())[:80]})")
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict "
                               f"with a 'model' state_dict")

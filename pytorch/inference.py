@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import glob
 import json
 import logging
 import math
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -44,9 +46,10 @@ from panns import config
 from panns import runtime
 from panns.errors import AudioDecodeError, PannsError, run_cli
 from panns.frontend import add_frontend_args, frontend_overrides
-from panns.postprocess import Event, detect_events, tags_of, top_indexes
+from panns.postprocess import Event, EventTracker, detect_events, tags_of, top_indexes  # noqa: F401 (re-exported)
 from panns.runtime import AUTO_SEGMENT_SECONDS, AUTO_WINDOW_SECONDS, Runtime
-from panns.utilities import atomic_path, create_folder, get_filename
+from panns.packing import Progress
+from panns.utilities import atomic_write, create_folder, disk_full_error, get_filename, remove_stale_temps
 
 logger = logging.getLogger("inference")
 
@@ -172,11 +175,12 @@ def format_tagging(probs: np.ndarray, labels: Sequence[str], top_k: int = 10,
 
 
 def _atomic_write_text(path: str, write) -> None:
+    """``write(file)`` into a temp sibling renamed to ``path`` on success (a full disk or an
+    unwritable folder: one line naming ``path``, no temp file left)."""
     create_folder(os.path.dirname(os.path.abspath(path)))
-    tmp = atomic_path(path)
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        write(f)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            write(f)
 
 
 def write_events_csv(path: str, events_by_file: Sequence[Tuple[str, List[Event]]]) -> None:
@@ -217,27 +221,36 @@ def plot_sed(waveform: np.ndarray, framewise: np.ndarray, labels: Sequence[str],
 
     Top classes are ranked by their maximum over time. (Official: ``np.log`` of the magnitude,
     which is -inf on digital silence; a 1e-10 floor is added here.)"""
-    import librosa
-    import matplotlib
+    import librosa  # only for the figure
+
+    stft = np.abs(librosa.stft(y=waveform, n_fft=window_size, hop_length=hop_size, window="hann", center=True))
+    draw_sed(np.log(stft + 1e-10), framewise, labels, sample_rate / hop_size, fig_path, top_k)
+
+
+def draw_sed(log_spec: np.ndarray, framewise: np.ndarray, labels: Sequence[str], columns_per_second: float,
+             fig_path: str, top_k: int = 10) -> None:
+    """Draw the SED figure from a (bins, columns) log spectrogram and (columns, classes) framewise
+    probabilities on the same time grid; written atomically (a full disk: one line, no temp left)."""
+    import matplotlib  # only for the figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    frames_per_second = sample_rate // hop_size
     order = np.argsort(framewise.max(axis=0))[::-1][:top_k]
     top = framewise[:, order]
     frames_num = top.shape[0]
-    stft = np.abs(librosa.stft(y=waveform, n_fft=window_size, hop_length=hop_size, window="hann", center=True))
     fig, axs = plt.subplots(2, 1, sharex=True, figsize=(10, 4))
-    axs[0].matshow(np.log(stft + 1e-10), origin="lower", aspect="auto", cmap="jet")
+    axs[0].matshow(log_spec, origin="lower", aspect="auto", cmap="jet")
     axs[0].set_ylabel("Frequency bins")
     axs[0].set_title("Log spectrogram")
     axs[1].matshow(top.T, origin="upper", aspect="auto", cmap="jet", vmin=0, vmax=1)
-    seconds = frames_num / frames_per_second
+    fps = int(round(columns_per_second)) if abs(columns_per_second - round(columns_per_second)) < 1e-6 \
+        else columns_per_second
+    seconds = frames_num / columns_per_second
     step = 1 if seconds <= 30 else max(1, int(math.ceil(seconds / 20)))  # keep long plots readable
-    ticks = np.arange(0, frames_num, frames_per_second * step)
+    ticks = np.arange(0, frames_num, fps * step)
     axs[1].xaxis.set_ticks(ticks)
-    axs[1].xaxis.set_ticklabels([f"{t / frames_per_second:.1f}" for t in ticks])
+    axs[1].xaxis.set_ticklabels([f"{t / columns_per_second:.1f}" for t in ticks])
     axs[1].yaxis.set_ticks(np.arange(0, len(order)))
     axs[1].yaxis.set_ticklabels([labels[i] for i in order])
     axs[1].yaxis.grid(color="k", linestyle="solid", linewidth=0.3, alpha=0.3)
@@ -245,10 +258,148 @@ def plot_sed(waveform: np.ndarray, framewise: np.ndarray, labels: Sequence[str],
     axs[1].xaxis.set_ticks_position("bottom")
     plt.tight_layout()
     create_folder(os.path.dirname(os.path.abspath(fig_path)))
-    tmp = atomic_path(fig_path) + os.path.splitext(fig_path)[1]
-    plt.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, fig_path)
+    try:
+        with atomic_write(fig_path, suffix=os.path.splitext(fig_path)[1]) as tmp:
+            plt.savefig(tmp)
+    finally:
+        plt.close(fig)
+
+
+class _PooledFigure:
+    """The SED figure of a streamed recording: spectrogram columns and framewise frames max-pooled
+    over ``pool`` frames (at most ~4000 columns), built block by block."""
+
+    def __init__(self, expected_frames: int, window_size: int, hop_size: int):
+        self.pool = max(1, -(-expected_frames // 4000))
+        self.window_size, self.hop_size = window_size, hop_size
+        self.spec: List[np.ndarray] = []
+        self.fw: List[np.ndarray] = []
+        self._fw_rest: Optional[np.ndarray] = None
+        self._tail = np.zeros(0, np.float32)
+
+    def audio(self, block: np.ndarray) -> np.ndarray:
+        """Take a block of samples (and hand it on)."""
+        x = np.concatenate([self._tail, block])
+        step = self.hop_size * self.pool
+        usable = (len(x) - self.window_size) // step * step if len(x) >= self.window_size else 0
+        if usable > 0:
+            starts = np.arange(0, usable, step)
+            win = np.hanning(self.window_size).astype(np.float32)
+            frames = np.stack([x[s:s + self.window_size] * win for s in starts])
+            self.spec.append(np.log(np.abs(np.fft.rfft(frames, axis=1)).T + 1e-10))
+            self._tail = x[usable:]
+        else:
+            self._tail = x
+        return block
+
+    def frames(self, fw: np.ndarray) -> None:
+        x = fw if self._fw_rest is None else np.concatenate([self._fw_rest, fw])
+        k = len(x) // self.pool * self.pool
+        if k:
+            self.fw.append(x[:k].reshape(-1, self.pool, x.shape[1]).max(axis=1))
+        self._fw_rest = x[k:]
+
+    def draw(self, labels, frames_per_second: float, fig_path: str, top_k: int) -> None:
+        if self._fw_rest is not None and len(self._fw_rest):
+            self.fw.append(self._fw_rest.max(axis=0, keepdims=True))
+        fw = np.concatenate(self.fw)
+        spec = np.concatenate(self.spec, axis=1) if self.spec else np.zeros((self.window_size // 2 + 1, 1))
+        draw_sed(spec, fw, labels, frames_per_second / self.pool, fig_path, top_k)
+
+
+class FramewiseWriter:
+    """--framewise_output: framewise probabilities written as they are computed.
+
+    ``.npy``: one (frames, classes) float32 matrix (one input only). ``.h5``: datasets
+    ``framewise/<k>`` (frames, classes) per input k, with ``audio_path`` and ``labels`` and the
+    attribute ``frames_per_second``. Written to a temp sibling renamed on success; free space is
+    checked first (h5py can crash on a full disk), and a full disk is one line naming the file."""
+
+    def __init__(self, path: str, labels: Sequence[str], frames_per_second: float, expected_frames: int):
+        self.path, self.labels, self.fps = path, list(labels), frames_per_second
+        self.h5 = os.path.splitext(path)[1].lower() == ".h5"
+        create_folder(os.path.dirname(os.path.abspath(path)))
+        remove_stale_temps(path)
+        needed = 4 * len(labels) * expected_frames + (1 << 20)
+        if shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < needed:
+            raise disk_full_error(path, needed)
+        self._ctx = atomic_write(path, suffix=".h5" if self.h5 else "")
+        self.tmp = self._ctx.__enter__()
+        self.names: List[str] = []
+        self.rows = 0
+        try:
+            if self.h5:
+                import h5py  # only for .h5 outputs
+
+                self.f = h5py.File(self.tmp, "w")
+                self.f.attrs["frames_per_second"] = frames_per_second
+            else:
+                self.f = open(self.tmp, "wb")
+                self.f.write(self._npy_header(0))
+        except BaseException:
+            self.close(ok=False)
+            raise
+
+    def _npy_header(self, frames: int) -> bytes:
+        """A .npy v1.0 header padded to a fixed 128 bytes, so the frame count can be fixed at the end."""
+        d = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (frames, len(self.labels))
+        return b"\x93NUMPY\x01\x00" + (128 - 10).to_bytes(2, "little") + d.ljust(128 - 10 - 1).encode() + b"\n"
+
+    def start(self, audio_path: str) -> None:
+        self.names.append(audio_path)
+        self.rows = 0
+        if self.h5:
+            import h5py  # only for .h5 outputs
+
+            ds = self.f.create_dataset(f"framewise/{len(self.names) - 1}", shape=(0, len(self.labels)),
+                                       maxshape=(None, len(self.labels)), dtype=np.float32,
+                                       chunks=(1024, len(self.labels)))
+            ds.attrs["audio_path"] = audio_path
+            self._ds = ds
+            self._h5py = h5py
+
+    def write(self, frames: np.ndarray) -> None:
+        try:
+            if self.h5:
+                self._ds.resize(self.rows + len(frames), axis=0)
+                self._ds[self.rows:] = frames
+            else:
+                self.f.write(np.ascontiguousarray(frames, dtype="<f4").tobytes())
+        except OSError as e:
+            raise disk_full_error(self.path) if e.errno == errno.ENOSPC or "No space" in str(e) else e
+        self.rows += len(frames)
+
+    def close(self, ok: bool = True) -> None:
+        try:
+            if self.h5:
+                if ok:
+                    self.f.create_dataset("audio_path", data=np.array(self.names, dtype=object),
+                                          dtype=self._h5py.string_dtype("utf-8") if self.names else None)
+                    self.f.create_dataset("labels", data=np.array(self.labels, dtype=object),
+                                          dtype=self._h5py.string_dtype("utf-8"))
+                self.f.close()
+            else:
+                if ok:
+                    self.f.seek(0)
+                    self.f.write(self._npy_header(self.rows))
+                    self.f.flush()
+                    os.fsync(self.f.fileno())
+                self.f.close()
+        except OSError as e:
+            ok = False
+            err = disk_full_error(self.path) if e.errno == errno.ENOSPC else e
+        else:
+            err = None
+        if ok:
+            self._ctx.__exit__(None, None, None)
+        else:
+            exc = err or PannsError(f"not written: {self.path}")
+            try:
+                self._ctx.__exit__(type(exc), exc, None)
+            except BaseException:
+                pass
+            if err is not None:
+                raise err
 
 
 def _figure_paths(paths: Sequence[str], output_dir: str) -> List[str]:
@@ -287,60 +438,61 @@ def _print_device(device: torch.device) -> None:
         print("Using CPU.")
 
 
+def _expected_frames(paths: Sequence[str], fps: float) -> int:
+    return int(sum((audio_io.probe_seconds(p) or 0.0) * fps + 1 for p in paths))
+
+
 def _tag_files(args, sed: bool) -> int:
     paths = gather_inputs(args.audio_path)
     check_outputs(args)
+    fw_out = getattr(args, "framewise_output", None)
+    if fw_out and fw_out.lower().endswith(".npy") and len(paths) > 1:
+        raise PannsError(f"--framewise_output {fw_out}: a .npy file holds one matrix; use a .h5 file for "
+                         f"{len(paths)} inputs")
     if args.class_labels_csv or os.path.isfile(config.DEFAULT_LABELS_CSV):
         config.read_class_labels(args.class_labels_csv)   # a bad label CSV fails before the model loads
     ld = load_runtime(args)
-    device = ld.device
     if sed and not ld.is_sed:
-        from panns import models
+        from panns import models  # the registry, for the list of SED models in the message
 
         sed_names = [n for n in models.model_names() if getattr(models.get_model_spec(n), "is_sed", False)]
         raise PannsError(f"{ld.config.model_type} is a clip-level model without framewise output; sound event "
                          f"detection needs a decision-level model: {', '.join(sed_names)}")
     labels, ids = resolve_labels(ld.config, args.class_labels_csv)
-    _print_device(device)
+    _print_device(ld.device)
     top_k = min(args.top_k, len(labels))
-    sr, hop = ld.sample_rate, ld.hop_size
-    fps = sr / hop
-    fig_paths = _figure_paths(paths, args.output_dir) if sed else []
+    fps = ld.sample_rate / ld.hop_size
+    plot = sed and not getattr(args, "no_plot", False)
+    fig_paths = _figure_paths(paths, args.output_dir) if plot else []
+    writer = FramewiseWriter(fw_out, labels, fps, _expected_frames(paths, fps)) if fw_out else None
     records, events_by_file, failures = [], [], 0
-    for n, path in enumerate(paths):
-        if len(paths) > 1:
-            print("==> {} <==".format(path))
-        try:
-            waveform = audio_io.load_audio(path, sr)
-        except AudioDecodeError as e:
-            if len(paths) == 1:
-                raise
-            logger.error("%s", e)
-            records.append({"audio_path": path, "error": str(e)})
-            failures += 1
-            continue
-        res = run_clip(ld, waveform, path, args.segment_seconds, args.hop_seconds, args.aggregate,
-                       args.batch_size, need_framewise=sed)
-        rec = {"audio_path": path, "duration_seconds": round(len(waveform) / sr, 3), "windows": res.windows,
-               "tags": tags_of(res.clipwise, labels, ids, top_k)}
-        if not sed:
-            for line in format_tagging(res.clipwise, labels, top_k, res.embedding):
-                print(line)
-        else:
-            fw = res.framewise
-            print("Sound event detection result (time_steps x classes_num): {}".format(fw.shape))
-            plot_sed(waveform, fw, labels, sr, ld.config.window_size, hop, fig_paths[n], top_k)
-            print("Save sound event detection visualization to {}".format(fig_paths[n]))
-            events = detect_events(fw, labels, fps, args.threshold, args.min_duration, len(waveform) / sr)
-            events_by_file.append((path, events))
-            rec["figure"] = fig_paths[n]
-            rec["frames"] = int(fw.shape[0])
-            rec["events"] = [{"onset": round(e.onset, 3), "offset": round(e.offset, 3), "label": e.label,
-                              "index": e.index, "score": round(e.score, 4)} for e in events]
-        records.append(rec)
+    try:
+        for n, path in enumerate(paths):
+            if len(paths) > 1:
+                print("==> {} <==".format(path))
+            try:
+                rec, events = _run_file(ld, args, path, sed, labels, ids, top_k, fig_paths[n] if plot else None,
+                                        writer)
+            except AudioDecodeError as e:
+                if len(paths) == 1:
+                    raise
+                logger.error("%s", e)
+                records.append({"audio_path": path, "error": str(e)})
+                failures += 1
+                continue
+            records.append(rec)
+            if sed:
+                events_by_file.append((path, events))
+    except BaseException:
+        if writer is not None:
+            writer.close(ok=False)
+        raise
+    if writer is not None:
+        writer.close()
+        logger.info("wrote %s", fw_out)
     if args.output:
         meta = {"model_type": ld.config.model_type, "checkpoint_path": os.path.abspath(ld.checkpoint_path),
-                "sample_rate": sr, "precision": ld.precision, "top_k": top_k,
+                "sample_rate": ld.sample_rate, "precision": ld.precision, "top_k": top_k,
                 "segment_seconds": args.segment_seconds, "hop_seconds": args.hop_seconds, "aggregate": args.aggregate}
         if sed:
             meta.update(threshold=args.threshold, min_duration=args.min_duration)
@@ -353,6 +505,76 @@ def _tag_files(args, sed: bool) -> int:
         logger.error("%d of %d files could not be decoded", failures, len(paths))
         return 1
     return 0
+
+
+def _run_file(ld: Runtime, args, path: str, sed: bool, labels: Sequence[str], ids: Sequence[str], top_k: int,
+              fig_path: Optional[str], writer: Optional[FramewiseWriter]) -> Tuple[dict, List[Event]]:
+    """Tag (or detect events in) one file, printing the official lines; returns (record, events).
+
+    Files up to AUTO_WINDOW_SECONDS are decoded whole (the official path); longer ones are decoded,
+    run and written window by window, so memory stays bounded whatever their length."""
+    sr, hop = ld.sample_rate, ld.hop_size
+    fps = sr / hop
+    seconds = audio_io.probe_seconds(path)
+    streamed = seconds is not None and seconds > AUTO_WINDOW_SECONDS
+    figure = None
+    if streamed:
+        segment = args.segment_seconds or AUTO_SEGMENT_SECONDS
+        logger.info("%s is %.0f s long; running it in %.0f-s windows%s", path, seconds, segment,
+                    "" if args.segment_seconds else " (set --segment_seconds to change)")
+        blocks = audio_io.stream_audio(path, sr)
+        waveform = None
+        if fig_path:
+            figure = _PooledFigure(int(seconds * fps) + 1, ld.config.window_size, hop)
+            blocks = (figure.audio(b) for b in blocks)
+    else:
+        waveform = audio_io.load_audio(path, sr)
+        segment = runtime.auto_segment(len(waveform), sr, args.segment_seconds)
+        blocks = waveform
+    tracker = EventTracker(labels, fps, args.threshold, args.min_duration) if sed else None
+    if writer is not None:
+        writer.start(path)
+
+    def sink(frames: np.ndarray) -> None:
+        tracker.update(frames)
+        if writer is not None:
+            writer.write(frames)
+        if figure is not None:
+            figure.frames(frames)
+
+    bar = None
+    if streamed and segment:
+        win = max(hop, int(round(segment * sr)) // hop * hop)
+        step = max(hop, int(round((args.hop_seconds or segment) * sr)) // hop * hop)
+        bar = Progress(int(max(0, seconds * sr - win) // step) + 2, f"windows of {os.path.basename(path)}",
+                       unit="window")
+    try:
+        res = ld.predict_windows(blocks, segment, args.hop_seconds, args.aggregate, args.batch_size,
+                                 framewise=sed and fig_path is not None and not streamed,
+                                 framewise_sink=sink if sed else None, on_window=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    duration = res.samples / sr
+    rec = {"audio_path": path, "duration_seconds": round(duration, 3), "windows": res.windows,
+           "tags": tags_of(res.clipwise, labels, ids, top_k)}
+    if not sed:
+        for line in format_tagging(res.clipwise, labels, top_k, res.embedding):
+            print(line)
+        return rec, []
+    frames = res.samples // hop + 1
+    print("Sound event detection result (time_steps x classes_num): {}".format((frames, len(labels))))
+    if fig_path:
+        if streamed:
+            figure.draw(labels, fps, fig_path, top_k)
+        else:
+            plot_sed(waveform, res.framewise, labels, sr, ld.config.window_size, hop, fig_path, top_k)
+        print("Save sound event detection visualization to {}".format(fig_path))
+        rec["figure"] = fig_path
+    events = tracker.events(duration)
+    rec["frames"] = int(frames)
+    rec["events"] = [e.to_dict() for e in events]
+    return rec, events
 
 
 def audio_tagging(args) -> int:
@@ -446,6 +668,12 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         if mode == "sound_event_detection":
             p.add_argument("--output_dir", type=str, default="results",
                            help="folder of the figures <stem>.png (default: results, relative to the current dir)")
+            p.add_argument("--no_plot", action="store_true",
+                           help="skip the figure (faster; default: write results/<stem>.png per file)")
+            p.add_argument("--framewise_output", type=str, default=None,
+                           help="save the framewise probabilities: x.npy (one input: (frames, classes) float32) or "
+                                "x.h5 (framewise/<k> per input k, with audio_path and labels); written as computed "
+                                "(default: not saved)")
             p.add_argument("--events_csv", type=str, default=None,
                            help="write detected events (onset,offset,label,score) to this CSV")
             p.add_argument("--threshold", type=float, default=0.5,

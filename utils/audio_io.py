@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import subprocess
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -199,3 +199,40 @@ def _downmix_resample(data: np.ndarray, sr: int, sample_rate: int, mono: bool) -
 
 def is_audio_file(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS
+
+
+def probe_seconds(path: str) -> Optional[float]:
+    """Duration from the header without decoding (soundfile formats), None where unknown."""
+    try:
+        info = sf.info(path)
+        return info.frames / info.samplerate if info.frames > 0 else None
+    except Exception:
+        return None
+
+
+def stream_audio(path: str, sample_rate: int, block_seconds: float = 30.0) -> Iterator[np.ndarray]:
+    """:func:`load_audio` piece by piece: mono float32 blocks at ``sample_rate`` whose concatenation
+    is the decoded file (resampled by one soxr stream), so an hour-long file never sits in memory.
+    Formats soundfile cannot read are decoded whole (ffmpeg) and yielded as one block; a truncated
+    file is warned about with the length actually read."""
+    try:
+        f = sf.SoundFile(path)
+    except Exception:
+        yield load_audio(path, sample_rate)
+        return
+    with f:
+        declared, sr = _declared_frames(f), f.samplerate
+        stream = None if sr == sample_rate else soxr.ResampleStream(sr, sample_rate, 1, dtype="float32", quality="HQ")
+        read = 0
+        for block in f.blocks(blocksize=max(1, int(block_seconds * sr)), dtype="float32", always_2d=True):
+            if not np.all(np.isfinite(block)):
+                raise AudioDecodeError(f"cannot decode {path}: contains NaN or infinite samples")
+            read += len(block)
+            mono = np.ascontiguousarray(to_mono(block.T))
+            yield mono if stream is None else stream.resample_chunk(mono, last=False)
+        if read == 0:
+            raise AudioDecodeError(f"cannot decode {path}: no audio samples")
+        if stream is not None:
+            yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
+        if declared is not None and read < declared:
+            logger.warning("%s; using what is there", TruncatedAudioError(path, declared / sr, read / sr))

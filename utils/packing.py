@@ -172,13 +172,14 @@ class Progress(object):
 
     ``enabled=False`` turns both off (library use, tests)."""
 
-    def __init__(self, total: Optional[int], desc: str, enabled: bool = True, every_s: float = 30.0):
+    def __init__(self, total: Optional[int], desc: str, enabled: bool = True, every_s: float = 30.0,
+                 unit: str = "clip"):
         from tqdm import tqdm
 
-        self.total, self.desc, self.every_s = total, desc, every_s
+        self.total, self.desc, self.every_s, self.unit = total, desc, every_s, unit
         self.tty = enabled and sys.stderr.isatty()
         self.log = enabled and not self.tty
-        self.bar = tqdm(total=total, desc=desc, unit="clip", disable=not self.tty)
+        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not self.tty)
         self.n, self._last = 0, time.time()
 
     def __enter__(self) -> "Progress":
@@ -196,7 +197,7 @@ class Progress(object):
         self.bar.update(n)
         if self.log and time.time() - self._last >= self.every_s:
             self._last = time.time()
-            logger.info("%s: %d%s clips done", self.desc, self.n, f" of {self.total}" if self.total else "")
+            logger.info("%s: %d%s %ss done", self.desc, self.n, f" of {self.total}" if self.total else "", self.unit)
 
 
 # ------------------------------------------------------------------------------------------------
