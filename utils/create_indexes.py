@@ -33,9 +33,13 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Iterator, List, Optional
+
+if __name__ == "__main__":  # Ctrl-C while the modules load (nothing written yet): one line, no traceback
+    signal.signal(signal.SIGINT, lambda *_: (print("error: interrupted", file=sys.stderr), os._exit(130)))
 
 import h5py
 import numpy as np
@@ -50,7 +54,7 @@ from panns.utilities import atomic_write, disk_full_error, remove_stale_temps
 logger = logging.getLogger(__name__)
 
 PART_PREFIXES = ("balanced_train", "unbalanced_train")
-_FREE_MARGIN = 16 << 20  # bytes for HDF5 metadata on top of the data
+_FREE_MARGIN = 1 << 20  # bytes for HDF5 metadata on top of the data
 _ROWS_PER_READ = 200_000  # bounds memory when copying big (full_train sized) arrays
 
 
@@ -310,6 +314,7 @@ def combine_full_indexes(indexes_hdf5s_dir: str, full_indexes_hdf5_path: str) ->
 
 
 def main() -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode")
     p = sub.add_parser("create_indexes", help="index one waveform HDF5")

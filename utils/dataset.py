@@ -48,13 +48,17 @@ import logging
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
-from queue import Empty, Queue
 from dataclasses import dataclass, field
+from queue import Empty, Queue
 from typing import Dict, List, Optional, Sequence, Tuple
+
+if __name__ == "__main__":  # Ctrl-C while the modules load (nothing written yet): one line, no traceback
+    signal.signal(signal.SIGINT, lambda *_: (print("error: interrupted", file=sys.stderr), os._exit(130)))
 
 import numpy as np
 
@@ -700,6 +704,7 @@ class _Help(argparse.HelpFormatter):
 
 
 def main() -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode")
 

@@ -24,9 +24,10 @@ CSV does not know are counted and reported (log, summary line), and the clip kee
 Decoding uses the packer's numerics (``packing.decode_row``), so a clip gives the same row as
 packing the same audio from a file. Each shard is packed into ``OUT.h5.parts/NNNNN_<shard>.h5``
 (atomic); ``--skip_existing`` reuses finished parts, so an interrupted run resumes shard by shard.
-When every shard is done the parts are joined into ``OUT.h5`` (atomic; the parts need the same
-disk space again while joining, then are removed). A shard that cannot be read (truncated tar,
-broken Parquet) stops the run with one line naming it; finished parts are kept.
+When every shard is done the parts are joined into ``OUT.h5`` (atomic; joining needs the parts'
+disk space again, then they are removed; a single shard's part is simply renamed). A shard that
+cannot be read (truncated tar, broken Parquet) stops the run with one line naming it; finished
+parts are kept.
 """
 from __future__ import annotations
 
@@ -353,10 +354,11 @@ def _pack_shard(shard: str, part: str, mapper: LabelMapper, labels: config.Class
     return out.rows, short
 
 
-def join_packed_files(parts: Sequence[str], out_path: str, labels: config.ClassLabels,
-                      sample_rate: int) -> Tuple[int, List[Tuple[str, str]]]:
+def join_packed_files(parts: Sequence[str], out_path: str, labels: config.ClassLabels, sample_rate: int,
+                      move_single: bool = False) -> Tuple[int, List[Tuple[str, str]]]:
     """Concatenate packed files of one layout (and their ``.missing.csv`` lists) into ``out_path``
-    (atomic); returns (rows, failures). The storage and clip length come from the first part."""
+    (atomic); returns (rows, failures). The storage and clip length come from the first part.
+    ``move_single``: a single part is renamed to ``out_path`` instead of copied."""
     total = 0
     for p in parts:
         with h5py.File(p, "r") as hf:
@@ -371,6 +373,10 @@ def join_packed_files(parts: Sequence[str], out_path: str, labels: config.ClassL
     if total == 0:
         packing.write_missing_csv(out_path, missing)
         raise PannsError(f"no clip of the shards could be decoded (reasons in {out_path}.missing.csv); nothing packed")
+    if move_single and len(parts) == 1:  # one shard: the part becomes the output (no copy, no second disk space)
+        packing.write_missing_csv(out_path, missing)
+        os.replace(parts[0], out_path)
+        return total, missing
     with packing.PackedFile(out_path, total, clip_samples, layout) as out:
         for p in parts:
             with h5py.File(p, "r") as hf:
@@ -427,7 +433,7 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
                                   num_workers, id_field, label_field, audio_field, bar)
             short += s
             logger.info("Shard %s: %d clips -> %s", shard, rows, part)
-    rows, missing = join_packed_files(parts, waveforms_hdf5_path, labels, sample_rate)
+    rows, missing = join_packed_files(parts, waveforms_hdf5_path, labels, sample_rate, move_single=True)
     shutil.rmtree(parts_dir, ignore_errors=True)
     rep = ShardPackReport(waveforms_hdf5_path, rows, missing, len(paths), skipped, short, clip_seconds,
                           dict(mapper.unknown), mapper.report())
