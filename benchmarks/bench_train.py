@@ -27,21 +27,21 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "pytorch"))  # the `panns` package in a checkout
 
+import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from panns import models
-from panns import train_lib as tl
-from panns.losses import clip_bce
-from panns.utilities import Mixup
+from panns import data_generator as dg  # noqa: E402
+from panns import devices  # noqa: E402
+from panns import models  # noqa: E402
+from panns import train_lib as tl  # noqa: E402
+from panns.create_indexes import create_indexes  # noqa: E402
+from panns.losses import clip_bce  # noqa: E402
+from panns.utilities import Mixup  # noqa: E402
 
 
 def make_loader_workspace(root: str, clips: int, clip_samples: int, sample_rate: int, classes_num: int) -> str:
     """A waveform HDF5 of noise clips with random labels and its index; returns the index path."""
-    import h5py
-
-    from panns.create_indexes import create_indexes
-
     rs = np.random.RandomState(0)
     wav = os.path.join(root, "waveforms.h5")
     with h5py.File(wav, "w") as hf:
@@ -71,20 +71,14 @@ def bench(args, batch_size: int, precision_name: str, device: torch.device) -> d
     clip_samples = int(args.clip_seconds * spec.sample_rate)
 
     if args.loader:
-        from torch.utils.data import DataLoader
-
-        from panns import data_generator as dg
-
         tmp = tempfile.TemporaryDirectory()
         index = make_loader_workspace(tmp.name, max(4 * clips, 64), clip_samples, spec.sample_rate, args.classes_num)
         sampler = dg.BalancedTrainSampler(index, batch_size=clips, random_seed=0)
-        loader = DataLoader(dg.AudioSetDataset(sample_rate=spec.sample_rate), batch_sampler=sampler,
-                            collate_fn=dg.collate_fn, num_workers=args.num_workers,
-                            pin_memory=device.type == "cuda")
-        it = iter(loader)
+        # The training path itself (main.py train): same loader, same host-to-device conversion.
+        it = iter(dg.train_loader(spec.sample_rate, sampler, args.num_workers, device, seed=0))
 
         def next_batch():
-            return tl.to_device(next(it), device)
+            return dg.to_device(next(it), device)
     else:
         fixed = {"waveform": torch.randn(clips, clip_samples, device=device) * 0.1,
                  "target": (torch.rand(clips, args.classes_num, device=device) < 0.02).float()}
@@ -149,13 +143,13 @@ def main() -> None:
     logging.getLogger("data_generator").setLevel(logging.ERROR)  # 'classes without clips' of the random labels
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    device = devices.select_device(args.cuda)
     if args.batch_sizes is None:
         args.batch_sizes = [32] if device.type == "cuda" else [4, 8]
     if args.precisions is None:
         args.precisions = ["fp32", "bf16", "bf16+compile"] if device.type == "cuda" else ["fp32", "bf16"]
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        devices.configure_backends(device)  # cudnn.benchmark, as main.py train
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     rows = []
     print("| model | device | precision | batch (clips read) | ms/iter | examples/s | data wait |")

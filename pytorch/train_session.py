@@ -260,17 +260,15 @@ class Session:
             black_list_csv=cfg.black_list_csv, random_seed=cfg.seed, rank=info.rank, world_size=info.world_size)
         # Batches the loop has taken from the loader (the sampler itself runs ahead by the prefetch).
         self.batches_consumed = 0
-        self.dataset = dg.AudioSetDataset(sample_rate=cfg.sample_rate, raw=True)
-        self.train_loader = dg.train_loader(self.dataset, self.train_sampler, self.num_workers, info.device,
+        self.train_loader = dg.train_loader(cfg.sample_rate, self.train_sampler, self.num_workers, info.device,
                                             seed=cfg.seed + info.rank)
-        # Evaluation takes float32 batches (evaluate.py feeds them to the model as they come).
-        eval_dataset = dg.AudioSetDataset(sample_rate=cfg.sample_rate)
         self.eval_loaders = {}
         for key, name in (("bal", "balanced_train"), ("test", "eval")):
             sampler = dg.EvaluateSampler(indexes_hdf5_path=cfg.indexes_path(name), batch_size=cfg.batch_size,
                                          rank=info.rank, world_size=info.world_size)  # shard, gathered by Evaluator
-            self.eval_loaders[key] = dg.train_loader(eval_dataset, sampler, self.num_workers, info.device,
-                                                     seed=cfg.seed, persistent_workers=self.num_workers > 0)
+            # float32 batches: evaluate.py feeds them to the model as they come
+            self.eval_loaders[key] = dg.train_loader(cfg.sample_rate, sampler, self.num_workers, info.device,
+                                                     seed=cfg.seed, persistent_workers=self.num_workers > 0, raw=False)
         self._train_iter = None
 
     # ----------------------------------------------------------------------------------- resume
@@ -396,8 +394,11 @@ class Session:
         loss = tl.mean_over_ranks(self.info, loss)
         elapsed = max(time.perf_counter() - m.start, 1e-9)
         steps = len(m.losses)
-        logger.info("iteration: %d, loss: %.4f, %.2f it/s, %.1f examples/s, data wait %.0f%%", iteration, loss,
-                    steps / elapsed, steps * self.global_batch / elapsed, 100.0 * m.wait / elapsed)
+        memory = ""
+        if self.info.device.type == "cuda":
+            memory = f", peak memory {torch.cuda.max_memory_allocated(self.info.device) / 2**30:.1f} GiB"
+        logger.info("iteration: %d, loss: %.4f, %.2f it/s, %.1f examples/s, data wait %.0f%%%s", iteration, loss,
+                    steps / elapsed, steps * self.global_batch / elapsed, 100.0 * m.wait / elapsed, memory)
         m.reset()
         self.progress.note(iteration)
 

@@ -279,3 +279,51 @@ def test_row_reader_layouts(tmp_path):
                 readers["chunked"].read(6)
     finally:
         os.close(fd)
+
+
+def test_int16_batches_reach_the_model_as_identical_floats(ws):
+    """The GPU path (int16 rows, bool targets, made float by to_device) and the float path (workers divide)
+    give bit-identical float32 waveforms and targets; every int16 value converts exactly."""
+    import torch
+
+    allv = np.arange(-32768, 32768, dtype=np.int16)
+    out = dg.to_device({"waveform": allv[None]}, torch.device("cpu"))["waveform"]
+    assert out.dtype == torch.float32
+    np.testing.assert_array_equal(out.numpy()[0], (allv / 32767.0).astype(np.float32))
+
+    metas = next(iter(dg.EvaluateSampler(ws["eval_index"], batch_size=4)))
+    raw = dg.collate_fn(dg.AudioSetDataset(sample_rate=SR, raw=True).__getitems__(metas))
+    flt = dg.collate_fn(dg.AudioSetDataset(sample_rate=SR).__getitems__(metas))
+    assert raw["waveform"].dtype == np.int16 and raw["target"].dtype == np.bool_
+    assert flt["waveform"].dtype == np.float32
+    a, b = dg.to_device(raw, torch.device("cpu")), dg.to_device(flt, torch.device("cpu"))
+    for key in ("waveform", "target"):
+        assert a[key].dtype == b[key].dtype == torch.float32 and torch.equal(a[key], b[key]), key
+    assert list(a["audio_name"]) == list(b["audio_name"])
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_train_loader_recycles_shared_memory(ws, tmp_path, monkeypatch, raw):
+    """Workers reuse their shared-memory buffers once the main process has dropped a batch: the number of
+    buffers a worker ever allocates stays bounded however many batches pass (it used to grow by one per
+    batch once the first few were stuck)."""
+    import torch
+
+    log = tmp_path / "alloc.log"
+    real = dg._ShmPool._shared
+
+    def counting(self, nbytes):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {nbytes}\n")
+        return real(self, nbytes)
+
+    monkeypatch.setattr(dg._ShmPool, "_shared", counting)  # workers are forked: they inherit the patch
+    sampler = dg.BalancedTrainSampler(ws["full"], batch_size=4)
+    loader = dg.train_loader(SR, sampler, 1, torch.device("cpu"), seed=0, raw=raw)
+    it = iter(loader)
+    for _ in range(4 * dg._ShmPool.SLOTS):
+        b = dg.to_device(next(it), torch.device("cpu"))
+        assert b["waveform"].dtype == torch.float32 and b["waveform"].shape == (4, SR)
+    del it, b
+    allocs = log.read_text().split("\n")[:-1]
+    assert len(allocs) <= 1 + dg._ShmPool.SLOTS, f"{len(allocs)} shared-memory allocations for 32 batches"

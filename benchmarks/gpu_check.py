@@ -1,0 +1,383 @@
+"""One prepared check of the GPU paths; prints one Markdown table (run through ``benchmarks/gpu_check.sh``).
+
+Stages (each reported as a row; a failing stage is a FAIL row with its one-line error, the others still run):
+
+1. device: name, torch / CUDA versions, compute capability, native bf16, what ``--precision auto`` picks.
+2. golden: official models (deterministic weights, tests/golden) on the device: max error relative to the
+   official outputs, with TF32 off and on (the front end must stay within 2e-4).
+3. loader: int16 batches -> to_device are bit-identical to the float path on the device.
+4. workspace: 10-s 32 kHz clips made by the project's demo data generator, packed and indexed.
+5. train: ``pytorch/main.py train`` for --steps steps per precision (fp32, bf16, fp16, bf16+compile): it/s,
+   examples/s, data wait and peak GPU memory from the run's last log line.
+6. resume: 2N steps straight vs N + resume + N with ``--deterministic``: weights and optimizer bit-equal?
+7. inference: ``inference.py audio_tagging`` / ``sound_event_detection`` / ``extract_embeddings`` on the
+   device vs the CPU (max abs difference of the outputs).
+8. fine-tune: ``finetune_template.py train`` for 20 steps in fp16 (the GradScaler path).
+
+``--dry-run`` runs every stage on the CPU at toy size (Cnn6, 1-s clips, a few steps; fp32 training only,
+inference compared between two CPU runs) - the test suite runs it so the script is known to work before a GPU ever sees it.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from typing import Callable, Dict, List, Optional
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "pytorch"))  # the `panns` package in a checkout
+sys.path.insert(0, os.path.join(REPO, "tests", "golden"))  # deterministic official weights (fill.py, specs.py)
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from panns import checkpoint  # noqa: E402
+from panns import data_generator as dg  # noqa: E402
+from panns import devices  # noqa: E402
+from panns import models  # noqa: E402
+from panns.create_indexes import create_indexes  # noqa: E402
+from panns.dataset import pack_waveforms_to_hdf5  # noqa: E402
+from panns.make_demo_dataset import make_demo_dataset  # noqa: E402
+
+LOG_LINE = re.compile(r"iteration: (\d+), loss: ([\d.na]+), ([\d.]+) it/s, ([\d.]+) examples/s, data wait (\d+)%"
+                      r"(?:, peak memory ([\d.]+) GiB)?")
+
+
+class Check:
+    """Collects the table rows; ``stage`` runs one stage and records OK/FAIL with its elapsed time."""
+
+    def __init__(self, out_dir: str):
+        self.rows: List[Dict[str, str]] = []
+        self.out_dir = out_dir
+
+    def add(self, stage: str, item: str, result: str, ok: bool = True, seconds: float = float("nan")) -> None:
+        self.rows.append({"stage": stage, "item": item, "result": result, "status": "ok" if ok else "FAIL",
+                          "seconds": "" if seconds != seconds else f"{seconds:.0f}"})
+        print(f"[{stage}] {item}: {result} ({'ok' if ok else 'FAIL'})", flush=True)
+
+    def stage(self, name: str, fn: Callable[[], None]) -> None:
+        t0 = time.perf_counter()
+        try:
+            fn()
+        except Exception as e:  # a failing stage is reported, the next stages still run
+            detail = " ".join(str(e).split())[:300]
+            self.add(name, "stage", f"{type(e).__name__}: {detail}", ok=False, seconds=time.perf_counter() - t0)
+            with open(os.path.join(self.out_dir, f"{name}.traceback.txt"), "w") as f:
+                f.write(traceback.format_exc())
+
+    def table(self) -> str:
+        lines = ["| stage | item | result | status | s |", "|---|---|---|---|---|"]
+        lines += [f"| {r['stage']} | {r['item']} | {r['result']} | {r['status']} | {r['seconds']} |" for r in self.rows]
+        return "\n".join(lines)
+
+    @property
+    def failed(self) -> int:
+        return sum(r["status"] != "ok" for r in self.rows)
+
+
+def run(cmd: List[str], log_path: str, timeout: float, env: Optional[dict] = None) -> str:
+    """Run ``cmd``; stdout+stderr go to ``log_path``; raise with the last error line on failure."""
+    t0 = time.perf_counter()
+    with open(log_path, "w") as f:
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, cwd=REPO,
+                           env={**os.environ, **(env or {})})
+    text = open(log_path).read()
+    if r.returncode != 0:
+        last = [line for line in text.splitlines() if line.strip()][-1:] or ["(no output)"]
+        raise RuntimeError(f"{os.path.basename(cmd[1])} exited {r.returncode} after {time.perf_counter() - t0:.0f} s: "
+                           f"{last[0][:200]} (log {log_path})")
+    return text
+
+
+# ------------------------------------------------------------------------------------------- stages
+def stage_device(c: Check, device: torch.device) -> None:
+    cuda = torch.version.cuda or "none"
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    c.add("device", "device", devices.describe(device))
+    c.add("device", "versions", f"torch {torch.__version__}, CUDA {cuda}, cuDNN {cudnn}, python {sys.version.split()[0]}")
+    c.add("device", "--precision auto", f"inference {devices.resolve_precision('auto', device)}, "
+                                        f"training {devices.resolve_precision('auto', device, training=True)}")
+
+
+def stage_golden(c: Check, device: torch.device, names: List[str]) -> None:
+    from fill import fill_state_dict, test_waveform
+    from specs import SPECS
+
+    for name in names:
+        ref = np.load(os.path.join(REPO, "tests", "golden", name + ".npz"))
+        kw = {k: v for k, v in SPECS[name].items() if k != "cls"}
+        model = models.MODELS[name].cls(**kw)
+        fill_state_dict(model, str(ref["head"]), float(ref["head_scale"]))
+        model = model.to(device).eval()
+        x = test_waveform(kw["sample_rate"]).to(device)
+        modes = [False, True] if device.type == "cuda" else [False]
+        parts = []
+        worst = 0.0
+        for tf32 in modes:
+            old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+            try:
+                with torch.no_grad():
+                    out = model(x)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+            err = max(float(np.abs(out[k].float().cpu().numpy() - ref["out_" + k]).max() /
+                            (np.abs(ref["out_" + k]).max() + 1e-8)) for k in out)
+            parts.append(f"TF32 {'on' if tf32 else 'off'}: {err:.1e}")
+            if not tf32:
+                worst = err
+        c.add("golden", name, "max rel. error " + ", ".join(parts) + " (limit 2e-4 with TF32 off)", ok=worst < 2e-4)
+        del model
+
+
+def stage_loader(c: Check, device: torch.device, ws: Dict[str, str]) -> None:
+    metas = next(iter(dg.EvaluateSampler(ws["eval_index"], batch_size=4)))
+    raw = dg.collate_fn(dg.AudioSetDataset(sample_rate=ws["sample_rate"], raw=True).__getitems__(metas))
+    flt = dg.collate_fn(dg.AudioSetDataset(sample_rate=ws["sample_rate"]).__getitems__(metas))
+    if device.type == "cuda":
+        raw = raw.pin_memory()
+    a, b = dg.to_device(raw, device), dg.to_device(flt, device)
+    same = all(torch.equal(a[k], b[k]) for k in ("waveform", "target"))
+    allv = np.arange(-32768, 32768, dtype=np.int16)
+    every = dg.to_device({"waveform": allv[None]}, device)["waveform"].cpu().numpy()[0]
+    exact = bool(np.array_equal(every, (allv / 32767.0).astype(np.float32)))
+    c.add("loader", "int16 -> float on the device", f"batch identical to the float path: {same}; "
+                                                    f"all 65,536 int16 values exact: {exact}", ok=same and exact)
+
+
+def stage_workspace(root: str, dry: bool, c: Check) -> Dict[str, str]:
+    classes, seconds = (3, 1.0) if dry else (10, 10.0)
+    per_class = {"balanced_train": 2 if dry else 10, "eval": 1 if dry else 3, "unbalanced_train": 0}
+    ds, ws = os.path.join(root, "dataset"), os.path.join(root, "workspace")
+    t0 = time.perf_counter()
+    make_demo_dataset(ds, classes_num=classes, clips_per_class=per_class, clip_seconds=seconds, sample_rate=32000,
+                      unbalanced_parts=1, seed=0, multi_label_fraction=0.2)
+    labels = os.path.join(ds, "metadata", "class_labels_indices.csv")
+    for split in ("balanced_train", "eval"):
+        wav = os.path.join(ws, "hdf5s", "waveforms", f"{split}.h5")
+        pack_waveforms_to_hdf5(os.path.join(ds, "metadata", f"{split}_segments.csv"),
+                               os.path.join(ds, "audios", f"{split}_segments"), wav, sample_rate=32000,
+                               clip_seconds=seconds, class_labels_csv=labels, progress=False)
+        create_indexes(wav, os.path.join(ws, "hdf5s", "indexes", f"{split}.h5"))
+    with h5py.File(os.path.join(ws, "hdf5s", "waveforms", "balanced_train.h5"), "r") as hf:
+        shape = hf["waveform"].shape
+    c.add("workspace", "demo data", f"{classes} classes, {sum(per_class.values()) * classes} clips of {seconds:g} s "
+                                    f"at 32 kHz (train waveforms {shape})", seconds=time.perf_counter() - t0)
+    return {"dataset": ds, "workspace": ws, "labels": labels, "sample_rate": 32000,
+            "eval_index": os.path.join(ws, "hdf5s", "indexes", "eval.h5")}
+
+
+def train_cmd(ws: Dict[str, str], a, steps: int, precision: str, extra: List[str] = ()) -> List[str]:
+    cmd = [sys.executable, os.path.join(REPO, "pytorch", "main.py"), "train", "--workspace", ws["workspace"],
+           "--model_type", a.model_type, "--data_type", "balanced_train", "--class_labels_csv", ws["labels"],
+           "--batch_size", str(a.batch_size), "--early_stop", str(steps), "--eval_every", "1000000",
+           "--save_every", "1000000", "--log_every", str(max(1, min(a.log_every, steps))),
+           "--num_workers", str(a.num_workers), "--precision", precision]
+    return cmd + (["--cuda"] if a.cuda else []) + list(extra)
+
+
+def ckpt_dir(ws: Dict[str, str], a) -> str:
+    from panns.train_lib import TrainConfig
+
+    return TrainConfig(workspace=ws["workspace"], model_type=a.model_type, data_type="balanced_train",
+                       batch_size=a.batch_size).checkpoints_dir
+
+
+def stage_train(c: Check, ws: Dict[str, str], a, variants: List[str]) -> Optional[str]:
+    """Train per variant; returns a checkpoint of the first successful variant (for the later stages)."""
+    kept = None
+    for variant in variants:
+        precision = variant.split("+")[0]
+        extra = ["--compile"] if variant.endswith("+compile") else []
+        t0 = time.perf_counter()
+        try:
+            text = run(train_cmd(ws, a, a.steps, precision, extra), os.path.join(c.out_dir, f"train_{variant}.log"),
+                       timeout=a.stage_timeout)
+        except Exception as e:
+            c.add("train", variant, " ".join(str(e).split())[:300], ok=False, seconds=time.perf_counter() - t0)
+            continue
+        lines = LOG_LINE.findall(text)
+        if not lines:
+            c.add("train", variant, "no progress line in the log", ok=False, seconds=time.perf_counter() - t0)
+            continue
+        it, loss, its, eps, wait, mem = lines[-1]  # the last window: past start-up and compilation
+        mem = f", peak memory {mem} GiB" if mem else ""
+        c.add("train", f"{a.model_type} {variant}, batch {a.batch_size}",
+              f"{its} it/s, {eps} examples/s, data wait {wait}%{mem} (steps {int(it) - a.log_every + 1}-{it}, "
+              f"loss {loss})", ok=loss not in ("nan", "inf"), seconds=time.perf_counter() - t0)
+        if kept is None:
+            kept = os.path.join(c.out_dir, f"{a.model_type}_{variant}.pth")
+            shutil.copy(os.path.join(ckpt_dir(ws, a), f"{a.steps}_iterations.pth"), kept)
+    return kept
+
+
+def stage_resume(c: Check, ws: Dict[str, str], a) -> None:
+    n = a.resume_steps
+    d = ckpt_dir(ws, a)
+    precision = devices.resolve_precision("auto", torch.device("cuda" if a.cuda else "cpu"), training=True)
+    det = ["--deterministic"]
+    run(train_cmd(ws, a, 2 * n, precision, det), os.path.join(c.out_dir, "resume_straight.log"), a.stage_timeout)
+    straight = os.path.join(c.out_dir, "resume_straight.pth")
+    shutil.move(os.path.join(d, f"{2 * n}_iterations.pth"), straight)
+    run(train_cmd(ws, a, n, precision, det), os.path.join(c.out_dir, "resume_first.log"), a.stage_timeout)
+    run(train_cmd(ws, a, 2 * n, precision, det + ["--resume_iteration", str(n)]),
+        os.path.join(c.out_dir, "resume_second.log"), a.stage_timeout)
+    x, y = checkpoint.load_checkpoint(straight), checkpoint.load_checkpoint(os.path.join(d, f"{2 * n}_iterations.pth"))
+    diff = [k for k in x["model"] if not torch.equal(x["model"][k], y["model"][k])]
+    opt_same = all(torch.equal(torch.as_tensor(x["optimizer"]["state"][k][m]), torch.as_tensor(y["optimizer"]["state"][k][m]))
+                   for k in x["optimizer"]["state"] for m in x["optimizer"]["state"][k])
+    worst = max((float((x["model"][k].float() - y["model"][k].float()).abs().max()) for k in diff), default=0.0)
+    c.add("resume", f"{2 * n} straight vs {n}+{n}, --deterministic, {precision}",
+          f"weights bit-equal: {not diff} ({len(diff)} tensors differ, max {worst:.1e}); optimizer equal: {opt_same}; "
+          f"sampler equal: {x['sampler'] == y['sampler']}", ok=not diff and opt_same and x["sampler"] == y["sampler"])
+
+
+def _sed_checkpoint(out_dir: str, ws: Dict[str, str]) -> str:
+    """A Cnn14_DecisionLevelMax checkpoint (seeded random weights) for the SED command."""
+    from panns import config
+
+    labels = config.read_class_labels(ws["labels"])
+    torch.manual_seed(0)
+    model = models.create_model("Cnn14_DecisionLevelMax", classes_num=labels.classes_num)
+    mc = checkpoint.ModelConfig.from_registry("Cnn14_DecisionLevelMax", classes_num=labels.classes_num)
+    mc.labels, mc.ids = list(labels.labels), list(labels.ids)
+    path = os.path.join(out_dir, "Cnn14_DecisionLevelMax_seeded.pth")
+    checkpoint.save_checkpoint(path, {"model": model.state_dict(), "config": mc.to_dict(), "iteration": 0})
+    return path
+
+
+def stage_inference(c: Check, ws: Dict[str, str], a, tagging_ckpt: Optional[str]) -> None:
+    if tagging_ckpt is None:
+        raise RuntimeError("no checkpoint from the train stage")
+    audio = sorted(glob.glob(os.path.join(ws["dataset"], "audios", "eval_segments", "*.wav")))[:3]
+    inf = [sys.executable, os.path.join(REPO, "pytorch", "inference.py")]
+    sed_ckpt = _sed_checkpoint(c.out_dir, ws)
+    outs = {}
+    for dev in ("cuda", "cpu") if a.cuda else ("cpu", "cpu2"):
+        flag = ["--cuda"] if dev == "cuda" else []
+        base = os.path.join(c.out_dir, f"inference_{dev}")
+        t0 = time.perf_counter()
+        run(inf + ["audio_tagging", "--checkpoint_path", tagging_ckpt, "--audio_path", audio[0], "--precision", "fp32",
+                   "--output", base + "_tags.json"] + flag, base + "_tagging.log", a.stage_timeout)
+        run(inf + ["sound_event_detection", "--checkpoint_path", sed_ckpt, "--audio_path", audio[0], "--precision",
+                   "fp32", "--output_dir", base + "_sed", "--output", base + "_sed.json"] + flag,
+            base + "_sed.log", a.stage_timeout)
+        run(inf + ["extract_embeddings", "--checkpoint_path", tagging_ckpt, "--audio_path", *audio, "--precision", "fp32",
+                   "--output_path", base + "_emb.h5", "--overwrite", "--quiet"] + flag, base + "_emb.log", a.stage_timeout)
+        outs[dev] = (base, time.perf_counter() - t0)
+    (b1, t1), (b2, t2) = outs.values()
+
+    def numbers(obj) -> np.ndarray:
+        vals: List[float] = []
+
+        def walk(o):
+            if isinstance(o, dict):
+                for v in o.values():
+                    walk(v)
+            elif isinstance(o, list):
+                for v in o:
+                    walk(v)
+            elif isinstance(o, (int, float)) and not isinstance(o, bool):
+                vals.append(float(o))
+        walk(obj)
+        return np.array(vals)
+
+    for what, suffix in (("audio_tagging", "_tags.json"), ("sound_event_detection", "_sed.json")):
+        x, y = numbers(json.load(open(b1 + suffix))), numbers(json.load(open(b2 + suffix)))
+        ok = x.shape == y.shape
+        diff = float(np.abs(x - y).max()) if ok and x.size else float("nan")
+        c.add("inference", what, f"max abs difference {list(outs)[0]} vs {list(outs)[1]}: {diff:.1e} over {x.size} "
+                                 "numbers", ok=ok and diff < 1e-3)
+    with h5py.File(b1 + "_emb.h5", "r") as f1, h5py.File(b2 + "_emb.h5", "r") as f2:
+        keys = [k for k in f1 if isinstance(f1[k], h5py.Dataset) and f1[k].dtype.kind == "f"]
+        diff = max(float(np.abs(f1[k][()] - f2[k][()]).max()) for k in keys)
+    c.add("inference", "extract_embeddings", f"max abs difference of {', '.join(keys)}: {diff:.1e}; "
+                                             f"wall {t1:.0f} s vs {t2:.0f} s for the three commands", ok=diff < 1e-3)
+
+
+def stage_finetune(c: Check, ws: Dict[str, str], a, base_ckpt: Optional[str]) -> None:
+    if base_ckpt is None:
+        raise RuntimeError("no checkpoint from the train stage")
+    from panns import config
+
+    # Class folders from the demo clips (first label of each clip).
+    labels = config.read_class_labels(ws["labels"])
+    names = dict(zip(labels.ids, labels.labels))
+    folders = os.path.join(c.out_dir, "finetune_data")
+    with open(os.path.join(ws["dataset"], "metadata", "balanced_train_segments.csv")) as f:
+        for line in f:
+            if line.startswith("#"):
+                continue
+            ytid, _s, _e, mids = line.split(", ", 3)
+            cls = re.sub(r"[^A-Za-z0-9_-]+", "_", names[mids.strip().strip('"').split(",")[0]])
+            os.makedirs(os.path.join(folders, cls), exist_ok=True)
+            src = os.path.join(ws["dataset"], "audios", "balanced_train_segments", f"Y{ytid}.wav")
+            os.symlink(src, os.path.join(folders, cls, f"Y{ytid}.wav"))
+    steps = 2 if a.dry_run else 20
+    cmd = [sys.executable, os.path.join(REPO, "pytorch", "finetune_template.py"), "train",
+           "--model_type", f"Transfer_{a.model_type}", "--pretrained_checkpoint_path", base_ckpt,
+           "--dataset_dir", folders, "--workspace", os.path.join(c.out_dir, "finetune_ws"), "--iterations", str(steps),
+           "--eval_every", str(steps), "--batch_size", str(a.batch_size), "--precision", "fp16", "--num_workers", "0"]
+    t0 = time.perf_counter()
+    text = run(cmd + (["--cuda"] if a.cuda else []), os.path.join(c.out_dir, "finetune.log"), a.stage_timeout)
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    c.add("fine-tune", f"Transfer_{a.model_type}, fp16 + GradScaler, {steps} steps", " ".join(last.split())[:200],
+          seconds=time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="CPU, toy size (what the tests run)")
+    p.add_argument("--out", default=None, help="folder for logs, checkpoints and table.md (default: a temp folder)")
+    p.add_argument("--steps", type=int, default=200, help="training steps per precision variant")
+    p.add_argument("--batch_size", type=int, default=32, help="training batch (the official 32)")
+    p.add_argument("--num_workers", type=int, default=8, help="loader workers of the training runs")
+    p.add_argument("--stage_timeout", type=float, default=300, help="seconds allowed per command")
+    a = p.parse_args()
+    a.cuda = not a.dry_run
+    if a.dry_run:
+        a.model_type, a.steps, a.batch_size, a.num_workers, a.log_every, a.resume_steps = "Cnn6", 4, 4, 1, 2, 2
+        variants, golden = ["fp32"], ["Cnn6"]
+    else:
+        a.model_type, a.log_every, a.resume_steps = "Cnn14", 50, 10
+        variants = ["fp32", "bf16", "fp16", "bf16+compile"]
+        golden = ["Cnn14", "Cnn14_16k", "Cnn14_DecisionLevelMax", "Cnn6", "Wavegram_Logmel_Cnn14"]
+        if not torch.cuda.is_available():
+            sys.exit("error: no CUDA device visible to PyTorch; use --dry-run for the CPU check")
+    out = a.out or tempfile.mkdtemp(prefix="gpu_check_")
+    os.makedirs(out, exist_ok=True)
+    device = torch.device("cuda", 0) if a.cuda else torch.device("cpu")
+    c = Check(out)
+    t0 = time.perf_counter()
+    c.stage("device", lambda: stage_device(c, device))
+    c.stage("golden", lambda: stage_golden(c, device, golden))
+    ws: Dict[str, str] = {}
+    c.stage("workspace", lambda: ws.update(stage_workspace(os.path.join(out, "data"), a.dry_run, c)))
+    if ws:
+        c.stage("loader", lambda: stage_loader(c, device, ws))
+        kept: List[Optional[str]] = [None]
+        c.stage("train", lambda: kept.__setitem__(0, stage_train(c, ws, a, variants)))
+        c.stage("resume", lambda: stage_resume(c, ws, a))
+        c.stage("inference", lambda: stage_inference(c, ws, a, kept[0]))
+        c.stage("fine-tune", lambda: stage_finetune(c, ws, a, kept[0]))
+    table = c.table()
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(table + "\n")
+    print(f"\ngpu_check ({'dry run, CPU' if a.dry_run else devices.describe(device)}), "
+          f"{time.perf_counter() - t0:.0f} s, outputs in {out}\n")
+    print(table)
+    print(f"\n{len(c.rows) - c.failed} ok, {c.failed} failed")
+    sys.exit(1 if c.failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""benchmarks/gpu_check.sh --dry-run: every stage of the prepared GPU check runs on the CPU at toy size, so the
+script is known to work before the first GPU box runs it unchanged."""
+import os
+import subprocess
+
+from test_train import REPO
+
+
+def test_gpu_check_dry_run(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    r = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "gpu_check.sh"), "--dry-run", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    table = (out / "table.md").read_text()
+    stages = {line.split("|")[1].strip() for line in table.splitlines()[2:]}
+    assert stages == {"device", "golden", "workspace", "loader", "train", "resume", "inference", "fine-tune"}, table
+    assert "FAIL" not in table and "weights bit-equal: True" in table and "exact: True" in table
+    assert r.stdout.rstrip().endswith("0 failed")
