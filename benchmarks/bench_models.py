@@ -5,17 +5,21 @@ Prints the parameter count and, per batch size, clips/s for
     the official one, so this is the official code's speed),
   * fp32 + channels_last, and fp32 + BN folded into the convs + channels_last,
   * bf16 autocast + channels_last,
+  * ONNX Runtime fp32: the model exported with ``torch.onnx.export`` (front end included; the
+    export time is printed separately) and run by ``--backend onnxruntime``'s backend,
 each with its fraction of the measured matmul peak of that dtype (Cnn14 = 42.2 GFLOP per 10-s clip
 by the official counter). Settings are timed round-robin (best of --repeats) so that load changes
 on a shared machine hit them alike.
 
     python3 benchmarks/bench_models.py                 # batches 1 and 8 (bf16 at batch 1 only)
     python3 benchmarks/bench_models.py --full          # also batch 32, bf16 at every batch
+    python3 benchmarks/bench_models.py --batches 8 --no_bf16   # torch vs ONNX Runtime at batch 8
 """
 import argparse
 import copy
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -35,7 +39,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def matmul_gflops(dtype, device, n=2048, repeats=3):
+def matmul_gflops(dtype, device, n=2048, repeats=5):
     """Best-of-``repeats`` GFLOP/s of an n x n matmul."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
@@ -51,11 +55,34 @@ def matmul_gflops(dtype, device, n=2048, repeats=3):
 
 
 def timed_forward(model, x, precision_name, device):
+    if precision_name == "onnx":   # an OnnxBackend: numpy in, numpy out
+        xn = x.cpu().numpy()
+        t = time.perf_counter()
+        model(xn)
+        return time.perf_counter() - t
     with torch.no_grad(), amp.autocast(precision_name, device):
         t = time.perf_counter()
         model(x)
         _sync(device)
         return time.perf_counter() - t
+
+
+def onnx_backend_for(model):
+    """(OnnxBackend of an export of ``model``, export seconds), or (None, reason). The session
+    holds the graph in memory, so the exported file is deleted right away."""
+    try:
+        from panns import onnx_backend
+        from panns.checkpoint import ModelConfig
+    except ImportError as e:
+        return None, str(e)
+    if not onnx_backend.available():
+        return None, "onnxruntime/onnx/onnxscript not installed"
+    with tempfile.TemporaryDirectory(prefix="bench_models_") as d:
+        path = os.path.join(d, "Cnn14.onnx")
+        t = time.perf_counter()
+        onnx_backend.export_onnx(model, ModelConfig.from_registry("Cnn14"), path)
+        seconds = time.perf_counter() - t
+        return onnx_backend.OnnxBackend(path), seconds
 
 
 def main():
@@ -67,6 +94,9 @@ def main():
     p.add_argument("--full", action="store_true",
                    help="add batch 32 and time bf16 at every batch size (slow without native bf16)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--no_onnx", action="store_true", help="skip the ONNX Runtime rows")
+    p.add_argument("--no_bf16", action="store_true", help="skip the bf16 rows")
+    p.add_argument("--no_layouts", action="store_true", help="skip the channels_last / BN-folded torch rows")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,14 +119,23 @@ def main():
     print(f"matmul peak: fp32 {peak['fp32']:.1f} GFLOP/s (2048x2048), "
           f"bf16 {peak['bf16']:.1f} GFLOP/s ({n_bf16}x{n_bf16})\n")
 
-    settings = [("fp32, official layout (official-style baseline)", model, "fp32"),
-                ("fp32 + channels_last", channels_last, "fp32"),
-                ("fp32 + BN folded + channels_last", folded, "fp32"),
-                ("bf16 autocast + channels_last", channels_last, "bf16")]
-    print(f"{'setting':50s} {'batch':>5s} {'clips/s':>8s} {'GFLOP/s':>8s} {'of peak':>8s}")
+    settings = [("fp32, official layout (official-style baseline)", model, "fp32")]
+    if not args.no_layouts:
+        settings += [("fp32 + channels_last", channels_last, "fp32"),
+                     ("fp32 + BN folded + channels_last", folded, "fp32")]
+    if not args.no_bf16:
+        settings.append(("bf16 autocast + channels_last", channels_last, "bf16"))
+    if not args.no_onnx and device.type == "cpu":
+        ort_backend, info = onnx_backend_for(model)
+        if ort_backend is None:
+            print(f"ONNX Runtime rows skipped: {info}")
+        else:
+            print(f"ONNX export (first run only; cached afterwards): {info:.1f} s")
+            settings.append(("ONNX Runtime fp32 (exported, front end included)", ort_backend, "onnx"))
+    print(f"{'setting':50s} {'batch':>5s} {'clips/s':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'vs base':>8s}")
     for b in batches:
         x = 0.1 * torch.randn(b, 320000, device=device)
-        active = [s for s in settings if s[2] == "fp32" or fast_bf16 or args.full or b == 1]
+        active = [s for s in settings if s[2] != "bf16" or fast_bf16 or args.full or b == 1]
         best = {s[0]: float("inf") for s in active}
         for name, m, prec in active:   # warm-up: oneDNN primitives, allocator
             timed_forward(m, x, prec, device)
@@ -106,7 +145,10 @@ def main():
         for name, m, prec in active:
             cps = b / best[name]
             gf = cps * CNN14_GFLOP
-            print(f"{name:50s} {b:5d} {cps:8.2f} {gf:8.1f} {gf / peak[prec]:8.1%}", flush=True)
+            ratio = f"{cps / (b / best[active[0][0]]):7.2f}x"
+            print(f"{name:50s} {b:5d} {cps:8.2f} {gf:8.1f} {gf / peak['bf16' if prec == 'bf16' else 'fp32']:8.1%} "
+                  f"{ratio}", flush=True)
+    print("load average (1/5/15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     if not fast_bf16:
         print("\nno native bf16 here: the bf16 matmul 'peak' is an emulated one, and bf16 Cnn14 is "
               "slower than fp32 (use fp32; --precision auto picks it)")

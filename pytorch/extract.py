@@ -158,8 +158,10 @@ class Extractor:
         self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
         # On CPU, N single-threaded forwards side by side beat one N-threaded forward (measured:
         # OpenMP barriers inside each conv cost more than they give at these sizes).
+        # A backend with its own thread pool (ONNX Runtime) runs best as one call at a time.
         if compute_threads is None:
-            compute_threads = torch.get_num_threads() if self.device.type == "cpu" else 1
+            own_pool = getattr(self.runtime.backend, "owns_threads", False)
+            compute_threads = torch.get_num_threads() if self.device.type == "cpu" and not own_pool else 1
         self.compute_threads = max(1, int(compute_threads))
         self.segment_seconds = segment_seconds
         self.segment_samples = int(round(segment_seconds * self.sample_rate)) if segment_seconds else None

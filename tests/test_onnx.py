@@ -94,15 +94,15 @@ def test_cache_reused_and_rebuilt(tmp_path, monkeypatch, caplog):
     model, cfg = _build("LeeNet11")
     calls = []
     monkeypatch.setattr(onnx_backend, "export_onnx", _fake_export(calls))
-    path = onnx_backend.cached_export(model, cfg)
+    path = onnx_backend.cached_backend(model, cfg).path
     assert path.startswith(str(tmp_path / "onnx")) and os.path.exists(path) and len(calls) == 1
-    assert onnx_backend.cached_export(model, cfg) == path and len(calls) == 1
+    assert onnx_backend.cached_backend(model, cfg).path == path and len(calls) == 1
     assert onnx_backend.read_metadata(path)["cache_key"] == calls[0]
 
     with open(path, "r+b") as f:   # truncated by a crash or a full disk
         f.truncate(20)
     with caplog.at_level(logging.WARNING):
-        assert onnx_backend.cached_export(model, cfg) == path
+        assert onnx_backend.cached_backend(model, cfg).path == path
     assert len(calls) == 2 and "cannot be read" in caplog.text
     assert onnx_backend.read_metadata(path)["cache_key"] == calls[0]
 
@@ -110,7 +110,7 @@ def test_cache_reused_and_rebuilt(tmp_path, monkeypatch, caplog):
     assert onnx_backend.cache_key(other, cfg) != onnx_backend.cache_key(model, cfg)
     caplog.clear()
     with caplog.at_level(logging.WARNING):   # the same file name, other weights: stale
-        onnx_backend.cached_export(other, cfg, path=path)
+        onnx_backend.cached_backend(other, cfg, path=path)
     assert len(calls) == 3 and "other weights" in caplog.text
     assert onnx_backend.read_metadata(path)["cache_key"] == calls[2] != calls[0]
     assert not [f for f in os.listdir(os.path.dirname(path)) if ".tmp" in f]
