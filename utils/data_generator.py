@@ -128,6 +128,7 @@ class _ShmPool(object):
     # How long a worker waits for one of its buffers to come back before allocating another: releases lag
     # the main process's last use by a moment, and without the wait shared memory grows in steps.
     WAIT_S = 0.05
+    PIPELINE, WAIT_FULL_S = 4, 0.5
 
     def __init__(self):
         self.flags = self._shared(self.SLOTS * 4).view(torch.int32)
@@ -146,7 +147,9 @@ class _ShmPool(object):
         nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
         flags = self.flags.numpy()
         big_enough = [k for k in range(self.SLOTS) if self.buffers[k] is not None and self.buffers[k].numel() >= nbytes]
-        deadline = time.perf_counter() + self.WAIT_S
+        # Enough buffers for the pipeline (one in use by the training step, the prefetched ones, the one being
+        # filled): wait longer before growing; the main process only keeps more when a caller holds batches.
+        deadline = time.perf_counter() + (self.WAIT_FULL_S if len(big_enough) >= self.PIPELINE else self.WAIT_S)
         while big_enough and all(flags[k] for k in big_enough) and time.perf_counter() < deadline:
             time.sleep(0.0005)  # a batch the main process is just dropping: wait rather than grow
         free = [k for k in range(self.SLOTS) if flags[k] == 0]
