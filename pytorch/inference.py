@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -48,7 +47,7 @@ from panns.errors import AudioDecodeError, PannsError, run_cli
 from panns.frontend import add_frontend_args, frontend_overrides
 from panns.postprocess import Event, EventTracker, detect_events, tags_of, top_indexes  # noqa: F401 (re-exported)
 from panns.runtime import AUTO_SEGMENT_SECONDS, AUTO_WINDOW_SECONDS, Runtime
-from panns.packing import Progress
+from panns.packing import Progress, check_free_space
 from panns.utilities import atomic_write, create_folder, disk_full_error, get_filename, remove_stale_temps
 
 logger = logging.getLogger("inference")
@@ -320,9 +319,7 @@ class FramewiseWriter:
         self.h5 = os.path.splitext(path)[1].lower() == ".h5"
         create_folder(os.path.dirname(os.path.abspath(path)))
         remove_stale_temps(path)
-        needed = 4 * len(labels) * expected_frames + (1 << 20)
-        if shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < needed:
-            raise disk_full_error(path, needed)
+        check_free_space(path, 4 * len(labels) * expected_frames)
         self._ctx = atomic_write(path, suffix=".h5" if self.h5 else "")
         self.tmp = self._ctx.__enter__()
         self.names: List[str] = []

@@ -182,3 +182,19 @@ def test_export_command(cli_env, capsys):
     with pytest.raises(PannsError, match="must end in .onnx"):
         inference.main(["export", "--model_type=LeeNet11", f"--checkpoint_path={cli_env['ckpt']}",
                         f"--output={out}.bin"])
+
+
+def test_python_api_backend(cli_env, monkeypatch):
+    """panns.load(..., backend='onnxruntime') gives torch's embeddings and tags (the export cached
+    by the command-line test is reused when both run)."""
+    import panns
+
+    monkeypatch.setenv("PANNS_CACHE", str(cli_env["dir"] / "cache"))
+    kw = dict(model_type="LeeNet11", labels_csv=cli_env["labels"], device="cpu")
+    ref = panns.load(cli_env["ckpt"], **kw)
+    fast = panns.load(cli_env["ckpt"], backend="onnxruntime", **kw)
+    assert fast.runtime.backend_name == "onnxruntime" and ref.runtime.backend_name == "torch"
+    a, b = ref.embed(cli_env["wav"]), fast.embed(cli_env["wav"])
+    assert a.shape == b.shape == (512,) and np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+    assert [t for t, _ in ref.tag(cli_env["wav"])] == [t for t, _ in fast.tag(cli_env["wav"])]
+    assert panns.load(cli_env["ckpt"], backend="auto", **kw).runtime.backend_name == "onnxruntime"
