@@ -44,6 +44,8 @@ Differences on purpose (fixes):
   properly with soxr (``resample='soxr'``, default); ``resample='decimate'`` gives the official
   ``[::2]``/``[::4]`` for exact reproduction.
 * ``hdf5_path`` values in index files are resolved relative to the index file (see create_indexes.py).
+* Waveform files of either storage layout are read (``pcm16``, or ``flac``: see storage.py); FLAC rows
+  are decoded into the same int16 rows by ``storage.FlacRowReader``, i.e. in the loader workers.
 """
 from __future__ import annotations
 
