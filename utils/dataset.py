@@ -118,7 +118,7 @@ def _parse_segment(line: str, n: int) -> Segment:
     return Segment(items[0].strip(), start, end, mids, n)
 
 
-def read_segments_csv(csv_path: str, allow_empty: bool = False) -> List[Segment]:
+def read_segments_csv(csv_path: str) -> List[Segment]:
     """Parse a segment CSV, with or without AudioSet's three header lines.
 
     The official rule dropped the first three lines blindly, so a CSV without them lost three clips.
@@ -126,7 +126,7 @@ def read_segments_csv(csv_path: str, allow_empty: bool = False) -> List[Segment]
     a segment row (the '# YTID, start_seconds, ...' header, or 'empty' as written by
     split_unbalanced_csv_to_partial_csvs) is a header; every other line must be a segment row. Rows
     that cannot be parsed are all reported with their line numbers in one error; none is dropped
-    silently. An empty CSV is an error unless ``allow_empty``."""
+    silently. An empty CSV is an error."""
     if not os.path.isfile(csv_path):
         raise PannsError(f"segment CSV not found: {csv_path}")
     with open(csv_path, "r", encoding="utf-8", errors="replace") as f:
@@ -144,7 +144,7 @@ def read_segments_csv(csv_path: str, allow_empty: bool = False) -> List[Segment]
     if bad:
         shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise PannsError(f"{csv_path}: {len(bad)} rows cannot be parsed: {shown}. Fix or delete them and re-run")
-    if not segments and not allow_empty:
+    if not segments:
         raise PannsError(f"{csv_path} lists no segments (expected rows 'YTID, start, end, \"mids\"')")
     return segments
 
