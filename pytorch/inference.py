@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import errno
 import glob
 import json
@@ -42,6 +43,7 @@ import torch
 
 from panns import audio_io
 from panns import config
+from panns import devices
 from panns import runtime
 from panns.errors import AudioDecodeError, PannsError, run_cli
 from panns.frontend import add_frontend_args, frontend_overrides
@@ -584,12 +586,14 @@ def sound_event_detection(args) -> int:
 
 def extract_embeddings(args) -> int:
     # The extraction engine (HDF5 writer, decoding workers) is only needed by this sub-command.
-    from panns.extract import Extractor, extract_to_hdf5, init_distributed
+    from panns.extract import Extractor, extract_to_hdf5
 
-    rank, world, barrier, cleanup = init_distributed()
+    # Ranks wait at the barrier for the slowest share, hence the long timeout.
+    info = devices.init_distributed(bool(args.cuda), timeout=datetime.timedelta(days=7))
+    rank = info.rank
     if rank > 0:
         logging.getLogger().setLevel(logging.WARNING)
-    device = runtime.resolve_device(bool(args.cuda))
+    device = info.device
     try:
         paths = gather_inputs(args.audio_path)
         ex = Extractor.from_checkpoint(args.checkpoint_path, model_type=args.model_type,
@@ -603,9 +607,10 @@ def extract_embeddings(args) -> int:
             except PannsError as e:
                 logger.info("no class labels stored with the features (%s)", e)
         summary = extract_to_hdf5(ex, paths, args.output_path, overwrite=args.overwrite, rank=rank,
-                                  world_size=world, barrier=barrier)
+                                  world_size=info.world_size,
+                                  barrier=torch.distributed.barrier if info.distributed else None)
     finally:
-        cleanup()
+        devices.teardown(info)
     if rank == 0:
         print("Extracted {} clips ({} failed) -> {} ({} rows)".format(summary["extracted"], summary["failed"],
                                                                       summary["output"], summary.get("rows")))
