@@ -634,8 +634,8 @@ def _add_common(p: argparse.ArgumentParser, extract: bool = False) -> None:
                         "exported once, cached next to the checkpoint or in $PANNS_CACHE/onnx); auto (onnxruntime "
                         "for fp32 on CPU where installed, else torch)")
     p.add_argument("--audio_path", type=str, required=True, nargs="+", action="extend",
-                   help="audio file(s), folder(s), .txt/.lst list(s) of paths or glob(s); may repeat")
-    p.add_argument("--cuda", action="store_true", default=False, help="run on the GPU if available (else warn, CPU)")
+                   help="audio file(s), folder(s), .txt/.lst list(s) of paths or glob(s); may repeat (required)")
+    p.add_argument("--cuda", action="store_true", default=False, help="run on the GPU if available (else warn, CPU; default: CPU)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
                    help="numeric precision of the CNN body (default: %(default)s; auto picks bf16 where the hardware "
                         "has native bf16 (CUDA sm80+, CPUs with AMX/AVX512-BF16), fp16 on sm70/75 GPUs, else fp32)")
@@ -647,7 +647,7 @@ def _add_common(p: argparse.ArgumentParser, extract: bool = False) -> None:
         p.add_argument("--segment_seconds", type=float, default=None,
                        help="split recordings into windows of this length (default: whole file up to "
                             f"{AUTO_WINDOW_SECONDS:.0f} s, {AUTO_SEGMENT_SECONDS:.0f}-s windows beyond)")
-    p.add_argument("--batch_size", type=int, default=8, help="windows/clips per forward pass")
+    p.add_argument("--batch_size", type=int, default=8, help="windows/clips per forward pass (default: %(default)s)")
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
@@ -666,7 +666,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                        help="hop between windows (default: --segment_seconds, i.e. no overlap)")
         p.add_argument("--aggregate", choices=("max", "mean"), default="max",
                        help="how window outputs are combined into one clip result (default max)")
-        p.add_argument("--output", type=str, default=None, help="also write results to this .json or .csv file")
+        p.add_argument("--output", type=str, default=None, help="also write results to this .json or .csv file (default: none)")
         if mode == "sound_event_detection":
             p.add_argument("--output_dir", type=str, default="results",
                            help="folder of the figures <stem>.png (default: results, relative to the current dir)")
@@ -677,7 +677,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                                 "x.h5 (framewise/<k> per input k, with audio_path and labels); written as computed "
                                 "(default: not saved)")
             p.add_argument("--events_csv", type=str, default=None,
-                           help="write detected events (onset,offset,label,score) to this CSV")
+                           help="write detected events (onset,offset,label,score) to this CSV (default: none)")
             p.add_argument("--threshold", type=float, default=0.5,
                            help="framewise probability at or above which a class is active (default 0.5)")
             p.add_argument("--min_duration", type=float, default=0.0,
@@ -689,8 +689,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                    help="label CSV whose names are stored as 'labels' when the checkpoint has none "
                         "(default: metadata/class_labels_indices.csv if present)")
     p.add_argument("--num_workers", type=int, default=None, help="decoding worker processes (default: cores/2, 1-4)")
-    p.add_argument("--overwrite", action="store_true", help="start from scratch instead of resuming")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="start from scratch instead of resuming (default: resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
     p = sub.add_parser("export", help="write the model (front end included) as an ONNX file for other runtimes")
     _add_export_args(p)
     return parser
