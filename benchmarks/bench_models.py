@@ -6,7 +6,8 @@ Prints the parameter count and, per batch size, clips/s for
   * fp32 + channels_last, and fp32 + BN folded into the convs + channels_last,
   * bf16 autocast + channels_last,
   * ONNX Runtime fp32: the model exported with ``torch.onnx.export`` (front end included; the
-    export time is printed separately) and run by ``--backend onnxruntime``'s backend,
+    export time is printed separately) and run by ``--backend onnxruntime``'s backend, and its
+    static int8 quantisation (``--backend onnxruntime-int8``; "of peak" is then of the fp32 peak),
 each with its fraction of the measured matmul peak of that dtype (Cnn14 = 42.2 GFLOP per 10-s clip
 by the official counter). Settings are timed round-robin (best of --repeats) so that load changes
 on a shared machine hit them alike.
@@ -67,22 +68,31 @@ def timed_forward(model, x, precision_name, device):
         return time.perf_counter() - t
 
 
-def onnx_backend_for(model):
-    """(OnnxBackend of an export of ``model``, export seconds), or (None, reason). The session
-    holds the graph in memory, so the exported file is deleted right away."""
+def onnx_backends_for(model, int8: bool = True):
+    """([(label, OnnxBackend)], seconds of export, seconds of int8 quantisation) for ``model``, or
+    ([], reason, None). Sessions hold their graphs in memory, so the files are deleted right away."""
     try:
         from panns import onnx_backend
         from panns.checkpoint import ModelConfig
     except ImportError as e:
-        return None, str(e)
+        return [], str(e), None
     if not onnx_backend.available():
-        return None, "onnxruntime/onnx/onnxscript not installed"
+        return [], "onnxruntime/onnx/onnxscript not installed", None
+    cfg = ModelConfig.from_registry("Cnn14")
     with tempfile.TemporaryDirectory(prefix="bench_models_") as d:
         path = os.path.join(d, "Cnn14.onnx")
         t = time.perf_counter()
-        onnx_backend.export_onnx(model, ModelConfig.from_registry("Cnn14"), path)
-        seconds = time.perf_counter() - t
-        return onnx_backend.OnnxBackend(path), seconds
+        onnx_backend.export_onnx(model, cfg, path)
+        t_export = time.perf_counter() - t
+        out = [("ONNX Runtime fp32 (exported, front end included)", onnx_backend.OnnxBackend(path))]
+        t_int8 = None
+        if int8:
+            t = time.perf_counter()
+            onnx_backend.quantize_int8(path, os.path.join(d, "Cnn14.int8.onnx"), cfg)
+            t_int8 = time.perf_counter() - t
+            out.append(("ONNX Runtime int8 convs (onnxruntime-int8)", onnx_backend.OnnxBackend(
+                os.path.join(d, "Cnn14.int8.onnx"))))
+        return out, t_export, t_int8
 
 
 def main():
@@ -96,6 +106,7 @@ def main():
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--no_onnx", action="store_true", help="skip the ONNX Runtime rows")
     p.add_argument("--no_bf16", action="store_true", help="skip the bf16 rows")
+    p.add_argument("--no_int8", action="store_true", help="skip the ONNX Runtime int8 row")
     p.add_argument("--no_layouts", action="store_true", help="skip the channels_last / BN-folded torch rows")
     args = p.parse_args()
     if args.threads:
@@ -126,12 +137,13 @@ def main():
     if not args.no_bf16:
         settings.append(("bf16 autocast + channels_last", channels_last, "bf16"))
     if not args.no_onnx and device.type == "cpu":
-        ort_backend, info = onnx_backend_for(model)
-        if ort_backend is None:
-            print(f"ONNX Runtime rows skipped: {info}")
+        backends, t_export, t_int8 = onnx_backends_for(model, int8=not args.no_int8)
+        if not backends:
+            print(f"ONNX Runtime rows skipped: {t_export}")
         else:
-            print(f"ONNX export (first run only; cached afterwards): {info:.1f} s")
-            settings.append(("ONNX Runtime fp32 (exported, front end included)", ort_backend, "onnx"))
+            print(f"ONNX export (first run only; cached afterwards): {t_export:.1f} s"
+                  + (f"; int8 quantisation: {t_int8:.1f} s" if t_int8 is not None else ""))
+            settings += [(label, backend, "onnx") for label, backend in backends]
     print(f"{'setting':50s} {'batch':>5s} {'clips/s':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'vs base':>8s}")
     for b in batches:
         x = 0.1 * torch.randn(b, 320000, device=device)

@@ -246,6 +246,85 @@ def cached_backend(model: torch.nn.Module, config, checkpoint_path: Optional[str
     return OnnxBackend(path, threads)
 
 
+# ----------------------------------------------------------------------------- int8
+INT8_FORMAT = 1   # bumped when the quantisation recipe changes (invalidates cached int8 files)
+
+
+def calibration_clips(sample_rate: int, n: int = 8, seconds: float = 10.0) -> List[np.ndarray]:
+    """Seeded synthetic sound scenes (tones, noise bursts, clicks of the demo data set) used to
+    calibrate int8 activation ranges, so quantisation needs no user data."""
+    from panns.make_demo_dataset import CLASSES, synth_clip  # the demo synthesiser, only for calibration
+
+    rs = np.random.RandomState(0)
+    return [synth_clip(rs, list(rs.choice(len(CLASSES), size=1 + i % 2, replace=False)), seconds,
+                       sample_rate).astype(np.float32) for i in range(n)]
+
+
+def quantize_int8(src: str, dst: str, config, key: str = "",
+                  calibration: Optional[Sequence[np.ndarray]] = None) -> None:
+    """Static int8 quantisation (QDQ, per-channel weights, activation ranges calibrated on
+    ``calibration`` waveforms, default :func:`calibration_clips`) of the convolutions of an fp32
+    export, written atomically.
+
+    The STFT convolutions, the mel projection and the fully connected head stay fp32: quantising
+    the front end too put the Cnn14 embedding cosine at 0.994; without it 0.99993 (measured)."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    proto = onnx.load(src)
+    dims = {t.name: list(t.dims) for t in proto.graph.initializer}
+    stft = int(config.window_size)
+    convs = [n.name for n in proto.graph.node if n.op_type == "Conv"
+             and (dims.get(n.input[1]) or [0])[-1] != stft]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    del proto
+    clips = list(calibration) if calibration is not None else calibration_clips(int(config.sample_rate))
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter([{INPUT_NAME: c[None]} for c in clips])
+
+        def get_next(self):
+            return next(self._it, None)
+
+    with tempfile.TemporaryDirectory(prefix="panns_int8_") as d, _quiet_loggers(("onnxruntime", "root")):
+        pre, out = os.path.join(d, "pre.onnx"), os.path.join(d, "int8.onnx")
+        quant_pre_process(src, pre, skip_symbolic_shape=True)
+        quantize_static(pre, out, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv"], nodes_to_quantize=convs)
+        q = onnx.load(out)
+        meta.update({"panns.precision": json.dumps("int8"), "panns.cache_key": json.dumps(key)})
+        onnx.helper.set_model_props(q, meta)
+        with atomic_write(dst, suffix=".onnx") as tmp:
+            onnx.save(q, tmp)
+
+
+def cached_int8_backend(model: torch.nn.Module, config, checkpoint_path: Optional[str] = None,
+                        opset: int = DEFAULT_OPSET, threads: Optional[int] = None) -> "OnnxBackend":
+    """Like :func:`cached_backend`, for the int8 quantisation of the fp32 export (both cached)."""
+    fp32 = cached_backend(model, config, checkpoint_path, opset, threads=1)
+    key = f"{fp32.metadata.get('cache_key', '')}-int8v{INT8_FORMAT}"
+    path = fp32.path[:-len(".onnx")] + ".int8.onnx"
+    if os.path.exists(path):
+        try:
+            backend = OnnxBackend(path, threads)
+            if backend.metadata.get("cache_key") == key:
+                return backend
+            reason = "it was made from other weights or settings"
+        except PannsError as e:
+            reason = f"it cannot be read ({str(e)[:120]})"
+        logger.warning("rebuilding the int8 model %s: %s", path, reason)
+    t0 = time.perf_counter()
+    logger.info("quantising %s to int8 (once per checkpoint): %s", config.model_type, path)
+    quantize_int8(fp32.path, path, config, key)
+    logger.info("quantised in %.1f s", time.perf_counter() - t0)
+    return OnnxBackend(path, threads)
+
+
 # ----------------------------------------------------------------------------- runtime
 class OnnxBackend:
     """Runs an exported PANNs file in ONNX Runtime on CPU: ``(B, T) float32 -> {name: (B, ...)}``.
@@ -282,8 +361,9 @@ class OnnxBackend:
 
 
 def backend_factory(rt, optimize: bool = False, opset: int = DEFAULT_OPSET, onnx_path: Optional[str] = None,
-                    threads: Optional[int] = None, **_) -> OnnxBackend:
-    """``runtime.register_backend`` factory: export (cached) the runtime's model, then run it."""
+                    threads: Optional[int] = None, int8: bool = False, **_) -> OnnxBackend:
+    """``runtime.register_backend`` factory: export (cached) the runtime's model, then run it
+    (``int8``: its static int8 quantisation, also cached)."""
     if rt.device.type != "cpu":
         raise PannsError(f"the onnxruntime backend runs on CPU; device {rt.device} asked for (use --backend torch)")
     if rt.precision != "fp32":
@@ -291,6 +371,8 @@ def backend_factory(rt, optimize: bool = False, opset: int = DEFAULT_OPSET, onnx
                          "(use --precision fp32 or --backend torch)")
     if onnx_path:
         return OnnxBackend(onnx_path, threads)
+    if int8:
+        return cached_int8_backend(rt.model, rt.config, getattr(rt, "checkpoint_path", None), opset, threads)
     return cached_backend(rt.model, rt.config, getattr(rt, "checkpoint_path", None), opset, threads=threads)
 
 

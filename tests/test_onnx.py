@@ -198,3 +198,29 @@ def test_python_api_backend(cli_env, monkeypatch):
     assert a.shape == b.shape == (512,) and np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
     assert [t for t, _ in ref.tag(cli_env["wav"])] == [t for t, _ in fast.tag(cli_env["wav"])]
     assert panns.load(cli_env["ckpt"], backend="auto", **kw).runtime.backend_name == "onnxruntime"
+
+
+def test_int8_guard(export_dir):
+    """Static int8 (onnxruntime-int8): embeddings within cosine 0.999 of torch fp32 on clips that
+    were not used for calibration, probabilities within 0.05. (Generated weights give near-tied
+    class scores, so the top-10 order is not a fair check here.)"""
+    model, cfg = _build("Cnn6")
+    src = export_dir / "Cnn6.onnx"
+    if not src.exists():
+        onnx_backend.export_onnx(model, cfg, str(src))
+    dst = str(export_dir / "Cnn6.int8.onnx")
+    calib = onnx_backend.calibration_clips(cfg.sample_rate, n=4, seconds=3.0)
+    onnx_backend.quantize_int8(str(src), dst, cfg, key="k", calibration=calib)
+    be = onnx_backend.OnnxBackend(dst, threads=1)
+    assert be.metadata["precision"] == "int8" and be.metadata["cache_key"] == "k"
+    from panns.make_demo_dataset import CLASSES, synth_clip
+
+    rs = np.random.RandomState(123)
+    x = np.stack([synth_clip(rs, [i], 3.0, cfg.sample_rate) for i in range(min(4, len(CLASSES)))]).astype(np.float32)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x))
+    out = be(x)
+    e, q = ref["embedding"].numpy(), out["embedding"]
+    cos = (e * q).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(q, axis=1))
+    assert cos.mean() >= 0.999, cos
+    assert np.abs(out["clipwise_output"] - ref["clipwise_output"].numpy()).max() <= 0.05
