@@ -32,7 +32,6 @@ and rank 0 merges the shares into the output once every rank is done.
 from __future__ import annotations
 
 import csv
-import datetime
 import errno
 import hashlib
 import json
@@ -47,6 +46,7 @@ import torch
 
 
 from panns import audio_io
+from panns import devices
 from panns import runtime
 from panns.errors import PannsError
 from panns.frontend import FRONTEND_KEYS
@@ -558,11 +558,6 @@ def merge_feature_files(output_path: str, part_paths: Sequence[str], attrs: dict
     return added
 
 
-def dist_info() -> Tuple[int, int]:
-    """(rank, world_size) from torchrun's environment; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str, overwrite: bool = False,
                     rank: Optional[int] = None, world_size: Optional[int] = None, barrier=None) -> dict:
     """Extract features of ``paths`` into ``output_path`` (resumable); returns a summary dict.
@@ -571,7 +566,7 @@ def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str
     ``<output>.rank<rank>.h5``; after ``barrier()`` (all ranks done) rank 0 merges the shares.
     Files that fail to decode are listed in ``<output>.failed.csv`` (not fatal).
     """
-    r0, w0 = dist_info()
+    r0, w0, _ = devices.dist_env()
     rank = r0 if rank is None else rank
     world_size = w0 if world_size is None else world_size
     paths = list(dict.fromkeys(paths))
@@ -609,17 +604,3 @@ def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str
         rows = len(read_feature_names(output_path))
         summary.update(extracted=rows - len(done), failed=len(all_failed), rows=rows, output=output_path)
     return summary
-
-
-def init_distributed():
-    """Join torchrun's process group (gloo, long timeout: ranks wait for the slowest share).
-
-    Returns (rank, world_size, barrier or None, cleanup)."""
-    rank, world = dist_info()
-    if world <= 1:
-        return 0, 1, None, lambda: None
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
-    return rank, world, dist.barrier, dist.destroy_process_group

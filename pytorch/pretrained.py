@@ -171,10 +171,10 @@ def main(argv=None) -> None:
     for mode, text in (("download", "download (once) and print the cached path"),
                        ("path", "print where the checkpoint is or would be cached")):
         p = sub.add_parser(mode, help=text)
-        p.add_argument("--model_type", required=True, help="model type (e.g. Cnn14) or file name")
+        p.add_argument("--model_type", required=True, help="model type (e.g. Cnn14) or file name (required)")
         p.add_argument("--cache_dir", default=None, help="cache folder (default: $PANNS_CACHE or ~/.cache/panns)")
         if mode == "download":
-            p.add_argument("--quiet", action="store_true", help="no progress bar")
+            p.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.mode == "list":

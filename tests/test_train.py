@@ -292,3 +292,22 @@ def test_full_disk_is_one_line_naming_the_checkpoint(tiny_ws, monkeypatch, capsy
     assert last.startswith("error: disk full while writing ") and last.split()[5].endswith("/0_iterations.pth"), last
     cfg = tiny_config(ws, labels, batch_size=3)
     assert os.listdir(cfg.checkpoints_dir) == []
+
+
+def test_progress_between_log_lines(caplog, monkeypatch):
+    """Off a terminal, a progress line every interval (none from ranks other than 0); on a terminal, tqdm."""
+    import logging
+
+    from panns import train_lib as tl
+
+    caplog.set_level(logging.INFO)
+    p = tl.Progress(total=10, start=2, every_s=0.0)
+    p.update(3)
+    assert "iteration 3/10" in caplog.text
+    tl.Progress(total=10, enabled=False, every_s=0.0).update(5)
+    assert "iteration 5/10" not in caplog.text
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    bar = tl.Progress(total=10, start=2)
+    bar.update(4)
+    assert bar.bar is not None and bar.bar.n == 4
+    bar.close()
