@@ -82,8 +82,10 @@ def measure(index_path: str, batch_size: int, batches: int, workers: int, device
     deliver = (lambda b: b) if int16 and device.type == "cpu" else (lambda b: dg.to_device(b, device))
     it = iter(loader)
     warm = 4 + 2 * workers  # worker start-up, first prefetch and buffer allocation are not the steady state
-    for _ in range(warm):
+    for k in range(warm):
         deliver(next(it))
+        if k == 1:
+            time.sleep(2.0)  # let the workers fill their prefetch once: their buffers reach full depth here
     pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
     t0 = time.perf_counter()
     report = max(1, batches // 10)

@@ -21,7 +21,7 @@ import torch
 from panns import models
 from panns.errors import CheckpointError
 from panns.frontend import FRONT_END_32K, FRONTEND_KEYS, FrontEnd
-from panns.utilities import atomic_path
+from panns.utilities import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +97,11 @@ def save_checkpoint(path: str, obj: dict) -> None:
     half-written checkpoint under ``path``). ``obj`` must hold only tensors, numpy and python data."""
     _check_saveable(obj)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = atomic_path(path)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as tmp:
+        # Through a Python file object a full disk raises OSError(ENOSPC), which atomic_write turns into
+        # one line naming the checkpoint; torch.save(obj, <path>) raised an opaque RuntimeError instead.
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
 
 
 def _numpy_safe_globals() -> list:

@@ -32,7 +32,7 @@ and rank 0 merges the shares into the output once every rank is done.
 from __future__ import annotations
 
 import csv
-import datetime
+import errno
 import hashlib
 import json
 import logging
@@ -46,11 +46,13 @@ import torch
 
 
 from panns import audio_io
+from panns import devices
 from panns import runtime
 from panns.errors import PannsError
 from panns.frontend import FRONTEND_KEYS
+from panns.packing import check_free_space
 from panns.runtime import pad_to_min
-from panns.utilities import atomic_path
+from panns.utilities import atomic_write, disk_full_error, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +160,10 @@ class Extractor:
         self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
         # On CPU, N single-threaded forwards side by side beat one N-threaded forward (measured:
         # OpenMP barriers inside each conv cost more than they give at these sizes).
+        # A backend with its own thread pool (ONNX Runtime) runs best as one call at a time.
         if compute_threads is None:
-            compute_threads = torch.get_num_threads() if self.device.type == "cpu" else 1
+            own_pool = getattr(self.runtime.backend, "owns_threads", False)
+            compute_threads = torch.get_num_threads() if self.device.type == "cpu" and not own_pool else 1
         self.compute_threads = max(1, int(compute_threads))
         self.segment_seconds = segment_seconds
         self.segment_samples = int(round(segment_seconds * self.sample_rate)) if segment_seconds else None
@@ -365,20 +369,25 @@ class FeatureWriter:
         import h5py
 
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = atomic_path(path)
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("audio_name", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
-                             chunks=(max(chunk_rows, 256),))
-            f.create_dataset("embedding", shape=(0, embedding_dim), maxshape=(None, embedding_dim),
-                             dtype=np.float32, chunks=(chunk_rows, embedding_dim))
-            f.create_dataset("clipwise_output", shape=(0, classes_num), maxshape=(None, classes_num),
-                             dtype=np.float32, chunks=(chunk_rows, classes_num))
-            if labels is not None:
-                f.create_dataset("labels", data=np.array(list(labels), dtype=object), dtype=h5py.string_dtype("utf-8"))
-            for k, v in attrs.items():
-                f.attrs[k] = v
-            f.attrs["num_rows"] = 0
-        os.replace(tmp, path)
+        remove_stale_temps(path)
+        check_free_space(path, 4 * chunk_rows * (embedding_dim + classes_num))
+        with atomic_write(path) as tmp:
+            try:
+                with h5py.File(tmp, "w") as f:
+                    f.create_dataset("audio_name", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
+                                     chunks=(max(chunk_rows, 256),))
+                    f.create_dataset("embedding", shape=(0, embedding_dim), maxshape=(None, embedding_dim),
+                                     dtype=np.float32, chunks=(chunk_rows, embedding_dim))
+                    f.create_dataset("clipwise_output", shape=(0, classes_num), maxshape=(None, classes_num),
+                                     dtype=np.float32, chunks=(chunk_rows, classes_num))
+                    if labels is not None:
+                        f.create_dataset("labels", data=np.array(list(labels), dtype=object),
+                                         dtype=h5py.string_dtype("utf-8"))
+                    for k, v in attrs.items():
+                        f.attrs[k] = v
+                    f.attrs["num_rows"] = 0
+            except OSError as e:   # h5py reports a full disk as a generic OSError
+                raise _disk_error(path, e) from e
 
     def _check(self, attrs: dict, embedding_dim: int, classes_num: int) -> None:
         have = self.f.attrs
@@ -400,14 +409,20 @@ class FeatureWriter:
             return
         names = [names[k] for k in keep]
         n0, n1 = self.num_rows, self.num_rows + len(names)
-        for key, data in (("audio_name", np.array(names, dtype=object)), ("embedding", embedding[keep]),
-                          ("clipwise_output", clipwise[keep])):
-            ds = self.f[key]
-            ds.resize(n1, axis=0)
-            ds[n0:n1] = data
-        self.f.flush()
-        self.f.attrs["num_rows"] = n1
-        self.f.flush()
+        # h5py can crash the process on a full disk: check first (rows + chunk slack), then
+        # turn any OSError that still comes into one line naming the file.
+        check_free_space(self.path, 2 * (embedding[keep].nbytes + clipwise[keep].nbytes) + 64 * len(names))
+        try:
+            for key, data in (("audio_name", np.array(names, dtype=object)), ("embedding", embedding[keep]),
+                              ("clipwise_output", clipwise[keep])):
+                ds = self.f[key]
+                ds.resize(n1, axis=0)
+                ds[n0:n1] = data
+            self.f.flush()
+            self.f.attrs["num_rows"] = n1
+            self.f.flush()
+        except OSError as e:
+            raise _disk_error(self.path, e) from e
         self.num_rows = n1
         self.names.update(names)
 
@@ -421,6 +436,13 @@ class FeatureWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _disk_error(path: str, e: OSError) -> Exception:
+    """A full disk (errno, or h5py's message) -> DiskFullError naming ``path``; other errors as they are."""
+    if e.errno == errno.ENOSPC or "No space left" in str(e) or "disk full" in str(e).lower():
+        return disk_full_error(path)
+    return PannsError(f"cannot write {path}: {' '.join(str(e).split())[:160]}")
 
 
 def _norm(v):
@@ -457,12 +479,11 @@ def write_failed_csv(path: str, failed: Sequence[Tuple[str, str]]) -> None:
         if os.path.exists(path):
             os.remove(path)
         return
-    tmp = atomic_path(path)
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["audio_path", "error"])
-        w.writerows(failed)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["audio_path", "error"])
+            w.writerows(failed)
 
 
 def _read_failed_csv(path: str) -> List[Tuple[str, str]]:
@@ -537,11 +558,6 @@ def merge_feature_files(output_path: str, part_paths: Sequence[str], attrs: dict
     return added
 
 
-def dist_info() -> Tuple[int, int]:
-    """(rank, world_size) from torchrun's environment; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str, overwrite: bool = False,
                     rank: Optional[int] = None, world_size: Optional[int] = None, barrier=None) -> dict:
     """Extract features of ``paths`` into ``output_path`` (resumable); returns a summary dict.
@@ -550,7 +566,7 @@ def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str
     ``<output>.rank<rank>.h5``; after ``barrier()`` (all ranks done) rank 0 merges the shares.
     Files that fail to decode are listed in ``<output>.failed.csv`` (not fatal).
     """
-    r0, w0 = dist_info()
+    r0, w0, _ = devices.dist_env()
     rank = r0 if rank is None else rank
     world_size = w0 if world_size is None else world_size
     paths = list(dict.fromkeys(paths))
@@ -588,17 +604,3 @@ def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str
         rows = len(read_feature_names(output_path))
         summary.update(extracted=rows - len(done), failed=len(all_failed), rows=rows, output=output_path)
     return summary
-
-
-def init_distributed():
-    """Join torchrun's process group (gloo, long timeout: ranks wait for the slowest share).
-
-    Returns (rank, world_size, barrier or None, cleanup)."""
-    rank, world = dist_info()
-    if world <= 1:
-        return 0, 1, None, lambda: None
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
-    return rank, world, dist.barrier, dist.destroy_process_group

@@ -59,11 +59,11 @@ def _entry(model_type: str, mAP: str, front_end=FRONT_END_32K, verified=True, fi
     return PretrainedCheckpoint(filename or f"{model_type}_mAP={mAP}.pth", model_type, float(mAP), front_end, verified)
 
 
-# Published mAP on the AudioSet evaluation set (README / resources/mAP_table.png).
+# mAP as in each file name (the AudioSet eval-set figure; README's model zoo shows the paper's where it differs).
 CATALOGUE: Dict[str, PretrainedCheckpoint] = {c.model_type: c for c in [
     _entry("Cnn14", "0.431"),
-    _entry("Cnn14_16k", "0.438", FRONT_END_16K),
-    _entry("Cnn14_8k", "0.416", FRONT_END_8K),
+    _entry("Cnn14_16k", "0.438", FRONT_END_16K),   # the paper reports 0.427; 0.438 is the file name's
+    _entry("Cnn14_8k", "0.416", FRONT_END_8K),     # the paper reports 0.406; 0.416 is the file name's
     _entry("Cnn14_DecisionLevelMax", "0.385"),
     _entry("Wavegram_Logmel_Cnn14", "0.439"),
     _entry("Wavegram_Cnn14", "0.389"),
@@ -79,7 +79,8 @@ CATALOGUE: Dict[str, PretrainedCheckpoint] = {c.model_type: c for c in [
     _entry("DaiNet19", "0.295"),
     _entry("Res1dNet31", "0.365"),
     _entry("Res1dNet51", "0.355"),
-    # Cited by third-party code from the earlier record version 3960586; unverified in 3987831.
+    # File names cited by third-party code from the earlier record version 3960586, unverified in
+    # 3987831 (the emb512/128/32 mAPs themselves are the paper's Table VII).
     _entry("Cnn14_DecisionLevelAtt", "0.425", verified=False),
     _entry("Cnn14_emb512", "0.420", verified=False),
     _entry("Cnn14_emb128", "0.412", verified=False),
@@ -170,10 +171,10 @@ def main(argv=None) -> None:
     for mode, text in (("download", "download (once) and print the cached path"),
                        ("path", "print where the checkpoint is or would be cached")):
         p = sub.add_parser(mode, help=text)
-        p.add_argument("--model_type", required=True, help="model type (e.g. Cnn14) or file name")
+        p.add_argument("--model_type", required=True, help="model type (e.g. Cnn14) or file name (required)")
         p.add_argument("--cache_dir", default=None, help="cache folder (default: $PANNS_CACHE or ~/.cache/panns)")
         if mode == "download":
-            p.add_argument("--quiet", action="store_true", help="no progress bar")
+            p.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.mode == "list":

@@ -184,6 +184,7 @@ def _auto_backend(rt, **options) -> Backend:
 
 
 register_backend("onnxruntime", _onnxruntime_backend)
+register_backend("onnxruntime-int8", lambda rt, **options: _onnxruntime_backend(rt, int8=True, **options))
 register_backend("auto", _auto_backend)
 
 

@@ -34,7 +34,7 @@ from panns.data_generator import to_device  # noqa: F401  (re-exported: fine-tun
 from panns.devices import DistInfo
 from panns.errors import PannsError
 from panns.frontend import FRONT_END_32K, FRONTEND_KEYS, FrontEnd
-from panns.utilities import atomic_path, create_folder
+from panns.utilities import atomic_write_text, create_folder
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class TrainConfig:
     sync_bn: bool = False           # DDP: BatchNorm statistics over all processes (CUDA only)
     filename: str = "main"          # official path level (script name)
 
-    # Official workspace layout (spec 2.2).
+    # Official workspace layout: results of earlier official runs are found where users expect them.
     @property
     def feature_dir(self) -> str:
         return (f"sample_rate={self.sample_rate},window_size={self.window_size},hop_size={self.hop_size},"
@@ -335,12 +335,9 @@ def versions() -> Dict[str, str]:
 
 
 def write_json(path: str, obj: Any) -> None:
+    """``obj`` as indented JSON, written atomically (a full disk is a one-line DiskFullError)."""
     create_folder(os.path.dirname(os.path.abspath(path)))
-    tmp = atomic_path(path)
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
 
 
 def write_run_record(cfg: TrainConfig, model_config: Dict[str, Any], parameters: int, info: DistInfo,

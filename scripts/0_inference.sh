@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The two official inference examples: audio tagging with Cnn14 and sound event detection with
 # Cnn14_DecisionLevelMax. Checkpoints come from the official Zenodo record (downloaded once into
-# $PANNS_CACHE or ~/.cache/panns); the label CSV is fetched into metadata/ if missing.
+# $PANNS_CACHE or ~/.cache/panns); the label CSV is metadata/class_labels_indices.csv (in the repository).
 #
 # Override with environment variables:
 #   AUDIO_PATH   clip to analyse (default: resources/R9_ZSCveAHg_7s.wav if present, else resources/example_clip.wav)
@@ -20,7 +20,7 @@ if [ -z "${CUDA_FLAG+x}" ]; then
   CUDA_FLAG=$(python3 -c "import torch; print('--cuda' if torch.cuda.is_available() else '')")
 fi
 
-# Label CSV (metadata/class_labels_indices.csv) if missing.
+# The label CSV ships with the repository; fetch it again only if it was deleted.
 [ -f metadata/class_labels_indices.csv ] || python3 utils/download.py labels
 
 # ------ Inference audio tagging result with pretrained model. ------

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fetch the AudioSet label CSV (527 classes) into metadata/class_labels_indices.csv.
+# Refresh the AudioSet label CSV (527 classes) in metadata/class_labels_indices.csv from its source
+# (the file ships with the repository; --force replaces it).
 # Usage: bash scripts/fetch_metadata.sh [--dest PATH] [--force]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -167,7 +167,7 @@ def test_atomic_save_failure_leaves_nothing(tmp_path, monkeypatch):
     path = tmp_path / "x.pth"
 
     def boom(obj, f, *a, **k):
-        open(f, "wb").write(b"partial")
+        (open(f, "wb") if isinstance(f, (str, os.PathLike)) else f).write(b"partial")
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError):

@@ -53,3 +53,27 @@ def test_torchrun_two_cpu_processes(tmp_path):
     log = open(os.path.join(log_dir, sorted(f for f in os.listdir(log_dir) if f.endswith(".log"))[-1])).read()
     assert "Final weights identical on all 2 processes" in log
     assert "2 processes" in log and "Validate test mAP" in log
+
+
+def test_find_unused_parameters_only_where_needed():
+    """DDP's unused-parameter search is switched on only for models with parameters outside the loss's graph
+    (Wavegram_Cnn14 keeps the official, unused bn0 and conv_block1); the probe leaves no gradients and BN
+    statistics untouched."""
+    import torch
+
+    from panns import models
+    from panns.train_lib import unused_parameters
+
+    cnn6 = models.create_model("Cnn6", classes_num=3, sample_rate=16000, window_size=512, hop_size=400, mel_bins=64,
+                               fmin=50, fmax=8000).train()
+    stats = cnn6.bn0.running_mean.clone()
+    assert unused_parameters(cnn6, 16000) == []
+    assert cnn6.training and torch.equal(cnn6.bn0.running_mean, stats)
+    assert all(p.grad is None for p in cnn6.parameters())
+    sys.path.insert(0, os.path.join(REPO, "tests", "golden"))
+    from model_helpers import skip_weight_init  # a fast init: the values do not matter here
+
+    with skip_weight_init():
+        wavegram = models.create_model("Wavegram_Cnn14", classes_num=3)
+    unused = unused_parameters(wavegram, 32000)
+    assert unused and all(n.startswith(("bn0.", "conv_block1.")) for n in unused), unused

@@ -154,3 +154,40 @@ def test_rank_shards_are_merged(setup, tmp_path):
     assert "broken.wav" in open(out + ".failed.csv").read()
     feats = extract.read_features(out)
     assert sorted(feats.audio_names) == sorted(p for p in paths if not p.endswith("broken.wav"))
+
+
+def test_full_disk_is_one_line_and_keeps_committed_rows(setup, tmp_path, monkeypatch, audioset_labels_csv):
+    import errno
+    import glob
+    import shutil
+
+    from panns.utilities import DiskFullError
+
+    out = tmp_path / "feats.h5"
+    argv = ["extract_embeddings", f"--checkpoint_path={setup['ckpt']}", f"--audio_path={setup['dir'] / 'clips'}",
+            f"--output_path={out}", f"--class_labels_csv={audioset_labels_csv}", "--batch_size=2",
+            "--num_workers=0", "--quiet"]
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=1000))
+    with pytest.raises(DiskFullError, match="feats.h5"):    # checked before h5py writes anything
+        inference.main(argv)
+    assert not out.exists() and glob.glob(str(tmp_path / ".*tmp*")) == []
+    monkeypatch.undo()
+    # the disk fills after the first batch: one line, and the file keeps the rows committed so far
+    calls = {"n": 0}
+    real_setitem = h5py.Dataset.__setitem__
+
+    def setitem(self, key, value):
+        if self.name == "/embedding" and len(value):
+            calls["n"] += 1
+            if calls["n"] > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_setitem(self, key, value)
+
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", setitem)
+    with pytest.raises(DiskFullError, match="feats.h5"):
+        inference.main(argv)
+    monkeypatch.undo()
+    assert len(extract.read_features(str(out)).audio_names) == 2
+    inference.main(argv)     # space again: resumes and completes
+    assert len(extract.read_features(str(out)).audio_names) == len(setup["paths"]) - 1   # broken.wav fails

@@ -21,6 +21,7 @@ pytest.importorskip("onnxscript")
 from panns import models, onnx_backend  # noqa: E402
 from panns.checkpoint import ModelConfig  # noqa: E402
 from panns.errors import PannsError  # noqa: E402
+from panns.utilities import atomic_write_bytes  # noqa: E402
 
 CLASSES = 7
 CORE = ("Cnn6", "MobileNetV1_DecisionLevelMax", "LeeNet11")
@@ -68,7 +69,6 @@ def test_export_matches_torch(name, export_dir):
 def _fake_export(calls):
     """Stand-in for export_onnx (a real export costs seconds; the cache logic is what is tested
     here): a tiny valid ONNX file (waveform -> Identity) carrying the real metadata."""
-    import onnx
     from onnx import TensorProto, helper
 
     def fake(model, config, path, opset=onnx_backend.DEFAULT_OPSET, labels=None, key=""):
@@ -80,8 +80,6 @@ def _fake_export(calls):
         proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         proto.ir_version = 8
         helper.set_model_props(proto, onnx_backend.export_metadata(config, labels, opset, 0, key))
-        from panns.utilities import atomic_write_bytes
-
         atomic_write_bytes(path, proto.SerializeToString())
         return ["clipwise_output"]
     return fake
@@ -94,15 +92,15 @@ def test_cache_reused_and_rebuilt(tmp_path, monkeypatch, caplog):
     model, cfg = _build("LeeNet11")
     calls = []
     monkeypatch.setattr(onnx_backend, "export_onnx", _fake_export(calls))
-    path = onnx_backend.cached_export(model, cfg)
+    path = onnx_backend.cached_backend(model, cfg).path
     assert path.startswith(str(tmp_path / "onnx")) and os.path.exists(path) and len(calls) == 1
-    assert onnx_backend.cached_export(model, cfg) == path and len(calls) == 1
+    assert onnx_backend.cached_backend(model, cfg).path == path and len(calls) == 1
     assert onnx_backend.read_metadata(path)["cache_key"] == calls[0]
 
     with open(path, "r+b") as f:   # truncated by a crash or a full disk
         f.truncate(20)
     with caplog.at_level(logging.WARNING):
-        assert onnx_backend.cached_export(model, cfg) == path
+        assert onnx_backend.cached_backend(model, cfg).path == path
     assert len(calls) == 2 and "cannot be read" in caplog.text
     assert onnx_backend.read_metadata(path)["cache_key"] == calls[0]
 
@@ -110,7 +108,7 @@ def test_cache_reused_and_rebuilt(tmp_path, monkeypatch, caplog):
     assert onnx_backend.cache_key(other, cfg) != onnx_backend.cache_key(model, cfg)
     caplog.clear()
     with caplog.at_level(logging.WARNING):   # the same file name, other weights: stale
-        onnx_backend.cached_export(other, cfg, path=path)
+        onnx_backend.cached_backend(other, cfg, path=path)
     assert len(calls) == 3 and "other weights" in caplog.text
     assert onnx_backend.read_metadata(path)["cache_key"] == calls[2] != calls[0]
     assert not [f for f in os.listdir(os.path.dirname(path)) if ".tmp" in f]
@@ -182,3 +180,45 @@ def test_export_command(cli_env, capsys):
     with pytest.raises(PannsError, match="must end in .onnx"):
         inference.main(["export", "--model_type=LeeNet11", f"--checkpoint_path={cli_env['ckpt']}",
                         f"--output={out}.bin"])
+
+
+def test_python_api_backend(cli_env, monkeypatch):
+    """panns.load(..., backend='onnxruntime') gives torch's embeddings and tags (the export cached
+    by the command-line test is reused when both run)."""
+    import panns
+
+    monkeypatch.setenv("PANNS_CACHE", str(cli_env["dir"] / "cache"))
+    kw = dict(model_type="LeeNet11", labels_csv=cli_env["labels"], device="cpu")
+    ref = panns.load(cli_env["ckpt"], **kw)
+    fast = panns.load(cli_env["ckpt"], backend="onnxruntime", **kw)
+    assert fast.runtime.backend_name == "onnxruntime" and ref.runtime.backend_name == "torch"
+    a, b = ref.embed(cli_env["wav"]), fast.embed(cli_env["wav"])
+    assert a.shape == b.shape == (512,) and np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+    assert [t for t, _ in ref.tag(cli_env["wav"])] == [t for t, _ in fast.tag(cli_env["wav"])]
+    assert panns.load(cli_env["ckpt"], backend="auto", **kw).runtime.backend_name == "onnxruntime"
+
+
+def test_int8_guard(export_dir):
+    """Static int8 (onnxruntime-int8): embeddings within cosine 0.999 of torch fp32 on clips that
+    were not used for calibration, probabilities within 0.05. (Generated weights give near-tied
+    class scores, so the top-10 order is not a fair check here.)"""
+    model, cfg = _build("Cnn6")
+    src = export_dir / "Cnn6.onnx"
+    if not src.exists():
+        onnx_backend.export_onnx(model, cfg, str(src))
+    dst = str(export_dir / "Cnn6.int8.onnx")
+    calib = onnx_backend.calibration_clips(cfg.sample_rate, n=4, seconds=3.0)
+    onnx_backend.quantize_int8(str(src), dst, cfg, key="k", calibration=calib)
+    be = onnx_backend.OnnxBackend(dst, threads=1)
+    assert be.metadata["precision"] == "int8" and be.metadata["cache_key"] == "k"
+    from panns.make_demo_dataset import CLASSES, synth_clip
+
+    rs = np.random.RandomState(123)
+    x = np.stack([synth_clip(rs, [i], 3.0, cfg.sample_rate) for i in range(min(4, len(CLASSES)))]).astype(np.float32)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x))
+    out = be(x)
+    e, q = ref["embedding"].numpy(), out["embedding"]
+    cos = (e * q).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(q, axis=1))
+    assert cos.mean() >= 0.999, cos
+    assert np.abs(out["clipwise_output"] - ref["clipwise_output"].numpy()).max() <= 0.05

@@ -263,3 +263,51 @@ def test_help_shows_defaults():
     text = " ".join(r.stdout.split())
     for default in ("(default: 32)", "(default: 0.001)", "(default: fp32)", "(default: clip_bce)", "(default: 8)"):
         assert default in text, default
+
+
+def test_full_disk_is_one_line_naming_the_checkpoint(tiny_ws, monkeypatch, capsys):
+    """A disk that fills while a checkpoint is written: one error line naming the file, nothing half-written
+    left under its name or as a temp file (injected ENOSPC, as a small tmpfs would raise it)."""
+    import errno
+
+    from panns import checkpoint
+    from panns.errors import run_cli
+    from panns.main import main
+
+    ws, labels = tiny_ws
+
+    def full_disk(obj, f):
+        f.write(b"partial checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    argv = ["train", "--workspace", ws, "--model_type", "Cnn6", "--data_type", "balanced_train", "--batch_size", "3",
+            "--early_stop", "0", "--num_workers", "0", "--class_labels_csv", labels] + \
+        [f"--{k}={v}" for k, v in FAST.items()]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(argv))
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert last.startswith("error: disk full while writing ") and last.split()[5].endswith("/0_iterations.pth"), last
+    cfg = tiny_config(ws, labels, batch_size=3)
+    assert os.listdir(cfg.checkpoints_dir) == []
+
+
+def test_progress_between_log_lines(caplog, monkeypatch):
+    """Off a terminal, a progress line every interval (none from ranks other than 0); on a terminal, tqdm."""
+    import logging
+
+    from panns import train_lib as tl
+
+    caplog.set_level(logging.INFO)
+    p = tl.Progress(total=10, start=2, every_s=0.0)
+    p.update(3)
+    assert "iteration 3/10" in caplog.text
+    tl.Progress(total=10, enabled=False, every_s=0.0).update(5)
+    assert "iteration 5/10" not in caplog.text
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    bar = tl.Progress(total=10, start=2)
+    bar.update(4)
+    assert bar.bar is not None and bar.bar.n == 4
+    bar.close()

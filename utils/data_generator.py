@@ -44,6 +44,8 @@ Differences on purpose (fixes):
   properly with soxr (``resample='soxr'``, default); ``resample='decimate'`` gives the official
   ``[::2]``/``[::4]`` for exact reproduction.
 * ``hdf5_path`` values in index files are resolved relative to the index file (see create_indexes.py).
+* Waveform files of either storage layout are read (``pcm16``, or ``flac``: see storage.py); FLAC rows
+  are decoded into the same int16 rows by ``storage.FlacRowReader``, i.e. in the loader workers.
 """
 from __future__ import annotations
 
@@ -125,6 +127,10 @@ class _ShmPool(object):
     # training step, one just received, one queued by the prefetch, one being filled), so 8 slots leave no
     # headroom and a late release would force a one-off buffer. Slots allocate lazily: unused ones cost nothing.
     SLOTS = 12
+    # How long a worker waits for one of its buffers to come back before allocating another: releases lag
+    # the main process's last use by a moment, and without the wait shared memory grows in steps.
+    WAIT_S = 0.05
+    PIPELINE, WAIT_FULL_S = 4, 0.5
 
     def __init__(self):
         self.flags = self._shared(self.SLOTS * 4).view(torch.int32)
@@ -142,12 +148,18 @@ class _ShmPool(object):
         dtype = np.dtype(dtype)
         nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
         flags = self.flags.numpy()
+        big_enough = [k for k in range(self.SLOTS) if self.buffers[k] is not None and self.buffers[k].numel() >= nbytes]
+        # Enough buffers for the pipeline (one in use by the training step, the prefetched ones, the one being
+        # filled): wait longer before growing; the main process only keeps more when a caller holds batches.
+        deadline = time.perf_counter() + (self.WAIT_FULL_S if len(big_enough) >= self.PIPELINE else self.WAIT_S)
+        while big_enough and all(flags[k] for k in big_enough) and time.perf_counter() < deadline:
+            time.sleep(0.0005)  # a batch the main process is just dropping: wait rather than grow
         free = [k for k in range(self.SLOTS) if flags[k] == 0]
-        fits = [k for k in free if self.buffers[k] is not None and self.buffers[k].numel() >= nbytes]
-        if fits:
-            k = fits[0]
-        elif free:
-            k = free[0]
+        fits = [k for k in free if k in big_enough]
+        if fits:  # best fit: a small target array must not take a waveform-sized buffer
+            k = min(fits, key=lambda j: self.buffers[j].numel())
+        elif free:  # an empty slot first, else replace the smallest free buffer
+            k = min(free, key=lambda j: -1 if self.buffers[j] is None else self.buffers[j].numel())
             self.buffers[k] = self._shared(nbytes)
         else:  # everything still in use by the main process: a one-off buffer
             buf = self._shared(nbytes)

@@ -67,11 +67,10 @@ if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch
 
 from panns import config, packing, shards
 from panns import storage as storage_mod
-from panns.audio_io import AUDIO_EXTENSIONS, ffmpeg_exe, is_truncated, load_audio
+from panns.audio_io import AUDIO_EXTENSIONS, ffmpeg_exe, is_truncated
 from panns.errors import PannsError, run_cli
 from panns.packing import is_complete_waveforms_hdf5
-from panns.utilities import (atomic_write_text, create_logging, float32_to_int16, get_filename, pad_or_truncate,
-                             remove_stale_temps)
+from panns.utilities import atomic_write_text, create_logging, get_filename, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +118,7 @@ def _parse_segment(line: str, n: int) -> Segment:
     return Segment(items[0].strip(), start, end, mids, n)
 
 
-def read_segments_csv(csv_path: str, allow_empty: bool = False) -> List[Segment]:
+def read_segments_csv(csv_path: str) -> List[Segment]:
     """Parse a segment CSV, with or without AudioSet's three header lines.
 
     The official rule dropped the first three lines blindly, so a CSV without them lost three clips.
@@ -127,7 +126,7 @@ def read_segments_csv(csv_path: str, allow_empty: bool = False) -> List[Segment]
     a segment row (the '# YTID, start_seconds, ...' header, or 'empty' as written by
     split_unbalanced_csv_to_partial_csvs) is a header; every other line must be a segment row. Rows
     that cannot be parsed are all reported with their line numbers in one error; none is dropped
-    silently. An empty CSV is an error unless ``allow_empty``."""
+    silently. An empty CSV is an error."""
     if not os.path.isfile(csv_path):
         raise PannsError(f"segment CSV not found: {csv_path}")
     with open(csv_path, "r", encoding="utf-8", errors="replace") as f:
@@ -145,7 +144,7 @@ def read_segments_csv(csv_path: str, allow_empty: bool = False) -> List[Segment]
     if bad:
         shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise PannsError(f"{csv_path}: {len(bad)} rows cannot be parsed: {shown}. Fix or delete them and re-run")
-    if not segments and not allow_empty:
+    if not segments:
         raise PannsError(f"{csv_path} lists no segments (expected rows 'YTID, start, end, \"mids\"')")
     return segments
 
@@ -583,12 +582,6 @@ def scan_audios(audios_dir: str) -> Dict[str, str]:
     return {stem: path for stem, (_rank, path) in found.items()}
 
 
-def decode_clip(path: str, sample_rate: int, clip_samples: int) -> np.ndarray:
-    """The official packing numerics: load (mono, resampled), pad/truncate, quantise to int16."""
-    audio = load_audio(path, sample_rate, mono=True)
-    return float32_to_int16(pad_or_truncate(audio, clip_samples))
-
-
 @dataclass
 class PackReport:
     path: str
@@ -658,7 +651,7 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
 
     t0 = time.time()
     short = 0
-    # Workers are forked before any HDF5 file is open.
+    # The pool forks its workers on entering, before the output file is opened.
     with packing.OrderedPool(packing.decode_row, min(num_workers, len(jobs))) as pool, \
             packing.PackedFile(waveforms_hdf5_path, len(jobs), clip_samples, storage) as out:
         with packing.Progress(len(jobs), f"pack {get_filename(csv_path)}", progress) as bar:

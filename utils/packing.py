@@ -115,6 +115,8 @@ class OrderedPool(object):
         self.conns: list = []
 
     def __enter__(self) -> "OrderedPool":
+        if self.num_workers > 1:
+            self._start()  # now, before the caller opens its output file: children hold no HDF5 handle
         return self
 
     def __exit__(self, *exc) -> None:
@@ -136,7 +138,8 @@ class OrderedPool(object):
             yield from map(self.fn, jobs)
             return
         it = iter(jobs)
-        self._start()
+        if not self.procs:
+            self._start()
         pending: deque = deque()
         for k in range(self.num_workers):
             job = next(it, None)

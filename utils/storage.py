@@ -99,14 +99,14 @@ class WaveformWriter(object):
             self.ds = hf.create_dataset(PCM_KEY, shape=(capacity, clip_samples), maxshape=(None, clip_samples),
                                         dtype=np.int16, chunks=(1, clip_samples))
         else:
+            rows_per_chunk = min(_FLAC_ROWS_PER_CHUNK, capacity) if capacity else _FLAC_ROWS_PER_CHUNK
             self.ds = hf.create_dataset(FLAC_KEY, shape=(capacity,), maxshape=(None,),
-                                        dtype=h5py.vlen_dtype(np.uint8),
-                                        chunks=(max(1, min(_FLAC_ROWS_PER_CHUNK, capacity)),))
+                                        dtype=h5py.vlen_dtype(np.uint8), chunks=(rows_per_chunk,))
 
     def append(self, encoded: np.ndarray) -> None:
         """Write the next row: an int16 (clip_samples,) row (pcm16) or uint8 FLAC bytes (flac)."""
-        if self.rows >= self.ds.shape[0]:
-            self.ds.resize((self.rows + 1,) + self.ds.shape[1:])
+        if self.rows >= self.ds.shape[0]:  # unknown count (tar stream): grow geometrically, finish() trims
+            self.ds.resize((max(64, 2 * self.ds.shape[0]),) + self.ds.shape[1:])
         self.ds[self.rows] = encoded
         self.rows += 1
         self.nbytes += int(encoded.nbytes)

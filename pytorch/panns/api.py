@@ -51,7 +51,8 @@ def _resolve(name_or_path: str, model_type: Optional[str]) -> Tuple[Optional[str
 
 
 def load(name_or_path: str = "Cnn14", model_type: Optional[str] = None, device: Union[None, str, torch.device] = None,
-         precision: str = "fp32", labels_csv: Optional[str] = None, download: bool = True) -> "Model":
+         precision: str = "fp32", labels_csv: Optional[str] = None, download: bool = True,
+         backend: str = "torch") -> "Model":
     """Load a model for inference.
 
     name_or_path: a checkpoint file (ours, or an official ``{'model': ...}`` file; official files
@@ -59,9 +60,11 @@ def load(name_or_path: str = "Cnn14", model_type: Optional[str] = None, device: 
     (``"Cnn14"``, ``"Cnn14_DecisionLevelMax"``, ...), downloaded once into ``$PANNS_CACHE`` or
     ``~/.cache/panns`` (``download=False``: only use the cache). device: None/'auto' = CUDA when
     available, else CPU. precision: 'fp32' (default), 'bf16', 'fp16' or 'auto'.
-    labels_csv: class names when the checkpoint has none (default: the AudioSet label list)."""
+    labels_csv: class names when the checkpoint has none (default: the AudioSet label list).
+    backend: 'torch' (default), 'onnxruntime' (CPU, fp32; the model is exported once and cached
+    next to the checkpoint or in $PANNS_CACHE/onnx) or 'auto' (onnxruntime on CPU, else torch)."""
     path, mt = _resolve(name_or_path, model_type)
-    rt = Runtime.load(path, model_type=mt, device=device, precision=precision, download=download)
+    rt = Runtime.load(path, model_type=mt, device=device, precision=precision, download=download, backend=backend)
     return Model(rt, labels_csv)
 
 
