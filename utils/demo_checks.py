@@ -75,10 +75,11 @@ def interval_iou(a: Sequence[Interval], b: Interval, hop: float = 0.01) -> float
 def match_events(detected: Sequence[Tuple[str, float, float]], truth: Sequence[Tuple[str, float, float]],
                  tolerance: float = 0.5, min_iou: float = 0.5) -> List[Tuple[str, bool, str]]:
     """For each true event: (label, found, how). Found when a detected event of its class has onset and
-    offset within ``tolerance`` s, or the detections of its class cover it with frame IoU >= ``min_iou``."""
+    offset within ``tolerance`` s, or the detections of its class that overlap it cover it with frame
+    IoU >= ``min_iou`` (detections elsewhere are reported separately, not counted against it)."""
     out = []
     for label, on, off in truth:
-        mine = [(a, b) for lb, a, b in detected if _normalise(lb) == _normalise(label)]
+        mine = [(a, b) for lb, a, b in detected if _normalise(lb) == _normalise(label) and a < off and on < b]
         close = [(a, b) for a, b in mine if abs(a - on) <= tolerance and abs(b - off) <= tolerance]
         iou = interval_iou(mine, (on, off)) if mine else 0.0
         if close:
