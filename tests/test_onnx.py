@@ -21,6 +21,7 @@ pytest.importorskip("onnxscript")
 from panns import models, onnx_backend  # noqa: E402
 from panns.checkpoint import ModelConfig  # noqa: E402
 from panns.errors import PannsError  # noqa: E402
+from panns.utilities import atomic_write_bytes  # noqa: E402
 
 CLASSES = 7
 CORE = ("Cnn6", "MobileNetV1_DecisionLevelMax", "LeeNet11")
@@ -68,7 +69,6 @@ def test_export_matches_torch(name, export_dir):
 def _fake_export(calls):
     """Stand-in for export_onnx (a real export costs seconds; the cache logic is what is tested
     here): a tiny valid ONNX file (waveform -> Identity) carrying the real metadata."""
-    import onnx
     from onnx import TensorProto, helper
 
     def fake(model, config, path, opset=onnx_backend.DEFAULT_OPSET, labels=None, key=""):
@@ -80,8 +80,6 @@ def _fake_export(calls):
         proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         proto.ir_version = 8
         helper.set_model_props(proto, onnx_backend.export_metadata(config, labels, opset, 0, key))
-        from panns.utilities import atomic_write_bytes
-
         atomic_write_bytes(path, proto.SerializeToString())
         return ["clipwise_output"]
     return fake
