@@ -438,20 +438,21 @@ class ClipDataset(torch.utils.data.Dataset):
         self.targets = split.targets
         self.clip_samples = clip_samples
         self.train = train
-        self.rng = np.random.default_rng(seed)  # re-seeded per worker in worker_init_fn
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> dict:
-        y = crop(self.cache.read(int(self.rows[i])), self.clip_samples, self.rng if self.train else None)
+    def __getitem__(self, item) -> dict:
+        """``item``: an index, or (index, position in the training stream) from ShuffledBatchSampler;
+        a training crop is drawn from an RNG seeded by (seed, position), so a resumed run, or one with
+        other worker counts, crops exactly the same."""
+        i, position = item if isinstance(item, tuple) else (item, None)
+        rng = None
+        if self.train:
+            rng = np.random.default_rng([self.seed, position if position is not None else i])
+        y = crop(self.cache.read(int(self.rows[i])), self.clip_samples, rng)
         return {"audio_name": self.names[i], "waveform": y, "target": self.targets[i]}
-
-
-def worker_init_fn(worker_id: int) -> None:
-    """Give every DataLoader worker its own crop RNG (torch seeds workers distinctly from the run seed)."""
-    info = torch.utils.data.get_worker_info()
-    info.dataset.rng = np.random.default_rng(np.random.SeedSequence([info.seed % (1 << 63), worker_id]))
 
 
 def collate(items: List[dict]) -> dict:
@@ -462,11 +463,14 @@ def collate(items: List[dict]) -> dict:
 
 
 class ShuffledBatchSampler(torch.utils.data.Sampler):
-    """Endless batches from a stream of seeded permutations (an epoch boundary does not shorten a batch)."""
+    """Endless batches from a stream of seeded permutations (an epoch boundary does not shorten a batch).
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0):
+    Items are (index, position in the stream). ``start`` skips that many stream positions, so a run
+    resumed after N steps of B clips continues with ``start=N*B`` exactly where it stopped."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, start: int = 0):
         self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.epoch, self.pos = 0, 0
+        self.epoch, self.pos = divmod(start, n)
 
     def _perm(self) -> np.ndarray:
         return np.random.RandomState((self.seed * 1000003 + self.epoch) % (1 << 32)).permutation(self.n)
@@ -480,6 +484,7 @@ class ShuffledBatchSampler(torch.utils.data.Sampler):
                     self.epoch, self.pos = self.epoch + 1, 0
                     perm = self._perm()
                 take = min(self.batch_size - len(batch), self.n - self.pos)
-                batch.extend(perm[self.pos:self.pos + take].tolist())
+                first = self.epoch * self.n + self.pos
+                batch.extend((int(i), first + k) for k, i in enumerate(perm[self.pos:self.pos + take]))
                 self.pos += take
             yield batch

@@ -22,7 +22,8 @@ Outputs under ``<workspace>/finetune/<run name>/``: ``best.pth`` / ``latest.pth`
 with probabilities), ``report.txt`` (per-class report of the best checkpoint), ``metrics.jsonl`` (one line per
 evaluation), ``run.json`` (resolved settings, versions, git commit), ``logs/``; ``linear_probe.joblib`` for
 ``--linear_probe`` (a regular Transfer_<Base> checkpoint whose head is the fitted probe: tag with it like
-``best.pth``). A run folder that already holds a run is refused unless ``--overwrite`` is given. Decoded clips are cached in ``<workspace>/cache`` (see finetune_data.py for the data
+``best.pth``). A run folder that already holds a run is refused unless ``--resume`` (continue it exactly from
+``latest.pth``) or ``--overwrite`` is given. Decoded clips are cached in ``<workspace>/cache`` (see finetune_data.py for the data
 layouts, the cache and the crop rules).
 
 Differences from the official template: it trains; the transfer head is
@@ -187,9 +188,14 @@ def _append_jsonl(path: str, obj: dict) -> None:
 RUN_FILES = ("metrics.jsonl", "best.pth", "latest.pth", "linear_probe.pth", "report.txt", "run.json")
 
 
-def prepare_run_dir(run_dir: str, overwrite: bool) -> None:
-    """Create ``run_dir``; one that already holds a run is an error unless ``overwrite``, which removes
-    that run's files first (so metrics.jsonl never mixes two runs)."""
+def prepare_run_dir(run_dir: str, overwrite: bool, resume: bool = False) -> None:
+    """Create ``run_dir``; one that already holds a run is an error unless ``resume`` (continue it) or
+    ``overwrite`` (remove that run's files first, so metrics.jsonl never mixes two runs)."""
+    if resume and overwrite:
+        raise PannsError("--resume continues the run in the folder, --overwrite replaces it: give one")
+    if resume:
+        create_folder(run_dir)
+        return
     found = [f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f))]
     if found and not overwrite:
         raise PannsError(f"{run_dir} already holds a fine-tuning run ({', '.join(found)}); give another "
@@ -253,6 +259,19 @@ def _run_record(args, extra: dict) -> dict:
 # ------------------------------------------------------------------------------------------------------------
 # Fine-tuning loop
 # ------------------------------------------------------------------------------------------------------------
+def _load_resume(args, model: torch.nn.Module, latest_path: str) -> Optional[dict]:
+    """With --resume: the run's latest.pth (model weights loaded into ``model``), else None."""
+    if not args.resume:
+        return None
+    if not os.path.isfile(latest_path):
+        raise PannsError(f"--resume: no {latest_path} to resume from (a run saves it at every evaluation)")
+    ckpt = ckpt_lib.load_checkpoint(latest_path)
+    if "rng" not in ckpt or "optimizer" not in ckpt:
+        raise PannsError(f"--resume: {latest_path} has no optimizer/RNG state (written by an older version)")
+    model.load_state_dict(ckpt["model"])
+    return ckpt
+
+
 def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.ClipCache, clip_samples: int,
               device: torch.device, precision: str, loss: str, config: dict, run_dir: str) -> dict:
     """Train ``model`` for ``args.iterations`` steps, evaluating every ``args.eval_every``; returns the best score."""
@@ -262,10 +281,11 @@ def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.Cli
     train_ds = fd.ClipDataset(cache, data.train, clip_samples, train=True, seed=args.seed)
     eval_ds = fd.ClipDataset(cache, data.eval, clip_samples, train=False)
     workers = args.num_workers
+    resumed = _load_resume(args, model, latest_path := os.path.join(run_dir, "latest.pth"))
+    start = resumed["iteration"] if resumed else 0
     loader = torch.utils.data.DataLoader(
-        train_ds, batch_sampler=fd.ShuffledBatchSampler(len(train_ds), per_step, args.seed), collate_fn=fd.collate,
-        num_workers=workers, worker_init_fn=fd.worker_init_fn if workers else None, persistent_workers=workers > 0,
-        pin_memory=device.type == "cuda")
+        train_ds, batch_sampler=fd.ShuffledBatchSampler(len(train_ds), per_step, args.seed, start=start * per_step),
+        collate_fn=fd.collate, num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
     eval_loader = torch.utils.data.DataLoader(eval_ds, batch_size=args.batch_size, shuffle=False,
                                               collate_fn=fd.collate, num_workers=0)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -277,11 +297,18 @@ def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.Cli
     loss_func = LOSSES[loss]
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     best: Optional[dict] = None
-    best_path, latest_path = os.path.join(run_dir, "best.pth"), os.path.join(run_dir, "latest.pth")
-    batches = iter(loader)
+    best_path = os.path.join(run_dir, "best.pth")
+    batches = iter(loader)   # before restoring the RNG: creating the iterator draws from it
+    if resumed:
+        optimizer.load_state_dict(resumed["optimizer"])
+        torch.set_rng_state(resumed["rng"]["torch"])
+        if mixer is not None:
+            mixer.random_state.set_state(resumed["rng"]["mixup"])
+        best = resumed.get("best")
+        logger.info("Resumed from %s at iteration %d", latest_path, start)
     t_train, losses = time.time(), []
     t_start = time.time()
-    for iteration in range(1, args.iterations + 1):
+    for iteration in range(start + 1, args.iterations + 1):
         batch = tl.to_device(next(batches), device)
         lam = None
         if mixer is not None:
@@ -309,14 +336,20 @@ def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.Cli
                     train_time, train_time / len(losses), eval_time)
         state = {"model": model.state_dict(), "config": config, "iteration": iteration,
                  "metrics": {k: v for k, v in sc.items() if k != "report"}, "args": vars(args)}
-        ckpt_lib.save_checkpoint(latest_path, {**state, "optimizer": optimizer.state_dict()})
         if improved:
             best = {**sc, "iteration": iteration}
+        rng = {"torch": torch.get_rng_state()}
+        if mixer is not None:
+            rng["mixup"] = mixer.random_state.get_state()
+        ckpt_lib.save_checkpoint(latest_path, {**state, "optimizer": optimizer.state_dict(), "rng": rng, "best": best})
+        if improved:
             ckpt_lib.save_checkpoint(best_path, state)
             atomic_write_text(os.path.join(run_dir, "report.txt"),
                         f"{data.source}\nbest checkpoint: {best_path} (iteration {iteration})\n\n{sc['report']}\n")
         model.train()
         losses, t_train = [], time.time()
+    if best is None:   # resumed at the last iteration: nothing left to train
+        raise PannsError(f"{latest_path} already reached --iterations {args.iterations}; raise it to train on")
     best["wall_s"] = time.time() - t_start
     best["best_path"], best["latest_path"] = best_path, latest_path
     return best
@@ -449,7 +482,7 @@ def train(args) -> Optional[dict]:
             [f"Transfer_{base_name}", data.name] + (["linear_probe"] if args.linear_probe else
                                                     [loss] + (["frozen"] if args.freeze_base else [])))
         run_dir = os.path.join(args.workspace, "finetune", run_name)
-        prepare_run_dir(run_dir, args.overwrite)
+        prepare_run_dir(run_dir, args.overwrite, args.resume)
         create_logging(os.path.join(run_dir, "logs"), filemode="w")
     else:
         logging.basicConfig(level=logging.INFO, format="%(name)-12s: %(levelname)-8s %(message)s")
@@ -514,7 +547,7 @@ def train(args) -> Optional[dict]:
                 "batch %d, lr %g, %d iterations, %s on %s", base_name, loss, output, trainable,
                 sum(p.numel() for p in model.parameters()), clip_samples / frontend["sample_rate"], args.batch_size,
                 args.learning_rate, args.iterations, precision, device)
-    if args.head_init == "probe":
+    if args.head_init == "probe" and not args.resume:
         sc, _ = fit_probe_head(args, model, base_name, frontend, data, cache, clip_samples, device, cache_dir)
         logger.info("Head initialised from a linear probe on the %d training clips' embeddings (eval %s %.4f)",
                     len(data.train), sc["metric"], sc["value"])
@@ -582,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--iterations", type=int, default=1000, help="optimizer steps")
     t.add_argument("--eval_every", type=int, default=100, help="evaluate and save every this many steps (and at the end)")
     t.add_argument("--log_every", type=int, default=10, help="log the training loss every this many steps (0: off)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in the run folder from its latest.pth (same arguments; exact: the weights "
+                        "equal those of one run straight)")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run already in the run folder (without it, an existing run is an error)")
     t.add_argument("--augmentation", choices=("none", "mixup"), default="none",

@@ -385,3 +385,24 @@ def test_decode_cache_stops_on_the_first_ctrl_c(tmp_path):
         proc.kill()
     assert time.time() - t0 < 10 and proc.returncode != 0
     assert not [f for f in os.listdir(cache_dir) if ".tmp" in f or f.endswith(".h5")]
+
+
+def test_resumed_fine_tune_equals_one_run_straight(dataset, pretrained, tmp_path):
+    """Unfrozen base (dropout, SpecAugment), mixup, random crops: 4 steps straight == 2 + --resume + 2."""
+    def run(name, iterations, *extra):
+        return ft.main(["train", "--model_type", "Transfer_Cnn6", "--pretrained_checkpoint_path", pretrained[1],
+                        "--dataset_dir", dataset, "--workspace", str(tmp_path), "--run_name", name,
+                        "--augmentation", "mixup", "--batch_size", "2", "--iterations", str(iterations),
+                        "--eval_every", "2", "--num_workers", "0", "--clip_seconds", "1.0", "--eval_fraction", "0.25",
+                        *extra])
+
+    run("straight", 4)
+    run("resumed", 2)
+    with pytest.raises(PannsError, match="already holds a fine-tuning run"):
+        run("resumed", 4)
+    run("resumed", 4, "--resume")
+    a = checkpoint.load_checkpoint(str(tmp_path / "finetune" / "straight" / "latest.pth"))
+    b = checkpoint.load_checkpoint(str(tmp_path / "finetune" / "resumed" / "latest.pth"))
+    assert a["iteration"] == b["iteration"] == 4
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
