@@ -352,3 +352,52 @@ def load_model(checkpoint_path: str, model_type: Optional[str] = None, frontend:
     model.load_state_dict(sd, strict=True)
     model.to(device).eval()
     return model, cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# Pretrained bases for transfer learning
+# ------------------------------------------------------------------------------------------------
+_HEAD_KEYS = ("fc_audioset.weight", "fc_audioset.bias")
+
+
+def load_pretrained_base(base: torch.nn.Module, sd: Dict[str, torch.Tensor], path: str, base_name: str,
+                         official: bool = False) -> None:
+    """Load ``sd`` into a transfer model's ``base`` strictly, with one-line CheckpointErrors naming
+    missing/unexpected/mismatched keys, or (``official`` files carry no config) a mel filterbank
+    that shows another front end.
+
+    One exception: a base trained on another class list (e.g. a 10-class one) has a head of another
+    size. The transfer model never uses that head (it reads the embedding), so the base keeps its
+    527-class head: a standard Transfer_<Base> that inference rebuilds.
+    """
+    mel = "logmel_extractor.melW"
+    own = base.state_dict()
+    if official and mel in sd and mel in own:
+        mine, theirs = own[mel], sd[mel]
+        if mine.shape == theirs.shape and not torch.allclose(mine.float(), theirs.float(), atol=1e-5):
+            raise CheckpointError(f"{path} was trained with another front end than {base_name}'s "
+                                  f"(sample_rate={getattr(base, 'sample_rate', '?')}, window_size="
+                                  f"{getattr(base, 'window_size', '?')}: its mel filterbank differs; its weights "
+                                  f"look like {describe_state_dict(sd)}); pass the matching "
+                                  "--sample_rate/--window_size/--mel_bins/--fmin/--fmax")
+    w = _HEAD_KEYS[0]
+    if all(k in sd and k in own for k in _HEAD_KEYS) and sd[w].shape != own[w].shape \
+            and sd[w].shape[1:] == own[w].shape[1:]:
+        logger.info("The base's own %d-class head is not used by the transfer model and is not loaded",
+                    sd[w].shape[0])
+        sd = {**sd, **{k: own[k] for k in _HEAD_KEYS}}
+    check_state_dict(base, sd, path, base_name)
+    base.load_state_dict(sd, strict=True)
+
+
+def _load_from_pretrain(self, pretrained_checkpoint_path: str) -> None:
+    """Load an AudioSet checkpoint (official ``{'model': state_dict}`` or ours) into ``base``."""
+    ckpt = load_checkpoint(pretrained_checkpoint_path)
+    sd = strip_prefixes(model_state_dict(ckpt, pretrained_checkpoint_path))
+    load_pretrained_base(self.base, sd, pretrained_checkpoint_path, self.base_type,
+                         official=not isinstance(ckpt.get("config"), dict))
+
+
+# The official method ``Transfer_Cnn14.load_from_pretrain(path)`` is attached here, next to the loading
+# code it uses, so that models.py (which this module builds on) never imports this module.
+models._Transfer.load_from_pretrain = _load_from_pretrain

@@ -42,12 +42,41 @@ def d_prime(auc: float) -> float:
     return float(stats.norm().ppf(np.clip(auc, _AUC_CLIP, 1 - _AUC_CLIP)) * np.sqrt(2.0))
 
 
+# A class whose scores vary less than this across the evaluated clips (std of probabilities) is
+# "degenerate": the model gives every clip the same score, so its AP/AUC only measure ties.
+DEGENERATE_STD = 1e-4
+CONSTANT_OUTPUT_HINT = ("usual causes: BatchNorm running statistics that do not match the data (too few "
+                        "training steps, or a frozen base evaluated in eval mode), a dead head (every ReLU "
+                        "before the classifier off), or a learning rate far too high or too low")
+
+
+def degenerate_classes(scores: np.ndarray, std: float = DEGENERATE_STD) -> np.ndarray:
+    """(C,) bool: classes whose scores (N, C) are constant or nearly so across the N clips."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or len(scores) < 2:
+        return np.zeros(scores.shape[-1] if scores.ndim else 0, dtype=bool)
+    return scores.std(axis=0) < std
+
+
+def check_constant_outputs(scores: np.ndarray, what: str = "model", log: Optional[logging.Logger] = None) -> int:
+    """Count degenerate classes of ``scores`` (N, C); when at least half of them are, warn in one line
+    (a model that cannot tell clips apart). Returns the count."""
+    bad = degenerate_classes(scores)
+    n, k = int(bad.sum()), int(bad.size)
+    if k and 2 * n >= k:
+        (log or logger).warning("%s scores are (nearly) constant across the %d evaluated clips for %d of %d "
+                                "classes (std < %g): it gives every clip the same output; %s", what,
+                                len(scores), n, k, DEGENERATE_STD, CONSTANT_OUTPUT_HINT)
+    return n
+
+
 def compute_metrics(target: np.ndarray, clipwise_output: np.ndarray) -> Dict[str, object]:
     """Per-class AP and AUC plus their means over the classes where they are defined.
 
     target: (N, C) in {0, 1} (values >= 0.5 count as positive); clipwise_output: (N, C) scores.
     Returns 'average_precision' (C,), 'auc' (C,) (NaN where undefined), 'mAP', 'mAUC', 'd_prime',
-    'ap_classes', 'auc_classes' (how many classes each mean covers), 'classes_num', 'clips'.
+    'ap_classes', 'auc_classes' (how many classes each mean covers), 'classes_num', 'clips',
+    'degenerate_classes' (classes whose scores are constant across clips; warned about when most are).
     """
     target = np.asarray(target) >= 0.5
     output = np.asarray(clipwise_output, dtype=np.float64)
@@ -67,7 +96,8 @@ def compute_metrics(target: np.ndarray, clipwise_output: np.ndarray) -> Dict[str
     m_auc = float(np.mean(auc[has_both])) if has_both.any() else 0.5
     return {"average_precision": ap, "auc": auc, "mAP": m_ap, "mAUC": m_auc, "d_prime": d_prime(m_auc),
             "ap_classes": int(has_pos.sum()), "auc_classes": int(has_both.sum()),
-            "classes_num": int(classes_num), "clips": int(n)}
+            "classes_num": int(classes_num), "clips": int(n),
+            "degenerate_classes": check_constant_outputs(output)}
 
 
 def summarize(stat: Dict[str, object]) -> Dict[str, object]:
@@ -80,8 +110,9 @@ def summarize(stat: Dict[str, object]) -> Dict[str, object]:
            "mAP": float(ap[ap_ok].mean()) if ap_ok.any() else 0.0,
            "mAUC": m_auc, "d_prime": d_prime(m_auc),
            "ap_classes": int(ap_ok.sum()), "auc_classes": int(auc_ok.sum()), "classes_num": int(ap.size)}
-    if "clips" in stat:
-        out["clips"] = int(stat["clips"])
+    for key in ("clips", "degenerate_classes"):
+        if key in stat:
+            out[key] = int(stat[key])
     return out
 
 
@@ -159,8 +190,9 @@ class StatisticsContainer:
         stat = {"average_precision": np.asarray(statistics["average_precision"], dtype=np.float64),
                 "auc": np.asarray(statistics["auc"], dtype=np.float64), "iteration": int(iteration)}
         self.statistics_dict.setdefault(data_type, []).append(stat)
-        if "clips" in statistics:
-            self.extra.setdefault(data_type, {})[int(iteration)] = {"clips": int(statistics["clips"])}
+        extra = {k: int(statistics[k]) for k in ("clips", "degenerate_classes") if k in statistics}
+        if extra:
+            self.extra.setdefault(data_type, {})[int(iteration)] = extra
 
     def summaries(self) -> Dict[str, List[dict]]:
         return {k: [{**summarize(s), **self.extra.get(k, {}).get(s["iteration"], {})} for s in v]

@@ -35,16 +35,18 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import signal
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from panns.audio_io import AUDIO_EXTENSIONS, is_audio_file, load_audio
 from panns.errors import AudioDecodeError, PannsError
-from panns.utilities import atomic_path, float32_to_int16, int16_to_float32
+from panns.utilities import atomic_write, float32_to_int16, int16_to_float32, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -374,43 +376,46 @@ def build_cache(paths: Sequence[str], sample_rate: int, cache_dir: str, num_work
         except (OSError, KeyError):
             pass
         logger.warning("Cache %s is unreadable or stale; rebuilding", h5_path)
-    from tqdm import tqdm
-
-    tmp = atomic_path(h5_path)
+    removed = remove_stale_temps(h5_path)
+    if removed:
+        logger.info("Removed %d temporary file(s) of an interrupted earlier run", len(removed))
     failures: List[str] = []
     logger.info("Decoding %d clips at %d Hz into %s", len(paths), sample_rate, h5_path)
-    try:
-        with h5py.File(tmp, "w") as hf:
-            hf.attrs["sample_rate"] = sample_rate
-            hf.attrs["key"] = key
-            hf.attrs["version"] = CACHE_VERSION
-            hf.create_dataset("audio_path", data=np.array(paths, dtype=h5py.string_dtype()))
-            wav = hf.create_dataset("waveform", shape=(0,), maxshape=(None,), dtype=np.int16, chunks=(1 << 16,))
-            offset = np.zeros(len(paths) + 1, np.int64)
-            jobs = [(p, sample_rate) for p in paths]
-            pool = multiprocessing.Pool(num_workers) if num_workers > 0 and len(paths) > 8 else None
-            try:
-                results = pool.imap(_decode, jobs, chunksize=4) if pool else map(_decode, jobs)
-                for i, (y, err) in enumerate(tqdm(results, total=len(paths), desc="decode", unit="clip", leave=False)):
-                    if err is not None:
-                        failures.append(err)
-                        y = np.zeros(0, np.int16)
-                    if not failures:
-                        wav.resize((offset[i] + len(y),))
-                        wav[offset[i]:] = y
-                    offset[i + 1] = offset[i] + len(y)
-            finally:
-                if pool:
-                    pool.terminate()
-            if failures:
-                more = f" (and {len(failures) - 1} more unreadable file(s))" if len(failures) > 1 else ""
-                raise AudioDecodeError(f"{failures[0]}{more}; fix or remove them from the data set")
-            hf.create_dataset("offset", data=offset)
-        os.replace(tmp, h5_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(h5_path) as tmp, h5py.File(tmp, "w") as hf:
+        hf.attrs["sample_rate"] = sample_rate
+        hf.attrs["key"] = key
+        hf.attrs["version"] = CACHE_VERSION
+        hf.create_dataset("audio_path", data=np.array(paths, dtype=h5py.string_dtype()))
+        wav = hf.create_dataset("waveform", shape=(0,), maxshape=(None,), dtype=np.int16, chunks=(1 << 16,))
+        offset = np.zeros(len(paths) + 1, np.int64)
+        jobs = [(p, sample_rate) for p in paths]
+        pool = (multiprocessing.Pool(num_workers, initializer=_ignore_sigint)
+                if num_workers > 0 and len(paths) > 8 else None)
+        try:
+            results = pool.imap(_decode, jobs, chunksize=4) if pool else map(_decode, jobs)
+            for i, (y, err) in enumerate(tqdm(results, total=len(paths), desc="decode", unit="clip", leave=False)):
+                if err is not None:
+                    failures.append(err)
+                    y = np.zeros(0, np.int16)
+                if not failures:
+                    wav.resize((offset[i] + len(y),))
+                    wav[offset[i]:] = y
+                offset[i + 1] = offset[i] + len(y)
+        finally:
+            if pool:   # also on Ctrl-C: the workers ignore it, so terminate() stops them at once
+                pool.terminate()
+                pool.join()
+        if failures:
+            more = f" (and {len(failures) - 1} more unreadable file(s))" if len(failures) > 1 else ""
+            raise AudioDecodeError(f"{failures[0]}{more}; fix or remove them from the data set")
+        hf.create_dataset("offset", data=offset)
     return ClipCache(h5_path)
+
+
+def _ignore_sigint() -> None:
+    """Decode-pool workers leave Ctrl-C to the parent: a worker interrupted inside a task could leave
+    the pool waiting for its result forever; the parent terminates them instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def crop(y: np.ndarray, clip_samples: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:

@@ -21,10 +21,11 @@ Outputs under ``<workspace>/finetune/<run name>/``: ``best.pth`` / ``latest.pth`
 ``pytorch/inference.py audio_tagging --checkpoint_path best.pth --audio_path x.wav`` prints the new classes
 with probabilities), ``report.txt`` (per-class report of the best checkpoint), ``metrics.jsonl`` (one line per
 evaluation), ``run.json`` (resolved settings, versions, git commit), ``logs/``; ``linear_probe.joblib`` for
-``--linear_probe``. Decoded clips are cached in ``<workspace>/cache`` (see finetune_data.py for the data
+``--linear_probe`` (a regular Transfer_<Base> checkpoint whose head is the fitted probe: tag with it like
+``best.pth``). A run folder that already holds a run is refused unless ``--overwrite`` is given. Decoded clips are cached in ``<workspace>/cache`` (see finetune_data.py for the data
 layouts, the cache and the crop rules).
 
-Differences from the official template (see the spec, section 9 and Q23): it trains; the transfer head is
+Differences from the official template: it trains; the transfer head is
 built for any clip-level registry model (``Transfer_<Base>``); the number of classes comes from the data (not
 527); ``--loss bce`` gives a sigmoid (multi-label) head; with ``--freeze_base`` the base is a fixed feature
 extractor: weights *and* BatchNorm statistics stay as pretrained and it runs in eval mode (no dropout or
@@ -47,12 +48,20 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from panns import amp
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, classification_report
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from panns import checkpoint as ckpt_lib, devices, runtime
 from panns import finetune_data as fd
-from panns import models
+from panns import losses, models
+from panns import train_lib as tl
 from panns.errors import CheckpointError, PannsError, run_cli
+from panns.extract import Extractor, weights_fingerprint
 from panns.models import Transfer_Cnn14, make_transfer_model  # noqa: F401  (official name, re-exported)
-from panns.utilities import atomic_path, create_folder, create_logging
+from panns.utilities import Mixup, atomic_write, atomic_write_text, create_folder, create_logging
 
 logger = logging.getLogger("finetune")
 
@@ -71,9 +80,7 @@ def clip_nll(output_dict: Dict[str, torch.Tensor], target_dict: Dict[str, torch.
 
 
 def clip_bce(output_dict: Dict[str, torch.Tensor], target_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
-    from panns.losses import clip_bce as official_clip_bce  # fp32, autocast-safe
-
-    return official_clip_bce(output_dict, target_dict)
+    return losses.clip_bce(output_dict, target_dict)  # fp32, autocast-safe
 
 
 LOSSES = {"nll": clip_nll, "bce": clip_bce}
@@ -83,67 +90,6 @@ OUTPUT_OF_LOSS = {"nll": "log_softmax", "bce": "sigmoid"}
 # ------------------------------------------------------------------------------------------------------------
 # Model: Transfer_<Base> with the pretrained base loaded strictly
 # ------------------------------------------------------------------------------------------------------------
-def _transfer_forward(self, input, mixup_lambda=None):
-    """Transfer forward with the two options the registry class does not have.
-
-    * frozen base: the base runs as a fixed feature extractor (kept in eval mode by ``train()``: no dropout,
-      SpecAugment or BatchNorm updates; no autograd graph), so with mixup the *embeddings* are mixed;
-    * sigmoid output (multi-label, ``--loss bce``) instead of log-softmax.
-    input: (B, samples) -> {'clipwise_output': (B', classes), 'embedding': (B, D), ...}; B' = B/2 with mixup.
-    """
-    if self.frozen_base:
-        with torch.no_grad():
-            output_dict = self.base(input)
-        embedding = output_dict["embedding"]
-        if self.training and mixup_lambda is not None:
-            from panns.pytorch_utils import do_mixup
-
-            embedding = do_mixup(embedding, mixup_lambda)
-    else:
-        output_dict = self.base(input, mixup_lambda)
-        embedding = output_dict["embedding"]
-    logits = self.fc_transfer(embedding).float()
-    if self.output == "sigmoid":
-        output_dict["clipwise_output"] = torch.sigmoid(logits)
-    else:
-        output_dict["clipwise_output"] = torch.log_softmax(logits, dim=-1)
-    return output_dict
-
-
-def _train_frozen_base(self, mode: bool = True):
-    """``train()`` that keeps a frozen base in eval mode (its BatchNorm statistics stay pretrained)."""
-    torch.nn.Module.train(self, mode)
-    self.base.eval()
-    return self
-
-
-def build_transfer_model(base_name: str, classes_num: int, frontend: dict, freeze_base: bool = False,
-                         output: str = "log_softmax") -> torch.nn.Module:
-    """``Transfer_<base_name>`` from models.make_transfer_model, with a sigmoid output and/or a frozen base.
-
-    Those options change behaviour only (forward/train on a same-named subclass): the state_dict keys are
-    exactly the registry transfer model's, so checkpoint.load_model rebuilds the model for inference.
-    """
-    import inspect
-
-    kwargs = {}
-    params = inspect.signature(make_transfer_model).parameters
-    if output != "log_softmax" and "output" in params:
-        kwargs["output"] = output
-    model = make_transfer_model(base_name, classes_num, freeze_base=freeze_base, **kwargs, **frontend)
-    model.output = output
-    model.frozen_base = freeze_base
-    attrs = {}
-    if freeze_base or (output == "sigmoid" and "output" not in kwargs):
-        attrs["forward"] = _transfer_forward
-    if freeze_base:
-        attrs["train"] = _train_frozen_base
-    if attrs:
-        cls = type(model)
-        model.__class__ = type(cls.__name__, (cls,), {**attrs, "__module__": cls.__module__})
-    return model
-
-
 def base_of(model_type: str) -> str:
     """'Transfer_Cnn14' -> 'Cnn14'; a plain clip-level name means the same; SED models are refused."""
     spec = models.get_model_spec(model_type)
@@ -158,8 +104,6 @@ def read_pretrained(path: str, base_name: str, cli_frontend: dict) -> Tuple[dict
     Returns (base state_dict, resolved front end, saved config or None). Front-end flags that
     contradict the checkpoint's saved config are an error; for official files they override registry defaults.
     """
-    from panns import checkpoint as ckpt_lib
-
     ckpt = ckpt_lib.load_checkpoint(path)
     sd = ckpt_lib.strip_prefixes(ckpt_lib.model_state_dict(ckpt, path))
     cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
@@ -187,42 +131,8 @@ def read_pretrained(path: str, base_name: str, cli_frontend: dict) -> Tuple[dict
     return sd, frontend, cfg
 
 
-HEAD_KEYS = ("fc_audioset.weight", "fc_audioset.bias")
-
-
-def load_base_strict(model: torch.nn.Module, sd: dict, path: str, base_name: str, frontend: dict,
-                     official: bool) -> None:
-    """Strict load into ``model.base``; one-line CheckpointError naming missing/unexpected/mismatched keys, or
-    (official files, which carry no config) a mel filterbank that shows another front end.
-
-    One exception: a base trained on another class list (e.g. ours on a 10-class set) has a head of another
-    size. The transfer model never uses that head (it reads the embedding), so it is not loaded and the
-    transfer model keeps the registry's 527-class head: a standard Transfer_<Base> that inference rebuilds.
-    """
-    from panns import checkpoint as ckpt_lib
-
-    mel = "logmel_extractor.melW"
-    own = model.base.state_dict()
-    if official and mel in sd and mel in own:
-        mine, theirs = own[mel], sd[mel]
-        if mine.shape == theirs.shape and not torch.allclose(mine.float(), theirs.float(), atol=1e-5):
-            fe = ", ".join(f"{k}={frontend[k]}" for k in FRONT_END_KEYS if k != "hop_size")
-            raise CheckpointError(f"{path} was trained with another front end than {fe} (its mel filterbank differs; "
-                                  f"its weights look like {ckpt_lib.describe_state_dict(sd)}); pass the matching "
-                                  "--sample_rate/--window_size/--mel_bins/--fmin/--fmax")
-    if all(k in sd and k in own for k in HEAD_KEYS) and sd[HEAD_KEYS[0]].shape != own[HEAD_KEYS[0]].shape \
-            and sd[HEAD_KEYS[0]].shape[1:] == own[HEAD_KEYS[0]].shape[1:]:
-        logger.info("The base's own %d-class head is not used by the transfer model and is not loaded",
-                    sd[HEAD_KEYS[0]].shape[0])
-        sd = {**sd, **{k: own[k] for k in HEAD_KEYS}}
-    ckpt_lib.check_state_dict(model.base, sd, path, base_name)
-    model.base.load_state_dict(sd, strict=True)
-
-
 def model_config(base_name: str, frontend: dict, labels: List[str], output: str, **extra) -> dict:
     """The checkpoint 'config' entry: checkpoint.ModelConfig of the fine-tuned model plus extra keys."""
-    from panns import checkpoint as ckpt_lib
-
     cfg = ckpt_lib.ModelConfig(model_type=f"Transfer_{base_name}", **frontend, classes_num=len(labels),
                                labels=list(labels), ids=None, base_model_type=base_name, output=output)
     return {**cfg.to_dict(), **extra}
@@ -231,19 +141,12 @@ def model_config(base_name: str, frontend: dict, labels: List[str], output: str,
 # ------------------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def predict(model: torch.nn.Module, loader, device: torch.device, precision: str, output: str) -> Tuple[np.ndarray, np.ndarray]:
-    """Probabilities (N, C) and targets (N, C) over a loader (eval mode; exp of log-softmax outputs)."""
-
-    model.eval()
-    probs, targets = [], []
-    for batch in loader:
-        x = torch.from_numpy(batch["waveform"]).to(device)
-        with amp.autocast(precision, device):
-            out = model(x)["clipwise_output"].float()
-        probs.append((out.exp() if output == "log_softmax" else out).cpu().numpy())
-        targets.append(batch["target"])
-    return np.concatenate(probs), np.concatenate(targets)
+def predict(model: torch.nn.Module, loader, precision: str, output: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Probabilities (N, C) and targets (N, C) over a loader (the shared evaluation path of training;
+    exp of log-softmax outputs)."""
+    out = runtime.run_batches(model, loader, precision, outputs=("clipwise_output",), carry=("target",))
+    probs = out["clipwise_output"]
+    return (np.exp(probs) if output == "log_softmax" else probs), out["target"]
 
 
 def score(probs: np.ndarray, targets: np.ndarray, labels: List[str], multi_label: bool) -> dict:
@@ -251,8 +154,6 @@ def score(probs: np.ndarray, targets: np.ndarray, labels: List[str], multi_label
 
     ``metric``/``value`` name the number used to pick the best checkpoint (accuracy, or mAP).
     """
-    from sklearn.metrics import average_precision_score, classification_report
-
     present = targets.sum(0) > 0
     ap = np.full(len(labels), np.nan)
     if present.any():
@@ -278,16 +179,24 @@ def score(probs: np.ndarray, targets: np.ndarray, labels: List[str], multi_label
 # ------------------------------------------------------------------------------------------------------------
 # Run setup helpers
 # ------------------------------------------------------------------------------------------------------------
-def _write_text(path: str, text: str) -> None:
-    tmp = atomic_path(path)
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _append_jsonl(path: str, obj: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(obj) + "\n")
+
+
+RUN_FILES = ("metrics.jsonl", "best.pth", "latest.pth", "linear_probe.pth", "report.txt", "run.json")
+
+
+def prepare_run_dir(run_dir: str, overwrite: bool) -> None:
+    """Create ``run_dir``; one that already holds a run is an error unless ``overwrite``, which removes
+    that run's files first (so metrics.jsonl never mixes two runs)."""
+    found = [f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f))]
+    if found and not overwrite:
+        raise PannsError(f"{run_dir} already holds a fine-tuning run ({', '.join(found)}); give another "
+                         "--run_name, or --overwrite to replace it")
+    for f in found:
+        os.remove(os.path.join(run_dir, f))
+    create_folder(run_dir)
 
 
 def load_data(args) -> Optional[fd.LabelledData]:
@@ -313,7 +222,7 @@ def train_min_samples(model: torch.nn.Module) -> int:
     (its 64-frame time stripes need them; torchlibrosa fails on shorter inputs)."""
     n = int(model.min_samples)
     base = model.base
-    if not getattr(model, "frozen_base", False) and getattr(base, "spec_augment", False) and hasattr(base, "spec_augmenter"):
+    if not model.freeze_base and getattr(base, "spec_augment", False) and hasattr(base, "spec_augmenter"):
         n = max(n, 63 * int(base.hop_size))
     return n
 
@@ -336,18 +245,8 @@ def resolve_clip_samples(args, cache: fd.ClipCache, data: fd.LabelledData, sampl
     return n
 
 
-def select_device(cuda: bool) -> torch.device:
-    if cuda and torch.cuda.is_available():
-        return torch.device("cuda")
-    if cuda:
-        logger.warning("--cuda given but CUDA is not available; running on CPU")
-    return torch.device("cpu")
-
-
 def _run_record(args, extra: dict) -> dict:
-    from panns.train_lib import git_commit, versions
-
-    return {"args": vars(args), **extra, "versions": versions(), "git_commit": git_commit(), "argv": sys.argv,
+    return {"args": vars(args), **extra, "versions": tl.versions(), "git_commit": tl.git_commit(), "argv": sys.argv,
             "started": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
@@ -357,9 +256,6 @@ def _run_record(args, extra: dict) -> dict:
 def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.ClipCache, clip_samples: int,
               device: torch.device, precision: str, loss: str, config: dict, run_dir: str) -> dict:
     """Train ``model`` for ``args.iterations`` steps, evaluating every ``args.eval_every``; returns the best score."""
-    from panns import checkpoint as ckpt_lib
-    from panns import train_lib as tl
-    from panns.utilities import Mixup
 
     mixup = args.augmentation == "mixup"
     per_step = args.batch_size * (2 if mixup else 1)  # as the official main.py: the loader yields 2B with mixup
@@ -392,12 +288,15 @@ def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.Cli
             lam = torch.from_numpy(mixer.get_lambda(len(batch["waveform"]))).float().to(device)
         stats = tl.train_step(model, batch, optimizer, loss_func, precision=precision, mixup_lambda=lam, scaler=scaler)
         losses.append(stats["loss"])
+        if args.log_every and iteration % args.log_every == 0 and iteration % args.eval_every != 0:
+            logger.info("iteration %d/%d: train loss %.4f (%.3f s/it)", iteration, args.iterations,
+                        float(torch.stack(losses[-args.log_every:]).mean()), (time.time() - t_train) / len(losses))
         if iteration % args.eval_every != 0 and iteration != args.iterations:
             continue
         train_time = time.time() - t_train
         train_loss = float(torch.stack(losses).mean())
         t_eval = time.time()
-        probs, targets = predict(model, eval_loader, device, precision, model.output)
+        probs, targets = predict(model, eval_loader, precision, model.output)
         sc = score(probs, targets, data.labels, data.multi_label)
         eval_time = time.time() - t_eval
         improved = best is None or sc["value"] > best["value"]
@@ -414,7 +313,7 @@ def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.Cli
         if improved:
             best = {**sc, "iteration": iteration}
             ckpt_lib.save_checkpoint(best_path, state)
-            _write_text(os.path.join(run_dir, "report.txt"),
+            atomic_write_text(os.path.join(run_dir, "report.txt"),
                         f"{data.source}\nbest checkpoint: {best_path} (iteration {iteration})\n\n{sc['report']}\n")
         model.train()
         losses, t_train = [], time.time()
@@ -445,25 +344,44 @@ def _embeddings(extractor, cache: fd.ClipCache, paths: List[str], clip_samples: 
         waves = [fd.crop(cache.read(cache.index[p]), clip_samples) for p in paths[s:s + chunk]]
         embs.append(extractor.embed_waveforms(waves, paths[s:s + chunk]).embedding)
     emb = np.concatenate(embs).astype(np.float32)
-    tmp = atomic_path(path) + ".npz"
-    np.savez(tmp, paths=np.array(paths), embedding=emb)
-    os.replace(tmp, path)
+    with atomic_write(path, suffix=".npz") as tmp:
+        np.savez(tmp, paths=np.array(paths), embedding=emb)
     return emb
 
 
-def linear_probe(args, base: torch.nn.Module, base_name: str, frontend: dict,
-                 data: fd.LabelledData, cache: fd.ClipCache, clip_samples: int, device: torch.device,
-                 cache_dir: str, run_dir: str) -> dict:
-    """Fit LogisticRegression on frozen base embeddings; same report as fine-tuning; probe saved with joblib."""
-    from panns import checkpoint as ckpt_lib
-    import joblib
-    from panns.extract import Extractor, weights_fingerprint
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+def probe_to_head(clf, classes_num: int, multi_label: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """The fitted scaler + logistic regression as one linear layer on the raw embedding:
+    weight (classes_num, D) and bias (classes_num,) whose log-softmax (single-label) or sigmoid
+    (multi-label) equals ``clf.predict_proba``. Classes the probe never saw get probability 0."""
+    scaler, model = clf.steps[0][1], clf.steps[-1][1]
+    mu, sigma = scaler.mean_, scaler.scale_
+    dim = len(mu)
+    weight = np.zeros((classes_num, dim))
+    bias = np.full(classes_num, -1e4)
+    if multi_label:
+        for k, est in enumerate(model.estimators_):
+            if hasattr(est, "coef_"):
+                weight[k], bias[k] = est.coef_[0], est.intercept_[0]
+            else:  # a label that is always (or never) present: a constant probability
+                p = float(np.clip(est.predict_proba(np.zeros((1, dim)))[0, 1], 1e-6, 1 - 1e-6))
+                weight[k], bias[k] = 0.0, np.log(p / (1 - p))
+    elif len(model.classes_) == 2:   # binary LogisticRegression keeps one row: logits (0, z)
+        weight[model.classes_[0]], bias[model.classes_[0]] = 0.0, 0.0
+        weight[model.classes_[1]], bias[model.classes_[1]] = model.coef_[0], model.intercept_[0]
+    else:
+        weight[model.classes_], bias[model.classes_] = model.coef_, model.intercept_
+    seen = bias > -1e4
+    bias[seen] -= (weight[seen] * mu / sigma).sum(axis=1)
+    weight[seen] /= sigma
+    return weight.astype(np.float32), bias.astype(np.float32)
 
+
+def fit_probe_head(args, model: torch.nn.Module, base_name: str, frontend: dict, data: fd.LabelledData,
+                   cache: fd.ClipCache, clip_samples: int, device: torch.device, cache_dir: str) -> Tuple[dict, float]:
+    """Fit a logistic regression on the base's embeddings of the training clips and make it the head
+    (``fc_transfer``) of ``model``. Returns (its score on the eval clips, seconds spent on embeddings)."""
     t0 = time.time()
+    base = model.base
     base_cfg = ckpt_lib.ModelConfig(model_type=base_name, **frontend, classes_num=AUDIOSET_CLASSES_NUM,
                                     labels=None, ids=None, base_model_type=None, output="sigmoid")
     ex = Extractor(base, base_cfg, precision=args.precision, device=device, batch_size=args.batch_size,
@@ -484,16 +402,26 @@ def linear_probe(args, base: torch.nn.Module, base_name: str, frontend: dict,
         probs = np.zeros((len(x_eval), data.classes_num), np.float32)
         probs[:, clf.classes_] = clf.predict_proba(x_eval)
     sc = score(probs, data.eval.targets, data.labels, data.multi_label)
-    probe_path = os.path.join(run_dir, "linear_probe.joblib")
-    tmp = atomic_path(probe_path)
-    joblib.dump({"classifier": clf, "labels": list(data.labels), "multi_label": data.multi_label,
-                 "base_model_type": base_name, "frontend": frontend, "clip_seconds": clip_samples / frontend["sample_rate"],
-                 "pretrained_checkpoint_path": args.pretrained_checkpoint_path, "weights_fingerprint": fp,
-                 "metrics": {k: v for k, v in sc.items() if k != "report"},
-                 "usage": "embeddings = base model 'embedding' of the first clip_seconds (zero-padded); "
-                          "classifier.predict_proba(embeddings) -> columns in the order of 'labels'"}, tmp)
-    os.replace(tmp, probe_path)
-    _write_text(os.path.join(run_dir, "report.txt"), f"{data.source}\nlinear probe: {probe_path}\n\n{sc['report']}\n")
+    weight, bias = probe_to_head(clf, data.classes_num, data.multi_label)
+    with torch.no_grad():
+        model.fc_transfer.weight.copy_(torch.from_numpy(weight))
+        model.fc_transfer.bias.copy_(torch.from_numpy(bias))
+    return sc, t_emb
+
+
+def linear_probe(args, model: torch.nn.Module, base_name: str, frontend: dict, data: fd.LabelledData,
+                 cache: fd.ClipCache, clip_samples: int, device: torch.device, cache_dir: str, run_dir: str,
+                 config: dict) -> dict:
+    """Fit a logistic regression on frozen base embeddings (same report as fine-tuning), then write it
+    as the head of ``model`` (Transfer_<Base>) to ``linear_probe.pth``: a checkpoint that
+    ``inference.py audio_tagging --checkpoint_path`` uses like any fine-tuned one."""
+    t0 = time.time()
+    sc, t_emb = fit_probe_head(args, model, base_name, frontend, data, cache, clip_samples, device, cache_dir)
+    probe_path = os.path.join(run_dir, "linear_probe.pth")
+    metrics = {k: v for k, v in sc.items() if k != "report"}
+    ckpt_lib.save_checkpoint(probe_path, {"model": model.state_dict(), "config": {**config, "linear_probe": True},
+                                          "iteration": 0, "metrics": metrics})
+    atomic_write_text(os.path.join(run_dir, "report.txt"), f"{data.source}\nlinear probe: {probe_path}\n\n{sc['report']}\n")
     _append_jsonl(os.path.join(run_dir, "metrics.jsonl"),
                   {"linear_probe": True, sc["metric"]: sc["value"], "mAP": sc["mAP"],
                    "embedding_time_s": round(t_emb, 3), "total_time_s": round(time.time() - t0, 3)})
@@ -521,7 +449,7 @@ def train(args) -> Optional[dict]:
             [f"Transfer_{base_name}", data.name] + (["linear_probe"] if args.linear_probe else
                                                     [loss] + (["frozen"] if args.freeze_base else [])))
         run_dir = os.path.join(args.workspace, "finetune", run_name)
-        create_folder(run_dir)
+        prepare_run_dir(run_dir, args.overwrite)
         create_logging(os.path.join(run_dir, "logs"), filemode="w")
     else:
         logging.basicConfig(level=logging.INFO, format="%(name)-12s: %(levelname)-8s %(message)s")
@@ -533,9 +461,9 @@ def train(args) -> Optional[dict]:
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed % 2**32)
-    device = select_device(args.cuda)
+    device = devices.select_device(args.cuda)
 
-    precision = amp.resolve_precision(args.precision, device)
+    precision = devices.resolve_precision(args.precision, device, training=not args.linear_probe)
 
     # Model (official order: build, load pretrained, report device).
     sd = None
@@ -544,10 +472,11 @@ def train(args) -> Optional[dict]:
     else:
         frontend = {**models.get_model_spec(base_name).frontend(), **{k: v for k, v in cli_fe.items() if v is not None}}
     classes_num = data.classes_num if data is not None else AUDIOSET_CLASSES_NUM
-    model = build_transfer_model(base_name, classes_num, frontend, freeze_base=args.freeze_base, output=output)
+    model = make_transfer_model(base_name, classes_num, freeze_base=args.freeze_base, output=output, **frontend)
     if sd is not None:
         logger.info("Load pretrained model from %s", args.pretrained_checkpoint_path)
-        load_base_strict(model, sd, args.pretrained_checkpoint_path, base_name, frontend, official=saved_cfg is None)
+        ckpt_lib.load_pretrained_base(model.base, sd, args.pretrained_checkpoint_path, base_name,
+                                      official=saved_cfg is None)
     if device.type == "cuda":
         print(f"GPU number: {torch.cuda.device_count()}")
     model.to(device)
@@ -566,25 +495,29 @@ def train(args) -> Optional[dict]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     config = model_config(base_name, frontend, data.labels, output, clip_seconds=clip_samples / frontend["sample_rate"],
                           pretrained_checkpoint_path=args.pretrained_checkpoint_path, freeze_base=args.freeze_base)
-    from panns.train_lib import write_json
-
-    write_json(os.path.join(run_dir, "run.json"), _run_record(args, {
+    tl.write_json(os.path.join(run_dir, "run.json"), _run_record(args, {
         "data": data.source, "labels": data.labels, "train_clips": len(data.train), "eval_clips": len(data.eval),
         "loss": loss, "output": output, "frontend": frontend, "clip_samples": clip_samples, "precision": precision,
         "device": str(device), "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": trainable, "cache": cache.h5_path}))
 
     if args.linear_probe:
-        res = linear_probe(args, model.base, base_name, frontend, data, cache, clip_samples,
-                           device, cache_dir, run_dir)
+        res = linear_probe(args, model, base_name, frontend, data, cache, clip_samples,
+                           device, cache_dir, run_dir, config)
         print(res["report"])
-        print(f"Linear probe {res['metric']}: {res['value']:.4f} ({res['wall_s']:.1f} s); saved to {res['probe_path']}")
+        print(f"Linear probe {res['metric']}: {res['value']:.4f} ({res['wall_s']:.1f} s); saved to {res['probe_path']}\n"
+              f"Tag with it: python3 pytorch/inference.py audio_tagging --checkpoint_path {res['probe_path']} "
+              "--audio_path <clip>")
         return res
 
     logger.info("Fine-tuning Transfer_%s: %s loss, %s output, %d trainable of %d parameters, clip %.2f s, "
                 "batch %d, lr %g, %d iterations, %s on %s", base_name, loss, output, trainable,
                 sum(p.numel() for p in model.parameters()), clip_samples / frontend["sample_rate"], args.batch_size,
                 args.learning_rate, args.iterations, precision, device)
+    if args.head_init == "probe":
+        sc, _ = fit_probe_head(args, model, base_name, frontend, data, cache, clip_samples, device, cache_dir)
+        logger.info("Head initialised from a linear probe on the %d training clips' embeddings (eval %s %.4f)",
+                    len(data.train), sc["metric"], sc["value"])
     res = fine_tune(args, model, data, cache, clip_samples, device, precision, loss, config, run_dir)
     print(res["report"])
     print(f"Best {res['metric']}: {res['value']:.4f} at iteration {res['iteration']} "
@@ -592,11 +525,21 @@ def train(args) -> Optional[dict]:
     return res
 
 
+class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default once: not where the help already says it, nor for None/False."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode")
     p = sub.add_parser("train", help="fine-tune a pretrained model (or run a linear probe)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsOnceFormatter)
     g = p.add_argument_group("model (official arguments)")
     for k, h in (("sample_rate", "audio sample rate (Hz)"), ("window_size", "STFT window (samples)"),
                  ("hop_size", "STFT hop (samples)"), ("mel_bins", "number of mel bins"),
@@ -638,6 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Adam learning rate (default: 1e-3 with --freeze_base, 1e-4 otherwise)")
     t.add_argument("--iterations", type=int, default=1000, help="optimizer steps")
     t.add_argument("--eval_every", type=int, default=100, help="evaluate and save every this many steps (and at the end)")
+    t.add_argument("--log_every", type=int, default=10, help="log the training loss every this many steps (0: off)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in the run folder (without it, an existing run is an error)")
     t.add_argument("--augmentation", choices=("none", "mixup"), default="none",
                    help="mixup: mix pairs of clips (log-mel) and their targets, as the official main.py")
     t.add_argument("--loss", choices=("nll", "bce"), default=None,
@@ -648,6 +594,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="seed of the eval hold-out, batch order, crops and init")
     t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="compute precision of the CNN body (auto: bf16 on GPUs that support it, fp32 on CPU)")
+    t.add_argument("--head_init", choices=("probe", "random"), default=None,
+                   help="start the new head from a linear probe fitted on the base's embeddings of the training "
+                        "clips, or from random weights (default: probe with --freeze_base, else random). A random "
+                        "head on a frozen base learns slowly: its embedding's common offset dwarfs the differences "
+                        "between clips, so the first hundred steps only shift the class biases")
     t.add_argument("--linear_probe", action="store_true",
                    help="instead of fine-tuning: base embeddings (extracted once) + logistic regression")
     t.add_argument("--probe_c", type=float, default=1.0, help="inverse L2 strength of the linear probe")
@@ -659,6 +610,8 @@ def main(argv=None) -> Optional[dict]:
     args = parser.parse_args(argv)
     if args.mode != "train":
         parser.error("choose the sub-command: train")
+    if args.head_init is None:
+        args.head_init = "probe" if args.freeze_base else "random"
     if args.learning_rate is None:
         args.learning_rate = 1e-3 if args.freeze_base else 1e-4
     for name in ("batch_size", "iterations", "eval_every"):

@@ -1,9 +1,14 @@
-"""Smoke test: the README's main command (scripts/demo.sh) end to end, in its reduced mode."""
+"""The README's main command (scripts/demo.sh) end to end in its reduced mode, and the demo's checks."""
+import csv
+import json
 import os
 import subprocess
+import sys
 
 import h5py
-import pytest
+
+from panns import demo_checks as dc
+from panns.make_demo_dataset import EXAMPLE_EVENTS, make_example_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,10 +21,45 @@ def test_demo_quick_runs_every_stage(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for stage in range(1, 10):
         assert f"==== {stage}/9 " in r.stdout
-    assert "Using CPU." in r.stdout and "Sound event detection result (time_steps x classes_num)" in r.stdout
+    assert "Sound event detection result (time_steps x classes_num)" in r.stdout
     assert (out / "results" / "mAP.png").stat().st_size > 0
     assert (out / "results" / "example_clip.png").stat().st_size > 0
     with h5py.File(out / "embeddings.h5", "r") as f:
         assert f["embedding"].shape == (10, 512)  # 10 classes x 1 eval clip, Cnn6 embedding
-    best = [p for p in (out / "finetune_ws").rglob("best.pth")]
-    assert best, "fine-tune wrote no checkpoint"
+    assert list((out / "finetune_ws").rglob("best.pth")), "fine-tune wrote no checkpoint"
+    # every stage was checked against the generated truth and the table was printed
+    rows = [json.loads(line) for line in open(out / "checks.jsonl")]
+    assert len(rows) == 6 and all(not r["result"].startswith("no result") for r in rows), rows
+    assert "| stage | result | expected | |" in r.stdout and (out / "checks.md").is_file()
+    assert "Done in " in r.stdout
+
+
+def test_example_clip_truth_comes_from_the_generator(tmp_path):
+    truth = make_example_clip(str(tmp_path / "clip.wav"))
+    with open(truth, newline="") as f:
+        rows = [(r["label"], float(r["onset"]), float(r["offset"])) for r in csv.DictReader(f)]
+    assert rows == [tuple(e) for e in EXAMPLE_EVENTS]
+
+
+def test_event_matching_tolerance_and_iou():
+    truth = [("Clicks", 0.7, 3.1), ("Low tone", 1.0, 2.7)]
+    close = [("Clicks", 0.9, 3.0), ("Low_tone", 0.6, 3.5)]       # Low tone: offset 0.8 s late, IoU 0.59
+    assert [m[1] for m in dc.match_events(close, truth)] == [True, True]
+    far = [("Clicks", 2.5, 4.0), ("Rumble", 1.0, 2.7)]            # IoU 0.15; a wrong class does not count
+    assert [m[1] for m in dc.match_events(far, truth)] == [False, False]
+    assert dc.interval_iou([(0.0, 1.0), (2.0, 3.0)], (0.0, 3.0)) == __import__("pytest").approx(2 / 3, abs=0.01)
+
+
+def test_table_fails_on_a_failed_check(tmp_path):
+    stats = tmp_path / "statistics.json"
+    stats.write_text(json.dumps({"test": [{"iteration": 60, "mAP": 0.2, "degenerate_classes": 0}]}))
+    script = os.path.join(REPO, "utils", "demo_checks.py")
+    r = subprocess.run([sys.executable, script, "map", "--out", str(tmp_path), "--statistics", str(stats)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "✘" in r.stdout
+    r = subprocess.run([sys.executable, script, "finetune", "--out", str(tmp_path), "--metrics", "missing.jsonl"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0   # a missing output is a failed row, not a crash
+    r = subprocess.run([sys.executable, script, "table", "--out", str(tmp_path)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "0/2 checks passed" in r.stdout

@@ -81,6 +81,36 @@ def test_evaluator_over_batches_matches_metrics():
     assert r["clips"] == n and model.training, "evaluation must restore the train mode"
 
 
+def test_constant_outputs_warn_and_are_counted(caplog):
+    """A model that gives every clip the same scores (e.g. unconverged BatchNorm statistics) is
+    warned about in one line, and the statistics count its degenerate classes."""
+    import logging
+
+    from panns.evaluate import Evaluator, StatisticsContainer
+
+    rs = np.random.RandomState(3)
+    n, c = 12, 4
+    target = (rs.rand(n, c) > 0.5).astype(np.float32)
+    loader = [{"audio_name": np.array([f"Y{i}.wav" for i in idx]),
+               "waveform": np.stack([np.full(8, i, np.float32) for i in idx]), "target": target[idx]}
+              for idx in (np.arange(0, 6), np.arange(6, 12))]
+    constant = np.tile(rs.rand(1, c), (n, 1)) + 1e-7 * rs.randn(n, c)   # same scores for every clip
+    with caplog.at_level(logging.WARNING, logger="panns.evaluate"):
+        r = Evaluator(_Fixed(constant)).evaluate(loader)
+    warned = [rec for rec in caplog.records if "constant" in rec.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0].getMessage()
+    assert "BatchNorm" in warned[0].getMessage() and "learning rate" in warned[0].getMessage()
+    assert r["degenerate_classes"] == c
+    sc = StatisticsContainer("unused.pkl")
+    sc.append(0, r, "test")
+    assert sc.summaries()["test"][0]["degenerate_classes"] == c
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="panns.evaluate"):
+        ok = Evaluator(_Fixed(rs.rand(n, c))).evaluate(loader)   # a model that tells clips apart
+    assert ok["degenerate_classes"] == 0 and not [rec for rec in caplog.records if "constant" in rec.getMessage()]
+
+
 def test_statistics_container_files_and_truncation(tmp_path):
     from panns.evaluate import StatisticsContainer, compute_metrics
 

@@ -138,18 +138,26 @@ def test_finetuned_checkpoint_tags_through_inference_cli(frozen_run, dataset):
 
 
 def test_linear_probe(dataset, pretrained, tmp_path):
-    import joblib
-
+    """The probe is written as a Transfer_Cnn6 checkpoint whose head is the fitted scaler + logistic
+    regression: checkpoint.load_model (what inference.py uses) rebuilds it and it classifies the clips."""
     argv = ["train", "--model_type", "Transfer_Cnn6", "--pretrained_checkpoint_path", pretrained[1],
             "--dataset_dir", dataset, "--workspace", str(tmp_path), "--linear_probe", "--num_workers", "0",
             "--eval_fraction", "0.25", "--batch_size", "16"]
     res = ft.main(argv)
     assert res["value"] >= 0.9, res["report"]
-    probe = joblib.load(res["probe_path"])
-    assert probe["labels"] == NAMES
-    assert probe["classifier"].predict_proba(np.zeros((1, 512), np.float32)).shape == (1, N_CLASSES)
+    model, cfg = checkpoint.load_model(res["probe_path"])
+    assert cfg.labels == NAMES and cfg.model_type == "Transfer_Cnn6"
+    clip = int(round(checkpoint.load_checkpoint(res["probe_path"])["config"]["clip_seconds"] * SR))
+    files = sorted(glob.glob(os.path.join(dataset, "*", "*.wav")))
+    x = torch.from_numpy(np.stack([fd.crop(sf.read(f, dtype="float32")[0], clip) for f in files]))
+    with torch.no_grad():
+        pred = model(x)["clipwise_output"].argmax(1).numpy()
+    truth = [NAMES.index(os.path.basename(os.path.dirname(f))) for f in files]
+    assert np.mean(pred == np.array(truth)) >= 0.9
     assert len(glob.glob(os.path.join(str(tmp_path), "cache", "embeddings_*.npz"))) == 2
-    again = ft.main(argv)  # embeddings and decoded clips come from the cache
+    with pytest.raises(PannsError, match="already holds a fine-tuning run"):
+        ft.main(argv)   # the same run folder again: refused, the first run is kept
+    again = ft.main(argv + ["--overwrite"])  # embeddings and decoded clips come from the cache
     assert again["embedding_time_s"] < res["embedding_time_s"] and again["value"] == res["value"]
 
 
@@ -172,21 +180,18 @@ def test_unfrozen_bce_mixup_from_csv_changes_the_base(dataset, pretrained, tmp_p
     assert ck["config"]["clip_seconds"] == pytest.approx(63 * 250 / SR)
     changed = [k for k, v in pretrained[2].items() if not torch.equal(ck["model"]["base." + k], v)]
     assert any(k.endswith("conv1.weight") for k in changed)
-    model = ft.build_transfer_model("Cnn6", 5, FRONTEND, output="sigmoid")
+    model = models.make_transfer_model("Cnn6", 5, output="sigmoid", **FRONTEND)
     model.load_state_dict(ck["model"])
     with torch.no_grad():
         out = model.eval()(torch.zeros(1, SR))["clipwise_output"]
     assert out.shape == (1, 5) and float(out.min()) >= 0 and float(out.max()) <= 1
 
 
-@pytest.mark.xfail(condition="output" not in __import__("inspect").signature(models.make_transfer_model).parameters,
-                   strict=True, reason="models.make_transfer_model/checkpoint.load_model do not rebuild sigmoid "
-                                       "transfer heads yet: inference would misread multi-label fine-tuned checkpoints")
 def test_sigmoid_checkpoint_rebuilds_for_inference(tmp_path):
     """A multi-label (sigmoid) fine-tuned checkpoint must come back from checkpoint.load_model (what
     inference.py uses) with the same outputs."""
     torch.manual_seed(0)
-    model = ft.build_transfer_model("Cnn6", 3, FRONTEND, output="sigmoid").eval()
+    model = models.make_transfer_model("Cnn6", 3, output="sigmoid", **FRONTEND).eval()
     path = str(tmp_path / "ft.pth")
     checkpoint.save_checkpoint(path, {"model": model.state_dict(),
                                       "config": ft.model_config("Cnn6", FRONTEND, ["a", "b", "c"], "sigmoid")})
@@ -206,8 +211,8 @@ def test_base_trained_on_another_class_list(tmp_path):
                 "config": checkpoint.ModelConfig("Cnn6", **FRONTEND, classes_num=10).to_dict()}, path)
     sd, fe, cfg = ft.read_pretrained(path, "Cnn6", {k: None for k in ft.FRONT_END_KEYS})
     assert fe == FRONTEND and cfg["classes_num"] == 10
-    model = ft.build_transfer_model("Cnn6", 3, fe)
-    ft.load_base_strict(model, sd, path, "Cnn6", fe, official=False)
+    model = models.make_transfer_model("Cnn6", 3, **fe)
+    checkpoint.load_pretrained_base(model.base, sd, path, "Cnn6")
     assert torch.equal(model.base.fc1.weight, base10.fc1.weight)
     out_path = str(tmp_path / "ft.pth")
     checkpoint.save_checkpoint(out_path, {"model": model.state_dict(),
@@ -217,7 +222,7 @@ def test_base_trained_on_another_class_list(tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded(x)["clipwise_output"], model.eval()(x)["clipwise_output"], atol=1e-5)
     with pytest.raises(PannsError, match="does not fit"):
-        ft.load_base_strict(ft.build_transfer_model("Cnn10", 3, fe), sd, path, "Cnn10", fe, official=False)
+        checkpoint.load_pretrained_base(models.make_transfer_model("Cnn10", 3, **fe).base, sd, path, "Cnn10")
 
 
 def _cli_error(argv, capsys) -> str:

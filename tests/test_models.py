@@ -11,6 +11,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
 from model_helpers import quick_fill, single_thread, skip_weight_init  # noqa: E402
 
+from panns import checkpoint  # noqa: F401  (attaches the official Transfer_*.load_from_pretrain)
 from panns import models
 from panns import pytorch_utils as pu
 from panns.errors import PannsError
@@ -212,6 +213,24 @@ def test_transfer_models(base):
     assert m2.fc_transfer.out_features == 5 and m2.base.fc1.weight.requires_grad   # not frozen
 
 
+def test_frozen_transfer_base_stays_a_fixed_feature_extractor():
+    """freeze_base: the base stays in eval mode while the model trains (BatchNorm statistics kept,
+    no dropout), gets no gradient, and with mixup the embeddings are mixed (B/2 outputs)."""
+    torch.manual_seed(0)
+    m = models.make_transfer_model("Cnn6", classes_num=3, freeze_base=True).train()
+    assert m.training and not m.base.training
+    stats = m.base.bn0.running_mean.clone()
+    x = _waves(4, 32000)
+    out = m(x, torch.tensor([0.3, 0.7, 0.6, 0.4]))
+    assert out["clipwise_output"].shape == (2, 3)
+    out["clipwise_output"].sum().backward()
+    assert torch.equal(m.base.bn0.running_mean, stats)
+    assert all(p.grad is None for p in m.base.parameters()) and m.fc_transfer.weight.grad is not None
+    with torch.no_grad():
+        a, b = m(x)["clipwise_output"], m.eval()(x)["clipwise_output"]   # no dropout in the base
+    torch.testing.assert_close(a, b)
+
+
 def test_transfer_rejects_sed_base():
     with pytest.raises(PannsError, match="clip-level"):
         models.make_transfer_model("Cnn14_DecisionLevelMax", classes_num=3)
@@ -222,7 +241,7 @@ def test_transfer_load_from_pretrain(tmp_path):
     path = tmp_path / "Cnn6.pth"
     torch.save({"model": base.state_dict(), "iteration": 0, "sampler": {"indexes": np.arange(4)}}, path)
     m = models.make_transfer_model("Cnn6", classes_num=3)
-    m.load_from_pretrain(str(path))
+    m.load_from_pretrain(str(path))   # the official method (attached by panns.checkpoint)
     torch.testing.assert_close(m.base.fc1.weight, base.fc1.weight)
 
 
