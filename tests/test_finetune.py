@@ -346,3 +346,42 @@ def test_folder_splits_and_decode_once_cache(tmp_path):
     # a changed file changes the key: a new cache is built
     sf.write(paths[0], np.zeros(SR, np.float32), SR)
     assert fd.build_cache(paths, 8000, str(tmp_path / "cache")).h5_path != c1.h5_path
+
+
+_SLOW_CACHE_SCRIPT = r"""
+import sys, time
+from panns import finetune_data as fd
+real = fd.load_audio
+def slow(path, sr):   # a slow decoder, so that Ctrl-C comes while workers are busy
+    time.sleep(0.5)
+    return real(path, sr)
+fd.load_audio = slow
+print("start", flush=True)
+fd.build_cache(sys.argv[2:], 16000, sys.argv[1], num_workers=2)
+"""
+
+
+def test_decode_cache_stops_on_the_first_ctrl_c(tmp_path):
+    """One SIGINT while the decode pool is busy: the run stops within seconds and leaves no temp file."""
+    import signal
+    import time
+
+    files = []
+    for i in range(40):
+        path = str(tmp_path / f"c{i}.wav")
+        sf.write(path, np.zeros(1600, np.float32), SR)
+        files.append(path)
+    cache_dir = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_CACHE_SCRIPT, str(cache_dir)] + files,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=os.path.join(REPO, "pytorch")))
+    assert proc.stdout.readline().strip() == "start"
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.time()
+    try:
+        proc.wait(timeout=20)
+    finally:
+        proc.kill()
+    assert time.time() - t0 < 10 and proc.returncode != 0
+    assert not [f for f in os.listdir(cache_dir) if ".tmp" in f or f.endswith(".h5")]
