@@ -178,9 +178,15 @@ def _auto_backend(rt, **options) -> Backend:
     1e-6), torch otherwise (GPUs, bf16/fp16)."""
     from panns import onnx_backend  # see _onnxruntime_backend
 
-    use_onnx = rt.device.type == "cpu" and rt.precision == "fp32" and onnx_backend.available()
-    rt.backend_name = "onnxruntime" if use_onnx else "torch"
-    return _BACKENDS[rt.backend_name](rt, **options)
+    if rt.device.type == "cpu" and rt.precision == "fp32" and onnx_backend.available():
+        try:
+            backend = _BACKENDS["onnxruntime"](rt, **options)
+            rt.backend_name = "onnxruntime"
+            return backend
+        except PannsError as e:  # e.g. a custom model the exporter cannot handle: torch still runs it
+            logger.warning("ONNX Runtime not used (%s); running torch", e)
+    rt.backend_name = "torch"
+    return _BACKENDS["torch"](rt, **options)
 
 
 register_backend("onnxruntime", _onnxruntime_backend)
