@@ -61,12 +61,12 @@ from panns import losses, models
 from panns import train_lib as tl
 from panns.errors import CheckpointError, PannsError, run_cli
 from panns.extract import Extractor, weights_fingerprint
+from panns.frontend import FRONTEND_KEYS
 from panns.models import Transfer_Cnn14, make_transfer_model  # noqa: F401  (official name, re-exported)
 from panns.utilities import Mixup, atomic_write, atomic_write_text, create_folder, create_logging
 
 logger = logging.getLogger("finetune")
 
-FRONT_END_KEYS = ("sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax")
 AUDIOSET_CLASSES_NUM = 527
 MAX_AUTO_CLIP_SECONDS = 10.0
 
@@ -121,7 +121,7 @@ def read_pretrained(path: str, base_name: str, cli_frontend: dict) -> Tuple[dict
         elif saved_type and saved_type != base_name:
             raise CheckpointError(f"{path} holds a {saved_type} model, but --model_type asks for {base_name} "
                                   f"(use --model_type Transfer_{saved_type})")
-        for k in FRONT_END_KEYS:
+        for k in FRONTEND_KEYS:
             if cfg.get(k) is not None:
                 if cli_frontend.get(k) is not None and int(cli_frontend[k]) != int(cfg[k]):
                     raise CheckpointError(f"--{k} {cli_frontend[k]} contradicts the checkpoint {path}, "
@@ -467,7 +467,7 @@ def linear_probe(args, model: torch.nn.Module, base_name: str, frontend: dict, d
 def train(args) -> Optional[dict]:
     """Build the transfer model, load the pretrained base, then fine-tune (or linear-probe) on the data given."""
     base_name = base_of(args.model_type)
-    cli_fe = {k: getattr(args, k) for k in FRONT_END_KEYS}
+    cli_fe = {k: getattr(args, k) for k in FRONTEND_KEYS}
     data = load_data(args)  # early: data errors before any model work
     if data is not None and not args.workspace:
         raise PannsError("--workspace is required when fine-tuning (checkpoints, cache and reports go there)")

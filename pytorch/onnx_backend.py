@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from panns.errors import PannsError
+from panns.frontend import FRONTEND_KEYS
 from panns.utilities import atomic_write, remove_stale_temps
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def output_names(model: torch.nn.Module, sample_rate: int) -> List[str]:
 def export_metadata(config, labels: Optional[Sequence[str]] = None, opset: int = DEFAULT_OPSET,
                     min_samples: int = 0, key: str = "") -> Dict[str, str]:
     """``panns.*`` metadata entries (JSON strings) describing an exported model."""
-    fe = {k: getattr(config, k) for k in ("sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax")}
+    fe = {k: getattr(config, k) for k in FRONTEND_KEYS}
     labels = list(labels) if labels is not None else list(getattr(config, "labels", None) or [])
     meta = {"model_type": config.model_type, "frontend": fe, "classes_num": int(config.classes_num),
             "output": getattr(config, "output", "sigmoid"), "labels": labels, "min_samples": int(min_samples),
@@ -220,6 +221,22 @@ def cache_path(config, key: str, checkpoint_path: Optional[str] = None) -> str:
     return os.path.join(os.path.expanduser("~/.cache/panns"), "onnx", name)
 
 
+def _reuse_cached(path: str, key: str, threads: Optional[int], what: str) -> Optional["OnnxBackend"]:
+    """The backend on the cached file at ``path`` when its key is ``key``; None (with a one-line
+    warning when a stale or unreadable file is there) when it must be rebuilt."""
+    if not os.path.exists(path):
+        return None
+    try:
+        backend = OnnxBackend(path, threads)
+        if backend.metadata.get("cache_key") == key:
+            return backend
+        reason = "it was made from other weights or settings"
+    except PannsError as e:  # a truncated or foreign file: rebuild it
+        reason = f"it cannot be read ({str(e)[:120]})"
+    logger.warning("rebuilding the %s %s: %s", what, path, reason)
+    return None
+
+
 def cached_backend(model: torch.nn.Module, config, checkpoint_path: Optional[str] = None,
                    opset: int = DEFAULT_OPSET, path: Optional[str] = None,
                    threads: Optional[int] = None) -> "OnnxBackend":
@@ -229,15 +246,9 @@ def cached_backend(model: torch.nn.Module, config, checkpoint_path: Optional[str
     _require_onnx()
     key = cache_key(model, config, opset)
     path = path or cache_path(config, key, checkpoint_path)
-    if os.path.exists(path):
-        try:
-            backend = OnnxBackend(path, threads)
-            if backend.metadata.get("cache_key") == key:
-                return backend
-            reason = "it was made from other weights or settings"
-        except PannsError as e:  # a truncated or foreign file: rebuild it
-            reason = f"it cannot be read ({str(e)[:120]})"
-        logger.warning("rebuilding the ONNX export %s: %s", path, reason)
+    cached = _reuse_cached(path, key, threads, "ONNX export")
+    if cached is not None:
+        return cached
     t0 = time.perf_counter()
     logger.info("exporting %s to ONNX (once per checkpoint): %s", config.model_type, path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -309,15 +320,9 @@ def cached_int8_backend(model: torch.nn.Module, config, checkpoint_path: Optiona
     fp32 = cached_backend(model, config, checkpoint_path, opset, threads=1)
     key = f"{fp32.metadata.get('cache_key', '')}-int8v{INT8_FORMAT}"
     path = fp32.path[:-len(".onnx")] + ".int8.onnx"
-    if os.path.exists(path):
-        try:
-            backend = OnnxBackend(path, threads)
-            if backend.metadata.get("cache_key") == key:
-                return backend
-            reason = "it was made from other weights or settings"
-        except PannsError as e:
-            reason = f"it cannot be read ({str(e)[:120]})"
-        logger.warning("rebuilding the int8 model %s: %s", path, reason)
+    cached = _reuse_cached(path, key, threads, "int8 model")
+    if cached is not None:
+        return cached
     t0 = time.perf_counter()
     logger.info("quantising %s to int8 (once per checkpoint): %s", config.model_type, path)
     quantize_int8(fp32.path, path, config, key)

@@ -28,6 +28,7 @@ from panns.create_indexes import read_index
 from panns.devices import DistInfo
 from panns.errors import CheckpointError, PannsError
 from panns.evaluate import Evaluator, StatisticsContainer
+from panns.frontend import FRONTEND_KEYS
 from panns.losses import get_loss_func
 from panns.pytorch_utils import count_parameters
 from panns.train_lib import TrainConfig
@@ -287,7 +288,7 @@ class Session:
         logger.info("Loading checkpoint %s", path)
         ckpt = checkpoint.load_checkpoint(path, map_location="cpu")  # RNG states must stay CPU tensors
         saved = ckpt.get("config") or {}
-        for key in ("model_type", "classes_num", "sample_rate", "window_size", "hop_size", "mel_bins", "fmin", "fmax"):
+        for key in ("model_type", "classes_num") + FRONTEND_KEYS:
             if key in saved and saved[key] != self.model_config[key]:
                 raise CheckpointError(f"{path} was trained with {key}={saved[key]}, this run has "
                                       f"{key}={self.model_config[key]}")

@@ -209,7 +209,7 @@ def test_base_trained_on_another_class_list(tmp_path):
     path = str(tmp_path / "cnn6_10.pth")
     torch.save({"model": base10.state_dict(),
                 "config": checkpoint.ModelConfig("Cnn6", **FRONTEND, classes_num=10).to_dict()}, path)
-    sd, fe, cfg = ft.read_pretrained(path, "Cnn6", {k: None for k in ft.FRONT_END_KEYS})
+    sd, fe, cfg = ft.read_pretrained(path, "Cnn6", {k: None for k in ft.FRONTEND_KEYS})
     assert fe == FRONTEND and cfg["classes_num"] == 10
     model = models.make_transfer_model("Cnn6", 3, **fe)
     checkpoint.load_pretrained_base(model.base, sd, path, "Cnn6")
