@@ -5,7 +5,7 @@ fmin, fmax, classes_num)``, ``state_dict`` keys (names, order, shapes), ``forwar
 mixup_lambda=None)`` and output dict, so official checkpoints load strictly and give the same
 numbers in fp32. Instead of 23 copies of the front end and head, the parts are written once:
 
-* ``_Model._setup_frontend`` / ``_logmel``: STFT -> log-mel -> bn0 -> SpecAugment (always fp32);
+* ``_Model._setup_frontend`` / ``_logmel``: STFT -> log-mel -> bn0 -> SpecAugment (always true fp32);
 * ``ConvBlock`` & co.: one conv+BN+ReLU stack class (``_ConvStack``) in 1-D and 2-D;
 * ``_Model._head``: the tagging head, or the decision-level (SED) head when ``sed_pooling`` is set;
 * minimum input lengths as class attributes (``min_frames``, ``min_wave_samples``);
@@ -18,7 +18,8 @@ Extensions (not official, no official checkpoint): ``MobileNetV1_DecisionLevelMa
 ``checkpoint.py``, where loading lives, so this module never imports it.
 
 Mixed precision: under ``torch.autocast`` the front end and the final sigmoid / softmax run in
-float32; only the CNN body runs in bf16/fp16.
+float32; only the CNN body runs in bf16/fp16. The front end also runs with TF32 off (``amp.ieee_fp32``), so
+GPU log-mels match the CPU's. SpecAugment is ``spec_augment.SpecAugmentation``: torchlibrosa's draws, one mask.
 """
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchlibrosa.augmentation import SpecAugmentation
 from torchlibrosa.stft import LogmelFilterBank, Spectrogram
 
+from panns.amp import ieee_fp32
 from panns.pytorch_utils import do_mixup, interpolate, pad_framewise_output
+from panns.spec_augment import SpecAugmentation
 
 from panns.errors import PannsError
 from panns.frontend import FRONT_END_8K, FRONT_END_16K, FRONT_END_32K, FrontEnd
@@ -431,8 +433,8 @@ class _Model(nn.Module):
 
     def _logmel(self, waveform: torch.Tensor) -> torch.Tensor:
         """(B, samples) -> normalised (and, in training, SpecAugmented) log-mel (B, 1, T, mel),
-        always computed in float32."""
-        with _fp32_region(waveform):
+        always computed in float32, with TF32 off (``amp.ieee_fp32``)."""
+        with _fp32_region(waveform), ieee_fp32():
             x = self.spectrogram_extractor(waveform.float())
             x = self.logmel_extractor(x)
             x = self.bn0(x.transpose(1, 3)).transpose(1, 3)   # BN per mel bin

@@ -1,0 +1,68 @@
+"""SpecAugment stripes: torchlibrosa's ``SpecAugmentation`` with the same random draws, applied as one mask.
+
+torchlibrosa zeroes each stripe with an in-place slice per example (``e[:, bgn:bgn + d] = 0``): on a GPU
+that is one kernel launch per stripe per example, and its tensor-valued slice bounds break torch.compile
+graphs. Here the stripe bounds are drawn with the very same ``torch.randint`` calls, in the same order, on
+the global CPU generator (so the RNG stream - hence exact resume and every later draw - is unchanged), sent
+to the input's device in one transfer, and turned into a (B, 1, T, F) mask by broadcast comparisons: one
+in-place ``masked_fill_`` per batch. In place like torchlibrosa: autograd then sees the same graph, so
+gradients are bit-identical too (an out-of-place fill changed bn0's gradient in the last bits). The module has no parameters or buffers, so models' state_dict keys do not change.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from panns.errors import PannsError
+
+
+@torch.compiler.disable  # RNG draws must come from the global CPU generator in this order; never traced
+def _stripe_bounds(batch: int, dims) -> torch.Tensor:
+    """For each ``(total, drop_width, stripes_num)`` in ``dims`` (time first, then frequency) and each
+    example, draw ``stripes_num`` stripes exactly as torchlibrosa's ``DropStripes.transform_slice`` does:
+    ``d = randint(0, drop_width)``, then ``bgn = randint(0, total - d)``. Returns int64 (B, 2 * sum of
+    stripes_num) on the CPU: per dimension, the begins of its stripes, then their ends (``bgn + d``)."""
+    cols = []
+    for total, width, num in dims:
+        bounds = torch.empty(batch, 2, num, dtype=torch.int64)
+        for n in range(batch):
+            for s in range(num):
+                distance = int(torch.randint(low=0, high=width, size=(1,))[0])
+                if total - distance <= 0:
+                    raise PannsError(f"SpecAugment drew a stripe of {distance} steps on an axis of {total}: "
+                                     f"training needs at least {width} steps there (use longer clips)")
+                bgn = int(torch.randint(low=0, high=total - distance, size=(1,))[0])
+                bounds[n, 0, s], bounds[n, 1, s] = bgn, bgn + distance
+        cols.append(bounds.reshape(batch, 2 * num))
+    return torch.cat(cols, dim=1)
+
+
+def _axis_mask(positions: torch.Tensor, bounds: torch.Tensor, num: int) -> torch.Tensor:
+    """positions (L,), bounds (B, 2 * num) [begins, ends] -> (B, L) bool, True inside any stripe."""
+    bgn, end = bounds[:, :num, None], bounds[:, num:, None]           # (B, num, 1)
+    return ((positions >= bgn) & (positions < end)).any(dim=1)
+
+
+class SpecAugmentation(nn.Module):
+    """Drop ``time_stripes_num`` time stripes (each < ``time_drop_width`` frames) and ``freq_stripes_num``
+    frequency stripes (each < ``freq_drop_width`` bins) per example, in training only. Same constructor,
+    draws and output as torchlibrosa's class; in place (returns ``input``, modified) like it."""
+
+    def __init__(self, time_drop_width: int, time_stripes_num: int, freq_drop_width: int, freq_stripes_num: int):
+        super().__init__()
+        self.time_drop_width, self.time_stripes_num = time_drop_width, time_stripes_num
+        self.freq_drop_width, self.freq_stripes_num = freq_drop_width, freq_stripes_num
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """input (B, C, T, F) -> input with the stripes zeroed in place; untouched in eval mode."""
+        if not self.training:
+            return input
+        if input.dim() != 4:
+            raise ValueError(f"SpecAugmentation expects (batch, channels, time, freq), got shape {tuple(input.shape)}")
+        batch, _, frames, bins = input.shape
+        nt, nf = self.time_stripes_num, self.freq_stripes_num
+        bounds = _stripe_bounds(batch, ((frames, self.time_drop_width, nt), (bins, self.freq_drop_width, nf)))
+        bounds = bounds.to(input.device)                                   # one host-to-device copy
+        time = _axis_mask(torch.arange(frames, device=input.device), bounds[:, :2 * nt], nt)   # (B, T)
+        freq = _axis_mask(torch.arange(bins, device=input.device), bounds[:, 2 * nt:], nf)     # (B, F)
+        return input.masked_fill_(time[:, None, :, None] | freq[:, None, None, :], 0)
