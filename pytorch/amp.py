@@ -27,35 +27,51 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # torch's per-operator fp32 precision settings (torch >= 2.9) that govern the front end: its STFT conv1d and
-# mel matmul on CUDA (cuDNN conv, cuBLAS matmul) and on CPUs (oneDNN). cuDNN's rnn entry is switched with conv
-# so that the legacy reader torch.backends.cudnn.allow_tf32 (which requires conv == rnn) stays valid inside.
+# mel matmul on CUDA (cuDNN conv, cuBLAS matmul) and on CPUs (oneDNN); cuDNN's rnn entry goes along with conv.
 _FP32_OPS = (("cuda", "conv"), ("cuda", "rnn"), ("cuda", "matmul"), ("mkldnn", "conv"), ("mkldnn", "matmul"))
 _HAS_FP32_PRECISION = hasattr(torch._C, "_get_fp32_precision_getter")
+# The legacy switches stored beside them, as (getter, setter, value with reduced precision off). torch checks
+# that legacy and new settings agree whenever something reads a legacy flag (torch.backends.cudnn.allow_tf32
+# in inductor's conv lowering, torch.backends.cuda.matmul.allow_tf32 in the profiler), so they are switched
+# together; their setters rewrite the per-operator entries, which are restored after them.
+_LEGACY = (("_get_cudnn_allow_tf32", "_set_cudnn_allow_tf32", False),
+           ("_get_float32_matmul_precision", "_set_float32_matmul_precision", "highest"))
 
 
 @torch.compiler.disable  # global switches: set eagerly, between compiled graphs
 def _ieee_enter() -> tuple:
     """Switch reduced-precision fp32 math off; returns the previous settings for :func:`_ieee_exit`."""
-    if _HAS_FP32_PRECISION:
-        # The raw per-operator entries: the legacy getters raise on settings made through the new API.
-        saved = tuple(torch._C._get_fp32_precision_getter(b, o) for b, o in _FP32_OPS)
-        for (b, o), value in zip(_FP32_OPS, saved):
-            if value != "ieee":
-                torch._C._set_fp32_precision_setter(b, o, "ieee")
+    if not _HAS_FP32_PRECISION:
+        saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         return saved
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    return saved
+    # The raw per-operator entries: the legacy getters raise on settings made through the new API alone.
+    saved = tuple(torch._C._get_fp32_precision_getter(b, o) for b, o in _FP32_OPS)
+    legacy = []
+    for get, set_, off in _LEGACY:
+        try:
+            value = getattr(torch._C, get)()
+        except RuntimeError:  # legacy and new settings already disagree: leave this legacy one alone
+            value = off
+        if value != off:
+            getattr(torch._C, set_)(off)
+        legacy.append(value)
+    for b, o in _FP32_OPS:
+        torch._C._set_fp32_precision_setter(b, o, "ieee")
+    return tuple(legacy), saved
 
 
 @torch.compiler.disable
-def _ieee_exit(saved: tuple) -> None:
-    if _HAS_FP32_PRECISION:
-        for (b, o), value in zip(_FP32_OPS, saved):
-            if value != "ieee":
-                torch._C._set_fp32_precision_setter(b, o, value)
-    else:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+def _ieee_exit(state: tuple) -> None:
+    if not _HAS_FP32_PRECISION:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = state
+        return
+    legacy, saved = state
+    for (_get, set_, off), value in zip(_LEGACY, legacy):
+        if value != off:
+            getattr(torch._C, set_)(value)
+    for (b, o), value in zip(_FP32_OPS, saved):
+        torch._C._set_fp32_precision_setter(b, o, value)
 
 
 @contextlib.contextmanager

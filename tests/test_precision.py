@@ -132,3 +132,110 @@ def test_fold_bn_keeps_outputs(name):
         assert err < 1e-4, (k, float(err))
     assert any(isinstance(m, torch.nn.BatchNorm2d) or isinstance(m, torch.nn.BatchNorm1d)
                for m in model.modules())   # original untouched
+
+
+# ---- the front end in true fp32 (amp.ieee_fp32): TF32 / oneDNN reduced fp32 off inside, user settings kept ----
+_ALL_FP32_ENTRIES = [("generic", "all"), ("cuda", "all"), ("mkldnn", "all")] + list(amp._FP32_OPS)
+
+
+def _fp32_settings() -> dict:
+    """Every fp32 precision setting torch keeps (per-operator entries and what the legacy readers say; a
+    legacy reader raises when legacy and new settings disagree, recorded as 'mixed')."""
+    out = {f"{b}.{o}": torch._C._get_fp32_precision_getter(b, o) for b, o in _ALL_FP32_ENTRIES}
+    for name, read in (("cudnn.allow_tf32", lambda: torch.backends.cudnn.allow_tf32),
+                       ("cuda.matmul.allow_tf32", lambda: torch.backends.cuda.matmul.allow_tf32),
+                       ("float32_matmul_precision", torch.get_float32_matmul_precision)):
+        try:
+            out[name] = read()
+        except RuntimeError:
+            out[name] = "mixed"
+    return out
+
+
+@pytest.fixture
+def fp32_settings_restored():
+    """Put torch's default fp32 precision settings back after the test (it changes them globally)."""
+    before = _fp32_settings()
+    yield before
+    torch._C._set_cudnn_allow_tf32(before["cudnn.allow_tf32"])
+    torch._C._set_float32_matmul_precision(before["float32_matmul_precision"])
+    for b, o in _ALL_FP32_ENTRIES:
+        torch._C._set_fp32_precision_setter(b, o, before[f"{b}.{o}"])
+    assert _fp32_settings() == before
+
+
+class _Spy(torch.nn.Module):
+    """Runs ``inner``, recording the fp32 precision settings it runs under (eagerly, also when compiled)."""
+
+    def __init__(self, inner, log):
+        super().__init__()
+        self.inner, self.log = inner, log
+
+    def forward(self, *args, **kwargs):
+        self._record()
+        return self.inner(*args, **kwargs)
+
+    @torch.compiler.disable
+    def _record(self):
+        self.log.append(_fp32_settings())
+
+
+_USER_SETTINGS = {
+    "legacy flags": "torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True",
+    "matmul precision": "torch.set_float32_matmul_precision('medium')",
+    "per-operator": "torch.backends.cuda.matmul.fp32_precision = 'tf32'; torch.backends.cudnn.conv.fp32_precision = "
+                    "'tf32'; torch.backends.mkldnn.conv.fp32_precision = 'bf16'; "
+                    "torch.backends.mkldnn.matmul.fp32_precision = 'bf16'",
+    "generic": "torch.backends.fp32_precision = 'tf32'",
+}
+
+
+def _spied_cnn6():
+    with skip_weight_init():
+        model = quick_fill(models.create_model("Cnn6", classes_num=3)).eval()
+    front, body = [], []
+    model.spectrogram_extractor = _Spy(model.spectrogram_extractor, front)
+    model.logmel_extractor = _Spy(model.logmel_extractor, front)
+    model.conv_block1 = _Spy(model.conv_block1, body)
+    return model, front, body
+
+
+@pytest.mark.parametrize("how", list(_USER_SETTINGS))
+def test_front_end_runs_in_ieee_fp32_and_user_settings_survive(how, fp32_settings_restored):
+    model, front, body = _spied_cnn6()
+    x = 0.1 * torch.randn(2, 16000)
+    with torch.no_grad():
+        reference = model(x)["clipwise_output"]
+    exec(_USER_SETTINGS[how])
+    user = _fp32_settings()
+    assert user != fp32_settings_restored
+    front.clear(), body.clear()
+    with torch.no_grad():
+        out = model(x)["clipwise_output"]
+        assert _fp32_settings() == user
+        with amp.autocast("bf16", "cpu"):
+            model(x)
+        assert _fp32_settings() == user
+    assert len(front) == 4 and len(body) == 2
+    for seen in front:
+        assert all(seen[f"{b}.{o}"] == "ieee" for b, o in amp._FP32_OPS), seen
+        # the legacy readers agree (torch raises on them when legacy and new settings disagree)
+        assert seen["cudnn.allow_tf32"] is False and seen["cuda.matmul.allow_tf32"] is False, seen
+    assert all(seen == user for seen in body)  # the CNN body runs under the user's settings
+    assert torch.equal(out, reference)         # this CPU has no reduced-precision fp32 path to take anyway
+
+
+def test_front_end_ieee_fp32_under_compile(fp32_settings_restored):
+    model, front, _ = _spied_cnn6()
+    x = 0.1 * torch.randn(2, 16000)
+    exec(_USER_SETTINGS["per-operator"])
+    user = _fp32_settings()
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            eager = model._logmel(x)
+            compiled = torch.compile(model._logmel, backend="eager")(x)
+    finally:
+        torch._dynamo.reset()
+    assert len(front) == 4 and all(seen[f"{b}.{o}"] == "ieee" for seen in front for b, o in amp._FP32_OPS)
+    assert torch.equal(eager, compiled) and _fp32_settings() == user
