@@ -4,7 +4,11 @@ Stages (each reported as a row; a failing stage is a FAIL row with its one-line 
 
 1. device: name, torch / CUDA versions, compute capability, native bf16, what ``--precision auto`` picks.
 2. golden: official models (deterministic weights, tests/golden) on the device: max error relative to the
-   official outputs, with TF32 off and on (the front end must stay within 2e-4).
+   official outputs with TF32 globally off and on (within 2e-4 with it off), and the front end alone against the
+   same modules on the CPU (fp32, as the golden outputs): within 2e-4 in both modes (it switches TF32 off inside itself; also shown: the same modules
+   called without that guard, and the log-mel error in dB).
+   specaugment: torchlibrosa's per-example SpecAugment loop vs the one-mask version: same output and RNG state,
+   time per call on a training batch.
 3. loader: int16 batches -> to_device are bit-identical to the float path on the device.
 4. workspace: 10-s 32 kHz clips made by the project's demo data generator, packed and indexed.
 5. train: ``pytorch/main.py train`` for --steps steps per precision (fp32, bf16, fp16, bf16+compile): it/s,
@@ -20,6 +24,8 @@ inference compared between two CPU runs) - the test suite runs it so the script 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import glob
 import json
 import os
@@ -108,35 +114,123 @@ def stage_device(c: Check, device: torch.device) -> None:
                                         f"training {devices.resolve_precision('auto', device, training=True)}")
 
 
+@contextlib.contextmanager
+def _reduced_fp32(on: bool, device: torch.device):
+    """Global reduced-precision fp32 switches set the way users set them (TF32 for cuDNN and cuBLAS on CUDA; oneDNN
+    bf16 for fp32 convs/matmuls on CPUs); every legacy and per-operator setting is put back on exit."""
+    ops = [("cuda", "conv"), ("cuda", "rnn"), ("cuda", "matmul"), ("mkldnn", "conv"), ("mkldnn", "matmul")]
+    before = [(b, o, torch._C._get_fp32_precision_getter(b, o)) for b, o in ops]
+    legacy = (torch._C._get_cudnn_allow_tf32(), torch._C._get_float32_matmul_precision())
+    try:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
+        else:
+            torch.backends.mkldnn.conv.fp32_precision = torch.backends.mkldnn.matmul.fp32_precision = \
+                "bf16" if on else "none"
+        yield
+    finally:
+        torch._C._set_cudnn_allow_tf32(legacy[0])
+        torch._C._set_float32_matmul_precision(legacy[1])
+        for b, o, value in before:
+            torch._C._set_fp32_precision_setter(b, o, value)
+
+
+def _logmel_with_db(model: torch.nn.Module, x: torch.Tensor):
+    """(normalised log-mel from ``model._logmel``, the log-mel in dB before bn0 seen on the way)."""
+    seen = []
+    hook = model.logmel_extractor.register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        with torch.no_grad():
+            return model._logmel(x), seen[0]
+    finally:
+        hook.remove()
+
+
+def _front_end_errors(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> Dict[str, float]:
+    """The model's front end on the device against the same modules on the CPU in fp32 (where the golden outputs
+    come from): max error of the normalised log-mel relative to its largest value ('guarded': through ``_logmel``
+    and its true-fp32 region; 'unguarded': the same modules called directly, under the global switches), and the
+    largest log-mel difference in dB (before bn0) of both."""
+    ref, ref_db = _logmel_with_db(copy.deepcopy(model).cpu(), x.cpu())
+    guarded, db = _logmel_with_db(model, x.to(device))
+    with torch.no_grad():
+        raw_db = model.logmel_extractor(model.spectrogram_extractor(x.to(device)))
+        unguarded = model.bn0(raw_db.transpose(1, 3)).transpose(1, 3)
+    scale = float(ref.abs().max())
+    rel = lambda t: float((t.float().cpu() - ref).abs().max()) / scale  # noqa: E731
+    return {"guarded": rel(guarded), "unguarded": rel(unguarded),
+            "db": float((db.float().cpu() - ref_db).abs().max()), "raw_db": float((raw_db.float().cpu() - ref_db).abs().max())}
+
+
 def stage_golden(c: Check, device: torch.device, names: List[str]) -> None:
+    """Official outputs (relative error, limit 2e-4) with reduced-precision fp32 globally off and on, and the front
+    end alone against the CPU's: within 2e-4 in both modes (it switches TF32 off inside; the unguarded numbers show
+    what it would be otherwise)."""
     from fill import fill_state_dict, test_waveform
     from specs import SPECS
 
+    reduced = "TF32" if device.type == "cuda" else "oneDNN bf16 for fp32"
     for name in names:
         ref = np.load(os.path.join(REPO, "tests", "golden", name + ".npz"))
         kw = {k: v for k, v in SPECS[name].items() if k != "cls"}
         model = models.MODELS[name].cls(**kw)
         fill_state_dict(model, str(ref["head"]), float(ref["head_scale"]))
         model = model.to(device).eval()
-        x = test_waveform(kw["sample_rate"]).to(device)
-        modes = [False, True] if device.type == "cuda" else [False]
-        parts = []
-        worst = 0.0
-        for tf32 in modes:
-            old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-            try:
+        x = test_waveform(kw["sample_rate"])
+        model_parts, front_parts = [], []
+        model_ok = front_ok = True
+        for on in (False, True):
+            with _reduced_fp32(on, device):
                 with torch.no_grad():
-                    out = model(x)
-            finally:
-                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+                    out = model(x.to(device))
+                front = _front_end_errors(model, x, device)
             err = max(float(np.abs(out[k].float().cpu().numpy() - ref["out_" + k]).max() /
                             (np.abs(ref["out_" + k]).max() + 1e-8)) for k in out)
-            parts.append(f"TF32 {'on' if tf32 else 'off'}: {err:.1e}")
-            if not tf32:
-                worst = err
-        c.add("golden", name, "max rel. error " + ", ".join(parts) + " (limit 2e-4 with TF32 off)", ok=worst < 2e-4)
+            mode = f"{reduced} {'on' if on else 'off'}"
+            model_parts.append(f"{mode}: {err:.1e}")
+            front_parts.append(f"{mode}: {front['guarded']:.1e}, max {front['db']:.2g} dB (unguarded "
+                               f"{front['unguarded']:.1e}, {front['raw_db']:.2g} dB)")
+            model_ok = model_ok and (on or err < 2e-4)
+            front_ok = front_ok and front["guarded"] < 2e-4
+        c.add("golden", name, "max rel. error " + ", ".join(model_parts) + f" (limit 2e-4 with {reduced} off)",
+              ok=model_ok)
+        c.add("golden", f"{name} front end", "vs the CPU, max rel. error " + ", ".join(front_parts) +
+              " (limit 2e-4 in both)", ok=front_ok)
         del model
+
+
+def stage_specaugment(c: Check, device: torch.device, dry: bool) -> None:
+    """SpecAugment on the device: torchlibrosa's per-example loop vs the one-mask version (panns.spec_augment), same
+    seed: identical output and RNG state, and the time per call on a training batch of log-mels."""
+    from torchlibrosa.augmentation import SpecAugmentation as LoopSpecAugmentation
+
+    from panns.spec_augment import SpecAugmentation
+
+    shape = (4, 1, 101, 64) if dry else (32, 1, 1001, 64)   # batch of 1-s (dry) or 10-s clips, 64 mel bins
+    x = torch.randn(shape, device=device)
+    kinds = {"loop (torchlibrosa)": LoopSpecAugmentation(64, 2, 8, 2), "one mask": SpecAugmentation(64, 2, 8, 2)}
+    outs, states = [], []
+    for module in kinds.values():
+        torch.manual_seed(0)
+        outs.append(module(x.clone()))
+        states.append(torch.get_rng_state())
+    same = torch.equal(outs[0], outs[1]) and torch.equal(states[0], states[1])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    reps, rounds = (3, 2) if dry else (50, 3)
+    best = {k: float("inf") for k in kinds}
+    for _ in range(rounds):   # interleaved rounds, best of each: both see the same load
+        for k, module in kinds.items():
+            xs = [x.clone() for _ in range(reps)]
+            sync()
+            t0 = time.perf_counter()
+            for xi in xs:
+                module(xi)
+            sync()
+            best[k] = min(best[k], (time.perf_counter() - t0) / reps)
+    loop, mask = best.values()
+    c.add("specaugment", f"batch {shape[0]} x {shape[2]} frames x {shape[3]} mel",
+          f"same output and RNG state: {same}; per call: loop {loop * 1e3:.2f} ms, one mask {mask * 1e3:.2f} ms "
+          f"({loop / mask:.1f}x)", ok=same)
 
 
 def stage_loader(c: Check, device: torch.device, ws: Dict[str, str]) -> None:
@@ -360,6 +454,7 @@ def main() -> None:
     t0 = time.perf_counter()
     c.stage("device", lambda: stage_device(c, device))
     c.stage("golden", lambda: stage_golden(c, device, golden))
+    c.stage("specaugment", lambda: stage_specaugment(c, device, a.dry_run))
     ws: Dict[str, str] = {}
     c.stage("workspace", lambda: ws.update(stage_workspace(os.path.join(out, "data"), a.dry_run, c)))
     if ws:

@@ -1,5 +1,5 @@
 #!/bin/bash
-# One prepared check of the GPU paths (device, golden outputs, loader, training in fp32/bf16/fp16/compile,
+# One prepared check of the GPU paths (device, golden outputs and front end with TF32 off/on, SpecAugment, loader, training in fp32/bf16/fp16/compile,
 # exact resume, inference GPU vs CPU, fp16 fine-tune); prints one Markdown table. About 8 minutes on one GPU.
 #
 #   bash benchmarks/gpu_check.sh [--out DIR] [--steps 200]      # on a GPU box

@@ -14,6 +14,8 @@ def test_gpu_check_dry_run(tmp_path):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     table = (out / "table.md").read_text()
     stages = {line.split("|")[1].strip() for line in table.splitlines()[2:]}
-    assert stages == {"device", "golden", "workspace", "loader", "train", "resume", "inference", "fine-tune"}, table
+    assert stages == {"device", "golden", "specaugment", "workspace", "loader", "train", "resume", "inference",
+                      "fine-tune"}, table
+    assert "same output and RNG state: True" in table
     assert "FAIL" not in table and "weights bit-equal: True" in table and "exact: True" in table
     assert r.stdout.rstrip().endswith("0 failed")
