@@ -78,9 +78,9 @@ def _ieee_exit(state: tuple) -> None:
 def ieee_fp32():
     """float32 convolutions and matmuls inside run in full IEEE fp32: TF32 off for cuDNN and cuBLAS, and
     oneDNN's bf16/tf32 modes for fp32 off; the previous settings (however the user set them) come back on
-    exit. PyTorch lets cuDNN convolutions use TF32 (10 mantissa bits) by default, enough to move the STFT and
-    mel sums past the golden tolerance. A dozen flag reads and writes per call; under torch.compile the
-    switches run eagerly between graphs (two graph breaks).
+    exit. PyTorch lets cuDNN convolutions use TF32 by default, which rounds the STFT's inputs to 10 mantissa
+    bits. A dozen flag reads and writes per call; under torch.compile the switches run eagerly between graphs
+    (two graph breaks)."""
     saved = _ieee_enter()
     try:
         yield
