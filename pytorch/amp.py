@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import threading
 from typing import Union
 
 import torch
@@ -38,9 +39,8 @@ _LEGACY = (("_get_cudnn_allow_tf32", "_set_cudnn_allow_tf32", False),
            ("_get_float32_matmul_precision", "_set_float32_matmul_precision", "highest"))
 
 
-@torch.compiler.disable  # global switches: set eagerly, between compiled graphs
-def _ieee_enter() -> tuple:
-    """Switch reduced-precision fp32 math off; returns the previous settings for :func:`_ieee_exit`."""
+def _switch_off() -> tuple:
+    """Switch reduced-precision fp32 math off; returns the previous settings for :func:`_switch_back`."""
     if not _HAS_FP32_PRECISION:
         saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
@@ -61,8 +61,7 @@ def _ieee_enter() -> tuple:
     return tuple(legacy), saved
 
 
-@torch.compiler.disable
-def _ieee_exit(state: tuple) -> None:
+def _switch_back(state: tuple) -> None:
     if not _HAS_FP32_PRECISION:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = state
         return
@@ -74,6 +73,30 @@ def _ieee_exit(state: tuple) -> None:
         torch._C._set_fp32_precision_setter(b, o, value)
 
 
+# The switches are process-wide, so regions that overlap (threads running models, nesting) share one: the first
+# to enter saves the caller's settings, the last to leave restores them. Inside, every thread's float32 math is
+# full fp32 - the cost of overlap is speed, never the caller's settings.
+_region_lock = threading.Lock()
+_region = {"depth": 0, "saved": None}
+
+
+@torch.compiler.disable  # global switches: set eagerly, between compiled graphs
+def _ieee_enter() -> None:
+    with _region_lock:
+        if _region["depth"] == 0:
+            _region["saved"] = _switch_off()
+        _region["depth"] += 1
+
+
+@torch.compiler.disable
+def _ieee_exit() -> None:
+    with _region_lock:
+        _region["depth"] -= 1
+        if _region["depth"] == 0:
+            saved, _region["saved"] = _region["saved"], None
+            _switch_back(saved)
+
+
 @contextlib.contextmanager
 def ieee_fp32():
     """float32 convolutions and matmuls inside run in full IEEE fp32: TF32 off for cuDNN and cuBLAS, and
@@ -81,11 +104,11 @@ def ieee_fp32():
     exit. PyTorch lets cuDNN convolutions use TF32 by default, which rounds the STFT's inputs to 10 mantissa
     bits. A dozen flag reads and writes per call; under torch.compile the switches run eagerly between graphs
     (two graph breaks)."""
-    saved = _ieee_enter()
+    _ieee_enter()
     try:
         yield
     finally:
-        _ieee_exit(saved)
+        _ieee_exit()
 
 
 def _device_type(device: Union[str, torch.device]) -> str:

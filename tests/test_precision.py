@@ -239,3 +239,23 @@ def test_front_end_ieee_fp32_under_compile(fp32_settings_restored):
         torch._dynamo.reset()
     assert len(front) == 4 and all(seen[f"{b}.{o}"] == "ieee" for seen in front for b, o in amp._FP32_OPS)
     assert torch.equal(eager, compiled) and _fp32_settings() == user
+
+
+def test_overlapping_front_ends_share_one_region(fp32_settings_restored):
+    """Threads running models overlap their front ends: A enters, B enters, A leaves (B still inside), B leaves.
+    Inside, everything stays ieee until the last one leaves; then the caller's settings are back (a save/restore
+    per region would have ended with B restoring A's ieee settings as the 'previous' ones)."""
+    exec(_USER_SETTINGS["legacy flags"])
+    user = _fp32_settings()
+    a, b = amp.ieee_fp32(), amp.ieee_fp32()
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)
+    inside = _fp32_settings()
+    assert all(inside[f"{o[0]}.{o[1]}"] == "ieee" for o in amp._FP32_OPS), inside
+    b.__exit__(None, None, None)
+    assert _fp32_settings() == user
+    with pytest.raises(ZeroDivisionError):   # an exception inside still restores them
+        with amp.ieee_fp32():
+            1 / 0
+    assert _fp32_settings() == user
