@@ -4,11 +4,11 @@ Stages (each reported as a row; a failing stage is a FAIL row with its one-line 
 
 1. device: name, torch / CUDA versions, compute capability, native bf16, what ``--precision auto`` picks.
 2. golden: official models (deterministic weights, tests/golden) on the device: max error relative to the
-   official outputs with TF32 globally off and on (within 2e-4 with it off), and the front end alone against the
-   same modules on the CPU (fp32, as the golden outputs): within 2e-4 in both modes (it switches TF32 off inside itself; also shown: the same modules
-   called without that guard, and the log-mel error in dB).
-   specaugment: torchlibrosa's per-example SpecAugment loop vs the one-mask version: same output and RNG state,
-   time per call on a training batch.
+   official outputs with TF32 globally off and on (within 2e-4 with it off), and the front end alone against
+   the same modules on the CPU (fp32, like the golden outputs): within 2e-4 in both modes, since it switches
+   TF32 off inside itself (also shown: the modules called without that guard, and the log-mel error in dB).
+   specaugment: torchlibrosa's per-example SpecAugment loop vs the one-mask version: same output and RNG
+   state, and the time per call on a training batch.
 3. loader: int16 batches -> to_device are bit-identical to the float path on the device.
 4. workspace: 10-s 32 kHz clips made by the project's demo data generator, packed and indexed.
 5. train: ``pytorch/main.py train`` for --steps steps per precision (fp32, bf16, fp16, bf16+compile): it/s,
@@ -158,8 +158,8 @@ def _front_end_errors(model: torch.nn.Module, x: torch.Tensor, device: torch.dev
         unguarded = model.bn0(raw_db.transpose(1, 3)).transpose(1, 3)
     scale = float(ref.abs().max())
     rel = lambda t: float((t.float().cpu() - ref).abs().max()) / scale  # noqa: E731
-    return {"guarded": rel(guarded), "unguarded": rel(unguarded),
-            "db": float((db.float().cpu() - ref_db).abs().max()), "raw_db": float((raw_db.float().cpu() - ref_db).abs().max())}
+    db_err = lambda t: float((t.float().cpu() - ref_db).abs().max())  # noqa: E731
+    return {"guarded": rel(guarded), "unguarded": rel(unguarded), "db": db_err(db), "raw_db": db_err(raw_db)}
 
 
 def stage_golden(c: Check, device: torch.device, names: List[str]) -> None:

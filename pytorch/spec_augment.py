@@ -6,7 +6,8 @@ graphs. Here the stripe bounds are drawn with the very same ``torch.randint`` ca
 the global CPU generator (so the RNG stream - hence exact resume and every later draw - is unchanged), sent
 to the input's device in one transfer, and turned into a (B, 1, T, F) mask by broadcast comparisons: one
 in-place ``masked_fill_`` per batch. In place like torchlibrosa: autograd then sees the same graph, so
-gradients are bit-identical too (an out-of-place fill changed bn0's gradient in the last bits). The module has no parameters or buffers, so models' state_dict keys do not change.
+gradients are bit-identical too (an out-of-place fill changed bn0's gradient in the last bits). The module
+has no parameters or buffers, so models' state_dict keys do not change.
 """
 from __future__ import annotations
 
