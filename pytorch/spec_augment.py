@@ -23,25 +23,28 @@ def _stripe_bounds(batch: int, dims) -> torch.Tensor:
     example, draw ``stripes_num`` stripes exactly as torchlibrosa's ``DropStripes.transform_slice`` does:
     ``d = randint(0, drop_width)``, then ``bgn = randint(0, total - d)``. Returns int64 (B, 2 * sum of
     stripes_num) on the CPU: per dimension, the begins of its stripes, then their ends (``bgn + d``)."""
-    cols = []
+    rows = [[] for _ in range(batch)]   # Python lists: one tensor is built at the end (cheap on a CPU too)
     for total, width, num in dims:
-        bounds = torch.empty(batch, 2, num, dtype=torch.int64)
         for n in range(batch):
-            for s in range(num):
+            begins, ends = [], []
+            for _ in range(num):
                 distance = int(torch.randint(low=0, high=width, size=(1,))[0])
                 if total - distance <= 0:
                     raise PannsError(f"SpecAugment drew a stripe of {distance} steps on an axis of {total}: "
                                      f"training needs at least {width} steps there (use longer clips)")
                 bgn = int(torch.randint(low=0, high=total - distance, size=(1,))[0])
-                bounds[n, 0, s], bounds[n, 1, s] = bgn, bgn + distance
-        cols.append(bounds.reshape(batch, 2 * num))
-    return torch.cat(cols, dim=1)
+                begins.append(bgn)
+                ends.append(bgn + distance)
+            rows[n] += begins + ends
+    return torch.tensor(rows, dtype=torch.int64).reshape(batch, -1)
 
 
 def _axis_mask(positions: torch.Tensor, bounds: torch.Tensor, num: int) -> torch.Tensor:
     """positions (L,), bounds (B, 2 * num) [begins, ends] -> (B, L) bool, True inside any stripe."""
-    bgn, end = bounds[:, :num, None], bounds[:, num:, None]           # (B, num, 1)
-    return ((positions >= bgn) & (positions < end)).any(dim=1)
+    mask = torch.zeros(bounds.shape[0], positions.shape[0], dtype=torch.bool, device=positions.device)
+    for s in range(num):  # a few (B, L) ops per stripe; a reduction over a stripes axis is slower on CPUs
+        mask |= (positions >= bounds[:, s, None]) & (positions < bounds[:, num + s, None])
+    return mask
 
 
 class SpecAugmentation(nn.Module):
