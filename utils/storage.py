@@ -13,16 +13,28 @@ Both layouts hold the same ``audio_name`` (N,) S20, ``target`` (N, classes) bool
 from __future__ import annotations
 
 import io
+from typing import Optional
+
 import h5py
 import numpy as np
 import soundfile as sf
 
 from panns.errors import PannsError
 
+try:  # optional: without it (or in a version without the dr_flac functions) libsndfile decodes
+    import miniaudio
+except ImportError:
+    miniaudio = None
+
 STORAGES = ("pcm16", "flac")
 PCM_KEY = "waveform"
 FLAC_KEY = "waveform_flac"
 _FLAC_ROWS_PER_CHUNK = 64  # row references per HDF5 chunk of the vlen dataset (the bytes live in the heap)
+_DR_FLAC = getattr(miniaudio, "lib", None)
+if not hasattr(_DR_FLAC, "ma_dr_flac_open_memory"):
+    _DR_FLAC = None
+# Names accepted by decode_flac_into(decoder=...), fastest first; the first is the default.
+FLAC_DECODERS = ("miniaudio", "soundfile") if _DR_FLAC is not None else ("soundfile",)
 
 
 def check_storage(storage: str) -> str:
@@ -68,16 +80,54 @@ def encode_flac(row: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.frombuffer(buf.getvalue(), dtype=np.uint8)
 
 
-def decode_flac_into(data: np.ndarray, out: np.ndarray, name: str = "row") -> None:
-    """FLAC bytes (uint8) -> ``out`` int16 (clip_samples,), which must be filled exactly."""
+def _decode_soundfile(data: np.ndarray, out: np.ndarray, name: str) -> None:
+    """libsndfile through soundfile's virtual IO (Python callbacks, but the FLAC decoding dominates)."""
     try:
         with sf.SoundFile(io.BytesIO(memoryview(np.ascontiguousarray(data)))) as f:
+            if f.channels != 1:
+                raise PannsError(f"FLAC {name} has {f.channels} channels, expected 1")
             n = f.read(frames=len(out), dtype="int16", out=out)
             n = len(n) if isinstance(n, np.ndarray) else int(n)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         raise PannsError(f"cannot decode FLAC {name}: {e}") from None
     if n != len(out):
         raise PannsError(f"FLAC {name} holds {n} samples, expected {len(out)}")
+
+
+def _decode_dr_flac(data: np.ndarray, out: np.ndarray, name: str) -> None:
+    """dr_flac (miniaudio's C library through its cffi module) straight from the bytes into ``out``."""
+    ffi = miniaudio.ffi
+    src = ffi.from_buffer(np.ascontiguousarray(data))  # kept alive: dr_flac reads from it until closed
+    flac = _DR_FLAC.ma_dr_flac_open_memory(src, len(src), ffi.NULL)
+    if flac == ffi.NULL:
+        raise PannsError(f"cannot decode FLAC {name}: not a FLAC stream")
+    try:
+        if flac.channels != 1 or flac.bitsPerSample != 16:
+            raise PannsError(f"FLAC {name} is {flac.channels} channel(s) of {flac.bitsPerSample} bits, "
+                             "expected mono 16-bit")
+        total = int(flac.totalPCMFrameCount)  # 0: not in the header; then n below is all we know
+        if total not in (0, len(out)):
+            raise PannsError(f"FLAC {name} holds {total} samples, expected {len(out)}")
+        n = int(_DR_FLAC.ma_dr_flac_read_pcm_frames_s16(flac, len(out), ffi.from_buffer("short[]", out, True)))
+    finally:
+        _DR_FLAC.ma_dr_flac_close(flac)
+    if n != len(out):  # dr_flac skips frames whose CRC fails, so corruption ends here too
+        raise PannsError(f"cannot decode FLAC {name}: {n} of {len(out)} samples decoded (corrupt or truncated)")
+
+
+_DECODE = {"soundfile": _decode_soundfile, "miniaudio": _decode_dr_flac}
+
+
+def decode_flac_into(data: np.ndarray, out: np.ndarray, name: str = "row", decoder: Optional[str] = None) -> None:
+    """FLAC bytes uint8 (nbytes,) -> ``out`` int16 (clip_samples,), which must be filled exactly.
+
+    ``decoder``: one of :data:`FLAC_DECODERS` (default: the first, the fastest installed)."""
+    decoder = decoder or FLAC_DECODERS[0]
+    if decoder not in FLAC_DECODERS:
+        raise PannsError(f"FLAC decoder must be one of {', '.join(FLAC_DECODERS)}, got {decoder!r}")
+    if out.dtype != np.int16 or out.ndim != 1 or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be a writable C-contiguous int16 (clip_samples,) array")
+    _DECODE[decoder](data, out, name)
 
 
 def encode_row(row: np.ndarray, storage: str, sample_rate: int) -> np.ndarray:
@@ -119,18 +169,20 @@ class WaveformWriter(object):
 
 class FlacRowReader(object):
     """Row reader of the flac layout with the interface of the pcm16 row reader of the data loader:
-    ``row_shape`` (clip_samples,), ``dtype`` int16, ``read_into(i, out)``, ``read(i)``."""
+    ``row_shape`` (clip_samples,), ``dtype`` int16, ``read_into(i, out)``, ``read(i)``. ``decoder``: see
+    :func:`decode_flac_into`."""
 
-    def __init__(self, ds: h5py.Dataset, clip_samples: int):
+    def __init__(self, ds: h5py.Dataset, clip_samples: int, decoder: Optional[str] = None):
         self.ds = ds
         self.row_shape = (int(clip_samples),)
         self.dtype = np.dtype(np.int16)
+        self.decoder = decoder
 
     def read_into(self, i: int, out: np.ndarray) -> None:
         if not 0 <= i < self.ds.shape[0]:
             raise PannsError(f"row {i} out of range for {self.ds.name} ({self.ds.shape[0]} rows) "
                              f"in {self.ds.file.filename}")
-        decode_flac_into(self.ds[i], out, f"row {i} of {self.ds.file.filename}")
+        decode_flac_into(self.ds[i], out, f"row {i} of {self.ds.file.filename}", self.decoder)
 
     def read(self, i: int) -> np.ndarray:
         out = np.empty(self.row_shape, self.dtype)
