@@ -284,3 +284,42 @@ def test_bench_storage_runs_at_toy_size(tmp_path, capsys, repo_root):
         line = next(x for x in out.splitlines() if x.strip().startswith(kind))
         assert all(f" {d} " in line for d in storage.FLAC_DECODERS), line
     assert "pcm16:" in out and "flac:" in out and "clips/s" in out, out
+
+
+def test_flac_rows_read_from_the_file_equal_h5py(tmp_path, monkeypatch):
+    """FlacRowReader reads row bytes straight from the HDF5 heap (read-only files): the same bytes as h5py for
+    rows that fill a heap collection alone or share one, empty rows, a file with a user block; files open for
+    writing, and rows the direct read cannot place, go through h5py."""
+    rs = np.random.RandomState(0)
+    sizes = [0, 3, 5000, 70000, 11, 1200, 0, 40000] * 9
+    data = [rs.randint(0, 256, n).astype(np.uint8) for n in sizes]
+    for userblock in (0, 1024):
+        path = str(tmp_path / f"rows{userblock}.h5")
+        with h5py.File(path, "w", userblock_size=userblock) as hf:
+            ds = hf.create_dataset("w", shape=(len(sizes),), maxshape=(None,), chunks=(16,),
+                                   dtype=h5py.vlen_dtype(np.uint8))
+            for i, d in enumerate(data):
+                ds[i] = d
+        with h5py.File(path, "r") as hf:
+            reader = storage.FlacRowReader(hf["w"], 10)
+            assert reader.heap is not None
+            for i in rs.permutation(len(sizes)):
+                assert bytes(reader._bytes(i)) == data[i].tobytes(), (userblock, i)
+        with h5py.File(path, "a") as hf:
+            assert storage.FlacRowReader(hf["w"], 10).heap is None
+    rows = [(rs.randn(SR) * 3000).astype(np.int16) for _ in range(3)]
+    path = str(tmp_path / "flac.h5")
+    with h5py.File(path, "w") as hf:
+        w = storage.WaveformWriter(hf, len(rows), SR, "flac")
+        for r in rows:
+            w.append(storage.encode_flac(r, SR))
+        w.finish()
+
+    def unplaceable(self, i):
+        raise ValueError("heap object not found")
+
+    with h5py.File(path, "r") as hf:
+        reader = storage.FlacRowReader(hf[storage.FLAC_KEY], SR)
+        assert reader.heap is not None and all((reader.read(i) == rows[i]).all() for i in range(3))
+        monkeypatch.setattr(storage._HeapRows, "row", unplaceable)
+        assert all((reader.read(i) == rows[i]).all() for i in range(3))
