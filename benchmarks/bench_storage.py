@@ -8,8 +8,9 @@ music-like (notes with harmonics and envelopes, percussive noise hits), packs th
 * bytes per clip of each layout and kind (file size / clips),
 * FLAC decode rate of one process (``storage.FlacRowReader``: HDF5 row read + decode, clips/s by wall
   clock and by CPU time; the CPU figure is what one loader worker manages when it has a core to itself)
-  for every installed decoder (``storage.FLAC_DECODERS``), timed in alternating rounds on the same rows
-  so the ratio holds under a varying load,
+  for every installed decoder (``storage.FLAC_DECODERS``) and for the earlier path (``h5py+soundfile``:
+  rows through h5py's vlen read, libsndfile), timed in alternating rounds on the same rows so the
+  ratios hold under a varying load,
 * clips/s through the training path of a GPU run (``data_generator.train_loader`` as ``main.py train``
   builds it, int16 rows (``raw=True``), ``BalancedTrainSampler``, batch 32) with ``--workers`` loader
   workers, both layouts (flac with the default decoder).
@@ -103,24 +104,28 @@ def make_set(folder: str, kind: str, clips: int, seed: int, clip: int) -> str:
 
 
 def decode_rates(path: str, min_seconds: float = 3.0, rounds: int = 3) -> dict:
-    """{decoder: (wall clips/s, CPU clips/s)} of reading and decoding every row of a flac-layout file in this
-    process; decoders take turns, ``rounds`` times, for ``min_seconds`` in all each."""
-    done = {d: [0, 0.0, 0.0] for d in storage.FLAC_DECODERS}
+    """{variant: (wall clips/s, CPU clips/s)} of reading and decoding every row of a flac-layout file in this
+    process, for every installed decoder and for the way rows were read before (h5py's vlen read, then
+    libsndfile); the variants take turns, ``rounds`` times, for ``min_seconds`` in all each."""
     with h5py.File(path, "r") as hf:
-        rows, clip = hf[storage.FLAC_KEY].shape[0], storage.clip_samples_of(hf)
-        readers = {d: storage.FlacRowReader(hf[storage.FLAC_KEY], clip, decoder=d) for d in storage.FLAC_DECODERS}
+        ds = hf[storage.FLAC_KEY]
+        rows, clip = ds.shape[0], storage.clip_samples_of(hf)
+        readers = {d: storage.FlacRowReader(ds, clip, decoder=d) for d in storage.FLAC_DECODERS}
+        readers["h5py+soundfile"] = old = storage.FlacRowReader(ds, clip, decoder="soundfile")
+        old.heap = None  # rows through h5py, as before the direct heap read
+        done = {name: [0, 0.0, 0.0] for name in readers}
         out = np.empty(clip, np.int16)
         for _ in range(rounds):
-            for d, reader in readers.items():
+            for name, reader in readers.items():
                 t0, c0, n = time.perf_counter(), time.process_time(), 0
                 while time.perf_counter() - t0 < min_seconds / rounds:
                     for i in range(rows):
                         reader.read_into(i, out)
                     n += rows
-                done[d][0] += n
-                done[d][1] += time.perf_counter() - t0
-                done[d][2] += time.process_time() - c0
-    return {d: (n / wall, n / cpu) for d, (n, wall, cpu) in done.items()}
+                done[name][0] += n
+                done[name][1] += time.perf_counter() - t0
+                done[name][2] += time.process_time() - c0
+    return {name: (n / wall, n / cpu) for name, (n, wall, cpu) in done.items()}
 
 
 def loader_rate(index_path: str, clip: int, workers: int, batches: int, batch_size: int = 32) -> float:
