@@ -1,7 +1,10 @@
 """pack_from_shards (utils/shards.py): tar and Parquet shards pack into the rows pack_waveforms_to_hdf5 gives
 for the same audio, labels map through the label CSV, bad members are listed, unknown labels reported,
-corrupt shards named, interrupted runs resume shard by shard; the flac storage layout."""
+corrupt shards named, interrupted runs resume shard by shard; the flac storage layout: its decoders are exact
+and fail in one line, and benchmarks/bench_storage.py runs."""
 import csv
+import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -9,6 +12,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
+import soundfile as sf
 
 from data_helpers import make_dataset, make_shard_clips, write_parquet_shards, write_tar_shards
 
@@ -199,3 +203,123 @@ def test_hosted_route_scripts(clips, tmp_path, repo_root):
     assert r.returncode == 0, r.stdout + r.stderr
     with h5py.File(ws / "hdf5s" / "indexes" / "full_train.h5", "r") as hf:
         assert hf["audio_name"].shape == (3 + 6,)  # balanced (3 clips; the broken member has no row) + 2 x 3
+
+
+def _flac(samples: np.ndarray, level: float) -> np.ndarray:
+    """int16 (T,) or (T, channels) -> FLAC bytes at libsndfile's ``level`` (0..1)."""
+    buf = io.BytesIO()
+    sf.write(buf, samples, SR, format="FLAC", subtype="PCM_16", compression_level=level)
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+
+def _decoder(name):
+    if name not in storage.FLAC_DECODERS:
+        pytest.skip(f"FLAC decoder {name} not installed")  # requirements.txt installs both
+    return name
+
+
+@pytest.mark.parametrize("decoder", ["miniaudio", "soundfile"])
+def test_flac_decoders_are_exact_and_fail_in_one_line(decoder):
+    """Every decoder gives the int16 row bit for bit, for streams of our encoder (level 0) and of the default
+    levels older files used, on signals that hit every FLAC subframe kind (constant, verbatim, fixed, LPC) and
+    the int16 extremes; damaged or mismatched streams are a PannsError naming the row, never a wrong row."""
+    _decoder(decoder)
+    rs = np.random.RandomState(0)
+    n = SR + 123  # not a multiple of any block size: the last frame is short
+    t = np.arange(n) / SR
+    voiced = np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 3 * t) > 0) + 0.01 * rs.randn(n)
+    signals = {"silence": np.zeros(n), "noise": rs.uniform(-1, 1, n), "voiced": 0.5 * voiced,
+               "extremes": np.where(np.arange(n) % 7 < 3, -1.0, 1.0)}
+    for name, x in signals.items():
+        row = np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16)
+        for level in (0.0, 0.5, 1.0):
+            out = np.full(n, 7, np.int16)
+            data = _flac(row, level) if level else storage.encode_flac(row, SR)
+            storage.decode_flac_into(data, out, name, decoder=decoder)
+            np.testing.assert_array_equal(out, row, err_msg=f"{name} level {level}")
+    row = np.clip(np.round(voiced * 16000), -32768, 32767).astype(np.int16)
+    data = storage.encode_flac(row, SR)
+    flipped = data.copy()
+    flipped[len(data) // 2] ^= 0x5A
+    bad = {"truncated": data[: len(data) // 2], "flipped": flipped,
+           "garbage": np.frombuffer(b"fLaC" + b"\0x" * 99, np.uint8),
+           "stereo": _flac(np.stack([row, row], 1), 0.0)}
+    for what, stream in bad.items():
+        with pytest.raises(PannsError, match="FLAC row 3 of x.h5") as e:
+            storage.decode_flac_into(stream, np.empty(n, np.int16), "row 3 of x.h5", decoder=decoder)
+        assert "\n" not in str(e.value), what
+    with pytest.raises(PannsError, match=f"holds {n} samples, expected {n + 1}"):
+        storage.decode_flac_into(data, np.empty(n + 1, np.int16), decoder=decoder)
+    with pytest.raises(PannsError, match="decoder must be one of"):
+        storage.decode_flac_into(data, np.empty(n, np.int16), decoder="ffmpeg")
+
+
+def test_flac_decoding_without_miniaudio_falls_back_to_soundfile(tmp_path, repo_root):
+    """miniaudio is optional: without it the layout still reads, through libsndfile."""
+    code = ("import sys; sys.modules['miniaudio'] = None\n"  # import miniaudio -> ImportError
+            "import numpy as np\n"
+            "from panns import storage\n"
+            "assert storage.FLAC_DECODERS == ('soundfile',), storage.FLAC_DECODERS\n"
+            "row = (np.arange(5000) % 301 - 150).astype(np.int16)\n"
+            "out = np.empty(5000, np.int16)\n"
+            "storage.decode_flac_into(storage.encode_flac(row, 16000), out)\n"
+            "assert (out == row).all()\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
+                       env=dict(os.environ, PYTHONPATH=os.path.join(repo_root, "pytorch")))
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_bench_storage_runs_at_toy_size(tmp_path, capsys, repo_root):
+    """benchmarks/bench_storage.py end to end (generation, both packers' layouts, every decoder, the training
+    loader with 2 workers) on a few 0.5-s clips, so a changed API cannot break it unnoticed."""
+    path = os.path.join(repo_root, "benchmarks", "bench_storage.py")
+    spec = importlib.util.spec_from_file_location("bench_storage", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--clips", "3", "--batches", "1", "--batch_size", "2", "--decode_seconds", "0.05",
+                "--clip_seconds", "0.5", "--dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    for kind in ("speech", "music"):
+        line = next(x for x in out.splitlines() if x.strip().startswith(kind))
+        assert all(f" {d} " in line for d in storage.FLAC_DECODERS + ("h5py+soundfile",)), line
+    assert "pcm16:" in out and "flac:" in out and "clips/s" in out, out
+
+
+def test_flac_rows_read_from_the_file_equal_h5py(tmp_path, monkeypatch):
+    """FlacRowReader reads row bytes straight from the HDF5 heap (read-only files): the same bytes as h5py for
+    rows that fill a heap collection alone or share one, empty rows, a file with a user block; files open for
+    writing, and rows the direct read cannot place, go through h5py."""
+    rs = np.random.RandomState(0)
+    sizes = [0, 3, 5000, 70000, 11, 1200, 0, 40000] * 9
+    data = [rs.randint(0, 256, n).astype(np.uint8) for n in sizes]
+    for userblock in (0, 1024):
+        path = str(tmp_path / f"rows{userblock}.h5")
+        with h5py.File(path, "w", userblock_size=userblock) as hf:
+            ds = hf.create_dataset("w", shape=(len(sizes),), maxshape=(None,), chunks=(16,),
+                                   dtype=h5py.vlen_dtype(np.uint8))
+            for i, d in enumerate(data):
+                ds[i] = d
+        with h5py.File(path, "r") as hf:
+            reader = storage.FlacRowReader(hf["w"], 10)
+            assert reader.heap is not None
+            for i in rs.permutation(len(sizes)):
+                assert bytes(reader.heap.row(i)) == data[i].tobytes(), (userblock, i)  # no h5py fallback here
+        with h5py.File(path, "a") as hf:
+            assert storage.FlacRowReader(hf["w"], 10).heap is None
+    rows = [(rs.randn(SR) * 3000).astype(np.int16) for _ in range(3)]
+    path = str(tmp_path / "flac.h5")
+    with h5py.File(path, "w") as hf:
+        w = storage.WaveformWriter(hf, len(rows), SR, "flac")
+        for r in rows:
+            w.append(storage.encode_flac(r, SR))
+        w.finish()
+
+    def unplaceable(self, i):
+        raise ValueError("heap object not found")
+
+    with h5py.File(path, "r") as hf:
+        reader = storage.FlacRowReader(hf[storage.FLAC_KEY], SR)
+        assert reader.heap is not None and all((reader.read(i) == rows[i]).all() for i in range(3))
+        monkeypatch.setattr(storage._HeapRows, "row", unplaceable)
+        assert all((reader.read(i) == rows[i]).all() for i in range(3))
