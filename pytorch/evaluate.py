@@ -27,20 +27,9 @@ import torch.distributed as dist
 from sklearn import metrics
 
 from panns import runtime
-from panns.utilities import atomic_path, create_folder
+from panns.utilities import atomic_path, create_folder, d_prime
 
 logger = logging.getLogger(__name__)
-
-# AUC 1.0 (or 0.0) would give an infinite d-prime; clip so that a perfect score stays finite (d' ~ 7.3).
-_AUC_CLIP = 1e-7
-
-
-def d_prime(auc: float) -> float:
-    """sqrt(2) * Phi^-1(AUC) (official ``utilities.d_prime``), finite for AUC in [0, 1]."""
-    from scipy import stats
-
-    return float(stats.norm().ppf(np.clip(auc, _AUC_CLIP, 1 - _AUC_CLIP)) * np.sqrt(2.0))
-
 
 # A class whose scores vary less than this across the evaluated clips (std of probabilities) is
 # "degenerate": the model gives every clip the same score, so its AP/AUC only measure ties.
@@ -94,7 +83,7 @@ def compute_metrics(target: np.ndarray, clipwise_output: np.ndarray) -> Dict[str
         auc[has_both] = metrics.roc_auc_score(target[:, has_both], output[:, has_both], average=None)
     m_ap = float(np.mean(ap[has_pos])) if has_pos.any() else 0.0
     m_auc = float(np.mean(auc[has_both])) if has_both.any() else 0.5
-    return {"average_precision": ap, "auc": auc, "mAP": m_ap, "mAUC": m_auc, "d_prime": d_prime(m_auc),
+    return {"average_precision": ap, "auc": auc, "mAP": m_ap, "mAUC": m_auc, "d_prime": float(d_prime(m_auc)),
             "ap_classes": int(has_pos.sum()), "auc_classes": int(has_both.sum()),
             "classes_num": int(classes_num), "clips": int(n),
             "degenerate_classes": check_constant_outputs(output)}
@@ -108,7 +97,7 @@ def summarize(stat: Dict[str, object]) -> Dict[str, object]:
     m_auc = float(auc[auc_ok].mean()) if auc_ok.any() else 0.5
     out = {"iteration": int(stat.get("iteration", -1)),
            "mAP": float(ap[ap_ok].mean()) if ap_ok.any() else 0.0,
-           "mAUC": m_auc, "d_prime": d_prime(m_auc),
+           "mAUC": m_auc, "d_prime": float(d_prime(m_auc)),
            "ap_classes": int(ap_ok.sum()), "auc_classes": int(auc_ok.sum()), "classes_num": int(ap.size)}
     for key in ("clips", "degenerate_classes"):
         if key in stat:

@@ -70,7 +70,7 @@ from panns import storage as storage_mod
 from panns.audio_io import AUDIO_EXTENSIONS, ffmpeg_exe, is_truncated
 from panns.errors import PannsError, run_cli
 from panns.packing import is_complete_waveforms_hdf5
-from panns.utilities import atomic_write_text, create_logging, get_filename, remove_stale_temps
+from panns.utilities import Progress, atomic_write_text, create_logging, get_filename, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -654,7 +654,7 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
     # The pool forks its workers on entering, before the output file is opened.
     with packing.OrderedPool(packing.decode_row, min(num_workers, len(jobs))) as pool, \
             packing.PackedFile(waveforms_hdf5_path, len(jobs), clip_samples, storage) as out:
-        with packing.Progress(len(jobs), f"pack {get_filename(csv_path)}", progress) as bar:
+        with Progress(len(jobs), f"pack {get_filename(csv_path)}", progress) as bar:
             for res in pool.imap(jobs):
                 seg = segments[res.n]
                 if res.row is None:
