@@ -22,7 +22,6 @@ from panns import config
 from panns import data_generator as dg
 from panns import devices
 from panns import models
-from panns import storage
 from panns import train_lib as tl
 from panns.create_indexes import read_index
 from panns.devices import DistInfo
@@ -65,13 +64,9 @@ def _clip_samples(indexes_path: str, labels: config.ClassLabels, sample_rate: in
     lengths: Dict[str, int] = {}
     rates: Dict[int, str] = {}
     for path in _waveform_files(indexes_path):
-        if not os.path.isfile(path):
-            raise PannsError(f"waveform HDF5 {path} (named in {indexes_path}) not found; "
-                             "pack it with utils/dataset.py pack_waveforms_to_hdf5")
-        with h5py.File(path, "r") as hf:
-            file_sr = int(hf.attrs.get("sample_rate", config.sample_rate))
-            file_len = storage.clip_samples_of(hf)  # either layout (pcm16 or flac)
-            ids = [x.decode() if isinstance(x, bytes) else str(x) for x in hf.attrs.get("class_ids", [])]
+        info = dg.waveform_info(path, f" (named in {indexes_path}; pack it with utils/dataset.py "
+                                      "pack_waveforms_to_hdf5)")
+        file_sr, file_len, ids = info.sample_rate, info.clip_samples, info.class_ids
         if ids and ids != list(labels.ids):
             raise PannsError(f"{path} was packed with another label CSV (class ids differ from "
                              f"{labels.ids[:2]}...); pass the matching --class_labels_csv")

@@ -56,6 +56,7 @@ import os
 import random
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Set
 
 import h5py
@@ -65,7 +66,7 @@ import torch
 from torch.utils.data import DataLoader, get_worker_info
 
 from panns import storage
-from panns.create_indexes import IndexTable, read_index, resolve_hdf5_path
+from panns.create_indexes import IndexTable, open_waveform_hdf5, read_index, resolve_hdf5_path
 from panns.errors import PannsError
 from panns.utilities import INT16_SCALE, int16_to_float32
 
@@ -257,18 +258,8 @@ class _OpenFile(object):
     """An open waveform HDF5 with its row readers."""
 
     def __init__(self, path: str):
-        try:
-            self.hf = h5py.File(path, "r")
-        except (OSError, FileNotFoundError) as e:
-            raise PannsError(f"cannot open waveform HDF5 {path}: {e}") from None
-        try:
-            layout = storage.storage_of(self.hf)
-            for key in ("audio_name", "target"):
-                if key not in self.hf:
-                    raise PannsError(f"{path} is not a waveform HDF5 (no '{key}' dataset)")
-        except PannsError:
-            self.hf.close()
-            raise
+        self.hf = open_waveform_hdf5(path)
+        layout = storage.storage_of(self.hf)
         try:
             self.fd: Optional[int] = os.open(path, os.O_RDONLY)
         except OSError:
@@ -287,6 +278,21 @@ class _OpenFile(object):
             if self.fd is not None:
                 os.close(self.fd)
                 self.fd = None
+
+
+@dataclass
+class WaveformInfo:
+    """What a waveform HDF5 holds: its sample rate, clip length (samples at that rate), class ids (may be empty)."""
+    sample_rate: int
+    clip_samples: int
+    class_ids: List[str]
+
+
+def waveform_info(path: str, hint: str = "") -> WaveformInfo:
+    """Open and check a waveform HDF5 as the loader does (see ``open_waveform_hdf5``) and describe it."""
+    with open_waveform_hdf5(path, hint) as hf:
+        ids = [_decode_name(x) for x in hf.attrs.get("class_ids", [])]
+        return WaveformInfo(int(hf.attrs.get("sample_rate", 32000)), storage.clip_samples_of(hf), ids)
 
 
 def _decode_name(x) -> str:
