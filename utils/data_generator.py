@@ -668,46 +668,37 @@ class _BalancedStream(object):
         return out
 
 
-class _TrainSamplerBase(object):
-    """Infinite batch sampler over one global stream; rank r takes global batches r, r + W, r + 2W, ..."""
+class ResumableBatchSampler(object):
+    """Endless batch sampler whose local batch ``k`` is a pure function of ``k`` (one global stream;
+    rank r takes global batches r, r + W, r + 2W, ...), so resuming is setting a counter.
 
-    _needs_targets = False
+    ``state_dict(batches_consumed)`` is a few integers plus what identifies the data (see ``_identity``);
+    ``load_state_dict`` refuses a state saved for other data, seed or batch size and jumps to the
+    position in O(1). The one resume mechanism of every training loop (AudioSet and fine-tuning)."""
 
-    def __init__(self, indexes_hdf5_path: str, batch_size: int, black_list_csv: Optional[str] = None,
-                 random_seed: int = 1234, rank: int = 0, world_size: int = 1,
-                 black_list: Optional[Iterable[str]] = None):
+    def __init__(self, batch_size: int, random_seed: int, rank: int = 0, world_size: int = 1):
         if batch_size < 1:
             raise PannsError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise PannsError(f"invalid rank/world_size: {rank}/{world_size}")
-        self.indexes_hdf5_path = indexes_hdf5_path
         self.batch_size = int(batch_size)
         self.random_seed = int(random_seed)
         self.rank, self.world_size = int(rank), int(world_size)
-        self.index = _Index(indexes_hdf5_path, black_list_csv, black_list, self._needs_targets)
-        self._build()
-        self.index.table.positives = None  # only needed while building the per-class lists
         self._batches = 0  # local batches yielded by this rank
 
-    def _build(self) -> None:
+    def _global_batch(self, g: int) -> list:
+        """The items of global batch ``g``."""
         raise NotImplementedError
 
-    def _global_batch_rows(self, g: int) -> List[int]:
+    def _identity(self) -> List[tuple]:
+        """(key, value, what differs when it does not match) of the data the stream runs over."""
         raise NotImplementedError
 
-    @property
-    def audios_num(self) -> int:
-        return len(self.index.pool)
-
-    def batch_rows(self, k: int) -> List[int]:
-        """Index-file rows of this rank's local batch ``k`` (pure function; no state change)."""
-        return self._global_batch_rows(k * self.world_size + self.rank)
-
-    def __iter__(self) -> Iterator[List[dict]]:
+    def __iter__(self) -> Iterator[list]:
         while True:
-            rows = self.batch_rows(self._batches)
+            batch = self._global_batch(self._batches * self.world_size + self.rank)
             self._batches += 1
-            yield [self.index.meta(r) for r in rows]
+            yield batch
 
     def state_dict(self, batches_consumed: Optional[int] = None) -> dict:
         """Small resumable state. ``batches_consumed``: local batches the training loop actually used
@@ -715,12 +706,9 @@ class _TrainSamplerBase(object):
         batches = self._batches if batches_consumed is None else int(batches_consumed)
         if batches < 0:
             raise PannsError(f"batches_consumed must be >= 0, got {batches}")
-        return {
-            "sampler": type(self).__name__, "version": STATE_VERSION, "seed": self.random_seed,
-            "batch_size": self.batch_size, "num_clips": len(self.index.table), "pool_size": len(self.index.pool),
-            "index_fingerprint": self.index.fingerprint, "rank": self.rank, "world_size": self.world_size,
-            "batches": batches,
-        }
+        return {"sampler": type(self).__name__, "version": STATE_VERSION, "seed": self.random_seed,
+                "batch_size": self.batch_size, **{key: value for key, value, _what in self._identity()},
+                "rank": self.rank, "world_size": self.world_size, "batches": batches}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where ``state`` was taken. Raises PannsError if it belongs to another setup."""
@@ -732,20 +720,55 @@ class _TrainSamplerBase(object):
         name = type(self).__name__
         if state.get("sampler") != name:
             raise PannsError(f"sampler state is for {state.get('sampler')}, this sampler is {name}")
-        checks = [("index_fingerprint", self.index.fingerprint, "a different index file"),
-                  ("num_clips", len(self.index.table), "a different index file"),
-                  ("pool_size", len(self.index.pool), "a different black list"),
-                  ("seed", self.random_seed, "a different random seed"),
-                  ("batch_size", self.batch_size, "a different batch size")]
+        checks = self._identity() + [("seed", self.random_seed, "a different random seed"),
+                                     ("batch_size", self.batch_size, "a different batch size")]
         for key, mine, what in checks:
             if state.get(key) != mine:
                 raise PannsError(f"sampler state was saved with {what} ({key}: saved {state.get(key)!r}, "
-                                 f"now {mine!r}; index {self.indexes_hdf5_path})")
+                                 f"now {mine!r})")
         global_batches = int(state["batches"]) * int(state.get("world_size", 1))
         if global_batches % self.world_size:
             raise PannsError(f"cannot resume {global_batches} global batches on {self.world_size} ranks "
                              f"(saved with world_size={state.get('world_size')})")
         self._batches = global_batches // self.world_size
+
+
+class _TrainSamplerBase(ResumableBatchSampler):
+    """Batches of meta dicts over the clips of an index file (see ResumableBatchSampler)."""
+
+    _needs_targets = False
+
+    def __init__(self, indexes_hdf5_path: str, batch_size: int, black_list_csv: Optional[str] = None,
+                 random_seed: int = 1234, rank: int = 0, world_size: int = 1,
+                 black_list: Optional[Iterable[str]] = None):
+        super().__init__(batch_size, random_seed, rank, world_size)
+        self.indexes_hdf5_path = indexes_hdf5_path
+        self.index = _Index(indexes_hdf5_path, black_list_csv, black_list, self._needs_targets)
+        self._build()
+        self.index.table.positives = None  # only needed while building the per-class lists
+
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def _global_batch_rows(self, g: int) -> List[int]:
+        raise NotImplementedError
+
+    def _global_batch(self, g: int) -> List[dict]:
+        return [self.index.meta(r) for r in self._global_batch_rows(g)]
+
+    def _identity(self) -> List[tuple]:
+        where = f"index {self.indexes_hdf5_path}"
+        return [("index_fingerprint", self.index.fingerprint, f"a different index file, {where}"),
+                ("num_clips", len(self.index.table), f"a different index file, {where}"),
+                ("pool_size", len(self.index.pool), f"a different black list, {where}")]
+
+    @property
+    def audios_num(self) -> int:
+        return len(self.index.pool)
+
+    def batch_rows(self, k: int) -> List[int]:
+        """Index-file rows of this rank's local batch ``k`` (pure function; no state change)."""
+        return self._global_batch_rows(k * self.world_size + self.rank)
 
 
 class TrainSampler(_TrainSamplerBase):
