@@ -205,3 +205,34 @@ class StatisticsContainer:
         self.statistics_dict = {k: [s for s in v if s["iteration"] <= resume_iteration] for k, v in loaded.items()}
         for k in ("bal", "test"):
             self.statistics_dict.setdefault(k, [])
+
+
+def classification_scores(probs: np.ndarray, targets: np.ndarray, labels: List[str], multi_label: bool) -> dict:
+    """Scores of a fine-tuned classifier: probabilities (N, C) against multi-hot targets (N, C).
+
+    Single-label: accuracy + sklearn classification_report; multi-label: mAP + per-class AP and F1 at 0.5.
+    ``metric``/``value`` name the number used to pick the best checkpoint (accuracy, or mAP); ``report``
+    is the text for report.txt.
+    """
+    present = targets.sum(0) > 0
+    ap = np.full(len(labels), np.nan)
+    if present.any():
+        ap[present] = metrics.average_precision_score(targets[:, present], probs[:, present], average=None)
+    mean_ap = float(np.nanmean(ap)) if present.any() else float("nan")
+    if not multi_label:
+        y_true, y_pred = targets.argmax(1), probs.argmax(1)
+        acc = float((y_true == y_pred).mean())
+        report = metrics.classification_report(y_true, y_pred, labels=list(range(len(labels))),
+                                               target_names=labels, digits=3, zero_division=0)
+        return {"metric": "accuracy", "value": acc, "accuracy": acc, "mAP": mean_ap, "clips": int(len(y_true)),
+                "report": f"accuracy: {acc:.4f} ({int((y_true == y_pred).sum())}/{len(y_true)} clips), "
+                          f"mAP: {mean_ap:.4f}\n\n{report}"}
+    report = metrics.classification_report(targets.astype(int), (probs >= 0.5).astype(int),
+                                           labels=list(range(len(labels))), target_names=labels, digits=3,
+                                           zero_division=0)
+    width = max(len(lb) for lb in labels)
+    ap_lines = "\n".join(f"{lb:>{width}}  {('%.3f' % a) if np.isfinite(a) else '  -  '}  {int(n)}"
+                         for lb, a, n in zip(labels, ap, targets.sum(0)))
+    return {"metric": "mAP", "value": mean_ap, "mAP": mean_ap, "clips": int(len(targets)),
+            "report": (f"mAP: {mean_ap:.4f} over {int(present.sum())} classes with positives\n\n"
+                       f"{'class':>{width}}  AP     positives\n{ap_lines}\n\nthreshold 0.5:\n{report}")}
