@@ -668,6 +668,13 @@ class _BalancedStream(object):
         return out
 
 
+def _check_batching(batch_size: int, rank: int, world_size: int) -> None:
+    if batch_size < 1:
+        raise PannsError(f"batch_size must be >= 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise PannsError(f"invalid rank/world_size: {rank}/{world_size}")
+
+
 class ResumableBatchSampler(object):
     """Endless batch sampler whose local batch ``k`` is a pure function of ``k`` (one global stream;
     rank r takes global batches r, r + W, r + 2W, ...), so resuming is setting a counter.
@@ -677,10 +684,7 @@ class ResumableBatchSampler(object):
     position in O(1). The one resume mechanism of every training loop (AudioSet and fine-tuning)."""
 
     def __init__(self, batch_size: int, random_seed: int, rank: int = 0, world_size: int = 1):
-        if batch_size < 1:
-            raise PannsError(f"batch_size must be >= 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise PannsError(f"invalid rank/world_size: {rank}/{world_size}")
+        _check_batching(batch_size, rank, world_size)
         self.batch_size = int(batch_size)
         self.random_seed = int(random_seed)
         self.rank, self.world_size = int(rank), int(world_size)
@@ -748,10 +752,11 @@ class _TrainSamplerBase(ResumableBatchSampler):
         self.index.table.positives = None  # only needed while building the per-class lists
 
     def _build(self) -> None:
+        """Set ``self._stream`` (or what ``_global_batch_rows`` reads)."""
         raise NotImplementedError
 
     def _global_batch_rows(self, g: int) -> List[int]:
-        raise NotImplementedError
+        return self._stream.rows(g * self.batch_size, self.batch_size)
 
     def _global_batch(self, g: int) -> List[dict]:
         return [self.index.meta(r) for r in self._global_batch_rows(g)]
@@ -777,9 +782,6 @@ class TrainSampler(_TrainSamplerBase):
     def _build(self) -> None:
         self._stream = _RandomStream(self.index.pool, self.random_seed)
 
-    def _global_batch_rows(self, g: int) -> List[int]:
-        return self._stream.rows(g * self.batch_size, self.batch_size)
-
 
 class BalancedTrainSampler(_TrainSamplerBase):
     """Class-balanced batches (balanced='balanced'): one clip per class slot, classes cycle in random order."""
@@ -790,9 +792,6 @@ class BalancedTrainSampler(_TrainSamplerBase):
         self._stream = _BalancedStream(self.index, self.random_seed)
         self.samples_num_per_class = self._stream.samples_num_per_class
         logger.info("samples_num_per_class: %s", self.samples_num_per_class.astype(np.int32))
-
-    def _global_batch_rows(self, g: int) -> List[int]:
-        return self._stream.rows(g * self.batch_size, self.batch_size)
 
 
 class AlternateTrainSampler(_TrainSamplerBase):
@@ -817,10 +816,7 @@ class EvaluateSampler(object):
     """
 
     def __init__(self, indexes_hdf5_path: str, batch_size: int, rank: int = 0, world_size: int = 1):
-        if batch_size < 1:
-            raise PannsError(f"batch_size must be >= 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise PannsError(f"invalid rank/world_size: {rank}/{world_size}")
+        _check_batching(batch_size, rank, world_size)
         self.batch_size = int(batch_size)
         self.table = read_index(indexes_hdf5_path, load_targets=True)
         self.rows = np.array_split(np.arange(len(self.table)), world_size)[rank]
