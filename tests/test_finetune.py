@@ -408,3 +408,25 @@ def test_resumed_fine_tune_equals_one_run_straight(dataset, pretrained, tmp_path
     assert a["iteration"] == b["iteration"] == 4
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+    # the training checkpoint format of main.py: one sampler state, per-rank RNG/Mixup states, optimizer
+    assert {"config", "optimizer", "sampler", "rank_states"} <= set(b) and b["sampler"]["batches"] == 4
+    assert b["config"]["labels"] == NAMES and b["rank_states"][0]["mixup"] is not None
+
+
+def test_shuffled_sampler_resumes_by_position():
+    """The fine-tune sampler resumes like the AudioSet ones: state_dict(batches_consumed) -> the same
+    next batches (clip and stream position); a state of another data set is refused."""
+    import itertools
+
+    straight = list(itertools.islice(iter(fd.ShuffledBatchSampler(7, 3, seed=5)), 6))
+    assert all(len(b) == 3 for b in straight) and [p for b in straight for _i, p in b] == list(range(18))
+    assert sorted(i for b in straight for i, p in b if p < 7) == list(range(7))  # each clip once per epoch
+    first = fd.ShuffledBatchSampler(7, 3, seed=5)
+    it = iter(first)
+    for _ in range(4):   # a loader prefetches: the sampler has yielded 4 batches, the loop used 2
+        next(it)
+    resumed = fd.ShuffledBatchSampler(7, 3, seed=5)
+    resumed.load_state_dict(first.state_dict(batches_consumed=2))
+    assert list(itertools.islice(iter(resumed), 4)) == straight[2:6]
+    with pytest.raises(PannsError, match="number of training clips"):
+        fd.ShuffledBatchSampler(8, 3, seed=5).load_state_dict(first.state_dict(batches_consumed=2))
