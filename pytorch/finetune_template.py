@@ -160,8 +160,6 @@ def main(argv=None) -> Optional[dict]:
     for name in ("batch_size", "iterations", "eval_every"):
         if getattr(args, name) < 1:
             raise PannsError(f"--{name} must be >= 1 (got {getattr(args, name)})")
-    if args.augmentation == "mixup" and args.batch_size < 1:
-        raise PannsError("--augmentation mixup needs --batch_size >= 1")
     if args.num_workers < 0:
         raise PannsError("--num_workers must be >= 0")
     args.filename = "finetune_template"
