@@ -1,10 +1,9 @@
-"""Building blocks of ``pytorch/main.py train``: config, paths, checks, DDP, train_step, state, run record.
+"""Building blocks of training (``main.py train`` and fine-tuning, through ``train_core``).
 
-Everything the loop needs but is not the loop: the typed :class:`TrainConfig` (defaults = the
-official recipe), the official workspace layout, the input checks that fail with one clear line
-before any work, torch.distributed setup from torchrun's environment, the single
-:func:`train_step`, the resumable training state (RNG states, consumed-batch sampler state) and
-the run record written next to the logs.
+Everything the loop needs but is not the loop: the typed :class:`TrainConfig` of ``main.py train``
+(defaults = the official recipe) with the official workspace layout and its value checks, the
+torch.distributed helpers (barrier, gather, buffer broadcast, weight digests), the single
+:func:`train_step`, the RNG states a checkpoint holds, and the run record written next to the logs.
 """
 from __future__ import annotations
 
