@@ -15,6 +15,7 @@ import zipfile
 from dataclasses import asdict, dataclass, fields
 from typing import Dict, List, Optional, Tuple
 
+import librosa  # already loaded by the models (torchlibrosa): no extra start-up cost
 import numpy as np
 import torch
 
@@ -184,6 +185,23 @@ def _shape(t) -> Tuple[int, ...]:
     return tuple(t.shape)
 
 
+# (key, test of its tensor or None, family): the first entry whose key is present and passes names the
+# family, so the more specific keys come first (e.g. Res1dNet has 1-D conv blocks like LeeNet).
+_FAMILY_HINTS = (
+    ("att_block.att.weight", None, "Cnn14_DecisionLevelAtt"),
+    ("features.18.0.weight", None, "MobileNetV2"),
+    ("features.13.0.weight", None, "MobileNetV1"),
+    ("resnet.layer7.0.conv1.weight", None, "Res1dNet31/51"),
+    ("resnet.layer1.0.conv3.weight", None, "ResNet54"),
+    ("resnet.layer1.0.conv1.weight", None, "ResNet22/38"),
+    ("conv0.weight", None, "DaiNet19"),
+    ("conv_block1.conv1.weight", lambda w: w.dim() == 3, "LeeNet11/24"),
+    ("conv_block6.conv1.weight", None, "a Cnn14-family model"),
+    ("conv_block4.conv1.weight", lambda w: w.shape[-1] == 5, "Cnn6"),
+    ("conv_block4.conv1.weight", None, "Cnn10"),
+)
+
+
 def describe_state_dict(sd: Dict[str, torch.Tensor]) -> str:
     """A short guess of what model/front end produced ``sd`` (for error hints)."""
     base = "base." if any(k.startswith("base.") for k in sd) else ""
@@ -195,26 +213,11 @@ def describe_state_dict(sd: Dict[str, torch.Tensor]) -> str:
     if has("pre_conv0.weight"):
         hints.append("a Wavegram model" + ("" if has("spectrogram_extractor.stft.conv_real.weight")
                                            else " without log-mel (Wavegram_Cnn14)"))
-    elif has("att_block.att.weight"):
-        hints.append("Cnn14_DecisionLevelAtt")
-    elif has("features.18.0.weight"):
-        hints.append("MobileNetV2")
-    elif has("features.13.0.weight"):
-        hints.append("MobileNetV1")
-    elif has("resnet.layer7.0.conv1.weight"):
-        hints.append("Res1dNet31/51")
-    elif has("resnet.layer1.0.conv3.weight"):
-        hints.append("ResNet54")
-    elif has("resnet.layer1.0.conv1.weight"):
-        hints.append("ResNet22/38")
-    elif has("conv0.weight"):
-        hints.append("DaiNet19")
-    elif has("conv_block1.conv1.weight") and sd[base + "conv_block1.conv1.weight"].dim() == 3:
-        hints.append("LeeNet11/24")
-    elif has("conv_block6.conv1.weight"):
-        hints.append("a Cnn14-family model")
-    elif has("conv_block4.conv1.weight"):
-        hints.append("Cnn6" if sd[base + "conv_block4.conv1.weight"].shape[-1] == 5 else "Cnn10")
+    else:
+        family = next((name for key, test, name in _FAMILY_HINTS
+                       if has(key) and (test is None or test(sd[base + key]))), None)
+        if family:
+            hints.append(family)
     mel = sd.get(base + "logmel_extractor.melW")
     if mel is not None:
         n_fft = 2 * (mel.shape[0] - 1)
@@ -243,7 +246,6 @@ def _frontend_from_mel(melW: torch.Tensor) -> Optional[str]:
 
 
 def _mel_matrix(sample_rate, window_size, mel_bins, fmin, fmax) -> torch.Tensor:
-    import librosa
     return torch.tensor(librosa.filters.mel(sr=sample_rate, n_fft=window_size, n_mels=mel_bins,
                                             fmin=fmin, fmax=fmax).T, dtype=torch.float32)
 

@@ -27,20 +27,9 @@ import torch.distributed as dist
 from sklearn import metrics
 
 from panns import runtime
-from panns.utilities import atomic_path, create_folder
+from panns.utilities import atomic_path, create_folder, d_prime
 
 logger = logging.getLogger(__name__)
-
-# AUC 1.0 (or 0.0) would give an infinite d-prime; clip so that a perfect score stays finite (d' ~ 7.3).
-_AUC_CLIP = 1e-7
-
-
-def d_prime(auc: float) -> float:
-    """sqrt(2) * Phi^-1(AUC) (official ``utilities.d_prime``), finite for AUC in [0, 1]."""
-    from scipy import stats
-
-    return float(stats.norm().ppf(np.clip(auc, _AUC_CLIP, 1 - _AUC_CLIP)) * np.sqrt(2.0))
-
 
 # A class whose scores vary less than this across the evaluated clips (std of probabilities) is
 # "degenerate": the model gives every clip the same score, so its AP/AUC only measure ties.
@@ -94,7 +83,7 @@ def compute_metrics(target: np.ndarray, clipwise_output: np.ndarray) -> Dict[str
         auc[has_both] = metrics.roc_auc_score(target[:, has_both], output[:, has_both], average=None)
     m_ap = float(np.mean(ap[has_pos])) if has_pos.any() else 0.0
     m_auc = float(np.mean(auc[has_both])) if has_both.any() else 0.5
-    return {"average_precision": ap, "auc": auc, "mAP": m_ap, "mAUC": m_auc, "d_prime": d_prime(m_auc),
+    return {"average_precision": ap, "auc": auc, "mAP": m_ap, "mAUC": m_auc, "d_prime": float(d_prime(m_auc)),
             "ap_classes": int(has_pos.sum()), "auc_classes": int(has_both.sum()),
             "classes_num": int(classes_num), "clips": int(n),
             "degenerate_classes": check_constant_outputs(output)}
@@ -108,7 +97,7 @@ def summarize(stat: Dict[str, object]) -> Dict[str, object]:
     m_auc = float(auc[auc_ok].mean()) if auc_ok.any() else 0.5
     out = {"iteration": int(stat.get("iteration", -1)),
            "mAP": float(ap[ap_ok].mean()) if ap_ok.any() else 0.0,
-           "mAUC": m_auc, "d_prime": d_prime(m_auc),
+           "mAUC": m_auc, "d_prime": float(d_prime(m_auc)),
            "ap_classes": int(ap_ok.sum()), "auc_classes": int(auc_ok.sum()), "classes_num": int(ap.size)}
     for key in ("clips", "degenerate_classes"):
         if key in stat:
@@ -216,3 +205,34 @@ class StatisticsContainer:
         self.statistics_dict = {k: [s for s in v if s["iteration"] <= resume_iteration] for k, v in loaded.items()}
         for k in ("bal", "test"):
             self.statistics_dict.setdefault(k, [])
+
+
+def classification_scores(probs: np.ndarray, targets: np.ndarray, labels: List[str], multi_label: bool) -> dict:
+    """Scores of a fine-tuned classifier: probabilities (N, C) against multi-hot targets (N, C).
+
+    Single-label: accuracy + sklearn classification_report; multi-label: mAP + per-class AP and F1 at 0.5.
+    ``metric``/``value`` name the number used to pick the best checkpoint (accuracy, or mAP); ``report``
+    is the text for report.txt.
+    """
+    present = targets.sum(0) > 0
+    ap = np.full(len(labels), np.nan)
+    if present.any():
+        ap[present] = metrics.average_precision_score(targets[:, present], probs[:, present], average=None)
+    mean_ap = float(np.nanmean(ap)) if present.any() else float("nan")
+    if not multi_label:
+        y_true, y_pred = targets.argmax(1), probs.argmax(1)
+        acc = float((y_true == y_pred).mean())
+        report = metrics.classification_report(y_true, y_pred, labels=list(range(len(labels))),
+                                               target_names=labels, digits=3, zero_division=0)
+        return {"metric": "accuracy", "value": acc, "accuracy": acc, "mAP": mean_ap, "clips": int(len(y_true)),
+                "report": f"accuracy: {acc:.4f} ({int((y_true == y_pred).sum())}/{len(y_true)} clips), "
+                          f"mAP: {mean_ap:.4f}\n\n{report}"}
+    report = metrics.classification_report(targets.astype(int), (probs >= 0.5).astype(int),
+                                           labels=list(range(len(labels))), target_names=labels, digits=3,
+                                           zero_division=0)
+    width = max(len(lb) for lb in labels)
+    ap_lines = "\n".join(f"{lb:>{width}}  {('%.3f' % a) if np.isfinite(a) else '  -  '}  {int(n)}"
+                         for lb, a, n in zip(labels, ap, targets.sum(0)))
+    return {"metric": "mAP", "value": mean_ap, "mAP": mean_ap, "clips": int(len(targets)),
+            "report": (f"mAP: {mean_ap:.4f} over {int(present.sum())} classes with positives\n\n"
+                       f"{'class':>{width}}  AP     positives\n{ap_lines}\n\nthreshold 0.5:\n{report}")}

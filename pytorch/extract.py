@@ -50,9 +50,8 @@ from panns import devices
 from panns import runtime
 from panns.errors import PannsError
 from panns.frontend import FRONTEND_KEYS
-from panns.packing import check_free_space
 from panns.runtime import pad_to_min
-from panns.utilities import atomic_write, disk_full_error, remove_stale_temps
+from panns.utilities import atomic_write, check_free_space, disk_full_error, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 

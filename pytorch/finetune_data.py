@@ -37,7 +37,7 @@ import multiprocessing
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -45,6 +45,7 @@ import torch
 from tqdm import tqdm
 
 from panns.audio_io import AUDIO_EXTENSIONS, is_audio_file, load_audio
+from panns.data_generator import ResumableBatchSampler
 from panns.errors import AudioDecodeError, PannsError
 from panns.utilities import atomic_write, float32_to_int16, int16_to_float32, remove_stale_temps
 
@@ -462,29 +463,25 @@ def collate(items: List[dict]) -> dict:
             "target": np.stack([d["target"] for d in items]).astype(np.float32)}
 
 
-class ShuffledBatchSampler(torch.utils.data.Sampler):
-    """Endless batches from a stream of seeded permutations (an epoch boundary does not shorten a batch).
+class ShuffledBatchSampler(ResumableBatchSampler):
+    """Endless batches from a stream of seeded permutations of ``n`` clips (an epoch boundary does not
+    shorten a batch). Items are (index, position in the stream): the dataset seeds each training crop by
+    its position. Resumes like the AudioSet samplers: ``state_dict(batches_consumed)`` / ``load_state_dict``."""
 
-    Items are (index, position in the stream). ``start`` skips that many stream positions, so a run
-    resumed after N steps of B clips continues with ``start=N*B`` exactly where it stopped."""
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        super().__init__(batch_size, seed, rank, world_size)
+        self.n = n
+        self._epoch, self._order = -1, np.zeros(0, np.int64)
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, start: int = 0):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.epoch, self.pos = divmod(start, n)
+    def _identity(self) -> List[tuple]:
+        return [("num_clips", self.n, "a different number of training clips")]
 
-    def _perm(self) -> np.ndarray:
-        return np.random.RandomState((self.seed * 1000003 + self.epoch) % (1 << 32)).permutation(self.n)
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:   # batches run through the epochs in order: keep the current one
+            self._epoch = epoch
+            self._order = np.random.RandomState((self.random_seed * 1000003 + epoch) % (1 << 32)).permutation(self.n)
+        return self._order
 
-    def __iter__(self) -> Iterator[List[int]]:
-        perm = self._perm()
-        while True:
-            batch = []
-            while len(batch) < self.batch_size:
-                if self.pos == self.n:
-                    self.epoch, self.pos = self.epoch + 1, 0
-                    perm = self._perm()
-                take = min(self.batch_size - len(batch), self.n - self.pos)
-                first = self.epoch * self.n + self.pos
-                batch.extend((int(i), first + k) for k, i in enumerate(perm[self.pos:self.pos + take]))
-                self.pos += take
-            yield batch
+    def _global_batch(self, g: int) -> List[Tuple[int, int]]:
+        first = g * self.batch_size
+        return [(int(self._perm(p // self.n)[p % self.n]), p) for p in range(first, first + self.batch_size)]

@@ -49,8 +49,8 @@ from panns.errors import AudioDecodeError, PannsError, run_cli
 from panns.frontend import add_frontend_args, frontend_overrides
 from panns.postprocess import Event, EventTracker, detect_events, tags_of, top_indexes  # noqa: F401 (re-exported)
 from panns.runtime import AUTO_SEGMENT_SECONDS, AUTO_WINDOW_SECONDS, Runtime
-from panns.packing import Progress, check_free_space
-from panns.utilities import atomic_write, create_folder, disk_full_error, get_filename, remove_stale_temps
+from panns.utilities import (Progress, atomic_write, check_free_space, create_folder, disk_full_error, get_filename,
+                             remove_stale_temps)
 
 logger = logging.getLogger("inference")
 

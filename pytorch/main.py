@@ -16,17 +16,14 @@ work; one log line every ``--log_every`` iterations instead of ``print(loss)`` e
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any, Dict, Optional
 
 from panns import devices
 from panns.errors import run_cli
 from panns.frontend import add_frontend_args
 from panns import train_lib as tl
-from panns import train_session as session  # (setup, evaluation, checkpointing around the loop)
-from panns.train_lib import TrainConfig, train_step
-
-logger = logging.getLogger("main")
+from panns.train_lib import TrainConfig
+from panns.train_session import AudioSetTask
 
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
@@ -35,28 +32,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     info = devices.init_distributed(cfg.cuda)
     try:
         devices.configure_backends(info.device, deterministic=cfg.deterministic)
-        s = session.Session(cfg, info)
-        it = s.iteration
-        while True:
-            at_end = it == cfg.early_stop
-            just_resumed = 0 < cfg.resume_iteration == it  # the checkpoint we resumed from holds this point
-            should_eval = (it % cfg.eval_every == 0 or at_end) and (it > cfg.resume_iteration or it == 0)
-            should_save = (it % cfg.save_every == 0 or at_end) and not just_resumed
-            if should_eval:
-                s.evaluate(it)
-            if should_save:
-                s.save(it)
-            if it >= cfg.early_stop:
-                break
-            batch, wait = s.next_batch()
-            scalars = train_step(s.model, batch, s.optimizer, s.loss_func, precision=s.precision,
-                                 mixup_lambda=s.mixup_lambda(batch), scaler=s.scaler, grad_clip=cfg.grad_clip)
-            it += 1
-            s.meter.update(scalars, wait)
-            if it % cfg.log_every == 0:
-                s.log_progress(it)
-            s.progress.update(it)
-        return s.finish(it)
+        return AudioSetTask(cfg, info).run()
     finally:
         devices.teardown(info)
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 
+from panns.download import DownloadError
+from panns.download import download as http_download
 from panns.errors import CheckpointError, PannsError, run_cli
 from panns.frontend import FRONT_END_8K, FRONT_END_16K, FRONT_END_32K, FrontEnd
 
@@ -123,7 +125,7 @@ def cached_path(name: str, cache: Optional[str] = None) -> str:
 
 def validate_checkpoint(path: str, model_type: str) -> None:
     """Load ``path`` into a fresh ``model_type`` model (strict); CheckpointError if it does not fit."""
-    from panns import checkpoint
+    from panns import checkpoint  # loads torch and the models: the catalogue alone stays light
 
     checkpoint.load_model(path, model_type=model_type)
 
@@ -143,9 +145,6 @@ def get_checkpoint(name: str, cache: Optional[str] = None, download: bool = True
             f"set PANNS_CACHE to use another cache folder)")
     if not download:
         raise CheckpointError(f"checkpoint {entry.filename} is not in the cache; {hint}")
-    from panns.download import DownloadError
-    from panns.download import download as http_download
-
     logger.info("downloading %s (%s, published mAP %.3f) to %s", entry.filename, entry.model_type, entry.mAP, path)
     try:
         http_download(entry.url, path, progress=progress)

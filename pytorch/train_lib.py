@@ -1,10 +1,9 @@
-"""Building blocks of ``pytorch/main.py train``: config, paths, checks, DDP, train_step, state, run record.
+"""Building blocks of training (``main.py train`` and fine-tuning, through ``train_core``).
 
-Everything the loop needs but is not the loop: the typed :class:`TrainConfig` (defaults = the
-official recipe), the official workspace layout, the input checks that fail with one clear line
-before any work, torch.distributed setup from torchrun's environment, the single
-:func:`train_step`, the resumable training state (RNG states, consumed-batch sampler state) and
-the run record written next to the logs.
+Everything the loop needs but is not the loop: the typed :class:`TrainConfig` of ``main.py train``
+(defaults = the official recipe) with the official workspace layout and its value checks, the
+torch.distributed helpers (barrier, gather, buffer broadcast, weight digests), the single
+:func:`train_step`, the RNG states a checkpoint holds, and the run record written next to the logs.
 """
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ import platform
 import random
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -27,10 +25,8 @@ import numpy as np
 import sklearn
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from panns import amp
-from panns.data_generator import to_device  # noqa: F401  (re-exported: fine-tuning moves batches with it)
 from panns.devices import DistInfo
 from panns.errors import PannsError
 from panns.frontend import FRONT_END_32K, FRONTEND_KEYS, FrontEnd
@@ -248,45 +244,6 @@ def train_step(model: torch.nn.Module, batch: Dict[str, Any], optimizer: torch.o
             stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).detach()
         optimizer.step()
     return stats
-
-
-
-
-# -------------------------------------------------------------------------------------- progress
-class Progress:
-    """Progress between log lines: a tqdm bar on a terminal, else a line every ``every_s`` seconds.
-
-    Only where ``enabled`` (rank 0); ``update(iteration)`` once per step, ``close()`` at the end."""
-
-    def __init__(self, total: int, start: int = 0, enabled: bool = True, every_s: float = 60.0):
-        self.total, self.every_s = total, every_s
-        self.bar = None
-        self.enabled = enabled
-        self._last = time.perf_counter()
-        self._last_it = start
-        if enabled and sys.stderr.isatty():
-            self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, leave=False)
-
-    def update(self, iteration: int) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(iteration - self.bar.n)
-            return
-        now = time.perf_counter()
-        if now - self._last >= self.every_s:
-            rate = (iteration - self._last_it) / (now - self._last)
-            logger.info("iteration %d/%d (%.2f it/s)", iteration, self.total, rate)
-            self._last, self._last_it = now, iteration
-
-    def note(self, iteration: int) -> None:
-        """A log line was just printed: restart the interval."""
-        self._last, self._last_it = time.perf_counter(), iteration
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 # -------------------------------------------------------------------------------- resumable state

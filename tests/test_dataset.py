@@ -244,18 +244,18 @@ def test_disk_full_before_and_while_writing(tmp_path, monkeypatch):
     from collections import namedtuple
 
     from panns import create_indexes as ci
-    from panns import packing, storage
+    from panns import storage, utilities
     from panns.utilities import DiskFullError
 
     info = make_dataset(str(tmp_path / "d"), extras=False)
     out = tmp_path / "ws" / "e.h5"
     usage = namedtuple("usage", "total used free")
     real_usage = _shutil.disk_usage
-    monkeypatch.setattr(packing.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 100_000, 100_000))
+    monkeypatch.setattr(utilities.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 100_000, 100_000))
     with pytest.raises(DiskFullError, match=r"e\.h5 .*MB needed"):
         _pack(info, out)
     assert os.listdir(out.parent) == []
-    monkeypatch.setattr(packing.shutil, "disk_usage", real_usage)
+    monkeypatch.setattr(utilities.shutil, "disk_usage", real_usage)
     real = storage.WaveformWriter.append
 
     def fill(self, row):  # the disk fills at the third row (the free-space check cannot foresee everything)

@@ -20,9 +20,11 @@ import torch
 
 from panns import checkpoint
 from panns import finetune_data as fd
+from panns import finetune_task as ftask
 from panns import finetune_template as ft
 from panns import models
 from panns.errors import PannsError, run_cli
+from panns.frontend import FRONTEND_KEYS
 from panns.make_demo_dataset import CLASSES, synth_clip
 
 SR = 16000
@@ -194,7 +196,7 @@ def test_sigmoid_checkpoint_rebuilds_for_inference(tmp_path):
     model = models.make_transfer_model("Cnn6", 3, output="sigmoid", **FRONTEND).eval()
     path = str(tmp_path / "ft.pth")
     checkpoint.save_checkpoint(path, {"model": model.state_dict(),
-                                      "config": ft.model_config("Cnn6", FRONTEND, ["a", "b", "c"], "sigmoid")})
+                                      "config": ftask.model_config("Cnn6", FRONTEND, ["a", "b", "c"], "sigmoid")})
     loaded, cfg = checkpoint.load_model(path)
     x = torch.randn(2, SR) * 0.1
     with torch.no_grad():
@@ -209,14 +211,14 @@ def test_base_trained_on_another_class_list(tmp_path):
     path = str(tmp_path / "cnn6_10.pth")
     torch.save({"model": base10.state_dict(),
                 "config": checkpoint.ModelConfig("Cnn6", **FRONTEND, classes_num=10).to_dict()}, path)
-    sd, fe, cfg = ft.read_pretrained(path, "Cnn6", {k: None for k in ft.FRONTEND_KEYS})
+    sd, fe, cfg = ftask.read_pretrained(path, "Cnn6", {k: None for k in FRONTEND_KEYS})
     assert fe == FRONTEND and cfg["classes_num"] == 10
     model = models.make_transfer_model("Cnn6", 3, **fe)
     checkpoint.load_pretrained_base(model.base, sd, path, "Cnn6")
     assert torch.equal(model.base.fc1.weight, base10.fc1.weight)
     out_path = str(tmp_path / "ft.pth")
     checkpoint.save_checkpoint(out_path, {"model": model.state_dict(),
-                                          "config": ft.model_config("Cnn6", fe, ["a", "b", "c"], "log_softmax")})
+                                          "config": ftask.model_config("Cnn6", fe, ["a", "b", "c"], "log_softmax")})
     loaded, _ = checkpoint.load_model(out_path)
     x = torch.randn(2, SR) * 0.1
     with torch.no_grad():
@@ -286,8 +288,8 @@ def test_cli_exit_code(tmp_path):
 
 def test_sed_model_is_refused():
     with pytest.raises(PannsError, match="clip-level"):
-        ft.base_of("Transfer_Cnn14_DecisionLevelMax")
-    assert ft.base_of("Transfer_ResNet22") == "ResNet22" and ft.base_of("MobileNetV1") == "MobileNetV1"
+        ftask.base_of("Transfer_Cnn14_DecisionLevelMax")
+    assert ftask.base_of("Transfer_ResNet22") == "ResNet22" and ftask.base_of("MobileNetV1") == "MobileNetV1"
 
 
 # ---------------------------------------------------------------------------------------------- data layouts
@@ -406,3 +408,25 @@ def test_resumed_fine_tune_equals_one_run_straight(dataset, pretrained, tmp_path
     assert a["iteration"] == b["iteration"] == 4
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
+    # the training checkpoint format of main.py: one sampler state, per-rank RNG/Mixup states, optimizer
+    assert {"config", "optimizer", "sampler", "rank_states"} <= set(b) and b["sampler"]["batches"] == 4
+    assert b["config"]["labels"] == NAMES and b["rank_states"][0]["mixup"] is not None
+
+
+def test_shuffled_sampler_resumes_by_position():
+    """The fine-tune sampler resumes like the AudioSet ones: state_dict(batches_consumed) -> the same
+    next batches (clip and stream position); a state of another data set is refused."""
+    import itertools
+
+    straight = list(itertools.islice(iter(fd.ShuffledBatchSampler(7, 3, seed=5)), 6))
+    assert all(len(b) == 3 for b in straight) and [p for b in straight for _i, p in b] == list(range(18))
+    assert sorted(i for b in straight for i, p in b if p < 7) == list(range(7))  # each clip once per epoch
+    first = fd.ShuffledBatchSampler(7, 3, seed=5)
+    it = iter(first)
+    for _ in range(4):   # a loader prefetches: the sampler has yielded 4 batches, the loop used 2
+        next(it)
+    resumed = fd.ShuffledBatchSampler(7, 3, seed=5)
+    resumed.load_state_dict(first.state_dict(batches_consumed=2))
+    assert list(itertools.islice(iter(resumed), 4)) == straight[2:6]
+    with pytest.raises(PannsError, match="number of training clips"):
+        fd.ShuffledBatchSampler(8, 3, seed=5).load_state_dict(first.state_dict(batches_consumed=2))

@@ -298,16 +298,16 @@ def test_progress_between_log_lines(caplog, monkeypatch):
     """Off a terminal, a progress line every interval (none from ranks other than 0); on a terminal, tqdm."""
     import logging
 
-    from panns import train_lib as tl
+    from panns.utilities import Progress
 
     caplog.set_level(logging.INFO)
-    p = tl.Progress(total=10, start=2, every_s=0.0)
-    p.update(3)
+    p = Progress(10, "iteration", start=2, every_s=0.0, unit="it")
+    p.to(3)
     assert "iteration 3/10" in caplog.text
-    tl.Progress(total=10, enabled=False, every_s=0.0).update(5)
+    Progress(10, "iteration", enabled=False, every_s=0.0).to(5)
     assert "iteration 5/10" not in caplog.text
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    bar = tl.Progress(total=10, start=2)
-    bar.update(4)
+    bar = Progress(10, "iteration", start=2)
+    bar.to(4)
     assert bar.bar is not None and bar.bar.n == 4
     bar.close()

@@ -41,7 +41,7 @@ def ffmpeg_exe() -> Optional[str]:
     if exe:
         return exe
     try:
-        import imageio_ffmpeg
+        import imageio_ffmpeg  # optional dependency: only when no system ffmpeg is found
 
         return imageio_ffmpeg.get_ffmpeg_exe()
     except Exception:

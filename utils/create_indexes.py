@@ -124,6 +124,31 @@ def _unique_codes(ds: h5py.Dataset) -> tuple:
     return [_decode(u) for u in uniq], codes.astype(np.int32).reshape(-1)
 
 
+def open_hdf5(path: str, what: str, hint: str = "") -> h5py.File:
+    """``path`` opened read-only; a missing or unreadable file is one PannsError naming ``what``."""
+    if not os.path.isfile(path):
+        raise PannsError(f"{what} not found: {path}{hint}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise PannsError(f"cannot open {what} {path}: {e}") from None
+
+
+def open_waveform_hdf5(path: str, hint: str = "") -> h5py.File:
+    """A waveform HDF5 opened read-only, checked to be one: either storage layout (pcm16 or flac) and
+    the 'audio_name' and 'target' datasets; else one PannsError."""
+    hf = open_hdf5(path, "waveform HDF5", hint)
+    try:
+        storage.storage_of(hf)
+        for key in ("audio_name", "target"):
+            if key not in hf:
+                raise PannsError(f"{path} is not a waveform HDF5 (no '{key}' dataset)")
+    except PannsError:
+        hf.close()
+        raise
+    return hf
+
+
 def read_index(indexes_hdf5_path: str, load_targets: bool = False, keep_empty: bool = False,
                load_positives: bool = False) -> IndexTable:
     """Load an index HDF5 (ours or official). Rows with an empty ``audio_name`` are dropped unless asked.
@@ -131,13 +156,7 @@ def read_index(indexes_hdf5_path: str, load_targets: bool = False, keep_empty: b
     ``load_positives`` gives the (row, class) pairs of all labels without holding the (N, C) matrix
     (read in blocks; ~1 GB as bool for full AudioSet).
     """
-    if not os.path.isfile(indexes_hdf5_path):
-        raise PannsError(f"index file not found: {indexes_hdf5_path} (create it with utils/create_indexes.py)")
-    try:
-        hf = h5py.File(indexes_hdf5_path, "r")
-    except OSError as e:
-        raise PannsError(f"cannot open index file {indexes_hdf5_path}: {e}") from None
-    with hf:
+    with open_hdf5(indexes_hdf5_path, "index file", " (create it with utils/create_indexes.py)") as hf:
         missing = [k for k in ("audio_name", "hdf5_path", "index_in_hdf5", "target") if k not in hf]
         if missing:
             raise PannsError(f"{indexes_hdf5_path} is not an index file (missing datasets: {', '.join(missing)})")
@@ -212,17 +231,7 @@ def _written(path: str) -> Iterator[str]:
 
 def create_indexes(waveforms_hdf5_path: str, indexes_hdf5_path: str) -> int:
     """Write the index of one waveform HDF5; returns the number of rows (packed clips)."""
-    if not os.path.isfile(waveforms_hdf5_path):
-        raise PannsError(f"waveform HDF5 not found: {waveforms_hdf5_path}")
-    try:
-        src = h5py.File(waveforms_hdf5_path, "r")
-    except OSError as e:
-        raise PannsError(f"cannot open waveform HDF5 {waveforms_hdf5_path}: {e}") from None
-    with src:
-        storage.storage_of(src)  # either layout (pcm16 or flac), else a one-line error
-        for k in ("audio_name", "target"):
-            if k not in src:
-                raise PannsError(f"{waveforms_hdf5_path} is not a waveform HDF5 (no '{k}' dataset)")
+    with open_waveform_hdf5(waveforms_hdf5_path) as src:
         names = src["audio_name"][:]
         targets = src["target"][:]
     rows = np.flatnonzero(names != b"")  # official files keep empty rows for missing clips

@@ -56,6 +56,7 @@ import os
 import random
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Set
 
 import h5py
@@ -65,7 +66,7 @@ import torch
 from torch.utils.data import DataLoader, get_worker_info
 
 from panns import storage
-from panns.create_indexes import IndexTable, read_index, resolve_hdf5_path
+from panns.create_indexes import IndexTable, open_waveform_hdf5, read_index, resolve_hdf5_path
 from panns.errors import PannsError
 from panns.utilities import INT16_SCALE, int16_to_float32
 
@@ -257,18 +258,8 @@ class _OpenFile(object):
     """An open waveform HDF5 with its row readers."""
 
     def __init__(self, path: str):
-        try:
-            self.hf = h5py.File(path, "r")
-        except (OSError, FileNotFoundError) as e:
-            raise PannsError(f"cannot open waveform HDF5 {path}: {e}") from None
-        try:
-            layout = storage.storage_of(self.hf)
-            for key in ("audio_name", "target"):
-                if key not in self.hf:
-                    raise PannsError(f"{path} is not a waveform HDF5 (no '{key}' dataset)")
-        except PannsError:
-            self.hf.close()
-            raise
+        self.hf = open_waveform_hdf5(path)
+        layout = storage.storage_of(self.hf)
         try:
             self.fd: Optional[int] = os.open(path, os.O_RDONLY)
         except OSError:
@@ -287,6 +278,21 @@ class _OpenFile(object):
             if self.fd is not None:
                 os.close(self.fd)
                 self.fd = None
+
+
+@dataclass
+class WaveformInfo:
+    """What a waveform HDF5 holds: its sample rate, clip length (samples at that rate), class ids (may be empty)."""
+    sample_rate: int
+    clip_samples: int
+    class_ids: List[str]
+
+
+def waveform_info(path: str, hint: str = "") -> WaveformInfo:
+    """Open and check a waveform HDF5 as the loader does (see ``open_waveform_hdf5``) and describe it."""
+    with open_waveform_hdf5(path, hint) as hf:
+        ids = [_decode_name(x) for x in hf.attrs.get("class_ids", [])]
+        return WaveformInfo(int(hf.attrs.get("sample_rate", 32000)), storage.clip_samples_of(hf), ids)
 
 
 def _decode_name(x) -> str:
@@ -662,46 +668,41 @@ class _BalancedStream(object):
         return out
 
 
-class _TrainSamplerBase(object):
-    """Infinite batch sampler over one global stream; rank r takes global batches r, r + W, r + 2W, ..."""
+def _check_batching(batch_size: int, rank: int, world_size: int) -> None:
+    if batch_size < 1:
+        raise PannsError(f"batch_size must be >= 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise PannsError(f"invalid rank/world_size: {rank}/{world_size}")
 
-    _needs_targets = False
 
-    def __init__(self, indexes_hdf5_path: str, batch_size: int, black_list_csv: Optional[str] = None,
-                 random_seed: int = 1234, rank: int = 0, world_size: int = 1,
-                 black_list: Optional[Iterable[str]] = None):
-        if batch_size < 1:
-            raise PannsError(f"batch_size must be >= 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise PannsError(f"invalid rank/world_size: {rank}/{world_size}")
-        self.indexes_hdf5_path = indexes_hdf5_path
+class ResumableBatchSampler(object):
+    """Endless batch sampler whose local batch ``k`` is a pure function of ``k`` (one global stream;
+    rank r takes global batches r, r + W, r + 2W, ...), so resuming is setting a counter.
+
+    ``state_dict(batches_consumed)`` is a few integers plus what identifies the data (see ``_identity``);
+    ``load_state_dict`` refuses a state saved for other data, seed or batch size and jumps to the
+    position in O(1). The one resume mechanism of every training loop (AudioSet and fine-tuning)."""
+
+    def __init__(self, batch_size: int, random_seed: int, rank: int = 0, world_size: int = 1):
+        _check_batching(batch_size, rank, world_size)
         self.batch_size = int(batch_size)
         self.random_seed = int(random_seed)
         self.rank, self.world_size = int(rank), int(world_size)
-        self.index = _Index(indexes_hdf5_path, black_list_csv, black_list, self._needs_targets)
-        self._build()
-        self.index.table.positives = None  # only needed while building the per-class lists
         self._batches = 0  # local batches yielded by this rank
 
-    def _build(self) -> None:
+    def _global_batch(self, g: int) -> list:
+        """The items of global batch ``g``."""
         raise NotImplementedError
 
-    def _global_batch_rows(self, g: int) -> List[int]:
+    def _identity(self) -> List[tuple]:
+        """(key, value, what differs when it does not match) of the data the stream runs over."""
         raise NotImplementedError
 
-    @property
-    def audios_num(self) -> int:
-        return len(self.index.pool)
-
-    def batch_rows(self, k: int) -> List[int]:
-        """Index-file rows of this rank's local batch ``k`` (pure function; no state change)."""
-        return self._global_batch_rows(k * self.world_size + self.rank)
-
-    def __iter__(self) -> Iterator[List[dict]]:
+    def __iter__(self) -> Iterator[list]:
         while True:
-            rows = self.batch_rows(self._batches)
+            batch = self._global_batch(self._batches * self.world_size + self.rank)
             self._batches += 1
-            yield [self.index.meta(r) for r in rows]
+            yield batch
 
     def state_dict(self, batches_consumed: Optional[int] = None) -> dict:
         """Small resumable state. ``batches_consumed``: local batches the training loop actually used
@@ -709,12 +710,9 @@ class _TrainSamplerBase(object):
         batches = self._batches if batches_consumed is None else int(batches_consumed)
         if batches < 0:
             raise PannsError(f"batches_consumed must be >= 0, got {batches}")
-        return {
-            "sampler": type(self).__name__, "version": STATE_VERSION, "seed": self.random_seed,
-            "batch_size": self.batch_size, "num_clips": len(self.index.table), "pool_size": len(self.index.pool),
-            "index_fingerprint": self.index.fingerprint, "rank": self.rank, "world_size": self.world_size,
-            "batches": batches,
-        }
+        return {"sampler": type(self).__name__, "version": STATE_VERSION, "seed": self.random_seed,
+                "batch_size": self.batch_size, **{key: value for key, value, _what in self._identity()},
+                "rank": self.rank, "world_size": self.world_size, "batches": batches}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where ``state`` was taken. Raises PannsError if it belongs to another setup."""
@@ -726,15 +724,12 @@ class _TrainSamplerBase(object):
         name = type(self).__name__
         if state.get("sampler") != name:
             raise PannsError(f"sampler state is for {state.get('sampler')}, this sampler is {name}")
-        checks = [("index_fingerprint", self.index.fingerprint, "a different index file"),
-                  ("num_clips", len(self.index.table), "a different index file"),
-                  ("pool_size", len(self.index.pool), "a different black list"),
-                  ("seed", self.random_seed, "a different random seed"),
-                  ("batch_size", self.batch_size, "a different batch size")]
+        checks = self._identity() + [("seed", self.random_seed, "a different random seed"),
+                                     ("batch_size", self.batch_size, "a different batch size")]
         for key, mine, what in checks:
             if state.get(key) != mine:
                 raise PannsError(f"sampler state was saved with {what} ({key}: saved {state.get(key)!r}, "
-                                 f"now {mine!r}; index {self.indexes_hdf5_path})")
+                                 f"now {mine!r})")
         global_batches = int(state["batches"]) * int(state.get("world_size", 1))
         if global_batches % self.world_size:
             raise PannsError(f"cannot resume {global_batches} global batches on {self.world_size} ranks "
@@ -742,14 +737,50 @@ class _TrainSamplerBase(object):
         self._batches = global_batches // self.world_size
 
 
+class _TrainSamplerBase(ResumableBatchSampler):
+    """Batches of meta dicts over the clips of an index file (see ResumableBatchSampler)."""
+
+    _needs_targets = False
+
+    def __init__(self, indexes_hdf5_path: str, batch_size: int, black_list_csv: Optional[str] = None,
+                 random_seed: int = 1234, rank: int = 0, world_size: int = 1,
+                 black_list: Optional[Iterable[str]] = None):
+        super().__init__(batch_size, random_seed, rank, world_size)
+        self.indexes_hdf5_path = indexes_hdf5_path
+        self.index = _Index(indexes_hdf5_path, black_list_csv, black_list, self._needs_targets)
+        self._build()
+        self.index.table.positives = None  # only needed while building the per-class lists
+
+    def _build(self) -> None:
+        """Set ``self._stream`` (or what ``_global_batch_rows`` reads)."""
+        raise NotImplementedError
+
+    def _global_batch_rows(self, g: int) -> List[int]:
+        return self._stream.rows(g * self.batch_size, self.batch_size)
+
+    def _global_batch(self, g: int) -> List[dict]:
+        return [self.index.meta(r) for r in self._global_batch_rows(g)]
+
+    def _identity(self) -> List[tuple]:
+        where = f"index {self.indexes_hdf5_path}"
+        return [("index_fingerprint", self.index.fingerprint, f"a different index file, {where}"),
+                ("num_clips", len(self.index.table), f"a different index file, {where}"),
+                ("pool_size", len(self.index.pool), f"a different black list, {where}")]
+
+    @property
+    def audios_num(self) -> int:
+        return len(self.index.pool)
+
+    def batch_rows(self, k: int) -> List[int]:
+        """Index-file rows of this rank's local batch ``k`` (pure function; no state change)."""
+        return self._global_batch_rows(k * self.world_size + self.rank)
+
+
 class TrainSampler(_TrainSamplerBase):
     """Random batches (balanced='none'): each clip once per epoch, new permutation every epoch."""
 
     def _build(self) -> None:
         self._stream = _RandomStream(self.index.pool, self.random_seed)
-
-    def _global_batch_rows(self, g: int) -> List[int]:
-        return self._stream.rows(g * self.batch_size, self.batch_size)
 
 
 class BalancedTrainSampler(_TrainSamplerBase):
@@ -761,9 +792,6 @@ class BalancedTrainSampler(_TrainSamplerBase):
         self._stream = _BalancedStream(self.index, self.random_seed)
         self.samples_num_per_class = self._stream.samples_num_per_class
         logger.info("samples_num_per_class: %s", self.samples_num_per_class.astype(np.int32))
-
-    def _global_batch_rows(self, g: int) -> List[int]:
-        return self._stream.rows(g * self.batch_size, self.batch_size)
 
 
 class AlternateTrainSampler(_TrainSamplerBase):
@@ -788,10 +816,7 @@ class EvaluateSampler(object):
     """
 
     def __init__(self, indexes_hdf5_path: str, batch_size: int, rank: int = 0, world_size: int = 1):
-        if batch_size < 1:
-            raise PannsError(f"batch_size must be >= 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise PannsError(f"invalid rank/world_size: {rank}/{world_size}")
+        _check_batching(batch_size, rank, world_size)
         self.batch_size = int(batch_size)
         self.table = read_index(indexes_hdf5_path, load_targets=True)
         self.rows = np.array_split(np.arange(len(self.table)), world_size)[rank]

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import logging
 import os
 import random
@@ -61,6 +62,8 @@ if __name__ == "__main__":  # Ctrl-C while the modules load (nothing written yet
     signal.signal(signal.SIGINT, lambda *_: (print("error: interrupted", file=sys.stderr), os._exit(130)))
 
 import numpy as np
+import soundfile as sf
+from tqdm import tqdm
 
 if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch/panns) importable
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pytorch"))
@@ -70,7 +73,7 @@ from panns import storage as storage_mod
 from panns.audio_io import AUDIO_EXTENSIONS, ffmpeg_exe, is_truncated
 from panns.errors import PannsError, run_cli
 from panns.packing import is_complete_waveforms_hdf5
-from panns.utilities import atomic_write_text, create_logging, get_filename, remove_stale_temps
+from panns.utilities import Progress, atomic_write_text, create_logging, get_filename, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -233,8 +236,6 @@ def is_transient_error(message: str) -> bool:
 
 def is_valid_wav(path: str, sample_rate: int = config.sample_rate) -> bool:
     """A finished clip: readable WAV, mono, 16-bit PCM, the expected rate, at least one sample, not cut short."""
-    import soundfile as sf
-
     try:
         info = sf.info(path)
     except Exception:
@@ -294,7 +295,7 @@ class _Fetcher(object):
     _count_lock = threading.Lock()
 
     def __init__(self, opts: "DownloadOptions"):
-        import yt_dlp
+        import yt_dlp  # optional dependency: only the YouTube download route needs it
 
         with _Fetcher._count_lock:
             _Fetcher._count += 1
@@ -316,7 +317,7 @@ class _Fetcher(object):
             params["cookiefile"] = opts.cookies
         self.ydl = yt_dlp.YoutubeDL(params, auto_init=False)
         try:
-            from yt_dlp.extractor.generic import GenericIE
+            from yt_dlp.extractor.generic import GenericIE  # see yt_dlp above
             from yt_dlp.extractor.youtube import YoutubeIE
 
             self.ydl.add_info_extractor(YoutubeIE())
@@ -423,8 +424,6 @@ def _read_failures(path: str) -> Dict[str, Tuple[str, bool]]:
 
 
 def _write_failures(path: str, rows: List[DownloadResult]) -> None:
-    import io
-
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["YTID", "start_seconds", "end_seconds", "reason", "permanent", "attempts"])
@@ -470,8 +469,6 @@ def download_wavs(csv_path: str, audios_dir: str, mini_data: bool = False, num_w
     if report.failed:
         logger.info("Not retrying %d clips that failed permanently before (use --retry_failed)", len(report.failed))
     logger.info("Downloading %d clips of %s to %s with %d workers", len(todo), csv_path, audios_dir, num_workers)
-
-    from tqdm import tqdm
 
     t0 = time.time()
     local = threading.local()
@@ -654,7 +651,7 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
     # The pool forks its workers on entering, before the output file is opened.
     with packing.OrderedPool(packing.decode_row, min(num_workers, len(jobs))) as pool, \
             packing.PackedFile(waveforms_hdf5_path, len(jobs), clip_samples, storage) as out:
-        with packing.Progress(len(jobs), f"pack {get_filename(csv_path)}", progress) as bar:
+        with Progress(len(jobs), f"pack {get_filename(csv_path)}", progress) as bar:
             for res in pool.imap(jobs):
                 seg = segments[res.n]
                 if res.row is None:

@@ -23,6 +23,7 @@ import os
 import sys
 from typing import Dict, List, Sequence, Tuple
 
+import h5py
 import numpy as np
 
 if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch/panns) importable
@@ -141,8 +142,6 @@ def _segment_labels(segments_csv: str, labels_csv: str) -> Dict[str, set]:
 
 
 def check_embeddings(a) -> bool:
-    import h5py
-
     with h5py.File(a.embeddings, "r") as f:
         names = [os.path.basename(n.decode() if isinstance(n, bytes) else str(n)) for n in f["audio_name"][()]]
         emb = f["embedding"][()].astype(np.float64)

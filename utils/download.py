@@ -26,6 +26,8 @@ import urllib.error
 import urllib.request
 from typing import Optional
 
+from tqdm import tqdm
+
 if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch/panns) importable
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pytorch"))
 
@@ -106,8 +108,6 @@ def _transfer_once(url: str, part: str, timeout: float, progress: bool, resume: 
         mode = "ab" if start > 0 else "wb"
         bar = None
         if progress:
-            from tqdm import tqdm
-
             bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
                        desc=os.path.basename(part[:-5]), leave=False, file=sys.stderr)
         received = start

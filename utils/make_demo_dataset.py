@@ -15,6 +15,7 @@ tagging and sound event detection both have something to find. Deterministic for
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -159,8 +160,6 @@ def make_example_clip(wav_path: str, events: Sequence[Tuple[str, float, float]] 
 
 
 def write_label_csv(path: str, classes_num: int) -> None:
-    import csv
-
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f, quoting=csv.QUOTE_MINIMAL)

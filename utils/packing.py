@@ -22,10 +22,7 @@ import io
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
-import sys
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -36,13 +33,12 @@ import numpy as np
 from panns import config, storage
 from panns.audio_io import load_audio, load_audio_bytes
 from panns.errors import PannsError
-from panns.utilities import (atomic_write, atomic_write_text, disk_full_error, float32_to_int16, pad_or_truncate,
-                             remove_stale_temps)
+from panns.utilities import (atomic_write, atomic_write_text, check_free_space, disk_full_error, float32_to_int16,
+                             pad_or_truncate, remove_stale_temps)
 
 logger = logging.getLogger(__name__)
 
 SHORT_FRACTION = 0.5  # clips shorter than this fraction of the clip length are counted in the summary
-_FREE_MARGIN = 4 << 20  # bytes kept free while writing: HDF5 metadata, then names and targets
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,52 +166,12 @@ class OrderedPool(object):
         self.procs, self.conns = [], []
 
 
-class Progress(object):
-    """A tqdm bar on a terminal; elsewhere (logs, pipes) an INFO line every ``every_s`` seconds.
-
-    ``enabled=False`` turns both off (library use, tests)."""
-
-    def __init__(self, total: Optional[int], desc: str, enabled: bool = True, every_s: float = 30.0,
-                 unit: str = "clip"):
-        from tqdm import tqdm
-
-        self.total, self.desc, self.every_s, self.unit = total, desc, every_s, unit
-        self.tty = enabled and sys.stderr.isatty()
-        self.log = enabled and not self.tty
-        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not self.tty)
-        self.n, self._last = 0, time.time()
-
-    def __enter__(self) -> "Progress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.close()
-
-    def set_description(self, desc: str) -> None:
-        self.desc = desc
-        self.bar.set_description(desc)
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        self.bar.update(n)
-        if self.log and time.time() - self._last >= self.every_s:
-            self._last = time.time()
-            logger.info("%s: %d%s %ss done", self.desc, self.n, f" of {self.total}" if self.total else "", self.unit)
-
-
 # ------------------------------------------------------------------------------------------------
 # The output file
 # ------------------------------------------------------------------------------------------------
 
 def _is_enospc(e: BaseException) -> bool:
     return isinstance(e, OSError) and (e.errno == errno.ENOSPC or "No space left" in str(e))
-
-
-def check_free_space(path: str, needed: int) -> None:
-    """DiskFullError naming ``path`` unless its folder has ``needed`` bytes (+ a margin) free."""
-    free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-    if free < needed + _FREE_MARGIN:
-        raise disk_full_error(path, needed + _FREE_MARGIN)
 
 
 @dataclass

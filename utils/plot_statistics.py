@@ -85,7 +85,7 @@ def plot_runs(statistics_paths: Sequence[str], output: str, labels: Optional[Seq
         raise PannsError("no statistics files to plot")
     if labels is not None and len(labels) != len(statistics_paths):
         raise PannsError(f"{len(labels)} labels given for {len(statistics_paths)} statistics files")
-    import matplotlib
+    import matplotlib  # heavy, and only plotting needs it; the Agg backend must be chosen before pyplot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -50,6 +50,7 @@ import numpy as np
 from panns import config, packing, storage
 from panns.errors import PannsError
 from panns.packing import is_complete_waveforms_hdf5
+from panns.utilities import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -415,7 +416,7 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
     known = None
     if all(shard_format(p) == "parquet" for p in paths):
         known = sum(parquet_rows(p) for p in paths)
-    with packing.Progress(known, "pack shards", progress) as bar:
+    with Progress(known, "pack shards", progress) as bar:
         for i, shard in enumerate(paths):
             part = _part_path(parts_dir, i, shard)
             parts.append(part)

@@ -9,11 +9,15 @@ import os
 import re
 import shutil
 import sys
-from typing import Iterator
+import time
+from typing import Iterator, Optional
 
 import numpy as np
+from tqdm import tqdm
 
 from panns.errors import PannsError
+
+logger = logging.getLogger(__name__)
 
 
 def create_folder(fd: str) -> None:
@@ -89,10 +93,15 @@ def pad_or_truncate(x: np.ndarray, audio_length: int) -> np.ndarray:
     return x[0:audio_length]
 
 
+# AUC 1.0 (or 0.0) would give an infinite d-prime; clip so that a perfect score stays finite (d' ~ 7.3).
+_AUC_CLIP = 1e-7
+
+
 def d_prime(auc) -> np.ndarray:
+    """sqrt(2) * Phi^-1(AUC) (official), finite for AUC in [0, 1]: AUC is clipped to [1e-7, 1 - 1e-7]."""
     from scipy import stats  # late: scipy.stats takes ~1.4 s to import and only evaluation needs it
 
-    return stats.norm().ppf(auc) * np.sqrt(2.0)
+    return stats.norm().ppf(np.clip(auc, _AUC_CLIP, 1 - _AUC_CLIP)) * np.sqrt(2.0)
 
 
 class Mixup(object):
@@ -156,6 +165,16 @@ class DiskFullError(PannsError):
     """The disk filled up while writing a file; nothing half-written was left under its name."""
 
 
+_FREE_MARGIN = 4 << 20  # bytes kept free while writing: HDF5 metadata, then names and targets
+
+
+def check_free_space(path: str, needed: int) -> None:
+    """DiskFullError naming ``path`` unless its folder has ``needed`` bytes (+ a margin) free."""
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    if free < needed + _FREE_MARGIN:
+        raise disk_full_error(path, needed + _FREE_MARGIN)
+
+
 def disk_full_error(path: str, needed_bytes: int | None = None) -> DiskFullError:
     """One-line error naming ``path``, the bytes needed where known and the space left."""
     d = os.path.dirname(os.path.abspath(path))
@@ -198,3 +217,50 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 def atomic_write_text(path: str, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (see ``atomic_write``)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class Progress(object):
+    """Progress of a long job: a tqdm bar on a terminal; elsewhere (logs, pipes) an INFO line
+    ``<desc> <n>/<total> (<rate> <unit>/s)`` every ``every_s`` seconds. ``enabled=False`` turns both off
+    (library use, tests, DDP ranks other than 0).
+
+    ``update(n)`` counts ``n`` more done; ``to(n)`` says ``n`` are done (a training loop's iteration);
+    ``note()`` restarts the interval after the caller logged a line of its own."""
+
+    def __init__(self, total: Optional[int], desc: str, enabled: bool = True, every_s: float = 30.0,
+                 unit: str = "clip", start: int = 0):
+        self.total, self.desc, self.every_s, self.unit = total, desc, every_s, unit
+        tty = enabled and sys.stderr.isatty()
+        self.log = enabled and not tty
+        self.bar = tqdm(total=total, initial=start, desc=desc, unit=unit, disable=not tty, dynamic_ncols=True)
+        self.n = start
+        self._last, self._last_n = time.perf_counter(), start
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
+        self.bar.set_description(desc)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.bar.update(n)
+        now = time.perf_counter()
+        if self.log and now - self._last >= self.every_s:
+            rate = (self.n - self._last_n) / max(now - self._last, 1e-9)
+            logger.info("%s %d%s (%.2f %s/s)", self.desc, self.n, f"/{self.total}" if self.total else "", rate,
+                        self.unit)
+            self._last, self._last_n = now, self.n
+
+    def to(self, n: int) -> None:
+        self.update(n - self.n)
+
+    def note(self) -> None:
+        self._last, self._last_n = time.perf_counter(), self.n
+
+    def close(self) -> None:
+        self.bar.close()

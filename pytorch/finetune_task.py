@@ -1,0 +1,381 @@
+"""Fine-tuning's task for the training core (``pytorch/finetune_template.py train``).
+
+:func:`run` builds ``Transfer_<Base>`` with the pretrained base loaded strictly, decodes the clips once
+(``finetune_data``), then either fits a linear probe (``probe``) or fine-tunes with
+``train_core.Trainer`` - the loop, optimizer, Mixup, checkpoints and exact resume of ``main.py train``.
+:class:`FineTuneTask` is what differs: the clip cache's loaders, the evaluation on the held-out clips
+(accuracy or mAP, ``metrics.jsonl``, ``report.txt``, the best score) and the checkpoint names:
+``latest.pth`` at every evaluation (the training checkpoint ``--resume`` continues from) and
+``best.pth`` when the score improved (config, model, iteration and scores: what inference needs).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from panns import checkpoint as ckpt_lib
+from panns import devices, losses, models, runtime
+from panns import finetune_data as fd
+from panns import probe
+from panns import train_lib as tl
+from panns.devices import DistInfo
+from panns.errors import CheckpointError, PannsError
+from panns.evaluate import classification_scores
+from panns.frontend import FRONTEND_KEYS
+from panns.models import make_transfer_model
+from panns.train_core import CoreSettings, Meter, Trainer
+from panns.utilities import atomic_write_text, create_folder, create_logging
+
+logger = logging.getLogger("finetune")
+
+MAX_AUTO_CLIP_SECONDS = 10.0
+RUN_FILES = ("metrics.jsonl", "best.pth", "latest.pth", "linear_probe.pth", "report.txt", "run.json")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Losses (clipwise_output is log-probabilities for 'nll', probabilities for 'bce'; both fp32, soft targets ok)
+# ------------------------------------------------------------------------------------------------------------
+def clip_nll(output_dict: Dict[str, torch.Tensor], target_dict: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of log-softmax outputs (B, C) with (possibly mixup-softened) one-hot targets (B, C)."""
+    logp = output_dict["clipwise_output"].float()
+    return -(target_dict["target"].float() * logp).sum(dim=-1).mean()
+
+
+LOSSES = {"nll": clip_nll, "bce": losses.clip_bce}
+OUTPUT_OF_LOSS = {"nll": "log_softmax", "bce": "sigmoid"}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Model: Transfer_<Base> with the pretrained base loaded strictly
+# ------------------------------------------------------------------------------------------------------------
+def base_of(model_type: str) -> str:
+    """'Transfer_Cnn14' -> 'Cnn14'; a plain clip-level name means the same; SED models are refused."""
+    spec = models.get_model_spec(model_type)
+    base = spec.base or spec.name
+    models.transfer_class(base)  # raises with the list of clip-level models for SED names
+    return base
+
+
+def read_pretrained(path: str, base_name: str, cli_frontend: dict) -> Tuple[dict, dict, Optional[dict]]:
+    """Load a base checkpoint (official ``{'model': sd}``, ours with a config, or a fine-tuned Transfer one).
+
+    Returns (base state_dict, resolved front end, saved config or None). Front-end flags that
+    contradict the checkpoint's saved config are an error; for official files they override registry defaults.
+    """
+    ckpt = ckpt_lib.load_checkpoint(path)
+    sd = ckpt_lib.strip_prefixes(ckpt_lib.model_state_dict(ckpt, path))
+    cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
+    spec = models.get_model_spec(base_name)
+    frontend = spec.frontend()
+    if cfg:
+        saved_type = cfg.get("model_type")
+        saved_base = cfg.get("base_model_type") or (saved_type[9:] if str(saved_type).startswith("Transfer_") else None)
+        if saved_base:  # a fine-tuned transfer model: continue from its base
+            if saved_base != base_name:
+                raise CheckpointError(f"{path} is a fine-tuned {saved_type} (base {saved_base}), not a {base_name} base; "
+                                      f"use --model_type Transfer_{saved_base}")
+            sd = {k[5:]: v for k, v in sd.items() if k.startswith("base.")}
+        elif saved_type and saved_type != base_name:
+            raise CheckpointError(f"{path} holds a {saved_type} model, but --model_type asks for {base_name} "
+                                  f"(use --model_type Transfer_{saved_type})")
+        for k in FRONTEND_KEYS:
+            if cfg.get(k) is not None:
+                if cli_frontend.get(k) is not None and int(cli_frontend[k]) != int(cfg[k]):
+                    raise CheckpointError(f"--{k} {cli_frontend[k]} contradicts the checkpoint {path}, "
+                                          f"which was trained with {k}={cfg[k]}; drop the flag or pass {cfg[k]}")
+                frontend[k] = int(cfg[k])
+    else:
+        frontend.update({k: int(v) for k, v in cli_frontend.items() if v is not None})
+    return sd, frontend, cfg
+
+
+def model_config(base_name: str, frontend: dict, labels: List[str], output: str) -> dict:
+    """checkpoint.ModelConfig (as a dict) of the fine-tuned Transfer_<base_name> model."""
+    return ckpt_lib.ModelConfig(model_type=f"Transfer_{base_name}", **frontend, classes_num=len(labels),
+                                labels=list(labels), ids=None, base_model_type=base_name, output=output).to_dict()
+
+
+def train_min_samples(model: torch.nn.Module) -> int:
+    """Shortest training input: the model's minimum, and 64 frames when the base trains with SpecAugment
+    (its 64-frame time stripes need them; torchlibrosa fails on shorter inputs)."""
+    n = int(model.min_samples)
+    base = model.base
+    if not model.freeze_base and getattr(base, "spec_augment", False) and hasattr(base, "spec_augmenter"):
+        n = max(n, 63 * int(base.hop_size))
+    return n
+
+
+def resolve_clip_samples(clip_seconds: Optional[float], cache: fd.ClipCache, data: fd.LabelledData,
+                         sample_rate: int, min_samples: int) -> int:
+    """``clip_seconds``, or the longest clip of the data set up to 10 s; never below the model's minimum input."""
+    if clip_seconds is not None:
+        if clip_seconds <= 0:
+            raise PannsError(f"--clip_seconds must be > 0 (got {clip_seconds})")
+        n = int(round(clip_seconds * sample_rate))
+    else:
+        longest = max(cache.length(cache.index[p]) for p in data.train.paths + data.eval.paths)
+        n = min(longest, int(MAX_AUTO_CLIP_SECONDS * sample_rate))
+        logger.info("Clip length: %.2f s (longest clip, at most %.0f s; set --clip_seconds to change)",
+                    n / sample_rate, MAX_AUTO_CLIP_SECONDS)
+    if n < min_samples:
+        logger.warning("Clip length %.3f s is below the model's minimum training input; using %.3f s", n / sample_rate,
+                       min_samples / sample_rate)
+        n = min_samples
+    return n
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Run folder and records
+# ------------------------------------------------------------------------------------------------------------
+def prepare_run_dir(run_dir: str, overwrite: bool, resume: bool = False) -> None:
+    """Create ``run_dir``; one that already holds a run is an error unless ``resume`` (continue it) or
+    ``overwrite`` (remove that run's files first, so metrics.jsonl never mixes two runs)."""
+    if resume and overwrite:
+        raise PannsError("--resume continues the run in the folder, --overwrite replaces it: give one")
+    if resume:
+        create_folder(run_dir)
+        return
+    found = [f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f))]
+    if found and not overwrite:
+        raise PannsError(f"{run_dir} already holds a fine-tuning run ({', '.join(found)}); give another "
+                         "--run_name, or --overwrite to replace it")
+    for f in found:
+        os.remove(os.path.join(run_dir, f))
+    create_folder(run_dir)
+
+
+def append_jsonl(path: str, obj: dict) -> None:
+    """One JSON line appended to ``path`` (metrics.jsonl: one line per evaluation)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(obj) + "\n")
+
+
+def _run_record(args, extra: dict) -> dict:
+    return {"args": vars(args), **extra, "versions": tl.versions(), "git_commit": tl.git_commit(), "argv": sys.argv,
+            "started": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------------------
+def predict(model: torch.nn.Module, loader, precision: str, output: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Probabilities (N, C) and targets (N, C) over a loader (the shared evaluation path of training;
+    exp of log-softmax outputs)."""
+    out = runtime.run_batches(model, loader, precision, outputs=("clipwise_output",), carry=("target",))
+    probs = out["clipwise_output"]
+    return (np.exp(probs) if output == "log_softmax" else probs), out["target"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The task
+# ------------------------------------------------------------------------------------------------------------
+class FineTuneTask:
+    """Fine-tuning's part of a run (see train_core.Task): loaders over the clip cache, evaluation on the
+    held-out clips, ``latest.pth`` / ``best.pth`` / ``report.txt`` / ``metrics.jsonl`` in ``run_dir``."""
+
+    def __init__(self, args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.ClipCache,
+                 clip_samples: int, device: torch.device, precision: str, run_dir: str):
+        self.model, self.data, self.precision, self.run_dir = model, data, precision, run_dir
+        per_step = args.batch_size * (2 if args.augmentation == "mixup" else 1)  # official: 2B clips with mixup
+        self.train_sampler = fd.ShuffledBatchSampler(len(data.train), per_step, args.seed)
+        workers = args.num_workers
+        # A generator of its own: starting an iterator draws nothing from the global RNG (exact resume).
+        self.train_loader = torch.utils.data.DataLoader(
+            fd.ClipDataset(cache, data.train, clip_samples, train=True, seed=args.seed),
+            batch_sampler=self.train_sampler, collate_fn=fd.collate, num_workers=workers,
+            persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(args.seed))
+        self.eval_loader = torch.utils.data.DataLoader(
+            fd.ClipDataset(cache, data.eval, clip_samples, train=False), batch_size=args.batch_size, shuffle=False,
+            collate_fn=fd.collate, num_workers=0, generator=torch.Generator().manual_seed(args.seed))
+        self.latest_path = os.path.join(run_dir, "latest.pth")
+        self.best_path = os.path.join(run_dir, "best.pth")
+        self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        self.best: Optional[dict] = None     # scores of the best evaluation, with its iteration
+        self.scores: Optional[dict] = None   # scores of the latest evaluation
+        self.improved = False
+
+    def evaluate(self, iteration: int, trained: Meter) -> None:
+        t_eval = time.perf_counter()
+        probs, targets = predict(self.model, self.eval_loader, self.precision, self.model.output)
+        sc = classification_scores(probs, targets, self.data.labels, self.data.multi_label)
+        eval_time = time.perf_counter() - t_eval
+        train_time, steps = trained.elapsed(), max(len(trained.losses), 1)
+        self.improved = self.best is None or sc["value"] > self.best["value"]
+        append_jsonl(self.metrics_path, {
+            "iteration": iteration, "train_loss": trained.mean_loss(), sc["metric"]: sc["value"], "mAP": sc["mAP"],
+            "train_time_s": round(train_time, 3), "eval_time_s": round(eval_time, 3),
+            "s_per_iteration": round(train_time / steps, 4), "best": self.improved})
+        logger.info("iteration %d: train loss %.4f, eval %s %.4f, mAP %.4f%s (train %.1f s, %.3f s/it; eval %.1f s)",
+                    iteration, trained.mean_loss(), sc["metric"], sc["value"], sc["mAP"],
+                    " *best*" if self.improved else "", train_time, train_time / steps, eval_time)
+        self.scores = sc
+        if self.improved:
+            self.best = {**sc, "iteration": iteration}
+
+    def checkpoint_extra(self) -> Dict[str, Any]:
+        metrics = {k: v for k, v in self.scores.items() if k != "report"} if self.scores else None
+        return {"metrics": metrics, "best": self.best}
+
+    def write_checkpoint(self, ckpt: Dict[str, Any], iteration: int) -> str:
+        ckpt_lib.save_checkpoint(self.latest_path, ckpt)
+        if self.improved:
+            # What inference needs (no optimizer or RNG state: --resume continues from latest.pth).
+            ckpt_lib.save_checkpoint(self.best_path, {k: ckpt[k] for k in ("iteration", "model", "config", "metrics")})
+            atomic_write_text(os.path.join(self.run_dir, "report.txt"), f"{self.data.source}\nbest checkpoint: "
+                              f"{self.best_path} (iteration {iteration})\n\n{self.scores['report']}\n")
+        return self.latest_path
+
+    def load_extra(self, ckpt: Dict[str, Any], iteration: int) -> None:
+        self.best = ckpt.get("best")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------------------
+def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
+    """Build the transfer model, load the pretrained base, then fine-tune (or linear-probe) on ``data``
+    (None: the official template's model check only). ``args``: finetune_template.py's parsed flags."""
+    base_name = base_of(args.model_type)
+    cli_fe = {k: getattr(args, k) for k in FRONTEND_KEYS}
+    if data is not None and not args.workspace:
+        raise PannsError("--workspace is required when fine-tuning (checkpoints, cache and reports go there)")
+    loss = args.loss or ("bce" if data is not None and data.multi_label else "nll")
+    if data is not None and data.multi_label and loss == "nll":
+        raise PannsError("some clips have several labels; single-label --loss nll cannot learn that: use --loss bce")
+    output = OUTPUT_OF_LOSS[loss]
+
+    run_dir = None
+    if data is not None:
+        run_name = args.run_name or "_".join(
+            [f"Transfer_{base_name}", data.name] + (["linear_probe"] if args.linear_probe else
+                                                    [loss] + (["frozen"] if args.freeze_base else [])))
+        run_dir = os.path.join(args.workspace, "finetune", run_name)
+        prepare_run_dir(run_dir, args.overwrite, args.resume)
+        create_logging(os.path.join(run_dir, "logs"), filemode="w")
+        logger.info("Data: %s; %d classes, %d train / %d eval clips%s", data.source, data.classes_num,
+                    len(data.train), len(data.eval), " (multi-label)" if data.multi_label else "")
+        for w in data.warnings:
+            logger.warning(w)
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(name)-12s: %(levelname)-8s %(message)s")
+
+    tl.seed_everything(args.seed)
+    device = devices.select_device(args.cuda)
+    precision = devices.resolve_precision(args.precision, device, training=not args.linear_probe)
+
+    # Model (official order: build, load pretrained, report device).
+    sd = None
+    if args.pretrained_checkpoint_path:
+        sd, frontend, saved_cfg = read_pretrained(args.pretrained_checkpoint_path, base_name, cli_fe)
+    else:
+        frontend = {**models.get_model_spec(base_name).frontend(), **{k: v for k, v in cli_fe.items() if v is not None}}
+    classes_num = data.classes_num if data is not None else probe.AUDIOSET_CLASSES_NUM
+    model = make_transfer_model(base_name, classes_num, freeze_base=args.freeze_base, output=output, **frontend)
+    if sd is not None:
+        logger.info("Load pretrained model from %s", args.pretrained_checkpoint_path)
+        ckpt_lib.load_pretrained_base(model.base, sd, args.pretrained_checkpoint_path, base_name,
+                                      official=saved_cfg is None)
+    if device.type == "cuda":
+        print(f"GPU number: {torch.cuda.device_count()}")
+    model.to(device)
+    if sd is not None:
+        print("Load pretrained model successfully!")
+    else:
+        logger.warning("No --pretrained_checkpoint_path: the base starts from random weights (training from scratch)")
+    if data is None:
+        print("No data given, nothing to fine-tune: pass --dataset_dir DIR (one sub-folder per class), "
+              "--train_csv [--eval_csv], or --meta_csv with --holdout_fold, and --workspace.")
+        return None
+
+    cache_dir = args.cache_dir or os.path.join(args.workspace, "cache")
+    cache = fd.build_cache(data.train.paths + data.eval.paths, frontend["sample_rate"], cache_dir, args.num_workers)
+    clip_samples = resolve_clip_samples(args.clip_seconds, cache, data, frontend["sample_rate"], train_min_samples(model))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    mc = model_config(base_name, frontend, data.labels, output)
+    run_config = {**vars(args), "clip_seconds": clip_samples / frontend["sample_rate"],
+                  "pretrained_checkpoint_path": args.pretrained_checkpoint_path, "freeze_base": args.freeze_base}
+    tl.write_json(os.path.join(run_dir, "run.json"), _run_record(args, {
+        "data": data.source, "labels": data.labels, "train_clips": len(data.train), "eval_clips": len(data.eval),
+        "loss": loss, "output": output, "frontend": frontend, "clip_samples": clip_samples, "precision": precision,
+        "device": str(device), "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": trainable, "cache": cache.h5_path}))
+
+    def fit_probe() -> Tuple[dict, float]:
+        return probe.fit_probe_head(model, base_name, frontend, data, cache, clip_samples, device, cache_dir,
+                                    precision=args.precision, batch_size=args.batch_size, c=args.probe_c)
+
+    if args.linear_probe:
+        res = linear_probe(fit_probe, model, data, run_dir, {**run_config, **mc, "linear_probe": True})
+        print(res["report"])
+        print(f"Linear probe {res['metric']}: {res['value']:.4f} ({res['wall_s']:.1f} s); saved to {res['probe_path']}\n"
+              f"Tag with it: python3 pytorch/inference.py audio_tagging --checkpoint_path {res['probe_path']} "
+              "--audio_path <clip>")
+        return res
+
+    logger.info("Fine-tuning Transfer_%s: %s loss, %s output, %d trainable of %d parameters, clip %.2f s, "
+                "batch %d, lr %g, %d iterations, %s on %s", base_name, loss, output, trainable,
+                sum(p.numel() for p in model.parameters()), clip_samples / frontend["sample_rate"], args.batch_size,
+                args.learning_rate, args.iterations, precision, device)
+    resume_from = None
+    if args.resume:
+        resume_from = os.path.join(run_dir, "latest.pth")
+        if not os.path.isfile(resume_from):
+            raise PannsError(f"--resume: no {resume_from} to resume from (a run saves it at every evaluation)")
+    elif args.head_init == "probe":
+        sc, _ = fit_probe()
+        logger.info("Head initialised from a linear probe on the %d training clips' embeddings (eval %s %.4f)",
+                    len(data.train), sc["metric"], sc["value"])
+    res = fine_tune(args, model, data, cache, clip_samples, device, precision, LOSSES[loss], mc, run_config,
+                    run_dir, resume_from)
+    print(res["report"])
+    print(f"Best {res['metric']}: {res['value']:.4f} at iteration {res['iteration']} "
+          f"({res['wall_s']:.1f} s); checkpoint: {res['best_path']}")
+    return res
+
+
+def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.ClipCache, clip_samples: int,
+              device: torch.device, precision: str, loss_func, mc: dict, run_config: dict, run_dir: str,
+              resume_from: Optional[str]) -> dict:
+    """Train ``model`` with the training core for ``args.iterations`` steps, evaluating and saving every
+    ``args.eval_every``; returns the best scores with 'iteration', 'wall_s', 'best_path', 'latest_path'."""
+    t0 = time.time()
+    task = FineTuneTask(args, model, data, cache, clip_samples, device, precision, run_dir)
+    settings = CoreSettings(iterations=args.iterations, eval_every=args.eval_every, save_every=args.eval_every,
+                            log_every=args.log_every, learning_rate=args.learning_rate, precision=precision,
+                            seed=args.seed, mixup_alpha=1.0 if args.augmentation == "mixup" else None,
+                            at_start=False)
+    trainer = Trainer(settings, DistInfo(device=device), model, loss_func, task, mc, run_config, clip_samples,
+                      args.batch_size, resume_from)
+    if trainer.iteration >= args.iterations:
+        raise PannsError(f"{resume_from} already reached --iterations {args.iterations}; raise it to train on")
+    if resume_from:
+        logger.info("Resumed from %s at iteration %d", resume_from, trainer.iteration)
+    trainer.run()
+    trainer.finish()
+    return {**task.best, "wall_s": time.time() - t0, "best_path": task.best_path, "latest_path": task.latest_path}
+
+
+def linear_probe(fit_probe, model: torch.nn.Module, data: fd.LabelledData, run_dir: str, config: dict) -> dict:
+    """``fit_probe()`` (a bound probe.fit_probe_head), then write ``model`` with the fitted head to
+    ``linear_probe.pth`` (a Transfer_<Base> checkpoint that ``inference.py audio_tagging --checkpoint_path``
+    uses like any fine-tuned one), ``report.txt`` and a ``metrics.jsonl`` line."""
+    t0 = time.time()
+    sc, t_emb = fit_probe()
+    probe_path = os.path.join(run_dir, "linear_probe.pth")
+    metrics = {k: v for k, v in sc.items() if k != "report"}
+    ckpt_lib.save_checkpoint(probe_path, {"model": model.state_dict(), "config": config, "iteration": 0,
+                                          "metrics": metrics})
+    atomic_write_text(os.path.join(run_dir, "report.txt"), f"{data.source}\nlinear probe: {probe_path}\n\n{sc['report']}\n")
+    append_jsonl(os.path.join(run_dir, "metrics.jsonl"),
+                 {"linear_probe": True, sc["metric"]: sc["value"], "mAP": sc["mAP"],
+                  "embedding_time_s": round(t_emb, 3), "total_time_s": round(time.time() - t0, 3)})
+    return {**sc, "probe_path": probe_path, "wall_s": time.time() - t0, "embedding_time_s": t_emb}

@@ -1,0 +1,301 @@
+"""The training core of ``main.py train`` (AudioSet) and ``finetune_template.py train`` (fine-tuning).
+
+:class:`Trainer` holds what every training run has: the model and its wrappers (DDP, torch.compile),
+the optimizer (the official Adam with amsgrad, over the parameters that require gradients), the
+GradScaler, Mixup, the training batch stream and its resumable sampler, the loop with its named
+conditions (:meth:`Trainer.should_eval`, :meth:`Trainer.should_save`), ``train_lib.train_step``, the
+log and progress lines, the checkpoint and the exact resume from one.
+
+A checkpoint holds ``config`` (the run's settings and the model config: type, front end, labels),
+``model``, ``optimizer``, ``iteration``, ``sampler`` (its ``state_dict(batches_consumed)``: the batches
+the loop really used, so batches prefetched by loader workers are not skipped), ``rank_states`` (torch,
+numpy, Python and Mixup RNG states of every rank) and ``scaler`` with fp16, plus what the task adds.
+
+What differs between the entry points is a :class:`Task`: its data (sampler and loader), its
+evaluation, where checkpoints go and what else they hold.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple
+
+import torch
+
+from panns import checkpoint
+from panns import data_generator as dg
+from panns import train_lib as tl
+from panns.devices import DistInfo
+from panns.errors import CheckpointError, PannsError
+from panns.frontend import FRONTEND_KEYS
+from panns.utilities import Mixup, Progress
+
+logger = logging.getLogger("main")
+
+
+@dataclass
+class CoreSettings:
+    """What the loop needs, whichever entry point runs it."""
+
+    iterations: int                       # stop after this many optimizer steps
+    eval_every: int                       # evaluate every N steps (and at the last)
+    save_every: int                       # checkpoint every N steps (and at the last)
+    log_every: int                        # a loss/speed line every N steps (0: none)
+    learning_rate: float
+    precision: str                        # resolved: fp32 | bf16 | fp16
+    seed: int
+    mixup_alpha: Optional[float] = None   # None: no mixup
+    grad_clip: float = 0.0                # 0: off (official)
+    compile: bool = False
+    sync_bn: bool = False
+    at_start: bool = True                 # also evaluate and save before the first step (main.py)
+
+
+@dataclass
+class Meter:
+    """Sums over a window of steps: losses (tensors, synchronised only when read), data wait, time."""
+
+    losses: List[torch.Tensor] = field(default_factory=list)
+    wait: float = 0.0
+    start: float = field(default_factory=time.perf_counter)
+
+    def update(self, scalars: Dict[str, torch.Tensor], wait: float) -> None:
+        self.losses.append(scalars["loss"])
+        self.wait += wait
+
+    def mean_loss(self) -> float:
+        return float(torch.stack(self.losses).float().mean()) if self.losses else float("nan")
+
+    def elapsed(self) -> float:
+        return max(time.perf_counter() - self.start, 1e-9)
+
+    def reset(self) -> None:
+        self.losses, self.wait, self.start = [], 0.0, time.perf_counter()
+
+
+class Task(Protocol):
+    """What an entry point supplies to the :class:`Trainer`."""
+
+    train_sampler: dg.ResumableBatchSampler
+    train_loader: Iterable[Dict[str, Any]]
+
+    def evaluate(self, iteration: int, trained: Meter) -> None:
+        """Evaluate the model; ``trained``: the steps since the last evaluation."""
+
+    def checkpoint_extra(self) -> Dict[str, Any]:
+        """Entries the task adds to every checkpoint (e.g. the latest scores)."""
+
+    def write_checkpoint(self, ckpt: Dict[str, Any], iteration: int) -> str:
+        """Write ``ckpt`` where the task keeps checkpoints; returns its path."""
+
+    def load_extra(self, ckpt: Dict[str, Any], iteration: int) -> None:
+        """Restore the task's own state from a checkpoint it wrote (resume)."""
+
+
+class Trainer:
+    """One training run: model, optimizer, scaler, Mixup, batch stream, RNG state, loop, checkpoints.
+
+    ``raw_model`` is on ``info.device`` and seeded alike on every rank; ``config`` is the checkpoint's
+    'config' entry (``model_config`` included); ``model_config`` (checkpoint.ModelConfig as a dict) is
+    what a resumed checkpoint must match; ``clip_samples`` is the training input length (DDP's search
+    for parameters without gradients runs one forward of it); ``global_batch`` examples per step."""
+
+    def __init__(self, settings: CoreSettings, info: DistInfo, raw_model: torch.nn.Module,
+                 loss_func: Callable, task: Task, model_config: Dict[str, Any], config: Dict[str, Any],
+                 clip_samples: int, global_batch: int, resume_from: Optional[str] = None):
+        self.s, self.info, self.task = settings, info, task
+        self.raw_model, self.loss_func = raw_model, loss_func
+        self.model_config, self.global_batch = model_config, global_batch
+        self.config = {**config, **model_config, "precision": settings.precision, "world_size": info.world_size}
+        # Optimizer of the official recipe (no schedule, no weight decay); a frozen base is left out.
+        params = [p for p in raw_model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-08,
+                                          weight_decay=0.0, amsgrad=True)
+        self.scaler = torch.amp.GradScaler(info.device.type, enabled=settings.precision == "fp16")
+        self.model = self._wrap(raw_model, clip_samples)
+        self.mixup = Mixup(mixup_alpha=settings.mixup_alpha, random_seed=settings.seed + info.rank) \
+            if settings.mixup_alpha is not None else None
+        self.batches_consumed = 0   # batches the loop took (the sampler runs ahead by the prefetch)
+        self._batches = None
+        self.iteration = 0
+        self.last_saved: Optional[str] = None
+        # Training randomness (SpecAugment, dropout) differs per rank; the weights are already equal.
+        tl.seed_everything(settings.seed + info.rank)
+        if resume_from:
+            self._resume(resume_from)
+        self.start = self.iteration
+        self.meter = Meter()     # since the last log line
+        self.trained = Meter()   # since the last evaluation
+        self.progress = Progress(settings.iterations, "iteration", enabled=info.is_main, every_s=60.0, unit="it",
+                                 start=self.iteration)
+
+    def _wrap(self, raw: torch.nn.Module, clip_samples: int) -> torch.nn.Module:
+        """DDP (with SyncBatchNorm if asked), then torch.compile of the DDP module - the order PyTorch
+        documents, so that DDP's graph-aware bucketing sees the compiled graphs."""
+        model = raw
+        if self.info.distributed:
+            # DDP's unused-parameter search costs a graph walk every step: only ask for it where the
+            # model really has parameters outside the training loss's graph (e.g. Wavegram_Cnn14's bn0).
+            unused = tl.unused_parameters(raw, clip_samples)
+            if unused:
+                logger.info("%d parameter tensors get no gradient (%s...): DDP find_unused_parameters on",
+                            len(unused), ", ".join(unused[:3]))
+            if self.s.sync_bn:
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.info.local_rank] if self.info.device.type == "cuda" else None,
+                find_unused_parameters=bool(unused))
+        if self.s.compile:
+            model = torch.compile(model)
+        return model
+
+    # ------------------------------------------------------------------------------------- loop
+    def _new_point(self, it: int) -> bool:
+        """Not the point the run resumed from (its evaluation and checkpoint exist already); 0 only
+        when the task evaluates and saves before the first step."""
+        return it > self.start or (it == 0 and self.s.at_start)
+
+    def should_eval(self, it: int) -> bool:
+        return (it % self.s.eval_every == 0 or it == self.s.iterations) and self._new_point(it)
+
+    def should_save(self, it: int) -> bool:
+        return (it % self.s.save_every == 0 or it == self.s.iterations) and self._new_point(it)
+
+    def run(self) -> int:
+        """Train up to ``iterations`` steps, evaluating and saving on the way; returns the last iteration."""
+        it = self.iteration
+        while True:
+            if self.should_eval(it):
+                self.evaluate(it)
+            if self.should_save(it):
+                self.save(it)
+            if it >= self.s.iterations:
+                break
+            batch, wait = self.next_batch()
+            scalars = tl.train_step(self.model, batch, self.optimizer, self.loss_func, precision=self.s.precision,
+                                    mixup_lambda=self.mixup_lambda(batch), scaler=self.scaler,
+                                    grad_clip=self.s.grad_clip)
+            it += 1
+            self.iteration = it
+            self.meter.update(scalars, wait)
+            self.trained.update(scalars, wait)
+            if self.s.log_every and it % self.s.log_every == 0:
+                self.log_progress(it)
+            self.progress.to(it)
+        return it
+
+    # ------------------------------------------------------------------------------------ steps
+    def next_batch(self) -> Tuple[Dict[str, Any], float]:
+        """(batch on the device, seconds spent waiting for it)."""
+        t0 = time.perf_counter()
+        if self._batches is None:   # after a resume has set the sampler's position
+            self._batches = iter(self.task.train_loader)
+        batch = next(self._batches)
+        self.batches_consumed += 1
+        return dg.to_device(batch, self.info.device), time.perf_counter() - t0
+
+    def mixup_lambda(self, batch: Dict[str, Any]) -> Optional[torch.Tensor]:
+        """(2B,) mixing weights of adjacent pairs, or None without mixup."""
+        if self.mixup is None:
+            return None
+        lam = self.mixup.get_lambda(batch_size=len(batch["waveform"]))
+        return torch.as_tensor(lam, dtype=torch.float32, device=self.info.device)
+
+    def evaluate(self, iteration: int) -> None:
+        tl.broadcast_buffers(self.info, self.raw_model)
+        self.task.evaluate(iteration, self.trained)
+        self.trained.reset()
+        self.meter.reset()
+
+    def save(self, iteration: int) -> None:
+        """Checkpoint (rank 0 writes; every rank contributes its RNG/Mixup state)."""
+        mine = {"rng": tl.rng_state(self.info.device),
+                "mixup": self.mixup.state_dict() if self.mixup is not None else None}
+        states = tl.all_gather_object(self.info, mine)
+        if self.info.is_main:
+            # Every rank consumes the same number of batches, so rank 0's sampler state (batches consumed
+            # x world size = global position) restores every rank's stream; stored once.
+            sampler = self.task.train_sampler.state_dict(batches_consumed=self.batches_consumed)
+            ckpt = {"iteration": iteration, "model": self.raw_model.state_dict(), "sampler": sampler,
+                    "optimizer": self.optimizer.state_dict(), "config": self.config, "rank_states": states,
+                    **self.task.checkpoint_extra()}
+            if self.scaler.is_enabled():
+                ckpt["scaler"] = self.scaler.state_dict()
+            self.last_saved = self.task.write_checkpoint(ckpt, iteration)
+        tl.barrier(self.info)
+
+    def log_progress(self, iteration: int) -> None:
+        m = self.meter
+        loss = tl.mean_over_ranks(self.info, m.mean_loss())
+        elapsed, steps = m.elapsed(), len(m.losses)
+        memory = ""
+        if self.info.device.type == "cuda":
+            memory = f", peak memory {torch.cuda.max_memory_allocated(self.info.device) / 2**30:.1f} GiB"
+        logger.info("iteration: %d, loss: %.4f, %.2f it/s, %.1f examples/s, data wait %.0f%%%s", iteration, loss,
+                    steps / elapsed, steps * self.global_batch / elapsed, 100.0 * m.wait / elapsed, memory)
+        m.reset()
+        self.progress.note()
+
+    def finish(self) -> None:
+        """Close the progress bar; with DDP give every rank rank 0's buffers and check the weights agree."""
+        self.progress.close()
+        tl.broadcast_buffers(self.info, self.raw_model)
+        if self.info.distributed:
+            digests = tl.all_gather_object(self.info, tl.state_digest(self.raw_model))
+            if len(set(digests)) == 1:
+                logger.info("Final weights identical on all %d processes (digest %s)", self.info.world_size, digests[0])
+            else:
+                logger.warning("Final weights differ across processes: %s", digests)
+        logger.info("Finished at iteration %d", self.iteration)
+
+    # ----------------------------------------------------------------------------------- resume
+    def _resume(self, path: str) -> None:
+        """Continue exactly from the checkpoint at ``path``: weights, optimizer, scaler, sampler position,
+        this rank's RNG and Mixup states, the task's own state."""
+        logger.info("Loading checkpoint %s", path)
+        ckpt = checkpoint.load_checkpoint(path, map_location="cpu")  # RNG states must stay CPU tensors
+        saved = ckpt.get("config") or {}
+        for key in ("model_type", "classes_num") + FRONTEND_KEYS:
+            if key in saved and saved[key] != self.model_config[key]:
+                raise CheckpointError(f"{path} was trained with {key}={saved[key]}, this run has "
+                                      f"{key}={self.model_config[key]}")
+        try:
+            self.raw_model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: model weights do not fit {self.model_config['model_type']}: "
+                                  f"{str(e).splitlines()[0]}") from None
+        if "optimizer" in ckpt:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        else:
+            logger.warning("%s has no optimizer state (official checkpoint?): Adam moments restart", path)
+        if "scaler" in ckpt and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self._load_sampler(ckpt.get("sampler"), path)
+        mine = self._rank_state(ckpt.get("rank_states"), path)
+        if self.mixup is not None and mine.get("mixup") is not None:
+            self.mixup.load_state_dict(mine["mixup"])
+        if mine.get("rng") is not None:
+            tl.set_rng_state(mine["rng"], self.info.device)
+        self.iteration = int(ckpt.get("iteration", 0))
+        self.task.load_extra(ckpt, self.iteration)
+
+    def _load_sampler(self, state: Any, path: str) -> None:
+        if isinstance(state, dict) and "batches" not in state:
+            logger.warning("%s holds an official sampler state (a RandomState snapshot) that cannot be restored "
+                           "exactly; the sampler starts afresh", path)
+        elif state is not None:
+            try:
+                self.task.train_sampler.load_state_dict(state)
+            except (PannsError, KeyError, ValueError, TypeError) as e:
+                raise CheckpointError(f"{path}: its sampler state does not fit this run: {e}") from None
+            self.batches_consumed = self.task.train_sampler.state_dict()["batches"]
+
+    def _rank_state(self, per_rank: Optional[list], path: str) -> Dict[str, Any]:
+        if per_rank is not None and len(per_rank) == self.info.world_size:
+            return per_rank[self.info.rank]
+        if per_rank is not None:
+            logger.warning("%s was saved by %d processes, this run has %d: RNG and Mixup states "
+                           "restart (resume not exact)", path, len(per_rank), self.info.world_size)
+        return {}
+
