@@ -105,7 +105,7 @@ def model_config(base_name: str, frontend: dict, labels: List[str], output: str)
 
 def train_min_samples(model: torch.nn.Module) -> int:
     """Shortest training input: the model's minimum, and 64 frames when the base trains with SpecAugment
-    (its 64-frame time stripes need them; torchlibrosa fails on shorter inputs)."""
+    (its 64-frame time stripes need them; shorter inputs fail with a PannsError)."""
     n = int(model.min_samples)
     base = model.base
     if not model.freeze_base and getattr(base, "spec_augment", False) and hasattr(base, "spec_augmenter"):
