@@ -46,7 +46,7 @@ def _clip(seconds, sr=SR, seed=0):
 
 @pytest.mark.parametrize("name", models.model_names())
 def test_every_registered_model_loads_and_runs_through_the_api(tmp_path, name):
-    m = panns.load(_tiny_checkpoint(tmp_path / f"{name}.pth", name), device="cpu")
+    m = panns.load(_tiny_checkpoint(tmp_path / f"{name}.pth", name), device="cpu", backend="torch")
     spec = models.get_model_spec(name)
     clip = np.zeros(max(spec.min_samples, spec.sample_rate // 10), np.float32)
     pred = m.predict(clip, framewise=spec.is_sed)
@@ -63,7 +63,7 @@ def test_registry_has_the_official_zoo():
 
 def test_arrays_paths_batches_and_resampling_agree(tmp_path):
     model, path = _random_checkpoint(tmp_path, "Cnn6")
-    m = panns.load(path)
+    m = panns.load(path, backend="torch")
     a, b = _clip(1.0, seed=1), _clip(0.6, seed=2)
     with torch.no_grad():
         ref = model(torch.from_numpy(a[None]))
@@ -109,7 +109,7 @@ def test_panns_inference_port_gives_the_same_arrays(tmp_path, capsys):
     assert framewise_output.shape == ref.shape == (1, 101, 527)
     np.testing.assert_allclose(framewise_output, ref, rtol=1e-5, atol=1e-6)
     # detect_events of the API = events of the framewise output
-    m = panns.load(sed_path)
+    m = panns.load(sed_path, backend="torch")
     events = m.detect_events(audio[0], threshold=0.5)
     expected = detect_events(ref[0], panns.labels, 100.0, 0.5, 0.0, 1.0)
     assert events == [e.to_dict() for e in expected]

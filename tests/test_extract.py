@@ -17,6 +17,9 @@ from panns import inference
 from panns import models
 
 SR = 32000
+# These tests are about the command line, not the backend: they run torch (--backend auto, the
+# default, would export each model to ONNX first; tests/test_onnx.py tests auto and onnxruntime).
+TORCH = "--backend=torch"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -56,7 +59,7 @@ def _extractor(setup, **kw):
 
 def test_rows_equal_direct_forward_and_failures_listed(setup, tmp_path, capsys, audioset_labels_csv):
     out = tmp_path / "feats.h5"
-    inference.main(["extract_embeddings", f"--checkpoint_path={setup['ckpt']}", f"--audio_path={setup['dir'] / 'clips'}",
+    inference.main(["extract_embeddings", TORCH, f"--checkpoint_path={setup['ckpt']}", f"--audio_path={setup['dir'] / 'clips'}",
                     f"--output_path={out}", f"--class_labels_csv={audioset_labels_csv}", "--batch_size=2", "--num_workers=1", "--precision=fp32", "--quiet"])
     assert "Extracted 7 clips (1 failed)" in capsys.readouterr().out
     feats = extract.read_features(str(out))
@@ -164,7 +167,7 @@ def test_full_disk_is_one_line_and_keeps_committed_rows(setup, tmp_path, monkeyp
     from panns.utilities import DiskFullError
 
     out = tmp_path / "feats.h5"
-    argv = ["extract_embeddings", f"--checkpoint_path={setup['ckpt']}", f"--audio_path={setup['dir'] / 'clips'}",
+    argv = ["extract_embeddings", TORCH, f"--checkpoint_path={setup['ckpt']}", f"--audio_path={setup['dir'] / 'clips'}",
             f"--output_path={out}", f"--class_labels_csv={audioset_labels_csv}", "--batch_size=2",
             "--num_workers=0", "--quiet"]
     real_usage = shutil.disk_usage
