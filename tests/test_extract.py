@@ -194,3 +194,26 @@ def test_full_disk_is_one_line_and_keeps_committed_rows(setup, tmp_path, monkeyp
     assert len(extract.read_features(str(out)).audio_names) == 2
     inference.main(argv)     # space again: resumes and completes
     assert len(extract.read_features(str(out)).audio_names) == len(setup["paths"]) - 1   # broken.wav fails
+
+
+def test_extract_subcommand_has_one_owner():
+    """extract.py owns extract_embeddings (flags and handler); inference.py names it in its table
+    and imports nothing from it, and extract.py imports nothing from inference.py (no circle)."""
+    import ast
+
+    def imported(module) -> set:
+        tree = ast.parse(open(module.__file__, encoding="utf-8").read())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+        return names
+
+    assert not {"panns.extract", "extract"} & imported(inference)
+    assert not {"panns.inference", "inference"} & imported(extract)
+    assert inference.SUBCOMMANDS["extract_embeddings"][0] == extract.__name__
+    args = inference.build_parser().parse_args(["extract_embeddings", "--audio_path=x.wav", "--output_path=o.h5"])
+    assert args.backend == "auto" and args.segment_seconds is None and not args.overwrite
