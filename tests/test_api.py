@@ -4,6 +4,9 @@ Checkpoints are generated here: real random weights for the small models whose n
 compared, and for the registry-wide test stand-in weights stored as one broadcast value per
 tensor (a few KB per file, loaded strictly like any checkpoint).
 """
+import logging
+import types
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -132,3 +135,13 @@ def test_streamed_windows_equal_one_array_and_window_count(tmp_path):
     # the max over windows is the max over separate forwards of each window
     ref = np.max([rt.forward(wav[s:s + 32000][None])["clipwise_output"][0] for s in starts], axis=0)
     np.testing.assert_allclose(whole.clipwise, ref, atol=1e-6)
+
+
+def test_auto_backend_on_a_gpu_is_torch_without_a_line(monkeypatch, caplog):
+    """auto = torch on GPUs (the intended choice there, not a fallback: nothing logged)."""
+    rt = types.SimpleNamespace(device=torch.device("cuda", 0), precision="fp32", backend_name="auto")
+    monkeypatch.setitem(runtime._BACKENDS, "torch", lambda rt, **options: "torch backend")
+    monkeypatch.setitem(runtime._BACKENDS, "onnxruntime", lambda rt, **options: pytest.fail("ONNX Runtime on a GPU"))
+    with caplog.at_level(logging.INFO):
+        assert runtime._BACKENDS["auto"](rt) == "torch backend"
+    assert rt.backend_name == "torch" and "backend auto" not in caplog.text

@@ -1,4 +1,5 @@
 """Embedding extraction: rows equal a direct forward, resume, crash safety, shards, failures."""
+import ast
 import os
 import subprocess
 import sys
@@ -199,8 +200,6 @@ def test_full_disk_is_one_line_and_keeps_committed_rows(setup, tmp_path, monkeyp
 def test_extract_subcommand_has_one_owner():
     """extract.py owns extract_embeddings (flags and handler); inference.py names it in its table
     and imports nothing from it, and extract.py imports nothing from inference.py (no circle)."""
-    import ast
-
     def imported(module) -> set:
         tree = ast.parse(open(module.__file__, encoding="utf-8").read())
         names = set()
