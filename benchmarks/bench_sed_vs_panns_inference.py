@@ -26,7 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 
+import h5py
+import librosa   # what panns_inference's users decode with
 import numpy as np
 import soundfile as sf
 import torch
@@ -62,12 +65,10 @@ def _package_side(home: str, ckpt: str, model_type: str):
         return None, f"the checkpoint is {size / 1e6:.0f} MB, under the {REDOWNLOAD_BELOW / 1e6:.0f} MB below which " \
                      "panns_inference would download over it"
     os.environ["HOME"] = home   # read by panns_inference at import (labels) and construction (checkpoint)
-    try:
-        import panns_inference  # noqa: F401  (the real package, if installed)
+    try:   # imported late on purpose: it reads HOME (and may download) at import
         from panns_inference import SoundEventDetection
     except ImportError:
         return None, "not installed (pip install panns-inference)"
-    import librosa   # what panns_inference's users decode with
 
     def run(paths):
         with _quiet():
@@ -79,17 +80,14 @@ def _package_side(home: str, ckpt: str, model_type: str):
         return out
 
     try:
-        from importlib.metadata import version
-        v = version("panns-inference")
-    except Exception:
+        v = metadata.version("panns-inference")
+    except metadata.PackageNotFoundError:
         v = "?"
     return (f"panns_inference {v} (the installed package)", run), None
 
 
 def _rebuilt_side(ckpt: str, model_type: str):
     """panns_inference's code path with this repository's official model class."""
-    import librosa
-
     def run(paths):
         ref = models.create_model(model_type)
         ref.load_state_dict(checkpoint.load_checkpoint(ckpt)["model"])
@@ -182,8 +180,6 @@ def run_benchmark(args, work: str) -> None:
             else:
                 ours(key)
             best[key] = min(best[key], time.perf_counter() - t0)
-
-    import h5py
 
     worst = {}
     for backend in ("auto", "torch"):
