@@ -9,8 +9,10 @@ layout-optimised convolutions); the README's "ONNX / fast CPU inference" section
   (B, frames, K)), raw (log-softmax models stay log-softmax). The label list, front-end settings
   and model type are stored in the file's metadata (``panns.*`` keys, JSON values).
 * :func:`cached_backend` exports once per (weights, config, export settings, exporter versions)
-  into ``$PANNS_CACHE/onnx/`` or next to the checkpoint, atomically, and reuses the file; a stale
-  or unreadable cache file is rebuilt with a one-line notice, and runs it.
+  into ``$PANNS_CACHE/onnx/`` or next to the checkpoint (``~/.cache/panns/onnx/`` when that cannot
+  be written), atomically, with a one-line notice, and reuses the file; a stale or unreadable
+  cache file is rebuilt with a one-line warning; a failed export is remembered so that the
+  ``auto`` backend (runtime.py) falls back to torch at once next time.
 * :class:`OnnxBackend` runs such a file: ``backend(batch (B, T) float32) -> {name: array}``, the
   backend interface of ``runtime.py``.
 
