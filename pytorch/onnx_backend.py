@@ -313,6 +313,8 @@ def cached_backend(model: torch.nn.Module, config, checkpoint_path: Optional[str
                 logger.info("cannot write the ONNX export to %s (%s); using %s", p, e.strerror or e, paths[i + 1])
                 continue
             raise PannsError(f"cannot write the ONNX export of {config.model_type} to {p}: {e.strerror or e}")
+        with contextlib.suppress(OSError):   # an earlier failure that an explicit retry got past
+            os.remove(_failure_marker(p))
         logger.info("exported %s to ONNX once (%.1f s); cached at %s", config.model_type,
                     time.perf_counter() - t0, p)
         return OnnxBackend(p, threads)
