@@ -10,6 +10,9 @@ Python API (also used by the fine-tuning linear probe)::
     ex.embed_waveforms([np.ndarray (samples,), ...])  # same, from decoded audio at ex.sample_rate
     extract_to_hdf5(ex, paths, "features.h5")          # resumable file output (what the CLI does)
 
+The ``extract_embeddings`` sub-command of ``inference.py`` is defined here (:func:`add_arguments`,
+:func:`run`); inference.py names this module in its sub-command table and imports nothing from it.
+
 How it is fast: torch DataLoader workers decode (and resample) files while the model runs;
 decoded clips are grouped by length and run as batches (equal lengths only, so a row equals a
 plain ``model(waveform[None])`` forward of that clip up to float rounding); the model runs under
@@ -32,6 +35,7 @@ and rank 0 merges the shares into the output once every rank is done.
 from __future__ import annotations
 
 import csv
+import datetime
 import errno
 import hashlib
 import json
@@ -49,7 +53,7 @@ from panns import audio_io
 from panns import devices
 from panns import runtime
 from panns.errors import PannsError
-from panns.frontend import FRONTEND_KEYS
+from panns.frontend import FRONTEND_KEYS, frontend_overrides
 from panns.runtime import pad_to_min
 from panns.utilities import atomic_write, check_free_space, disk_full_error, remove_stale_temps
 
@@ -603,3 +607,53 @@ def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str
         rows = len(read_feature_names(output_path))
         summary.update(extracted=rows - len(done), failed=len(all_failed), rows=rows, output=output_path)
     return summary
+
+
+# ----------------------------------------------------------------------------- command line
+# ``inference.py extract_embeddings`` (and ``panns extract_embeddings``): inference.py's parser
+# adds the shared model, device and --audio_path flags, then these, and calls run(args).
+def add_arguments(p) -> None:
+    """The flags of the extract_embeddings sub-command beyond the shared inference ones."""
+    p.add_argument("--segment_seconds", type=float, default=None,
+                   help="crop/zero-pad every file to this length (default: keep each file whole; "
+                        "equal lengths are batched together)")
+    p.add_argument("--output_path", type=str, required=True, help="HDF5 file to create or resume")
+    p.add_argument("--class_labels_csv", type=str, default=None,
+                   help="label CSV whose names are stored as 'labels' when the checkpoint has none "
+                        "(default: metadata/class_labels_indices.csv if present)")
+    p.add_argument("--num_workers", type=int, default=None, help="decoding worker processes (default: cores/2, 1-4)")
+    p.add_argument("--overwrite", action="store_true", help="start from scratch instead of resuming (default: resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
+
+
+def run(args) -> int:
+    """Extract the files of ``args.audio_path`` into ``args.output_path`` (under torchrun: one
+    share per rank, merged by rank 0) and print the one-line summary."""
+    # Ranks wait at the barrier for the slowest share, hence the long timeout.
+    info = devices.init_distributed(bool(args.cuda), timeout=datetime.timedelta(days=7))
+    rank = info.rank
+    if rank > 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        paths = runtime.gather_inputs(args.audio_path)
+        ex = Extractor.from_checkpoint(args.checkpoint_path, model_type=args.model_type,
+                                       frontend=frontend_overrides(args) or None, precision=args.precision,
+                                       device=info.device, backend=args.backend, batch_size=args.batch_size,
+                                       num_workers=args.num_workers, segment_seconds=args.segment_seconds,
+                                       progress=not args.quiet and rank == 0)
+        if not getattr(ex.config, "labels", None):
+            try:  # official checkpoints carry no labels: store the CSV's names if it is there
+                ex.labels = runtime.resolve_labels(ex.config, args.class_labels_csv)[0]
+            except PannsError as e:
+                logger.info("no class labels stored with the features (%s)", e)
+        summary = extract_to_hdf5(ex, paths, args.output_path, overwrite=args.overwrite, rank=rank,
+                                  world_size=info.world_size,
+                                  barrier=torch.distributed.barrier if info.distributed else None)
+    finally:
+        devices.teardown(info)
+    if rank == 0:
+        print("Extracted {} clips ({} failed) -> {} ({} rows)".format(summary["extracted"], summary["failed"],
+                                                                      summary["output"], summary.get("rows")))
+        if summary["failed"]:
+            logger.warning("%d files could not be decoded; see %s.failed.csv", summary["failed"], args.output_path)
+    return 0

@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import errno
-import glob
+import importlib
 import json
 import logging
 import math
@@ -43,101 +42,23 @@ import torch
 
 from panns import audio_io
 from panns import config
-from panns import devices
 from panns import runtime
 from panns.errors import AudioDecodeError, PannsError, run_cli
 from panns.frontend import add_frontend_args, frontend_overrides
 from panns.postprocess import Event, EventTracker, detect_events, tags_of, top_indexes  # noqa: F401 (re-exported)
 from panns.runtime import AUTO_SEGMENT_SECONDS, AUTO_WINDOW_SECONDS, Runtime
+from panns.runtime import gather_inputs, resolve_labels  # noqa: F401 (re-exported: shared with extract.py)
 from panns.utilities import (Progress, atomic_write, check_free_space, create_folder, disk_full_error, get_filename,
                              remove_stale_temps)
 
 logger = logging.getLogger("inference")
-
-LIST_EXTENSIONS = (".txt", ".lst")
-
-
-# ----------------------------------------------------------------------------- inputs
-def _has_glob(spec: str) -> bool:
-    return any(c in spec for c in "*?[")
-
-
-def _read_list_file(path: str) -> List[str]:
-    """One path per line ('#' comments and blank lines skipped); relative paths are taken
-    relative to the current directory if they exist there, else to the list file's folder."""
-    base = os.path.dirname(os.path.abspath(path))
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            p = line.strip()
-            if not p or p.startswith("#"):
-                continue
-            if not os.path.isabs(p) and not os.path.exists(p) and os.path.exists(os.path.join(base, p)):
-                p = os.path.join(base, p)
-            out.append(p)
-    return out
-
-
-def _audio_files_under(folder: str) -> List[str]:
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        found.extend(os.path.join(root, n) for n in sorted(files) if audio_io.is_audio_file(n))
-    return found
-
-
-def gather_inputs(specs: Sequence[str]) -> List[str]:
-    """Expand --audio_path values (files, folders, .txt/.lst lists, globs) into audio paths.
-
-    Order is kept (folders and globs sorted), duplicates dropped. Missing paths and empty
-    folders/globs are a PannsError; a listed file that turns out undecodable fails later.
-    """
-    out: List[str] = []
-    for spec in specs:
-        if os.path.isdir(spec):
-            files = _audio_files_under(spec)
-            if not files:
-                raise PannsError(f"no audio files ({', '.join(audio_io.AUDIO_EXTENSIONS)}) under folder {spec}")
-            out += files
-        elif os.path.isfile(spec) and os.path.splitext(spec)[1].lower() in LIST_EXTENSIONS:
-            files = _read_list_file(spec)
-            if not files:
-                raise PannsError(f"list file {spec} names no audio files")
-            out += files
-        elif os.path.isfile(spec):
-            out.append(spec)
-        elif _has_glob(spec):
-            files = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
-            if not files:
-                raise PannsError(f"no files match {spec}")
-            out += files
-        else:
-            raise AudioDecodeError(f"audio file not found: {spec}")
-    return list(dict.fromkeys(os.path.normpath(p) if not os.path.isabs(p) else p for p in out))
-
 
 # ----------------------------------------------------------------------------- model + labels
 def load_runtime(args) -> Runtime:
     """checkpoint (given, or the cached official file of --model_type) -> Runtime on the chosen
     device at the chosen precision, through the chosen backend."""
     return Runtime.load(args.checkpoint_path, model_type=args.model_type, frontend=frontend_overrides(args) or None,
-                        device=bool(args.cuda), precision=args.precision, backend=getattr(args, "backend", "torch"))
-
-
-def resolve_labels(cfg, class_labels_csv: Optional[str]) -> Tuple[List[str], List[str]]:
-    """(labels, ids): the checkpoint's own list, else --class_labels_csv, else the repo's CSV."""
-    if getattr(cfg, "labels", None):
-        labels = list(cfg.labels)
-        ids = list(cfg.ids) if getattr(cfg, "ids", None) else [""] * len(labels)
-        if class_labels_csv:
-            logger.warning("checkpoint carries its own class labels; --class_labels_csv ignored")
-    else:
-        cl = config.read_class_labels(class_labels_csv)
-        labels, ids = list(cl.labels), list(cl.ids)
-    if len(labels) != cfg.classes_num:
-        src = class_labels_csv or config.DEFAULT_LABELS_CSV
-        raise PannsError(f"the model has {cfg.classes_num} classes but the label list ({src}) has {len(labels)}")
-    return labels, ids
+                        device=bool(args.cuda), precision=args.precision, backend=args.backend)
 
 
 # ----------------------------------------------------------------------------- running
@@ -584,43 +505,20 @@ def sound_event_detection(args) -> int:
     return _tag_files(args, sed=True)
 
 
-def extract_embeddings(args) -> int:
-    # The extraction engine (HDF5 writer, decoding workers) is only needed by this sub-command.
-    from panns.extract import Extractor, extract_to_hdf5
-
-    # Ranks wait at the barrier for the slowest share, hence the long timeout.
-    info = devices.init_distributed(bool(args.cuda), timeout=datetime.timedelta(days=7))
-    rank = info.rank
-    if rank > 0:
-        logging.getLogger().setLevel(logging.WARNING)
-    device = info.device
-    try:
-        paths = gather_inputs(args.audio_path)
-        ex = Extractor.from_checkpoint(args.checkpoint_path, model_type=args.model_type,
-                                       frontend=frontend_overrides(args) or None, precision=args.precision, device=device,
-                                       backend=args.backend,
-                                       batch_size=args.batch_size, num_workers=args.num_workers,
-                                       segment_seconds=args.segment_seconds, progress=not args.quiet and rank == 0)
-        if not getattr(ex.config, "labels", None):
-            try:  # official checkpoints carry no labels: store the CSV's names if it is there
-                ex.labels = resolve_labels(ex.config, args.class_labels_csv)[0]
-            except PannsError as e:
-                logger.info("no class labels stored with the features (%s)", e)
-        summary = extract_to_hdf5(ex, paths, args.output_path, overwrite=args.overwrite, rank=rank,
-                                  world_size=info.world_size,
-                                  barrier=torch.distributed.barrier if info.distributed else None)
-    finally:
-        devices.teardown(info)
-    if rank == 0:
-        print("Extracted {} clips ({} failed) -> {} ({} rows)".format(summary["extracted"], summary["failed"],
-                                                                      summary["output"], summary.get("rows")))
-        if summary["failed"]:
-            logger.warning("%d files could not be decoded; see %s.failed.csv", summary["failed"], args.output_path)
-    return 0
-
-
 # ----------------------------------------------------------------------------- CLI
-def _add_common(p: argparse.ArgumentParser, extract: bool = False) -> None:
+# Sub-commands owned by other modules: name -> (module, help). The module is named here, not
+# imported (this file imports none of them), and loaded when the parser is built; it defines
+# add_arguments(parser) for its own flags (the model, device and input flags come from
+# _add_common) and run(args) -> exit status.
+SUBCOMMANDS = {"extract_embeddings": ("panns.extract", "embeddings + clipwise output of many files into HDF5")}
+
+
+def _command_module(mode: str):
+    return importlib.import_module(SUBCOMMANDS[mode][0])
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """Flags every inference sub-command shares: model, backend, inputs, device, precision, batch."""
     g = p.add_argument_group("model (front-end flags default to the checkpoint's settings)")
     add_frontend_args(g)
     g.add_argument("--model_type", type=str, default=None,
@@ -629,26 +527,18 @@ def _add_common(p: argparse.ArgumentParser, extract: bool = False) -> None:
     g.add_argument("--checkpoint_path", type=str, default=None,
                    help="checkpoint file (default: the official pretrained file of --model_type, downloaded once "
                         "into $PANNS_CACHE or ~/.cache/panns)")
-    g.add_argument("--backend", choices=runtime.backend_names(), default="torch",
-                   help="what runs the model (default: %(default)s): torch; onnxruntime (CPU, fp32: the model is "
-                        "exported once, cached next to the checkpoint or in $PANNS_CACHE/onnx); onnxruntime-int8 (the same, "
-                        "convolutions quantised to int8 once: faster on CPUs with VNNI, embeddings within cosine "
-                        "0.999); auto (onnxruntime "
-                        "for fp32 on CPU where installed, else torch)")
+    g.add_argument("--backend", choices=runtime.backend_names(), default="auto",
+                   help="what runs the model (default: %(default)s = onnxruntime for fp32 on a CPU where it is "
+                        "installed and the model exports, else torch; the export is made once, cached next to the "
+                        "checkpoint, in $PANNS_CACHE/onnx or ~/.cache/panns/onnx); torch; onnxruntime (CPU, fp32; "
+                        "fails rather than falling back); onnxruntime-int8 (the same, convolutions quantised to "
+                        "int8 once: faster on CPUs with VNNI, embeddings within cosine 0.999)")
     p.add_argument("--audio_path", type=str, required=True, nargs="+", action="extend",
                    help="audio file(s), folder(s), .txt/.lst list(s) of paths or glob(s); may repeat (required)")
     p.add_argument("--cuda", action="store_true", default=False, help="run on the GPU if available (else warn, CPU; default: CPU)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
                    help="numeric precision of the CNN body (default: %(default)s; auto picks bf16 where the hardware "
                         "has native bf16 (CUDA sm80+, CPUs with AMX/AVX512-BF16), fp16 on sm70/75 GPUs, else fp32)")
-    if extract:   # extract_embeddings: one row per file
-        p.add_argument("--segment_seconds", type=float, default=None,
-                       help="crop/zero-pad every file to this length (default: keep each file whole; "
-                            "equal lengths are batched together)")
-    else:
-        p.add_argument("--segment_seconds", type=float, default=None,
-                       help="split recordings into windows of this length (default: whole file up to "
-                            f"{AUTO_WINDOW_SECONDS:.0f} s, {AUTO_SEGMENT_SECONDS:.0f}-s windows beyond)")
     p.add_argument("--batch_size", type=int, default=8, help="windows/clips per forward pass (default: %(default)s)")
 
 
@@ -660,6 +550,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                        ("sound_event_detection", "framewise detection + figure (decision-level models)")):
         p = sub.add_parser(mode, help=text)
         _add_common(p)
+        p.add_argument("--segment_seconds", type=float, default=None,
+                       help="split recordings into windows of this length (default: whole file up to "
+                            f"{AUTO_WINDOW_SECONDS:.0f} s, {AUTO_SEGMENT_SECONDS:.0f}-s windows beyond)")
         p.add_argument("--class_labels_csv", type=str, default=None,
                        help="label CSV when the checkpoint carries no labels (default: metadata/class_labels_indices.csv "
                             "in the repository; fetch it with scripts/fetch_metadata.sh)")
@@ -684,15 +577,10 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                            help="framewise probability at or above which a class is active (default 0.5)")
             p.add_argument("--min_duration", type=float, default=0.0,
                            help="drop events shorter than this many seconds (default 0)")
-    p = sub.add_parser("extract_embeddings", help="embeddings + clipwise output of many files into HDF5")
-    _add_common(p, extract=True)
-    p.add_argument("--output_path", type=str, required=True, help="HDF5 file to create or resume")
-    p.add_argument("--class_labels_csv", type=str, default=None,
-                   help="label CSV whose names are stored as 'labels' when the checkpoint has none "
-                        "(default: metadata/class_labels_indices.csv if present)")
-    p.add_argument("--num_workers", type=int, default=None, help="decoding worker processes (default: cores/2, 1-4)")
-    p.add_argument("--overwrite", action="store_true", help="start from scratch instead of resuming (default: resume)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
+    for mode, (_, text) in SUBCOMMANDS.items():
+        p = sub.add_parser(mode, help=text)
+        _add_common(p)
+        _command_module(mode).add_arguments(p)
     p = sub.add_parser("export", help="write the model (front end included) as an ONNX file for other runtimes")
     _add_export_args(p)
     return parser
@@ -747,7 +635,7 @@ def main(argv=None, prog: Optional[str] = None) -> None:
     if getattr(args, "hop_seconds", None) is not None and args.hop_seconds <= 0:
         raise PannsError("--hop_seconds must be positive")
     handler = {"audio_tagging": audio_tagging, "sound_event_detection": sound_event_detection,
-               "extract_embeddings": extract_embeddings, "export": export}[args.mode]
+               "export": export}.get(args.mode) or _command_module(args.mode).run
     rc = handler(args)
     if rc:
         sys.exit(rc)

@@ -9,8 +9,10 @@ layout-optimised convolutions); the README's "ONNX / fast CPU inference" section
   (B, frames, K)), raw (log-softmax models stay log-softmax). The label list, front-end settings
   and model type are stored in the file's metadata (``panns.*`` keys, JSON values).
 * :func:`cached_backend` exports once per (weights, config, export settings, exporter versions)
-  into ``$PANNS_CACHE/onnx/`` or next to the checkpoint, atomically, and reuses the file; a stale
-  or unreadable cache file is rebuilt with a one-line notice, and runs it.
+  into ``$PANNS_CACHE/onnx/`` or next to the checkpoint (``~/.cache/panns/onnx/`` when that cannot
+  be written), atomically, with a one-line notice, and reuses the file; a stale or unreadable
+  cache file is rebuilt with a one-line warning; a failed export is remembered so that the
+  ``auto`` backend (runtime.py) falls back to torch at once next time.
 * :class:`OnnxBackend` runs such a file: ``backend(batch (B, T) float32) -> {name: array}``, the
   backend interface of ``runtime.py``.
 
@@ -35,7 +37,7 @@ import torch
 
 from panns.errors import PannsError
 from panns.frontend import FRONTEND_KEYS
-from panns.utilities import atomic_write, remove_stale_temps
+from panns.utilities import atomic_write, atomic_write_text, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,10 @@ INPUT_NAME = "waveform"
 OUTPUT_ORDER = ("clipwise_output", "embedding", "framewise_output")
 # Bumped when the exported graph changes for the same weights (invalidates cached files).
 EXPORT_FORMAT = 1
+
+
+class ExportError(PannsError):
+    """The exporter cannot handle the model (not a file-system problem): worth remembering."""
 
 
 def available() -> bool:
@@ -127,7 +133,7 @@ def export_onnx(model: torch.nn.Module, config, path: str, opset: int = DEFAULT_
                 labels: Optional[Sequence[str]] = None, key: str = "") -> List[str]:
     """Export ``model`` (eval mode, fp32, CPU copy) to ``path`` atomically, one self-contained file.
 
-    Returns the output names. Raises PannsError (one line) when the model cannot be exported."""
+    Returns the output names. Raises ExportError (one line) when the model cannot be exported."""
     check_opset(opset)
     try:
         import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
@@ -153,7 +159,7 @@ def export_onnx(model: torch.nn.Module, config, path: str, opset: int = DEFAULT_
         raise
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PannsError(f"cannot export {config.model_type} to ONNX: {type(e).__name__}: {first[:300]}")
+        raise ExportError(f"cannot export {config.model_type} to ONNX: {type(e).__name__}: {first[:300]}")
     meta = export_metadata(config, labels, opset, getattr(cpu_model, "min_samples", 0) or 0, key)
     for k, v in meta.items():
         prog.model.metadata_props[k] = v
@@ -192,7 +198,8 @@ def weights_hash(model: torch.nn.Module) -> str:
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():   # the tensor's own bytes, not a copy (half the time of .tobytes() on Cnn14)
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
     return h.hexdigest()
 
 
@@ -204,6 +211,9 @@ def cache_key(model: torch.nn.Module, config, opset: int = DEFAULT_OPSET) -> str
     parts = [weights_hash(model), json.dumps(cfg, sort_keys=True, default=str), f"opset={opset}",
              f"format={EXPORT_FORMAT}", f"torch={torch.__version__}", f"onnxscript={onnxscript.__version__}"]
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
+
+
+USER_CACHE = os.path.join("~", ".cache", "panns", "onnx")
 
 
 def cache_path(config, key: str, checkpoint_path: Optional[str] = None) -> str:
@@ -218,7 +228,36 @@ def cache_path(config, key: str, checkpoint_path: Optional[str] = None) -> str:
         folder = os.path.dirname(os.path.abspath(checkpoint_path))
         if os.access(folder, os.W_OK):
             return f"{os.path.abspath(checkpoint_path)}.{key}.onnx"
-    return os.path.join(os.path.expanduser("~/.cache/panns"), "onnx", name)
+    return user_cache_path(config, key)
+
+
+def user_cache_path(config, key: str) -> str:
+    """``~/.cache/panns/onnx/<model>-<key>.onnx``: where an export goes when the first choice
+    cannot be written (a read-only checkpoint folder or $PANNS_CACHE)."""
+    return os.path.join(os.path.expanduser(USER_CACHE), f"{config.model_type}-{key}.onnx")
+
+
+def _failure_marker(path: str) -> str:
+    return path + ".failed"
+
+
+def _failed_before(path: str, key: str) -> Optional[str]:
+    """The recorded reason when exporting ``key`` to ``path`` failed before, else None."""
+    try:
+        with open(_failure_marker(path), encoding="utf-8") as f:
+            rec = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return str(rec.get("error", "")) if isinstance(rec, dict) and rec.get("cache_key") == key else None
+
+
+def _record_failure(path: str, key: str, error: str) -> None:
+    """Remember a failed export (best effort), so ``auto`` does not spend the export time again."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write_text(_failure_marker(path), json.dumps({"cache_key": key, "error": error}))
+    except OSError:
+        pass
 
 
 def _reuse_cached(path: str, key: str, threads: Optional[int], what: str) -> Optional["OnnxBackend"]:
@@ -239,22 +278,47 @@ def _reuse_cached(path: str, key: str, threads: Optional[int], what: str) -> Opt
 
 def cached_backend(model: torch.nn.Module, config, checkpoint_path: Optional[str] = None,
                    opset: int = DEFAULT_OPSET, path: Optional[str] = None,
-                   threads: Optional[int] = None) -> "OnnxBackend":
+                   threads: Optional[int] = None, retry_failed: bool = True) -> "OnnxBackend":
     """An :class:`OnnxBackend` on a current export of ``model``: the cached file when its key
-    matches (the session that checks it is the one returned), else a fresh export (the cache
-    file is rebuilt, with a one-line warning when a stale or unreadable one was there)."""
+    matches (the session that checks it is the one returned), else a fresh export with a one-line
+    notice (a stale or unreadable file is rebuilt, with a one-line warning).
+
+    Where the first-choice folder (:func:`cache_path`) cannot be written, the export goes to
+    ``~/.cache/panns/onnx``. A failed export is remembered next to the cache file
+    (``<file>.failed``); ``retry_failed=False`` (the ``auto`` backend) then fails at once instead
+    of spending the export time again."""
     _require_onnx()
     key = cache_key(model, config, opset)
-    path = path or cache_path(config, key, checkpoint_path)
-    cached = _reuse_cached(path, key, threads, "ONNX export")
-    if cached is not None:
-        return cached
+    paths = [path] if path else list(dict.fromkeys([cache_path(config, key, checkpoint_path),
+                                                    user_cache_path(config, key)]))
+    for p in paths:
+        cached = _reuse_cached(p, key, threads, "ONNX export")
+        if cached is not None:
+            return cached
+    if not retry_failed:
+        for p in paths:
+            reason = _failed_before(p, key)
+            if reason is not None:
+                raise PannsError(f"{reason} (an earlier run; delete {_failure_marker(p)} to try again)")
     t0 = time.perf_counter()
-    logger.info("exporting %s to ONNX (once per checkpoint): %s", config.model_type, path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    export_onnx(model, config, path, opset=opset, key=key)
-    logger.info("exported in %.1f s", time.perf_counter() - t0)
-    return OnnxBackend(path, threads)
+    for i, p in enumerate(paths):
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
+            export_onnx(model, config, p, opset=opset, key=key)
+        except ExportError as e:
+            _record_failure(p, key, str(e))
+            raise
+        except OSError as e:  # an unwritable or full cache folder: the next one, else one line
+            if i + 1 < len(paths):
+                logger.info("cannot write the ONNX export to %s (%s); using %s", p, e.strerror or e, paths[i + 1])
+                continue
+            raise PannsError(f"cannot write the ONNX export of {config.model_type} to {p}: {e.strerror or e}")
+        with contextlib.suppress(OSError):   # an earlier failure that an explicit retry got past
+            os.remove(_failure_marker(p))
+        logger.info("exported %s to ONNX once (%.1f s); cached at %s", config.model_type,
+                    time.perf_counter() - t0, p)
+        return OnnxBackend(p, threads)
+    raise AssertionError("unreachable")
 
 
 # ----------------------------------------------------------------------------- int8
@@ -324,9 +388,8 @@ def cached_int8_backend(model: torch.nn.Module, config, checkpoint_path: Optiona
     if cached is not None:
         return cached
     t0 = time.perf_counter()
-    logger.info("quantising %s to int8 (once per checkpoint): %s", config.model_type, path)
     quantize_int8(fp32.path, path, config, key)
-    logger.info("quantised in %.1f s", time.perf_counter() - t0)
+    logger.info("quantised %s to int8 once (%.1f s); cached at %s", config.model_type, time.perf_counter() - t0, path)
     return OnnxBackend(path, threads)
 
 
@@ -366,9 +429,10 @@ class OnnxBackend:
 
 
 def backend_factory(rt, optimize: bool = False, opset: int = DEFAULT_OPSET, onnx_path: Optional[str] = None,
-                    threads: Optional[int] = None, int8: bool = False, **_) -> OnnxBackend:
+                    threads: Optional[int] = None, int8: bool = False, retry_failed: bool = True,
+                    **_) -> OnnxBackend:
     """``runtime.register_backend`` factory: export (cached) the runtime's model, then run it
-    (``int8``: its static int8 quantisation, also cached)."""
+    (``int8``: its static int8 quantisation, also cached). retry_failed: see :func:`cached_backend`."""
     if rt.device.type != "cpu":
         raise PannsError(f"the onnxruntime backend runs on CPU; device {rt.device} asked for (use --backend torch)")
     if rt.precision != "fp32":
@@ -378,7 +442,8 @@ def backend_factory(rt, optimize: bool = False, opset: int = DEFAULT_OPSET, onnx
         return OnnxBackend(onnx_path, threads)
     if int8:
         return cached_int8_backend(rt.model, rt.config, getattr(rt, "checkpoint_path", None), opset, threads)
-    return cached_backend(rt.model, rt.config, getattr(rt, "checkpoint_path", None), opset, threads=threads)
+    return cached_backend(rt.model, rt.config, getattr(rt, "checkpoint_path", None), opset, threads=threads,
+                          retry_failed=retry_failed)
 
 
 # ----------------------------------------------------------------------------- checks

@@ -7,6 +7,8 @@
 #   AUDIO_PATH   clip to analyse (default: resources/R9_ZSCveAHg_7s.wav if present, else resources/example_clip.wav)
 #   CUDA_FLAG    "--cuda" to run on the GPU (default: on when a GPU is visible)
 #   TAGGING_MODEL / SED_MODEL   model types (default Cnn14 / Cnn14_DecisionLevelMax)
+#   BACKEND      what runs the model (default: the CLI's auto = ONNX Runtime on a CPU, exported once per
+#                checkpoint; "torch" skips that export and is faster for one short clip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,7 @@ if [ -z "${AUDIO_PATH:-}" ]; then
   else AUDIO_PATH=resources/example_clip.wav; fi
 fi
 TAGGING_MODEL="${TAGGING_MODEL:-Cnn14}"
+BACKEND_FLAG="${BACKEND:+--backend=$BACKEND}"
 SED_MODEL="${SED_MODEL:-Cnn14_DecisionLevelMax}"
 if [ -z "${CUDA_FLAG+x}" ]; then
   CUDA_FLAG=$(python3 -c "import torch; print('--cuda' if torch.cuda.is_available() else '')")
@@ -29,7 +32,7 @@ python3 pytorch/inference.py audio_tagging \
     --model_type="$TAGGING_MODEL" \
     --checkpoint_path="$CHECKPOINT_PATH" \
     --audio_path="$AUDIO_PATH" \
-    $CUDA_FLAG
+    $CUDA_FLAG $BACKEND_FLAG
 
 # ------ Inference sound event detection result with pretrained model. ------
 CHECKPOINT_PATH=$(python3 pytorch/pretrained.py download --model_type="$SED_MODEL")
@@ -37,4 +40,4 @@ python3 pytorch/inference.py sound_event_detection \
     --model_type="$SED_MODEL" \
     --checkpoint_path="$CHECKPOINT_PATH" \
     --audio_path="$AUDIO_PATH" \
-    $CUDA_FLAG
+    $CUDA_FLAG $BACKEND_FLAG

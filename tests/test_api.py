@@ -4,6 +4,9 @@ Checkpoints are generated here: real random weights for the small models whose n
 compared, and for the registry-wide test stand-in weights stored as one broadcast value per
 tensor (a few KB per file, loaded strictly like any checkpoint).
 """
+import logging
+import types
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -46,7 +49,7 @@ def _clip(seconds, sr=SR, seed=0):
 
 @pytest.mark.parametrize("name", models.model_names())
 def test_every_registered_model_loads_and_runs_through_the_api(tmp_path, name):
-    m = panns.load(_tiny_checkpoint(tmp_path / f"{name}.pth", name), device="cpu")
+    m = panns.load(_tiny_checkpoint(tmp_path / f"{name}.pth", name), device="cpu", backend="torch")
     spec = models.get_model_spec(name)
     clip = np.zeros(max(spec.min_samples, spec.sample_rate // 10), np.float32)
     pred = m.predict(clip, framewise=spec.is_sed)
@@ -63,7 +66,7 @@ def test_registry_has_the_official_zoo():
 
 def test_arrays_paths_batches_and_resampling_agree(tmp_path):
     model, path = _random_checkpoint(tmp_path, "Cnn6")
-    m = panns.load(path)
+    m = panns.load(path, backend="torch")
     a, b = _clip(1.0, seed=1), _clip(0.6, seed=2)
     with torch.no_grad():
         ref = model(torch.from_numpy(a[None]))
@@ -109,7 +112,7 @@ def test_panns_inference_port_gives_the_same_arrays(tmp_path, capsys):
     assert framewise_output.shape == ref.shape == (1, 101, 527)
     np.testing.assert_allclose(framewise_output, ref, rtol=1e-5, atol=1e-6)
     # detect_events of the API = events of the framewise output
-    m = panns.load(sed_path)
+    m = panns.load(sed_path, backend="torch")
     events = m.detect_events(audio[0], threshold=0.5)
     expected = detect_events(ref[0], panns.labels, 100.0, 0.5, 0.0, 1.0)
     assert events == [e.to_dict() for e in expected]
@@ -132,3 +135,13 @@ def test_streamed_windows_equal_one_array_and_window_count(tmp_path):
     # the max over windows is the max over separate forwards of each window
     ref = np.max([rt.forward(wav[s:s + 32000][None])["clipwise_output"][0] for s in starts], axis=0)
     np.testing.assert_allclose(whole.clipwise, ref, atol=1e-6)
+
+
+def test_auto_backend_on_a_gpu_is_torch_without_a_line(monkeypatch, caplog):
+    """auto = torch on GPUs (the intended choice there, not a fallback: nothing logged)."""
+    rt = types.SimpleNamespace(device=torch.device("cuda", 0), precision="fp32", backend_name="auto")
+    monkeypatch.setitem(runtime._BACKENDS, "torch", lambda rt, **options: "torch backend")
+    monkeypatch.setitem(runtime._BACKENDS, "onnxruntime", lambda rt, **options: pytest.fail("ONNX Runtime on a GPU"))
+    with caplog.at_level(logging.INFO):
+        assert runtime._BACKENDS["auto"](rt) == "torch backend"
+    assert rt.backend_name == "torch" and "backend auto" not in caplog.text

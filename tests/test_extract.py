@@ -1,4 +1,5 @@
 """Embedding extraction: rows equal a direct forward, resume, crash safety, shards, failures."""
+import ast
 import os
 import subprocess
 import sys
@@ -17,6 +18,9 @@ from panns import inference
 from panns import models
 
 SR = 32000
+# These tests are about the command line, not the backend: they run torch (--backend auto, the
+# default, would export each model to ONNX first; tests/test_onnx.py tests auto and onnxruntime).
+TORCH = "--backend=torch"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -56,7 +60,7 @@ def _extractor(setup, **kw):
 
 def test_rows_equal_direct_forward_and_failures_listed(setup, tmp_path, capsys, audioset_labels_csv):
     out = tmp_path / "feats.h5"
-    inference.main(["extract_embeddings", f"--checkpoint_path={setup['ckpt']}", f"--audio_path={setup['dir'] / 'clips'}",
+    inference.main(["extract_embeddings", TORCH, f"--checkpoint_path={setup['ckpt']}", f"--audio_path={setup['dir'] / 'clips'}",
                     f"--output_path={out}", f"--class_labels_csv={audioset_labels_csv}", "--batch_size=2", "--num_workers=1", "--precision=fp32", "--quiet"])
     assert "Extracted 7 clips (1 failed)" in capsys.readouterr().out
     feats = extract.read_features(str(out))
@@ -164,7 +168,7 @@ def test_full_disk_is_one_line_and_keeps_committed_rows(setup, tmp_path, monkeyp
     from panns.utilities import DiskFullError
 
     out = tmp_path / "feats.h5"
-    argv = ["extract_embeddings", f"--checkpoint_path={setup['ckpt']}", f"--audio_path={setup['dir'] / 'clips'}",
+    argv = ["extract_embeddings", TORCH, f"--checkpoint_path={setup['ckpt']}", f"--audio_path={setup['dir'] / 'clips'}",
             f"--output_path={out}", f"--class_labels_csv={audioset_labels_csv}", "--batch_size=2",
             "--num_workers=0", "--quiet"]
     real_usage = shutil.disk_usage
@@ -191,3 +195,24 @@ def test_full_disk_is_one_line_and_keeps_committed_rows(setup, tmp_path, monkeyp
     assert len(extract.read_features(str(out)).audio_names) == 2
     inference.main(argv)     # space again: resumes and completes
     assert len(extract.read_features(str(out)).audio_names) == len(setup["paths"]) - 1   # broken.wav fails
+
+
+def test_extract_subcommand_has_one_owner():
+    """extract.py owns extract_embeddings (flags and handler); inference.py names it in its table
+    and imports nothing from it, and extract.py imports nothing from inference.py (no circle)."""
+    def imported(module) -> set:
+        tree = ast.parse(open(module.__file__, encoding="utf-8").read())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+        return names
+
+    assert not {"panns.extract", "extract"} & imported(inference)
+    assert not {"panns.inference", "inference"} & imported(extract)
+    assert inference.SUBCOMMANDS["extract_embeddings"][0] == extract.__name__
+    args = inference.build_parser().parse_args(["extract_embeddings", "--audio_path=x.wav", "--output_path=o.h5"])
+    assert args.backend == "auto" and args.segment_seconds is None and not args.overwrite

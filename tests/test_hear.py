@@ -41,6 +41,7 @@ def _check_api(model, module=hear):
 def test_tone_burst_shows_between_3000_and_4000_ms(tmp_path):
     model = hear.load_model(_checkpoint(tmp_path, "Cnn6"))
     assert model.sample_rate == 48000 and model.timestamp_embedding_size == 512   # 32-kHz model, resampled
+    assert isinstance(model, torch.nn.Module) and model.runtime.backend_name == "torch"   # never auto's ONNX
     sr = model.sample_rate
     audio = np.zeros(int(6.5 * sr), np.float32)
     t = np.arange(sr) / sr

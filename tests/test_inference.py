@@ -23,6 +23,9 @@ from panns import runtime
 from panns.runtime import Runtime
 
 SR = 32000
+# These tests are about the command line, not the backend: they run torch (--backend auto, the
+# default, would export each model to ONNX first; tests/test_onnx.py tests auto and onnxruntime).
+TORCH = "--backend=torch"
 
 
 def _tone(seconds, sr=SR, seed=0, channels=1):
@@ -68,7 +71,7 @@ def _official_lines(probs, labels, embedding=None, k=10):
 
 
 def _run(capsys, *argv):
-    inference.main([str(a) for a in argv])
+    inference.main([str(a) for a in argv] + [TORCH])
     return capsys.readouterr().out.splitlines()
 
 
@@ -147,10 +150,10 @@ def test_checkpoint_config_vs_command_line(tmp_path, env):
     checkpoint.save_checkpoint(path, {"model": env["model"].state_dict(), "config": cfg.to_dict()})
     wav = str(env["dir"] / "audio" / "a.wav")
     with pytest.raises(CheckpointError, match="sample_rate=16000"):
-        inference.main(["audio_tagging", f"--checkpoint_path={path}", f"--audio_path={wav}", "--sample_rate=16000",
+        inference.main(["audio_tagging", TORCH, f"--checkpoint_path={path}", f"--audio_path={wav}", "--sample_rate=16000",
                         f"--class_labels_csv={env['labels_csv']}"])
     with pytest.raises(CheckpointError, match="Cnn10"):
-        inference.main(["audio_tagging", "--model_type=Cnn10", f"--checkpoint_path={path}", f"--audio_path={wav}",
+        inference.main(["audio_tagging", TORCH, "--model_type=Cnn10", f"--checkpoint_path={path}", f"--audio_path={wav}",
                         f"--class_labels_csv={env['labels_csv']}"])
 
 
@@ -159,13 +162,13 @@ def test_errors_are_clear(env, tmp_path, monkeypatch, caplog, capsys):
     base = ["--model_type=Cnn6", f"--checkpoint_path={env['ckpt']}"]
     # SED of a clip-level model names the SED models
     with pytest.raises(PannsError, match="Cnn14_DecisionLevelMax"):
-        inference.main(["sound_event_detection", *base, f"--audio_path={wav}", f"--class_labels_csv={env['labels_csv']}"])
+        inference.main(["sound_event_detection", TORCH, *base, f"--audio_path={wav}", f"--class_labels_csv={env['labels_csv']}"])
     # no label CSV anywhere: says how to fetch it
     monkeypatch.setattr(config, "DEFAULT_LABELS_CSV", str(tmp_path / "none" / "class_labels_indices.csv"))
     with pytest.raises(PannsError, match="fetch_metadata.sh"):
-        inference.main(["audio_tagging", *base, f"--audio_path={wav}"])
+        inference.main(["audio_tagging", TORCH, *base, f"--audio_path={wav}"])
     with pytest.raises(PannsError, match="audio file not found"):
-        inference.main(["audio_tagging", *base, f"--audio_path={tmp_path / 'nope.wav'}"])
+        inference.main(["audio_tagging", TORCH, *base, f"--audio_path={tmp_path / 'nope.wav'}"])
     # --cuda without CUDA: a warning, then CPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with caplog.at_level(logging.WARNING):

@@ -20,6 +20,10 @@ from panns.utilities import DiskFullError
 SR = 32000
 SED = "MobileNetV1_DecisionLevelMax"
 
+# These tests are about the command line, not the backend: they run torch (--backend auto, the
+# default, would export each model to ONNX first; tests/test_onnx.py tests auto and onnxruntime).
+TORCH = "--backend=torch"
+
 
 def _noise(seconds, seed):
     rs = np.random.RandomState(seed)
@@ -41,7 +45,7 @@ def sed(tmp_path_factory, audioset_labels_csv):
 
 
 def _sed(sed, *extra):
-    inference.main(["sound_event_detection", f"--checkpoint_path={sed['ckpt']}", f"--class_labels_csv={sed['csv']}",
+    inference.main(["sound_event_detection", TORCH, f"--checkpoint_path={sed['ckpt']}", f"--class_labels_csv={sed['csv']}",
                     *[str(x) for x in extra]])
 
 
@@ -97,19 +101,19 @@ def test_long_files_stream_window_by_window(sed, tmp_path, monkeypatch, capsys):
 def test_checks_before_the_model_loads(sed, tmp_path):
     missing = str(tmp_path / "missing.pth")    # would fail if the model were loaded first
     with pytest.raises(PannsError, match="--output must end in .json or .csv"):
-        inference.main(["audio_tagging", f"--checkpoint_path={missing}", f"--audio_path={sed['a']}",
+        inference.main(["audio_tagging", TORCH, f"--checkpoint_path={missing}", f"--audio_path={sed['a']}",
                         f"--output={tmp_path / 'out.txt'}"])
     with pytest.raises(PannsError, match="--framewise_output must end in .npy or .h5"):
         _sed(sed, f"--audio_path={sed['a']}", f"--framewise_output={tmp_path / 'x.csv'}")
     bad_csv = tmp_path / "labels.csv"
     bad_csv.write_text("no,header\n")
     with pytest.raises(PannsError, match="not a label CSV"):
-        inference.main(["audio_tagging", f"--checkpoint_path={missing}", f"--audio_path={sed['a']}",
+        inference.main(["audio_tagging", TORCH, f"--checkpoint_path={missing}", f"--audio_path={sed['a']}",
                         f"--class_labels_csv={bad_csv}"])
     text = tmp_path / "model.pth"
     text.write_text("this is not a checkpoint\nsecond line\n")
     with pytest.raises(CheckpointError, match="is a text file"):
-        inference.main(["audio_tagging", "--model_type=Cnn6", f"--checkpoint_path={text}", f"--audio_path={sed['a']}",
+        inference.main(["audio_tagging", TORCH, "--model_type=Cnn6", f"--checkpoint_path={text}", f"--audio_path={sed['a']}",
                         f"--class_labels_csv={sed['csv']}"])
 
 

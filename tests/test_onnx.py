@@ -150,20 +150,83 @@ def cli_env(tmp_path_factory, audioset_labels_csv):
     return {"dir": d, "ckpt": ckpt, "wav": str(d / "clip.wav"), "labels": audioset_labels_csv}
 
 
-def test_audio_tagging_printout_same_with_onnxruntime(cli_env, capsys, monkeypatch):
-    """The official printout is identical through ONNX Runtime; the export lands in the cache once."""
+def test_audio_tagging_printout_same_with_auto_and_onnxruntime(cli_env, capsys, monkeypatch, caplog):
+    """The official printout is identical through ONNX Runtime; auto (the default) exports once
+    with a one-line notice, and --backend onnxruntime reuses that file."""
     from panns import inference
 
     cache = cli_env["dir"] / "cache"
     monkeypatch.setenv("PANNS_CACHE", str(cache))
     argv = ["audio_tagging", "--model_type=LeeNet11", f"--checkpoint_path={cli_env['ckpt']}",
             f"--audio_path={cli_env['wav']}", f"--class_labels_csv={cli_env['labels']}"]
-    inference.main(argv)
+    inference.main(argv + ["--backend=torch"])
     ref = capsys.readouterr().out
-    inference.main(argv + ["--backend=onnxruntime"])
+    with caplog.at_level(logging.INFO):
+        inference.main(argv)
     assert capsys.readouterr().out == ref and "Using CPU." in ref and "embedding: (512,)" in ref
+    notices = [r.getMessage() for r in caplog.records if "to ONNX once" in r.getMessage()]
+    assert len(notices) == 1 and notices[0].startswith("exported LeeNet11 to ONNX once (") and str(cache) in notices[0]
     files = os.listdir(cache / "onnx")
     assert len(files) == 1 and files[0].startswith("LeeNet11-") and files[0].endswith(".onnx")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        inference.main(argv + ["--backend=onnxruntime"])
+    assert capsys.readouterr().out == ref and "to ONNX once" not in caplog.text
+    assert os.listdir(cache / "onnx") == files
+
+
+# ----------------------------------------------------------------------------- auto falls back
+def _auto(model, cfg, **kw):
+    from panns.runtime import Runtime
+
+    return Runtime(model, cfg, device="cpu", backend=kw.pop("backend", "auto"), **kw)
+
+
+def test_auto_falls_back_to_torch_with_one_line(tmp_path, monkeypatch, caplog):
+    """Not installed, bf16 asked for, an export that fails: torch runs, after one line each; a
+    failed export is not tried again by auto, while --backend onnxruntime tries and fails loudly."""
+    monkeypatch.setenv("PANNS_CACHE", str(tmp_path))
+    model, cfg = _build("LeeNet11")
+    with caplog.at_level(logging.INFO):
+        with monkeypatch.context() as m:
+            m.setattr(onnx_backend, "available", lambda: False)
+            assert _auto(model, cfg).backend_name == "torch"
+        assert _auto(model, cfg, precision="bf16").backend_name == "torch"
+    lines = [r.getMessage() for r in caplog.records if "backend auto" in r.getMessage()]
+    assert len(lines) == 2 and "not installed" in lines[0] and "bf16 asked for" in lines[1]
+
+    calls = []
+
+    def broken(*a, **k):
+        calls.append(1)
+        raise onnx_backend.ExportError("cannot export LeeNet11 to ONNX: Unsupported: an op")
+    monkeypatch.setattr(onnx_backend, "export_onnx", broken)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        rt = _auto(model, cfg)
+        assert rt.backend_name == "torch" and len(calls) == 1
+        assert rt.forward(np.zeros((1, 8000), np.float32))["clipwise_output"].shape == (1, CLASSES)
+        assert _auto(model, cfg).backend_name == "torch" and len(calls) == 1   # remembered, not retried
+    lines = [r.getMessage() for r in caplog.records if "backend auto" in r.getMessage()]
+    assert len(lines) == 2 and all("Unsupported: an op" in m for m in lines) and "earlier run" in lines[1]
+    with pytest.raises(PannsError, match="cannot export LeeNet11"):
+        _auto(model, cfg, backend="onnxruntime")
+    assert len(calls) == 2
+
+
+def test_unwritable_cache_folder_falls_back_to_user_cache(tmp_path, monkeypatch):
+    """The first-choice folder cannot be written (here $PANNS_CACHE under a file): the export
+    goes to ~/.cache/panns/onnx instead of failing."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("PANNS_CACHE", str(blocker / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    model, cfg = _build("LeeNet11")
+    calls = []
+    monkeypatch.setattr(onnx_backend, "export_onnx", _fake_export(calls))
+    path = onnx_backend.cached_backend(model, cfg).path
+    assert path.startswith(str(tmp_path / "home" / ".cache" / "panns" / "onnx")) and len(calls) == 1
+    assert onnx_backend.cached_backend(model, cfg).path == path and len(calls) == 1   # found there next time
 
 
 def test_export_command(cli_env, capsys):
@@ -183,19 +246,20 @@ def test_export_command(cli_env, capsys):
 
 
 def test_python_api_backend(cli_env, monkeypatch):
-    """panns.load(..., backend='onnxruntime') gives torch's embeddings and tags (the export cached
-    by the command-line test is reused when both run)."""
+    """panns.load(..., backend='onnxruntime') gives torch's embeddings and tags; auto is the default
+    (the export cached by the command-line test is reused when both run)."""
     import panns
 
     monkeypatch.setenv("PANNS_CACHE", str(cli_env["dir"] / "cache"))
     kw = dict(model_type="LeeNet11", labels_csv=cli_env["labels"], device="cpu")
-    ref = panns.load(cli_env["ckpt"], **kw)
+    ref = panns.load(cli_env["ckpt"], backend="torch", **kw)
     fast = panns.load(cli_env["ckpt"], backend="onnxruntime", **kw)
     assert fast.runtime.backend_name == "onnxruntime" and ref.runtime.backend_name == "torch"
     a, b = ref.embed(cli_env["wav"]), fast.embed(cli_env["wav"])
     assert a.shape == b.shape == (512,) and np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
     assert [t for t, _ in ref.tag(cli_env["wav"])] == [t for t, _ in fast.tag(cli_env["wav"])]
-    assert panns.load(cli_env["ckpt"], backend="auto", **kw).runtime.backend_name == "onnxruntime"
+    auto = panns.load(cli_env["ckpt"], **kw)   # the default
+    assert auto.runtime.backend_name == "onnxruntime" and "backend=onnxruntime" in repr(auto)
 
 
 def test_int8_guard(export_dir):

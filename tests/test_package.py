@@ -58,7 +58,7 @@ def test_pip_install_gives_one_panns_package_usable_from_another_folder(tmp_path
     sf.write(str(wav), (0.1 * np.random.RandomState(0).randn(16000)).astype(np.float32), 32000)
     work = tmp_path / "elsewhere"
     work.mkdir()
-    code = ("import panns, sys; m = panns.load(sys.argv[1]); tags = m.tag(sys.argv[2], top_k=3); "
+    code = ("import panns, sys; m = panns.load(sys.argv[1], backend='torch'); tags = m.tag(sys.argv[2], top_k=3); "
             "print(panns.__file__); print(panns.__version__); print(tags[0][0] in panns.labels, len(tags))")
     proc = subprocess.run([py, "-c", code, str(ckpt), str(wav)], cwd=str(work), env=env, capture_output=True,
                           text=True, timeout=300)

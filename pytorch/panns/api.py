@@ -52,7 +52,7 @@ def _resolve(name_or_path: str, model_type: Optional[str]) -> Tuple[Optional[str
 
 def load(name_or_path: str = "Cnn14", model_type: Optional[str] = None, device: Union[None, str, torch.device] = None,
          precision: str = "fp32", labels_csv: Optional[str] = None, download: bool = True,
-         backend: str = "torch") -> "Model":
+         backend: str = "auto") -> "Model":
     """Load a model for inference.
 
     name_or_path: a checkpoint file (ours, or an official ``{'model': ...}`` file; official files
@@ -61,8 +61,11 @@ def load(name_or_path: str = "Cnn14", model_type: Optional[str] = None, device: 
     ``~/.cache/panns`` (``download=False``: only use the cache). device: None/'auto' = CUDA when
     available, else CPU. precision: 'fp32' (default), 'bf16', 'fp16' or 'auto'.
     labels_csv: class names when the checkpoint has none (default: the AudioSet label list).
-    backend: 'torch' (default), 'onnxruntime' (CPU, fp32; the model is exported once and cached
-    next to the checkpoint or in $PANNS_CACHE/onnx) or 'auto' (onnxruntime on CPU, else torch)."""
+    backend: 'auto' (default: ONNX Runtime for fp32 on a CPU, where it is faster, torch on GPUs and
+    wherever ONNX Runtime cannot serve, with one logged line saying why), 'torch', or 'onnxruntime'
+    (CPU, fp32, fails rather than falls back). The ONNX backends export the model once (Cnn14:
+    10-30 s) and cache the file next to the checkpoint, in $PANNS_CACHE/onnx or ~/.cache/panns/onnx.
+    ``module`` is the torch model whichever backend runs it."""
     path, mt = _resolve(name_or_path, model_type)
     rt = Runtime.load(path, model_type=mt, device=device, precision=precision, download=download, backend=backend)
     return Model(rt, labels_csv)
@@ -87,7 +90,8 @@ class Model:
 
     def __repr__(self) -> str:
         return (f"panns.Model({self.model_type}, {self.sample_rate} Hz, {self.runtime.classes_num} classes, "
-                f"device={self.runtime.device}, precision={self.runtime.precision})")
+                f"device={self.runtime.device}, precision={self.runtime.precision}, "
+                f"backend={self.runtime.backend_name})")
 
     @property
     def model_type(self) -> str:

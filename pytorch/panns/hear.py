@@ -59,9 +59,11 @@ class HearModel(torch.nn.Module):
 
     @property
     def runtime(self) -> Runtime:
+        """Always the torch backend (not ``auto``): HEAR hands out this torch module, its harness
+        moves and may change it, and an ONNX export of the weights at load time would not follow."""
         device = next(self.model.parameters()).device
         if self._runtime is None or self._runtime.device != device:
-            self._runtime = Runtime(self.model, self.config, device=device)
+            self._runtime = Runtime(self.model, self.config, device=device, backend="torch")
         return self._runtime
 
     def to_model_rate(self, audio: torch.Tensor) -> np.ndarray:
