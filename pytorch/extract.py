@@ -149,10 +149,12 @@ class Extractor:
     def __init__(self, model: torch.nn.Module, config, precision: str = "fp32", device: str | torch.device = "cpu",
                  batch_size: int = 8, num_workers: Optional[int] = None, segment_seconds: Optional[float] = None,
                  progress: bool = True, compute_threads: Optional[int] = None, optimize: bool = True,
-                 backend: str = "torch", checkpoint_path: Optional[str] = None):
+                 backend: str = "torch", checkpoint_path: Optional[str] = None, job_seconds: Optional[float] = None):
         self.fingerprint = weights_fingerprint(model)   # of the weights as given, before folding
+        # job_seconds: the audio about to be extracted, which backend 'auto' weighs (runtime._auto_backend)
+        options = {"job_seconds": job_seconds} if backend == "auto" and job_seconds is not None else {}
         self.runtime = runtime.Runtime(model, config, device=device, precision=precision, backend=backend,
-                                       checkpoint_path=checkpoint_path, optimize=optimize)
+                                       checkpoint_path=checkpoint_path, optimize=optimize, **options)
         self.device = self.runtime.device
         self.precision = self.runtime.precision
         self.config = config
@@ -638,7 +640,8 @@ def run(args) -> int:
         paths = runtime.gather_inputs(args.audio_path)
         ex = Extractor.from_checkpoint(args.checkpoint_path, model_type=args.model_type,
                                        frontend=frontend_overrides(args) or None, precision=args.precision,
-                                       device=info.device, backend=args.backend, batch_size=args.batch_size,
+                                       device=info.device, backend=args.backend, job_seconds=runtime.job_seconds(paths),
+                                       batch_size=args.batch_size,
                                        num_workers=args.num_workers, segment_seconds=args.segment_seconds,
                                        progress=not args.quiet and rank == 0)
         if not getattr(ex.config, "labels", None):

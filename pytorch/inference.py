@@ -54,11 +54,12 @@ from panns.utilities import (Progress, atomic_write, check_free_space, create_fo
 logger = logging.getLogger("inference")
 
 # ----------------------------------------------------------------------------- model + labels
-def load_runtime(args) -> Runtime:
+def load_runtime(args, paths: Sequence[str] = ()) -> Runtime:
     """checkpoint (given, or the cached official file of --model_type) -> Runtime on the chosen
-    device at the chosen precision, through the chosen backend."""
+    device at the chosen precision, through the chosen backend (``auto`` weighs the audio in ``paths``)."""
+    options = {"job_seconds": runtime.job_seconds(paths)} if args.backend == "auto" else {}
     return Runtime.load(args.checkpoint_path, model_type=args.model_type, frontend=frontend_overrides(args) or None,
-                        device=bool(args.cuda), precision=args.precision, backend=args.backend)
+                        device=bool(args.cuda), precision=args.precision, backend=args.backend, **options)
 
 
 # ----------------------------------------------------------------------------- running
@@ -371,7 +372,7 @@ def _tag_files(args, sed: bool) -> int:
                          f"{len(paths)} inputs")
     if args.class_labels_csv or os.path.isfile(config.DEFAULT_LABELS_CSV):
         config.read_class_labels(args.class_labels_csv)   # a bad label CSV fails before the model loads
-    ld = load_runtime(args)
+    ld = load_runtime(args, paths)
     if sed and not ld.is_sed:
         from panns import models  # the registry, for the list of SED models in the message
 

@@ -237,6 +237,13 @@ def user_cache_path(config, key: str) -> str:
     return os.path.join(os.path.expanduser(USER_CACHE), f"{config.model_type}-{key}.onnx")
 
 
+def is_cached(model: torch.nn.Module, config, checkpoint_path: Optional[str] = None,
+              opset: int = DEFAULT_OPSET) -> bool:
+    """Whether an export of ``model`` is in the cache (where :func:`cached_backend` looks), unread."""
+    key = cache_key(model, config, opset)
+    return any(os.path.isfile(p) for p in (cache_path(config, key, checkpoint_path), user_cache_path(config, key)))
+
+
 def _failure_marker(path: str) -> str:
     return path + ".failed"
 

@@ -177,12 +177,35 @@ def _onnxruntime_backend(rt, **options) -> Backend:
     return onnx_backend.backend_factory(rt, **options)
 
 
-def _auto_backend(rt, **options) -> Backend:
+# What `auto` weighs on a CPU for a job of known size (the command lines know their inputs). ONNX Runtime
+# runs Cnn14 about 1.7-2.9x faster but costs ~2 s to start (weights hash + session) and, the first time, a
+# one-off export (15-40 s). Measured on a 2-core CPU (SED, Cnn14_DecisionLevelMax): a 7-s clip took 3.4 s
+# with ONNX Runtime and 2.1 s with torch, 8 x 10 s took 9.4 s and 19.3 s, so start-up pays off from ~15 s of
+# audio and the export from a few minutes.
+AUTO_MIN_SECONDS = 20.0          # with the export already cached
+AUTO_EXPORT_MIN_SECONDS = 300.0  # when auto would have to export first
+
+
+def job_seconds(paths: Sequence[str], cap: float = AUTO_EXPORT_MIN_SECONDS, unknown: float = 10.0) -> float:
+    """Seconds of audio in ``paths`` from the file headers, counting ``unknown`` for a file whose header
+    gives none; stops reading headers once the sum reaches ``cap`` (a long list costs no more)."""
+    total = 0.0
+    for path in paths:
+        seconds = audio_io.probe_seconds(path)
+        total += unknown if seconds is None else seconds
+        if total >= cap:
+            break
+    return total
+
+
+def _auto_backend(rt, job_seconds: Optional[float] = None, **options) -> Backend:
     """ONNX Runtime for fp32 on a CPU (Cnn14 ran 1.65x the torch forward at batch 1 and 2.2x at
     batch 8 there, same outputs within 1e-6), torch on GPUs. Where ONNX Runtime cannot serve
     (not installed, bf16/fp16 asked for, an export or session that fails) torch runs the model,
     after one line saying why; an export that failed once is not tried again (see
-    onnx_backend.cached_backend)."""
+    onnx_backend.cached_backend). ``job_seconds`` (the audio a command line is about to run; None in
+    the Python API, whose model object lives on): below ``AUTO_MIN_SECONDS``, or below
+    ``AUTO_EXPORT_MIN_SECONDS`` while no export is cached, torch finishes first and runs it."""
     from panns import onnx_backend  # see _onnxruntime_backend
 
     reason, level = None, logging.INFO
@@ -192,10 +215,18 @@ def _auto_backend(rt, **options) -> Backend:
         reason = f"ONNX Runtime runs fp32 only, {rt.precision} asked for"
     elif not onnx_backend.available():
         reason = "onnxruntime, onnx or onnxscript is not installed (pip install onnxruntime onnx onnxscript)"
+    elif job_seconds is not None and job_seconds < AUTO_MIN_SECONDS:
+        reason = (f"{job_seconds:.0f} s of audio: ONNX Runtime's start-up would cost more than it saves below "
+                  f"{AUTO_MIN_SECONDS:.0f} s")
+    elif job_seconds is not None and job_seconds < AUTO_EXPORT_MIN_SECONDS \
+            and not onnx_backend.is_cached(rt.model, rt.config, rt.checkpoint_path):
+        reason = (f"{job_seconds:.0f} s of audio does not repay the one-off ONNX export (from "
+                  f"{AUTO_EXPORT_MIN_SECONDS / 60:.0f} min of audio it does; --backend onnxruntime exports now)")
     else:
         try:
             backend = _BACKENDS["onnxruntime"](rt, retry_failed=False, **options)
             rt.backend_name = "onnxruntime"
+            logger.info("backend auto: ONNX Runtime (%s)", getattr(backend, "path", "exported model"))
             return backend
         except Exception as e:  # whatever the exporter or ONNX Runtime raise, torch still runs the model
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]

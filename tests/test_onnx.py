@@ -6,6 +6,7 @@ covers every distinct graph family cheaply (2-D CNN clip model, the SED heads, M
 waveform models, Wavegram); ``PANNS_TEST_ALL_ONNX=1`` checks every registered model type."""
 import logging
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -151,28 +152,68 @@ def cli_env(tmp_path_factory, audioset_labels_csv):
 
 
 def test_audio_tagging_printout_same_with_auto_and_onnxruntime(cli_env, capsys, monkeypatch, caplog):
-    """The official printout is identical through ONNX Runtime; auto (the default) exports once
-    with a one-line notice, and --backend onnxruntime reuses that file."""
+    """The official printout is identical through ONNX Runtime. auto (the default) runs torch on a job too
+    short to repay ONNX Runtime (one 2-s clip: no export), --backend onnxruntime exports once with a
+    one-line notice, and auto then runs that cached export on a job long enough (12 x 2 s)."""
     from panns import inference
 
-    cache = cli_env["dir"] / "cache"
+    cache = cli_env["dir"] / "cache_cli"
     monkeypatch.setenv("PANNS_CACHE", str(cache))
     argv = ["audio_tagging", "--model_type=LeeNet11", f"--checkpoint_path={cli_env['ckpt']}",
-            f"--audio_path={cli_env['wav']}", f"--class_labels_csv={cli_env['labels']}"]
-    inference.main(argv + ["--backend=torch"])
+            f"--class_labels_csv={cli_env['labels']}"]
+    one = [f"--audio_path={cli_env['wav']}"]
+    inference.main(argv + one + ["--backend=torch"])
     ref = capsys.readouterr().out
     with caplog.at_level(logging.INFO):
-        inference.main(argv)
+        inference.main(argv + one)
     assert capsys.readouterr().out == ref and "Using CPU." in ref and "embedding: (512,)" in ref
+    assert "backend auto: running torch (2 s of audio" in caplog.text and not cache.exists()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        inference.main(argv + one + ["--backend=onnxruntime"])
+    assert capsys.readouterr().out == ref
     notices = [r.getMessage() for r in caplog.records if "to ONNX once" in r.getMessage()]
     assert len(notices) == 1 and notices[0].startswith("exported LeeNet11 to ONNX once (") and str(cache) in notices[0]
     files = os.listdir(cache / "onnx")
     assert len(files) == 1 and files[0].startswith("LeeNet11-") and files[0].endswith(".onnx")
     caplog.clear()
+    copies = []
+    for i in range(12):   # 24 s of audio in 12 files (the input list drops repeated paths)
+        copies.append(str(cli_env["dir"] / f"copy{i}.wav"))
+        shutil.copyfile(cli_env["wav"], copies[-1])
+    many = ["--audio_path"] + copies
     with caplog.at_level(logging.INFO):
-        inference.main(argv + ["--backend=onnxruntime"])
-    assert capsys.readouterr().out == ref and "to ONNX once" not in caplog.text
+        inference.main(argv + many)
+    out = capsys.readouterr().out
+    assert "backend auto: ONNX Runtime (" in caplog.text and "to ONNX once" not in caplog.text
+    assert out.count(ref.split("Using CPU.")[1].strip().splitlines()[0]) == 12   # the same first tag line each time
     assert os.listdir(cache / "onnx") == files
+
+
+def test_auto_weighs_the_job(tmp_path, monkeypatch, caplog):
+    """With a known job size, auto runs torch below AUTO_MIN_SECONDS, and below AUTO_EXPORT_MIN_SECONDS
+    while no export is cached (nothing is exported then); from there on it exports and runs ONNX Runtime.
+    job_seconds reads headers, counts unknown files as 10 s and stops at its cap."""
+    import soundfile as sf
+    from panns import runtime
+
+    monkeypatch.setenv("PANNS_CACHE", str(tmp_path / "cache"))
+    model, cfg = _build("LeeNet11")
+    with caplog.at_level(logging.INFO):
+        assert _auto(model, cfg, job_seconds=5.0).backend_name == "torch"
+        assert _auto(model, cfg, job_seconds=60.0).backend_name == "torch"
+    assert "5 s of audio" in caplog.text and "does not repay the one-off ONNX export" in caplog.text
+    assert not (tmp_path / "cache").exists()
+    assert _auto(model, cfg, job_seconds=runtime.AUTO_EXPORT_MIN_SECONDS).backend_name == "onnxruntime"
+    assert _auto(model, cfg, job_seconds=60.0).backend_name == "onnxruntime"    # cached now
+    assert _auto(model, cfg).backend_name == "onnxruntime"                      # the Python API: size unknown
+
+    wav = tmp_path / "a.wav"
+    sf.write(str(wav), np.zeros(16000 * 3, np.float32), 16000)
+    junk = tmp_path / "b.xyz"
+    junk.write_bytes(b"?")
+    assert runtime.job_seconds([str(wav)] * 2 + [str(junk)]) == pytest.approx(16.0)
+    assert runtime.job_seconds([str(wav)] * 1000, cap=7.0) == pytest.approx(9.0)
 
 
 # ----------------------------------------------------------------------------- auto falls back
