@@ -237,6 +237,9 @@ class FineTuneTask:
     def load_extra(self, ckpt: Dict[str, Any], iteration: int) -> None:
         self.best = ckpt.get("best")
 
+    def close_loaders(self) -> None:
+        self.train_loader = self.eval_loader = None
+
 
 # ------------------------------------------------------------------------------------------------------------
 # The run

@@ -92,6 +92,9 @@ class Task(Protocol):
     def load_extra(self, ckpt: Dict[str, Any], iteration: int) -> None:
         """Restore the task's own state from a checkpoint it wrote (resume)."""
 
+    def close_loaders(self) -> None:
+        """Drop the task's loaders (their worker processes end with them)."""
+
 
 class Trainer:
     """One training run: model, optimizer, scaler, Mixup, batch stream, RNG state, loop, checkpoints.
@@ -238,8 +241,14 @@ class Trainer:
         self.progress.note()
 
     def finish(self) -> None:
-        """Close the progress bar; with DDP give every rank rank 0's buffers and check the weights agree."""
+        """Close the progress bar and the loaders; with DDP give every rank rank 0's buffers and check the
+        weights agree."""
         self.progress.close()
+        # Stop the loader workers now: the task and the trainer refer to each other, so left to the garbage
+        # collector the iterators would shut their workers down at some later moment, each waiting out
+        # DataLoader's 5-s join timeout there.
+        self._batches = None
+        self.task.close_loaders()
         tl.broadcast_buffers(self.info, self.raw_model)
         if self.info.distributed:
             digests = tl.all_gather_object(self.info, tl.state_digest(self.raw_model))

@@ -259,6 +259,9 @@ class AudioSetTask:
     def load_extra(self, ckpt: Dict[str, Any], iteration: int) -> None:
         self.statistics.load_state_dict(iteration)
 
+    def close_loaders(self) -> None:
+        self.train_loader, self.eval_loaders = None, {}
+
     # ------------------------------------------------------------------------------------- run
     def run(self) -> Dict[str, Any]:
         """Train to ``early_stop``; returns {'iteration', 'checkpoint_path', 'statistics', 'statistics_path'}
