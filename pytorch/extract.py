@@ -640,7 +640,8 @@ def run(args) -> int:
         paths = runtime.gather_inputs(args.audio_path)
         ex = Extractor.from_checkpoint(args.checkpoint_path, model_type=args.model_type,
                                        frontend=frontend_overrides(args) or None, precision=args.precision,
-                                       device=info.device, backend=args.backend, job_seconds=runtime.job_seconds(paths),
+                                       device=info.device, backend=args.backend,
+                                       job_seconds=runtime.job_seconds(paths) if args.backend == "auto" else None,
                                        batch_size=args.batch_size,
                                        num_workers=args.num_workers, segment_seconds=args.segment_seconds,
                                        progress=not args.quiet and rank == 0)
