@@ -4,8 +4,9 @@ The one owner of device choice for training, fine-tuning, extraction and inferen
 
 * :func:`select_device` - ``--cuda`` + ``LOCAL_RANK`` (torchrun) -> ``torch.device('cuda', i)`` or CPU,
   with one-line errors for ranks beyond the GPUs this process can see (``CUDA_VISIBLE_DEVICES``).
-* :func:`init_distributed` / :func:`teardown` - rank and world size from torchrun's environment,
-  ``set_device`` before the process group (nccl on CUDA, gloo on CPU), and its destruction.
+* :func:`init_distributed` / :func:`teardown` / :func:`exit_process` - rank and world size from torchrun's
+  environment, ``set_device`` before the process group (nccl on CUDA, gloo on CPU), its destruction, and
+  a clean exit of a process that had one.
 * :func:`map_location` - where ``torch.load`` puts tensors for a device.
 * :func:`native_bf16`, :func:`resolve_precision` - the precision rule: 'auto' is bf16 where the
   hardware computes bf16 natively (CUDA sm80+, CPUs with AMX-BF16/AVX512-BF16); on sm70/sm75 GPUs
@@ -18,9 +19,11 @@ tests replace (``is_available``, ``device_count``, ``set_device``, ``get_device_
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Optional, Tuple, Union
 
@@ -113,8 +116,32 @@ def init_distributed(cuda: bool, timeout: datetime.timedelta = datetime.timedelt
 
 def teardown(info: Optional[DistInfo] = None) -> None:
     """Destroy the process group made by :func:`init_distributed` (a no-op without one)."""
+    global _GROUP_USED
     if (info is None or info.distributed) and dist.is_available() and dist.is_initialized():
+        _GROUP_USED = True
         dist.destroy_process_group()
+
+
+_GROUP_USED = False
+
+
+def exit_process(code: int = 0) -> None:
+    """End a command line: after a process group, flush the logs and output and leave with
+    ``os._exit``; otherwise return (the interpreter exits as usual).
+
+    Why: DistributedDataParallel's C++ reducer keeps the process group alive after
+    ``destroy_process_group`` (its gloo/NCCL threads keep running), and the interpreter's
+    shutdown then races those threads: now and then a rank aborted with "terminate called without
+    an active exception" after a run that had finished and saved everything, and torchrun
+    reported the run as failed. Everything a run writes is closed and renamed into place before
+    this point, so nothing is left for the interpreter's shutdown to do."""
+    if not _GROUP_USED:
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def map_location(device: DeviceLike) -> torch.device:

@@ -105,3 +105,4 @@ def main(argv: Optional[list] = None) -> None:
 
 if __name__ == "__main__":
     run_cli(main)
+    devices.exit_process(0)

@@ -29,6 +29,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=280, env=env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "terminate called" not in r.stderr, r.stderr[-3000:]
 
     cfg = TrainConfig(**args)
     saved = sorted(os.listdir(cfg.checkpoints_dir))

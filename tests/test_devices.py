@@ -105,3 +105,36 @@ def test_describe_and_backends(monkeypatch):
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before, False
         torch.use_deterministic_algorithms(False)
         monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+
+
+def test_exit_process_after_a_process_group_flushes_and_exits(tmp_path):
+    """A process that had a process group (with DDP, which keeps it alive) leaves through os._exit with its
+    output and logs flushed and status 0; without a group exit_process returns and the program goes on."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "run.log"
+    code = f"""
+import logging, torch, torch.distributed as dist
+from panns import devices
+logging.basicConfig(filename={str(log)!r}, level=logging.INFO)
+devices.exit_process(0)
+print("no group: went on")
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{port}", rank=0, world_size=1)
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+devices.teardown()
+logging.getLogger("panns").info("logged before the exit")
+print("printed before the exit", end="")
+devices.exit_process(0)
+raise SystemExit(3)
+"""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.path.join(repo, "pytorch")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout == "no group: went on\nprinted before the exit"
+    assert "logged before the exit" in log.read_text()
