@@ -311,3 +311,28 @@ def test_progress_between_log_lines(caplog, monkeypatch):
     bar.to(4)
     assert bar.bar is not None and bar.bar.n == 4
     bar.close()
+
+
+def test_console_log_follows_stderr(tmp_path, monkeypatch):
+    """The console handler of create_logging writes to the stderr of the moment: one replaced and closed after
+    set-up (a test runner's capture, a notebook) neither breaks later records nor keeps them from the new one."""
+    import io
+    import logging
+
+    from panns.utilities import create_logging
+
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    create_logging(str(tmp_path / "logs"))
+    logging.getLogger("panns.test").info("one")
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("panns.test").info("two")
+    assert second.getvalue().splitlines() == ["panns.test  : INFO     two"]
+    log = open(tmp_path / "logs" / "0000.log").read()
+    assert "one" in log and "two" in log
+    for h in list(logging.getLogger().handlers):   # leave no handler on a file of tmp_path behind
+        if getattr(h, "_panns", False):
+            logging.getLogger().removeHandler(h)
+            h.close()

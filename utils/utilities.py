@@ -37,6 +37,20 @@ def get_sub_filepaths(folder: str) -> list:
     return sorted(paths)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record is logged, not as it was when logging was set up:
+    a caller that swaps or closes stderr later (a notebook, a test runner) gets no "I/O operation on
+    closed file" errors from records logged afterwards."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):   # StreamHandler.__init__ assigns one; the property above always wins
+        pass
+
+
 def create_logging(log_dir: str, filemode: str = "w", console: bool = True) -> logging.Logger:
     """Log to the first free ``<log_dir>/NNNN.log`` (INFO) and, optionally, the console.
 
@@ -59,7 +73,7 @@ def create_logging(log_dir: str, filemode: str = "w", console: bool = True) -> l
     fh._panns = True
     root.addHandler(fh)
     if console:
-        ch = logging.StreamHandler(sys.stderr)
+        ch = _StderrHandler()
         ch.setLevel(logging.INFO)
         ch.setFormatter(logging.Formatter("%(name)-12s: %(levelname)-8s %(message)s"))
         ch._panns = True
