@@ -24,12 +24,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib.metadata
+import importlib.util
 import io
 import json
 import logging
 import os
 import time
 import warnings
+import weakref
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -58,8 +61,6 @@ class ExportError(PannsError):
 
 def available() -> bool:
     """True when onnxruntime and the exporter's packages are installed."""
-    import importlib.util
-
     return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "onnxscript"))
 
 
@@ -191,26 +192,48 @@ def _quiet_loggers(names=("onnx_ir", "onnxscript", "torch.onnx", "torch.onnx._in
 
 
 # ----------------------------------------------------------------------------- cache
+_HASHES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _weights_signature(model: torch.nn.Module) -> tuple:
+    """(name, storage address, version counter) of every state tensor: changes whenever a tensor is
+    replaced or written in place (``load_state_dict``, an optimizer step, ``fill_``)."""
+    return tuple((name, t.data_ptr(), t._version) for name, t in model.state_dict().items())
+
+
 def weights_hash(model: torch.nn.Module) -> str:
     """sha1 over every state_dict tensor (name, shape, dtype, all bytes): the identity of the
-    exported weights, whatever file they came from."""
+    exported weights, whatever file they came from. Remembered per model object until a tensor
+    changes, since ``auto`` asks for it before the backend does (hashing Cnn14 reads 320 MB)."""
+    signature = _weights_signature(model)
+    known = _HASHES.get(model)
+    if known is not None and known[0] == signature:
+        return known[1]
     h = hashlib.sha1()
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         if t.numel():   # the tensor's own bytes, not a copy (half the time of .tobytes() on Cnn14)
             h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    _HASHES[model] = (signature, h.hexdigest())
     return h.hexdigest()
 
 
 def cache_key(model: torch.nn.Module, config, opset: int = DEFAULT_OPSET) -> str:
     """Key of an export: weights, model config, opset, format and exporter versions."""
-    import onnxscript
-
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
+    # The exporter's version from its package metadata: importing onnxscript takes seconds and a
+    # cached export never needs it.
     parts = [weights_hash(model), json.dumps(cfg, sort_keys=True, default=str), f"opset={opset}",
-             f"format={EXPORT_FORMAT}", f"torch={torch.__version__}", f"onnxscript={onnxscript.__version__}"]
+             f"format={EXPORT_FORMAT}", f"torch={torch.__version__}", f"onnxscript={_version('onnxscript')}"]
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
 
 
 USER_CACHE = os.path.join("~", ".cache", "panns", "onnx")

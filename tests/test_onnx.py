@@ -105,6 +105,14 @@ def test_cache_reused_and_rebuilt(tmp_path, monkeypatch, caplog):
     assert len(calls) == 2 and "cannot be read" in caplog.text
     assert onnx_backend.read_metadata(path)["cache_key"] == calls[0]
 
+    # The weights hash is remembered per model but follows every change of its tensors.
+    before = onnx_backend.cache_key(model, cfg)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert onnx_backend.cache_key(model, cfg) != before
+    model.load_state_dict(saved)
+    assert onnx_backend.cache_key(model, cfg) == before == calls[0]
     other, _ = _build("LeeNet11", seed=1)
     assert onnx_backend.cache_key(other, cfg) != onnx_backend.cache_key(model, cfg)
     caplog.clear()
