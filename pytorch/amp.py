@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
+import sys
 import threading
-from typing import Union
+from typing import Callable, Union
 
 import torch
 import torch.nn as nn
@@ -25,6 +27,25 @@ from panns.errors import PannsError
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def eager_only(fn: Callable) -> Callable:
+    """``torch.compiler.disable(fn)`` without importing torch._dynamo at start-up: the decorator imports it
+    at once, which took 1.5-3 s here, half of every command's start-up, while only torch.compile needs it.
+    The disabled function is made on the first call after torch._dynamo has been imported; before that
+    nothing can be compiling, so calls go straight to ``fn``."""
+    disabled = None
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        nonlocal disabled
+        if disabled is None:
+            if "torch._dynamo" not in sys.modules:
+                return fn(*args, **kwargs)
+            disabled = torch.compiler.disable(fn)
+        return disabled(*args, **kwargs)
+
+    return call
 
 
 # torch's per-operator fp32 precision settings (torch >= 2.9) that govern the front end: its STFT conv1d and
@@ -80,7 +101,7 @@ _region_lock = threading.Lock()
 _region = {"depth": 0, "saved": None}
 
 
-@torch.compiler.disable  # global switches: set eagerly, between compiled graphs
+@eager_only  # global switches: set eagerly, between compiled graphs
 def _ieee_enter() -> None:
     with _region_lock:
         if _region["depth"] == 0:
@@ -88,7 +109,7 @@ def _ieee_enter() -> None:
         _region["depth"] += 1
 
 
-@torch.compiler.disable
+@eager_only
 def _ieee_exit() -> None:
     with _region_lock:
         _region["depth"] -= 1

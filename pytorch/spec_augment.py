@@ -14,10 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from panns.amp import eager_only
 from panns.errors import PannsError
 
 
-@torch.compiler.disable  # RNG draws must come from the global CPU generator in this order; never traced
+@eager_only  # RNG draws must come from the global CPU generator in this order; never traced
 def _stripe_bounds(batch: int, dims) -> torch.Tensor:
     """For each ``(total, drop_width, stripes_num)`` in ``dims`` (time first, then frequency) and each
     example, draw ``stripes_num`` stripes exactly as torchlibrosa's ``DropStripes.transform_slice`` does:
