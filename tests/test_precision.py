@@ -259,3 +259,37 @@ def test_overlapping_front_ends_share_one_region(fp32_settings_restored):
         with amp.ieee_fp32():
             1 / 0
     assert _fp32_settings() == user
+
+
+_COMPILE_FIRST = """
+import sys, torch
+from panns import amp, inference, models, runtime  # the inference CLI's imports
+from panns.spec_augment import SpecAugmentation
+print("dynamo imported at start-up:", "torch._dynamo" in sys.modules)
+import torch._dynamo.testing
+m, x = SpecAugmentation(64, 2, 8, 2).train(), torch.randn(3, 1, 100, 64)
+counter = torch._dynamo.testing.CompileCounter()
+torch.manual_seed(0); compiled = torch.compile(m, backend=counter)(x.clone()); rng_c = torch.get_rng_state()
+torch.manual_seed(0); eager = m(x.clone()); rng_e = torch.get_rng_state()
+print("specaugment:", torch.equal(compiled, eager), torch.equal(rng_c, rng_e), counter.frame_count)
+torch.backends.mkldnn.conv.fp32_precision = "bf16"
+model = models.create_model("Cnn6", classes_num=3).eval()
+with torch.no_grad():
+    torch.compile(model._logmel, backend="eager")(0.1 * torch.randn(2, 16000))
+print("user setting after the front end:", torch.backends.mkldnn.conv.fp32_precision)
+"""
+
+
+def test_eager_only_before_dynamo_is_imported():
+    """Start-up does not import torch._dynamo; a model compiled before any eager call still runs the eager-only
+    parts eagerly: SpecAugment's draws in order (same output and RNG state, one graph) and the front end's
+    precision switches (the user's setting is back afterwards)."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.path.join(repo, "pytorch")}
+    r = subprocess.run([sys.executable, "-c", _COMPILE_FIRST], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.splitlines() == ["dynamo imported at start-up: False", "specaugment: True True 1",
+                                     "user setting after the front end: bf16"], r.stdout
