@@ -32,7 +32,6 @@ import logging
 import os
 import time
 import warnings
-import weakref
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -192,30 +191,16 @@ def _quiet_loggers(names=("onnx_ir", "onnxscript", "torch.onnx", "torch.onnx._in
 
 
 # ----------------------------------------------------------------------------- cache
-_HASHES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _weights_signature(model: torch.nn.Module) -> tuple:
-    """(name, storage address, version counter) of every state tensor: changes whenever a tensor is
-    replaced or written in place (``load_state_dict``, an optimizer step, ``fill_``)."""
-    return tuple((name, t.data_ptr(), t._version) for name, t in model.state_dict().items())
-
-
 def weights_hash(model: torch.nn.Module) -> str:
     """sha1 over every state_dict tensor (name, shape, dtype, all bytes): the identity of the
-    exported weights, whatever file they came from. Remembered per model object until a tensor
-    changes, since ``auto`` asks for it before the backend does (hashing Cnn14 reads 320 MB)."""
-    signature = _weights_signature(model)
-    known = _HASHES.get(model)
-    if known is not None and known[0] == signature:
-        return known[1]
+    exported weights, whatever file they came from. Hashing Cnn14 reads 320 MB: callers that need the
+    key twice pass it on (see :func:`cached_export_key`)."""
     h = hashlib.sha1()
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         if t.numel():   # the tensor's own bytes, not a copy (half the time of .tobytes() on Cnn14)
             h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-    _HASHES[model] = (signature, h.hexdigest())
     return h.hexdigest()
 
 
@@ -260,11 +245,14 @@ def user_cache_path(config, key: str) -> str:
     return os.path.join(os.path.expanduser(USER_CACHE), f"{config.model_type}-{key}.onnx")
 
 
-def is_cached(model: torch.nn.Module, config, checkpoint_path: Optional[str] = None,
-              opset: int = DEFAULT_OPSET) -> bool:
-    """Whether an export of ``model`` is in the cache (where :func:`cached_backend` looks), unread."""
+def cached_export_key(model: torch.nn.Module, config, checkpoint_path: Optional[str] = None,
+                      opset: int = DEFAULT_OPSET) -> Optional[str]:
+    """The cache key of ``model``'s export when a file for it is in the cache (where
+    :func:`cached_backend` looks; not read), else None. Hand the key to :func:`cached_backend`
+    (``key=``) so that it does not hash the weights again."""
     key = cache_key(model, config, opset)
-    return any(os.path.isfile(p) for p in (cache_path(config, key, checkpoint_path), user_cache_path(config, key)))
+    paths = (cache_path(config, key, checkpoint_path), user_cache_path(config, key))
+    return key if any(os.path.isfile(p) for p in paths) else None
 
 
 def _failure_marker(path: str) -> str:
@@ -308,7 +296,8 @@ def _reuse_cached(path: str, key: str, threads: Optional[int], what: str) -> Opt
 
 def cached_backend(model: torch.nn.Module, config, checkpoint_path: Optional[str] = None,
                    opset: int = DEFAULT_OPSET, path: Optional[str] = None,
-                   threads: Optional[int] = None, retry_failed: bool = True) -> "OnnxBackend":
+                   threads: Optional[int] = None, retry_failed: bool = True,
+                   key: Optional[str] = None) -> "OnnxBackend":
     """An :class:`OnnxBackend` on a current export of ``model``: the cached file when its key
     matches (the session that checks it is the one returned), else a fresh export with a one-line
     notice (a stale or unreadable file is rebuilt, with a one-line warning).
@@ -316,9 +305,10 @@ def cached_backend(model: torch.nn.Module, config, checkpoint_path: Optional[str
     Where the first-choice folder (:func:`cache_path`) cannot be written, the export goes to
     ``~/.cache/panns/onnx``. A failed export is remembered next to the cache file
     (``<file>.failed``); ``retry_failed=False`` (the ``auto`` backend) then fails at once instead
-    of spending the export time again."""
+    of spending the export time again. ``key``: ``cache_key(model, config, opset)`` when the caller
+    has it already."""
     _require_onnx()
-    key = cache_key(model, config, opset)
+    key = key or cache_key(model, config, opset)
     paths = [path] if path else list(dict.fromkeys([cache_path(config, key, checkpoint_path),
                                                     user_cache_path(config, key)]))
     for p in paths:
@@ -460,9 +450,10 @@ class OnnxBackend:
 
 def backend_factory(rt, optimize: bool = False, opset: int = DEFAULT_OPSET, onnx_path: Optional[str] = None,
                     threads: Optional[int] = None, int8: bool = False, retry_failed: bool = True,
-                    **_) -> OnnxBackend:
+                    cache_key: Optional[str] = None, **_) -> OnnxBackend:
     """``runtime.register_backend`` factory: export (cached) the runtime's model, then run it
-    (``int8``: its static int8 quantisation, also cached). retry_failed: see :func:`cached_backend`."""
+    (``int8``: its static int8 quantisation, also cached). retry_failed, cache_key (as ``key``): see
+    :func:`cached_backend`."""
     if rt.device.type != "cpu":
         raise PannsError(f"the onnxruntime backend runs on CPU; device {rt.device} asked for (use --backend torch)")
     if rt.precision != "fp32":
@@ -473,7 +464,7 @@ def backend_factory(rt, optimize: bool = False, opset: int = DEFAULT_OPSET, onnx
     if int8:
         return cached_int8_backend(rt.model, rt.config, getattr(rt, "checkpoint_path", None), opset, threads)
     return cached_backend(rt.model, rt.config, getattr(rt, "checkpoint_path", None), opset, threads=threads,
-                          retry_failed=retry_failed)
+                          retry_failed=retry_failed, key=cache_key)
 
 
 # ----------------------------------------------------------------------------- checks

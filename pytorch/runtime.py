@@ -209,6 +209,7 @@ def _auto_backend(rt, job_seconds: Optional[float] = None, **options) -> Backend
     from panns import onnx_backend  # see _onnxruntime_backend
 
     reason, level = None, logging.INFO
+    key = None   # the export's cache key once looked up, handed on (hashing Cnn14's weights reads 320 MB)
     if rt.device.type != "cpu":
         pass   # torch is the choice on GPUs, not a fallback: nothing to say
     elif rt.precision != "fp32":
@@ -218,13 +219,13 @@ def _auto_backend(rt, job_seconds: Optional[float] = None, **options) -> Backend
     elif job_seconds is not None and job_seconds < AUTO_MIN_SECONDS:
         reason = (f"{job_seconds:.0f} s of audio: ONNX Runtime's start-up would cost more than it saves below "
                   f"{AUTO_MIN_SECONDS:.0f} s")
-    elif job_seconds is not None and job_seconds < AUTO_EXPORT_MIN_SECONDS \
-            and not onnx_backend.is_cached(rt.model, rt.config, rt.checkpoint_path):
+    elif job_seconds is not None and job_seconds < AUTO_EXPORT_MIN_SECONDS and (key := onnx_backend.cached_export_key(
+            rt.model, rt.config, rt.checkpoint_path, options.get("opset", onnx_backend.DEFAULT_OPSET))) is None:
         reason = (f"{job_seconds:.0f} s of audio does not repay the one-off ONNX export (from "
                   f"{AUTO_EXPORT_MIN_SECONDS / 60:.0f} min of audio it does; --backend onnxruntime exports now)")
     else:
         try:
-            backend = _BACKENDS["onnxruntime"](rt, retry_failed=False, **options)
+            backend = _BACKENDS["onnxruntime"](rt, retry_failed=False, cache_key=key, **options)
             rt.backend_name = "onnxruntime"
             logger.info("backend auto: ONNX Runtime (%s)", getattr(backend, "path", "exported model"))
             return backend

@@ -105,7 +105,7 @@ def test_cache_reused_and_rebuilt(tmp_path, monkeypatch, caplog):
     assert len(calls) == 2 and "cannot be read" in caplog.text
     assert onnx_backend.read_metadata(path)["cache_key"] == calls[0]
 
-    # The weights hash is remembered per model but follows every change of its tensors.
+    # The key follows every change of the weights.
     before = onnx_backend.cache_key(model, cfg)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
@@ -113,6 +113,10 @@ def test_cache_reused_and_rebuilt(tmp_path, monkeypatch, caplog):
     assert onnx_backend.cache_key(model, cfg) != before
     model.load_state_dict(saved)
     assert onnx_backend.cache_key(model, cfg) == before == calls[0]
+    with torch.no_grad():   # a write through .data leaves the tensor's version counter as it was
+        next(model.parameters()).data.mul_(2.0)
+    assert onnx_backend.cache_key(model, cfg) != before
+    model.load_state_dict(saved)
     other, _ = _build("LeeNet11", seed=1)
     assert onnx_backend.cache_key(other, cfg) != onnx_backend.cache_key(model, cfg)
     caplog.clear()
@@ -213,7 +217,11 @@ def test_auto_weighs_the_job(tmp_path, monkeypatch, caplog):
     assert "5 s of audio" in caplog.text and "does not repay the one-off ONNX export" in caplog.text
     assert not (tmp_path / "cache").exists()
     assert _auto(model, cfg, job_seconds=runtime.AUTO_EXPORT_MIN_SECONDS).backend_name == "onnxruntime"
-    assert _auto(model, cfg, job_seconds=60.0).backend_name == "onnxruntime"    # cached now
+    hashed = []
+    with monkeypatch.context() as m:   # the key auto looked up is handed on, not computed again
+        m.setattr(onnx_backend, "weights_hash", lambda mod, real=onnx_backend.weights_hash: hashed.append(1) or real(mod))
+        assert _auto(model, cfg, job_seconds=60.0).backend_name == "onnxruntime"    # cached now
+    assert len(hashed) == 1
     assert _auto(model, cfg).backend_name == "onnxruntime"                      # the Python API: size unknown
 
     wav = tmp_path / "a.wav"
