@@ -110,13 +110,13 @@ def test_describe_and_backends(monkeypatch):
 def test_exit_process_after_a_process_group_flushes_and_exits(tmp_path):
     """A process that had a process group (with DDP, which keeps it alive) leaves through os._exit with its
     output and logs flushed and status 0; without a group exit_process returns and the program goes on."""
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from test_ddp import _free_port
+    from test_train import REPO
+
+    port = _free_port()
     log = tmp_path / "run.log"
     code = f"""
 import logging, torch, torch.distributed as dist
@@ -132,8 +132,7 @@ print("printed before the exit", end="")
 devices.exit_process(0)
 raise SystemExit(3)
 """
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": os.path.join(repo, "pytorch")}
+    env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "pytorch")}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout == "no group: went on\nprinted before the exit"

@@ -287,8 +287,9 @@ def test_eager_only_before_dynamo_is_imported():
     import subprocess
     import sys
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": os.path.join(repo, "pytorch")}
+    from test_train import REPO
+
+    env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "pytorch")}
     r = subprocess.run([sys.executable, "-c", _COMPILE_FIRST], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.splitlines() == ["dynamo imported at start-up: False", "specaugment: True True 1",
