@@ -167,13 +167,16 @@ def fp32_settings_restored():
 class _Spy(torch.nn.Module):
     """Runs ``inner``, recording the fp32 precision settings it runs under (eagerly, also when compiled)."""
 
-    def __init__(self, inner, log):
+    def __init__(self, inner, log, outputs=None):
         super().__init__()
-        self.inner, self.log = inner, log
+        self.inner, self.log, self.outputs = inner, log, outputs
 
     def forward(self, *args, **kwargs):
         self._record()
-        return self.inner(*args, **kwargs)
+        out = self.inner(*args, **kwargs)
+        if self.outputs is not None:
+            self.outputs.append(out.detach().clone())
+        return out
 
     @torch.compiler.disable
     def _record(self):
@@ -190,19 +193,22 @@ _USER_SETTINGS = {
 }
 
 
-def _spied_cnn6():
+def _spied_cnn6(logmels=None):
+    """Cnn6 whose front-end modules and first conv block record the fp32 settings they run under (and, when
+    ``logmels`` is a list, the log-mel outputs (batch, 1, frames, mel_bins) they produce)."""
     with skip_weight_init():
         model = quick_fill(models.create_model("Cnn6", classes_num=3)).eval()
     front, body = [], []
     model.spectrogram_extractor = _Spy(model.spectrogram_extractor, front)
-    model.logmel_extractor = _Spy(model.logmel_extractor, front)
+    model.logmel_extractor = _Spy(model.logmel_extractor, front, logmels)
     model.conv_block1 = _Spy(model.conv_block1, body)
     return model, front, body
 
 
 @pytest.mark.parametrize("how", list(_USER_SETTINGS))
 def test_front_end_runs_in_ieee_fp32_and_user_settings_survive(how, fp32_settings_restored):
-    model, front, body = _spied_cnn6()
+    logmels = []
+    model, front, body = _spied_cnn6(logmels)
     x = 0.1 * torch.randn(2, 16000)
     with torch.no_grad():
         reference = model(x)["clipwise_output"]
@@ -222,7 +228,10 @@ def test_front_end_runs_in_ieee_fp32_and_user_settings_survive(how, fp32_setting
         # the legacy readers agree (torch raises on them when legacy and new settings disagree)
         assert seen["cudnn.allow_tf32"] is False and seen["cuda.matmul.allow_tf32"] is False, seen
     assert all(seen == user for seen in body)  # the CNN body runs under the user's settings
-    assert torch.equal(out, reference)         # this CPU has no reduced-precision fp32 path to take anyway
+    # The front end gives the same bits under any user setting. The body may not: where the CPU has a reduced
+    # fp32 path (oneDNN's bf16 on AVX512-BF16/AMX) the user asked for it and gets it, so only closeness holds.
+    assert len(logmels) == 3 and torch.equal(logmels[1], logmels[0])
+    torch.testing.assert_close(out, reference, atol=2e-2, rtol=0)
 
 
 def test_front_end_ieee_fp32_under_compile(fp32_settings_restored):
