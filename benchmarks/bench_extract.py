@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.join(REPO, "pytorch"))  # the `panns` package in a ch
 def make_clips(folder: str, n: int, seconds: float, sample_rate: int = 32000) -> list:
     import soundfile as sf
 
-    from panns.make_demo_dataset import CLASSES, synth_clip
+    from panns.demo.data import CLASSES, synth_clip
 
     os.makedirs(folder, exist_ok=True)
     rs = np.random.RandomState(0)

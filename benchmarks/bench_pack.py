@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "pytorch"))  # the `panns` package in a checkout
 
 from panns.dataset import pack_waveforms_to_hdf5
-from panns.make_demo_dataset import write_label_csv, write_segments_csv
+from panns.demo.data import write_label_csv, write_segments_csv
 
 
 def make_clips(folder: str, clips: int, fmt: str) -> str:

@@ -45,7 +45,7 @@ from panns import data_generator as dg  # noqa: E402
 from panns import storage  # noqa: E402
 from panns.create_indexes import create_indexes  # noqa: E402
 from panns.dataset import pack_waveforms_to_hdf5  # noqa: E402
-from panns.make_demo_dataset import write_label_csv, write_segments_csv  # noqa: E402
+from panns.demo.data import write_label_csv, write_segments_csv  # noqa: E402
 from panns.shards import join_packed_files  # noqa: E402
 
 SR = 32000

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from panns import data_generator as dg  # noqa: E402
 from panns import devices  # noqa: E402
 from panns import models  # noqa: E402
-from panns import train_lib as tl  # noqa: E402
+from panns.training import config as tl  # noqa: E402
 from panns.create_indexes import create_indexes  # noqa: E402
 from panns.losses import clip_bce  # noqa: E402
 from panns.utilities import Mixup  # noqa: E402

@@ -52,7 +52,7 @@ from panns import devices  # noqa: E402
 from panns import models  # noqa: E402
 from panns.create_indexes import create_indexes  # noqa: E402
 from panns.dataset import pack_waveforms_to_hdf5  # noqa: E402
-from panns.make_demo_dataset import make_demo_dataset  # noqa: E402
+from panns.demo.data import make_demo_dataset  # noqa: E402
 
 LOG_LINE = re.compile(r"iteration: (\d+), loss: ([\d.na]+), ([\d.]+) it/s, ([\d.]+) examples/s, data wait (\d+)%"
                       r"(?:, peak memory ([\d.]+) GiB)?")
@@ -280,7 +280,7 @@ def train_cmd(ws: Dict[str, str], a, steps: int, precision: str, extra: List[str
 
 
 def ckpt_dir(ws: Dict[str, str], a) -> str:
-    from panns.train_lib import TrainConfig
+    from panns.training.config import TrainConfig
 
     return TrainConfig(workspace=ws["workspace"], model_type=a.model_type, data_type="balanced_train",
                        batch_size=a.batch_size).checkpoints_dir

@@ -38,7 +38,7 @@ def make_dataset(root: str, extras: bool = True, multi_label_fraction: float = 0
                  per_class: Dict[str, int] | None = None) -> dict:
     """Demo data set (1-s clips) plus, in balanced_train, extras: a missing clip, a corrupt file, a 44.1 kHz
     wav, a stereo flac, a too-long and a too-short 32 kHz wav, and a hot (out of range) float wav."""
-    from panns.make_demo_dataset import CLASSES, make_demo_dataset
+    from panns.demo.data import CLASSES, make_demo_dataset
 
     per_class = per_class or {"balanced_train": 3, "eval": 2, "unbalanced_train": 3}
     make_demo_dataset(root, classes_num=classes_num, clips_per_class=per_class, clip_seconds=CLIP_SECONDS,
@@ -148,7 +148,7 @@ def make_shard_clips(root: str, labels_csv: str) -> dict:
             f.write(data)
         clips.append((ytid, value, mids, data, ext))
         rows.append((ytid, 0.0, 1.2, mids))
-    from panns.make_demo_dataset import write_segments_csv
+    from panns.demo.data import write_segments_csv
 
     csv_path = os.path.join(root, "segments.csv")
     write_segments_csv(csv_path, rows)

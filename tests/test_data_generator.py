@@ -19,7 +19,7 @@ SAMPLERS = [dg.TrainSampler, dg.BalancedTrainSampler, dg.AlternateTrainSampler]
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     """Single-label clips of 5 classes; the label CSV has a 6th class with no clip at all."""
-    from panns.make_demo_dataset import write_label_csv
+    from panns.demo.data import write_label_csv
 
     root = tmp_path_factory.mktemp("dg")
     info = make_dataset(str(root / "dataset"), extras=False, multi_label_fraction=0.0,

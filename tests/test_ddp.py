@@ -17,7 +17,7 @@ def _free_port() -> int:
 def test_torchrun_two_cpu_processes(tmp_path):
     from panns.checkpoint import load_checkpoint
     from panns.data_generator import TrainSampler
-    from panns.train_lib import TrainConfig
+    from panns.training.config import TrainConfig
 
     ws, labels = make_workspace(str(tmp_path), classes_num=3, train_per_class=3, eval_per_class=1)
     args = dict(workspace=ws, model_type="Cnn6", data_type="balanced_train", balanced="none", augmentation="mixup",
@@ -63,7 +63,7 @@ def test_find_unused_parameters_only_where_needed():
     import torch
 
     from panns import models
-    from panns.train_lib import unused_parameters
+    from panns.training.config import unused_parameters
 
     cnn6 = models.create_model("Cnn6", classes_num=3, sample_rate=16000, window_size=512, hop_size=400, mel_bins=64,
                                fmin=50, fmax=8000).train()

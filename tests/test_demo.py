@@ -7,8 +7,8 @@ import sys
 
 import h5py
 
-from panns import demo_checks as dc
-from panns.make_demo_dataset import EXAMPLE_EVENTS, make_example_clip
+from panns.demo import checks as dc
+from panns.demo.data import EXAMPLE_EVENTS, make_example_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

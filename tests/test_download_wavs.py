@@ -152,7 +152,7 @@ def test_scripts_1_2_3_end_to_end(tmp_path, repo_root):
 
     import h5py
 
-    from panns.make_demo_dataset import make_demo_dataset
+    from panns.demo.data import make_demo_dataset
 
     src = tmp_path / "src"
     made = make_demo_dataset(str(src), classes_num=2, clip_seconds=1.0, unbalanced_parts=1,

@@ -198,8 +198,8 @@ def test_full_disk_is_one_line_and_keeps_committed_rows(setup, tmp_path, monkeyp
 
 
 def test_extract_subcommand_has_one_owner():
-    """extract.py owns extract_embeddings (flags and handler); inference.py names it in its table
-    and imports nothing from it, and extract.py imports nothing from inference.py (no circle)."""
+    """extract.py owns extract_embeddings (flags and handler); inference.py imports the module into its
+    table like any other import, and extract.py imports nothing from inference.py (no circle)."""
     def imported(module) -> set:
         tree = ast.parse(open(module.__file__, encoding="utf-8").read())
         names = set()
@@ -211,8 +211,8 @@ def test_extract_subcommand_has_one_owner():
                 names.update(a.name for a in node.names)
         return names
 
-    assert not {"panns.extract", "extract"} & imported(inference)
+    assert "panns.extract" in imported(inference)
     assert not {"panns.inference", "inference"} & imported(extract)
-    assert inference.SUBCOMMANDS["extract_embeddings"][0] == extract.__name__
+    assert inference.SUBCOMMANDS["extract_embeddings"][0] is extract
     args = inference.build_parser().parse_args(["extract_embeddings", "--audio_path=x.wav", "--output_path=o.h5"])
     assert args.backend == "auto" and args.segment_seconds is None and not args.overwrite

@@ -20,12 +20,12 @@ import torch
 
 from panns import checkpoint
 from panns import finetune_data as fd
-from panns import finetune_task as ftask
+from panns.training import finetune as ftask
 from panns import finetune_template as ft
 from panns import models
 from panns.errors import PannsError, run_cli
 from panns.frontend import FRONTEND_KEYS
-from panns.make_demo_dataset import CLASSES, synth_clip
+from panns.demo.data import CLASSES, synth_clip
 
 SR = 16000
 FRONTEND = dict(sample_rate=SR, window_size=512, hop_size=250, mel_bins=64, fmin=50, fmax=8000)

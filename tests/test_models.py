@@ -11,7 +11,6 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
 from model_helpers import quick_fill, single_thread, skip_weight_init  # noqa: E402
 
-from panns import checkpoint  # noqa: F401  (attaches the official Transfer_*.load_from_pretrain)
 from panns import models
 from panns import pytorch_utils as pu
 from panns.errors import PannsError
@@ -241,7 +240,7 @@ def test_transfer_load_from_pretrain(tmp_path):
     path = tmp_path / "Cnn6.pth"
     torch.save({"model": base.state_dict(), "iteration": 0, "sampler": {"indexes": np.arange(4)}}, path)
     m = models.make_transfer_model("Cnn6", classes_num=3)
-    m.load_from_pretrain(str(path))   # the official method (attached by panns.checkpoint)
+    m.load_from_pretrain(str(path))   # the official method
     torch.testing.assert_close(m.base.fc1.weight, base.fc1.weight)
 
 

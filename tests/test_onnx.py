@@ -332,7 +332,7 @@ def test_int8_guard(export_dir):
     onnx_backend.quantize_int8(str(src), dst, cfg, key="k", calibration=calib)
     be = onnx_backend.OnnxBackend(dst, threads=1)
     assert be.metadata["precision"] == "int8" and be.metadata["cache_key"] == "k"
-    from panns.make_demo_dataset import CLASSES, synth_clip
+    from panns.demo.data import CLASSES, synth_clip
 
     rs = np.random.RandomState(123)
     x = np.stack([synth_clip(rs, [i], 3.0, cfg.sample_rate) for i in range(min(4, len(CLASSES)))]).astype(np.float32)

@@ -14,7 +14,6 @@ import sys
 import sysconfig
 
 import numpy as np
-import pytest
 import soundfile as sf
 import torch
 
@@ -33,6 +32,22 @@ def _setuptools_ok() -> bool:
     return tuple(int(x) for x in setuptools.__version__.split(".")[:2]) >= (70, 1)
 
 
+def _version() -> str:
+    import panns
+
+    return panns.__version__
+
+
+def _copy_sources(src) -> None:
+    """What a clone holds for packaging, copied so that builds leave nothing in the checkout."""
+    src.mkdir()
+    for name in ("pytorch", "utils", "metadata"):
+        shutil.copytree(os.path.join(REPO, name), src / name, ignore=shutil.ignore_patterns("__pycache__"),
+                        symlinks=True)
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(REPO, name), src / name)
+
+
 def _venv_seeing_these_packages(venv) -> str:
     """A new venv (no pip of its own) whose site-packages points at this interpreter's, so the installed
     wheel finds torch etc.; returns its python."""
@@ -47,11 +62,7 @@ def _venv_seeing_these_packages(venv) -> str:
 
 def test_pip_install_gives_one_panns_package_usable_from_another_folder(tmp_path):
     src = tmp_path / "src"
-    src.mkdir()
-    for name in ("pytorch", "utils", "metadata"):
-        shutil.copytree(os.path.join(REPO, name), src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("setup.py", "pyproject.toml", "README.md"):
-        shutil.copy(os.path.join(REPO, name), src / name)
+    _copy_sources(src)
     venv = tmp_path / "venv"
     py = _venv_seeing_these_packages(venv)
     env = dict(os.environ, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
@@ -72,7 +83,9 @@ def test_pip_install_gives_one_panns_package_usable_from_another_folder(tmp_path
     site_dir = glob.glob(str(venv / "lib" / "python*" / "site-packages"))[0]
     installed = sorted(n for n in os.listdir(site_dir) if not n.startswith("_") and n != "__pycache__")
     assert [n for n in installed if not n.endswith(".dist-info") and not n.endswith(".pth")] == ["panns"]
-    assert os.path.isfile(os.path.join(site_dir, "panns", "metadata", "class_labels_indices.csv"))
+    with open(os.path.join(site_dir, "panns", "metadata", "class_labels_indices.csv"), encoding="utf-8") as f:
+        assert len(f.read().splitlines()) == 528   # the file itself (the checkout holds a link), header + 527
+    assert [n for n in installed if n.endswith(".dist-info")] == [f"panns_audio-{_version()}.dist-info"]
 
     # a checkpoint and a clip somewhere else; run from a third folder
     torch.manual_seed(0)
@@ -102,3 +115,28 @@ def test_pip_install_gives_one_panns_package_usable_from_another_folder(tmp_path
     # no generic top-level names leak into site-packages
     proc = subprocess.run([py, "-c", "import models"], cwd=str(work), env=env, capture_output=True, text=True)
     assert proc.returncode != 0
+
+
+def test_editable_install_is_a_plain_path_entry_into_the_checkout(tmp_path):
+    """``pip install -e .`` writes a static ``.pth`` naming the source root (what pyright, jedi and every editor
+    follow; an import-hook finder they cannot), and ``panns.models.Cnn14`` resolves to the checkout's class."""
+    src = tmp_path / "src"
+    _copy_sources(src)
+    py = _venv_seeing_these_packages(tmp_path / "venv")
+    env = dict(os.environ, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.pop("PYTHONPATH", None)
+    isolation = ["--no-build-isolation"] if _setuptools_ok() else []
+    build_env = env if isolation else {k: v for k, v in env.items() if k != "PIP_NO_INDEX"}
+    proc = subprocess.run([sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-deps", *isolation,
+                           "-e", str(src)], env=build_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    site_dir = glob.glob(str(tmp_path / "venv" / "lib" / "python*" / "site-packages"))[0]
+    entries = [open(os.path.join(site_dir, n), encoding="utf-8").read().split()
+               for n in os.listdir(site_dir) if n.endswith(".pth") and n != "_outer_site.pth"]
+    assert entries == [[str(src / "pytorch")]], entries   # a path, no `import` line (no finder hook)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    code = "import inspect, panns.models as m; print(inspect.isclass(m.Cnn14), inspect.getsourcefile(m.Cnn14))"
+    proc = subprocess.run([py, "-c", code], cwd=str(work), env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", str(src / "pytorch" / "panns" / "models.py")]

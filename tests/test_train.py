@@ -26,7 +26,7 @@ def make_workspace(root, classes_num=5, train_per_class=4, eval_per_class=2, cli
     """Generate clips, pack them and write the index files; returns (workspace, label CSV)."""
     from panns.create_indexes import combine_full_indexes, create_indexes
     from panns.dataset import pack_waveforms_to_hdf5
-    from panns.make_demo_dataset import make_demo_dataset
+    from panns.demo.data import make_demo_dataset
 
     ds, ws = os.path.join(root, "dataset"), os.path.join(root, "workspace")
     make_demo_dataset(ds, classes_num=classes_num,
@@ -47,7 +47,7 @@ def make_workspace(root, classes_num=5, train_per_class=4, eval_per_class=2, cli
 
 
 def tiny_config(ws, labels, **kw):
-    from panns.train_lib import TrainConfig
+    from panns.training.config import TrainConfig
 
     base = dict(workspace=ws, model_type="Cnn6", data_type="balanced_train", batch_size=4, num_workers=0,
                 eval_every=1000, save_every=1000, early_stop=4, class_labels_csv=labels, log_every=2, **FAST)
@@ -62,7 +62,7 @@ def tiny_ws(tmp_path_factory):
 
 
 def test_workspace_layout_is_official(tmp_path):
-    from panns.train_lib import TrainConfig
+    from panns.training.config import TrainConfig
 
     cfg = TrainConfig(workspace="ws", model_type="Cnn14")
     assert cfg.checkpoint_path(600000) == os.path.join(

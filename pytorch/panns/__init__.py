@@ -6,34 +6,32 @@ and 2048-d embeddings.
     m.tag("clip.wav")                    # [("Speech", 0.93), ...]
     panns.AudioTagging(device="cpu").inference(audio)   # panns_inference's interface
 
-In a checkout, the project's modules live in ``pytorch/`` and ``utils/`` (the official layout, so
-the official command lines keep working); this package's search path spans both directories, so
-``panns.models`` is ``pytorch/models.py`` and ``panns.config`` is ``utils/config.py``. An installed
-copy (``pip install .``) holds the same modules in one folder. Importing ``panns`` loads nothing
-heavy and touches no network: the API below is imported on first use.
+Every module of the project lives in this folder (``pytorch/panns/``); the official command lines
+(``pytorch/main.py``, ``utils/dataset.py``, ...) are thin scripts that run them. Importing ``panns``
+loads nothing heavy and touches no network: the API names below load ``panns.api`` (and torch) on
+first use. Type checkers and editors see them through the ``TYPE_CHECKING`` imports.
 """
-import os as _os
+from typing import TYPE_CHECKING
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
-_here = _os.path.dirname(_os.path.abspath(__file__))
-_pytorch_dir = _os.path.dirname(_here)
-_utils_dir = _os.path.join(_os.path.dirname(_pytorch_dir), "utils")
-if _os.path.basename(_pytorch_dir) == "pytorch" and _os.path.isfile(_os.path.join(_utils_dir, "config.py")):
-    # A checkout: the modules stay where the official layout puts them.
-    __path__ = [_here, _pytorch_dir, _utils_dir]
+if TYPE_CHECKING:   # what the lazy names below are, for pyright/jedi; nothing is imported at run time
+    from panns.api import AudioTagging, Model, SoundEventDetection, load  # noqa: F401
+    from panns.config import classes_num, labels  # noqa: F401
 
 _API = ("load", "Model", "AudioTagging", "SoundEventDetection")
-__all__ = list(_API) + ["labels", "hear", "__version__"]
+_CONFIG = ("labels", "classes_num")   # panns_inference exports the AudioSet labels
+__all__ = list(_API) + list(_CONFIG) + ["__version__"]
 
 
 def __getattr__(name: str):
-    """The API (torch and friends) loads on first use, so ``import panns`` stays instant."""
+    """The API names (torch and friends) load on first use, so ``import panns`` stays instant; any other
+    name raises AttributeError as for a plain module."""
     if name in _API:
         from panns import api
 
         return getattr(api, name)
-    if name in ("labels", "classes_num"):   # panns_inference exports the AudioSet labels
+    if name in _CONFIG:
         from panns import config
 
         return getattr(config, name)

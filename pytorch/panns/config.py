@@ -14,17 +14,18 @@ import csv
 import functools
 import os
 from dataclasses import dataclass
-from typing import List
+from typing import TYPE_CHECKING, Dict, List
 
 from panns.errors import PannsError
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(_HERE)
+REPO_ROOT = os.path.dirname(os.path.dirname(_HERE))   # <repo>/pytorch/panns/config.py (meaningful in a checkout)
 _LABELS_NAME = os.path.join("metadata", "class_labels_indices.csv")
 
 
 def _default_labels_csv() -> str:
-    """The checkout's metadata/ CSV, else the copy inside an installed package (next to this file)."""
+    """The checkout's metadata/ CSV, else the package's own copy (``panns/metadata/``, a link to it in a checkout,
+    the file itself in an installed wheel)."""
     for path in (os.path.join(REPO_ROOT, _LABELS_NAME), os.path.join(_HERE, _LABELS_NAME)):
         if os.path.isfile(path):
             return path
@@ -91,6 +92,16 @@ def _read_class_labels_cached(path: str, _mtime: float) -> ClassLabels:
     if not labels:
         raise PannsError(f"{path} lists no classes")
     return ClassLabels(ids=ids, labels=labels)
+
+
+if TYPE_CHECKING:   # the lazy module-level names below, typed for pyright/editors
+    labels: List[str]
+    ids: List[str]
+    classes_num: int
+    lb_to_ix: Dict[str, int]
+    id_to_ix: Dict[str, int]
+    ix_to_lb: Dict[int, str]
+    ix_to_id: Dict[int, str]
 
 
 def __getattr__(name: str):

@@ -34,18 +34,11 @@ import logging
 import os
 import shutil
 import signal
-import sys
 from dataclasses import dataclass
 from typing import Iterator, List, Optional
 
-if __name__ == "__main__":  # Ctrl-C while the modules load (nothing written yet): one line, no traceback
-    signal.signal(signal.SIGINT, lambda *_: (print("error: interrupted", file=sys.stderr), os._exit(130)))
-
 import h5py
 import numpy as np
-
-if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch/panns) importable
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pytorch"))
 
 from panns import storage
 from panns.errors import PannsError, run_cli

@@ -51,22 +51,15 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from queue import Empty, Queue
 from typing import Dict, List, Optional, Sequence, Tuple
 
-if __name__ == "__main__":  # Ctrl-C while the modules load (nothing written yet): one line, no traceback
-    signal.signal(signal.SIGINT, lambda *_: (print("error: interrupted", file=sys.stderr), os._exit(130)))
-
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
-
-if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch/panns) importable
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pytorch"))
 
 from panns import config, packing, shards
 from panns import storage as storage_mod

@@ -28,9 +28,6 @@ from typing import Optional
 
 from tqdm import tqdm
 
-if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch/panns) importable
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pytorch"))
-
 from panns import config
 from panns.errors import PannsError, run_cli
 

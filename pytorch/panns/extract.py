@@ -11,7 +11,7 @@ Python API (also used by the fine-tuning linear probe)::
     extract_to_hdf5(ex, paths, "features.h5")          # resumable file output (what the CLI does)
 
 The ``extract_embeddings`` sub-command of ``inference.py`` is defined here (:func:`add_arguments`,
-:func:`run`); inference.py names this module in its sub-command table and imports nothing from it.
+:func:`run`); inference.py imports it into its sub-command table; this module imports nothing from inference.py.
 
 How it is fast: torch DataLoader workers decode (and resample) files while the model runs;
 decoded clips are grouped by length and run as batches (equal lengths only, so a row equals a

@@ -41,7 +41,7 @@ import os
 from typing import Optional
 
 from panns import finetune_data as fd
-from panns import finetune_task
+from panns.training import finetune as finetune_task
 from panns.errors import PannsError, run_cli
 from panns.frontend import add_frontend_args
 from panns.models import Transfer_Cnn14, make_transfer_model  # noqa: F401  (official names, re-exported)

@@ -64,6 +64,10 @@ FRONT_END_32K = FrontEnd()
 FRONT_END_16K = FrontEnd(16000, 512, 160, 64, 50, 8000)
 FRONT_END_8K = FrontEnd(8000, 256, 80, 64, 50, 4000)
 
+# The front ends of the model zoo, each with the first model that uses it: filled by models.py as it
+# registers its classes, read by state_dicts to name the front end a checkpoint's mel matrix shows.
+KNOWN: Dict[FrontEnd, str] = {}
+
 _HELP = {"sample_rate": "sample rate the model runs at (Hz)", "window_size": "STFT window (n_fft, samples)",
          "hop_size": "STFT hop (samples)", "mel_bins": "number of mel bins",
          "fmin": "lowest mel frequency (Hz)", "fmax": "highest mel frequency (Hz)"}

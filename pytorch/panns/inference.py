@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import errno
-import importlib
 import json
 import logging
 import math
@@ -42,6 +41,7 @@ import torch
 
 from panns import audio_io
 from panns import config
+from panns import extract
 from panns import runtime
 from panns.errors import AudioDecodeError, PannsError, run_cli
 from panns.frontend import add_frontend_args, frontend_overrides
@@ -507,15 +507,14 @@ def sound_event_detection(args) -> int:
 
 
 # ----------------------------------------------------------------------------- CLI
-# Sub-commands owned by other modules: name -> (module, help). The module is named here, not
-# imported (this file imports none of them), and loaded when the parser is built; it defines
+# Sub-commands owned by other modules: name -> (module, help). Each module defines
 # add_arguments(parser) for its own flags (the model, device and input flags come from
-# _add_common) and run(args) -> exit status.
-SUBCOMMANDS = {"extract_embeddings": ("panns.extract", "embeddings + clipwise output of many files into HDF5")}
+# _add_common) and run(args) -> exit status; it imports nothing from this file.
+SUBCOMMANDS = {"extract_embeddings": (extract, "embeddings + clipwise output of many files into HDF5")}
 
 
 def _command_module(mode: str):
-    return importlib.import_module(SUBCOMMANDS[mode][0])
+    return SUBCOMMANDS[mode][0]
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

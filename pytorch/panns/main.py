@@ -21,9 +21,9 @@ from typing import Any, Dict, Optional
 from panns import devices
 from panns.errors import run_cli
 from panns.frontend import add_frontend_args
-from panns import train_lib as tl
-from panns.train_lib import TrainConfig
-from panns.train_session import AudioSetTask
+from panns.training import config as tl
+from panns.training.config import TrainConfig
+from panns.training.audioset import AudioSetTask
 
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:

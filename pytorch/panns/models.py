@@ -14,8 +14,9 @@ numbers in fp32. Instead of 23 copies of the front end and head, the parts are w
 
 Extensions (not official, no official checkpoint): ``MobileNetV1_DecisionLevelMax`` and
 ``Cnn6_DecisionLevelMax/Avg``, SED heads on the small bodies; the CPU demo trains
-``Cnn6_DecisionLevelAvg``. ``Transfer_<Base>.load_from_pretrain`` (official method) is attached by
-``checkpoint.py``, where loading lives, so this module never imports it.
+``Cnn6_DecisionLevelAvg``. ``Transfer_<Base>.load_from_pretrain`` (official method) uses
+``state_dicts.py``, the checkpoint reading below the zoo (``checkpoint.py``, which rebuilds models
+from this registry, sits above).
 
 Mixed precision: under ``torch.autocast`` the front end and the final sigmoid / softmax run in
 float32; only the CNN body runs in bf16/fp16. The front end also runs with TF32 off (``amp.ieee_fp32``), so
@@ -32,12 +33,37 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchlibrosa.stft import LogmelFilterBank, Spectrogram
 
+from panns import state_dicts
 from panns.amp import ieee_fp32
-from panns.pytorch_utils import do_mixup, interpolate, pad_framewise_output
-from panns.spec_augment import SpecAugmentation
-
 from panns.errors import PannsError
 from panns.frontend import FRONT_END_8K, FRONT_END_16K, FRONT_END_32K, FrontEnd
+from panns.frontend import KNOWN as KNOWN_FRONT_ENDS
+from panns.spec_augment import SpecAugmentation
+
+
+def do_mixup(x: torch.Tensor, mixup_lambda) -> torch.Tensor:
+    """Mix neighbouring items: out[i] = x[2i] * lam[2i] + x[2i+1] * lam[2i+1].
+
+    x: (2B, ...) any rank; mixup_lambda: (2B,) tensor (or array) -> (B, ...)."""
+    lam = torch.as_tensor(mixup_lambda, device=x.device)
+    lam = lam.to(x.dtype if x.is_floating_point() else torch.float32)
+    out = x[0::2].transpose(0, -1) * lam[0::2] + x[1::2].transpose(0, -1) * lam[1::2]
+    return out.transpose(0, -1)
+
+
+def interpolate(x: torch.Tensor, ratio: int) -> torch.Tensor:
+    """Repeat every time step ``ratio`` times: (B, T, C) -> (B, T * ratio, C)."""
+    b, t, c = x.shape
+    return x[:, :, None, :].repeat(1, 1, ratio, 1).reshape(b, t * ratio, c)
+
+
+def pad_framewise_output(framewise_output: torch.Tensor, frames_num: int) -> torch.Tensor:
+    """Append copies of the last frame up to ``frames_num``: (B, T, C) -> (B, frames_num, C)."""
+    missing = frames_num - framewise_output.shape[1]
+    if missing <= 0:
+        return framewise_output
+    pad = framewise_output[:, -1:, :].repeat(1, missing, 1)
+    return torch.cat((framewise_output, pad), dim=1)
 
 
 def init_layer(layer: nn.Module) -> None:
@@ -886,6 +912,14 @@ class _Transfer(nn.Module):
             self.base.eval()
         return self
 
+    def load_from_pretrain(self, pretrained_checkpoint_path: str) -> None:
+        """Official method: load an AudioSet checkpoint (official ``{'model': state_dict}`` or ours) into
+        ``base``, strictly, with one-line errors (see ``state_dicts.load_pretrained_base``)."""
+        ckpt = state_dicts.load_checkpoint(pretrained_checkpoint_path)
+        sd = state_dicts.strip_prefixes(state_dicts.model_state_dict(ckpt, pretrained_checkpoint_path))
+        state_dicts.load_pretrained_base(self.base, sd, pretrained_checkpoint_path, self.base_type,
+                                         official=not isinstance(ckpt.get("config"), dict))
+
     def forward(self, input, mixup_lambda=None):
         """input: (B, samples) -> {'clipwise_output': (B', classes), 'embedding': (B, D), ...};
         B' = B/2 with mixup (pairs mixed)."""
@@ -990,6 +1024,7 @@ MODELS: Dict[str, ModelSpec] = {}
 def _register_all() -> None:
     for cls in _CLASSES:
         MODELS[cls.__name__] = _spec_for(cls)
+        KNOWN_FRONT_ENDS.setdefault(MODELS[cls.__name__].front_end, cls.__name__)
     MODELS["Transfer_Cnn14"] = _transfer_spec("Cnn14")
 
 

@@ -348,7 +348,7 @@ INT8_FORMAT = 1   # bumped when the quantisation recipe changes (invalidates cac
 def calibration_clips(sample_rate: int, n: int = 8, seconds: float = 10.0) -> List[np.ndarray]:
     """Seeded synthetic sound scenes (tones, noise bursts, clicks of the demo data set) used to
     calibrate int8 activation ranges, so quantisation needs no user data."""
-    from panns.make_demo_dataset import CLASSES, synth_clip  # the demo synthesiser, only for calibration
+    from panns.demo.data import CLASSES, synth_clip  # the demo synthesiser, only for calibration
 
     rs = np.random.RandomState(0)
     return [synth_clip(rs, list(rs.choice(len(CLASSES), size=1 + i % 2, replace=False)), seconds,

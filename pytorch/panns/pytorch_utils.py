@@ -1,4 +1,7 @@
-"""Tensor helpers shared by models, training and evaluation (official ``pytorch_utils`` semantics)."""
+"""The official ``pytorch_utils`` names: device moves, parameter/FLOP counts and ``forward`` (a model
+over batches, through ``runtime.run_batches``). The tensor ops the models use (``do_mixup``,
+``interpolate``, ``pad_framewise_output``) live in ``models.py``, below this module, and are
+re-exported here under their official names."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +10,9 @@ from typing import Dict, Iterable
 import numpy as np
 import torch
 import torch.nn as nn
+
+from panns import runtime
+from panns.models import do_mixup, interpolate, pad_framewise_output  # noqa: F401  (official names)
 
 logger = logging.getLogger(__name__)
 
@@ -24,31 +30,6 @@ def move_data_to_device(x, device):
     else:
         return x
     return x.to(device)
-
-
-def do_mixup(x: torch.Tensor, mixup_lambda) -> torch.Tensor:
-    """Mix neighbouring items: out[i] = x[2i] * lam[2i] + x[2i+1] * lam[2i+1].
-
-    x: (2B, ...) any rank; mixup_lambda: (2B,) tensor (or array) -> (B, ...)."""
-    lam = torch.as_tensor(mixup_lambda, device=x.device)
-    lam = lam.to(x.dtype if x.is_floating_point() else torch.float32)
-    out = x[0::2].transpose(0, -1) * lam[0::2] + x[1::2].transpose(0, -1) * lam[1::2]
-    return out.transpose(0, -1)
-
-
-def interpolate(x: torch.Tensor, ratio: int) -> torch.Tensor:
-    """Repeat every time step ``ratio`` times: (B, T, C) -> (B, T * ratio, C)."""
-    b, t, c = x.shape
-    return x[:, :, None, :].repeat(1, 1, ratio, 1).reshape(b, t * ratio, c)
-
-
-def pad_framewise_output(framewise_output: torch.Tensor, frames_num: int) -> torch.Tensor:
-    """Append copies of the last frame up to ``frames_num``: (B, T, C) -> (B, frames_num, C)."""
-    missing = frames_num - framewise_output.shape[1]
-    if missing <= 0:
-        return framewise_output
-    pad = framewise_output[:, -1:, :].repeat(1, missing, 1)
-    return torch.cat((framewise_output, pad), dim=1)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -113,8 +94,6 @@ def forward(model: nn.Module, generator: Iterable[dict], return_input: bool = Fa
             return_target: bool = False) -> Dict[str, np.ndarray]:
     """Run ``model`` (eval, no grad) over batches {'audio_name', 'waveform'(, 'target')} and
     concatenate 'audio_name', 'clipwise_output' (and 'framewise_output', 'waveform', 'target')."""
-    from panns import runtime  # the runtime sits above the models that import this module
-
     carry = ("audio_name",) + (("waveform",) if return_input else ()) + (("target",) if return_target else ())
     out = runtime.run_batches(model, generator, outputs=("clipwise_output", "segmentwise_output", "framewise_output"),
                               carry=carry)

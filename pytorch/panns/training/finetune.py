@@ -2,7 +2,7 @@
 
 :func:`run` builds ``Transfer_<Base>`` with the pretrained base loaded strictly, decodes the clips once
 (``finetune_data``), then either fits a linear probe (``probe``) or fine-tunes with
-``train_core.Trainer`` - the loop, optimizer, Mixup, checkpoints and exact resume of ``main.py train``.
+``training.core.Trainer`` - the loop, optimizer, Mixup, checkpoints and exact resume of ``main.py train``.
 :class:`FineTuneTask` is what differs: the clip cache's loaders, the evaluation on the held-out clips
 (accuracy or mAP, ``metrics.jsonl``, ``report.txt``, the best score) and the checkpoint names:
 ``latest.pth`` at every evaluation (the training checkpoint ``--resume`` continues from) and
@@ -25,13 +25,13 @@ from panns import checkpoint as ckpt_lib
 from panns import devices, losses, models, runtime
 from panns import finetune_data as fd
 from panns import probe
-from panns import train_lib as tl
+from panns.training import config as tl
 from panns.devices import DistInfo
 from panns.errors import CheckpointError, PannsError
 from panns.evaluate import classification_scores
 from panns.frontend import FRONTEND_KEYS
 from panns.models import make_transfer_model
-from panns.train_core import CoreSettings, Meter, Trainer
+from panns.training.core import CoreSettings, Meter, Trainer
 from panns.utilities import atomic_write_text, create_folder, create_logging
 
 logger = logging.getLogger("finetune")
@@ -178,7 +178,7 @@ def predict(model: torch.nn.Module, loader, precision: str, output: str) -> Tupl
 # The task
 # ------------------------------------------------------------------------------------------------------------
 class FineTuneTask:
-    """Fine-tuning's part of a run (see train_core.Task): loaders over the clip cache, evaluation on the
+    """Fine-tuning's part of a run (see training.core.Task): loaders over the clip cache, evaluation on the
     held-out clips, ``latest.pth`` / ``best.pth`` / ``report.txt`` / ``metrics.jsonl`` in ``run_dir``."""
 
     def __init__(self, args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.ClipCache,

@@ -3,7 +3,7 @@
 :func:`check_inputs` fails with one clear line before any work (label CSV, model name, index files,
 the waveform files they name, clip lengths); :class:`AudioSetTask` sets up the run (paths, logging,
 model, index-file loaders, Evaluator and statistics) and hands the loop, checkpoints and resume to
-``train_core.Trainer``.
+``training.core.Trainer``.
 """
 from __future__ import annotations
 
@@ -23,15 +23,15 @@ from panns import config
 from panns import data_generator as dg
 from panns import devices
 from panns import models
-from panns import train_lib as tl
+from panns.training import config as tl
 from panns.create_indexes import read_index
 from panns.devices import DistInfo
 from panns.errors import CheckpointError, PannsError
 from panns.evaluate import Evaluator, StatisticsContainer
 from panns.losses import get_loss_func
 from panns.pytorch_utils import count_parameters
-from panns.train_core import CoreSettings, Meter, Trainer
-from panns.train_lib import TrainConfig
+from panns.training.core import CoreSettings, Meter, Trainer
+from panns.training.config import TrainConfig
 from panns.utilities import create_folder, create_logging
 
 logger = logging.getLogger("main")
@@ -137,10 +137,10 @@ def build_model(cfg: TrainConfig, classes_num: int, clip_samples: int, eval_clip
 
 # ------------------------------------------------------------------------------------------ the task
 class AudioSetTask:
-    """``main.py train``'s part of a run (see train_core.Task): checks, run folders and logs, the model,
+    """``main.py train``'s part of a run (see training.core.Task): checks, run folders and logs, the model,
     the index-file samplers and loaders, the Evaluator with ``statistics.pkl``, ``<N>_iterations.pth``.
 
-    Builds the :class:`train_core.Trainer` that runs the loop (``self.trainer``)."""
+    Builds the :class:`training.core.Trainer` that runs the loop (``self.trainer``)."""
 
     def __init__(self, cfg: TrainConfig, info: DistInfo):
         self.cfg, self.info = cfg, info
@@ -230,7 +230,7 @@ class AudioSetTask:
                                   f"{', '.join(map(str, have)) or 'none'}")
         return path
 
-    # ------------------------------------------------------------------------ train_core.Task
+    # ------------------------------------------------------------------------ training.core.Task
     def evaluate(self, iteration: int, trained: Meter) -> None:
         t0 = time.perf_counter()
         results = {key: self.evaluator.evaluate(loader) for key, loader in self.eval_loaders.items()}

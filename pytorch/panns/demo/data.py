@@ -17,14 +17,10 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import sys
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import soundfile as sf
-
-if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch/panns) importable
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pytorch"))
 
 from panns.errors import PannsError, run_cli
 from panns.utilities import atomic_write, atomic_write_text

@@ -3,7 +3,7 @@
 :class:`Trainer` holds what every training run has: the model and its wrappers (DDP, torch.compile),
 the optimizer (the official Adam with amsgrad, over the parameters that require gradients), the
 GradScaler, Mixup, the training batch stream and its resumable sampler, the loop with its named
-conditions (:meth:`Trainer.should_eval`, :meth:`Trainer.should_save`), ``train_lib.train_step``, the
+conditions (:meth:`Trainer.should_eval`, :meth:`Trainer.should_save`), ``training.config.train_step``, the
 log and progress lines, the checkpoint and the exact resume from one.
 
 A checkpoint holds ``config`` (the run's settings and the model config: type, front end, labels),
@@ -25,7 +25,7 @@ import torch
 
 from panns import checkpoint
 from panns import data_generator as dg
-from panns import train_lib as tl
+from panns.training import config as tl
 from panns.devices import DistInfo
 from panns.errors import CheckpointError, PannsError
 from panns.frontend import FRONTEND_KEYS

@@ -1,4 +1,4 @@
-"""Building blocks of training (``main.py train`` and fine-tuning, through ``train_core``).
+"""Building blocks of training (``main.py train`` and fine-tuning, through ``training.core``).
 
 Everything the loop needs but is not the loop: the typed :class:`TrainConfig` of ``main.py train``
 (defaults = the official recipe) with the official workspace layout and its value checks, the
@@ -34,7 +34,7 @@ from panns.utilities import atomic_write_text, create_folder
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # <repo>/pytorch/panns/
 DATA_TYPES = ("balanced_train", "full_train")
 BALANCED = ("none", "balanced", "alternate")
 AUGMENTATIONS = ("none", "mixup")

@@ -26,9 +26,6 @@ from typing import Dict, List, Sequence, Tuple
 import h5py
 import numpy as np
 
-if __name__ == "__main__":  # run as a script: make the `panns` package (pytorch/panns) importable
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pytorch"))
-
 from panns.errors import PannsError, run_cli
 from panns.utilities import atomic_write_text
 

@@ -1,0 +1,16 @@
+"""AudioSet acquisition and packing (official ``utils/dataset.py`` sub-commands, fixed).
+
+The command line of ``panns.dataset`` (``pytorch/panns/dataset.py``), kept where the official layout runs it."""
+import os
+import signal
+import sys
+
+signal.signal(signal.SIGINT, lambda *_: (print("error: interrupted", file=sys.stderr), os._exit(130)))  # Ctrl-C while the modules load: one line
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pytorch"))  # the panns package in a checkout
+
+from panns.dataset import main  # noqa: E402
+from panns.errors import run_cli  # noqa: E402
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,13 @@
+"""The demo's self-checks: every stage's result compared with the truth the demo generated.
+
+The command line of ``panns.demo.checks`` (``pytorch/panns/demo/checks.py``), kept where the official layout runs it."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pytorch"))  # the panns package in a checkout
+
+from panns.demo.checks import main  # noqa: E402
+from panns.errors import run_cli  # noqa: E402
+
+if __name__ == "__main__":
+    run_cli(main)
