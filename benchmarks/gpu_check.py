@@ -11,15 +11,26 @@ Stages (each reported as a row; a failing stage is a FAIL row with its one-line 
    state, and the time per call on a training batch.
 3. loader: int16 batches -> to_device are bit-identical to the float path on the device.
 4. workspace: 10-s 32 kHz clips made by the project's demo data generator, packed and indexed.
-5. train: ``pytorch/main.py train`` for --steps steps per precision (fp32, bf16, fp16, bf16+compile): it/s,
-   examples/s, data wait and peak GPU memory from the run's last log line.
+   ceiling: the model-only training step (bf16, fused Adam, synthetic batch already on the GPU) eager vs compiled,
+   each with and without channels_last: what the GPU can do with this model, examples/s.
+   graph breaks: the compiled training step as the trainer sets it up (``graph breaks: 0``).
+5. train: ``pytorch/main.py train`` for --steps steps: the default configuration of ``scripts/4_train.sh``
+   (``--precision auto --compile auto``), bf16 eager and fp32 (IEEE): it/s, examples/s, data wait and peak GPU
+   memory from the run's last log line. On H100/H200-class GPUs the default FAILs below 1,900 examples/s and bf16
+   eager below 1,250 (a speed row that passes at any speed checks nothing).
+   profile: one real eager bf16 step split into loader wait, host->device, front end, body forward+backward,
+   optimizer (each phase timed to completion).
+   eval: one evaluation round through the trainer's Evaluator (clips/s, metrics time) and its share of wall time
+   at the official cadence (2,000 steps between evaluations of ~39k AudioSet clips) at the default's speed.
 6. resume: 2N steps straight vs N + resume + N with ``--deterministic``: weights and optimizer bit-equal?
 7. inference: ``inference.py audio_tagging`` / ``sound_event_detection`` / ``extract_embeddings`` on the
    device vs the CPU (max abs difference of the outputs).
+   extract: ``extract_embeddings`` on the GPU over >= 1,000 clips, clips/s with start-up excluded (two runs of
+   different sizes, their difference).
 8. fine-tune: ``finetune_template.py train`` for 20 steps in fp16 (the GradScaler path).
 
-``--dry-run`` runs every stage on the CPU at toy size (Cnn6, 1-s clips, a few steps; fp32 training only,
-inference compared between two CPU runs) - the test suite runs it so the script is known to work before a GPU ever sees it.
+``--dry-run`` runs every stage on the CPU at toy size (Cnn6, 1-s clips, a few steps; fp32 training only, the
+compiled variants captured with the eager backend, inference compared between two CPU runs) - the test suite runs it so the script is known to work before a GPU ever sees it.
 """
 from __future__ import annotations
 
@@ -61,9 +72,11 @@ LOG_LINE = re.compile(r"iteration: (\d+), loss: ([\d.na]+), ([\d.]+) it/s, ([\d.
 class Check:
     """Collects the table rows; ``stage`` runs one stage and records OK/FAIL with its elapsed time."""
 
-    def __init__(self, out_dir: str):
+    def __init__(self, out_dir: str, only=frozenset()):
         self.rows: List[Dict[str, str]] = []
         self.out_dir = out_dir
+        self.only = set(only)   # stages to run (empty: all); the workspace runs whenever one of them needs it
+        self.speeds: Dict[str, float] = {}   # train variant -> examples/s (read by the eval stage)
 
     def add(self, stage: str, item: str, result: str, ok: bool = True, seconds: float = float("nan")) -> None:
         self.rows.append({"stage": stage, "item": item, "result": result, "status": "ok" if ok else "FAIL",
@@ -71,6 +84,9 @@ class Check:
         print(f"[{stage}] {item}: {result} ({'ok' if ok else 'FAIL'})", flush=True)
 
     def stage(self, name: str, fn: Callable[[], None]) -> None:
+        needs_data = {"loader", "train", "eval", "profile", "resume", "inference", "extract", "fine-tune"}
+        if self.only and name not in self.only and not (name == "workspace" and self.only & needs_data):
+            return
         t0 = time.perf_counter()
         try:
             fn()
@@ -246,7 +262,114 @@ def stage_loader(c: Check, device: torch.device, ws: Dict[str, str]) -> None:
     exact = bool(np.array_equal(every, (allv / 32767.0).astype(np.float32)))
     c.add("loader", "int16 -> float on the device", f"batch identical to the float path: {same}; "
                                                     f"all 65,536 int16 values exact: {exact}", ok=same and exact)
+    # A real training loader batch (worker + pin-memory thread): page-locked, so its copy is asynchronous.
+    sampler = dg.EvaluateSampler(ws["eval_index"], batch_size=4)
+    loader = dg.train_loader(ws["sample_rate"], sampler, 1, device, seed=0)
+    batch = next(iter(loader))
+    pinned = {k: bool(v.is_pinned()) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    want = device.type == "cuda"
+    c.add("loader", "loader batch page-locked", f"{pinned} (torch {torch.__version__})",
+          ok=all(v == want for v in pinned.values()) and bool(pinned) == want)
 
+
+
+def _train_step_fn(model: torch.nn.Module, device: torch.device, batch: int, samples: int, compiled: bool,
+                   backend: str):
+    """A model-only training step as the trainer runs it (bf16 autocast on CUDA, mixup, fused Adam amsgrad on
+    CUDA), on a synthetic batch already on the device; returns step()."""
+    from panns.losses import clip_bce
+    from panns.training.config import train_step
+    from panns.training.core import external_spec_augment
+
+    cuda = device.type == "cuda"
+    precision = "bf16" if cuda else "fp32"
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, amsgrad=True,
+                           **({"fused": True} if cuda else {}))
+    x = 0.1 * torch.randn(2 * batch, samples, device=device)
+    y = (torch.rand(2 * batch, model.fc_audioset.out_features, device=device) < 0.02).float()
+    half = torch.rand(batch, device=device)
+    lam = torch.stack([half, 1 - half], dim=1).reshape(-1)   # (2B,) pairs (l, 1 - l), as Mixup gives
+    run_model = model
+    if compiled:
+        external_spec_augment(model, True)
+        run_model = torch.compile(model, backend=backend)
+
+    def step():
+        if compiled:
+            model.stage_spec_augment(2 * batch, samples, True)
+        return train_step(run_model, {"waveform": x, "target": y}, opt, clip_bce, precision=precision, mixup_lambda=lam)
+    return step
+
+
+def _timed(step, device: torch.device, warmup: int, steps: int) -> float:
+    """Seconds per step after ``warmup`` steps."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return (time.perf_counter() - t0) / steps
+
+
+def stage_ceiling(c: Check, device: torch.device, a) -> Dict[str, float]:
+    """Model-only training step, eager vs compiled x NCHW vs channels_last: examples/s (batch = --batch_size mixed
+    examples from 2x clips, as the recipe)."""
+    from panns import amp
+
+    samples = 32000 if a.dry_run else 320000
+    warm, steps = (1, 2) if a.dry_run else (5, 30)
+    backend = "eager" if a.dry_run else "inductor"
+    rates = {}
+    amp.pin_ieee_fp32()
+    try:
+        for compiled in (False, True):
+            for cl in (False, True):
+                torch.manual_seed(0)
+                model = models.create_model(a.model_type).to(device).train()
+                if cl:
+                    model = model.to(memory_format=torch.channels_last)
+                step = _train_step_fn(model, device, a.batch_size, samples, compiled, backend)
+                sec = _timed(step, device, warm + (2 if compiled else 0), steps)
+                name = f"{'compile' if compiled else 'eager'}{' + channels_last' if cl else ''}"
+                rates[name] = a.batch_size / sec
+                del model, step
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    finally:
+        amp.unpin_ieee_fp32()
+        torch._dynamo.reset()
+    best = max(rates.values())
+    c.add("ceiling", f"{a.model_type} model-only step, batch {a.batch_size}, {'bf16' if device.type == 'cuda' else 'fp32'}",
+          ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()) + f" examples/s (ceiling {best:,.0f})")
+    return rates
+
+
+def stage_graph_breaks(c: Check, device: torch.device, a) -> None:
+    """The compiled training step as the trainer sets it up (external SpecAugment draws, IEEE fp32 pinned):
+    torch._dynamo.explain of the forward with mixup, in training mode."""
+    from panns import amp
+    from panns.training.core import external_spec_augment
+
+    samples = 32000 if a.dry_run else 320000
+    model = models.create_model(a.model_type).to(device).train()
+    external_spec_augment(model, True)
+    x = 0.1 * torch.randn(4, samples, device=device)
+    lam = torch.rand(4, device=device)
+    amp.pin_ieee_fp32()
+    try:
+        model.stage_spec_augment(4, samples, True)
+        with amp.autocast("bf16" if device.type == "cuda" else "fp32", device):
+            ex = torch._dynamo.explain(model)(x, lam)
+    finally:
+        amp.unpin_ieee_fp32()
+        torch._dynamo.reset()
+    reasons = "; ".join(" ".join(str(r.reason).split())[:120] for r in ex.break_reasons[:3])
+    c.add("graph breaks", f"{a.model_type} training forward (mixup, SpecAugment)",
+          f"graph breaks: {ex.graph_break_count}, graphs {ex.graph_count}" + (f" ({reasons})" if reasons else ""),
+          ok=ex.graph_break_count == 0)
 
 def stage_workspace(root: str, dry: bool, c: Check) -> Dict[str, str]:
     classes, seconds = (3, 1.0) if dry else (10, 10.0)
@@ -266,8 +389,11 @@ def stage_workspace(root: str, dry: bool, c: Check) -> Dict[str, str]:
         shape = hf["waveform"].shape
     c.add("workspace", "demo data", f"{classes} classes, {sum(per_class.values()) * classes} clips of {seconds:g} s "
                                     f"at 32 kHz (train waveforms {shape})", seconds=time.perf_counter() - t0)
-    return {"dataset": ds, "workspace": ws, "labels": labels, "sample_rate": 32000,
-            "eval_index": os.path.join(ws, "hdf5s", "indexes", "eval.h5")}
+    with h5py.File(os.path.join(ws, "hdf5s", "indexes", "eval.h5"), "r") as hf:
+        eval_clips = len(hf["audio_name"])
+    return {"dataset": ds, "workspace": ws, "labels": labels, "sample_rate": 32000, "classes": classes,
+            "eval_index": os.path.join(ws, "hdf5s", "indexes", "eval.h5"), "eval_clips": eval_clips,
+            "train_index": os.path.join(ws, "hdf5s", "indexes", "balanced_train.h5")}
 
 
 def train_cmd(ws: Dict[str, str], a, steps: int, precision: str, extra: List[str] = ()) -> List[str]:
@@ -286,15 +412,29 @@ def ckpt_dir(ws: Dict[str, str], a) -> str:
                        batch_size=a.batch_size).checkpoints_dir
 
 
-def stage_train(c: Check, ws: Dict[str, str], a, variants: List[str]) -> Optional[str]:
+# Training variants: (row name, --precision, extra flags). "default" is what scripts/4_train.sh runs.
+TRAIN_VARIANTS = {"default": ("auto", []), "bf16 eager": ("bf16", ["--compile", "off"]),
+                  "fp32 (IEEE) eager": ("fp32", ["--compile", "off"])}
+# Goals on H100/H200-class GPUs (Cnn14, batch 32): below them a row FAILs.
+TRAIN_GOALS = {"default": 1900.0, "bf16 eager": 1250.0}
+
+
+def _goal_applies(device: torch.device, a) -> bool:
+    if device.type != "cuda" or a.model_type != "Cnn14" or a.batch_size != 32:
+        return False
+    name = torch.cuda.get_device_name(device)
+    return any(k in name for k in ("H100", "H200", "GH200"))
+
+
+def stage_train(c: Check, ws: Dict[str, str], a, variants: List[str], device: torch.device) -> Optional[str]:
     """Train per variant; returns a checkpoint of the first successful variant (for the later stages)."""
     kept = None
+    goals = _goal_applies(device, a)
     for variant in variants:
-        precision = variant.split("+")[0]
-        extra = ["--compile"] if variant.endswith("+compile") else []
+        precision, extra = TRAIN_VARIANTS[variant]
         t0 = time.perf_counter()
         try:
-            text = run(train_cmd(ws, a, a.steps, precision, extra), os.path.join(c.out_dir, f"train_{variant}.log"),
+            text = run(train_cmd(ws, a, a.steps, precision, extra), os.path.join(c.out_dir, f"train_{variant.split()[0]}.log"),
                        timeout=a.stage_timeout)
         except Exception as e:
             c.add("train", variant, " ".join(str(e).split())[:300], ok=False, seconds=time.perf_counter() - t0)
@@ -305,14 +445,147 @@ def stage_train(c: Check, ws: Dict[str, str], a, variants: List[str]) -> Optiona
             continue
         it, loss, its, eps, wait, mem = lines[-1]  # the last window: past start-up and compilation
         mem = f", peak memory {mem} GiB" if mem else ""
-        c.add("train", f"{a.model_type} {variant}, batch {a.batch_size}",
-              f"{its} it/s, {eps} examples/s, data wait {wait}%{mem} (steps {int(it) - a.log_every + 1}-{it}, "
-              f"loss {loss})", ok=loss not in ("nan", "inf"), seconds=time.perf_counter() - t0)
+        chose = re.findall(r"precision (\w+);", text)
+        compiled = "compiled" if "torch.compile on" in text and "training eagerly" not in text else "eager"
+        goal = TRAIN_GOALS.get(variant) if goals else None
+        ok = loss not in ("nan", "inf") and (goal is None or float(eps) >= goal)
+        c.add("train", f"{a.model_type} {variant} ({chose[0] if chose else precision}, {compiled}), batch {a.batch_size}",
+              f"{its} it/s, {eps} examples/s{f' (goal >= {goal:,.0f})' if goal else ''}, data wait {wait}%{mem} "
+              f"(steps {int(it) - a.log_every + 1}-{it}, loss {loss})", ok=ok, seconds=time.perf_counter() - t0)
+        c.speeds[variant] = float(eps)
         if kept is None:
-            kept = os.path.join(c.out_dir, f"{a.model_type}_{variant}.pth")
+            kept = os.path.join(c.out_dir, f"{a.model_type}_{variant.split()[0]}.pth")
             shutil.copy(os.path.join(ckpt_dir(ws, a), f"{a.steps}_iterations.pth"), kept)
     return kept
 
+
+def stage_profile(c: Check, ws: Dict[str, str], a, device: torch.device) -> None:
+    """One real training step (eager, bf16 on CUDA, the workspace's loader and mixup) split into phases, each timed
+    to completion (synchronised), averaged over a few steps."""
+    from panns import amp
+    from panns.losses import clip_bce
+    from panns.training.config import mix_targets
+    from panns.utilities import Mixup
+
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    precision = "bf16" if cuda else "fp32"
+    model = models.create_model(a.model_type, classes_num=ws["classes"]).to(device).train()
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, amsgrad=True, **({"fused": True} if cuda else {}))
+    sampler = dg.TrainSampler(ws["train_index"], batch_size=2 * a.batch_size, random_seed=0)
+    loader = dg.train_loader(ws["sample_rate"], sampler, a.num_workers, device, seed=0)
+    mixup = Mixup(1.0)
+    phases = {k: 0.0 for k in ("loader wait", "host->device", "front end", "body forward+backward", "optimizer")}
+    steps, warm = (2, 1) if a.dry_run else (12, 4)
+    it = iter(loader)
+    amp.pin_ieee_fp32()
+    try:
+        for i in range(warm + steps):
+            t = [time.perf_counter()]
+            raw = next(it)
+            t.append(time.perf_counter())
+            batch = dg.to_device(raw, device)
+            lam = torch.from_numpy(mixup.get_lambda(len(batch["waveform"])).astype(np.float32)).to(device)
+            sync()
+            t.append(time.perf_counter())
+            with amp.autocast(precision, device):
+                x = model._logmel(batch["waveform"])
+                sync()
+                t.append(time.perf_counter())
+                # the rest of the forward, as models' forward does after the front end (mixup on the log-mel)
+                out = model(batch["waveform"], lam)   # includes the front end again: subtract it below
+            loss = clip_bce(out, {"target": mix_targets(batch["target"], lam)})
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            sync()
+            t.append(time.perf_counter())
+            opt.step()
+            sync()
+            t.append(time.perf_counter())
+            if i >= warm:
+                front = t[3] - t[2]
+                for k, (u, v) in zip(phases, zip(t[:-1], t[1:])):
+                    phases[k] += v - u
+                phases["body forward+backward"] -= front   # the full forward ran the front end a second time
+            del x
+    finally:
+        amp.unpin_ieee_fp32()
+    total = sum(phases.values())
+    c.add("profile", f"{a.model_type} eager {precision} step, batch {a.batch_size} (phases synchronised)",
+          f"{1e3 * total / steps:.1f} ms/step: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in phases.items()))
+
+
+def stage_eval(c: Check, ws: Dict[str, str], a, device: torch.device) -> None:
+    """One evaluation through the trainer's Evaluator and loaders (the workspace's eval clips, repeated to >= 2,000
+    clips on a GPU), the metrics on AudioSet-sized outputs, and the share of wall time at the official cadence."""
+    from panns.evaluate import Evaluator, compute_metrics
+
+    cuda = device.type == "cuda"
+    precision = "bf16" if cuda else "fp32"
+    model = models.create_model(a.model_type, classes_num=ws["classes"]).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    ev = Evaluator(model, precision=precision)
+    eval_batch = 4 * a.batch_size if cuda else a.batch_size
+    sampler = dg.EvaluateSampler(ws["eval_index"], batch_size=eval_batch)
+    loader = dg.train_loader(ws["sample_rate"], sampler, a.num_workers, device, seed=0, persistent_workers=True)
+    ev.evaluate(loader)   # warm-up: workers, cuDNN
+    rounds = 1 if a.dry_run else max(1, 2000 // ws["eval_clips"])
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        ev.evaluate(loader)
+    clips_per_s = rounds * ws["eval_clips"] / (time.perf_counter() - t0)
+    n = 2000 if a.dry_run else 20000
+    rs = np.random.RandomState(0)
+    t0 = time.perf_counter()
+    compute_metrics(rs.rand(n, 527) < 0.01, rs.rand(n, 527))
+    metrics_s = (time.perf_counter() - t0) * (20000 / n)
+    audioset_clips = 20550 + 18887   # balanced train + eval sets evaluated at every evaluation
+    eval_s = audioset_clips / clips_per_s + 2 * metrics_s
+    train_eps = c.speeds.get("default")
+    share = eval_s / (eval_s + 2000 * 32 / train_eps) if train_eps else float("nan")
+    goal = _goal_applies(device, a)
+    c.add("eval", f"{a.model_type} {precision}, eval batch {eval_batch}",
+          f"{clips_per_s:,.0f} clips/s, metrics {metrics_s:.1f} s per 20k x 527 set; an AudioSet round ~{eval_s:.0f} s"
+          + (f" = {100 * share:.0f}% of wall time at the official cadence (2,000 steps at {train_eps:,.0f} examples/s"
+             f"{', goal <= 10%' if goal else ''})" if train_eps else ""),
+          ok=not (goal and share > 0.10))
+
+
+def stage_extract(c: Check, ws: Dict[str, str], a, ckpt: Optional[str], device: torch.device) -> None:
+    """``extract_embeddings`` over N and 10 N clips (symlinks to the workspace's clips); clips/s of the difference,
+    so start-up (imports, model load, CUDA context, worker start) is excluded."""
+    if ckpt is None:
+        raise RuntimeError("no checkpoint from the train stage")
+    clips = sorted(glob.glob(os.path.join(ws["dataset"], "audios", "*", "*.wav")))
+    small, large = (8, 24) if a.dry_run else (100, 1100)
+    folder = os.path.join(c.out_dir, "extract_clips")
+    os.makedirs(folder, exist_ok=True)
+    for i in range(large):
+        dst = os.path.join(folder, f"clip{i:05d}.wav")
+        if not os.path.exists(dst):
+            try:   # hard links: distinct files to every tool (a symlink could be resolved to a duplicate)
+                os.link(clips[i % len(clips)], dst)
+            except OSError:
+                shutil.copy(clips[i % len(clips)], dst)
+    names = sorted(glob.glob(os.path.join(folder, "*.wav")))
+    times = {}
+    for n in (small, large):
+        lst = os.path.join(c.out_dir, f"extract_{n}.txt")
+        with open(lst, "w") as f:
+            f.write("\n".join(names[:n]) + "\n")
+        cmd = [sys.executable, os.path.join(REPO, "pytorch", "inference.py"), "extract_embeddings", "--checkpoint_path",
+               ckpt, "--audio_path", lst, "--output_path", os.path.join(c.out_dir, f"extract_{n}.h5"), "--overwrite",
+               "--quiet", "--batch_size", "64"] + (["--cuda"] if a.cuda else ["--backend", "torch"])
+        t0 = time.perf_counter()
+        run(cmd, os.path.join(c.out_dir, f"extract_{n}.log"), a.stage_timeout)
+        times[n] = time.perf_counter() - t0
+    rate = (large - small) / max(times[large] - times[small], 1e-9)
+    c.add("extract", f"extract_embeddings, {a.model_type}, {'GPU' if a.cuda else 'CPU'}",
+          f"{rate:,.0f} clips/s with start-up excluded ({large} clips {times[large]:.1f} s, {small} clips "
+          f"{times[small]:.1f} s)")
 
 def stage_resume(c: Check, ws: Dict[str, str], a) -> None:
     n = a.resume_steps
@@ -440,33 +713,53 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=32, help="training batch (the official 32)")
     p.add_argument("--num_workers", type=int, default=8, help="loader workers of the training runs")
     p.add_argument("--stage_timeout", type=float, default=300, help="seconds allowed per command")
+    p.add_argument("--only", default="", help="comma-separated stages to run (default: all); 'workspace' is added "
+                                              "when a stage needs it")
+    p.add_argument("--variants", default="", help=f"comma-separated training variants (default: all of "
+                                                  f"{', '.join(TRAIN_VARIANTS)})")
+    p.add_argument("--golden", default="", help="comma-separated models for the golden stage (default: five)")
     a = p.parse_args()
     a.cuda = not a.dry_run
     if a.dry_run:
         a.model_type, a.steps, a.batch_size, a.num_workers, a.log_every, a.resume_steps = "Cnn6", 4, 4, 1, 2, 2
-        variants, golden = ["fp32"], ["Cnn6"]
+        variants, golden = ["default"], ["Cnn6"]
     else:
         a.model_type, a.log_every, a.resume_steps = "Cnn14", 50, 10
-        variants = ["fp32", "bf16", "fp16", "bf16+compile"]
+        variants = list(TRAIN_VARIANTS)
         golden = ["Cnn14", "Cnn14_16k", "Cnn14_DecisionLevelMax", "Cnn6", "Wavegram_Logmel_Cnn14"]
         if not torch.cuda.is_available():
             sys.exit("error: no CUDA device visible to PyTorch; use --dry-run for the CPU check")
+    if a.variants:
+        variants = [v.strip() for v in a.variants.split(",")]
+        unknown = [v for v in variants if v not in TRAIN_VARIANTS]
+        if unknown:
+            sys.exit(f"error: unknown --variants {unknown}; choose from {', '.join(TRAIN_VARIANTS)}")
+    if a.golden:
+        golden = [g.strip() for g in a.golden.split(",")]
     out = a.out or tempfile.mkdtemp(prefix="gpu_check_")
     os.makedirs(out, exist_ok=True)
     device = torch.device("cuda", 0) if a.cuda else torch.device("cpu")
-    c = Check(out)
+    devices.configure_backends(device)   # as training does (cuDNN picks its fastest convolutions): ceiling, profile, eval
+    c = Check(out, only={x.strip() for x in a.only.split(",") if x.strip()})
     t0 = time.perf_counter()
+    # The speed rows first (the check's purpose), then fidelity and the other paths.
     c.stage("device", lambda: stage_device(c, device))
-    c.stage("golden", lambda: stage_golden(c, device, golden))
-    c.stage("specaugment", lambda: stage_specaugment(c, device, a.dry_run))
+    c.stage("graph breaks", lambda: stage_graph_breaks(c, device, a))
     ws: Dict[str, str] = {}
     c.stage("workspace", lambda: ws.update(stage_workspace(os.path.join(out, "data"), a.dry_run, c)))
+    kept: List[Optional[str]] = [None]
     if ws:
         c.stage("loader", lambda: stage_loader(c, device, ws))
-        kept: List[Optional[str]] = [None]
-        c.stage("train", lambda: kept.__setitem__(0, stage_train(c, ws, a, variants)))
+        c.stage("train", lambda: kept.__setitem__(0, stage_train(c, ws, a, variants, device)))
+        c.stage("eval", lambda: stage_eval(c, ws, a, device))
+        c.stage("profile", lambda: stage_profile(c, ws, a, device))
+    c.stage("ceiling", lambda: stage_ceiling(c, device, a))
+    c.stage("golden", lambda: stage_golden(c, device, golden))
+    c.stage("specaugment", lambda: stage_specaugment(c, device, a.dry_run))
+    if ws:
         c.stage("resume", lambda: stage_resume(c, ws, a))
         c.stage("inference", lambda: stage_inference(c, ws, a, kept[0]))
+        c.stage("extract", lambda: stage_extract(c, ws, a, kept[0], device))
         c.stage("fine-tune", lambda: stage_finetune(c, ws, a, kept[0]))
     table = c.table()
     with open(os.path.join(out, "table.md"), "w") as f:

@@ -7,8 +7,9 @@
 # WORKSPACE defaults to ./workspaces/audioset_tagging, DATASET_DIR to ./datasets/audioset201906 (only
 # passed on to the plot command, as in the official script, where it was undefined). Extra options
 # override the recipe, e.g. --data_type=balanced_train --early_stop=10000 --num_workers=4.
-# --cuda is added when PyTorch sees a GPU; --precision=auto trains in bf16 on GPUs that compute it natively
-# (A100/H100/RTX 30xx+), fp32 elsewhere (pass --precision=fp32 for the official numerics).
+# --cuda is added when PyTorch (in $PYTHON, the interpreter that trains) sees a GPU; --precision=auto trains in
+# bf16 on GPUs that compute it natively (A100/H100/RTX 30xx+), fp32 elsewhere (pass --precision=fp32 for the
+# official numerics); --compile=auto compiles the training step on CUDA (--compile=off for eager).
 # To resume: --resume_iteration=N.
 # Several GPUs: PYTHON="torchrun --nproc_per_node=4" bash scripts/4_train.sh ...   (DDP; batch 32 in total)
 # Docker: give the loader workers shared memory (--ipc=host or --shm-size=8g); 64 MB is the default.
@@ -22,9 +23,17 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 MODEL_TYPE="${MODEL_TYPE:-Cnn14}"
 
+# The interpreter that trains probes CUDA and plots: PYTHON itself, or the python torchrun runs (its #! line).
+read -r -a PY_CMD <<< "$PYTHON"
+PY="${PY_CMD[0]}"
+if [ "$(basename "$PY")" = "torchrun" ]; then
+  PY="$(head -n 1 "$(command -v "$PY")" | sed -e 's/^#! *//' -e 's/ .*//')"
+fi
 CUDA_FLAG=()
-if [ "$(python3 -c 'import torch;print(torch.cuda.is_available())')" = "True" ]; then
+if [ "$("$PY" -c 'import torch;print(torch.cuda.is_available())')" = "True" ]; then
   CUDA_FLAG=(--cuda)
+else
+  echo "4_train.sh: $PY sees no CUDA GPU; training on the CPU" >&2
 fi
 
 # shellcheck disable=SC2086  # PYTHON may be "torchrun --nproc_per_node=N"
@@ -49,4 +58,4 @@ $PYTHON "$REPO/pytorch/main.py" train \
   "${CUDA_FLAG[@]}" "${EXTRA_ARGS[@]}"
 
 # Plot the statistics of every run in the workspace (results/1_aug.pdf).
-python3 "$REPO/utils/plot_statistics.py" plot --dataset_dir="$DATASET_DIR" --workspace="$WORKSPACE" --select=1_aug
+"$PY" "$REPO/utils/plot_statistics.py" plot --dataset_dir="$DATASET_DIR" --workspace="$WORKSPACE" --select=1_aug

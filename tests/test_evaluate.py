@@ -184,3 +184,25 @@ def test_plot_runs_and_official_plot_command(tmp_path):
     r = subprocess.run([sys.executable, script, "plot", "--workspace", str(tmp_path / "nothing"), "--select=x"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: no statistics.pkl"), r.stderr
+
+
+def test_ap_and_auc_equal_scikit_learn_with_ties_and_degenerate_columns():
+    """The one-sort AP/AUC for all classes equal scikit-learn's per-class definitions (ties included: scores
+    rounded to 2 decimals), and undefined columns (no positives / only positives) are NaN."""
+    from sklearn import metrics
+
+    from panns.evaluate import ap_auc
+
+    rs = np.random.RandomState(0)
+    target = rs.rand(400, 12) < 0.2
+    output = np.round(rs.rand(400, 12), 2)
+    output[:, 3] = 0.5                    # one score for every clip: a single threshold
+    target[:, 4], target[:, 5] = False, True
+    ap, auc = ap_auc(target, output)
+    ok = target.any(0)
+    both = ok & ~target.all(0)
+    np.testing.assert_allclose(ap[ok], metrics.average_precision_score(target[:, ok], output[:, ok], average=None),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(auc[both], metrics.roc_auc_score(target[:, both], output[:, both], average=None),
+                               rtol=0, atol=1e-12)
+    assert np.isnan(ap[4]) and np.isnan(auc[4]) and np.isnan(auc[5]) and not np.isnan(ap[5])

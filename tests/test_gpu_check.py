@@ -14,8 +14,9 @@ def test_gpu_check_dry_run(tmp_path):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     table = (out / "table.md").read_text()
     stages = {line.split("|")[1].strip() for line in table.splitlines()[2:]}
-    assert stages == {"device", "golden", "specaugment", "workspace", "loader", "train", "resume", "inference",
-                      "fine-tune"}, table
+    assert stages == {"device", "golden", "specaugment", "graph breaks", "ceiling", "workspace", "loader", "train",
+                      "profile", "eval", "resume", "inference", "extract", "fine-tune"}, table
+    assert "graph breaks: 0" in table and "ceiling" in table and "clips/s with start-up excluded" in table
     assert "same output and RNG state: True" in table
     assert "FAIL" not in table and "weights bit-equal: True" in table and "exact: True" in table
     assert r.stdout.rstrip().endswith("0 failed")

@@ -153,6 +153,38 @@ def test_resume_is_exact(tiny_ws, num_workers, steps):
     assert [s["iteration"] for s in stats["test"]] == [0, half, steps]  # half: end of the first run, once
 
 
+def test_compiled_step_is_one_graph_and_trains_like_eager(tiny_ws, monkeypatch):
+    """``--compile on``: SpecAugment's stripes drawn before the forward and IEEE fp32 pinned for the run, so the
+    step is ONE graph (no breaks), and - captured with the eager backend (same ops) - the weights, optimizer and
+    sampler after 3 mixup steps equal the eager run's bit for bit (same RNG draws, same order). The user's fp32
+    settings are back afterwards."""
+    from panns import amp
+    from panns.main import train
+
+    ws, labels = tiny_ws
+    cfg = tiny_config(ws, labels, early_stop=3, augmentation="mixup", compile="off")
+    eager = _state(train(cfg)["checkpoint_path"])
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=counting_backend))
+    before = torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.conv.fp32_precision
+    torch._dynamo.reset()
+    try:
+        compiled = _state(train(tiny_config(ws, labels, early_stop=3, augmentation="mixup", compile="on"))
+                          ["checkpoint_path"])
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 1, f"{len(graphs)} graphs: the compiled step breaks"
+    _assert_same_state(eager, compiled)
+    assert not amp._pinned["on"]
+    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.conv.fp32_precision) == before
+
+
 def test_learns_and_resumed_run_continues(tmp_path):
     """Cnn6 on 5 synthetic classes reaches a high eval mAP quickly; a resumed run continues the curve."""
     from panns.main import train

@@ -118,18 +118,47 @@ def _ieee_exit() -> None:
             _switch_back(saved)
 
 
-@contextlib.contextmanager
-def ieee_fp32():
-    """float32 convolutions and matmuls inside run in full IEEE fp32: TF32 off for cuDNN and cuBLAS, and
-    oneDNN's bf16/tf32 modes for fp32 off; the previous settings (however the user set them) come back on
-    exit. PyTorch lets cuDNN convolutions use TF32 by default, which rounds the STFT's inputs to 10 mantissa
-    bits. A dozen flag reads and writes per call; under torch.compile the switches run eagerly between graphs
-    (two graph breaks)."""
-    _ieee_enter()
-    try:
-        yield
-    finally:
+class _IeeeRegion:
+    """The true-fp32 region of :func:`ieee_fp32` (switches set on enter, the caller's back on exit)."""
+
+    def __enter__(self) -> "_IeeeRegion":
+        _ieee_enter()
+        return self
+
+    def __exit__(self, *exc) -> None:
         _ieee_exit()
+
+
+# A training run pins IEEE fp32 for its whole process (:func:`pin_ieee_fp32`): regions then have nothing to switch,
+# and a compiled training step keeps the front end in its graph instead of leaving it for the switches.
+_pinned: dict = {"on": False, "saved": None}
+
+
+def ieee_fp32():
+    """Context: float32 convolutions and matmuls inside run in full IEEE fp32 - TF32 off for cuDNN and cuBLAS,
+    oneDNN's bf16/tf32 modes for fp32 off; the previous settings (however the user set them) come back on exit.
+    PyTorch lets cuDNN convolutions use TF32 by default, which rounds the STFT's inputs to 10 mantissa bits. A
+    dozen flag reads and writes per call; under torch.compile the switches run eagerly between graphs (two graph
+    breaks) - unless the process has pinned IEEE fp32 (:func:`pin_ieee_fp32`), when this is a no-op."""
+    return contextlib.nullcontext() if _pinned["on"] else _IeeeRegion()
+
+
+def pin_ieee_fp32() -> None:
+    """Switch reduced-precision fp32 math off for the whole process until :func:`unpin_ieee_fp32` (a training run:
+    ``--precision fp32`` then means IEEE fp32 everywhere, and bf16/fp16 runs lose nothing, their fp32 ops being the
+    front end, which must be IEEE anyway, and the loss). Idempotent."""
+    with _region_lock:
+        if not _pinned["on"]:
+            _pinned["saved"] = _switch_off()
+            _pinned["on"] = True
+
+
+def unpin_ieee_fp32() -> None:
+    """Put back the fp32 settings :func:`pin_ieee_fp32` found."""
+    with _region_lock:
+        if _pinned["on"]:
+            _switch_back(_pinned["saved"])
+            _pinned["on"], _pinned["saved"] = False, None
 
 
 def _device_type(device: Union[str, torch.device]) -> str:

@@ -73,8 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the sampler, Mixup and torch/numpy RNGs (1234 = official sampler/Mixup)")
     p.add_argument("--precision", type=str, default=d.precision, choices=tl.PRECISIONS,
                    help="CNN body precision under autocast (front end and loss stay fp32); also for evaluation. "
+                        "fp32 is IEEE fp32 everywhere (TF32 off for the whole run, the official numerics). "
                         "auto: bf16 on GPUs with native bf16 (sm80+), else fp32")
-    p.add_argument("--compile", action="store_true", default=False, help="torch.compile the model for training")
+    p.add_argument("--compile", type=str, nargs="?", const="on", default=d.compile, choices=tl.COMPILE_MODES,
+                   help="torch.compile the training step (one graph, no breaks). auto: on for CUDA where Triton is "
+                        "installed (a failure to compile falls back to eager with one log line), off elsewhere; "
+                        "--compile alone means on")
+    p.add_argument("--eval_batch_size", type=int, default=d.eval_batch_size,
+                   help="clips per evaluation batch (0: 4x the per-process batch on CUDA, --batch_size elsewhere); "
+                        "the scores do not depend on it")
     p.add_argument("--black_list_csv", type=str, default=None,
                    help="CSV of clips to skip in training (e.g. WS/black_list/dcase2017task4.csv)")
     p.add_argument("--class_labels_csv", type=str, default=None,

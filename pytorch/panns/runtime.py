@@ -666,7 +666,8 @@ def run_batches(model: torch.nn.Module, batches: Iterable[dict], precision: str 
                 carry: Sequence[str] = ("audio_name", "target")) -> Dict[str, np.ndarray]:
     """Run a model being trained (eval mode, no grad, its train/eval mode restored afterwards) over
     batch dicts and concatenate ``outputs`` (float32) and the batch keys in ``carry`` along the
-    batch axis. The evaluation path of training; inference uses :class:`Runtime`."""
+    batch axis. The evaluation path of training; inference uses :class:`Runtime`. Tensors stay on the
+    model's device until the end (one transfer, no synchronisation per batch)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -679,11 +680,12 @@ def run_batches(model: torch.nn.Module, batches: Iterable[dict], precision: str 
                     out = model(x)
                 for key in outputs:
                     if key in out:
-                        acc.setdefault(key, []).append(out[key].detach().float().cpu().numpy())
+                        acc.setdefault(key, []).append(out[key].detach().float())
                 for key in carry:
                     if key in batch:
                         v = batch[key]
-                        acc.setdefault(key, []).append(v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+                        acc.setdefault(key, []).append(v.detach() if isinstance(v, torch.Tensor) else np.asarray(v))
     finally:
         model.train(was_training)
-    return {k: np.concatenate(v, axis=0) for k, v in acc.items()}
+    return {k: torch.cat(v).cpu().numpy() if isinstance(v[0], torch.Tensor) else np.concatenate(v, axis=0)
+            for k, v in acc.items()}

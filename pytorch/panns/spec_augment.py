@@ -57,6 +57,24 @@ class SpecAugmentation(nn.Module):
         super().__init__()
         self.time_drop_width, self.time_stripes_num = time_drop_width, time_stripes_num
         self.freq_drop_width, self.freq_stripes_num = freq_drop_width, freq_stripes_num
+        self.external = False   # True: the forward uses the stripes handed over by stage() (compiled training)
+        self.register_buffer("staged", torch.zeros(0, 2 * (time_stripes_num + freq_stripes_num), dtype=torch.int64),
+                             persistent=False)
+
+    def draw(self, batch: int, frames: int, bins: int) -> torch.Tensor:
+        """The stripes of the next forward of a (batch, C, frames, bins) input, drawn now exactly as the forward
+        would: int64 (batch, 2 * (time + freq stripes)) on the CPU."""
+        return _stripe_bounds(batch, ((frames, self.time_drop_width, self.time_stripes_num),
+                                      (bins, self.freq_drop_width, self.freq_stripes_num)))
+
+    def stage(self, bounds: torch.Tensor) -> None:
+        """Hand over the stripes the next training forward applies (``external`` mode); copied asynchronously
+        (from page-locked memory on CUDA) into the buffer the compiled graph reads."""
+        bounds = bounds.pin_memory() if self.staged.device.type == "cuda" else bounds
+        if self.staged.shape != bounds.shape:
+            self.staged = bounds.to(self.staged.device, non_blocking=True)
+        else:
+            self.staged.copy_(bounds, non_blocking=True)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """input (B, C, T, F) -> input with the stripes zeroed in place; untouched in eval mode."""
@@ -66,10 +84,15 @@ class SpecAugmentation(nn.Module):
             raise ValueError(f"SpecAugmentation expects (batch, channels, time, freq), got shape {tuple(input.shape)}")
         batch, _, frames, bins = input.shape
         nt, nf = self.time_stripes_num, self.freq_stripes_num
-        bounds = _stripe_bounds(batch, ((frames, self.time_drop_width, nt), (bins, self.freq_drop_width, nf)))
-        # One host-to-device copy. non_blocking: a blocking copy would wait for the GPU to finish the queued
-        # front end (a stream sync every step); from pageable memory the driver stages the 0.5 kB at once.
-        bounds = bounds.to(input.device, non_blocking=True)
+        if self.external:
+            bounds = self.staged
+            if bounds.shape[0] != batch:
+                raise PannsError(f"SpecAugment has stripes staged for {bounds.shape[0]} examples, the batch has "
+                                 f"{batch}: stage() each training step's draws before its forward")
+        else:
+            # One host-to-device copy. non_blocking: a blocking copy would wait for the GPU to finish the queued
+            # front end (a stream sync every step); from pageable memory the driver stages the 0.5 kB at once.
+            bounds = self.draw(batch, frames, bins).to(input.device, non_blocking=True)
         time = _axis_mask(torch.arange(frames, device=input.device), bounds[:, :2 * nt], nt)   # (B, T)
         freq = _axis_mask(torch.arange(bins, device=input.device), bounds[:, 2 * nt:], nf)     # (B, F)
         return input.masked_fill_(time[:, None, :, None] | freq[:, None, None, :], 0)

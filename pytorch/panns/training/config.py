@@ -39,6 +39,7 @@ DATA_TYPES = ("balanced_train", "full_train")
 BALANCED = ("none", "balanced", "alternate")
 AUGMENTATIONS = ("none", "mixup")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+COMPILE_MODES = ("auto", "on", "off")
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -69,7 +70,8 @@ class TrainConfig:
     num_workers: int = 8
     seed: int = 1234                # official sampler and Mixup seed
     precision: str = "fp32"
-    compile: bool = False
+    compile: str = "auto"           # auto: torch.compile on CUDA where Triton is installed; on | off
+    eval_batch_size: int = 0        # 0: 4x the per-process batch on CUDA, the batch size elsewhere
     black_list_csv: Optional[str] = None
     class_labels_csv: Optional[str] = None
     log_every: int = 10
@@ -125,9 +127,12 @@ class TrainConfig:
         """Value checks (argparse covers the CLI; this covers programmatic use)."""
         for name, value, choices in (("data_type", self.data_type, DATA_TYPES), ("balanced", self.balanced, BALANCED),
                                      ("augmentation", self.augmentation, AUGMENTATIONS),
-                                     ("precision", self.precision, PRECISIONS)):
+                                     ("precision", self.precision, PRECISIONS),
+                                     ("compile", self.compile, COMPILE_MODES)):
             if value not in choices:
                 raise PannsError(f"--{name} {value!r} is not one of {', '.join(choices)}")
+        if self.eval_batch_size < 0:
+            raise PannsError(f"--eval_batch_size must be >= 0 (got {self.eval_batch_size})")
         if self.per_rank_batch_size < 0:
             raise PannsError(f"--per_rank_batch_size must be >= 0 (got {self.per_rank_batch_size})")
         for name in ("batch_size", "eval_every", "save_every", "log_every"):

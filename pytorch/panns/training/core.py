@@ -16,13 +16,16 @@ evaluation, where checkpoints go and what else they hold.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple, Union
 
+import numpy as np
 import torch
 
+from panns import amp
 from panns import checkpoint
 from panns import data_generator as dg
 from panns.training import config as tl
@@ -47,7 +50,8 @@ class CoreSettings:
     seed: int
     mixup_alpha: Optional[float] = None   # None: no mixup
     grad_clip: float = 0.0                # 0: off (official)
-    compile: bool = False
+    compile: Union[bool, str] = False     # True/'on', False/'off', or 'auto' (see resolve_compile)
+    compile_backend: str = "inductor"     # torch.compile backend ('eager' in tests: same ops, graph capture only)
     sync_bn: bool = False
     at_start: bool = True                 # also evaluate and save before the first step (main.py)
 
@@ -72,6 +76,72 @@ class Meter:
 
     def reset(self) -> None:
         self.losses, self.wait, self.start = [], 0.0, time.perf_counter()
+
+
+def resolve_compile(setting: Union[bool, str], device: torch.device) -> bool:
+    """Whether to torch.compile the training step: 'auto' means on CUDA with Triton installed (inductor's GPU
+    code generator), eager elsewhere (a CPU compile pays minutes of C++ builds for little)."""
+    if isinstance(setting, bool):
+        return setting
+    if setting == "auto":
+        return device.type == "cuda" and importlib.util.find_spec("triton") is not None
+    return setting == "on"
+
+
+def external_spec_augment(model: torch.nn.Module, on: bool = True) -> int:
+    """Switch the SpecAugment modules of ``model`` to external draws (the trainer draws each step's stripes
+    before the forward: a compiled step stays one graph) or back; returns how many it switched."""
+    found = 0
+    for m in model.modules():
+        if hasattr(m, "staged") and hasattr(m, "external"):
+            m.external = on
+            found += 1
+    return found
+
+
+class _CudaBatches:
+    """The training batch stream on CUDA: each batch is copied to the GPU on a side stream while the step
+    before it computes (from page-locked memory: asynchronous), and the compute stream waits only for that
+    copy. Batches that arrive unpinned (a torch whose pin-memory thread skipped them) are pinned here."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+        self.ahead: Optional[Tuple[Dict[str, Any], torch.cuda.Event]] = None
+        self.warned = False
+
+    def _pinned(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
+                v = torch.from_numpy(np.ascontiguousarray(v))
+            if isinstance(v, torch.Tensor) and not v.is_pinned():
+                if not self.warned:
+                    logger.warning("loader batches arrive in pageable memory; pinning them in the training loop")
+                    self.warned = True
+                v = v.pin_memory()
+            out[k] = v
+        return out
+
+    def put(self, batch: Dict[str, Any]) -> None:
+        """Start copying ``batch`` (the next step's) to the GPU."""
+        batch = self._pinned(batch)
+        with torch.cuda.stream(self.stream):
+            on_device = dg.to_device(batch, self.device)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        self.ahead = (on_device, done)
+
+    def take(self) -> Dict[str, Any]:
+        """The batch put last, usable on the current stream."""
+        batch, done = self.ahead
+        self.ahead = None
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(done)
+        for v in batch.values():
+            if isinstance(v, torch.Tensor):
+                v.record_stream(current)   # allocated on the copy stream, used on this one
+        return batch
 
 
 class Task(Protocol):
@@ -111,16 +181,29 @@ class Trainer:
         self.raw_model, self.loss_func = raw_model, loss_func
         self.model_config, self.global_batch = model_config, global_batch
         self.config = {**config, **model_config, "precision": settings.precision, "world_size": info.world_size}
-        # Optimizer of the official recipe (no schedule, no weight decay); a frozen base is left out.
+        cuda = info.device.type == "cuda"
+        self.compiled = resolve_compile(settings.compile, info.device)
+        if cuda:
+            # cuDNN's tensor-core convolutions work in NHWC: without this every bf16/fp16 conv transposes its
+            # input and output. The weights keep their values (and state_dict) whatever the layout.
+            raw_model.to(memory_format=torch.channels_last)
+        # Optimizer of the official recipe (no schedule, no weight decay); a frozen base is left out. On CUDA
+        # the fused kernel (one launch for all parameters, same update rule); the CPU keeps the reference loop.
         params = [p for p in raw_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=settings.learning_rate, betas=(0.9, 0.999), eps=1e-08,
-                                          weight_decay=0.0, amsgrad=True)
+                                          weight_decay=0.0, amsgrad=True, **({"fused": True} if cuda else {}))
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=settings.precision == "fp16")
         self.model = self._wrap(raw_model, clip_samples)
+        logger.info("Training step: torch.compile %s (--compile %s); %s; Adam (amsgrad) %s", "on" if self.compiled
+                    else "off", settings.compile if isinstance(settings.compile, str) else
+                    ("on" if settings.compile else "off"), "channels_last" if cuda else "default memory layout",
+                    "fused" if cuda else "for-each")
         self.mixup = Mixup(mixup_alpha=settings.mixup_alpha, random_seed=settings.seed + info.rank) \
             if settings.mixup_alpha is not None else None
         self.batches_consumed = 0   # batches the loop took (the sampler runs ahead by the prefetch)
         self._batches = None
+        self._cuda_batches = _CudaBatches(info.device) if cuda else None
+        self._peak_reset = False
         self.iteration = 0
         self.last_saved: Optional[str] = None
         # Training randomness (SpecAugment, dropout) differs per rank; the weights are already equal.
@@ -149,8 +232,11 @@ class Trainer:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.info.local_rank] if self.info.device.type == "cuda" else None,
                 find_unused_parameters=bool(unused))
-        if self.s.compile:
-            model = torch.compile(model)
+        if self.compiled:
+            # One graph per step: SpecAugment's stripes are drawn before the forward (external draws) and the
+            # front end's IEEE region is a no-op while the run pins IEEE fp32 (see run()).
+            external_spec_augment(raw, True)
+            model = torch.compile(model, backend=self.s.compile_backend)
         return model
 
     # ------------------------------------------------------------------------------------- loop
@@ -166,7 +252,20 @@ class Trainer:
         return (it % self.s.save_every == 0 or it == self.s.iterations) and self._new_point(it)
 
     def run(self) -> int:
-        """Train up to ``iterations`` steps, evaluating and saving on the way; returns the last iteration."""
+        """Train up to ``iterations`` steps, evaluating and saving on the way; returns the last iteration.
+
+        On CUDA (and when compiling) the run holds IEEE fp32 for the whole process (``amp.pin_ieee_fp32``):
+        ``--precision fp32`` then means fp32 everywhere, and the front end needs no switching inside the step."""
+        pin = self.info.device.type == "cuda" or self.compiled
+        if pin:
+            amp.pin_ieee_fp32()
+        try:
+            return self._loop()
+        finally:
+            if pin:
+                amp.unpin_ieee_fp32()
+
+    def _loop(self) -> int:
         it = self.iteration
         while True:
             if self.should_eval(it):
@@ -176,9 +275,7 @@ class Trainer:
             if it >= self.s.iterations:
                 break
             batch, wait = self.next_batch()
-            scalars = tl.train_step(self.model, batch, self.optimizer, self.loss_func, precision=self.s.precision,
-                                    mixup_lambda=self.mixup_lambda(batch), scaler=self.scaler,
-                                    grad_clip=self.s.grad_clip)
+            scalars = self.step(batch)
             it += 1
             self.iteration = it
             self.meter.update(scalars, wait)
@@ -189,21 +286,72 @@ class Trainer:
         return it
 
     # ------------------------------------------------------------------------------------ steps
+    def step(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """One ``train_step`` on a batch already on the device. SpecAugment's stripes are drawn here, right
+        before the forward, when the model takes external draws (compiled). A first compiled step that fails
+        to compile falls back to eager with one log line (the RNG states are put back first, so the eager step
+        draws what the compiled one would have)."""
+        lam = self.mixup_lambda(batch)
+        first = self.compiled and self.iteration == self.start
+        saved = (torch.get_rng_state(), torch.cuda.get_rng_state(self.info.device)
+                 if self.info.device.type == "cuda" else None) if first else None
+        self._stage_spec_augment(batch, lam is not None)
+        try:
+            return tl.train_step(self.model, batch, self.optimizer, self.loss_func, precision=self.s.precision,
+                                 mixup_lambda=lam, scaler=self.scaler, grad_clip=self.s.grad_clip)
+        except Exception as e:   # noqa: BLE001 - any compiler failure; the eager retry raises real errors again
+            if not first:
+                raise
+            logger.warning("torch.compile failed (%s: %s); training eagerly", type(e).__name__,
+                           " ".join(str(e).split())[:200])
+            self.compiled = False
+            self.model = self._wrap_eager()
+            torch.set_rng_state(saved[0])
+            if saved[1] is not None:
+                torch.cuda.set_rng_state(saved[1], self.info.device)
+            return tl.train_step(self.model, batch, self.optimizer, self.loss_func, precision=self.s.precision,
+                                 mixup_lambda=lam, scaler=self.scaler, grad_clip=self.s.grad_clip)
+
+    def _wrap_eager(self) -> torch.nn.Module:
+        """The model without torch.compile (after a failed compile): SpecAugment draws in its forward again."""
+        external_spec_augment(self.raw_model, False)
+        model = self.model
+        return getattr(model, "_orig_mod", model)
+
+    def _stage_spec_augment(self, batch: Dict[str, Any], mixup: bool) -> None:
+        stage = getattr(self.raw_model, "stage_spec_augment", None)
+        if self.compiled and stage is not None:
+            waveform = batch["waveform"]
+            stage(waveform.shape[0], waveform.shape[-1], mixup)
+
     def next_batch(self) -> Tuple[Dict[str, Any], float]:
-        """(batch on the device, seconds spent waiting for it)."""
+        """(batch on the device, seconds spent waiting for it). On CUDA the batch was copied during the previous
+        step, and the one after it starts copying now (not past the last step, so the loader is read exactly as
+        far as the loop goes)."""
         t0 = time.perf_counter()
         if self._batches is None:   # after a resume has set the sampler's position
             self._batches = iter(self.task.train_loader)
-        batch = next(self._batches)
+        cb = self._cuda_batches
+        if cb is None:
+            batch = dg.to_device(next(self._batches), self.info.device)
+        else:
+            if cb.ahead is None:
+                cb.put(next(self._batches))
+            batch = cb.take()
+            if self.iteration + 1 < self.s.iterations:
+                cb.put(next(self._batches))
         self.batches_consumed += 1
-        return dg.to_device(batch, self.info.device), time.perf_counter() - t0
+        return batch, time.perf_counter() - t0
 
     def mixup_lambda(self, batch: Dict[str, Any]) -> Optional[torch.Tensor]:
-        """(2B,) mixing weights of adjacent pairs, or None without mixup."""
+        """(2B,) mixing weights of adjacent pairs, or None without mixup. Drawn on the CPU (the official Mixup
+        RNG) and sent from page-locked memory without waiting for the GPU."""
         if self.mixup is None:
             return None
-        lam = self.mixup.get_lambda(batch_size=len(batch["waveform"]))
-        return torch.as_tensor(lam, dtype=torch.float32, device=self.info.device)
+        lam = torch.from_numpy(np.asarray(self.mixup.get_lambda(batch_size=len(batch["waveform"])), dtype=np.float32))
+        if self.info.device.type == "cuda":
+            return lam.pin_memory().to(self.info.device, non_blocking=True)
+        return lam
 
     def evaluate(self, iteration: int) -> None:
         tl.broadcast_buffers(self.info, self.raw_model)
@@ -234,7 +382,12 @@ class Trainer:
         elapsed, steps = m.elapsed(), len(m.losses)
         memory = ""
         if self.info.device.type == "cuda":
-            memory = f", peak memory {torch.cuda.max_memory_allocated(self.info.device) / 2**30:.1f} GiB"
+            # The first window holds the one-off peaks (cuDNN trying algorithms with large workspaces, compiling):
+            # say so, and report later windows' own peaks - what the run needs.
+            memory = f", peak memory {torch.cuda.max_memory_allocated(self.info.device) / 2**30:.1f} GiB" + \
+                ("" if self._peak_reset else " (start-up: cuDNN autotuning, compilation)")
+            torch.cuda.reset_peak_memory_stats(self.info.device)
+            self._peak_reset = True
         logger.info("iteration: %d, loss: %.4f, %.2f it/s, %.1f examples/s, data wait %.0f%%%s", iteration, loss,
                     steps / elapsed, steps * self.global_batch / elapsed, 100.0 * m.wait / elapsed, memory)
         m.reset()
