@@ -269,3 +269,23 @@ def test_move_data_to_device_and_count():
     m = models.create_model("MobileNetV1")
     assert pu.count_parameters(m) == 4_796_303           # official count (frozen front end excluded)
     assert abs(pu.count_flops(m, 32000 * 10) / 1e9 - 3.614) < 0.001   # official counter's value
+
+
+@pytest.mark.parametrize("name", ["Cnn14", "Cnn14_16k"])
+def test_fft_spectrogram_equals_the_official_conv(name):
+    """The cuFFT path of CUDA training (torch.stft with the window read from the frozen conv weights) gives the
+    conv's power spectrogram (here on the CPU: pocketfft vs oneDNN), and weights that are not the windowed DFT
+    are detected (the FFT path is then not taken)."""
+    from panns.models import _fft_matches, _fft_spectrogram
+
+    with skip_weight_init():
+        model = models.create_model(name).eval()
+    ext = model.spectrogram_extractor
+    x = 0.1 * torch.randn(2, model.sample_rate * 2)
+    ref, fft = ext(x), _fft_spectrogram(ext, x)
+    assert fft.shape == ref.shape
+    assert float((fft - ref).abs().max() / ref.abs().max()) < 1e-5
+    assert _fft_matches(ext)
+    with torch.no_grad():
+        ext.stft.conv_imag.weight[3, 0, 5] += 0.01
+    assert not _fft_matches(ext)
