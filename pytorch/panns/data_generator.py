@@ -506,12 +506,34 @@ def to_device(batch: Dict[str, object], device: torch.device) -> Dict[str, objec
     return out
 
 
+def usable_cpu_set() -> Set[int]:
+    """The CPUs this process may run on (affinity: taskset, SLURM binding, a container's cpuset)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (affinity / container limits), not the machine's count."""
+    return max(1, len(usable_cpu_set()))
+
+
+def shm_bytes(clips_per_batch: int, clip_samples: int, classes_num: int, workers: int, raw: bool) -> int:
+    """Shared memory one loader's workers hold at most: each worker's :class:`_ShmPool` keeps up to
+    ``PIPELINE`` batches alive (one in the training step, one received, one prefetched, one being filled),
+    each a (B, T) waveform array (int16 on the GPU path, float32 on the CPU path) and its (B, C) targets."""
+    per_clip = clip_samples * (2 if raw else 4) + classes_num * (1 if raw else 4)
+    return workers * _ShmPool.PIPELINE * clips_per_batch * per_clip
+
+
+def shm_available(path: str = "/dev/shm") -> Optional[int]:
+    """Bytes free in the shared-memory file system (None where there is none to ask, e.g. macOS)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        st = os.statvfs(path)
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def train_loader(sample_rate: int, batch_sampler, num_workers: int, device: torch.device, seed: int,
