@@ -125,3 +125,38 @@ def test_find_unused_parameters_only_where_needed():
         wavegram = models.create_model("Wavegram_Cnn14", classes_num=3)
     unused = unused_parameters(wavegram, 32000)
     assert unused and all(n.startswith(("bn0.", "conv_block1.")) for n in unused), unused
+
+
+def test_grad_comm_is_opt_in_and_compresses_the_all_reduce(tmp_path):
+    """--grad_comm fp32 leaves DDP's all-reduce alone (exact gradients); fp16 sends 16-bit buckets (gradients
+    rounded to fp16, on gloo here); bf16 is refused on the CPU at start (PyTorch's hook needs NCCL)."""
+    from panns.devices import DistInfo
+    from panns.errors import PannsError
+    from panns.training import config as tl
+
+    with pytest.raises(PannsError, match="--grad_comm bf16 needs CUDA"):
+        tl.check_grad_comm("bf16", DistInfo(world_size=2))
+    tl.check_grad_comm("bf16", DistInfo())   # one process: no all-reduce, nothing to refuse
+    code = f"""
+import torch, torch.distributed as dist
+from panns.training import config as tl
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+torch.manual_seed(0)
+x = torch.randn(4, 3) * 1e-3
+ref = torch.nn.Linear(3, 2)
+ref(x).sum().backward()
+for kind in ("fp32", "fp16"):
+    torch.manual_seed(0)
+    ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 2))
+    tl.register_grad_comm(ddp, kind)
+    ddp(x).sum().backward()
+    want = ref.weight.grad if kind == "fp32" else ref.weight.grad.half().float()
+    assert torch.equal(ddp.module.weight.grad, want), (kind, ddp.module.weight.grad, want)
+    assert kind == "fp32" or not torch.equal(want, ref.weight.grad)
+tl.register_grad_comm(ref, "bf16")   # not a DDP module: nothing to do
+dist.destroy_process_group()
+print("ok")
+"""
+    env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "pytorch")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "several CUDA processes get fewer than 16 examples each (--no_sync_bn to refuse)")
     p.add_argument("--no_sync_bn", action="store_false", dest="sync_bn",
                    help="plain per-process BatchNorm even for small per-process batches")
+    p.add_argument("--grad_comm", type=str, default=d.grad_comm, choices=tl.GRAD_COMMS,
+                   help="DDP gradient all-reduce: fp32 (exact), or bf16/fp16 compression (half the bytes between "
+                        "nodes; rounds the averaged gradient; opt-in, not measured here; bf16 needs CUDA)")
     p.add_argument("--dist_timeout", type=float, default=d.dist_timeout,
                    help="minutes a process waits for the others in a collective before the run fails "
                         "(a stalled rank stops the run instead of idling every GPU)")

@@ -151,6 +151,7 @@ class AudioSetTask:
         self.labels = data.labels
         self.batch_per_rank, self.global_batch = cfg.per_rank_batch, cfg.global_batch
         sync_bn = tl.resolve_sync_bn(cfg, info)
+        tl.check_grad_comm(cfg.grad_comm, info)
         # Only rank 0's disk is sure to hold the checkpoints (nodes need not share a filesystem).
         resume_from = tl.from_main(info, self._resume_path, cfg.resume_iteration) if cfg.resume_iteration > 0 \
             else None
@@ -182,6 +183,8 @@ class AudioSetTask:
         self.trainer = Trainer(settings, info, self.raw_model, get_loss_func(cfg.loss_type), self, model_config,
                                {**cfg.to_dict(), "global_batch": self.global_batch, "per_rank_batch": self.batch_per_rank},
                                data.clip_samples, self.global_batch, resume_from)
+        # Before the first backward, on the DDP module (under torch.compile's wrapper when compiled).
+        tl.register_grad_comm(getattr(self.trainer.model, "_orig_mod", self.trainer.model), cfg.grad_comm)
 
     # ------------------------------------------------------------------------------------ setup
     def _setup_logging(self) -> None:

@@ -48,7 +48,7 @@ class CoreSettings:
     mixup_alpha: Optional[float] = None   # None: no mixup
     grad_clip: float = 0.0                # 0: off (official)
     compile: bool = False
-    sync_bn: bool = False
+    sync_bn: bool = False                 # resolved by the entry point (training.config.resolve_sync_bn)
     at_start: bool = True                 # also evaluate and save before the first step (main.py)
 
 
