@@ -87,6 +87,16 @@ def test_two_nodes_with_own_workspaces_train_and_resume_exactly(tmp_path):
     _assert_same_state(straight, load_checkpoint(cfg.checkpoint_path(6)))
     assert not os.path.exists(os.path.join(ws1, "checkpoints"))
 
+    # An input missing on node 1 alone: both nodes stop at start with one line naming node 1's rank and file.
+    missing = os.path.join(ws1, "hdf5s", "indexes", "eval.h5")
+    os.remove(missing)
+    results = _two_nodes([ws0, ws1], {**args, "resume_iteration": 6, "early_stop": 8}, tmp_path)
+    for r in results:
+        assert r.returncode != 0 and "]: Traceback" not in r.stderr, r.stderr[-3000:]  # no worker traceback
+        assert f"error: on node {socket.gethostname()} (rank 1): index file {missing} not found" in r.stderr, \
+            r.stderr[-3000:]
+    assert sorted(os.listdir(cfg.checkpoints_dir))[-1] == "6_iterations.pth"
+
 
 def test_an_input_missing_on_one_node_fails_every_rank_naming_the_node(monkeypatch):
     """check_everywhere: each rank checks its own inputs; one rank's one-line error reaches all, with node and rank."""
