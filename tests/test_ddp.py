@@ -107,7 +107,8 @@ def test_an_input_missing_on_one_node_fails_every_rank_naming_the_node(monkeypat
     info = DistInfo(rank=0, world_size=3)
     monkeypatch.setattr(tl, "all_gather_object", lambda info, obj: [obj, ("gpu07", 1, "index file /ws/eval.h5 "
                                                                     "not found"), ("gpu08", 2, "other")])
-    with pytest.raises(PannsError, match=r"^on node gpu07 \(rank 1\) \(and 1 more rank\(s\)\): index file /ws/eval.h5 not found$"):
+    with pytest.raises(PannsError, match=r"^on node gpu07 \(rank 1\) \(and 1 more rank\(s\)\): "
+                                         r"index file /ws/eval.h5 not found$"):
         tl.check_everywhere(info, lambda: 1)
     monkeypatch.setattr(tl, "all_gather_object", lambda info, obj: [obj, ("gpu07", 1, None)])
     assert tl.check_everywhere(DistInfo(rank=0, world_size=2), lambda: 5) == 5

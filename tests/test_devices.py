@@ -182,7 +182,8 @@ def test_one_visible_gpu_per_task_is_cuda0_whatever_the_local_rank(clean_launch_
     env.setenv("CUDA_VISIBLE_DEVICES", "3")
     assert devices.select_device(True) == torch.device("cuda", 0)
     env.delenv("CUDA_VISIBLE_DEVICES")
-    with pytest.raises(PannsError, match=r"local rank 3 needs GPU 3 but this process sees 1 GPU\(s\); .*--gpus-per-task"):
+    with pytest.raises(PannsError, match=r"local rank 3 needs GPU 3 but this process sees 1 GPU\(s\); "
+                                         r".*--gpus-per-task"):
         devices.select_device(True)
     fake_cuda(env, count=4)
     env.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")

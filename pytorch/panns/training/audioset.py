@@ -181,7 +181,8 @@ class AudioSetTask:
                                 seed=cfg.seed, mixup_alpha=cfg.mixup_alpha if cfg.augmentation == "mixup" else None,
                                 grad_clip=cfg.grad_clip, compile=cfg.compile, sync_bn=sync_bn, at_start=True)
         self.trainer = Trainer(settings, info, self.raw_model, get_loss_func(cfg.loss_type), self, model_config,
-                               {**cfg.to_dict(), "global_batch": self.global_batch, "per_rank_batch": self.batch_per_rank},
+                               {**cfg.to_dict(), "global_batch": self.global_batch,
+                                "per_rank_batch": self.batch_per_rank},
                                data.clip_samples, self.global_batch, resume_from)
         # Before the first backward, on the DDP module (under torch.compile's wrapper when compiled).
         tl.register_grad_comm(getattr(self.trainer.model, "_orig_mod", self.trainer.model), cfg.grad_comm)
