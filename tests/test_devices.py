@@ -287,3 +287,13 @@ def test_sync_bn_default_and_the_batch_line():
     assert "BatchNorm over 8 examples - few for BatchNorm: add --sync_bn" in line
     assert tl.batch_line(TrainConfig(workspace="ws"), DistInfo(), False).startswith(
         "Batch: global 32 = 32 per process x 1 process (mixup")
+
+
+def test_evaluation_loaders_need_not_pin():
+    """On CUDA the training loader pins its batches; a loader asked not to (evaluation) does not."""
+    from panns import data_generator as dg
+
+    cuda = torch.device("cuda", 0)
+    assert dg.train_loader(16000, [[]], 0, cuda, seed=0).pin_memory is True
+    assert dg.train_loader(16000, [[]], 0, cuda, seed=0, raw=False, pin_memory=False).pin_memory is False
+    assert dg.train_loader(16000, [[]], 0, torch.device("cpu"), seed=0).pin_memory is False

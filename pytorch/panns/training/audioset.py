@@ -216,7 +216,8 @@ class AudioSetTask:
                                             seed=cfg.seed + info.rank)
         # Evaluation loaders: their workers start at each evaluation and end with it (not persistent), so
         # between evaluations they hold no shared memory; at most EVAL_WORKERS of them (evaluation is a
-        # small part of a run and two persistent loaders x --num_workers held gigabytes of /dev/shm per rank).
+        # small part of a run and two persistent loaders x --num_workers held gigabytes of /dev/shm per rank);
+        # not pinned (40-MB float32 batches: PyTorch's pinned-memory cache would keep their peak all run).
         self.eval_workers = min(self.num_workers, EVAL_WORKERS)
         self.eval_loaders = {}
         for key, name in (("bal", "balanced_train"), ("test", "eval")):
@@ -224,7 +225,7 @@ class AudioSetTask:
                                          rank=info.rank, world_size=info.world_size)  # shard, gathered by Evaluator
             # float32 batches: evaluate.py feeds them to the model as they come
             self.eval_loaders[key] = dg.train_loader(cfg.sample_rate, sampler, self.eval_workers, info.device,
-                                                     seed=cfg.seed, raw=False)
+                                                     seed=cfg.seed, raw=False, pin_memory=False)
         self._check_shared_memory(data, per_step)
 
     def _check_shared_memory(self, data: DataInfo, train_clips: int) -> None:
