@@ -214,9 +214,10 @@ def from_main(info: DistInfo, fn: Callable[..., Any], *args: Any, **kwargs: Any)
 
 
 def check_everywhere(info: DistInfo, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` on every rank (each node checks its own copy of the inputs); a PannsError on
-    any rank fails every rank with one line naming the node and rank that saw it, e.g. ``on node gpu07
-    (rank 9): index file .../eval.h5 not found ...``. Returns this rank's result."""
+    """``fn(*args, **kwargs)`` on every rank (each node checks its own copy of the inputs); an error on any
+    rank fails every rank with one line naming the node and rank that saw it, e.g. ``on node gpu07 (rank 9):
+    index file .../eval.h5 not found ...``. One process: ``fn``'s errors as they are. Returns this rank's
+    result."""
     result, mine = None, None
     try:
         result = fn(*args, **kwargs)
