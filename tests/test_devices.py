@@ -29,7 +29,7 @@ def fake_cuda(monkeypatch, count=1, capability=(9, 0), name="NVIDIA H100 80GB HB
     monkeypatch.setattr(torch.cuda, "current_device", lambda: calls[-1] if calls else 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
         monkeypatch.delenv(var, raising=False)
     return calls
 
