@@ -186,6 +186,7 @@ def test_one_visible_gpu_per_task_is_cuda0_whatever_the_local_rank(clean_launch_
                                          r".*--gpus-per-task"):
         devices.select_device(True)
     fake_cuda(env, count=4)
+    env.setenv("SLURM_STEP_NUM_TASKS", "8")
     env.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
     env.setenv("SLURM_LOCALID", "3")
     assert devices.select_device(True) == torch.device("cuda", 3)   # one task per node sees all: its local rank
