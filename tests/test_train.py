@@ -61,6 +61,26 @@ def tiny_ws(tmp_path_factory):
                           eval_per_class=1, clip_seconds=1.6)
 
 
+def test_run_folder_names_the_global_batch_and_world_size():
+    """One process keeps the official ``batch_size=32``; several name the global batch and their count, so a
+    --per_rank_batch_size run (or an 8-GPU run) never writes into the official run's folder."""
+    from panns.training.config import TrainConfig
+
+    def folder(**kw):
+        cfg = TrainConfig(workspace="ws", **kw)
+        cfg.validate()
+        return os.path.basename(cfg.checkpoints_dir), cfg.per_rank_batch, cfg.global_batch
+
+    assert folder() == ("batch_size=32", 32, 32)
+    assert folder(world_size=8) == ("batch_size=32,world_size=8", 4, 32)
+    assert folder(world_size=8, per_rank_batch_size=32) == ("batch_size=256,world_size=8", 32, 256)
+    assert folder(world_size=8, batch_size=32, per_rank_batch_size=4) == ("batch_size=32,world_size=8", 4, 32)
+    assert folder(per_rank_batch_size=16) == ("batch_size=16", 16, 16)
+    with pytest.raises(PannsError, match=r"--batch_size 32 \(the global batch\) is not divisible by the 3 processes.*"
+                                         r"--per_rank_batch_size 10"):
+        folder(world_size=3)
+
+
 def test_workspace_layout_is_official(tmp_path):
     from panns.training.config import TrainConfig
 
@@ -251,7 +271,7 @@ def _fake_cuda_env(tmp_path, count=1, cap="9.0"):
     path = os.pathsep.join([os.path.join(REPO, "tests", "fake_cuda"), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "MODEL_TYPE": "Cnn6", "PYTHONPATH": path, "PANNS_FAKE_CUDA": str(count),
            "PANNS_FAKE_CUDA_CAP": cap, "PANNS_FAKE_CUDA_LOG": str(log)}
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "CUDA_VISIBLE_DEVICES"):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "CUDA_VISIBLE_DEVICES", "SLURM_STEP_NUM_TASKS"):
         env.pop(var, None)
     return env, log
 
@@ -278,14 +298,14 @@ def test_train_script_starts_on_one_gpu(tmp_path, cap, precision):
 def test_rank_without_a_gpu_is_one_line(tmp_path, tiny_ws):
     """torchrun-style LOCAL_RANK beyond the visible GPUs: one error line naming CUDA_VISIBLE_DEVICES."""
     ws, labels = tiny_ws
-    env, _ = _fake_cuda_env(tmp_path, count=1)
-    env.update(LOCAL_RANK="1", CUDA_VISIBLE_DEVICES="3")
+    env, _ = _fake_cuda_env(tmp_path, count=2)
+    env.update(LOCAL_RANK="2", CUDA_VISIBLE_DEVICES="2,3")
     r = subprocess.run([sys.executable, os.path.join(REPO, "pytorch", "main.py"), "train", "--workspace", ws,
                         "--model_type", "Cnn6", "--class_labels_csv", labels, "--data_type", "balanced_train",
                         "--cuda"], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("error: local rank 1 needs GPU 1 but this process sees 1 GPU(s) "
-                                                         "(CUDA_VISIBLE_DEVICES=3)")
+    assert r.stderr.strip().splitlines()[-1].startswith("error: local rank 2 needs GPU 2 but this process sees 2 GPU(s) "
+                                                         "(CUDA_VISIBLE_DEVICES=2,3)")
 
 
 def test_help_shows_defaults():

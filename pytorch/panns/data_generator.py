@@ -506,16 +506,39 @@ def to_device(batch: Dict[str, object], device: torch.device) -> Dict[str, objec
     return out
 
 
+def usable_cpu_set() -> Set[int]:
+    """The CPUs this process may run on (affinity: taskset, SLURM binding, a container's cpuset)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (affinity / container limits), not the machine's count."""
+    return max(1, len(usable_cpu_set()))
+
+
+def shm_bytes(clips_per_batch: int, clip_samples: int, classes_num: int, workers: int, raw: bool) -> int:
+    """Shared memory one loader's workers hold at most: each worker's :class:`_ShmPool` keeps up to
+    ``PIPELINE`` batches alive (one in the training step, one received, one prefetched, one being filled),
+    each a (B, T) waveform array (int16 on the GPU path, float32 on the CPU path) and its (B, C) targets."""
+    per_clip = clip_samples * (2 if raw else 4) + classes_num * (1 if raw else 4)
+    return workers * _ShmPool.PIPELINE * clips_per_batch * per_clip
+
+
+def shm_available(path: str = "/dev/shm") -> Optional[int]:
+    """Bytes free in the shared-memory file system (None where there is none to ask, e.g. macOS)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        st = os.statvfs(path)
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def train_loader(sample_rate: int, batch_sampler, num_workers: int, device: torch.device, seed: int,
-                 persistent_workers: bool = False, raw: Optional[bool] = None) -> DataLoader:
+                 persistent_workers: bool = False, raw: Optional[bool] = None,
+                 pin_memory: Optional[bool] = None) -> DataLoader:
     """The DataLoader of the training path (``main.py train``, ``bench_loader.py``, ``bench_train.py``).
 
     Workers read rows with one ``preadv`` each into recycled shared memory. For a GPU (``raw`` None ->
@@ -524,12 +547,16 @@ def train_loader(sample_rate: int, batch_sampler, num_workers: int, device: torc
     CPU the workers convert to float32 themselves (in parallel; the main process would otherwise do it
     alone, ~100 ms per 64-clip batch on a loaded core). Either way the model sees exactly
     ``int16_to_float32`` of the stored rows. ``seed`` gives the loader its own generator, so creating
-    iterators never draws from the global torch RNG (exact resume)."""
+    iterators never draws from the global torch RNG (exact resume). ``pin_memory`` (None: on CUDA) can be
+    turned off for loaders whose page-locked copies would stay cached for the whole run for little gain
+    (evaluation: PyTorch's pinned-memory cache keeps its peak for the rest of the process)."""
     device = torch.device(device)
     if raw is None:
         raw = device.type == "cuda"
+    if pin_memory is None:
+        pin_memory = device.type == "cuda"
     kwargs = dict(batch_sampler=batch_sampler, collate_fn=collate_fn, num_workers=num_workers,
-                  pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))
+                  pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
     if num_workers > 0:
         kwargs.update(worker_init_fn=worker_init_fn, persistent_workers=persistent_workers)
     return DataLoader(AudioSetDataset(sample_rate=sample_rate, raw=raw), **kwargs)

@@ -2,11 +2,13 @@
 
 The one owner of device choice for training, fine-tuning, extraction and inference:
 
-* :func:`select_device` - ``--cuda`` + ``LOCAL_RANK`` (torchrun) -> ``torch.device('cuda', i)`` or CPU,
-  with one-line errors for ranks beyond the GPUs this process can see (``CUDA_VISIBLE_DEVICES``).
-* :func:`init_distributed` / :func:`teardown` / :func:`exit_process` - rank and world size from torchrun's
-  environment, ``set_device`` before the process group (nccl on CUDA, gloo on CPU), its destruction, and
-  a clean exit of a process that had one.
+* :func:`select_device` - ``--cuda`` + the local rank (torchrun's LOCAL_RANK, srun's SLURM_LOCALID) ->
+  ``torch.device('cuda', i)`` or CPU; ``cuda:0`` when CUDA_VISIBLE_DEVICES gives the process one GPU of its
+  own; one-line errors for ranks beyond the GPUs this process can see (``CUDA_VISIBLE_DEVICES``).
+* :func:`init_distributed` / :func:`teardown` / :func:`exit_process` - rank and world size from the launcher
+  (torchrun, Kubernetes operators that set RANK/WORLD_SIZE, or ``srun`` tasks), ``set_device`` before the
+  process group (nccl on CUDA, gloo on CPU; a 30-min timeout), its destruction, and a clean exit of a
+  process that had one.
 * :func:`map_location` - where ``torch.load`` puts tensors for a device.
 * :func:`native_bf16`, :func:`resolve_precision` - the precision rule: 'auto' is bf16 where the
   hardware computes bf16 natively (CUDA sm80+, CPUs with AMX-BF16/AVX512-BF16); on sm70/sm75 GPUs
@@ -23,9 +25,10 @@ import contextlib
 import datetime
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass, field
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -67,20 +70,48 @@ def _env_int(name: str, default: int) -> int:
         raise PannsError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
+def launcher() -> str:
+    """Who started this process: 'torchrun' (or any launcher that sets RANK/WORLD_SIZE: Kubeflow's
+    PyTorchJob, torch.multiprocessing scripts), 'slurm' (a task of ``srun`` without torchrun) or 'single'.
+
+    SLURM is recognised by ``SLURM_STEP_NUM_TASKS``, which only ``srun`` sets: an ``sbatch`` script also
+    carries SLURM_PROCID/SLURM_NTASKS, and a plain ``python`` in it must stay one process."""
+    if os.environ.get("WORLD_SIZE", "").strip() or os.environ.get("RANK", "").strip():
+        return "torchrun"
+    if os.environ.get("SLURM_STEP_NUM_TASKS", "").strip():
+        return "slurm"
+    return "single"
+
+
 def dist_env() -> Tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) without torchrun."""
-    world = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
-    local_rank = _env_int("LOCAL_RANK", 0)
+    """(rank, world_size, local_rank) of this process: from torchrun's RANK/WORLD_SIZE/LOCAL_RANK, else from
+    an ``srun`` task's SLURM_PROCID/SLURM_STEP_NUM_TASKS/SLURM_LOCALID; (0, 1, 0) for a lone process."""
+    if launcher() == "slurm":
+        world, rank, local_rank = (_env_int("SLURM_STEP_NUM_TASKS", 1), _env_int("SLURM_PROCID", 0),
+                                   _env_int("SLURM_LOCALID", 0))
+        names = "SLURM_PROCID / SLURM_STEP_NUM_TASKS"
+    else:
+        world, rank, local_rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+        names = "RANK / WORLD_SIZE"
     if world < 1 or not 0 <= rank < world:
-        raise PannsError(f"RANK={rank} / WORLD_SIZE={world} from the environment are inconsistent")
+        raise PannsError(f"{names} = {rank} / {world} from the environment are inconsistent")
     if local_rank < 0:
-        raise PannsError(f"LOCAL_RANK={local_rank} must be >= 0")
+        raise PannsError(f"local rank {local_rank} (LOCAL_RANK / SLURM_LOCALID) must be >= 0")
     return rank, world, local_rank
 
 
+def _visible_devices() -> Optional[List[str]]:
+    """The entries of CUDA_VISIBLE_DEVICES, or None when it is unset."""
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return None
+    return [d for d in raw.split(",") if d.strip()]
+
+
 def select_device(cuda: bool, local_rank: Optional[int] = None) -> torch.device:
-    """The device of this process: ``cuda:<local rank>`` when ``cuda`` and a GPU is visible, else CPU.
+    """The device of this process: with ``cuda`` and a GPU visible, ``cuda:<local rank>`` - or ``cuda:0``
+    whatever the local rank when CUDA_VISIBLE_DEVICES names exactly one GPU (SLURM ``--gpus-per-task=1``, a
+    scheduler that binds one GPU per process); else CPU. ``local_rank`` given explicitly is used as is.
 
     Always an indexed CUDA device (``torch.cuda.set_device`` refuses a bare 'cuda'). A local rank with
     no GPU of its own is a one-line error naming ``CUDA_VISIBLE_DEVICES``, not a CUDA traceback.
@@ -90,28 +121,52 @@ def select_device(cuda: bool, local_rank: Optional[int] = None) -> torch.device:
     if not torch.cuda.is_available():
         logger.warning("--cuda given but CUDA is not available; running on the CPU")
         return torch.device("cpu")
-    if local_rank is None:
-        local_rank = dist_env()[2]
     count = torch.cuda.device_count()
+    visible = _visible_devices()
+    if local_rank is None:
+        if count == 1 and visible is not None and len(visible) == 1:
+            # The launcher gave this process its own GPU; its local rank numbers processes, not GPUs.
+            return torch.device("cuda", 0)
+        local_rank = dist_env()[2]
     if local_rank >= count:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raw = os.environ.get("CUDA_VISIBLE_DEVICES")
         raise PannsError(f"local rank {local_rank} needs GPU {local_rank} but this process sees {count} GPU(s)"
-                         + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
-                         + "; start at most one process per visible GPU (torchrun --nproc_per_node)")
+                         + (f" (CUDA_VISIBLE_DEVICES={raw})" if raw is not None else "")
+                         + "; start at most one process per visible GPU (torchrun --nproc_per_node), or give each "
+                           "process one GPU of its own (srun --gpus-per-task=1)")
     return torch.device("cuda", local_rank)
 
 
-def init_distributed(cuda: bool, timeout: datetime.timedelta = datetime.timedelta(hours=2)) -> DistInfo:
-    """Rank/world from torchrun's environment, this process's device (``set_device`` on CUDA) and, with
-    more than one process, the process group: nccl on CUDA, gloo on CPU. ``timeout``: how long ranks
-    wait for each other (long: evaluation and checkpoint writes happen on one rank)."""
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+def init_distributed(cuda: bool, timeout: Optional[datetime.timedelta] = None) -> DistInfo:
+    """Rank/world from the launcher's environment (:func:`dist_env`), this process's device (``set_device``
+    on CUDA) and, with more than one process, the process group: nccl on CUDA, gloo on CPU.
+
+    ``timeout`` (default :data:`DEFAULT_TIMEOUT`, 30 min): how long a collective waits before the run fails.
+    Long enough for what one rank does while the others wait (evaluation is sharded; rank 0 writes
+    checkpoints in seconds), short enough that a stuck rank does not idle every GPU for hours: PyTorch's
+    watchdog then ends the process with an error naming its rank and the collective it waited in.
+    ``srun`` tasks need MASTER_ADDR and MASTER_PORT (one line of the README's recipe)."""
     rank, world, local_rank = dist_env()
-    device = select_device(cuda, local_rank)
+    device = select_device(cuda)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v, "").strip()]
+        if missing:
+            raise PannsError(f"{launcher()} started {world} processes but {' and '.join(missing)} "
+                             f"{'is' if len(missing) == 1 else 'are'} not set; export MASTER_ADDR=<first node's "
+                             "host name> MASTER_PORT=<free port> on every node (see README 'Several nodes')")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
+                                timeout=timeout or DEFAULT_TIMEOUT)
     return DistInfo(rank, world, local_rank, device)
+
+
+def hostname() -> str:
+    """This node's name, for messages that say where something went wrong."""
+    return socket.gethostname()
 
 
 def teardown(info: Optional[DistInfo] = None) -> None:

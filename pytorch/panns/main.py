@@ -16,6 +16,8 @@ work; one log line every ``--log_every`` iterations instead of ``print(loss)`` e
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
 from typing import Any, Dict, Optional
 
 from panns import devices
@@ -29,8 +31,11 @@ from panns.training.audioset import AudioSetTask
 def train(cfg: TrainConfig) -> Dict[str, Any]:
     """Run training as configured; returns {'iteration', 'checkpoint_path', 'statistics'} (rank 0 view)."""
     cfg.validate()
-    info = devices.init_distributed(cfg.cuda)
+    info = devices.init_distributed(cfg.cuda, timeout=datetime.timedelta(minutes=cfg.dist_timeout))
     try:
+        # The run's size is part of its batch semantic and its run folder (TrainConfig.batch_folder).
+        cfg = dataclasses.replace(cfg, world_size=info.world_size)
+        cfg.validate()
         devices.configure_backends(info.device, deterministic=cfg.deterministic)
         return AudioSetTask(cfg, info).run()
     finally:
@@ -59,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixup: Beta(1,1) mixing of adjacent pairs in the log-mel domain")
     p.add_argument("--batch_size", type=int, default=d.batch_size,
                    help="examples per optimizer step (after mixup; the loader reads twice as many clips); "
-                        "with DDP the total over all processes (see --per_rank_batch_size)")
+                        "with DDP the global batch, split over the processes (see --per_rank_batch_size); "
+                        "the run folder names it: batch_size=32, or batch_size=32,world_size=8 for 8 processes")
     p.add_argument("--learning_rate", type=float, default=d.learning_rate, help="Adam (amsgrad) learning rate")
     p.add_argument("--resume_iteration", type=int, default=d.resume_iteration,
                    help="resume from <checkpoints dir>/<N>_iterations.pth (0: start fresh)")
@@ -94,8 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="examples per process per step; the global batch becomes this x processes (0: "
                         "--batch_size split over the processes). The learning rate is not changed: scale "
                         "--learning_rate yourself if you grow the global batch")
-    p.add_argument("--sync_bn", action="store_true", default=False,
-                   help="DDP on CUDA: BatchNorm statistics over all processes (helps small per-process batches)")
+    p.add_argument("--sync_bn", action="store_true", default=None,
+                   help="DDP on CUDA: BatchNorm statistics over all processes (SyncBatchNorm). Default: on when "
+                        "several CUDA processes get fewer than 16 examples each (--no_sync_bn to refuse)")
+    p.add_argument("--no_sync_bn", action="store_false", dest="sync_bn",
+                   help="plain per-process BatchNorm even for small per-process batches")
+    p.add_argument("--grad_comm", type=str, default=d.grad_comm, choices=tl.GRAD_COMMS,
+                   help="DDP gradient all-reduce: fp32 (exact), or bf16/fp16 compression (half the bytes between "
+                        "nodes; rounds the averaged gradient; opt-in, not measured here; bf16 needs CUDA)")
+    p.add_argument("--dist_timeout", type=float, default=d.dist_timeout,
+                   help="minutes a process waits for the others in a collective before the run fails "
+                        "(a stalled rank stops the run instead of idling every GPU)")
     return parser
 
 

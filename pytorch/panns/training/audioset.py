@@ -36,6 +36,8 @@ from panns.utilities import create_folder, create_logging
 
 logger = logging.getLogger("main")
 
+EVAL_WORKERS = 4   # loader workers of an evaluation at most
+
 INDEX_SCRIPTS = {
     "full_train": "utils/create_indexes.py combine_full_indexes (scripts/3_create_training_indexes.sh)",
     "balanced_train": "utils/create_indexes.py create_indexes (scripts/3_create_training_indexes.sh)",
@@ -144,28 +146,24 @@ class AudioSetTask:
 
     def __init__(self, cfg: TrainConfig, info: DistInfo):
         self.cfg, self.info = cfg, info
-        data = check_inputs(cfg)
+        # Every node checks its own copy of the inputs; a failure anywhere stops every rank with one line.
+        data = tl.check_everywhere(info, check_inputs, cfg)
         self.labels = data.labels
-        if cfg.per_rank_batch_size > 0:
-            self.batch_per_rank = cfg.per_rank_batch_size
-        elif info.distributed and cfg.batch_size % info.world_size:
-            raise PannsError(f"--batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes; "
-                             "pass a divisible global batch or --per_rank_batch_size")
-        else:
-            self.batch_per_rank = cfg.batch_size // info.world_size
-        self.global_batch = self.batch_per_rank * info.world_size
-        if cfg.sync_bn and info.distributed and info.device.type != "cuda":
-            raise PannsError("--sync_bn needs CUDA (SyncBatchNorm has no CPU/gloo implementation)")
-        resume_from = self._resume_path(cfg.resume_iteration) if cfg.resume_iteration > 0 else None
+        self.batch_per_rank, self.global_batch = cfg.per_rank_batch, cfg.global_batch
+        sync_bn = tl.resolve_sync_bn(cfg, info)
+        tl.check_grad_comm(cfg.grad_comm, info)
+        # Only rank 0's disk is sure to hold the checkpoints (nodes need not share a filesystem).
+        resume_from = tl.from_main(info, self._resume_path, cfg.resume_iteration) if cfg.resume_iteration > 0 \
+            else None
 
         self.precision = amp.resolve_precision(cfg.precision, info.device, training=True)
         tl.seed_everything(cfg.seed)  # same initial weights on every rank
         raw = build_model(cfg, data.labels.classes_num, data.clip_samples, data.eval_clip_samples)
         self._setup_logging()
         logger.info("Config: %s", cfg.to_dict())
-        logger.info("Using %s%s; precision %s; batch %d per process, %d per step.", devices.describe(info.device),
-                    f", {info.world_size} processes" if info.distributed else "", self.precision,
-                    self.batch_per_rank, self.global_batch)
+        logger.info("Using %s%s; precision %s.", devices.describe(info.device),
+                    f", {info.world_size} processes" if info.distributed else "", self.precision)
+        logger.info(tl.batch_line(cfg, info, sync_bn))
         if cfg.cuda and info.device.type != "cuda":
             logger.warning("--cuda given but no GPU is available; training on the CPU")
         self.raw_model = raw.to(info.device)
@@ -174,16 +172,20 @@ class AudioSetTask:
         model_config = self._model_config()
         if info.is_main:
             tl.write_run_record(cfg, model_config, n_params, info, self.precision)
-        self._setup_data()
+        self._setup_data(data)
         self.evaluator = Evaluator(raw, precision=self.precision)
         self.statistics = StatisticsContainer(cfg.statistics_path)
         self._last_stats: Dict[str, Any] = {}
         settings = CoreSettings(iterations=cfg.early_stop, eval_every=cfg.eval_every, save_every=cfg.save_every,
                                 log_every=cfg.log_every, learning_rate=cfg.learning_rate, precision=self.precision,
                                 seed=cfg.seed, mixup_alpha=cfg.mixup_alpha if cfg.augmentation == "mixup" else None,
-                                grad_clip=cfg.grad_clip, compile=cfg.compile, sync_bn=cfg.sync_bn, at_start=True)
+                                grad_clip=cfg.grad_clip, compile=cfg.compile, sync_bn=sync_bn, at_start=True)
         self.trainer = Trainer(settings, info, self.raw_model, get_loss_func(cfg.loss_type), self, model_config,
-                               cfg.to_dict(), data.clip_samples, self.global_batch, resume_from)
+                               {**cfg.to_dict(), "global_batch": self.global_batch,
+                                "per_rank_batch": self.batch_per_rank},
+                               data.clip_samples, self.global_batch, resume_from)
+        # Before the first backward, on the DDP module (under torch.compile's wrapper when compiled).
+        tl.register_grad_comm(getattr(self.trainer.model, "_orig_mod", self.trainer.model), cfg.grad_comm)
 
     # ------------------------------------------------------------------------------------ setup
     def _setup_logging(self) -> None:
@@ -200,10 +202,10 @@ class AudioSetTask:
         mc.labels, mc.ids = list(self.labels.labels), list(self.labels.ids)
         return mc.to_dict()
 
-    def _setup_data(self) -> None:
+    def _setup_data(self, data: DataInfo) -> None:
         cfg, info = self.cfg, self.info
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
-        self.num_workers = max(0, min(cfg.num_workers, dg.usable_cpus() // max(local_world, 1)))
+        # Workers from this rank's own share of the node's CPUs (see tl.cpu_share).
+        self.num_workers = max(0, min(cfg.num_workers, tl.cpu_share(info)))
         sampler_cls = {"none": dg.TrainSampler, "balanced": dg.BalancedTrainSampler,
                        "alternate": dg.AlternateTrainSampler}[cfg.balanced]
         per_step = self.batch_per_rank * (2 if cfg.augmentation == "mixup" else 1)
@@ -212,15 +214,38 @@ class AudioSetTask:
             black_list_csv=cfg.black_list_csv, random_seed=cfg.seed, rank=info.rank, world_size=info.world_size)
         self.train_loader = dg.train_loader(cfg.sample_rate, self.train_sampler, self.num_workers, info.device,
                                             seed=cfg.seed + info.rank)
+        # Evaluation loaders: their workers start at each evaluation and end with it (not persistent), so
+        # between evaluations they hold no shared memory; at most EVAL_WORKERS of them (evaluation is a
+        # small part of a run and two persistent loaders x --num_workers held gigabytes of /dev/shm per rank);
+        # not pinned (large batches: PyTorch's pinned-memory cache would keep their peak all run).
+        self.eval_workers = min(self.num_workers, EVAL_WORKERS)
         self.eval_loaders = {}
         # Evaluation batches: larger on CUDA (the forward alone is cheap there; scores do not depend on the batch).
-        eval_batch = cfg.eval_batch_size or (4 * self.batch_per_rank if info.device.type == "cuda" else cfg.batch_size)
+        self.eval_batch = eval_batch = cfg.eval_batch_size or \
+            (4 * self.batch_per_rank if info.device.type == "cuda" else cfg.batch_size)
         for key, name in (("bal", "balanced_train"), ("test", "eval")):
             sampler = dg.EvaluateSampler(indexes_hdf5_path=cfg.indexes_path(name), batch_size=eval_batch,
                                          rank=info.rank, world_size=info.world_size)  # shard, gathered by Evaluator
             # int16 batches on CUDA as in training (the Evaluator converts them on the device)
-            self.eval_loaders[key] = dg.train_loader(cfg.sample_rate, sampler, self.num_workers, info.device,
-                                                     seed=cfg.seed, persistent_workers=self.num_workers > 0)
+            self.eval_loaders[key] = dg.train_loader(cfg.sample_rate, sampler, self.eval_workers, info.device,
+                                                     seed=cfg.seed, pin_memory=False)
+        self._check_shared_memory(data, per_step)
+
+    def _check_shared_memory(self, data: DataInfo, train_clips: int) -> None:
+        """Estimate this rank's /dev/shm need (training loader, plus one evaluation loader at a time), log it,
+        and warn with the container flag to pass when the node's ranks together need more than is free."""
+        if self.num_workers == 0:
+            return
+        raw = self.info.device.type == "cuda"
+        classes = self.labels.classes_num
+        need = dg.shm_bytes(train_clips, data.clip_samples, classes, self.num_workers, raw) + \
+            dg.shm_bytes(self.eval_batch, data.eval_clip_samples, classes, self.eval_workers, raw)
+        ranks = tl.ranks_on_this_node(self.info)
+        logger.info("Shared memory: about %.2f GiB of /dev/shm per process (%d training + %d evaluation loader "
+                    "workers), %d process(es) on this node", need / 2**30, self.num_workers, self.eval_workers, ranks)
+        warning = tl.check_shared_memory(need, ranks, dg.shm_available())
+        if warning and self.info.local_rank == 0:  # once per node, for the node
+            logger.warning(warning)
 
     def _resume_path(self, n: int) -> str:
         path = self.cfg.checkpoint_path(n)
@@ -261,7 +286,8 @@ class AudioSetTask:
         return path
 
     def load_extra(self, ckpt: Dict[str, Any], iteration: int) -> None:
-        self.statistics.load_state_dict(iteration)
+        if self.info.is_main:  # rank 0 keeps the statistics, on its own disk
+            self.statistics.load_state_dict(iteration)
 
     def close_loaders(self) -> None:
         self.train_loader, self.eval_loaders = None, {}

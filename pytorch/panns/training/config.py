@@ -18,15 +18,18 @@ import random
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import h5py
 import numpy as np
 import sklearn
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from panns import amp
+from panns import data_generator as dg
+from panns import devices
 from panns.devices import DistInfo
 from panns.errors import PannsError
 from panns.frontend import FRONT_END_32K, FRONTEND_KEYS, FrontEnd
@@ -40,6 +43,7 @@ BALANCED = ("none", "balanced", "alternate")
 AUGMENTATIONS = ("none", "mixup")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 COMPILE_MODES = ("auto", "on", "off")
+GRAD_COMMS = ("fp32", "bf16", "fp16")
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -79,8 +83,22 @@ class TrainConfig:
     grad_clip: float = 0.0          # 0 = off (official: no clipping)
     deterministic: bool = False     # deterministic kernels: bit-exact resume on CUDA (slower)
     per_rank_batch_size: int = 0    # 0: batch_size is the global batch, split over the processes
-    sync_bn: bool = False           # DDP: BatchNorm statistics over all processes (CUDA only)
+    sync_bn: Optional[bool] = None  # DDP on CUDA: BatchNorm over all processes; None: when per-rank batch < 16
+    dist_timeout: float = 30.0      # minutes a collective waits for a stalled rank before the run fails
+    grad_comm: str = "fp32"         # DDP gradient all-reduce in fp32 (exact), or compressed to bf16/fp16 (opt-in)
     filename: str = "main"          # official path level (script name)
+    world_size: int = 1             # processes of the run (set from the launcher by main.train, not a flag)
+
+    # One batch semantic: ``per_rank_batch`` examples per process per step, ``global_batch`` per step in all.
+    @property
+    def per_rank_batch(self) -> int:
+        if self.per_rank_batch_size > 0:
+            return self.per_rank_batch_size
+        return self.batch_size // self.world_size
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_rank_batch * self.world_size
 
     # Official workspace layout: results of earlier official runs are found where users expect them.
     @property
@@ -92,7 +110,15 @@ class TrainConfig:
     def run_subpath(self) -> str:
         return os.path.join(self.filename, self.feature_dir, f"data_type={self.data_type}", self.model_type,
                             f"loss_type={self.loss_type}", f"balanced={self.balanced}",
-                            f"augmentation={self.augmentation}", f"batch_size={self.batch_size}")
+                            f"augmentation={self.augmentation}", self.batch_folder)
+
+    @property
+    def batch_folder(self) -> str:
+        """The official ``batch_size=<B>`` level, with B the global batch; runs of several processes also name
+        their count (``batch_size=32,world_size=8``): BatchNorm, the data order and Mixup's draws depend on
+        it, so they neither overwrite nor resume one another's checkpoints. One process: the official name."""
+        name = f"batch_size={self.global_batch}"
+        return name if self.world_size == 1 else f"{name},world_size={self.world_size}"
 
     @property
     def checkpoints_dir(self) -> str:
@@ -128,13 +154,22 @@ class TrainConfig:
         for name, value, choices in (("data_type", self.data_type, DATA_TYPES), ("balanced", self.balanced, BALANCED),
                                      ("augmentation", self.augmentation, AUGMENTATIONS),
                                      ("precision", self.precision, PRECISIONS),
-                                     ("compile", self.compile, COMPILE_MODES)):
+                                     ("compile", self.compile, COMPILE_MODES),
+                                     ("grad_comm", self.grad_comm, GRAD_COMMS)):
             if value not in choices:
                 raise PannsError(f"--{name} {value!r} is not one of {', '.join(choices)}")
         if self.eval_batch_size < 0:
             raise PannsError(f"--eval_batch_size must be >= 0 (got {self.eval_batch_size})")
         if self.per_rank_batch_size < 0:
             raise PannsError(f"--per_rank_batch_size must be >= 0 (got {self.per_rank_batch_size})")
+        if self.world_size < 1:
+            raise PannsError(f"world_size must be >= 1 (got {self.world_size})")
+        if self.per_rank_batch_size == 0 and self.batch_size % self.world_size:
+            raise PannsError(f"--batch_size {self.batch_size} (the global batch) is not divisible by the "
+                             f"{self.world_size} processes; pass a divisible --batch_size, or "
+                             f"--per_rank_batch_size {max(1, self.batch_size // self.world_size)}")
+        if self.dist_timeout <= 0:
+            raise PannsError(f"--dist_timeout must be > 0 minutes (got {self.dist_timeout})")
         for name in ("batch_size", "eval_every", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise PannsError(f"--{name} must be >= 1 (got {getattr(self, name)})")
@@ -158,6 +193,144 @@ def all_gather_object(info: DistInfo, obj: Any) -> List[Any]:
     out: List[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def from_main(info: DistInfo, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` run on rank 0 alone, its result sent to every rank (pickled, through the
+    process group): what only rank 0's disk holds - the checkpoint to resume from, the saved iterations -
+    reaches nodes that share no filesystem with it. An error on rank 0 is raised there as it is and on every
+    other rank as one line (nobody waits for a result that never comes)."""
+    if not info.distributed:
+        return fn(*args, **kwargs)
+    box: List[Any] = [None]
+    error: Optional[BaseException] = None
+    if info.is_main:
+        try:
+            box[0] = ("ok", fn(*args, **kwargs))
+        except Exception as e:  # sent on, then raised here as it is
+            error, box[0] = e, ("error", f"{type(e).__name__}: {e}" if not isinstance(e, PannsError) else str(e))
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    status, value = box[0]
+    if status == "error":
+        raise PannsError(f"rank 0 failed: {value}")
+    return value
+
+
+def check_everywhere(info: DistInfo, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` on every rank (each node checks its own copy of the inputs); an error on any
+    rank fails every rank with one line naming the node and rank that saw it, e.g. ``on node gpu07 (rank 9):
+    index file .../eval.h5 not found ...``. One process: ``fn``'s errors as they are. Returns this rank's
+    result."""
+    result, mine = None, None
+    try:
+        result = fn(*args, **kwargs)
+    except Exception as e:  # any failure: the other ranks must hear of it, not wait for this one
+        if not info.distributed:
+            raise
+        mine = str(e) if isinstance(e, PannsError) else f"{type(e).__name__}: {' '.join(str(e).split())}"
+    if not info.distributed:
+        return result
+    errors = all_gather_object(info, (devices.hostname(), info.rank, mine))
+    failed = [(host, rank, msg) for host, rank, msg in errors if msg is not None]
+    if failed:
+        host, rank, msg = failed[0]
+        more = f" (and {len(failed) - 1} more rank(s))" if len(failed) > 1 else ""
+        raise PannsError(f"on node {host} (rank {rank}){more}: {msg}")
+    return result
+
+
+def cpu_share(info: DistInfo) -> int:
+    """CPUs this rank may give its loader workers: its own CPU set (``sched_getaffinity``: SLURM
+    ``--cpus-per-task`` binding, a container's cpuset, taskset) divided among the ranks of its node that
+    share that set. Ranks with CPU sets of their own keep them whole; ranks that all see the node's CPUs
+    (torchrun) split them. Found by comparing sets across ranks, not by guessing from LOCAL_WORLD_SIZE."""
+    cpus = dg.usable_cpu_set()
+    if not info.distributed:
+        return max(1, len(cpus))
+    everyone = all_gather_object(info, (devices.hostname(), sorted(cpus)))
+    here = devices.hostname()
+    sharing = sum(1 for host, theirs in everyone if host == here and not cpus.isdisjoint(theirs))
+    return max(1, len(cpus) // max(sharing, 1))
+
+
+def ranks_on_this_node(info: DistInfo) -> int:
+    """How many ranks of the run share this node (host name): they share its /dev/shm."""
+    if not info.distributed:
+        return 1
+    here = devices.hostname()
+    return sum(1 for host in all_gather_object(info, here) if host == here)
+
+
+def check_shared_memory(need_per_rank: int, ranks: int, available: Optional[int]) -> Optional[str]:
+    """A warning line when the node's ``ranks`` loaders need (with a quarter of headroom) more /dev/shm than
+    ``available``, else None."""
+    need = need_per_rank * ranks
+    size = -(-int(need * 1.25) // 2**30)  # a quarter of headroom (NCCL's own segments, late releases), whole GiB
+    if available is None or need * 1.25 <= available:
+        return None
+    return (f"/dev/shm has {available / 2**30:.1f} GiB free but the loader workers of {ranks} process(es) on this "
+            f"node need about {need / 2**30:.1f} GiB ({need_per_rank / 2**30:.2f} GiB each): workers will die with "
+            f"a bus error. Run the container with --shm-size={size}g (or --ipc=host), or lower --num_workers")
+
+
+# BatchNorm statistics over fewer examples than this per process are noisy enough to change training
+# (GroupNorm paper, Wu & He 2018: ImageNet error grows below 16 per GPU and sharply at 2-8); the
+# official recipe normalises over its whole batch of 32.
+SYNC_BN_BELOW = 16
+
+
+def resolve_sync_bn(cfg: TrainConfig, info: DistInfo) -> bool:
+    """Whether DDP converts BatchNorm to SyncBatchNorm. ``--sync_bn``/``--no_sync_bn`` decide; by default
+    (None) it is on for runs of several CUDA processes with fewer than SYNC_BN_BELOW examples per process, so
+    that 8 GPUs x 4 normalise over 32 as the official single-GPU run does. SyncBatchNorm has no CPU
+    implementation: asked for there it is an error (the batch log line says what BatchNorm normalises over).
+    One process: off (plain BatchNorm is the official recipe)."""
+    if not info.distributed:
+        return False
+    cuda = info.device.type == "cuda"
+    if cfg.sync_bn and not cuda:
+        raise PannsError("--sync_bn needs CUDA (SyncBatchNorm has no CPU/gloo implementation)")
+    if cfg.sync_bn is not None:
+        return bool(cfg.sync_bn)
+    return cuda and cfg.per_rank_batch < SYNC_BN_BELOW
+
+
+def batch_line(cfg: TrainConfig, info: DistInfo, sync_bn: bool) -> str:
+    """One log line with the batch semantic of the run: global and per-process batch, the learning-rate rule
+    (none: the rate is used as given) and what BatchNorm normalises over."""
+    procs = f"{cfg.per_rank_batch} per process x {info.world_size} process{'es' if info.world_size > 1 else ''}"
+    clips = " (mixup: twice as many clips read)" if cfg.augmentation == "mixup" else ""
+    bn = cfg.global_batch if sync_bn else cfg.per_rank_batch
+    why = ""
+    if info.distributed and not sync_bn and cfg.per_rank_batch < SYNC_BN_BELOW:
+        why = " - few for BatchNorm: " + ("add --sync_bn" if info.device.type == "cuda" else "SyncBatchNorm needs CUDA")
+    rule = "as given (no scaling rule applied" + \
+        ("; the official rate is for a global batch of 32 - scale it yourself, e.g. linearly)"
+         if cfg.global_batch != 32 else ")")
+    return (f"Batch: global {cfg.global_batch} = {procs}{clips}; learning rate {cfg.learning_rate:g} {rule}; "
+            f"BatchNorm over {bn} examples{' (SyncBatchNorm)' if sync_bn else ''}{why}; run folder {cfg.batch_folder}")
+
+
+def check_grad_comm(kind: str, info: DistInfo) -> None:
+    """Refuse at start what :func:`register_grad_comm` cannot do: PyTorch's bf16 hook needs NCCL."""
+    if kind == "bf16" and info.distributed and info.device.type != "cuda":
+        raise PannsError("--grad_comm bf16 needs CUDA (PyTorch's bf16 hook runs on NCCL); use fp16 or fp32 on the CPU")
+
+
+def register_grad_comm(model: torch.nn.Module, kind: str) -> None:
+    """Opt-in compression of DDP's gradient all-reduce (``--grad_comm``), for the DDP module ``model``
+    (anything else: nothing to do). 'fp32' (default) all-reduces the gradients as they are: exact, the recipe.
+    'bf16'/'fp16' cast each bucket to 16 bits for the all-reduce and back (PyTorch's ddp_comm_hooks): half the
+    bytes on the wire, at the cost of rounding the averaged gradient. Why it can pay: Cnn14's 80 M parameters
+    are 320 MB of fp32 gradients per step; between nodes at 100 Gb/s a ring all-reduce of them takes ~50 ms,
+    more than the compute of a few examples per GPU - halving it matters there; over NVLink inside a node it
+    does not. Not measured here (no GPU): an opt-in, not a default. bf16's hook needs NCCL (CUDA)."""
+    if kind == "fp32" or not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return
+    hook = {"bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}[kind]
+    model.register_comm_hook(state=None, hook=hook)
 
 
 def mean_over_ranks(info: DistInfo, value: float) -> float:

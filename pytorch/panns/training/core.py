@@ -52,7 +52,7 @@ class CoreSettings:
     grad_clip: float = 0.0                # 0: off (official)
     compile: Union[bool, str] = False     # True/'on', False/'off', or 'auto' (see resolve_compile)
     compile_backend: str = "inductor"     # torch.compile backend ('eager' in tests: same ops, graph capture only)
-    sync_bn: bool = False
+    sync_bn: bool = False                 # resolved by the entry point (training.config.resolve_sync_bn)
     at_start: bool = True                 # also evaluate and save before the first step (main.py)
 
 
@@ -230,7 +230,7 @@ class Trainer:
             if self.s.sync_bn:
                 model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.info.local_rank] if self.info.device.type == "cuda" else None,
+                model, device_ids=[self.info.device.index] if self.info.device.type == "cuda" else None,
                 find_unused_parameters=bool(unused))
         if self.compiled:
             # One graph per step: SpecAugment's stripes are drawn before the forward (external draws) and the
@@ -413,10 +413,10 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- resume
     def _resume(self, path: str) -> None:
-        """Continue exactly from the checkpoint at ``path``: weights, optimizer, scaler, sampler position,
-        this rank's RNG and Mixup states, the task's own state."""
+        """Continue exactly from the checkpoint at ``path`` (on rank 0's disk; see :func:`read_checkpoint`):
+        weights, optimizer, scaler, sampler position, this rank's RNG and Mixup states, the task's own state."""
         logger.info("Loading checkpoint %s", path)
-        ckpt = checkpoint.load_checkpoint(path, map_location="cpu")  # RNG states must stay CPU tensors
+        ckpt = read_checkpoint(self.info, path)
         saved = ckpt.get("config") or {}
         for key in ("model_type", "classes_num") + FRONTEND_KEYS:
             if key in saved and saved[key] != self.model_config[key]:
@@ -461,3 +461,11 @@ class Trainer:
                            "restart (resume not exact)", path, len(per_rank), self.info.world_size)
         return {}
 
+
+def read_checkpoint(info: DistInfo, path: str) -> Dict[str, Any]:
+    """The checkpoint at ``path`` on every rank, read from disk by rank 0 alone and sent to the others
+    through the process group: rank 0 wrote it, and nodes need not share a filesystem with rank 0 (a second
+    node's own copy of the workspace has no checkpoints). Loaded onto the CPU: RNG states must stay CPU
+    tensors, and the weights go where the model is with ``load_state_dict``. Costs one transfer of the file's
+    size to every rank at start-up (a Cnn14 checkpoint with Adam's moments: ~1.2 GB)."""
+    return tl.from_main(info, checkpoint.load_checkpoint, path, map_location="cpu")
