@@ -128,3 +128,27 @@ def test_panns_inference_classes_and_hear_scale_int16(cnn6, capsys):
     assert hear.get_scene_embeddings(torch.zeros(0, sr), hm).shape == (0, hm.scene_embedding_size)
     with pytest.raises(PannsError, match="non-finite"):
         hear.get_scene_embeddings(torch.full((1, sr), float("nan")), hm)
+
+
+def test_cli_takes_the_model_type_from_an_official_name_and_warns_on_a_contradiction(tmp_path, capsys, caplog):
+    from panns import inference
+
+    torch.manual_seed(0)
+    official = str(tmp_path / "Cnn6_mAP=0.343.pth")    # the published name, official format (no config)
+    torch.save({"model": models.create_model("Cnn6").state_dict()}, official)
+    wav = str(tmp_path / "clip.wav")
+    sf.write(wav, _tone(1.0), SR)
+    inference.main(["audio_tagging", "--checkpoint_path", official, "--audio_path", wav, "--backend", "torch"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Using CPU." and len(out) == 12 and out[-1] == "embedding: (512,)"
+    with caplog.at_level("WARNING"):
+        assert validate.model_type_for(official, "Cnn6") == "Cnn6" and not caplog.records
+        assert validate.model_type_for("Cnn14_mAP=0.431.pth", "Cnn14_DecisionLevelMax") == "Cnn14_DecisionLevelMax"
+    assert "published name of the Cnn14 checkpoint" in caplog.text
+    assert validate.model_type_for(str(tmp_path / "mine.pth"), None) is None
+    with pytest.raises(PannsError, match="--hop_seconds 3 is longer than --segment_seconds 1"):
+        inference.main(["sound_event_detection", "--checkpoint_path", official, "--audio_path", wav,
+                        "--segment_seconds", "1", "--hop_seconds", "3"])
+    with pytest.raises(PannsError, match=r"--threshold must be a probability"):
+        inference.main(["sound_event_detection", "--checkpoint_path", official, "--audio_path", wav,
+                        "--threshold", "2"])

@@ -41,13 +41,10 @@ def _resolve(name_or_path: str, model_type: Optional[str]) -> Tuple[Optional[str
     from panns import pretrained  # catalogue of the official files
 
     path = os.fspath(name_or_path)
-    if os.path.exists(path):
-        if model_type is None:   # an official file keeps its published name: Cnn14_mAP=0.431.pth
-            try:
-                model_type = pretrained.lookup(os.path.basename(path)).model_type
-            except PannsError:
-                pass
-        return path, model_type
+    if os.path.isdir(path):
+        raise PannsError(f"{path} is a folder; give a checkpoint file in it")
+    if os.path.exists(path):   # an official file keeps its published name: Cnn14_mAP=0.431.pth
+        return path, validate.model_type_for(path, model_type, "model_type=")
     if path in pretrained.CATALOGUE:
         return None, path
     raise PannsError(f"{path!r} is neither a checkpoint file nor a published model; published: "

@@ -52,6 +52,7 @@ import torch
 from panns import audio_io
 from panns import devices
 from panns import runtime
+from panns import validate
 from panns.errors import PannsError
 from panns.frontend import FRONTEND_KEYS, frontend_overrides
 from panns.runtime import pad_to_min
@@ -638,7 +639,8 @@ def run(args) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     try:
         paths = runtime.gather_inputs(args.audio_path)
-        ex = Extractor.from_checkpoint(args.checkpoint_path, model_type=args.model_type,
+        ex = Extractor.from_checkpoint(args.checkpoint_path,
+                                       model_type=validate.model_type_for(args.checkpoint_path, args.model_type),
                                        frontend=frontend_overrides(args) or None, precision=args.precision,
                                        device=info.device, backend=args.backend,
                                        job_seconds=runtime.job_seconds(paths) if args.backend == "auto" else None,

@@ -87,16 +87,11 @@ class HearModel(torch.nn.Module):
 def load_model(model_file_path: str = "", model_type: Optional[str] = None, **options) -> HearModel:
     """A checkpoint of any PANNs model type (ours carry their type; an official file needs
     ``model_type`` unless it keeps its published name); "" = the published Cnn14 checkpoint."""
-    from panns import pretrained  # catalogue: official file names -> model types
-
     path = model_file_path or None
     if path is None:
         model_type = model_type or "Cnn14"
-    elif model_type is None:
-        try:
-            model_type = pretrained.lookup(path.rsplit("/", 1)[-1]).model_type
-        except Exception:
-            model_type = None
+    else:   # an official file keeps its published name: Cnn14_mAP=0.431.pth
+        model_type = validate.model_type_for(path, model_type, "model_type=")
     model, cfg, _ = _load(path, model_type)
     return HearModel(model, cfg, **options)
 

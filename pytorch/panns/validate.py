@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import os
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -221,3 +222,30 @@ def sample_rate(value, name: str = "sample_rate") -> int:
     if v <= 0 or v != int(v):
         raise PannsError(f"{name} must be a positive whole number of Hz, got {value!r}")
     return int(v)
+
+
+# ----------------------------------------------------------------------------- model type of a file
+def model_type_for(checkpoint_path, model_type: Optional[str], flag: str = "--model_type") -> Optional[str]:
+    """The model type to load ``checkpoint_path`` with: ``model_type`` as given, else the one an
+    official file's published name says (``Cnn14_mAP=0.431.pth`` -> Cnn14, as ``panns.load`` does).
+
+    A given type that contradicts the published name is warned about: official files carry no
+    config, and e.g. Cnn14_DecisionLevelMax loads Cnn14's weights without complaint (same layout)
+    but runs another head and prints other tags."""
+    if not checkpoint_path:
+        return model_type
+    from panns import pretrained  # the catalogue (plain data, no torch)
+
+    name = os.path.basename(os.fspath(checkpoint_path))
+    try:
+        named = pretrained.lookup(name).model_type
+    except PannsError:
+        return model_type
+    if model_type is None:
+        logger.info("%s is the published %s checkpoint; loading it as %s", name, named, named)
+        return named
+    if model_type != named:
+        logger.warning("%s %s, but %s is the published name of the %s checkpoint: if the file is what its name "
+                       "says, its weights run as %s give other outputs; drop %s or pass %s %s", flag, model_type, name,
+                       named, model_type, flag, flag, named)
+    return model_type
