@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -82,8 +83,29 @@ def decode_row(job: DecodeJob) -> Decoded:
 # Worker processes
 # ------------------------------------------------------------------------------------------------
 
-def _worker(conn, fn: Callable, parent: int) -> None:
+def _die_with_parent() -> None:
+    """Linux: have the kernel send SIGKILL when the parent dies (kill -9 included). Elsewhere the
+    poll of ``os.getppid`` below and the closed pipe do it."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker(conn, fn: Callable, parent: int, parent_ends: Sequence = ()) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us
+    # The fork copied the parent's ends of this worker's pipe and of the earlier workers' pipes. Held
+    # here, they kept a pipe open after a kill -9 of the parent: a worker blocked sending a result never
+    # saw the reader go and lived forever. Closed, that send fails (EPIPE) and the worker returns.
+    for c in parent_ends:
+        c.close()
+    _die_with_parent()
+    if os.getppid() != parent:   # the parent died before the line above took effect
+        return
     while True:
         if not conn.poll(1.0):
             if os.getppid() != parent:  # parent gone without killing us
@@ -95,7 +117,10 @@ def _worker(conn, fn: Callable, parent: int) -> None:
             return
         if job is None:
             return
-        conn.send(fn(job))
+        try:
+            conn.send(fn(job))
+        except (BrokenPipeError, EOFError, OSError):
+            return   # the parent is gone
 
 
 class OrderedPool(object):
@@ -123,7 +148,7 @@ class OrderedPool(object):
         ctx = multiprocessing.get_context("fork" if "fork" in methods else methods[0])
         for _ in range(self.num_workers):
             mine, theirs = ctx.Pipe(duplex=True)
-            p = ctx.Process(target=_worker, args=(theirs, self.fn, os.getpid()), daemon=True)
+            p = ctx.Process(target=_worker, args=(theirs, self.fn, os.getpid(), self.conns + [mine]), daemon=True)
             p.start()
             theirs.close()
             self.procs.append(p)
