@@ -430,3 +430,33 @@ def test_shuffled_sampler_resumes_by_position():
     assert list(itertools.islice(iter(resumed), 4)) == straight[2:6]
     with pytest.raises(PannsError, match="number of training clips"):
         fd.ShuffledBatchSampler(8, 3, seed=5).load_state_dict(first.state_dict(batches_consumed=2))
+
+
+def test_resume_after_renamed_classes_is_refused_and_an_unsaved_run_folder_is_reused(dataset, pretrained, tmp_path):
+    """#27: --resume on renamed class folders continued the old head under the new names; a run stopped
+    before its first checkpoint blocked the same command (and --resume) for good."""
+    data = str(tmp_path / "two")
+    for name in NAMES[:2]:
+        os.makedirs(os.path.join(data, name))
+        for f in sorted(os.listdir(os.path.join(dataset, name)))[:4]:
+            os.link(os.path.join(dataset, name, f), os.path.join(data, name, f))
+
+    def run(*extra):
+        return ft.main(["train", "--model_type", "Transfer_Cnn6", "--pretrained_checkpoint_path", pretrained[1],
+                        "--dataset_dir", data, "--workspace", str(tmp_path), "--run_name", "r", "--freeze_base",
+                        "--batch_size", "4", "--iterations", "2", "--eval_every", "1", "--num_workers", "0",
+                        "--clip_seconds", "0.5", "--eval_fraction", "0.5", *extra])
+
+    run_dir = tmp_path / "finetune" / "r"
+    os.makedirs(run_dir)
+    (run_dir / "run.json").write_text("{}")          # what a Ctrl-C before the first save leaves
+    (run_dir / "metrics.jsonl").write_text("")
+    run("--resume")                                   # nothing to resume: starts afresh instead of failing
+    assert checkpoint.load_checkpoint(str(run_dir / "latest.pth"))["config"]["labels"] == NAMES[:2]
+    os.rename(os.path.join(data, NAMES[0]), os.path.join(data, "zebra"))
+    with pytest.raises(PannsError, match=r"trained on the classes \[.*\] but the data now has \[.*zebra"):
+        run("--resume", "--iterations", "3")
+    (run_dir / "latest.pth").unlink()
+    (run_dir / "best.pth").unlink()
+    (run_dir / "report.txt").unlink()
+    run()                                             # the same command re-uses an unsaved run's folder

@@ -125,8 +125,7 @@ def read_segments_csv(csv_path: str) -> List[Segment]:
     silently. An empty CSV is an error."""
     if not os.path.isfile(csv_path):
         raise PannsError(f"segment CSV not found: {csv_path}")
-    with open(csv_path, "r", encoding="utf-8", errors="replace") as f:
-        lines = f.read().splitlines()
+    lines = config.read_text(csv_path).splitlines()   # UTF-8, UTF-16 or Latin-1, else one line
     segments, bad = [], []
     for n, line in enumerate(lines, start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -181,8 +180,7 @@ def split_unbalanced_csv_to_partial_csvs(unbalanced_csv: str, unbalanced_partial
     """Split the big unbalanced CSV into parts of <= 50,000 rows (official format: 3 'empty' lines first)."""
     if not os.path.isfile(unbalanced_csv):
         raise PannsError(f"unbalanced CSV not found: {unbalanced_csv}")
-    with open(unbalanced_csv, "r", encoding="utf-8") as f:
-        lines = f.readlines()
+    lines = [ln + "\n" for ln in config.read_text(unbalanced_csv).splitlines()]
     read_segments_csv(unbalanced_csv)  # every row must parse (reported with line numbers)
     # Drop the header lines (up to three, see read_segments_csv), keep every segment row.
     head = 0

@@ -135,21 +135,48 @@ def resolve_clip_samples(clip_seconds: Optional[float], cache: fd.ClipCache, dat
 # ------------------------------------------------------------------------------------------------------------
 # Run folder and records
 # ------------------------------------------------------------------------------------------------------------
-def prepare_run_dir(run_dir: str, overwrite: bool, resume: bool = False) -> None:
+def prepare_run_dir(run_dir: str, overwrite: bool, resume: bool = False) -> bool:
     """Create ``run_dir``; one that already holds a run is an error unless ``resume`` (continue it) or
-    ``overwrite`` (remove that run's files first, so metrics.jsonl never mixes two runs)."""
+    ``overwrite`` (remove that run's files first, so metrics.jsonl never mixes two runs). A run that
+    stopped before its first checkpoint (Ctrl-C early) left nothing worth keeping: its folder is
+    re-used by the same command, with or without ``resume``. Returns whether there is a
+    ``latest.pth`` to resume from."""
     if resume and overwrite:
         raise PannsError("--resume continues the run in the folder, --overwrite replaces it: give one")
-    if resume:
+    latest = os.path.join(run_dir, "latest.pth")
+    if resume and os.path.isfile(latest):
         create_folder(run_dir)
-        return
+        return True
     found = [f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f))]
-    if found and not overwrite:
+    unsaved = bool(found) and not any(f.endswith(".pth") for f in found)
+    if resume and not unsaved:
+        raise PannsError(f"--resume: no {latest} to resume from (a run saves it at every evaluation)")
+    if unsaved:
+        logger.warning("%s holds a run that stopped before its first checkpoint (%s); starting it afresh", run_dir,
+                       ", ".join(found))
+    elif found and not overwrite:
         raise PannsError(f"{run_dir} already holds a fine-tuning run ({', '.join(found)}); give another "
                          "--run_name, or --overwrite to replace it")
     for f in found:
         os.remove(os.path.join(run_dir, f))
     create_folder(run_dir)
+    return False
+
+
+def check_resume_labels(path: str, labels: List[str]) -> None:
+    """Refuse to continue ``path`` on another class list: renamed, added or removed class folders
+    would otherwise train the old head under the new names (best.pth [cat, dog], latest.pth [ant, zebra])."""
+    saved = (ckpt_lib.load_checkpoint(path).get("config") or {}).get("labels")
+    if saved is None or list(saved) == list(labels):
+        return
+
+    def show(names) -> str:
+        names = list(names)
+        return "[" + ", ".join(names[:8]) + (f", ... ({len(names)} classes)" if len(names) > 8 else "") + "]"
+
+    raise PannsError(f"--resume: {path} was trained on the classes {show(saved)} but the data now has {show(labels)} "
+                     "(class folders renamed, added or removed?); resume with the data it started on, or start a "
+                     "new run (another --run_name, or --overwrite)")
 
 
 def append_jsonl(path: str, obj: dict) -> None:
@@ -256,13 +283,15 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
         raise PannsError("some clips have several labels; single-label --loss nll cannot learn that: use --loss bce")
     output = OUTPUT_OF_LOSS[loss]
 
-    run_dir = None
+    run_dir, can_resume = None, False
     if data is not None:
         run_name = args.run_name or "_".join(
             [f"Transfer_{base_name}", data.name] + (["linear_probe"] if args.linear_probe else
                                                     [loss] + (["frozen"] if args.freeze_base else [])))
         run_dir = os.path.join(args.workspace, "finetune", run_name)
-        prepare_run_dir(run_dir, args.overwrite, args.resume)
+        can_resume = prepare_run_dir(run_dir, args.overwrite, args.resume)
+        if can_resume:
+            check_resume_labels(os.path.join(run_dir, "latest.pth"), data.labels)
         create_logging(os.path.join(run_dir, "logs"), filemode="w")
         logger.info("Data: %s; %d classes, %d train / %d eval clips%s", data.source, data.classes_num,
                     len(data.train), len(data.eval), " (multi-label)" if data.multi_label else "")
@@ -328,12 +357,8 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
                 "batch %d, lr %g, %d iterations, %s on %s", base_name, loss, output, trainable,
                 sum(p.numel() for p in model.parameters()), clip_samples / frontend["sample_rate"], args.batch_size,
                 args.learning_rate, args.iterations, precision, device)
-    resume_from = None
-    if args.resume:
-        resume_from = os.path.join(run_dir, "latest.pth")
-        if not os.path.isfile(resume_from):
-            raise PannsError(f"--resume: no {resume_from} to resume from (a run saves it at every evaluation)")
-    elif args.head_init == "probe":
+    resume_from = os.path.join(run_dir, "latest.pth") if can_resume else None
+    if resume_from is None and args.head_init == "probe":
         sc, _ = fit_probe()
         logger.info("Head initialised from a linear probe on the %d training clips' embeddings (eval %s %.4f)",
                     len(data.train), sc["metric"], sc["value"])
