@@ -155,3 +155,35 @@ def test_disk_full_while_saving_a_checkpoint_is_one_line_naming_it(tmp_path, mon
         checkpoint.save_checkpoint(path, {"model": {"w": torch.zeros(100_000)}})
     assert "\n" not in str(e.value) and not os.listdir(tmp_path)   # no temp file left
     assert getattr(e.value.__cause__, "errno", None) == errno.ENOSPC
+
+
+def test_scripts_find_the_installed_python_or_say_what_to_do(tmp_path):
+    """scripts/*.sh source scripts/python.sh: $PYTHON, else the active venv's python, else python3 only
+    if it imports torch, else one line (not a ModuleNotFoundError far into the run)."""
+    import shutil
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(os.path.join(REPO, "scripts", "python.sh"), tmp_path / "scripts" / "python.sh")
+    stub = tmp_path / "bin"   # a python3 on PATH without torch
+    stub.mkdir()
+    (stub / "python3").write_text("#!/bin/sh\nexit 1\n")
+    (stub / "python3").chmod(0o755)
+    venv = tmp_path / "venv_elsewhere" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')   # stands for a venv's python
+    (venv / "python").chmod(0o755)
+
+    def source(**env):
+        base = {"PATH": f"{stub}:/usr/bin:/bin", "HOME": str(tmp_path)}
+        return subprocess.run(["bash", "-c", f'set -euo pipefail; . "{tmp_path}/scripts/python.sh"; echo "$PYTHON"'],
+                              env={**base, **env}, capture_output=True, text=True)
+
+    got = source(VIRTUAL_ENV=str(venv.parent))
+    assert got.returncode == 0 and got.stdout.strip() == str(venv / "python")
+    got = source(PYTHON=sys.executable)
+    assert got.returncode == 0 and got.stdout.strip() == sys.executable
+    got = source()
+    assert got.returncode == 1 and got.stdout == ""
+    assert len(got.stderr.strip().splitlines()) == 1 and "activate the environment" in got.stderr
+    got = source(PYTHON=str(tmp_path / "nope"))
+    assert got.returncode == 1 and "PYTHON=" in got.stderr
