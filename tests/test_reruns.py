@@ -187,3 +187,40 @@ def test_scripts_find_the_installed_python_or_say_what_to_do(tmp_path):
     assert len(got.stderr.strip().splitlines()) == 1 and "activate the environment" in got.stderr
     got = source(PYTHON=str(tmp_path / "nope"))
     assert got.returncode == 1 and "PYTHON=" in got.stderr
+
+
+def test_repeated_clip_ids_are_packed_and_indexed_once(tmp_path, capsys):
+    import h5py
+
+    from panns import create_indexes, dataset
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("index,mid,display_name\n0,/m/a,A\n1,/m/b,B\n")
+    (tmp_path / "audios").mkdir()
+    for ytid in ("abc", "def"):
+        sf.write(str(tmp_path / "audios" / f"Y{ytid}.wav"), np.zeros(1600, np.float32), 16000)
+    seg = tmp_path / "segments.csv"
+    seg.write_text('abc, 0.000, 10.000, "/m/a"\ndef, 0.000, 10.000, "/m/b"\nabc, 0.000, 10.000, "/m/a"\n')
+    wav_dir = tmp_path / "waveforms"
+    rep = dataset.pack_waveforms_to_hdf5(str(seg), str(tmp_path / "audios"), str(wav_dir / "balanced_train.h5"),
+                                         sample_rate=16000, clip_seconds=0.1, class_labels_csv=str(labels),
+                                         progress=False)
+    assert rep.rows == 2 and rep.repeated == 1 and "1 repeated rows" in dataset.summarize(rep, 3)
+    rep = dataset.pack_waveforms_to_hdf5(str(seg), str(tmp_path / "audios"), str(wav_dir / "dup.h5"),
+                                         sample_rate=16000, clip_seconds=0.1, class_labels_csv=str(labels),
+                                         progress=False, keep_duplicates=True)
+    assert rep.rows == 3
+    # the same clip in another part (two shards, balanced + unbalanced): indexed once in full_train
+    with h5py.File(wav_dir / "dup.h5", "r") as src, h5py.File(wav_dir / "unbalanced_train_part00.h5", "w") as dst:
+        for key in src:
+            dst.create_dataset(key, data=src[key][:])
+        dst.attrs.update(dict(src.attrs))
+    idx = tmp_path / "indexes"
+    assert create_indexes.create_indexes(str(wav_dir / "balanced_train.h5"), str(idx / "balanced_train.h5")) == 2
+    assert create_indexes.create_indexes(str(wav_dir / "unbalanced_train_part00.h5"),
+                                         str(idx / "unbalanced_train_part00.h5")) == 2   # its repeated row: once
+    assert "indexed once" in capsys.readouterr().out
+    assert create_indexes.combine_full_indexes(str(idx), str(tmp_path / "full_train.h5")) == 2
+    full = create_indexes.read_index(str(tmp_path / "full_train.h5"), load_targets=True)
+    assert sorted(full.audio_names.tolist()) == [b"Yabc.wav", b"Ydef.wav"]
+    assert create_indexes.combine_full_indexes(str(idx), str(tmp_path / "all.h5"), keep_duplicates=True) == 4
