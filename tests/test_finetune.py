@@ -9,6 +9,7 @@ the linear probe, but badly scaled for a few SGD steps on the head). Saved both 
 """
 import csv
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -451,8 +452,13 @@ def test_resume_after_renamed_classes_is_refused_and_an_unsaved_run_folder_is_re
     os.makedirs(run_dir)
     (run_dir / "run.json").write_text("{}")          # what a Ctrl-C before the first save leaves
     (run_dir / "metrics.jsonl").write_text("")
-    run("--resume")                                   # nothing to resume: starts afresh instead of failing
+    res = run("--resume", "--learning_rate", "100")   # nothing to resume: starts afresh instead of failing
     assert checkpoint.load_checkpoint(str(run_dir / "latest.pth"))["config"]["labels"] == NAMES[:2]
+    # the probe-initialised start is evaluated and kept when training (here at a wild rate) does not beat it
+    lines = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["iteration"] for ln in lines] == [0, 1, 2] and lines[0]["train_loss"] is None
+    assert res["value"] == max(ln["accuracy"] for ln in lines)
+    assert res["iteration"] == min(ln["iteration"] for ln in lines if ln["accuracy"] == res["value"])
     os.rename(os.path.join(data, NAMES[0]), os.path.join(data, "zebra"))
     with pytest.raises(PannsError, match=r"trained on the classes \[.*\] but the data now has \[.*zebra"):
         run("--resume", "--iterations", "3")

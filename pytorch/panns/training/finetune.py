@@ -226,6 +226,7 @@ class FineTuneTask:
         self.latest_path = os.path.join(run_dir, "latest.pth")
         self.best_path = os.path.join(run_dir, "best.pth")
         self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        self.iterations, self.eval_every = args.iterations, args.eval_every
         self.best: Optional[dict] = None     # scores of the best evaluation, with its iteration
         self.scores: Optional[dict] = None   # scores of the latest evaluation
         self.improved = False
@@ -237,13 +238,20 @@ class FineTuneTask:
         eval_time = time.perf_counter() - t_eval
         train_time, steps = trained.elapsed(), max(len(trained.losses), 1)
         self.improved = self.best is None or sc["value"] > self.best["value"]
+        loss = trained.mean_loss() if trained.losses else None   # None: the starting point, before any step
         append_jsonl(self.metrics_path, {
-            "iteration": iteration, "train_loss": trained.mean_loss(), sc["metric"]: sc["value"], "mAP": sc["mAP"],
+            "iteration": iteration, "train_loss": loss, sc["metric"]: sc["value"], "mAP": sc["mAP"],
             "train_time_s": round(train_time, 3), "eval_time_s": round(eval_time, 3),
-            "s_per_iteration": round(train_time / steps, 4), "best": self.improved})
-        logger.info("iteration %d: train loss %.4f, eval %s %.4f, mAP %.4f%s (train %.1f s, %.3f s/it; eval %.1f s)",
-                    iteration, trained.mean_loss(), sc["metric"], sc["value"], sc["mAP"],
-                    " *best*" if self.improved else "", train_time, train_time / steps, eval_time)
+            "s_per_iteration": round(train_time / steps, 4) if loss is not None else None, "best": self.improved})
+        if loss is None:
+            logger.info("iteration %d (start): eval %s %.4f, mAP %.4f (eval %.1f s); training must beat it to replace "
+                        "best.pth", iteration, sc["metric"], sc["value"], sc["mAP"], eval_time)
+        else:
+            left = self.iterations - iteration
+            eta = left * train_time / steps + -(-left // self.eval_every) * eval_time
+            logger.info("iteration %d: train loss %.4f, eval %s %.4f, mAP %.4f%s (train %.1f s, %.3f s/it; eval %.1f s)%s",
+                        iteration, loss, sc["metric"], sc["value"], sc["mAP"], " *best*" if self.improved else "",
+                        train_time, train_time / steps, eval_time, f"; about {eta / 60:.1f} min to go" if left > 0 else "")
         self.scores = sc
         if self.improved:
             self.best = {**sc, "iteration": iteration}
@@ -357,6 +365,10 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
                 "batch %d, lr %g, %d iterations, %s on %s", base_name, loss, output, trainable,
                 sum(p.numel() for p in model.parameters()), clip_samples / frontend["sample_rate"], args.batch_size,
                 args.learning_rate, args.iterations, precision, device)
+    if device.type == "cpu":
+        logger.warning("Training on the CPU: each step runs the %s base%s, so long runs take hours here (an ETA follows "
+                       "the first evaluation); --linear_probe takes minutes, --cuda uses a GPU", base_name,
+                       "" if args.freeze_base else " forward and backward")
     resume_from = os.path.join(run_dir, "latest.pth") if can_resume else None
     if resume_from is None and args.head_init == "probe":
         sc, _ = fit_probe()
@@ -380,7 +392,9 @@ def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.Cli
     settings = CoreSettings(iterations=args.iterations, eval_every=args.eval_every, save_every=args.eval_every,
                             log_every=args.log_every, learning_rate=args.learning_rate, precision=precision,
                             seed=args.seed, mixup_alpha=1.0 if args.augmentation == "mixup" else None,
-                            at_start=False)
+                            # A head fitted before training (the linear probe) is a candidate for best.pth: training
+                            # that only makes it worse must not end below where it started.
+                            at_start=args.head_init == "probe")
     trainer = Trainer(settings, DistInfo(device=device), model, loss_func, task, mc, run_config, clip_samples,
                       args.batch_size, resume_from)
     if trainer.iteration >= args.iterations:
