@@ -224,3 +224,34 @@ def test_repeated_clip_ids_are_packed_and_indexed_once(tmp_path, capsys):
     full = create_indexes.read_index(str(tmp_path / "full_train.h5"), load_targets=True)
     assert sorted(full.audio_names.tolist()) == [b"Yabc.wav", b"Ydef.wav"]
     assert create_indexes.combine_full_indexes(str(idx), str(tmp_path / "all.h5"), keep_duplicates=True) == 4
+
+
+def test_shards_without_labels_are_refused_unless_asked_for(tmp_path):
+    import io
+
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from panns import shards
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("index,mid,display_name\n0,/m/a,A\n")
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(1600, np.float32), 16000, format="WAV")
+    pq.write_table(pa.table({"video_id": ["abc"], "audio": [{"bytes": buf.getvalue(), "path": "abc.wav"}]}),
+                   str(tmp_path / "train-00000.parquet"))
+    kwargs = dict(sample_rate=16000, clip_seconds=0.1, class_labels_csv=str(labels), progress=False)
+    out = str(tmp_path / "packed.h5")
+    with pytest.raises(PannsError, match="has a label.*--label_field.*--allow_unlabelled"):
+        shards.pack_from_shards(str(tmp_path / "*.parquet"), out, **kwargs)
+    assert not os.path.exists(out)
+    assert shards.pack_from_shards(str(tmp_path / "*.parquet"), out, allow_unlabelled=True, **kwargs).rows == 1
+
+
+def test_a_folder_given_as_checkpoint_is_named_as_a_folder(tmp_path):
+    import panns
+
+    with pytest.raises(PannsError, match="is a folder"):
+        checkpoint.load_model(str(tmp_path))
+    with pytest.raises(PannsError, match="is a folder"):
+        panns.load(str(tmp_path))

@@ -775,6 +775,8 @@ def main() -> None:
                    help="pcm16: official int16 rows; flac: lossless FLAC bytes per row")
     p.add_argument("--skip_existing", action="store_true",
                    help="reuse shards packed by an interrupted run; do nothing if the output is complete")
+    p.add_argument("--allow_unlabelled", action="store_true",
+                   help="pack shards whose clips carry no labels (default: refused after the first shard)")
     p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
 
     args = parser.parse_args()
@@ -808,7 +810,8 @@ def main() -> None:
         print(f"Clip length {args.clip_seconds:g} s at {args.sample_rate} Hz (--clip_seconds)")
         srep = shards.pack_from_shards(args.shards, args.waveforms_hdf5_path, args.sample_rate, args.clip_seconds,
                                        args.num_workers, args.class_labels_csv, args.label_field, args.id_field,
-                                       args.audio_field, args.storage, args.skip_existing)
+                                       args.audio_field, args.storage, args.skip_existing,
+                                       allow_unlabelled=args.allow_unlabelled)
         if srep.rows < 0:
             print(f"Skip {srep.path}: already packed")
         else:
