@@ -49,7 +49,7 @@ from panns import config
 from panns.audio_io import AUDIO_EXTENSIONS, is_audio_file, load_audio
 from panns.data_generator import ResumableBatchSampler
 from panns.errors import AudioDecodeError, PannsError
-from panns.utilities import atomic_write, float32_to_int16, int16_to_float32, remove_stale_temps
+from panns.utilities import atomic_write, die_with_parent, float32_to_int16, int16_to_float32, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -416,8 +416,10 @@ def build_cache(paths: Sequence[str], sample_rate: int, cache_dir: str, num_work
 
 def _ignore_sigint() -> None:
     """Decode-pool workers leave Ctrl-C to the parent: a worker interrupted inside a task could leave
-    the pool waiting for its result forever; the parent terminates them instead."""
+    the pool waiting for its result forever; the parent terminates them instead. They die with the
+    parent too (a kill -9 of it left them waiting on the pool's queue forever)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
 
 
 def crop(y: np.ndarray, clip_samples: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:

@@ -23,7 +23,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -34,8 +33,8 @@ import numpy as np
 from panns import config, storage
 from panns.audio_io import load_audio, load_audio_bytes
 from panns.errors import PannsError
-from panns.utilities import (atomic_write, atomic_write_text, check_free_space, disk_full_error, float32_to_int16,
-                             pad_or_truncate, remove_stale_temps)
+from panns.utilities import (atomic_write, atomic_write_text, check_free_space, die_with_parent, disk_full_error,
+                             float32_to_int16, pad_or_truncate, remove_stale_temps)
 
 logger = logging.getLogger(__name__)
 
@@ -83,19 +82,6 @@ def decode_row(job: DecodeJob) -> Decoded:
 # Worker processes
 # ------------------------------------------------------------------------------------------------
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel send SIGKILL when the parent dies (kill -9 included). Elsewhere the
-    poll of ``os.getppid`` below and the closed pipe do it."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
-
-
 def _worker(conn, fn: Callable, parent: int, parent_ends: Sequence = ()) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us
     # The fork copied the parent's ends of this worker's pipe and of the earlier workers' pipes. Held
@@ -103,7 +89,7 @@ def _worker(conn, fn: Callable, parent: int, parent_ends: Sequence = ()) -> None
     # saw the reader go and lived forever. Closed, that send fails (EPIPE) and the worker returns.
     for c in parent_ends:
         c.close()
-    _die_with_parent()
+    die_with_parent()   # elsewhere than Linux: the poll of os.getppid below and the closed pipe
     if os.getppid() != parent:   # the parent died before the line above took effect
         return
     while True:
