@@ -86,6 +86,7 @@ def test_api_takes_stereo_and_int16_as_meant_and_refuses_nan(cnn6):
     pcm = np.round(mono * 32767).astype(np.int16)
     np.testing.assert_allclose(m.clipwise(pcm), m.clipwise(pcm.astype(np.float32) / 32768), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m.clipwise([pcm, stereo])[1], ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m.clipwise(mono.tolist()), ref, rtol=1e-5, atol=1e-6)   # a plain list: one clip
     noisy = mono.copy()
     noisy[16000] = np.inf
     with pytest.raises(PannsError, match=r"sample 16000 \(0\.500 s\)"):

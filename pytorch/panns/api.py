@@ -19,6 +19,7 @@ out of range are refused in one line (``panns.validate``).
 """
 from __future__ import annotations
 
+import numbers
 import os
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -126,6 +127,9 @@ class Model:
             raise PannsError(f"audio must be a path, an array/tensor or a list of them, got {type(audio).__name__}")
         if len(audio) == 0:
             raise PannsError("no audio given (an empty list)")
+        if isinstance(audio[0], numbers.Number):   # a plain list of samples is one clip
+            x, single = validate.batch(audio, "audio", sr)
+            return [audio_io.resample(w, sr, self.sample_rate) for w in x], single
         out = []
         for i, item in enumerate(audio):
             if isinstance(item, (str, os.PathLike)):
