@@ -459,10 +459,30 @@ def test_resume_after_renamed_classes_is_refused_and_an_unsaved_run_folder_is_re
     assert [ln["iteration"] for ln in lines] == [0, 1, 2] and lines[0]["train_loss"] is None
     assert res["value"] == max(ln["accuracy"] for ln in lines)
     assert res["iteration"] == min(ln["iteration"] for ln in lines if ln["accuracy"] == res["value"])
+    res = run("--resume", "--iterations", "3")          # latest.pth refers to the frozen base: resumes on it
+    assert checkpoint.load_checkpoint(str(run_dir / "latest.pth"))["iteration"] == 3
     os.rename(os.path.join(data, NAMES[0]), os.path.join(data, "zebra"))
     with pytest.raises(PannsError, match=r"trained on the classes \[.*\] but the data now has \[.*zebra"):
-        run("--resume", "--iterations", "3")
+        run("--resume", "--iterations", "4")
     (run_dir / "latest.pth").unlink()
     (run_dir / "best.pth").unlink()
     (run_dir / "report.txt").unlink()
     run()                                             # the same command re-uses an unsaved run's folder
+
+
+def test_frozen_base_training_checkpoint_refers_to_its_base(frozen_run, pretrained):
+    """latest.pth of a frozen base holds the trained head and a reference to the base, not the base."""
+    ws, _ = frozen_run
+    run = os.path.join(ws, "finetune", "Transfer_Cnn6_sounds_nll_frozen")
+    latest = checkpoint.load_checkpoint(os.path.join(run, "latest.pth"))
+    assert not any(k.startswith("base.") for k in latest["model"]) and set(latest["model"]) >= {"fc_transfer.weight"}
+    assert latest["base_checkpoint"]["path"] == os.path.abspath(pretrained[1])
+    assert os.path.getsize(os.path.join(run, "latest.pth")) < os.path.getsize(os.path.join(run, "best.pth")) / 5
+    with pytest.raises(PannsError, match="only the trained head.*best.pth"):
+        checkpoint.load_model(os.path.join(run, "latest.pth"))
+    other = models.make_transfer_model("Cnn6", N_CLASSES, freeze_base=True, **FRONTEND)   # another (random) base
+    with pytest.raises(PannsError, match="trained on the frozen base"):
+        ftask.check_resume_base(os.path.join(run, "latest.pth"), other)
+    ours = models.make_transfer_model("Cnn6", N_CLASSES, freeze_base=True, **FRONTEND)
+    ours.base.load_state_dict(pretrained[2])
+    ftask.check_resume_base(os.path.join(run, "latest.pth"), ours)

@@ -163,6 +163,24 @@ def prepare_run_dir(run_dir: str, overwrite: bool, resume: bool = False) -> bool
     return False
 
 
+def base_reference(model: torch.nn.Module, pretrained_path: Optional[str]) -> Optional[dict]:
+    """{'path', 'digest'} of a frozen base loaded from ``pretrained_path``; None when the base trains
+    (or starts from random weights: nothing to refer to)."""
+    if not getattr(model, "freeze_base", False) or not pretrained_path:
+        return None
+    return {"path": os.path.abspath(pretrained_path), "digest": tl.state_digest(model.base)}
+
+
+def check_resume_base(path: str, model: torch.nn.Module) -> None:
+    """A latest.pth that refers to its frozen base continues only on that base (same weights)."""
+    ref = ckpt_lib.load_checkpoint(path).get("base_checkpoint")
+    if not isinstance(ref, dict):
+        return
+    if not getattr(model, "freeze_base", False) or tl.state_digest(model.base) != ref.get("digest"):
+        raise PannsError(f"--resume: {path} was trained on the frozen base {ref.get('path')} (digest "
+                         f"{ref.get('digest')}); resume with --freeze_base and that --pretrained_checkpoint_path")
+
+
 def check_resume_labels(path: str, labels: List[str]) -> None:
     """Refuse to continue ``path`` on another class list: renamed, added or removed class folders
     would otherwise train the old head under the new names (best.pth [cat, dog], latest.pth [ant, zebra])."""
@@ -227,6 +245,10 @@ class FineTuneTask:
         self.best_path = os.path.join(run_dir, "best.pth")
         self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
         self.iterations, self.eval_every = args.iterations, args.eval_every
+        # A frozen base never changes: latest.pth (written at every evaluation) stores the trained part and a
+        # reference to the base (path and digest) instead of the base itself (327 MB for Cnn14, each time).
+        # best.pth stays self-contained: it is what inference and users take away.
+        self.base_ref = base_reference(model, args.pretrained_checkpoint_path)
         self.best: Optional[dict] = None     # scores of the best evaluation, with its iteration
         self.scores: Optional[dict] = None   # scores of the latest evaluation
         self.improved = False
@@ -261,7 +283,11 @@ class FineTuneTask:
         return {"metrics": metrics, "best": self.best}
 
     def write_checkpoint(self, ckpt: Dict[str, Any], iteration: int) -> str:
-        ckpt_lib.save_checkpoint(self.latest_path, ckpt)
+        latest = ckpt
+        if self.base_ref is not None:
+            latest = {**ckpt, "model": {k: v for k, v in ckpt["model"].items() if not k.startswith("base.")},
+                      "base_checkpoint": self.base_ref}
+        ckpt_lib.save_checkpoint(self.latest_path, latest)
         if self.improved:
             # What inference needs (no optimizer or RNG state: --resume continues from latest.pth).
             ckpt_lib.save_checkpoint(self.best_path, {k: ckpt[k] for k in ("iteration", "model", "config", "metrics")})
@@ -370,6 +396,8 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
                        "the first evaluation); --linear_probe takes minutes, --cuda uses a GPU", base_name,
                        "" if args.freeze_base else " forward and backward")
     resume_from = os.path.join(run_dir, "latest.pth") if can_resume else None
+    if resume_from:
+        check_resume_base(resume_from, model)
     if resume_from is None and args.head_init == "probe":
         sc, _ = fit_probe()
         logger.info("Head initialised from a linear probe on the %d training clips' embeddings (eval %s %.4f)",
