@@ -155,3 +155,15 @@ def test_cli_takes_the_model_type_from_an_official_name_and_warns_on_a_contradic
     with pytest.raises(PannsError, match=r"--threshold must be a probability"):
         inference.main(["sound_event_detection", "--checkpoint_path", official, "--audio_path", wav,
                         "--threshold", "2"])
+
+
+def test_extractor_waveforms_go_through_validate(cnn6):
+    from panns import extract
+
+    path, _ = cnn6
+    ex = extract.Extractor.from_checkpoint(path, progress=False, num_workers=0)
+    pcm = np.round(_tone(0.5, seed=3) * 32767).astype(np.int16)
+    np.testing.assert_allclose(ex.embed_waveforms([pcm]).embedding,
+                               ex.embed_waveforms([pcm.astype(np.float32) / 32768]).embedding, rtol=1e-5, atol=1e-6)
+    with pytest.raises(PannsError, match=r"waveforms\[1\].*non-finite"):
+        ex.embed_waveforms([pcm, np.full(8000, np.nan, np.float32)])

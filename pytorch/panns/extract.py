@@ -307,7 +307,9 @@ class Extractor:
         return self._collect(self.iter_files(paths, failed), list(paths), failed)
 
     def embed_waveforms(self, waveforms: Sequence[np.ndarray], names: Optional[Sequence[str]] = None) -> FeatureSet:
-        """Same as embed_files for decoded mono waveforms at ``self.sample_rate``."""
+        """Same as embed_files for decoded mono waveforms at ``self.sample_rate`` (through ``validate``:
+        stereo averaged, integer PCM scaled like soundfile, NaN/inf and empty clips refused)."""
+        waveforms = [validate.clip(w, f"waveforms[{i}]", self.sample_rate) for i, w in enumerate(waveforms)]
         names = [str(i) for i in range(len(waveforms))] if names is None else list(names)
         items = ((i, torch.from_numpy(self._prepare(w)), None) for i, w in enumerate(waveforms))
         return self._collect(self._batches(items, names, []), names, [])
