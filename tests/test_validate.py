@@ -69,7 +69,9 @@ def test_shapes_nonfinite_and_options_are_refused_in_one_line():
                        (lambda: validate.options(threshold_=1.5), r"\[0, 1\]"),
                        (lambda: validate.options(min_duration=-1), "min_duration"),
                        (lambda: validate.options(segment_seconds=1, hop_seconds=3, framewise=True), "never"),
-                       (lambda: validate.sample_rate(0), "sample_rate")):
+                       (lambda: validate.sample_rate(0), "sample_rate"),
+                       (lambda: validate.sample_rate(32), "from 1000"),
+                       (lambda: validate.sample_rate(22050.5), "whole number")):
         with pytest.raises(PannsError, match=what):
             call()
     validate.options(segment_seconds=1, hop_seconds=3)   # tagging may skip audio (a warning), SED may not

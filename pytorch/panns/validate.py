@@ -216,11 +216,15 @@ def options(top_k=None, batch_size=None, segment_seconds=None, hop_seconds=None,
         raise PannsError(f"{prefix}min_duration must be >= 0, got {min_duration}")
 
 
+MIN_RATE, MAX_RATE = 1000, 1_000_000   # beyond these a rate is a mistake (a resample would be absurdly large)
+
+
 def sample_rate(value, name: str = "sample_rate") -> int:
-    """A sample rate: a positive integer number of Hz (8000 and 44100.0 fine; 0, -1, 22050.5 not)."""
+    """A sample rate: a whole number of Hz from MIN_RATE to MAX_RATE (8000 and 44100.0 fine; 0, -1,
+    22050.5 and 32 - seconds or kHz given for Hz - not)."""
     v = _number(value, name)
-    if v <= 0 or v != int(v):
-        raise PannsError(f"{name} must be a positive whole number of Hz, got {value!r}")
+    if v != int(v) or not MIN_RATE <= v <= MAX_RATE:
+        raise PannsError(f"{name} must be a whole number of Hz from {MIN_RATE} to {MAX_RATE}, got {value!r}")
     return int(v)
 
 
