@@ -11,6 +11,7 @@
 #                checkpoint; "torch" skips that export and is faster for one short clip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/python.sh   # PYTHON: the interpreter PANNs is installed into
 
 if [ -z "${AUDIO_PATH:-}" ]; then
   if [ -f resources/R9_ZSCveAHg_7s.wav ]; then AUDIO_PATH=resources/R9_ZSCveAHg_7s.wav
@@ -20,23 +21,23 @@ TAGGING_MODEL="${TAGGING_MODEL:-Cnn14}"
 BACKEND_FLAG="${BACKEND:+--backend=$BACKEND}"
 SED_MODEL="${SED_MODEL:-Cnn14_DecisionLevelMax}"
 if [ -z "${CUDA_FLAG+x}" ]; then
-  CUDA_FLAG=$(python3 -c "import torch; print('--cuda' if torch.cuda.is_available() else '')")
+  CUDA_FLAG=$("$PYTHON" -c "import torch; print('--cuda' if torch.cuda.is_available() else '')")
 fi
 
 # The label CSV ships with the repository; fetch it again only if it was deleted.
-[ -f metadata/class_labels_indices.csv ] || python3 utils/download.py labels
+[ -f metadata/class_labels_indices.csv ] || "$PYTHON" utils/download.py labels
 
 # ------ Inference audio tagging result with pretrained model. ------
-CHECKPOINT_PATH=$(python3 pytorch/pretrained.py download --model_type="$TAGGING_MODEL")
-python3 pytorch/inference.py audio_tagging \
+CHECKPOINT_PATH=$("$PYTHON" pytorch/pretrained.py download --model_type="$TAGGING_MODEL")
+"$PYTHON" pytorch/inference.py audio_tagging \
     --model_type="$TAGGING_MODEL" \
     --checkpoint_path="$CHECKPOINT_PATH" \
     --audio_path="$AUDIO_PATH" \
     $CUDA_FLAG $BACKEND_FLAG
 
 # ------ Inference sound event detection result with pretrained model. ------
-CHECKPOINT_PATH=$(python3 pytorch/pretrained.py download --model_type="$SED_MODEL")
-python3 pytorch/inference.py sound_event_detection \
+CHECKPOINT_PATH=$("$PYTHON" pytorch/pretrained.py download --model_type="$SED_MODEL")
+"$PYTHON" pytorch/inference.py sound_event_detection \
     --model_type="$SED_MODEL" \
     --checkpoint_path="$CHECKPOINT_PATH" \
     --audio_path="$AUDIO_PATH" \

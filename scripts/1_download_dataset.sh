@@ -9,12 +9,12 @@
 #   NUM_WORKERS=4       parallel downloads per CSV          PARALLEL_PARTS=1  unbalanced parts at the same time
 #   MINI_DATA=0         1: only the first 10 clips of each CSV (debug)
 #   URL_TEMPLATE=...    video URL with {ytid} (default YouTube; point it at a mirror)
-#   CSV_BASE_URL=...    where the metadata CSVs come from   PYTHON=python3
+#   CSV_BASE_URL=...    where the metadata CSVs come from   PYTHON=(default: the active venv's python)
 set -euo pipefail
 
 DATASET_DIR="${1:-./datasets/audioset201906}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-python3}"
+. "$REPO/scripts/python.sh"   # PYTHON: as given, else the active venv's python (scripts/python.sh)
 CSV_BASE_URL="${CSV_BASE_URL:-http://storage.googleapis.com/us_audioset/youtube_corpus/v1}"  # no trailing /
 DEFAULT_URL_TEMPLATE='https://www.youtube.com/watch?v={ytid}'
 URL_TEMPLATE="${URL_TEMPLATE:-$DEFAULT_URL_TEMPLATE}"

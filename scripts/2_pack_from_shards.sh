@@ -21,13 +21,13 @@
 #   SAMPLE_RATE=32000  CLIP_SECONDS=10 (AudioSet clips are 10 s; shorter clips are zero-padded)
 #   NUM_WORKERS=<cores>  decoding processes    PACK_JOBS=<cores>/NUM_WORKERS unbalanced shards at a time
 #   LABEL_FIELD, ID_FIELD  json key / column of the labels and of the YouTube id (default: detected)
-#   PYTHON=python3
+#   PYTHON=(default: the active venv's python)
 set -euo pipefail
 
 SHARDS_DIR="${1:?usage: bash scripts/2_pack_from_shards.sh SHARDS_DIR [WORKSPACE]}"
 WORKSPACE="${2:-./workspaces/audioset_tagging}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-python3}"
+. "$REPO/scripts/python.sh"   # PYTHON: as given, else the active venv's python (scripts/python.sh)
 CORES="$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)"
 NUM_WORKERS="${NUM_WORKERS:-$CORES}"
 PACK_JOBS="${PACK_JOBS:-$(( CORES > 1 ? CORES / 2 : 1 ))}"

@@ -8,7 +8,7 @@
 # simply be started again. Environment overrides:
 #   PACK_JOBS=<cores>     unbalanced parts packed at the same time (one decoding process each)
 #   NUM_WORKERS=<cores>   decoding processes for eval and balanced_train
-#   SAMPLE_RATE=32000  PYTHON=python3
+#   SAMPLE_RATE=32000  PYTHON=(default: the active venv's python)
 #   CLIP_SECONDS=10       every clip is cut or zero-padded to this length (AudioSet clips are 10 s; set it to
 #                         your clips' length for other data, or short clips become mostly zeros)
 #   STORAGE=pcm16|flac    flac: lossless FLAC rows, about half the disk; decoded in the training loader workers
@@ -17,7 +17,7 @@ set -euo pipefail
 DATASET_DIR="${1:-./datasets/audioset201906}"
 WORKSPACE="${2:-./workspaces/audioset_tagging}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-python3}"
+. "$REPO/scripts/python.sh"   # PYTHON: as given, else the active venv's python (scripts/python.sh)
 CORES="$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)"
 PACK_JOBS="${PACK_JOBS:-$CORES}"
 NUM_WORKERS="${NUM_WORKERS:-$CORES}"

@@ -9,7 +9,7 @@ set -euo pipefail
 
 WORKSPACE="${1:-./workspaces/audioset_tagging}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-python3}"
+. "$REPO/scripts/python.sh"   # PYTHON: as given, else the active venv's python (scripts/python.sh)
 
 WAVEFORMS="$WORKSPACE/hdf5s/waveforms"
 INDEXES="$WORKSPACE/hdf5s/indexes"

@@ -15,7 +15,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 OUT="$(mkdir -p "${1:-$ROOT/demo_out}" && cd "${1:-$ROOT/demo_out}" && pwd)"
 QUICK="${DEMO_QUICK:-0}"
-PY="${PYTHON:-python3}"
+. "$ROOT/scripts/python.sh"   # PYTHON: as given, else the active venv's python, else says what to do
+PY="$PYTHON"
 
 if [ "$QUICK" = "1" ]; then   # every stage runs, nothing is expected to learn: checks are reported, not enforced
   CLIP_SECONDS=1; BAL=2; EVAL=1; UNBAL=1; ITERS=2; EVAL_EVERY=2; BATCH=4; FT_ITERS=2; FT_CLIPS=4

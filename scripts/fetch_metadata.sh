@@ -4,4 +4,5 @@
 # Usage: bash scripts/fetch_metadata.sh [--dest PATH] [--force]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 utils/download.py labels "$@"
+. scripts/python.sh   # PYTHON: the interpreter PANNs is installed into
+"$PYTHON" utils/download.py labels "$@"

@@ -9,6 +9,7 @@ the linear probe, but badly scaled for a few SGD steps on the head). Saved both 
 """
 import csv
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -430,3 +431,58 @@ def test_shuffled_sampler_resumes_by_position():
     assert list(itertools.islice(iter(resumed), 4)) == straight[2:6]
     with pytest.raises(PannsError, match="number of training clips"):
         fd.ShuffledBatchSampler(8, 3, seed=5).load_state_dict(first.state_dict(batches_consumed=2))
+
+
+def test_resume_after_renamed_classes_is_refused_and_an_unsaved_run_folder_is_reused(dataset, pretrained, tmp_path):
+    """#27: --resume on renamed class folders continued the old head under the new names; a run stopped
+    before its first checkpoint blocked the same command (and --resume) for good."""
+    data = str(tmp_path / "two")
+    for name in NAMES[:2]:
+        os.makedirs(os.path.join(data, name))
+        for f in sorted(os.listdir(os.path.join(dataset, name)))[:4]:
+            os.link(os.path.join(dataset, name, f), os.path.join(data, name, f))
+
+    def run(*extra):
+        return ft.main(["train", "--model_type", "Transfer_Cnn6", "--pretrained_checkpoint_path", pretrained[1],
+                        "--dataset_dir", data, "--workspace", str(tmp_path), "--run_name", "r", "--freeze_base",
+                        "--batch_size", "4", "--iterations", "2", "--eval_every", "1", "--num_workers", "0",
+                        "--clip_seconds", "0.5", "--eval_fraction", "0.5", *extra])
+
+    run_dir = tmp_path / "finetune" / "r"
+    os.makedirs(run_dir)
+    (run_dir / "run.json").write_text("{}")          # what a Ctrl-C before the first save leaves
+    (run_dir / "metrics.jsonl").write_text("")
+    res = run("--resume", "--learning_rate", "100")   # nothing to resume: starts afresh instead of failing
+    assert checkpoint.load_checkpoint(str(run_dir / "latest.pth"))["config"]["labels"] == NAMES[:2]
+    # the probe-initialised start is evaluated and kept when training (here at a wild rate) does not beat it
+    lines = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["iteration"] for ln in lines] == [0, 1, 2] and lines[0]["train_loss"] is None
+    assert res["value"] == max(ln["accuracy"] for ln in lines)
+    assert res["iteration"] == min(ln["iteration"] for ln in lines if ln["accuracy"] == res["value"])
+    res = run("--resume", "--iterations", "3")          # latest.pth refers to the frozen base: resumes on it
+    assert checkpoint.load_checkpoint(str(run_dir / "latest.pth"))["iteration"] == 3
+    os.rename(os.path.join(data, NAMES[0]), os.path.join(data, "zebra"))
+    with pytest.raises(PannsError, match=r"trained on the classes \[.*\] but the data now has \[.*zebra"):
+        run("--resume", "--iterations", "4")
+    (run_dir / "latest.pth").unlink()
+    (run_dir / "best.pth").unlink()
+    (run_dir / "report.txt").unlink()
+    run()                                             # the same command re-uses an unsaved run's folder
+
+
+def test_frozen_base_training_checkpoint_refers_to_its_base(frozen_run, pretrained):
+    """latest.pth of a frozen base holds the trained head and a reference to the base, not the base."""
+    ws, _ = frozen_run
+    run = os.path.join(ws, "finetune", "Transfer_Cnn6_sounds_nll_frozen")
+    latest = checkpoint.load_checkpoint(os.path.join(run, "latest.pth"))
+    assert not any(k.startswith("base.") for k in latest["model"]) and set(latest["model"]) >= {"fc_transfer.weight"}
+    assert latest["base_checkpoint"]["path"] == os.path.abspath(pretrained[1])
+    assert os.path.getsize(os.path.join(run, "latest.pth")) < os.path.getsize(os.path.join(run, "best.pth")) / 5
+    with pytest.raises(PannsError, match="only the trained head.*best.pth"):
+        checkpoint.load_model(os.path.join(run, "latest.pth"))
+    other = models.make_transfer_model("Cnn6", N_CLASSES, freeze_base=True, **FRONTEND)   # another (random) base
+    with pytest.raises(PannsError, match="trained on the frozen base"):
+        ftask.check_resume_base(os.path.join(run, "latest.pth"), other)
+    ours = models.make_transfer_model("Cnn6", N_CLASSES, freeze_base=True, **FRONTEND)
+    ours.base.load_state_dict(pretrained[2])
+    ftask.check_resume_base(os.path.join(run, "latest.pth"), ours)

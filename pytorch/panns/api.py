@@ -12,10 +12,14 @@
 
 Inputs everywhere: a path, a list of paths, a 1-D array/tensor (one clip), a 2-D (batch, samples)
 array/tensor, or a list of 1-D arrays; arrays are taken at ``sample_rate`` (default: the model's
-rate) and resampled when it differs. One input gives one answer, several give a list.
+rate) and resampled when it differs. One input gives one answer, several give a list. A
+(samples, channels) array as ``soundfile.read`` returns it is one clip averaged to mono; integer
+PCM (int16, int32, uint8) is scaled to [-1, 1] like soundfile; NaN/inf, empty inputs and options
+out of range are refused in one line (``panns.validate``).
 """
 from __future__ import annotations
 
+import numbers
 import os
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -25,6 +29,7 @@ import torch
 from panns import audio_io
 from panns import config
 from panns import runtime
+from panns import validate
 from panns.errors import PannsError
 from panns.postprocess import EventTracker, top_indexes
 from panns.runtime import Runtime, WindowedPrediction
@@ -37,13 +42,10 @@ def _resolve(name_or_path: str, model_type: Optional[str]) -> Tuple[Optional[str
     from panns import pretrained  # catalogue of the official files
 
     path = os.fspath(name_or_path)
-    if os.path.exists(path):
-        if model_type is None:   # an official file keeps its published name: Cnn14_mAP=0.431.pth
-            try:
-                model_type = pretrained.lookup(os.path.basename(path)).model_type
-            except PannsError:
-                pass
-        return path, model_type
+    if os.path.isdir(path):
+        raise PannsError(f"{path} is a folder; give a checkpoint file in it")
+    if os.path.exists(path):   # an official file keeps its published name: Cnn14_mAP=0.431.pth
+        return path, validate.model_type_for(path, model_type, "model_type=")
     if path in pretrained.CATALOGUE:
         return None, path
     raise PannsError(f"{path!r} is neither a checkpoint file nor a published model; published: "
@@ -111,31 +113,30 @@ class Model:
 
     # -- inputs ---------------------------------------------------------------------------------
     def waveforms(self, audio: Audio, sample_rate: Optional[int] = None) -> Tuple[List[np.ndarray], bool]:
-        """(list of mono float32 waveforms at the model's rate, whether a single input was given)."""
-        sr = self.sample_rate if sample_rate is None else int(sample_rate)
+        """(list of mono float32 waveforms at the model's rate, whether a single input was given).
+
+        Arrays go through ``validate``: stereo (samples, 2) averaged to mono, integer PCM scaled
+        like soundfile, NaN/inf and empty inputs refused."""
+        sr = self.sample_rate if sample_rate is None else validate.sample_rate(sample_rate)
         if isinstance(audio, (str, os.PathLike)):
             return [audio_io.load_audio(os.fspath(audio), self.sample_rate)], True
-        if isinstance(audio, torch.Tensor):
-            audio = audio.detach().float().cpu().numpy()
-        if isinstance(audio, np.ndarray):
-            if audio.ndim not in (1, 2):
-                raise PannsError(f"audio arrays must be (samples,) or (batch, samples), got {audio.shape}")
-            single = audio.ndim == 1
-            items = [audio] if single else list(audio)
-        else:
-            items, single = list(audio), False
-            if not items:
-                raise PannsError("no audio given")
+        if isinstance(audio, (np.ndarray, torch.Tensor)):
+            x, single = validate.batch(audio, "audio", sr)
+            return [audio_io.resample(w, sr, self.sample_rate) for w in x], single
+        if isinstance(audio, (bytes, dict)) or not isinstance(audio, Sequence):
+            raise PannsError(f"audio must be a path, an array/tensor or a list of them, got {type(audio).__name__}")
+        if len(audio) == 0:
+            raise PannsError("no audio given (an empty list)")
+        if isinstance(audio[0], numbers.Number):   # a plain list of samples is one clip
+            x, single = validate.batch(audio, "audio", sr)
+            return [audio_io.resample(w, sr, self.sample_rate) for w in x], single
         out = []
-        for item in items:
+        for i, item in enumerate(audio):
             if isinstance(item, (str, os.PathLike)):
                 out.append(audio_io.load_audio(os.fspath(item), self.sample_rate))
-                continue
-            w = np.asarray(item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else item, dtype=np.float32)
-            if w.ndim != 1 or len(w) == 0:
-                raise PannsError(f"each clip must be a non-empty 1-D array, got shape {w.shape}")
-            out.append(audio_io.resample(w, sr, self.sample_rate))
-        return out, single
+            else:
+                out.append(audio_io.resample(validate.clip(item, f"audio[{i}]", sr), sr, self.sample_rate))
+        return out, False
 
     # -- outputs --------------------------------------------------------------------------------
     def predict(self, audio: Audio, sample_rate: Optional[int] = None, segment_seconds: Optional[float] = None,
@@ -145,7 +146,11 @@ class Model:
         None, ``framewise`` (frames, classes) when asked for (SED models), ``windows``, ``samples``.
 
         Clips are run whole (equal lengths batched together) unless ``segment_seconds`` is given
-        or a clip is longer than 600 s; then in sliding windows (see Runtime.predict_windows)."""
+        or a clip is longer than 600 s; then in sliding windows (see Runtime.predict_windows).
+        Options out of range (``batch_size`` < 1, ``segment_seconds`` <= 0, ``aggregate`` other
+        than max/mean, ...) are a PannsError before any work."""
+        validate.options(batch_size=batch_size, segment_seconds=segment_seconds, hop_seconds=hop_seconds,
+                         aggregate_=aggregate, framewise=framewise)
         waves, single = self.waveforms(audio, sample_rate)
         rt = self.runtime
         results: List[Optional[WindowedPrediction]] = [None] * len(waves)
@@ -167,6 +172,7 @@ class Model:
     def tag(self, audio: Audio, sample_rate: Optional[int] = None, top_k: int = 10,
             **options) -> Union[List[Tuple[str, float]], List[List[Tuple[str, float]]]]:
         """Top-k (label, probability) pairs, most probable first (official ranking)."""
+        validate.positive_int(top_k, "top_k")
         preds = self.predict(audio, sample_rate, **options)
         one = lambda p: [(self.labels[i], float(p.clipwise[i])) for i in top_indexes(p.clipwise, top_k)]  # noqa: E731
         return one(preds) if isinstance(preds, WindowedPrediction) else [one(p) for p in preds]
@@ -199,6 +205,7 @@ class Model:
         """Sound events per input: dicts with onset/offset (seconds), label, class index and score
         (the highest framewise probability inside), for runs of frames at or above ``threshold``."""
         self._need_sed()
+        validate.options(threshold_=threshold, min_duration=min_duration)
         preds = self.predict(audio, sample_rate, framewise=True, **options)
 
         def events(p: WindowedPrediction) -> List[dict]:
@@ -273,7 +280,7 @@ class AudioTagging:
         self.classes_num = len(self.labels)
 
     def inference(self, audio) -> Tuple[np.ndarray, np.ndarray]:
-        out = self.runtime.forward(audio)
+        out = self.runtime.forward(_compat_batch(audio))
         if "embedding" not in out:
             raise PannsError(f"{self.runtime.config.model_type} has no embedding; use SoundEventDetection")
         return out["clipwise_output"], out["embedding"]
@@ -286,11 +293,18 @@ class SoundEventDetection(AudioTagging):
     default_model_type = "Cnn14_DecisionLevelMax"
 
     def inference(self, audio) -> np.ndarray:
-        out = self.runtime.forward(audio)
+        out = self.runtime.forward(_compat_batch(audio))
         if "framewise_output" not in out:
             raise PannsError(f"{self.runtime.config.model_type} has no framewise output; use a decision-level "
                              "model such as Cnn14_DecisionLevelMax")
         return out["framewise_output"]
+
+
+def _compat_batch(audio) -> np.ndarray:
+    """panns_inference's input, (B, samples) float at the model's rate, through ``validate``: a
+    (samples, 2) stereo array is one clip averaged to mono, int16/int32/uint8 PCM is scaled like
+    soundfile, NaN/inf and empty arrays are refused (they gave silent garbage before)."""
+    return validate.batch(audio, "audio")[0]
 
 
 def _labels_of(rt: Runtime) -> List[str]:

@@ -150,6 +150,10 @@ def load_model(checkpoint_path: str, model_type: Optional[str] = None, frontend:
     if bad:
         raise CheckpointError(f"unknown front-end option(s) {sorted(bad)}")
     ckpt = load_checkpoint(checkpoint_path, map_location="cpu")
+    ref = ckpt.get("base_checkpoint")
+    if isinstance(ref, dict):   # fine-tuning's latest.pth with a frozen base: the trained head only
+        raise CheckpointError(f"{checkpoint_path} is a training checkpoint holding only the trained head; its frozen "
+                              f"base is {ref.get('path')}. Use best.pth beside it (self-contained) for inference")
     sd = strip_prefixes(model_state_dict(ckpt, checkpoint_path))
 
     if isinstance(ckpt.get("config"), dict):

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
+import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List
 
@@ -77,11 +80,41 @@ def read_class_labels(csv_path: str | None = None) -> ClassLabels:
     return _read_class_labels_cached(os.path.abspath(path), os.path.getmtime(path))
 
 
+# Encodings a CSV saved by a spreadsheet or an editor comes in, tried in order: UTF-8 (with or without a
+# byte-order mark) first, UTF-16 only with its mark, then Windows-1252 and Latin-1 (which decode any bytes:
+# a file that still holds control characters after them is not text).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+def read_text(path: str) -> str:
+    """A text file (CSV) in UTF-8, UTF-16 with a BOM, Windows-1252 or Latin-1 -> str (newlines kept
+    as in the file, for csv). Anything else is one PannsError saying to save it as UTF-8."""
+    with open(path, "rb") as f:
+        data = f.read()
+    encodings = [enc for bom, enc in _BOMS if data.startswith(bom)] or ["utf-8", "cp1252", "latin-1"]
+    for enc in encodings:
+        try:
+            text = data.decode(enc)
+        except UnicodeDecodeError:
+            continue
+        if _CONTROL.search(text):
+            break   # NUL and other control characters: binary, or a wrong guess
+        if enc not in ("utf-8", "utf-8-sig"):
+            logging.getLogger(__name__).info("%s is not UTF-8; read as %s", path, enc)
+        return text
+    raise PannsError(f"{path} is not a text file in UTF-8, UTF-16 or Latin-1/Windows-1252; save it as UTF-8 CSV")
+
+
+def read_csv_rows(path: str, **reader_options) -> List[List[str]]:
+    """``csv.reader`` rows of a CSV in any encoding :func:`read_text` reads."""
+    return list(csv.reader(io.StringIO(read_text(path), newline=""), **reader_options))
+
+
 @functools.lru_cache(maxsize=8)
 def _read_class_labels_cached(path: str, _mtime: float) -> ClassLabels:
     ids, labels = [], []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    rows = read_csv_rows(path)
     if not rows or [c.strip() for c in rows[0][:3]] != ["index", "mid", "display_name"]:
         raise PannsError(f"{path} is not a label CSV (expected header 'index,mid,display_name')")
     for n, row in enumerate(rows[1:]):

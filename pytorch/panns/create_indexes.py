@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -222,12 +223,34 @@ def _written(path: str) -> Iterator[str]:
         raise
 
 
-def create_indexes(waveforms_hdf5_path: str, indexes_hdf5_path: str) -> int:
-    """Write the index of one waveform HDF5; returns the number of rows (packed clips)."""
+def _first_rows(names: np.ndarray, rows: np.ndarray, seen: Optional[set] = None) -> np.ndarray:
+    """The entries of ``rows`` whose name is not in ``seen`` nor earlier in ``rows`` (``seen`` grows)."""
+    seen = set() if seen is None else seen
+    keep = []
+    for r in rows:
+        name = bytes(names[r])
+        if name not in seen:
+            seen.add(name)
+            keep.append(r)
+    return np.asarray(keep, dtype=rows.dtype)
+
+
+def create_indexes(waveforms_hdf5_path: str, indexes_hdf5_path: str, keep_duplicates: bool = False) -> int:
+    """Write the index of one waveform HDF5; returns the number of rows (packed clips).
+
+    A clip id packed twice (a repeated CSV row, the same clip in two shards) is indexed once, its
+    first row, and reported: sampling and evaluation would count it twice. ``keep_duplicates``:
+    index every row (official)."""
     with open_waveform_hdf5(waveforms_hdf5_path) as src:
         names = src["audio_name"][:]
         targets = src["target"][:]
     rows = np.flatnonzero(names != b"")  # official files keep empty rows for missing clips
+    if not keep_duplicates:
+        unique = _first_rows(names, rows)
+        if len(unique) < len(rows):
+            print(f"{len(rows) - len(unique)} rows of {waveforms_hdf5_path} repeat a clip id packed before; "
+                  "indexed once (--keep_duplicates: every row)")
+        rows = unique
     if len(rows) == 0:
         raise PannsError(f"{waveforms_hdf5_path} holds no clips; nothing to index (re-pack it: were the audio "
                          "files there?)")
@@ -262,8 +285,11 @@ def find_part_indexes(indexes_hdf5s_dir: str, exclude: Optional[str] = None) -> 
     return sorted(found, key=lambda p: os.path.relpath(p, indexes_hdf5s_dir).replace(os.sep, "/"))
 
 
-def combine_full_indexes(indexes_hdf5s_dir: str, full_indexes_hdf5_path: str) -> int:
-    """Concatenate the training part indexes under a folder into one index; returns its row count."""
+def combine_full_indexes(indexes_hdf5s_dir: str, full_indexes_hdf5_path: str, keep_duplicates: bool = False) -> int:
+    """Concatenate the training part indexes under a folder into one index; returns its row count.
+
+    A clip id in several parts (balanced and unbalanced, or two shards) is kept once, from the first
+    part, and reported; ``keep_duplicates``: every row (official)."""
     if not os.path.isdir(indexes_hdf5s_dir):
         raise PannsError(f"indexes folder not found: {indexes_hdf5s_dir}")
     paths = find_part_indexes(indexes_hdf5s_dir, exclude=full_indexes_hdf5_path)
@@ -286,6 +312,8 @@ def combine_full_indexes(indexes_hdf5s_dir: str, full_indexes_hdf5_path: str) ->
     _prepare_output(full_indexes_hdf5_path, needed)
     n = 0
     classes_num = None
+    seen: set = set()
+    repeated = 0
     with _written(full_indexes_hdf5_path) as tmp:
         with h5py.File(tmp, "w") as full:
             for path in paths:
@@ -301,6 +329,16 @@ def combine_full_indexes(indexes_hdf5s_dir: str, full_indexes_hdf5_path: str) ->
                     raise PannsError(f"{path}: audio names longer than 20 bytes cannot be combined")
                 rel = np.array([_relpath_for(p, full_indexes_hdf5_path).encode("utf-8") for p in part.hdf5_paths],
                                dtype=path_dtype) if part.hdf5_paths else np.zeros(0, path_dtype)
+                if not keep_duplicates:
+                    every = np.arange(len(part))
+                    keep = _first_rows(names, every, seen)
+                    if len(keep) < len(every):
+                        repeated += len(every) - len(keep)
+                        part = dataclasses.replace(part, audio_names=part.audio_names[keep],
+                                                   path_codes=part.path_codes[keep],
+                                                   indexes_in_hdf5=part.indexes_in_hdf5[keep],
+                                                   targets=part.targets[keep])
+                        names = part.audio_names
                 m = n + len(part)
                 for key in ("audio_name", "hdf5_path", "index_in_hdf5"):
                     full[key].resize((m,))
@@ -311,6 +349,8 @@ def combine_full_indexes(indexes_hdf5s_dir: str, full_indexes_hdf5_path: str) ->
                     full["hdf5_path"][n:m] = rel[part.path_codes]
                     full["index_in_hdf5"][n:m] = part.indexes_in_hdf5.astype(np.int32)
                 n = m
+    if repeated:
+        print(f"{repeated} rows repeat a clip id of an earlier part; kept once (--keep_duplicates: every row)")
     print(f"Write combined full hdf5 to {full_indexes_hdf5_path}")
     return n
 
@@ -322,15 +362,19 @@ def main() -> None:
     p = sub.add_parser("create_indexes", help="index one waveform HDF5")
     p.add_argument("--waveforms_hdf5_path", type=str, required=True, help="waveform HDF5 to index")
     p.add_argument("--indexes_hdf5_path", type=str, required=True, help="index HDF5 to write")
+    p.add_argument("--keep_duplicates", action="store_true",
+                   help="index every row, a clip id packed twice included (official; default: once, reported)")
     p = sub.add_parser("combine_full_indexes", help="combine balanced + unbalanced part indexes into full_train")
     p.add_argument("--indexes_hdf5s_dir", type=str, required=True,
                    help="folder searched (recursively) for balanced_train*.h5 and unbalanced_train*.h5 indexes")
     p.add_argument("--full_indexes_hdf5_path", type=str, required=True, help="combined index HDF5 to write")
+    p.add_argument("--keep_duplicates", action="store_true",
+                   help="keep a clip id found in several parts in each (official; default: once, reported)")
     args = parser.parse_args()
     if args.mode == "create_indexes":
-        create_indexes(args.waveforms_hdf5_path, args.indexes_hdf5_path)
+        create_indexes(args.waveforms_hdf5_path, args.indexes_hdf5_path, args.keep_duplicates)
     elif args.mode == "combine_full_indexes":
-        combine_full_indexes(args.indexes_hdf5s_dir, args.full_indexes_hdf5_path)
+        combine_full_indexes(args.indexes_hdf5s_dir, args.full_indexes_hdf5_path, args.keep_duplicates)
     else:
         parser.error("choose a sub-command: create_indexes or combine_full_indexes")
 

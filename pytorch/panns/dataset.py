@@ -114,6 +114,16 @@ def _parse_segment(line: str, n: int) -> Segment:
     return Segment(items[0].strip(), start, end, mids, n)
 
 
+def drop_repeated(segments: Sequence[Segment]) -> Tuple[List[Segment], List[Segment]]:
+    """(segments with each clip id once, first row kept; the rows dropped)."""
+    seen: set = set()
+    kept, dropped = [], []
+    for s in segments:
+        (dropped if s.audio_name in seen else kept).append(s)
+        seen.add(s.audio_name)
+    return kept, dropped
+
+
 def read_segments_csv(csv_path: str) -> List[Segment]:
     """Parse a segment CSV, with or without AudioSet's three header lines.
 
@@ -125,8 +135,7 @@ def read_segments_csv(csv_path: str) -> List[Segment]:
     silently. An empty CSV is an error."""
     if not os.path.isfile(csv_path):
         raise PannsError(f"segment CSV not found: {csv_path}")
-    with open(csv_path, "r", encoding="utf-8", errors="replace") as f:
-        lines = f.read().splitlines()
+    lines = config.read_text(csv_path).splitlines()   # UTF-8, UTF-16 or Latin-1, else one line
     segments, bad = [], []
     for n, line in enumerate(lines, start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -181,8 +190,7 @@ def split_unbalanced_csv_to_partial_csvs(unbalanced_csv: str, unbalanced_partial
     """Split the big unbalanced CSV into parts of <= 50,000 rows (official format: 3 'empty' lines first)."""
     if not os.path.isfile(unbalanced_csv):
         raise PannsError(f"unbalanced CSV not found: {unbalanced_csv}")
-    with open(unbalanced_csv, "r", encoding="utf-8") as f:
-        lines = f.readlines()
+    lines = [ln + "\n" for ln in config.read_text(unbalanced_csv).splitlines()]
     read_segments_csv(unbalanced_csv)  # every row must parse (reported with line numbers)
     # Drop the header lines (up to three, see read_segments_csv), keep every segment row.
     head = 0
@@ -580,6 +588,7 @@ class PackReport:
     skipped_existing: bool = False
     short: int = 0          # clips shorter than half the clip length (zero-padded)
     clip_seconds: float = 0.0
+    repeated: int = 0       # CSV rows naming a clip listed before (packed once)
 
 
 def log_clip_length(sample_rate: int, clip_seconds: float, clip_samples: int) -> None:
@@ -592,6 +601,8 @@ def summarize(rep: PackReport, total: int) -> str:
     msg = f"Write {rep.rows} clips to {rep.path}"
     if rep.missing:
         msg += f"; {len(rep.missing)} of {total} missing or undecodable, see {rep.path}.missing.csv"
+    if rep.repeated:
+        msg += f"; {rep.repeated} repeated rows of the CSV (a clip id listed again) packed once (--keep_duplicates: every row)"
     if rep.short:
         msg += (f"; {rep.short} clips are shorter than {packing.SHORT_FRACTION:g} x the clip length "
                 f"({rep.clip_seconds:g} s) and were zero-padded (set --clip_seconds to the clips' length?)")
@@ -601,8 +612,12 @@ def summarize(rep: PackReport, total: int) -> str:
 def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: str, mini_data: bool = False,
                            sample_rate: int = config.sample_rate, clip_seconds: float = config.clip_seconds,
                            num_workers: int = 1, class_labels_csv: Optional[str] = None,
-                           skip_existing: bool = False, progress: bool = True, storage: str = "pcm16") -> PackReport:
-    """Pack the clips of a segment CSV found in ``audios_dir`` into one waveform HDF5 (see module docstring)."""
+                           skip_existing: bool = False, progress: bool = True, storage: str = "pcm16",
+                           keep_duplicates: bool = False) -> PackReport:
+    """Pack the clips of a segment CSV found in ``audios_dir`` into one waveform HDF5 (see module docstring).
+
+    A clip id listed again in the CSV is packed once (its first row), and counted in the report: two
+    rows would be sampled and evaluated twice. ``keep_duplicates``: pack every row (official)."""
     storage_mod.check_storage(storage)
     if mini_data:
         waveforms_hdf5_path += ".mini"
@@ -613,6 +628,13 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
     segments = read_segments_csv(csv_path)
     if mini_data:
         segments = segments[:MINI_ROWS]
+    repeated = 0
+    if not keep_duplicates:
+        segments, dropped = drop_repeated(segments)
+        repeated = len(dropped)
+        if dropped:
+            logger.warning("%s: %d repeated rows packed once (first row kept): %s", csv_path, repeated,
+                           ", ".join(f"line {s.line} ({s.ytid})" for s in dropped[:5]) + (", ..." if repeated > 5 else ""))
     targets = targets_for(segments, labels, csv_path, class_labels_csv or config.DEFAULT_LABELS_CSV)
     if not os.path.isdir(audios_dir):
         raise PannsError(f"audio folder not found: {audios_dir}")
@@ -661,7 +683,7 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
             raise PannsError(f"no clip of {csv_path} could be decoded (reasons in {waveforms_hdf5_path}.missing.csv); "
                              "nothing packed")
         out.commit(labels, sample_rate)
-    rep = PackReport(waveforms_hdf5_path, out.rows, missing, short=short, clip_seconds=clip_seconds)
+    rep = PackReport(waveforms_hdf5_path, out.rows, missing, short=short, clip_seconds=clip_seconds, repeated=repeated)
     if missing:
         logger.info("%d of %d clips missing or undecodable, listed in %s.missing.csv", len(missing), len(segments),
                     waveforms_hdf5_path)
@@ -729,6 +751,8 @@ def main() -> None:
     p.add_argument("--skip_existing", action="store_true", help="do nothing if the output exists and is complete")
     p.add_argument("--storage", choices=storage_mod.STORAGES, default="pcm16",
                    help="pcm16: official int16 rows; flac: lossless FLAC bytes per row (about half the size)")
+    p.add_argument("--keep_duplicates", action="store_true",
+                   help="pack every CSV row, a clip id listed twice included (official; default: once, reported)")
     p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
 
     p = sub.add_parser("pack_from_shards", help="pack hosted AudioSet shards (WebDataset .tar or Parquet) into one "
@@ -751,6 +775,8 @@ def main() -> None:
                    help="pcm16: official int16 rows; flac: lossless FLAC bytes per row")
     p.add_argument("--skip_existing", action="store_true",
                    help="reuse shards packed by an interrupted run; do nothing if the output is complete")
+    p.add_argument("--allow_unlabelled", action="store_true",
+                   help="pack shards whose clips carry no labels (default: refused after the first shard)")
     p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
 
     args = parser.parse_args()
@@ -773,7 +799,7 @@ def main() -> None:
         print(f"Clip length {args.clip_seconds:g} s at {args.sample_rate} Hz (--clip_seconds)")
         rep = pack_waveforms_to_hdf5(args.csv_path, args.audios_dir, args.waveforms_hdf5_path, args.mini_data,
                                      args.sample_rate, args.clip_seconds, args.num_workers, args.class_labels_csv,
-                                     args.skip_existing, storage=args.storage)
+                                     args.skip_existing, storage=args.storage, keep_duplicates=args.keep_duplicates)
         if rep.skipped_existing:
             print(f"Skip {rep.path}: already packed")
         else:
@@ -784,7 +810,8 @@ def main() -> None:
         print(f"Clip length {args.clip_seconds:g} s at {args.sample_rate} Hz (--clip_seconds)")
         srep = shards.pack_from_shards(args.shards, args.waveforms_hdf5_path, args.sample_rate, args.clip_seconds,
                                        args.num_workers, args.class_labels_csv, args.label_field, args.id_field,
-                                       args.audio_field, args.storage, args.skip_existing)
+                                       args.audio_field, args.storage, args.skip_existing,
+                                       allow_unlabelled=args.allow_unlabelled)
         if srep.rows < 0:
             print(f"Skip {srep.path}: already packed")
         else:

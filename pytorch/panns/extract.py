@@ -52,6 +52,7 @@ import torch
 from panns import audio_io
 from panns import devices
 from panns import runtime
+from panns import validate
 from panns.errors import PannsError
 from panns.frontend import FRONTEND_KEYS, frontend_overrides
 from panns.runtime import pad_to_min
@@ -306,7 +307,9 @@ class Extractor:
         return self._collect(self.iter_files(paths, failed), list(paths), failed)
 
     def embed_waveforms(self, waveforms: Sequence[np.ndarray], names: Optional[Sequence[str]] = None) -> FeatureSet:
-        """Same as embed_files for decoded mono waveforms at ``self.sample_rate``."""
+        """Same as embed_files for decoded mono waveforms at ``self.sample_rate`` (through ``validate``:
+        stereo averaged, integer PCM scaled like soundfile, NaN/inf and empty clips refused)."""
+        waveforms = [validate.clip(w, f"waveforms[{i}]", self.sample_rate) for i, w in enumerate(waveforms)]
         names = [str(i) for i in range(len(waveforms))] if names is None else list(names)
         items = ((i, torch.from_numpy(self._prepare(w)), None) for i, w in enumerate(waveforms))
         return self._collect(self._batches(items, names, []), names, [])
@@ -353,12 +356,15 @@ class FeatureWriter:
 
         self.path = path
         if overwrite and os.path.exists(path):
+            check_not_busy(path)   # --overwrite must not pull the file from under a running extraction
             os.remove(path)
         if not os.path.exists(path):
             self._create(path, attrs, embedding_dim, classes_num, labels, chunk_rows)
         try:
             self.f = h5py.File(path, "r+")
         except OSError as e:
+            if _is_lock_error(e):
+                raise _busy_error(path) from None
             raise PannsError(f"{path} exists but is not a readable HDF5 file ({e}); delete it or pass --overwrite") \
                 from None
         self._check(attrs, embedding_dim, classes_num)
@@ -366,8 +372,16 @@ class FeatureWriter:
         for key in ("audio_name", "embedding", "clipwise_output"):
             if self.f[key].shape[0] != n:  # rows past num_rows: a run died mid-batch; drop them
                 self.f[key].resize(n, axis=0)
+        # Names are kept as given, relative ones relative to the folder the file was started from;
+        # resume compares absolute paths, so "a.wav" and "/data/a.wav" are one file (no duplicate rows).
+        self.base = str(_norm(self.f.attrs.get("names_relative_to", os.getcwd())))
         self.names = set(_decode_names(self.f["audio_name"][:n]))
+        self.keys = {name_key(p, self.base) for p in self.names}
         self.num_rows = n
+
+    def has(self, path: str) -> bool:
+        """Whether ``path`` (as given, relative to the current folder) already has a row."""
+        return name_key(path) in self.keys
 
     @staticmethod
     def _create(path, attrs, embedding_dim, classes_num, labels, chunk_rows) -> None:
@@ -391,6 +405,7 @@ class FeatureWriter:
                     for k, v in attrs.items():
                         f.attrs[k] = v
                     f.attrs["num_rows"] = 0
+                    f.attrs["names_relative_to"] = os.getcwd()
             except OSError as e:   # h5py reports a full disk as a generic OSError
                 raise _disk_error(path, e) from e
 
@@ -409,10 +424,14 @@ class FeatureWriter:
 
     def append(self, names: Sequence[str], embedding: np.ndarray, clipwise: np.ndarray) -> None:
         """Write rows, flush, then commit them by advancing ``num_rows`` (flushed again)."""
-        keep = [k for k, n in enumerate(names) if n not in self.names]
+        keys = [name_key(n) for n in names]
+        first = {key: k for k, key in reversed(list(enumerate(keys)))}
+        keep = [k for k, key in enumerate(keys) if key not in self.keys and first[key] == k]
         if not keep:
             return
-        names = [names[k] for k in keep]
+        # From another folder than the file's, relative names are stored absolute (they stay meaningful).
+        here = os.path.abspath(os.getcwd()) == os.path.abspath(self.base)
+        names = [names[k] if here else keys[k] for k in keep]
         n0, n1 = self.num_rows, self.num_rows + len(names)
         # h5py can crash the process on a full disk: check first (rows + chunk slack), then
         # turn any OSError that still comes into one line naming the file.
@@ -430,6 +449,7 @@ class FeatureWriter:
             raise _disk_error(self.path, e) from e
         self.num_rows = n1
         self.names.update(names)
+        self.keys.update(keys[k] for k in keep)
 
     def close(self) -> None:
         if getattr(self, "f", None) is not None:
@@ -441,6 +461,33 @@ class FeatureWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def name_key(path: str, base: Optional[str] = None) -> str:
+    """What makes two spellings of a file one row: its absolute, normalised path (``base``: the
+    folder a relative path is relative to, default the current one)."""
+    return os.path.normcase(os.path.abspath(os.path.join(base, path) if base else path))
+
+
+def _is_lock_error(e: OSError) -> bool:
+    """HDF5's file lock held by another process (h5py: BlockingIOError, errno EAGAIN)."""
+    return e.errno in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock file" in str(e)
+
+
+def _busy_error(path: str) -> PannsError:
+    return PannsError(f"{path} is in use by another process (an extraction still writing it?); wait for it to "
+                      "finish, or write to another --output_path")
+
+
+def check_not_busy(path: str) -> None:
+    """PannsError when another process holds ``path`` open (HDF5 locks files it writes)."""
+    import h5py
+
+    try:
+        h5py.File(path, "r").close()
+    except OSError as e:
+        if _is_lock_error(e):
+            raise _busy_error(path) from None
 
 
 def _disk_error(path: str, e: OSError) -> Exception:
@@ -478,6 +525,17 @@ def read_feature_names(path: str) -> set:
     return set(read_features(path).audio_names)
 
 
+def read_feature_keys(path: str) -> set:
+    """:func:`name_key` of every committed row of ``path`` (empty when there is no file)."""
+    import h5py
+
+    if not os.path.exists(path):
+        return set()
+    with h5py.File(path, "r") as f:
+        base = str(_norm(f.attrs.get("names_relative_to", os.getcwd())))
+    return {name_key(n, base) for n in read_features(path).audio_names}
+
+
 def write_failed_csv(path: str, failed: Sequence[Tuple[str, str]]) -> None:
     """``audio_path,error`` rows (atomic); removes a stale file when nothing failed."""
     if not failed:
@@ -509,7 +567,7 @@ def _extract_one(extractor: Extractor, paths: Sequence[str], output_path: str, o
     emb_dim = _embedding_dim(extractor)
     with FeatureWriter(output_path, extractor.attributes(), emb_dim, extractor.config.classes_num,
                        _labels_of(extractor), overwrite=overwrite) as writer:
-        todo = [p for p in paths if p not in writer.names and p not in skip]
+        todo = [p for p in paths if not writer.has(p) and name_key(p) not in skip]
         done_before = len(paths) - len(todo)
         if done_before:
             logger.info("%s: %d of %d files already extracted, %d to go", output_path, done_before, len(paths),
@@ -574,9 +632,14 @@ def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str
     r0, w0, _ = devices.dist_env()
     rank = r0 if rank is None else rank
     world_size = w0 if world_size is None else world_size
-    paths = list(dict.fromkeys(paths))
+    unique: Dict[str, str] = {}
+    for p in paths:   # one spelling per file, the first kept, in order
+        unique.setdefault(name_key(p), p)
+    paths = list(unique.values())
     failed_csv = output_path + ".failed.csv"
     if overwrite and rank == 0:
+        if os.path.exists(output_path):
+            check_not_busy(output_path)
         for p in [output_path, failed_csv] + [f"{output_path}.rank{k}.h5" for k in range(world_size)]:
             if os.path.exists(p):
                 os.remove(p)
@@ -587,7 +650,7 @@ def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str
         return {"extracted": ok, "failed": len(failed), "rows": total, "output": output_path}
 
     # Distributed: each rank does its share into its own file, rank 0 merges.
-    done = read_feature_names(output_path)
+    done = read_feature_keys(output_path)
     share = paths[rank::world_size]
     part = f"{output_path}.rank{rank}.h5"
     ok, failed = _extract_one(extractor, share, part, False, done, f"extract[rank {rank}]")
@@ -638,7 +701,8 @@ def run(args) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     try:
         paths = runtime.gather_inputs(args.audio_path)
-        ex = Extractor.from_checkpoint(args.checkpoint_path, model_type=args.model_type,
+        ex = Extractor.from_checkpoint(args.checkpoint_path,
+                                       model_type=validate.model_type_for(args.checkpoint_path, args.model_type),
                                        frontend=frontend_overrides(args) or None, precision=args.precision,
                                        device=info.device, backend=args.backend,
                                        job_seconds=runtime.job_seconds(paths) if args.backend == "auto" else None,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import multiprocessing
 import os
@@ -44,10 +45,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from panns import config
 from panns.audio_io import AUDIO_EXTENSIONS, is_audio_file, load_audio
 from panns.data_generator import ResumableBatchSampler
 from panns.errors import AudioDecodeError, PannsError
-from panns.utilities import atomic_write, float32_to_int16, int16_to_float32, remove_stale_temps
+from panns.utilities import atomic_write, die_with_parent, float32_to_int16, int16_to_float32, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +155,8 @@ def read_list_csv(csv_path: str, audio_dir: Optional[str] = None) -> List[Item]:
     """Rows ``path,label[,label...]``; an optional header row; blank cells and blank lines are ignored."""
     if not os.path.isfile(csv_path):
         raise PannsError(f"CSV not found: {csv_path}")
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
+    rows = [r for r in config.read_csv_rows(csv_path)   # UTF-8, UTF-16 or Latin-1 (a spreadsheet's export)
+            if r and any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
     bases = [audio_dir] if audio_dir else []
     bases.append(os.path.dirname(os.path.abspath(csv_path)))
     if rows and rows[0][0].strip().lower() in ("path", "filename", "file", "audio_path", "file_name"):
@@ -189,8 +191,7 @@ def from_meta_csv(meta_csv: str, holdout_fold: Optional[str], audio_dir: Optiona
     """ESC-50-style metadata with a fold column; ``holdout_fold`` is the eval split, the other folds train."""
     if not os.path.isfile(meta_csv):
         raise PannsError(f"metadata CSV not found: {meta_csv}")
-    with open(meta_csv, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(config.read_text(meta_csv), newline="")))
     if not rows:
         raise PannsError(f"{meta_csv} has no rows")
     cols = {c.strip().lower(): c for c in rows[0].keys() if c is not None}
@@ -415,8 +416,10 @@ def build_cache(paths: Sequence[str], sample_rate: int, cache_dir: str, num_work
 
 def _ignore_sigint() -> None:
     """Decode-pool workers leave Ctrl-C to the parent: a worker interrupted inside a task could leave
-    the pool waiting for its result forever; the parent terminates them instead."""
+    the pool waiting for its result forever; the parent terminates them instead. They die with the
+    parent too (a kill -9 of it left them waiting on the pool's queue forever)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
 
 
 def crop(y: np.ndarray, clip_samples: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:

@@ -17,7 +17,8 @@ the pretrained checkpoint or the registry)::
     # the quick baseline first: frozen embeddings + logistic regression
     ... --dataset_dir my_sounds/ --workspace ws --linear_probe
 
-Outputs under ``<workspace>/finetune/<run name>/``: ``best.pth`` / ``latest.pth`` (self-describing:
+Outputs under ``<workspace>/finetune/<run name>/``: ``best.pth`` / ``latest.pth`` (with ``--freeze_base``,
+latest.pth refers to the base by path and digest instead of holding it; best.pth is self-describing:
 ``pytorch/inference.py audio_tagging --checkpoint_path best.pth --audio_path x.wav`` prints the new classes
 with probabilities), ``report.txt`` (per-class report of the best checkpoint), ``metrics.jsonl`` (one line per
 evaluation), ``run.json`` (resolved settings, versions, git commit), ``logs/``; ``linear_probe.pth`` for

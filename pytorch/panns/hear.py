@@ -5,7 +5,9 @@
     scene = hear.get_scene_embeddings(audio, model)        # (n_sounds, scene_embedding_size)
     emb, ts = hear.get_timestamp_embeddings(audio, model)  # (n_sounds, n_timestamps, d), (n_sounds, n_timestamps)
 
-``audio`` is a (n_sounds, n_samples) float tensor at ``model.sample_rate``. HEAR allows only
+``audio`` is a (n_sounds, n_samples) float tensor at ``model.sample_rate`` (integer PCM is scaled
+like soundfile, a channel-last (n_samples, 2) array is one sound averaged to mono, NaN/inf is
+refused: see ``panns.validate``). HEAR allows only
 16000, 22050, 44100 and 48000 Hz, so models that run at 32 kHz declare **48000 Hz** (nothing
 above their 14 kHz mel range is lost) and the 16 kHz and 8 kHz models declare **16000 Hz**; the
 audio is resampled to the model's own rate inside (soxr, as for files).
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from panns import audio_io
+from panns import validate
 from panns.runtime import Runtime, load_model as _load
 
 HEAR_RATES = (16000, 22050, 44100, 48000)
@@ -68,9 +71,9 @@ class HearModel(torch.nn.Module):
 
     def to_model_rate(self, audio: torch.Tensor) -> np.ndarray:
         """(n_sounds, n_samples) at ``sample_rate`` -> float32 numpy at the model's rate."""
-        if audio.ndim != 2:
-            raise ValueError(f"audio must be (n_sounds, n_samples), got {tuple(audio.shape)}")
-        x = audio.detach().float().cpu().numpy()
+        # validate: int16/int32/uint8 PCM scaled like soundfile, (n_samples, 2) stereo averaged to one
+        # mono sound, NaN/inf refused (they turned into silent garbage before); (0, n) passes.
+        x, _ = validate.batch(audio, "audio", self.sample_rate, allow_empty_batch=True)
         if self.sample_rate == self.model_sample_rate:
             return np.ascontiguousarray(x)
         return np.stack([audio_io.resample(np.ascontiguousarray(s), self.sample_rate, self.model_sample_rate)
@@ -84,16 +87,11 @@ class HearModel(torch.nn.Module):
 def load_model(model_file_path: str = "", model_type: Optional[str] = None, **options) -> HearModel:
     """A checkpoint of any PANNs model type (ours carry their type; an official file needs
     ``model_type`` unless it keeps its published name); "" = the published Cnn14 checkpoint."""
-    from panns import pretrained  # catalogue: official file names -> model types
-
     path = model_file_path or None
     if path is None:
         model_type = model_type or "Cnn14"
-    elif model_type is None:
-        try:
-            model_type = pretrained.lookup(path.rsplit("/", 1)[-1]).model_type
-        except Exception:
-            model_type = None
+    else:   # an official file keeps its published name: Cnn14_mAP=0.431.pth
+        model_type = validate.model_type_for(path, model_type, "model_type=")
     model, cfg, _ = _load(path, model_type)
     return HearModel(model, cfg, **options)
 

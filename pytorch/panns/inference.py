@@ -43,6 +43,7 @@ from panns import audio_io
 from panns import config
 from panns import extract
 from panns import runtime
+from panns import validate
 from panns.errors import AudioDecodeError, PannsError, run_cli
 from panns.frontend import add_frontend_args, frontend_overrides
 from panns.postprocess import Event, EventTracker, detect_events, tags_of, top_indexes  # noqa: F401 (re-exported)
@@ -58,7 +59,8 @@ def load_runtime(args, paths: Sequence[str] = ()) -> Runtime:
     """checkpoint (given, or the cached official file of --model_type) -> Runtime on the chosen
     device at the chosen precision, through the chosen backend (``auto`` weighs the audio in ``paths``)."""
     options = {"job_seconds": runtime.job_seconds(paths)} if args.backend == "auto" else {}
-    return Runtime.load(args.checkpoint_path, model_type=args.model_type, frontend=frontend_overrides(args) or None,
+    model_type = validate.model_type_for(args.checkpoint_path, args.model_type)   # Cnn14_mAP=0.431.pth -> Cnn14
+    return Runtime.load(args.checkpoint_path, model_type=model_type, frontend=frontend_overrides(args) or None,
                         device=bool(args.cuda), precision=args.precision, backend=args.backend, **options)
 
 
@@ -522,8 +524,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (front-end flags default to the checkpoint's settings)")
     add_frontend_args(g)
     g.add_argument("--model_type", type=str, default=None,
-                   help="model class (e.g. Cnn14); needed for official checkpoints and without --checkpoint_path "
-                        "(default: %(default)s)")
+                   help="model class (e.g. Cnn14); needed for official checkpoints that lost their published name "
+                        "(Cnn14_mAP=0.431.pth says Cnn14) and without --checkpoint_path (default: %(default)s)")
     g.add_argument("--checkpoint_path", type=str, default=None,
                    help="checkpoint file (default: the official pretrained file of --model_type, downloaded once "
                         "into $PANNS_CACHE or ~/.cache/panns)")
@@ -607,7 +609,9 @@ def export(args) -> int:
     onnx_backend.check_opset(args.opset)
     if not args.output.lower().endswith(".onnx"):
         raise PannsError(f"--output must end in .onnx, got {args.output}")
-    model, cfg, _ = runtime.load_model(args.checkpoint_path, args.model_type, frontend_overrides(args) or None)
+    model, cfg, _ = runtime.load_model(args.checkpoint_path, validate.model_type_for(args.checkpoint_path,
+                                                                                     args.model_type),
+                                       frontend_overrides(args) or None)
     try:
         labels = resolve_labels(cfg, args.class_labels_csv)[0]
     except (PannsError, OSError) as e:
@@ -626,14 +630,11 @@ def main(argv=None, prog: Optional[str] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     for noisy in ("matplotlib", "numba", "PIL", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if getattr(args, "top_k", 1) < 1:
-        raise PannsError("--top_k must be at least 1")
-    if args.batch_size < 1:
-        raise PannsError("--batch_size must be at least 1")
-    if args.segment_seconds is not None and args.segment_seconds <= 0:
-        raise PannsError("--segment_seconds must be positive")
-    if getattr(args, "hop_seconds", None) is not None and args.hop_seconds <= 0:
-        raise PannsError("--hop_seconds must be positive")
+    # The same checks as the Python API's (validate); hop > segment in SED would leave frames never analysed.
+    validate.options(top_k=getattr(args, "top_k", None), batch_size=args.batch_size,
+                     segment_seconds=args.segment_seconds, hop_seconds=getattr(args, "hop_seconds", None),
+                     threshold_=getattr(args, "threshold", None), min_duration=getattr(args, "min_duration", None),
+                     framewise=args.mode == "sound_event_detection", prefix="--")
     handler = {"audio_tagging": audio_tagging, "sound_event_detection": sound_event_detection,
                "export": export}.get(args.mode) or _command_module(args.mode).run
     rc = handler(args)

@@ -33,8 +33,8 @@ import numpy as np
 from panns import config, storage
 from panns.audio_io import load_audio, load_audio_bytes
 from panns.errors import PannsError
-from panns.utilities import (atomic_write, atomic_write_text, check_free_space, disk_full_error, float32_to_int16,
-                             pad_or_truncate, remove_stale_temps)
+from panns.utilities import (atomic_write, atomic_write_text, check_free_space, die_with_parent, disk_full_error,
+                             float32_to_int16, pad_or_truncate, remove_stale_temps)
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +82,16 @@ def decode_row(job: DecodeJob) -> Decoded:
 # Worker processes
 # ------------------------------------------------------------------------------------------------
 
-def _worker(conn, fn: Callable, parent: int) -> None:
+def _worker(conn, fn: Callable, parent: int, parent_ends: Sequence = ()) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us
+    # The fork copied the parent's ends of this worker's pipe and of the earlier workers' pipes. Held
+    # here, they kept a pipe open after a kill -9 of the parent: a worker blocked sending a result never
+    # saw the reader go and lived forever. Closed, that send fails (EPIPE) and the worker returns.
+    for c in parent_ends:
+        c.close()
+    die_with_parent()   # elsewhere than Linux: the poll of os.getppid below and the closed pipe
+    if os.getppid() != parent:   # the parent died before the line above took effect
+        return
     while True:
         if not conn.poll(1.0):
             if os.getppid() != parent:  # parent gone without killing us
@@ -95,7 +103,10 @@ def _worker(conn, fn: Callable, parent: int) -> None:
             return
         if job is None:
             return
-        conn.send(fn(job))
+        try:
+            conn.send(fn(job))
+        except (BrokenPipeError, EOFError, OSError):
+            return   # the parent is gone
 
 
 class OrderedPool(object):
@@ -123,7 +134,7 @@ class OrderedPool(object):
         ctx = multiprocessing.get_context("fork" if "fork" in methods else methods[0])
         for _ in range(self.num_workers):
             mine, theirs = ctx.Pipe(duplex=True)
-            p = ctx.Process(target=_worker, args=(theirs, self.fn, os.getpid()), daemon=True)
+            p = ctx.Process(target=_worker, args=(theirs, self.fn, os.getpid(), self.conns + [mine]), daemon=True)
             p.start()
             theirs.close()
             self.procs.append(p)

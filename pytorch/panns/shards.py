@@ -234,6 +234,7 @@ class LabelMapper(object):
         self.by_name = {str(n).strip().lower(): i for i, n in enumerate(labels.labels)}
         self.unknown: collections.Counter = collections.Counter()
         self.unlabelled = 0
+        self.seen = 0
 
     def _one(self, v) -> Optional[int]:
         if isinstance(v, (bool, np.bool_)):
@@ -252,6 +253,7 @@ class LabelMapper(object):
     def target(self, value) -> np.ndarray:
         """Multi-hot bool (classes_num,) of a label value: a list, or a string (one label or comma-separated)."""
         t = np.zeros(self.classes_num, dtype=bool)
+        self.seen += 1
         if value is None:
             self.unlabelled += 1
             return t
@@ -394,8 +396,12 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
                      clip_seconds: float = config.clip_seconds, num_workers: int = 1,
                      class_labels_csv: Optional[str] = None, label_field: Optional[str] = None,
                      id_field: Optional[str] = None, audio_field: str = "audio", storage_name: str = "pcm16",
-                     skip_existing: bool = False, progress: bool = True) -> ShardPackReport:
-    """Pack tar or Parquet shards into one waveform HDF5 (see module docstring)."""
+                     skip_existing: bool = False, progress: bool = True,
+                     allow_unlabelled: bool = False) -> ShardPackReport:
+    """Pack tar or Parquet shards into one waveform HDF5 (see module docstring).
+
+    Shards whose clips carry no label field at all are refused after the first shard (training on them
+    learns nothing) unless ``allow_unlabelled``."""
     storage.check_storage(storage_name)
     if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
         logger.info("Skip %s: already packed", waveforms_hdf5_path)
@@ -434,6 +440,11 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
                                   num_workers, id_field, label_field, audio_field, bar)
             short += s
             logger.info("Shard %s: %d clips -> %s", shard, rows, part)
+            if not allow_unlabelled and mapper.seen and mapper.unlabelled == mapper.seen:
+                shutil.rmtree(parts_dir, ignore_errors=True)
+                looked = label_field or ", ".join(LABEL_FIELDS)
+                raise PannsError(f"no clip of {shard} has a label ({looked}); name the field holding the labels with "
+                                 "--label_field, or pass --allow_unlabelled to pack audio without labels")
     rows, missing = join_packed_files(parts, waveforms_hdf5_path, labels, sample_rate, move_single=True)
     shutil.rmtree(parts_dir, ignore_errors=True)
     rep = ShardPackReport(waveforms_hdf5_path, rows, missing, len(paths), skipped, short, clip_seconds,

@@ -49,6 +49,8 @@ def _looks_like_text(path: str) -> bool:
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """``torch.load(weights_only=True)`` with the numpy types allow-listed; CUDA-saved files load on
     CPU. Raises CheckpointError (one line) for a missing, unreadable, unsafe or non-dict file."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a folder; give the .pth file in it")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from typing import Iterator, Optional
@@ -278,3 +279,16 @@ class Progress(object):
 
     def close(self) -> None:
         self.bar.close()
+
+
+def die_with_parent() -> None:
+    """In a worker process: have the kernel SIGKILL it when its parent dies (kill -9 included), so
+    no decode worker outlives the job that started it (Linux; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass

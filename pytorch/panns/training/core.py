@@ -422,8 +422,11 @@ class Trainer:
             if key in saved and saved[key] != self.model_config[key]:
                 raise CheckpointError(f"{path} was trained with {key}={saved[key]}, this run has "
                                       f"{key}={self.model_config[key]}")
+        model_sd = ckpt["model"]
+        if isinstance(ckpt.get("base_checkpoint"), dict):   # fine-tuning stores a frozen base by reference (checked
+            model_sd = {**self.raw_model.state_dict(), **model_sd}   # by the task): the model holds it already
         try:
-            self.raw_model.load_state_dict(ckpt["model"])
+            self.raw_model.load_state_dict(model_sd)
         except RuntimeError as e:
             raise CheckpointError(f"{path}: model weights do not fit {self.model_config['model_type']}: "
                                   f"{str(e).splitlines()[0]}") from None

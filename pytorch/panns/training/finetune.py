@@ -135,21 +135,66 @@ def resolve_clip_samples(clip_seconds: Optional[float], cache: fd.ClipCache, dat
 # ------------------------------------------------------------------------------------------------------------
 # Run folder and records
 # ------------------------------------------------------------------------------------------------------------
-def prepare_run_dir(run_dir: str, overwrite: bool, resume: bool = False) -> None:
+def prepare_run_dir(run_dir: str, overwrite: bool, resume: bool = False) -> bool:
     """Create ``run_dir``; one that already holds a run is an error unless ``resume`` (continue it) or
-    ``overwrite`` (remove that run's files first, so metrics.jsonl never mixes two runs)."""
+    ``overwrite`` (remove that run's files first, so metrics.jsonl never mixes two runs). A run that
+    stopped before its first checkpoint (Ctrl-C early) left nothing worth keeping: its folder is
+    re-used by the same command, with or without ``resume``. Returns whether there is a
+    ``latest.pth`` to resume from."""
     if resume and overwrite:
         raise PannsError("--resume continues the run in the folder, --overwrite replaces it: give one")
-    if resume:
+    latest = os.path.join(run_dir, "latest.pth")
+    if resume and os.path.isfile(latest):
         create_folder(run_dir)
-        return
+        return True
     found = [f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f))]
-    if found and not overwrite:
+    unsaved = bool(found) and not any(f.endswith(".pth") for f in found)
+    if resume and not unsaved:
+        raise PannsError(f"--resume: no {latest} to resume from (a run saves it at every evaluation)")
+    if unsaved:
+        logger.warning("%s holds a run that stopped before its first checkpoint (%s); starting it afresh", run_dir,
+                       ", ".join(found))
+    elif found and not overwrite:
         raise PannsError(f"{run_dir} already holds a fine-tuning run ({', '.join(found)}); give another "
                          "--run_name, or --overwrite to replace it")
     for f in found:
         os.remove(os.path.join(run_dir, f))
     create_folder(run_dir)
+    return False
+
+
+def base_reference(model: torch.nn.Module, pretrained_path: Optional[str]) -> Optional[dict]:
+    """{'path', 'digest'} of a frozen base loaded from ``pretrained_path``; None when the base trains
+    (or starts from random weights: nothing to refer to)."""
+    if not getattr(model, "freeze_base", False) or not pretrained_path:
+        return None
+    return {"path": os.path.abspath(pretrained_path), "digest": tl.state_digest(model.base)}
+
+
+def check_resume_base(path: str, model: torch.nn.Module) -> None:
+    """A latest.pth that refers to its frozen base continues only on that base (same weights)."""
+    ref = ckpt_lib.load_checkpoint(path).get("base_checkpoint")
+    if not isinstance(ref, dict):
+        return
+    if not getattr(model, "freeze_base", False) or tl.state_digest(model.base) != ref.get("digest"):
+        raise PannsError(f"--resume: {path} was trained on the frozen base {ref.get('path')} (digest "
+                         f"{ref.get('digest')}); resume with --freeze_base and that --pretrained_checkpoint_path")
+
+
+def check_resume_labels(path: str, labels: List[str]) -> None:
+    """Refuse to continue ``path`` on another class list: renamed, added or removed class folders
+    would otherwise train the old head under the new names (best.pth [cat, dog], latest.pth [ant, zebra])."""
+    saved = (ckpt_lib.load_checkpoint(path).get("config") or {}).get("labels")
+    if saved is None or list(saved) == list(labels):
+        return
+
+    def show(names) -> str:
+        names = list(names)
+        return "[" + ", ".join(names[:8]) + (f", ... ({len(names)} classes)" if len(names) > 8 else "") + "]"
+
+    raise PannsError(f"--resume: {path} was trained on the classes {show(saved)} but the data now has {show(labels)} "
+                     "(class folders renamed, added or removed?); resume with the data it started on, or start a "
+                     "new run (another --run_name, or --overwrite)")
 
 
 def append_jsonl(path: str, obj: dict) -> None:
@@ -199,6 +244,11 @@ class FineTuneTask:
         self.latest_path = os.path.join(run_dir, "latest.pth")
         self.best_path = os.path.join(run_dir, "best.pth")
         self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        self.iterations, self.eval_every = args.iterations, args.eval_every
+        # A frozen base never changes: latest.pth (written at every evaluation) stores the trained part and a
+        # reference to the base (path and digest) instead of the base itself (327 MB for Cnn14, each time).
+        # best.pth stays self-contained: it is what inference and users take away.
+        self.base_ref = base_reference(model, args.pretrained_checkpoint_path)
         self.best: Optional[dict] = None     # scores of the best evaluation, with its iteration
         self.scores: Optional[dict] = None   # scores of the latest evaluation
         self.improved = False
@@ -210,13 +260,20 @@ class FineTuneTask:
         eval_time = time.perf_counter() - t_eval
         train_time, steps = trained.elapsed(), max(len(trained.losses), 1)
         self.improved = self.best is None or sc["value"] > self.best["value"]
+        loss = trained.mean_loss() if trained.losses else None   # None: the starting point, before any step
         append_jsonl(self.metrics_path, {
-            "iteration": iteration, "train_loss": trained.mean_loss(), sc["metric"]: sc["value"], "mAP": sc["mAP"],
+            "iteration": iteration, "train_loss": loss, sc["metric"]: sc["value"], "mAP": sc["mAP"],
             "train_time_s": round(train_time, 3), "eval_time_s": round(eval_time, 3),
-            "s_per_iteration": round(train_time / steps, 4), "best": self.improved})
-        logger.info("iteration %d: train loss %.4f, eval %s %.4f, mAP %.4f%s (train %.1f s, %.3f s/it; eval %.1f s)",
-                    iteration, trained.mean_loss(), sc["metric"], sc["value"], sc["mAP"],
-                    " *best*" if self.improved else "", train_time, train_time / steps, eval_time)
+            "s_per_iteration": round(train_time / steps, 4) if loss is not None else None, "best": self.improved})
+        if loss is None:
+            logger.info("iteration %d (start): eval %s %.4f, mAP %.4f (eval %.1f s); training must beat it to replace "
+                        "best.pth", iteration, sc["metric"], sc["value"], sc["mAP"], eval_time)
+        else:
+            left = self.iterations - iteration
+            eta = left * train_time / steps + -(-left // self.eval_every) * eval_time
+            logger.info("iteration %d: train loss %.4f, eval %s %.4f, mAP %.4f%s (train %.1f s, %.3f s/it; eval %.1f s)%s",
+                        iteration, loss, sc["metric"], sc["value"], sc["mAP"], " *best*" if self.improved else "",
+                        train_time, train_time / steps, eval_time, f"; about {eta / 60:.1f} min to go" if left > 0 else "")
         self.scores = sc
         if self.improved:
             self.best = {**sc, "iteration": iteration}
@@ -226,7 +283,11 @@ class FineTuneTask:
         return {"metrics": metrics, "best": self.best}
 
     def write_checkpoint(self, ckpt: Dict[str, Any], iteration: int) -> str:
-        ckpt_lib.save_checkpoint(self.latest_path, ckpt)
+        latest = ckpt
+        if self.base_ref is not None:
+            latest = {**ckpt, "model": {k: v for k, v in ckpt["model"].items() if not k.startswith("base.")},
+                      "base_checkpoint": self.base_ref}
+        ckpt_lib.save_checkpoint(self.latest_path, latest)
         if self.improved:
             # What inference needs (no optimizer or RNG state: --resume continues from latest.pth).
             ckpt_lib.save_checkpoint(self.best_path, {k: ckpt[k] for k in ("iteration", "model", "config", "metrics")})
@@ -256,13 +317,15 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
         raise PannsError("some clips have several labels; single-label --loss nll cannot learn that: use --loss bce")
     output = OUTPUT_OF_LOSS[loss]
 
-    run_dir = None
+    run_dir, can_resume = None, False
     if data is not None:
         run_name = args.run_name or "_".join(
             [f"Transfer_{base_name}", data.name] + (["linear_probe"] if args.linear_probe else
                                                     [loss] + (["frozen"] if args.freeze_base else [])))
         run_dir = os.path.join(args.workspace, "finetune", run_name)
-        prepare_run_dir(run_dir, args.overwrite, args.resume)
+        can_resume = prepare_run_dir(run_dir, args.overwrite, args.resume)
+        if can_resume:
+            check_resume_labels(os.path.join(run_dir, "latest.pth"), data.labels)
         create_logging(os.path.join(run_dir, "logs"), filemode="w")
         logger.info("Data: %s; %d classes, %d train / %d eval clips%s", data.source, data.classes_num,
                     len(data.train), len(data.eval), " (multi-label)" if data.multi_label else "")
@@ -328,12 +391,14 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
                 "batch %d, lr %g, %d iterations, %s on %s", base_name, loss, output, trainable,
                 sum(p.numel() for p in model.parameters()), clip_samples / frontend["sample_rate"], args.batch_size,
                 args.learning_rate, args.iterations, precision, device)
-    resume_from = None
-    if args.resume:
-        resume_from = os.path.join(run_dir, "latest.pth")
-        if not os.path.isfile(resume_from):
-            raise PannsError(f"--resume: no {resume_from} to resume from (a run saves it at every evaluation)")
-    elif args.head_init == "probe":
+    if device.type == "cpu":
+        logger.warning("Training on the CPU: each step runs the %s base%s, so long runs take hours here (an ETA follows "
+                       "the first evaluation); --linear_probe takes minutes, --cuda uses a GPU", base_name,
+                       "" if args.freeze_base else " forward and backward")
+    resume_from = os.path.join(run_dir, "latest.pth") if can_resume else None
+    if resume_from:
+        check_resume_base(resume_from, model)
+    if resume_from is None and args.head_init == "probe":
         sc, _ = fit_probe()
         logger.info("Head initialised from a linear probe on the %d training clips' embeddings (eval %s %.4f)",
                     len(data.train), sc["metric"], sc["value"])
@@ -355,7 +420,9 @@ def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.Cli
     settings = CoreSettings(iterations=args.iterations, eval_every=args.eval_every, save_every=args.eval_every,
                             log_every=args.log_every, learning_rate=args.learning_rate, precision=precision,
                             seed=args.seed, mixup_alpha=1.0 if args.augmentation == "mixup" else None,
-                            at_start=False)
+                            # A head fitted before training (the linear probe) is a candidate for best.pth: training
+                            # that only makes it worse must not end below where it started.
+                            at_start=args.head_init == "probe")
     trainer = Trainer(settings, DistInfo(device=device), model, loss_func, task, mc, run_config, clip_samples,
                       args.batch_size, resume_from)
     if trainer.iteration >= args.iterations:

@@ -1,0 +1,255 @@
+"""One validation layer for audio arrays and run options, shared by every front door: the Python
+API (``panns.load``), the panns_inference-compatible classes, the HEAR API and the command lines.
+
+Arrays come in from soundfile, scipy, librosa, torchaudio or a user's own code in every shape and
+dtype; a model needs mono float32 in [-1, 1]. What a user means is taken where it is unambiguous,
+and refused in one line (``PannsError``) where it is not, so nothing runs on garbage silently:
+
+* dtype: float16/32/64 as they are; integer PCM scaled like ``soundfile.read`` does (int8 / 2**7,
+  int16 / 2**15, int32 / 2**31; uint8 centred on 128, as in 8-bit WAV files); bool, complex, object
+  and the other integer types (int64 has no PCM scale) refused.
+* shape: ``(samples,)`` one clip; ``(batch, samples)`` a batch; ``(samples, channels)`` with a few
+  channels (``MAX_CHANNELS``) and more samples than channels - what ``soundfile.read`` returns for a
+  stereo file - one clip, averaged to mono (a batch of 2-sample clips means nothing);
+  ``(batch, samples, channels)`` likewise per clip. One clip of a list may also be ``(channels,
+  samples)`` (librosa, torchaudio), since a list item is always one clip.
+* values: NaN or inf refused, naming the clip, the sample and its time; empty inputs refused.
+* options: ``threshold`` in [0, 1], ``top_k``/``batch_size`` >= 1, ``segment_seconds``/
+  ``hop_seconds`` finite and > 0 (hop <= segment where framewise output is stitched: a larger hop
+  leaves frames no window analysed), ``aggregate`` max or mean, ``min_duration`` >= 0.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from panns.errors import PannsError
+
+logger = logging.getLogger(__name__)
+
+MAX_CHANNELS = 8          # (samples, channels) with at most this many channels reads as one multichannel clip
+AGGREGATES = ("max", "mean")
+# soundfile's scale for integer PCM (``sf.read(dtype='float32')`` of a file of that subtype).
+PCM_SCALE = {np.dtype(np.int8): 2.0 ** 7, np.dtype(np.int16): 2.0 ** 15, np.dtype(np.int32): 2.0 ** 31}
+
+
+# ----------------------------------------------------------------------------- audio
+def _to_numpy(x, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        x = x.detach().cpu().numpy()
+    try:
+        return np.asarray(x)
+    except Exception as e:  # ragged nested lists and the like
+        raise PannsError(f"{name} is not an array of samples ({type(x).__name__}: {e})") from None
+
+
+def as_float(x, name: str = "audio") -> np.ndarray:
+    """Any array/tensor of samples -> float32 in the same shape: integer PCM scaled to [-1, 1]
+    like soundfile; bool, complex and non-PCM integer types refused."""
+    a = _to_numpy(x, name)
+    dt = a.dtype
+    if dt.kind == "f":
+        return a.astype(np.float32, copy=False)
+    if dt in PCM_SCALE:
+        return (a.astype(np.float32) / np.float32(PCM_SCALE[dt])).astype(np.float32, copy=False)
+    if dt == np.uint8:   # 8-bit WAV: unsigned, silence at 128
+        return ((a.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    if dt.kind == "b":
+        raise PannsError(f"{name} is a bool array; audio must be float samples in [-1, 1] or integer PCM "
+                         "(int16, int32, uint8)")
+    if dt.kind == "c":
+        raise PannsError(f"{name} is complex ({dt}); audio must be real: pass the waveform, not its spectrum")
+    if dt.kind in "iu":
+        raise PannsError(f"{name} has dtype {dt}, which has no PCM scale; pass float samples in [-1, 1] or "
+                         "int16/int32/uint8 PCM (e.g. x.astype(np.float32) / full_scale)")
+    raise PannsError(f"{name} has dtype {dt}; audio must be float samples or integer PCM")
+
+
+def check_finite(x: np.ndarray, name: str = "audio", sample_rate: Optional[int] = None) -> None:
+    """Refuse NaN/inf, naming where the first one is (clip and sample, for (B, T) arrays)."""
+    ok = np.isfinite(x)
+    if ok.all():
+        return
+    bad = np.argwhere(~ok)[0]
+    count = int(x.size - np.count_nonzero(ok))
+    sample = int(bad[-1])
+    where = f"sample {sample}" + (f" ({sample / sample_rate:.3f} s)" if sample_rate else "")
+    if x.ndim >= 2:
+        where = f"clip {int(bad[0])}, " + where
+    raise PannsError(f"{name} holds {count} non-finite value(s) (NaN or inf), the first at {where}; "
+                     "clean or drop that audio (e.g. np.nan_to_num) before running the model")
+
+
+def _downmix(a: np.ndarray, axis: int, name: str) -> np.ndarray:
+    logger.debug("%s: %d channels averaged to mono", name, a.shape[axis])
+    return a.mean(axis=axis, dtype=np.float32)
+
+
+def _is_channel_last(shape: Tuple[int, ...]) -> bool:
+    return shape[-1] <= MAX_CHANNELS and shape[-2] > shape[-1]
+
+
+def clip(x, name: str = "audio", sample_rate: Optional[int] = None) -> np.ndarray:
+    """One clip -> mono float32 (samples,). Accepts (samples,), (samples, channels) and
+    (channels, samples) with up to MAX_CHANNELS channels (averaged)."""
+    a = as_float(x, name)
+    if a.ndim == 2 and min(a.shape) <= MAX_CHANNELS and max(a.shape) > min(a.shape):
+        a = _downmix(a, 1 if _is_channel_last(a.shape) else 0, name)
+    if a.ndim != 1:
+        raise PannsError(f"{name}: one clip must be (samples,) or (samples, channels) with at most {MAX_CHANNELS} "
+                         f"channels, got shape {tuple(a.shape)}")
+    if a.size == 0:
+        raise PannsError(f"{name} is empty (0 samples)")
+    check_finite(a, name, sample_rate)
+    return np.ascontiguousarray(a)
+
+
+def batch(x, name: str = "audio", sample_rate: Optional[int] = None,
+          allow_empty_batch: bool = False) -> Tuple[np.ndarray, bool]:
+    """An array/tensor -> (float32 (B, samples), whether it was one clip).
+
+    (samples,) and channel-last (samples, channels) are one clip; (B, samples) a batch;
+    (B, samples, channels) a batch of multichannel clips. ``allow_empty_batch``: (0, samples) is
+    returned as it is (HEAR hands out empty batches); otherwise refused."""
+    a = as_float(x, name)
+    single = False
+    if a.ndim == 1:
+        a, single = a[None], True
+    elif a.ndim == 2 and _is_channel_last(a.shape):
+        a, single = _downmix(a, 1, name)[None], True
+    elif a.ndim == 3 and _is_channel_last(a.shape):
+        a = _downmix(a, 2, name)
+    if a.ndim != 2:
+        raise PannsError(f"{name} must be (samples,), (samples, channels), (batch, samples) or (batch, samples, "
+                         f"channels) with at most {MAX_CHANNELS} channels, got shape {tuple(_to_numpy(x, name).shape)}")
+    if a.shape[0] == 0 and allow_empty_batch:
+        return np.ascontiguousarray(a), single
+    if a.size == 0:
+        raise PannsError(f"{name} is empty (shape {tuple(a.shape)})")
+    check_finite(a, name, sample_rate)
+    return np.ascontiguousarray(a), single
+
+
+def clips(items: Sequence, name: str = "audio", sample_rate: Optional[int] = None) -> List[np.ndarray]:
+    """A list of clips (arrays/tensors of any supported shape and dtype) -> mono float32 arrays."""
+    items = list(items)
+    if not items:
+        raise PannsError(f"{name}: no audio given (an empty list)")
+    return [clip(item, f"{name}[{i}]", sample_rate) for i, item in enumerate(items)]
+
+
+# ----------------------------------------------------------------------------- options
+def _number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise PannsError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise PannsError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def positive_int(value, name: str) -> int:
+    """An integer >= 1 (top_k, batch_size, num_workers)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise PannsError(f"{name} must be an integer >= 1, got {value!r}")
+    if int(value) < 1:
+        raise PannsError(f"{name} must be at least 1, got {value}")
+    return int(value)
+
+
+def positive_seconds(value, name: str) -> float:
+    v = _number(value, name)
+    if v <= 0:
+        raise PannsError(f"{name} must be positive, got {value}")
+    return v
+
+
+def threshold(value, name: str = "threshold") -> float:
+    """A probability threshold in [0, 1] (model outputs are probabilities)."""
+    v = _number(value, name)
+    if not 0.0 <= v <= 1.0:
+        raise PannsError(f"{name} must be a probability in [0, 1], got {value}")
+    return v
+
+
+def aggregate(value, name: str = "aggregate") -> str:
+    if value not in AGGREGATES:
+        raise PannsError(f"{name} must be one of {', '.join(AGGREGATES)}, got {value!r}")
+    return value
+
+
+def windows(segment_seconds, hop_seconds, framewise: bool = False, prefix: str = "") -> None:
+    """segment/hop seconds: each None or finite > 0; a hop needs a segment; where framewise output
+    is stitched a hop above the segment is refused (frames between windows would never be analysed)."""
+    seg = None if segment_seconds is None else positive_seconds(segment_seconds, prefix + "segment_seconds")
+    hop = None if hop_seconds is None else positive_seconds(hop_seconds, prefix + "hop_seconds")
+    if framewise and seg is not None and hop is not None and hop > seg:
+        raise PannsError(f"{prefix}hop_seconds {hop:g} is longer than {prefix}segment_seconds {seg:g}: the audio "
+                         "between windows would never be analysed; use a hop at most the segment length")
+    if seg is not None and hop is not None and hop > seg:
+        logger.warning("%shop_seconds %g > %ssegment_seconds %g: %.0f%% of the audio is skipped", prefix, hop, prefix,
+                       seg, 100 * (1 - seg / hop))
+
+
+def options(top_k=None, batch_size=None, segment_seconds=None, hop_seconds=None, aggregate_=None, threshold_=None,
+            min_duration=None, framewise: bool = False, prefix: str = "") -> None:
+    """Check the options every front door shares (None = not given); ``prefix`` is ``--`` on the
+    command line so messages name the flag the user typed."""
+    if top_k is not None:
+        positive_int(top_k, prefix + "top_k")
+    if batch_size is not None:
+        positive_int(batch_size, prefix + "batch_size")
+    windows(segment_seconds, hop_seconds, framewise, prefix)
+    if aggregate_ is not None:
+        aggregate(aggregate_, prefix + "aggregate")
+    if threshold_ is not None:
+        threshold(threshold_, prefix + "threshold")
+    if min_duration is not None and _number(min_duration, prefix + "min_duration") < 0:
+        raise PannsError(f"{prefix}min_duration must be >= 0, got {min_duration}")
+
+
+MIN_RATE, MAX_RATE = 1000, 1_000_000   # beyond these a rate is a mistake (a resample would be absurdly large)
+
+
+def sample_rate(value, name: str = "sample_rate") -> int:
+    """A sample rate: a whole number of Hz from MIN_RATE to MAX_RATE (8000 and 44100.0 fine; 0, -1,
+    22050.5 and 32 - seconds or kHz given for Hz - not)."""
+    v = _number(value, name)
+    if v != int(v) or not MIN_RATE <= v <= MAX_RATE:
+        raise PannsError(f"{name} must be a whole number of Hz from {MIN_RATE} to {MAX_RATE}, got {value!r}")
+    return int(v)
+
+
+# ----------------------------------------------------------------------------- model type of a file
+def model_type_for(checkpoint_path, model_type: Optional[str], flag: str = "--model_type") -> Optional[str]:
+    """The model type to load ``checkpoint_path`` with: ``model_type`` as given, else the one an
+    official file's published name says (``Cnn14_mAP=0.431.pth`` -> Cnn14, as ``panns.load`` does).
+
+    A given type that contradicts the published name is warned about: official files carry no
+    config, and e.g. Cnn14_DecisionLevelMax loads Cnn14's weights without complaint (same layout)
+    but runs another head and prints other tags."""
+    if not checkpoint_path:
+        return model_type
+    from panns import pretrained  # the catalogue (plain data, no torch)
+
+    name = os.path.basename(os.fspath(checkpoint_path))
+    try:
+        named = pretrained.lookup(name).model_type
+    except PannsError:
+        return model_type
+    if model_type is None:
+        logger.info("%s is the published %s checkpoint; loading it as %s", name, named, named)
+        return named
+    if model_type != named:
+        logger.warning("%s %s, but %s is the published name of the %s checkpoint: if the file is what its name "
+                       "says, its weights run as %s give other outputs; drop %s or pass %s %s", flag, model_type, name,
+                       named, model_type, flag, flag, named)
+    return model_type

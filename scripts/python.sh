@@ -1,0 +1,29 @@
+# Sourced by the scripts in this folder (not run): sets PYTHON to the interpreter PANNs was installed
+# into, so a script never runs a python3 from PATH that lacks torch (a raw ModuleNotFoundError far
+# into the run). In order: $PYTHON as given; the active virtual environment's python
+# ($VIRTUAL_ENV, or $CONDA_PREFIX); a .venv/ or venv/ in the repository; python3 if it imports
+# torch. Otherwise one line says what to do, and the script stops (exit 1).
+panns_find_python() {
+  local root="$1" cand
+  if [ -n "${PYTHON:-}" ]; then
+    if ! command -v "$PYTHON" >/dev/null 2>&1; then
+      echo "error: PYTHON=$PYTHON is not an executable; set PYTHON to the python PANNs is installed into" >&2
+      return 1
+    fi
+    return 0
+  fi
+  for cand in "${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}" "${CONDA_PREFIX:+$CONDA_PREFIX/bin/python}" \
+              "$root/.venv/bin/python" "$root/venv/bin/python" python3; do
+    [ -n "$cand" ] || continue
+    command -v "$cand" >/dev/null 2>&1 || continue
+    if "$cand" -c "import torch" >/dev/null 2>&1; then
+      PYTHON="$cand"
+      return 0
+    fi
+  done
+  echo "error: no python with torch found (tried \$VIRTUAL_ENV, \$CONDA_PREFIX, $root/.venv, $root/venv, python3);" \
+       "activate the environment you installed into (source <venv>/bin/activate) or set PYTHON=/path/to/python" >&2
+  return 1
+}
+panns_find_python "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)" || exit 1
+export PYTHON
