@@ -43,6 +43,7 @@ from panns import audio_io
 from panns import config
 from panns import extract
 from panns import runtime
+from panns import stream
 from panns.errors import AudioDecodeError, PannsError, run_cli
 from panns.frontend import add_frontend_args, frontend_overrides
 from panns.postprocess import Event, EventTracker, detect_events, tags_of, top_indexes  # noqa: F401 (re-exported)
@@ -510,7 +511,8 @@ def sound_event_detection(args) -> int:
 # Sub-commands owned by other modules: name -> (module, help). Each module defines
 # add_arguments(parser) for its own flags (the model, device and input flags come from
 # _add_common) and run(args) -> exit status; it imports nothing from this file.
-SUBCOMMANDS = {"extract_embeddings": (extract, "embeddings + clipwise output of many files into HDF5")}
+SUBCOMMANDS = {"extract_embeddings": (extract, "embeddings + clipwise output of many files into HDF5"),
+               "stream": (stream, "live audio: tags every hop and events once, as JSON lines")}
 
 
 def _command_module(mode: str):
