@@ -21,6 +21,10 @@ Beyond the official script: several inputs (files, folders, .txt/.lst lists, glo
 
     python3 pytorch/inference.py extract_embeddings --model_type=Cnn14 --checkpoint_path=... \
         --audio_path=DIR|FILE|LIST --output_path=features.h5 [--batch_size 8] [--num_workers N]
+
+and live audio (``panns/stream.py``): tags every hop and events once each, as JSON lines::
+
+    python3 pytorch/inference.py stream --checkpoint_path=... --audio_path=FILE|URL|- [--hop_seconds 1]
 """
 from __future__ import annotations
 

@@ -244,7 +244,8 @@ class Stream:
     # -- work -----------------------------------------------------------------------------------
     def _append(self, y: np.ndarray) -> None:
         if len(y):
-            self._buf = np.concatenate([self._buf, y]) if len(self._buf) else y
+            # a copy even when the buffer is empty: y may be the caller's array, which it may reuse
+            self._buf = np.concatenate([self._buf, y]) if len(self._buf) else y.copy()
             self._total += len(y)
 
     def _advance(self) -> List[Item]:
@@ -371,8 +372,8 @@ def run(args) -> int:
     if stream.seconds == 0:
         raise AudioDecodeError(f"no audio samples in {source or 'the microphone input'}")
     stats = stream.stats()
-    stats.update(real_time_factor=round(stats["real_time_factor"], 4), latency_seconds=round(stats["latency_seconds"], 3),
-                 audio_seconds=round(stats["audio_seconds"], 3), compute_seconds=round(stats["compute_seconds"], 3))
+    for key, digits in (("real_time_factor", 4), ("latency_seconds", 3), ("audio_seconds", 3), ("compute_seconds", 3)):
+        stats[key] = round(stats[key], digits)
     print(json.dumps(stats), file=out, flush=True)
     return 0
 
