@@ -27,8 +27,9 @@ chunking gives the same items):
   hop), finalises the remaining frames and closes open events as offline detection does.
 
 Accounting: ``compute`` is the wall time spent inside push/close; a reported item's delay is the
-stream position (seconds of input received) plus the compute of that call minus the item's time
-(a hop's window end, a final frame's centre): the delay a live source would see.
+time its call finishes on a live clock (a chunk arrives when its last sample was recorded, i.e. at
+the stream position, and waits for the previous call) minus the item's time (a hop's window end, a
+final frame's centre): the delay a live source would see, whatever speed the audio is fed at.
 
 The ``stream`` sub-command of ``pytorch/inference.py`` (:func:`add_arguments`, :func:`run`) prints
 the items as JSON lines.
@@ -171,6 +172,7 @@ class Stream:
         self._received = 0.0                  # seconds of input received
         self._compute = 0.0
         self._latency = 0.0
+        self._clock = 0.0                     # live-clock seconds at which the last call finished
         self._windows = 0
         self._times: List[float] = []         # item times of the current call, for the latency
 
@@ -295,10 +297,14 @@ class Stream:
                 "index": int(e.index)}
 
     def _account(self, t0: float) -> None:
+        """Add this call's compute; the delays of its items on a live clock: the chunk arrives when its
+        last sample was recorded (the stream position) and is processed once the previous call is done
+        (a model slower than real time falls further behind with every chunk)."""
         spent = time.perf_counter() - t0
         self._compute += spent
+        self._clock = max(self._clock, self._received) + spent
         for t in self._times:
-            self._latency = max(self._latency, self._received + spent - t)
+            self._latency = max(self._latency, self._clock - t)
         self._times = []
 
 
