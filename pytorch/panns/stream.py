@@ -359,7 +359,8 @@ def run(args) -> int:
     if pcm_rate is not None and pcm_rate <= 0:
         raise PannsError("--sample_rate must be positive")
     if source not in (None, "-") and "://" not in source and not os.path.isfile(source):
-        raise AudioDecodeError(f"audio file not found: {source}")
+        raise AudioDecodeError(f"stream takes one audio file, got a folder: {source}" if os.path.isdir(source)
+                               else f"audio file not found: {source}")
     rt = Runtime.load(args.checkpoint_path, model_type=args.model_type, frontend=frontend_overrides(args) or None,
                       device=bool(args.cuda), precision=args.precision, backend=args.backend,
                       **_auto_options(args, source))
