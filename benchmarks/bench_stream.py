@@ -17,8 +17,10 @@ weights), then, each as a fresh process with a fresh ONNX export cache in the wo
     python3 benchmarks/bench_stream.py --backend torch
     python3 benchmarks/bench_stream.py --sweep --seconds 20
 
-The machine this runs on may be shared: the real-time factor is the compute spent inside push/close
-per second of audio, so other load on the CPU inflates it.
+The machine this runs on may be shared: the real-time factor is the wall time spent inside
+push/close per second of audio, so other jobs on the CPU inflate it; the CPU seconds per audio
+second (all threads of the process) are printed beside it (on a quiet machine whose model runs on
+all of its N cores, the real-time factor approaches that figure / N).
 """
 from __future__ import annotations
 
@@ -82,8 +84,8 @@ def sweep(work: str, clip: str, model_type: str, backend: str, pairs) -> None:
     audio, sr = sf.read(clip, dtype="float32")
     print(f"\nsweep: {model_type}, {len(audio) / sr:.0f} s, backend {m.runtime.backend_name}, window 10 s, "
           "chunks of 0.1 s")
-    print("| hop (s) | look-ahead (s) | real-time factor | worst latency (s) |")
-    print("|---|---|---|---|")
+    print("| hop (s) | look-ahead (s) | real-time factor | CPU s per audio s | worst latency (s) |")
+    print("|---|---|---|---|---|")
     step = int(0.1 * sr)
     for hop, lookahead in pairs:
         s = m.stream(hop_seconds=hop, window_seconds=10.0, lookahead_seconds=lookahead)
@@ -91,7 +93,9 @@ def sweep(work: str, clip: str, model_type: str, backend: str, pairs) -> None:
             s.push(audio[i:i + step], sr)
         s.close()
         st = s.stats()
-        print(f"| {hop:g} | {lookahead:g} | {st['real_time_factor']:.2f} | {st['latency_seconds']:.2f} |", flush=True)
+        cpu = st["cpu_seconds"] / st["audio_seconds"]
+        print(f"| {hop:g} | {lookahead:g} | {st['real_time_factor']:.2f} | {cpu:.2f} | {st['latency_seconds']:.2f} |",
+              flush=True)
 
 
 def main() -> None:
@@ -125,7 +129,8 @@ def main() -> None:
             runs[chunk] = lines
             last = json.loads(lines[-1])
             print(f"stream --chunk_seconds {chunk:g}: real_time_factor {last['real_time_factor']:.3f}, "
-                  f"latency_seconds {last['latency_seconds']:.2f}, {last['windows']} windows, backend "
+                  f"latency_seconds {last['latency_seconds']:.2f}, CPU seconds per audio second "
+                  f"{last['cpu_seconds'] / last['audio_seconds']:.3f}, {last['windows']} windows, backend "
                   f"{last['backend']} ({wall:.0f} s wall with start-up{'; ' + backend[0] if backend else ''})",
                   flush=True)
         same = runs[0.1][:-1] == runs[3.0][:-1]

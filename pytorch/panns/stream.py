@@ -170,7 +170,8 @@ class Stream:
         self._done = 0                        # frames final so far
         self._closed = False
         self._received = 0.0                  # seconds of input received
-        self._compute = 0.0
+        self._compute = 0.0                   # wall seconds inside push/close
+        self._cpu = 0.0                       # CPU seconds of this process (all threads) inside them
         self._latency = 0.0
         self._clock = 0.0                     # live-clock seconds at which the last call finished
         self._windows = 0
@@ -189,10 +190,12 @@ class Stream:
     def stats(self) -> dict:
         """real_time_factor (compute seconds per second of audio), latency_seconds (the worst delay
         from a tag's window end or a final frame's time to its report), audio_seconds,
-        compute_seconds, windows (forwards run) and the backend."""
+        compute_seconds, cpu_seconds (the process's CPU time inside push/close, all threads: on a
+        shared machine wall time also counts other jobs' turns), windows (forwards run), backend."""
         return {"real_time_factor": self._compute / self._received if self._received else 0.0,
                 "latency_seconds": self._latency, "audio_seconds": self._received,
-                "compute_seconds": self._compute, "windows": self._windows, "backend": self.rt.backend_name}
+                "compute_seconds": self._compute, "cpu_seconds": self._cpu, "windows": self._windows,
+                "backend": self.rt.backend_name}
 
     # -- input ----------------------------------------------------------------------------------
     def push(self, samples, sample_rate: Optional[int] = None) -> List[Item]:
@@ -201,7 +204,7 @@ class Stream:
         ``{"time": window end in seconds, "tags": [(label, probability), ...]}`` (top_k, most
         probable first), then, for SED models, ``{"event", "onset", "offset", "score", "index"}`` per
         event whose end became final."""
-        t0 = time.perf_counter()
+        t0 = (time.perf_counter(), time.process_time())
         if self._closed:
             raise PannsError("push() after close(): start a new stream")
         rate = self.rt.sample_rate if sample_rate is None else int(sample_rate)
@@ -223,7 +226,7 @@ class Stream:
         """End of stream: a last window ending at the end (when the end is not a hop edge; also for a
         stream shorter than one hop), the remaining frames, and the events still open (offsets
         clipped to the stream's length, as offline). Items as :meth:`push`; [] for an empty stream."""
-        t0 = time.perf_counter()
+        t0 = (time.perf_counter(), time.process_time())
         if self._closed:
             return []
         self._closed = True
@@ -296,12 +299,13 @@ class Stream:
         return {"event": e.label, "onset": float(e.onset), "offset": float(e.offset), "score": float(e.score),
                 "index": int(e.index)}
 
-    def _account(self, t0: float) -> None:
+    def _account(self, t0: Tuple[float, float]) -> None:
         """Add this call's compute; the delays of its items on a live clock: the chunk arrives when its
         last sample was recorded (the stream position) and is processed once the previous call is done
         (a model slower than real time falls further behind with every chunk)."""
-        spent = time.perf_counter() - t0
+        spent = time.perf_counter() - t0[0]
         self._compute += spent
+        self._cpu += time.process_time() - t0[1]
         self._clock = max(self._clock, self._received) + spent
         for t in self._times:
             self._latency = max(self._latency, self._clock - t)
@@ -379,7 +383,8 @@ def run(args) -> int:
     if stream.seconds == 0:
         raise AudioDecodeError(f"no audio samples in {source or 'the microphone input'}")
     stats = stream.stats()
-    for key, digits in (("real_time_factor", 4), ("latency_seconds", 3), ("audio_seconds", 3), ("compute_seconds", 3)):
+    for key, digits in (("real_time_factor", 4), ("latency_seconds", 3), ("audio_seconds", 3), ("compute_seconds", 3),
+                        ("cpu_seconds", 3)):
         stats[key] = round(stats[key], digits)
     print(json.dumps(stats), file=out, flush=True)
     return 0
