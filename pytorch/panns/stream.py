@@ -318,11 +318,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # The shared --audio_path is required; here --microphone replaces it. The shared front-end flag
     # --sample_rate names the rate of the raw PCM on stdin / of the microphone (the model's rate is
     # the checkpoint's; the stream resamples).
-    p._option_string_actions["--audio_path"].required = False
-    p._option_string_actions["--audio_path"].help = (
+    shared = p._option_string_actions   # the flags _add_common added (argparse has no public handle on them)
+    shared["--audio_path"].required = False
+    shared["--audio_path"].help = (
         "one audio file or URL (any format ffmpeg reads), or - for raw 16-bit little-endian mono PCM on stdin "
         "at --sample_rate")
-    p._option_string_actions["--sample_rate"].help = (
+    shared["--batch_size"].help = "unused: a stream runs one window at a time (batch 1)"
+    shared["--sample_rate"].help = (
         "sample rate of the raw PCM on stdin (--audio_path -) and of the microphone (default: the model's)")
     p.add_argument("--chunk_seconds", type=float, default=0.1,
                    help="audio read (or recorded) per push (default: %(default)s)")
