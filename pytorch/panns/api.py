@@ -9,6 +9,7 @@
     m.embed(audio, sample_rate=44100)            # (2048,) float32; audio resampled to m.sample_rate
     m.framewise(["a.wav", "b.wav"])              # SED models: [(frames, classes), ...]
     m.detect_events("street.wav", threshold=0.3) # SED models: [{"onset", "offset", "label", "score", "index"}]
+    s = m.stream(hop_seconds=1.0)                # live audio: s.push(chunk, rate) -> tags per hop, events once
 
 Inputs everywhere: a path, a list of paths, a 1-D array/tensor (one clip), a 2-D (batch, samples)
 array/tensor, or a list of 1-D arrays; arrays are taken at ``sample_rate`` (default: the model's
@@ -29,6 +30,7 @@ import torch
 from panns import audio_io
 from panns import config
 from panns import runtime
+from panns import stream as stream_mod
 from panns import validate
 from panns.errors import PannsError
 from panns.postprocess import EventTracker, top_indexes
@@ -214,6 +216,14 @@ class Model:
             return [e.to_dict() for e in tracker.events(p.samples / self.sample_rate)]
 
         return events(preds) if isinstance(preds, WindowedPrediction) else [events(p) for p in preds]
+
+    def stream(self, hop_seconds: float = 1.0, window_seconds: float = 10.0, lookahead_seconds: float = 1.0,
+               top_k: int = 10, threshold: float = 0.5, min_duration: float = 0.0) -> "stream_mod.Stream":
+        """Live audio: ``s.push(chunk, sample_rate)`` (any size, rate and channel count) returns the
+        tags of each hop's window and, for SED models, each event once when it ends; ``s.close()``
+        flushes, ``s.stats()`` gives the real-time factor and latency (see panns/stream.py)."""
+        return stream_mod.Stream(self.runtime, self.labels, hop_seconds, window_seconds, lookahead_seconds, top_k,
+                                 threshold, min_duration)
 
     def _need_sed(self) -> None:
         if not self.runtime.is_sed:

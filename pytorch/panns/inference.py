@@ -21,6 +21,10 @@ Beyond the official script: several inputs (files, folders, .txt/.lst lists, glo
 
     python3 pytorch/inference.py extract_embeddings --model_type=Cnn14 --checkpoint_path=... \
         --audio_path=DIR|FILE|LIST --output_path=features.h5 [--batch_size 8] [--num_workers N]
+
+and live audio (``panns/stream.py``): tags every hop and events once each, as JSON lines::
+
+    python3 pytorch/inference.py stream --checkpoint_path=... --audio_path=FILE|URL|- [--hop_seconds 1]
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ from panns import audio_io
 from panns import config
 from panns import extract
 from panns import runtime
+from panns import stream
 from panns import validate
 from panns.errors import AudioDecodeError, PannsError, run_cli
 from panns.frontend import add_frontend_args, frontend_overrides
@@ -512,7 +517,8 @@ def sound_event_detection(args) -> int:
 # Sub-commands owned by other modules: name -> (module, help). Each module defines
 # add_arguments(parser) for its own flags (the model, device and input flags come from
 # _add_common) and run(args) -> exit status; it imports nothing from this file.
-SUBCOMMANDS = {"extract_embeddings": (extract, "embeddings + clipwise output of many files into HDF5")}
+SUBCOMMANDS = {"extract_embeddings": (extract, "embeddings + clipwise output of many files into HDF5"),
+               "stream": (stream, "live audio: tags every hop and events once, as JSON lines")}
 
 
 def _command_module(mode: str):

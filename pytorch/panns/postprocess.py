@@ -96,8 +96,18 @@ class EventTracker:
             for e in self.found:
                 e.offset = min(e.offset, duration)
             self.found = [e for e in self.found if e.offset - e.onset + 1e-9 >= self.min_duration]
-        self.found.sort(key=lambda e: (e.onset, -e.score, e.index))
+        self.found.sort(key=_event_order)
         return self.found
+
+    def closed(self) -> List[Event]:
+        """The events closed since the last call, sorted as :meth:`events` sorts, each handed out once
+        (a stream reports events as they end; :meth:`events` then closes and returns the rest)."""
+        out, self.found = sorted(self.found, key=_event_order), []
+        return out
+
+
+def _event_order(e: Event):
+    return (e.onset, -e.score, e.index)
 
 
 def detect_events(framewise: np.ndarray, labels: Sequence[str], frames_per_second: float,

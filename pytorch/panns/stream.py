@@ -1,0 +1,536 @@
+"""Live audio: clip tags every hop and sound events reported once, from chunks of any size.
+
+::
+
+    s = panns.load("Cnn14_DecisionLevelMax").stream(hop_seconds=1.0, window_seconds=10.0)
+    for chunk in source:                        # any length, rate and channel count
+        for item in s.push(chunk, 44100):       # what became known with this chunk
+            print(item)   # {"time": 3.0, "tags": [("Speech", 0.91), ...]}
+                          # {"event": "Speech", "onset": 0.52, "offset": 2.31, "score": 0.97, "index": 0}
+    s.close()                                   # the rest: a last partial hop, events still open
+    s.stats()                                   # {"real_time_factor": ..., "latency_seconds": ..., ...}
+
+How (every step depends on sample positions of the resampled stream, never on chunk edges, so any
+chunking gives the same items):
+
+* chunks are downmixed (channel mean, as ``audio_io.to_mono``) and, at another rate than the
+  model's, resampled by one soxr stream (the HQ quality ``audio_io.resample`` uses) fed in blocks of
+  exactly 10 ms of input, so the resampler sees the same calls whatever the chunking;
+* every ``hop`` samples a window ending there (``window`` samples; the whole stream so far while it
+  is shorter) runs through the shared :class:`runtime.Runtime` alone (batch 1: a batch's shape can
+  change a forward's rounding) and its clip-level output gives the tags of that hop;
+* SED models: a frame is final once it lies ``lookahead`` samples before a window's right edge; it
+  takes the values of the first window that puts it there (each frame comes from exactly one
+  window) and goes, in order, to the same :class:`postprocess.EventTracker` offline sound event
+  detection uses, so an event is reported once, when its end is final;
+* :meth:`Stream.close` runs a last window ending at the end of the stream (when the end is not a
+  hop), finalises the remaining frames and closes open events as offline detection does.
+
+Accounting: ``compute`` is the wall time spent inside push/close; a reported item's delay is the
+time its call finishes on a live clock (a chunk arrives when its last sample was recorded, i.e. at
+the stream position, and waits for the previous call) minus the item's time (a hop's window end, a
+final frame's centre): the delay a live source would see, whatever speed the audio is fed at.
+
+The ``stream`` sub-command of ``pytorch/inference.py`` (:func:`add_arguments`, :func:`run`) prints
+the items as JSON lines.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import struct
+import subprocess
+import sys
+import time
+from typing import IO, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from panns import audio_io
+from panns import runtime
+from panns.errors import AudioDecodeError, PannsError
+from panns.frontend import frontend_overrides
+from panns.postprocess import Event, EventTracker, top_indexes
+from panns.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+Item = dict   # {"time", "tags"} per hop, {"event", "onset", "offset", "score", "index"} per event
+
+
+# ----------------------------------------------------------------------------- input side
+def as_mono(samples) -> np.ndarray:
+    """One chunk -> mono float32 (n,). Accepts (n,) or (n, channels) (soundfile's and sounddevice's
+    layout) arrays or tensors; integer samples are scaled to [-1, 1) as soundfile reads them."""
+    if isinstance(samples, torch.Tensor):
+        samples = samples.detach().cpu().numpy()
+    x = np.asarray(samples)
+    if x.dtype.kind == "u":   # unsigned PCM (8-bit WAV): centred on 2**(bits-1)
+        half = 2.0 ** (8 * x.dtype.itemsize - 1)
+        x = (x.astype(np.float64) - half) / half
+    elif x.dtype.kind == "i":
+        x = x.astype(np.float64) / 2.0 ** (8 * x.dtype.itemsize - 1)
+    elif x.dtype.kind != "f":
+        raise PannsError(f"audio chunks must hold numbers, got dtype {x.dtype}")
+    if x.ndim == 2:
+        x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    elif x.ndim != 1:
+        raise PannsError(f"audio chunks must be (samples,) or (samples, channels), got shape {x.shape}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.all(np.isfinite(x)):
+        raise PannsError("audio chunk contains NaN or infinite samples")
+    return x
+
+
+class ChunkResampler:
+    """Mono float32 chunks at ``rate`` -> samples at ``target``, identical for any chunking.
+
+    One soxr stream (``audio_io.resample``'s HQ quality) is fed in blocks of exactly ``rate // 100``
+    input samples; the remainder waits for the next chunk, or for :meth:`flush` at the end. soxr's
+    stream matched its one-shot output on every chunking tried, but the fixed blocks make the
+    equality hold by construction, at the cost of at most 10 ms of delay."""
+
+    def __init__(self, rate: int, target: int):
+        self.rate, self.target = int(rate), int(target)
+        self.block = max(1, self.rate // 100)
+        self._pending = np.zeros(0, np.float32)
+        self._soxr = None if self.rate == self.target else soxr.ResampleStream(
+            self.rate, self.target, 1, dtype="float32", quality="HQ")
+
+    def feed(self, x: np.ndarray) -> np.ndarray:
+        """(n,) float32 at ``rate`` -> the samples at ``target`` that became available."""
+        if self._soxr is None:
+            return x
+        x = np.concatenate([self._pending, x]) if len(self._pending) else x
+        full = len(x) // self.block * self.block
+        out = [self._soxr.resample_chunk(x[s:s + self.block], last=False) for s in range(0, full, self.block)]
+        self._pending = x[full:].copy()
+        return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros(0, np.float32)
+
+    def flush(self) -> np.ndarray:
+        """The rest at the end of the stream (the resampler's tail included)."""
+        if self._soxr is None:
+            return np.zeros(0, np.float32)
+        out = self._soxr.resample_chunk(self._pending, last=True)
+        self._pending = np.zeros(0, np.float32)
+        return np.asarray(out, dtype=np.float32)
+
+
+def _to_grid(seconds: float, sample_rate: int, step: int, name: str) -> int:
+    """Seconds -> samples, a whole number of model hops (frames stay on one grid); at least one."""
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise PannsError(f"{name} must be a positive number of seconds, got {seconds}")
+    return max(step, int(round(seconds * sample_rate)) // step * step)
+
+
+# ----------------------------------------------------------------------------- the stream
+class Stream:
+    """Tags every hop and events once each, from audio pushed in chunks (see the module docstring).
+
+    rt: the shared runtime the model runs through. labels: class names (rt.classes_num of them).
+    hop_seconds: how often a window runs and tags are reported. window_seconds: the window's
+    length (the model's context). lookahead_seconds (SED models): how far before a window's right
+    edge a frame must lie to be final; lookahead + hop must fit in the window. top_k: tags per hop.
+    threshold, min_duration: the event post-processing of offline sound event detection.
+    Hop, window and look-ahead are rounded to the model's hop (10 ms for the 32-kHz models)."""
+
+    def __init__(self, rt: Runtime, labels: Sequence[str], hop_seconds: float = 1.0, window_seconds: float = 10.0,
+                 lookahead_seconds: float = 1.0, top_k: int = 10, threshold: float = 0.5, min_duration: float = 0.0):
+        if len(labels) != rt.classes_num:
+            raise PannsError(f"the model has {rt.classes_num} classes but {len(labels)} labels were given")
+        if top_k < 1:
+            raise PannsError("top_k must be at least 1")
+        sr, h = rt.sample_rate, rt.hop_size
+        self.rt, self.labels, self.top_k = rt, list(labels), int(top_k)
+        self.hop = _to_grid(hop_seconds, sr, h, "hop_seconds")
+        self.window = _to_grid(window_seconds, sr, h, "window_seconds")
+        if lookahead_seconds is None or not lookahead_seconds >= 0:
+            raise PannsError(f"lookahead_seconds must be 0 or more, got {lookahead_seconds}")
+        self.lookahead = int(round(lookahead_seconds * sr)) // h * h
+        if self.window < self.hop:
+            raise PannsError(f"window_seconds ({window_seconds}) must be at least hop_seconds ({hop_seconds})")
+        if rt.is_sed and self.lookahead + self.hop > self.window:
+            # a frame must still be inside the first window that puts it `lookahead` before the edge
+            raise PannsError(f"lookahead_seconds + hop_seconds ({lookahead_seconds} + {hop_seconds}) must not exceed "
+                             f"window_seconds ({window_seconds})")
+        self.tracker = EventTracker(self.labels, sr / h, threshold, min_duration)
+        self._resampler: Optional[ChunkResampler] = None
+        self._buf = np.zeros(0, np.float32)   # resampled samples from _buf_start on
+        self._buf_start = 0
+        self._total = 0                       # resampled samples received
+        self._next_end = self.hop             # right edge of the next window
+        self._last_end = 0                    # right edge of the last window run (0: none yet)
+        self._last_fw: Optional[Tuple[int, np.ndarray]] = None   # (first frame, (frames, classes)) of it
+        self._done = 0                        # frames final so far
+        self._closed = False
+        self._received = 0.0                  # seconds of input received
+        self._compute = 0.0                   # wall seconds inside push/close
+        self._cpu = 0.0                       # CPU seconds of this process (all threads) inside them
+        self._latency = 0.0
+        self._clock = 0.0                     # live-clock seconds at which the last call finished
+        self._windows = 0
+        self._times: List[float] = []         # item times of the current call, for the latency
+
+    # -- facts ----------------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return self.rt.sample_rate
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of (resampled) audio received so far."""
+        return self._total / self.rt.sample_rate
+
+    def stats(self) -> dict:
+        """real_time_factor (compute seconds per second of audio), latency_seconds (the worst delay
+        from a tag's window end or a final frame's time to its report), audio_seconds,
+        compute_seconds, cpu_seconds (the process's CPU time inside push/close, all threads: on a
+        shared machine wall time also counts other jobs' turns), windows (forwards run), backend."""
+        return {"real_time_factor": self._compute / self._received if self._received else 0.0,
+                "latency_seconds": self._latency, "audio_seconds": self._received,
+                "compute_seconds": self._compute, "cpu_seconds": self._cpu, "windows": self._windows,
+                "backend": self.rt.backend_name}
+
+    # -- input ----------------------------------------------------------------------------------
+    def push(self, samples, sample_rate: Optional[int] = None) -> List[Item]:
+        """Add a chunk ((n,) or (n, channels) array or tensor at ``sample_rate``, default the model's;
+        the rate cannot change within a stream) and return the items it made known: per hop
+        ``{"time": window end in seconds, "tags": [(label, probability), ...]}`` (top_k, most
+        probable first), then, for SED models, ``{"event", "onset", "offset", "score", "index"}`` per
+        event whose end became final."""
+        t0 = (time.perf_counter(), time.process_time())
+        if self._closed:
+            raise PannsError("push() after close(): start a new stream")
+        rate = self.rt.sample_rate if sample_rate is None else int(sample_rate)
+        if rate <= 0:
+            raise PannsError(f"sample_rate must be positive, got {sample_rate}")
+        if self._resampler is None:
+            self._resampler = ChunkResampler(rate, self.rt.sample_rate)
+        elif rate != self._resampler.rate:
+            raise PannsError(f"sample rate changed within the stream ({self._resampler.rate} -> {rate} Hz); "
+                             "start a new stream")
+        x = as_mono(samples)
+        self._received += len(x) / rate
+        self._append(self._resampler.feed(x))
+        items = self._advance()
+        self._account(t0)
+        return items
+
+    def close(self) -> List[Item]:
+        """End of stream: a last window ending at the end (when the end is not a hop edge; also for a
+        stream shorter than one hop), the remaining frames, and the events still open (offsets
+        clipped to the stream's length, as offline). Items as :meth:`push`; [] for an empty stream."""
+        t0 = (time.perf_counter(), time.process_time())
+        if self._closed:
+            return []
+        self._closed = True
+        if self._resampler is not None:
+            self._append(self._resampler.flush())
+        items = self._advance()
+        if self._total == 0:
+            self._account(t0)
+            return items
+        h = self.rt.hop_size
+        if self._total > self._last_end:
+            start = max(0, (self._total - self.window) // h * h)   # on the frame grid, like the hops
+            items += self._run_window(start, self._total, final=True)
+        elif self._last_fw is not None:
+            items += self._finalise(self._total // h + 1)
+        items += [self._event_item(e) for e in self.tracker.events(self._total / self.rt.sample_rate)]
+        self._account(t0)
+        return items
+
+    # -- work -----------------------------------------------------------------------------------
+    def _append(self, y: np.ndarray) -> None:
+        if len(y):
+            # a copy even when the buffer is empty: y may be the caller's array, which it may reuse
+            self._buf = np.concatenate([self._buf, y]) if len(self._buf) else y.copy()
+            self._total += len(y)
+
+    def _advance(self) -> List[Item]:
+        """Run every window whose right edge has been reached."""
+        items: List[Item] = []
+        while self._next_end <= self._total:
+            end = self._next_end
+            items += self._run_window(max(0, end - self.window), end)
+            self._next_end += self.hop
+        return items
+
+    def _run_window(self, start: int, end: int, final: bool = False) -> List[Item]:
+        """Forward samples [start, end): the tags of this hop, and the frames it makes final."""
+        x = self._buf[start - self._buf_start:end - self._buf_start]
+        out = self.rt.forward(x)
+        self._windows += 1
+        self._last_end = end
+        # later windows start at or after this one (the final one too: its start is >= end - window)
+        self._buf, self._buf_start = self._buf[start - self._buf_start:], start
+        probs = out["clipwise_output"][0]
+        sr, h = self.rt.sample_rate, self.rt.hop_size
+        items: List[Item] = [{"time": end / sr,
+                              "tags": [(self.labels[i], float(probs[i])) for i in top_indexes(probs, self.top_k)]}]
+        self._times.append(end / sr)
+        fw = out.get("framewise_output")
+        if fw is not None:
+            self._last_fw = (start // h, fw[0])
+            upto = end // h + 1 if final else (end - self.lookahead) // h + 1
+            items += self._finalise(upto)
+        return items
+
+    def _finalise(self, upto: int) -> List[Item]:
+        """Frames [done, upto) from the last window go to the event tracker; the events they end."""
+        if upto <= self._done or self._last_fw is None:
+            return []
+        f0, fw = self._last_fw
+        if self._done < f0:   # cannot happen while lookahead + hop <= window (checked in __init__)
+            raise PannsError(f"frame {self._done} is outside the window starting at frame {f0}")
+        self.tracker.update(fw[self._done - f0:upto - f0])
+        self._times.append(self._done * self.rt.hop_size / self.rt.sample_rate)   # the oldest frame made final
+        self._done = upto
+        return [self._event_item(e) for e in self.tracker.closed()]
+
+    @staticmethod
+    def _event_item(e: Event) -> Item:
+        return {"event": e.label, "onset": float(e.onset), "offset": float(e.offset), "score": float(e.score),
+                "index": int(e.index)}
+
+    def _account(self, t0: Tuple[float, float]) -> None:
+        """Add this call's compute; the delays of its items on a live clock: the chunk arrives when its
+        last sample was recorded (the stream position) and is processed once the previous call is done
+        (a model slower than real time falls further behind with every chunk)."""
+        spent = time.perf_counter() - t0[0]
+        self._compute += spent
+        self._cpu += time.process_time() - t0[1]
+        self._clock = max(self._clock, self._received) + spent
+        for t in self._times:
+            self._latency = max(self._latency, self._clock - t)
+        self._times = []
+
+
+# ----------------------------------------------------------------------------- command line
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of the ``stream`` sub-command beyond the shared inference ones."""
+    # The shared --audio_path is required; here --microphone replaces it. The shared front-end flag
+    # --sample_rate names the rate of the raw PCM on stdin / of the microphone (the model's rate is
+    # the checkpoint's; the stream resamples).
+    shared = p._option_string_actions   # the flags _add_common added (argparse has no public handle on them)
+    shared["--audio_path"].required = False
+    shared["--audio_path"].help = (
+        "one audio file or URL (any format ffmpeg reads), or - for raw 16-bit little-endian mono PCM on stdin "
+        "at --sample_rate")
+    shared["--batch_size"].help = "unused: a stream runs one window at a time (batch 1)"
+    shared["--sample_rate"].help = (
+        "sample rate of the raw PCM on stdin (--audio_path -) and of the microphone (default: the model's)")
+    p.add_argument("--chunk_seconds", type=float, default=0.1,
+                   help="audio read (or recorded) per push (default: %(default)s)")
+    p.add_argument("--hop_seconds", type=float, default=1.0,
+                   help="tags (and newly final frames) every this many seconds (default: %(default)s)")
+    p.add_argument("--window_seconds", type=float, default=10.0,
+                   help="seconds of audio each hop's window sees (default: %(default)s)")
+    p.add_argument("--lookahead_seconds", type=float, default=1.0,
+                   help="SED models: a frame is final this far before a window's right edge (default: %(default)s)")
+    p.add_argument("--top_k", type=int, default=10, help="tags per hop (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="framewise probability at or above which a class is active (default: %(default)s)")
+    p.add_argument("--min_duration", type=float, default=0.0,
+                   help="drop events shorter than this many seconds (default: %(default)s)")
+    p.add_argument("--class_labels_csv", type=str, default=None,
+                   help="label CSV when the checkpoint carries no labels (default: the repository's AudioSet list)")
+    p.add_argument("--microphone", action="store_true",
+                   help="stream the default input device instead of --audio_path (needs the sounddevice package; "
+                        "stop with Ctrl-C)")
+    p.set_defaults(segment_seconds=None)
+
+
+def run(args) -> int:
+    """Stream one source through the model, printing JSON lines: tags per hop, events once each, and
+    a last line with the real-time factor and the latency."""
+    if args.chunk_seconds is None or not args.chunk_seconds > 0:
+        raise PannsError("--chunk_seconds must be positive")
+    paths = list(args.audio_path or [])
+    if args.microphone == bool(paths):
+        raise PannsError("give one --audio_path (a file, a URL or -) or --microphone")
+    if len(paths) > 1:
+        raise PannsError(f"stream takes one --audio_path, got {len(paths)}")
+    source = None if args.microphone else paths[0]
+    if source is None:
+        _sounddevice()   # before the model loads: a missing package is one line, at once
+    pcm_rate = args.sample_rate
+    args.sample_rate = None   # see add_arguments: not a front-end setting here
+    if pcm_rate is not None and pcm_rate <= 0:
+        raise PannsError("--sample_rate must be positive")
+    if source not in (None, "-") and "://" not in source and not os.path.isfile(source):
+        raise AudioDecodeError(f"stream takes one audio file, got a folder: {source}" if os.path.isdir(source)
+                               else f"audio file not found: {source}")
+    rt = Runtime.load(args.checkpoint_path, model_type=args.model_type, frontend=frontend_overrides(args) or None,
+                      device=bool(args.cuda), precision=args.precision, backend=args.backend,
+                      **_auto_options(args, source))
+    labels = runtime.resolve_labels(rt.config, args.class_labels_csv)[0]
+    stream = Stream(rt, labels, args.hop_seconds, args.window_seconds, args.lookahead_seconds,
+                    min(args.top_k, len(labels)), args.threshold, args.min_duration)
+    chunks = _microphone(pcm_rate or rt.sample_rate, args.chunk_seconds) if source is None else \
+        _read_source(source, args.chunk_seconds, pcm_rate or rt.sample_rate)
+    out = sys.stdout
+    try:
+        for chunk, rate in chunks:
+            _print_items(out, stream.push(chunk, rate))
+    except KeyboardInterrupt:   # the way a microphone stream ends
+        logger.info("interrupted: closing the stream")
+    _print_items(out, stream.close())
+    if stream.seconds == 0:
+        raise AudioDecodeError(f"no audio samples in {source or 'the microphone input'}")
+    stats = stream.stats()
+    for key, digits in (("real_time_factor", 4), ("latency_seconds", 3), ("audio_seconds", 3), ("compute_seconds", 3),
+                        ("cpu_seconds", 3)):
+        stats[key] = round(stats[key], digits)
+    print(json.dumps(stats), file=out, flush=True)
+    return 0
+
+
+def _auto_options(args, source: Optional[str]) -> dict:
+    """Backend ``auto`` weighs the job: a file's length times the windows each second of it runs
+    (window / hop); a live source has no known length (None: auto's long-running choice)."""
+    if args.backend != "auto":
+        return {}
+    seconds = audio_io.probe_seconds(source) if source not in (None, "-") and "://" not in source else None
+    if seconds is None:
+        return {}
+    return {"job_seconds": seconds * max(1.0, args.window_seconds / args.hop_seconds)}
+
+
+def json_line(item: Item) -> str:
+    """One output line: tags with probabilities to 6 decimals, events as offline (3 / 4 decimals)."""
+    if "tags" in item:
+        return json.dumps({"time": round(item["time"], 3), "tags": [[lb, round(p, 6)] for lb, p in item["tags"]]})
+    return json.dumps({"event": item["event"], "onset": round(item["onset"], 3), "offset": round(item["offset"], 3),
+                       "score": round(item["score"], 4), "index": item["index"]})
+
+
+def _print_items(out: IO[str], items: List[Item]) -> None:
+    for item in items:
+        out.write(json_line(item) + "\n")
+    if items:
+        out.flush()
+
+
+def _read_source(source: str, chunk_seconds: float, pcm_rate: int) -> Iterator[Tuple[np.ndarray, int]]:
+    """(chunk, rate) pairs of ``chunk_seconds`` from stdin ('-': s16le mono at ``pcm_rate``), a file
+    soundfile reads, or anything else through ffmpeg (other formats, URLs)."""
+    if source == "-":
+        yield from _pcm_chunks(sys.stdin.buffer, pcm_rate, chunk_seconds)
+        return
+    if "://" not in source:
+        try:
+            f = sf.SoundFile(source)
+        except Exception:
+            f = None
+        if f is not None:
+            with f:
+                for block in f.blocks(blocksize=max(1, int(round(chunk_seconds * f.samplerate))), dtype="float32",
+                                      always_2d=True):
+                    yield block, f.samplerate
+            return
+    yield from _ffmpeg_chunks(source, chunk_seconds)
+
+
+def _pcm_chunks(f: IO[bytes], rate: int, chunk_seconds: float) -> Iterator[Tuple[np.ndarray, int]]:
+    """Raw 16-bit little-endian mono PCM, ``chunk_seconds`` at a time (an odd trailing byte is dropped)."""
+    want = 2 * max(1, int(round(chunk_seconds * rate)))
+    rest = b""
+    while True:
+        data = f.read(want)
+        if not data:
+            break
+        data = rest + data
+        even = len(data) // 2 * 2
+        rest = data[even:]
+        if even:
+            yield np.frombuffer(data[:even], dtype="<i2"), rate
+
+
+def _ffmpeg_chunks(source: str, chunk_seconds: float) -> Iterator[Tuple[np.ndarray, int]]:
+    """Decode with ffmpeg (any format or URL it reads) at the source's own rate and channels, as a
+    float32 WAV on a pipe, read ``chunk_seconds`` at a time (the same samples ``audio_io`` decodes)."""
+    exe = audio_io.ffmpeg_exe()
+    if exe is None:
+        raise AudioDecodeError(f"cannot decode {source}: needs ffmpeg (pip install imageio-ffmpeg)")
+    proc = subprocess.Popen([exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-i", source, "-vn",
+                             "-map_metadata", "-1", "-fflags", "+bitexact", "-f", "wav", "-acodec", "pcm_f32le", "-"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        channels, rate = _wav_header(proc.stdout)
+        if channels is None:
+            proc.wait()
+            raise AudioDecodeError(f"cannot decode {source}: {_last_line(proc.stderr.read())}")
+        frame = 4 * channels
+        want = frame * max(1, int(round(chunk_seconds * rate)))
+        rest = b""
+        while True:
+            data = proc.stdout.read(want)
+            if not data:
+                break
+            data = rest + data
+            whole = len(data) // frame * frame
+            rest = data[whole:]
+            if whole:
+                yield np.frombuffer(data[:whole], dtype="<f4").reshape(-1, channels), rate
+        if proc.wait() != 0:
+            raise AudioDecodeError(f"cannot decode {source}: {_last_line(proc.stderr.read())}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _wav_header(f: IO[bytes]) -> Tuple[Optional[int], int]:
+    """(channels, rate) from a streamed WAV's header, leaving ``f`` at the first sample; (None, 0)
+    when it is not one (ffmpeg failed)."""
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None, 0
+    channels, rate = None, 0
+    while True:
+        hdr = f.read(8)
+        if len(hdr) < 8:
+            return None, 0
+        cid, size = hdr[:4], struct.unpack("<I", hdr[4:])[0]
+        if cid == b"data":
+            return channels, rate
+        body = f.read(size + (size & 1))
+        if cid == b"fmt ":
+            channels, rate = struct.unpack("<HI", body[2:8])
+
+
+def _last_line(err: bytes) -> str:
+    text = err.decode("utf-8", "replace").strip()
+    return text.splitlines()[-1] if text else "unknown error"
+
+
+def _sounddevice():
+    """The optional ``sounddevice`` module, or a one-line error."""
+    try:
+        import sounddevice  # optional: only for --microphone
+    except Exception as e:   # ImportError, or OSError when PortAudio itself is missing
+        raise PannsError(f"--microphone needs the sounddevice package (pip install sounddevice): {e}") from None
+    return sounddevice
+
+
+def _microphone(rate: int, chunk_seconds: float) -> Iterator[Tuple[np.ndarray, int]]:
+    """Chunks from the default input device until Ctrl-C (the optional ``sounddevice`` package)."""
+    sounddevice = _sounddevice()
+    frames = max(1, int(round(chunk_seconds * rate)))
+    try:
+        with sounddevice.InputStream(samplerate=rate, channels=1, dtype="float32", blocksize=frames) as mic:
+            logger.info("listening on %s at %d Hz; Ctrl-C stops", sounddevice.query_devices(kind="input")["name"], rate)
+            while True:
+                block, overflowed = mic.read(frames)
+                if overflowed:
+                    logger.warning("input overflow: audio was dropped (the model runs slower than real time)")
+                yield block, rate
+    except sounddevice.PortAudioError as e:
+        raise PannsError(f"--microphone: {e}") from None

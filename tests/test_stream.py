@@ -1,0 +1,232 @@
+"""panns/stream.py: live tagging and event detection, chunk-independent and consistent with offline.
+
+The SED model is a small Cnn6_DecisionLevelAvg whose random body is kept and whose output layer is
+fitted (ridge regression, a closed form) to the demo generator's example clip and its truth, on the
+whole clip and on crops of it; offline detection then finds the clip's three events, so streamed
+and offline events can be compared for real (random weights find none, or noise)."""
+import io
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from panns import api
+from panns import audio_io
+from panns import checkpoint
+from panns import inference
+from panns import models
+from panns import stream
+from panns.demo.data import CLASSES, EXAMPLE_EVENTS, make_example_clip
+from panns.errors import PannsError
+from panns.runtime import Runtime
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
+from model_helpers import single_thread  # noqa: E402
+
+SR = 32000
+MODEL = "Cnn6_DecisionLevelAvg"
+HOP, WINDOW = 1.0, 4.0        # a window shorter than the 7-s clip, so it slides
+TORCH = "--backend=torch"     # the stream, not the backend, is under test (test_onnx.py tests auto)
+
+_single_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
+
+
+def _fit_head(model: torch.nn.Module, clip: np.ndarray, names) -> None:
+    """Fit fc_audioset to the truth of the clip (segment labels: +-4 logits) on the features of the
+    whole clip and of crops (so the fit does not hang on one context); the body stays random."""
+    feats = []
+    hook = model.fc_audioset.register_forward_hook(lambda mod, inp, out: feats.append(inp[0][0].numpy()))
+    X, Y = [], []
+    try:
+        for a, b in ((0, 7), (0, 3), (2, 7), (1, 5)):
+            feats.clear()
+            with torch.no_grad():
+                model(torch.from_numpy(clip[a * SR:b * SR][None]))
+            seg = (b - a) / len(feats[0])
+            for k, f in enumerate(feats[0]):
+                lo, hi = a + k * seg, a + (k + 1) * seg
+                y = np.full(len(names), -4.0)
+                for label, on, off in EXAMPLE_EVENTS:
+                    if min(off, hi) - max(on, lo) > seg / 2:
+                        y[names.index(label)] = 4.0
+                X.append(f)
+                Y.append(y)
+    finally:
+        hook.remove()
+    X = np.hstack([np.array(X), np.ones((len(X), 1))])
+    lam = 1e-2 * np.trace(X.T @ X) / X.shape[1]
+    W = np.linalg.solve(X.T @ X + lam * np.eye(X.shape[1]), X.T @ np.array(Y))
+    with torch.no_grad():
+        model.fc_audioset.weight.copy_(torch.from_numpy(W[:-1].T.astype(np.float32)))
+        model.fc_audioset.bias.copy_(torch.from_numpy(W[-1].astype(np.float32)))
+
+
+@pytest.fixture(scope="module")
+def sed(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stream")
+    wav = str(d / "example.wav")
+    make_example_clip(wav)
+    clip = audio_io.load_audio(wav, SR)
+    names = [c[1] for c in CLASSES]
+    torch.manual_seed(0)
+    model = models.create_model(MODEL, classes_num=len(names)).eval()
+    _fit_head(model, clip, names)
+    cfg = checkpoint.ModelConfig.from_registry(MODEL, classes_num=len(names))
+    cfg.labels, cfg.ids = names, [c[0] for c in CLASSES]
+    ckpt = str(d / "sed.pth")
+    checkpoint.save_checkpoint(ckpt, {"model": model.state_dict(), "config": cfg.to_dict()})
+    m = api.Model(Runtime(model, cfg))
+    return {"dir": d, "wav": wav, "clip": clip, "ckpt": ckpt, "model": m}
+
+
+def _stream(m, audio, rate, chunk_seconds, **kw):
+    s = m.stream(hop_seconds=HOP, window_seconds=WINDOW, **kw)
+    step = max(1, int(round(chunk_seconds * rate)))
+    items = []
+    for i in range(0, len(audio), step):
+        items += s.push(audio[i:i + step], rate)
+    return items + s.close(), s
+
+
+@pytest.fixture(scope="module")
+def streamed(sed):
+    return _stream(sed["model"], sed["clip"], SR, 0.5)
+
+
+def test_resampler_output_does_not_depend_on_chunking():
+    rs = np.random.RandomState(0)
+    x = (0.1 * rs.randn(44100 * 2)).astype(np.float32)
+    whole = audio_io.resample(x, 44100, SR)   # what the offline commands decode with
+    for sizes in ([len(x)], [1, 2, 3, 500], list(rs.randint(1, 5000, size=40))):
+        r = stream.ChunkResampler(44100, SR)
+        out, i, k = [], 0, 0
+        while i < len(x):
+            out.append(r.feed(x[i:i + sizes[k % len(sizes)]]))
+            i, k = i + sizes[k % len(sizes)], k + 1
+        out.append(r.flush())
+        np.testing.assert_array_equal(np.concatenate(out), whole)
+
+
+def test_events_reported_once_and_match_offline_and_truth(sed, streamed):
+    items, s = streamed
+    offline = sed["model"].detect_events(sed["clip"])
+    # the fitted model finds the clip's events offline (so the comparison below means something)
+    assert sorted(e["label"] for e in offline) == sorted(lb for lb, _, _ in EXAMPLE_EVENTS)
+    for label, on, off in EXAMPLE_EVENTS:
+        e = next(e for e in offline if e["label"] == label)
+        assert abs(e["onset"] - on) < 0.35 and abs(e["offset"] - off) < 0.35, (e, on, off)
+    events = [i for i in items if "event" in i]
+    assert len(events) == len(offline), events            # none missing, none duplicated
+    for e in offline:
+        got = [x for x in events if x["event"] == e["label"]]
+        assert len(got) == 1, (e, events)
+        assert abs(got[0]["onset"] - e["onset"]) <= HOP and abs(got[0]["offset"] - e["offset"]) <= HOP, (got, e)
+    # an event is reported once its end is final, i.e. before the tags of later hops (not all at close)
+    first_event = next(k for k, i in enumerate(items) if "event" in i)
+    assert any("tags" in i for i in items[first_event:])
+    assert [i["time"] for i in items if "tags" in i] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    st = s.stats()
+    assert st["windows"] == 7 and st["audio_seconds"] == pytest.approx(7.0)
+    assert st["latency_seconds"] >= 1.0   # frames wait for the 1-s look-ahead at least
+    assert st["real_time_factor"] > 0
+
+
+def test_tags_equal_offline_tagging_of_the_same_audio(sed, streamed):
+    items, _ = streamed
+    tags = {i["time"]: i["tags"] for i in items if "tags" in i}
+    for t, (a, b) in ((1.0, (0, 1)), (WINDOW, (0, WINDOW)), (6.0, (6.0 - WINDOW, 6.0))):   # start, full, sliding
+        ref = sed["model"].tag(sed["clip"][int(a * SR):int(b * SR)], top_k=10)
+        assert [lb for lb, _ in tags[t]] == [lb for lb, _ in ref]
+        np.testing.assert_allclose([p for _, p in tags[t]], [p for _, p in ref], atol=1e-4)
+
+
+def test_chunking_does_not_change_the_items(sed):
+    stereo44 = audio_io.resample(sed["clip"], SR, 44100)
+    pcm = (np.clip(np.stack([stereo44, 0.5 * stereo44], axis=1), -1, 1) * 32767).astype(np.int16)  # (n, 2) int16
+    runs = [_stream(sed["model"], pcm, 44100, c)[0] for c in (0.05, 0.5, 3.0)]
+    assert runs[0] == runs[1] == runs[2]
+    assert sum("event" in i for i in runs[0]) == 3
+
+
+def test_stream_shorter_than_a_hop_and_empty_stream(sed):
+    s = sed["model"].stream(hop_seconds=HOP, window_seconds=WINDOW)
+    assert s.push(sed["clip"][:SR // 4], SR) == []
+    items = s.close()
+    assert items[0]["time"] == 0.25
+    ref = sed["model"].tag(sed["clip"][:SR // 4], top_k=10)
+    assert [lb for lb, _ in items[0]["tags"]] == [lb for lb, _ in ref]
+    assert sed["model"].stream().close() == []
+
+
+def test_bad_settings_and_chunks_are_one_line_errors(sed):
+    m = sed["model"]
+    with pytest.raises(PannsError, match="must not exceed"):
+        m.stream(hop_seconds=1.0, window_seconds=2.0, lookahead_seconds=1.5)
+    with pytest.raises(PannsError, match="at least hop_seconds"):
+        m.stream(hop_seconds=2.0, window_seconds=1.0)
+    s = m.stream(hop_seconds=HOP, window_seconds=WINDOW)
+    with pytest.raises(PannsError, match="samples,"):
+        s.push(np.zeros((2, 2, 2), np.float32), SR)
+    s.push(np.zeros(100, np.float32), SR)
+    with pytest.raises(PannsError, match="sample rate changed"):
+        s.push(np.zeros(100, np.float32), 16000)
+    with pytest.raises(PannsError, match="NaN"):
+        s.push(np.array([0.0, np.nan], np.float32), SR)
+
+
+def _cli(capsys, *argv):
+    inference.main(["stream", TORCH, *[str(a) for a in argv]])
+    return capsys.readouterr().out.splitlines()
+
+
+def test_cli_identical_lines_for_any_chunking_stdin_and_offline_tags(sed, capsys, monkeypatch, tmp_path):
+    base = [f"--checkpoint_path={sed['ckpt']}", f"--hop_seconds={HOP}", f"--window_seconds={WINDOW}"]
+    small = _cli(capsys, *base, f"--audio_path={sed['wav']}", "--chunk_seconds=0.1")
+    large = _cli(capsys, *base, f"--audio_path={sed['wav']}", "--chunk_seconds=3")
+    assert small[:-1] == large[:-1]
+    last = json.loads(small[-1])
+    assert {"real_time_factor", "latency_seconds"} <= set(last) and last["windows"] == 7
+    lines = [json.loads(x) for x in small[:-1]]
+    assert [x["time"] for x in lines if "time" in x] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    assert sorted(x["event"] for x in lines if "event" in x) == sorted(lb for lb, _, _ in EXAMPLE_EVENTS)
+    # '-': the same 16-bit samples as raw PCM on stdin
+    pcm, _ = sf.read(sed["wav"], dtype="int16")
+    monkeypatch.setattr(sys, "stdin", type("In", (), {"buffer": io.BytesIO(pcm.tobytes())})())
+    assert _cli(capsys, *base, "--audio_path=-", "--chunk_seconds=0.5", f"--sample_rate={SR}")[:-1] == small[:-1]
+    # the tags at time = window equal audio_tagging of the first window of the file
+    first = tmp_path / "first.wav"
+    sf.write(str(first), pcm[:int(WINDOW * SR)], SR, subtype="PCM_16")
+    out = tmp_path / "tags.json"
+    inference.main(["audio_tagging", TORCH, f"--checkpoint_path={sed['ckpt']}", f"--audio_path={first}",
+                    f"--output={out}"])
+    capsys.readouterr()
+    ref = json.loads(out.read_text())["results"][0]["tags"]
+    got = next(x["tags"] for x in lines if x.get("time") == WINDOW)
+    assert [lb for lb, _ in got] == [t["label"] for t in ref]
+    np.testing.assert_allclose([p for _, p in got], [t["probability"] for t in ref], atol=1e-4)
+
+
+def test_cli_input_errors(sed, capsys, monkeypatch):
+    base = [f"--checkpoint_path={sed['ckpt']}"]
+    monkeypatch.setitem(sys.modules, "sounddevice", None)   # import fails as if not installed
+    with pytest.raises(PannsError, match="sounddevice"):
+        inference.main(["stream", TORCH, *base, "--microphone"])
+    with pytest.raises(PannsError, match="--microphone"):
+        inference.main(["stream", TORCH, *base])
+    with pytest.raises(PannsError, match="not found"):
+        inference.main(["stream", TORCH, *base, "--audio_path=/nonexistent.wav"])
+
+
+def test_ffmpeg_reader_gives_the_decoder_samples(sed):
+    if audio_io.ffmpeg_exe() is None:
+        pytest.skip("no ffmpeg")
+    chunks = list(stream._ffmpeg_chunks(sed["wav"], 0.3))
+    assert {rate for _, rate in chunks} == {SR}
+    got = np.concatenate([c[:, 0] for c, _ in chunks])
+    np.testing.assert_array_equal(got, sf.read(sed["wav"], dtype="float32")[0])
+    with pytest.raises(PannsError, match="cannot decode"):
+        list(stream._ffmpeg_chunks(sed["dir"] / "missing.mp3", 0.3))
