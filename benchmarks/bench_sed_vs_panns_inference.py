@@ -66,7 +66,7 @@ def _package_side(home: str, ckpt: str, model_type: str):
                      "panns_inference would download over it"
     os.environ["HOME"] = home   # read by panns_inference at import (labels) and construction (checkpoint)
     try:   # imported late on purpose: it reads HOME (and may download) at import
-        from panns_inference import SoundEventDetection
+        from panns_inference import SoundEventDetection  # pyright: ignore[reportMissingImports]  (optional)
     except ImportError:
         return None, "not installed (pip install panns-inference)"
 

@@ -13,14 +13,15 @@
 # To resume: --resume_iteration=N.
 # Several GPUs: PYTHON="torchrun --nproc_per_node=4" bash scripts/4_train.sh ...   (DDP; batch 32 in total)
 # Docker: give the loader workers shared memory (--ipc=host or --shm-size=8g); 64 MB is the default.
-# Environment: MODEL_TYPE=Cnn14, PYTHON=python3.
+# Environment: MODEL_TYPE=Cnn14, PYTHON (default: the active venv's python, see scripts/python.sh).
 set -euo pipefail
 
 WORKSPACE="${1:-./workspaces/audioset_tagging}"
 DATASET_DIR="${2:-./datasets/audioset201906}"
 EXTRA_ARGS=("${@:3}")
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-python3}"
+# PYTHON as given (a python, or "torchrun --nproc_per_node=N"), else the one PANNs is installed into
+if [ -z "${PYTHON:-}" ]; then . "$REPO/scripts/python.sh"; fi
 MODEL_TYPE="${MODEL_TYPE:-Cnn14}"
 
 # The interpreter that trains probes CUDA and plots: PYTHON itself, or the python torchrun runs (its #! line).

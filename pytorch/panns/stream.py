@@ -50,10 +50,10 @@ from typing import IO, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import soundfile as sf
 import soxr
-import torch
 
 from panns import audio_io
 from panns import runtime
+from panns import validate
 from panns.errors import AudioDecodeError, PannsError
 from panns.frontend import frontend_overrides
 from panns.postprocess import Event, EventTracker, top_indexes
@@ -67,24 +67,16 @@ Item = dict   # {"time", "tags"} per hop, {"event", "onset", "offset", "score", 
 # ----------------------------------------------------------------------------- input side
 def as_mono(samples) -> np.ndarray:
     """One chunk -> mono float32 (n,). Accepts (n,) or (n, channels) (soundfile's and sounddevice's
-    layout) arrays or tensors; integer samples are scaled to [-1, 1) as soundfile reads them."""
-    if isinstance(samples, torch.Tensor):
-        samples = samples.detach().cpu().numpy()
-    x = np.asarray(samples)
-    if x.dtype.kind == "u":   # unsigned PCM (8-bit WAV): centred on 2**(bits-1)
-        half = 2.0 ** (8 * x.dtype.itemsize - 1)
-        x = (x.astype(np.float64) - half) / half
-    elif x.dtype.kind == "i":
-        x = x.astype(np.float64) / 2.0 ** (8 * x.dtype.itemsize - 1)
-    elif x.dtype.kind != "f":
-        raise PannsError(f"audio chunks must hold numbers, got dtype {x.dtype}")
+    layout) arrays or tensors; dtypes as every front door takes them (``validate.as_float``: integer PCM
+    scaled as soundfile reads it) and non-finite samples refused. Channels are always last here: a chunk
+    may be shorter than its channel count, so the layout is not guessed from the shape."""
+    x = validate.as_float(samples, "audio chunk")
     if x.ndim == 2:
-        x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+        x = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
     elif x.ndim != 1:
         raise PannsError(f"audio chunks must be (samples,) or (samples, channels), got shape {x.shape}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.all(np.isfinite(x)):
-        raise PannsError("audio chunk contains NaN or infinite samples")
+    validate.check_finite(x, "audio chunk")
     return x
 
 
@@ -514,7 +506,7 @@ def _last_line(err: bytes) -> str:
 def _sounddevice():
     """The optional ``sounddevice`` module, or a one-line error."""
     try:
-        import sounddevice  # optional: only for --microphone
+        import sounddevice  # pyright: ignore[reportMissingImports]  (optional: only for --microphone)
     except Exception as e:   # ImportError, or OSError when PortAudio itself is missing
         raise PannsError(f"--microphone needs the sounddevice package (pip install sounddevice): {e}") from None
     return sounddevice
