@@ -626,6 +626,10 @@ def add_arguments(p) -> None:
     p.add_argument("--num_workers", type=int, default=None, help="decoding worker processes (default: cores/2, 1-4)")
     p.add_argument("--overwrite", action="store_true", help="start from scratch instead of resuming (default: resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
+    # Embeddings (our addition, no official printout to match) default to bf16 where the hardware computes it
+    # natively: Cnn14 embeddings within cosine 0.9999 of fp32 (tests/test_auto_backend.py), 1.2-1.4x faster on
+    # an AVX512-BF16 CPU; backend auto still measures it against the fp32 paths (runtime._auto_backend).
+    p.set_defaults(precision="auto")
 
 
 def run(args) -> int:
@@ -638,8 +642,11 @@ def run(args) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     try:
         paths = runtime.gather_inputs(args.audio_path)
+        precision = args.precision
+        if precision == "auto" and info.device.type == "cuda" and not devices.native_bf16(info.device):
+            precision = "fp32"   # 'auto' of extraction: bf16 where native, else fp32 (not sm70/75's fp16)
         ex = Extractor.from_checkpoint(args.checkpoint_path, model_type=args.model_type,
-                                       frontend=frontend_overrides(args) or None, precision=args.precision,
+                                       frontend=frontend_overrides(args) or None, precision=precision,
                                        device=info.device, backend=args.backend,
                                        job_seconds=runtime.job_seconds(paths) if args.backend == "auto" else None,
                                        batch_size=args.batch_size,
