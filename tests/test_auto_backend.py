@@ -133,10 +133,16 @@ def test_short_jobs_and_the_api_keep_todays_rule(tmp_path, monkeypatch, caplog):
         assert _auto(model, cfg, job_seconds=10.0).backend_name == "torch"
         assert _auto(model, cfg, job_seconds=100.0).backend_name == "torch"
         assert not fake.exported
-        assert _auto(model, cfg).backend_name == "onnxruntime"                          # a measurement says it pays
+        rt = _auto(model, cfg)      # the API: a measurement says ONNX Runtime pays; torch until its session is made
+        assert rt.backend_name == "torch" and rt.backend.wait(60) and fake.exported
+        assert rt.backend_name == "onnxruntime" and fake.builds[-2:] == [FP32, ORT]
+        fake.now = 0.0
+        rt.forward(np.zeros((2, 16000), np.float32))
+        assert fake.now == 0.5                                                           # ONNX Runtime ran it
     lines = _auto_lines(caplog)
     assert "ONNX Runtime's start-up" in lines[0] and "does not repay the one-off ONNX export" in lines[1]
-    assert lines[2].startswith("backend auto: onnxruntime fp32 (the fastest path")
+    assert lines[2].startswith("backend auto: onnxruntime fp32 from its first call once its session is ready, "
+                               "torch fp32 until then (the fastest path")
 
 
 def test_env_forces_a_backend_and_the_key_follows_the_machine(tmp_path, monkeypatch):

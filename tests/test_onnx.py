@@ -263,12 +263,19 @@ def test_auto_falls_back_to_torch_with_one_line(tmp_path, monkeypatch, caplog):
     _verdict("LeeNet11", {("torch", "fp32"): 2.0, ("onnxruntime", "fp32"): 1.0})   # ONNX Runtime measured faster
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        rt = _auto(model, cfg)
+        rt = _auto(model, cfg, job_seconds=1e4)
         assert rt.backend_name == "torch" and len(calls) == 1
         assert rt.forward(np.zeros((1, 8000), np.float32))["clipwise_output"].shape == (1, CLASSES)
-        assert _auto(model, cfg).backend_name == "torch" and len(calls) == 1   # remembered, not retried
+        assert _auto(model, cfg, job_seconds=1e4).backend_name == "torch" and len(calls) == 1   # remembered
     lines = [r.getMessage() for r in caplog.records if "backend auto" in r.getMessage()]
     assert len(lines) == 2 and all("Unsupported: an op" in m for m in lines) and "earlier run" in lines[1]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):   # the Python API: torch goes on when the background build fails
+        rt = _auto(model, cfg)
+        assert not rt.backend.wait(60) and rt.backend_name == "torch" and len(calls) == 1
+        assert rt.forward(np.zeros((1, 8000), np.float32))["clipwise_output"].shape == (1, CLASSES)
+    lines = [r.getMessage() for r in caplog.records if "running torch" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("backend auto: running torch fp32 (") and "earlier run" in lines[0]
     with pytest.raises(PannsError, match="cannot export LeeNet11"):
         _auto(model, cfg, backend="onnxruntime")
     assert len(calls) == 2
@@ -328,8 +335,11 @@ def test_python_api_backend(cli_env, monkeypatch, caplog):
     other = str(cli_env["dir"] / "renamed.pth")
     shutil.copyfile(cli_env["ckpt"], other)
     with caplog.at_level(logging.INFO):
-        auto = panns.load(other, **kw)
+        auto = panns.load(other, **kw)   # loads in torch's time; ONNX Runtime's session is made meanwhile
+        assert auto.runtime.backend.wait(120)
     assert auto.runtime.backend_name == "onnxruntime" and "backend=onnxruntime" in repr(auto)
+    c = auto.embed(cli_env["wav"])
+    assert np.abs(a - c).max() <= 1e-5 * np.abs(a).max()
     assert len([r for r in caplog.records if "to ONNX once" in r.getMessage()]) == 1
     assert len(os.listdir(cli_env["dir"] / "cache_api" / "onnx")) == 1
 
