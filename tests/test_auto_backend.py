@@ -204,3 +204,28 @@ def test_extract_precision_auto_is_bf16_where_native_within_cosine(monkeypatch):
     a, b = embs["fp32"], embs["bf16"]
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cos.min() >= 0.9999, cos
+
+
+def test_extraction_calibrates_torch_side_by_side(monkeypatch):
+    """Extraction runs torch as k single-threaded forwards side by side: the calibration times it so
+    (k batches a timed run, seconds per batch), ONNX Runtime one call at a time; the key records k."""
+    calls = {FP32: 0, ORT: 0}
+    now = [0.0]
+
+    def build(path):
+        def run(batch):
+            calls[path] += 1
+            now[0] += {FP32: 1.0, ORT: 0.8}[path]
+        return run
+    v = calibration.measure([FP32, ORT], build, np.zeros((2, 10), np.float32), repeats=2, timer=lambda: now[0],
+                            torch_side_by_side=2)
+    assert calls == {FP32: 6, ORT: 3}                          # warm-up + 2 timed runs, k forwards each for torch
+    assert v.seconds == {"torch fp32": pytest.approx(1.0), "onnxruntime fp32": pytest.approx(0.8)}
+    assert calibration.machine_key("Cnn6", [FP32, ORT], 2) != calibration.machine_key("Cnn6", [FP32, ORT])
+    seen = {}
+    monkeypatch.setitem(runtime._BACKENDS, "auto", lambda rt, **o: seen.update(o) or (lambda b: {}))
+    from panns import extract
+
+    model, cfg = _build()
+    extract.Extractor(model, cfg, backend="auto", progress=False, job_seconds=100.0)
+    assert seen["torch_side_by_side"] == torch.get_num_threads() and seen["job_seconds"] == 100.0

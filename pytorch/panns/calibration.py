@@ -84,12 +84,16 @@ def _version(package: str) -> str:
         return "none"
 
 
-def machine_key(model_type: str, paths: Sequence[Path]) -> Dict[str, object]:
-    """What a verdict holds for: this CPU, its cores and bf16 support, the libraries, the model, the paths."""
-    return {"format": FORMAT, "cpu": cpu_model(), "cores": os.cpu_count() or 0, "threads": torch.get_num_threads(),
-            "native_bf16": devices.cpu_has_fast_bf16(), "torch": torch.__version__,
-            "onnxruntime": _version("onnxruntime"), "model_type": model_type,
-            "paths": [path_name(p) for p in paths]}
+def machine_key(model_type: str, paths: Sequence[Path], torch_side_by_side: int = 1) -> Dict[str, object]:
+    """What a verdict holds for: this CPU, its cores and bf16 support, the libraries, the model, the paths
+    and how torch runs (``torch_side_by_side``, see :func:`measure`)."""
+    key = {"format": FORMAT, "cpu": cpu_model(), "cores": os.cpu_count() or 0, "threads": torch.get_num_threads(),
+           "native_bf16": devices.cpu_has_fast_bf16(), "torch": torch.__version__,
+           "onnxruntime": _version("onnxruntime"), "model_type": model_type,
+           "paths": [path_name(p) for p in paths]}
+    if torch_side_by_side > 1:
+        key["torch_side_by_side"] = int(torch_side_by_side)
+    return key
 
 
 def cache_dir() -> str:
@@ -166,24 +170,44 @@ def calibration_batch(sample_rate: int, min_samples: int = 0) -> np.ndarray:
     return (0.1 * np.random.RandomState(0).randn(BATCH, n)).astype(np.float32)
 
 
+def side_by_side(backend: Callable[[np.ndarray], object], k: int) -> Callable[[np.ndarray], object]:
+    """``batch -> k`` single-threaded forwards of it run side by side: how extraction runs torch on a CPU
+    (extract.Extractor's compute threads), timed as k batches."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(batch: np.ndarray) -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(k) as pool:
+                list(pool.map(backend, [batch] * k))
+        finally:
+            torch.set_num_threads(before)
+    return run
+
+
 def measure(paths: Sequence[Path], build: Callable[[Path], Callable[[np.ndarray], object]], batch: np.ndarray,
             repeats: int = REPEATS, timer: Optional[Callable[[], float]] = None,
-            keep: Optional[Dict[Path, object]] = None) -> Verdict:
+            keep: Optional[Dict[Path, object]] = None, torch_side_by_side: int = 1) -> Verdict:
     """Seconds of one forward of ``batch`` on each path (``build(path)`` -> the backend): one warm-up
     call, then the fastest of ``repeats``. A path whose build or run fails is left out (logged).
-    Only the fastest backend so far stays alive; it is handed back in ``keep`` ({path: backend})."""
+    Only the fastest backend so far stays alive; it is handed back in ``keep`` ({path: backend}).
+    torch_side_by_side: k > 1 times torch paths as k single-threaded forwards side by side (seconds per
+    batch = their time / k), the way extraction runs them; ONNX Runtime runs one call at a time."""
     timer = timer or _clock
     seconds: Dict[str, float] = {}
     best: Optional[Tuple[float, Path, object]] = None
     for path in paths:
         try:
             backend = build(path)
-            backend(batch)   # warm-up: first-call allocations and kernel selection
+            k = torch_side_by_side if path[0] == "torch" and torch_side_by_side > 1 else 1
+            run = side_by_side(backend, k) if k > 1 else backend
+            run(batch)   # warm-up: first-call allocations and kernel selection
             times = []
             for _ in range(max(1, repeats)):
                 t0 = timer()
-                backend(batch)
-                times.append(timer() - t0)
+                run(batch)
+                times.append((timer() - t0) / k)
         except Exception as e:  # a path that cannot run here is not a candidate
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             logger.info("backend auto: %s left out of the calibration (%s)", path_name(path), first[:200])

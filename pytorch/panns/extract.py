@@ -153,6 +153,8 @@ class Extractor:
         self.fingerprint = weights_fingerprint(model)   # of the weights as given, before folding
         # job_seconds: the audio about to be extracted, which backend 'auto' weighs (runtime._auto_backend)
         options = {"job_seconds": job_seconds} if backend == "auto" and job_seconds is not None else {}
+        if backend == "auto" and compute_threads is None and torch.device(device).type == "cpu":
+            options["torch_side_by_side"] = torch.get_num_threads()   # how torch runs below: auto times it so
         self.runtime = runtime.Runtime(model, config, device=device, precision=precision, backend=backend,
                                        checkpoint_path=checkpoint_path, optimize=optimize, **options)
         self.device = self.runtime.device

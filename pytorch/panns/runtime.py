@@ -215,10 +215,12 @@ def _forced_backend() -> Optional[str]:
     return name
 
 
-def _auto_backend(rt, job_seconds: Optional[float] = None, **options) -> Backend:
+def _auto_backend(rt, job_seconds: Optional[float] = None, torch_side_by_side: int = 1, **options) -> Backend:
     """The fastest path on this machine, measured (see calibration.py), among torch fp32, ONNX Runtime
     fp32 and, when the precision was left to 'auto' and the CPU computes bf16 natively, torch bf16; torch
     on GPUs. ``job_seconds``: the audio a command line is about to run (None in the Python API).
+    ``torch_side_by_side``: how many single-threaded torch forwards the caller runs side by side (extraction
+    on a CPU; calibration times torch that way).
 
     * A cached verdict for this CPU, libraries and model type: its winner, except that ONNX Runtime is
       skipped (for the fastest torch path) below ``AUTO_MIN_SECONDS`` of audio, or below
@@ -248,7 +250,7 @@ def _auto_backend(rt, job_seconds: Optional[float] = None, **options) -> Backend
     if not onnx_ok:
         logger.info("backend auto: onnxruntime, onnx or onnxscript is not installed; choosing between torch paths")
     model_type = str(getattr(rt.config, "model_type", type(rt.model).__name__))
-    key = calibration.machine_key(model_type, paths)
+    key = calibration.machine_key(model_type, paths, torch_side_by_side)
     verdict = calibration.load_verdict(key)
     state = {"export_key": None, "export_cached": None}   # the ONNX export's cache key, looked up once
 
@@ -284,7 +286,8 @@ def _auto_backend(rt, job_seconds: Optional[float] = None, **options) -> Backend
         kept: Dict = {}
         t0 = time.perf_counter()
         verdict = calibration.measure(paths, lambda p: _build_path(rt, p, state, options),
-                                      calibration.calibration_batch(rt.sample_rate, rt.min_samples), keep=kept)
+                                      calibration.calibration_batch(rt.sample_rate, rt.min_samples), keep=kept,
+                                      torch_side_by_side=torch_side_by_side)
         if not verdict.seconds:
             logger.warning("backend auto: no path ran in the calibration; running torch")
             return _use(rt, default, options)
