@@ -140,6 +140,18 @@ def test_cache_is_one_folder_whatever_the_checkpoint_name(tmp_path, monkeypatch)
     assert onnx_backend.cache_path(cfg, "abc", str(tmp_path / "a.pth")) == str(tmp_path / "cache" / "onnx" / "Cnn6-abc.onnx")
 
 
+def test_stale_export_folders_are_removed(tmp_path):
+    """A parent that died during a child export leaves its temporary folder (the pickled model): the next
+    export removes it once old, and leaves a running export's folder alone."""
+    old, fresh = tmp_path / ".panns_export_old", tmp_path / ".panns_export_new"
+    for d in (old, fresh):
+        d.mkdir()
+        (d / "model.pt").write_bytes(b"x")
+    os.utime(old, (1, 1))
+    onnx_backend._remove_stale_export_dirs(str(tmp_path))
+    assert not old.exists() and fresh.exists()
+
+
 def test_bad_opset_and_unreadable_file(tmp_path):
     model, cfg = _build("LeeNet11")
     with pytest.raises(PannsError, match="opset"):

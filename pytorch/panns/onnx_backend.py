@@ -183,6 +183,7 @@ def export_in_child(model: torch.nn.Module, config, path: str, opset: int = DEFA
     model (a class defined in a script) the export runs here, after one line saying so."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    _remove_stale_export_dirs(folder)
     p0 = next(model.parameters())
     cpu_model = model if (p0.device.type, p0.dtype) == ("cpu", torch.float32) else copy.deepcopy(model).float().cpu()
     with tempfile.TemporaryDirectory(dir=folder, prefix=".panns_export_") as tmp:
@@ -214,6 +215,19 @@ def export_in_child(model: torch.nn.Module, config, path: str, opset: int = DEFA
                     result["load_error"])
         return export_onnx(model, config, path, opset=opset, key=key)
     raise PannsError(result.get("error", f"cannot export {config.model_type} to ONNX"))
+
+
+def _remove_stale_export_dirs(folder: str, age_s: float = 6 * 3600) -> None:
+    """Remove the temporary folders (a pickled model each) of exports whose parent process died before it
+    could clean up (e.g. a script that ended while panns.load's background export ran), once they are old."""
+    import shutil
+
+    now = time.time()
+    for name in os.listdir(folder):
+        p = os.path.join(folder, name)
+        with contextlib.suppress(OSError):
+            if name.startswith(".panns_export_") and now - os.path.getmtime(p) > age_s:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def _export_child() -> None:
