@@ -16,12 +16,14 @@ imports, model load, decoding, forward passes, output), in ONE invocation:
 Second runs are what is timed: a first default run on the first 32 clips (320 s of audio, enough to
 repay a calibration and an export) into an empty cache ($PANNS_CACHE under the work folder) is timed
 apart (calibration + export + the run). The script prints each path's seconds and clips/s, its ratio
-to the plain loop, the default's ratio to the fastest explicit path, and the embeddings' cosine
+to the plain loop (each path's fastest of ``--rounds`` rounds run in alternating order), the
+default's ratio to the fastest explicit path, and the embeddings' cosine
 similarity (mean and min over clips) against the torch fp32 extractor and the plain loop.
 
     python3 benchmarks/bench_extract.py                    # 40 clips
     python3 benchmarks/bench_extract.py --num_clips 160    # the issue-25 figure
     python3 benchmarks/bench_extract.py --paths default torch-fp32
+    python3 benchmarks/bench_extract.py --workdir /tmp/bx --keep_cache   # again, verdict and export kept
 """
 from __future__ import annotations
 
@@ -117,6 +119,11 @@ def main() -> None:
     p.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS),
                    help="paths to time (default: all; torch-bf16 only where the CPU computes bf16 natively)")
     p.add_argument("--workdir", default=None, help="folder for clips/checkpoint/outputs (default: a temp dir)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="timed rounds over the paths, in alternating order; each path's fastest round is "
+                        "reported (default 2: a shared machine's load drifts within a run)")
+    p.add_argument("--keep_cache", action="store_true",
+                   help="keep the work folder's cache (verdict, export) from an earlier run and skip the first run")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_files", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_ckpt", default=None, help=argparse.SUPPRESS)
@@ -151,7 +158,8 @@ def main() -> None:
 
     env = dict(os.environ, PANNS_CACHE=os.path.join(work, "cache"))   # a fresh export + calibration cache
     env.pop("PANNS_BACKEND", None)
-    shutil.rmtree(env["PANNS_CACHE"], ignore_errors=True)
+    if not args.keep_cache:
+        shutil.rmtree(env["PANNS_CACHE"], ignore_errors=True)
 
     def cmd(listing_path, out, flags):
         c = [sys.executable, "pytorch/inference.py", "extract_embeddings", f"--model_type={args.model_type}",
@@ -160,7 +168,7 @@ def main() -> None:
         return c + ([f"--num_workers={args.num_workers}"] if args.num_workers is not None else [])
 
     result = {"clips": args.num_clips}
-    if "default" in paths or "onnxruntime" in paths:   # first run: calibration + export, timed apart
+    if not args.keep_cache and ("default" in paths or "onnxruntime" in paths):   # first run, timed apart
         first = os.path.join(work, "first.txt")
         with open(first, "w") as f:
             f.write("\n".join(files[:32]))
@@ -175,21 +183,25 @@ def main() -> None:
     n = args.num_clips
     print(f"{'plain loop (official, librosa + batch 1)':44s}: {t_plain:7.1f} s  {n / t_plain:6.2f} clips/s", flush=True)
     result.update(plain_s=round(t_plain, 2), plain_clips_per_s=round(n / t_plain, 3))
-    embs, secs = {}, {}
+    embs, secs, logs = {}, {}, {}
+    for r in range(max(1, args.rounds)):
+        for name in (paths if r % 2 == 0 else paths[::-1]):
+            h5 = os.path.join(work, f"features_{name}.h5")
+            t_ext, logs[name] = timed_logged(cmd(listing, h5, PATHS[name]), env)
+            print(f"  round {r + 1}: {name:12s} {t_ext:7.1f} s", flush=True)
+            secs[name] = min(t_ext, secs.get(name, float("inf")))
+            feats = read_features(h5)
+            row = {nm: i for i, nm in enumerate(feats.audio_names)}
+            embs[name] = np.stack([feats.embedding[row[os.path.normpath(f)]] for f in files])
     for name in paths:
-        h5 = os.path.join(work, f"features_{name}.h5")
-        t_ext, log = timed_logged(cmd(listing, h5, PATHS[name]), env)
-        feats = read_features(h5)
-        row = {nm: i for i, nm in enumerate(feats.audio_names)}
-        embs[name] = np.stack([feats.embedding[row[os.path.normpath(f)]] for f in files])
-        secs[name] = t_ext
+        t_ext = secs[name]
         cos = cosine(embs[name], plain)
         result.update({f"{name}_s": round(t_ext, 2), f"{name}_clips_per_s": round(n / t_ext, 3),
                        f"{name}_vs_plain": round(t_plain / t_ext, 2), f"{name}_cosine_plain_min": float(cos.min())})
         label = "default (auto)" if name == "default" else name
         print(f"{label:44s}: {t_ext:7.1f} s  {n / t_ext:6.2f} clips/s  {t_plain / t_ext:.2f}x the plain loop; "
               f"cosine vs plain mean {cos.mean():.6f} min {cos.min():.6f}"
-              + (f"; {auto_line(log)}" if name == "default" else ""), flush=True)
+              + (f"; {auto_line(logs[name])}" if name == "default" else ""), flush=True)
     if "torch-fp32" in embs:
         for name in embs:
             cos = cosine(embs[name], embs["torch-fp32"])
