@@ -1,5 +1,6 @@
 """Peak memory of sound event detection on a 20-minute file on the default path (``--backend auto``),
-first run (empty cache: calibration + ONNX export) and cached run, side by side with ``--backend torch``.
+first run (empty cache: calibration + ONNX export) and cached run, side by side with ``--backend torch``
+and ``--backend onnxruntime`` (what auto runs where ONNX Runtime wins the calibration).
 
 Writes the recording and a Cnn14_DecisionLevelMax checkpoint with random weights into --work (the
 generators of bench_sed_long.py), then runs ``pytorch/inference.py sound_event_detection --no_plot``
@@ -13,6 +14,7 @@ in a child process per case with $PANNS_CACHE under --work, and prints for each:
 
     python3 benchmarks/bench_sed_memory.py                  # 20 minutes
     python3 benchmarks/bench_sed_memory.py --minutes 5 --cases first cached
+    python3 benchmarks/bench_sed_memory.py --cases onnxruntime      # the export from an earlier run
 """
 import argparse
 import os
@@ -88,8 +90,10 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=20.0, help="recording length (default: %(default)s)")
     p.add_argument("--model_type", default="Cnn14_DecisionLevelMax", help="SED model (default: %(default)s)")
     p.add_argument("--work", default="/tmp/panns_bench_sed_memory", help="folder for the files (default: %(default)s)")
-    p.add_argument("--cases", nargs="+", default=["first", "cached", "torch"], choices=["first", "cached", "torch"],
-                   help="first: default path, empty cache; cached: default path again; torch: --backend torch")
+    p.add_argument("--cases", nargs="+", default=["first", "cached", "torch", "onnxruntime"],
+                   choices=["first", "cached", "torch", "onnxruntime"],
+                   help="first: default path, empty cache; cached: default path again; torch / onnxruntime: "
+                        "--backend torch / onnxruntime (the export cached by the runs before, else made)")
     args = p.parse_args()
     os.makedirs(args.work, exist_ok=True)
     wav = os.path.join(args.work, f"long_{args.minutes:g}min.wav")
@@ -107,9 +111,9 @@ def main() -> None:
     for case in args.cases:
         if case == "first":
             shutil.rmtree(cache, ignore_errors=True)
-        r = run_sampled(base + (["--backend=torch"] if case == "torch" else []), env)
+        r = run_sampled(base + ([f"--backend={case}"] if case in ("torch", "onnxruntime") else []), env)
         label = {"first": "default, first run (empty cache)", "cached": "default, cached run",
-                 "torch": "--backend torch"}[case]
+                 "torch": "--backend torch", "onnxruntime": "--backend onnxruntime"}[case]
         print(f"{label:34s}: job peak {r['job_mb']:6.0f} MB, tree peak {r['tree_mb']:6.0f} MB, "
               f"ru_maxrss {r['ru_maxrss_mb']:6.0f} MB, {r['seconds']:6.1f} s; {r['log']}", flush=True)
     print("load average (1/5/15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
