@@ -17,6 +17,8 @@ convolutions made torch the fastest. So the choice is measured on the machine at
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import hashlib
 import importlib.metadata
 import json
@@ -24,6 +26,7 @@ import logging
 import os
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -173,8 +176,6 @@ def calibration_batch(sample_rate: int, min_samples: int = 0) -> np.ndarray:
 def side_by_side(backend: Callable[[np.ndarray], object], k: int) -> Callable[[np.ndarray], object]:
     """``batch -> k`` single-threaded forwards of it run side by side: how extraction runs torch on a CPU
     (extract.Extractor's compute threads), timed as k batches."""
-    from concurrent.futures import ThreadPoolExecutor
-
     def run(batch: np.ndarray) -> None:
         before = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -189,9 +190,6 @@ def side_by_side(backend: Callable[[np.ndarray], object], k: int) -> Callable[[n
 def release_memory() -> None:
     """Collect garbage and hand freed heap memory back to the OS (glibc's ``malloc_trim``; elsewhere a no-op):
     without it a backend dropped after the calibration still counted in the job's resident memory."""
-    import ctypes
-    import gc
-
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -220,8 +221,6 @@ def export_in_child(model: torch.nn.Module, config, path: str, opset: int = DEFA
 def _remove_stale_export_dirs(folder: str, age_s: float = 6 * 3600) -> None:
     """Remove the temporary folders (a pickled model each) of exports whose parent process died before it
     could clean up (e.g. a script that ended while panns.load's background export ran), once they are old."""
-    import shutil
-
     now = time.time()
     for name in os.listdir(folder):
         p = os.path.join(folder, name)

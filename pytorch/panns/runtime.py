@@ -34,6 +34,7 @@ import torch
 
 from panns import amp
 from panns import audio_io
+from panns import calibration
 from panns import devices
 from panns.config import DEFAULT_LABELS_CSV, read_class_labels
 from panns.errors import AudioDecodeError, PannsError
@@ -230,7 +231,7 @@ def _auto_backend(rt, job_seconds: Optional[float] = None, torch_side_by_side: i
       size is unknown) run torch at the precision asked for, without exporting anything.
     One log line says which path runs and why. ``PANNS_BACKEND`` forces a backend. Where ONNX Runtime
     cannot serve (not installed, an export or session that fails, remembered by onnx_backend) torch runs."""
-    from panns import calibration, onnx_backend  # optional dependencies: only when auto decides
+    from panns import onnx_backend  # see _onnxruntime_backend
 
     forced = _forced_backend()
     if forced is not None:
