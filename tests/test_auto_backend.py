@@ -208,18 +208,21 @@ def test_extract_precision_auto_is_bf16_where_native_within_cosine(monkeypatch):
 
 def test_extraction_calibrates_torch_side_by_side(monkeypatch):
     """Extraction runs torch as k single-threaded forwards side by side: the calibration times it so
-    (k batches a timed run, seconds per batch), ONNX Runtime one call at a time; the key records k."""
+    (k batches a timed run, seconds per batch), ONNX Runtime one call at a time, in rounds of alternating
+    order after one warm-up each; the key records k."""
     calls = {FP32: 0, ORT: 0}
-    now = [0.0]
+    now, seq = [0.0], []
 
     def build(path):
         def run(batch):
             calls[path] += 1
+            seq.append(path)
             now[0] += {FP32: 1.0, ORT: 0.8}[path]
         return run
     v = calibration.measure([FP32, ORT], build, np.zeros((2, 10), np.float32), repeats=2, timer=lambda: now[0],
                             torch_side_by_side=2)
     assert calls == {FP32: 6, ORT: 3}                          # warm-up + 2 timed runs, k forwards each for torch
+    assert seq == [FP32, FP32, ORT] + [FP32, FP32, ORT] + [ORT, FP32, FP32]   # warm-ups, then alternating rounds
     assert v.seconds == {"torch fp32": pytest.approx(1.0), "onnxruntime fp32": pytest.approx(0.8)}
     assert calibration.machine_key("Cnn6", [FP32, ORT], 2) != calibration.machine_key("Cnn6", [FP32, ORT])
     seen = {}

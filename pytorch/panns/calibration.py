@@ -7,9 +7,8 @@ convolutions made torch the fastest. So the choice is measured on the machine at
 * :func:`candidates` - the paths a command may take: torch fp32, ONNX Runtime fp32 (installed,
   fp32 allowed) and torch bf16 (the precision was left to ``auto`` and the CPU computes bf16
   natively: ``devices.cpu_has_fast_bf16``);
-* :func:`measure` - a few timed batches of each (one warm-up call first, then the fastest of
-  ``repeats`` calls; a path is built, timed and dropped before the next, so at most two models are
-  in memory at once);
+* :func:`measure` - a few timed batches of each (one warm-up call each, then ``repeats`` rounds in
+  alternating order, the fastest round of each path counting; the losers are dropped afterwards);
 * :class:`Verdict` - the timings, cached as a small JSON file per machine (CPU model, core count),
   library versions, model type and candidate set under ``$PANNS_CACHE/calibration`` (or
   ``~/.cache/panns/calibration``), written atomically and reused afterwards. Delete the file to
@@ -200,34 +199,51 @@ def release_memory() -> None:
 def measure(paths: Sequence[Path], build: Callable[[Path], Callable[[np.ndarray], object]], batch: np.ndarray,
             repeats: int = REPEATS, timer: Optional[Callable[[], float]] = None,
             keep: Optional[Dict[Path, object]] = None, torch_side_by_side: int = 1) -> Verdict:
-    """Seconds of one forward of ``batch`` on each path (``build(path)`` -> the backend): one warm-up
-    call, then the fastest of ``repeats``. A path whose build or run fails is left out (logged).
-    Only the fastest backend so far stays alive; it is handed back in ``keep`` ({path: backend}).
-    torch_side_by_side: k > 1 times torch paths as k single-threaded forwards side by side (seconds per
-    batch = their time / k), the way extraction runs them; ONNX Runtime runs one call at a time."""
+    """Seconds of one forward of ``batch`` on each path (``build(path)`` -> the backend).
+
+    Every path is built and warmed up once (first-call allocations, kernel selection), then timed in
+    ``repeats`` rounds in alternating order (A B C, C B A, ...), each path's fastest round counting: on a
+    shared machine the load drifts within seconds (measured here: the same command 3x slower minutes
+    apart), and alternating rounds make it weigh on every path alike. A path whose build or run fails is
+    left out (logged). The fastest backend is handed back in ``keep`` ({path: backend}); the others are
+    dropped and their memory handed back to the OS. torch_side_by_side: k > 1 times torch paths as k
+    single-threaded forwards side by side (seconds per batch = their time / k), the way extraction runs
+    them; ONNX Runtime runs one call at a time."""
     timer = timer or _clock
-    seconds: Dict[str, float] = {}
-    best: Optional[Tuple[float, Path, object]] = None
+    runs: Dict[Path, Tuple[object, Callable[[np.ndarray], object], int]] = {}
+
+    def left_out(path: Path, e: Exception) -> None:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        logger.info("backend auto: %s left out of the calibration (%s)", path_name(path), first[:200])
+
     for path in paths:
         try:
             backend = build(path)
             k = torch_side_by_side if path[0] == "torch" and torch_side_by_side > 1 else 1
             run = side_by_side(backend, k) if k > 1 else backend
-            run(batch)   # warm-up: first-call allocations and kernel selection
-            times = []
-            for _ in range(max(1, repeats)):
+            run(batch)   # warm-up
+        except Exception as e:  # a path that cannot run here is not a candidate
+            left_out(path, e)
+            continue
+        runs[path] = (backend, run, k)
+    times: Dict[Path, List[float]] = {p: [] for p in runs}
+    order = list(runs)
+    for r in range(max(1, repeats)):
+        for path in (order if r % 2 == 0 else order[::-1]):
+            if path not in times:
+                continue
+            _, run, k = runs[path]
+            try:
                 t0 = timer()
                 run(batch)
-                times.append((timer() - t0) / k)
-        except Exception as e:  # a path that cannot run here is not a candidate
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            logger.info("backend auto: %s left out of the calibration (%s)", path_name(path), first[:200])
-            continue
-        seconds[path_name(path)] = min(times)
-        if best is None or min(times) < best[0]:
-            best = (min(times), path, backend)
-        del backend, run
-        release_memory()   # a dropped ONNX Runtime session: hundreds of MB the job's own peak should not carry
-    if keep is not None and best is not None:
-        keep[best[1]] = best[2]
-    return Verdict(seconds)
+                times[path].append((timer() - t0) / k)
+            except Exception as e:
+                left_out(path, e)
+                del times[path]
+    seconds = {p: min(t) for p, t in times.items() if t}
+    if keep is not None and seconds:
+        best = min(seconds, key=seconds.__getitem__)
+        keep[best] = runs[best][0]
+    runs.clear()
+    release_memory()   # a dropped ONNX Runtime session: hundreds of MB the job's own peak should not carry
+    return Verdict({path_name(p): v for p, v in seconds.items()})
