@@ -7,8 +7,8 @@
 #   AUDIO_PATH   clip to analyse (default: resources/R9_ZSCveAHg_7s.wav if present, else resources/example_clip.wav)
 #   CUDA_FLAG    "--cuda" to run on the GPU (default: on when a GPU is visible)
 #   TAGGING_MODEL / SED_MODEL   model types (default Cnn14 / Cnn14_DecisionLevelMax)
-#   BACKEND      what runs the model (default: the CLI's auto = ONNX Runtime on a CPU, exported once per
-#                checkpoint; "torch" skips that export and is faster for one short clip)
+#   BACKEND      what runs the model (default: the CLI's auto = the path a cached calibration found
+#                fastest on this CPU, torch for short jobs; "torch" forces torch, as PANNS_BACKEND=torch does)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/python.sh   # PYTHON: the interpreter PANNs is installed into

@@ -68,7 +68,7 @@ def test_export_matches_torch(name, export_dir):
 
 
 def _fake_export(calls):
-    """Stand-in for export_onnx (a real export costs seconds; the cache logic is what is tested
+    """Stand-in for export_in_child (a real export costs seconds; the cache logic is what is tested
     here): a tiny valid ONNX file (waveform -> Identity) carrying the real metadata."""
     from onnx import TensorProto, helper
 
@@ -92,7 +92,7 @@ def test_cache_reused_and_rebuilt(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("PANNS_CACHE", str(tmp_path))
     model, cfg = _build("LeeNet11")
     calls = []
-    monkeypatch.setattr(onnx_backend, "export_onnx", _fake_export(calls))
+    monkeypatch.setattr(onnx_backend, "export_in_child", _fake_export(calls))
     path = onnx_backend.cached_backend(model, cfg).path
     assert path.startswith(str(tmp_path / "onnx")) and os.path.exists(path) and len(calls) == 1
     assert onnx_backend.cached_backend(model, cfg).path == path and len(calls) == 1
@@ -127,13 +127,29 @@ def test_cache_reused_and_rebuilt(tmp_path, monkeypatch, caplog):
     assert not [f for f in os.listdir(os.path.dirname(path)) if ".tmp" in f]
 
 
-def test_cache_path_next_to_checkpoint(tmp_path, monkeypatch):
+def test_cache_is_one_folder_whatever_the_checkpoint_name(tmp_path, monkeypatch):
+    """Exports live in $PANNS_CACHE/onnx (else ~/.cache/panns/onnx), named by model and key, never
+    beside the checkpoint: the same weights under two file names share one file."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("PANNS_CACHE", raising=False)
     cfg = ModelConfig.from_registry("Cnn6")
-    ckpt = tmp_path / "model.pth"
-    assert onnx_backend.cache_path(cfg, "abc", str(ckpt)) == str(ckpt) + ".abc.onnx"
+    home = str(tmp_path / "home" / ".cache" / "panns" / "onnx" / "Cnn6-abc.onnx")
+    assert onnx_backend.cache_path(cfg, "abc", str(tmp_path / "a.pth")) == home
+    assert onnx_backend.cache_path(cfg, "abc", str(tmp_path / "b.pth")) == home
     monkeypatch.setenv("PANNS_CACHE", str(tmp_path / "cache"))
-    assert onnx_backend.cache_path(cfg, "abc", str(ckpt)) == str(tmp_path / "cache" / "onnx" / "Cnn6-abc.onnx")
+    assert onnx_backend.cache_path(cfg, "abc", str(tmp_path / "a.pth")) == str(tmp_path / "cache" / "onnx" / "Cnn6-abc.onnx")
+
+
+def test_stale_export_folders_are_removed(tmp_path):
+    """A parent that died during a child export leaves its temporary folder (the pickled model): the next
+    export removes it once old, and leaves a running export's folder alone."""
+    old, fresh = tmp_path / ".panns_export_old", tmp_path / ".panns_export_new"
+    for d in (old, fresh):
+        d.mkdir()
+        (d / "model.pt").write_bytes(b"x")
+    os.utime(old, (1, 1))
+    onnx_backend._remove_stale_export_dirs(str(tmp_path))
+    assert not old.exists() and fresh.exists()
 
 
 def test_bad_opset_and_unreadable_file(tmp_path):
@@ -163,14 +179,25 @@ def cli_env(tmp_path_factory, audioset_labels_csv):
     return {"dir": d, "ckpt": ckpt, "wav": str(d / "clip.wav"), "labels": audioset_labels_csv}
 
 
+def _verdict(model_type: str, seconds) -> None:
+    """Cache a calibration verdict for ``model_type`` with fp32 asked for (torch fp32 vs ONNX Runtime)
+    as if measured on this machine: {(backend, precision): seconds}."""
+    from panns import calibration
+
+    key = calibration.machine_key(model_type, calibration.candidates("fp32", torch.device("cpu"), True))
+    calibration.save_verdict(key, calibration.Verdict({calibration.path_name(p): s for p, s in seconds.items()}))
+
+
 def test_audio_tagging_printout_same_with_auto_and_onnxruntime(cli_env, capsys, monkeypatch, caplog):
     """The official printout is identical through ONNX Runtime. auto (the default) runs torch on a job too
-    short to repay ONNX Runtime (one 2-s clip: no export), --backend onnxruntime exports once with a
-    one-line notice, and auto then runs that cached export on a job long enough (12 x 2 s)."""
+    short to repay a calibration (one 2-s clip: nothing exported or measured), --backend onnxruntime
+    exports once (in a child process) with a one-line notice, and auto then runs that cached export on a
+    job long enough (12 x 2 s) where the cached calibration says ONNX Runtime is the fastest."""
     from panns import inference
 
     cache = cli_env["dir"] / "cache_cli"
     monkeypatch.setenv("PANNS_CACHE", str(cache))
+    monkeypatch.delenv("PANNS_BACKEND", raising=False)
     argv = ["audio_tagging", "--model_type=LeeNet11", f"--checkpoint_path={cli_env['ckpt']}",
             f"--class_labels_csv={cli_env['labels']}"]
     one = [f"--audio_path={cli_env['wav']}"]
@@ -179,7 +206,8 @@ def test_audio_tagging_printout_same_with_auto_and_onnxruntime(cli_env, capsys, 
     with caplog.at_level(logging.INFO):
         inference.main(argv + one)
     assert capsys.readouterr().out == ref and "Using CPU." in ref and "embedding: (512,)" in ref
-    assert "backend auto: running torch (2 s of audio" in caplog.text and not cache.exists()
+    assert "backend auto: running torch fp32 (2 s of audio does not repay a calibration" in caplog.text
+    assert not cache.exists()
     caplog.clear()
     with caplog.at_level(logging.INFO):
         inference.main(argv + one + ["--backend=onnxruntime"])
@@ -189,6 +217,7 @@ def test_audio_tagging_printout_same_with_auto_and_onnxruntime(cli_env, capsys, 
     files = os.listdir(cache / "onnx")
     assert len(files) == 1 and files[0].startswith("LeeNet11-") and files[0].endswith(".onnx")
     caplog.clear()
+    _verdict("LeeNet11", {("torch", "fp32"): 2.0, ("onnxruntime", "fp32"): 1.0})
     copies = []
     for i in range(12):   # 24 s of audio in 12 files (the input list drops repeated paths)
         copies.append(str(cli_env["dir"] / f"copy{i}.wav"))
@@ -197,32 +226,16 @@ def test_audio_tagging_printout_same_with_auto_and_onnxruntime(cli_env, capsys, 
     with caplog.at_level(logging.INFO):
         inference.main(argv + many)
     out = capsys.readouterr().out
-    assert "backend auto: ONNX Runtime (" in caplog.text and "to ONNX once" not in caplog.text
+    assert "backend auto: onnxruntime fp32 (the fastest path; calibrated on this CPU: onnxruntime fp32 1.00 s, " \
+        "torch fp32 2.00 s (2.00x)" in caplog.text and "to ONNX once" not in caplog.text
     assert out.count(ref.split("Using CPU.")[1].strip().splitlines()[0]) == 12   # the same first tag line each time
     assert os.listdir(cache / "onnx") == files
 
 
-def test_auto_weighs_the_job(tmp_path, monkeypatch, caplog):
-    """With a known job size, auto runs torch below AUTO_MIN_SECONDS, and below AUTO_EXPORT_MIN_SECONDS
-    while no export is cached (nothing is exported then); from there on it exports and runs ONNX Runtime.
-    job_seconds reads headers, counts unknown files as 10 s and stops at its cap."""
+def test_job_seconds_reads_headers(tmp_path):
+    """job_seconds reads headers, counts unknown files as 10 s and stops at its cap."""
     import soundfile as sf
     from panns import runtime
-
-    monkeypatch.setenv("PANNS_CACHE", str(tmp_path / "cache"))
-    model, cfg = _build("LeeNet11")
-    with caplog.at_level(logging.INFO):
-        assert _auto(model, cfg, job_seconds=5.0).backend_name == "torch"
-        assert _auto(model, cfg, job_seconds=60.0).backend_name == "torch"
-    assert "5 s of audio" in caplog.text and "does not repay the one-off ONNX export" in caplog.text
-    assert not (tmp_path / "cache").exists()
-    assert _auto(model, cfg, job_seconds=runtime.AUTO_EXPORT_MIN_SECONDS).backend_name == "onnxruntime"
-    hashed = []
-    with monkeypatch.context() as m:   # the key auto looked up is handed on, not computed again
-        m.setattr(onnx_backend, "weights_hash", lambda mod, real=onnx_backend.weights_hash: hashed.append(1) or real(mod))
-        assert _auto(model, cfg, job_seconds=60.0).backend_name == "onnxruntime"    # cached now
-    assert len(hashed) == 1
-    assert _auto(model, cfg).backend_name == "onnxruntime"                      # the Python API: size unknown
 
     wav = tmp_path / "a.wav"
     sf.write(str(wav), np.zeros(16000 * 3, np.float32), 16000)
@@ -243,6 +256,7 @@ def test_auto_falls_back_to_torch_with_one_line(tmp_path, monkeypatch, caplog):
     """Not installed, bf16 asked for, an export that fails: torch runs, after one line each; a
     failed export is not tried again by auto, while --backend onnxruntime tries and fails loudly."""
     monkeypatch.setenv("PANNS_CACHE", str(tmp_path))
+    monkeypatch.delenv("PANNS_BACKEND", raising=False)
     model, cfg = _build("LeeNet11")
     with caplog.at_level(logging.INFO):
         with monkeypatch.context() as m:
@@ -257,15 +271,23 @@ def test_auto_falls_back_to_torch_with_one_line(tmp_path, monkeypatch, caplog):
     def broken(*a, **k):
         calls.append(1)
         raise onnx_backend.ExportError("cannot export LeeNet11 to ONNX: Unsupported: an op")
-    monkeypatch.setattr(onnx_backend, "export_onnx", broken)
+    monkeypatch.setattr(onnx_backend, "export_in_child", broken)
+    _verdict("LeeNet11", {("torch", "fp32"): 2.0, ("onnxruntime", "fp32"): 1.0})   # ONNX Runtime measured faster
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        rt = _auto(model, cfg)
+        rt = _auto(model, cfg, job_seconds=1e4)
         assert rt.backend_name == "torch" and len(calls) == 1
         assert rt.forward(np.zeros((1, 8000), np.float32))["clipwise_output"].shape == (1, CLASSES)
-        assert _auto(model, cfg).backend_name == "torch" and len(calls) == 1   # remembered, not retried
+        assert _auto(model, cfg, job_seconds=1e4).backend_name == "torch" and len(calls) == 1   # remembered
     lines = [r.getMessage() for r in caplog.records if "backend auto" in r.getMessage()]
     assert len(lines) == 2 and all("Unsupported: an op" in m for m in lines) and "earlier run" in lines[1]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):   # the Python API: torch goes on when the background build fails
+        rt = _auto(model, cfg)
+        assert not rt.backend.wait(60) and rt.backend_name == "torch" and len(calls) == 1
+        assert rt.forward(np.zeros((1, 8000), np.float32))["clipwise_output"].shape == (1, CLASSES)
+    lines = [r.getMessage() for r in caplog.records if "running torch" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("backend auto: running torch fp32 (") and "earlier run" in lines[0]
     with pytest.raises(PannsError, match="cannot export LeeNet11"):
         _auto(model, cfg, backend="onnxruntime")
     assert len(calls) == 2
@@ -280,7 +302,7 @@ def test_unwritable_cache_folder_falls_back_to_user_cache(tmp_path, monkeypatch)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     model, cfg = _build("LeeNet11")
     calls = []
-    monkeypatch.setattr(onnx_backend, "export_onnx", _fake_export(calls))
+    monkeypatch.setattr(onnx_backend, "export_in_child", _fake_export(calls))
     path = onnx_backend.cached_backend(model, cfg).path
     assert path.startswith(str(tmp_path / "home" / ".cache" / "panns" / "onnx")) and len(calls) == 1
     assert onnx_backend.cached_backend(model, cfg).path == path and len(calls) == 1   # found there next time
@@ -302,21 +324,36 @@ def test_export_command(cli_env, capsys):
                         f"--output={out}.bin"])
 
 
-def test_python_api_backend(cli_env, monkeypatch):
-    """panns.load(..., backend='onnxruntime') gives torch's embeddings and tags; auto is the default
-    (the export cached by the command-line test is reused when both run)."""
+def test_python_api_backend(cli_env, monkeypatch, caplog):
+    """panns.load(..., backend='onnxruntime') gives torch's embeddings and tags. auto (the default)
+    exports nothing without a measurement (torch); where the cached calibration says ONNX Runtime is
+    faster it runs the export, made once for the weights: the same checkpoint under another file name
+    reuses it (one file, one notice)."""
     import panns
 
-    monkeypatch.setenv("PANNS_CACHE", str(cli_env["dir"] / "cache"))
+    monkeypatch.setenv("PANNS_CACHE", str(cli_env["dir"] / "cache_api"))
+    monkeypatch.delenv("PANNS_BACKEND", raising=False)
     kw = dict(model_type="LeeNet11", labels_csv=cli_env["labels"], device="cpu")
     ref = panns.load(cli_env["ckpt"], backend="torch", **kw)
-    fast = panns.load(cli_env["ckpt"], backend="onnxruntime", **kw)
+    auto = panns.load(cli_env["ckpt"], **kw)   # the default: no calibration yet
+    assert auto.runtime.backend_name == "torch" and not (cli_env["dir"] / "cache_api" / "onnx").exists()
+    with caplog.at_level(logging.INFO):
+        fast = panns.load(cli_env["ckpt"], backend="onnxruntime", **kw)
     assert fast.runtime.backend_name == "onnxruntime" and ref.runtime.backend_name == "torch"
     a, b = ref.embed(cli_env["wav"]), fast.embed(cli_env["wav"])
     assert a.shape == b.shape == (512,) and np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
     assert [t for t, _ in ref.tag(cli_env["wav"])] == [t for t, _ in fast.tag(cli_env["wav"])]
-    auto = panns.load(cli_env["ckpt"], **kw)   # the default
+    _verdict("LeeNet11", {("torch", "fp32"): 2.0, ("onnxruntime", "fp32"): 1.0})
+    other = str(cli_env["dir"] / "renamed.pth")
+    shutil.copyfile(cli_env["ckpt"], other)
+    with caplog.at_level(logging.INFO):
+        auto = panns.load(other, **kw)   # loads in torch's time; ONNX Runtime's session is made meanwhile
+        assert auto.runtime.backend.wait(120)
     assert auto.runtime.backend_name == "onnxruntime" and "backend=onnxruntime" in repr(auto)
+    c = auto.embed(cli_env["wav"])
+    assert np.abs(a - c).max() <= 1e-5 * np.abs(a).max()
+    assert len([r for r in caplog.records if "to ONNX once" in r.getMessage()]) == 1
+    assert len(os.listdir(cli_env["dir"] / "cache_api" / "onnx")) == 1
 
 
 def test_int8_guard(export_dir):

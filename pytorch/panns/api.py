@@ -65,10 +65,12 @@ def load(name_or_path: str = "Cnn14", model_type: Optional[str] = None, device: 
     ``~/.cache/panns`` (``download=False``: only use the cache). device: None/'auto' = CUDA when
     available, else CPU. precision: 'fp32' (default), 'bf16', 'fp16' or 'auto'.
     labels_csv: class names when the checkpoint has none (default: the AudioSet label list).
-    backend: 'auto' (default: ONNX Runtime for fp32 on a CPU, where it is faster, torch on GPUs and
-    wherever ONNX Runtime cannot serve, with one logged line saying why), 'torch', or 'onnxruntime'
-    (CPU, fp32, fails rather than falls back). The ONNX backends export the model once (Cnn14:
-    10-30 s) and cache the file next to the checkpoint, in $PANNS_CACHE/onnx or ~/.cache/panns/onnx.
+    backend: 'auto' (default: on a CPU the path a cached calibration of this model type found fastest
+    on this machine (runtime._auto_backend; a command line with minutes of audio makes one), else torch:
+    no export unless a measurement says ONNX Runtime pays; torch on GPUs; one logged line says which),
+    'torch', or 'onnxruntime' (CPU, fp32, fails rather than falls back). The ONNX backends export the
+    model once per weights (Cnn14: 15-40 s, in a child process, with one logged line) into
+    $PANNS_CACHE/onnx or ~/.cache/panns/onnx, whatever the checkpoint's file name.
     ``module`` is the torch model whichever backend runs it."""
     path, mt = _resolve(name_or_path, model_type)
     rt = Runtime.load(path, model_type=mt, device=device, precision=precision, download=download, backend=backend)

@@ -154,6 +154,8 @@ class Extractor:
         self.fingerprint = weights_fingerprint(model)   # of the weights as given, before folding
         # job_seconds: the audio about to be extracted, which backend 'auto' weighs (runtime._auto_backend)
         options = {"job_seconds": job_seconds} if backend == "auto" and job_seconds is not None else {}
+        if backend == "auto" and compute_threads is None and torch.device(device).type == "cpu":
+            options["torch_side_by_side"] = torch.get_num_threads()   # how torch runs below: auto times it so
         self.runtime = runtime.Runtime(model, config, device=device, precision=precision, backend=backend,
                                        checkpoint_path=checkpoint_path, optimize=optimize, **options)
         self.device = self.runtime.device
@@ -689,6 +691,10 @@ def add_arguments(p) -> None:
     p.add_argument("--num_workers", type=int, default=None, help="decoding worker processes (default: cores/2, 1-4)")
     p.add_argument("--overwrite", action="store_true", help="start from scratch instead of resuming (default: resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: shown)")
+    # Embeddings (our addition, no official printout to match) default to bf16 where the hardware computes it
+    # natively: Cnn14 embeddings within cosine 0.9999 of fp32 (tests/test_auto_backend.py), 1.2-1.4x faster on
+    # an AVX512-BF16 CPU; backend auto still measures it against the fp32 paths (runtime._auto_backend).
+    p.set_defaults(precision="auto")
 
 
 def run(args) -> int:
@@ -701,9 +707,12 @@ def run(args) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     try:
         paths = runtime.gather_inputs(args.audio_path)
+        precision = args.precision
+        if precision == "auto" and info.device.type == "cuda" and not devices.native_bf16(info.device):
+            precision = "fp32"   # 'auto' of extraction: bf16 where native, else fp32 (not sm70/75's fp16)
         ex = Extractor.from_checkpoint(args.checkpoint_path,
                                        model_type=validate.model_type_for(args.checkpoint_path, args.model_type),
-                                       frontend=frontend_overrides(args) or None, precision=args.precision,
+                                       frontend=frontend_overrides(args) or None, precision=precision,
                                        device=info.device, backend=args.backend,
                                        job_seconds=runtime.job_seconds(paths) if args.backend == "auto" else None,
                                        batch_size=args.batch_size,

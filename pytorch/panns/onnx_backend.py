@@ -8,9 +8,11 @@ layout-optimised convolutions); the README's "ONNX / fast CPU inference" section
   model's output dict (``clipwise_output`` (B, K), ``embedding`` (B, D), ``framewise_output``
   (B, frames, K)), raw (log-softmax models stay log-softmax). The label list, front-end settings
   and model type are stored in the file's metadata (``panns.*`` keys, JSON values).
-* :func:`cached_backend` exports once per (weights, config, export settings, exporter versions)
-  into ``$PANNS_CACHE/onnx/`` or next to the checkpoint (``~/.cache/panns/onnx/`` when that cannot
-  be written), atomically, with a one-line notice, and reuses the file; a stale or unreadable
+* :func:`cached_backend` exports once per (weights content, config, export settings, exporter
+  versions) into one folder, ``$PANNS_CACHE/onnx/`` (``~/.cache/panns/onnx/`` when unset or
+  unwritable), whatever the checkpoint's file name, in a child process (:func:`export_in_child`: the
+  exporter's memory never adds to the job's), atomically, with a one-line notice, and reuses the
+  file; a stale or unreadable
   cache file is rebuilt with a one-line warning; a failed export is remembered so that the
   ``auto`` backend (runtime.py) falls back to torch at once next time.
 * :class:`OnnxBackend` runs such a file: ``backend(batch (B, T) float32) -> {name: array}``, the
@@ -30,6 +32,11 @@ import io
 import json
 import logging
 import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from typing import Dict, List, Optional, Sequence
@@ -168,6 +175,81 @@ def export_onnx(model: torch.nn.Module, config, path: str, opset: int = DEFAULT_
     return names
 
 
+def export_in_child(model: torch.nn.Module, config, path: str, opset: int = DEFAULT_OPSET,
+                    key: str = "") -> List[str]:
+    """:func:`export_onnx` in a child Python process, so that the exporter's memory (the traced
+    program, the ONNX graph and its serialisation: ~1.9 GB for Cnn14, measured) never adds to this
+    process's peak and is all returned when the child exits. The model travels as a pickled module in
+    a temporary file beside ``path`` (loaded there memory-mapped). Where the child cannot rebuild the
+    model (a class defined in a script) the export runs here, after one line saying so."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    _remove_stale_export_dirs(folder)
+    p0 = next(model.parameters())
+    cpu_model = model if (p0.device.type, p0.dtype) == ("cpu", torch.float32) else copy.deepcopy(model).float().cpu()
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".panns_export_") as tmp:
+        model_file, result_file = os.path.join(tmp, "model.pt"), os.path.join(tmp, "result.json")
+        try:
+            torch.save({"model": cpu_model.eval(), "config": config}, model_file)
+        except (pickle.PicklingError, AttributeError, TypeError) as e:   # an unpicklable module
+            logger.info("exporting in this process (%s cannot be handed to a child: %s)", config.model_type, e)
+            return export_onnx(model, config, path, opset=opset, key=key)
+        src_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the folder holding panns/
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (src_root, os.environ.get("PYTHONPATH")) if p))
+        cmd = [sys.executable, "-c", "from panns.onnx_backend import _export_child; _export_child()",
+               model_file, path, str(opset), key, result_file]
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            with open(result_file, encoding="utf-8") as f:
+                result = json.load(f)
+        except (OSError, ValueError):
+            tail = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+            raise ExportError(f"cannot export {config.model_type} to ONNX: the export process failed: {tail[0][:300]}")
+    if "names" in result:
+        return list(result["names"])
+    if "export_error" in result:
+        raise ExportError(result["export_error"])
+    if "os_error" in result:
+        raise OSError(int(result.get("errno") or 0), result["os_error"])
+    if "load_error" in result:
+        logger.info("exporting in this process (the export process cannot rebuild %s: %s)", config.model_type,
+                    result["load_error"])
+        return export_onnx(model, config, path, opset=opset, key=key)
+    raise PannsError(result.get("error", f"cannot export {config.model_type} to ONNX"))
+
+
+def _remove_stale_export_dirs(folder: str, age_s: float = 6 * 3600) -> None:
+    """Remove the temporary folders (a pickled model each) of exports whose parent process died before it
+    could clean up (e.g. a script that ended while panns.load's background export ran), once they are old."""
+    now = time.time()
+    for name in os.listdir(folder):
+        p = os.path.join(folder, name)
+        with contextlib.suppress(OSError):
+            if name.startswith(".panns_export_") and now - os.path.getmtime(p) > age_s:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _export_child() -> None:
+    """Entry of the child process of :func:`export_in_child` (argv: model file, output path, opset, key,
+    result file): exports and writes a one-key JSON result."""
+    model_file, path, opset, key, result_file = sys.argv[1:6]
+    try:
+        obj = torch.load(model_file, map_location="cpu", weights_only=False, mmap=True)
+        model, config = obj["model"], obj["config"]
+    except Exception as e:  # a class this process cannot import: the parent exports itself
+        result = {"load_error": f"{type(e).__name__}: {str(e).strip()[:200]}"}
+    else:
+        try:
+            result = {"names": export_onnx(model, config, path, opset=int(opset), key=key)}
+        except ExportError as e:
+            result = {"export_error": str(e)}
+        except OSError as e:
+            result = {"os_error": e.strerror or str(e), "errno": e.errno or 0}
+        except PannsError as e:
+            result = {"error": str(e)}
+    atomic_write_text(result_file, json.dumps(result))
+
+
 def _errors_only(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR
 
@@ -225,23 +307,18 @@ USER_CACHE = os.path.join("~", ".cache", "panns", "onnx")
 
 
 def cache_path(config, key: str, checkpoint_path: Optional[str] = None) -> str:
-    """Where the export of ``key`` lives: ``$PANNS_CACHE/onnx/<model>-<key>.onnx`` when PANNS_CACHE
-    is set, else next to the checkpoint (``<checkpoint>.<key>.onnx``) when that folder is
-    writable, else ``~/.cache/panns/onnx/``."""
-    name = f"{config.model_type}-{key}.onnx"
+    """Where the export of ``key`` lives: ``$PANNS_CACHE/onnx/<model>-<key>.onnx`` (PANNS_CACHE unset:
+    ``~/.cache/panns/onnx/``). One folder for every checkpoint: the key is the weights' content, so the
+    same weights under several file names share one export. ``checkpoint_path`` is not used (kept for
+    callers of the time when exports sat beside their checkpoints)."""
     env = os.environ.get("PANNS_CACHE")
     if env:
-        return os.path.join(os.path.abspath(os.path.expanduser(env)), "onnx", name)
-    if checkpoint_path:
-        folder = os.path.dirname(os.path.abspath(checkpoint_path))
-        if os.access(folder, os.W_OK):
-            return f"{os.path.abspath(checkpoint_path)}.{key}.onnx"
+        return os.path.join(os.path.abspath(os.path.expanduser(env)), "onnx", f"{config.model_type}-{key}.onnx")
     return user_cache_path(config, key)
 
 
 def user_cache_path(config, key: str) -> str:
-    """``~/.cache/panns/onnx/<model>-<key>.onnx``: where an export goes when the first choice
-    cannot be written (a read-only checkpoint folder or $PANNS_CACHE)."""
+    """``~/.cache/panns/onnx/<model>-<key>.onnx``: where an export goes when $PANNS_CACHE cannot be written."""
     return os.path.join(os.path.expanduser(USER_CACHE), f"{config.model_type}-{key}.onnx")
 
 
@@ -302,8 +379,8 @@ def cached_backend(model: torch.nn.Module, config, checkpoint_path: Optional[str
     matches (the session that checks it is the one returned), else a fresh export with a one-line
     notice (a stale or unreadable file is rebuilt, with a one-line warning).
 
-    Where the first-choice folder (:func:`cache_path`) cannot be written, the export goes to
-    ``~/.cache/panns/onnx``. A failed export is remembered next to the cache file
+    The export runs in a child process (:func:`export_in_child`). Where the first-choice folder
+    (:func:`cache_path`) cannot be written, the export goes to ``~/.cache/panns/onnx``. A failed export is remembered next to the cache file
     (``<file>.failed``); ``retry_failed=False`` (the ``auto`` backend) then fails at once instead
     of spending the export time again. ``key``: ``cache_key(model, config, opset)`` when the caller
     has it already."""
@@ -324,7 +401,7 @@ def cached_backend(model: torch.nn.Module, config, checkpoint_path: Optional[str
     for i, p in enumerate(paths):
         try:
             os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
-            export_onnx(model, config, p, opset=opset, key=key)
+            export_in_child(model, config, p, opset=opset, key=key)
         except ExportError as e:
             _record_failure(p, key, str(e))
             raise
@@ -433,6 +510,10 @@ class OnnxBackend:
         so.intra_op_num_threads = int(threads or torch.get_num_threads())
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        # No memory arena: it keeps the largest batch's activations (hundreds of MB for Cnn14) for the
+        # session's life; without it a 20-min SED stays bounded, at the same speed (Cnn14, batch 8 of
+        # 10 s: 4.05 s a batch without, 3.96 s with, within the noise of a shared 2-core machine).
+        so.enable_cpu_mem_arena = False
         try:
             self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         except Exception as e:

@@ -20,9 +20,12 @@ here, the same for every backend.
 """
 from __future__ import annotations
 
+import copy
 import glob
 import logging
 import os
+import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -31,6 +34,7 @@ import torch
 
 from panns import amp
 from panns import audio_io
+from panns import calibration
 from panns import devices
 from panns.config import DEFAULT_LABELS_CSV, read_class_labels
 from panns.errors import AudioDecodeError, PannsError
@@ -177,13 +181,17 @@ def _onnxruntime_backend(rt, **options) -> Backend:
     return onnx_backend.backend_factory(rt, **options)
 
 
-# What `auto` weighs on a CPU for a job of known size (the command lines know their inputs). ONNX Runtime
-# runs Cnn14 about 1.7-2.9x faster but costs ~2 s to start (weights hash + session) and, the first time, a
-# one-off export (15-40 s). Measured on a 2-core CPU (SED, Cnn14_DecisionLevelMax): a 7-s clip took 3.4 s
-# with ONNX Runtime and 2.1 s with torch, 8 x 10 s took 9.4 s and 19.3 s, so start-up pays off from ~15 s of
-# audio and the export from a few minutes.
-AUTO_MIN_SECONDS = 20.0          # with the export already cached
+# What `auto` weighs on a CPU. Which path is fastest depends on the CPU: ONNX Runtime ran Cnn14 2.2x torch
+# on an AVX2-only host, while on an AVX512-BF16 one torch bf16 beat both fp32 paths. So auto measures
+# (calibration.py: a few timed batches of each candidate, cached per CPU, libraries and model type) and
+# runs the winner. What a measurement cannot see is start-up: ONNX Runtime costs ~2 s a run (weights hash
+# + session) and, the first time, a one-off export (15-40 s); a calibration costs a few seconds once.
+# Measured on a 2-core CPU (SED, Cnn14_DecisionLevelMax): a 7-s clip took 3.4 s with ONNX Runtime and
+# 2.1 s with torch, so jobs too short to repay them keep the rule below (torch at the precision asked).
+AUTO_MIN_SECONDS = 20.0          # ONNX Runtime's start-up, with the export already cached
+AUTO_CALIBRATE_MIN_SECONDS = 60.0  # a calibration, when no verdict is cached for this machine and model
 AUTO_EXPORT_MIN_SECONDS = 300.0  # when auto would have to export first
+BACKEND_ENV = "PANNS_BACKEND"    # forces what `auto` runs (e.g. PANNS_BACKEND=torch), as --backend does
 
 
 def job_seconds(paths: Sequence[str], cap: float = AUTO_EXPORT_MIN_SECONDS, unknown: float = 10.0) -> float:
@@ -198,45 +206,189 @@ def job_seconds(paths: Sequence[str], cap: float = AUTO_EXPORT_MIN_SECONDS, unkn
     return total
 
 
-def _auto_backend(rt, job_seconds: Optional[float] = None, **options) -> Backend:
-    """ONNX Runtime for fp32 on a CPU (Cnn14 ran 1.65x the torch forward at batch 1 and 2.2x at
-    batch 8 there, same outputs within 1e-6), torch on GPUs. Where ONNX Runtime cannot serve
-    (not installed, bf16/fp16 asked for, an export or session that fails) torch runs the model,
-    after one line saying why; an export that failed once is not tried again (see
-    onnx_backend.cached_backend). ``job_seconds`` (the audio a command line is about to run; None in
-    the Python API, whose model object lives on): below ``AUTO_MIN_SECONDS``, or below
-    ``AUTO_EXPORT_MIN_SECONDS`` while no export is cached, torch finishes first and runs it."""
+def _forced_backend() -> Optional[str]:
+    """The backend ``PANNS_BACKEND`` names (None when unset or 'auto'); a PannsError for an unknown name."""
+    name = os.environ.get(BACKEND_ENV, "").strip()
+    if not name or name == "auto":
+        return None
+    if name not in _BACKENDS:
+        raise PannsError(f"{BACKEND_ENV}={name!r} is not a backend; available: {', '.join(_BACKENDS)}")
+    return name
+
+
+def _auto_backend(rt, job_seconds: Optional[float] = None, torch_side_by_side: int = 1, **options) -> Backend:
+    """The fastest path on this machine, measured (see calibration.py), among torch fp32, ONNX Runtime
+    fp32 and, when the precision was left to 'auto' and the CPU computes bf16 natively, torch bf16; torch
+    on GPUs. ``job_seconds``: the audio a command line is about to run (None in the Python API).
+    ``torch_side_by_side``: how many single-threaded torch forwards the caller runs side by side (extraction
+    on a CPU; calibration times torch that way).
+
+    * A cached verdict for this CPU, libraries and model type: its winner, except that ONNX Runtime is
+      skipped (for the fastest torch path) below ``AUTO_MIN_SECONDS`` of audio, or below
+      ``AUTO_EXPORT_MIN_SECONDS`` while its export is not cached.
+    * No verdict yet: a job of ``AUTO_EXPORT_MIN_SECONDS`` (or ``AUTO_CALIBRATE_MIN_SECONDS`` when no export
+      is needed) calibrates, caches the verdict and runs the winner; shorter jobs and the Python API (whose
+      size is unknown) run torch at the precision asked for, without exporting anything.
+    One log line says which path runs and why. ``PANNS_BACKEND`` forces a backend. Where ONNX Runtime
+    cannot serve (not installed, an export or session that fails, remembered by onnx_backend) torch runs."""
     from panns import onnx_backend  # see _onnxruntime_backend
 
-    reason, level = None, logging.INFO
-    key = None   # the export's cache key once looked up, handed on (hashing Cnn14's weights reads 320 MB)
-    if rt.device.type != "cpu":
-        pass   # torch is the choice on GPUs, not a fallback: nothing to say
-    elif rt.precision != "fp32":
-        reason = f"ONNX Runtime runs fp32 only, {rt.precision} asked for"
-    elif not onnx_backend.available():
-        reason = "onnxruntime, onnx or onnxscript is not installed (pip install onnxruntime onnx onnxscript)"
-    elif job_seconds is not None and job_seconds < AUTO_MIN_SECONDS:
-        reason = (f"{job_seconds:.0f} s of audio: ONNX Runtime's start-up would cost more than it saves below "
-                  f"{AUTO_MIN_SECONDS:.0f} s")
-    elif job_seconds is not None and job_seconds < AUTO_EXPORT_MIN_SECONDS and (key := onnx_backend.cached_export_key(
-            rt.model, rt.config, rt.checkpoint_path, options.get("opset", onnx_backend.DEFAULT_OPSET))) is None:
-        reason = (f"{job_seconds:.0f} s of audio does not repay the one-off ONNX export (from "
-                  f"{AUTO_EXPORT_MIN_SECONDS / 60:.0f} min of audio it does; --backend onnxruntime exports now)")
-    else:
+    forced = _forced_backend()
+    if forced is not None:
+        logger.info("backend auto: %s (%s)", forced, BACKEND_ENV)
+        rt.backend_name = forced
+        return _BACKENDS[forced](rt, **options)
+    if rt.device.type != "cpu":   # torch is the choice on GPUs, not a fallback: nothing to say
+        return _use(rt, ("torch", rt.precision), options)
+    requested = getattr(rt, "requested_precision", rt.precision)
+    onnx_ok = onnx_backend.available()
+    paths = calibration.candidates(requested, rt.device, onnx_ok)
+    if len(paths) == 1:
+        why = (f"ONNX Runtime runs fp32 only, {rt.precision} asked for" if requested not in ("fp32", "auto") else
+               "onnxruntime, onnx or onnxscript is not installed (pip install onnxruntime onnx onnxscript)")
+        logger.info("backend auto: running torch (%s)", why)
+        return _use(rt, paths[0], options)
+    if not onnx_ok:
+        logger.info("backend auto: onnxruntime, onnx or onnxscript is not installed; choosing between torch paths")
+    model_type = str(getattr(rt.config, "model_type", type(rt.model).__name__))
+    key = calibration.machine_key(model_type, paths, torch_side_by_side)
+    verdict = calibration.load_verdict(key)
+    state = {"export_key": None, "export_cached": None}   # the ONNX export's cache key, looked up once
+
+    def export_cached() -> bool:
+        if state["export_cached"] is None:
+            state["export_key"] = onnx_backend.cached_export_key(
+                rt.model, rt.config, rt.checkpoint_path, options.get("opset", onnx_backend.DEFAULT_OPSET))
+            state["export_cached"] = state["export_key"] is not None
+        return bool(state["export_cached"])
+
+    ort = ("onnxruntime", "fp32")
+    # Why ONNX Runtime may not run this job even where it is fastest (None: it may).
+    def ort_barred() -> Optional[str]:
+        if job_seconds is not None and job_seconds < AUTO_MIN_SECONDS:
+            return (f"{job_seconds:.0f} s of audio: ONNX Runtime's start-up would cost more than it saves below "
+                    f"{AUTO_MIN_SECONDS:.0f} s")
+        if job_seconds is not None and job_seconds < AUTO_EXPORT_MIN_SECONDS and not export_cached():
+            return (f"{job_seconds:.0f} s of audio does not repay the one-off ONNX export (from "
+                    f"{AUTO_EXPORT_MIN_SECONDS / 60:.0f} min of audio it does; --backend onnxruntime exports now)")
+        return None
+
+    default = ("torch", rt.precision)   # today's rule: torch at the precision asked for ('auto' resolved)
+    if verdict is None:
+        needed = AUTO_CALIBRATE_MIN_SECONDS
+        if ort in paths and job_seconds is not None and job_seconds >= needed and not export_cached():
+            needed = AUTO_EXPORT_MIN_SECONDS
+        if job_seconds is None or job_seconds < needed:
+            why = ("the Python API does not know the job's size" if job_seconds is None else
+                   f"{job_seconds:.0f} s of audio does not repay a calibration (from {needed / 60:.0f} min it does)")
+            logger.info("backend auto: running %s (%s: no calibration of %s on this CPU yet)",
+                        calibration.path_name(default), why, model_type)
+            return _use(rt, default, options)
+        kept: Dict = {}
+        t0 = time.perf_counter()
+        verdict = calibration.measure(paths, lambda p: _build_path(rt, p, state, options),
+                                      calibration.calibration_batch(rt.sample_rate, rt.min_samples), keep=kept,
+                                      torch_side_by_side=torch_side_by_side)
+        if not verdict.seconds:
+            logger.warning("backend auto: no path ran in the calibration; running torch")
+            return _use(rt, default, options)
+        verdict = calibration.save_verdict(key, verdict)
+        choice = verdict.winner
+        logger.info("backend auto: %s, measured on this CPU in %.0f s (seconds per calibration batch: %s; cached in %s)",
+                    calibration.path_name(choice), time.perf_counter() - t0, verdict.summary(), verdict.file or "-")
+        return _use(rt, choice, options, kept.get(choice))
+    choice = verdict.winner
+    barred = ort_barred() if choice == ort else None
+    if barred:
+        choice = verdict.best(lambda p: p != ort) or default
+    backend = None
+    if choice == ort and job_seconds is None:   # the Python API: load in torch's time, hand over when ready
+        now = verdict.best(lambda p: p != ort) or default
+        logger.info("backend auto: %s from its first call once its session is ready, %s until then (the fastest "
+                    "path; calibrated on this CPU: %s; %s)", calibration.path_name(ort), calibration.path_name(now),
+                    verdict.summary(), verdict.file)
+        torch_backend = _use(rt, now, options)
+        fp32_view = copy.copy(rt)   # the same model, seen at ONNX Runtime's precision by its factory
+        fp32_view.precision = "fp32"
+        return Handover(rt, torch_backend, lambda: _BACKENDS["onnxruntime"](fp32_view, retry_failed=False, **options),
+                        ort, now)
+    if choice == ort:
         try:
-            backend = _BACKENDS["onnxruntime"](rt, retry_failed=False, cache_key=key, **options)
-            rt.backend_name = "onnxruntime"
-            logger.info("backend auto: ONNX Runtime (%s)", getattr(backend, "path", "exported model"))
-            return backend
+            backend = _build_path(rt, choice, state, options)
         except Exception as e:  # whatever the exporter or ONNX Runtime raise, torch still runs the model
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             reason = first if isinstance(e, PannsError) else f"{type(e).__name__}: {first}"
-            level = logging.WARNING
-    if reason:
-        logger.log(level, "backend auto: running torch (%s)", reason[:400])
-    rt.backend_name = "torch"
-    return _BACKENDS["torch"](rt, **options)
+            logger.warning("backend auto: running torch (%s)", reason[:400])
+            return _use(rt, verdict.best(lambda p: p != ort) or default, options)
+    logger.info("backend auto: %s (%s; calibrated on this CPU: %s; %s)", calibration.path_name(choice),
+                barred or "the fastest path", verdict.summary(), verdict.file)
+    return _use(rt, choice, options, backend)
+
+
+class Handover:
+    """A backend that runs ``first`` until ``build()`` (started on a daemon thread at once) has made the
+    faster one, then that one: ``panns.load`` with auto, where ONNX Runtime won the calibration, loads in
+    torch's time while the weights hash and the ONNX Runtime session (and the export, once: ~2 s and 15-40
+    s for Cnn14) are made in the background. Outputs of the two agree within 1e-6 of the largest value.
+    A build that fails leaves ``first`` running, after one line saying why."""
+
+    def __init__(self, rt, first: Backend, build: Callable[[], Backend], target: Tuple[str, str],
+                 now: Tuple[str, str]):
+        self.rt, self.current, self.target, self.now = rt, first, target, now
+        self._result: Dict[str, object] = {}
+        self._pending = True
+        self._thread = threading.Thread(target=self._build, args=(build,), name="panns-backend", daemon=True)
+        self._thread.start()
+
+    @property
+    def owns_threads(self) -> bool:
+        return bool(getattr(self.current, "owns_threads", False))
+
+    def _build(self, build: Callable[[], Backend]) -> None:
+        try:
+            self._result["backend"] = build()
+        except Exception as e:  # whatever the exporter or ONNX Runtime raise, the first backend goes on
+            self._result["error"] = e
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Wait for the background build; True when the faster backend runs from the next call on."""
+        self._thread.join(timeout)
+        self._switch()
+        return not self._pending and "backend" in self._result
+
+    def _switch(self) -> None:
+        if not self._pending or self._thread.is_alive():
+            return
+        self._pending = False
+        if "backend" in self._result:
+            self.current = self._result["backend"]  # type: ignore[assignment]
+            self.rt.backend_name, self.rt.precision = self.target
+        else:
+            e = self._result.get("error") or RuntimeError("no backend built")
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            logger.warning("backend auto: running %s (%s)", " ".join(self.now),
+                           (first if isinstance(e, PannsError) else f"{type(e).__name__}: {first}")[:400])
+
+    def __call__(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+        self._switch()
+        return self.current(batch)
+
+
+def _build_path(rt, path: Tuple[str, str], state: dict, options: dict) -> Backend:
+    """The backend of ``path`` (name, precision) for ``rt``, with ``rt.precision`` set to the path's.
+    ONNX Runtime: never retries an export that failed before (see onnx_backend.cached_backend)."""
+    name, precision = path
+    rt.precision = precision
+    if name == "onnxruntime":
+        return _BACKENDS[name](rt, retry_failed=False, cache_key=state.get("export_key"), **options)
+    return _BACKENDS[name](rt, **options)
+
+
+def _use(rt, path: Tuple[str, str], options: dict, backend: Optional[Backend] = None) -> Backend:
+    """Run ``path`` (built now unless ``backend`` is given); ``rt`` records its name and precision."""
+    backend = backend if backend is not None else _build_path(rt, path, {}, options)
+    rt.backend_name, rt.precision = path
+    return backend
 
 
 register_backend("onnxruntime", _onnxruntime_backend)
@@ -363,6 +515,7 @@ class Runtime:
                  precision: str = "fp32", backend: str = "torch", checkpoint_path: Optional[str] = None,
                  optimize: bool = False, **backend_options):
         self.device = resolve_device(device)
+        self.requested_precision = precision   # 'auto' lets backend 'auto' weigh torch bf16 too
         self.precision = amp.resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.config = config
