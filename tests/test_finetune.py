@@ -114,15 +114,14 @@ def test_frozen_finetune_learns_and_changes_only_the_head(frozen_run, pretrained
     assert cfg["output"] == "log_softmax" and cfg["classes_num"] == N_CLASSES
     assert cfg["labels"] == NAMES
     assert {k: cfg[k] for k in FRONTEND} == FRONTEND
-    base_sd = pretrained[2]
-    for k, v in base_sd.items():  # weights and BatchNorm statistics of the base untouched
-        assert torch.equal(ck["model"]["base." + k], v), k
     torch.manual_seed(0)
     fresh = models.make_transfer_model("Cnn6", N_CLASSES, **FRONTEND)
     assert not torch.equal(ck["model"]["fc_transfer.weight"], fresh.fc_transfer.weight.detach())
-    # The checkpoint rebuilds through the shared loader used by inference.
+    # The checkpoint rebuilds through the shared loader used by inference (the frozen base read from its file).
     model, mc = checkpoint.load_model(os.path.join(run, "best.pth"))
     assert mc.labels == cfg["labels"] and mc.output == "log_softmax"
+    for k, v in pretrained[2].items():  # weights and BatchNorm statistics of the base untouched
+        assert torch.equal(model.base.state_dict()[k], v), k
 
 
 def test_finetuned_checkpoint_tags_through_inference_cli(frozen_run, dataset):
@@ -470,16 +469,46 @@ def test_resume_after_renamed_classes_is_refused_and_an_unsaved_run_folder_is_re
     run()                                             # the same command re-uses an unsaved run's folder
 
 
-def test_frozen_base_training_checkpoint_refers_to_its_base(frozen_run, pretrained):
-    """latest.pth of a frozen base holds the trained head and a reference to the base, not the base."""
+def test_frozen_base_checkpoints_refer_to_their_base(frozen_run, pretrained, tmp_path):
+    """latest.pth and best.pth of a frozen base hold the trained part (and the base's unused AudioSet head) plus a
+    reference to the base file; inference follows the reference, `export` writes a self-contained copy with the
+    same weights, and a base that moved or changed is one error line."""
+    import shutil
+
+    from panns.finetune_template import main as finetune_main
+
     ws, _ = frozen_run
     run = os.path.join(ws, "finetune", "Transfer_Cnn6_sounds_nll_frozen")
-    latest = checkpoint.load_checkpoint(os.path.join(run, "latest.pth"))
-    assert not any(k.startswith("base.") for k in latest["model"]) and set(latest["model"]) >= {"fc_transfer.weight"}
-    assert latest["base_checkpoint"]["path"] == os.path.abspath(pretrained[1])
-    assert os.path.getsize(os.path.join(run, "latest.pth")) < os.path.getsize(os.path.join(run, "best.pth")) / 5
-    with pytest.raises(PannsError, match="only the trained head.*best.pth"):
-        checkpoint.load_model(os.path.join(run, "latest.pth"))
+    for name in ("latest.pth", "best.pth"):
+        ck = checkpoint.load_checkpoint(os.path.join(run, name))
+        base_keys = {k for k in ck["model"] if k.startswith("base.")}
+        assert base_keys <= {"base.fc_audioset.weight", "base.fc_audioset.bias"}, base_keys
+        assert "fc_transfer.weight" in ck["model"]
+        assert ck["base_checkpoint"]["path"] == os.path.abspath(pretrained[1])
+    best = os.path.join(run, "best.pth")
+    model, cfg = checkpoint.load_model(best)
+    for k, v in pretrained[2].items():   # the base as trained: the pretrained file's weights
+        if not k.startswith("fc_audioset."):
+            assert torch.equal(model.base.state_dict()[k], v), k
+    full = str(tmp_path / "full.pth")
+    finetune_main(["export", "--checkpoint_path", best, "--output_path", full])
+    assert "base_checkpoint" not in checkpoint.load_checkpoint(full)
+    assert os.path.getsize(full) > 5 * os.path.getsize(best)
+    model2, _ = checkpoint.load_model(full)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+
+    moved = str(tmp_path / "moved.pth")
+    shutil.copy(pretrained[1], moved)
+    os.remove(pretrained[1])
+    try:
+        with pytest.raises(PannsError, match="frozen base .* is not there.*export"):
+            checkpoint.load_model(best)
+        changed = {k: v + 1 if v.is_floating_point() else v for k, v in pretrained[2].items()}
+        torch.save({"model": changed}, pretrained[1])
+        with pytest.raises(PannsError, match="has changed since"):
+            checkpoint.load_model(best)
+    finally:
+        shutil.copy(moved, pretrained[1])
     other = models.make_transfer_model("Cnn6", N_CLASSES, freeze_base=True, **FRONTEND)   # another (random) base
     with pytest.raises(PannsError, match="trained on the frozen base"):
         ftask.check_resume_base(os.path.join(run, "latest.pth"), other)

@@ -20,7 +20,7 @@ from panns import models
 from panns.errors import CheckpointError
 from panns.state_dicts import (_frontend_from_mel, _mel_matrix, _shape, check_state_dict,  # noqa: F401
                                describe_state_dict, load_checkpoint, load_pretrained_base, model_state_dict,
-                               strip_prefixes)
+                               state_digest, strip_prefixes)
 from panns.frontend import FRONT_END_32K, FRONTEND_KEYS, FrontEnd
 from panns.utilities import atomic_write
 
@@ -150,11 +150,10 @@ def load_model(checkpoint_path: str, model_type: Optional[str] = None, frontend:
     if bad:
         raise CheckpointError(f"unknown front-end option(s) {sorted(bad)}")
     ckpt = load_checkpoint(checkpoint_path, map_location="cpu")
-    ref = ckpt.get("base_checkpoint")
-    if isinstance(ref, dict):   # fine-tuning's latest.pth with a frozen base: the trained head only
-        raise CheckpointError(f"{checkpoint_path} is a training checkpoint holding only the trained head; its frozen "
-                              f"base is {ref.get('path')}. Use best.pth beside it (self-contained) for inference")
     sd = strip_prefixes(model_state_dict(ckpt, checkpoint_path))
+    ref = ckpt.get("base_checkpoint")
+    if isinstance(ref, dict):   # a fine-tune on a frozen base: the trained part, and the base by reference
+        sd = {**frozen_base_weights(ref, checkpoint_path), **sd}
 
     if isinstance(ckpt.get("config"), dict):
         cfg = ModelConfig.from_dict(ckpt["config"])
@@ -188,5 +187,34 @@ def load_model(checkpoint_path: str, model_type: Optional[str] = None, frontend:
         raise CheckpointError(f"cannot build {cfg.model_type} for checkpoint {checkpoint_path}: {e}")
     check_state_dict(model, sd, checkpoint_path, cfg.model_type)
     model.load_state_dict(sd, strict=True)
+    if isinstance(ref, dict) and state_digest(model.base) != ref.get("digest"):
+        raise CheckpointError(f"{checkpoint_path} was fine-tuned on the frozen base {ref.get('path')} (digest "
+                              f"{ref.get('digest')}), which has changed since (digest {state_digest(model.base)}); "
+                              "put the original file back")
     model.to(device).eval()
     return model, cfg
+
+
+def frozen_base_weights(ref: dict, checkpoint_path: str) -> Dict[str, torch.Tensor]:
+    """The ``base.*`` weights a fine-tuning checkpoint refers to (``{'path', 'digest'}`` of its frozen base: an
+    AudioSet checkpoint, or a fine-tuned Transfer one whose base is taken)."""
+    path = ref.get("path")
+    if not path or not os.path.isfile(path):
+        raise CheckpointError(f"{checkpoint_path} holds the fine-tuned head only; its frozen base {path} is not there. "
+                              "Put the base back at that path (or run this where it is and make a self-contained copy "
+                              "with `python3 pytorch/finetune_template.py export`)")
+    base = strip_prefixes(model_state_dict(load_checkpoint(path), path))
+    if any(k.startswith("base.") for k in base):
+        base = {k[5:]: v for k, v in base.items() if k.startswith("base.")}
+    return {"base." + k: v for k, v in base.items()}
+
+
+def self_contained(checkpoint_path: str, output_path: str) -> str:
+    """Write a copy of a fine-tuning checkpoint with its frozen base's weights inside (no reference to another
+    file): what to share or archive. Returns ``output_path``."""
+    model, _ = load_model(checkpoint_path)
+    ckpt = load_checkpoint(checkpoint_path)
+    out = {k: v for k, v in ckpt.items() if k != "base_checkpoint"}
+    out["model"] = model.state_dict()
+    save_checkpoint(output_path, out)
+    return output_path

@@ -41,6 +41,7 @@ import argparse
 import os
 from typing import Optional
 
+from panns import checkpoint as ckpt_lib
 from panns import finetune_data as fd
 from panns.training import finetune as finetune_task
 from panns.errors import PannsError, run_cli
@@ -146,14 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--linear_probe", action="store_true",
                    help="instead of fine-tuning: base embeddings (extracted once) + logistic regression")
     t.add_argument("--probe_c", type=float, default=1.0, help="inverse L2 strength of the linear probe")
+    e = sub.add_parser("export", help="a self-contained copy of a fine-tuned checkpoint (a frozen base's weights "
+                                      "inside, instead of the reference to its file)",
+                       formatter_class=DefaultsOnceFormatter)
+    e.add_argument("--checkpoint_path", required=True, help="best.pth or latest.pth of a fine-tuning run")
+    e.add_argument("--output_path", required=True, help="where to write the self-contained checkpoint")
     return parser
 
 
 def main(argv=None) -> Optional[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.mode == "export":
+        out = ckpt_lib.self_contained(args.checkpoint_path, args.output_path)
+        print(f"Self-contained checkpoint written to {out}")
+        return {"checkpoint_path": out}
     if args.mode != "train":
-        parser.error("choose the sub-command: train")
+        parser.error("choose the sub-command: train or export")
     if args.head_init is None:
         args.head_init = "probe" if args.freeze_base else "random"
     if args.learning_rate is None:

@@ -6,6 +6,7 @@ Nothing here knows the model registry, so the zoo (``models.py``) builds on this
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -138,6 +139,16 @@ def _frontend_from_mel(melW: torch.Tensor) -> Optional[str]:
 def _mel_matrix(sample_rate, window_size, mel_bins, fmin, fmax) -> torch.Tensor:
     return torch.tensor(librosa.filters.mel(sr=sample_rate, n_fft=window_size, n_mels=mel_bins,
                                             fmin=fmin, fmax=fmax).T, dtype=torch.float32)
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """Short hash of a model's state_dict (names and bytes): to compare weights across ranks, and to check that
+    a frozen base referred to by a fine-tuning checkpoint is still the one it was trained on."""
+    h = hashlib.blake2b(digest_size=8)
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def describe_state_dict(sd: Dict[str, torch.Tensor]) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from panns import amp
 from panns import data_generator as dg
 from panns import devices
 from panns.devices import DistInfo
+from panns.state_dicts import state_digest  # noqa: F401  (re-exported: compared across ranks here)
 from panns.errors import PannsError
 from panns.frontend import FRONT_END_32K, FRONTEND_KEYS, FrontEnd
 from panns.utilities import atomic_write_text, create_folder
@@ -346,15 +346,6 @@ def broadcast_buffers(info: DistInfo, model: torch.nn.Module) -> None:
     if info.distributed:
         for b in model.buffers():
             dist.broadcast(b.data, src=0)
-
-
-def state_digest(model: torch.nn.Module) -> str:
-    """Short hash of a model's state_dict (names, dtypes and bytes), to compare weights across ranks."""
-    h = hashlib.blake2b(digest_size=8)
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

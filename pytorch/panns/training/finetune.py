@@ -72,6 +72,8 @@ def read_pretrained(path: str, base_name: str, cli_frontend: dict) -> Tuple[dict
     """
     ckpt = ckpt_lib.load_checkpoint(path)
     sd = ckpt_lib.strip_prefixes(ckpt_lib.model_state_dict(ckpt, path))
+    if isinstance(ckpt.get("base_checkpoint"), dict):   # a fine-tune on a frozen base refers to its base's file
+        sd = {**ckpt_lib.frozen_base_weights(ckpt["base_checkpoint"], path), **sd}
     cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
     spec = models.get_model_spec(base_name)
     frontend = spec.frontend()
@@ -245,9 +247,9 @@ class FineTuneTask:
         self.best_path = os.path.join(run_dir, "best.pth")
         self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
         self.iterations, self.eval_every = args.iterations, args.eval_every
-        # A frozen base never changes: latest.pth (written at every evaluation) stores the trained part and a
-        # reference to the base (path and digest) instead of the base itself (327 MB for Cnn14, each time).
-        # best.pth stays self-contained: it is what inference and users take away.
+        # A frozen base never changes: latest.pth and best.pth store the trained part and a reference to the base
+        # (path and digest) instead of the base itself (327 MB for Cnn14, each time); inference follows the
+        # reference (checkpoint.load_model), `finetune_template.py export` writes a self-contained copy.
         self.base_ref = base_reference(model, args.pretrained_checkpoint_path)
         self.best: Optional[dict] = None     # scores of the best evaluation, with its iteration
         self.scores: Optional[dict] = None   # scores of the latest evaluation
@@ -283,14 +285,17 @@ class FineTuneTask:
         return {"metrics": metrics, "best": self.best}
 
     def write_checkpoint(self, ckpt: Dict[str, Any], iteration: int) -> str:
-        latest = ckpt
         if self.base_ref is not None:
-            latest = {**ckpt, "model": {k: v for k, v in ckpt["model"].items() if not k.startswith("base.")},
-                      "base_checkpoint": self.base_ref}
-        ckpt_lib.save_checkpoint(self.latest_path, latest)
+            # The base's own head (fc_audioset) stays: it may not come from the base file (a base trained on
+            # another class list keeps the transfer model's), and the digest covers it.
+            ckpt = {**ckpt, "base_checkpoint": self.base_ref,
+                    "model": {k: v for k, v in ckpt["model"].items()
+                              if not k.startswith("base.") or k.startswith("base.fc_audioset.")}}
+        ckpt_lib.save_checkpoint(self.latest_path, ckpt)
         if self.improved:
             # What inference needs (no optimizer or RNG state: --resume continues from latest.pth).
-            ckpt_lib.save_checkpoint(self.best_path, {k: ckpt[k] for k in ("iteration", "model", "config", "metrics")})
+            keep = ("iteration", "model", "config", "metrics", "base_checkpoint")
+            ckpt_lib.save_checkpoint(self.best_path, {k: ckpt[k] for k in keep if k in ckpt})
             atomic_write_text(os.path.join(self.run_dir, "report.txt"), f"{self.data.source}\nbest checkpoint: "
                               f"{self.best_path} (iteration {iteration})\n\n{self.scores['report']}\n")
         return self.latest_path
