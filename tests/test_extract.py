@@ -216,3 +216,19 @@ def test_extract_subcommand_has_one_owner():
     assert inference.SUBCOMMANDS["extract_embeddings"][0] is extract
     args = inference.build_parser().parse_args(["extract_embeddings", "--audio_path=x.wav", "--output_path=o.h5"])
     assert args.backend == "auto" and args.segment_seconds is None and not args.overwrite
+
+
+def test_input_list_in_latin1_names_the_files(tmp_path):
+    """A .txt list of inputs saved in Latin-1 (a Windows editor's default) names the same files as its UTF-8
+    twin; comments and blank lines are skipped, relative names resolve beside the list."""
+    from panns import runtime
+
+    names = ["caf\u00e9.wav", "na\u00efve.wav"]
+    for n in names:
+        sf.write(str(tmp_path / n), np.zeros(800, np.float32), SR)
+    text = "# clips\n\n" + "\n".join(names) + "\n"
+    (tmp_path / "utf8.txt").write_bytes(text.encode("utf-8"))
+    (tmp_path / "latin1.txt").write_bytes(text.encode("latin-1"))
+    want = [str(tmp_path / n) for n in names]
+    assert runtime.gather_inputs([str(tmp_path / "utf8.txt")]) == want
+    assert runtime.gather_inputs([str(tmp_path / "latin1.txt")]) == want

@@ -36,7 +36,7 @@ from panns import amp
 from panns import audio_io
 from panns import calibration
 from panns import devices
-from panns.config import DEFAULT_LABELS_CSV, read_class_labels
+from panns.config import DEFAULT_LABELS_CSV, read_class_labels, read_text
 from panns.errors import AudioDecodeError, PannsError
 from panns.frontend import FrontEnd
 
@@ -406,18 +406,18 @@ def _has_glob(spec: str) -> bool:
 
 
 def _read_list_file(path: str) -> List[str]:
-    """One path per line ('#' comments and blank lines skipped); relative paths are taken
-    relative to the current directory if they exist there, else to the list file's folder."""
+    """One path per line ('#' comments and blank lines skipped; any encoding ``config.read_text`` reads);
+    relative paths are taken relative to the current directory if they exist there, else to the list file's
+    folder."""
     base = os.path.dirname(os.path.abspath(path))
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            p = line.strip()
-            if not p or p.startswith("#"):
-                continue
-            if not os.path.isabs(p) and not os.path.exists(p) and os.path.exists(os.path.join(base, p)):
-                p = os.path.join(base, p)
-            out.append(p)
+    for line in read_text(path).splitlines():
+        p = line.strip()
+        if not p or p.startswith("#"):
+            continue
+        if not os.path.isabs(p) and not os.path.exists(p) and os.path.exists(os.path.join(base, p)):
+            p = os.path.join(base, p)
+        out.append(p)
     return out
 
 
