@@ -156,6 +156,9 @@ def test_bad_opset_and_unreadable_file(tmp_path):
     model, cfg = _build("LeeNet11")
     with pytest.raises(PannsError, match="opset"):
         onnx_backend.export_onnx(model, cfg, str(tmp_path / "m.onnx"), opset=11)
+    with pytest.raises(PannsError, match="--opset 99 is newer than the installed onnx"):
+        onnx_backend.export_onnx(model, cfg, str(tmp_path / "m.onnx"), opset=99)
+    assert not os.path.exists(tmp_path / "m.onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
     with pytest.raises(PannsError, match="cannot load ONNX model"):

@@ -132,8 +132,16 @@ def read_metadata(path: str) -> Dict[str, object]:
 
 
 def check_opset(opset: int) -> None:
+    """Refuse an opset the exporter cannot write (below MIN_OPSET) or the installed onnx does not know (an opset
+    from the future failed deep inside the export with a traceback)."""
     if opset < MIN_OPSET:
         raise PannsError(f"--opset {opset} is not supported: the exporter writes opset {MIN_OPSET} or newer")
+    import onnx  # optional dependency, only for exports
+
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise PannsError(f"--opset {opset} is newer than the installed onnx {onnx.__version__} knows (at most "
+                         f"{newest}); pass --opset {MIN_OPSET}..{newest}")
 
 
 def export_onnx(model: torch.nn.Module, config, path: str, opset: int = DEFAULT_OPSET,
