@@ -43,6 +43,18 @@ def write_checkpoint(path: str, model_type: str) -> None:
                path)
 
 
+def prepare_inputs(work: str, minutes: float, model_type: str):
+    """(recording path, checkpoint path) in ``work``, each generated once and reused by later runs."""
+    os.makedirs(work, exist_ok=True)
+    wav = os.path.join(work, f"long_{minutes:g}min.wav")
+    ckpt = os.path.join(work, f"{model_type}.pth")
+    if not os.path.exists(wav):
+        write_recording(wav, minutes)
+    if not os.path.exists(ckpt):
+        write_checkpoint(ckpt, model_type)
+    return wav, ckpt
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=60.0, help="recording length (default: %(default)s)")
@@ -51,13 +63,7 @@ def main() -> None:
     p.add_argument("--no_plot", action="store_true", help="pass --no_plot")
     p.add_argument("--framewise_output", default=None, help="pass --framewise_output (a file name in --work)")
     args = p.parse_args()
-    os.makedirs(args.work, exist_ok=True)
-    wav = os.path.join(args.work, f"long_{args.minutes:g}min.wav")
-    ckpt = os.path.join(args.work, f"{args.model_type}.pth")
-    if not os.path.exists(wav):
-        write_recording(wav, args.minutes)
-    if not os.path.exists(ckpt):
-        write_checkpoint(ckpt, args.model_type)
+    wav, ckpt = prepare_inputs(args.work, args.minutes, args.model_type)
     cmd = [sys.executable, os.path.join(ROOT, "pytorch", "inference.py"), "sound_event_detection",
            f"--checkpoint_path={ckpt}", f"--audio_path={wav}", f"--output_dir={args.work}",
            f"--events_csv={os.path.join(args.work, 'events.csv')}"]

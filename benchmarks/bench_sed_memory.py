@@ -29,7 +29,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "pytorch"))  # the `panns` package in a checkout
 sys.path.insert(0, HERE)                            # bench_sed_long's generators
 
-from bench_sed_long import write_checkpoint, write_recording  # noqa: E402
+from bench_sed_long import prepare_inputs  # noqa: E402
 
 
 def _rss_kb(pid: int, field: str = "VmRSS") -> int:
@@ -95,13 +95,7 @@ def main() -> None:
                    help="first: default path, empty cache; cached: default path again; torch / onnxruntime: "
                         "--backend torch / onnxruntime (the export cached by the runs before, else made)")
     args = p.parse_args()
-    os.makedirs(args.work, exist_ok=True)
-    wav = os.path.join(args.work, f"long_{args.minutes:g}min.wav")
-    ckpt = os.path.join(args.work, f"{args.model_type}.pth")
-    if not os.path.exists(wav):
-        write_recording(wav, args.minutes)
-    if not os.path.exists(ckpt):
-        write_checkpoint(ckpt, args.model_type)
+    wav, ckpt = prepare_inputs(args.work, args.minutes, args.model_type)
     cache = os.path.join(args.work, "cache")
     env = dict(os.environ, PANNS_CACHE=cache)
     env.pop("PANNS_BACKEND", None)
