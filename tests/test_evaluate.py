@@ -82,6 +82,64 @@ def test_evaluator_over_batches_matches_metrics():
     assert r["clips"] == n and model.training, "evaluation must restore the train mode"
 
 
+def _loader(target, sizes):
+    out, start = [], 0
+    for size in sizes:
+        idx = np.arange(start, start + size)
+        out.append({"audio_name": np.array([f"Y{i}.wav" for i in idx]),
+                    "waveform": np.stack([np.full(8, i, np.float32) for i in idx]), "target": target[idx]})
+        start += size
+    return out
+
+
+def test_compiled_evaluator_runs_one_shape_and_matches_eager(caplog):
+    """A compiled training run compiles the evaluation forward too: every batch reaches the graph at the loaders'
+    batch size (the shorter last one zero-padded, its padding dropped), so one graph serves both sets, and the
+    metrics equal the eager evaluator's. A compiler that fails makes the first evaluation go on eagerly, with one
+    log line, and the same metrics."""
+    import logging
+
+    from panns.evaluate import Evaluator
+
+    rs = np.random.RandomState(2)
+    n, c = 10, 3
+    target = (rs.rand(n, c) > 0.5).astype(np.float32)
+    scores = rs.rand(n, c)
+    shapes = []
+
+    def recording(gm, example_inputs):   # the waveform batches (B, 8) that reach the compiled graph
+        def run(*args):
+            shapes.extend(tuple(a.shape) for a in args if isinstance(a, torch.Tensor) and a.dim() == 2
+                          and a.shape[1] == 8)
+            return gm(*args)
+        return run
+
+    torch._dynamo.reset()
+    try:
+        eager = Evaluator(_Fixed(scores)).evaluate(_loader(target, (4, 4, 2)))
+        ev = Evaluator(_Fixed(scores), compile_backend=recording, batch_size=4)
+        first = ev.evaluate(_loader(target, (4, 4, 2)))
+        second = ev.evaluate(_loader(target[:7], (4, 3)))   # another set, another last-batch size: same graph
+        torch._dynamo.reset()
+
+        def failing(gm, example_inputs):
+            raise RuntimeError("no compiler here")
+
+        with caplog.at_level(logging.WARNING, logger="panns.evaluate"):
+            fallback = Evaluator(_Fixed(scores), compile_backend=failing, batch_size=4).evaluate(
+                _loader(target, (4, 4, 2)))
+    finally:
+        torch._dynamo.reset()
+    assert shapes and set(shapes) == {(4, 8)}, shapes
+    for r in (first, fallback):
+        np.testing.assert_array_equal(r["average_precision"], eager["average_precision"])
+        assert r["clips"] == n
+    assert second["clips"] == 7
+    warned = [rec.getMessage() for rec in caplog.records if "evaluating eagerly" in rec.getMessage()]
+    assert len(warned) == 1 and "no compiler here" in warned[0]
+    assert eager["seconds"] >= eager["metrics_seconds"] >= 0
+
+
 def test_constant_outputs_warn_and_are_counted(caplog):
     """A model that gives every clip the same scores (e.g. unconverged BatchNorm statistics) is
     warned about in one line, and the statistics count its degenerate classes."""

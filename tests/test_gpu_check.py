@@ -15,8 +15,10 @@ def test_gpu_check_dry_run(tmp_path):
     table = (out / "table.md").read_text()
     stages = {line.split("|")[1].strip() for line in table.splitlines()[2:]}
     assert stages == {"device", "golden", "specaugment", "graph breaks", "ceiling", "workspace", "loader", "train",
-                      "profile", "eval", "resume", "inference", "extract", "fine-tune"}, table
+                      "profile", "eval", "resume", "inference", "extract", "fine-tune", "total"}, table
     assert "graph breaks: 0" in table and "ceiling" in table and "clips/s with start-up excluded" in table
     assert "same output and RNG state: True" in table
+    assert "the default run's last evaluation" in table and "of wall time at the official cadence" in table
+    assert "by stage: device" in table and "fine-tune" in table.splitlines()[-1]
     assert "FAIL" not in table and "weights bit-equal: True" in table and "exact: True" in table
     assert r.stdout.rstrip().endswith("0 failed")

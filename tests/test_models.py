@@ -289,3 +289,30 @@ def test_fft_spectrogram_equals_the_official_conv(name):
     with torch.no_grad():
         ext.stft.conv_imag.weight[3, 0, 5] += 0.01
     assert not _fft_matches(ext)
+
+
+def test_fft_in_evaluation_reaches_every_front_end_and_only_when_set(monkeypatch):
+    """``fft_in_evaluation`` (the evaluations of a CUDA training run) switches the eval-mode spectrogram to the FFT
+    path in a model and in a transfer model's base; without it eval mode asks for the conv (inference: official
+    numbers) and training mode for the FFT. The FFT itself runs on CUDA only (the test above checks its values)."""
+    from panns import models as m
+
+    asked = []
+    real = m._spectrogram
+    monkeypatch.setattr(m, "_spectrogram", lambda ext, x, fft: asked.append(fft) or real(ext, x, fft))
+    with skip_weight_init():
+        plain = m.create_model("Cnn6")
+        transfer = m.make_transfer_model("Cnn6", classes_num=3)
+    x = 0.1 * torch.randn(2, 32000)
+    for model in (plain, transfer):
+        asked.clear()
+        with torch.no_grad():
+            model.eval()(x)
+            model.train()(x)
+        assert asked == [False, True]
+        assert m.fft_in_evaluation(model, True) == 1
+        asked.clear()
+        with torch.no_grad():
+            model.eval()(x)
+        assert asked == [True]
+        m.fft_in_evaluation(model, False)

@@ -175,19 +175,23 @@ def test_resume_is_exact(tiny_ws, num_workers, steps):
 
 def test_compiled_step_is_one_graph_and_trains_like_eager(tiny_ws, monkeypatch):
     """``--compile on``: SpecAugment's stripes drawn before the forward and IEEE fp32 pinned for the run, so the
-    step is ONE graph (no breaks), and - captured with the eager backend (same ops) - the weights, optimizer and
-    sampler after 3 mixup steps equal the eager run's bit for bit (same RNG draws, same order). The user's fp32
-    settings are back afterwards."""
+    step is ONE graph (no breaks), the evaluation forward one more (both sets at one padded shape), and -
+    captured with the eager backend (same ops) - the weights, optimizer and sampler after 3 mixup steps equal the
+    eager run's bit for bit (same RNG draws, same order), the evaluations' scores too. The user's fp32 settings
+    are back afterwards."""
     from panns import amp
     from panns.main import train
 
     ws, labels = tiny_ws
     cfg = tiny_config(ws, labels, early_stop=3, augmentation="mixup", compile="off")
     eager = _state(train(cfg)["checkpoint_path"])
+    with open(cfg.statistics_path, "rb") as f:
+        eager_stats = pickle.load(f)
     graphs = []
 
     def counting_backend(gm, example_inputs):
-        graphs.append(gm)
+        graphs.append("training" if any(n.op == "call_function" and "mixup" in str(n.target) for n in gm.graph.nodes)
+                      or any("mixup" in n.name for n in gm.graph.nodes) else "evaluation")
         return gm.forward
 
     real_compile = torch.compile
@@ -195,12 +199,17 @@ def test_compiled_step_is_one_graph_and_trains_like_eager(tiny_ws, monkeypatch):
     before = torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.conv.fp32_precision
     torch._dynamo.reset()
     try:
-        compiled = _state(train(tiny_config(ws, labels, early_stop=3, augmentation="mixup", compile="on"))
-                          ["checkpoint_path"])
+        result = train(tiny_config(ws, labels, early_stop=3, augmentation="mixup", compile="on"))
+        compiled = _state(result["checkpoint_path"])
     finally:
         torch._dynamo.reset()
-    assert len(graphs) == 1, f"{len(graphs)} graphs: the compiled step breaks"
+    assert sorted(graphs) == ["evaluation", "training"], f"{graphs}: the compiled step or evaluation breaks"
     _assert_same_state(eager, compiled)
+    with open(cfg.statistics_path, "rb") as f:
+        compiled_stats = pickle.load(f)
+    for key in ("bal", "test"):
+        for e, c in zip(eager_stats[key], compiled_stats[key], strict=True):
+            np.testing.assert_allclose(c["average_precision"], e["average_precision"], atol=1e-6)
     assert not amp._pinned["on"]
     assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.conv.fp32_precision) == before
 

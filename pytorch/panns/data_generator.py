@@ -57,7 +57,7 @@ import random
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Set
+from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 import h5py
 import numpy as np
@@ -504,6 +504,70 @@ def to_device(batch: Dict[str, object], device: torch.device) -> Dict[str, objec
                 v = v.to(device, non_blocking=non_blocking).to(torch.int64)
         out[k] = v
     return out
+
+
+class CudaBatches:
+    """Batches to a CUDA device a step ahead: each batch is copied on a side stream while the step before it
+    computes (from page-locked memory: asynchronous), and the compute stream waits only for that copy. The
+    training loop and the evaluations both use it (:func:`device_batches`). Batches that arrive unpinned (a
+    torch whose pin-memory thread skipped them) are pinned here, with one warning."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+        self.ahead: Optional[Tuple[Dict[str, object], torch.cuda.Event]] = None
+        self.warned = False
+
+    def _pinned(self, batch: Dict[str, object]) -> Dict[str, object]:
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
+                v = torch.from_numpy(np.ascontiguousarray(v))
+            if isinstance(v, torch.Tensor) and not v.is_pinned():
+                if not self.warned:
+                    logger.warning("loader batches arrive in pageable memory; pinning them before the copy")
+                    self.warned = True
+                v = v.pin_memory()
+            out[k] = v
+        return out
+
+    def put(self, batch: Dict[str, object]) -> None:
+        """Start copying ``batch`` (the next step's) to the GPU."""
+        batch = self._pinned(batch)
+        with torch.cuda.stream(self.stream):
+            on_device = to_device(batch, self.device)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        self.ahead = (on_device, done)
+
+    def take(self) -> Dict[str, object]:
+        """The batch put last, usable on the current stream."""
+        batch, done = self.ahead
+        self.ahead = None
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(done)
+        for v in batch.values():
+            if isinstance(v, torch.Tensor):
+                v.record_stream(current)   # allocated on the copy stream, used on this one
+        return batch
+
+
+def device_batches(loader: Iterable[Dict[str, object]], device: torch.device) -> Iterator[Dict[str, object]]:
+    """``loader``'s batches on ``device`` (:func:`to_device`); on CUDA each is copied while the one before it is
+    in use (:class:`CudaBatches`), so the copy overlaps the computation."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        for batch in loader:
+            yield to_device(batch, device)
+        return
+    stream = CudaBatches(device)
+    for batch in loader:
+        current = stream.take() if stream.ahead is not None else None
+        stream.put(batch)   # the next batch's copy starts before the current one is handed out
+        if current is not None:
+            yield current
+    if stream.ahead is not None:
+        yield stream.take()
 
 
 def usable_cpu_set() -> Set[int]:

@@ -161,14 +161,16 @@ def summarize(stat: Dict[str, object]) -> Dict[str, object]:
 
 
 def forward(model: torch.nn.Module, loader: Iterable[dict], precision: str = "fp32",
-            return_target: bool = True) -> Dict[str, np.ndarray]:
+            return_target: bool = True, fixed_batch: int = 0) -> Dict[str, np.ndarray]:
     """Run ``model`` (eval mode) over every batch of ``loader``; concatenate along the batch axis.
 
     Returns 'audio_name' (N,), 'clipwise_output' (N, C) float32 and, if the batches carry it,
-    'target' (N, C). The model's train/eval mode is restored afterwards.
+    'target' (N, C). The model's train/eval mode is restored afterwards. ``fixed_batch``: see
+    ``runtime.run_batches`` (one input shape for a compiled model).
     """
     out = runtime.run_batches(model, loader, precision, outputs=("clipwise_output",),
-                              carry=("audio_name", "target") if return_target else ("audio_name",))
+                              carry=("audio_name", "target") if return_target else ("audio_name",),
+                              fixed_batch=fixed_batch)
     out.setdefault("audio_name", np.zeros(0, dtype=str))
     out.setdefault("clipwise_output", np.zeros((0, 0), np.float32))
     if "target" in out:
@@ -182,20 +184,45 @@ class Evaluator:
     ``model`` is the unwrapped module (no DDP/compile wrapper). Under torch.distributed every rank
     evaluates the batches its loader yields (a shard) and the outputs are gathered, so all ranks get
     the same result; without a process group the loader's batches are all evaluated here.
+    ``compile_backend`` (a compiled training run): the forward is ``torch.compile``d too, with one input
+    shape (shorter batches are padded to ``batch_size``, the loaders' batch); if the first compiled
+    evaluation fails, evaluation goes on eagerly after one log line. Batches reach the device a batch ahead (``data_generator.device_batches``).
     """
 
-    def __init__(self, model: torch.nn.Module, precision: str = "fp32"):
+    def __init__(self, model: torch.nn.Module, precision: str = "fp32", compile_backend: Optional[str] = None,
+                 batch_size: int = 0):
         self.model = model
         self.precision = precision
+        self.batch_size = batch_size
+        self.compiled: Optional[torch.nn.Module] = None
+        if compile_backend:
+            self.compiled = torch.compile(model, backend=compile_backend, dynamic=False)
+        self._verified = False   # a compiled evaluation has run through once
+
+    def _forward(self, data_loader: Iterable[dict], device: torch.device) -> Dict[str, np.ndarray]:
+        # int16 batches (half the bytes from the loader) become float32 on the device, as in training
+        model = self.compiled if self.compiled is not None else self.model
+        batches = dg.device_batches(data_loader, device)
+        return forward(model, batches, precision=self.precision, return_target=True,
+                       fixed_batch=self.batch_size if self.compiled is not None else 0)
 
     def evaluate(self, data_loader: Iterable[dict]) -> Optional[Dict[str, object]]:
         """Metrics of the model over ``data_loader``'s batches (of this rank's shard). Under torch.distributed the
-        outputs are gathered to rank 0, which alone computes the metrics; the other ranks return None."""
+        outputs are gathered to rank 0, which alone computes the metrics; the other ranks return None.
+        The result also holds 'seconds' (the whole call) and 'metrics_seconds' (the AP/AUC part)."""
         t0 = time.perf_counter()
         device = next(self.model.parameters()).device
-        # int16 batches (half the bytes from the loader) become float32 on the device, as in training
-        batches = (dg.to_device(b, device) for b in data_loader)
-        out = forward(self.model, batches, precision=self.precision, return_target=True)
+        if self.compiled is not None and not self._verified:
+            try:
+                out = self._forward(data_loader, device)
+            except Exception as e:  # noqa: BLE001 - any compiler failure; the eager retry raises real errors again
+                logger.warning("torch.compile of the evaluation forward failed (%s: %s); evaluating eagerly",
+                               type(e).__name__, " ".join(str(e).split())[:200])
+                self.compiled = None
+                out = self._forward(data_loader, device)
+            self._verified = True
+        else:
+            out = self._forward(data_loader, device)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             mine = {k: out[k] for k in ("clipwise_output", "target") if k in out}
             shards: Optional[List[Optional[dict]]] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
@@ -206,8 +233,11 @@ class Evaluator:
             out = {k: np.concatenate([s[k] for s in parts]) for k in ("clipwise_output", "target")}
         if "target" not in out or len(out["clipwise_output"]) == 0:
             raise ValueError("evaluation loader yielded no clips with targets")
+        t1 = time.perf_counter()
         stats = compute_metrics(out["target"], out["clipwise_output"])
-        logger.debug("evaluated %d clips in %.2f s", stats["clips"], time.perf_counter() - t0)
+        t2 = time.perf_counter()
+        stats["seconds"], stats["metrics_seconds"] = t2 - t0, t2 - t1
+        logger.debug("evaluated %d clips in %.2f s", stats["clips"], t2 - t0)
         return stats
 
 

@@ -105,20 +105,36 @@ def _fp32_region(x: torch.Tensor):
     return torch.autocast(dev, enabled=False) if active else contextlib.nullcontext()
 
 
-def _spectrogram(extractor: Spectrogram, waveform: torch.Tensor, training: bool) -> torch.Tensor:
+def _spectrogram(extractor: Spectrogram, waveform: torch.Tensor, fft: bool) -> torch.Tensor:
     """(B, samples) float32 -> power spectrogram (B, 1, frames, n_fft // 2 + 1), torchlibrosa's ``Spectrogram``.
 
-    Training on CUDA goes through cuFFT (``torch.stft``): the same windowed DFT the module's frozen conv weights
-    hold (the window is their zero-frequency row), centred with reflect padding, power 2. The direct DFT as an
-    IEEE fp32 convolution took ~12 ms of a 10-s x 64-clip training step on an H200; with cuFFT the default
-    training path went from 1,496 to 2,099 examples/s. The FFT's exact twiddles differ from the conv's
-    fp32-rounded weights in the quietest bins (log-mel up to 0.07 dB, model outputs ~3e-6 relative on an H200):
-    nothing for training, which perturbs far more (SpecAugment, mixup), but not the official numbers - so
-    evaluation and inference (eval mode), CPUs, and weights that are not the windowed DFT (checked once per
-    weight version) use the module itself."""
-    if not training or waveform.device.type != "cuda" or not _fft_matches(extractor):
+    With ``fft`` (training, and the evaluations of a CUDA training run: see :func:`fft_in_evaluation`) on CUDA
+    it goes through cuFFT (``torch.stft``): the same windowed DFT the module's frozen conv weights hold (the
+    window is their zero-frequency row), centred with reflect padding, power 2. The direct DFT as an IEEE fp32
+    convolution took ~12 ms of a 10-s x 64-clip training step on an H200; with cuFFT the default training path
+    went from 1,496 to 2,099 examples/s. The FFT's exact twiddles differ from the conv's fp32-rounded weights in
+    the quietest bins (log-mel up to 0.07 dB, model outputs ~3e-6 relative on an H200): nothing for training,
+    which perturbs far more (SpecAugment, mixup), but not the official numbers - so inference, CPUs, and
+    weights that are not the windowed DFT (checked once per weight version) use the module itself."""
+    if not fft or waveform.device.type != "cuda" or not _fft_matches(extractor):
         return extractor(waveform)
     return _fft_spectrogram(extractor, waveform)
+
+
+def fft_in_evaluation(model: nn.Module, on: bool = True) -> int:
+    """Let the models in ``model`` compute their spectrogram with cuFFT in eval mode too (the evaluations of a
+    CUDA training run, which then see the front end the weights are trained with); returns how many it set.
+
+    Why it is allowed there: those evaluations only follow training (the official code runs the same STFT conv
+    in TF32 on Ampere and newer GPUs, PyTorch's default for cuDNN, which is far coarser than cuFFT's 0.07 dB),
+    and the conv in IEEE fp32 was the largest single cost of an evaluation round (~0.19 ms a clip on an H200,
+    ~7 s of ~39k AudioSet clips). Inference (``runtime``, the CLIs, the APIs) never sets it: official numbers."""
+    found = 0
+    for m in model.modules():
+        if isinstance(m, _Model):
+            m.fft_in_eval = on
+            found += 1
+    return found
 
 
 def _fft_spectrogram(extractor: Spectrogram, waveform: torch.Tensor) -> torch.Tensor:
@@ -464,6 +480,7 @@ class _Model(nn.Module):
     min_frames = 32
     min_wave_samples = 0
     freq_drop_width = 8                # SpecAugment frequency stripe width
+    fft_in_eval = False                # cuFFT spectrogram in eval mode on CUDA too (see fft_in_evaluation)
     spec_augment = True
     required_frontend: Optional[dict] = None   # official asserts (Cnn14_16k, Cnn14_8k)
 
@@ -518,7 +535,7 @@ class _Model(nn.Module):
         """(B, samples) -> normalised (and, in training, SpecAugmented) log-mel (B, 1, T, mel),
         always computed in float32, with TF32 off (``amp.ieee_fp32``)."""
         with _fp32_region(waveform), ieee_fp32():
-            x = _spectrogram(self.spectrogram_extractor, waveform.float(), self.training)
+            x = _spectrogram(self.spectrogram_extractor, waveform.float(), self.training or self.fft_in_eval)
             x = self.logmel_extractor(x)
             x = self.bn0(x.transpose(1, 3)).transpose(1, 3)   # BN per mel bin
             if self.training and self.spec_augment:

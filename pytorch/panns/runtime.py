@@ -816,11 +816,13 @@ class WindowedPrediction:
 # ----------------------------------------------------------------------------- bare models
 def run_batches(model: torch.nn.Module, batches: Iterable[dict], precision: str = "fp32",
                 outputs: Sequence[str] = ("clipwise_output", "segmentwise_output", "framewise_output"),
-                carry: Sequence[str] = ("audio_name", "target")) -> Dict[str, np.ndarray]:
+                carry: Sequence[str] = ("audio_name", "target"), fixed_batch: int = 0) -> Dict[str, np.ndarray]:
     """Run a model being trained (eval mode, no grad, its train/eval mode restored afterwards) over
     batch dicts and concatenate ``outputs`` (float32) and the batch keys in ``carry`` along the
     batch axis. The evaluation path of training; inference uses :class:`Runtime`. Tensors stay on the
-    model's device until the end (one transfer, no synchronisation per batch)."""
+    model's device until the end (one transfer, no synchronisation per batch). ``fixed_batch``: batches
+    shorter than that are zero-padded to it and the padding's outputs dropped, so a compiled model sees one
+    input shape (one graph; in eval mode each clip's output does not depend on the others)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -829,11 +831,14 @@ def run_batches(model: torch.nn.Module, batches: Iterable[dict], precision: str 
         with torch.no_grad():
             for batch in batches:
                 x = torch.as_tensor(batch["waveform"], dtype=torch.float32).to(device, non_blocking=True)
+                n = len(x)
+                if n < fixed_batch:
+                    x = torch.cat([x, x.new_zeros((fixed_batch - n,) + tuple(x.shape[1:]))])
                 with amp.autocast(precision, device):
                     out = model(x)
                 for key in outputs:
                     if key in out:
-                        acc.setdefault(key, []).append(out[key].detach().float())
+                        acc.setdefault(key, []).append(out[key][:n].detach().float())
                 for key in carry:
                     if key in batch:
                         v = batch[key]

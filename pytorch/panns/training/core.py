@@ -28,6 +28,7 @@ import torch
 from panns import amp
 from panns import checkpoint
 from panns import data_generator as dg
+from panns import models
 from panns.training import config as tl
 from panns.devices import DistInfo
 from panns.errors import CheckpointError, PannsError
@@ -99,51 +100,6 @@ def external_spec_augment(model: torch.nn.Module, on: bool = True) -> int:
     return found
 
 
-class _CudaBatches:
-    """The training batch stream on CUDA: each batch is copied to the GPU on a side stream while the step
-    before it computes (from page-locked memory: asynchronous), and the compute stream waits only for that
-    copy. Batches that arrive unpinned (a torch whose pin-memory thread skipped them) are pinned here."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.stream = torch.cuda.Stream(device)
-        self.ahead: Optional[Tuple[Dict[str, Any], torch.cuda.Event]] = None
-        self.warned = False
-
-    def _pinned(self, batch: Dict[str, Any]) -> Dict[str, Any]:
-        out = {}
-        for k, v in batch.items():
-            if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
-                v = torch.from_numpy(np.ascontiguousarray(v))
-            if isinstance(v, torch.Tensor) and not v.is_pinned():
-                if not self.warned:
-                    logger.warning("loader batches arrive in pageable memory; pinning them in the training loop")
-                    self.warned = True
-                v = v.pin_memory()
-            out[k] = v
-        return out
-
-    def put(self, batch: Dict[str, Any]) -> None:
-        """Start copying ``batch`` (the next step's) to the GPU."""
-        batch = self._pinned(batch)
-        with torch.cuda.stream(self.stream):
-            on_device = dg.to_device(batch, self.device)
-            done = torch.cuda.Event()
-            done.record(self.stream)
-        self.ahead = (on_device, done)
-
-    def take(self) -> Dict[str, Any]:
-        """The batch put last, usable on the current stream."""
-        batch, done = self.ahead
-        self.ahead = None
-        current = torch.cuda.current_stream(self.device)
-        current.wait_event(done)
-        for v in batch.values():
-            if isinstance(v, torch.Tensor):
-                v.record_stream(current)   # allocated on the copy stream, used on this one
-        return batch
-
-
 class Task(Protocol):
     """What an entry point supplies to the :class:`Trainer`."""
 
@@ -187,6 +143,9 @@ class Trainer:
             # cuDNN's tensor-core convolutions work in NHWC: without this every bf16/fp16 conv transposes its
             # input and output. The weights keep their values (and state_dict) whatever the layout.
             raw_model.to(memory_format=torch.channels_last)
+            # The run's evaluations see the spectrogram the weights are trained with (cuFFT; see
+            # models.fft_in_evaluation): the IEEE fp32 STFT conv was the largest part of an evaluation round.
+            models.fft_in_evaluation(raw_model, True)
         # Optimizer of the official recipe (no schedule, no weight decay); a frozen base is left out. On CUDA
         # the fused kernel (one launch for all parameters, same update rule); the CPU keeps the reference loop.
         params = [p for p in raw_model.parameters() if p.requires_grad]
@@ -202,7 +161,7 @@ class Trainer:
             if settings.mixup_alpha is not None else None
         self.batches_consumed = 0   # batches the loop took (the sampler runs ahead by the prefetch)
         self._batches = None
-        self._cuda_batches = _CudaBatches(info.device) if cuda else None
+        self._cuda_batches = dg.CudaBatches(info.device) if cuda else None
         self._peak_reset = False
         self.iteration = 0
         self.last_saved: Optional[str] = None
