@@ -6,7 +6,6 @@ config); expected numbers come from a direct forward of the model on the decoded
 import csv
 import json
 import logging
-import os
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """The README's model-zoo table holds what the official counter prints (benchmarks/count_flops.py)."""
 import os
-import re
 import sys
 
 import pytest

@@ -37,7 +37,6 @@ def _tone(freq_lo: float, freq_hi: float) -> Synth:
 
 def _chirp(f0: float, f1: float) -> Synth:
     def f(rs, n, sr):
-        t = np.arange(n) / sr
         k = rs.uniform(0.8, 1.2)
         inst = np.linspace(f0 * k, f1 * k, n)
         return np.sin(2 * np.pi * np.cumsum(inst) / sr)
