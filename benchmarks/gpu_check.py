@@ -12,7 +12,9 @@ Stages (each reported as a row; a failing stage is a FAIL row with its one-line 
 3. loader: int16 batches -> to_device are bit-identical to the float path on the device.
 4. workspace: 10-s 32 kHz clips made by the project's demo data generator, packed and indexed.
    ceiling: the model-only training step (bf16, fused Adam, synthetic batch already on the GPU) eager vs compiled,
-   each with and without channels_last: what the GPU can do with this model, examples/s.
+   each with and without channels_last: what the GPU can do with this model, examples/s (run before the training
+   runs, with the workspace's classes: its compiled channels_last step is the default run's graph, which then
+   comes from inductor's on-disk cache).
    graph breaks: the compiled training step as the trainer sets it up (``graph breaks: 0``).
 5. train: ``pytorch/main.py train`` for --steps steps: the default configuration of ``scripts/4_train.sh``
    (``--precision auto --compile auto``), bf16 eager and fp32 (IEEE): it/s, examples/s, data wait and peak GPU
@@ -23,7 +25,7 @@ Stages (each reported as a row; a failing stage is a FAIL row with its one-line 
    eval: the default run's own last evaluation (the workspace's eval set repeated to >= 2,048 clips; compiled
    forward, cuFFT spectrogram, batches copied a batch ahead): clips/s, and an AudioSet round's share of wall time
    at the official cadence (2,000 steps between evaluations of ~39k clips) at the default's speed (goal <= 10 %).
-6. resume: 2N steps straight vs N + resume + N with ``--deterministic``: weights and optimizer bit-equal?
+6. resume: 2N steps straight vs N + resume + N with ``--deterministic``, eager: weights and optimizer bit-equal?
 7. inference: ``inference.py audio_tagging`` / ``sound_event_detection`` / ``extract_embeddings`` on the
    device vs the CPU (max abs difference of the outputs).
    extract: ``extract_embeddings`` on the GPU over >= 1,000 clips, clips/s with start-up excluded (two runs of
@@ -37,6 +39,7 @@ compiled variants captured with the eager backend, inference compared between tw
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import copy
 import glob
@@ -322,9 +325,10 @@ def _timed(step, device: torch.device, warmup: int, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def stage_ceiling(c: Check, device: torch.device, a) -> Dict[str, float]:
+def stage_ceiling(c: Check, device: torch.device, a, classes_num: int = 527) -> Dict[str, float]:
     """Model-only training step, eager vs compiled x NCHW vs channels_last: examples/s (batch = --batch_size mixed
-    examples from 2x clips, as the recipe)."""
+    examples from 2x clips, as the recipe). With the workspace's ``classes_num`` the compiled channels_last model
+    is the graph the default training run compiles next (inductor's on-disk cache then serves that run)."""
     from panns import amp
 
     samples = 32000 if a.dry_run else 320000
@@ -336,7 +340,7 @@ def stage_ceiling(c: Check, device: torch.device, a) -> Dict[str, float]:
         for compiled in (False, True):
             for cl in (False, True):
                 torch.manual_seed(0)
-                model = models.create_model(a.model_type).to(device).train()
+                model = models.create_model(a.model_type, classes_num=classes_num).to(device).train()
                 if cl:
                     model = model.to(memory_format=torch.channels_last)
                 step = _train_step_fn(model, device, a.batch_size, samples, compiled, backend)
@@ -350,7 +354,8 @@ def stage_ceiling(c: Check, device: torch.device, a) -> Dict[str, float]:
         amp.unpin_ieee_fp32()
         torch._dynamo.reset()
     best = max(rates.values())
-    c.add("ceiling", f"{a.model_type} model-only step, batch {a.batch_size}, {'bf16' if device.type == 'cuda' else 'fp32'}",
+    c.add("ceiling", f"{a.model_type} model-only step, batch {a.batch_size}, {classes_num} classes, "
+                     f"{'bf16' if device.type == 'cuda' else 'fp32'}",
           ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()) + f" examples/s (ceiling {best:,.0f})")
     return rates
 
@@ -440,6 +445,8 @@ TRAIN_VARIANTS = {"default": ("auto", []), "bf16 eager": ("bf16", ["--compile", 
 # Goals on H100/H200-class GPUs (Cnn14, batch 32): below them a row FAILs.
 TRAIN_GOALS = {"default": 1900.0, "bf16 eager": 1250.0}
 TOTAL_GOAL_S = 360   # the whole check on an H100/H200
+# Steps at most per variant: IEEE fp32 runs at ~1/7 of the default's speed; two 50-step windows show its rate.
+TRAIN_STEPS = {"fp32 (IEEE) eager": 100}
 
 
 def _goal_applies(device: torch.device, a) -> bool:
@@ -455,9 +462,10 @@ def stage_train(c: Check, ws: Dict[str, str], a, variants: List[str], device: to
     goals = _goal_applies(device, a)
     for variant in variants:
         precision, extra = TRAIN_VARIANTS[variant]
+        steps = min(a.steps, TRAIN_STEPS.get(variant, a.steps))
         t0 = time.perf_counter()
         try:
-            text = run(train_cmd(ws, a, a.steps, precision, extra), os.path.join(c.out_dir, f"train_{variant.split()[0]}.log"),
+            text = run(train_cmd(ws, a, steps, precision, extra), os.path.join(c.out_dir, f"train_{variant.split()[0]}.log"),
                        timeout=a.stage_timeout)
         except Exception as e:
             c.add("train", variant, " ".join(str(e).split())[:300], ok=False, seconds=time.perf_counter() - t0)
@@ -480,7 +488,7 @@ def stage_train(c: Check, ws: Dict[str, str], a, variants: List[str], device: to
             c.evaluation = {k: (int(n), float(t), float(m)) for k, n, t, m in EVAL_LINE.findall(text)}
         if kept is None:
             kept = os.path.join(c.out_dir, f"{a.model_type}_{variant.split()[0]}.pth")
-            shutil.copy(os.path.join(ckpt_dir(ws, a), f"{a.steps}_iterations.pth"), kept)
+            shutil.copy(os.path.join(ckpt_dir(ws, a), f"{steps}_iterations.pth"), kept)
     return kept
 
 
@@ -609,7 +617,10 @@ def stage_resume(c: Check, ws: Dict[str, str], a) -> None:
     n = a.resume_steps
     d = ckpt_dir(ws, a)
     precision = devices.resolve_precision("auto", torch.device("cuda" if a.cuda else "cpu"), training=True)
-    det = ["--deterministic"]
+    # Eager: what a resume restores (weights, optimizer, sampler, RNG and Mixup states) does not depend on the
+    # compiler, whose step draws the same RNG in the same order (test_train: compiled == eager bit for bit), and
+    # two more cold compiles (deterministic kernels are another graph) cost more than the rest of this stage.
+    det = ["--deterministic", "--compile", "off"]
     run(train_cmd(ws, a, 2 * n, precision, det), os.path.join(c.out_dir, "resume_straight.log"), a.stage_timeout)
     straight = os.path.join(c.out_dir, "resume_straight.pth")
     shutil.move(os.path.join(d, f"{2 * n}_iterations.pth"), straight)
@@ -621,7 +632,7 @@ def stage_resume(c: Check, ws: Dict[str, str], a) -> None:
     opt_same = all(torch.equal(torch.as_tensor(x["optimizer"]["state"][k][m]), torch.as_tensor(y["optimizer"]["state"][k][m]))
                    for k in x["optimizer"]["state"] for m in x["optimizer"]["state"][k])
     worst = max((float((x["model"][k].float() - y["model"][k].float()).abs().max()) for k in diff), default=0.0)
-    c.add("resume", f"{2 * n} straight vs {n}+{n}, --deterministic, {precision}",
+    c.add("resume", f"{2 * n} straight vs {n}+{n}, --deterministic, {precision} eager",
           f"weights bit-equal: {not diff} ({len(diff)} tensors differ, max {worst:.1e}); optimizer equal: {opt_same}; "
           f"sampler equal: {x['sampler'] == y['sampler']}", ok=not diff and opt_same and x["sampler"] == y["sampler"])
 
@@ -647,9 +658,8 @@ def stage_inference(c: Check, ws: Dict[str, str], a, tagging_ckpt: Optional[str]
     inf = [sys.executable, os.path.join(REPO, "pytorch", "inference.py")]
     sed_ckpt = _sed_checkpoint(c.out_dir, ws)
     outs = {}
-    # The dry run's device is the CPU: one run of each command exercises the stage; its comparison is then with
-    # itself (a second CPU run cost CI half a minute and could only agree).
-    for dev in ("cuda", "cpu") if a.cuda else ("cpu",):
+
+    def commands(dev: str) -> None:
         flag = ["--cuda"] if dev == "cuda" else []
         base = os.path.join(c.out_dir, f"inference_{dev}")
         t0 = time.perf_counter()
@@ -661,6 +671,18 @@ def stage_inference(c: Check, ws: Dict[str, str], a, tagging_ckpt: Optional[str]
         run(inf + ["extract_embeddings", "--checkpoint_path", tagging_ckpt, "--audio_path", *audio, "--precision", "fp32",
                    "--output_path", base + "_emb.h5", "--overwrite", "--quiet"] + flag, base + "_emb.log", a.stage_timeout)
         outs[dev] = (base, time.perf_counter() - t0)
+
+    # The dry run's device is the CPU: one run of each command exercises the stage; its comparison is then with
+    # itself (a second CPU run cost CI half a minute and could only agree). On a GPU box the CPU's commands run
+    # beside the GPU's (separate processes; the box has cores to spare), which halves the stage's time.
+    if a.cuda:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            on_cpu = pool.submit(commands, "cpu")
+            commands("cuda")
+            on_cpu.result()
+        outs = {k: outs[k] for k in ("cuda", "cpu")}
+    else:
+        commands("cpu")
     if len(outs) == 1:
         outs["itself (dry run)"] = outs["cpu"]
     (b1, t1), (b2, t2) = outs.values()
@@ -711,7 +733,7 @@ def stage_finetune(c: Check, ws: Dict[str, str], a, base_ckpt: Optional[str]) ->
             os.makedirs(os.path.join(folders, cls), exist_ok=True)
             src = os.path.join(ws["dataset"], "audios", "balanced_train_segments", f"Y{ytid}.wav")
             os.symlink(src, os.path.join(folders, cls, f"Y{ytid}.wav"))
-    steps = 2 if a.dry_run else 20
+    steps = 1 if a.dry_run else 20   # a CPU emulates fp16: ~16 s a step here
     cmd = [sys.executable, os.path.join(REPO, "pytorch", "finetune_template.py"), "train",
            "--model_type", f"Transfer_{a.model_type}", "--pretrained_checkpoint_path", base_ckpt,
            "--dataset_dir", folders, "--workspace", os.path.join(c.out_dir, "finetune_ws"), "--iterations", str(steps),
@@ -732,7 +754,8 @@ def main() -> None:
     p.add_argument("--num_workers", type=int, default=8, help="loader workers of the training runs")
     p.add_argument("--stage_timeout", type=float, default=300, help="seconds allowed per command")
     p.add_argument("--only", default="", help="comma-separated stages to run (default: all); 'workspace' is added "
-                                              "when a stage needs it")
+                                              "when a stage needs it, and the default training run (only) for "
+                                              "eval, inference, extract and fine-tune")
     p.add_argument("--variants", default="", help=f"comma-separated training variants (default: all of "
                                                   f"{', '.join(TRAIN_VARIANTS)})")
     p.add_argument("--golden", default="", help="comma-separated models for the golden stage (default: five)")
@@ -759,8 +782,10 @@ def main() -> None:
     device = torch.device("cuda", 0) if a.cuda else torch.device("cpu")
     devices.configure_backends(device)   # as training does (cuDNN picks its fastest convolutions): ceiling, profile, eval
     only = {x.strip() for x in a.only.split(",") if x.strip()}
-    if "eval" in only:   # read off the default training run's log
+    if only & {"eval", "inference", "extract", "fine-tune"} and "train" not in only:
+        # they read the default training run's log or use its checkpoint: that run alone is added
         only.add("train")
+        variants = variants if a.variants else ["default"]
     c = Check(out, only=only)
     t0 = time.perf_counter()
     # The speed rows first (the check's purpose), then fidelity and the other paths.
@@ -769,12 +794,13 @@ def main() -> None:
     ws: Dict[str, str] = {}
     c.stage("workspace", lambda: ws.update(stage_workspace(os.path.join(out, "data"), a.dry_run, c)))
     kept: List[Optional[str]] = [None]
+    # The ceiling first: its compiled channels_last step is the default training run's graph (same classes).
+    c.stage("ceiling", lambda: stage_ceiling(c, device, a, ws.get("classes", 527)))
     if ws:
         c.stage("loader", lambda: stage_loader(c, device, ws))
         c.stage("train", lambda: kept.__setitem__(0, stage_train(c, ws, a, variants, device)))
         c.stage("eval", lambda: stage_eval(c, a, device))
         c.stage("profile", lambda: stage_profile(c, ws, a, device))
-    c.stage("ceiling", lambda: stage_ceiling(c, device, a))
     c.stage("golden", lambda: stage_golden(c, device, golden))
     c.stage("specaugment", lambda: stage_specaugment(c, device, a.dry_run))
     if ws:
