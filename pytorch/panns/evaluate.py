@@ -46,15 +46,15 @@ CONSTANT_OUTPUT_HINT = ("usual causes: BatchNorm running statistics that do not 
                         "before the classifier off), or a learning rate far too high or too low")
 
 
-def degenerate_classes(scores: np.ndarray, std: float = DEGENERATE_STD) -> np.ndarray:
-    """(C,) bool: classes whose scores (N, C) are constant or nearly so across the N clips."""
-    scores = np.asarray(scores, dtype=np.float64)
+def degenerate_classes(scores, std: float = DEGENERATE_STD) -> np.ndarray:
+    """(C,) bool: classes whose scores (N, C) (array or tensor) are constant or nearly so across the N clips."""
+    scores = torch.as_tensor(scores).to(torch.float64)
     if scores.ndim != 2 or len(scores) < 2:
         return np.zeros(scores.shape[-1] if scores.ndim else 0, dtype=bool)
-    return scores.std(axis=0) < std
+    return (scores.std(dim=0, correction=0) < std).cpu().numpy()
 
 
-def check_constant_outputs(scores: np.ndarray, what: str = "model", log: Optional[logging.Logger] = None) -> int:
+def check_constant_outputs(scores, what: str = "model", log: Optional[logging.Logger] = None) -> int:
     """Count degenerate classes of ``scores`` (N, C); when at least half of them are, warn in one line
     (a model that cannot tell clips apart). Returns the count."""
     bad = degenerate_classes(scores)
@@ -66,25 +66,25 @@ def check_constant_outputs(scores: np.ndarray, what: str = "model", log: Optiona
     return n
 
 
-def _curve_steps(target: np.ndarray, output: np.ndarray):
-    """The steps of every column's ranking, highest score first, one step per run of equal scores (the curves'
-    thresholds): (true positives gained, clips gained, true positives before, clips seen after) per step, each
-    (N, C) float64 and 0 outside the step ends."""
-    n = output.shape[0]
-    order = np.argsort(-output, axis=0, kind="mergesort")
-    scores = np.take_along_axis(output, order, axis=0)
-    tps = np.cumsum(np.take_along_axis(target, order, axis=0), axis=0, dtype=np.float64)
-    seen = np.broadcast_to(np.arange(1, n + 1, dtype=np.float64)[:, None], tps.shape)
-    end = np.ones(scores.shape, dtype=bool)
-    end[:-1] = scores[1:] != scores[:-1]
+def _curve_steps(target: torch.Tensor, output: torch.Tensor):
+    """The steps of every row's ranking, highest score first (NaN last), one step per run of equal scores (the
+    curves' thresholds): (true positives gained, clips gained, true positives before, clips seen after) per step,
+    each (C, N) float64 and 0 outside the step ends. target (C, N) bool, output (C, N) float64, rows contiguous."""
+    c, n = output.shape
+    negated, order = torch.sort(-output, dim=1)   # ascending sort of the negated scores puts NaN last, as numpy
+    tps = torch.gather(target, 1, order).to(torch.float64).cumsum(1)
+    seen = torch.arange(1, n + 1, dtype=torch.float64, device=output.device).expand(c, n)
+    end = torch.ones((c, n), dtype=torch.bool, device=output.device)
+    end[:, :-1] = negated[:, 1:] != negated[:, :-1]
+    zero = torch.zeros((), dtype=torch.float64, device=output.device)
 
-    def before(values: np.ndarray) -> np.ndarray:   # the value at the previous step end (0 before the first)
-        last = np.maximum.accumulate(np.where(end, values, 0.0), axis=0)
-        return np.vstack([np.zeros((1, values.shape[1])), last[:-1]])
+    def before(values: torch.Tensor) -> torch.Tensor:   # the value at the previous step end (0 before the first)
+        last = torch.where(end, values, zero).cummax(dim=1).values
+        return torch.cat([torch.zeros((c, 1), dtype=torch.float64, device=output.device), last[:, :-1]], dim=1)
 
     tps_before, seen_before = before(tps), before(seen)
-    return (np.where(end, tps - tps_before, 0.0), np.where(end, seen - seen_before, 0.0), tps_before,
-            np.where(end, seen, 0.0))
+    return (torch.where(end, tps - tps_before, zero), torch.where(end, seen - seen_before, zero), tps_before,
+            torch.where(end, seen, zero))
 
 
 def average_precision(target: np.ndarray, output: np.ndarray) -> np.ndarray:
@@ -100,39 +100,47 @@ def roc_auc(target: np.ndarray, output: np.ndarray) -> np.ndarray:
     return ap_auc(target, output)[1]
 
 
-def ap_auc(target: np.ndarray, output: np.ndarray):
-    """(AP, AUC) per column from one sort of each column (see :func:`average_precision`, :func:`roc_auc`)."""
-    tp_gain, seen_gain, tp_before, seen_end = _curve_steps(np.asarray(target, dtype=bool), output)
-    pos = tp_gain.sum(axis=0)
-    neg = output.shape[0] - pos
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(seen_end > 0, (tp_before + tp_gain) / np.where(seen_end > 0, seen_end, 1.0), 0.0)
-        ap = (tp_gain * precision).sum(axis=0) / pos
-        # Each negative in a step is outranked by every positive before the step and half those in it.
-        auc = ((seen_gain - tp_gain) * (tp_before + tp_gain / 2)).sum(axis=0) / (pos * neg)
-    return np.where(pos > 0, ap, np.nan), np.where((pos > 0) & (neg > 0), auc, np.nan)
+def ap_auc(target, output, device: Optional[torch.device] = None):
+    """(AP, AUC) per column, (C,) float64 arrays each, from one sort of each column (see :func:`average_precision`,
+    :func:`roc_auc`). target (N, C) bool and output (N, C) scores, arrays or tensors; computed in float64 with torch
+    on ``device`` (default: the CPU): a GPU takes milliseconds for AudioSet's 20k x 527, numpy took 3.5 s."""
+    out = torch.as_tensor(output).to(device or "cpu", torch.float64).T.contiguous()   # (C, N): rows sort fast
+    tgt = torch.as_tensor(target).to(out.device).bool().T.contiguous()
+    tp_gain, seen_gain, tp_before, seen_end = _curve_steps(tgt, out)
+    pos = tp_gain.sum(dim=1)
+    neg = out.shape[1] - pos
+    zero = torch.zeros((), dtype=torch.float64, device=out.device)
+    precision = torch.where(seen_end > 0, (tp_before + tp_gain) / torch.where(seen_end > 0, seen_end, 1.0), zero)
+    ap = (tp_gain * precision).sum(dim=1) / pos
+    # Each negative in a step is outranked by every positive before the step and half those in it.
+    auc = ((seen_gain - tp_gain) * (tp_before + tp_gain / 2)).sum(dim=1) / (pos * neg)
+    nan = torch.full((), float("nan"), dtype=torch.float64, device=out.device)
+    return (torch.where(pos > 0, ap, nan).cpu().numpy(),
+            torch.where((pos > 0) & (neg > 0), auc, nan).cpu().numpy())
 
 
-def compute_metrics(target: np.ndarray, clipwise_output: np.ndarray) -> Dict[str, object]:
+def compute_metrics(target, clipwise_output, device: Optional[torch.device] = None) -> Dict[str, object]:
     """Per-class AP and AUC plus their means over the classes where they are defined.
 
-    target: (N, C) in {0, 1} (values >= 0.5 count as positive); clipwise_output: (N, C) scores.
+    target: (N, C) in {0, 1} (values >= 0.5 count as positive); clipwise_output: (N, C) scores; arrays or
+    tensors, computed on ``device`` (default: the CPU; the evaluations of training use the model's device).
     Returns 'average_precision' (C,), 'auc' (C,) (NaN where undefined), 'mAP', 'mAUC', 'd_prime',
     'ap_classes', 'auc_classes' (how many classes each mean covers), 'classes_num', 'clips',
     'degenerate_classes' (classes whose scores are constant across clips; warned about when most are).
     """
-    target = np.asarray(target) >= 0.5
-    output = np.asarray(clipwise_output, dtype=np.float64)
+    output = torch.as_tensor(clipwise_output).to(device or "cpu", torch.float64)
+    target = torch.as_tensor(target).to(output.device) >= 0.5
     if target.shape != output.shape or target.ndim != 2:
-        raise ValueError(f"target {target.shape} and output {output.shape} must both be (N, C)")
+        raise ValueError(f"target {tuple(target.shape)} and output {tuple(output.shape)} must both be (N, C)")
     n, classes_num = target.shape
-    positives = target.sum(axis=0)
+    positives = target.sum(dim=0).cpu().numpy()
     ap = np.full(classes_num, np.nan)
     auc = np.full(classes_num, np.nan)
     has_pos = positives > 0
     has_both = has_pos & (positives < n)
     if has_pos.any():
-        ap[has_pos], auc[has_pos] = ap_auc(target[:, has_pos], output[:, has_pos])
+        cols = torch.from_numpy(np.flatnonzero(has_pos)).to(output.device)
+        ap[has_pos], auc[has_pos] = ap_auc(target[:, cols], output[:, cols], output.device)
         auc[~has_both] = np.nan
     m_ap = float(np.mean(ap[has_pos])) if has_pos.any() else 0.0
     m_auc = float(np.mean(auc[has_both])) if has_both.any() else 0.5
@@ -234,7 +242,7 @@ class Evaluator:
         if "target" not in out or len(out["clipwise_output"]) == 0:
             raise ValueError("evaluation loader yielded no clips with targets")
         t1 = time.perf_counter()
-        stats = compute_metrics(out["target"], out["clipwise_output"])
+        stats = compute_metrics(out["target"], out["clipwise_output"], device=device)   # ms on a GPU
         t2 = time.perf_counter()
         stats["seconds"], stats["metrics_seconds"] = t2 - t0, t2 - t1
         logger.debug("evaluated %d clips in %.2f s", stats["clips"], t2 - t0)
