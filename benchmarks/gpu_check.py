@@ -573,6 +573,7 @@ def stage_eval(c: Check, a, device: torch.device) -> None:
     eval_s = audioset_clips / clips_per_s + 2 * metrics_s
     train_eps = c.speeds["default"]
     share = eval_s / (eval_s + 2000 * 32 / train_eps)
+    hours = (1_000_000 * 32 / train_eps + 500 * eval_s) / 3600   # the shipped recipe: 1M steps, 500 evaluations
     goal = _goal_applies(device, a)
     bal = c.evaluation.get("bal")
     measured = f"{clips} clips in {seconds:.2f} s" + (f" (+ bal {bal[0]} clips in {bal[1]:.2f} s)" if bal else "")
@@ -580,7 +581,8 @@ def stage_eval(c: Check, a, device: torch.device) -> None:
           f"{measured}: {clips_per_s:,.0f} clips/s; metrics {metrics_s:.2f} s per 20k x 527 set on {device.type}; an "
           f"AudioSet round "
           f"~{eval_s:.1f} s = {100 * share:.0f}% of wall time at the official cadence (2,000 steps at "
-          f"{train_eps:,.0f} examples/s{', goal <= 10%' if goal else ''})", ok=not (goal and share > 0.10))
+          f"{train_eps:,.0f} examples/s{', goal <= 10%' if goal else ''}); the 1,000,000-step recipe ~{hours:.1f} h "
+          f"on this device", ok=not (goal and share > 0.10))
 
 
 def stage_extract(c: Check, ws: Dict[str, str], a, ckpt: Optional[str], device: torch.device) -> None:
