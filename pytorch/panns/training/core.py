@@ -361,6 +361,7 @@ class Trainer:
         # DataLoader's 5-s join timeout there.
         self._batches = None
         self.task.close_loaders()
+        models.fft_in_evaluation(self.raw_model, False)   # the trained module, used afterwards, infers officially
         tl.broadcast_buffers(self.info, self.raw_model)
         if self.info.distributed:
             digests = tl.all_gather_object(self.info, tl.state_digest(self.raw_model))
