@@ -301,8 +301,9 @@ def _train_step_fn(model: torch.nn.Module, device: torch.device, batch: int, sam
     half = torch.rand(batch, device=device)
     lam = torch.stack([half, 1 - half], dim=1).reshape(-1)   # (2B,) pairs (l, 1 - l), as Mixup gives
     run_model = model
-    if compiled:
+    if compiled:   # as the trainer sets it up
         external_spec_augment(model, True)
+        models.prepare_fft(model)
         run_model = torch.compile(model, backend=backend)
 
     def step():
@@ -361,28 +362,39 @@ def stage_ceiling(c: Check, device: torch.device, a, classes_num: int = 527) -> 
 
 
 def stage_graph_breaks(c: Check, device: torch.device, a) -> None:
-    """The compiled training step as the trainer sets it up (external SpecAugment draws, IEEE fp32 pinned):
-    torch._dynamo.explain of the forward with mixup, in training mode."""
+    """The compiled forwards as the trainer sets them up (external SpecAugment draws, IEEE fp32 pinned, the cuFFT
+    decision made eagerly): torch._dynamo.explain of the training forward with mixup, and of the evaluation
+    forward (eval mode, cuFFT spectrogram on CUDA, no grad)."""
     from panns import amp
     from panns.training.core import external_spec_augment
 
     samples = 32000 if a.dry_run else 320000
     model = models.create_model(a.model_type).to(device).train()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        models.fft_in_evaluation(model, True)
     external_spec_augment(model, True)
+    models.prepare_fft(model)
     x = 0.1 * torch.randn(4, samples, device=device)
     lam = torch.rand(4, device=device)
     amp.pin_ieee_fp32()
     try:
         model.stage_spec_augment(4, samples, True)
         with amp.autocast("bf16" if device.type == "cuda" else "fp32", device):
-            ex = torch._dynamo.explain(model)(x, lam)
+            train_ex = torch._dynamo.explain(model)(x, lam)
+            torch._dynamo.reset()
+            model.eval()
+            with torch.no_grad():
+                eval_ex = torch._dynamo.explain(model)(x)
     finally:
         amp.unpin_ieee_fp32()
         torch._dynamo.reset()
-    reasons = "; ".join(" ".join(str(r.reason).split())[:120] for r in ex.break_reasons[:3])
-    c.add("graph breaks", f"{a.model_type} training forward (mixup, SpecAugment)",
-          f"graph breaks: {ex.graph_break_count}, graphs {ex.graph_count}" + (f" ({reasons})" if reasons else ""),
-          ok=ex.graph_break_count == 0)
+    for what, ex in (("training forward (mixup, SpecAugment)", train_ex), ("evaluation forward", eval_ex)):
+        reasons = "; ".join(" ".join(str(r.reason).split())[:120] for r in ex.break_reasons[:3])
+        c.add("graph breaks", f"{a.model_type} {what}",
+              f"graph breaks: {ex.graph_break_count}, graphs {ex.graph_count}" + (f" ({reasons})" if reasons else ""),
+              ok=ex.graph_break_count == 0)
+
 
 def stage_workspace(root: str, dry: bool, c: Check) -> Dict[str, str]:
     classes, seconds = (3, 1.0) if dry else (10, 10.0)

@@ -316,3 +316,41 @@ def test_fft_in_evaluation_reaches_every_front_end_and_only_when_set(monkeypatch
             model.eval()(x)
         assert asked == [True]
         m.fft_in_evaluation(model, False)
+
+
+def test_compiled_forward_takes_the_fft_path_in_one_graph(monkeypatch):
+    """The FFT spectrogram inside torch.compile, as the CUDA trainer sets it up (the FFT device list widened to the
+    CPU here): after the eager check (``prepare_fft``) the training forward with mixup and staged SpecAugment is
+    ONE graph that computes the STFT with the FFT, and so is the eval forward of ``fft_in_evaluation``. Checking
+    the weights inside the graph (tensor versions, data pointers, allclose) broke it into pieces."""
+    from panns import amp
+    from panns import models as m
+    from panns.training.core import external_spec_augment
+
+    monkeypatch.setattr(m, "_FFT_DEVICES", ("cuda", "cpu"))
+    with skip_weight_init():
+        model = m.create_model("Cnn6").train()
+    external_spec_augment(model, True)
+    x, lam = 0.1 * torch.randn(4, 32000), torch.rand(4)
+
+    def explained(*args):
+        torch._dynamo.reset()
+        ex = torch._dynamo.explain(model)(*args)
+        fft = any(n.op in ("call_function", "call_method") and getattr(n.target, "__name__", n.target) == "stft"
+                  for g in ex.graphs for n in g.graph.nodes)   # torch.stft (the conv module is named stft too)
+        return ex.graph_break_count, ex.graph_count, fft
+
+    amp.pin_ieee_fp32()
+    try:
+        model.stage_spec_augment(4, 32000, True)
+        assert explained(x, lam) == (0, 1, False)    # never checked eagerly: the module's conv, still one graph
+        assert m.prepare_fft(model) == 1
+        model.stage_spec_augment(4, 32000, True)
+        assert explained(x, lam) == (0, 1, True)
+        m.fft_in_evaluation(model, True)
+        model.eval()
+        with torch.no_grad():
+            assert explained(x) == (0, 1, True)
+    finally:
+        amp.unpin_ieee_fp32()
+        torch._dynamo.reset()

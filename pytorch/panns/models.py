@@ -116,9 +116,34 @@ def _spectrogram(extractor: Spectrogram, waveform: torch.Tensor, fft: bool) -> t
     the quietest bins (log-mel up to 0.07 dB, model outputs ~3e-6 relative on an H200): nothing for training,
     which perturbs far more (SpecAugment, mixup), but not the official numbers - so inference, CPUs, and
     weights that are not the windowed DFT (checked once per weight version) use the module itself."""
-    if not fft or waveform.device.type != "cuda" or not _fft_matches(extractor):
+    if not fft or waveform.device.type not in _FFT_DEVICES or not _fft_usable(extractor):
         return extractor(waveform)
     return _fft_spectrogram(extractor, waveform)
+
+
+_FFT_DEVICES = ("cuda",)   # where the FFT path runs (a test adds the CPU to check its compiled graph)
+
+
+def _fft_usable(extractor: Spectrogram) -> bool:
+    """Whether ``extractor``'s weights are the windowed DFT. Eagerly: :func:`_fft_matches` (checked once per weight
+    version). In a graph being compiled: the answer an eager check gave before (:func:`prepare_fft`), read as a
+    plain attribute - the check itself (tensor versions, data pointers, ``allclose``) would break the graph;
+    never checked: the module's conv."""
+    if torch.compiler.is_compiling():
+        return bool(getattr(extractor, "_fft_ok", False))
+    return _fft_matches(extractor)
+
+
+def prepare_fft(model: nn.Module) -> int:
+    """Check, eagerly, which front ends in ``model`` hold the windowed DFT, so that a compiled forward (the CUDA
+    training step, its evaluations) takes the cuFFT path without a graph break; returns how many do. Call it after
+    the weights are final (after a resume): the STFT's weights are frozen, so training does not change them."""
+    found = 0
+    for m in model.modules():
+        extractor = getattr(m, "spectrogram_extractor", None)
+        if isinstance(m, _Model) and isinstance(extractor, Spectrogram):
+            found += _fft_matches(extractor)
+    return found
 
 
 def fft_in_evaluation(model: nn.Module, on: bool = True) -> int:

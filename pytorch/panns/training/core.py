@@ -216,6 +216,9 @@ class Trainer:
         On CUDA (and when compiling) the run holds IEEE fp32 for the whole process (``amp.pin_ieee_fp32``):
         ``--precision fp32`` then means fp32 everywhere, and the front end needs no switching inside the step."""
         pin = self.info.device.type == "cuda" or self.compiled
+        # Whether the cuFFT spectrogram applies is decided here, eagerly, once the weights are final (after a
+        # resume): a compiled step reads the answer instead of checking the weights (a graph break).
+        models.prepare_fft(self.raw_model)
         if pin:
             amp.pin_ieee_fp32()
         try:
