@@ -14,7 +14,7 @@ Stages (each reported as a row; a failing stage is a FAIL row with its one-line 
    ceiling: the model-only training step (bf16, fused Adam, synthetic batch already on the GPU) eager vs compiled,
    each with and without channels_last: what the GPU can do with this model, examples/s (run before the training
    runs, with the workspace's classes: its compiled channels_last step is the default run's graph, which then
-   comes from inductor's on-disk cache).
+   can come from inductor's on-disk cache: not yet seen on a GPU).
    graph breaks: the compiled training step as the trainer sets it up (``graph breaks: 0``).
 5. train: ``pytorch/main.py train`` for --steps steps: the default configuration of ``scripts/4_train.sh``
    (``--precision auto --compile auto``), bf16 eager and fp32 (IEEE): it/s, examples/s, data wait and peak GPU
@@ -329,7 +329,7 @@ def _timed(step, device: torch.device, warmup: int, steps: int) -> float:
 def stage_ceiling(c: Check, device: torch.device, a, classes_num: int = 527) -> Dict[str, float]:
     """Model-only training step, eager vs compiled x NCHW vs channels_last: examples/s (batch = --batch_size mixed
     examples from 2x clips, as the recipe). With the workspace's ``classes_num`` the compiled channels_last model
-    is the graph the default training run compiles next (inductor's on-disk cache then serves that run)."""
+    is the graph the default training run compiles next (which can then come from inductor's on-disk cache)."""
     from panns import amp
 
     samples = 32000 if a.dry_run else 320000
