@@ -14,7 +14,8 @@ Stages (each reported as a row; a failing stage is a FAIL row with its one-line 
    ceiling: the model-only training step (bf16, fused Adam, synthetic batch already on the GPU) eager vs compiled,
    each with and without channels_last: what the GPU can do with this model, examples/s (run before the training
    runs, with the workspace's classes: its compiled channels_last step is the default run's graph, which then
-   can come from inductor's on-disk cache: not yet seen on a GPU).
+   can come from inductor's on-disk cache: not yet seen on a GPU); and the evaluation forward alone (compiled,
+   eval batch, on the device): what an evaluation could reach without its loader.
    graph breaks: the compiled training step as the trainer sets it up (``graph breaks: 0``).
 5. train: ``pytorch/main.py train`` for --steps steps: the default configuration of ``scripts/4_train.sh``
    (``--precision auto --compile auto``), bf16 eager and fp32 (IEEE): it/s, examples/s, data wait and peak GPU
@@ -85,6 +86,7 @@ class Check:
         self.speeds: Dict[str, float] = {}   # train variant -> examples/s (read by the eval stage)
         # the default run's last evaluation: set -> (clips, seconds, metrics seconds) (read by the eval stage)
         self.evaluation: Dict[str, tuple] = {}
+        self.eval_ceiling = float("nan")   # clips/s of the evaluation forward alone (ceiling stage)
         self.stage_seconds: Dict[str, float] = {}   # stage -> seconds (the total row lists them: what to trim)
 
     def add(self, stage: str, item: str, result: str, ok: bool = True, seconds: float = float("nan")) -> None:
@@ -358,7 +360,42 @@ def stage_ceiling(c: Check, device: torch.device, a, classes_num: int = 527) -> 
     c.add("ceiling", f"{a.model_type} model-only step, batch {a.batch_size}, {classes_num} classes, "
                      f"{'bf16' if device.type == 'cuda' else 'fp32'}",
           ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()) + f" examples/s (ceiling {best:,.0f})")
+    _eval_ceiling(c, device, a, classes_num, samples, warm, steps, backend)
     return rates
+
+
+def _eval_ceiling(c: Check, device: torch.device, a, classes_num: int, samples: int, warm: int, steps: int,
+                  backend: str) -> None:
+    """The evaluation forward alone, as a compiled CUDA run evaluates (eval mode, compiled at one shape,
+    channels_last and the cuFFT spectrogram on CUDA, the eval batch, no grad), on a batch already on the device:
+    the clips/s an evaluation could reach without its loader (the eval row shows what it reaches with it)."""
+    from panns import amp
+
+    cuda = device.type == "cuda"
+    batch = 4 * a.batch_size if cuda else a.batch_size
+    model = models.create_model(a.model_type, classes_num=classes_num).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        models.fft_in_evaluation(model, True)
+    models.prepare_fft(model)
+    run_model = torch.compile(model.eval(), backend=backend, dynamic=False)
+    x = 0.1 * torch.randn(batch, samples, device=device)
+    precision = "bf16" if cuda else "fp32"
+
+    def forward():
+        with torch.no_grad(), amp.autocast(precision, device):
+            return run_model(x)
+
+    amp.pin_ieee_fp32()
+    try:
+        sec = _timed(forward, device, warm + 2, steps)
+    finally:
+        amp.unpin_ieee_fp32()
+        torch._dynamo.reset()
+    c.eval_ceiling = batch / sec
+    c.add("ceiling", f"{a.model_type} evaluation forward, batch {batch}, compiled"
+                     f"{' + channels_last, cuFFT spectrogram' if cuda else ''}, {precision}",
+          f"{c.eval_ceiling:,.0f} clips/s: an AudioSet round's forward alone ~{39437 / c.eval_ceiling:.1f} s")
 
 
 def stage_graph_breaks(c: Check, device: torch.device, a) -> None:
@@ -589,8 +626,9 @@ def stage_eval(c: Check, a, device: torch.device) -> None:
     goal = _goal_applies(device, a)
     bal = c.evaluation.get("bal")
     measured = f"{clips} clips in {seconds:.2f} s" + (f" (+ bal {bal[0]} clips in {bal[1]:.2f} s)" if bal else "")
+    alone = f" (the forward alone: {c.eval_ceiling:,.0f})" if c.eval_ceiling == c.eval_ceiling else ""
     c.add("eval", f"{a.model_type}, the default run's last evaluation",
-          f"{measured}: {clips_per_s:,.0f} clips/s; metrics {metrics_s:.2f} s per 20k x 527 set on {device.type}; an "
+          f"{measured}: {clips_per_s:,.0f} clips/s{alone}; metrics {metrics_s:.2f} s per 20k x 527 set on {device.type}; an "
           f"AudioSet round "
           f"~{eval_s:.1f} s = {100 * share:.0f}% of wall time at the official cadence (2,000 steps at "
           f"{train_eps:,.0f} examples/s{', goal <= 10%' if goal else ''}); the 1,000,000-step recipe ~{hours:.1f} h "
