@@ -79,9 +79,11 @@ LOG_LINE = re.compile(r"iteration: (\d+), loss: ([\d.na]+), ([\d.]+) it/s, ([\d.
 class Check:
     """Collects the table rows; ``stage`` runs one stage and records OK/FAIL with its elapsed time."""
 
-    def __init__(self, out_dir: str, only=frozenset()):
+    def __init__(self, out_dir: str, only=frozenset(), deadline: float = 0.0):
         self.rows: List[Dict[str, str]] = []
         self.out_dir = out_dir
+        self.started = time.perf_counter()
+        self.deadline = deadline   # seconds after which no stage starts (0: none)
         self.only = set(only)   # stages to run (empty: all); the workspace runs whenever one of them needs it
         self.speeds: Dict[str, float] = {}   # train variant -> examples/s (read by the eval stage)
         # the default run's last evaluation: set -> (clips, seconds, metrics seconds) (read by the eval stage)
@@ -99,6 +101,10 @@ class Check:
         if self.only and name not in self.only and not (name == "workspace" and self.only & needs_data):
             return
         t0 = time.perf_counter()
+        if self.deadline and t0 - self.started > self.deadline:
+            self.add(name, "stage", f"not run: {t0 - self.started:.0f} s had passed (--deadline {self.deadline:.0f})",
+                     ok=False)
+            return
         try:
             fn()
         except Exception as e:  # a failing stage is reported, the next stages still run
@@ -813,6 +819,9 @@ def main() -> None:
                                               "eval, inference, extract and fine-tune")
     p.add_argument("--variants", default="", help=f"comma-separated training variants (default: all of "
                                                   f"{', '.join(TRAIN_VARIANTS)})")
+    p.add_argument("--deadline", type=float, default=0.0,
+                   help="seconds after which no further stage starts (they are listed as not run, and the table is "
+                        "printed): a device lease then always ends with a table (default: no deadline)")
     p.add_argument("--golden", default="", help="comma-separated models for the golden stage (default: five)")
     a = p.parse_args()
     a.cuda = not a.dry_run
@@ -841,8 +850,8 @@ def main() -> None:
         # they read the default training run's log or use its checkpoint: that run alone is added
         only.add("train")
         variants = variants if a.variants else ["default"]
-    c = Check(out, only=only)
-    t0 = time.perf_counter()
+    c = Check(out, only=only, deadline=a.deadline)
+    t0 = c.started
     # The speed rows first (the check's purpose), then fidelity and the other paths.
     c.stage("device", lambda: stage_device(c, device))
     c.stage("graph breaks", lambda: stage_graph_breaks(c, device, a))

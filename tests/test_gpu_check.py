@@ -22,3 +22,17 @@ def test_gpu_check_dry_run(tmp_path):
     assert "by stage: device" in table and "fine-tune" in table.splitlines()[-1]
     assert "FAIL" not in table and "weights bit-equal: True" in table and "exact: True" in table
     assert r.stdout.rstrip().endswith("0 failed")
+
+
+def test_gpu_check_deadline_lists_the_stages_it_did_not_start(tmp_path):
+    """--deadline: past it no stage starts; each is a FAIL row saying so, and the table is still printed (a device
+    lease always ends with one)."""
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "gpu_check.sh"), "--dry-run", "--out", str(out),
+                        "--only", "device,specaugment", "--deadline", "1e-9"], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    table = (out / "table.md").read_text()
+    for stage in ("device", "specaugment"):
+        assert f"| {stage} | stage | not run: " in table and "(--deadline 0)" in table, table
+    assert r.stdout.rstrip().endswith("2 failed")
