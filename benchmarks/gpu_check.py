@@ -377,13 +377,12 @@ def _eval_ceiling(c: Check, device: torch.device, a, classes_num: int, samples: 
     the clips/s an evaluation could reach without its loader (the eval row shows what it reaches with it)."""
     from panns import amp
 
+    from panns.training.core import prepare_model
+
     cuda = device.type == "cuda"
     batch = 4 * a.batch_size if cuda else a.batch_size
     model = models.create_model(a.model_type, classes_num=classes_num).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-        models.fft_in_evaluation(model, True)
-    models.prepare_fft(model)
+    prepare_model(model, device)
     run_model = torch.compile(model.eval(), backend=backend, dynamic=False)
     x = 0.1 * torch.randn(batch, samples, device=device)
     precision = "bf16" if cuda else "fp32"
@@ -409,15 +408,12 @@ def stage_graph_breaks(c: Check, device: torch.device, a) -> None:
     decision made eagerly): torch._dynamo.explain of the training forward with mixup, and of the evaluation
     forward (eval mode, cuFFT spectrogram on CUDA, no grad)."""
     from panns import amp
-    from panns.training.core import external_spec_augment
+    from panns.training.core import external_spec_augment, prepare_model
 
     samples = 32000 if a.dry_run else 320000
     model = models.create_model(a.model_type).to(device).train()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-        models.fft_in_evaluation(model, True)
+    prepare_model(model, device)
     external_spec_augment(model, True)
-    models.prepare_fft(model)
     x = 0.1 * torch.randn(4, samples, device=device)
     lam = torch.rand(4, device=device)
     amp.pin_ieee_fp32()

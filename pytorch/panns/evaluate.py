@@ -194,7 +194,8 @@ class Evaluator:
     the same result; without a process group the loader's batches are all evaluated here.
     ``compile_backend`` (a compiled training run): the forward is ``torch.compile``d too, with one input
     shape (shorter batches are padded to ``batch_size``, the loaders' batch); if the first compiled
-    evaluation fails, evaluation goes on eagerly after one log line. Batches reach the device a batch ahead (``data_generator.device_batches``).
+    evaluation fails, evaluation goes on eagerly after one log line. Batches reach the device a batch ahead
+    (``data_generator.device_batches``).
     """
 
     def __init__(self, model: torch.nn.Module, precision: str = "fp32", compile_backend: Optional[str] = None,

@@ -137,11 +137,13 @@ def _fft_usable(extractor: Spectrogram) -> bool:
 def prepare_fft(model: nn.Module) -> int:
     """Check, eagerly, which front ends in ``model`` hold the windowed DFT, so that a compiled forward (the CUDA
     training step, its evaluations) takes the cuFFT path without a graph break; returns how many do. Call it after
-    the weights are final (after a resume): the STFT's weights are frozen, so training does not change them."""
+    the weights are final (after a resume): the STFT's weights are frozen, so training does not change them.
+    Front ends on devices without the FFT path are not checked (nothing to decide there)."""
     found = 0
     for m in model.modules():
         extractor = getattr(m, "spectrogram_extractor", None)
-        if isinstance(m, _Model) and isinstance(extractor, Spectrogram):
+        if (isinstance(m, _Model) and isinstance(extractor, Spectrogram)
+                and extractor.stft.conv_real.weight.device.type in _FFT_DEVICES):
             found += _fft_matches(extractor)
     return found
 

@@ -100,6 +100,19 @@ def external_spec_augment(model: torch.nn.Module, on: bool = True) -> int:
     return found
 
 
+def prepare_model(model: torch.nn.Module, device: torch.device) -> None:
+    """Set ``model`` (already on ``device``) up as a training run there uses it - the trainer and the GPU check's
+    mirrors of its step call this one function. On CUDA: channels_last (cuDNN's tensor-core convolutions work in
+    NHWC: without it every bf16/fp16 conv transposes its input and output; weights and state_dict keep their values)
+    and the cuFFT spectrogram in the run's evaluations too (``models.fft_in_evaluation``: the IEEE fp32 STFT conv
+    was the largest part of an evaluation round). Then the cuFFT decision, made eagerly (``models.prepare_fft``;
+    make it again after loading other weights)."""
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        models.fft_in_evaluation(model, True)
+    models.prepare_fft(model)
+
+
 class Task(Protocol):
     """What an entry point supplies to the :class:`Trainer`."""
 
@@ -139,13 +152,7 @@ class Trainer:
         self.config = {**config, **model_config, "precision": settings.precision, "world_size": info.world_size}
         cuda = info.device.type == "cuda"
         self.compiled = resolve_compile(settings.compile, info.device)
-        if cuda:
-            # cuDNN's tensor-core convolutions work in NHWC: without this every bf16/fp16 conv transposes its
-            # input and output. The weights keep their values (and state_dict) whatever the layout.
-            raw_model.to(memory_format=torch.channels_last)
-            # The run's evaluations see the spectrogram the weights are trained with (cuFFT; see
-            # models.fft_in_evaluation): the IEEE fp32 STFT conv was the largest part of an evaluation round.
-            models.fft_in_evaluation(raw_model, True)
+        prepare_model(raw_model, info.device)
         # Optimizer of the official recipe (no schedule, no weight decay); a frozen base is left out. On CUDA
         # the fused kernel (one launch for all parameters, same update rule); the CPU keeps the reference loop.
         params = [p for p in raw_model.parameters() if p.requires_grad]
@@ -216,8 +223,8 @@ class Trainer:
         On CUDA (and when compiling) the run holds IEEE fp32 for the whole process (``amp.pin_ieee_fp32``):
         ``--precision fp32`` then means fp32 everywhere, and the front end needs no switching inside the step."""
         pin = self.info.device.type == "cuda" or self.compiled
-        # Whether the cuFFT spectrogram applies is decided here, eagerly, once the weights are final (after a
-        # resume): a compiled step reads the answer instead of checking the weights (a graph break).
+        # The cuFFT decision again, now that the weights are final (a resume loaded them after prepare_model): a
+        # compiled step reads the answer instead of checking the weights (a graph break).
         models.prepare_fft(self.raw_model)
         if pin:
             amp.pin_ieee_fp32()
