@@ -24,7 +24,8 @@ Stages (each reported as a row; a failing stage is a FAIL row with its one-line 
    profile: one real eager bf16 step split into loader wait, host->device, front end, body forward+backward,
    optimizer (each phase timed to completion).
    eval: the default run's own last evaluation (the workspace's eval set repeated to >= 2,048 clips; compiled
-   forward, cuFFT spectrogram, batches copied a batch ahead): clips/s, and an AudioSet round's share of wall time
+   forward, cuFFT spectrogram, batches copied a batch ahead, rows kept in host memory since the first
+   evaluation on CUDA): clips/s, the first evaluation's beside it, and an AudioSet round's share of wall time
    at the official cadence (2,000 steps between evaluations of ~39k clips) at the default's speed (goal <= 10 %).
 6. resume: 2N steps straight vs N + resume + N with ``--deterministic``, eager: weights and optimizer bit-equal?
 7. inference: ``inference.py audio_tagging`` / ``sound_event_detection`` / ``extract_embeddings`` on the
@@ -88,6 +89,8 @@ class Check:
         self.speeds: Dict[str, float] = {}   # train variant -> examples/s (read by the eval stage)
         # the default run's last evaluation: set -> (clips, seconds, metrics seconds) (read by the eval stage)
         self.evaluation: Dict[str, tuple] = {}
+        self.first_evaluation: Dict[str, tuple] = {}   # its first (compiles, reads the files)
+        self.eval_kept = False   # the run kept the evaluation sets in host memory after that first read
         self.eval_ceiling = float("nan")   # clips/s of the evaluation forward alone (ceiling stage)
         self.stage_seconds: Dict[str, float] = {}   # stage -> seconds (the total row lists them: what to trim)
 
@@ -535,8 +538,11 @@ def stage_train(c: Check, ws: Dict[str, str], a, variants: List[str], device: to
               f"{its} it/s, {eps} examples/s{f' (goal >= {goal:,.0f})' if goal else ''}, data wait {wait}%{mem} "
               f"(steps {int(it) - a.log_every + 1}-{it}, loss {loss})", ok=ok, seconds=time.perf_counter() - t0)
         c.speeds[variant] = float(eps)
-        if variant == "default":   # its evaluations at step 0 (compiles) and at the end (measured)
-            c.evaluation = {k: (int(n), float(t), float(m)) for k, n, t, m in EVAL_LINE.findall(text)}
+        if variant == "default":   # its evaluations at step 0 (compiles, reads the files) and at the end (measured)
+            found = [(k, (int(n), float(t), float(m))) for k, n, t, m in EVAL_LINE.findall(text)]
+            c.evaluation = dict(found)   # the last of each set
+            c.first_evaluation = dict(reversed(found))
+            c.eval_kept = "kept in host memory" in text
         if kept is None:
             kept = os.path.join(c.out_dir, f"{a.model_type}_{variant.split()[0]}.pth")
             shutil.copy(os.path.join(ckpt_dir(ws, a), f"{steps}_iterations.pth"), kept)
@@ -629,8 +635,12 @@ def stage_eval(c: Check, a, device: torch.device) -> None:
     bal = c.evaluation.get("bal")
     measured = f"{clips} clips in {seconds:.2f} s" + (f" (+ bal {bal[0]} clips in {bal[1]:.2f} s)" if bal else "")
     alone = f" (the forward alone: {c.eval_ceiling:,.0f})" if c.eval_ceiling == c.eval_ceiling else ""
+    first = c.first_evaluation.get("test")
+    kept = "rows kept in host memory after the first evaluation" if c.eval_kept else "rows read from the files each time"
+    if first is not None:
+        kept += f"; the first evaluation: {first[0] / max(first[1] - first[2], 1e-9):,.0f} clips/s"
     c.add("eval", f"{a.model_type}, the default run's last evaluation",
-          f"{measured}: {clips_per_s:,.0f} clips/s{alone}; metrics {metrics_s:.2f} s per 20k x 527 set on {device.type}; an "
+          f"{measured}: {clips_per_s:,.0f} clips/s{alone} ({kept}); metrics {metrics_s:.2f} s per 20k x 527 set on {device.type}; an "
           f"AudioSet round "
           f"~{eval_s:.1f} s = {100 * share:.0f}% of wall time at the official cadence (2,000 steps at "
           f"{train_eps:,.0f} examples/s{', goal <= 10%' if goal else ''}); the 1,000,000-step recipe ~{hours:.1f} h "

@@ -239,6 +239,48 @@ def test_learns_and_resumed_run_continues(tmp_path):
     assert m0 < m2 - 0.3, (m0, m1, m2)  # it learned
 
 
+def test_eval_cache_reads_the_sets_once_and_scores_the_same(tiny_ws, monkeypatch, tmp_path, caplog):
+    """--eval_cache on (auto's CUDA behaviour, forced on the CPU): every evaluation after the first takes the
+    rows from memory - eval.h5 is read once instead of once per evaluation - and the run's statistics and
+    weights equal those of --eval_cache off."""
+    import logging
+
+    from panns import data_generator as dg
+    from panns.main import train
+
+    ws, labels = tiny_ws
+    reads = []
+    original = dg.AudioSetDataset.__getitems__
+
+    def counting(self, metas):
+        reads.extend(os.path.basename(m["hdf5_path"]) for m in metas)
+        return original(self, metas)
+
+    monkeypatch.setattr(dg.AudioSetDataset, "__getitems__", counting)
+    runs = {}
+    for mode in ("off", "on"):
+        reads.clear()
+        cfg = tiny_config(ws, labels, early_stop=4, eval_every=2, eval_cache=mode,
+                          workspace=str(tmp_path / mode), augmentation="none")
+        os.makedirs(cfg.workspace)
+        os.symlink(os.path.join(ws, "hdf5s"), os.path.join(cfg.workspace, "hdf5s"))
+        with caplog.at_level(logging.INFO):
+            out = train(cfg)
+        with open(out["statistics_path"], "rb") as f:
+            runs[mode] = (pickle.load(f), _state(out["checkpoint_path"]), reads.count("eval.h5"))
+    eval_rows = 3   # classes_num=3, eval_per_class=1
+    assert runs["off"][2] == 3 * eval_rows   # evaluations at 0, 2 and 4
+    assert runs["on"][2] == eval_rows
+    assert "Evaluation set eval: 3 clips kept in host memory" in caplog.text
+    for key in ("bal", "test"):
+        for a, b in zip(runs["off"][0][key], runs["on"][0][key], strict=True):
+            assert a["iteration"] == b["iteration"]
+            np.testing.assert_array_equal(a["average_precision"], b["average_precision"])
+            np.testing.assert_array_equal(a["auc"], b["auc"])
+    for k, v in runs["off"][1]["model"].items():
+        assert torch.equal(v, runs["on"][1]["model"][k]), k
+
+
 def test_run_record_and_logs(tiny_ws):
     import json
 

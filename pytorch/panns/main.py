@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_batch_size", type=int, default=d.eval_batch_size,
                    help="clips per evaluation batch (0: 4x the per-process batch on CUDA, --batch_size elsewhere); "
                         "the scores do not depend on it")
+    p.add_argument("--eval_cache", type=str, default=d.eval_cache, choices=tl.EVAL_CACHE_MODES,
+                   help="keep the evaluation sets' rows in host memory after the first evaluation reads them, so "
+                        "later evaluations start no loader (same batches, same scores). auto: on for CUDA, where "
+                        "the loader bounds an evaluation (AudioSet: ~25 GB of int16 rows); a set is kept only if it "
+                        "fits in half the free memory (cgroup limits count) shared by the node's processes, else "
+                        "it is read from the files every time, with one log line")
     p.add_argument("--black_list_csv", type=str, default=None,
                    help="CSV of clips to skip in training (e.g. WS/black_list/dcase2017task4.csv)")
     p.add_argument("--class_labels_csv", type=str, default=None,

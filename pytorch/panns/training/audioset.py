@@ -27,6 +27,7 @@ from panns.training import config as tl
 from panns.create_indexes import read_index
 from panns.devices import DistInfo
 from panns.errors import CheckpointError, PannsError
+from panns.eval_cache import ResidentBatches, use_cache
 from panns.evaluate import Evaluator, StatisticsContainer
 from panns.losses import get_loss_func
 from panns.pytorch_utils import count_parameters
@@ -230,15 +231,21 @@ class AudioSetTask:
         # Evaluation batches: larger on CUDA (the forward alone is cheap there; scores do not depend on the batch).
         self.eval_batch = eval_batch = cfg.eval_batch_size or \
             (4 * self.batch_per_rank if info.device.type == "cuda" else cfg.batch_size)
+        ranks = tl.ranks_on_this_node(info)   # a collective: every rank asks, once
+        # Evaluation sets kept in host memory after their first pass (--eval_cache): on a fast GPU re-reading
+        # ~39k clips through the loader takes most of an evaluation's time. The node's processes share half
+        # of its free memory.
+        keep = use_cache(cfg.eval_cache, info.device)
         for key, name in (("bal", "balanced_train"), ("test", "eval")):
             sampler = dg.EvaluateSampler(indexes_hdf5_path=cfg.indexes_path(name), batch_size=eval_batch,
                                          rank=info.rank, world_size=info.world_size)  # shard, gathered by Evaluator
             # int16 batches on CUDA as in training (the Evaluator converts them on the device)
-            self.eval_loaders[key] = dg.train_loader(cfg.sample_rate, sampler, self.eval_workers, info.device,
-                                                     seed=cfg.seed)
-        self._check_shared_memory(data, per_step)
+            loader = dg.train_loader(cfg.sample_rate, sampler, self.eval_workers, info.device, seed=cfg.seed)
+            self.eval_loaders[key] = ResidentBatches(loader, sampler.audios_num, name=f"Evaluation set {name}",
+                                                     share=0.5 / ranks) if keep else loader
+        self._check_shared_memory(data, per_step, ranks)
 
-    def _check_shared_memory(self, data: DataInfo, train_clips: int) -> None:
+    def _check_shared_memory(self, data: DataInfo, train_clips: int, ranks: int) -> None:
         """Estimate this rank's /dev/shm need (training loader, plus one evaluation loader at a time), log it,
         and warn with the container flag to pass when the node's ranks together need more than is free."""
         if self.num_workers == 0:
@@ -247,7 +254,6 @@ class AudioSetTask:
         classes = self.labels.classes_num
         need = dg.shm_bytes(train_clips, data.clip_samples, classes, self.num_workers, raw) + \
             dg.shm_bytes(self.eval_batch, data.eval_clip_samples, classes, self.eval_workers, raw)
-        ranks = tl.ranks_on_this_node(self.info)
         logger.info("Shared memory: about %.2f GiB of /dev/shm per process (%d training + %d evaluation loader "
                     "workers), %d process(es) on this node", need / 2**30, self.num_workers, self.eval_workers, ranks)
         warning = tl.check_shared_memory(need, ranks, dg.shm_available())

@@ -30,6 +30,7 @@ from panns import amp
 from panns import data_generator as dg
 from panns import devices
 from panns.devices import DistInfo
+from panns.eval_cache import EVAL_CACHE_MODES  # noqa: F401  (re-exported for main.py's choices)
 from panns.state_dicts import state_digest  # noqa: F401  (re-exported: compared across ranks here)
 from panns.errors import PannsError
 from panns.frontend import FRONT_END_32K, FRONTEND_KEYS, FrontEnd
@@ -76,6 +77,7 @@ class TrainConfig:
     precision: str = "fp32"
     compile: str = "auto"           # auto: torch.compile on CUDA where Triton is installed; on | off
     eval_batch_size: int = 0        # 0: 4x the per-process batch on CUDA, the batch size elsewhere
+    eval_cache: str = "auto"        # keep the evaluation sets in host memory after their first read (auto: on CUDA)
     black_list_csv: Optional[str] = None
     class_labels_csv: Optional[str] = None
     log_every: int = 10
@@ -155,6 +157,7 @@ class TrainConfig:
                                      ("augmentation", self.augmentation, AUGMENTATIONS),
                                      ("precision", self.precision, PRECISIONS),
                                      ("compile", self.compile, COMPILE_MODES),
+                                     ("eval_cache", self.eval_cache, EVAL_CACHE_MODES),
                                      ("grad_comm", self.grad_comm, GRAD_COMMS)):
             if value not in choices:
                 raise PannsError(f"--{name} {value!r} is not one of {', '.join(choices)}")
