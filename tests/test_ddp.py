@@ -53,7 +53,7 @@ def test_two_nodes_with_own_workspaces_train_and_resume_exactly(tmp_path):
     shutil.copytree(ws0, ws1)
     args = dict(model_type="Cnn6", data_type="balanced_train", balanced="none", augmentation="mixup",
                 batch_size=2, early_stop=6, eval_every=1000, save_every=4, num_workers=0, log_every=2,
-                class_labels_csv=labels, **FAST)
+                class_labels_csv=labels, eval_cache="on", **FAST)
     for r in _two_nodes([ws0, ws1], args, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         assert "terminate called" not in r.stderr, r.stderr[-3000:]
@@ -72,6 +72,8 @@ def test_two_nodes_with_own_workspaces_train_and_resume_exactly(tmp_path):
     log = open(os.path.join(log_dir, sorted(f for f in os.listdir(log_dir) if f.endswith(".log"))[-1])).read()
     assert "Final weights identical on all 2 processes" in log and "Validate test mAP" in log
     assert "Batch: global 2 = 1 per process x 2 processes" in log, log
+    # each rank keeps its own shard of an evaluation set (2 and 1 of the 3 eval clips)
+    assert "Evaluation set eval: 2 clips kept in host memory" in log, log
 
     # The clips each rank consumed in the first steps (its sampler restored from the one saved state) are disjoint.
     seen = []
