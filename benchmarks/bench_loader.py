@@ -15,6 +15,13 @@ many workers a GPU needs (an H100 training Cnn14 in bf16 wants ~2,000 clips/s).
 
 The last line reads ``train-path loader, <W> workers: <N> clips/s, shared-memory growth <M> MB`` for
 the last --workers value.
+
+``--eval`` measures an evaluation's loader side instead, as ``main.py train`` builds it (EvaluateSampler at
+the CUDA eval batch of 4 x --batch_size, ``train_loader`` with at most 4 workers, the GPU path's int16 rows,
+``eval_cache.ResidentBatches`` around it): --rounds passes over the file with the sets read from the files
+every time (``--eval_cache off``) and kept in memory after the first (the CUDA default), side by side:
+
+    python3 benchmarks/bench_loader.py --eval [--clips 2000] [--workers 4] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -110,6 +117,42 @@ def measure(index_path: str, batch_size: int, batches: int, workers: int, device
             "rss_mb": (after["rss"] - before["rss"]) / 1024, "seconds": dt}
 
 
+def measure_eval(index_path: str, batch_size: int, workers: int, device: torch.device, rounds: int,
+                 keep: bool) -> List[float]:
+    """Seconds of each of ``rounds`` passes of an evaluation's loader (what the Evaluator consumes: batches on
+    ``device``, or the int16 host batches on a CPU), with the rows kept in memory after the first or not."""
+    from panns.eval_cache import ResidentBatches
+    from panns.training.audioset import EVAL_WORKERS
+
+    sampler = dg.EvaluateSampler(index_path, batch_size=4 * batch_size)   # the CUDA evaluation batch
+    loader = dg.train_loader(SR, sampler, min(workers, EVAL_WORKERS), device, seed=0, raw=True)
+    batches = ResidentBatches(loader, sampler.audios_num, name="bench set", share=0.5) if keep else loader
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        clips = 0
+        for b in (dg.device_batches(batches, device) if device.type == "cuda" else batches):
+            clips += len(b["waveform"])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+        assert clips == sampler.audios_num
+    return times
+
+
+def main_eval(a, idx: str, device: torch.device) -> None:
+    clips = a.clips
+    res = {keep: measure_eval(idx, a.batch_size, a.workers[-1], device, a.rounds, keep) for keep in (False, True)}
+    for keep, times in res.items():
+        print(f"  {'kept in memory' if keep else 'read from the files'}: " +
+              ", ".join(f"round {i + 1} {clips / t:,.0f} clips/s" for i, t in enumerate(times)), flush=True)
+    files = clips * (a.rounds - 1) / sum(res[False][1:])
+    kept = clips * (a.rounds - 1) / sum(res[True][1:])
+    print(f"evaluation loader, {clips} clips, batch {4 * a.batch_size}, {min(a.workers[-1], 4)} workers, rounds 2-"
+          f"{a.rounds}: read from the files {files:,.0f} clips/s, kept in memory {kept:,.0f} clips/s "
+          f"({kept / files:.0f}x); the first round of the kept run {clips / res[True][0]:,.0f} clips/s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=500, help="clips in the generated HDF5")
@@ -121,7 +164,12 @@ def main() -> None:
     p.add_argument("--int16", action="store_true",
                    help="on a CPU: the GPU path's int16 batches up to the host (what a GPU's loader must deliver)")
     p.add_argument("--dir", type=str, default=None, help="where to write the HDF5 (default: a temp folder)")
+    p.add_argument("--eval", action="store_true",
+                   help="an evaluation's loader side instead: read from the files vs kept in memory (see above)")
+    p.add_argument("--rounds", type=int, default=3, help="with --eval: passes over the set per mode (>= 2)")
     a = p.parse_args()
+    if a.eval and a.rounds < 2:
+        p.error("--rounds must be >= 2 (the first pass of the kept run reads the files)")
     torch.set_num_threads(1)
     device = torch.device("cuda", 0) if a.cuda and torch.cuda.is_available() else torch.device("cpu")
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
@@ -130,9 +178,14 @@ def main() -> None:
         make_hdf5(wav, a.clips, a.classes)
         create_indexes(wav, idx)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        what = f"evaluation batch {4 * a.batch_size}, {a.rounds} rounds per mode" if a.eval else \
+            f"batch {a.batch_size} with mixup ({2 * a.batch_size} clips), {a.batches} timed batches"
         print(f"generated {a.clips} clips of 10 s ({os.path.getsize(wav) / 2**20:.0f} MiB) in "
-              f"{time.perf_counter() - t0:.1f} s; batch {a.batch_size} with mixup ({2 * a.batch_size} clips), "
-              f"{a.batches} timed batches, device {device}, {dg.usable_cpus()} usable CPUs, load average {load:.2f}")
+              f"{time.perf_counter() - t0:.1f} s; {what}, device {device}, {dg.usable_cpus()} usable CPUs, "
+              f"load average {load:.2f}")
+        if a.eval:
+            main_eval(a, idx, device)
+            return
         rows = []
         for w in a.workers:
             r = measure(idx, a.batch_size, a.batches, w, device, a.int16)
