@@ -128,6 +128,30 @@ def test_a_pass_unlike_the_first_drops_the_copy(plenty, caplog, shapes, rows):
     assert loader.passes == 2
 
 
+def test_a_refused_block_streams_instead_of_failing(plenty, monkeypatch, caplog):
+    """Memory refused half-way through the first pass (page-locked memory is capped on some hosts): the
+    evaluation goes on with every batch and later ones read the files, after one log line."""
+    monkeypatch.setattr(eval_cache, "BLOCK_BYTES", 4 * 64)   # one block per batch
+    made = []
+
+    def block(shape, dtype, pinned):
+        if made:
+            raise RuntimeError("CUDA error: out of memory\n(page-locked)")
+        made.append(shape)
+        return torch.empty(shape, dtype=dtype)
+
+    monkeypatch.setattr(eval_cache, "_block", block)
+    loader = CountingLoader(rows=10, batch=4)
+    cache = ResidentBatches(loader, rows=10, name="Evaluation set eval")
+    with caplog.at_level(logging.INFO):
+        same_batches(loader.batches, list(cache))
+    assert not cache.kept and cache.blocks is None
+    assert "Evaluation set eval: not kept in memory (no memory for another block: CUDA error: out of memory " \
+           "(page-locked))" in caplog.text
+    same_batches(loader.batches, list(cache))
+    assert loader.passes == 2
+
+
 def test_memory_available_counts_the_cgroup_limit(tmp_path):
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc" / "meminfo").write_text("MemTotal: 100000 kB\nMemAvailable:   50000 kB\n")
