@@ -152,6 +152,22 @@ def test_a_refused_block_streams_instead_of_failing(plenty, monkeypatch, caplog)
     assert loader.passes == 2
 
 
+def test_release_gives_page_locked_rows_back(plenty, monkeypatch):
+    """A finished run drops its kept rows; page-locked ones go back to the system, not to PyTorch's cache of
+    locked blocks (a notebook that trained would otherwise keep ~25 GB locked)."""
+    returned = []
+    monkeypatch.setattr(eval_cache, "_return_locked_memory", lambda: returned.append(1))
+    cache = ResidentBatches(CountingLoader(), rows=10)
+    list(cache)
+    cache.release()
+    assert not cache.kept and cache.blocks is None and returned == []   # pageable rows: nothing to give back
+    cache = ResidentBatches(CountingLoader(), rows=10)
+    list(cache)
+    cache.pinned = True   # as a CUDA run's loader batches make it (page-locked blocks need a GPU)
+    cache.release()
+    assert returned == [1]
+
+
 def test_memory_available_counts_the_cgroup_limit(tmp_path):
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc" / "meminfo").write_text("MemTotal: 100000 kB\nMemAvailable:   50000 kB\n")

@@ -305,6 +305,9 @@ class AudioSetTask:
             self.statistics.load_state_dict(iteration)
 
     def close_loaders(self) -> None:
+        for loader in self.eval_loaders.values():
+            if isinstance(loader, ResidentBatches):
+                loader.release()   # page-locked rows go back to the system (a Python caller's process lives on)
         self.train_loader, self.eval_loaders = None, {}
 
     # ------------------------------------------------------------------------------------- run
