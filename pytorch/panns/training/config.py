@@ -30,7 +30,7 @@ from panns import amp
 from panns import data_generator as dg
 from panns import devices
 from panns.devices import DistInfo
-from panns.eval_cache import EVAL_CACHE_MODES  # noqa: F401  (re-exported for main.py's choices)
+from panns.eval_cache import EVAL_CACHE_MODES
 from panns.state_dicts import state_digest  # noqa: F401  (re-exported: compared across ranks here)
 from panns.errors import PannsError
 from panns.frontend import FRONT_END_32K, FRONTEND_KEYS, FrontEnd
