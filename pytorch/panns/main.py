@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "later evaluations start no loader (same batches, same scores). auto: on for CUDA, where "
                         "the loader bounds an evaluation (AudioSet: ~25 GB of int16 rows); a set is kept only if it "
                         "fits in half the free memory (cgroup limits count) shared by the node's processes, else "
-                        "it is read from the files every time, with one log line")
+                        "it is read from the files every time, with one log line. on: also on the CPU; off: never "
+                        "(e.g. to leave a small machine's memory to other work)")
     p.add_argument("--black_list_csv", type=str, default=None,
                    help="CSV of clips to skip in training (e.g. WS/black_list/dcase2017task4.csv)")
     p.add_argument("--class_labels_csv", type=str, default=None,
