@@ -42,6 +42,8 @@ import torch  # noqa: E402
 
 from panns import data_generator as dg  # noqa: E402
 from panns.create_indexes import create_indexes  # noqa: E402
+from panns.eval_cache import ResidentBatches  # noqa: E402
+from panns.training.audioset import EVAL_WORKERS, eval_batch_size  # noqa: E402
 
 SR = 32000
 CLIP = SR * 10
@@ -117,14 +119,16 @@ def measure(index_path: str, batch_size: int, batches: int, workers: int, device
             "rss_mb": (after["rss"] - before["rss"]) / 1024, "seconds": dt}
 
 
+def cuda_eval_batch(batch_size: int) -> int:
+    """The evaluation batch of a one-process CUDA training run at ``batch_size``."""
+    return eval_batch_size(0, batch_size, batch_size, torch.device("cuda"))
+
+
 def measure_eval(index_path: str, batch_size: int, workers: int, device: torch.device, rounds: int,
                  keep: bool) -> List[float]:
     """Seconds of each of ``rounds`` passes of an evaluation's loader (what the Evaluator consumes: batches on
     ``device``, or the int16 host batches on a CPU), with the rows kept in memory after the first or not."""
-    from panns.eval_cache import ResidentBatches
-    from panns.training.audioset import EVAL_WORKERS
-
-    sampler = dg.EvaluateSampler(index_path, batch_size=4 * batch_size)   # the CUDA evaluation batch
+    sampler = dg.EvaluateSampler(index_path, batch_size=cuda_eval_batch(batch_size))
     loader = dg.train_loader(SR, sampler, min(workers, EVAL_WORKERS), device, seed=0, raw=True)
     batches = ResidentBatches(loader, sampler.audios_num, name="bench set", share=0.5) if keep else loader
     times = []
@@ -148,7 +152,8 @@ def main_eval(a, idx: str, device: torch.device) -> None:
               ", ".join(f"round {i + 1} {clips / t:,.0f} clips/s" for i, t in enumerate(times)), flush=True)
     files = clips * (a.rounds - 1) / sum(res[False][1:])
     kept = clips * (a.rounds - 1) / sum(res[True][1:])
-    print(f"evaluation loader, {clips} clips, batch {4 * a.batch_size}, {min(a.workers[-1], 4)} workers, rounds 2-"
+    print(f"evaluation loader, {clips} clips, batch {cuda_eval_batch(a.batch_size)}, "
+          f"{min(a.workers[-1], EVAL_WORKERS)} workers, rounds 2-"
           f"{a.rounds}: read from the files {files:,.0f} clips/s, kept in memory {kept:,.0f} clips/s "
           f"({kept / files:.0f}x); the first round of the kept run {clips / res[True][0]:,.0f} clips/s")
 
@@ -178,7 +183,7 @@ def main() -> None:
         make_hdf5(wav, a.clips, a.classes)
         create_indexes(wav, idx)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        what = f"evaluation batch {4 * a.batch_size}, {a.rounds} rounds per mode" if a.eval else \
+        what = f"evaluation batch {cuda_eval_batch(a.batch_size)}, {a.rounds} rounds per mode" if a.eval else \
             f"batch {a.batch_size} with mixup ({2 * a.batch_size} clips), {a.batches} timed batches"
         print(f"generated {a.clips} clips of 10 s ({os.path.getsize(wav) / 2**20:.0f} MiB) in "
               f"{time.perf_counter() - t0:.1f} s; {what}, device {device}, {dg.usable_cpus()} usable CPUs, "

@@ -106,8 +106,8 @@ class ResidentBatches:
 
     @property
     def kept(self) -> bool:
-        """True once a whole pass is held in memory."""
-        return self.blocks is not None and bool(self.bounds) and not self.given_up
+        """True once a whole pass is held in memory (its batches' bounds are set only then; release clears them)."""
+        return bool(self.bounds)
 
     def __len__(self) -> int:
         return len(self.bounds) if self.kept else len(self.loader)   # type: ignore[arg-type]

@@ -138,6 +138,12 @@ def build_model(cfg: TrainConfig, classes_num: int, clip_samples: int, eval_clip
     return model
 
 
+def eval_batch_size(requested: int, per_rank_batch: int, batch_size: int, device: torch.device) -> int:
+    """Clips per evaluation batch: ``--eval_batch_size`` when given, else 4x the per-process batch on CUDA (the
+    forward alone is cheap there; scores do not depend on the batch) and ``--batch_size`` elsewhere."""
+    return requested or (4 * per_rank_batch if torch.device(device).type == "cuda" else batch_size)
+
+
 # ------------------------------------------------------------------------------------------ the task
 class AudioSetTask:
     """``main.py train``'s part of a run (see training.core.Task): checks, run folders and logs, the model,
@@ -228,9 +234,8 @@ class AudioSetTask:
         # allocator's rounding to powers of two).
         self.eval_workers = min(self.num_workers, EVAL_WORKERS)
         self.eval_loaders = {}
-        # Evaluation batches: larger on CUDA (the forward alone is cheap there; scores do not depend on the batch).
-        self.eval_batch = eval_batch = cfg.eval_batch_size or \
-            (4 * self.batch_per_rank if info.device.type == "cuda" else cfg.batch_size)
+        self.eval_batch = eval_batch = eval_batch_size(cfg.eval_batch_size, self.batch_per_rank, cfg.batch_size,
+                                                       info.device)
         ranks = tl.ranks_on_this_node(info)   # a collective: every rank asks, once
         # Evaluation sets kept in host memory after their first pass (--eval_cache): on a fast GPU re-reading
         # ~39k clips through the loader takes most of an evaluation's time. The node's processes share half
