@@ -15,7 +15,8 @@ Stages (each reported as a row; a failing stage is a FAIL row with its one-line 
    each with and without channels_last: what the GPU can do with this model, examples/s (run before the training
    runs, with the workspace's classes: its compiled channels_last step is the default run's graph, which then
    can come from inductor's on-disk cache: not yet seen on a GPU); and the evaluation forward alone (compiled,
-   eval batch, on the device): what an evaluation could reach without its loader.
+   eval batch, on the device): what an evaluation could reach without its loader. Both also as TFLOP/s of the
+   model's own arithmetic (FLOPs counted on the meta device), to hold against the card's matrix rate.
    graph breaks: the compiled training step as the trainer sets it up (``graph breaks: 0``).
 5. train: ``pytorch/main.py train`` for --steps steps: the default configuration of ``scripts/4_train.sh``
    (``--precision auto --compile auto``), bf16 eager and fp32 (IEEE): it/s, examples/s, data wait and peak GPU
@@ -26,7 +27,8 @@ Stages (each reported as a row; a failing stage is a FAIL row with its one-line 
    eval: the default run's own last evaluation (the workspace's eval set repeated to >= 2,048 clips; compiled
    forward, cuFFT spectrogram, batches copied a batch ahead, rows kept in host memory since the first
    evaluation on CUDA): clips/s, the first evaluation's beside it, and an AudioSet round's share of wall time
-   at the official cadence (2,000 steps between evaluations of ~39k clips) at the default's speed (goal <= 10 %).
+   at the official cadence (2,000 steps between evaluations of ~39k clips) at the default's speed (goal <= 10 %),
+   with the forward rate (clips/s, TFLOP/s) that 10 % takes at that speed.
 6. resume: 2N steps straight vs N + resume + N with ``--deterministic``, eager: weights and optimizer bit-equal?
 7. inference: ``inference.py audio_tagging`` / ``sound_event_detection`` / ``extract_embeddings`` on the
    device vs the CPU (max abs difference of the outputs).
@@ -92,6 +94,7 @@ class Check:
         self.first_evaluation: Dict[str, tuple] = {}   # its first (compiles, reads the files)
         self.eval_kept = False   # the run kept the evaluation sets in host memory after that first read
         self.eval_ceiling = float("nan")   # clips/s of the evaluation forward alone (ceiling stage)
+        self.flops: Dict[str, float] = {}   # model_flops() of the ceiling stage's model (read by the eval stage)
         self.stage_seconds: Dict[str, float] = {}   # stage -> seconds (the total row lists them: what to trim)
 
     def add(self, stage: str, item: str, result: str, ok: bool = True, seconds: float = float("nan")) -> None:
@@ -337,6 +340,29 @@ def _timed(step, device: torch.device, warmup: int, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def model_flops(model_type: str, classes_num: int, samples: int, batch: int) -> Dict[str, float]:
+    """FLOPs per example of one training step's forward + backward (``2 * batch`` clips mixed into ``batch``
+    examples, as the recipe) and per clip of an evaluation forward, counted by ``torch.utils.flop_counter`` on
+    the meta device (shapes only, no arithmetic): a rate's TFLOP/s is then the model's useful work per second, the
+    figure to hold against the card's matrix rate."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = models.create_model(model_type, classes_num=classes_num).to("meta")
+    x = torch.empty(2 * batch, samples, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        out = model.train()(x, torch.full((2 * batch,), 0.5, device="meta"))["clipwise_output"]
+        out.sum().backward()
+    train = counter.get_total_flops() / batch
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(x[:batch])
+    return {"train": train, "eval": counter.get_total_flops() / batch}
+
+
+def flop_rate(flops_per_s: float) -> str:
+    """``flops_per_s`` in TFLOP/s, or GFLOP/s below one (a CPU dry run)."""
+    return f"{flops_per_s / 1e12:,.0f} TFLOP/s" if flops_per_s >= 1e12 else f"{flops_per_s / 1e9:,.1f} GFLOP/s"
+
+
 def stage_ceiling(c: Check, device: torch.device, a, classes_num: int = 527) -> Dict[str, float]:
     """Model-only training step, eager vs compiled x NCHW vs channels_last: examples/s (batch = --batch_size mixed
     examples from 2x clips, as the recipe). With the workspace's ``classes_num`` the compiled channels_last model
@@ -366,9 +392,12 @@ def stage_ceiling(c: Check, device: torch.device, a, classes_num: int = 527) -> 
         amp.unpin_ieee_fp32()
         torch._dynamo.reset()
     best = max(rates.values())
+    c.flops = model_flops(a.model_type, classes_num, samples, a.batch_size)
     c.add("ceiling", f"{a.model_type} model-only step, batch {a.batch_size}, {classes_num} classes, "
                      f"{'bf16' if device.type == 'cuda' else 'fp32'}",
-          ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()) + f" examples/s (ceiling {best:,.0f})")
+          ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()) + f" examples/s (ceiling {best:,.0f} = "
+          f"{flop_rate(best * c.flops['train'])} of the model's {c.flops['train'] / 1e9:,.1f} GFLOP per "
+          f"example, forward + backward)")
     _eval_ceiling(c, device, a, classes_num, samples, warm, steps, backend)
     return rates
 
@@ -404,7 +433,9 @@ def _eval_ceiling(c: Check, device: torch.device, a, classes_num: int, samples: 
     c.eval_ceiling = batch / sec
     c.add("ceiling", f"{a.model_type} evaluation forward, batch {batch}, compiled"
                      f"{' + channels_last, cuFFT spectrogram' if cuda else ''}, {precision}",
-          f"{c.eval_ceiling:,.0f} clips/s: an AudioSet round's forward alone ~{AUDIOSET_EVAL_CLIPS / c.eval_ceiling:.1f} s")
+          f"{c.eval_ceiling:,.0f} clips/s = {flop_rate(c.eval_ceiling * c.flops['eval'])} of "
+          f"{c.flops['eval'] / 1e9:,.1f} GFLOP per clip: an AudioSet round's forward alone "
+          f"~{AUDIOSET_EVAL_CLIPS / c.eval_ceiling:.1f} s")
 
 
 def stage_graph_breaks(c: Check, device: torch.device, a) -> None:
@@ -633,6 +664,11 @@ def stage_eval(c: Check, a, device: torch.device) -> None:
     share = eval_s / (eval_s + 2000 * 32 / train_eps)
     hours = (1_000_000 * 32 / train_eps + 500 * eval_s) / 3600   # the shipped recipe: 1M steps, 500 evaluations
     goal = _goal_applies(device, a)
+    # The goal's share, solved for the forward: an evaluation may take a ninth of the 2,000 steps' time.
+    room = 2000 * 32 / train_eps / 9 - 2 * metrics_s
+    needed = f"{AUDIOSET_EVAL_CLIPS / room:,.0f} clips/s" if room > 0 else "more time than the metrics leave"
+    if room > 0 and c.flops:
+        needed += f" = {flop_rate(AUDIOSET_EVAL_CLIPS / room * c.flops['eval'])}"
     bal = c.evaluation.get("bal")
     measured = f"{clips} clips in {seconds:.2f} s" + (f" (+ bal {bal[0]} clips in {bal[1]:.2f} s)" if bal else "")
     alone = f" (the forward alone: {c.eval_ceiling:,.0f})" if c.eval_ceiling == c.eval_ceiling else ""
@@ -644,7 +680,8 @@ def stage_eval(c: Check, a, device: torch.device) -> None:
           f"{measured}: {clips_per_s:,.0f} clips/s{alone} ({kept}); metrics {metrics_s:.2f} s per 20k x 527 set on {device.type}; an "
           f"AudioSet round "
           f"~{eval_s:.1f} s = {100 * share:.0f}% of wall time at the official cadence (2,000 steps at "
-          f"{train_eps:,.0f} examples/s{', goal <= 10%' if goal else ''}); the 1,000,000-step recipe ~{hours:.1f} h "
+          f"{train_eps:,.0f} examples/s{', goal <= 10%' if goal else ''}; 10% takes a forward of {needed}); the "
+          f"1,000,000-step recipe ~{hours:.1f} h "
           f"on this device", ok=not (goal and share > 0.10))
 
 
