@@ -114,14 +114,26 @@ def read_csv_rows(path: str, **reader_options) -> List[List[str]]:
 @functools.lru_cache(maxsize=8)
 def _read_class_labels_cached(path: str, _mtime: float) -> ClassLabels:
     ids, labels = [], []
-    rows = read_csv_rows(path)
+    rows = read_csv_rows(path, skipinitialspace=True)   # '0, /m/x, "a, b"': the quotes still group
     if not rows or [c.strip() for c in rows[0][:3]] != ["index", "mid", "display_name"]:
         raise PannsError(f"{path} is not a label CSV (expected header 'index,mid,display_name')")
+    first_line: Dict[str, int] = {}
     for n, row in enumerate(rows[1:]):
+        line = n + 2
         if len(row) < 3:
-            raise PannsError(f"{path}: line {n + 2} has {len(row)} columns, expected 3")
-        ids.append(row[1])
-        labels.append(row[2])
+            raise PannsError(f"{path}: line {line} has {len(row)} columns, expected 3")
+        index, mid, name = (c.strip() for c in row[:3])   # 'index, mid, name' as some editors save it
+        # The class index is the row position everywhere (targets, checkpoints); a column that says
+        # otherwise would label every class after it wrongly.
+        if not index.isdigit() or int(index) != n:
+            raise PannsError(f"{path}: line {line} has index {index!r}, expected {n} (rows must be in index order, "
+                             "starting at 0)")
+        if mid in first_line:
+            raise PannsError(f"{path}: line {line} repeats the mid {mid!r} of line {first_line[mid]}; "
+                             "each class needs its own mid")
+        first_line[mid] = line
+        ids.append(mid)
+        labels.append(name)
     if not labels:
         raise PannsError(f"{path} lists no classes")
     return ClassLabels(ids=ids, labels=labels)

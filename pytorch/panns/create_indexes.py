@@ -36,18 +36,19 @@ import os
 import shutil
 import signal
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Sequence
 
 import h5py
 import numpy as np
 
-from panns import storage
+from panns import packing, storage
 from panns.errors import PannsError, run_cli
 from panns.utilities import atomic_write, disk_full_error, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
 PART_PREFIXES = ("balanced_train", "unbalanced_train")
+_NAME_WIDTH = 20  # official 'audio_name' S20 ('Y' + 11-character YouTube id + '.wav'); wider only for longer ids
 _FREE_MARGIN = 1 << 20  # bytes for HDF5 metadata on top of the data
 _ROWS_PER_READ = 200_000  # bounds memory when copying big (full_train sized) arrays
 
@@ -129,18 +130,45 @@ def open_hdf5(path: str, what: str, hint: str = "") -> h5py.File:
 
 
 def open_waveform_hdf5(path: str, hint: str = "") -> h5py.File:
-    """A waveform HDF5 opened read-only, checked to be one: either storage layout (pcm16 or flac) and
-    the 'audio_name' and 'target' datasets; else one PannsError."""
+    """A waveform HDF5 opened read-only, checked to be one: either storage layout (pcm16 or flac), the
+    'audio_name' and 'target' datasets, and one name, target row and waveform row per clip; else one
+    PannsError naming the file."""
     hf = open_hdf5(path, "waveform HDF5", hint)
-    try:
-        storage.storage_of(hf)
-        for key in ("audio_name", "target"):
-            if key not in hf:
-                raise PannsError(f"{path} is not a waveform HDF5 (no '{key}' dataset)")
-    except PannsError:
+    problem = packing.waveform_hdf5_problem(hf)
+    if problem:
         hf.close()
-        raise
+        if problem.startswith("no "):
+            raise PannsError(f"{path} is not a waveform HDF5 ({problem})")
+        raise PannsError(f"{path} is an inconsistent waveform HDF5 ({problem}); re-pack it")
     return hf
+
+
+_INDEX_KEYS = ("audio_name", "hdf5_path", "index_in_hdf5", "target")
+
+
+def _check_index_file(hf: h5py.File, path: str) -> None:
+    """PannsError naming ``path`` unless the open file has the datasets of an index file."""
+    missing = [k for k in _INDEX_KEYS if k not in hf]
+    if missing:
+        hint = " (a waveform HDF5? index it first with create_indexes)" if storage.PCM_KEY in hf or \
+            storage.FLAC_KEY in hf else ""
+        raise PannsError(f"{path} is not an index file (missing datasets: {', '.join(missing)}){hint}")
+
+
+def _check_index_output(path: str, inputs: Sequence[str]) -> None:
+    """Refuse an index output that is a folder, one of ``inputs``, or an existing waveform HDF5 (packed
+    data that an index written there would replace)."""
+    packing.check_output_path(path, inputs, "index file")
+    if not os.path.isfile(path):
+        return
+    try:
+        with h5py.File(path, "r") as hf:
+            holds_waveforms = storage.PCM_KEY in hf or storage.FLAC_KEY in hf
+    except OSError:
+        return   # not an HDF5 file: nothing packed in it to protect
+    if holds_waveforms:
+        raise PannsError(f"index file {path} is an existing waveform HDF5; writing the index there would destroy "
+                         "the packed clips. Give another --indexes_hdf5_path / --full_indexes_hdf5_path")
 
 
 def read_index(indexes_hdf5_path: str, load_targets: bool = False, keep_empty: bool = False,
@@ -151,9 +179,7 @@ def read_index(indexes_hdf5_path: str, load_targets: bool = False, keep_empty: b
     (read in blocks; ~1 GB as bool for full AudioSet).
     """
     with open_hdf5(indexes_hdf5_path, "index file", " (create it with utils/create_indexes.py)") as hf:
-        missing = [k for k in ("audio_name", "hdf5_path", "index_in_hdf5", "target") if k not in hf]
-        if missing:
-            raise PannsError(f"{indexes_hdf5_path} is not an index file (missing datasets: {', '.join(missing)})")
+        _check_index_file(hf, indexes_hdf5_path)
         names = _as_fixed_bytes(hf["audio_name"][:])
         uniq, codes = _unique_codes(hf["hdf5_path"])
         idx = hf["index_in_hdf5"][:].astype(np.int64)
@@ -241,6 +267,7 @@ def create_indexes(waveforms_hdf5_path: str, indexes_hdf5_path: str, keep_duplic
     A clip id packed twice (a repeated CSV row, the same clip in two shards) is indexed once, its
     first row, and reported: sampling and evaluation would count it twice. ``keep_duplicates``:
     index every row (official)."""
+    _check_index_output(indexes_hdf5_path, [waveforms_hdf5_path])
     with open_waveform_hdf5(waveforms_hdf5_path) as src:
         names = src["audio_name"][:]
         targets = src["target"][:]
@@ -292,24 +319,31 @@ def combine_full_indexes(indexes_hdf5s_dir: str, full_indexes_hdf5_path: str, ke
     part, and reported; ``keep_duplicates``: every row (official)."""
     if not os.path.isdir(indexes_hdf5s_dir):
         raise PannsError(f"indexes folder not found: {indexes_hdf5s_dir}")
-    paths = find_part_indexes(indexes_hdf5s_dir, exclude=full_indexes_hdf5_path)
+    paths = find_part_indexes(indexes_hdf5s_dir)
+    # An output named like a part (balanced_train.h5 in the folder) would replace that part's index.
+    _check_index_output(full_indexes_hdf5_path, paths)
     print(f"Total {len(paths)} hdf5 to combine.")
     if not paths:
         raise PannsError(f"no balanced_train*.h5 / unbalanced_train*.h5 index files under {indexes_hdf5s_dir}")
     os.makedirs(os.path.dirname(os.path.abspath(full_indexes_hdf5_path)), exist_ok=True)
-    # First pass (paths only): the path column's width must be known before writing.
+    # First pass (no rows): the path and name columns' widths must be known before writing.
     rel_paths = {}
+    name_width, sizes = _NAME_WIDTH, []
     for path in paths:
-        with h5py.File(path, "r") as hf:
-            uniq, _ = _unique_codes(hf["hdf5_path"])
+        with open_hdf5(path, "index file") as hf:
+            _check_index_file(hf, path)
+            try:
+                uniq, _ = _unique_codes(hf["hdf5_path"])
+                name_width = max(name_width, _as_fixed_bytes(hf["audio_name"][:]).dtype.itemsize)
+                n, classes = hf["target"].shape
+            except (OSError, ValueError) as e:
+                raise PannsError(f"cannot read index file {path}: {' '.join(str(e).split())}") from None
+        sizes.append((n, classes))
         index_dir = os.path.dirname(os.path.abspath(path))
         rel_paths[path] = [_relpath_for(resolve_hdf5_path(p, index_dir), full_indexes_hdf5_path) for p in uniq]
     path_dtype = _path_dtype([p for v in rel_paths.values() for p in v])
-    needed = 0
-    for path in paths:
-        with h5py.File(path, "r") as hf:
-            needed += hf["target"].shape[0] * (hf["target"].shape[1] + 20 + path_dtype.itemsize + 4)
-    _prepare_output(full_indexes_hdf5_path, needed)
+    _prepare_output(full_indexes_hdf5_path,
+                    sum(n * (classes + name_width + path_dtype.itemsize + 4) for n, classes in sizes))
     n = 0
     classes_num = None
     seen: set = set()
@@ -321,12 +355,10 @@ def combine_full_indexes(indexes_hdf5s_dir: str, full_indexes_hdf5_path: str, ke
                 part = read_index(path, load_targets=True)
                 if classes_num is None:
                     classes_num = part.classes_num
-                    _write_index_datasets(full, 0, classes_num, "S20", path_dtype, resizable=True)
+                    _write_index_datasets(full, 0, classes_num, f"S{name_width}", path_dtype, resizable=True)
                 elif part.classes_num != classes_num:
                     raise PannsError(f"{path} has {part.classes_num} classes, earlier parts have {classes_num}")
                 names = part.audio_names
-                if names.dtype.itemsize > full["audio_name"].dtype.itemsize:
-                    raise PannsError(f"{path}: audio names longer than 20 bytes cannot be combined")
                 rel = np.array([_relpath_for(p, full_indexes_hdf5_path).encode("utf-8") for p in part.hdf5_paths],
                                dtype=path_dtype) if part.hdf5_paths else np.zeros(0, path_dtype)
                 if not keep_duplicates:

@@ -46,6 +46,7 @@ import argparse
 import csv
 import io
 import logging
+import math
 import os
 import random
 import shutil
@@ -124,27 +125,36 @@ def drop_repeated(segments: Sequence[Segment]) -> Tuple[List[Segment], List[Segm
     return kept, dropped
 
 
+_HEADER_LINES = 3  # AudioSet's segment CSVs open with three header lines
+
+
+def _is_header(line: str, n: int) -> bool:
+    """A header line: blank, a '#' comment anywhere, or among the first three lines 'empty' (as the official
+    split writes its parts) or a 'YTID, start_seconds, ...' column header. Any other line is a segment row:
+    a malformed row on line 1 is reported like one on line 4, not taken for a header."""
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return True
+    return n <= _HEADER_LINES and (text == "empty" or text.split(",")[0].strip().upper() == "YTID")
+
+
 def read_segments_csv(csv_path: str) -> List[Segment]:
     """Parse a segment CSV, with or without AudioSet's three header lines.
 
     The official rule dropped the first three lines blindly, so a CSV without them lost three clips.
-    Here lines starting with '#' are comments anywhere, and a line among the first three that is not
-    a segment row (the '# YTID, start_seconds, ...' header, or 'empty' as written by
-    split_unbalanced_csv_to_partial_csvs) is a header; every other line must be a segment row. Rows
-    that cannot be parsed are all reported with their line numbers in one error; none is dropped
+    Here header lines (see :func:`_is_header`) are skipped and every other line must be a segment row.
+    Rows that cannot be parsed are all reported with their line numbers in one error; none is dropped
     silently. An empty CSV is an error."""
     if not os.path.isfile(csv_path):
         raise PannsError(f"segment CSV not found: {csv_path}")
     lines = config.read_text(csv_path).splitlines()   # UTF-8, UTF-16 or Latin-1, else one line
     segments, bad = [], []
     for n, line in enumerate(lines, start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
+        if _is_header(line, n):
             continue
         try:
             segments.append(_parse_segment(line, n))
         except ValueError as e:
-            if n <= 3 and not segments:
-                continue  # a header line
             bad.append(f"line {n} ({e}: {line[:60]!r})")
     if bad:
         shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
@@ -190,20 +200,10 @@ def split_unbalanced_csv_to_partial_csvs(unbalanced_csv: str, unbalanced_partial
     """Split the big unbalanced CSV into parts of <= 50,000 rows (official format: 3 'empty' lines first)."""
     if not os.path.isfile(unbalanced_csv):
         raise PannsError(f"unbalanced CSV not found: {unbalanced_csv}")
-    lines = [ln + "\n" for ln in config.read_text(unbalanced_csv).splitlines()]
     read_segments_csv(unbalanced_csv)  # every row must parse (reported with line numbers)
-    # Drop the header lines (up to three, see read_segments_csv), keep every segment row.
-    head = 0
-    while head < min(3, len(lines)):
-        line = lines[head]
-        try:
-            if line.strip() and not line.lstrip().startswith("#"):
-                _parse_segment(line.rstrip("\r\n"), head + 1)
-                break
-        except ValueError:
-            pass
-        head += 1
-    lines = [ln for ln in lines[head:] if ln.strip() and not ln.lstrip().startswith("#")]
+    # The segment rows as they are written, without the header lines (the same rule as read_segments_csv).
+    lines = [ln + "\n" for n, ln in enumerate(config.read_text(unbalanced_csv).splitlines(), start=1)
+             if not _is_header(ln, n)]
     os.makedirs(unbalanced_partial_csvs_dir, exist_ok=True)
     files_num = int(np.ceil(len(lines) / float(rows_per_part)))
     out = []
@@ -417,17 +417,34 @@ def _clean_stale_tmp_dirs(audios_dir: str) -> None:
         shutil.rmtree(os.path.join(audios_dir, name), ignore_errors=True)
 
 
+_FAILURES_HEADER = ["YTID", "start_seconds", "end_seconds", "reason", "permanent", "attempts"]
+
+
 def _read_failures(path: str) -> Dict[str, Tuple[str, bool]]:
+    """{YTID: (reason, permanent)} of an earlier run's failures CSV. Another file under that name is an error,
+    not an empty list: this run would overwrite it."""
     if not os.path.isfile(path):
         return {}
-    with open(path, newline="", encoding="utf-8") as f:
-        return {r["YTID"]: (r.get("reason", ""), r.get("permanent", "0") == "1") for r in csv.DictReader(f)}
+    rows = config.read_csv_rows(path)   # any encoding a spreadsheet saves, else one PannsError
+    if not rows:
+        return {}
+    header = [c.strip() for c in rows[0]]
+    if "YTID" not in header:
+        raise PannsError(f"{path} is not a download failures list (expected the header {','.join(_FAILURES_HEADER)}); "
+                         "move it away or pass another --failures_csv")
+    col = {name: header.index(name) for name in ("YTID", "reason", "permanent") if name in header}
+
+    def field(row: List[str], name: str, default: str) -> str:
+        return row[col[name]].strip() if name in col and col[name] < len(row) else default
+
+    return {field(r, "YTID", ""): (field(r, "reason", ""), field(r, "permanent", "0") == "1")
+            for r in rows[1:] if field(r, "YTID", "")}
 
 
 def _write_failures(path: str, rows: List[DownloadResult]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["YTID", "start_seconds", "end_seconds", "reason", "permanent", "attempts"])
+    w.writerow(_FAILURES_HEADER)
     for r in rows:
         s = r.segment
         w.writerow([s.ytid, f"{s.start:g}", f"{s.end:g}", r.reason, int(r.permanent), r.attempts])
@@ -452,9 +469,12 @@ def download_wavs(csv_path: str, audios_dir: str, mini_data: bool = False, num_w
     segments = read_segments_csv(csv_path)
     if mini_data:
         segments = segments[:MINI_ROWS]
-    os.makedirs(audios_dir, exist_ok=True)
-    _clean_stale_tmp_dirs(audios_dir)
     failures_csv = failures_csv or os.path.join(audios_dir, FAILURES_CSV_NAME)
+    # Before any download: a failures list that cannot be written at the end would be lost with the run.
+    packing.check_output_path(failures_csv, [csv_path], "failures CSV")
+    os.makedirs(audios_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(failures_csv)), exist_ok=True)
+    _clean_stale_tmp_dirs(audios_dir)
     remove_stale_temps(failures_csv)
     previous = _read_failures(failures_csv)
     opts = DownloadOptions(audios_dir, url_template, sample_rate, max_retries, retry_base_delay, socket_timeout, cookies)
@@ -589,6 +609,7 @@ class PackReport:
     short: int = 0          # clips shorter than half the clip length (zero-padded)
     clip_seconds: float = 0.0
     repeated: int = 0       # CSV rows naming a clip listed before (packed once)
+    replaced: bool = False  # an existing output was replaced
 
 
 def log_clip_length(sample_rate: int, clip_seconds: float, clip_samples: int) -> None:
@@ -598,7 +619,7 @@ def log_clip_length(sample_rate: int, clip_seconds: float, clip_samples: int) ->
 
 def summarize(rep: PackReport, total: int) -> str:
     """One line for the console and the log: rows, failures, short clips."""
-    msg = f"Write {rep.rows} clips to {rep.path}"
+    msg = f"Write {rep.rows} clips to {rep.path}" + (" (replaced the existing file)" if rep.replaced else "")
     if rep.missing:
         msg += f"; {len(rep.missing)} of {total} missing or undecodable, see {rep.path}.missing.csv"
     if rep.repeated:
@@ -619,12 +640,20 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
     A clip id listed again in the CSV is packed once (its first row), and counted in the report: two
     rows would be sampled and evaluated twice. ``keep_duplicates``: pack every row (official)."""
     storage_mod.check_storage(storage)
+    clip_samples = packing.clip_samples_for(sample_rate, clip_seconds)
     if mini_data:
         waveforms_hdf5_path += ".mini"
+    labels = config.read_class_labels(class_labels_csv)
+    inputs = [csv_path, class_labels_csv or config.DEFAULT_LABELS_CSV]
+    packing.check_output_path(waveforms_hdf5_path, inputs)
+    packing.check_output_path(waveforms_hdf5_path + ".missing.csv", inputs, "list of missing clips")
     if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
+        packing.check_reusable(waveforms_hdf5_path, sample_rate, clip_samples, storage, labels)
         logger.info("Skip %s: already packed", waveforms_hdf5_path)
         return PackReport(waveforms_hdf5_path, -1, [], skipped_existing=True)
-    labels = config.read_class_labels(class_labels_csv)
+    replaced = os.path.exists(waveforms_hdf5_path)
+    if replaced:
+        logger.warning("%s exists and will be replaced (--skip_existing keeps a complete one)", waveforms_hdf5_path)
     segments = read_segments_csv(csv_path)
     if mini_data:
         segments = segments[:MINI_ROWS]
@@ -638,9 +667,6 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
     targets = targets_for(segments, labels, csv_path, class_labels_csv or config.DEFAULT_LABELS_CSV)
     if not os.path.isdir(audios_dir):
         raise PannsError(f"audio folder not found: {audios_dir}")
-    clip_samples = int(round(sample_rate * clip_seconds))
-    if clip_samples <= 0:
-        raise PannsError(f"clip length must be positive (sample_rate={sample_rate}, clip_seconds={clip_seconds})")
     available = scan_audios(audios_dir)
     if not available:
         raise PannsError(f"no audio files (Y<YTID>.wav, .flac, ...) in {audios_dir}; download them first "
@@ -683,7 +709,8 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
             raise PannsError(f"no clip of {csv_path} could be decoded (reasons in {waveforms_hdf5_path}.missing.csv); "
                              "nothing packed")
         out.commit(labels, sample_rate)
-    rep = PackReport(waveforms_hdf5_path, out.rows, missing, short=short, clip_seconds=clip_seconds, repeated=repeated)
+    rep = PackReport(waveforms_hdf5_path, out.rows, missing, short=short, clip_seconds=clip_seconds, repeated=repeated,
+                     replaced=replaced)
     if missing:
         logger.info("%d of %d clips missing or undecodable, listed in %s.missing.csv", len(missing), len(segments),
                     waveforms_hdf5_path)
@@ -706,6 +733,34 @@ class _Help(argparse.HelpFormatter):
                 or "default" in text.lower()):
             return text
         return text + " (default: %(default)s)"
+
+
+def _sample_rate_arg(text: str) -> int:
+    """argparse type of --sample_rate: an integer in the range the packer accepts."""
+    try:
+        rate = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer number of Hz, got {text!r}") from None
+    if not packing.MIN_SAMPLE_RATE <= rate <= packing.MAX_SAMPLE_RATE:
+        raise argparse.ArgumentTypeError(f"must be between {packing.MIN_SAMPLE_RATE} and {packing.MAX_SAMPLE_RATE} "
+                                         f"Hz, got {rate}")
+    return rate
+
+
+def _seconds_arg(text: str) -> float:
+    """argparse type of --clip_seconds: a positive finite number (float() accepts 'nan' and 'inf')."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return seconds
+
+
+_SKIP_HELP = ("if the output exists and is complete, keep it instead of re-packing; it must have been packed with "
+              "the same sample rate, clip length, storage and label CSV (else an error says what differs). "
+              "Without it an existing output is replaced")
 
 
 def main() -> None:
@@ -743,12 +798,13 @@ def main() -> None:
     p.add_argument("--waveforms_hdf5_path", type=str, required=True, help="output HDF5")
     p.add_argument("--mini_data", action="store_true", default=False,
                    help="only the first 10 clips; output name gets the suffix .mini")
-    p.add_argument("--sample_rate", type=int, default=config.sample_rate, help="sample rate of the packed waveforms")
-    p.add_argument("--clip_seconds", type=float, default=config.clip_seconds, help="clip length (pad or truncate)")
+    p.add_argument("--sample_rate", type=_sample_rate_arg, default=config.sample_rate,
+                   help="sample rate of the packed waveforms")
+    p.add_argument("--clip_seconds", type=_seconds_arg, default=config.clip_seconds, help="clip length (pad or truncate)")
     p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
     p.add_argument("--class_labels_csv", type=str, default=None,
                    help="label CSV (index,mid,display_name); default metadata/class_labels_indices.csv of the repo")
-    p.add_argument("--skip_existing", action="store_true", help="do nothing if the output exists and is complete")
+    p.add_argument("--skip_existing", action="store_true", help=_SKIP_HELP)
     p.add_argument("--storage", choices=storage_mod.STORAGES, default="pcm16",
                    help="pcm16: official int16 rows; flac: lossless FLAC bytes per row (about half the size)")
     p.add_argument("--keep_duplicates", action="store_true",
@@ -760,8 +816,9 @@ def main() -> None:
     p.add_argument("--shards", type=str, required=True,
                    help="glob ('DIR/*.tar', 'DIR/*.parquet'), folder, or comma-separated shard files")
     p.add_argument("--waveforms_hdf5_path", type=str, required=True, help="output HDF5")
-    p.add_argument("--sample_rate", type=int, default=config.sample_rate, help="sample rate of the packed waveforms")
-    p.add_argument("--clip_seconds", type=float, default=config.clip_seconds, help="clip length (pad or truncate)")
+    p.add_argument("--sample_rate", type=_sample_rate_arg, default=config.sample_rate,
+                   help="sample rate of the packed waveforms")
+    p.add_argument("--clip_seconds", type=_seconds_arg, default=config.clip_seconds, help="clip length (pad or truncate)")
     p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
     p.add_argument("--class_labels_csv", type=str, default=None,
                    help="label CSV (index,mid,display_name); default: metadata/class_labels_indices.csv of the repo")
@@ -774,7 +831,7 @@ def main() -> None:
     p.add_argument("--storage", choices=storage_mod.STORAGES, default="pcm16",
                    help="pcm16: official int16 rows; flac: lossless FLAC bytes per row")
     p.add_argument("--skip_existing", action="store_true",
-                   help="reuse shards packed by an interrupted run; do nothing if the output is complete")
+                   help="also reuse the shards an interrupted run packed with the same options; " + _SKIP_HELP)
     p.add_argument("--allow_unlabelled", action="store_true",
                    help="pack shards whose clips carry no labels (default: refused after the first shard)")
     p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
@@ -815,7 +872,8 @@ def main() -> None:
         if srep.rows < 0:
             print(f"Skip {srep.path}: already packed")
         else:
-            rep = PackReport(srep.path, srep.rows, srep.missing, short=srep.short, clip_seconds=srep.clip_seconds)
+            rep = PackReport(srep.path, srep.rows, srep.missing, short=srep.short, clip_seconds=srep.clip_seconds,
+                             replaced=srep.replaced)
             print(summarize(rep, srep.rows + len(srep.missing))
                   + (f" ({srep.shards_skipped} of {srep.shards} shards reused from an earlier run)"
                      if srep.shards_skipped else ""))

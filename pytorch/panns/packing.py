@@ -20,9 +20,11 @@ import csv
 import errno
 import io
 import logging
+import math
 import multiprocessing
 import os
 import signal
+import tempfile
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -39,6 +41,20 @@ from panns.utilities import (atomic_write, atomic_write_text, check_free_space, 
 logger = logging.getLogger(__name__)
 
 SHORT_FRACTION = 0.5  # clips shorter than this fraction of the clip length are counted in the summary
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000   # outside: a typo (the models use 8, 16 and 32 kHz)
+
+
+def clip_samples_for(sample_rate: int, clip_seconds: float) -> int:
+    """Samples per packed clip; PannsError for a sample rate out of range or a clip length that is not a
+    positive finite number (NaN or inf would crash the packer or allocate without bound)."""
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise PannsError(f"--sample_rate must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz, got {sample_rate}")
+    if not (math.isfinite(clip_seconds) and clip_seconds > 0):
+        raise PannsError(f"--clip_seconds must be a positive number of seconds, got {clip_seconds}")
+    clip_samples = int(round(sample_rate * clip_seconds))
+    if clip_samples <= 0:
+        raise PannsError(f"clip length must be positive (sample_rate={sample_rate}, clip_seconds={clip_seconds})")
+    return clip_samples
 
 
 # ------------------------------------------------------------------------------------------------
@@ -277,11 +293,88 @@ def write_missing_csv(out_path: str, missing: Sequence[Tuple[str, str]], header=
     return path
 
 
+def waveform_hdf5_problem(hf: h5py.File) -> str:
+    """'' for an open waveform HDF5 whose datasets agree (one name, one 2-D target row and one waveform
+    row per clip), else what is wrong: indexing a file that disagrees points at rows that do not exist."""
+    for key in ("audio_name", "target"):
+        if key not in hf:
+            return f"no '{key}' dataset"
+    try:
+        layout = storage.storage_of(hf)
+    except PannsError:
+        return f"no '{storage.PCM_KEY}' or '{storage.FLAC_KEY}' dataset"
+    wave_key = storage.FLAC_KEY if layout == "flac" else storage.PCM_KEY
+    names, target, wave = hf["audio_name"].shape, hf["target"].shape, hf[wave_key].shape
+    if len(names) != 1:
+        return f"'audio_name' has shape {names}, expected (clips,)"
+    if len(target) != 2:
+        return f"'target' has shape {target}, expected (clips, classes)"
+    if len(wave) != (1 if layout == "flac" else 2):
+        return f"'{wave_key}' has shape {wave}"
+    if not names[0] == target[0] == wave[0]:
+        return f"datasets disagree in length: audio_name {names[0]}, target {target[0]}, waveform rows {wave[0]}"
+    return ""
+
+
 def is_complete_waveforms_hdf5(path: str) -> bool:
     """True for a readable waveform HDF5 (either layout) whose datasets agree in length."""
     try:
         with h5py.File(path, "r") as hf:
-            n = hf["audio_name"].shape[0]
-            return storage.waveform_rows(hf) == n and hf["target"].shape[0] == n and "sample_rate" in hf.attrs
+            return not waveform_hdf5_problem(hf) and "sample_rate" in hf.attrs
     except Exception:
         return False
+
+
+def check_output_path(path: str, inputs: Sequence[str] = (), what: str = "output") -> None:
+    """Refuse, before any work, an output that is a folder or the same file as one of ``inputs``
+    (writing it would destroy that input), and one whose folder cannot be written."""
+    full = os.path.abspath(path)   # normalised: 'a/../x.h5' is x.h5 even when a/ does not exist
+    if os.path.isdir(full):
+        raise PannsError(f"{what} {path} is a folder; give a file name")
+    for src in inputs:
+        if src and os.path.exists(full) and os.path.exists(src) and os.path.samefile(full, src):
+            raise PannsError(f"{what} {path} is the input {src}; writing it would destroy the input. "
+                             "Give another output path")
+    parent = os.path.dirname(full)
+    while not os.path.isdir(parent):   # the nearest existing folder (makedirs creates the rest)
+        if os.path.exists(parent):
+            raise PannsError(f"cannot create the folder of {what} {path}: {parent} is a file")
+        parent = os.path.dirname(parent)
+    try:   # a real probe: permission bits say nothing on read-only mounts, /proc, or for root
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        raise PannsError(f"cannot write {what} {path} in {parent}: {e.strerror or e}") from None
+
+
+def option_mismatch(path: str, sample_rate: int, clip_samples: int, storage_name: str,
+                    labels: config.ClassLabels) -> List[str]:
+    """How an existing complete waveform HDF5 differs from the options asked for now ([] when it matches):
+    sample rate, clip length, storage layout and the label list (``class_ids``; files without it, as the
+    official packer wrote them, are compared by class count)."""
+    with h5py.File(path, "r") as hf:
+        have_rate = int(hf.attrs["sample_rate"])
+        have_layout = storage.storage_of(hf)
+        have_clip = storage.clip_samples_of(hf)
+        have_ids = [x.decode() if isinstance(x, bytes) else str(x) for x in hf.attrs.get("class_ids", [])]
+        have_classes = int(hf["target"].shape[1])
+    diff = []
+    if have_rate != sample_rate:
+        diff.append(f"sample rate {have_rate} Hz, not {sample_rate}")
+    if have_clip != clip_samples:
+        diff.append(f"clip length {have_clip} samples, not {clip_samples}")
+    if have_layout != storage_name:
+        diff.append(f"storage {have_layout}, not {storage_name}")
+    if have_ids and have_ids != list(labels.ids):
+        diff.append("another label list (class_ids differ from the label CSV)")
+    elif have_classes != labels.classes_num:
+        diff.append(f"{have_classes} classes, not {labels.classes_num}")
+    return diff
+
+
+def check_reusable(path: str, sample_rate: int, clip_samples: int, storage_name: str,
+                   labels: config.ClassLabels) -> None:
+    """PannsError naming what differs when an existing output (--skip_existing) was packed with other options."""
+    diff = option_mismatch(path, sample_rate, clip_samples, storage_name, labels)
+    if diff:
+        raise PannsError(f"--skip_existing: {path} was packed with other options ({'; '.join(diff)}); "
+                         "remove it or drop --skip_existing to re-pack it")

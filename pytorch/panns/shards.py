@@ -153,6 +153,13 @@ def iter_tar(shard: str) -> Iterator[Sample]:
                 key = k
                 f = tf.extractfile(m)
                 files[ext] = f.read() if f is not None else b""
+            # tarfile stops as quietly at the end of the data as at the end-of-archive marker (two zero
+            # blocks; it has read the first): a shard cut at a member boundary would pass as complete.
+            end = tf.fileobj.read(tarfile.BLOCKSIZE)
+            if len(end) < tarfile.BLOCKSIZE or end.count(0) != len(end):
+                raise ShardError(f"truncated shard {shard}: it ends without the tar end-of-archive marker (cut "
+                                 "between two members?); re-download it (finished shards are kept: re-run with "
+                                 "--skip_existing)")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise ShardError(f"corrupt shard {shard}: {' '.join(str(e).split()) or type(e).__name__}; "
                          "re-download it (finished shards are kept: re-run with --skip_existing)") from None
@@ -308,6 +315,7 @@ class ShardPackReport:
     clip_seconds: float = 0.0
     unknown_labels: Dict[str, int] = field(default_factory=dict)
     label_report: str = ""
+    replaced: bool = False  # an existing output was replaced
 
 
 def _part_path(parts_dir: str, i: int, shard: str) -> str:
@@ -403,14 +411,21 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
     Shards whose clips carry no label field at all are refused after the first shard (training on them
     learns nothing) unless ``allow_unlabelled``."""
     storage.check_storage(storage_name)
+    clip_samples = packing.clip_samples_for(sample_rate, clip_seconds)
+    labels = config.read_class_labels(class_labels_csv)
+    paths = list_shards(shards)
+    inputs = paths + [class_labels_csv or config.DEFAULT_LABELS_CSV]
+    packing.check_output_path(waveforms_hdf5_path, inputs)
+    packing.check_output_path(waveforms_hdf5_path + ".missing.csv", inputs, "list of missing clips")
+    if os.path.exists(waveforms_hdf5_path + ".parts") and not os.path.isdir(waveforms_hdf5_path + ".parts"):
+        raise PannsError(f"{waveforms_hdf5_path}.parts (the folder of packed shards) is a file; move it away")
     if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
+        packing.check_reusable(waveforms_hdf5_path, sample_rate, clip_samples, storage_name, labels)
         logger.info("Skip %s: already packed", waveforms_hdf5_path)
         return ShardPackReport(waveforms_hdf5_path, -1, [], 0, 0)
-    paths = list_shards(shards)
-    labels = config.read_class_labels(class_labels_csv)
-    clip_samples = int(round(sample_rate * clip_seconds))
-    if clip_samples <= 0:
-        raise PannsError(f"clip length must be positive (sample_rate={sample_rate}, clip_seconds={clip_seconds})")
+    replaced = os.path.exists(waveforms_hdf5_path)
+    if replaced:
+        logger.warning("%s exists and will be replaced (--skip_existing keeps a complete one)", waveforms_hdf5_path)
     logger.info("Packing %d shards into %s (%s storage)", len(paths), waveforms_hdf5_path, storage_name)
     logger.info("Clip length %g s (%d samples at %d Hz): longer clips are cut, shorter ones zero-padded "
                 "(--clip_seconds)", clip_seconds, clip_samples, sample_rate)
@@ -427,14 +442,16 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
             part = _part_path(parts_dir, i, shard)
             parts.append(part)
             if skip_existing and is_complete_waveforms_hdf5(part):
-                with h5py.File(part, "r") as hf:
-                    if hf.attrs.get("storage", "pcm16") == storage_name and \
-                            storage.clip_samples_of(hf) == clip_samples and int(hf.attrs["sample_rate"]) == sample_rate:
-                        skipped += 1
-                        if known is not None:
-                            bar.update(parquet_rows(shard))
-                        logger.info("Skip shard %s: packed in an earlier run (%s)", shard, part)
-                        continue
+                # The label list too: a part packed with another label CSV has targets of other classes.
+                diff = packing.option_mismatch(part, sample_rate, clip_samples, storage_name, labels)
+                if not diff:
+                    skipped += 1
+                    if known is not None:
+                        bar.update(parquet_rows(shard))
+                    logger.info("Skip shard %s: packed in an earlier run (%s)", shard, part)
+                    continue
+                logger.warning("Re-packing shard %s: %s was packed with other options (%s)", shard, part,
+                               "; ".join(diff))
             bar.set_description(f"pack shard {i + 1}/{len(paths)}")
             rows, s = _pack_shard(shard, part, mapper, labels, sample_rate, clip_seconds, clip_samples, storage_name,
                                   num_workers, id_field, label_field, audio_field, bar)
@@ -448,7 +465,7 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
     rows, missing = join_packed_files(parts, waveforms_hdf5_path, labels, sample_rate, move_single=True)
     shutil.rmtree(parts_dir, ignore_errors=True)
     rep = ShardPackReport(waveforms_hdf5_path, rows, missing, len(paths), skipped, short, clip_seconds,
-                          dict(mapper.unknown), mapper.report())
+                          dict(mapper.unknown), mapper.report(), replaced)
     if rep.label_report:
         logger.warning(rep.label_report)
     logger.info("Packed %d clips from %d shards in %.1f s", rows, len(paths), time.time() - t0)

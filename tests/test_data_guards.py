@@ -1,0 +1,268 @@
+"""Guards of the data pipeline against inputs that used to destroy data or pass silently: outputs equal to
+inputs, --skip_existing over files packed with other options, malformed CSV rows taken for headers,
+inconsistent waveform files, label CSVs that disagree with themselves, nonsense clip options."""
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from data_helpers import make_dataset
+
+from panns import config, packing
+from panns import create_indexes as ci
+from panns import dataset as ds
+from panns.errors import PannsError
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("guards")
+    info = make_dataset(str(root / "d"), extras=False,
+                        per_class={"balanced_train": 1, "eval": 1, "unbalanced_train": 0})
+    wave = str(root / "ws" / "wave" / "eval.h5")
+    _pack(info, wave)
+    return info, wave
+
+
+def _pack(info, out, **kw):
+    args = dict(clip_seconds=1.0, num_workers=1, class_labels_csv=info["labels_csv"], progress=False)
+    args.update(kw)
+    return ds.pack_waveforms_to_hdf5(info["eval_csv"], info["eval_dir"], str(out), **args)
+
+
+def _digest(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs that are inputs
+# ------------------------------------------------------------------------------------------------
+
+def test_index_writers_refuse_to_overwrite_their_inputs_and_waveform_files(small, tmp_path):
+    _info, wave = small
+    w = str(tmp_path / "w.h5")
+    shutil.copy(wave, w)
+    before = _digest(w)
+    with pytest.raises(PannsError, match="is the input"):
+        ci.create_indexes(w, w)
+    with pytest.raises(PannsError, match="is the input"):
+        ci.create_indexes(w, str(tmp_path / "nowhere" / ".." / "w.h5"))
+    other = str(tmp_path / "other.h5")
+    shutil.copy(wave, other)
+    with pytest.raises(PannsError, match="existing waveform HDF5"):
+        ci.create_indexes(w, other)
+    assert _digest(w) == before and packing.is_complete_waveforms_hdf5(other)
+
+    idx = tmp_path / "idx"
+    ci.create_indexes(w, str(idx / "balanced_train.h5"))
+    bal = _digest(idx / "balanced_train.h5")
+    with pytest.raises(PannsError, match="is the input"):
+        ci.combine_full_indexes(str(idx), str(idx / "balanced_train.h5"))
+    assert _digest(idx / "balanced_train.h5") == bal
+    with pytest.raises(PannsError, match="is a folder"):
+        ci.combine_full_indexes(str(idx), str(idx))
+
+
+def test_pack_refuses_output_that_is_its_csv_or_a_folder(small, tmp_path):
+    info, _wave = small
+    csv_copy = tmp_path / "seg.csv"
+    shutil.copy(info["eval_csv"], csv_copy)
+    text = csv_copy.read_text()
+    with pytest.raises(PannsError, match="is the input"):
+        ds.pack_waveforms_to_hdf5(str(csv_copy), info["eval_dir"], str(csv_copy), clip_seconds=1.0,
+                                  class_labels_csv=info["labels_csv"], progress=False)
+    assert csv_copy.read_text() == text
+    folder = tmp_path / "out.h5"
+    folder.mkdir()
+    with pytest.raises(PannsError, match="is a folder"):
+        _pack(info, folder)
+    assert set(os.listdir(tmp_path)) == {"seg.csv", "out.h5"}   # no .missing.csv beside it
+    assert os.listdir(folder) == []
+
+
+def test_unwritable_output_folder_is_not_called_a_full_disk(small):
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs /proc")
+    _info, wave = small
+    with pytest.raises(PannsError, match="cannot write index file /proc/w.h5"):
+        ci.create_indexes(wave, "/proc/w.h5")
+
+
+def test_repacking_an_existing_output_says_it_replaces_it(small, tmp_path):
+    info, _wave = small
+    out = tmp_path / "e.h5"
+    assert not _pack(info, out).replaced
+    rep = _pack(info, out)
+    assert rep.replaced and "replaced the existing file" in ds.summarize(rep, rep.rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# --skip_existing compares options
+# ------------------------------------------------------------------------------------------------
+
+def _swapped_labels(src: str, dst) -> str:
+    """The same classes with the first two mids swapped: same count, other targets."""
+    rows = config.read_csv_rows(src)
+    rows[1][1], rows[2][1] = rows[2][1], rows[1][1]
+    dst.write_text("\n".join(",".join(f'"{c}"' if "," in c else c for c in r) for r in rows) + "\n")
+    return str(dst)
+
+
+def test_skip_existing_refuses_a_file_packed_with_other_options(small, tmp_path):
+    info, wave = small
+    out = tmp_path / "e.h5"
+    shutil.copy(wave, out)
+    assert _pack(info, out, skip_existing=True).skipped_existing
+    for kw, what in ((dict(sample_rate=16000), "sample rate 32000 Hz, not 16000"),
+                     (dict(clip_seconds=2.0), "clip length 32000 samples, not 64000"),
+                     (dict(storage="flac"), "storage pcm16, not flac"),
+                     (dict(class_labels_csv=_swapped_labels(info["labels_csv"], tmp_path / "l.csv")), "label list")):
+        with pytest.raises(PannsError, match=f"--skip_existing: .*{what}.*drop --skip_existing"):
+            _pack(info, out, skip_existing=True, **kw)
+    assert _digest(out) == _digest(wave)
+
+
+def test_pack_script_skip_existing_refuses_changed_sample_rate(tmp_path, repo_root):
+    info = make_dataset(str(tmp_path / "data"), extras=False,
+                        per_class={"balanced_train": 1, "eval": 1, "unbalanced_train": 1})
+    env = dict(os.environ, PYTHON=sys.executable, CLIP_SECONDS="1", NUM_WORKERS="1", PACK_JOBS="1")
+    script = os.path.join(repo_root, "scripts", "2_pack_waveforms_to_hdf5s.sh")
+    ws = str(tmp_path / "ws")
+    r = subprocess.run(["bash", script, info["root"], ws], env=env, capture_output=True, text=True, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(["bash", script, info["root"], ws], env=dict(env, SAMPLE_RATE="16000"), capture_output=True,
+                       text=True, cwd=str(tmp_path))
+    assert r.returncode != 0 and "sample rate 32000 Hz, not 16000" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Segment CSVs: a malformed first row is reported, not taken for a header
+# ------------------------------------------------------------------------------------------------
+
+def test_malformed_rows_among_the_first_three_lines_are_reported(tmp_path):
+    good = 'id000000001, 0.000, 10.000, "/m/a"'
+    bad = tmp_path / "bad.csv"
+    bad.write_text('id000000000, 0:00, 10.000, "/m/a"\n' + good + "\n")
+    with pytest.raises(PannsError, match=r"1 rows cannot be parsed: line 1 "):
+        ds.read_segments_csv(str(bad))
+    with pytest.raises(PannsError, match=r"line 1 "):
+        ds.split_unbalanced_csv_to_partial_csvs(str(bad), str(tmp_path / "parts"))
+    assert not (tmp_path / "parts").exists()
+    header = tmp_path / "h.csv"
+    header.write_text("YTID, start_seconds, end_seconds, positive_labels\n" + good + "\n")
+    assert [s.ytid for s in ds.read_segments_csv(str(header))] == ["id000000001"]
+    late = tmp_path / "late.csv"
+    late.write_text((good + "\n") * 3 + "empty\n")   # 'empty' is a header only among the first three lines
+    with pytest.raises(PannsError, match="line 4 "):
+        ds.read_segments_csv(str(late))
+
+
+# ------------------------------------------------------------------------------------------------
+# Inconsistent waveform files and index parts
+# ------------------------------------------------------------------------------------------------
+
+def _waveform_file(path, names=3, targets=(3, 5), rows=3):
+    with h5py.File(path, "w") as hf:
+        hf.create_dataset("audio_name", data=np.array([f"Y{i:011d}.wav".encode() for i in range(names)], dtype="S20"))
+        hf.create_dataset("target", data=np.ones(targets, dtype=bool))
+        hf.create_dataset("waveform", data=np.zeros((rows, 100), dtype=np.int16))
+        hf.attrs["sample_rate"] = 32000
+    return str(path)
+
+
+@pytest.mark.parametrize("shape,problem", [
+    (dict(targets=(2, 5)), "audio_name 3, target 2"),
+    (dict(targets=(3,)), r"'target' has shape \(3,\)"),
+    (dict(rows=1), "waveform rows 1"),
+])
+def test_create_indexes_refuses_inconsistent_waveform_files(tmp_path, shape, problem):
+    w = _waveform_file(tmp_path / "w.h5", **shape)
+    with pytest.raises(PannsError, match=f"w.h5 is an inconsistent waveform HDF5 .*{problem}"):
+        ci.create_indexes(w, str(tmp_path / "i.h5"))
+    assert not (tmp_path / "i.h5").exists()
+    assert not packing.is_complete_waveforms_hdf5(w)
+
+
+def test_combine_names_the_part_that_is_not_an_index(small, tmp_path, repo_root):
+    _info, wave = small
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    shutil.copy(wave, parts / "balanced_train.h5")   # the waveforms folder given by mistake
+    with pytest.raises(PannsError, match=r"balanced_train.h5 is not an index file .*waveform HDF5"):
+        ci.combine_full_indexes(str(parts), str(tmp_path / "full.h5"))
+    (parts / "balanced_train.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)   # corrupt
+    r = subprocess.run([sys.executable, os.path.join(repo_root, "utils", "create_indexes.py"), "combine_full_indexes",
+                        f"--indexes_hdf5s_dir={parts}", f"--full_indexes_hdf5_path={tmp_path / 'full.h5'}"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "balanced_train.h5" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_long_clip_ids_combine_and_ordinary_ones_keep_s20(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("index,mid,display_name\n0,/m/a,A\n1,/m/b,B\n")
+    audios = tmp_path / "audios"
+    audios.mkdir()
+    import soundfile as sf
+
+    seg = tmp_path / "seg.csv"
+    ids = ["my_long_recording_name_001", "abcdefghijk"]
+    seg.write_text("".join(f'{i}, 0.000, 1.000, "/m/a"\n' for i in ids))
+    for i in ids:
+        sf.write(str(audios / f"Y{i}.wav"), np.zeros(32000), 32000, subtype="PCM_16")
+    w = str(tmp_path / "w" / "balanced_train.h5")
+    ds.pack_waveforms_to_hdf5(str(seg), str(audios), w, clip_seconds=1.0, class_labels_csv=str(labels),
+                              progress=False)
+    idx = tmp_path / "idx"
+    ci.create_indexes(w, str(idx / "balanced_train.h5"))
+    assert ci.combine_full_indexes(str(idx), str(tmp_path / "full.h5")) == 2
+    with h5py.File(tmp_path / "full.h5", "r") as hf:
+        assert [x.decode() for x in hf["audio_name"][:]] == [f"Y{i}.wav" for i in ids]
+    short = str(tmp_path / "short" / "balanced_train.h5")
+    seg.write_text('abcdefghijk, 0.000, 1.000, "/m/a"\n')
+    ds.pack_waveforms_to_hdf5(str(seg), str(audios), short, clip_seconds=1.0, class_labels_csv=str(labels),
+                              progress=False)
+    ci.create_indexes(short, str(tmp_path / "idx2" / "balanced_train.h5"))
+    ci.combine_full_indexes(str(tmp_path / "idx2"), str(tmp_path / "full2.h5"))
+    with h5py.File(tmp_path / "full2.h5", "r") as hf:
+        assert hf["audio_name"].dtype == np.dtype("S20")
+
+
+# ------------------------------------------------------------------------------------------------
+# Label CSVs and clip options
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body,error", [
+    ("0,/m/a,A\n1,/m/a,B\n", "line 3 repeats the mid '/m/a' of line 2"),
+    ("0,/m/a,A\n2,/m/b,B\n", "line 3 has index '2', expected 1"),
+    ("1,/m/a,A\n0,/m/b,B\n", "line 2 has index '1', expected 0"),
+])
+def test_label_csv_that_disagrees_with_itself_is_refused(tmp_path, body, error):
+    p = tmp_path / "l.csv"
+    p.write_text("index,mid,display_name\n" + body)
+    with pytest.raises(PannsError, match=error):
+        config.read_class_labels(str(p))
+
+
+def test_label_csv_fields_are_stripped(tmp_path):
+    p = tmp_path / "l.csv"
+    p.write_text('index, mid, display_name\n0, /m/a, Speech\n1, /m/b, "Male speech, man speaking"\n')
+    labels = config.read_class_labels(str(p))
+    assert labels.ids == ["/m/a", "/m/b"] and labels.labels == ["Speech", "Male speech, man speaking"]
+
+
+@pytest.mark.parametrize("flag,value", [("--clip_seconds", "nan"), ("--clip_seconds", "inf"), ("--clip_seconds", "0"),
+                                        ("--sample_rate", "1"), ("--sample_rate", "-32000")])
+def test_nonsense_clip_options_are_argument_errors(small, tmp_path, repo_root, flag, value):
+    info, _wave = small
+    r = subprocess.run([sys.executable, os.path.join(repo_root, "utils", "dataset.py"), "pack_waveforms_to_hdf5",
+                        f"--csv_path={info['eval_csv']}", f"--audios_dir={info['eval_dir']}",
+                        f"--waveforms_hdf5_path={tmp_path / 'o.h5'}", f"{flag}={value}",
+                        f"--logs_dir={tmp_path / 'logs'}"], capture_output=True, text=True)
+    assert r.returncode == 2 and f"argument {flag}" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    with pytest.raises(PannsError, match=flag):
+        _pack(info, tmp_path / "o.h5", **{flag[2:]: float(value) if flag == "--clip_seconds" else int(value)})
