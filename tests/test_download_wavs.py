@@ -138,6 +138,40 @@ def test_url_template_needs_placeholder(tmp_path):
         ds.download_wavs(csv_path, str(tmp_path / "a"), url_template="http://127.0.0.1/x", progress=False)
 
 
+def test_failures_csv_that_is_not_one_is_one_line_and_kept(tmp_path):
+    csv_path = _csv(tmp_path / "seg.csv", ["gone0000000"])
+    url = "http://127.0.0.1:9/{ytid}"   # never reached: the list is read before any download
+    other = tmp_path / "notes.csv"
+    other.write_text("name,comment\na,b\n")
+    with pytest.raises(PannsError, match="notes.csv is not a download failures list"):
+        ds.download_wavs(csv_path, str(tmp_path / "a"), url_template=url, failures_csv=str(other), progress=False)
+    assert other.read_text() == "name,comment\na,b\n"
+    binary = tmp_path / "bin.csv"
+    binary.write_bytes(b"YTID,reason\n\x00\x01\xff\xfe")
+    with pytest.raises(PannsError, match="bin.csv is not a text file"):
+        ds.download_wavs(csv_path, str(tmp_path / "a"), url_template=url, failures_csv=str(binary), progress=False)
+    latin = tmp_path / "latin.csv"   # saved by a spreadsheet: Latin-1, spaces after commas
+    latin.write_bytes("YTID, start_seconds, end_seconds, reason, permanent, attempts\n"
+                      "gone0000000, 1, 2, vid\xe9o supprim\xe9e, 1, 1\n".encode("latin-1"))
+    rep = ds.download_wavs(csv_path, str(tmp_path / "a"), url_template=url, failures_csv=str(latin), progress=False)
+    assert [r.reason for r in rep.failed] == ["vidéo supprimée"] and rep.failed[0].attempts == 0   # not retried
+
+
+def test_failures_csv_folder_is_checked_before_downloading(server, tmp_path):
+    url = f"http://127.0.0.1:{server.server_address[1]}/media/{{ytid}}"
+    csv_path = _csv(tmp_path / "seg.csv", ["gone0000000"])
+    (tmp_path / "afile").write_text("x")
+    before = len(server.requests)
+    with pytest.raises(PannsError, match="afile is a file"):
+        ds.download_wavs(csv_path, str(tmp_path / "a"), url_template=url, failures_csv=str(tmp_path / "afile" / "f.csv"),
+                         progress=False)
+    assert len(server.requests) == before
+    rep = ds.download_wavs(csv_path, str(tmp_path / "a"), url_template=url, failures_csv=str(tmp_path / "new" / "f.csv"),
+                           progress=False)
+    with open(tmp_path / "new" / "f.csv") as f:
+        assert [r["YTID"] for r in csv.DictReader(f)] == ["gone0000000"] == [r.segment.ytid for r in rep.failed]
+
+
 def test_transient_error_classification():
     assert ds.is_transient_error("HTTP Error 429: Too Many Requests")
     assert ds.is_transient_error("Unable to download webpage: HTTP Error 503: Service Unavailable")

@@ -326,3 +326,75 @@ def test_flac_rows_read_from_the_file_equal_h5py(tmp_path, monkeypatch):
         assert reader.heap is not None and all((reader.read(i) == rows[i]).all() for i in range(3))
         monkeypatch.setattr(storage._HeapRows, "row", unplaceable)
         assert all((reader.read(i) == rows[i]).all() for i in range(3))
+
+
+def _interrupted_after_first_shard(clips, out, monkeypatch, **kw):
+    """Pack the first of two shards, then stop (as Ctrl-C would); returns the shards' spec."""
+    real = shards._pack_shard
+    calls = []
+
+    def interrupted(shard, *a, **k):
+        calls.append(shard)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(shard, *a, **k)
+
+    monkeypatch.setattr(shards, "_pack_shard", interrupted)
+    spec = clips["tars"][0] + "," + clips["tars"][1]
+    with pytest.raises(KeyboardInterrupt):
+        shards.pack_from_shards(spec, out, clip_seconds=1.0, num_workers=1, progress=False, skip_existing=True, **kw)
+    monkeypatch.setattr(shards, "_pack_shard", real)
+    return spec
+
+
+@pytest.mark.parametrize("change", ["swapped mids", "one class more"])
+def test_resume_with_another_label_csv_repacks_the_finished_shards(clips, tmp_path, monkeypatch, change):
+    rows = open(clips["labels_csv"]).read().splitlines()
+    if change == "swapped mids":
+        a, b = rows[1].split(",", 2), rows[2].split(",", 2)
+        rows[1], rows[2] = ",".join([a[0], b[1], a[2]]), ",".join([b[0], a[1], b[2]])
+    else:
+        rows.append(f"{len(rows) - 1},/m/extra,Extra")
+    other = tmp_path / "other_labels.csv"
+    other.write_text("\n".join(rows) + "\n")
+    out = str(tmp_path / "o.h5")
+    spec = _interrupted_after_first_shard(clips, out, monkeypatch, class_labels_csv=clips["labels_csv"])
+    rep = shards.pack_from_shards(spec, out, clip_seconds=1.0, num_workers=1, progress=False, skip_existing=True,
+                                  class_labels_csv=str(other))
+    assert rep.shards_skipped == 0   # the part of the first shard had the old label list
+    fresh = shards.pack_from_shards(spec, str(tmp_path / "fresh.h5"), clip_seconds=1.0, num_workers=1,
+                                    progress=False, class_labels_csv=str(other))
+    got, attrs = _rows(out)
+    want, _ = _rows(fresh.path)
+    assert list(got) == list(want) and all((got[n][1] == want[n][1]).all() for n in want)
+    assert list(attrs["class_ids"]) == [r.split(",")[1] for r in rows[1:]]
+
+
+def test_skip_existing_output_packed_with_other_options_is_refused(clips, tmp_path):
+    out = str(tmp_path / "o.h5")
+    kw = dict(clip_seconds=1.0, num_workers=1, progress=False, class_labels_csv=clips["labels_csv"])
+    shards.pack_from_shards(clips["tars"][0], out, **kw)
+    assert shards.pack_from_shards(clips["tars"][0], out, skip_existing=True, **kw).rows == -1
+    with pytest.raises(PannsError, match=r"--skip_existing: .*storage pcm16, not flac"):
+        shards.pack_from_shards(clips["tars"][0], out, skip_existing=True, storage_name="flac", **kw)
+
+
+def test_tar_cut_at_a_member_boundary_is_reported_as_truncated(clips, tmp_path):
+    import gzip
+    import tarfile
+
+    data = open(clips["tars"][1], "rb").read()
+    with tarfile.open(clips["tars"][1]) as tf:
+        last = tf.getmembers()[-1]
+        boundary = last.offset_data + (last.size + 511) // 512 * 512   # just after the last member's data
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[:boundary])
+    with pytest.raises(shards.ShardError, match=r"truncated shard .*cut\.tar.*end-of-archive"):
+        list(shards.iter_tar(str(cut)))
+    whole_gz = tmp_path / "whole.tar.gz"
+    whole_gz.write_bytes(gzip.compress(data))
+    assert len(list(shards.iter_tar(str(whole_gz)))) == len(list(shards.iter_tar(clips["tars"][1]))) == 3
+    cut_gz = tmp_path / "cutgz.tar.gz"
+    cut_gz.write_bytes(gzip.compress(data[:boundary]))
+    with pytest.raises(shards.ShardError, match="truncated shard"):
+        list(shards.iter_tar(str(cut_gz)))
