@@ -2,7 +2,7 @@
 
 An index file has one row per clip (official format, readable by the official loader):
 
-    audio_name     (N,)       S20     b'Y<YTID>.wav'
+    audio_name     (N,)       S20     b'Y<YTID>.wav' (wider only when clip ids are longer than YouTube's)
     target         (N, C)     bool    multi-hot labels
     hdf5_path      (N,)       S<n>    waveform HDF5 holding the clip (UTF-8; width = longest path, the
                                       official S200 silently truncated longer ones)
@@ -19,7 +19,8 @@ Fixes against the official code:
 * ``combine_full_indexes`` chooses part files by **file name** (``balanced_train*.h5`` and
   ``unbalanced_train*.h5``), not by a substring of the whole path (a workspace under
   ``/data/train_ws`` used to pull ``eval.h5`` into full_train), in sorted, deterministic order.
-* Outputs are written to a temporary name and renamed.
+* Outputs are written to a temporary name and renamed. An output that is one of the inputs, or an
+  existing waveform HDF5, is refused before anything is written (the official code overwrote it).
 
 Usage (official command lines)::
 

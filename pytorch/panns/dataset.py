@@ -12,7 +12,8 @@ Sub-commands (official names and arguments, plus options)::
 
 Segment CSVs: every line is ``<YTID>, <start>, <end>, "<mid>,<mid>"`` (split on ``", "``); AudioSet's
 three ``#`` header lines are optional (the official code dropped the first three lines of any CSV, so a
-CSV without them lost three clips). Rows that cannot be parsed are reported with their line numbers.
+CSV without them lost three clips). Rows that cannot be parsed are reported with their line numbers,
+on line 1 as anywhere else.
 
 download_wavs: for each segment, yt-dlp downloads the whole audio stream to a temporary folder,
 ffmpeg cuts the segment (``-ss``/``-t`` *before* ``-i``, so it seeks instead of decoding the whole
@@ -38,7 +39,10 @@ see storage.py). The clip length used is logged, and clips much shorter than it 
 counted in the summary; a truncated file (shorter than its header says) is listed as failed with the
 length actually present. Ctrl-C stops the workers at once and leaves no temporary file; a re-run
 removes temporaries of killed runs. Before and while writing, free space is checked, so a full disk
-ends in one line naming the file and the bytes needed, never with a half-written output.
+ends in one line naming the file and the bytes needed, never with a half-written output. An output that
+is an input, a folder or unwritable is refused before any decoding; an existing one is replaced unless
+``--skip_existing``, which keeps it only when it was packed with the same options (else one line says
+what differs).
 """
 from __future__ import annotations
 

@@ -25,9 +25,10 @@ Decoding uses the packer's numerics (``packing.decode_row``), so a clip gives th
 packing the same audio from a file. Each shard is packed into ``OUT.h5.parts/NNNNN_<shard>.h5``
 (atomic); ``--skip_existing`` reuses finished parts, so an interrupted run resumes shard by shard.
 When every shard is done the parts are joined into ``OUT.h5`` (atomic; joining needs the parts'
-disk space again, then they are removed; a single shard's part is simply renamed). A shard that
-cannot be read (truncated tar, broken Parquet) stops the run with one line naming it; finished
-parts are kept.
+disk space again, then they are removed; a single shard's part is simply renamed). A part is reused
+only when it was packed with the same sample rate, clip length, storage and label list. A shard that
+cannot be read (truncated tar, also one cut between two members, broken Parquet) stops the run with
+one line naming it; finished parts are kept.
 """
 from __future__ import annotations
 
