@@ -370,6 +370,23 @@ def test_resume_with_another_label_csv_repacks_the_finished_shards(clips, tmp_pa
     assert list(attrs["class_ids"]) == [r.split(",")[1] for r in rows[1:]]
 
 
+def test_resume_with_another_label_field_repacks_the_finished_shards(clips, tmp_path, monkeypatch):
+    out = str(tmp_path / "o.h5")
+    spec = _interrupted_after_first_shard(clips, out, monkeypatch, class_labels_csv=clips["labels_csv"])
+    kw = dict(clip_seconds=1.0, num_workers=1, progress=False, class_labels_csv=clips["labels_csv"],
+              label_field="no_such_field", allow_unlabelled=True)
+    rep = shards.pack_from_shards(spec, out, skip_existing=True, **kw)
+    assert rep.shards_skipped == 0   # the first shard's part was packed reading 'labels'
+    got, _ = _rows(out)
+    want, _ = _rows(shards.pack_from_shards(spec, str(tmp_path / "fresh.h5"), **kw).path)
+    assert list(got) == list(want) and not any(got[n][1].any() for n in got)   # no targets from the old field
+    # Unchanged fields still reuse the part.
+    out2 = str(tmp_path / "o2.h5")
+    spec = _interrupted_after_first_shard(clips, out2, monkeypatch, class_labels_csv=clips["labels_csv"],
+                                          label_field="no_such_field", allow_unlabelled=True)
+    assert shards.pack_from_shards(spec, out2, skip_existing=True, **kw).shards_skipped == 1
+
+
 def test_skip_existing_output_packed_with_other_options_is_refused(clips, tmp_path):
     out = str(tmp_path / "o.h5")
     kw = dict(clip_seconds=1.0, num_workers=1, progress=False, class_labels_csv=clips["labels_csv"])

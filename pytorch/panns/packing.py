@@ -27,7 +27,7 @@ import signal
 import tempfile
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import h5py
 import numpy as np
@@ -250,8 +250,9 @@ class PackedFile(object):
         self.names.append(name)
         self.targets.append(target)
 
-    def commit(self, labels: config.ClassLabels, sample_rate: int) -> None:
-        """Write names, targets and attributes; the file is renamed to its final name on leaving the block."""
+    def commit(self, labels: config.ClassLabels, sample_rate: int, extra_attrs: Optional[Dict[str, str]] = None) -> None:
+        """Write names, targets and attributes (plus ``extra_attrs``, e.g. the shard fields a part was packed
+        with); the file is renamed to its final name on leaving the block."""
         n = len(self.names)
         self.writer.finish()
         width = max([20] + [len(b) for b in self.names])
@@ -262,6 +263,8 @@ class PackedFile(object):
         self.hf.attrs.create("sample_rate", data=sample_rate, dtype=np.int32)
         self.hf.attrs["class_ids"] = np.array(labels.ids, dtype=h5py.string_dtype("utf-8"))
         self.hf.attrs["class_labels"] = np.array(labels.labels, dtype=h5py.string_dtype("utf-8"))
+        for k, v in (extra_attrs or {}).items():
+            self.hf.attrs[k] = v
 
     @property
     def rows(self) -> int:

@@ -26,7 +26,8 @@ packing the same audio from a file. Each shard is packed into ``OUT.h5.parts/NNN
 (atomic); ``--skip_existing`` reuses finished parts, so an interrupted run resumes shard by shard.
 When every shard is done the parts are joined into ``OUT.h5`` (atomic; joining needs the parts'
 disk space again, then they are removed; a single shard's part is simply renamed). A part is reused
-only when it was packed with the same sample rate, clip length, storage and label list. A shard that
+only when it was packed with the same sample rate, clip length, storage, label list and
+``--id_field``/``--label_field``/``--audio_field`` (kept in its ``shard_fields`` attribute). A shard that
 cannot be read (truncated tar, also one cut between two members, broken Parquet) stops the run with
 one line naming it; finished parts are kept.
 """
@@ -327,6 +328,28 @@ def _part_path(parts_dir: str, i: int, shard: str) -> str:
     return os.path.join(parts_dir, f"{i:05d}_{stem}.h5")
 
 
+FIELDS_ATTR = "shard_fields"
+
+
+def shard_fields(id_field: Optional[str], label_field: Optional[str], audio_field: str) -> str:
+    """The field options a part is packed with, as stored in its ``shard_fields`` attribute ("auto": the
+    default search), so that a resumed run with other fields re-packs the part instead of keeping its ids
+    or targets."""
+    return json.dumps({"id_field": id_field or "auto", "label_field": label_field or "auto",
+                       "audio_field": audio_field}, sort_keys=True)
+
+
+def _fields_mismatch(part: str, fields: str) -> List[str]:
+    """How the field options ``part`` was packed with differ from ``fields`` ([] when they match; a part
+    without the attribute, from an older version, counts as packed with unknown fields)."""
+    with h5py.File(part, "r") as hf:
+        had = hf.attrs.get(FIELDS_ATTR)
+    if had is None:
+        return ["fields it was packed with unknown"]
+    old, new = json.loads(had if isinstance(had, str) else bytes(had).decode()), json.loads(fields)
+    return [f"--{k} {old.get(k)}, not {new[k]}" for k in sorted(new) if old.get(k) != new[k]]
+
+
 def _pack_shard(shard: str, part: str, mapper: LabelMapper, labels: config.ClassLabels, sample_rate: int,
                 clip_seconds: float, clip_samples: int, storage_name: str, num_workers: int,
                 id_field: Optional[str], label_field: Optional[str], audio_field: str, bar) -> Tuple[int, int]:
@@ -362,7 +385,7 @@ def _pack_shard(shard: str, part: str, mapper: LabelMapper, labels: config.Class
                 short += res.seconds < packing.SHORT_FRACTION * clip_seconds
             bar.update(1)
         packing.write_missing_csv(part, missing)
-        out.commit(labels, sample_rate)
+        out.commit(labels, sample_rate, {FIELDS_ATTR: shard_fields(id_field, label_field, audio_field)})
     return out.rows, short
 
 
@@ -433,6 +456,7 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
     parts_dir = waveforms_hdf5_path + ".parts"
     os.makedirs(parts_dir, exist_ok=True)
     mapper = LabelMapper(labels)
+    fields = shard_fields(id_field, label_field, audio_field)
     t0 = time.time()
     parts, skipped, short = [], 0, 0
     known = None
@@ -445,6 +469,8 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
             if skip_existing and is_complete_waveforms_hdf5(part):
                 # The label list too: a part packed with another label CSV has targets of other classes.
                 diff = packing.option_mismatch(part, sample_rate, clip_samples, storage_name, labels)
+                # And the fields: another --id_field/--label_field/--audio_field gives other names or targets.
+                diff += _fields_mismatch(part, fields)
                 if not diff:
                     skipped += 1
                     if known is not None:
