@@ -266,3 +266,17 @@ def test_nonsense_clip_options_are_argument_errors(small, tmp_path, repo_root, f
     assert r.returncode == 2 and f"argument {flag}" in r.stderr and "Traceback" not in r.stderr, r.stderr
     with pytest.raises(PannsError, match=flag):
         _pack(info, tmp_path / "o.h5", **{flag[2:]: float(value) if flag == "--clip_seconds" else int(value)})
+
+
+def test_split_unbalanced_refuses_a_part_that_is_its_input(tmp_path):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    src = parts / "unbalanced_train_segments_part00.csv"
+    text = "".join(f'id{i:09d}, 0.000, 10.000, "/m/a"\n' for i in range(4))
+    src.write_text(text)
+    with pytest.raises(PannsError, match="is the input"):
+        ds.split_unbalanced_csv_to_partial_csvs(str(src), str(parts), rows_per_part=3)
+    assert src.read_text() == text   # the input is intact
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(PannsError, match="is a file"):
+        ds.split_unbalanced_csv_to_partial_csvs(str(src), str(tmp_path / "afile" / "sub"))

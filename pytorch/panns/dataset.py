@@ -208,11 +208,14 @@ def split_unbalanced_csv_to_partial_csvs(unbalanced_csv: str, unbalanced_partial
     # The segment rows as they are written, without the header lines (the same rule as read_segments_csv).
     lines = [ln + "\n" for n, ln in enumerate(config.read_text(unbalanced_csv).splitlines(), start=1)
              if not _is_header(ln, n)]
-    os.makedirs(unbalanced_partial_csvs_dir, exist_ok=True)
     files_num = int(np.ceil(len(lines) / float(rows_per_part)))
+    paths = [os.path.join(unbalanced_partial_csvs_dir, f"unbalanced_train_segments_part{r:02d}.csv")
+             for r in range(files_num)]
+    for path in paths:   # all before the first write: a part named like the input would replace it
+        packing.check_output_path(path, [unbalanced_csv], "part CSV")
+    os.makedirs(unbalanced_partial_csvs_dir, exist_ok=True)
     out = []
-    for r in range(files_num):
-        path = os.path.join(unbalanced_partial_csvs_dir, f"unbalanced_train_segments_part{r:02d}.csv")
+    for r, path in enumerate(paths):
         chunk = lines[r * rows_per_part:(r + 1) * rows_per_part]
         atomic_write_text(path, "empty\nempty\nempty\n" + "".join(chunk))
         print(f"Write out csv to {path}")
