@@ -94,13 +94,17 @@ def _downmix(a: np.ndarray, axis: int, name: str) -> np.ndarray:
 
 
 def _is_channel_last(shape: Tuple[int, ...]) -> bool:
-    return shape[-1] <= MAX_CHANNELS and shape[-2] > shape[-1]
+    """(..., samples, channels) with 1..MAX_CHANNELS channels. Zero channels is no layout at all:
+    (B, 0) is an empty batch, and averaging its 0 "channels" gave NaN and numpy warnings."""
+    return 1 <= shape[-1] <= MAX_CHANNELS and shape[-2] > shape[-1]
 
 
 def clip(x, name: str = "audio", sample_rate: Optional[int] = None) -> np.ndarray:
     """One clip -> mono float32 (samples,). Accepts (samples,), (samples, channels) and
     (channels, samples) with up to MAX_CHANNELS channels (averaged)."""
     a = as_float(x, name)
+    if a.size == 0:   # before any downmix: the mean of nothing is NaN, which would be reported as such
+        raise PannsError(f"{name} is empty (shape {tuple(a.shape)})")
     if a.ndim == 2 and min(a.shape) <= MAX_CHANNELS and max(a.shape) > min(a.shape):
         a = _downmix(a, 1 if _is_channel_last(a.shape) else 0, name)
     if a.ndim != 1:
@@ -120,6 +124,9 @@ def batch(x, name: str = "audio", sample_rate: Optional[int] = None,
     (B, samples, channels) a batch of multichannel clips. ``allow_empty_batch``: (0, samples) is
     returned as it is (HEAR hands out empty batches); otherwise refused."""
     a = as_float(x, name)
+    if a.size == 0 and not (allow_empty_batch and a.ndim in (2, 3) and a.shape[0] == 0):
+        # before any downmix: the mean of nothing is NaN, which would be reported as such
+        raise PannsError(f"{name} is empty (shape {tuple(a.shape)})")
     single = False
     if a.ndim == 1:
         a, single = a[None], True
