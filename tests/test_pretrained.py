@@ -1,4 +1,5 @@
 """Pretrained catalogue and resumable downloads, against a loopback HTTP server (127.0.0.1 only)."""
+import hashlib
 import http.server
 import os
 import threading
@@ -9,14 +10,15 @@ import torch
 
 from panns import download
 from panns import pretrained
-from panns.errors import PannsError
+from panns.errors import PannsError, run_cli
 
 
 class _Server:
     """Serves ``files`` (name -> bytes) with Range support; can cut the first transfer short."""
 
-    def __init__(self, files, drop_first=False, ignore_range=False):
+    def __init__(self, files, drop_first=False, ignore_range=False, etag=False, if_range=True):
         self.files, self.drop_first, self.ignore_range = dict(files), drop_first, ignore_range
+        self.etag, self.if_range = etag, if_range   # send an ETag (content hash); honour If-Range
         self.requests = []          # (name, Range header or None)
         self.dropped = set()
         outer = self
@@ -33,7 +35,10 @@ class _Server:
                     self.send_error(404, "Not Found")
                     return
                 data = outer.files[name]
+                tag = '"' + hashlib.sha1(data).hexdigest() + '"'
                 start = 0
+                if rng and outer.etag and outer.if_range and self.headers.get("If-Range") not in (None, tag):
+                    rng = None   # RFC 9110: the file changed, so the whole file is sent
                 if rng and not outer.ignore_range:
                     start = int(rng.split("=")[1].split("-")[0])
                     self.send_response(206)
@@ -41,6 +46,8 @@ class _Server:
                 else:
                     self.send_response(200)
                 body = data[start:]
+                if outer.etag:
+                    self.send_header("ETag", tag)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if outer.drop_first and name not in outer.dropped:
@@ -174,3 +181,76 @@ def test_get_checkpoint_offline_message(tmp_path, monkeypatch):
         pretrained.get_checkpoint("Cnn14", progress=False)
     msg = str(ei.value)
     assert "\n" not in msg and "Cnn14_mAP%3D0.431.pth" in msg and str(tmp_path / "cache") in msg
+
+
+@pytest.mark.parametrize("if_range", [True, False])
+def test_resume_starts_over_when_the_file_changed_on_the_server(tmp_path, if_range):
+    """A .part of an older version must not be completed with the new version's tail (silent garbage)."""
+    old, new = os.urandom(200_000), os.urandom(200_000)   # same size: only the version tells them apart
+    dest = tmp_path / "f.bin"
+    with _Server({"f.bin": old}, drop_first=True, etag=True, if_range=if_range) as srv:
+        with pytest.raises(download.DownloadError, match="partial data kept"):
+            download.download(srv.url + "/f.bin", str(dest), progress=False, retries=0)
+        assert os.path.getsize(str(dest) + ".part") == len(old) // 2
+        srv.files["f.bin"] = new
+        download.download(srv.url + "/f.bin", str(dest), progress=False)
+    assert dest.read_bytes() == new
+    assert not os.path.exists(str(dest) + ".part") and not os.path.exists(str(dest) + ".part.json")
+
+
+def test_part_file_of_another_url_is_not_resumed(tmp_path):
+    a, b = os.urandom(100_000), os.urandom(100_000)
+    dest = tmp_path / "f.bin"
+    with _Server({"a.bin": a, "b.bin": b}, drop_first=True) as srv:
+        with pytest.raises(download.DownloadError):
+            download.download(srv.url + "/a.bin", str(dest), progress=False, retries=0)
+        srv.dropped.add("b.bin")
+        download.download(srv.url + "/b.bin", str(dest), progress=False)
+        assert srv.requests[-1] == ("b.bin", None)   # fresh start, no Range
+    assert dest.read_bytes() == b
+
+
+def test_checksum_mismatch_installs_nothing(tmp_path):
+    data = os.urandom(50_000)
+    dest = tmp_path / "c.bin"
+    with _Server({"c.bin": data}) as srv:
+        with pytest.raises(download.DownloadError, match="does not match sha256") as ei:
+            download.download(srv.url + "/c.bin", str(dest), progress=False, checksum="sha256:" + "0" * 64)
+        assert "\n" not in str(ei.value)
+        assert not dest.exists() and not os.path.exists(str(dest) + ".part")
+        good = "md5:" + hashlib.md5(data).hexdigest()
+        assert download.download(srv.url + "/c.bin", str(dest), progress=False, checksum=good) == str(dest)
+    assert dest.read_bytes() == data
+    with pytest.raises(download.DownloadError, match="checksum"):
+        download.download("http://127.0.0.1:9/x", str(tmp_path / "d.bin"), checksum="crc:12")
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://127.0.0.1/x", "http://[::1/x", "http://127.0.0.1:99999/x"])
+def test_bad_url_is_one_line(tmp_path, url):
+    with pytest.raises(download.DownloadError, match="invalid URL"):
+        download.download(url, str(tmp_path / "x.bin"), progress=False)
+
+
+def test_destination_problems_before_any_request(tmp_path):
+    (tmp_path / "afile").write_text("keep")
+    (tmp_path / "folder").mkdir()
+    with _Server({"x.bin": b"data"}) as srv:
+        with pytest.raises(download.DownloadError, match="cannot create the folder"):
+            download.download(srv.url + "/x.bin", str(tmp_path / "afile" / "x.bin"), progress=False)
+        with pytest.raises(download.DownloadError, match="is a folder"):
+            download.download(srv.url + "/x.bin", str(tmp_path / "folder"), progress=False)
+        with pytest.raises(download.DownloadError, match="is a folder"):
+            download.fetch_labels(str(tmp_path / "folder"), url=srv.url + "/x.bin", progress=False)
+        assert srv.requests == []
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
+def test_pretrained_cli_cache_dir_that_is_a_file(tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    monkeypatch.setenv("PANNS_CHECKPOINT_BASE_URL", "http://127.0.0.1:9/files")
+    with pytest.raises(SystemExit) as ei:
+        run_cli(lambda: pretrained.main(["download", "--model_type", "Cnn6", "--cache_dir", str(cache), "--quiet"]))
+    assert ei.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cache" in err and "FileExistsError" not in err and str(cache) in err

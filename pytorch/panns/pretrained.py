@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 
-from panns.download import DownloadError
+from panns.download import DownloadError, check_dest
 from panns.download import download as http_download
 from panns.errors import CheckpointError, PannsError, run_cli
 from panns.frontend import FRONT_END_8K, FRONT_END_16K, FRONT_END_32K, FrontEnd
@@ -40,6 +40,7 @@ class PretrainedCheckpoint:
 
     ``verified``: False where the file name is only known from third-party code that cites an
     earlier version of the record (3960586); the download then may 404 and says so.
+    ``checksum``: ``"md5:<hex>"`` as Zenodo lists it, checked after the download when known.
     """
 
     filename: str
@@ -47,6 +48,7 @@ class PretrainedCheckpoint:
     mAP: float
     front_end: FrontEnd = FRONT_END_32K
     verified: bool = True
+    checksum: Optional[str] = None
 
     @property
     def sample_rate(self) -> int:
@@ -145,9 +147,13 @@ def get_checkpoint(name: str, cache: Optional[str] = None, download: bool = True
             f"set PANNS_CACHE to use another cache folder)")
     if not download:
         raise CheckpointError(f"checkpoint {entry.filename} is not in the cache; {hint}")
+    try:   # before the transfer: a cache folder that is a file or read-only failed only at the first byte
+        check_dest(path, "cache file")
+    except DownloadError as e:
+        raise CheckpointError(f"{e}; set PANNS_CACHE (or --cache_dir) to a writable folder") from None
     logger.info("downloading %s (%s, published mAP %.3f) to %s", entry.filename, entry.model_type, entry.mAP, path)
     try:
-        http_download(entry.url, path, progress=progress)
+        http_download(entry.url, path, progress=progress, checksum=entry.checksum)
     except DownloadError as e:
         unverified = "" if entry.verified else " (this file name is unverified for this record)"
         raise CheckpointError(f"cannot download {entry.filename}: {e}{unverified}; {hint}") from None
