@@ -60,8 +60,12 @@ def _extractor(setup, **kw):
 
 def test_rows_equal_direct_forward_and_failures_listed(setup, tmp_path, capsys, audioset_labels_csv):
     out = tmp_path / "feats.h5"
-    inference.main(["extract_embeddings", TORCH, f"--checkpoint_path={setup['ckpt']}", f"--audio_path={setup['dir'] / 'clips'}",
-                    f"--output_path={out}", f"--class_labels_csv={audioset_labels_csv}", "--batch_size=2", "--num_workers=1", "--precision=fp32", "--quiet"])
+    with pytest.raises(SystemExit) as exit_info:   # broken.wav failed: exit status 1, as audio_tagging's
+        inference.main(["extract_embeddings", TORCH, f"--checkpoint_path={setup['ckpt']}",
+                        f"--audio_path={setup['dir'] / 'clips'}", f"--output_path={out}",
+                        f"--class_labels_csv={audioset_labels_csv}", "--batch_size=2", "--num_workers=1",
+                        "--precision=fp32", "--quiet"])
+    assert exit_info.value.code == 1
     assert "Extracted 7 clips (1 failed)" in capsys.readouterr().out
     feats = extract.read_features(str(out))
     good = [p for p in setup["paths"] if not p.endswith("broken.wav")]
@@ -193,7 +197,8 @@ def test_full_disk_is_one_line_and_keeps_committed_rows(setup, tmp_path, monkeyp
         inference.main(argv)
     monkeypatch.undo()
     assert len(extract.read_features(str(out)).audio_names) == 2
-    inference.main(argv)     # space again: resumes and completes
+    with pytest.raises(SystemExit, match="1"):   # space again: resumes and completes (broken.wav: status 1)
+        inference.main(argv)
     assert len(extract.read_features(str(out)).audio_names) == len(setup["paths"]) - 1   # broken.wav fails
 
 

@@ -2,9 +2,6 @@
 nothing lost (tests/test_inference.py, test_extract.py and test_stream.py cover the normal paths).
 
 Checkpoints are tiny random Cnn6 / Cnn6_DecisionLevelAvg files with their config; nothing is downloaded."""
-import io
-import os
-import sys
 import warnings
 
 import h5py
@@ -16,7 +13,6 @@ import torch
 from panns import checkpoint
 from panns import inference
 from panns import models
-from panns import stream
 from panns import validate
 from panns.errors import PannsError
 
@@ -61,3 +57,112 @@ def test_empty_batch_is_reported_empty_not_nan(shape):
             validate.clip(np.zeros(shape, np.float32))
     # HEAR's empty batch still passes through
     assert validate.batch(np.zeros((0, 100), np.float32), allow_empty_batch=True)[0].shape == (0, 100)
+
+
+# ----------------------------------------------------------------------------- outputs, checked up front
+def test_output_folder_problems_are_refused_before_the_model_loads(env, tmp_path, monkeypatch):
+    _loads_no_model(monkeypatch)
+    base = ["audio_tagging", TORCH, f"--checkpoint_path={env['ckpt']}", f"--audio_path={env['a']}"]
+    # the nearest existing ancestor of the output's folder is a file
+    with pytest.raises(PannsError, match="is a file"):
+        inference.main(base + [f"--output={env['a']}/sub/x.json"])
+    # the nearest existing ancestor cannot be written (a probe: permission bits say nothing for root)
+    with pytest.raises(PannsError, match="cannot write --output"):
+        inference.main(base + ["--output=/proc/no_such_folder/x.json"])
+    # an output that is a folder
+    (tmp_path / "out.json").mkdir()
+    with pytest.raises(PannsError, match="is a folder"):
+        inference.main(base + [f"--output={tmp_path / 'out.json'}"])
+    sed = ["sound_event_detection", TORCH, f"--checkpoint_path={env['sed']}", f"--audio_path={env['a']}"]
+    # --output_dir under a file
+    with pytest.raises(PannsError, match="--output_dir.*is a file"):
+        inference.main(sed + [f"--output_dir={env['a']}"])
+    # two outputs that are one file (the events CSV would replace the results CSV)
+    with pytest.raises(PannsError, match="same file"):
+        inference.main(sed + ["--no_plot", f"--output={tmp_path / 'o.csv'}",
+                              f"--events_csv={tmp_path / '.' / 'o.csv'}"])
+    # an output that is an input: the label CSV
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(open(env["labels"], "rb").read())
+    with pytest.raises(PannsError, match="is the input"):
+        inference.main(sed + ["--no_plot", f"--class_labels_csv={labels}", f"--events_csv={labels}"])
+    assert labels.read_bytes() == open(env["labels"], "rb").read()
+
+
+def test_missing_output_folders_are_created(env, tmp_path, capsys):
+    out = tmp_path / "new" / "sub" / "x.json"
+    inference.main(["audio_tagging", TORCH, f"--checkpoint_path={env['ckpt']}", f"--audio_path={env['a']}",
+                    f"--output={out}", f"--class_labels_csv={env['labels']}", "--top_k=1"])
+    assert out.is_file()
+
+
+def test_export_over_its_own_checkpoint_is_refused(env, tmp_path, monkeypatch):
+    pytest.importorskip("onnx")
+    ckpt = tmp_path / "model.onnx"          # a checkpoint with an .onnx name still loads
+    ckpt.write_bytes(open(env["ckpt"], "rb").read())
+    _loads_no_model(monkeypatch)
+    with pytest.raises(PannsError, match="is the input"):
+        inference.main(["export", f"--checkpoint_path={ckpt}", f"--output={ckpt}"])
+    assert ckpt.read_bytes() == open(env["ckpt"], "rb").read()
+
+
+def test_extract_output_checks(env, tmp_path, monkeypatch):
+    _loads_no_model(monkeypatch)
+    base = ["extract_embeddings", TORCH, f"--checkpoint_path={env['ckpt']}", f"--audio_path={env['a']}", "--quiet"]
+    # not an HDF5 name
+    with pytest.raises(PannsError, match=r"\.h5"):
+        inference.main(base + [f"--output_path={tmp_path / 'x.json'}"])
+    assert not (tmp_path / "x.json").exists()
+    # the checkpoint as output: --overwrite would have deleted it
+    ckpt = tmp_path / "ckpt.h5"
+    ckpt.write_bytes(open(env["ckpt"], "rb").read())
+    with pytest.raises(PannsError, match="is the input"):
+        inference.main(["extract_embeddings", TORCH, f"--checkpoint_path={ckpt}", f"--audio_path={env['a']}",
+                        f"--output_path={ckpt}", "--overwrite", "--quiet"])
+    assert ckpt.read_bytes() == open(env["ckpt"], "rb").read()
+    with pytest.raises(PannsError, match="is a file"):
+        inference.main(base + [f"--output_path={env['a']}/x.h5"])
+
+
+# ----------------------------------------------------------------------------- extraction failures
+def test_extract_with_undecodable_files_exits_non_zero_and_keeps_the_rows(env, tmp_path, capsys, caplog):
+    out = tmp_path / "feats.h5"
+    with pytest.raises(SystemExit) as exit_info:
+        inference.main(["extract_embeddings", TORCH, f"--checkpoint_path={env['ckpt']}", "--quiet",
+                        f"--audio_path={env['a']}", f"--audio_path={env['broken']}", f"--audio_path={env['b']}",
+                        f"--output_path={out}", "--num_workers=0", "--precision=fp32"])
+    assert exit_info.value.code == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "1 files could not be decoded" in errors[0] and "broken.wav" in errors[0]
+    assert "\n" not in errors[0]
+    with h5py.File(out, "r") as f:
+        assert int(f.attrs["num_rows"]) == 2
+
+
+# ----------------------------------------------------------------------------- options that did nothing
+def test_hop_without_segment_is_refused_when_it_changes_nothing(env, monkeypatch):
+    _loads_no_model(monkeypatch)
+    with pytest.raises(PannsError, match="--hop_seconds 0.5 has no effect without --segment_seconds"):
+        inference.main(["audio_tagging", TORCH, f"--checkpoint_path={env['ckpt']}", f"--audio_path={env['a']}",
+                        "--hop_seconds=0.5"])
+
+
+def test_hop_without_segment_warns_when_only_long_recordings_use_it(env, monkeypatch, caplog):
+    real = inference.audio_io.probe_seconds
+    monkeypatch.setattr(inference.audio_io, "probe_seconds",
+                        lambda p: 700.0 if p == env["b"] else real(p))   # b "is" long: it takes the hop
+    _loads_no_model(monkeypatch)
+    with pytest.raises(AssertionError, match="model was loaded"):   # not refused: b uses the hop
+        inference.main(["audio_tagging", TORCH, f"--checkpoint_path={env['ckpt']}", f"--audio_path={env['a']}",
+                        f"--audio_path={env['b']}", "--hop_seconds=5"])
+    assert "--hop_seconds applies only to the 1 of 2 recordings" in caplog.text
+
+
+@pytest.mark.parametrize("command", ["audio_tagging", "extract_embeddings"])
+def test_segment_shorter_than_the_model_minimum_is_refused(env, tmp_path, capsys, command):
+    extra = [f"--output_path={tmp_path / 'f.h5'}", "--quiet"] if command == "extract_embeddings" else []
+    with pytest.raises(PannsError, match=r"--segment_seconds 0.001 is shorter .* at least 0.15 seconds"):
+        inference.main([command, TORCH, f"--checkpoint_path={env['ckpt']}", f"--audio_path={env['a']}",
+                        "--segment_seconds=0.001", f"--class_labels_csv={env['labels']}", *extra])
+    assert ":" not in capsys.readouterr().out   # no tag lines printed
+    assert not (tmp_path / "f.h5").exists()

@@ -697,9 +697,33 @@ def add_arguments(p) -> None:
     p.set_defaults(precision="auto")
 
 
+HDF5_EXTENSIONS = (".h5", ".hdf5")
+
+
+def check_output(args, paths: Sequence[str]) -> None:
+    """Before the model loads: ``--output_path`` names an HDF5 file (``x.json`` would get HDF5 bytes
+    under a misleading name) that can be written and is no input (an audio file, the checkpoint, the
+    label CSV: resuming or --overwrite would destroy it), and neither is its failures list."""
+    out = args.output_path
+    if os.path.splitext(out)[1].lower() not in HDF5_EXTENSIONS:
+        raise PannsError(f"--output_path must end in {' or '.join(HDF5_EXTENSIONS)} (an HDF5 file), got {out}")
+    validate.output_paths([("--output_path", out), ("--output_path's failures list", out + ".failed.csv")],
+                          inputs=[args.checkpoint_path, args.class_labels_csv, *args.audio_path], files=paths)
+
+
+def _failure_line(summary: dict, output_path: str) -> str:
+    """One line for files that could not be decoded: how many, the first (with its reason), where all are."""
+    failed = _read_failed_csv(output_path + ".failed.csv")
+    first = f" (first: {' '.join(failed[0][1].split())[:160]})" if failed else ""
+    more = f" and {len(failed) - 1} more" if len(failed) > 1 else ""
+    return (f"{summary['failed']} files could not be decoded{first}{more}; all listed in {output_path}.failed.csv; "
+            f"the {summary.get('rows')} rows of the others are in {output_path}")
+
+
 def run(args) -> int:
     """Extract the files of ``args.audio_path`` into ``args.output_path`` (under torchrun: one
-    share per rank, merged by rank 0) and print the one-line summary."""
+    share per rank, merged by rank 0) and print the one-line summary; exit status 1 when some files
+    could not be decoded (as audio_tagging: the rows of the others are written all the same)."""
     # Ranks wait at the barrier for the slowest share, hence the long timeout.
     info = devices.init_distributed(bool(args.cuda), timeout=datetime.timedelta(days=7))
     rank = info.rank
@@ -707,6 +731,7 @@ def run(args) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     try:
         paths = runtime.gather_inputs(args.audio_path)
+        check_output(args, paths)
         precision = args.precision
         if precision == "auto" and info.device.type == "cuda" and not devices.native_bf16(info.device):
             precision = "fp32"   # 'auto' of extraction: bf16 where native, else fp32 (not sm70/75's fp16)
@@ -718,6 +743,8 @@ def run(args) -> int:
                                        batch_size=args.batch_size,
                                        num_workers=args.num_workers, segment_seconds=args.segment_seconds,
                                        progress=not args.quiet and rank == 0)
+        # every file cropped or padded to a window the model cannot take whole would be mostly padding
+        validate.segment_fits(args.segment_seconds, ex.min_samples, ex.sample_rate, ex.config.model_type)
         if not getattr(ex.config, "labels", None):
             try:  # official checkpoints carry no labels: store the CSV's names if it is there
                 ex.labels = runtime.resolve_labels(ex.config, args.class_labels_csv)[0]
@@ -732,5 +759,6 @@ def run(args) -> int:
         print("Extracted {} clips ({} failed) -> {} ({} rows)".format(summary["extracted"], summary["failed"],
                                                                       summary["output"], summary.get("rows")))
         if summary["failed"]:
-            logger.warning("%d files could not be decoded; see %s.failed.csv", summary["failed"], args.output_path)
+            logger.error("%s", _failure_line(summary, args.output_path))
+            return 1
     return 0

@@ -346,17 +346,24 @@ def _figure_paths(paths: Sequence[str], output_dir: str) -> List[str]:
 OUTPUT_EXTENSIONS = {"output": (".json", ".csv"), "events_csv": (".csv",), "framewise_output": (".npy", ".h5")}
 
 
-def check_outputs(args) -> None:
-    """Reject output paths with a wrong extension or an unwritable folder before any work is done."""
+def check_outputs(args, paths: Sequence[str] = ()) -> None:
+    """Refuse, before the model loads or any audio is decoded, outputs with a wrong extension and
+    outputs that cannot be written (a missing folder is made later, so the nearest existing one is
+    probed), that are folders, or that are an input (``paths``, the checkpoint, the label CSV) or
+    another output: found after computing, each of these cost the whole run, or destroyed a file."""
+    outputs = []
     for key, exts in OUTPUT_EXTENSIONS.items():
         path = getattr(args, key, None)
         if not path:
             continue
         if os.path.splitext(path)[1].lower() not in exts:
             raise PannsError(f"--{key} must end in {' or '.join(exts)}, got {path}")
-        folder = os.path.dirname(os.path.abspath(path))
-        if os.path.isdir(folder) and not os.access(folder, os.W_OK):
-            raise PannsError(f"cannot write --{key} {path}: folder {folder} is not writable")
+        outputs.append((f"--{key}", path))
+    if getattr(args, "output_dir", None) and not getattr(args, "no_plot", True) and paths:
+        # the figures all go to one folder: the first one stands for the folder's checks
+        outputs.append(("--output_dir figure", _figure_paths(paths[:1], args.output_dir)[0]))
+    validate.output_paths(outputs, inputs=[args.checkpoint_path, getattr(args, "class_labels_csv", None),
+                                           *args.audio_path], files=paths)
 
 
 def _print_device(device: torch.device) -> None:
@@ -370,9 +377,27 @@ def _expected_frames(paths: Sequence[str], fps: float) -> int:
     return int(sum((audio_io.probe_seconds(p) or 0.0) * fps + 1 for p in paths))
 
 
+def check_hop(args, paths: Sequence[str]) -> None:
+    """--hop_seconds without --segment_seconds moves only the windows of recordings over
+    AUTO_WINDOW_SECONDS (the automatic AUTO_SEGMENT_SECONDS windows); shorter ones run whole. Refused
+    when it changes nothing, one warning when it changes only some (a length unknown counts as long)."""
+    if args.hop_seconds is None or args.segment_seconds is not None:
+        return
+    long = sum(1 for p in paths if (audio_io.probe_seconds(p) or math.inf) > AUTO_WINDOW_SECONDS)
+    if not long:
+        raise PannsError(f"--hop_seconds {args.hop_seconds:g} has no effect without --segment_seconds: recordings up "
+                         f"to {AUTO_WINDOW_SECONDS:.0f} s run whole; add --segment_seconds (e.g. "
+                         f"{AUTO_SEGMENT_SECONDS:.0f}) to tag in sliding windows")
+    if long < len(paths):
+        logger.warning("--hop_seconds applies only to the %d of %d recordings over %.0f s (run in %.0f-s windows); "
+                       "the other %d run whole: add --segment_seconds to window them too", long, len(paths),
+                       AUTO_WINDOW_SECONDS, AUTO_SEGMENT_SECONDS, len(paths) - long)
+
+
 def _tag_files(args, sed: bool) -> int:
     paths = gather_inputs(args.audio_path)
-    check_outputs(args)
+    check_outputs(args, paths)
+    check_hop(args, paths)
     fw_out = getattr(args, "framewise_output", None)
     if fw_out and fw_out.lower().endswith(".npy") and len(paths) > 1:
         raise PannsError(f"--framewise_output {fw_out}: a .npy file holds one matrix; use a .h5 file for "
@@ -380,6 +405,8 @@ def _tag_files(args, sed: bool) -> int:
     if args.class_labels_csv or os.path.isfile(config.DEFAULT_LABELS_CSV):
         config.read_class_labels(args.class_labels_csv)   # a bad label CSV fails before the model loads
     ld = load_runtime(args, paths)
+    # before any file is run: a window the model cannot take whole would be mostly padding
+    validate.segment_fits(args.segment_seconds, ld.min_samples, ld.sample_rate, ld.config.model_type)
     if sed and not ld.is_sed:
         from panns import models  # the registry, for the list of SED models in the message
 
@@ -616,6 +643,9 @@ def export(args) -> int:
     onnx_backend.check_opset(args.opset)
     if not args.output.lower().endswith(".onnx"):
         raise PannsError(f"--output must end in .onnx, got {args.output}")
+    # before the model loads: an unwritable folder, or an output that is the checkpoint (a .onnx-named
+    # checkpoint loads fine and the export would replace it)
+    validate.output_paths([("--output", args.output)], inputs=[args.checkpoint_path, args.class_labels_csv])
     model, cfg, _ = runtime.load_model(args.checkpoint_path, validate.model_type_for(args.checkpoint_path,
                                                                                      args.model_type),
                                        frontend_overrides(args) or None)

@@ -223,6 +223,19 @@ def options(top_k=None, batch_size=None, segment_seconds=None, hop_seconds=None,
         raise PannsError(f"{prefix}min_duration must be >= 0, got {min_duration}")
 
 
+def segment_fits(segment_seconds: Optional[float], min_samples: int, sample_rate: int, model_type: str,
+                 flag: str = "--segment_seconds") -> None:
+    """Refuse a window shorter than the shortest input the model runs on (``min_samples``): such a
+    window was silently rounded up to one model hop and zero-padded to the minimum, so the result
+    said little about the audio (``0.001`` ran 32 samples in 4,800 of padding)."""
+    if segment_seconds is None or min_samples <= 0:
+        return
+    if int(round(segment_seconds * sample_rate)) < min_samples:
+        need = math.ceil(min_samples / sample_rate * 1000) / 1000
+        raise PannsError(f"{flag} {segment_seconds:g} is shorter than the shortest input {model_type} runs on "
+                         f"({min_samples} samples at {sample_rate} Hz); use at least {need:g} seconds")
+
+
 MIN_RATE, MAX_RATE = 1000, 1_000_000   # beyond these a rate is a mistake (a resample would be absurdly large)
 
 
@@ -233,6 +246,35 @@ def sample_rate(value, name: str = "sample_rate") -> int:
     if v != int(v) or not MIN_RATE <= v <= MAX_RATE:
         raise PannsError(f"{name} must be a whole number of Hz from {MIN_RATE} to {MAX_RATE}, got {value!r}")
     return int(v)
+
+
+# ----------------------------------------------------------------------------- output files
+def output_paths(outputs: Sequence[Tuple[str, Optional[str]]], inputs: Sequence[str] = (),
+                 files: Sequence[str] = ()) -> None:
+    """Refuse, before any model is loaded, output files that cannot be written or would destroy data.
+
+    ``outputs``: (flag, path) pairs (path None: not asked for). Each is refused when it is a folder,
+    when its nearest existing ancestor is a file or cannot be written (a real probe: permission bits
+    say nothing for root or on read-only mounts), when it is the same file as another output (one
+    would overwrite the other) or as an input. ``inputs``: the few files named on the command line
+    (checkpoint, label CSV, --audio_path entries), each compared in full; ``files``: the gathered audio
+    files, possibly millions, compared only where their base name matches an output's (a stat each
+    would be slow on network file systems)."""
+    from panns import packing   # owner of check_output_path (a files helper: it belongs in utilities)
+
+    seen: dict = {}
+    for flag, path in outputs:
+        if not path:
+            continue
+        key = os.path.normcase(os.path.realpath(path))
+        if key in seen:
+            other_flag, other = seen[key]
+            raise PannsError(f"{flag} {path} is the same file as {other_flag} {other}; one would overwrite the "
+                             "other: give them different paths")
+        seen[key] = (flag, path)
+        base = os.path.normcase(os.path.basename(path))
+        same_name = [f for f in files if os.path.normcase(os.path.basename(f)) == base]
+        packing.check_output_path(path, [p for p in inputs if p] + same_name, flag)
 
 
 # ----------------------------------------------------------------------------- model type of a file
