@@ -22,6 +22,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from panns import devices
-from panns.utilities import atomic_write_text
+from panns.utilities import DiskFullError, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ def load_verdict(key: Dict[str, object]) -> Optional[Verdict]:
         seconds = {str(k): float(v) for k, v in rec["seconds"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    if not all(math.isfinite(v) and v > 0 for v in seconds.values()):
+        return None   # a hand-edited or damaged file: NaN would sort anywhere and pick a path at random
     # Paths that could not run when measured are absent: a subset of the key's paths, not none.
     if rec.get("key") != key or not seconds or not set(seconds) <= set(key["paths"]):  # type: ignore[arg-type]
         return None
@@ -161,8 +164,8 @@ def save_verdict(key: Dict[str, object], verdict: Verdict) -> Verdict:
         atomic_write_text(path, json.dumps({"key": key, "seconds": verdict.seconds,
                                             "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
         verdict.file = path
-    except OSError as e:
-        logger.info("cannot cache the backend calibration in %s (%s)", path, e.strerror or e)
+    except (OSError, DiskFullError) as e:   # DiskFullError is no OSError; it must not end the command either
+        logger.info("cannot cache the backend calibration in %s (%s)", path, getattr(e, "strerror", None) or e)
     return verdict
 
 

@@ -53,7 +53,10 @@ class HearModel(torch.nn.Module):
         self.config = config
         self.model_sample_rate = int(config.sample_rate)
         self.sample_rate = hear_rate(self.model_sample_rate)
-        self.window_seconds, self.hop_ms, self.batch_size = window_seconds, hop_ms, batch_size
+        # refused here, not as a ZeroDivisionError / range() error at the first timestamp call
+        self.window_seconds = validate.positive_seconds(window_seconds, "window_seconds")
+        self.hop_ms = validate.positive_seconds(hop_ms, "hop_ms")
+        self.batch_size = validate.positive_int(batch_size, "batch_size")
         self._runtime: Optional[Runtime] = None
         probe = self.runtime.forward(np.zeros(self.runtime.min_samples or self.model_sample_rate, np.float32))
         self.is_sed = "embedding" not in probe
@@ -76,8 +79,12 @@ class HearModel(torch.nn.Module):
         x, _ = validate.batch(audio, "audio", self.sample_rate, allow_empty_batch=True)
         if self.sample_rate == self.model_sample_rate:
             return np.ascontiguousarray(x)
+        if not len(x):   # keep the length: (0, n) gives as many timestamps per sound as (k, n)
+            n = audio_io.resample(np.zeros(x.shape[1], np.float32), self.sample_rate, self.model_sample_rate).shape[0] \
+                if x.ndim == 2 and x.shape[1] else 0
+            return np.zeros((0, n), np.float32)
         return np.stack([audio_io.resample(np.ascontiguousarray(s), self.sample_rate, self.model_sample_rate)
-                         for s in x]) if len(x) else np.zeros((0, 0), np.float32)
+                         for s in x])
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """Scene embeddings (n_sounds, scene_embedding_size)."""
@@ -100,10 +107,10 @@ def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     """(n_sounds, n_samples) at ``model.sample_rate`` -> (n_sounds, scene_embedding_size) float32."""
     x = model.to_model_rate(audio)
     if len(x) == 0:
-        return torch.zeros((0, model.scene_embedding_size))
+        return torch.zeros((0, model.scene_embedding_size), device=_device_of(audio))
     pred = model.runtime.predict(x, batch_size=model.batch_size)
     out = pred.clipwise if model.is_sed else pred.embedding
-    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(audio.device)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(_device_of(audio))
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +120,8 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> Tuple[tor
     rt, sr = model.runtime, model.model_sample_rate
     n = x.shape[1] if x.ndim == 2 else 0
     if model.is_sed:
-        fw = rt.forward(x)["framewise_output"] if len(x) else np.zeros((0, n // rt.hop_size + 1, 527), np.float32)
+        fw = rt.forward(x)["framewise_output"] if len(x) else \
+            np.zeros((0, n // rt.hop_size + 1, model.timestamp_embedding_size), np.float32)
         frames = n // rt.hop_size + 1     # centred STFT frames: frame i is centred at i * hop
         fw = fw[:, :frames]
         ts = np.arange(fw.shape[1]) * rt.hop_size / sr * 1000.0
@@ -134,5 +142,11 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> Tuple[tor
                 emb[i, b:b + len(chunk)] = rt.forward(windows)["embedding"]
         ts = ts_samples / sr * 1000.0
     timestamps = np.repeat(ts[None].astype(np.float32), len(x), axis=0)
-    return (torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)).to(audio.device),
-            torch.from_numpy(np.ascontiguousarray(timestamps)).to(audio.device))
+    device = _device_of(audio)
+    return (torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)).to(device),
+            torch.from_numpy(np.ascontiguousarray(timestamps)).to(device))
+
+
+def _device_of(audio) -> torch.device:
+    """Where the results go: the input tensor's device; the CPU for arrays and lists (validate takes them)."""
+    return audio.device if isinstance(audio, torch.Tensor) else torch.device("cpu")
