@@ -2,13 +2,14 @@
 utilities (plot_statistics, create_black_list): one clear error, no traceback in a CLI, no lost data."""
 import json
 import os
+import pickle
 import sys
 
 import numpy as np
 import pytest
 import torch
 
-from panns import calibration, checkpoint, hear, models, onnx_backend
+from panns import calibration, checkpoint, create_black_list, hear, models, onnx_backend, plot_statistics
 from panns.errors import PannsError, run_cli
 from panns.utilities import DiskFullError
 
@@ -130,3 +131,56 @@ def _cli(main, argv, monkeypatch, capsys):
     with pytest.raises(SystemExit) as ei:
         run_cli(main)
     return ei.value.code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("stats", [{"bal": [{"x": 1}], "test": []}, {"bal": 5}, {"bal": [3.0]},
+                                   {"bal": [{"average_precision": "abc"}]}])
+def test_plot_statistics_other_pickles_are_one_line(tmp_path, monkeypatch, capsys, stats):
+    path = tmp_path / "statistics.pkl"
+    path.write_bytes(pickle.dumps(stats))
+    code, err = _cli(plot_statistics.main, ["plot_runs", "--statistics_paths", str(path), "--output",
+                                            str(tmp_path / "m.png")], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 0 and "is not a statistics pickle" in err
+    assert not (tmp_path / "m.png").exists()
+
+
+@pytest.mark.parametrize("output,message", [("m.xyz", "cannot write .xyz"), ("folder", "is a folder"),
+                                            ("afile/m.png", "cannot create the folder")])
+def test_plot_statistics_unusable_output_is_one_line_and_leaves_no_temp(tmp_path, monkeypatch, capsys, output,
+                                                                        message):
+    stats = tmp_path / "statistics.pkl"
+    stats.write_bytes(pickle.dumps({"bal": [{"average_precision": [0.1, 0.3], "iteration": 0}], "test": []}))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    code, err = _cli(plot_statistics.main, ["plot_runs", "--statistics_paths", str(stats), "--output", output],
+                     monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 0 and message in err
+    assert sorted(os.listdir(tmp_path)) == ["afile", "folder", "statistics.pkl"]   # no .tmp file left
+
+
+def _dcase_dir(tmp_path, testing: bytes):
+    bl = tmp_path / "bl"
+    bl.mkdir()
+    (bl / create_black_list.DCASE2017_FILES[0]).write_bytes(testing)
+    (bl / create_black_list.DCASE2017_FILES[1]).write_text("0BHN3aVgXNU_2.000_12.000.wav\t2.0\t12.0\tTruck\n")
+    return str(bl)
+
+
+@pytest.mark.parametrize("testing,message", [
+    (b"\xff\xfe\x00bad\n", "not a UTF-8 text file"),
+    (b"Y-5QrBL6MzLg_60.000_70.000.wav\t60.000\t70.000\tTrain\n", "line 1"),   # YouTube file names, not DCASE's
+    (b"-5QrBL6MzLg_60.000_70.000.wav,60.000,70.000,Train\n".replace(b"_60", b"x60"), "line 1"),
+])
+def test_black_list_bad_csv_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, testing, message):
+    bl = _dcase_dir(tmp_path, testing)
+    code, err = _cli(create_black_list.main, ["dcase2017task4", "--workspace", str(tmp_path / "ws"),
+                                              "--black_list_dir", bl], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 0 and message in err
+    assert not (tmp_path / "ws").exists()
+
+
+def test_black_list_reads_a_csv_saved_with_a_bom(tmp_path):
+    bl = _dcase_dir(tmp_path, "\ufeff-5QrBL6MzLg_60.000_70.000.wav\t60.000\t70.000\tTrain\n".encode("utf-8"))
+    out = create_black_list.dcase2017task4(str(tmp_path / "ws"), bl)
+    assert open(out).read().split() == ["-5QrBL6MzLg", "0BHN3aVgXNU"]

@@ -26,19 +26,28 @@ DCASE2017_FILES = ("groundtruth_weak_label_testing_set.csv", "groundtruth_weak_l
 YTID_LEN = 11
 
 
+_YTID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
 def _ytids(path: str) -> List[str]:
     seen, out = set(), []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            first = line.split("\t")[0].strip()
-            if len(first) < YTID_LEN:
-                raise PannsError(f"{path} line {n}: expected '<YTID>_<start>_<end>.wav<TAB>...', got {line[:60]!r}")
-            ytid = first[:YTID_LEN]
-            if ytid not in seen:
-                seen.add(ytid)
-                out.append(ytid)
+    try:
+        with open(path, encoding="utf-8-sig") as f:   # -sig: a spreadsheet's BOM is not part of the first id
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                first = line.split("\t")[0].strip()
+                ytid = first[:YTID_LEN]
+                # <YTID>_<start>_<end>.wav: a 'Y' prefix or another layout would black-list wrong ids silently
+                if len(first) <= YTID_LEN or first[YTID_LEN] != "_" or not set(ytid) <= _YTID_CHARS:
+                    raise PannsError(f"{path} line {n}: expected '<YTID>_<start>_<end>.wav<TAB>...', "
+                                     f"got {line[:60]!r}")
+                if ytid not in seen:
+                    seen.add(ytid)
+                    out.append(ytid)
+    except UnicodeDecodeError as e:
+        raise PannsError(f"{path} is not a UTF-8 text file (byte {e.start}: {e.reason}); "
+                         "expected the DCASE 2017 task 4 ground-truth CSV") from None
     return out
 
 

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from panns.errors import PannsError, run_cli
-from panns.utilities import atomic_path
+from panns.utilities import atomic_write
 
 Curve = Tuple[np.ndarray, np.ndarray]
 
@@ -42,13 +42,17 @@ def load_curves(statistics_path: str) -> Dict[str, Curve]:
         raise PannsError(f"{statistics_path} is not a statistics pickle (expected a dict with 'bal'/'test')")
     curves: Dict[str, Curve] = {}
     for key in ("bal", "test"):
-        entries = stats.get(key) or []
+        entries = stats.get(key)
         its, maps = [], []
-        for n, s in enumerate(entries):
-            ap = np.asarray(s["average_precision"], dtype=np.float64)
-            ok = ~np.isnan(ap)
-            its.append(int(s.get("iteration", n * 2000)))
-            maps.append(float(ap[ok].mean()) if ok.any() else np.nan)
+        try:   # another pickle with these keys: one line naming the file, not a KeyError/TypeError traceback
+            for n, s in enumerate([] if entries is None else entries):
+                ap = np.asarray(s["average_precision"], dtype=np.float64)
+                ok = ~np.isnan(ap)
+                its.append(int(s.get("iteration", n * 2000)))
+                maps.append(float(ap[ok].mean()) if ok.any() else np.nan)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise PannsError(f"{statistics_path} is not a statistics pickle: its {key!r} entries are not "
+                             f"evaluations with 'average_precision' ({type(e).__name__}: {e})") from None
         curves[key] = (np.asarray(its), np.asarray(maps))
     return curves
 
@@ -86,6 +90,7 @@ def plot_runs(statistics_paths: Sequence[str], output: str, labels: Optional[Seq
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fmt = _check_output(output, plt)
     labels = list(labels) if labels is not None else run_labels(statistics_paths)
     fig, ax = plt.subplots(figsize=(10, 6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -104,14 +109,30 @@ def plot_runs(statistics_paths: Sequence[str], output: str, labels: Optional[Seq
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    out_dir = os.path.dirname(os.path.abspath(output))
-    os.makedirs(out_dir, exist_ok=True)
-    fmt = os.path.splitext(output)[1].lstrip(".").lower() or "png"
-    tmp = atomic_path(output)
-    fig.savefig(tmp, format=fmt)
-    plt.close(fig)
-    os.replace(tmp, output)
+    try:
+        with atomic_write(output) as tmp:   # no temporary left behind when saving fails
+            fig.savefig(tmp, format=fmt)
+    finally:
+        plt.close(fig)
     return output
+
+
+def _check_output(output: str, plt) -> str:
+    """The figure format of ``output``; PannsError before plotting for an unknown extension, a folder,
+    or a folder that cannot be made."""
+    fmt = os.path.splitext(output)[1].lstrip(".").lower() or "png"
+    supported = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if fmt not in supported:
+        raise PannsError(f"--output {output}: cannot write .{fmt} figures; use one of "
+                         f"{', '.join('.' + f for f in sorted(supported))}")
+    if os.path.isdir(output):
+        raise PannsError(f"--output {output} is a folder; give a file name such as {os.path.join(output, 'map.png')}")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    except OSError as e:   # a file in the way, no permission
+        raise PannsError(f"cannot create the folder of --output {output}: {e.strerror or e}") from None
+    return fmt
 
 
 def main() -> None:
