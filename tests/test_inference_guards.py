@@ -2,6 +2,9 @@
 nothing lost (tests/test_inference.py, test_extract.py and test_stream.py cover the normal paths).
 
 Checkpoints are tiny random Cnn6 / Cnn6_DecisionLevelAvg files with their config; nothing is downloaded."""
+import io
+import json
+import sys
 import warnings
 
 import h5py
@@ -166,3 +169,78 @@ def test_segment_shorter_than_the_model_minimum_is_refused(env, tmp_path, capsys
                         "--segment_seconds=0.001", f"--class_labels_csv={env['labels']}", *extra])
     assert ":" not in capsys.readouterr().out   # no tag lines printed
     assert not (tmp_path / "f.h5").exists()
+
+
+# ----------------------------------------------------------------------------- stream
+def _stream_model(env):
+    from panns import api
+    from panns.runtime import Runtime
+
+    ckpt = checkpoint.load_model(env["ckpt"])
+    return api.Model(Runtime(ckpt[0], ckpt[1]))
+
+
+def test_stream_nan_is_named_by_its_time_in_the_stream(env):
+    s = _stream_model(env).stream(hop_seconds=1.0, window_seconds=2.0)
+    for _ in range(5):                         # 2.5 s of silence in 0.5-s chunks of 16 kHz
+        s.push(np.zeros(8000, np.float32), 16000)
+    chunk = np.zeros(8000, np.float32)
+    chunk[4000] = np.nan                       # 0.25 s into this chunk: 2.750 s into the stream
+    with pytest.raises(PannsError, match=r"2\.750 s into the stream"):
+        s.push(chunk, 16000)
+
+
+def _stdin(monkeypatch, data: bytes):
+    monkeypatch.setattr(sys, "stdin", type("In", (), {"buffer": io.BytesIO(data)})())
+
+
+def _stream_cli(env, capsys, *argv):
+    inference.main(["stream", TORCH, f"--checkpoint_path={env['ckpt']}", f"--class_labels_csv={env['labels']}",
+                    "--hop_seconds=1", "--window_seconds=2", "--top_k=3", *argv])
+    return capsys.readouterr().out.splitlines()[:-1]   # the last line is timing
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT", "PCM_U8"])
+def test_stream_reads_a_wav_header_on_stdin(env, tmp_path, capsys, monkeypatch, subtype):
+    rs = np.random.RandomState(3)
+    wav = tmp_path / "st.wav"
+    sf.write(str(wav), (0.3 * rs.randn(3 * 16000, 2)).astype(np.float32), 16000, subtype=subtype)
+    from_file = _stream_cli(env, capsys, f"--audio_path={wav}")
+    _stdin(monkeypatch, wav.read_bytes())
+    from_stdin = _stream_cli(env, capsys, "--audio_path=-")
+    assert from_stdin == from_file and [json.loads(x)["time"] for x in from_stdin] == [1.0, 2.0, 3.0]
+    # raw PCM still works: the same 16-bit samples without the header, mono, at --sample_rate
+    if subtype == "PCM_16":
+        mono = sf.read(str(wav), dtype="float32")[0].mean(axis=1)
+        sf.write(str(tmp_path / "mono.wav"), mono, 16000, subtype="PCM_16")
+        _stdin(monkeypatch, sf.read(str(tmp_path / "mono.wav"), dtype="int16")[0].tobytes())
+        raw = _stream_cli(env, capsys, "--audio_path=-", "--sample_rate=16000")
+        assert raw == _stream_cli(env, capsys, f"--audio_path={tmp_path / 'mono.wav'}")
+
+
+def test_stream_stdin_formats_it_cannot_read_are_one_line(env, tmp_path, capsys, monkeypatch):
+    rs = np.random.RandomState(4)
+    y = (0.3 * rs.randn(16000)).astype(np.float32)
+    sf.write(str(tmp_path / "x.wav"), y, 16000, subtype="ULAW")
+    sf.write(str(tmp_path / "x.flac"), y, 16000)
+    sf.write(str(tmp_path / "ok.wav"), y, 16000)
+    for name, match in (("x.wav", "WAV sample format 7"), ("x.flac", "stdin holds FLAC data")):
+        _stdin(monkeypatch, (tmp_path / name).read_bytes())
+        with pytest.raises(PannsError, match=match):
+            _stream_cli(env, capsys, "--audio_path=-")
+    # --sample_rate that contradicts the header
+    _stdin(monkeypatch, (tmp_path / "ok.wav").read_bytes())
+    with pytest.raises(PannsError, match="contradicts the WAV header"):
+        _stream_cli(env, capsys, "--audio_path=-", "--sample_rate=32000")
+
+
+def test_stream_sample_rate_with_a_file_is_refused(env, monkeypatch, capsys):
+    _loads_no_model(monkeypatch)
+    with pytest.raises(PannsError, match="--sample_rate 16000 applies only to raw PCM on stdin"):
+        _stream_cli(env, capsys, f"--audio_path={env['a']}", "--sample_rate=16000")
+
+
+def test_stream_help_names_stdin_and_wav():
+    help_text = " ".join(inference.build_parser()._subparsers._group_actions[0].choices["stream"]
+                         .format_help().split())
+    assert "or - for stdin: a WAV stream" in help_text

@@ -45,7 +45,7 @@ import struct
 import subprocess
 import sys
 import time
-from typing import IO, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -65,18 +65,19 @@ Item = dict   # {"time", "tags"} per hop, {"event", "onset", "offset", "score", 
 
 
 # ----------------------------------------------------------------------------- input side
-def as_mono(samples) -> np.ndarray:
+def as_mono(samples, sample_rate: Optional[int] = None, start_seconds: Optional[float] = None) -> np.ndarray:
     """One chunk -> mono float32 (n,). Accepts (n,) or (n, channels) (soundfile's and sounddevice's
     layout) arrays or tensors; dtypes as every front door takes them (``validate.as_float``: integer PCM
-    scaled as soundfile reads it) and non-finite samples refused. Channels are always last here: a chunk
-    may be shorter than its channel count, so the layout is not guessed from the shape."""
+    scaled as soundfile reads it) and non-finite samples refused, named by their time in the stream
+    when ``start_seconds`` (the chunk's start) and ``sample_rate`` are given. Channels are always last
+    here: a chunk may be shorter than its channel count, so the layout is not guessed from the shape."""
     x = validate.as_float(samples, "audio chunk")
     if x.ndim == 2:
         x = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
     elif x.ndim != 1:
         raise PannsError(f"audio chunks must be (samples,) or (samples, channels), got shape {x.shape}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    validate.check_finite(x, "audio chunk")
+    validate.check_finite(x, "audio chunk", sample_rate, start_seconds)
     return x
 
 
@@ -207,7 +208,7 @@ class Stream:
         elif rate != self._resampler.rate:
             raise PannsError(f"sample rate changed within the stream ({self._resampler.rate} -> {rate} Hz); "
                              "start a new stream")
-        x = as_mono(samples)
+        x = as_mono(samples, rate, self._received)   # NaN named by its time in the stream, not in the chunk
         self._received += len(x) / rate
         self._append(self._resampler.feed(x))
         items = self._advance()
@@ -313,11 +314,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     shared = p._option_string_actions   # the flags _add_common added (argparse has no public handle on them)
     shared["--audio_path"].required = False
     shared["--audio_path"].help = (
-        "one audio file or URL (any format ffmpeg reads), or - for raw 16-bit little-endian mono PCM on stdin "
-        "at --sample_rate")
+        "one source: an audio file or URL (any format ffmpeg reads), or - for stdin: a WAV stream (its header "
+        "gives rate, channels and sample format) or raw 16-bit little-endian mono PCM at --sample_rate")
     shared["--batch_size"].help = "unused: a stream runs one window at a time (batch 1)"
     shared["--sample_rate"].help = (
-        "sample rate of the raw PCM on stdin (--audio_path -) and of the microphone (default: the model's)")
+        "sample rate of the raw PCM on stdin (--audio_path -) and of the microphone (default: the model's); "
+        "refused with a file or URL, which carry their own")
     p.add_argument("--chunk_seconds", type=float, default=0.1,
                    help="audio read (or recorded) per push (default: %(default)s)")
     p.add_argument("--hop_seconds", type=float, default=1.0,
@@ -356,9 +358,13 @@ def run(args) -> int:
     args.sample_rate = None   # see add_arguments: not a front-end setting here
     if pcm_rate is not None and pcm_rate <= 0:
         raise PannsError("--sample_rate must be positive")
+    if pcm_rate is not None and source not in (None, "-"):
+        # it would be ignored: a file or URL is decoded at its own rate (the model's rate is the checkpoint's)
+        raise PannsError(f"--sample_rate {pcm_rate} applies only to raw PCM on stdin (--audio_path -) and to "
+                         f"--microphone; {source} carries its own rate: drop --sample_rate")
     if source not in (None, "-") and "://" not in source and not os.path.isfile(source):
-        raise AudioDecodeError(f"stream takes one audio file, got a folder: {source}" if os.path.isdir(source)
-                               else f"audio file not found: {source}")
+        raise AudioDecodeError(f"stream takes one audio file, URL or -, got a folder: {source}"
+                               if os.path.isdir(source) else f"audio file not found: {source}")
     rt = Runtime.load(args.checkpoint_path, model_type=args.model_type, frontend=frontend_overrides(args) or None,
                       device=bool(args.cuda), precision=args.precision, backend=args.backend,
                       **_auto_options(args, source))
@@ -366,7 +372,7 @@ def run(args) -> int:
     stream = Stream(rt, labels, args.hop_seconds, args.window_seconds, args.lookahead_seconds,
                     min(args.top_k, len(labels)), args.threshold, args.min_duration)
     chunks = _microphone(pcm_rate or rt.sample_rate, args.chunk_seconds) if source is None else \
-        _read_source(source, args.chunk_seconds, pcm_rate or rt.sample_rate)
+        _read_source(source, args.chunk_seconds, pcm_rate or rt.sample_rate, pcm_rate)
     out = sys.stdout
     try:
         for chunk, rate in chunks:
@@ -410,11 +416,13 @@ def _print_items(out: IO[str], items: List[Item]) -> None:
         out.flush()
 
 
-def _read_source(source: str, chunk_seconds: float, pcm_rate: int) -> Iterator[Tuple[np.ndarray, int]]:
-    """(chunk, rate) pairs of ``chunk_seconds`` from stdin ('-': s16le mono at ``pcm_rate``), a file
-    soundfile reads, or anything else through ffmpeg (other formats, URLs)."""
+def _read_source(source: str, chunk_seconds: float, pcm_rate: int,
+                 rate_given: Optional[int] = None) -> Iterator[Tuple[np.ndarray, int]]:
+    """(chunk, rate) pairs of ``chunk_seconds`` from stdin ('-': a WAV stream, else s16le mono at
+    ``pcm_rate``), a file soundfile reads, or anything else through ffmpeg (other formats, URLs).
+    ``rate_given``: --sample_rate as the user gave it (None: not given), checked against a WAV header."""
     if source == "-":
-        yield from _pcm_chunks(sys.stdin.buffer, pcm_rate, chunk_seconds)
+        yield from _stdin_chunks(sys.stdin.buffer, pcm_rate, chunk_seconds, rate_given)
         return
     if "://" not in source:
         try:
@@ -430,19 +438,46 @@ def _read_source(source: str, chunk_seconds: float, pcm_rate: int) -> Iterator[T
     yield from _ffmpeg_chunks(source, chunk_seconds)
 
 
-def _pcm_chunks(f: IO[bytes], rate: int, chunk_seconds: float) -> Iterator[Tuple[np.ndarray, int]]:
-    """Raw 16-bit little-endian mono PCM, ``chunk_seconds`` at a time (an odd trailing byte is dropped)."""
+# Containers that are neither WAV nor raw PCM, by their first bytes: read as PCM they are loud noise.
+_OTHER_FORMATS = ((b"fLaC", "FLAC"), (b"OggS", "Ogg"), (b"ID3", "MP3"), (b"\x1aE\xdf\xa3", "Matroska/WebM"),
+                  (b"FORM", "AIFF"), (b".snd", "AU"))
+
+
+def _stdin_chunks(f: IO[bytes], rate: int, chunk_seconds: float,
+                  rate_given: Optional[int] = None) -> Iterator[Tuple[np.ndarray, int]]:
+    """Stdin: a WAV stream (``arecord`` without ``-t raw``, ``ffmpeg -f wav -``, ``cat x.wav``) is read
+    by its header, which was taken for samples before (a click, then noise at the wrong rate if the
+    format differed); other containers are refused; anything else is raw s16le mono at ``rate``."""
+    head = f.read(12)
+    if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
+        fmt = _wav_format(f, head, "stdin")
+        if rate_given is not None and rate_given != fmt.rate:
+            raise PannsError(f"--sample_rate {rate_given} contradicts the WAV header on stdin ({fmt.rate} Hz); "
+                             "drop --sample_rate (a WAV stream carries its rate)")
+        yield from _wav_chunks(f, fmt, chunk_seconds)
+        return
+    for magic, name in _OTHER_FORMATS:
+        if head.startswith(magic):
+            raise AudioDecodeError(f"stdin holds {name} data; --audio_path - reads a WAV stream or raw 16-bit "
+                                   "little-endian mono PCM: decode it first (e.g. ffmpeg -i x -f wav -) or pass "
+                                   "the file itself")
+    yield from _pcm_chunks(f, rate, chunk_seconds, head)
+
+
+def _pcm_chunks(f: IO[bytes], rate: int, chunk_seconds: float, head: bytes = b"") -> Iterator[Tuple[np.ndarray, int]]:
+    """Raw 16-bit little-endian mono PCM, ``chunk_seconds`` at a time (an odd trailing byte is dropped);
+    ``head``: bytes already read from ``f`` (to look for a header), the first samples."""
     want = 2 * max(1, int(round(chunk_seconds * rate)))
-    rest = b""
+    rest, data = b"", head
     while True:
-        data = f.read(want)
-        if not data:
-            break
         data = rest + data
         even = len(data) // 2 * 2
         rest = data[even:]
         if even:
             yield np.frombuffer(data[:even], dtype="<i2"), rate
+        data = f.read(want)
+        if not data:
+            break
 
 
 def _ffmpeg_chunks(source: str, chunk_seconds: float) -> Iterator[Tuple[np.ndarray, int]]:
@@ -455,22 +490,16 @@ def _ffmpeg_chunks(source: str, chunk_seconds: float) -> Iterator[Tuple[np.ndarr
                              "-map_metadata", "-1", "-fflags", "+bitexact", "-f", "wav", "-acodec", "pcm_f32le", "-"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        channels, rate = _wav_header(proc.stdout)
-        if channels is None:
+        head = proc.stdout.read(12)
+        if head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
             proc.wait()
             raise AudioDecodeError(f"cannot decode {source}: {_last_line(proc.stderr.read())}")
-        frame = 4 * channels
-        want = frame * max(1, int(round(chunk_seconds * rate)))
-        rest = b""
-        while True:
-            data = proc.stdout.read(want)
-            if not data:
-                break
-            data = rest + data
-            whole = len(data) // frame * frame
-            rest = data[whole:]
-            if whole:
-                yield np.frombuffer(data[:whole], dtype="<f4").reshape(-1, channels), rate
+        try:
+            fmt = _wav_format(proc.stdout, head, source)
+        except AudioDecodeError:
+            proc.wait()
+            raise AudioDecodeError(f"cannot decode {source}: {_last_line(proc.stderr.read())}") from None
+        yield from _wav_chunks(proc.stdout, fmt, chunk_seconds)
         if proc.wait() != 0:
             raise AudioDecodeError(f"cannot decode {source}: {_last_line(proc.stderr.read())}")
     finally:
@@ -479,23 +508,82 @@ def _ffmpeg_chunks(source: str, chunk_seconds: float) -> Iterator[Tuple[np.ndarr
             proc.wait()
 
 
-def _wav_header(f: IO[bytes]) -> Tuple[Optional[int], int]:
-    """(channels, rate) from a streamed WAV's header, leaving ``f`` at the first sample; (None, 0)
-    when it is not one (ffmpeg failed)."""
-    head = f.read(12)
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None, 0
-    channels, rate = None, 0
+class WavFormat(NamedTuple):
+    """What a streamed WAV header says: channels, rate, the samples' numpy dtype ('<i3': packed
+    24-bit PCM), bytes per frame, and the data length (None: unknown, as in a pipe's header)."""
+    channels: int
+    rate: int
+    dtype: str
+    frame: int
+    data_bytes: Optional[int]
+
+
+# (format tag, bits per sample) -> numpy dtype. Tag 1: integer PCM (8-bit unsigned), 3: IEEE float.
+_WAV_DTYPES = {(1, 8): "u1", (1, 16): "<i2", (1, 24): "<i3", (1, 32): "<i4", (3, 32): "<f4", (3, 64): "<f8"}
+
+
+def _wav_format(f: IO[bytes], head: bytes, name: str) -> WavFormat:
+    """Parse a streamed WAV header after its first 12 bytes ``head`` (RIFF/RF64 ... WAVE), leaving
+    ``f`` at the first sample; AudioDecodeError (one line) for a header cut short or a sample format
+    other than 8/16/24/32-bit PCM and 32/64-bit float (e.g. A-law, ADPCM)."""
+    fmt = None
     while True:
         hdr = f.read(8)
         if len(hdr) < 8:
-            return None, 0
+            raise AudioDecodeError(f"{name}: the WAV header ends before its data")
         cid, size = hdr[:4], struct.unpack("<I", hdr[4:])[0]
         if cid == b"data":
-            return channels, rate
+            break
         body = f.read(size + (size & 1))
         if cid == b"fmt ":
-            channels, rate = struct.unpack("<HI", body[2:8])
+            if len(body) < 16:
+                raise AudioDecodeError(f"{name}: the WAV header's fmt chunk is cut short")
+            tag, channels, rate = struct.unpack("<HHI", body[:8])
+            bits = struct.unpack("<H", body[14:16])[0]
+            if tag == 0xFFFE and len(body) >= 26:   # WAVE_FORMAT_EXTENSIBLE: the real tag opens the sub-format
+                tag = struct.unpack("<H", body[24:26])[0]
+            fmt = (tag, channels, rate, bits)
+    if fmt is None:
+        raise AudioDecodeError(f"{name}: the WAV header has no fmt chunk")
+    tag, channels, rate, bits = fmt
+    dtype = _WAV_DTYPES.get((tag, bits))
+    if dtype is None or channels < 1:
+        raise AudioDecodeError(f"{name}: WAV sample format {tag} with {bits} bits and {channels} channel(s) is not "
+                               "read here (8/16/24/32-bit PCM or 32/64-bit float are); convert it first (e.g. "
+                               "ffmpeg -i x -f wav -acodec pcm_s16le -)")
+    rate = validate.sample_rate(rate, f"{name}: the WAV header's sample rate")
+    # A pipe's writer cannot know the length: 0 or 0xFFFFFFFF-ish (arecord, ffmpeg) mean "until the end".
+    data_bytes = size if 0 < size < 0x7FFF0000 and head[:4] == b"RIFF" else None
+    return WavFormat(channels, rate, dtype, channels * bits // 8, data_bytes)
+
+
+def _wav_samples(data: bytes, fmt: WavFormat) -> np.ndarray:
+    """Whole frames of ``data`` -> (frames, channels) in the file's sample type (24-bit as int32)."""
+    if fmt.dtype == "<i3":   # packed 24-bit: the three bytes become the top of an int32 (scaled as int32 PCM)
+        b = np.frombuffer(data, np.uint8).reshape(-1, 3)
+        x = np.zeros((len(b), 4), np.uint8)
+        x[:, 1:] = b
+        return x.view("<i4").reshape(-1, fmt.channels)
+    return np.frombuffer(data, dtype=fmt.dtype).reshape(-1, fmt.channels)
+
+
+def _wav_chunks(f: IO[bytes], fmt: WavFormat, chunk_seconds: float) -> Iterator[Tuple[np.ndarray, int]]:
+    """The samples after a WAV header, ``chunk_seconds`` at a time, up to the data length when the
+    header gives one (chunks after the data, e.g. LIST, are not samples), else to the end."""
+    want = fmt.frame * max(1, int(round(chunk_seconds * fmt.rate)))
+    left = fmt.data_bytes
+    rest = b""
+    while left is None or left > 0:
+        data = f.read(want if left is None else min(want, left))
+        if not data:
+            break
+        if left is not None:
+            left -= len(data)
+        data = rest + data
+        whole = len(data) // fmt.frame * fmt.frame
+        rest = data[whole:]
+        if whole:
+            yield _wav_samples(data[:whole], fmt), fmt.rate
 
 
 def _last_line(err: bytes) -> str:

@@ -73,15 +73,21 @@ def as_float(x, name: str = "audio") -> np.ndarray:
     raise PannsError(f"{name} has dtype {dt}; audio must be float samples or integer PCM")
 
 
-def check_finite(x: np.ndarray, name: str = "audio", sample_rate: Optional[int] = None) -> None:
-    """Refuse NaN/inf, naming where the first one is (clip and sample, for (B, T) arrays)."""
+def check_finite(x: np.ndarray, name: str = "audio", sample_rate: Optional[int] = None,
+                 start_seconds: Optional[float] = None) -> None:
+    """Refuse NaN/inf, naming where the first one is (clip and sample, for (B, T) arrays).
+    ``start_seconds``: where ``x`` starts in a longer stream (a chunk of live audio), so the
+    position is given in stream time, which the user can find, not as an offset into the chunk."""
     ok = np.isfinite(x)
     if ok.all():
         return
     bad = np.argwhere(~ok)[0]
     count = int(x.size - np.count_nonzero(ok))
     sample = int(bad[-1])
-    where = f"sample {sample}" + (f" ({sample / sample_rate:.3f} s)" if sample_rate else "")
+    if start_seconds is not None and sample_rate:
+        where = f"{start_seconds + sample / sample_rate:.3f} s into the stream (sample {sample} of this chunk)"
+    else:
+        where = f"sample {sample}" + (f" ({sample / sample_rate:.3f} s)" if sample_rate else "")
     if x.ndim >= 2:
         where = f"clip {int(bad[0])}, " + where
     raise PannsError(f"{name} holds {count} non-finite value(s) (NaN or inf), the first at {where}; "
