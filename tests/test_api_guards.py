@@ -184,3 +184,28 @@ def test_black_list_reads_a_csv_saved_with_a_bom(tmp_path):
     bl = _dcase_dir(tmp_path, "\ufeff-5QrBL6MzLg_60.000_70.000.wav\t60.000\t70.000\tTrain\n".encode("utf-8"))
     out = create_black_list.dcase2017task4(str(tmp_path / "ws"), bl)
     assert open(out).read().split() == ["-5QrBL6MzLg", "0BHN3aVgXNU"]
+
+
+# ----------------------------------------------------------------------------- Python API
+def test_load_names_its_argument_when_given_no_path():
+    import panns
+
+    for bad in (None, 3):
+        with pytest.raises(TypeError, match="name_or_path"):
+            panns.load(bad)
+
+
+def test_compat_classes_take_the_type_from_a_published_file_name(tmp_path, capsys):
+    """AudioTagging(checkpoint_path='Cnn6_mAP=0.343.pth') loads Cnn6 as panns.load does (it tried Cnn14)."""
+    from panns.api import AudioTagging, SoundEventDetection
+
+    torch.manual_seed(0)
+    path = tmp_path / "Cnn6_mAP=0.343.pth"
+    torch.save({"model": models.create_model("Cnn6").state_dict()}, str(path))   # official format: no config
+    at = AudioTagging(checkpoint_path=str(path), device="cpu")
+    clipwise, embedding = at.inference(np.zeros((1, 32000), np.float32))
+    assert at.runtime.config.model_type == "Cnn6" and clipwise.shape == (1, 527) and embedding.shape == (1, 512)
+    with pytest.raises(PannsError, match="inference\\(\\) takes audio samples.*32000 Hz"):
+        at.inference("clip.wav")
+    with pytest.raises(PannsError, match="no framewise output"):   # said at construction, not at inference
+        SoundEventDetection(checkpoint_path=str(path), device="cpu")

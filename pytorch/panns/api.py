@@ -43,6 +43,9 @@ def _resolve(name_or_path: str, model_type: Optional[str]) -> Tuple[Optional[str
     """(checkpoint path or None for the catalogue download, model type or None)."""
     from panns import pretrained  # catalogue of the official files
 
+    if not isinstance(name_or_path, (str, os.PathLike)):   # os.fspath's message names no argument
+        raise TypeError(f"name_or_path must be a published model name (e.g. 'Cnn14') or a checkpoint path, "
+                        f"got {type(name_or_path).__name__}")
     path = os.fspath(name_or_path)
     if os.path.isdir(path):
         raise PannsError(f"{path} is a folder; give a checkpoint file in it")
@@ -242,6 +245,8 @@ def _compat_runtime(model: Optional[torch.nn.Module], checkpoint_path: Optional[
     from panns import checkpoint, pretrained  # loading and the catalogue
 
     model_type = type(model).__name__ if model is not None else default_type
+    if model is None and checkpoint_path:   # an official file keeps its published name: Cnn6_mAP=0.343.pth
+        model_type = validate.model_type_for(checkpoint_path, None) or default_type
     if not checkpoint_path:
         legacy = os.path.join(_LEGACY_DIR, pretrained.lookup(default_type).filename)
         checkpoint_path = legacy if model is None and os.path.isfile(legacy) else None
@@ -292,7 +297,7 @@ class AudioTagging:
         self.classes_num = len(self.labels)
 
     def inference(self, audio) -> Tuple[np.ndarray, np.ndarray]:
-        out = self.runtime.forward(_compat_batch(audio))
+        out = self.runtime.forward(_compat_batch(audio, self.runtime.sample_rate))
         if "embedding" not in out:
             raise PannsError(f"{self.runtime.config.model_type} has no embedding; use SoundEventDetection")
         return out["clipwise_output"], out["embedding"]
@@ -304,18 +309,32 @@ class SoundEventDetection(AudioTagging):
 
     default_model_type = "Cnn14_DecisionLevelMax"
 
+    def __init__(self, model: Optional[torch.nn.Module] = None, checkpoint_path: Optional[str] = None,
+                 device: str = "cuda"):
+        super().__init__(model, checkpoint_path, device)
+        if self.runtime.spec is not None and not self.runtime.is_sed:   # said now, not at the first inference
+            raise PannsError(f"{self.runtime.config.model_type} has no framewise output, so it cannot detect "
+                             "sound events; use a decision-level model such as Cnn14_DecisionLevelMax "
+                             "(or AudioTagging for this one)")
+
     def inference(self, audio) -> np.ndarray:
-        out = self.runtime.forward(_compat_batch(audio))
+        out = self.runtime.forward(_compat_batch(audio, self.runtime.sample_rate))
         if "framewise_output" not in out:
             raise PannsError(f"{self.runtime.config.model_type} has no framewise output; use a decision-level "
                              "model such as Cnn14_DecisionLevelMax")
         return out["framewise_output"]
 
 
-def _compat_batch(audio) -> np.ndarray:
+def _compat_batch(audio, sample_rate: int) -> np.ndarray:
     """panns_inference's input, (B, samples) float at the model's rate, through ``validate``: a
     (samples, 2) stereo array is one clip averaged to mono, int16/int32/uint8 PCM is scaled like
     soundfile, NaN/inf and empty arrays are refused (they gave silent garbage before)."""
+    if isinstance(audio, (str, os.PathLike)) or (isinstance(audio, (list, tuple)) and audio
+                                                 and isinstance(audio[0], (str, os.PathLike))):
+        # validate would say "dtype <U5"; name what is wrong and the two ways out
+        raise PannsError(f"inference() takes audio samples, a (batch, samples) array at {sample_rate} Hz, not "
+                         f"file paths; read the file first (librosa.load(path, sr={sample_rate}, mono=True)) or use "
+                         "panns.load(...).tag(path)")
     return validate.batch(audio, "audio")[0]
 
 
