@@ -244,3 +244,36 @@ def test_stream_help_names_stdin_and_wav():
     help_text = " ".join(inference.build_parser()._subparsers._group_actions[0].choices["stream"]
                          .format_help().split())
     assert "or - for stdin: a WAV stream" in help_text
+
+
+# ----------------------------------------------------------------------------- checkpoint messages
+def test_truncated_checkpoint_message_is_whole_and_says_cut_short(env, tmp_path):
+    from panns.state_dicts import load_checkpoint
+
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(open(env["ckpt"], "rb").read()[:100_000])
+    with pytest.raises(PannsError) as info:
+        load_checkpoint(str(cut))
+    msg = str(info.value)
+    assert "cut short" in msg and "100,000 bytes" in msg
+    assert msg.endswith(")") and "If you are seeing this error" not in msg   # not cut mid-sentence
+
+
+def test_front_end_hint_does_not_name_another_model(tmp_path):
+    from panns.state_dicts import describe_state_dict
+
+    hint = describe_state_dict(models.create_model("Cnn14").state_dict())
+    assert "Cnn14-family" in hint and "Cnn6" not in hint
+    hint16 = describe_state_dict(models.create_model("Cnn14_16k").state_dict())
+    assert "as Cnn14_16k" in hint16     # a front end of one model is still named by it
+
+
+def test_mel_check_at_16_khz_prints_no_librosa_warning(env, tmp_path):
+    """--sample_rate 16000 with the 32 kHz defaults: one front-end error, no "Empty filters" warning."""
+    ckpt = tmp_path / "official.pth"
+    torch.save({"model": models.create_model("Cnn6").state_dict()}, ckpt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(PannsError, match="another front end"):
+            inference.main(["audio_tagging", TORCH, "--model_type=Cnn6", f"--checkpoint_path={ckpt}",
+                            f"--audio_path={env['a']}", "--sample_rate=16000"])

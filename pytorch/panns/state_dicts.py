@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import pickle
+import warnings
 import zipfile
 from typing import Dict, Optional, Tuple
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from panns.errors import CheckpointError
-from panns.frontend import KNOWN
+from panns.frontend import FRONT_END_32K, KNOWN
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,15 @@ def _looks_like_text(path: str) -> bool:
         return False
 
 
+def _first_sentence(text: str, limit: int = 160) -> str:
+    """The first sentence of an error text, at most ``limit`` characters cut at a word (torch's
+    messages run on for several sentences; a cut at a fixed length stopped mid-word)."""
+    first = text.split(". ")[0].rstrip(".")
+    if len(first) > limit:
+        first = first[:limit].rsplit(" ", 1)[0] + " ..."
+    return first
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """``torch.load(weights_only=True)`` with the numpy types allow-listed; CUDA-saved files load on
     CPU. Raises CheckpointError (one line) for a missing, unreadable, unsafe or non-dict file."""
@@ -64,8 +74,13 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
                                   f"numpy/python data ({detail[:160]}); refusing to unpickle it")
         raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({detail[:160]})")
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        msg = " ".join(str(e).split())[:160]
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({msg})")
+        text = " ".join(str(e).split())
+        if isinstance(e, EOFError) or any(m in text for m in ("central directory", "unexpected EOF", "Ran out of input")):
+            # a zip without its directory (which comes last) or a stream that stops: the file was cut short
+            raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file: it looks cut short "
+                                  f"({os.path.getsize(path):,} bytes; an interrupted download or copy?), fetch or "
+                                  f"copy it again ({_first_sentence(text)})")
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({_first_sentence(text)})")
     except Exception as e:   # the unpickler fails in many ways on files that are not checkpoints at all
         what = "a text file" if _looks_like_text(path) else "corrupt or not a PyTorch file"
         raise CheckpointError(f"checkpoint {path} is {what} ({type(e).__name__}: {' '.join(str(e).split())[:80]})")
@@ -132,13 +147,23 @@ def _frontend_from_mel(melW: torch.Tensor) -> Optional[str]:
             continue
         key = (fe.sample_rate, fe.window_size, fe.mel_bins, fe.fmin, fe.fmax)
         if torch.allclose(_mel_matrix(*key), melW.float().cpu(), atol=1e-6):
-            return f"sample_rate={key[0]}, fmin={key[3]}, fmax={key[4]}, as {name}"
+            # KNOWN names the first model registered with a front end: for the one most models share
+            # that was Cnn6, and a Cnn14 file read "a Cnn14-family model ... as Cnn6"
+            whose = "the 32 kHz front end of most models" if fe == FRONT_END_32K else f"as {name}"
+            return f"sample_rate={key[0]}, fmin={key[3]}, fmax={key[4]}, {whose}"
     return None
 
 
 def _mel_matrix(sample_rate, window_size, mel_bins, fmin, fmax) -> torch.Tensor:
-    return torch.tensor(librosa.filters.mel(sr=sample_rate, n_fft=window_size, n_mels=mel_bins,
-                                            fmin=fmin, fmax=fmax).T, dtype=torch.float32)
+    """The mel filterbank of these settings, only to compare with a checkpoint's (it runs no audio).
+    librosa's "Empty filters" warning (e.g. --sample_rate 16000 with the 32 kHz fmax 14000) is
+    silenced here, where it is benign: when the settings differ from the checkpoint's, the one-line
+    front-end error that follows says so (the warning only printed two source lines before it); when
+    they match, the model's own filterbank (models.py, torchlibrosa) still warns as it always did."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Empty filters detected", category=UserWarning)
+        mel = librosa.filters.mel(sr=sample_rate, n_fft=window_size, n_mels=mel_bins, fmin=fmin, fmax=fmax)
+    return torch.tensor(mel.T, dtype=torch.float32)
 
 
 def state_digest(model: torch.nn.Module) -> str:
