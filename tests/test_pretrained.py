@@ -2,6 +2,8 @@
 import hashlib
 import http.server
 import os
+import subprocess
+import sys
 import threading
 import urllib.parse
 
@@ -11,6 +13,8 @@ import torch
 from panns import download
 from panns import pretrained
 from panns.errors import PannsError, run_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Server:
@@ -254,3 +258,15 @@ def test_pretrained_cli_cache_dir_that_is_a_file(tmp_path, monkeypatch, capsys):
     assert ei.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "cache" in err and "FileExistsError" not in err and str(cache) in err
+
+
+def test_a_closed_pipe_ends_a_listing_quietly(tmp_path):
+    """`pretrained.py list | head`: the reader going away is normal use, not an error message."""
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from panns.errors import run_cli\n"
+            "run_cli(lambda: [print('row', i) for i in range(200000)])\n") % os.path.join(ROOT, "pytorch")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline() == b"row 0\n"
+    p.stdout.close()
+    err = p.stderr.read().decode() if p.stderr else ""
+    assert p.wait(timeout=60) == 141 and err == "", err

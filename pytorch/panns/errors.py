@@ -29,6 +29,12 @@ def run_cli(main: Callable[[], object]) -> None:
     """Run ``main()``; print user errors as ``error: <message>`` and exit with status 2."""
     try:
         main()
+        sys.stdout.flush()   # a reader that has gone shows here, not as a message at interpreter exit
+    except BrokenPipeError:
+        # `... list | head`: the reader closed the pipe, which is normal use. Leave quietly with the status
+        # of a tool ended by SIGPIPE; stdout goes to devnull so the exit-time flush cannot complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
