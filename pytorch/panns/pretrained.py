@@ -117,7 +117,8 @@ def lookup(name: str) -> PretrainedCheckpoint:
     for entry in CATALOGUE.values():
         if name in (entry.filename, os.path.splitext(entry.filename)[0]):
             return entry
-    raise PannsError(f"no published checkpoint for {name!r}; pass --checkpoint_path. "
+    raise PannsError(f"no published checkpoint for {name!r}; give a checkpoint file (--checkpoint_path of the "
+                     "inference and fine-tuning commands, a path in the Python API). "
                      f"Published: {', '.join(available())}")
 
 
