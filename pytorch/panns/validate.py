@@ -16,7 +16,10 @@ and refused in one line (``PannsError``) where it is not, so nothing runs on gar
 * values: NaN or inf refused, naming the clip, the sample and its time; empty inputs refused.
 * options: ``threshold`` in [0, 1], ``top_k``/``batch_size`` >= 1, ``segment_seconds``/
   ``hop_seconds`` finite and > 0 (hop <= segment where framewise output is stitched: a larger hop
-  leaves frames no window analysed), ``aggregate`` max or mean, ``min_duration`` >= 0.
+  leaves frames no window analysed), ``aggregate`` max or mean, ``min_duration`` >= 0; a segment
+  no shorter than the model's shortest input (``segment_fits``, once the model is known).
+* output files (``output_paths``): refused before any model loads when they cannot be written, are
+  folders, are an input, or are the same file as another output.
 """
 from __future__ import annotations
 
