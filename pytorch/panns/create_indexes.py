@@ -44,7 +44,7 @@ import numpy as np
 
 from panns import packing, storage
 from panns.errors import PannsError, run_cli
-from panns.utilities import atomic_write, disk_full_error, remove_stale_temps
+from panns.utilities import atomic_write, check_output_path, disk_full_error, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def _check_index_file(hf: h5py.File, path: str) -> None:
 def _check_index_output(path: str, inputs: Sequence[str]) -> None:
     """Refuse an index output that is a folder, one of ``inputs``, or an existing waveform HDF5 (packed
     data that an index written there would replace)."""
-    packing.check_output_path(path, inputs, "index file")
+    check_output_path(path, inputs, "index file")
     if not os.path.isfile(path):
         return
     try:

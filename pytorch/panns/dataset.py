@@ -71,7 +71,8 @@ from panns import storage as storage_mod
 from panns.audio_io import AUDIO_EXTENSIONS, ffmpeg_exe, is_truncated
 from panns.errors import PannsError, run_cli
 from panns.packing import is_complete_waveforms_hdf5
-from panns.utilities import Progress, atomic_write_text, create_logging, get_filename, remove_stale_temps
+from panns.utilities import (Progress, atomic_write_text, check_output_path, create_logging, get_filename,
+                             remove_stale_temps)
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ def split_unbalanced_csv_to_partial_csvs(unbalanced_csv: str, unbalanced_partial
     paths = [os.path.join(unbalanced_partial_csvs_dir, f"unbalanced_train_segments_part{r:02d}.csv")
              for r in range(files_num)]
     for path in paths:   # all before the first write: a part named like the input would replace it
-        packing.check_output_path(path, [unbalanced_csv], "part CSV")
+        check_output_path(path, [unbalanced_csv], "part CSV")
     os.makedirs(unbalanced_partial_csvs_dir, exist_ok=True)
     out = []
     for r, path in enumerate(paths):
@@ -478,7 +479,7 @@ def download_wavs(csv_path: str, audios_dir: str, mini_data: bool = False, num_w
         segments = segments[:MINI_ROWS]
     failures_csv = failures_csv or os.path.join(audios_dir, FAILURES_CSV_NAME)
     # Before any download: a failures list that cannot be written at the end would be lost with the run.
-    packing.check_output_path(failures_csv, [csv_path], "failures CSV")
+    check_output_path(failures_csv, [csv_path], "failures CSV")
     os.makedirs(audios_dir, exist_ok=True)
     os.makedirs(os.path.dirname(os.path.abspath(failures_csv)), exist_ok=True)
     _clean_stale_tmp_dirs(audios_dir)
@@ -652,8 +653,8 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
         waveforms_hdf5_path += ".mini"
     labels = config.read_class_labels(class_labels_csv)
     inputs = [csv_path, class_labels_csv or config.DEFAULT_LABELS_CSV]
-    packing.check_output_path(waveforms_hdf5_path, inputs)
-    packing.check_output_path(waveforms_hdf5_path + ".missing.csv", inputs, "list of missing clips")
+    check_output_path(waveforms_hdf5_path, inputs)
+    check_output_path(waveforms_hdf5_path + ".missing.csv", inputs, "list of missing clips")
     if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
         packing.check_reusable(waveforms_hdf5_path, sample_rate, clip_samples, storage, labels)
         logger.info("Skip %s: already packed", waveforms_hdf5_path)

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from panns import config
 from panns.errors import PannsError, run_cli
-from panns.utilities import atomic_write_text
+from panns.utilities import atomic_write_text, check_output_path
 
 logger = logging.getLogger(__name__)
 
@@ -188,16 +188,13 @@ def check_url(url: str) -> None:
 
 
 def check_dest(dest: str, what: str = "destination") -> None:
-    """DownloadError, before any transfer, when ``dest`` is a folder or its folder cannot be made or written."""
-    if os.path.isdir(dest):
-        raise DownloadError(f"{what} {dest} is a folder; give a file name")
-    folder = os.path.dirname(os.path.abspath(dest))
+    """DownloadError, before any transfer, when ``dest`` is a folder or its folder cannot be made or
+    written; then the folder is made."""
     try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:   # a file in the way (FileExistsError / NotADirectoryError), no permission
-        raise DownloadError(f"cannot create the folder of {what} {dest}: {e.strerror or e}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise DownloadError(f"cannot write {what} {dest}: folder {folder} is not writable")
+        check_output_path(dest, what=what)
+    except PannsError as e:
+        raise DownloadError(str(e)) from None
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
 
 
 def _file_digest(path: str, algorithm: str) -> str:

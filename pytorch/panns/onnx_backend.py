@@ -46,7 +46,7 @@ import torch
 
 from panns.errors import PannsError
 from panns.frontend import FRONTEND_KEYS
-from panns.utilities import atomic_path, atomic_write, atomic_write_text, remove_stale_temps
+from panns.utilities import atomic_path, atomic_write, atomic_write_text, check_output_path, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def export_onnx(model: torch.nn.Module, config, path: str, opset: int = DEFAULT_
 
     Returns the output names. Raises ExportError (one line) when the model cannot be exported."""
     check_opset(opset)
-    _check_output(path)
+    check_output_path(path, what="ONNX output")   # before the export: 15-40 s for Cnn14
     try:
         import onnxscript  # noqa: F401  (the torch.export-based exporter needs it)
     except ImportError as e:
@@ -183,15 +183,6 @@ def export_onnx(model: torch.nn.Module, config, path: str, opset: int = DEFAULT_
         prog.save(tmp, external_data=False)
     return names
 
-
-def _check_output(path: str) -> None:
-    """PannsError before the export (15-40 s for Cnn14) when ``path`` is a folder or its folder cannot be made."""
-    if os.path.isdir(path):
-        raise PannsError(f"ONNX output {path} is a folder; give a file name ending in .onnx")
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    except OSError as e:   # a file in the way, no permission
-        raise PannsError(f"cannot create the folder of ONNX output {path}: {e.strerror or e}") from None
 
 
 def export_in_child(model: torch.nn.Module, config, path: str, opset: int = DEFAULT_OPSET,
@@ -593,7 +584,7 @@ def export_checked(model: torch.nn.Module, config, path: str, opset: int = DEFAU
     clip and return its largest relative difference to torch; above ``tolerance`` the file is
     removed and PannsError raised (a wrong export must not be deployed). The export is checked under
     a temporary name and renamed only when it passes, so a file already at ``path`` survives a failure."""
-    _check_output(path)
+    check_output_path(path, what="ONNX output")   # before the export: 15-40 s for Cnn14
     remove_stale_temps(path)   # checked exports of runs that were killed
     tmp = atomic_path(path) + ".onnx"
     try:

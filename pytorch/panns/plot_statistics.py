@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from panns.errors import PannsError, run_cli
-from panns.utilities import atomic_write
+from panns.utilities import atomic_write, check_output_path
 
 Curve = Tuple[np.ndarray, np.ndarray]
 
@@ -126,12 +126,8 @@ def _check_output(output: str, plt) -> str:
     if fmt not in supported:
         raise PannsError(f"--output {output}: cannot write .{fmt} figures; use one of "
                          f"{', '.join('.' + f for f in sorted(supported))}")
-    if os.path.isdir(output):
-        raise PannsError(f"--output {output} is a folder; give a file name such as {os.path.join(output, 'map.png')}")
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    except OSError as e:   # a file in the way, no permission
-        raise PannsError(f"cannot create the folder of --output {output}: {e.strerror or e}") from None
+    check_output_path(output, what="--output")
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     return fmt
 
 

@@ -10,8 +10,9 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import time
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -199,6 +200,27 @@ def disk_full_error(path: str, needed_bytes: int | None = None) -> DiskFullError
         free = "free space unknown"
     need = f", about {needed_bytes / 1e6:.1f} MB needed" if needed_bytes else ""
     return DiskFullError(f"disk full while writing {path} ({free}{need}); free space and re-run")
+
+
+def check_output_path(path: str, inputs: Sequence[str] = (), what: str = "output") -> None:
+    """Refuse, before any work, an output that is a folder or the same file as one of ``inputs``
+    (writing it would destroy that input), and one whose folder cannot be written."""
+    full = os.path.abspath(path)   # normalised: 'a/../x.h5' is x.h5 even when a/ does not exist
+    if os.path.isdir(full):
+        raise PannsError(f"{what} {path} is a folder; give a file name")
+    for src in inputs:
+        if src and os.path.exists(full) and os.path.exists(src) and os.path.samefile(full, src):
+            raise PannsError(f"{what} {path} is the input {src}; writing it would destroy the input. "
+                             "Give another output path")
+    parent = os.path.dirname(full)
+    while not os.path.isdir(parent):   # the nearest existing folder (makedirs creates the rest)
+        if os.path.exists(parent):
+            raise PannsError(f"cannot create the folder of {what} {path}: {parent} is a file")
+        parent = os.path.dirname(parent)
+    try:   # a real probe: permission bits say nothing on read-only mounts, /proc, or for root
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        raise PannsError(f"cannot write {what} {path} in {parent}: {e.strerror or e}") from None
 
 
 @contextlib.contextmanager

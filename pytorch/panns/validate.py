@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from panns.errors import PannsError
+from panns.utilities import check_output_path
 
 logger = logging.getLogger(__name__)
 
@@ -269,8 +270,6 @@ def output_paths(outputs: Sequence[Tuple[str, Optional[str]]], inputs: Sequence[
     (checkpoint, label CSV, --audio_path entries), each compared in full; ``files``: the gathered audio
     files, possibly millions, compared only where their base name matches an output's (a stat each
     would be slow on network file systems)."""
-    from panns import packing   # owner of check_output_path (a files helper: it belongs in utilities)
-
     seen: dict = {}
     for flag, path in outputs:
         if not path:
@@ -283,7 +282,7 @@ def output_paths(outputs: Sequence[Tuple[str, Optional[str]]], inputs: Sequence[
         seen[key] = (flag, path)
         base = os.path.normcase(os.path.basename(path))
         same_name = [f for f in files if os.path.normcase(os.path.basename(f)) == base]
-        packing.check_output_path(path, [p for p in inputs if p] + same_name, flag)
+        check_output_path(path, [p for p in inputs if p] + same_name, flag)
 
 
 # ----------------------------------------------------------------------------- model type of a file
