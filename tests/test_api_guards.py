@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from panns import calibration, checkpoint, create_black_list, hear, models, onnx_backend, plot_statistics
+from panns import calibration, checkpoint, create_black_list, hear, models, onnx_backend, plot_statistics, runtime
 from panns.errors import PannsError, run_cli
 from panns.utilities import DiskFullError
 
@@ -209,3 +209,12 @@ def test_compat_classes_take_the_type_from_a_published_file_name(tmp_path, capsy
         at.inference("clip.wav")
     with pytest.raises(PannsError, match="no framewise output"):   # said at construction, not at inference
         SoundEventDetection(checkpoint_path=str(path), device="cpu")
+
+
+def test_device_names_torch_does_not_know_are_one_line():
+    with pytest.raises(PannsError, match=r"unknown device 'gpu'; use 'cpu', 'cuda'"):
+        runtime.resolve_device("gpu")
+    with pytest.raises(PannsError, match="a GPU index is 0 or more"):
+        runtime.resolve_device(-1)
+    # A GPU index means that GPU (the CPU here when there is none), not torch's accelerator error.
+    assert runtime.resolve_device(0) == runtime.resolve_device("cuda:0")

@@ -52,18 +52,26 @@ Backend = Callable[[np.ndarray], Dict[str, np.ndarray]]
 
 
 # ----------------------------------------------------------------------------- small pieces
-def resolve_device(device: Union[None, bool, str, torch.device] = None) -> torch.device:
+def resolve_device(device: Union[None, bool, int, str, torch.device] = None) -> torch.device:
     """A device argument of the API or CLIs -> torch.device; the choice is ``devices.select_device``'s.
 
-    None/'auto': CUDA when available, else CPU; True/False: the CLIs' --cuda flag; 'cuda' without a
-    GPU: the CPU, with a warning; other strings/devices as given."""
+    None/'auto': CUDA when available, else CPU; True/False: the CLIs' --cuda flag; an int: that GPU;
+    'cuda' without a GPU: the CPU, with a warning; other strings/devices as given, and a string torch
+    does not know is a one-line PannsError."""
     if isinstance(device, torch.device) and device.type != "cuda":
         return device
     if isinstance(device, bool):
         return devices.select_device(device)
     if device is None or device == "auto":
         return devices.select_device(torch.cuda.is_available())
-    dev = torch.device(device)
+    if isinstance(device, int):   # a GPU index, as torch.device(0) means on a CUDA build
+        if device < 0:
+            raise PannsError(f"device {device}: a GPU index is 0 or more")
+        return devices.select_device(True, device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):   # torch's message lists every backend it was built for
+        raise PannsError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' (or a GPU index) or 'auto'") from None
     if dev.type != "cuda":
         return dev
     return devices.select_device(True, dev.index) if dev.index is not None else devices.select_device(True)
