@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import panns
 from panns import calibration, checkpoint, create_black_list, hear, models, onnx_backend, plot_statistics, runtime
 from panns.errors import PannsError, run_cli
 from panns.utilities import DiskFullError
@@ -188,8 +189,6 @@ def test_black_list_reads_a_csv_saved_with_a_bom(tmp_path):
 
 # ----------------------------------------------------------------------------- Python API
 def test_load_names_its_argument_when_given_no_path():
-    import panns
-
     for bad in (None, 3):
         with pytest.raises(TypeError, match="name_or_path"):
             panns.load(bad)
@@ -218,3 +217,13 @@ def test_device_names_torch_does_not_know_are_one_line():
         runtime.resolve_device(-1)
     # A GPU index means that GPU (the CPU here when there is none), not torch's accelerator error.
     assert runtime.resolve_device(0) == runtime.resolve_device("cuda:0")
+
+
+def test_api_window_options_that_would_be_ignored_are_refused(cnn6_path, caplog):
+    m = panns.load(cnn6_path, device="cpu")
+    clip = np.zeros(32000, np.float32)
+    with pytest.raises(PannsError, match="hop_seconds 1 has no effect without segment_seconds"):
+        m.tag(clip, hop_seconds=1.0)
+    with pytest.raises(PannsError, match=r"segment_seconds 0.001 is shorter than the shortest input Cnn6 runs on"):
+        m.clipwise(clip, segment_seconds=0.001)
+    assert m.clipwise(clip, segment_seconds=0.5, hop_seconds=0.25).shape == (527,)

@@ -154,12 +154,15 @@ class Model:
 
         Clips are run whole (equal lengths batched together) unless ``segment_seconds`` is given
         or a clip is longer than 600 s; then in sliding windows (see Runtime.predict_windows).
-        Options out of range (``batch_size`` < 1, ``segment_seconds`` <= 0, ``aggregate`` other
-        than max/mean, ...) are a PannsError before any work."""
+        Options out of range (``batch_size`` < 1, ``segment_seconds`` <= 0 or shorter than the model's
+        shortest input, ``aggregate`` other than max/mean, ``hop_seconds`` without ``segment_seconds``
+        when no input is over 600 s, ...) are a PannsError before any work."""
         validate.options(batch_size=batch_size, segment_seconds=segment_seconds, hop_seconds=hop_seconds,
                          aggregate_=aggregate, framewise=framewise)
         waves, single = self.waveforms(audio, sample_rate)
         rt = self.runtime
+        validate.segment_fits(segment_seconds, rt.min_samples, rt.sample_rate, self.model_type, "segment_seconds")
+        runtime.check_hop(hop_seconds, segment_seconds, [len(w) / rt.sample_rate for w in waves], prefix="")
         results: List[Optional[WindowedPrediction]] = [None] * len(waves)
         whole = [i for i, w in enumerate(waves) if runtime.auto_segment(len(w), rt.sample_rate, segment_seconds) is None]
         if whole:

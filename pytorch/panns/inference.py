@@ -378,20 +378,9 @@ def _expected_frames(paths: Sequence[str], fps: float) -> int:
 
 
 def check_hop(args, paths: Sequence[str]) -> None:
-    """--hop_seconds without --segment_seconds moves only the windows of recordings over
-    AUTO_WINDOW_SECONDS (the automatic AUTO_SEGMENT_SECONDS windows); shorter ones run whole. Refused
-    when it changes nothing, one warning when it changes only some (a length unknown counts as long)."""
-    if args.hop_seconds is None or args.segment_seconds is not None:
-        return
-    long = sum(1 for p in paths if (audio_io.probe_seconds(p) or math.inf) > AUTO_WINDOW_SECONDS)
-    if not long:
-        raise PannsError(f"--hop_seconds {args.hop_seconds:g} has no effect without --segment_seconds: recordings up "
-                         f"to {AUTO_WINDOW_SECONDS:.0f} s run whole; add --segment_seconds (e.g. "
-                         f"{AUTO_SEGMENT_SECONDS:.0f}) to tag in sliding windows")
-    if long < len(paths):
-        logger.warning("--hop_seconds applies only to the %d of %d recordings over %.0f s (run in %.0f-s windows); "
-                       "the other %d run whole: add --segment_seconds to window them too", long, len(paths),
-                       AUTO_WINDOW_SECONDS, AUTO_SEGMENT_SECONDS, len(paths) - long)
+    """``runtime.check_hop`` over the files' lengths (a length that cannot be read counts as long)."""
+    if args.hop_seconds is not None and args.segment_seconds is None:
+        runtime.check_hop(args.hop_seconds, None, [audio_io.probe_seconds(p) or math.inf for p in paths])
 
 
 def _tag_files(args, sed: bool) -> int:
