@@ -169,3 +169,15 @@ def test_extractor_waveforms_go_through_validate(cnn6):
                                ex.embed_waveforms([pcm.astype(np.float32) / 32768]).embedding, rtol=1e-5, atol=1e-6)
     with pytest.raises(PannsError, match=r"waveforms\[1\].*non-finite"):
         ex.embed_waveforms([pcm, np.full(8000, np.nan, np.float32)])
+
+
+def test_float_audio_far_above_full_scale_is_warned_about_once(monkeypatch, caplog):
+    pcm = (np.sin(np.arange(16000) / 10.0) * 20000).astype(np.int16)
+    monkeypatch.setattr(validate, "_scale_warned", False)
+    with caplog.at_level("WARNING", logger=validate.logger.name):
+        validate.clip(pcm * 1.1 / 32768)          # a little over 1: legitimate float audio
+        validate.clip(pcm)                         # integer PCM is scaled, not warned about
+        assert not caplog.records
+        validate.batch(pcm.astype(np.float32)[None])   # int16 cast to float: every output would saturate
+        validate.clip(pcm.astype(np.float64))
+    assert len(caplog.records) == 1 and "peaks at 2e+04" in caplog.text and "divide by 32768" in caplog.text

@@ -13,7 +13,8 @@ and refused in one line (``PannsError``) where it is not, so nothing runs on gar
   stereo file - one clip, averaged to mono (a batch of 2-sample clips means nothing);
   ``(batch, samples, channels)`` likewise per clip. One clip of a list may also be ``(channels,
   samples)`` (librosa, torchaudio), since a list item is always one clip.
-* values: NaN or inf refused, naming the clip, the sample and its time; empty inputs refused.
+* values: NaN or inf refused, naming the clip, the sample and its time; empty inputs refused; float
+  audio peaking far above 1 (integer PCM cast to float) warned about once (``check_scale``).
 * options: ``threshold`` in [0, 1], ``top_k``/``batch_size`` >= 1, ``segment_seconds``/
   ``hop_seconds`` finite and > 0 (hop <= segment where framewise output is stitched: a larger hop
   leaves frames no window analysed), ``aggregate`` max or mean, ``min_duration`` >= 0; a segment
@@ -98,6 +99,26 @@ def check_finite(x: np.ndarray, name: str = "audio", sample_rate: Optional[int] 
                      "clean or drop that audio (e.g. np.nan_to_num) before running the model")
 
 
+
+# Float audio far above full scale is almost always integer PCM cast to float (x.astype(np.float32) of
+# an int16 array): every output saturates. Legitimate float audio may exceed 1 a little (mixing,
+# filtering), so this is a warning, given once per process, not a refusal.
+SCALE_WARN_PEAK = 4.0
+_scale_warned = False
+
+
+def check_scale(x: np.ndarray, name: str = "audio") -> None:
+    """Warn once when ``x`` peaks above SCALE_WARN_PEAK (a model expects float audio in [-1, 1])."""
+    global _scale_warned
+    if _scale_warned or x.size == 0:
+        return
+    peak = float(np.abs(x).max())
+    if peak > SCALE_WARN_PEAK:
+        _scale_warned = True
+        logger.warning("%s peaks at %.3g, but float audio is expected in [-1, 1]: integer PCM cast to float? "
+                       "Pass the integer array itself (scaled as soundfile does) or divide by 32768 for 16-bit",
+                       name, peak)
+
 def _downmix(a: np.ndarray, axis: int, name: str) -> np.ndarray:
     logger.debug("%s: %d channels averaged to mono", name, a.shape[axis])
     return a.mean(axis=axis, dtype=np.float32)
@@ -123,6 +144,7 @@ def clip(x, name: str = "audio", sample_rate: Optional[int] = None) -> np.ndarra
     if a.size == 0:
         raise PannsError(f"{name} is empty (0 samples)")
     check_finite(a, name, sample_rate)
+    check_scale(a, name)
     return np.ascontiguousarray(a)
 
 
@@ -152,6 +174,7 @@ def batch(x, name: str = "audio", sample_rate: Optional[int] = None,
     if a.size == 0:
         raise PannsError(f"{name} is empty (shape {tuple(a.shape)})")
     check_finite(a, name, sample_rate)
+    check_scale(a, name)
     return np.ascontiguousarray(a), single
 
 
