@@ -219,6 +219,8 @@ def test_cli_input_errors(sed, capsys, monkeypatch):
         inference.main(["stream", TORCH, *base])
     with pytest.raises(PannsError, match="not found"):
         inference.main(["stream", TORCH, *base, "--audio_path=/nonexistent.wav"])
+    with pytest.raises(PannsError, match="--batch_size 4 has no effect on a stream"):   # was silently ignored
+        inference.main(["stream", TORCH, *base, "--audio_path=-", "--batch_size", "4"])
 
 
 def test_ffmpeg_reader_gives_the_decoder_samples(sed):

@@ -316,7 +316,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     shared["--audio_path"].help = (
         "one source: an audio file or URL (any format ffmpeg reads), or - for stdin: a WAV stream (its header "
         "gives rate, channels and sample format) or raw 16-bit little-endian mono PCM at --sample_rate")
-    shared["--batch_size"].help = "unused: a stream runs one window at a time (batch 1)"
+    shared["--batch_size"].help = "not taken: a stream runs one window at a time (batch 1); refused if given"
+    p.set_defaults(batch_size=None)   # so that a --batch_size given is told apart, and refused in run
     shared["--sample_rate"].help = (
         "sample rate of the raw PCM on stdin (--audio_path -) and of the microphone (default: the model's); "
         "refused with a file or URL, which carry their own")
@@ -346,6 +347,8 @@ def run(args) -> int:
     a last line with the real-time factor and the latency."""
     if args.chunk_seconds is None or not args.chunk_seconds > 0:
         raise PannsError("--chunk_seconds must be positive")
+    if args.batch_size is not None:
+        raise PannsError(f"--batch_size {args.batch_size} has no effect on a stream: it runs one window per hop")
     paths = list(args.audio_path or [])
     if args.microphone == bool(paths):
         raise PannsError("give one --audio_path (a file, a URL or -) or --microphone")
