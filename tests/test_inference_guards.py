@@ -150,6 +150,17 @@ def test_hop_without_segment_is_refused_when_it_changes_nothing(env, monkeypatch
                         "--hop_seconds=0.5"])
 
 
+def test_aggregate_without_segment_is_refused_when_it_changes_nothing(env, monkeypatch):
+    _loads_no_model(monkeypatch)
+    base = ["audio_tagging", TORCH, f"--checkpoint_path={env['ckpt']}", f"--audio_path={env['a']}"]
+    with pytest.raises(PannsError, match="--aggregate mean has no effect without --segment_seconds"):
+        inference.main(base + ["--aggregate=mean"])
+    with pytest.raises(PannsError, match="--hop_seconds 1 and --aggregate max have no effect"):
+        inference.main(base + ["--aggregate=max", "--hop_seconds=1"])
+    with pytest.raises(AssertionError, match="model was loaded"):   # the default and windowed runs go on
+        inference.main(base + ["--segment_seconds=1", "--aggregate=mean"])
+
+
 def test_hop_without_segment_warns_when_only_long_recordings_use_it(env, monkeypatch, caplog):
     real = inference.audio_io.probe_seconds
     monkeypatch.setattr(inference.audio_io, "probe_seconds",
@@ -158,7 +169,7 @@ def test_hop_without_segment_warns_when_only_long_recordings_use_it(env, monkeyp
     with pytest.raises(AssertionError, match="model was loaded"):   # not refused: b uses the hop
         inference.main(["audio_tagging", TORCH, f"--checkpoint_path={env['ckpt']}", f"--audio_path={env['a']}",
                         f"--audio_path={env['b']}", "--hop_seconds=5"])
-    assert "--hop_seconds applies only to the 1 of 2 recordings" in caplog.text
+    assert "--hop_seconds 5 applies only to the 1 of 2 recordings" in caplog.text
 
 
 @pytest.mark.parametrize("command", ["audio_tagging", "extract_embeddings"])

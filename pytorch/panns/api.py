@@ -162,7 +162,8 @@ class Model:
         waves, single = self.waveforms(audio, sample_rate)
         rt = self.runtime
         validate.segment_fits(segment_seconds, rt.min_samples, rt.sample_rate, self.model_type, "segment_seconds")
-        runtime.check_hop(hop_seconds, segment_seconds, [len(w) / rt.sample_rate for w in waves], prefix="")
+        runtime.check_window_options([] if hop_seconds is None else [f"hop_seconds {hop_seconds:g}"], segment_seconds,
+                                     [len(w) / rt.sample_rate for w in waves], prefix="")
         results: List[Optional[WindowedPrediction]] = [None] * len(waves)
         whole = [i for i, w in enumerate(waves) if runtime.auto_segment(len(w), rt.sample_rate, segment_seconds) is None]
         if whole:

@@ -377,16 +377,21 @@ def _expected_frames(paths: Sequence[str], fps: float) -> int:
     return int(sum((audio_io.probe_seconds(p) or 0.0) * fps + 1 for p in paths))
 
 
-def check_hop(args, paths: Sequence[str]) -> None:
-    """``runtime.check_hop`` over the files' lengths (a length that cannot be read counts as long)."""
-    if args.hop_seconds is not None and args.segment_seconds is None:
-        runtime.check_hop(args.hop_seconds, None, [audio_io.probe_seconds(p) or math.inf for p in paths])
+def check_window_options(args, paths: Sequence[str]) -> None:
+    """``runtime.check_window_options`` over the files' lengths (a length that cannot be read counts as
+    long) for the window flags given: --hop_seconds, and --aggregate when given explicitly (None until
+    ``main`` resolves it to max)."""
+    given = [] if args.hop_seconds is None else [f"hop_seconds {args.hop_seconds:g}"]
+    if getattr(args, "aggregate_given", False):
+        given.append(f"aggregate {args.aggregate}")
+    if given and args.segment_seconds is None:
+        runtime.check_window_options(given, None, [audio_io.probe_seconds(p) or math.inf for p in paths])
 
 
 def _tag_files(args, sed: bool) -> int:
     paths = gather_inputs(args.audio_path)
     check_outputs(args, paths)
-    check_hop(args, paths)
+    check_window_options(args, paths)
     fw_out = getattr(args, "framewise_output", None)
     if fw_out and fw_out.lower().endswith(".npy") and len(paths) > 1:
         raise PannsError(f"--framewise_output {fw_out}: a .npy file holds one matrix; use a .h5 file for "
@@ -584,8 +589,9 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         p.add_argument("--top_k", type=int, default=10, help="number of classes printed/plotted (default 10)")
         p.add_argument("--hop_seconds", type=float, default=None,
                        help="hop between windows (default: --segment_seconds, i.e. no overlap)")
-        p.add_argument("--aggregate", choices=("max", "mean"), default="max",
-                       help="how window outputs are combined into one clip result (default max)")
+        p.add_argument("--aggregate", choices=("max", "mean"), default=None,
+                       help="how window outputs are combined into one clip result (default max; with windows only: "
+                            "--segment_seconds, or recordings over %.0f s)" % AUTO_WINDOW_SECONDS)
         p.add_argument("--output", type=str, default=None, help="also write results to this .json or .csv file (default: none)")
         if mode == "sound_event_detection":
             p.add_argument("--output_dir", type=str, default="results",
@@ -653,6 +659,8 @@ def export(args) -> int:
 
 def main(argv=None, prog: Optional[str] = None) -> None:
     args = build_parser(prog).parse_args(argv)
+    if hasattr(args, "aggregate"):   # None in the parser so that a --aggregate given can be checked for effect
+        args.aggregate_given, args.aggregate = args.aggregate is not None, args.aggregate or "max"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     for noisy in ("matplotlib", "numba", "PIL", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -744,22 +744,25 @@ def auto_segment(samples: int, sample_rate: int, segment_seconds: Optional[float
 
 
 
-def check_hop(hop_seconds: Optional[float], segment_seconds: Optional[float], seconds: Sequence[float],
-              prefix: str = "--") -> None:
-    """A hop without a segment moves only the automatic windows of recordings over AUTO_WINDOW_SECONDS
-    (``auto_segment``); shorter ones run whole. ``seconds``: each input's length (inf when unknown:
-    counted as long). Refused when the hop changes nothing, one warning when it changes only some."""
-    if hop_seconds is None or segment_seconds is not None:
+def check_window_options(given: Sequence[str], segment_seconds: Optional[float], seconds: Sequence[float],
+                         prefix: str = "--") -> None:
+    """Window options without a segment (``given``: e.g. ["hop_seconds 5", "aggregate mean"]) act only on
+    the automatic windows of recordings over AUTO_WINDOW_SECONDS (``auto_segment``); shorter ones run
+    whole. ``seconds``: each input's length (inf when unknown: counted as long). Refused when the options
+    change nothing, one warning when they change only some."""
+    if not given or segment_seconds is not None:
         return
+    named = " and ".join(prefix + g for g in given)
     long = sum(1 for s in seconds if s > AUTO_WINDOW_SECONDS)
     if not long:
-        raise PannsError(f"{prefix}hop_seconds {hop_seconds:g} has no effect without {prefix}segment_seconds: "
+        raise PannsError(f"{named} {'has' if len(given) == 1 else 'have'} no effect without {prefix}segment_seconds: "
                          f"recordings up to {AUTO_WINDOW_SECONDS:.0f} s run whole; add {prefix}segment_seconds (e.g. "
                          f"{AUTO_SEGMENT_SECONDS:.0f}) to tag in sliding windows")
     if long < len(seconds):
-        logger.warning("%shop_seconds applies only to the %d of %d recordings over %.0f s (run in %.0f-s windows); "
-                       "the other %d run whole: add %ssegment_seconds to window them too", prefix, long, len(seconds),
+        logger.warning("%s applies only to the %d of %d recordings over %.0f s (run in %.0f-s windows); "
+                       "the other %d run whole: add %ssegment_seconds to window them too", named, long, len(seconds),
                        AUTO_WINDOW_SECONDS, AUTO_SEGMENT_SECONDS, len(seconds) - long, prefix)
+
 
 def window_starts(n: int, win: int, hop: int, align: int = 1) -> List[int]:
     """Window starts covering ``n`` samples: every ``hop`` while a whole window fits, plus one
