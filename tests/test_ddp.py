@@ -26,7 +26,7 @@ def _two_nodes(workspaces, args, tmp_path, timeout=240):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
                "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
                os.path.join(REPO, "pytorch", "main.py"), "train", f"--workspace={ws}"] + \
-            [f"--{k}={v}" for k, v in args.items()]
+            [f"--{k}" if v is True else f"--{k}={v}" for k, v in args.items()]   # True: a switch
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                       cwd=str(tmp_path)))
     results = []
@@ -84,7 +84,8 @@ def test_two_nodes_with_own_workspaces_train_and_resume_exactly(tmp_path):
         seen.append({row for k in range(2) for row in s.batch_rows(k)})
     assert len(seen[0]) == 4 and len(seen[1]) == 4 and not seen[0] & seen[1]
 
-    for r in _two_nodes([ws0, ws1], {**args, "resume_iteration": 4}, tmp_path):
+    # --overwrite: the resumed run replaces the straight run's 6_iterations.pth (compared in memory)
+    for r in _two_nodes([ws0, ws1], {**args, "resume_iteration": 4, "overwrite": True}, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
     _assert_same_state(straight, load_checkpoint(cfg.checkpoint_path(6)))
     assert not os.path.exists(os.path.join(ws1, "checkpoints"))

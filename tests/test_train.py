@@ -154,7 +154,8 @@ def test_resume_is_exact(tiny_ws, num_workers, steps):
 
     ws, labels = tiny_ws
     half = steps // 2
-    cfg = tiny_config(ws, labels, num_workers=num_workers, early_stop=steps)
+    # overwrite: the module's runs share one run folder
+    cfg = tiny_config(ws, labels, num_workers=num_workers, early_stop=steps, overwrite=True)
     straight = train(cfg)
     assert straight["iteration"] == steps and straight["checkpoint_path"].endswith(f"/{steps}_iterations.pth")
     a = _state(straight["checkpoint_path"])
@@ -163,9 +164,9 @@ def test_resume_is_exact(tiny_ws, num_workers, steps):
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in a["model"])
     assert a["config"]["labels"] and a["config"]["model_type"] == "Cnn6" and a["config"]["classes_num"] == 3
 
-    cfg.early_stop = half
+    cfg.early_stop = half   # replaces the straight run's checkpoints in the same folder (overwrite)
     train(cfg)
-    cfg.early_stop, cfg.resume_iteration = steps, half
+    cfg.early_stop, cfg.resume_iteration, cfg.overwrite = steps, half, False
     resumed = train(cfg)
     _assert_same_state(a, _state(resumed["checkpoint_path"]))
     with open(cfg.statistics_path, "rb") as f:
@@ -183,7 +184,7 @@ def test_compiled_step_is_one_graph_and_trains_like_eager(tiny_ws, monkeypatch):
     from panns.main import train
 
     ws, labels = tiny_ws
-    cfg = tiny_config(ws, labels, early_stop=3, augmentation="mixup", compile="off")
+    cfg = tiny_config(ws, labels, early_stop=3, augmentation="mixup", compile="off", overwrite=True)
     eager = _state(train(cfg)["checkpoint_path"])
     with open(cfg.statistics_path, "rb") as f:
         eager_stats = pickle.load(f)
@@ -199,7 +200,7 @@ def test_compiled_step_is_one_graph_and_trains_like_eager(tiny_ws, monkeypatch):
     before = torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.conv.fp32_precision
     torch._dynamo.reset()
     try:
-        result = train(tiny_config(ws, labels, early_stop=3, augmentation="mixup", compile="on"))
+        result = train(tiny_config(ws, labels, early_stop=3, augmentation="mixup", compile="on", overwrite=True))
         compiled = _state(result["checkpoint_path"])
     finally:
         torch._dynamo.reset()

@@ -363,7 +363,7 @@ class ClipCache:
 def build_cache(paths: Sequence[str], sample_rate: int, cache_dir: str, num_workers: int = 0) -> ClipCache:
     """Decode ``paths`` once into ``cache_dir/clips_<rate>Hz_<key>.h5`` (or reuse it). Atomic write.
 
-    Any unreadable file aborts with one line naming it (and how many others failed).
+    Unreadable files abort with one line: how many, the first one's error and the names of a few more.
     """
     paths = sorted(set(paths))
     os.makedirs(cache_dir, exist_ok=True)
@@ -381,7 +381,7 @@ def build_cache(paths: Sequence[str], sample_rate: int, cache_dir: str, num_work
     removed = remove_stale_temps(h5_path)
     if removed:
         logger.info("Removed %d temporary file(s) of an interrupted earlier run", len(removed))
-    failures: List[str] = []
+    failures: List[Tuple[str, str]] = []   # (path, error)
     logger.info("Decoding %d clips at %d Hz into %s", len(paths), sample_rate, h5_path)
     with atomic_write(h5_path) as tmp, h5py.File(tmp, "w") as hf:
         hf.attrs["sample_rate"] = sample_rate
@@ -397,7 +397,7 @@ def build_cache(paths: Sequence[str], sample_rate: int, cache_dir: str, num_work
             results = pool.imap(_decode, jobs, chunksize=4) if pool else map(_decode, jobs)
             for i, (y, err) in enumerate(tqdm(results, total=len(paths), desc="decode", unit="clip", leave=False)):
                 if err is not None:
-                    failures.append(err)
+                    failures.append((paths[i], err))
                     y = np.zeros(0, np.int16)
                 if not failures:
                     wav.resize((offset[i] + len(y),))
@@ -408,10 +408,18 @@ def build_cache(paths: Sequence[str], sample_rate: int, cache_dir: str, num_work
                 pool.terminate()
                 pool.join()
         if failures:
-            more = f" (and {len(failures) - 1} more unreadable file(s))" if len(failures) > 1 else ""
-            raise AudioDecodeError(f"{failures[0]}{more}; fix or remove them from the data set")
+            raise AudioDecodeError(decode_failures(failures, len(paths)))
         hf.create_dataset("offset", data=offset)
     return ClipCache(h5_path)
+
+
+def decode_failures(failures: List[Tuple[str, str]], total: int, shown: int = 5) -> str:
+    """One line for the files that failed to decode: their count, the first error, a few more names."""
+    others = [p for p, _ in failures[1:shown]]
+    names = f"; also {', '.join(others)}" if others else ""
+    rest = f" and {len(failures) - shown} more" if len(failures) > shown else ""
+    return (f"{len(failures)} of {total} audio files cannot be decoded: {failures[0][1]}{names}{rest}; fix or remove "
+            "them from the data set")
 
 
 def _ignore_sigint() -> None:

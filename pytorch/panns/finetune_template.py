@@ -43,6 +43,7 @@ from typing import Optional
 
 from panns import checkpoint as ckpt_lib
 from panns import finetune_data as fd
+from panns.training import config as tl
 from panns.training import finetune as finetune_task
 from panns.errors import PannsError, run_cli
 from panns.frontend import add_frontend_args
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "then the CSV's folder)")
     d.add_argument("--eval_fraction", type=float, default=0.2,
                    help="share of every class held out for evaluation when no eval split is given")
-    d.add_argument("--clip_seconds", type=float, default=None,
+    d.add_argument("--clip_seconds", type=tl.positive_float, default=None,
                    help="clip length fed to the model: random crops for training, the first seconds for "
                         "evaluation, zero-padded when shorter (default: longest clip, at most 10 s)")
     t = p.add_argument_group("training")
@@ -119,14 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sub-folder of <workspace>/finetune (default: model, data set, loss, frozen)")
     t.add_argument("--cache_dir", type=str, default=None, help="decoded-clip cache (default: <workspace>/cache)")
     t.add_argument("--batch_size", type=int, default=32, help="clips per optimizer step")
-    t.add_argument("--learning_rate", type=float, default=None,
+    t.add_argument("--learning_rate", type=tl.positive_float, default=None,
                    help="Adam learning rate (default: 1e-3 with --freeze_base, 1e-4 otherwise)")
     t.add_argument("--iterations", type=int, default=1000, help="optimizer steps")
     t.add_argument("--eval_every", type=int, default=100, help="evaluate and save every this many steps (and at the end)")
     t.add_argument("--log_every", type=int, default=10, help="log the training loss every this many steps (0: off)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in the run folder from its latest.pth (same arguments; exact: the weights "
-                        "equal those of one run straight)")
+                        "equal those of one run straight). A changed --seed, --batch_size, --augmentation or "
+                        "--eval_fraction is refused; a changed --learning_rate is used from there on (one log line)")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run already in the run folder (without it, an existing run is an error)")
     t.add_argument("--augmentation", choices=("none", "mixup"), default="none",
@@ -134,9 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--loss", choices=("nll", "bce"), default=None,
                    help="nll: single-label, log-softmax head (official Transfer_Cnn14); bce: multi-label, sigmoid head "
                         "(default: bce if any clip has several labels, else nll)")
-    t.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
+    t.add_argument("--num_workers", type=tl.non_negative_int, default=min(4, os.cpu_count() or 1),
                    help="worker processes for decoding and batch loading (0: in the main process)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the eval hold-out, batch order, crops and init")
+    t.add_argument("--seed", type=tl.seed_arg, default=0, help="seed of the eval hold-out, batch order, crops and init")
     t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="compute precision of the CNN body (auto: bf16 on GPUs that support it, fp32 on CPU)")
     t.add_argument("--head_init", choices=("probe", "random"), default=None,
@@ -146,20 +148,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "between clips, so the first hundred steps only shift the class biases")
     t.add_argument("--linear_probe", action="store_true",
                    help="instead of fine-tuning: base embeddings (extracted once) + logistic regression")
-    t.add_argument("--probe_c", type=float, default=1.0, help="inverse L2 strength of the linear probe")
+    t.add_argument("--probe_c", type=tl.positive_float, default=1.0, help="inverse L2 strength of the linear probe")
     e = sub.add_parser("export", help="a self-contained copy of a fine-tuned checkpoint (a frozen base's weights "
                                       "inside, instead of the reference to its file)",
                        formatter_class=DefaultsOnceFormatter)
     e.add_argument("--checkpoint_path", required=True, help="best.pth or latest.pth of a fine-tuning run")
     e.add_argument("--output_path", required=True, help="where to write the self-contained checkpoint")
+    e.add_argument("--overwrite", action="store_true", help="replace --output_path if it exists")
     return parser
+
+
+def export(args: argparse.Namespace) -> str:
+    """``export``: refuse an output path that is a folder, the input itself, or (without --overwrite) an
+    existing file, then write the self-contained copy."""
+    out = args.output_path
+    if os.path.isdir(out):
+        raise PannsError(f"--output_path {out} is a folder; give a file path, e.g. {os.path.join(out, 'model.pth')}")
+    if os.path.exists(out) and os.path.exists(args.checkpoint_path) and os.path.samefile(out, args.checkpoint_path):
+        raise PannsError(f"--output_path {out} is the checkpoint being exported; give another path")
+    if os.path.exists(out) and not args.overwrite:
+        raise PannsError(f"--output_path {out} exists; give another path, or --overwrite to replace it")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise PannsError(f"the folder of --output_path {out} does not exist (or is not a folder): {parent}")
+    return ckpt_lib.self_contained(args.checkpoint_path, out)
 
 
 def main(argv=None) -> Optional[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.mode == "export":
-        out = ckpt_lib.self_contained(args.checkpoint_path, args.output_path)
+        out = export(args)
         print(f"Self-contained checkpoint written to {out}")
         return {"checkpoint_path": out}
     if args.mode != "train":

@@ -58,8 +58,33 @@ class FrontEnd:
     def describe(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.to_dict().items())
 
+    def check(self) -> "FrontEnd":
+        """Refuse settings no model can run (one line naming the flags): a rate outside validate's range,
+        non-positive window, hop or mel bins, a window past MAX_WINDOW (the STFT's DFT matrices alone would take
+        gigabytes), and a mel range that is not 0 <= fmin < fmax <= sample_rate / 2 (above Nyquist the mel
+        filters are empty). Returns self."""
+        from panns import validate   # the one sample-rate rule of every front door
+
+        validate.sample_rate(self.sample_rate, "--sample_rate")
+        for key in ("window_size", "hop_size", "mel_bins"):
+            if getattr(self, key) < 1:
+                raise PannsError(f"--{key} must be >= 1 (got {getattr(self, key)})")
+        if self.window_size > MAX_WINDOW:
+            raise PannsError(f"--window_size {self.window_size} is too large: at most {MAX_WINDOW} samples "
+                             f"({MAX_WINDOW / self.sample_rate:.2f} s at {self.sample_rate} Hz)")
+        if self.fmin < 0:
+            raise PannsError(f"--fmin must be >= 0 Hz (got {self.fmin})")
+        if self.fmin >= self.fmax:
+            raise PannsError(f"--fmin {self.fmin} must be below --fmax {self.fmax}")
+        if self.fmax * 2 > self.sample_rate:
+            raise PannsError(f"--fmax {self.fmax} is above the Nyquist frequency of --sample_rate {self.sample_rate} "
+                             f"({self.sample_rate // 2} Hz): those mel bands would be empty; use --fmax <= "
+                             f"{self.sample_rate // 2}")
+        return self
+
 
 FRONTEND_KEYS = tuple(f.name for f in dataclasses.fields(FrontEnd))
+MAX_WINDOW = 8192   # samples (0.26 s at 32 kHz; the official windows are 256-1024): building its STFT takes ~3 GB
 FRONT_END_32K = FrontEnd()
 FRONT_END_16K = FrontEnd(16000, 512, 160, 64, 50, 8000)
 FRONT_END_8K = FrontEnd(8000, 256, 80, 64, 50, 4000)
@@ -73,18 +98,35 @@ _HELP = {"sample_rate": "sample rate the model runs at (Hz)", "window_size": "ST
          "fmin": "lowest mel frequency (Hz)", "fmax": "highest mel frequency (Hz)"}
 
 
+def _whole(minimum: int):
+    """argparse type: an integer >= ``minimum`` (0 Hz for fmin, 1 for the others: a zero rate or hop
+    crashed deep in the STFT with a traceback)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text!r}")
+        return value
+    parse.__name__ = "int"   # argparse names the type in its messages
+    return parse
+
+
 def add_frontend_args(parser: Union[argparse.ArgumentParser, argparse._ArgumentGroup],
                       defaults: Optional[FrontEnd] = None) -> None:
     """Add --sample_rate --window_size --hop_size --mel_bins --fmin --fmax.
 
     defaults: the values the flags default to (training); None: every flag defaults to None,
-    meaning "the checkpoint's setting" (inference), and the help names the official values."""
+    meaning "the checkpoint's setting" (inference), and the help names the official values.
+    Each flag is a whole number (>= 1; fmin >= 0); how they fit together is :meth:`FrontEnd.check`."""
     for key in FRONTEND_KEYS:
+        kind = _whole(0 if key == "fmin" else 1)
         if defaults is None:
             text = f"{_HELP[key]} (default: the checkpoint's; official {getattr(FRONT_END_32K, key)})"
-            parser.add_argument(f"--{key}", type=int, default=None, help=text)
+            parser.add_argument(f"--{key}", type=kind, default=None, help=text)
         else:
-            parser.add_argument(f"--{key}", type=int, default=getattr(defaults, key),
+            parser.add_argument(f"--{key}", type=kind, default=getattr(defaults, key),
                                 help=f"{_HELP[key]} (default: %(default)s)")
 
 

@@ -66,16 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="examples per optimizer step (after mixup; the loader reads twice as many clips); "
                         "with DDP the global batch, split over the processes (see --per_rank_batch_size); "
                         "the run folder names it: batch_size=32, or batch_size=32,world_size=8 for 8 processes")
-    p.add_argument("--learning_rate", type=float, default=d.learning_rate, help="Adam (amsgrad) learning rate")
+    p.add_argument("--learning_rate", type=tl.positive_float, default=d.learning_rate,
+                   help="Adam (amsgrad) learning rate; a resumed run uses the one given (one log line when it "
+                        "differs from the checkpoint's)")
     p.add_argument("--resume_iteration", type=int, default=d.resume_iteration,
-                   help="resume from <checkpoints dir>/<N>_iterations.pth (0: start fresh)")
+                   help="resume from <checkpoints dir>/<N>_iterations.pth (0: start fresh); checkpoints saved after "
+                        "N are refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", default=False,
+                   help="replace the run already in the run folder: its checkpoints and statistics.pkl/.json are "
+                        "removed when the new run starts (without it an earlier run is an error); with "
+                        "--resume_iteration N, the checkpoints after N")
     p.add_argument("--early_stop", type=int, default=d.early_stop, help="stop after this many optimizer steps")
     p.add_argument("--cuda", action="store_true", default=False, help="train on the GPU when one is available")
     p.add_argument("--eval_every", type=int, default=d.eval_every, help="evaluate every N iterations")
     p.add_argument("--save_every", type=int, default=d.save_every, help="save a checkpoint every N iterations")
-    p.add_argument("--num_workers", type=int, default=d.num_workers,
+    p.add_argument("--num_workers", type=tl.non_negative_int, default=d.num_workers,
                    help="data loader worker processes per training process (clamped to the CPUs it may use)")
-    p.add_argument("--seed", type=int, default=d.seed,
+    p.add_argument("--seed", type=tl.seed_arg, default=d.seed,
                    help="seed of the sampler, Mixup and torch/numpy RNGs (1234 = official sampler/Mixup)")
     p.add_argument("--precision", type=str, default=d.precision, choices=tl.PRECISIONS,
                    help="CNN body precision under autocast (front end and loss stay fp32); also for evaluation. "
@@ -100,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class_labels_csv", type=str, default=None,
                    help="label CSV (index,mid,display_name); default metadata/class_labels_indices.csv")
     p.add_argument("--log_every", type=int, default=d.log_every, help="log loss/speed every N iterations")
-    p.add_argument("--grad_clip", type=float, default=d.grad_clip, help="clip the gradient norm (0: off, official)")
+    p.add_argument("--grad_clip", type=tl.non_negative_float, default=d.grad_clip, help="clip the gradient norm (0: off, official)")
     p.add_argument("--deterministic", action="store_true", default=False,
                    help="deterministic kernels (cuDNN/cuBLAS): resume is bit-exact on CUDA too, at some speed")
     p.add_argument("--per_rank_batch_size", type=int, default=d.per_rank_batch_size,
@@ -110,12 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync_bn", action="store_true", default=None,
                    help="DDP on CUDA: BatchNorm statistics over all processes (SyncBatchNorm). Default: on when "
                         "several CUDA processes get fewer than 16 examples each (--no_sync_bn to refuse)")
-    p.add_argument("--no_sync_bn", action="store_false", dest="sync_bn",
+    # SUPPRESS: --sync_bn's None stays the default (store_false's own default True showed as '(default: True)')
+    p.add_argument("--no_sync_bn", action="store_false", dest="sync_bn", default=argparse.SUPPRESS,
                    help="plain per-process BatchNorm even for small per-process batches")
     p.add_argument("--grad_comm", type=str, default=d.grad_comm, choices=tl.GRAD_COMMS,
                    help="DDP gradient all-reduce: fp32 (exact), or bf16/fp16 compression (half the bytes between "
                         "nodes; rounds the averaged gradient; opt-in, not measured here; bf16 needs CUDA)")
-    p.add_argument("--dist_timeout", type=float, default=d.dist_timeout,
+    p.add_argument("--dist_timeout", type=tl.positive_float, default=d.dist_timeout,
                    help="minutes a process waits for the others in a collective before the run fails "
                         "(a stalled rank stops the run instead of idling every GPU)")
     return parser

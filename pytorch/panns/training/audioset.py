@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import h5py
 import numpy as np
@@ -94,8 +95,12 @@ def check_inputs(cfg: TrainConfig) -> DataInfo:
         path = cfg.indexes_path(name)
         if not os.path.isfile(path):
             raise PannsError(f"index file {path} not found; create it with {INDEX_SCRIPTS[name]}")
-        with h5py.File(path, "r") as hf:
-            width = hf["target"].shape[1] if "target" in hf else None
+        try:
+            with h5py.File(path, "r") as hf:
+                width = hf["target"].shape[1] if "target" in hf else None
+        except OSError as e:   # h5py's message (e.g. 'truncated file: eof = ...') does not name the file
+            raise PannsError(f"index file {path} cannot be read ({' '.join(str(e).split())}); re-create it with "
+                             f"{INDEX_SCRIPTS[name]}") from None
         if width != labels.classes_num:
             raise PannsError(f"{path} has targets for {width} classes but the label CSV "
                              f"({cfg.class_labels_csv or config.DEFAULT_LABELS_CSV}) lists {labels.classes_num}; "
@@ -119,6 +124,10 @@ def check_resampling(file_sr: int, sample_rate: int, path: str, fmax: int) -> No
 
 def build_model(cfg: TrainConfig, classes_num: int, clip_samples: int, eval_clip_samples: int) -> torch.nn.Module:
     """The model for ``cfg`` with a clear error for front ends or clip lengths it cannot take."""
+    shortest = min(clip_samples, eval_clip_samples)
+    if cfg.window_size > shortest:   # the STFT pads by half a window, reflecting the clip: it must be longer
+        raise PannsError(f"--window_size {cfg.window_size} is longer than the clips ({shortest} samples, "
+                         f"{shortest / cfg.sample_rate:.2f} s at {cfg.sample_rate} Hz)")
     try:
         model = models.create_model(cfg.model_type, classes_num=classes_num, **cfg.frontend)
     except PannsError:
@@ -136,6 +145,56 @@ def build_model(cfg: TrainConfig, classes_num: int, clip_samples: int, eval_clip
                              f"are too short for {cfg.model_type} with hop {cfg.hop_size}: it needs >= {want} "
                              f"samples ({want / cfg.sample_rate:.2f} s); repack with a longer --clip_seconds")
     return model
+
+
+def saved_iterations(checkpoints_dir: str) -> List[int]:
+    """Iterations of the ``<N>_iterations.pth`` checkpoints in ``checkpoints_dir``, sorted."""
+    if not os.path.isdir(checkpoints_dir):
+        return []
+    return sorted(int(f.split("_")[0]) for f in os.listdir(checkpoints_dir)
+                  if f.endswith("_iterations.pth") and f.split("_")[0].isdigit())
+
+
+def _last_evaluation(statistics_path: str) -> Optional[int]:
+    """Latest iteration ``statistics.pkl`` holds an evaluation of (None: no file or none; -1: unreadable)."""
+    if not os.path.isfile(statistics_path):
+        return None
+    try:
+        with open(statistics_path, "rb") as f:
+            stats = pickle.load(f)
+        return max((int(s["iteration"]) for v in stats.values() for s in v), default=None)
+    except Exception:  # noqa: BLE001 - any damage: it still belongs to an earlier run
+        return -1
+
+
+def check_run_folder(cfg: TrainConfig) -> List[str]:
+    """Refuse (one line) to overwrite what an earlier run left in ``cfg``'s run folder, unless ``--overwrite``;
+    returns the files to remove when the new run starts (``--overwrite``), else [].
+
+    Fresh run: checkpoints past iteration 0 or evaluations past it are an earlier run's (a folder with only the
+    starting point - Ctrl-C before the first save - is made again by the same command). Resume from N:
+    checkpoints after N would be overwritten one by one by another trajectory."""
+    saved = saved_iterations(cfg.checkpoints_dir)
+    if cfg.resume_iteration > 0:
+        later = [n for n in saved if n > cfg.resume_iteration]
+        if later and not cfg.overwrite:
+            raise PannsError(f"--resume_iteration {cfg.resume_iteration} would overwrite the later checkpoints "
+                             f"{', '.join(map(str, later))} in {cfg.checkpoints_dir} as training goes on; resume from "
+                             f"the latest (--resume_iteration {later[-1]}), or add --overwrite to replace them")
+        return [cfg.checkpoint_path(n) for n in later]
+    trained = [n for n in saved if n > 0]
+    last_eval = _last_evaluation(cfg.statistics_path)
+    if not trained and (last_eval is None or last_eval == 0):
+        return []
+    if not cfg.overwrite:
+        held = f"checkpoints at iterations {', '.join(map(str, trained))}" if trained else \
+            f"{cfg.statistics_path}" + (" (unreadable)" if last_eval == -1 else f" up to iteration {last_eval}")
+        resume = f"resume it with --resume_iteration {trained[-1]}, " if trained else ""
+        raise PannsError(f"the run folder {cfg.checkpoints_dir} already holds a run ({held}); {resume}change a "
+                         "setting that names the folder, or add --overwrite to replace it")
+    stem = os.path.splitext(cfg.statistics_path)[0]
+    return [cfg.checkpoint_path(n) for n in saved] + \
+        [p for p in (cfg.statistics_path, stem + ".json") if os.path.isfile(p)]
 
 
 def eval_batch_size(requested: int, per_rank_batch: int, batch_size: int, device: torch.device) -> int:
@@ -162,6 +221,9 @@ class AudioSetTask:
         # Only rank 0's disk is sure to hold the checkpoints (nodes need not share a filesystem).
         resume_from = tl.from_main(info, self._resume_path, cfg.resume_iteration) if cfg.resume_iteration > 0 \
             else None
+        # What --overwrite replaces is removed when the run starts (run()), not now: a run that fails while
+        # setting up keeps the earlier one.
+        self._replace = tl.from_main(info, check_run_folder, cfg)
 
         self.precision = amp.resolve_precision(cfg.precision, info.device, training=True)
         tl.seed_everything(cfg.seed)  # same initial weights on every rank
@@ -216,7 +278,11 @@ class AudioSetTask:
     def _setup_data(self, data: DataInfo) -> None:
         cfg, info = self.cfg, self.info
         # Workers from this rank's own share of the node's CPUs (see tl.cpu_share).
-        self.num_workers = max(0, min(cfg.num_workers, tl.cpu_share(info)))
+        share = tl.cpu_share(info)
+        self.num_workers = max(0, min(cfg.num_workers, share))
+        if self.num_workers < cfg.num_workers:
+            logger.info("--num_workers %d capped to %d: the CPUs this process may use", cfg.num_workers,
+                        self.num_workers)
         sampler_cls = {"none": dg.TrainSampler, "balanced": dg.BalancedTrainSampler,
                        "alternate": dg.AlternateTrainSampler}[cfg.balanced]
         per_step = self.batch_per_rank * (2 if cfg.augmentation == "mixup" else 1)
@@ -268,9 +334,7 @@ class AudioSetTask:
     def _resume_path(self, n: int) -> str:
         path = self.cfg.checkpoint_path(n)
         if not os.path.isfile(path):
-            have = sorted(int(f.split("_")[0]) for f in os.listdir(self.cfg.checkpoints_dir)
-                          if f.endswith("_iterations.pth") and f.split("_")[0].isdigit()) \
-                if os.path.isdir(self.cfg.checkpoints_dir) else []
+            have = saved_iterations(self.cfg.checkpoints_dir)
             raise CheckpointError(f"no checkpoint {path} to resume from; saved iterations: "
                                   f"{', '.join(map(str, have)) or 'none'}")
         return path
@@ -309,6 +373,12 @@ class AudioSetTask:
         if self.info.is_main:  # rank 0 keeps the statistics, on its own disk
             self.statistics.load_state_dict(iteration)
 
+    def resume_hint(self, saved_iteration: Optional[int]) -> str:
+        if saved_iteration:
+            return f"continue with the same command and --resume_iteration {saved_iteration}"
+        return (f"nothing trained was saved (a checkpoint every --save_every {self.cfg.save_every} iterations): "
+                "start again with the same command (add --overwrite if it refuses the run folder)")
+
     def close_loaders(self) -> None:
         for loader in self.eval_loaders.values():
             if isinstance(loader, ResidentBatches):
@@ -319,6 +389,11 @@ class AudioSetTask:
     def run(self) -> Dict[str, Any]:
         """Train to ``early_stop``; returns {'iteration', 'checkpoint_path', 'statistics', 'statistics_path'}
         (rank 0 view)."""
+        if self.info.is_main and self._replace:
+            for path in self._replace:
+                os.remove(path)
+            logger.info("--overwrite: removed %d file(s) of the earlier run (%s)", len(self._replace),
+                        ", ".join(os.path.basename(p) for p in self._replace))
         it = self.trainer.run()
         self.trainer.finish()
         return {"iteration": it, "checkpoint_path": self.trainer.last_saved or self.cfg.checkpoint_path(it),

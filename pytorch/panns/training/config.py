@@ -7,10 +7,12 @@ torch.distributed helpers (barrier, gather, buffer broadcast, weight digests), t
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -45,6 +47,55 @@ AUGMENTATIONS = ("none", "mixup")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 COMPILE_MODES = ("auto", "on", "off")
 GRAD_COMMS = ("fp32", "bf16", "fp16")
+MAX_SEED = 2**32 - 1   # numpy's RandomState (sampler, Mixup) takes 0 .. 2**32 - 1
+
+
+# ------------------------------------------------------------------------------------ flag types
+# argparse types of the training flags (main.py, finetune_template.py): a bad value is argparse's usage error
+# before any work. float() accepts 'nan' and 'inf', and NaN passes every '<= 0' check, so finiteness is explicit.
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (learning rate, timeouts, seconds, regularisation strength)."""
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (--grad_clip: 0 is off)."""
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (--num_workers: 0 loads in the main process)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def seed_arg(text: str) -> int:
+    """argparse type: a seed numpy accepts (0 .. 2**32 - 1; -1 failed only at the first evaluation)."""
+    value = non_negative_int(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be at most 2**32 - 1 = {MAX_SEED}, got {text!r}")
+    return value
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -88,6 +139,7 @@ class TrainConfig:
     sync_bn: Optional[bool] = None  # DDP on CUDA: BatchNorm over all processes; None: when per-rank batch < 16
     dist_timeout: float = 30.0      # minutes a collective waits for a stalled rank before the run fails
     grad_comm: str = "fp32"         # DDP gradient all-reduce in fp32 (exact), or compressed to bf16/fp16 (opt-in)
+    overwrite: bool = False         # replace an earlier run in the run folder (its checkpoints and statistics)
     filename: str = "main"          # official path level (script name)
     world_size: int = 1             # processes of the run (set from the launcher by main.train, not a flag)
 
@@ -171,8 +223,8 @@ class TrainConfig:
             raise PannsError(f"--batch_size {self.batch_size} (the global batch) is not divisible by the "
                              f"{self.world_size} processes; pass a divisible --batch_size, or "
                              f"--per_rank_batch_size {max(1, self.batch_size // self.world_size)}")
-        if self.dist_timeout <= 0:
-            raise PannsError(f"--dist_timeout must be > 0 minutes (got {self.dist_timeout})")
+        if not (math.isfinite(self.dist_timeout) and self.dist_timeout > 0):
+            raise PannsError(f"--dist_timeout must be a finite number of minutes > 0 (got {self.dist_timeout})")
         for name in ("batch_size", "eval_every", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise PannsError(f"--{name} must be >= 1 (got {getattr(self, name)})")
@@ -180,8 +232,16 @@ class TrainConfig:
             raise PannsError("--early_stop and --resume_iteration must be >= 0")
         if self.resume_iteration > self.early_stop:
             raise PannsError(f"--resume_iteration {self.resume_iteration} is past --early_stop {self.early_stop}")
-        if self.learning_rate <= 0:
-            raise PannsError(f"--learning_rate must be > 0 (got {self.learning_rate})")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise PannsError(f"--learning_rate must be a finite number > 0 (got {self.learning_rate})")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise PannsError(f"--grad_clip must be a finite number >= 0 (0: off; got {self.grad_clip})")
+        if self.num_workers < 0:
+            raise PannsError(f"--num_workers must be >= 0 (got {self.num_workers})")
+        # Every rank seeds numpy with seed + rank.
+        if not 0 <= self.seed <= MAX_SEED - (self.world_size - 1):
+            raise PannsError(f"--seed must be from 0 to {MAX_SEED - (self.world_size - 1)} (got {self.seed})")
+        self.front_end.check()
 
 
 # ------------------------------------------------------------------------------------ distributed

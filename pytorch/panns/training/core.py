@@ -55,6 +55,9 @@ class CoreSettings:
     compile_backend: str = "inductor"     # torch.compile backend ('eager' in tests: same ops, graph capture only)
     sync_bn: bool = False                 # resolved by the entry point (training.config.resolve_sync_bn)
     at_start: bool = True                 # also evaluate and save before the first step (main.py)
+    # Run config keys a resume must not change: the checkpoint's sampler, Mixup and RNG states (and the data
+    # split) were made with them, so a new value would be silently ignored or mixed with the old one.
+    fixed_on_resume: Tuple[str, ...] = ("seed", "batch_size", "augmentation")
 
 
 @dataclass
@@ -134,6 +137,10 @@ class Task(Protocol):
     def close_loaders(self) -> None:
         """Drop the task's loaders (their worker processes end with them)."""
 
+    def resume_hint(self, saved_iteration: Optional[int]) -> str:
+        """How to continue after a stop, given the last saved iteration (None: nothing saved), e.g.
+        're-run with --resume_iteration 30'."""
+
 
 class Trainer:
     """One training run: model, optimizer, scaler, Mixup, batch stream, RNG state, loop, checkpoints.
@@ -171,7 +178,9 @@ class Trainer:
         self._cuda_batches = dg.CudaBatches(info.device) if cuda else None
         self._peak_reset = False
         self.iteration = 0
-        self.last_saved: Optional[str] = None
+        self.last_saved: Optional[str] = None          # path of the last checkpoint (rank 0; resume: every rank)
+        self.saved_iteration: Optional[int] = None     # its iteration, on every rank
+        self._unchecked: List[torch.Tensor] = []       # losses of the steps since the last finiteness check
         # Training randomness (SpecAugment, dropout) differs per rank; the weights are already equal.
         tl.seed_everything(settings.seed + info.rank)
         if resume_from:
@@ -230,6 +239,10 @@ class Trainer:
             amp.pin_ieee_fp32()
         try:
             return self._loop()
+        except KeyboardInterrupt:
+            if self.info.is_main:   # where to continue from, in the log and on the console
+                logger.warning("Interrupted at iteration %d; %s", self.iteration, self.stop_note())
+            raise
         finally:
             if pin:
                 amp.unpin_ieee_fp32()
@@ -237,6 +250,8 @@ class Trainer:
     def _loop(self) -> int:
         it = self.iteration
         while True:
+            if self.should_eval(it) or self.should_save(it):
+                self.check_losses(it)   # no evaluation or checkpoint of weights a NaN step has spoilt
             if self.should_eval(it):
                 self.evaluate(it)
             if self.should_save(it):
@@ -249,10 +264,48 @@ class Trainer:
             self.iteration = it
             self.meter.update(scalars, wait)
             self.trained.update(scalars, wait)
+            self._unchecked.append(scalars["loss"])
             if self.s.log_every and it % self.s.log_every == 0:
+                self.check_losses(it)
                 self.log_progress(it)
             self.progress.to(it)
         return it
+
+    def stop_note(self) -> str:
+        """The last checkpoint and how to continue from it (the task's resume flag), for a stopped run."""
+        n = self.saved_iteration
+        if n is None:
+            return f"no checkpoint was saved; {self.task.resume_hint(None)}"
+        lost = f" (the {self.iteration - n} iteration(s) after it are not saved)" if self.iteration > n else ""
+        return f"the last checkpoint is {self.last_saved} (iteration {n}){lost}; {self.task.resume_hint(n)}"
+
+    def check_losses(self, it: int) -> None:
+        """Stop with one line on a non-finite training loss among the steps up to ``it`` since the last check.
+
+        Called only where the loop reads the loss or waits for the device anyway (log lines, evaluations,
+        checkpoints): a check every step would add a host sync per step on CUDA. Without fp16 loss scaling a
+        NaN loss has already turned the weights into NaN, so nothing after it is evaluated or saved; with it,
+        the GradScaler skips such steps, and the run goes on (one warning) while the weights stay finite."""
+        losses, self._unchecked = self._unchecked, []
+        first: Optional[Tuple[int, float]] = None
+        if losses:
+            stacked = torch.stack(losses).float()
+            bad = torch.nonzero(~torch.isfinite(stacked)).flatten()
+            if len(bad):
+                first = (it - len(losses) + 1 + int(bad[0]), float(stacked[bad[0]]))
+        if self.info.distributed:   # every rank stops together (the others would wait in the next collective)
+            found = [f for f in tl.all_gather_object(self.info, first) if f is not None]
+            first = min(found) if found else None
+        if first is None:
+            return
+        bad_it, value = first
+        if self.scaler.is_enabled() and all(bool(torch.isfinite(p).all()) for p in self.raw_model.parameters()):
+            logger.warning("non-finite training loss (%s) at iteration %d: the fp16 GradScaler skipped the step",
+                           value, bad_it)
+            return
+        raise PannsError(f"training loss is {value} at iteration {bad_it}: the weights are no longer usable, so "
+                         f"nothing after it was evaluated or saved; {self.stop_note()}, with a lower --learning_rate "
+                         f"(now {self.s.learning_rate:g}) or a --grad_clip (or check the data)")
 
     # ------------------------------------------------------------------------------------ steps
     def step(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -343,6 +396,7 @@ class Trainer:
             if self.scaler.is_enabled():
                 ckpt["scaler"] = self.scaler.state_dict()
             self.last_saved = self.task.write_checkpoint(ckpt, iteration)
+        self.saved_iteration = iteration
         tl.barrier(self.info)
 
     def log_progress(self, iteration: int) -> None:
@@ -392,6 +446,11 @@ class Trainer:
             if key in saved and saved[key] != self.model_config[key]:
                 raise CheckpointError(f"{path} was trained with {key}={saved[key]}, this run has "
                                       f"{key}={self.model_config[key]}")
+        changed = [k for k in self.s.fixed_on_resume if k in saved and saved[k] != self.config.get(k)]
+        if changed:   # before the sampler's own check, whose batch size counts mixup's doubled clips
+            raise CheckpointError(f"{path} was saved by a run with {', '.join(f'--{k} {saved[k]}' for k in changed)}; "
+                                  f"this run has {', '.join(f'--{k} {self.config.get(k)}' for k in changed)}: resume "
+                                  "with the checkpoint's settings, or start a new run")
         model_sd = ckpt["model"]
         if isinstance(ckpt.get("base_checkpoint"), dict):   # fine-tuning stores a frozen base by reference (checked
             model_sd = {**self.raw_model.state_dict(), **model_sd}   # by the task): the model holds it already
@@ -402,6 +461,7 @@ class Trainer:
                                   f"{str(e).splitlines()[0]}") from None
         if "optimizer" in ckpt:
             self.optimizer.load_state_dict(ckpt["optimizer"])
+            self._apply_learning_rate(int(ckpt.get("iteration", 0)))
         else:
             logger.warning("%s has no optimizer state (official checkpoint?): Adam moments restart", path)
         if "scaler" in ckpt and self.scaler.is_enabled():
@@ -413,7 +473,19 @@ class Trainer:
         if mine.get("rng") is not None:
             tl.set_rng_state(mine["rng"], self.info.device)
         self.iteration = int(ckpt.get("iteration", 0))
+        self.last_saved, self.saved_iteration = path, self.iteration
         self.task.load_extra(ckpt, self.iteration)
+
+    def _apply_learning_rate(self, iteration: int) -> None:
+        """The optimizer state brought back the checkpoint's learning rate; the run uses the one it was given
+        (and records in its config), saying so when they differ - lowering the rate on resume is a common need."""
+        lr = self.s.learning_rate
+        before = sorted({float(g["lr"]) for g in self.optimizer.param_groups})
+        if before != [lr]:
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            logger.info("Learning rate %s (checkpoint) -> %g (--learning_rate) from iteration %d on",
+                        "/".join(f"{v:g}" for v in before), lr, iteration)
 
     def _load_sampler(self, state: Any, path: str) -> None:
         if isinstance(state, dict) and "batches" not in state:

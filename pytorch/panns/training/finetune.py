@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -29,7 +30,7 @@ from panns.training import config as tl
 from panns.devices import DistInfo
 from panns.errors import CheckpointError, PannsError
 from panns.evaluate import classification_scores
-from panns.frontend import FRONTEND_KEYS
+from panns.frontend import FRONTEND_KEYS, FrontEnd
 from panns.models import make_transfer_model
 from panns.training.core import CoreSettings, Meter, Trainer
 from panns.utilities import atomic_write_text, create_folder, create_logging
@@ -86,6 +87,12 @@ def read_pretrained(path: str, base_name: str, cli_frontend: dict) -> Tuple[dict
                                       f"use --model_type Transfer_{saved_base}")
             sd = {k[5:]: v for k, v in sd.items() if k.startswith("base.")}
         elif saved_type and saved_type != base_name:
+            if saved_type not in models.MODELS or models.get_model_spec(saved_type).is_sed:
+                # Transfer_<saved_type> would fail too: only clip-level models have a transfer class.
+                raise CheckpointError(f"{path} holds a {saved_type} model, which cannot be fine-tuned (a transfer "
+                                      "model needs a clip-level base, not a sound event detection one); use a "
+                                      f"{base_name} checkpoint, or the checkpoint of another clip-level model with "
+                                      "--model_type Transfer_<that model>")
             raise CheckpointError(f"{path} holds a {saved_type} model, but --model_type asks for {base_name} "
                                   f"(use --model_type Transfer_{saved_type})")
         for k in FRONTEND_KEYS:
@@ -119,8 +126,8 @@ def resolve_clip_samples(clip_seconds: Optional[float], cache: fd.ClipCache, dat
                          sample_rate: int, min_samples: int) -> int:
     """``clip_seconds``, or the longest clip of the data set up to 10 s; never below the model's minimum input."""
     if clip_seconds is not None:
-        if clip_seconds <= 0:
-            raise PannsError(f"--clip_seconds must be > 0 (got {clip_seconds})")
+        if not (math.isfinite(clip_seconds) and clip_seconds > 0):
+            raise PannsError(f"--clip_seconds must be a finite number > 0 (got {clip_seconds})")
         n = int(round(clip_seconds * sample_rate))
     else:
         longest = max(cache.length(cache.index[p]) for p in data.train.paths + data.eval.paths)
@@ -137,18 +144,19 @@ def resolve_clip_samples(clip_seconds: Optional[float], cache: fd.ClipCache, dat
 # ------------------------------------------------------------------------------------------------------------
 # Run folder and records
 # ------------------------------------------------------------------------------------------------------------
-def prepare_run_dir(run_dir: str, overwrite: bool, resume: bool = False) -> bool:
+def prepare_run_dir(run_dir: str, overwrite: bool, resume: bool = False) -> Tuple[bool, List[str]]:
     """Create ``run_dir``; one that already holds a run is an error unless ``resume`` (continue it) or
-    ``overwrite`` (remove that run's files first, so metrics.jsonl never mixes two runs). A run that
+    ``overwrite`` (remove that run's files, so metrics.jsonl never mixes two runs). A run that
     stopped before its first checkpoint (Ctrl-C early) left nothing worth keeping: its folder is
     re-used by the same command, with or without ``resume``. Returns whether there is a
-    ``latest.pth`` to resume from."""
+    ``latest.pth`` to resume from, and the earlier run's files to remove (:func:`remove_files`) when the
+    new run writes its first file - not now: a run that fails while setting up keeps the earlier one."""
     if resume and overwrite:
         raise PannsError("--resume continues the run in the folder, --overwrite replaces it: give one")
     latest = os.path.join(run_dir, "latest.pth")
     if resume and os.path.isfile(latest):
         create_folder(run_dir)
-        return True
+        return True, []
     found = [f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f))]
     unsaved = bool(found) and not any(f.endswith(".pth") for f in found)
     if resume and not unsaved:
@@ -159,10 +167,17 @@ def prepare_run_dir(run_dir: str, overwrite: bool, resume: bool = False) -> bool
     elif found and not overwrite:
         raise PannsError(f"{run_dir} already holds a fine-tuning run ({', '.join(found)}); give another "
                          "--run_name, or --overwrite to replace it")
-    for f in found:
-        os.remove(os.path.join(run_dir, f))
     create_folder(run_dir)
-    return False
+    return False, [os.path.join(run_dir, f) for f in found]
+
+
+def remove_files(paths: List[str]) -> None:
+    """Remove an earlier run's files (those :func:`prepare_run_dir` named), logging what went."""
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
+    if paths:
+        logger.info("Removed the earlier run's %s", ", ".join(os.path.basename(p) for p in paths))
 
 
 def base_reference(model: torch.nn.Module, pretrained_path: Optional[str]) -> Optional[dict]:
@@ -306,6 +321,11 @@ class FineTuneTask:
     def close_loaders(self) -> None:
         self.train_loader = self.eval_loader = None
 
+    def resume_hint(self, saved_iteration: Optional[int]) -> str:
+        if saved_iteration is None:
+            return "start again with the same command"
+        return f"continue from {self.latest_path} with the same command and --resume"
+
 
 # ------------------------------------------------------------------------------------------------------------
 # The run
@@ -322,13 +342,13 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
         raise PannsError("some clips have several labels; single-label --loss nll cannot learn that: use --loss bce")
     output = OUTPUT_OF_LOSS[loss]
 
-    run_dir, can_resume = None, False
+    run_dir, can_resume, replace = None, False, []
     if data is not None:
         run_name = args.run_name or "_".join(
             [f"Transfer_{base_name}", data.name] + (["linear_probe"] if args.linear_probe else
                                                     [loss] + (["frozen"] if args.freeze_base else [])))
         run_dir = os.path.join(args.workspace, "finetune", run_name)
-        can_resume = prepare_run_dir(run_dir, args.overwrite, args.resume)
+        can_resume, replace = prepare_run_dir(run_dir, args.overwrite, args.resume)
         if can_resume:
             check_resume_labels(os.path.join(run_dir, "latest.pth"), data.labels)
         create_logging(os.path.join(run_dir, "logs"), filemode="w")
@@ -349,6 +369,7 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
         sd, frontend, saved_cfg = read_pretrained(args.pretrained_checkpoint_path, base_name, cli_fe)
     else:
         frontend = {**models.get_model_spec(base_name).frontend(), **{k: v for k, v in cli_fe.items() if v is not None}}
+    FrontEnd.from_dict(frontend).check()   # flags or checkpoint: no STFT of a zero hop or an empty mel band
     classes_num = data.classes_num if data is not None else probe.AUDIOSET_CLASSES_NUM
     model = make_transfer_model(base_name, classes_num, freeze_base=args.freeze_base, output=output, **frontend)
     if sd is not None:
@@ -374,6 +395,7 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
     mc = model_config(base_name, frontend, data.labels, output)
     run_config = {**vars(args), "clip_seconds": clip_samples / frontend["sample_rate"],
                   "pretrained_checkpoint_path": args.pretrained_checkpoint_path, "freeze_base": args.freeze_base}
+    remove_files(replace)   # the new run's first file comes next
     tl.write_json(os.path.join(run_dir, "run.json"), _run_record(args, {
         "data": data.source, "labels": data.labels, "train_clips": len(data.train), "eval_clips": len(data.eval),
         "loss": loss, "output": output, "frontend": frontend, "clip_samples": clip_samples, "precision": precision,
@@ -427,7 +449,9 @@ def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.Cli
                             seed=args.seed, mixup_alpha=1.0 if args.augmentation == "mixup" else None,
                             # A head fitted before training (the linear probe) is a candidate for best.pth: training
                             # that only makes it worse must not end below where it started.
-                            at_start=args.head_init == "probe")
+                            at_start=args.head_init == "probe",
+                            # the held-out split is drawn from these too: another value trains on eval clips
+                            fixed_on_resume=("seed", "batch_size", "augmentation", "eval_fraction"))
     trainer = Trainer(settings, DistInfo(device=device), model, loss_func, task, mc, run_config, clip_samples,
                       args.batch_size, resume_from)
     if trainer.iteration >= args.iterations:
