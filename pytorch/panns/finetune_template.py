@@ -168,9 +168,6 @@ def export(args: argparse.Namespace) -> str:
         raise PannsError(f"--output_path {out} is the checkpoint being exported; give another path")
     if os.path.exists(out) and not args.overwrite:
         raise PannsError(f"--output_path {out} exists; give another path, or --overwrite to replace it")
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        raise PannsError(f"the folder of --output_path {out} does not exist (or is not a folder): {parent}")
     return ckpt_lib.self_contained(args.checkpoint_path, out)
 
 
