@@ -50,7 +50,6 @@ import argparse
 import csv
 import io
 import logging
-import math
 import os
 import random
 import shutil
@@ -66,7 +65,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from panns import config, packing, shards
+from panns import argtypes, config, packing, shards
 from panns import storage as storage_mod
 from panns.audio_io import AUDIO_EXTENSIONS, ffmpeg_exe, is_truncated
 from panns.errors import PannsError, run_cli
@@ -743,29 +742,6 @@ class _Help(argparse.HelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def _sample_rate_arg(text: str) -> int:
-    """argparse type of --sample_rate: an integer in the range the packer accepts."""
-    try:
-        rate = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer number of Hz, got {text!r}") from None
-    if not packing.MIN_SAMPLE_RATE <= rate <= packing.MAX_SAMPLE_RATE:
-        raise argparse.ArgumentTypeError(f"must be between {packing.MIN_SAMPLE_RATE} and {packing.MAX_SAMPLE_RATE} "
-                                         f"Hz, got {rate}")
-    return rate
-
-
-def _seconds_arg(text: str) -> float:
-    """argparse type of --clip_seconds: a positive finite number (float() accepts 'nan' and 'inf')."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return seconds
-
-
 _SKIP_HELP = ("if the output exists and is complete, keep it instead of re-packing; it must have been packed with "
               "the same sample rate, clip length, storage and label CSV (else an error says what differs). "
               "Without it an existing output is replaced")
@@ -806,9 +782,9 @@ def main() -> None:
     p.add_argument("--waveforms_hdf5_path", type=str, required=True, help="output HDF5")
     p.add_argument("--mini_data", action="store_true", default=False,
                    help="only the first 10 clips; output name gets the suffix .mini")
-    p.add_argument("--sample_rate", type=_sample_rate_arg, default=config.sample_rate,
+    p.add_argument("--sample_rate", type=argtypes.int_in(packing.MIN_SAMPLE_RATE, packing.MAX_SAMPLE_RATE, "Hz"), default=config.sample_rate,
                    help="sample rate of the packed waveforms")
-    p.add_argument("--clip_seconds", type=_seconds_arg, default=config.clip_seconds, help="clip length (pad or truncate)")
+    p.add_argument("--clip_seconds", type=argtypes.positive_float, default=config.clip_seconds, help="clip length (pad or truncate)")
     p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
     p.add_argument("--class_labels_csv", type=str, default=None,
                    help="label CSV (index,mid,display_name); default metadata/class_labels_indices.csv of the repo")
@@ -824,9 +800,9 @@ def main() -> None:
     p.add_argument("--shards", type=str, required=True,
                    help="glob ('DIR/*.tar', 'DIR/*.parquet'), folder, or comma-separated shard files")
     p.add_argument("--waveforms_hdf5_path", type=str, required=True, help="output HDF5")
-    p.add_argument("--sample_rate", type=_sample_rate_arg, default=config.sample_rate,
+    p.add_argument("--sample_rate", type=argtypes.int_in(packing.MIN_SAMPLE_RATE, packing.MAX_SAMPLE_RATE, "Hz"), default=config.sample_rate,
                    help="sample rate of the packed waveforms")
-    p.add_argument("--clip_seconds", type=_seconds_arg, default=config.clip_seconds, help="clip length (pad or truncate)")
+    p.add_argument("--clip_seconds", type=argtypes.positive_float, default=config.clip_seconds, help="clip length (pad or truncate)")
     p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
     p.add_argument("--class_labels_csv", type=str, default=None,
                    help="label CSV (index,mid,display_name); default: metadata/class_labels_indices.csv of the repo")

@@ -41,6 +41,7 @@ import argparse
 import os
 from typing import Optional
 
+from panns import argtypes
 from panns import checkpoint as ckpt_lib
 from panns import finetune_data as fd
 from panns.training import config as tl
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "then the CSV's folder)")
     d.add_argument("--eval_fraction", type=float, default=0.2,
                    help="share of every class held out for evaluation when no eval split is given")
-    d.add_argument("--clip_seconds", type=tl.positive_float, default=None,
+    d.add_argument("--clip_seconds", type=argtypes.positive_float, default=None,
                    help="clip length fed to the model: random crops for training, the first seconds for "
                         "evaluation, zero-padded when shorter (default: longest clip, at most 10 s)")
     t = p.add_argument_group("training")
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sub-folder of <workspace>/finetune (default: model, data set, loss, frozen)")
     t.add_argument("--cache_dir", type=str, default=None, help="decoded-clip cache (default: <workspace>/cache)")
     t.add_argument("--batch_size", type=int, default=32, help="clips per optimizer step")
-    t.add_argument("--learning_rate", type=tl.positive_float, default=None,
+    t.add_argument("--learning_rate", type=argtypes.positive_float, default=None,
                    help="Adam learning rate (default: 1e-3 with --freeze_base, 1e-4 otherwise)")
     t.add_argument("--iterations", type=int, default=1000, help="optimizer steps")
     t.add_argument("--eval_every", type=int, default=100, help="evaluate and save every this many steps (and at the end)")
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--loss", choices=("nll", "bce"), default=None,
                    help="nll: single-label, log-softmax head (official Transfer_Cnn14); bce: multi-label, sigmoid head "
                         "(default: bce if any clip has several labels, else nll)")
-    t.add_argument("--num_workers", type=tl.non_negative_int, default=min(4, os.cpu_count() or 1),
+    t.add_argument("--num_workers", type=argtypes.non_negative_int, default=min(4, os.cpu_count() or 1),
                    help="worker processes for decoding and batch loading (0: in the main process)")
     t.add_argument("--seed", type=tl.seed_arg, default=0, help="seed of the eval hold-out, batch order, crops and init")
     t.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "between clips, so the first hundred steps only shift the class biases")
     t.add_argument("--linear_probe", action="store_true",
                    help="instead of fine-tuning: base embeddings (extracted once) + logistic regression")
-    t.add_argument("--probe_c", type=tl.positive_float, default=1.0, help="inverse L2 strength of the linear probe")
+    t.add_argument("--probe_c", type=argtypes.positive_float, default=1.0, help="inverse L2 strength of the linear probe")
     e = sub.add_parser("export", help="a self-contained copy of a fine-tuned checkpoint (a frozen base's weights "
                                       "inside, instead of the reference to its file)",
                        formatter_class=DefaultsOnceFormatter)

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Dict, Optional, Union
 
+from panns import argtypes
 from panns.errors import PannsError
 
 
@@ -98,21 +99,6 @@ _HELP = {"sample_rate": "sample rate the model runs at (Hz)", "window_size": "ST
          "fmin": "lowest mel frequency (Hz)", "fmax": "highest mel frequency (Hz)"}
 
 
-def _whole(minimum: int):
-    """argparse type: an integer >= ``minimum`` (0 Hz for fmin, 1 for the others: a zero rate or hop
-    crashed deep in the STFT with a traceback)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text!r}")
-        return value
-    parse.__name__ = "int"   # argparse names the type in its messages
-    return parse
-
-
 def add_frontend_args(parser: Union[argparse.ArgumentParser, argparse._ArgumentGroup],
                       defaults: Optional[FrontEnd] = None) -> None:
     """Add --sample_rate --window_size --hop_size --mel_bins --fmin --fmax.
@@ -121,7 +107,7 @@ def add_frontend_args(parser: Union[argparse.ArgumentParser, argparse._ArgumentG
     meaning "the checkpoint's setting" (inference), and the help names the official values.
     Each flag is a whole number (>= 1; fmin >= 0); how they fit together is :meth:`FrontEnd.check`."""
     for key in FRONTEND_KEYS:
-        kind = _whole(0 if key == "fmin" else 1)
+        kind = argtypes.int_in(0 if key == "fmin" else 1)   # a zero rate or hop crashed deep in the STFT
         if defaults is None:
             text = f"{_HELP[key]} (default: the checkpoint's; official {getattr(FRONT_END_32K, key)})"
             parser.add_argument(f"--{key}", type=kind, default=None, help=text)

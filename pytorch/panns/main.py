@@ -20,7 +20,7 @@ import dataclasses
 import datetime
 from typing import Any, Dict, Optional
 
-from panns import devices
+from panns import argtypes, devices
 from panns.errors import run_cli
 from panns.frontend import add_frontend_args
 from panns.training import config as tl
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="examples per optimizer step (after mixup; the loader reads twice as many clips); "
                         "with DDP the global batch, split over the processes (see --per_rank_batch_size); "
                         "the run folder names it: batch_size=32, or batch_size=32,world_size=8 for 8 processes")
-    p.add_argument("--learning_rate", type=tl.positive_float, default=d.learning_rate,
+    p.add_argument("--learning_rate", type=argtypes.positive_float, default=d.learning_rate,
                    help="Adam (amsgrad) learning rate; a resumed run uses the one given (one log line when it "
                         "differs from the checkpoint's)")
     p.add_argument("--resume_iteration", type=int, default=d.resume_iteration,
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda", action="store_true", default=False, help="train on the GPU when one is available")
     p.add_argument("--eval_every", type=int, default=d.eval_every, help="evaluate every N iterations")
     p.add_argument("--save_every", type=int, default=d.save_every, help="save a checkpoint every N iterations")
-    p.add_argument("--num_workers", type=tl.non_negative_int, default=d.num_workers,
+    p.add_argument("--num_workers", type=argtypes.non_negative_int, default=d.num_workers,
                    help="data loader worker processes per training process (clamped to the CPUs it may use)")
     p.add_argument("--seed", type=tl.seed_arg, default=d.seed,
                    help="seed of the sampler, Mixup and torch/numpy RNGs (1234 = official sampler/Mixup)")
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class_labels_csv", type=str, default=None,
                    help="label CSV (index,mid,display_name); default metadata/class_labels_indices.csv")
     p.add_argument("--log_every", type=int, default=d.log_every, help="log loss/speed every N iterations")
-    p.add_argument("--grad_clip", type=tl.non_negative_float, default=d.grad_clip, help="clip the gradient norm (0: off, official)")
+    p.add_argument("--grad_clip", type=argtypes.non_negative_float, default=d.grad_clip, help="clip the gradient norm (0: off, official)")
     p.add_argument("--deterministic", action="store_true", default=False,
                    help="deterministic kernels (cuDNN/cuBLAS): resume is bit-exact on CUDA too, at some speed")
     p.add_argument("--per_rank_batch_size", type=int, default=d.per_rank_batch_size,
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad_comm", type=str, default=d.grad_comm, choices=tl.GRAD_COMMS,
                    help="DDP gradient all-reduce: fp32 (exact), or bf16/fp16 compression (half the bytes between "
                         "nodes; rounds the averaged gradient; opt-in, not measured here; bf16 needs CUDA)")
-    p.add_argument("--dist_timeout", type=tl.positive_float, default=d.dist_timeout,
+    p.add_argument("--dist_timeout", type=argtypes.positive_float, default=d.dist_timeout,
                    help="minutes a process waits for the others in a collective before the run fails "
                         "(a stalled rank stops the run instead of idling every GPU)")
     return parser

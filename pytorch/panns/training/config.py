@@ -7,7 +7,6 @@ torch.distributed helpers (barrier, gather, buffer broadcast, weight digests), t
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -28,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from panns import amp
+from panns import amp, argtypes
 from panns import data_generator as dg
 from panns import devices
 from panns.devices import DistInfo
@@ -51,51 +50,7 @@ MAX_SEED = 2**32 - 1   # numpy's RandomState (sampler, Mixup) takes 0 .. 2**32 -
 
 
 # ------------------------------------------------------------------------------------ flag types
-# argparse types of the training flags (main.py, finetune_template.py): a bad value is argparse's usage error
-# before any work. float() accepts 'nan' and 'inf', and NaN passes every '<= 0' check, so finiteness is explicit.
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (learning rate, timeouts, seconds, regularisation strength)."""
-    value = _float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0 (--grad_clip: 0 is off)."""
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (--num_workers: 0 loads in the main process)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return value
-
-
-def seed_arg(text: str) -> int:
-    """argparse type: a seed numpy accepts (0 .. 2**32 - 1; -1 failed only at the first evaluation)."""
-    value = non_negative_int(text)
-    if value > MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be at most 2**32 - 1 = {MAX_SEED}, got {text!r}")
-    return value
+seed_arg = argtypes.int_in(0, MAX_SEED)   # -1 failed only at the first evaluation
 
 
 # ----------------------------------------------------------------------------------------- config
