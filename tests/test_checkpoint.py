@@ -13,7 +13,7 @@ from model_helpers import quick_fill, single_thread, skip_weight_init  # noqa: E
 
 from panns import checkpoint as ck
 from panns import models
-from panns.errors import CheckpointError
+from panns.errors import CheckpointError, PannsError
 
 FE16 = dict(sample_rate=16000, window_size=512, hop_size=160, mel_bins=64, fmin=50, fmax=8000)
 
@@ -103,6 +103,9 @@ def test_16k_weights_with_32k_settings(tmp_path):
     assert "\n" not in msg and "(257, 64)" in msg and "sample_rate=16000" in msg and "Cnn14_16k" in msg
     model, cfg = ck.load_model(path, model_type="Cnn6", frontend=dict(FE16))
     assert cfg.sample_rate == 16000 and cfg.classes_num == 5      # classes read from the weights
+    # Settings no model can run are named as such, not reported as a filterbank mismatch.
+    with pytest.raises(PannsError, match="--fmax 14000 is above the Nyquist frequency"):
+        ck.load_model(path, model_type="Cnn6", frontend=dict(FE16, fmax=14000))
 
 
 def test_wrong_model_type_names_keys(tmp_path):

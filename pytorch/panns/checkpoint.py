@@ -176,6 +176,8 @@ def load_model(checkpoint_path: str, model_type: Optional[str] = None, frontend:
         if classes_num is None:
             classes_num = _classes_in(sd) or 527
         cfg = ModelConfig.from_registry(model_type, classes_num=classes_num, **frontend)
+        if frontend:   # flags that no model can run (fmax above Nyquist, ...) named as such, not as a mismatch
+            FrontEnd.from_dict(cfg.frontend()).check()
 
     if not isinstance(ckpt.get("config"), dict):
         _check_frontend_weights(sd, checkpoint_path, cfg)
