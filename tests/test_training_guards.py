@@ -163,6 +163,7 @@ def test_front_end_combinations():
 def test_no_sync_bn_help_shows_no_default():
     text = " ".join(main_cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
     assert "--no_sync_bn plain per-process BatchNorm even for small per-process batches --grad_comm" in text
+    assert "(default: None)" not in text   # --sync_bn's help says in words what leaving it out does
     args = main_cli.build_parser().parse_args(["train", "--workspace", "w", "--model_type", "Cnn6"])
     assert args.sync_bn is None
     args = main_cli.build_parser().parse_args(["train", "--workspace", "w", "--model_type", "Cnn6", "--no_sync_bn"])

@@ -43,7 +43,13 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Module docstring as written, and every option's default in --help."""
+    """Module docstring as written, and every option's default in --help (except None: those flags' help
+    says in words what leaving them out does, e.g. --sync_bn's automatic choice)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
 
 
 def build_parser() -> argparse.ArgumentParser:
