@@ -514,7 +514,8 @@ def train_cmd(ws: Dict[str, str], a, steps: int, precision: str, extra: List[str
            "--model_type", a.model_type, "--data_type", "balanced_train", "--class_labels_csv", ws["labels"],
            "--batch_size", str(a.batch_size), "--early_stop", str(steps), "--eval_every", "1000000",
            "--save_every", "1000000", "--log_every", str(max(1, min(a.log_every, steps))),
-           "--num_workers", str(a.num_workers), "--precision", precision]
+           "--num_workers", str(a.num_workers), "--precision", precision,
+           "--overwrite"]   # every variant and the resume stage run in one run folder, one after another
     return cmd + (["--cuda"] if a.cuda else []) + list(extra)
 
 
@@ -842,7 +843,8 @@ def stage_finetune(c: Check, ws: Dict[str, str], a, base_ckpt: Optional[str]) ->
     cmd = [sys.executable, os.path.join(REPO, "pytorch", "finetune_template.py"), "train",
            "--model_type", f"Transfer_{a.model_type}", "--pretrained_checkpoint_path", base_ckpt,
            "--dataset_dir", folders, "--workspace", os.path.join(c.out_dir, "finetune_ws"), "--iterations", str(steps),
-           "--eval_every", str(steps), "--batch_size", str(a.batch_size), "--precision", "fp16", "--num_workers", "0"]
+           "--eval_every", str(steps), "--batch_size", str(a.batch_size), "--precision", "fp16", "--num_workers", "0",
+           "--overwrite"]   # a rerun with the same --out
     t0 = time.perf_counter()
     text = run(cmd + (["--cuda"] if a.cuda else []), os.path.join(c.out_dir, "finetune.log"), a.stage_timeout)
     last = [line for line in text.splitlines() if line.strip()][-1]
@@ -871,7 +873,8 @@ def main() -> None:
     a.cuda = not a.dry_run
     if a.dry_run:
         a.model_type, a.steps, a.batch_size, a.num_workers, a.log_every, a.resume_steps = "Cnn6", 4, 4, 1, 2, 2
-        variants, golden = ["default"], ["Cnn6"]
+        # Two variants, as a GPU run runs three in one run folder one after another (fp32: any CPU runs it).
+        variants, golden = ["default", "fp32 (IEEE) eager"], ["Cnn6"]
     else:
         a.model_type, a.log_every, a.resume_steps = "Cnn14", 50, 10
         variants = list(TRAIN_VARIANTS)

@@ -283,8 +283,10 @@ def test_mel_check_at_16_khz_prints_no_librosa_warning(env, tmp_path):
     """--sample_rate 16000 with the 32 kHz defaults: one front-end error, no "Empty filters" warning."""
     ckpt = tmp_path / "official.pth"
     torch.save({"model": models.create_model("Cnn6").state_dict()}, ckpt)
+    base = ["audio_tagging", TORCH, "--model_type=Cnn6", f"--checkpoint_path={ckpt}", f"--audio_path={env['a']}"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(PannsError, match="another front end"):
-            inference.main(["audio_tagging", TORCH, "--model_type=Cnn6", f"--checkpoint_path={ckpt}",
-                            f"--audio_path={env['a']}", "--sample_rate=16000"])
+        with pytest.raises(PannsError, match="--fmax 14000 is above the Nyquist frequency"):
+            inference.main(base + ["--sample_rate=16000"])
+        with pytest.raises(PannsError, match="another front end"):   # runnable settings, not these weights'
+            inference.main(base + ["--sample_rate=16000", "--fmax=8000"])
