@@ -103,12 +103,20 @@ def test_download_cut_resume_and_failures(server, tmp_path):
     # Second run: present clips are skipped without a request, the permanent failure is not retried.
     before = len(server.requests)
     rep2 = ds.download_wavs(csv_path, str(audios), num_workers=2, url_template=url, progress=False)
-    assert (rep2.downloaded, rep2.skipped, len(rep2.failed)) == (0, 3, 1)
+    assert (rep2.downloaded, rep2.skipped, len(rep2.failed), rep2.not_retried) == (0, 3, 1, 1)
     assert len(server.requests) == before
     # --retry_failed asks again (and fails again).
     rep3 = ds.download_wavs(csv_path, str(audios), url_template=url, retry_failed=True, progress=False)
-    assert len(rep3.failed) == 1 and rep3.failed[0].attempts == 1
+    assert len(rep3.failed) == 1 and rep3.failed[0].attempts == 1 and rep3.not_retried == 0
     assert any("gone0000000" in r for r in server.requests[before:])
+    # A list from a version that called an offline run's DNS failure permanent: that clip is tried again.
+    text = (audios / ds.FAILURES_CSV_NAME).read_text()
+    reason = next(csv.DictReader(text.splitlines()))["reason"]
+    (audios / ds.FAILURES_CSV_NAME).write_text(text.replace(reason, "Failed to resolve 'www.youtube.com' "
+                                                                     "([Errno -2] Name or service not known)"))
+    before = len(server.requests)
+    rep_dns = ds.download_wavs(csv_path, str(audios), url_template=url, progress=False)
+    assert rep_dns.not_retried == 0 and any("gone0000000" in r for r in server.requests[before:])
 
     # A corrupt/partial existing file is not "valid": it is fetched again.
     (audios / "Ywavclip0000.wav").write_bytes(b"RIFF....")
@@ -176,6 +184,11 @@ def test_transient_error_classification():
     assert ds.is_transient_error("HTTP Error 429: Too Many Requests")
     assert ds.is_transient_error("Unable to download webpage: HTTP Error 503: Service Unavailable")
     assert ds.is_transient_error("Read timed out.")
+    # Offline: DNS cannot resolve the host (yt-dlp's and urllib's wording); the clips are not gone.
+    assert ds.is_transient_error("Unable to download webpage: <urlopen error Failed to resolve 'www.youtube.com' "
+                                 "([Errno -2] Name or service not known)>")
+    assert ds.is_transient_error("[Errno -3] Temporary failure in name resolution")
+    assert ds.is_transient_error("[Errno 8] nodename nor servname provided, or not known")
     assert not ds.is_transient_error("Video unavailable. This video has been removed by the uploader")
     assert not ds.is_transient_error("HTTP Error 404: Not Found")
 

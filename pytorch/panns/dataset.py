@@ -233,6 +233,9 @@ _TRANSIENT_MARKERS = (
     "http error 504", "timed out", "timeout", "temporary failure", "connection reset", "connection refused",
     "connection aborted", "remote end closed", "incompleteread", "network is unreachable", "try again later",
     "rate-limit", "rate limit", "confirm you're not a bot", "confirm you’re not a bot", "ssl", "eof occurred",
+    # No network or no DNS: the clip is fine, the machine is offline (getaddrinfo's messages on Linux and macOS).
+    "failed to resolve", "name or service not known", "nodename nor servname", "no address associated",
+    "name resolution", "no route to host", "network is down",
 )
 
 
@@ -464,6 +467,7 @@ class DownloadReport:
     skipped: int = 0
     failed: List[DownloadResult] = field(default_factory=list)
     failures_csv: str = ""
+    not_retried: int = 0   # of ``failed``: permanent failures of an earlier run, not tried again
 
 
 def download_wavs(csv_path: str, audios_dir: str, mini_data: bool = False, num_workers: int = 4,
@@ -490,10 +494,13 @@ def download_wavs(csv_path: str, audios_dir: str, mini_data: bool = False, num_w
     todo = []
     for seg in segments:
         prev = previous.get(seg.ytid)
-        if prev and prev[1] and not retry_failed and not os.path.exists(os.path.join(audios_dir, seg.audio_name)):
+        # Reasons are classified again: a list written by an older version may call a DNS failure permanent.
+        permanent = bool(prev and prev[1] and not is_transient_error(prev[0]))
+        if permanent and not retry_failed and not os.path.exists(os.path.join(audios_dir, seg.audio_name)):
             report.failed.append(DownloadResult(seg, "failed", prev[0], True, 0))  # known permanent failure
         else:
             todo.append(seg)
+    report.not_retried = len(report.failed)
     if report.failed:
         logger.info("Not retrying %d clips that failed permanently before (use --retry_failed)", len(report.failed))
     logger.info("Downloading %d clips of %s to %s with %d workers", len(todo), csv_path, audios_dir, num_workers)
@@ -832,7 +839,9 @@ def main() -> None:
                             args.max_retries, args.retry_base_delay, args.failures_csv, args.retry_failed,
                             cookies=args.cookies)
         print(f"{rep.downloaded} downloaded, {rep.skipped} already present, {len(rep.failed)} failed"
-              + (f" (see {rep.failures_csv})" if rep.failed else ""))
+              + (f" (see {rep.failures_csv})" if rep.failed else "")
+              + (f"; {rep.not_retried} of them failed permanently in an earlier run and were not tried again "
+                 "(--retry_failed tries them)" if rep.not_retried else ""))
     elif args.mode == "pack_waveforms_to_hdf5":
         logs = os.path.join(args.logs_dir, "pack_waveforms_to_hdf5",
                             ("mini_" if args.mini_data else "") + get_filename(args.csv_path))
