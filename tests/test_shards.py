@@ -415,3 +415,19 @@ def test_tar_cut_at_a_member_boundary_is_reported_as_truncated(clips, tmp_path):
     cut_gz.write_bytes(gzip.compress(data[:boundary]))
     with pytest.raises(shards.ShardError, match="truncated shard"):
         list(shards.iter_tar(str(cut_gz)))
+
+
+def test_shards_whose_labels_are_all_unknown_are_refused(clips, tmp_path):
+    """All-zero targets are refused, as pack_waveforms_to_hdf5 refuses an unknown mid (unless asked for)."""
+    # Labels of another ontology (mids the label CSV lacks), as when a data set's own CSV is not passed.
+    foreign = [(ytid, ["/m/elsewhere", "Not a class here"], mids, data, ext)
+               for ytid, _v, mids, data, ext in clips["clips"][:3]]
+    tars = write_tar_shards(str(tmp_path / "tar"), foreign, corrupt_member=False)
+    out = str(tmp_path / "o.h5")
+    kw = dict(clip_seconds=1.0, num_workers=1, progress=False, class_labels_csv=clips["labels_csv"])
+    with pytest.raises(PannsError, match="no label value of .* is in the label CSV .*'/m/elsewhere'"):
+        shards.pack_from_shards(tars[0], out, **kw)
+    assert not os.path.exists(out) and not os.path.exists(out + ".parts")
+    rep = shards.pack_from_shards(tars[0], out, allow_unlabelled=True, **kw)
+    got, _ = _rows(rep.path)
+    assert got and not any(t.any() for _, t in got.values())

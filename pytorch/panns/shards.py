@@ -244,6 +244,7 @@ class LabelMapper(object):
         self.unknown: collections.Counter = collections.Counter()
         self.unlabelled = 0
         self.seen = 0
+        self.labelled = 0   # clips with at least one label value the label CSV knows
 
     def _one(self, v) -> Optional[int]:
         if isinstance(v, (bool, np.bool_)):
@@ -279,6 +280,7 @@ class LabelMapper(object):
                 self.unknown[str(v).strip()] += 1
             else:
                 t[ix] = True
+        self.labelled += bool(t.any())
         return t
 
     def report(self) -> str:
@@ -489,6 +491,13 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
                 looked = label_field or ", ".join(LABEL_FIELDS)
                 raise PannsError(f"no clip of {shard} has a label ({looked}); name the field holding the labels with "
                                  "--label_field, or pass --allow_unlabelled to pack audio without labels")
+            if not allow_unlabelled and mapper.seen and not mapper.labelled:
+                # Every target would be all-zero, as pack_waveforms_to_hdf5 refuses for an unknown mid.
+                shutil.rmtree(parts_dir, ignore_errors=True)
+                top = ", ".join(f"{k!r}" for k, _ in mapper.unknown.most_common(3))
+                raise PannsError(f"no label value of {shard} is in the label CSV {class_labels_csv or config.DEFAULT_LABELS_CSV} "
+                                 f"(e.g. {top}); pass the data set's own --class_labels_csv, or --allow_unlabelled to "
+                                 "pack audio without labels")
     rows, missing = join_packed_files(parts, waveforms_hdf5_path, labels, sample_rate, move_single=True)
     shutil.rmtree(parts_dir, ignore_errors=True)
     rep = ShardPackReport(waveforms_hdf5_path, rows, missing, len(paths), skipped, short, clip_seconds,
