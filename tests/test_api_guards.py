@@ -7,10 +7,12 @@ import sys
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 import panns
-from panns import calibration, checkpoint, create_black_list, hear, models, onnx_backend, plot_statistics, runtime
+from panns import (calibration, checkpoint, create_black_list, hear, inference, models, onnx_backend, plot_statistics,
+                   pretrained, runtime)
 from panns.errors import PannsError, run_cli
 from panns.utilities import DiskFullError
 
@@ -227,3 +229,31 @@ def test_api_window_options_that_would_be_ignored_are_refused(cnn6_path, caplog)
     with pytest.raises(PannsError, match=r"segment_seconds 0.001 is shorter than the shortest input Cnn6 runs on"):
         m.clipwise(clip, segment_seconds=0.001)
     assert m.clipwise(clip, segment_seconds=0.5, hop_seconds=0.25).shape == (527,)
+
+
+def test_a_bare_published_name_is_found_in_the_cache(tmp_path, monkeypatch, caplog):
+    """`--checkpoint_path="Cnn6_mAP=0.343.pth"`, as the official commands write it, with the file where the
+    README says to put it offline ($PANNS_CACHE), not in the current folder."""
+    name = pretrained.lookup("Cnn6").filename
+    monkeypatch.setenv("PANNS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(PannsError, match=r"neither in the current folder nor in the cache .*pretrained.py download "
+                                         r"--model_type Cnn6`, or leave out --checkpoint_path"):
+        pretrained.resolve_published(name)
+    assert pretrained.resolve_published("some/" + name) == "some/" + name   # a path is taken as given
+    assert pretrained.resolve_published("mine.pth") == "mine.pth"
+    cached = _tiny_checkpoint(_mkdir(tmp_path / "cache") / name)
+    assert pretrained.resolve_published(name) == cached
+    local = _tiny_checkpoint(tmp_path / "here" / name)   # the current folder's copy comes first
+    assert pretrained.resolve_published(name) == name and os.path.samefile(name, local)
+    os.remove(local)
+    clip = tmp_path / "c.wav"
+    sf.write(str(clip), np.zeros(16000, np.float32), 32000)
+    inference.main(["audio_tagging", "--backend", "torch", f"--checkpoint_path={name}", f"--audio_path={clip}"])
+    assert panns.load(name).model_type == "Cnn6"
+
+
+def _mkdir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -46,7 +46,7 @@ def _resolve(name_or_path: str, model_type: Optional[str]) -> Tuple[Optional[str
     if not isinstance(name_or_path, (str, os.PathLike)):   # os.fspath's message names no argument
         raise TypeError(f"name_or_path must be a published model name (e.g. 'Cnn14') or a checkpoint path, "
                         f"got {type(name_or_path).__name__}")
-    path = os.fspath(name_or_path)
+    path = pretrained.resolve_published(os.fspath(name_or_path), "name_or_path") or ""
     if os.path.isdir(path):
         raise PannsError(f"{path} is a folder; give a checkpoint file in it")
     if os.path.exists(path):   # an official file keeps its published name: Cnn14_mAP=0.431.pth

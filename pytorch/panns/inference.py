@@ -46,6 +46,7 @@ import torch
 from panns import audio_io
 from panns import config
 from panns import extract
+from panns import pretrained
 from panns import runtime
 from panns import stream
 from panns import validate
@@ -664,6 +665,8 @@ def main(argv=None, prog: Optional[str] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     for noisy in ("matplotlib", "numba", "PIL", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if getattr(args, "checkpoint_path", None):   # Cnn14_mAP=0.431.pth as the official commands write it: the cache's
+        args.checkpoint_path = pretrained.resolve_published(args.checkpoint_path)
     # The same checks as the Python API's (validate); hop > segment in SED would leave frames never analysed.
     validate.options(top_k=getattr(args, "top_k", None), batch_size=args.batch_size,
                      segment_seconds=args.segment_seconds, hop_seconds=getattr(args, "hop_seconds", None),

@@ -126,6 +126,29 @@ def cached_path(name: str, cache: Optional[str] = None) -> str:
     return os.path.join(cache or cache_dir(), lookup(name).filename)
 
 
+def published_entry(path: str) -> Optional[PretrainedCheckpoint]:
+    """The catalogue entry whose published file name ``path`` is (no folder part), else None."""
+    if not path or os.path.dirname(path):
+        return None
+    return next((e for e in CATALOGUE.values() if e.filename == path), None)
+
+
+def resolve_published(path: Optional[str], flag: str = "--checkpoint_path") -> Optional[str]:
+    """A checkpoint path as given, or, for a bare published file name (``Cnn14_mAP=0.431.pth``, as the
+    official commands write it) that is not in the current folder, its copy in the cache. Not in either:
+    one line saying where it was looked for and how to get it, instead of 'not found'."""
+    entry = published_entry(path) if path and not os.path.exists(path) else None
+    if entry is None:
+        return path
+    cached = os.path.join(cache_dir(), entry.filename)
+    if os.path.isfile(cached):
+        logger.info("%s %s: not in the current folder, using the cached copy %s", flag, path, cached)
+        return cached
+    raise CheckpointError(f"checkpoint not found: {path} (the published {entry.model_type} file) is neither in the "
+                          f"current folder nor in the cache {cache_dir()}; get it with `python3 pytorch/pretrained.py "
+                          f"download --model_type {entry.model_type}`, or leave out {flag} to download it")
+
+
 def validate_checkpoint(path: str, model_type: str) -> None:
     """Load ``path`` into a fresh ``model_type`` model (strict); CheckpointError if it does not fit."""
     from panns import checkpoint  # loads torch and the models: the catalogue alone stays light
