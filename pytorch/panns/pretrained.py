@@ -167,8 +167,8 @@ def get_checkpoint(name: str, cache: Optional[str] = None, download: bool = True
     path = cached_path(entry.model_type, cache)
     if os.path.isfile(path):
         return path
-    hint = (f"download {entry.url} and save it as {path} (or pass --checkpoint_path; "
-            f"set PANNS_CACHE to use another cache folder)")
+    hint = (f"download {entry.url} and save it as {path} (or give a file's path: --checkpoint_path, or the "
+            "path in the Python API; set PANNS_CACHE to use another cache folder)")
     if not download:
         raise CheckpointError(f"checkpoint {entry.filename} is not in the cache; {hint}")
     try:   # before the transfer: a cache folder that is a file or read-only failed only at the first byte
