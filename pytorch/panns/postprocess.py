@@ -53,9 +53,10 @@ class EventTracker:
         self.found: List[Event] = []
 
     def _close(self, c: int, a: int, b: int, score: float, duration: Optional[float]) -> None:
-        onset, offset = a / self.fps, b / self.fps
+        # plain floats (not numpy scalars, whatever a and b are): events go to JSON as they are
+        onset, offset = float(a / self.fps), float(b / self.fps)
         if duration is not None:
-            offset = min(offset, duration)
+            offset = min(offset, float(duration))
         if offset - onset + 1e-9 >= self.min_duration:
             self.found.append(Event(onset, offset, self.labels[c], float(score), int(c)))
 
@@ -94,7 +95,7 @@ class EventTracker:
             self.start[c] = -1
         if duration is not None:
             for e in self.found:
-                e.offset = min(e.offset, duration)
+                e.offset = min(e.offset, float(duration))
             self.found = [e for e in self.found if e.offset - e.onset + 1e-9 >= self.min_duration]
         self.found.sort(key=_event_order)
         return self.found
