@@ -54,16 +54,25 @@ def degenerate_classes(scores, std: float = DEGENERATE_STD) -> np.ndarray:
     return (scores.std(dim=0, correction=0) < std).cpu().numpy()
 
 
-def check_constant_outputs(scores, what: str = "model", log: Optional[logging.Logger] = None) -> int:
+def check_constant_outputs(scores, what: str = "model", log: Optional[logging.Logger] = None,
+                           name: Optional[str] = None) -> int:
     """Count degenerate classes of ``scores`` (N, C); when at least half of them are, warn in one line
-    (a model that cannot tell clips apart). Returns the count."""
+    (a model that cannot tell clips apart), naming the evaluated set ``name`` when given (training
+    evaluates two sets, whose warnings would otherwise read alike). Returns the count."""
     bad = degenerate_classes(scores)
     n, k = int(bad.sum()), int(bad.size)
     if k and 2 * n >= k:
-        (log or logger).warning("%s scores are (nearly) constant across the %d evaluated clips for %d of %d "
-                                "classes (std < %g): it gives every clip the same output; %s", what,
+        where = f" on {_set_name(name)}" if name else ""
+        (log or logger).warning("%s scores%s are (nearly) constant across the %d evaluated clips for %d of %d "
+                                "classes (std < %g): it gives every clip the same output; %s", what, where,
                                 len(scores), n, k, DEGENERATE_STD, CONSTANT_OUTPUT_HINT)
     return n
+
+
+def _set_name(name: str) -> str:
+    """A set's name as it reads mid-sentence ('Evaluation set eval' -> 'evaluation set eval')."""
+    name = " ".join(str(name).split())
+    return name[:1].lower() + name[1:] if name[:1].isupper() and name[1:2].islower() else name
 
 
 def _curve_steps(target: torch.Tensor, output: torch.Tensor):
@@ -119,14 +128,16 @@ def ap_auc(target, output, device: Optional[torch.device] = None):
             torch.where((pos > 0) & (neg > 0), auc, nan).cpu().numpy())
 
 
-def compute_metrics(target, clipwise_output, device: Optional[torch.device] = None) -> Dict[str, object]:
+def compute_metrics(target, clipwise_output, device: Optional[torch.device] = None,
+                    name: Optional[str] = None) -> Dict[str, object]:
     """Per-class AP and AUC plus their means over the classes where they are defined.
 
     target: (N, C) in {0, 1} (values >= 0.5 count as positive); clipwise_output: (N, C) scores; arrays or
     tensors, computed on ``device`` (default: the CPU; the evaluations of training use the model's device).
     Returns 'average_precision' (C,), 'auc' (C,) (NaN where undefined), 'mAP', 'mAUC', 'd_prime',
     'ap_classes', 'auc_classes' (how many classes each mean covers), 'classes_num', 'clips',
-    'degenerate_classes' (classes whose scores are constant across clips; warned about when most are).
+    'degenerate_classes' (classes whose scores are constant across clips; warned about when most are, the
+    warning naming the set ``name`` when given).
     """
     output = torch.as_tensor(clipwise_output).to(device or "cpu", torch.float64)
     target = torch.as_tensor(target).to(output.device) >= 0.5
@@ -147,7 +158,7 @@ def compute_metrics(target, clipwise_output, device: Optional[torch.device] = No
     return {"average_precision": ap, "auc": auc, "mAP": m_ap, "mAUC": m_auc, "d_prime": float(d_prime(m_auc)),
             "ap_classes": int(has_pos.sum()), "auc_classes": int(has_both.sum()),
             "classes_num": int(classes_num), "clips": int(n),
-            "degenerate_classes": check_constant_outputs(output)}
+            "degenerate_classes": check_constant_outputs(output, name=name)}
 
 
 def summarize(stat: Dict[str, object]) -> Dict[str, object]:
@@ -215,10 +226,13 @@ class Evaluator:
         return forward(model, batches, precision=self.precision, return_target=True,
                        fixed_batch=self.batch_size if self.compiled is not None else 0)
 
-    def evaluate(self, data_loader: Iterable[dict]) -> Optional[Dict[str, object]]:
+    def evaluate(self, data_loader: Iterable[dict], name: Optional[str] = None) -> Optional[Dict[str, object]]:
         """Metrics of the model over ``data_loader``'s batches (of this rank's shard). Under torch.distributed the
         outputs are gathered to rank 0, which alone computes the metrics; the other ranks return None.
-        The result also holds 'seconds' (the whole call) and 'metrics_seconds' (the AP/AUC part)."""
+        The result also holds 'seconds' (the whole call) and 'metrics_seconds' (the AP/AUC part).
+        ``name``: the evaluated set, as warnings name it (default: the loader's ``name`` where it has one,
+        as an eval_cache.ResidentBatches has)."""
+        name = name or getattr(data_loader, "name", None)
         t0 = time.perf_counter()
         device = next(self.model.parameters()).device
         if self.compiled is not None and not self._verified:
@@ -243,7 +257,7 @@ class Evaluator:
         if "target" not in out or len(out["clipwise_output"]) == 0:
             raise ValueError("evaluation loader yielded no clips with targets")
         t1 = time.perf_counter()
-        stats = compute_metrics(out["target"], out["clipwise_output"], device=device)   # ms on a GPU
+        stats = compute_metrics(out["target"], out["clipwise_output"], device=device, name=name)   # ms on a GPU
         t2 = time.perf_counter()
         stats["seconds"], stats["metrics_seconds"] = t2 - t0, t2 - t1
         logger.debug("evaluated %d clips in %.2f s", stats["clips"], t2 - t0)
