@@ -1,4 +1,4 @@
-"""Fine-tune a pretrained PANN on your own labelled sounds (the official ``finetune_template.py``, made to train).
+r"""Fine-tune a pretrained PANN on your own labelled sounds (the official ``finetune_template.py``, made to train).
 
 Official command line (still works: builds the model, loads the pretrained base, prints
 ``Load pretrained model successfully!``; without data it then says so and stops)::
@@ -24,8 +24,8 @@ with probabilities), ``report.txt`` (per-class report of the best checkpoint), `
 evaluation), ``run.json`` (resolved settings, versions, git commit), ``logs/``; ``linear_probe.pth`` for
 ``--linear_probe`` (a regular Transfer_<Base> checkpoint whose head is the fitted probe: tag with it like
 ``best.pth``). A run folder that already holds a run is refused unless ``--resume`` (continue it exactly from
-``latest.pth``) or ``--overwrite`` is given. Decoded clips are cached in ``<workspace>/cache`` (see finetune_data.py for the data
-layouts, the cache and the crop rules).
+``latest.pth``) or ``--overwrite`` is given. Decoded clips are cached in ``<workspace>/cache`` (see
+finetune_data.py for the data layouts, the cache and the crop rules).
 
 Differences from the official template: it trains; the transfer head is
 built for any clip-level registry model (``Transfer_<Base>``); the number of classes comes from the data (not
@@ -43,6 +43,7 @@ from typing import Optional
 
 from panns import argtypes
 from panns import checkpoint as ckpt_lib
+from panns import pretrained
 from panns import finetune_data as fd
 from panns.training import config as tl
 from panns.training import finetune as finetune_task
@@ -175,6 +176,9 @@ def export(args: argparse.Namespace) -> str:
 def main(argv=None) -> Optional[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "pretrained_checkpoint_path", None):   # a bare published name: the cache's copy if not here
+        args.pretrained_checkpoint_path = pretrained.resolve_published(args.pretrained_checkpoint_path,
+                                                                       "--pretrained_checkpoint_path")
     if args.mode == "export":
         out = export(args)
         print(f"Self-contained checkpoint written to {out}")
