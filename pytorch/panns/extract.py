@@ -97,7 +97,8 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 # ----------------------------------------------------------------------------- decoding workers
 class _DecodeDataset(torch.utils.data.Dataset):
-    """Item i -> (i, waveform tensor or None, error message or None); decoding runs in workers."""
+    """Item i -> (i, waveform tensor or None, error message or None, samples decoded before any crop);
+    decoding runs in workers."""
 
     def __init__(self, paths: Sequence[str], sample_rate: int, segment_samples: Optional[int], min_samples: int):
         self.paths = list(paths)
@@ -113,13 +114,14 @@ class _DecodeDataset(torch.utils.data.Dataset):
         try:
             wav = audio_io.load_audio(path, self.sample_rate)
         except PannsError as e:
-            return i, None, str(e)
+            return i, None, str(e), 0
         except Exception as e:  # a decoder bug on one odd file must not stop a long run
-            return i, None, f"cannot decode {path}: {type(e).__name__}: {e}"
+            return i, None, f"cannot decode {path}: {type(e).__name__}: {e}", 0
+        decoded = len(wav)
         if self.segment_samples:
             wav = crop_or_pad(wav, self.segment_samples)
         wav = pad_to_min(wav, self.min_samples)
-        return i, torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), None
+        return i, torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)), None, decoded
 
 
 def _identity(x):
@@ -141,7 +143,9 @@ class Extractor:
     model: a PANNs model whose forward returns ``embedding`` and ``clipwise_output``.
     config: its checkpoint.ModelConfig (sample rate, output kind, labels).
     precision: 'fp32' | 'bf16' | 'fp16' | 'auto' (resolved for the device by precision.py).
-    segment_seconds: crop/zero-pad every file to this length (None: keep each file whole).
+    segment_seconds: crop/zero-pad every file to this length (None: keep each file whole): only the first
+    ``segment_seconds`` of a longer file are embedded (one line, :meth:`log_crops`, says how many files
+    were cut and how much audio that dropped).
     compute_threads: forwards run side by side (default: torch's thread count on CPU, each
     single-threaded; 1 on GPU). optimize: run a BN-folded (and on CPU channels_last) copy.
     The model given is moved to ``device`` and put in eval mode; it is not otherwise changed.
@@ -185,6 +189,7 @@ class Extractor:
         return cls(model, config, checkpoint_path=path, **kwargs)
 
     labels: Optional[List[str]] = None    # class names stored with the features (default: the config's)
+    segment_flag = "segment_seconds"      # how log lines name the setting (the command line: --segment_seconds)
 
     # -- model ------------------------------------------------------------------------------
     def forward(self, batch: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
@@ -279,8 +284,10 @@ class Extractor:
             torch.set_num_threads(threads_before)
 
     def iter_files(self, paths: Sequence[str], failed: Optional[List[Tuple[str, str]]] = None,
-                   names: Optional[Sequence[str]] = None, desc: str = "extract") -> Iterator[Batch]:
-        """Decode ``paths`` in DataLoader workers and yield forwarded batches (any order)."""
+                   names: Optional[Sequence[str]] = None, desc: str = "extract",
+                   lengths: Optional[List[int]] = None) -> Iterator[Batch]:
+        """Decode ``paths`` in DataLoader workers and yield forwarded batches (any order). ``lengths``: a list
+        that gets the decoded length (samples, before any crop or padding) of every file decoded."""
         failed = [] if failed is None else failed
         names = list(paths) if names is None else list(names)
         ds = _DecodeDataset(paths, self.sample_rate, self.segment_samples, self.min_samples)
@@ -297,8 +304,14 @@ class Extractor:
             from tqdm import tqdm
 
             bar = tqdm(total=len(ds), unit="clip", desc=desc, file=sys.stderr, dynamic_ncols=True)
+        def items():
+            for i, wav, err, decoded in loader:
+                if lengths is not None and wav is not None:
+                    lengths.append(int(decoded))
+                yield i, wav, err
+
         try:
-            yield from self._batches(iter(loader), names, failed, bar)
+            yield from self._batches(items(), names, failed, bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -306,7 +319,10 @@ class Extractor:
     def embed_files(self, paths: Sequence[str]) -> FeatureSet:
         """Embeddings and clipwise probabilities of audio files, rows in input order."""
         failed: List[Tuple[str, str]] = []
-        return self._collect(self.iter_files(paths, failed), list(paths), failed)
+        lengths: List[int] = []
+        feats = self._collect(self.iter_files(paths, failed, lengths=lengths), list(paths), failed)
+        self.log_crops(lengths)
+        return feats
 
     def embed_waveforms(self, waveforms: Sequence[np.ndarray], names: Optional[Sequence[str]] = None) -> FeatureSet:
         """Same as embed_files for decoded mono waveforms at ``self.sample_rate`` (through ``validate``:
@@ -314,7 +330,24 @@ class Extractor:
         waveforms = [validate.clip(w, f"waveforms[{i}]", self.sample_rate) for i, w in enumerate(waveforms)]
         names = [str(i) for i in range(len(waveforms))] if names is None else list(names)
         items = ((i, torch.from_numpy(self._prepare(w)), None) for i, w in enumerate(waveforms))
-        return self._collect(self._batches(items, names, []), names, [])
+        feats = self._collect(self._batches(items, names, []), names, [])
+        self.log_crops([len(w) for w in waveforms], what="waveforms")
+        return feats
+
+    def log_crops(self, lengths: Sequence[int], what: str = "files", share: str = "") -> int:
+        """With ``segment_seconds``: one INFO line saying how many of the clips of ``lengths`` (decoded
+        samples) were longer, so that only their first ``segment_seconds`` were embedded, and how much audio
+        that dropped (nothing when none was cut). Returns the number cut."""
+        if not self.segment_samples:
+            return 0
+        dropped = [n - self.segment_samples for n in lengths if n > self.segment_samples]
+        if dropped:
+            seg = f"{self.segment_seconds:g} s"
+            logger.info("%d of %d %s%s are longer than %s %g: their first %s are embedded, %s of audio dropped; "
+                        "omit %s to embed whole %s", len(dropped), len(lengths), what, share, self.segment_flag,
+                        self.segment_seconds, seg, runtime.seconds_text(sum(dropped) / self.sample_rate),
+                        self.segment_flag, what)
+        return len(dropped)
 
     def _collect(self, batches: Iterable[Batch], names: List[str], failed) -> FeatureSet:
         rows: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
@@ -564,7 +597,7 @@ def _labels_of(extractor: "Extractor") -> Optional[List[str]]:
 
 
 def _extract_one(extractor: Extractor, paths: Sequence[str], output_path: str, overwrite: bool,
-                 skip: set, desc: str) -> Tuple[int, List[Tuple[str, str]]]:
+                 skip: set, desc: str, share: str = "") -> Tuple[int, List[Tuple[str, str]]]:
     """Extract ``paths`` (minus ``skip`` and rows already in the file) into ``output_path``."""
     emb_dim = _embedding_dim(extractor)
     with FeatureWriter(output_path, extractor.attributes(), emb_dim, extractor.config.classes_num,
@@ -575,8 +608,10 @@ def _extract_one(extractor: Extractor, paths: Sequence[str], output_path: str, o
             logger.info("%s: %d of %d files already extracted, %d to go", output_path, done_before, len(paths),
                         len(todo))
         failed: List[Tuple[str, str]] = []
-        for b in extractor.iter_files(todo, failed, desc=desc):
+        lengths: List[int] = []
+        for b in extractor.iter_files(todo, failed, desc=desc, lengths=lengths):
             writer.append(b.names, b.embedding, b.clipwise_output)
+        extractor.log_crops(lengths, share=share)
         return len(todo) - len(failed), failed
 
 
@@ -655,7 +690,8 @@ def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str
     done = read_feature_keys(output_path)
     share = paths[rank::world_size]
     part = f"{output_path}.rank{rank}.h5"
-    ok, failed = _extract_one(extractor, share, part, False, done, f"extract[rank {rank}]")
+    ok, failed = _extract_one(extractor, share, part, False, done, f"extract[rank {rank}]",
+                              share=f" of rank {rank}'s share")
     write_failed_csv(f"{output_path}.rank{rank}.failed.csv", failed)
     if barrier is not None:
         barrier()
@@ -682,8 +718,10 @@ def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str
 def add_arguments(p) -> None:
     """The flags of the extract_embeddings sub-command beyond the shared inference ones."""
     p.add_argument("--segment_seconds", type=float, default=None,
-                   help="crop/zero-pad every file to this length (default: keep each file whole; "
-                        "equal lengths are batched together)")
+                   help="embed only the first this many seconds of each file: longer files are cut (the rest of "
+                        "their audio is not embedded; a log line says how many and how much), shorter ones "
+                        "zero-padded, one row per file either way; unlike audio_tagging's --segment_seconds, no "
+                        "sliding windows (default: embed each file whole; equal lengths are batched together)")
     p.add_argument("--output_path", type=str, required=True, help="HDF5 file to create or resume")
     p.add_argument("--class_labels_csv", type=str, default=None,
                    help="label CSV whose names are stored as 'labels' when the checkpoint has none "
@@ -720,6 +758,17 @@ def _failure_line(summary: dict, output_path: str) -> str:
             f"the {summary.get('rows')} rows of the others are in {output_path}")
 
 
+def _job_seconds(args, paths: Sequence[str]) -> float:
+    """The audio backend ``auto`` weighs: with --segment_seconds every file runs as that many seconds
+    (cut or padded; no header to read), else the files' lengths from their headers."""
+    if args.segment_seconds:
+        return runtime.JobSize(len(paths) * args.segment_seconds,
+                               f"{runtime.seconds_text(len(paths) * args.segment_seconds)} of audio "
+                               f"({len(paths)} file{'s' if len(paths) != 1 else ''} of --segment_seconds "
+                               f"{args.segment_seconds:g})")
+    return runtime.job_seconds(paths)
+
+
 def run(args) -> int:
     """Extract the files of ``args.audio_path`` into ``args.output_path`` (under torchrun: one
     share per rank, merged by rank 0) and print the one-line summary; exit status 1 when some files
@@ -739,12 +788,13 @@ def run(args) -> int:
                                        model_type=validate.model_type_for(args.checkpoint_path, args.model_type),
                                        frontend=frontend_overrides(args) or None, precision=precision,
                                        device=info.device, backend=args.backend,
-                                       job_seconds=runtime.job_seconds(paths) if args.backend == "auto" else None,
+                                       job_seconds=_job_seconds(args, paths) if args.backend == "auto" else None,
                                        batch_size=args.batch_size,
                                        num_workers=args.num_workers, segment_seconds=args.segment_seconds,
                                        progress=not args.quiet and rank == 0)
         # every file cropped or padded to a window the model cannot take whole would be mostly padding
         validate.segment_fits(args.segment_seconds, ex.min_samples, ex.sample_rate, ex.config.model_type)
+        ex.segment_flag = "--segment_seconds"
         if not getattr(ex.config, "labels", None):
             try:  # official checkpoints carry no labels: store the CSV's names if it is there
                 ex.labels = runtime.resolve_labels(ex.config, args.class_labels_csv)[0]

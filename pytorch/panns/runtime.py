@@ -202,16 +202,62 @@ AUTO_EXPORT_MIN_SECONDS = 300.0  # when auto would have to export first
 BACKEND_ENV = "PANNS_BACKEND"    # forces what `auto` runs (e.g. PANNS_BACKEND=torch), as --backend does
 
 
-def job_seconds(paths: Sequence[str], cap: float = AUTO_EXPORT_MIN_SECONDS, unknown: float = 10.0) -> float:
+def seconds_text(seconds: float) -> str:
+    """A duration as a log line says it: '0.4 s', '47 s', '12 min', '3.5 h'."""
+    seconds = float(seconds)
+    if seconds < 9.95:
+        return f"{seconds:.1f} s".replace(".0 s", " s")
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _files(n: int) -> str:
+    return f"{n} file{'s' if n != 1 else ''}"
+
+
+class JobSize(float):
+    """The seconds of model input a job runs, which backend ``auto`` weighs (a plain float to it), and
+    ``text``: what they are, in words its log line can use ('7 s of audio (+1 file of unknown length)',
+    '7 s of audio in 10-s windows every 1 s (70 s of model input)')."""
+
+    def __new__(cls, seconds: float, text: Optional[str] = None) -> "JobSize":
+        self = super().__new__(cls, seconds)
+        self.text = text or f"{seconds_text(seconds)} of audio"
+        return self
+
+
+def job_text(job_seconds: float) -> str:
+    """The words for a job of ``job_seconds`` (a :class:`JobSize` says them itself)."""
+    return getattr(job_seconds, "text", None) or f"{float(job_seconds):.0f} s of audio"
+
+
+def job_seconds(paths: Sequence[str], cap: float = AUTO_EXPORT_MIN_SECONDS, unknown: float = 10.0) -> JobSize:
     """Seconds of audio in ``paths`` from the file headers, counting ``unknown`` for a file whose header
-    gives none; stops reading headers once the sum reaches ``cap`` (a long list costs no more)."""
-    total = 0.0
+    gives none (or that cannot be read); stops reading headers once the sum reaches ``cap`` (a long list
+    costs no more). A :class:`JobSize`: its text counts the files of unknown length apart ('7 s of audio
+    (+1 file of unknown length)'), as 'at least' when headers were left unread."""
+    known, unknown_files, read = 0.0, 0, 0
     for path in paths:
         seconds = audio_io.probe_seconds(path)
-        total += unknown if seconds is None else seconds
-        if total >= cap:
+        read += 1
+        if seconds is None:
+            unknown_files += 1
+        else:
+            known += seconds
+        if known + unknown * unknown_files >= cap:
             break
-    return total
+    if unknown_files and not known:
+        text = f"{_files(unknown_files)} of unknown length"
+    else:
+        text = f"{seconds_text(known)} of audio"
+        if unknown_files:
+            text += f" (+{_files(unknown_files)} of unknown length)"
+    if read < len(paths):
+        text = f"at least {text} (headers of {_files(len(paths) - read)} not read)"
+    return JobSize(known + unknown * unknown_files, text)
 
 
 def _forced_backend() -> Optional[str]:
@@ -224,10 +270,13 @@ def _forced_backend() -> Optional[str]:
     return name
 
 
-def _auto_backend(rt, job_seconds: Optional[float] = None, torch_side_by_side: int = 1, **options) -> Backend:
+def _auto_backend(rt, job_seconds: Optional[float] = None, torch_side_by_side: int = 1,
+                  unknown_job: Optional[str] = None, **options) -> Backend:
     """The fastest path on this machine, measured (see calibration.py), among torch fp32, ONNX Runtime
     fp32 and, when the precision was left to 'auto' and the CPU computes bf16 natively, torch bf16; torch
-    on GPUs. ``job_seconds``: the audio a command line is about to run (None in the Python API).
+    on GPUs. ``job_seconds``: the audio a command line is about to run (None in the Python API and for a
+    stream of unknown length; a :class:`JobSize` says in words what it counts). ``unknown_job``: with
+    ``job_seconds`` None, a clause saying why the size is unknown (default: the Python API's).
     ``torch_side_by_side``: how many single-threaded torch forwards the caller runs side by side (extraction
     on a CPU; calibration times torch that way).
 
@@ -274,10 +323,10 @@ def _auto_backend(rt, job_seconds: Optional[float] = None, torch_side_by_side: i
     # Why ONNX Runtime may not run this job even where it is fastest (None: it may).
     def ort_barred() -> Optional[str]:
         if job_seconds is not None and job_seconds < AUTO_MIN_SECONDS:
-            return (f"{job_seconds:.0f} s of audio: ONNX Runtime's start-up would cost more than it saves below "
+            return (f"{job_text(job_seconds)}: ONNX Runtime's start-up would cost more than it saves below "
                     f"{AUTO_MIN_SECONDS:.0f} s")
         if job_seconds is not None and job_seconds < AUTO_EXPORT_MIN_SECONDS and not export_cached():
-            return (f"{job_seconds:.0f} s of audio does not repay the one-off ONNX export (from "
+            return (f"{job_text(job_seconds)} does not repay the one-off ONNX export (from "
                     f"{AUTO_EXPORT_MIN_SECONDS / 60:.0f} min of audio it does; --backend onnxruntime exports now)")
         return None
 
@@ -287,8 +336,13 @@ def _auto_backend(rt, job_seconds: Optional[float] = None, torch_side_by_side: i
         if ort in paths and job_seconds is not None and job_seconds >= needed and not export_cached():
             needed = AUTO_EXPORT_MIN_SECONDS
         if job_seconds is None or job_seconds < needed:
-            why = ("the Python API does not know the job's size" if job_seconds is None else
-                   f"{job_seconds:.0f} s of audio does not repay a calibration (from {needed / 60:.0f} min it does)")
+            if ort in paths and state["export_cached"] is None:   # not looked up for a job this short
+                repaid = (f"from {needed / 60:.0f} min it does, {AUTO_EXPORT_MIN_SECONDS / 60:.0f} min while "
+                          "ONNX Runtime's export is not cached")
+            else:
+                repaid = f"from {needed / 60:.0f} min it does"
+            why = ((unknown_job or "the Python API does not know the job's size") if job_seconds is None else
+                   f"{job_text(job_seconds)} does not repay a calibration ({repaid})")
             logger.info("backend auto: running %s (%s: no calibration of %s on this CPU yet)",
                         calibration.path_name(default), why, model_type)
             return _use(rt, default, options)

@@ -306,14 +306,29 @@ class Stream:
 
 
 # ----------------------------------------------------------------------------- command line
+class _OneSource(argparse.Action):
+    """``--audio_path`` of ``stream``: one value, given once (a second is an argparse error, not the last kept)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"stream takes one --audio_path (a file, a URL or -); got {getattr(namespace, self.dest)} "
+                         f"and {values}")
+        setattr(namespace, self.dest, values)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of the ``stream`` sub-command beyond the shared inference ones."""
     # The shared --audio_path is required; here --microphone replaces it. The shared front-end flag
     # --sample_rate names the rate of the raw PCM on stdin / of the microphone (the model's rate is
     # the checkpoint's; the stream resamples).
     shared = p._option_string_actions   # the flags _add_common added (argparse has no public handle on them)
-    shared["--audio_path"].required = False
-    shared["--audio_path"].help = (
+    # One source, one value: the shared --audio_path takes several (nargs '+', extending a list); here it
+    # takes one, in place (--help shows one AUDIO_PATH; argparse refuses a second value, _OneSource a
+    # repeated flag; args.audio_path is that one string, or None).
+    source = shared["--audio_path"]
+    source.__class__ = _OneSource
+    source.nargs, source.required, source.default = None, False, None
+    source.help = (
         "one source: an audio file or URL (any format ffmpeg reads), or - for stdin: a WAV stream (its header "
         "gives rate, channels and sample format) or raw 16-bit little-endian mono PCM at --sample_rate")
     shared["--batch_size"].help = "not taken: a stream runs one window at a time (batch 1); refused if given"
@@ -349,7 +364,9 @@ def run(args) -> int:
         raise PannsError("--chunk_seconds must be positive")
     if args.batch_size is not None:
         raise PannsError(f"--batch_size {args.batch_size} has no effect on a stream: it runs one window per hop")
-    paths = list(args.audio_path or [])
+    # one path (the parser's _OneSource); a list from a caller that built args by other means is taken too
+    given = args.audio_path
+    paths = [given] if isinstance(given, str) else list(given or [])
     if args.microphone == bool(paths):
         raise PannsError("give one --audio_path (a file, a URL or -) or --microphone")
     if len(paths) > 1:
@@ -395,13 +412,25 @@ def run(args) -> int:
 
 def _auto_options(args, source: Optional[str]) -> dict:
     """Backend ``auto`` weighs the job: a file's length times the windows each second of it runs
-    (window / hop); a live source has no known length (None: auto's long-running choice)."""
+    (window / hop), its log line saying both; a live source, or a file whose header gives no length,
+    has no known length (None: auto's long-running choice), and its log line says which it is."""
     if args.backend != "auto":
         return {}
-    seconds = audio_io.probe_seconds(source) if source not in (None, "-") and "://" not in source else None
+    if source is None:
+        return {"unknown_job": "the microphone is a stream of unknown length"}
+    if source == "-":
+        return {"unknown_job": "stdin is a stream of unknown length"}
+    if "://" in source:
+        return {"unknown_job": "a URL is read as a stream of unknown length"}
+    seconds = audio_io.probe_seconds(source)
     if seconds is None:
-        return {}
-    return {"job_seconds": seconds * max(1.0, args.window_seconds / args.hop_seconds)}
+        return {"unknown_job": f"the length of {os.path.basename(source)} is not in its header"}
+    per_second = max(1.0, args.window_seconds / args.hop_seconds)
+    text = runtime.seconds_text(seconds) + " of audio"
+    if per_second > 1.0:
+        text += (f" in {args.window_seconds:g}-s windows every {args.hop_seconds:g} s "
+                 f"({runtime.seconds_text(seconds * per_second)} of model input)")
+    return {"job_seconds": runtime.JobSize(seconds * per_second, text)}
 
 
 def json_line(item: Item) -> str:
