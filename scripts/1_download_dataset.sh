@@ -9,7 +9,9 @@
 #   NUM_WORKERS=4       parallel downloads per CSV          PARALLEL_PARTS=1  unbalanced parts at the same time
 #   MINI_DATA=0         1: only the first 10 clips of each CSV (debug)
 #   URL_TEMPLATE=...    video URL with {ytid} (default YouTube; point it at a mirror)
-#   CSV_BASE_URL=...    where the metadata CSVs come from   PYTHON=(default: the active venv's python)
+#   CSV_BASE_URL=...    where the metadata CSVs come from (default Google's storage.googleapis.com/us_audioset/
+#                       youtube_corpus/v1; a mirror must hold csv/<name>.csv and qa/qa_true_counts.csv)
+#   PYTHON=(default: the active venv's python)
 set -euo pipefail
 
 DATASET_DIR="${1:-./datasets/audioset201906}"
@@ -27,16 +29,24 @@ EXTRA_FLAGS=""  # plain flags without spaces, word-split on purpose below
 if [ "$MINI_DATA" = "1" ]; then EXTRA_FLAGS="$EXTRA_FLAGS --mini_data"; fi
 if [ "$RETRY_FAILED" = "1" ]; then EXTRA_FLAGS="$EXTRA_FLAGS --retry_failed"; fi
 
-# fetch URL DEST: keep DEST if it is already there, else download it atomically.
+# fetch URL DEST: keep DEST if it is already there, else download it atomically. A failed download
+# (no network, a wrong CSV_BASE_URL) ends the script with one line naming the file and what to do.
 fetch() {
-  local url="$1" dest="$2"
+  local url="$1" dest="$2" status=0 reason=""
   if [ -s "$dest" ]; then echo "Already have $dest"; return 0; fi
-  if command -v curl >/dev/null 2>&1; then
-    curl -fsSL --retry 3 -o "$dest.part" "$url" && mv "$dest.part" "$dest"
+  if command -v curl >/dev/null 2>&1; then   # curl's own message (last try) goes into the one error line
+    reason="$(curl -fsSL --retry 3 -o "$dest.part" "$url" 2>&1)" && mv "$dest.part" "$dest" || status=$?
   elif command -v wget >/dev/null 2>&1; then
-    wget -q -O "$dest.part" "$url" && mv "$dest.part" "$dest"
+    { wget -q -O "$dest.part" "$url" && mv "$dest.part" "$dest"; } || status=$?
   else
-    "$PYTHON" "$REPO/utils/download.py" file --url "$url" --dest "$dest"
+    "$PYTHON" "$REPO/utils/download.py" file --url "$url" --dest "$dest" || status=$?
+  fi
+  if [ "$status" -ne 0 ]; then
+    rm -f "$dest.part"
+    reason="$(printf '%s\n' "$reason" | tail -n 1)"
+    echo "error: could not download $url to $dest${reason:+ ($reason)}; check the network (or set" \
+         "CSV_BASE_URL to a mirror holding csv/ and qa/) and run the script again: files already there are kept" >&2
+    return "$status"
   fi
 }
 

@@ -14,13 +14,20 @@
 #   EVAL_SHARDS='SHARDS_DIR/20k/test/*.tar' BALANCED_SHARDS='SHARDS_DIR/20k/train/*.tar' UNBALANCED_SHARDS= \
 #       SAMPLE_RATE=16000 bash scripts/2_pack_from_shards.sh SHARDS_DIR     (then train a *_16k model)
 #
-# Resumable: finished outputs are skipped and a half-packed output resumes shard by shard (--skip_existing).
+# Resumable: finished outputs are kept and a half-packed output resumes shard by shard (--skip_existing). A kept
+# output must have been packed with the same SAMPLE_RATE, CLIP_SECONDS, STORAGE and label list: other options
+# stop with one line naming the file (a finished shard's part packed with other options is packed again). To
+# re-pack, remove the files to redo, or run with SKIP_EXISTING=0 (every output is packed again and replaced).
 # Environment overrides:
 #   EVAL_SHARDS, BALANCED_SHARDS, UNBALANCED_SHARDS   shard globs (an empty UNBALANCED_SHARDS skips it)
 #   STORAGE=pcm16|flac   flac: lossless, about half the disk; decoded in the loader workers
 #   SAMPLE_RATE=32000  CLIP_SECONDS=10 (AudioSet clips are 10 s; shorter clips are zero-padded)
 #   NUM_WORKERS=<cores>  decoding processes    PACK_JOBS=<cores>/NUM_WORKERS unbalanced shards at a time
 #   LABEL_FIELD, ID_FIELD  json key / column of the labels and of the YouTube id (default: detected)
+#   LABELS_CSV=<path>    label CSV the shards' labels are mapped through (default: the repository's
+#                        metadata/class_labels_indices.csv, the AudioSet classes); train with the same one
+#                        (LABELS_CSV=<path> bash scripts/4_train.sh ..., or --class_labels_csv)
+#   SKIP_EXISTING=1      0: re-pack and replace outputs that are already there
 #   PYTHON=(default: the active venv's python)
 set -euo pipefail
 
@@ -37,7 +44,9 @@ STORAGE="${STORAGE:-pcm16}"
 EVAL_SHARDS="${EVAL_SHARDS-$SHARDS_DIR/data/eval/*.parquet}"
 BALANCED_SHARDS="${BALANCED_SHARDS-$SHARDS_DIR/data/bal_train/*.parquet}"
 UNBALANCED_SHARDS="${UNBALANCED_SHARDS-$SHARDS_DIR/data/unbal_train/*.parquet}"
-LABELS_CSV="$REPO/metadata/class_labels_indices.csv"
+LABELS_CSV="${LABELS_CSV:-$REPO/metadata/class_labels_indices.csv}"
+SKIP_FLAG="--skip_existing"
+if [ "${SKIP_EXISTING:-1}" = "0" ]; then SKIP_FLAG=""; fi
 WAVEFORMS="$WORKSPACE/hdf5s/waveforms"
 mkdir -p "$WAVEFORMS/unbalanced_train"
 echo "Clips are cut or zero-padded to CLIP_SECONDS=$CLIP_SECONDS s at $SAMPLE_RATE Hz, storage $STORAGE"
@@ -50,10 +59,10 @@ pack() {  # pack SHARDS OUT.h5 WORKERS
   # shellcheck disable=SC2086
   "$PYTHON" "$REPO/utils/dataset.py" pack_from_shards --shards="$1" --waveforms_hdf5_path="$2" \
     --num_workers="$3" --sample_rate="$SAMPLE_RATE" --clip_seconds="$CLIP_SECONDS" --storage="$STORAGE" \
-    --class_labels_csv="$LABELS_CSV" --skip_existing $EXTRA_FLAGS
+    --class_labels_csv="$LABELS_CSV" $SKIP_FLAG $EXTRA_FLAGS
 }
 export -f pack
-export PYTHON REPO SAMPLE_RATE CLIP_SECONDS STORAGE LABELS_CSV EXTRA_FLAGS
+export PYTHON REPO SAMPLE_RATE CLIP_SECONDS STORAGE LABELS_CSV SKIP_FLAG EXTRA_FLAGS
 
 pack "$EVAL_SHARDS" "$WAVEFORMS/eval.h5" "$NUM_WORKERS"
 pack "$BALANCED_SHARDS" "$WAVEFORMS/balanced_train.h5" "$NUM_WORKERS"

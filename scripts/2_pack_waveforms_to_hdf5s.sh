@@ -4,14 +4,22 @@
 #   bash scripts/2_pack_waveforms_to_hdf5s.sh [DATASET_DIR] [WORKSPACE]
 #       defaults: ./datasets/audioset201906  ./workspaces/audioset_tagging
 #
-# Finished outputs are skipped (they only appear, complete, once a part is done), so an interrupted run can
-# simply be started again. Environment overrides:
+# Finished outputs are kept (--skip_existing: they only appear, complete, once a part is done), so an
+# interrupted run can simply be started again. A kept output must have been packed with the same SAMPLE_RATE,
+# CLIP_SECONDS, STORAGE and label list: re-running with other options stops with one line naming the file
+# ("... remove it or drop --skip_existing"). To re-pack, remove the files to redo, or run with SKIP_EXISTING=0,
+# which replaces every output (the official behaviour).
+# Labels: LABELS_CSV when set, else the data set's own DATASET_DIR/metadata/class_labels_indices.csv (script 1
+# fetches it), else the repository's metadata/class_labels_indices.csv; scripts/4_train.sh picks the same one.
+# Environment overrides:
 #   PACK_JOBS=<cores>     unbalanced parts packed at the same time (one decoding process each)
 #   NUM_WORKERS=<cores>   decoding processes for eval and balanced_train
 #   SAMPLE_RATE=32000  PYTHON=(default: the active venv's python)
 #   CLIP_SECONDS=10       every clip is cut or zero-padded to this length (AudioSet clips are 10 s; set it to
 #                         your clips' length for other data, or short clips become mostly zeros)
 #   STORAGE=pcm16|flac    flac: lossless FLAC rows, about half the disk; decoded in the training loader workers
+#   LABELS_CSV=<path>     label CSV (default: the rule above)
+#   SKIP_EXISTING=1       0: re-pack and replace outputs that are already there
 set -euo pipefail
 
 DATASET_DIR="${1:-./datasets/audioset201906}"
@@ -26,17 +34,23 @@ CLIP_SECONDS="${CLIP_SECONDS:-10}"
 STORAGE="${STORAGE:-pcm16}"
 echo "Clips are cut or zero-padded to CLIP_SECONDS=$CLIP_SECONDS s at $SAMPLE_RATE Hz, storage $STORAGE"
 
-# The data set's own label CSV when it has one (script 1 fetches it), else the repository default.
-LABELS_CSV="$DATASET_DIR/metadata/class_labels_indices.csv"
-if [ ! -f "$LABELS_CSV" ]; then LABELS_CSV="$REPO/metadata/class_labels_indices.csv"; fi
+# LABELS_CSV as given, else the data set's own label CSV when it has one (script 1 fetches it), else the
+# repository default.
+if [ -z "${LABELS_CSV:-}" ]; then
+  LABELS_CSV="$DATASET_DIR/metadata/class_labels_indices.csv"
+  if [ ! -f "$LABELS_CSV" ]; then LABELS_CSV="$REPO/metadata/class_labels_indices.csv"; fi
+fi
+SKIP_FLAG="--skip_existing"
+if [ "${SKIP_EXISTING:-1}" = "0" ]; then SKIP_FLAG=""; fi
 
 WAVEFORMS="$WORKSPACE/hdf5s/waveforms"
 mkdir -p "$WAVEFORMS/unbalanced_train"
 
 pack() {  # pack CSV AUDIOS_DIR OUT.h5 WORKERS
+  # shellcheck disable=SC2086  # SKIP_FLAG is empty or one flag
   "$PYTHON" "$REPO/utils/dataset.py" pack_waveforms_to_hdf5 --csv_path="$1" --audios_dir="$2" \
     --waveforms_hdf5_path="$3" --num_workers="$4" --sample_rate="$SAMPLE_RATE" --clip_seconds="$CLIP_SECONDS" \
-    --class_labels_csv="$LABELS_CSV" --storage="$STORAGE" --skip_existing
+    --class_labels_csv="$LABELS_CSV" --storage="$STORAGE" $SKIP_FLAG
 }
 
 pack "$DATASET_DIR/metadata/eval_segments.csv" "$DATASET_DIR/audios/eval_segments" \
@@ -52,7 +66,7 @@ pack_part() {  # unbalanced_train_segments_partNN.csv -> unbalanced_train/unbala
     "$WAVEFORMS/unbalanced_train/unbalanced_train_part$nn.h5" 1
 }
 export -f pack pack_part
-export PYTHON REPO DATASET_DIR WAVEFORMS SAMPLE_RATE CLIP_SECONDS STORAGE LABELS_CSV
+export PYTHON REPO DATASET_DIR WAVEFORMS SAMPLE_RATE CLIP_SECONDS STORAGE LABELS_CSV SKIP_FLAG
 find "$DATASET_DIR/metadata/unbalanced_partial_csvs" -name 'unbalanced_train_segments_part*.csv' | sort | \
   xargs -P "$PACK_JOBS" -I{} bash -c 'set -euo pipefail; pack_part "$1"' _ {}
 

@@ -4,16 +4,23 @@
 #
 #   bash scripts/4_train.sh [WORKSPACE] [DATASET_DIR] [extra pytorch/main.py train options...]
 #
-# WORKSPACE defaults to ./workspaces/audioset_tagging, DATASET_DIR to ./datasets/audioset201906 (only
-# passed on to the plot command, as in the official script, where it was undefined). Extra options
-# override the recipe, e.g. --data_type=balanced_train --early_stop=10000 --num_workers=4.
+# WORKSPACE defaults to ./workspaces/audioset_tagging, DATASET_DIR to ./datasets/audioset201906 (in the
+# official script it was undefined). Extra options override the recipe, e.g. --data_type=balanced_train
+# --early_stop=10000 --num_workers=4.
+# Label CSV, the rule of scripts/2_pack_waveforms_to_hdf5s.sh (training needs the one the data was packed with):
+# LABELS_CSV when set, else DATASET_DIR/metadata/class_labels_indices.csv when it exists (script 1 fetches it),
+# else main.py's default, the repository's metadata/class_labels_indices.csv. A --class_labels_csv among the
+# extra options wins. Data packed by scripts/2_pack_from_shards.sh with its own LABELS_CSV: pass the same here.
 # --cuda is added when PyTorch (in $PYTHON, the interpreter that trains) sees a GPU; --precision=auto trains in
 # bf16 on GPUs that compute it natively (A100/H100/RTX 30xx+), fp32 elsewhere (pass --precision=fp32 for the
 # official numerics); --compile=auto compiles the training step on CUDA (--compile=off for eager).
-# To resume: --resume_iteration=N.
+# To resume: --resume_iteration=N. Running it again on a workspace whose run folder already holds a run is
+# refused (one line: resume it, or add --overwrite to replace it; main.py train --help).
+# Afterwards it plots every run in the workspace to results/1_aug.pdf under the current directory.
 # Several GPUs: PYTHON="torchrun --nproc_per_node=4" bash scripts/4_train.sh ...   (DDP; batch 32 in total)
 # Docker: give the loader workers shared memory (--ipc=host or --shm-size=8g); 64 MB is the default.
-# Environment: MODEL_TYPE=Cnn14, PYTHON (default: the active venv's python, see scripts/python.sh).
+# Environment: MODEL_TYPE=Cnn14, LABELS_CSV (above), PYTHON (default: the active venv's python, see
+# scripts/python.sh).
 set -euo pipefail
 
 WORKSPACE="${1:-./workspaces/audioset_tagging}"
@@ -29,6 +36,14 @@ read -r -a PY_CMD <<< "$PYTHON"
 PY="${PY_CMD[0]}"
 if [ "$(basename "$PY")" = "torchrun" ]; then
   PY="$(head -n 1 "$(command -v "$PY")" | sed -e 's/^#! *//' -e 's/ .*//')"
+fi
+LABELS_FLAG=()
+if [ -z "${LABELS_CSV:-}" ] && [ -f "$DATASET_DIR/metadata/class_labels_indices.csv" ]; then
+  LABELS_CSV="$DATASET_DIR/metadata/class_labels_indices.csv"
+fi
+if [ -n "${LABELS_CSV:-}" ]; then
+  echo "4_train.sh: label CSV $LABELS_CSV" >&2
+  LABELS_FLAG=(--class_labels_csv="$LABELS_CSV")
 fi
 CUDA_FLAG=()
 if [ "$("$PY" -c 'import torch;print(torch.cuda.is_available())')" = "True" ]; then
@@ -56,7 +71,7 @@ $PYTHON "$REPO/pytorch/main.py" train \
   --resume_iteration=0 \
   --early_stop=1000000 \
   --precision=auto \
-  "${CUDA_FLAG[@]}" "${EXTRA_ARGS[@]}"
+  "${LABELS_FLAG[@]}" "${CUDA_FLAG[@]}" "${EXTRA_ARGS[@]}"
 
-# Plot the statistics of every run in the workspace (results/1_aug.pdf).
+# Plot the statistics of every run in the workspace (results/1_aug.pdf, relative to the current directory).
 "$PY" "$REPO/utils/plot_statistics.py" plot --dataset_dir="$DATASET_DIR" --workspace="$WORKSPACE" --select=1_aug
