@@ -273,6 +273,10 @@ def test_eval_cache_reads_the_sets_once_and_scores_the_same(tiny_ws, monkeypatch
     assert runs["off"][2] == 3 * eval_rows   # evaluations at 0, 2 and 4
     assert runs["on"][2] == eval_rows
     assert "Evaluation set eval: 3 clips kept in host memory" in caplog.text
+    # An untrained model's scores are constant: the warning names the set, uncached (off) as cached (on).
+    constant = [r.getMessage() for r in caplog.records if "(nearly) constant" in r.getMessage()]
+    assert constant and all(m.startswith("model scores on evaluation set ") for m in constant)
+    assert {m.split()[5] for m in constant} >= {"balanced_train"}
     for key in ("bal", "test"):
         for a, b in zip(runs["off"][0][key], runs["on"][0][key], strict=True):
             assert a["iteration"] == b["iteration"]

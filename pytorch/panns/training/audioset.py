@@ -342,7 +342,9 @@ class AudioSetTask:
     # ------------------------------------------------------------------------ training.core.Task
     def evaluate(self, iteration: int, trained: Meter) -> None:
         t0 = time.perf_counter()
-        results = {key: self.evaluator.evaluate(loader) for key, loader in self.eval_loaders.items()}
+        sets = {"bal": "balanced_train", "test": "eval"}   # named in warnings (uncached loaders carry no name)
+        results = {key: self.evaluator.evaluate(loader, name=f"evaluation set {sets[key]}")
+                   for key, loader in self.eval_loaders.items()}
         if self.info.is_main:   # rank 0 alone holds the metrics
             for key in ("bal", "test"):
                 r = results[key]
