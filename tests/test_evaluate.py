@@ -13,6 +13,8 @@ from sklearn import metrics
 
 from panns.errors import PannsError
 
+from data_helpers import FixedScores
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -52,16 +54,6 @@ def test_perfect_scores_give_finite_d_prime():
     assert empty["ap_classes"] == 0 and np.isfinite(empty["mAP"])
 
 
-class _Fixed(torch.nn.Module):
-    """Returns stored scores per item (first waveform sample = item id)."""
-
-    def __init__(self, scores):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1))
-        self.scores = torch.as_tensor(scores, dtype=torch.float32)
-
-    def forward(self, x, mixup_lambda=None):
-        return {"clipwise_output": self.scores[x[:, 0].long()] + 0 * self.w}
 
 
 def test_evaluator_over_batches_matches_metrics():
@@ -71,7 +63,7 @@ def test_evaluator_over_batches_matches_metrics():
     n, c = 10, 3
     target = (rs.rand(n, c) > 0.5).astype(np.float32)
     scores = rs.rand(n, c)
-    model = _Fixed(scores)
+    model = FixedScores(scores)
     model.train()
     loader = [{"audio_name": np.array([f"Y{i}.wav" for i in idx]),
                "waveform": np.stack([np.full(8, i, np.float32) for i in idx]), "target": target[idx]}
@@ -116,8 +108,8 @@ def test_compiled_evaluator_runs_one_shape_and_matches_eager(caplog):
 
     torch._dynamo.reset()
     try:
-        eager = Evaluator(_Fixed(scores)).evaluate(_loader(target, (4, 4, 2)))
-        ev = Evaluator(_Fixed(scores), compile_backend=recording, batch_size=4)
+        eager = Evaluator(FixedScores(scores)).evaluate(_loader(target, (4, 4, 2)))
+        ev = Evaluator(FixedScores(scores), compile_backend=recording, batch_size=4)
         first = ev.evaluate(_loader(target, (4, 4, 2)))
         second = ev.evaluate(_loader(target[:7], (4, 3)))   # another set, another last-batch size: same graph
         torch._dynamo.reset()
@@ -126,7 +118,7 @@ def test_compiled_evaluator_runs_one_shape_and_matches_eager(caplog):
             raise RuntimeError("no compiler here")
 
         with caplog.at_level(logging.WARNING, logger="panns.evaluate"):
-            fallback = Evaluator(_Fixed(scores), compile_backend=failing, batch_size=4).evaluate(
+            fallback = Evaluator(FixedScores(scores), compile_backend=failing, batch_size=4).evaluate(
                 _loader(target, (4, 4, 2)))
     finally:
         torch._dynamo.reset()
@@ -155,7 +147,7 @@ def test_constant_outputs_warn_and_are_counted(caplog):
               for idx in (np.arange(0, 6), np.arange(6, 12))]
     constant = np.tile(rs.rand(1, c), (n, 1)) + 1e-7 * rs.randn(n, c)   # same scores for every clip
     with caplog.at_level(logging.WARNING, logger="panns.evaluate"):
-        r = Evaluator(_Fixed(constant)).evaluate(loader)
+        r = Evaluator(FixedScores(constant)).evaluate(loader)
     warned = [rec for rec in caplog.records if "constant" in rec.getMessage()]
     assert len(warned) == 1 and "\n" not in warned[0].getMessage()
     assert "BatchNorm" in warned[0].getMessage() and "learning rate" in warned[0].getMessage()
@@ -166,7 +158,7 @@ def test_constant_outputs_warn_and_are_counted(caplog):
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="panns.evaluate"):
-        ok = Evaluator(_Fixed(rs.rand(n, c))).evaluate(loader)   # a model that tells clips apart
+        ok = Evaluator(FixedScores(rs.rand(n, c))).evaluate(loader)   # a model that tells clips apart
     assert ok["degenerate_classes"] == 0 and not [rec for rec in caplog.records if "constant" in rec.getMessage()]
 
 

@@ -22,6 +22,8 @@ from panns import runtime
 from panns import stream
 from panns.postprocess import detect_events
 
+from data_helpers import FixedScores
+
 SR = 32000
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -169,14 +171,6 @@ def test_detect_events_gives_plain_floats():
 
 
 # ----------------------------------------------------------------------------- evaluation: which set
-class _Fixed(torch.nn.Module):
-    def __init__(self, scores):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1))
-        self.scores = torch.as_tensor(scores, dtype=torch.float32)
-
-    def forward(self, x, mixup_lambda=None):
-        return {"clipwise_output": self.scores[x[:, 0].long()] + 0 * self.w}
 
 
 class _Named(list):
@@ -196,8 +190,8 @@ def test_constant_output_warning_names_the_set(caplog):
     with caplog.at_level(logging.WARNING, logger="panns.evaluate"):
         compute_metrics(target, constant)
         compute_metrics(target, constant, name="eval")
-        Evaluator(_Fixed(constant)).evaluate(batches, name="balanced_train")
-        Evaluator(_Fixed(constant)).evaluate(_Named(batches))   # a cached set's own name
+        Evaluator(FixedScores(constant)).evaluate(batches, name="balanced_train")
+        Evaluator(FixedScores(constant)).evaluate(_Named(batches))   # a cached set's own name
     warned = [m for m in _messages(caplog) if "constant" in m]
     assert len(warned) == 4
     assert warned[0].startswith("model scores are (nearly) constant across the 12 evaluated clips")
