@@ -18,9 +18,9 @@ the pretrained checkpoint or the registry)::
     ... --dataset_dir my_sounds/ --workspace ws --linear_probe
 
 Outputs under ``<workspace>/finetune/<run name>/``: ``best.pth`` / ``latest.pth`` (with ``--freeze_base``,
-latest.pth refers to the base by path and digest instead of holding it; best.pth is self-describing:
-``pytorch/inference.py audio_tagging --checkpoint_path best.pth --audio_path x.wav`` prints the new classes
-with probabilities), ``report.txt`` (per-class report of the best checkpoint), ``metrics.jsonl`` (one line per
+both refer to the base by path and digest instead of holding it: ``export`` writes a self-contained copy;
+best.pth carries the labels and config: ``pytorch/inference.py audio_tagging --checkpoint_path best.pth
+--audio_path x.wav`` prints the new classes with probabilities), ``report.txt`` (per-class report of the best checkpoint), ``metrics.jsonl`` (one line per
 evaluation), ``run.json`` (resolved settings, versions, git commit), ``logs/``; ``linear_probe.pth`` for
 ``--linear_probe`` (a regular Transfer_<Base> checkpoint whose head is the fitted probe: tag with it like
 ``best.pth``). A run folder that already holds a run is refused unless ``--resume`` (continue it exactly from
