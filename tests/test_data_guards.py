@@ -50,8 +50,9 @@ def test_index_writers_refuse_to_overwrite_their_inputs_and_waveform_files(small
     before = _digest(w)
     with pytest.raises(PannsError, match="is the input"):
         ci.create_indexes(w, w)
-    with pytest.raises(PannsError, match="is the input"):
-        ci.create_indexes(w, str(tmp_path / "nowhere" / ".." / "w.h5"))
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(PannsError, match="is the input"):   # the input spelt another way
+        ci.create_indexes(w, str(tmp_path / "sub" / ".." / "w.h5"))
     other = str(tmp_path / "other.h5")
     shutil.copy(wave, other)
     with pytest.raises(PannsError, match="existing waveform HDF5"):
@@ -83,6 +84,20 @@ def test_pack_refuses_output_that_is_its_csv_or_a_folder(small, tmp_path):
         _pack(info, folder)
     assert set(os.listdir(tmp_path)) == {"seg.csv", "out.h5"}   # no .missing.csv beside it
     assert os.listdir(folder) == []
+
+
+def test_outputs_through_a_missing_folder_and_back_are_one_line_before_any_work(small, tmp_path, monkeypatch):
+    # 'nodir/../x.h5' cannot be opened while nodir does not exist: refused up front, not after packing
+    # with an error about a temporary file; nothing is created (neither nodir nor a temp)
+    info, wave = small
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ds, "read_segments_csv", lambda *a: pytest.fail("packing started"))
+    with pytest.raises(PannsError, match=r"output nodir/\.\./w\.h5 goes through nodir, which does not exist.*"
+                                         r"write it as w\.h5"):
+        _pack(info, "nodir/../w.h5")
+    with pytest.raises(PannsError, match=r"index file nodir/\.\./i\.h5 goes through nodir, which does not exist"):
+        ci.create_indexes(wave, "nodir/../i.h5")
+    assert os.listdir(tmp_path) == []
 
 
 def test_unwritable_output_folder_is_not_called_a_full_disk(small):

@@ -4,6 +4,7 @@ nothing lost (tests/test_inference.py, test_extract.py and test_stream.py cover 
 Checkpoints are tiny random Cnn6 / Cnn6_DecisionLevelAvg files with their config; nothing is downloaded."""
 import io
 import json
+import os
 import sys
 import warnings
 
@@ -16,6 +17,7 @@ import torch
 from panns import checkpoint
 from panns import inference
 from panns import models
+from panns import utilities
 from panns import validate
 from panns.errors import PannsError
 
@@ -97,6 +99,51 @@ def test_missing_output_folders_are_created(env, tmp_path, capsys):
     inference.main(["audio_tagging", TORCH, f"--checkpoint_path={env['ckpt']}", f"--audio_path={env['a']}",
                     f"--output={out}", f"--class_labels_csv={env['labels']}", "--top_k=1"])
     assert out.is_file()
+
+
+@pytest.mark.parametrize("command,flag,name", [("audio_tagging", "--output", "x.json"),
+                                               ("sound_event_detection", "--framewise_output", "x.npy"),
+                                               ("sound_event_detection", "--output_dir", "figs"),
+                                               ("extract_embeddings", "--output_path", "x.h5"),
+                                               ("export", "--output", "x.onnx")])
+def test_output_through_a_missing_folder_and_back_is_refused_before_the_model_loads(env, tmp_path, monkeypatch,
+                                                                                    command, flag, name):
+    # 'nodir/../x' cannot be opened while nodir does not exist: every front door says so in one line up
+    # front (writers used to fail after the work, about a temporary file), and creates nothing
+    if command == "export":
+        pytest.importorskip("onnx")
+    _loads_no_model(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    ckpt = env["sed"] if command == "sound_event_detection" else env["ckpt"]
+    argv = [command, f"--checkpoint_path={ckpt}", f"{flag}=nodir/../{name}"]
+    if command != "export":
+        argv += [TORCH, f"--audio_path={env['a']}"]
+    with pytest.raises(PannsError, match=rf"^{flag} nodir/\.\./{name} goes through nodir, which does not exist.* "
+                                         rf"write it as {name}$"):
+        inference.main(argv)
+    assert os.listdir(tmp_path) == []
+
+
+def test_output_paths_that_the_file_system_reads_otherwise_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "real" / "d").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "d")
+    (tmp_path / "sub").mkdir()
+    for path, message in [("new/sub/../../x.h5", "goes through new, which does not exist"),
+                          ("sub/new/../x.h5", "goes through sub/new, which does not exist.*write it as sub/x.h5"),
+                          ("afile/../x.h5", "goes through afile, which is a file"),
+                          ("link/../x.h5", f"after the link link leads to {tmp_path / 'real'}, not {tmp_path}")]:
+        with pytest.raises(PannsError, match=message):
+            utilities.check_output_path(path)
+        with pytest.raises(PannsError, match=message):   # a library writer that skipped the check
+            utilities.atomic_write_text(path, "x")
+    for path in ["sub/../x.h5", "../x.h5", "new/sub/x.h5", "link/x.h5", "./sub/./x.h5"]:
+        utilities.check_output_path(path)   # '..' through a real folder, and folders the writer creates
+    utilities.atomic_write_text("sub/../x.txt", "x")
+    assert (tmp_path / "x.txt").read_text() == "x"
+    assert sorted(os.listdir(tmp_path)) == ["afile", "link", "real", "sub", "x.txt"]
+    assert os.listdir(tmp_path / "real") == ["d"] and os.listdir(tmp_path / "sub") == []
 
 
 def test_export_over_its_own_checkpoint_is_refused(env, tmp_path, monkeypatch):

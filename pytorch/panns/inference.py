@@ -55,8 +55,8 @@ from panns.frontend import add_frontend_args, frontend_overrides
 from panns.postprocess import Event, EventTracker, detect_events, tags_of, top_indexes  # noqa: F401 (re-exported)
 from panns.runtime import AUTO_SEGMENT_SECONDS, AUTO_WINDOW_SECONDS, Runtime
 from panns.runtime import gather_inputs, resolve_labels  # noqa: F401 (re-exported: shared with extract.py)
-from panns.utilities import (Progress, atomic_write, check_free_space, create_folder, disk_full_error, get_filename,
-                             remove_stale_temps)
+from panns.utilities import (Progress, atomic_write, check_dotdot, check_free_space, create_folder, disk_full_error,
+                             get_filename, remove_stale_temps)
 
 logger = logging.getLogger("inference")
 
@@ -361,6 +361,7 @@ def check_outputs(args, paths: Sequence[str] = ()) -> None:
             raise PannsError(f"--{key} must end in {' or '.join(exts)}, got {path}")
         outputs.append((f"--{key}", path))
     if getattr(args, "output_dir", None) and not getattr(args, "no_plot", True) and paths:
+        check_dotdot(args.output_dir, "--output_dir")   # named as given, not as its first figure
         # the figures all go to one folder: the first one stands for the folder's checks
         outputs.append(("--output_dir figure", _figure_paths(paths[:1], args.output_dir)[0]))
     validate.output_paths(outputs, inputs=[args.checkpoint_path, getattr(args, "class_labels_csv", None),

@@ -6,6 +6,7 @@ import errno
 import glob
 import logging
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -202,10 +203,40 @@ def disk_full_error(path: str, needed_bytes: int | None = None) -> DiskFullError
     return DiskFullError(f"disk full while writing {path} ({free}{need}); free space and re-run")
 
 
+def check_dotdot(path: str, what: str = "output") -> None:
+    """Refuse an output path (a file or a folder) whose ``..`` the file system reads otherwise than its spelling.
+
+    Every writer normalises the folder (``abspath``: makedirs, the temporary file) but the file system
+    resolves the final name one part at a time: ``nodir/../x.h5`` cannot be opened while ``nodir`` does
+    not exist (a shell's ``>`` fails the same way), and ``link/../x.h5`` is beside the link's target, not
+    beside the link. Both would fail (or land elsewhere) only after the work, about a temporary file."""
+    parts = pathlib.PurePath(path).parts   # keeps '..' (PurePath only drops '.' and repeated slashes)
+    for i, part in enumerate(parts):
+        if part != "..":
+            continue
+        before = os.path.join(*parts[:i]) if i else os.curdir
+        if not os.path.isdir(before):
+            missing = before
+            while os.path.dirname(missing) and not os.path.isdir(os.path.dirname(missing)):
+                missing = os.path.dirname(missing)
+            state = "is a file" if os.path.exists(missing) else "does not exist"
+            raise PannsError(f"{what} {path} goes through {missing}, which {state}, and back out with '..' "
+                             f"(the file system cannot follow that); write it as {os.path.normpath(path)}")
+        real = os.path.realpath(os.path.join(before, ".."))        # what the file system opens
+        spelt = os.path.realpath(os.path.abspath(os.path.join(before, "..")))   # what the writers create
+        if real != spelt:
+            raise PannsError(f"{what} {path}: the '..' after the link {before} leads to {real}, not {spelt}; "
+                             "give the folder without '..'")
+
+
 def check_output_path(path: str, inputs: Sequence[str] = (), what: str = "output") -> None:
     """Refuse, before any work, an output that is a folder or the same file as one of ``inputs``
-    (writing it would destroy that input), and one whose folder cannot be written."""
-    full = os.path.abspath(path)   # normalised: 'a/../x.h5' is x.h5 even when a/ does not exist
+    (writing it would destroy that input), one whose folder cannot be written, and one whose ``..``
+    the file system reads otherwise than the writers (``nodir/../x.h5`` while ``nodir`` does not exist,
+    ``link/../x.h5``): missing folders are created by the writers, but never the ones a ``..`` leaves."""
+    path = os.fspath(path)
+    check_dotdot(path, what)
+    full = os.path.abspath(path)   # normalised: after check_dotdot, the file system reads it the same way
     if os.path.isdir(full):
         raise PannsError(f"{what} {path} is a folder; give a file name")
     for src in inputs:
@@ -229,7 +260,9 @@ def atomic_write(path: str, suffix: str = "") -> Iterator[str]:
 
     On any failure (an exception, Ctrl-C) the temporary file is removed, so ``path`` is either the
     old file or the complete new one. ``suffix`` keeps an extension that a writer needs (``.png``).
-    A full disk becomes a one-line ``DiskFullError`` naming ``path``."""
+    A full disk becomes a one-line ``DiskFullError`` naming ``path``; a ``..`` that the final rename
+    could not follow is refused before anything is written (``check_dotdot``)."""
+    check_dotdot(path)
     tmp = atomic_path(path) + suffix
     try:
         yield tmp
