@@ -231,6 +231,37 @@ def test_api_window_options_that_would_be_ignored_are_refused(cnn6_path, caplog)
     assert m.clipwise(clip, segment_seconds=0.5, hop_seconds=0.25).shape == (527,)
 
 
+def test_api_aggregate_given_is_told_apart_from_the_default(tmp_path, monkeypatch, caplog):
+    # The default (None: max) must pass where an aggregate said explicitly, even 'max', changes nothing
+    # and is refused, as the CLI refuses --aggregate without --segment_seconds.
+    torch.manual_seed(0)
+    path = str(tmp_path / "cnn6.pth")
+    checkpoint.save_checkpoint(path, {"model": models.create_model("Cnn6").state_dict(),
+                                      "config": checkpoint.ModelConfig.from_registry("Cnn6").to_dict()})
+    m = panns.load(path, device="cpu")
+    clip = (0.3 * np.random.RandomState(0).randn(32000)).astype(np.float32)
+    whole = m.clipwise(clip)
+    for value in ("mean", "max"):
+        with pytest.raises(PannsError, match=f"^aggregate {value} has no effect without segment_seconds"):
+            m.clipwise(clip, aggregate=value)
+    with pytest.raises(PannsError, match="hop_seconds 0.5 and aggregate mean have no effect"):
+        m.tag(clip, hop_seconds=0.5, aggregate="mean")
+    # with windows: the default is max, and mean is another result
+    windowed = m.clipwise(clip, segment_seconds=0.5)
+    np.testing.assert_array_equal(windowed, m.clipwise(clip, segment_seconds=0.5, aggregate="max"))
+    mean = m.clipwise(clip, segment_seconds=0.5, aggregate="mean")
+    assert not np.allclose(mean, windowed) and not np.allclose(windowed, whole)
+    assert (mean <= windowed + 1e-6).all()
+    # a recording long enough for automatic windows takes an aggregate without a segment (the rule is
+    # the one of the CLI: runtime.check_window_options); a shorter one beside it is warned about
+    monkeypatch.setattr(runtime, "AUTO_WINDOW_SECONDS", 0.75)
+    monkeypatch.setattr(runtime, "AUTO_SEGMENT_SECONDS", 0.5)
+    np.testing.assert_allclose(m.clipwise(clip, aggregate="mean"), mean, rtol=1e-5, atol=1e-6)
+    with caplog.at_level("WARNING"):
+        m.clipwise([clip, clip[:16000]], aggregate="mean")
+    assert "aggregate mean applies only to the 1 of 2 recordings" in caplog.text
+
+
 def test_a_bare_published_name_is_found_in_the_cache(tmp_path, monkeypatch, caplog):
     """`--checkpoint_path="Cnn6_mAP=0.343.pth"`, as the official commands write it, with the file where the
     README says to put it offline ($PANNS_CACHE), not in the current folder."""

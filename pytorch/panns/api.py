@@ -147,23 +147,24 @@ class Model:
 
     # -- outputs --------------------------------------------------------------------------------
     def predict(self, audio: Audio, sample_rate: Optional[int] = None, segment_seconds: Optional[float] = None,
-                hop_seconds: Optional[float] = None, aggregate: str = "max", batch_size: int = 8,
+                hop_seconds: Optional[float] = None, aggregate: Optional[str] = None, batch_size: int = 8,
                 framewise: bool = False) -> Union[WindowedPrediction, List[WindowedPrediction]]:
         """Everything the model outputs, per input: ``clipwise`` (classes,), ``embedding`` (D,) or
         None, ``framewise`` (frames, classes) when asked for (SED models), ``windows``, ``samples``.
 
         Clips are run whole (equal lengths batched together) unless ``segment_seconds`` is given
-        or a clip is longer than 600 s; then in sliding windows (see Runtime.predict_windows).
+        or a clip is longer than 600 s; then in sliding windows (see Runtime.predict_windows), their
+        outputs combined by ``aggregate`` (max when not given, or mean).
         Options out of range (``batch_size`` < 1, ``segment_seconds`` <= 0 or shorter than the model's
-        shortest input, ``aggregate`` other than max/mean, ``hop_seconds`` without ``segment_seconds``
-        when no input is over 600 s, ...) are a PannsError before any work."""
+        shortest input, ``aggregate`` other than max/mean, ``hop_seconds`` or ``aggregate`` given without
+        ``segment_seconds`` when no input is over 600 s, ...) are a PannsError before any work."""
         validate.options(batch_size=batch_size, segment_seconds=segment_seconds, hop_seconds=hop_seconds,
                          aggregate_=aggregate, framewise=framewise)
         waves, single = self.waveforms(audio, sample_rate)
         rt = self.runtime
         validate.segment_fits(segment_seconds, rt.min_samples, rt.sample_rate, self.model_type, "segment_seconds")
-        runtime.check_window_options([] if hop_seconds is None else [f"hop_seconds {hop_seconds:g}"], segment_seconds,
-                                     [len(w) / rt.sample_rate for w in waves], prefix="")
+        runtime.check_window_options(segment_seconds, [len(w) / rt.sample_rate for w in waves], hop_seconds, aggregate,
+                                     prefix="")
         results: List[Optional[WindowedPrediction]] = [None] * len(waves)
         whole = [i for i, w in enumerate(waves) if runtime.auto_segment(len(w), rt.sample_rate, segment_seconds) is None]
         if whole:

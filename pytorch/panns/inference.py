@@ -383,11 +383,10 @@ def check_window_options(args, paths: Sequence[str]) -> None:
     """``runtime.check_window_options`` over the files' lengths (a length that cannot be read counts as
     long) for the window flags given: --hop_seconds, and --aggregate when given explicitly (None until
     ``main`` resolves it to max)."""
-    given = [] if args.hop_seconds is None else [f"hop_seconds {args.hop_seconds:g}"]
-    if getattr(args, "aggregate_given", False):
-        given.append(f"aggregate {args.aggregate}")
-    if given and args.segment_seconds is None:
-        runtime.check_window_options(given, None, [audio_io.probe_seconds(p) or math.inf for p in paths])
+    aggregate = args.aggregate if getattr(args, "aggregate_given", False) else None
+    if (args.hop_seconds is not None or aggregate is not None) and args.segment_seconds is None:
+        runtime.check_window_options(None, [audio_io.probe_seconds(p) or math.inf for p in paths],
+                                     args.hop_seconds, aggregate)
 
 
 def _tag_files(args, sed: bool) -> int:
@@ -662,7 +661,7 @@ def export(args) -> int:
 def main(argv=None, prog: Optional[str] = None) -> None:
     args = build_parser(prog).parse_args(argv)
     if hasattr(args, "aggregate"):   # None in the parser so that a --aggregate given can be checked for effect
-        args.aggregate_given, args.aggregate = args.aggregate is not None, args.aggregate or "max"
+        args.aggregate_given, args.aggregate = args.aggregate is not None, args.aggregate or runtime.DEFAULT_AGGREGATE
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     for noisy in ("matplotlib", "numba", "PIL", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -47,6 +47,7 @@ OUTPUT_KEYS = ("clipwise_output", "embedding", "framewise_output")
 # (one forward of an hour of audio needs tens of GB).
 AUTO_WINDOW_SECONDS = 600.0
 AUTO_SEGMENT_SECONDS = 10.0
+DEFAULT_AGGREGATE = "max"   # how window outputs combine when no aggregate is given (None: not given)
 Waveforms = Union[np.ndarray, torch.Tensor, Sequence[np.ndarray]]
 Backend = Callable[[np.ndarray], Dict[str, np.ndarray]]
 
@@ -692,7 +693,7 @@ class Runtime:
             yield out
 
     def predict_windows(self, audio: Union[np.ndarray, Iterable[np.ndarray]], segment_seconds: Optional[float],
-                        hop_seconds: Optional[float] = None, aggregate: str = "max", batch_size: int = 8,
+                        hop_seconds: Optional[float] = None, aggregate: Optional[str] = None, batch_size: int = 8,
                         framewise: bool = False, framewise_sink: Optional[Callable[[np.ndarray], None]] = None,
                         on_window: Optional[Callable[[int], None]] = None) -> "WindowedPrediction":
         """One recording, whole or in sliding windows, streamed: ``audio`` is a 1-D array or an
@@ -705,7 +706,8 @@ class Runtime:
         framewise output is stitched on the model's frame grid (overlaps max/mean-combined).
         framewise: keep the (frames, classes) matrix in the result; framewise_sink: receive it in
         consecutive pieces as they become final (memory stays bounded for any length).
-        on_window(k): called after every k windows (progress)."""
+        on_window(k): called after every k windows (progress). aggregate: max or mean (None: max)."""
+        aggregate = DEFAULT_AGGREGATE if aggregate is None else aggregate
         blocks = [np.asarray(audio, dtype=np.float32)] if isinstance(audio, np.ndarray) else audio
         hop_size = self.hop_size
         win = None
@@ -797,13 +799,16 @@ def auto_segment(samples: int, sample_rate: int, segment_seconds: Optional[float
     return segment_seconds
 
 
-
-def check_window_options(given: Sequence[str], segment_seconds: Optional[float], seconds: Sequence[float],
+def check_window_options(segment_seconds: Optional[float], seconds: Sequence[float],
+                         hop_seconds: Optional[float] = None, aggregate: Optional[str] = None,
                          prefix: str = "--") -> None:
-    """Window options without a segment (``given``: e.g. ["hop_seconds 5", "aggregate mean"]) act only on
-    the automatic windows of recordings over AUTO_WINDOW_SECONDS (``auto_segment``); shorter ones run
-    whole. ``seconds``: each input's length (inf when unknown: counted as long). Refused when the options
-    change nothing, one warning when they change only some."""
+    """Window options without a segment (``hop_seconds``, ``aggregate``: as the user gave them, None when
+    not given - a default is not an option given, so ``aggregate='max'`` said explicitly is checked while
+    the default is not) act only on the automatic windows of recordings over AUTO_WINDOW_SECONDS
+    (``auto_segment``); shorter ones run whole. ``seconds``: each input's length (inf when unknown:
+    counted as long). Refused when the options change nothing, one warning when they change only some."""
+    given = ([] if hop_seconds is None else [f"hop_seconds {hop_seconds:g}"]) + \
+            ([] if aggregate is None else [f"aggregate {aggregate}"])
     if not given or segment_seconds is not None:
         return
     named = " and ".join(prefix + g for g in given)
