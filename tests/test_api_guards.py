@@ -5,6 +5,7 @@ import os
 import pickle
 import sys
 
+import h5py
 import numpy as np
 import pytest
 import soundfile as sf
@@ -260,6 +261,68 @@ def test_api_aggregate_given_is_told_apart_from_the_default(tmp_path, monkeypatc
     with caplog.at_level("WARNING"):
         m.clipwise([clip, clip[:16000]], aggregate="mean")
     assert "aggregate mean applies only to the 1 of 2 recordings" in caplog.text
+
+
+def _labelled_checkpoint(path, labels=None, classes_num: int = 4) -> str:
+    """A tiny Cnn6 with ``classes_num`` classes, carrying ``labels`` (None: none, as an official file)."""
+    with models.skip_init():
+        model = models.create_model("Cnn6", classes_num=classes_num)
+    cfg = checkpoint.ModelConfig.from_registry("Cnn6", classes_num=classes_num)
+    if labels:
+        cfg.labels, cfg.ids = list(labels), [f"/x/{i}" for i in range(len(labels))]
+    sd = {k: torch.full((), 0.01, dtype=v.dtype).expand(v.shape) for k, v in model.state_dict().items()}
+    torch.save({"model": sd, "config": cfg.to_dict()}, str(path))
+    return str(path)
+
+
+def _labels_csv(path, names) -> str:
+    rows = "".join(f'{i},/y/{i},"{n}"\n' for i, n in enumerate(names))
+    path.write_text("index,mid,display_name\n" + rows)
+    return str(path)
+
+
+def test_api_labels_csv_given_is_used_or_warned_about_never_dropped(tmp_path, caplog):
+    # A labels_csv said explicitly is not the default: for a checkpoint with its own labels it is not
+    # used, and a warning says so (the CLI's --class_labels_csv rule); it used to be dropped in silence
+    own = _labelled_checkpoint(tmp_path / "own.pth", ["dog", "cat", "bird", "cow"])
+    csv4 = _labels_csv(tmp_path / "four.csv", ["a", "b", "c", "d"])
+    with caplog.at_level("WARNING"):
+        assert panns.load(own, device="cpu").labels == ["dog", "cat", "bird", "cow"]
+    assert "ignored" not in caplog.text
+    with caplog.at_level("WARNING"):
+        assert panns.load(own, device="cpu", labels_csv=csv4).labels == ["dog", "cat", "bird", "cow"]
+    assert "checkpoint carries its own class labels; labels_csv ignored" in caplog.text
+    # a checkpoint without labels: the CSV given names the classes; one of another size is refused
+    bare = _labelled_checkpoint(tmp_path / "bare.pth")
+    assert panns.load(bare, device="cpu").labels == [f"class_{i}" for i in range(4)]
+    assert panns.load(bare, device="cpu", labels_csv=csv4).labels == ["a", "b", "c", "d"]
+    with pytest.raises(PannsError, match="the model has 4 classes but the label list .*three.csv.* has 3"):
+        panns.load(bare, device="cpu", labels_csv=_labels_csv(tmp_path / "three.csv", ["a", "b", "c"]))
+
+
+def test_extract_class_labels_csv_given_is_an_error_when_bad_not_an_info_line(tmp_path, caplog):
+    # extract_embeddings stores the label names when it can; a --class_labels_csv given that cannot
+    # name the classes was logged at INFO and the features written without names, as if not given
+    sf.write(str(tmp_path / "a.wav"), np.zeros(16000, np.float32), 32000)
+    bare = _labelled_checkpoint(tmp_path / "bare.pth")
+    base = ["extract_embeddings", "--backend=torch", f"--checkpoint_path={bare}", f"--audio_path={tmp_path / 'a.wav'}",
+            "--quiet"]
+    with pytest.raises(PannsError, match="the model has 4 classes but the label list .* has 3"):
+        inference.main(base + [f"--output_path={tmp_path / 'x.h5'}",
+                               f"--class_labels_csv={_labels_csv(tmp_path / 'three.csv', ['a', 'b', 'c'])}"])
+    assert not (tmp_path / "x.h5").exists()
+    inference.main(base + [f"--output_path={tmp_path / 'y.h5'}",
+                           f"--class_labels_csv={_labels_csv(tmp_path / 'four.csv', list('abcd'))}"])
+    with h5py.File(tmp_path / "y.h5", "r") as f:
+        assert [n.decode() if isinstance(n, bytes) else n for n in f["labels"][()]] == list("abcd")
+    own = _labelled_checkpoint(tmp_path / "own.pth", ["dog", "cat", "bird", "cow"])
+    with caplog.at_level("WARNING"):
+        inference.main(["extract_embeddings", "--backend=torch", f"--checkpoint_path={own}", "--quiet",
+                        f"--audio_path={tmp_path / 'a.wav'}", f"--output_path={tmp_path / 'z.h5'}",
+                        f"--class_labels_csv={tmp_path / 'four.csv'}"])
+    assert "checkpoint carries its own class labels; --class_labels_csv ignored" in caplog.text
+    with h5py.File(tmp_path / "z.h5", "r") as f:
+        assert [n.decode() if isinstance(n, bytes) else n for n in f["labels"][()]] == ["dog", "cat", "bird", "cow"]
 
 
 def test_a_bare_published_name_is_found_in_the_cache(tmp_path, monkeypatch, caplog):

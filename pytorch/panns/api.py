@@ -87,15 +87,11 @@ class Model:
     def __init__(self, rt: Runtime, labels_csv: Optional[str] = None):
         self.runtime = rt
         cfg = rt.config
-        if getattr(cfg, "labels", None):
-            self.labels, self.ids = list(cfg.labels), list(cfg.ids or [""] * len(cfg.labels))
-        elif rt.classes_num == config.AUDIOSET_CLASSES_NUM or labels_csv:
-            cl = config.read_class_labels(labels_csv)
-            self.labels, self.ids = list(cl.labels), list(cl.ids)
+        if getattr(cfg, "labels", None) or rt.classes_num == config.AUDIOSET_CLASSES_NUM or labels_csv:
+            # the CLI's rule: a labels_csv given for a checkpoint with its own labels is warned about, not dropped
+            self.labels, self.ids = runtime.resolve_labels(cfg, labels_csv, "labels_csv")
         else:
             self.labels, self.ids = [f"class_{i}" for i in range(rt.classes_num)], [""] * rt.classes_num
-        if len(self.labels) != rt.classes_num:
-            raise PannsError(f"the model has {rt.classes_num} classes but the label list has {len(self.labels)}")
 
     def __repr__(self) -> str:
         return (f"panns.Model({self.model_type}, {self.sample_rate} Hz, {self.runtime.classes_num} classes, "

@@ -795,9 +795,11 @@ def run(args) -> int:
         # every file cropped or padded to a window the model cannot take whole would be mostly padding
         validate.segment_fits(args.segment_seconds, ex.min_samples, ex.sample_rate, ex.config.model_type)
         ex.segment_flag = "--segment_seconds"
-        if not getattr(ex.config, "labels", None):
-            try:  # official checkpoints carry no labels: store the CSV's names if it is there
-                ex.labels = runtime.resolve_labels(ex.config, args.class_labels_csv)[0]
+        if args.class_labels_csv:   # given: used (a bad one is an error), or a warning says the checkpoint's win
+            ex.labels = runtime.resolve_labels(ex.config, args.class_labels_csv)[0]
+        elif not getattr(ex.config, "labels", None):
+            try:  # official checkpoints carry no labels: store the default CSV's names if it is there
+                ex.labels = runtime.resolve_labels(ex.config, None)[0]
             except PannsError as e:
                 logger.info("no class labels stored with the features (%s)", e)
         summary = extract_to_hdf5(ex, paths, args.output_path, overwrite=args.overwrite, rank=rank,

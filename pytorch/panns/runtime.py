@@ -523,14 +523,16 @@ def gather_inputs(specs: Sequence[str]) -> List[str]:
     return list(dict.fromkeys(os.path.normpath(p) if not os.path.isabs(p) else p for p in out))
 
 
-def resolve_labels(cfg, class_labels_csv: Optional[str]) -> Tuple[List[str], List[str]]:
-    """(labels, ids): the checkpoint's own list, else ``class_labels_csv`` (--class_labels_csv), else
-    the repository's AudioSet CSV; a count that differs from the model's classes is a PannsError."""
+def resolve_labels(cfg, class_labels_csv: Optional[str],
+                   flag: str = "--class_labels_csv") -> Tuple[List[str], List[str]]:
+    """(labels, ids): the checkpoint's own list, else ``class_labels_csv`` (``flag``; None: not given),
+    else the repository's AudioSet CSV; a count that differs from the model's classes is a PannsError.
+    A CSV given for a checkpoint with its own labels is not used, and a warning says so."""
     if getattr(cfg, "labels", None):
         labels = list(cfg.labels)
         ids = list(cfg.ids) if getattr(cfg, "ids", None) else [""] * len(labels)
         if class_labels_csv:
-            logger.warning("checkpoint carries its own class labels; --class_labels_csv ignored")
+            logger.warning("checkpoint carries its own class labels; %s ignored", flag)
     else:
         cl = read_class_labels(class_labels_csv)
         labels, ids = list(cl.labels), list(cl.ids)
