@@ -101,6 +101,63 @@ def test_two_nodes_with_own_workspaces_train_and_resume_exactly(tmp_path):
     assert sorted(os.listdir(cfg.checkpoints_dir))[-1] == "6_iterations.pth"
 
 
+def test_ctrl_c_on_one_node_stops_both_ranks_at_one_iteration_with_a_checkpoint(tmp_path):
+    """A Ctrl-C on node 1 alone (its whole process group: torchrun, the rank and its loader worker; torchrun then
+    passes the signal on once more): node 0 got nothing, yet both ranks stop at the same log point, rank 0 saves
+    that iteration's checkpoint with the loader's true position, and the worker exits 130 naming the resume flag."""
+    import re
+    import shutil
+    import signal
+    import time
+
+    from panns.checkpoint import load_checkpoint
+    from panns.training.config import TrainConfig
+
+    ws0, labels = make_workspace(str(tmp_path / "node0"), classes_num=3, train_per_class=3, eval_per_class=1)
+    ws1 = str(tmp_path / "node1" / "workspace")
+    shutil.copytree(ws0, ws1)
+    args = dict(model_type="Cnn6", data_type="balanced_train", balanced="none", augmentation="none",
+                batch_size=2, early_stop=100000, eval_every=100000, save_every=100000, num_workers=1, log_every=2,
+                class_labels_csv=labels, **FAST)
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs, logs = [], []
+    for node, ws in enumerate((ws0, ws1)):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
+               "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
+               os.path.join(REPO, "pytorch", "main.py"), "train", f"--workspace={ws}"] + \
+            [f"--{k}={v}" for k, v in args.items()]
+        logs.append(open(tmp_path / f"node{node}.err", "w+"))
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=logs[-1], text=True, env=env,
+                                      cwd=str(tmp_path), start_new_session=True))   # a terminal each
+    try:
+        deadline = time.monotonic() + 180
+        while "iteration: 4," not in (tmp_path / "node0.err").read_text():
+            assert time.monotonic() < deadline and procs[0].poll() is None, (tmp_path / "node0.err").read_text()[-3000:]
+            time.sleep(0.2)
+        os.killpg(procs[1].pid, signal.SIGINT)   # what a Ctrl-C in node 1's terminal does
+        for p in procs:
+            p.wait(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    err0, err1 = ((tmp_path / f"node{n}.err").read_text() for n in (0, 1))
+    stop = re.search(r"Stopped by SIGINT \(on rank 1\) at iteration (\d+): saved (\S+); continue with the same "
+                     r"command and --resume_iteration (\d+)", err0)
+    assert stop and stop.group(1) == stop.group(3), err0[-3000:]
+    n = int(stop.group(1))
+    assert n > 4 and n % 2 == 0, "the ranks agree at a log point after the signal"
+    assert "rank 1: SIGINT: stopping after this step with a checkpoint" in err1, err1[-3000:]
+    assert "exited unexpectedly" not in err0 + err1, "loader workers must leave the signal to the run"
+    assert re.search(r"exitcode\s*: 130 ", err0), err0[-3000:]   # torchrun's report of rank 0: stopped by SIGINT
+    cfg = TrainConfig(workspace=ws0, world_size=2, **args)
+    assert sorted(os.listdir(cfg.checkpoints_dir)) == ["0_iterations.pth", f"{n}_iterations.pth"]
+    ckpt = load_checkpoint(cfg.checkpoint_path(n))
+    assert ckpt["iteration"] == n and ckpt["sampler"]["batches"] == n and len(ckpt["rank_states"]) == 2
+    assert not os.path.exists(os.path.join(ws1, "checkpoints"))
+
+
 def test_an_input_missing_on_one_node_fails_every_rank_naming_the_node(monkeypatch):
     """check_everywhere: each rank checks its own inputs; one rank's one-line error reaches all, with node and rank."""
     from panns.devices import DistInfo

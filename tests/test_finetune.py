@@ -419,6 +419,42 @@ def test_resumed_fine_tune_equals_one_run_straight(dataset, pretrained, tmp_path
     assert b["config"]["labels"] == NAMES and b["rank_states"][0]["mixup"] is not None
 
 
+def test_a_signal_saves_latest_at_the_step_and_keeps_best(dataset, pretrained, tmp_path, monkeypatch, caplog):
+    """SIGTERM during step 3 (one loader worker): latest.pth holds iteration 3, best.pth stays the evaluated
+    iteration (unevaluated weights never become 'best'), the log names --resume, and --resume finishes the run."""
+    import signal
+
+    from panns.errors import Interrupted
+    from panns.training import config as tl
+
+    real_step, calls = tl.train_step, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(*args, **kwargs)
+
+    def run(*extra):
+        return ft.main(["train", "--model_type", "Transfer_Cnn6", "--pretrained_checkpoint_path", pretrained[1],
+                        "--dataset_dir", dataset, "--workspace", str(tmp_path), "--run_name", "stopped",
+                        "--batch_size", "2", "--iterations", "6", "--eval_every", "2", "--num_workers", "1",
+                        "--clip_seconds", "1.0", "--eval_fraction", "0.25", *extra])
+
+    monkeypatch.setattr(tl, "train_step", step)
+    with caplog.at_level("WARNING", logger="main"), pytest.raises(Interrupted) as stopped:
+        run()
+    assert stopped.value.signum == signal.SIGTERM and len(calls) == 3
+    run_dir = tmp_path / "finetune" / "stopped"
+    assert "Stopped by SIGTERM at iteration 3" in caplog.text and "--resume" in caplog.text
+    latest = checkpoint.load_checkpoint(str(run_dir / "latest.pth"))
+    assert latest["iteration"] == 3 and latest["sampler"]["batches"] == 3
+    assert checkpoint.load_checkpoint(str(run_dir / "best.pth"))["iteration"] in (0, 2)
+    monkeypatch.setattr(tl, "train_step", real_step)
+    run("--resume")
+    assert checkpoint.load_checkpoint(str(run_dir / "latest.pth"))["iteration"] == 6
+
+
 def test_shuffled_sampler_resumes_by_position():
     """The fine-tune sampler resumes like the AudioSet ones: state_dict(batches_consumed) -> the same
     next batches (clip and stream position); a state of another data set is refused."""

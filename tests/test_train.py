@@ -444,3 +444,61 @@ def test_console_log_follows_stderr(tmp_path, monkeypatch):
         if getattr(h, "_panns", False):
             logging.getLogger().removeHandler(h)
             h.close()
+
+
+def test_a_signal_stops_at_the_step_boundary_with_a_checkpoint_that_resumes_exactly(tiny_ws, monkeypatch, caplog):
+    """Ctrl-C during step 2 (a loader worker running): the step finishes, 2_iterations.pth is saved, the run raises
+    Interrupted (exit 130 from the CLI) naming the resume flag; resuming from it ends equal to a run straight
+    through. The handlers are put back afterwards."""
+    import signal
+
+    from panns.errors import Interrupted
+    from panns.main import train
+    from panns.training import config as tl
+
+    ws, labels = tiny_ws
+    cfg = tiny_config(ws, labels, num_workers=1, early_stop=4, overwrite=True)
+    straight = _state(train(cfg)["checkpoint_path"])
+
+    real_step, calls = tl.train_step, []
+
+    def interrupted_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(tl, "train_step", interrupted_step)
+    before = signal.getsignal(signal.SIGINT)
+    with caplog.at_level("WARNING", logger="main"), pytest.raises(Interrupted) as stopped:
+        train(cfg)
+    assert stopped.value.signum == signal.SIGINT and len(calls) == 2, "the run stops after the step it was in"
+    assert signal.getsignal(signal.SIGINT) is before
+    assert "Stopped by SIGINT at iteration 2: saved" in caplog.text and "--resume_iteration 2" in caplog.text
+    assert sorted(os.listdir(cfg.checkpoints_dir)) == ["0_iterations.pth", "2_iterations.pth"]
+    assert _state(cfg.checkpoint_path(2))["sampler"]["batches"] == 2
+
+    monkeypatch.setattr(tl, "train_step", real_step)
+    cfg.resume_iteration, cfg.overwrite = 2, False
+    _assert_same_state(straight, _state(train(cfg)["checkpoint_path"]))
+
+
+def test_a_second_ctrl_c_stops_at_once_and_signals_together_are_one_request():
+    """StopSignals: the first signal is a request; a SIGTERM or SIGINT within the grace time (torchrun passing on
+    the terminal's Ctrl-C) is the same request; a later Ctrl-C raises KeyboardInterrupt at once."""
+    import signal
+    import time
+
+    from panns.training.core import StopSignals
+
+    term = signal.getsignal(signal.SIGTERM)
+    with StopSignals(grace_s=0.5) as s:
+        assert s.requested is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert s.requested == signal.SIGTERM
+        time.sleep(0.6)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+    assert signal.getsignal(signal.SIGTERM) is term

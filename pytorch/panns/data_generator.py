@@ -54,6 +54,7 @@ import hashlib
 import logging
 import os
 import random
+import signal
 import time
 import weakref
 from dataclasses import dataclass
@@ -627,10 +628,21 @@ def train_loader(sample_rate: int, batch_sampler, num_workers: int, device: torc
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """DataLoader worker init: seed numpy and random from torch's per-worker seed (distinct per worker/epoch)."""
+    """DataLoader worker init: seed numpy and random from torch's per-worker seed (distinct per worker/epoch);
+    stop signals are the parent's (:func:`leave_signals_to_parent`)."""
     seed = torch.initial_seed() % (2 ** 32)
     np.random.seed(seed)
     random.seed(seed)
+    leave_signals_to_parent()
+
+
+def leave_signals_to_parent(worker_id: int = 0) -> None:
+    """A training loader's worker ignores Ctrl-C and SIGTERM (a DataLoader ``worker_init_fn``). A terminal's
+    Ctrl-C and a cluster's SIGTERM reach every process of the job, and a worker quits on them, so the training
+    run, which stops at the next step boundary with a checkpoint, would find its loader dead. The workers end
+    with their loader (and notice a parent that died: DataLoader's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ------------------------------------------------------------------------------------------------

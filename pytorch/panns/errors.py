@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -25,6 +26,15 @@ class CheckpointError(PannsError):
     """A checkpoint is missing, corrupt or does not match the requested model."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal (Ctrl-C, SIGTERM) that has already logged what it kept and how to continue:
+    :func:`run_cli` adds no line of its own and exits with 128 + the signal's number, as a shell reports it."""
+
+    def __init__(self, signum: int = signal.SIGINT, message: str = ""):
+        super().__init__(message)
+        self.signum = int(signum)
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Run ``main()``; print user errors as ``error: <message>`` and exit with status 2."""
     try:
@@ -35,6 +45,8 @@ def run_cli(main: Callable[[], object]) -> None:
         # of a tool ended by SIGPIPE; stdout goes to devnull so the exit-time flush cannot complain again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)
+    except Interrupted as e:
+        sys.exit(128 + e.signum)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)

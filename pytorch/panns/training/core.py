@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple, Union
@@ -31,7 +34,7 @@ from panns import data_generator as dg
 from panns import models
 from panns.training import config as tl
 from panns.devices import DistInfo
-from panns.errors import CheckpointError, PannsError
+from panns.errors import CheckpointError, Interrupted, PannsError
 from panns.frontend import FRONTEND_KEYS
 from panns.utilities import Mixup, Progress
 
@@ -116,6 +119,52 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> None:
     models.prepare_fft(model)
 
 
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (a cluster's pre-emption or time limit, ``kill``, torchrun passing a signal on)
+    ask a training run to stop at the next step boundary with a checkpoint, instead of losing everything since the
+    last one (the official cadence saves every 100,000 iterations). The handler only records the request and says so
+    on stderr; the loop acts on it. Another Ctrl-C more than ``grace_s`` later stops at once, without saving (the
+    last checkpoint stays); signals within ``grace_s`` of the first are the same request (under torchrun a worker
+    gets the terminal's Ctrl-C and then the agent's copy of it). Handlers are installed only in the main thread
+    (Python allows no other) and put back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, who: str = "", grace_s: float = 2.0):
+        self.requested: Optional[int] = None   # the first signal's number
+        self.who, self.grace_s = who, grace_s
+        self._first = 0.0
+        self._previous: Dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        now = time.monotonic()
+        if self.requested is None:
+            self.requested, self._first = signum, now
+            self._say(f"\n{self.who}{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+                      "(Ctrl-C again to stop at once without one)\n")
+        elif signum == signal.SIGINT and now - self._first > self.grace_s:
+            raise KeyboardInterrupt
+
+    def _say(self, text: str) -> None:
+        # os.write, not print or logging: a handler can run while the main thread is inside a write to
+        # stderr (the progress bar), and re-entering a buffered stream raises.
+        try:
+            os.write(2, text.encode())
+        except OSError:
+            pass
+
+
 class Task(Protocol):
     """What an entry point supplies to the :class:`Trainer`."""
 
@@ -190,6 +239,8 @@ class Trainer:
         self.trained = Meter()   # since the last evaluation
         self.progress = Progress(settings.iterations, "iteration", enabled=info.is_main, every_s=60.0, unit="it",
                                  start=self.iteration)
+        self.signals = StopSignals(who=f"rank {info.rank}: " if info.distributed else "")
+        self._agreed_stop: Optional[Tuple[int, int]] = None   # distributed: a stop all ranks know of (check_losses)
 
     def _wrap(self, raw: torch.nn.Module, clip_samples: int) -> torch.nn.Module:
         """DDP (with SyncBatchNorm if asked), then torch.compile of the DDP module - the order PyTorch
@@ -238,11 +289,14 @@ class Trainer:
         if pin:
             amp.pin_ieee_fp32()
         try:
-            return self._loop()
-        except KeyboardInterrupt:
+            with self.signals:
+                return self._loop()
+        except Interrupted:
+            raise
+        except KeyboardInterrupt:   # a second Ctrl-C: stopped at once, mid-step
             if self.info.is_main:   # where to continue from, in the log and on the console
                 logger.warning("Interrupted at iteration %d; %s", self.iteration, self.stop_note())
-            raise
+            raise Interrupted(signal.SIGINT) from None
         finally:
             if pin:
                 amp.unpin_ieee_fp32()
@@ -258,6 +312,9 @@ class Trainer:
                 self.save(it)
             if it >= self.s.iterations:
                 break
+            stop = self.stop_requested(it)
+            if stop is not None:
+                self.stop(it, stop)
             batch, wait = self.next_batch()
             scalars = self.step(batch)
             it += 1
@@ -270,6 +327,35 @@ class Trainer:
                 self.log_progress(it)
             self.progress.to(it)
         return it
+
+    def stop_requested(self, it: int) -> Optional[Tuple[int, int]]:
+        """(signal number, rank that got it) when the run is to stop before step ``it + 1``, else None.
+
+        One process reads its own flag at every step boundary. Ranks of a distributed run may see a signal at
+        different steps (or only one rank gets it), so they agree where :meth:`check_losses` gathers anyway (log
+        lines, evaluations, checkpoints): there every rank learns of any rank's signal, and all stop at the same
+        iteration, without another collective."""
+        if self.info.distributed:
+            return self._agreed_stop
+        mine = self.signals.requested
+        return None if mine is None else (mine, self.info.rank)
+
+    def stop(self, it: int, request: Tuple[int, int]) -> None:
+        """Stop at iteration ``it`` on a signal: save a checkpoint there (unless one was just saved), log where to
+        continue from, close the loaders and raise :class:`Interrupted` (exit status 128 + the signal)."""
+        signum, rank = request
+        self.check_losses(it)   # no checkpoint of weights a NaN step has spoilt
+        if self.saved_iteration != it:
+            self.save(it)
+        self.progress.close()
+        if self.info.is_main:
+            who = f" (on rank {rank})" if self.info.distributed else ""
+            saved = f"saved {self.last_saved}; " if it else ""   # iteration 0: the hint says nothing was trained
+            logger.warning("Stopped by %s%s at iteration %d: %s%s", signal.Signals(signum).name, who, it, saved,
+                           self.task.resume_hint(it))
+        self._batches = None
+        self.task.close_loaders()
+        raise Interrupted(signum)
 
     def stop_note(self) -> str:
         """The last checkpoint and how to continue from it (the task's resume flag), for a stopped run."""
@@ -293,9 +379,12 @@ class Trainer:
             bad = torch.nonzero(~torch.isfinite(stacked)).flatten()
             if len(bad):
                 first = (it - len(losses) + 1 + int(bad[0]), float(stacked[bad[0]]))
-        if self.info.distributed:   # every rank stops together (the others would wait in the next collective)
-            found = [f for f in tl.all_gather_object(self.info, first) if f is not None]
+        if self.info.distributed:   # every rank stops together (the others would wait in the next collective);
+            # the ranks' stop signals travel in the same collective (see stop_requested)
+            gathered = tl.all_gather_object(self.info, (first, self.signals.requested))
+            found = [f for f, _ in gathered if f is not None]
             first = min(found) if found else None
+            self._agreed_stop = next(((s, rank) for rank, (_, s) in enumerate(gathered) if s is not None), None)
         if first is None:
             return
         bad_it, value = first

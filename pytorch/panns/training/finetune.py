@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from panns import checkpoint as ckpt_lib
+from panns import data_generator as dg
 from panns import devices, losses, models, runtime
 from panns import finetune_data as fd
 from panns import probe
@@ -254,6 +255,7 @@ class FineTuneTask:
             fd.ClipDataset(cache, data.train, clip_samples, train=True, seed=args.seed),
             batch_sampler=self.train_sampler, collate_fn=fd.collate, num_workers=workers,
             persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+            worker_init_fn=dg.leave_signals_to_parent if workers > 0 else None,
             generator=torch.Generator().manual_seed(args.seed))
         self.eval_loader = torch.utils.data.DataLoader(
             fd.ClipDataset(cache, data.eval, clip_samples, train=False), batch_size=args.batch_size, shuffle=False,
@@ -313,6 +315,7 @@ class FineTuneTask:
             ckpt_lib.save_checkpoint(self.best_path, {k: ckpt[k] for k in keep if k in ckpt})
             atomic_write_text(os.path.join(self.run_dir, "report.txt"), f"{self.data.source}\nbest checkpoint: "
                               f"{self.best_path} (iteration {iteration})\n\n{self.scores['report']}\n")
+            self.improved = False   # a later save without an evaluation (a stop on a signal) keeps best.pth
         return self.latest_path
 
     def load_extra(self, ckpt: Dict[str, Any], iteration: int) -> None:
