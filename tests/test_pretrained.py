@@ -1,7 +1,9 @@
 """Pretrained catalogue and resumable downloads, against a loopback HTTP server (127.0.0.1 only)."""
+import dataclasses
 import hashlib
 import http.server
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -155,10 +157,18 @@ def _small_official_checkpoint(path, model_type="Cnn6"):
     return model
 
 
+def _publish(monkeypatch, model_type, data):
+    """The catalogue entry of ``model_type`` with the digest of ``data`` (a stand-in for the record's file)."""
+    entry = dataclasses.replace(pretrained.CATALOGUE[model_type], checksum="md5:" + hashlib.md5(data).hexdigest())
+    monkeypatch.setitem(pretrained.CATALOGUE, model_type, entry)
+    return entry
+
+
 def test_get_checkpoint_downloads_validates_and_caches(tmp_path, monkeypatch):
     src = tmp_path / "src.pth"
     _small_official_checkpoint(str(src))
-    entry = pretrained.lookup("Cnn6")
+    entry = _publish(monkeypatch, "Cnn6", src.read_bytes())
+    _publish(monkeypatch, "Cnn10", src.read_bytes())
     cache = tmp_path / "cache"
     monkeypatch.setenv("PANNS_CACHE", str(cache))
     with _Server({entry.filename: src.read_bytes()}, drop_first=True) as srv:
@@ -176,6 +186,28 @@ def test_get_checkpoint_downloads_validates_and_caches(tmp_path, monkeypatch):
         with pytest.raises(PannsError, match="does not load as Cnn10"):
             pretrained.get_checkpoint("Cnn10", progress=False)
         assert not (cache / pretrained.lookup("Cnn10").filename).exists()
+
+
+def test_a_published_file_with_another_digest_is_not_installed(tmp_path, monkeypatch):
+    """The catalogue's digests are the record's: a mirror (PANNS_CHECKPOINT_BASE_URL) or a transfer that
+    delivers other bytes installs nothing, even though those bytes load as the model."""
+    src = tmp_path / "src.pth"
+    _small_official_checkpoint(str(src))
+    entry = pretrained.lookup("Cnn6")
+    assert entry.checksum == "md5:e25e26b84585b14c7754c91e48efc9be"   # the record's file, not our stand-in
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PANNS_CACHE", str(cache))
+    with _Server({entry.filename: src.read_bytes()}) as srv:
+        monkeypatch.setenv("PANNS_CHECKPOINT_BASE_URL", srv.url)
+        with pytest.raises(PannsError) as ei:
+            pretrained.get_checkpoint("Cnn6", progress=False)
+    msg = str(ei.value)
+    assert "\n" not in msg and "does not match md5 e25e26b8" in msg and "nothing installed" in msg, msg
+    assert not cache.exists() or os.listdir(cache) == []
+    known = [e.model_type for e in pretrained.CATALOGUE.values() if e.checksum]
+    assert {"Cnn14", "Cnn14_DecisionLevelAtt", "ResNet38", "Wavegram_Logmel_Cnn14"} <= set(known)
+    for e in pretrained.CATALOGUE.values():   # each digest is well formed (a typo would refuse every download)
+        assert e.checksum is None or re.fullmatch("md5:[0-9a-f]{32}", e.checksum), e.model_type
 
 
 def test_get_checkpoint_offline_message(tmp_path, monkeypatch):
