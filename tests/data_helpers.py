@@ -212,3 +212,20 @@ class FixedScores(torch.nn.Module):
 
     def forward(self, x, mixup_lambda=None):
         return {"clipwise_output": self.scores[x[:, 0].long()] + 0 * self.w}
+
+
+def signal_in_step(monkeypatch, step: int, signum: int) -> list:
+    """Patch the one training step so that step ``step`` (1-based) sends ``signum`` to this process while it
+    runs, as a user's Ctrl-C or a cluster's SIGTERM lands mid-step. Returns the list counting the steps taken."""
+    from panns.training import config as tl
+
+    real_step, calls = tl.train_step, []
+
+    def signalling_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), signum)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(tl, "train_step", signalling_step)
+    return calls

@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from data_helpers import signal_in_step
 from panns import checkpoint
 from panns import finetune_data as fd
 from panns.training import finetune as ftask
@@ -427,21 +428,14 @@ def test_a_signal_saves_latest_at_the_step_and_keeps_best(dataset, pretrained, t
     from panns.errors import Interrupted
     from panns.training import config as tl
 
-    real_step, calls = tl.train_step, []
-
-    def step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_step(*args, **kwargs)
-
+    real_step = tl.train_step
     def run(*extra):
         return ft.main(["train", "--model_type", "Transfer_Cnn6", "--pretrained_checkpoint_path", pretrained[1],
                         "--dataset_dir", dataset, "--workspace", str(tmp_path), "--run_name", "stopped",
                         "--batch_size", "2", "--iterations", "6", "--eval_every", "2", "--num_workers", "1",
                         "--clip_seconds", "1.0", "--eval_fraction", "0.25", *extra])
 
-    monkeypatch.setattr(tl, "train_step", step)
+    calls = signal_in_step(monkeypatch, 3, signal.SIGTERM)
     with caplog.at_level("WARNING", logger="main"), pytest.raises(Interrupted) as stopped:
         run()
     assert stopped.value.signum == signal.SIGTERM and len(calls) == 3

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from data_helpers import signal_in_step
 from panns.errors import PannsError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -460,15 +461,8 @@ def test_a_signal_stops_at_the_step_boundary_with_a_checkpoint_that_resumes_exac
     cfg = tiny_config(ws, labels, num_workers=1, early_stop=4, overwrite=True)
     straight = _state(train(cfg)["checkpoint_path"])
 
-    real_step, calls = tl.train_step, []
-
-    def interrupted_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(tl, "train_step", interrupted_step)
+    real_step = tl.train_step
+    calls = signal_in_step(monkeypatch, 2, signal.SIGINT)
     before = signal.getsignal(signal.SIGINT)
     with caplog.at_level("WARNING", logger="main"), pytest.raises(Interrupted) as stopped:
         train(cfg)
