@@ -65,10 +65,9 @@ def main() -> None:
     args = p.parse_args()
     wav, ckpt = prepare_inputs(args.work, args.minutes, args.model_type)
     cmd = [sys.executable, os.path.join(ROOT, "pytorch", "inference.py"), "sound_event_detection",
-           f"--checkpoint_path={ckpt}", f"--audio_path={wav}", f"--output_dir={args.work}",
-           f"--events_csv={os.path.join(args.work, 'events.csv')}"]
-    if args.no_plot:
-        cmd.append("--no_plot")
+           f"--checkpoint_path={ckpt}", f"--audio_path={wav}", f"--events_csv={os.path.join(args.work, 'events.csv')}"]
+    # the figure goes to --work; --output_dir (the figures' folder only) is refused with --no_plot
+    cmd.append("--no_plot" if args.no_plot else f"--output_dir={args.work}")
     if args.framewise_output:
         cmd.append(f"--framewise_output={os.path.join(args.work, args.framewise_output)}")
     t0 = time.time()

@@ -100,7 +100,7 @@ def main() -> None:
     env = dict(os.environ, PANNS_CACHE=cache)
     env.pop("PANNS_BACKEND", None)
     base = [sys.executable, "pytorch/inference.py", "sound_event_detection", f"--checkpoint_path={ckpt}",
-            f"--audio_path={wav}", "--no_plot", f"--output_dir={os.path.join(args.work, 'out')}"]
+            f"--audio_path={wav}", "--no_plot"]   # no outputs: the figures' --output_dir is refused with --no_plot
     print(f"SED of {args.minutes:g} min, {args.model_type} (random weights), {os.cpu_count()} CPU cores", flush=True)
     for case in args.cases:
         if case == "first":

@@ -208,6 +208,23 @@ def test_aggregate_without_segment_is_refused_when_it_changes_nothing(env, monke
         inference.main(base + ["--segment_seconds=1", "--aggregate=mean"])
 
 
+def test_output_dir_with_no_plot_is_refused_before_the_model_loads(env, tmp_path, monkeypatch):
+    # --output_dir holds the figures only: with --no_plot it was silently ignored
+    _loads_no_model(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    sed = ["sound_event_detection", TORCH, f"--checkpoint_path={env['sed']}", f"--audio_path={env['a']}"]
+    with pytest.raises(PannsError, match=r"^--output_dir figs has no effect with --no_plot: it is the folder of "
+                                         r"the figures only .*; drop one of the two$"):
+        inference.main(sed + ["--no_plot", "--output_dir=figs", f"--output={tmp_path / 'o.json'}"])
+    assert os.listdir(tmp_path) == []
+    for ok in (["--no_plot"], ["--output_dir=figs"], []):   # the default with --no_plot, a folder for figures
+        with pytest.raises(AssertionError, match="model was loaded"):
+            inference.main(sed + ok)
+    args = inference.build_parser().parse_args(sed[:1] + sed[2:])
+    inference.check_figure_options(args)
+    assert args.output_dir == inference.FIGURES_DIR == "results"   # the official folder when not given
+
+
 def test_hop_without_segment_warns_when_only_long_recordings_use_it(env, monkeypatch, caplog):
     real = inference.audio_io.probe_seconds
     monkeypatch.setattr(inference.audio_io, "probe_seconds",

@@ -344,6 +344,7 @@ def _figure_paths(paths: Sequence[str], output_dir: str) -> List[str]:
 
 
 # ----------------------------------------------------------------------------- sub-commands
+FIGURES_DIR = "results"   # the official script's folder of SED figures (--output_dir)
 OUTPUT_EXTENSIONS = {"output": (".json", ".csv"), "events_csv": (".csv",), "framewise_output": (".npy", ".h5")}
 
 
@@ -366,6 +367,18 @@ def check_outputs(args, paths: Sequence[str] = ()) -> None:
         outputs.append(("--output_dir figure", _figure_paths(paths[:1], args.output_dir)[0]))
     validate.output_paths(outputs, inputs=[args.checkpoint_path, getattr(args, "class_labels_csv", None),
                                            *args.audio_path], files=paths)
+
+
+def check_figure_options(args) -> None:
+    """``--output_dir`` holds the figures and nothing else (--output, --events_csv and --framewise_output
+    take their own paths): given with --no_plot it would change nothing, so it is refused; not given, it
+    is FIGURES_DIR. Before any work (None in the parser, so that a folder given is told from the default)."""
+    if args.no_plot and args.output_dir is not None:
+        raise PannsError(f"--output_dir {args.output_dir} has no effect with --no_plot: it is the folder of the "
+                         "figures only (--output, --events_csv and --framewise_output take their own paths); "
+                         "drop one of the two")
+    if args.output_dir is None:
+        args.output_dir = FIGURES_DIR
 
 
 def _print_device(device: torch.device) -> None:
@@ -595,10 +608,11 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                             "--segment_seconds, or recordings over %.0f s)" % AUTO_WINDOW_SECONDS)
         p.add_argument("--output", type=str, default=None, help="also write results to this .json or .csv file (default: none)")
         if mode == "sound_event_detection":
-            p.add_argument("--output_dir", type=str, default="results",
-                           help="folder of the figures <stem>.png (default: results, relative to the current dir)")
+            p.add_argument("--output_dir", type=str, default=None,
+                           help=f"folder of the figures <stem>.png, and only of them (default: {FIGURES_DIR}, "
+                                "relative to the current dir; refused with --no_plot)")
             p.add_argument("--no_plot", action="store_true",
-                           help="skip the figure (faster; default: write results/<stem>.png per file)")
+                           help=f"skip the figures (faster; default: write {FIGURES_DIR}/<stem>.png per file)")
             p.add_argument("--framewise_output", type=str, default=None,
                            help="save the framewise probabilities: x.npy (one input: (frames, classes) float32) or "
                                 "x.h5 (framewise/<k> per input k, with audio_path and labels); written as computed "
@@ -662,6 +676,8 @@ def main(argv=None, prog: Optional[str] = None) -> None:
     args = build_parser(prog).parse_args(argv)
     if hasattr(args, "aggregate"):   # None in the parser so that a --aggregate given can be checked for effect
         args.aggregate_given, args.aggregate = args.aggregate is not None, args.aggregate or runtime.DEFAULT_AGGREGATE
+    if hasattr(args, "no_plot"):     # --output_dir is None in the parser for the same reason
+        check_figure_options(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     for noisy in ("matplotlib", "numba", "PIL", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
