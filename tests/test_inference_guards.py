@@ -17,6 +17,7 @@ import torch
 from panns import checkpoint
 from panns import inference
 from panns import models
+from panns import stream
 from panns import utilities
 from panns import validate
 from panns.errors import PannsError
@@ -247,12 +248,12 @@ def test_segment_shorter_than_the_model_minimum_is_refused(env, tmp_path, capsys
 
 
 # ----------------------------------------------------------------------------- stream
-def _stream_model(env):
+def _stream_model(env, key="ckpt"):
     from panns import api
     from panns.runtime import Runtime
 
-    ckpt = checkpoint.load_model(env["ckpt"])
-    return api.Model(Runtime(ckpt[0], ckpt[1]))
+    ckpt = checkpoint.load_model(env[key])
+    return api.Model(Runtime(ckpt[0], ckpt[1]), env["labels"])
 
 
 def test_stream_nan_is_named_by_its_time_in_the_stream(env):
@@ -263,6 +264,39 @@ def test_stream_nan_is_named_by_its_time_in_the_stream(env):
     chunk[4000] = np.nan                       # 0.25 s into this chunk: 2.750 s into the stream
     with pytest.raises(PannsError, match=r"2\.750 s into the stream"):
         s.push(chunk, 16000)
+
+
+def test_stream_event_options_with_a_clip_level_model_are_refused(env, capsys, monkeypatch):
+    # look-ahead, threshold and min_duration act on frames and events, which a clip-level model (Cnn6)
+    # has not: they were silently ignored. The API and the CLI refuse them by one rule; defaults pass.
+    clip = _stream_model(env)
+    why = "no effect with Cnn6: a clip-level model has no framewise output, so its stream reports tags per hop"
+    for kw, named in (({"threshold": 0.3}, "threshold 0.3 has"), ({"min_duration": 0.2}, "min_duration 0.2 has"),
+                      ({"lookahead_seconds": 0}, "lookahead_seconds 0 has"),
+                      ({"threshold": 0.5, "lookahead_seconds": 1.0}, "lookahead_seconds 1 and threshold 0.5 have")):
+        with pytest.raises(PannsError, match=f"^{named} {why}.*; drop (it|them) or stream a decision-level model"):
+            clip.stream(**kw)
+    s = clip.stream(hop_seconds=1.0, window_seconds=1.0)   # the defaults, and a hop as long as the window
+    assert [sorted(i) for i in s.push(np.zeros(32000, np.float32), 32000)] == [["tags", "time"]]
+    # a decision-level model takes them (and the API now checks their values as the CLI does)
+    s = _stream_model(env, "sed").stream(hop_seconds=1.0, window_seconds=2.0, lookahead_seconds=0.5, threshold=0.3,
+                                         min_duration=0.2)
+    assert (s.lookahead, s.tracker.threshold, s.tracker.min_duration) == (16000, 0.3, 0.2)
+    with pytest.raises(PannsError, match=r"threshold must be a probability in \[0, 1\], got 3"):
+        _stream_model(env, "sed").stream(threshold=3)
+    # the command line: the same rule, named as flags, before a backend is made (auto may calibrate)
+    def no_backend(*a, **k):
+        raise AssertionError("a backend was made before the flag was refused")
+    monkeypatch.setattr(stream, "Runtime", no_backend)
+    with pytest.raises(PannsError, match=r"^--min_duration 0.2 has no effect with Cnn6: .*; drop it"):
+        _stream_cli(env, capsys, f"--audio_path={env['a']}", "--min_duration=0.2")
+    with pytest.raises(PannsError, match=r"^--lookahead_seconds 0.5 and --threshold 0.3 have no effect with Cnn6"):
+        _stream_cli(env, capsys, f"--audio_path={env['a']}", "--threshold=0.3", "--lookahead_seconds=0.5")
+    with pytest.raises(AssertionError, match="backend was made"):   # defaults: the stream goes on
+        _stream_cli(env, capsys, f"--audio_path={env['a']}")
+    with pytest.raises(AssertionError, match="backend was made"):   # an SED model: the flags go on
+        inference.main(["stream", TORCH, f"--checkpoint_path={env['sed']}", f"--audio_path={env['a']}",
+                        "--threshold=0.3", "--lookahead_seconds=0.5", "--min_duration=0.2"])
 
 
 def _stdin(monkeypatch, data: bytes):

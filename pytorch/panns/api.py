@@ -223,11 +223,15 @@ class Model:
 
         return events(preds) if isinstance(preds, WindowedPrediction) else [events(p) for p in preds]
 
-    def stream(self, hop_seconds: float = 1.0, window_seconds: float = 10.0, lookahead_seconds: float = 1.0,
-               top_k: int = 10, threshold: float = 0.5, min_duration: float = 0.0) -> "stream_mod.Stream":
+    def stream(self, hop_seconds: float = 1.0, window_seconds: float = 10.0, lookahead_seconds: Optional[float] = None,
+               top_k: int = 10, threshold: Optional[float] = None,
+               min_duration: Optional[float] = None) -> "stream_mod.Stream":
         """Live audio: ``s.push(chunk, sample_rate)`` (any size, rate and channel count) returns the
         tags of each hop's window and, for SED models, each event once when it ends; ``s.close()``
-        flushes, ``s.stats()`` gives the real-time factor and latency (see panns/stream.py)."""
+        flushes, ``s.stats()`` gives the real-time factor and latency (see panns/stream.py).
+        lookahead_seconds (default 1.0), threshold (0.5) and min_duration (0.0) act on frames and
+        events: SED models only, refused with a clip-level model as the ``stream`` command refuses
+        them (None: not given)."""
         return stream_mod.Stream(self.runtime, self.labels, hop_seconds, window_seconds, lookahead_seconds, top_k,
                                  threshold, min_duration)
 

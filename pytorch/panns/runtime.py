@@ -559,6 +559,25 @@ def load_model(checkpoint_path: Optional[str] = None, model_type: Optional[str] 
     return model, cfg, checkpoint_path
 
 
+def model_spec(config):
+    """The registry entry of a checkpoint's ``config`` (or of its base model), None for unknown types."""
+    from panns import models  # registry lookup only
+
+    for name in (config.model_type, getattr(config, "base_model_type", None)):
+        if name:
+            try:
+                return models.get_model_spec(name)
+            except PannsError:
+                continue
+    return None
+
+
+def config_is_sed(config) -> bool:
+    """Whether the model of ``config`` has framewise output (a decision-level model): known from the
+    checkpoint alone, before a runtime (and its backend) is made."""
+    return bool(getattr(model_spec(config), "is_sed", False))
+
+
 @dataclass
 class Prediction:
     """Outputs of :meth:`Runtime.predict` for B inputs (probabilities, float32)."""
@@ -623,19 +642,11 @@ class Runtime:
     @property
     def spec(self):
         """The registry entry of the model (or its base), None for unknown types."""
-        from panns import models  # registry lookup only
-
-        for name in (self.config.model_type, getattr(self.config, "base_model_type", None)):
-            if name:
-                try:
-                    return models.get_model_spec(name)
-                except PannsError:
-                    continue
-        return None
+        return model_spec(self.config)
 
     @property
     def is_sed(self) -> bool:
-        return bool(getattr(self.spec, "is_sed", False))
+        return config_is_sed(self.config)
 
     # -- running --------------------------------------------------------------------------------
     def forward(self, waveforms: Union[np.ndarray, torch.Tensor]) -> Dict[str, np.ndarray]:

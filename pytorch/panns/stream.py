@@ -40,6 +40,7 @@ import argparse
 import json
 import logging
 import math
+import numbers
 import os
 import struct
 import subprocess
@@ -123,35 +124,73 @@ def _to_grid(seconds: float, sample_rate: int, step: int, name: str) -> int:
 
 
 # ----------------------------------------------------------------------------- the stream
+# Defaults of the options that act on frames and events only (SED models); None in the signatures and
+# the parser means "not given", so that one given with a clip-level model can be refused (check_event_options).
+DEFAULT_LOOKAHEAD_SECONDS, DEFAULT_THRESHOLD, DEFAULT_MIN_DURATION = 1.0, 0.5, 0.0
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_event_options(config, lookahead_seconds: Optional[float] = None, threshold: Optional[float] = None,
+                        min_duration: Optional[float] = None, prefix: str = "") -> None:
+    """The one rule for :class:`Stream` (``panns.load(...).stream``) and the ``stream`` sub-command:
+    ``lookahead_seconds``, ``threshold`` and ``min_duration`` act on framewise output and events, so
+    given (None: not given; a default is not an option given, as in ``runtime.check_window_options``)
+    with a clip-level model they would change nothing: refused in one line naming them. ``config``:
+    the checkpoint's (known before a backend is made); ``prefix``: '--' on the command line."""
+    given = [(name, value) for name, value in (("lookahead_seconds", lookahead_seconds), ("threshold", threshold),
+                                               ("min_duration", min_duration)) if value is not None]
+    if not given or runtime.config_is_sed(config):
+        return
+    named = " and ".join(f"{prefix}{name} {value:g}" if _is_number(value) else f"{prefix}{name} {value!r}"
+                         for name, value in given)
+    one = len(given) == 1
+    raise PannsError(f"{named} {'has' if one else 'have'} no effect with {config.model_type}: a clip-level model has no "
+                     "framewise output, so its stream reports tags per hop and no events (look-ahead, threshold and "
+                     f"minimum duration act on frames and events); drop {'it' if one else 'them'} or stream a "
+                     "decision-level model such as Cnn14_DecisionLevelMax")
+
+
 class Stream:
     """Tags every hop and events once each, from audio pushed in chunks (see the module docstring).
 
     rt: the shared runtime the model runs through. labels: class names (rt.classes_num of them).
     hop_seconds: how often a window runs and tags are reported. window_seconds: the window's
-    length (the model's context). lookahead_seconds (SED models): how far before a window's right
-    edge a frame must lie to be final; lookahead + hop must fit in the window. top_k: tags per hop.
-    threshold, min_duration: the event post-processing of offline sound event detection.
-    Hop, window and look-ahead are rounded to the model's hop (10 ms for the 32-kHz models)."""
+    length (the model's context). top_k: tags per hop. SED models only (None: the default; given
+    with a clip-level model, refused by :func:`check_event_options`): lookahead_seconds (default
+    1.0), how far before a window's right edge a frame must lie to be final (lookahead + hop must
+    fit in the window); threshold (0.5), min_duration (0.0): the event post-processing of offline
+    sound event detection. Hop, window and look-ahead are rounded to the model's hop (10 ms for the
+    32-kHz models). prefix: '--' when the options come from the command line (messages name the flags)."""
 
     def __init__(self, rt: Runtime, labels: Sequence[str], hop_seconds: float = 1.0, window_seconds: float = 10.0,
-                 lookahead_seconds: float = 1.0, top_k: int = 10, threshold: float = 0.5, min_duration: float = 0.0):
+                 lookahead_seconds: Optional[float] = None, top_k: int = 10, threshold: Optional[float] = None,
+                 min_duration: Optional[float] = None, prefix: str = ""):
         if len(labels) != rt.classes_num:
             raise PannsError(f"the model has {rt.classes_num} classes but {len(labels)} labels were given")
         if top_k < 1:
             raise PannsError("top_k must be at least 1")
+        validate.options(threshold_=threshold, min_duration=min_duration, prefix=prefix)
+        if lookahead_seconds is not None and not (_is_number(lookahead_seconds) and 0 <= lookahead_seconds < math.inf):
+            raise PannsError(f"{prefix}lookahead_seconds must be 0 or more seconds, got {lookahead_seconds!r}")
+        check_event_options(rt.config, lookahead_seconds, threshold, min_duration, prefix)
+        lookahead_seconds = DEFAULT_LOOKAHEAD_SECONDS if lookahead_seconds is None else lookahead_seconds
+        threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+        min_duration = DEFAULT_MIN_DURATION if min_duration is None else min_duration
         sr, h = rt.sample_rate, rt.hop_size
         self.rt, self.labels, self.top_k = rt, list(labels), int(top_k)
-        self.hop = _to_grid(hop_seconds, sr, h, "hop_seconds")
-        self.window = _to_grid(window_seconds, sr, h, "window_seconds")
-        if lookahead_seconds is None or not lookahead_seconds >= 0:
-            raise PannsError(f"lookahead_seconds must be 0 or more, got {lookahead_seconds}")
+        self.hop = _to_grid(hop_seconds, sr, h, prefix + "hop_seconds")
+        self.window = _to_grid(window_seconds, sr, h, prefix + "window_seconds")
         self.lookahead = int(round(lookahead_seconds * sr)) // h * h
         if self.window < self.hop:
-            raise PannsError(f"window_seconds ({window_seconds}) must be at least hop_seconds ({hop_seconds})")
+            raise PannsError(f"{prefix}window_seconds ({window_seconds}) must be at least {prefix}hop_seconds "
+                             f"({hop_seconds})")
         if rt.is_sed and self.lookahead + self.hop > self.window:
             # a frame must still be inside the first window that puts it `lookahead` before the edge
-            raise PannsError(f"lookahead_seconds + hop_seconds ({lookahead_seconds} + {hop_seconds}) must not exceed "
-                             f"window_seconds ({window_seconds})")
+            raise PannsError(f"{prefix}lookahead_seconds + {prefix}hop_seconds ({lookahead_seconds} + {hop_seconds}) "
+                             f"must not exceed {prefix}window_seconds ({window_seconds})")
         self.tracker = EventTracker(self.labels, sr / h, threshold, min_duration)
         self._resampler: Optional[ChunkResampler] = None
         self._buf = np.zeros(0, np.float32)   # resampled samples from _buf_start on
@@ -342,13 +381,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tags (and newly final frames) every this many seconds (default: %(default)s)")
     p.add_argument("--window_seconds", type=float, default=10.0,
                    help="seconds of audio each hop's window sees (default: %(default)s)")
-    p.add_argument("--lookahead_seconds", type=float, default=1.0,
-                   help="SED models: a frame is final this far before a window's right edge (default: %(default)s)")
+    # The three SED-only flags default to None ("not given") so that one given with a clip-level model is
+    # refused (check_event_options); the Stream fills in the defaults the help names.
+    p.add_argument("--lookahead_seconds", type=float, default=None,
+                   help="SED models: a frame is final this far before a window's right edge (default: "
+                        f"{DEFAULT_LOOKAHEAD_SECONDS}; refused with a clip-level model)")
     p.add_argument("--top_k", type=int, default=10, help="tags per hop (default: %(default)s)")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="framewise probability at or above which a class is active (default: %(default)s)")
-    p.add_argument("--min_duration", type=float, default=0.0,
-                   help="drop events shorter than this many seconds (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="SED models: framewise probability at or above which a class is active (default: "
+                        f"{DEFAULT_THRESHOLD}; refused with a clip-level model)")
+    p.add_argument("--min_duration", type=float, default=None,
+                   help="SED models: drop events shorter than this many seconds (default: "
+                        f"{DEFAULT_MIN_DURATION}; refused with a clip-level model)")
     p.add_argument("--class_labels_csv", type=str, default=None,
                    help="label CSV when the checkpoint carries no labels (default: the repository's AudioSet list)")
     p.add_argument("--microphone", action="store_true",
@@ -385,12 +429,15 @@ def run(args) -> int:
     if source not in (None, "-") and "://" not in source and not os.path.isfile(source):
         raise AudioDecodeError(f"stream takes one audio file, URL or -, got a folder: {source}"
                                if os.path.isdir(source) else f"audio file not found: {source}")
-    rt = Runtime.load(args.checkpoint_path, model_type=args.model_type, frontend=frontend_overrides(args) or None,
-                      device=bool(args.cuda), precision=args.precision, backend=args.backend,
-                      **_auto_options(args, source))
+    model, cfg, checkpoint_path = runtime.load_model(args.checkpoint_path, args.model_type,
+                                                     frontend_overrides(args) or None)
+    # before the backend is made (auto may calibrate or export): SED-only flags with a clip-level model
+    check_event_options(cfg, args.lookahead_seconds, args.threshold, args.min_duration, prefix="--")
+    rt = Runtime(model, cfg, device=bool(args.cuda), precision=args.precision, backend=args.backend,
+                 checkpoint_path=checkpoint_path, **_auto_options(args, source))
     labels = runtime.resolve_labels(rt.config, args.class_labels_csv)[0]
     stream = Stream(rt, labels, args.hop_seconds, args.window_seconds, args.lookahead_seconds,
-                    min(args.top_k, len(labels)), args.threshold, args.min_duration)
+                    min(args.top_k, len(labels)), args.threshold, args.min_duration, prefix="--")
     chunks = _microphone(pcm_rate or rt.sample_rate, args.chunk_seconds) if source is None else \
         _read_source(source, args.chunk_seconds, pcm_rate or rt.sample_rate, pcm_rate)
     out = sys.stdout
