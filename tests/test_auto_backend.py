@@ -124,7 +124,8 @@ def test_short_jobs_and_the_api_keep_todays_rule(tmp_path, monkeypatch, caplog):
     assert set(fake.builds) == {FP32, BF16} and not fake.exported and not (tmp_path / "calibration").exists()
     lines = _auto_lines(caplog)
     assert len(lines) == 4 and "Python API" in lines[0] and "30 s of audio does not repay a calibration" in lines[1]
-    assert "200 s of audio does not repay a calibration (from 5 min" in lines[2]
+    assert "200 s of audio does not repay a calibration that would export ONNX Runtime's model first (from 1 min" \
+        in lines[2]
 
     _auto(model, cfg, job_seconds=runtime.AUTO_EXPORT_MIN_SECONDS)                       # calibrates: ORT wins
     fake.exported = False                                                                 # as if the export were gone
@@ -143,6 +144,61 @@ def test_short_jobs_and_the_api_keep_todays_rule(tmp_path, monkeypatch, caplog):
     assert "ONNX Runtime's start-up" in lines[0] and "does not repay the one-off ONNX export" in lines[1]
     assert lines[2].startswith("backend auto: onnxruntime fp32 from its first call once its session is ready, "
                                "torch fp32 until then (the fastest path")
+
+
+def test_every_auto_message_states_the_thresholds_alike(tmp_path, monkeypatch, caplog):
+    """The true thresholds (job sizes in seconds of model input): no verdict, a job calibrates from 1 min,
+    5 min while ONNX Runtime is a candidate and its export is not cached; with a verdict, ONNX Runtime runs
+    no job under 20 s, nor under 5 min while its export is not cached. Each line and the --backend help
+    say them alike (a 200-s job's line said 'from 5 min it does' alone, a 30-s job's 'from 1 min')."""
+    from panns import inference
+
+    monkeypatch.setenv("PANNS_CACHE", str(tmp_path))
+    monkeypatch.delenv(runtime.BACKEND_ENV, raising=False)
+    fake = FakeMachine(monkeypatch, {FP32: 1.0, ORT: 0.5, BF16: 0.8})
+    model, cfg = _build()
+    calib = "(from 1 min it does, 5 min while ONNX Runtime's export is not cached): no calibration of LeeNet11"
+    with caplog.at_level(logging.INFO):
+        _auto(model, cfg, job_seconds=30.0)                # the export not looked up: too short either way
+        _auto(model, cfg, job_seconds=200.0)               # the export looked up: not cached
+        fake.exported = True
+        _auto(model, cfg, job_seconds=59.0)                # cached, still under 1 min
+    lines = _auto_lines(caplog)
+    assert lines[0] == ("backend auto: running torch fp32 (30 s of audio does not repay a calibration "
+                        f"{calib} on this CPU yet)")
+    assert lines[1] == ("backend auto: running torch fp32 (200 s of audio does not repay a calibration that would "
+                        f"export ONNX Runtime's model first {calib} on this CPU yet)")
+    assert lines[2] == ("backend auto: running torch fp32 (59 s of audio does not repay a calibration "
+                        f"{calib} on this CPU yet)")
+    assert not (tmp_path / "calibration").exists()
+    assert _auto(model, cfg, job_seconds=60.0).backend_name == "onnxruntime"   # export cached: 1 min calibrates
+    # without ONNX Runtime only the 1-min threshold applies, and the line says only that one
+    FakeMachine(monkeypatch, {FP32: 1.0, BF16: 0.8}, onnx=False)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        _auto(model, cfg, precision="auto", job_seconds=59.0)
+    assert "(59 s of audio does not repay a calibration (from 1 min it does): no calibration" in _auto_lines(caplog)[-1]
+    # with a verdict for ONNX Runtime and its export gone: 20 s for its start-up, 5 min for the export
+    monkeypatch.setattr(onnx_backend, "available", lambda: True)
+    monkeypatch.setattr(onnx_backend, "cached_export_key", lambda *a, **k: None)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        _auto(model, cfg, job_seconds=19.0)
+        _auto(model, cfg, job_seconds=299.0)
+    lines = _auto_lines(caplog)
+    assert "(19 s of audio: ONNX Runtime's start-up would cost more than it saves below 20 s; " in lines[0]
+    assert ("(299 s of audio does not repay the one-off ONNX export (from 5 min it does; --backend onnxruntime "
+            "exports now); calibrated on this CPU") in lines[1]
+    # the --backend help states the same thresholds, from the same constants
+    rule = ("with no calibration cached yet, a job of 1 min of audio or more calibrates (5 min while ONNX Runtime's "
+            "export is not cached) and shorter ones run torch; ONNX Runtime runs no job under 20 s, nor under 5 min "
+            "while its export is not cached")
+    assert runtime.auto_rule_text().startswith(rule)
+    help_text = " ".join(inference.build_parser()._subparsers._group_actions[0].choices["audio_tagging"]
+                         .format_help().split())
+    assert rule in help_text
+    monkeypatch.setattr(runtime, "AUTO_CALIBRATE_MIN_SECONDS", 120.0)
+    assert "a job of 2 min of audio or more calibrates" in runtime.auto_rule_text()
 
 
 def test_env_forces_a_backend_and_the_key_follows_the_machine(tmp_path, monkeypatch):

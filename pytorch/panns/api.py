@@ -69,8 +69,9 @@ def load(name_or_path: str = "Cnn14", model_type: Optional[str] = None, device: 
     available, else CPU. precision: 'fp32' (default), 'bf16', 'fp16' or 'auto'.
     labels_csv: class names when the checkpoint has none (default: the AudioSet label list).
     backend: 'auto' (default: on a CPU the path a cached calibration of this model type found fastest
-    on this machine (runtime._auto_backend; a command line with minutes of audio makes one), else torch:
-    no export unless a measurement says ONNX Runtime pays; torch on GPUs; one logged line says which),
+    on this machine (runtime._auto_backend; a command line with 1 min of audio or more makes one, 5 min
+    while ONNX Runtime's export is not cached), else torch: no export unless a measurement says ONNX
+    Runtime pays; torch on GPUs; one logged line says which),
     'torch', or 'onnxruntime' (CPU, fp32, fails rather than falls back). The ONNX backends export the
     model once per weights (Cnn14: 15-40 s, in a child process, with one logged line) into
     $PANNS_CACHE/onnx or ~/.cache/panns/onnx, whatever the checkpoint's file name.

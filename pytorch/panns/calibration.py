@@ -13,6 +13,12 @@ convolutions made torch the fastest. So the choice is measured on the machine at
   library versions, model type and candidate set under ``$PANNS_CACHE/calibration`` (or
   ``~/.cache/panns/calibration``), written atomically and reused afterwards. Delete the file to
   measure again.
+
+When one is made (``runtime._auto_backend``, its thresholds ``runtime.AUTO_*_SECONDS``): the first
+command-line job of a model type on a machine with 1 min of audio or more (a stream: window/hop times
+its audio), 5 min or more while ONNX Runtime is a candidate and its export is not cached (the
+calibration would make it); shorter jobs and jobs of unknown size (the Python API, a stream from stdin,
+the microphone or a URL) run torch without one.
 """
 from __future__ import annotations
 

@@ -573,8 +573,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", choices=runtime.backend_names(), default="auto",
                    help="what runs the model (default: %(default)s = the path measured fastest on this CPU by a "
                         "cached calibration (torch fp32, onnxruntime fp32, torch bf16 where native and --precision "
-                        "auto), torch on GPUs and for short jobs; PANNS_BACKEND=name forces one; exports are cached "
-                        "in $PANNS_CACHE/onnx or ~/.cache/panns/onnx); torch; onnxruntime (CPU, fp32; "
+                        f"auto): {runtime.auto_rule_text()}; torch on GPUs; PANNS_BACKEND=name forces one; exports "
+                        "are cached in $PANNS_CACHE/onnx or ~/.cache/panns/onnx); torch; onnxruntime (CPU, fp32; "
                         "fails rather than falling back); onnxruntime-int8 (the same, convolutions quantised to "
                         "int8 once: faster on CPUs with VNNI, embeddings within cosine 0.999)")
     p.add_argument("--audio_path", type=str, required=True, nargs="+", action="extend",

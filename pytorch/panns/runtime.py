@@ -197,10 +197,35 @@ def _onnxruntime_backend(rt, **options) -> Backend:
 # + session) and, the first time, a one-off export (15-40 s); a calibration costs a few seconds once.
 # Measured on a 2-core CPU (SED, Cnn14_DecisionLevelMax): a 7-s clip took 3.4 s with ONNX Runtime and
 # 2.1 s with torch, so jobs too short to repay them keep the rule below (torch at the precision asked).
-AUTO_MIN_SECONDS = 20.0          # ONNX Runtime's start-up, with the export already cached
-AUTO_CALIBRATE_MIN_SECONDS = 60.0  # a calibration, when no verdict is cached for this machine and model
-AUTO_EXPORT_MIN_SECONDS = 300.0  # when auto would have to export first
-BACKEND_ENV = "PANNS_BACKEND"    # forces what `auto` runs (e.g. PANNS_BACKEND=torch), as --backend does
+# A job's size is the seconds of model input it runs: its audio (file headers, summed), a stream's
+# audio times window / hop. The thresholds, stated in words by auto_rule_text and _auto_backend's lines:
+AUTO_MIN_SECONDS = 20.0            # ONNX Runtime, where a verdict says it wins, runs no shorter job (its start-up)
+AUTO_CALIBRATE_MIN_SECONDS = 60.0  # no verdict cached for this machine and model: a job this long calibrates
+AUTO_EXPORT_MIN_SECONDS = 300.0    # ...this long while ONNX Runtime is a candidate and its export is not cached
+#                                    (the calibration would export); and ONNX Runtime runs no shorter job then
+BACKEND_ENV = "PANNS_BACKEND"      # forces what `auto` runs (e.g. PANNS_BACKEND=torch), as --backend does
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:g} min"
+
+
+def auto_rule_text() -> str:
+    """When backend ``auto`` calibrates and when it runs ONNX Runtime on a CPU, in words (the --backend
+    help), from the thresholds above."""
+    return (f"with no calibration cached yet, a job of {_minutes(AUTO_CALIBRATE_MIN_SECONDS)} of audio or more "
+            f"calibrates ({_minutes(AUTO_EXPORT_MIN_SECONDS)} while ONNX Runtime's export is not cached) and "
+            f"shorter ones run torch; ONNX Runtime runs no job under {AUTO_MIN_SECONDS:.0f} s, nor under "
+            f"{_minutes(AUTO_EXPORT_MIN_SECONDS)} while its export is not cached (a stream counts window/hop "
+            "times its audio)")
+
+
+def _calibration_repaid(ort_candidate: bool) -> str:
+    """The job size from which a calibration is made, in the words of _auto_backend's line."""
+    text = f"from {_minutes(AUTO_CALIBRATE_MIN_SECONDS)} it does"
+    if ort_candidate:
+        text += f", {_minutes(AUTO_EXPORT_MIN_SECONDS)} while ONNX Runtime's export is not cached"
+    return text
 
 
 def seconds_text(seconds: float) -> str:
@@ -281,12 +306,17 @@ def _auto_backend(rt, job_seconds: Optional[float] = None, torch_side_by_side: i
     ``torch_side_by_side``: how many single-threaded torch forwards the caller runs side by side (extraction
     on a CPU; calibration times torch that way).
 
+    Job sizes are seconds of model input (see the thresholds' comment; :func:`auto_rule_text` words them):
+
     * A cached verdict for this CPU, libraries and model type: its winner, except that ONNX Runtime is
-      skipped (for the fastest torch path) below ``AUTO_MIN_SECONDS`` of audio, or below
-      ``AUTO_EXPORT_MIN_SECONDS`` while its export is not cached.
-    * No verdict yet: a job of ``AUTO_EXPORT_MIN_SECONDS`` (or ``AUTO_CALIBRATE_MIN_SECONDS`` when no export
-      is needed) calibrates, caches the verdict and runs the winner; shorter jobs and the Python API (whose
-      size is unknown) run torch at the precision asked for, without exporting anything.
+      skipped (for the fastest torch path of the verdict) for jobs under ``AUTO_MIN_SECONDS`` (20 s), and
+      under ``AUTO_EXPORT_MIN_SECONDS`` (5 min) while its export is not cached. A job of unknown size
+      (the Python API, a live stream) where ONNX Runtime wins runs torch until its session is made
+      (:class:`Handover`).
+    * No verdict yet: a job of ``AUTO_CALIBRATE_MIN_SECONDS`` (1 min) or more calibrates, caches the verdict
+      and runs the winner; ``AUTO_EXPORT_MIN_SECONDS`` (5 min) or more while ONNX Runtime is a candidate and
+      its export is not cached (the calibration would make it). Shorter jobs and jobs of unknown size run
+      torch at the precision asked for, without exporting anything.
     One log line says which path runs and why. ``PANNS_BACKEND`` forces a backend. Where ONNX Runtime
     cannot serve (not installed, an export or session that fails, remembered by onnx_backend) torch runs."""
     from panns import onnx_backend  # see _onnxruntime_backend
@@ -328,7 +358,7 @@ def _auto_backend(rt, job_seconds: Optional[float] = None, torch_side_by_side: i
                     f"{AUTO_MIN_SECONDS:.0f} s")
         if job_seconds is not None and job_seconds < AUTO_EXPORT_MIN_SECONDS and not export_cached():
             return (f"{job_text(job_seconds)} does not repay the one-off ONNX export (from "
-                    f"{AUTO_EXPORT_MIN_SECONDS / 60:.0f} min of audio it does; --backend onnxruntime exports now)")
+                    f"{_minutes(AUTO_EXPORT_MIN_SECONDS)} it does; --backend onnxruntime exports now)")
         return None
 
     default = ("torch", rt.precision)   # today's rule: torch at the precision asked for ('auto' resolved)
@@ -337,13 +367,11 @@ def _auto_backend(rt, job_seconds: Optional[float] = None, torch_side_by_side: i
         if ort in paths and job_seconds is not None and job_seconds >= needed and not export_cached():
             needed = AUTO_EXPORT_MIN_SECONDS
         if job_seconds is None or job_seconds < needed:
-            if ort in paths and state["export_cached"] is None:   # not looked up for a job this short
-                repaid = (f"from {needed / 60:.0f} min it does, {AUTO_EXPORT_MIN_SECONDS / 60:.0f} min while "
-                          "ONNX Runtime's export is not cached")
-            else:
-                repaid = f"from {needed / 60:.0f} min it does"
+            # one wording of both thresholds, whichever applied; a job refused only for want of the export says so
+            exporting = " that would export ONNX Runtime's model first" if needed > AUTO_CALIBRATE_MIN_SECONDS else ""
             why = ((unknown_job or "the Python API does not know the job's size") if job_seconds is None else
-                   f"{job_text(job_seconds)} does not repay a calibration ({repaid})")
+                   f"{job_text(job_seconds)} does not repay a calibration{exporting} "
+                   f"({_calibration_repaid(ort in paths)})")
             logger.info("backend auto: running %s (%s: no calibration of %s on this CPU yet)",
                         calibration.path_name(default), why, model_type)
             return _use(rt, default, options)

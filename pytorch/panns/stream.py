@@ -147,9 +147,9 @@ def check_event_options(config, lookahead_seconds: Optional[float] = None, thres
     named = " and ".join(f"{prefix}{name} {value:g}" if _is_number(value) else f"{prefix}{name} {value!r}"
                          for name, value in given)
     one = len(given) == 1
-    raise PannsError(f"{named} {'has' if one else 'have'} no effect with {config.model_type}: a clip-level model has no "
-                     "framewise output, so its stream reports tags per hop and no events (look-ahead, threshold and "
-                     f"minimum duration act on frames and events); drop {'it' if one else 'them'} or stream a "
+    raise PannsError(f"{named} {'has' if one else 'have'} no effect with {config.model_type}: a clip-level model has "
+                     "no framewise output, so its stream reports tags per hop and no events (look-ahead, threshold "
+                     f"and minimum duration act on frames and events); drop {'it' if one else 'them'} or stream a "
                      "decision-level model such as Cnn14_DecisionLevelMax")
 
 
