@@ -229,3 +229,15 @@ def signal_in_step(monkeypatch, step: int, signum: int) -> list:
 
     monkeypatch.setattr(tl, "train_step", signalling_step)
     return calls
+
+
+def seeded_checkpoint(path: str, model_type: str = "Cnn6") -> torch.nn.Module:
+    """Write a checkpoint of ours (weights + config) of a model with seed-0 random weights at ``path``;
+    returns the model in eval mode (the reference the tests compare against)."""
+    from panns import checkpoint, models
+
+    torch.manual_seed(0)
+    model = models.create_model(model_type).eval()
+    checkpoint.save_checkpoint(path, {"model": model.state_dict(),
+                                      "config": checkpoint.ModelConfig.from_registry(model_type).to_dict()})
+    return model

@@ -16,6 +16,7 @@ from panns import (calibration, checkpoint, create_black_list, hear, inference, 
                    pretrained, runtime)
 from panns.errors import PannsError, run_cli
 from panns.utilities import DiskFullError
+from data_helpers import seeded_checkpoint
 
 
 def _tiny_checkpoint(path, name: str = "Cnn6") -> str:
@@ -235,10 +236,8 @@ def test_api_window_options_that_would_be_ignored_are_refused(cnn6_path, caplog)
 def test_api_aggregate_given_is_told_apart_from_the_default(tmp_path, monkeypatch, caplog):
     # The default (None: max) must pass where an aggregate said explicitly, even 'max', changes nothing
     # and is refused, as the CLI refuses --aggregate without --segment_seconds.
-    torch.manual_seed(0)
     path = str(tmp_path / "cnn6.pth")
-    checkpoint.save_checkpoint(path, {"model": models.create_model("Cnn6").state_dict(),
-                                      "config": checkpoint.ModelConfig.from_registry("Cnn6").to_dict()})
+    seeded_checkpoint(path)
     m = panns.load(path, device="cpu")
     clip = (0.3 * np.random.RandomState(0).randn(32000)).astype(np.float32)
     whole = m.clipwise(clip)

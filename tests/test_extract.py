@@ -12,10 +12,9 @@ import soundfile as sf
 import torch
 
 from panns import audio_io
-from panns import checkpoint
 from panns import extract
 from panns import inference
-from panns import models
+from data_helpers import seeded_checkpoint
 
 SR = 32000
 # These tests are about the command line, not the backend: they run torch (--backend auto, the
@@ -27,11 +26,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("extract")
-    torch.manual_seed(0)
-    model = models.create_model("Cnn6").eval()
     ckpt = str(d / "cnn6.pth")
-    checkpoint.save_checkpoint(ckpt, {"model": model.state_dict(),
-                                      "config": checkpoint.ModelConfig.from_registry("Cnn6").to_dict()})
+    model = seeded_checkpoint(ckpt)
     clips = d / "clips"
     (clips / "sub").mkdir(parents=True)
     rs = np.random.RandomState(0)

@@ -11,18 +11,16 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from panns import checkpoint
 from panns import extract
 from panns import inference
-from panns import models
 from panns import onnx_backend
 from panns import runtime
 from panns import stream
 from panns.postprocess import detect_events
 
-from data_helpers import FixedScores
+from data_helpers import FixedScores, seeded_checkpoint
 
 SR = 32000
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,11 +29,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     d = tmp_path_factory.mktemp("messages")
-    torch.manual_seed(0)
-    model = models.create_model("Cnn6").eval()
-    cfg = checkpoint.ModelConfig.from_registry("Cnn6")
     ckpt = str(d / "cnn6.pth")
-    checkpoint.save_checkpoint(ckpt, {"model": model.state_dict(), "config": cfg.to_dict()})
+    model = seeded_checkpoint(ckpt)
+    cfg = checkpoint.ModelConfig.from_registry("Cnn6")
     rs = np.random.RandomState(0)
     clips = d / "clips"
     clips.mkdir()

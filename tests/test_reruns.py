@@ -13,8 +13,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from panns import checkpoint, config, extract, models
+from panns import checkpoint, config, extract
 from panns.errors import PannsError
+from data_helpers import seeded_checkpoint
 
 SR = 32000
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,10 +24,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def cnn6(tmp_path_factory):
     d = tmp_path_factory.mktemp("reruns")
-    torch.manual_seed(0)
     path = str(d / "cnn6.pth")
-    checkpoint.save_checkpoint(path, {"model": models.create_model("Cnn6").state_dict(),
-                                      "config": checkpoint.ModelConfig.from_registry("Cnn6").to_dict()})
+    seeded_checkpoint(path)
     return path
 
 

@@ -6,8 +6,9 @@ import soundfile as sf
 import torch
 
 import panns
-from panns import checkpoint, hear, models, validate
+from panns import hear, models, validate
 from panns.errors import PannsError
+from data_helpers import seeded_checkpoint
 
 SR = 32000
 
@@ -15,10 +16,8 @@ SR = 32000
 @pytest.fixture(scope="module")
 def cnn6(tmp_path_factory):
     """A random-weight Cnn6 checkpoint (ours, with config) and the model loaded through the API."""
-    torch.manual_seed(0)
-    model = models.create_model("Cnn6").eval()
     path = str(tmp_path_factory.mktemp("validate") / "Cnn6.pth")
-    torch.save({"model": model.state_dict(), "config": checkpoint.ModelConfig.from_registry("Cnn6").to_dict()}, path)
+    seeded_checkpoint(path)
     return path, panns.load(path, backend="torch")
 
 
