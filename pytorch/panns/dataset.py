@@ -754,6 +754,19 @@ _SKIP_HELP = ("if the output exists and is complete, keep it instead of re-packi
               "Without it an existing output is replaced")
 
 
+def _add_row_options(p: argparse.ArgumentParser) -> None:
+    """What every packed row is made of (rate, length), how it is decoded and the classes' CSV: one set of flags
+    for both packers, so they cannot drift apart."""
+    p.add_argument("--sample_rate", type=argtypes.int_in(packing.MIN_SAMPLE_RATE, packing.MAX_SAMPLE_RATE, "Hz"),
+                   default=config.sample_rate, help="sample rate of the packed waveforms")
+    p.add_argument("--clip_seconds", type=argtypes.positive_float, default=config.clip_seconds,
+                   help="clip length (pad or truncate)")
+    p.add_argument("--num_workers", type=argtypes.non_negative_int, default=min(4, os.cpu_count() or 1),
+                   help="decoding processes (default: the CPU count, at most 4; 0 or 1: decode in this process)")
+    p.add_argument("--class_labels_csv", type=str, default=None,
+                   help="label CSV (index,mid,display_name); default: metadata/class_labels_indices.csv of the repo")
+
+
 def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -789,12 +802,7 @@ def main() -> None:
     p.add_argument("--waveforms_hdf5_path", type=str, required=True, help="output HDF5")
     p.add_argument("--mini_data", action="store_true", default=False,
                    help="only the first 10 clips; output name gets the suffix .mini")
-    p.add_argument("--sample_rate", type=argtypes.int_in(packing.MIN_SAMPLE_RATE, packing.MAX_SAMPLE_RATE, "Hz"), default=config.sample_rate,
-                   help="sample rate of the packed waveforms")
-    p.add_argument("--clip_seconds", type=argtypes.positive_float, default=config.clip_seconds, help="clip length (pad or truncate)")
-    p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
-    p.add_argument("--class_labels_csv", type=str, default=None,
-                   help="label CSV (index,mid,display_name); default metadata/class_labels_indices.csv of the repo")
+    _add_row_options(p)
     p.add_argument("--skip_existing", action="store_true", help=_SKIP_HELP)
     p.add_argument("--storage", choices=storage_mod.STORAGES, default="pcm16",
                    help="pcm16: official int16 rows; flac: lossless FLAC bytes per row (about half the size)")
@@ -807,12 +815,7 @@ def main() -> None:
     p.add_argument("--shards", type=str, required=True,
                    help="glob ('DIR/*.tar', 'DIR/*.parquet'), folder, or comma-separated shard files")
     p.add_argument("--waveforms_hdf5_path", type=str, required=True, help="output HDF5")
-    p.add_argument("--sample_rate", type=argtypes.int_in(packing.MIN_SAMPLE_RATE, packing.MAX_SAMPLE_RATE, "Hz"), default=config.sample_rate,
-                   help="sample rate of the packed waveforms")
-    p.add_argument("--clip_seconds", type=argtypes.positive_float, default=config.clip_seconds, help="clip length (pad or truncate)")
-    p.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
-    p.add_argument("--class_labels_csv", type=str, default=None,
-                   help="label CSV (index,mid,display_name); default: metadata/class_labels_indices.csv of the repo")
+    _add_row_options(p)
     p.add_argument("--label_field", type=str, default=None,
                    help="json key / column holding the labels; default: first of " + ", ".join(shards.LABEL_FIELDS))
     p.add_argument("--id_field", type=str, default=None,
