@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode")
     p = sub.add_parser("train", help="fine-tune a pretrained model (or run a linear probe)",
+                       epilog="Ctrl-C or SIGTERM (a cluster's pre-emption or time limit) stops the run after the current "
+                              "step, writing latest.pth there (best.pth changes only after an evaluation); the same "
+                              "command with --resume continues. A second Ctrl-C more than 2 s later stops at once.",
                        formatter_class=DefaultsOnceFormatter)
     g = p.add_argument_group("model (official arguments)")
     add_frontend_args(g)  # None: the pretrained checkpoint's, else the registry's (a contradiction is an error)

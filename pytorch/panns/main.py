@@ -57,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
     p = sub.add_parser("train", help="train a model on the workspace's AudioSet HDF5 files",
-                       description="Train a model on the workspace's AudioSet HDF5 files.", formatter_class=_HelpFormatter)
+                       description="Train a model on the workspace's AudioSet HDF5 files.",
+                       epilog="Ctrl-C or SIGTERM (a cluster's pre-emption or time limit) stops the run after the\n"
+                              "current step with a checkpoint there (exit 130 / 143); the log names the\n"
+                              "--resume_iteration to continue with. A second Ctrl-C more than 2 s later stops at\n"
+                              "once, without one.",
+                       formatter_class=_HelpFormatter)
     p.add_argument("--workspace", type=str, required=True, help="workspace holding hdf5s/indexes/*.h5; outputs go here")
     p.add_argument("--data_type", type=str, default=d.data_type, choices=tl.DATA_TYPES,
                    help="training index: hdf5s/indexes/<data_type>.h5")
