@@ -180,6 +180,29 @@ def test_failures_csv_folder_is_checked_before_downloading(server, tmp_path):
         assert [r["YTID"] for r in csv.DictReader(f)] == ["gone0000000"] == [r.segment.ytid for r in rep.failed]
 
 
+def test_cookies_that_cannot_be_read_are_refused_before_downloading(tmp_path):
+    """yt-dlp goes on without a cookie file it cannot read, so the clips that need it would fail one by one."""
+    csv_path = _csv(tmp_path / "seg.csv", ["x"])
+    url = "http://127.0.0.1:9/{ytid}"   # never reached
+    for missing in (tmp_path / "cookies.txt", tmp_path):   # no such file; a folder
+        with pytest.raises(PannsError, match=r"--cookies .* is not a readable file"):
+            ds.download_wavs(csv_path, str(tmp_path / "a"), url_template=url, cookies=str(missing), progress=False)
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("flag,value,expect", [
+    ("--num_workers", "0", ">= 1"), ("--num_workers", "-2", ">= 1"), ("--max_retries", "-1", ">= 0"),
+    ("--retry_base_delay", "nan", "finite"), ("--retry_base_delay", "-5", ">= 0")])
+def test_download_flags_refuse_nonsense_numbers(flag, value, expect, tmp_path, capsys):
+    """Were read as 1 worker, no retries and retries without a pause."""
+    with pytest.raises(SystemExit) as e:
+        ds.main(["download_wavs", "--csv_path", "x.csv", "--audios_dir", str(tmp_path), flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: must be" in err and expect in err
+    assert os.listdir(tmp_path) == []
+
+
 def test_transient_error_classification():
     assert ds.is_transient_error("HTTP Error 429: Too Many Requests")
     assert ds.is_transient_error("Unable to download webpage: HTTP Error 503: Service Unavailable")

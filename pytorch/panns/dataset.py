@@ -477,6 +477,10 @@ def download_wavs(csv_path: str, audios_dir: str, mini_data: bool = False, num_w
     """Download the segments of a CSV as ``<audios_dir>/Y<YTID>.wav`` (see module docstring)."""
     if "{ytid}" not in url_template:
         raise PannsError(f"--url_template must contain '{{ytid}}', got {url_template!r}")
+    if cookies is not None and not (os.path.isfile(cookies) and os.access(cookies, os.R_OK)):
+        # yt-dlp skips a cookie file it cannot read without a word: the clips that need it (past YouTube's bot
+        # check, age-restricted) would fail, the age-restricted ones as permanent failures the next run skips
+        raise PannsError(f"--cookies {cookies} is not a readable file (a cookies.txt exported from a browser)")
     segments = read_segments_csv(csv_path)
     if mini_data:
         segments = segments[:MINI_ROWS]
@@ -767,7 +771,7 @@ def _add_row_options(p: argparse.ArgumentParser) -> None:
                    help="label CSV (index,mid,display_name); default: metadata/class_labels_indices.csv of the repo")
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode")
@@ -782,11 +786,13 @@ def main() -> None:
     p.add_argument("--csv_path", type=str, required=True, help="segment CSV (AudioSet format)")
     p.add_argument("--audios_dir", type=str, required=True, help="folder for Y<YTID>.wav files")
     p.add_argument("--mini_data", action="store_true", default=False, help="only the first 10 clips (debug)")
-    p.add_argument("--num_workers", type=int, default=4, help="parallel downloads")
+    # argparse types: 0 workers, -1 retries or a NaN delay were read as 1, 0 and no wait at all
+    p.add_argument("--num_workers", type=argtypes.int_in(1), default=4, help="parallel downloads")
     p.add_argument("--url_template", type=str, default=YOUTUBE_URL_TEMPLATE,
                    help="URL of a clip's video, '{ytid}' is replaced by the YouTube id (point it at a mirror)")
-    p.add_argument("--max_retries", type=int, default=4, help="retries of a clip after throttling/transient errors")
-    p.add_argument("--retry_base_delay", type=float, default=10.0,
+    p.add_argument("--max_retries", type=argtypes.non_negative_int, default=4,
+                   help="retries of a clip after throttling/transient errors (0: none)")
+    p.add_argument("--retry_base_delay", type=argtypes.non_negative_float, default=10.0,
                    help="seconds before the first retry; doubled for every further retry")
     p.add_argument("--failures_csv", type=str, default=None,
                    help=f"CSV listing failed clips and why (default <audios_dir>/{FAILURES_CSV_NAME})")
@@ -830,7 +836,7 @@ def main() -> None:
                    help="pack shards whose clips carry no labels (default: refused after the first shard)")
     p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
 
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.mode == "split_unbalanced_csv_to_partial_csvs":
         split_unbalanced_csv_to_partial_csvs(args.unbalanced_csv, args.unbalanced_partial_csvs_dir)
     elif args.mode == "download_wavs":
