@@ -203,7 +203,8 @@ def _cli_error(argv, capsys) -> str:
 
 
 @pytest.mark.parametrize("flag,value", [("--learning_rate", "nan"), ("--learning_rate", "0"), ("--seed", "-1"),
-                                        ("--clip_seconds", "nan"), ("--clip_seconds", "0"), ("--probe_c", "0")])
+                                        ("--clip_seconds", "nan"), ("--clip_seconds", "0"), ("--probe_c", "0"),
+                                        ("--log_every", "-1")])
 def test_finetune_flags_refuse_bad_numbers_before_any_work(flag, value, ft_setup, tmp_path, capsys):
     err = _cli_error(_ft_args(ft_setup, tmp_path, flag, value), capsys)
     assert flag in err, err
@@ -213,6 +214,39 @@ def test_finetune_flags_refuse_bad_numbers_before_any_work(flag, value, ft_setup
 def test_finetune_front_end_is_checked_before_the_model_is_built(capsys):
     err = _cli_error(["train", "--model_type", "Transfer_Cnn6", "--sample_rate", "16000", "--fmax", "9000"], capsys)
     assert "--fmax 9000 is above the Nyquist frequency" in err, err
+
+
+def test_finetune_options_that_would_change_nothing_are_refused(ft_setup, tmp_path, capsys):
+    """Read by another mode or data source only: one line before any work, instead of a run that ignores them."""
+    data, base, _ = ft_setup
+    common = ["train", "--model_type", "Transfer_Cnn6", "--pretrained_checkpoint_path", base, "--workspace",
+              str(tmp_path), "--num_workers", "0"]
+    split = tmp_path / "split"   # train/ and eval/ folders of class folders: the data names its evaluation split
+    for folder in ("train/a", "train/b", "eval/a", "eval/b"):
+        os.makedirs(split / folder)
+    lists = [str(tmp_path / n) for n in ("train.csv", "eval.csv")]
+    for extra, expect in (
+            (["--dataset_dir", data, "--linear_probe", "--iterations", "500", "--augmentation", "mixup"],
+             "--iterations, --augmentation mixup have no effect with --linear_probe"),
+            (["--dataset_dir", data, "--linear_probe", "--learning_rate", "0.01", "--head_init", "random", "--log_every",
+              "5", "--eval_every", "5"], "--learning_rate, --head_init, --eval_every, --log_every have no effect"),
+            (["--dataset_dir", data, "--linear_probe", "--resume"], "--resume has no effect with --linear_probe"),
+            (["--dataset_dir", data, "--probe_c", "0.5"], "--probe_c has no effect without a linear probe"),
+            (["--dataset_dir", data, "--freeze_base", "--head_init", "random", "--probe_c", "0.5"], "--probe_c has no"),
+            (["--dataset_dir", data, "--audio_dir", data], "--audio_dir has no effect with --dataset_dir"),
+            (["--dataset_dir", str(split), "--eval_fraction", "0.3"],
+             f"--eval_fraction has no effect here: {split / 'eval'} holds the evaluation clips"),
+            (["--train_csv", lists[0], "--eval_csv", lists[1], "--eval_fraction", "0.3"], "--eval_csv lists the"),
+            (["--meta_csv", lists[0], "--holdout_fold", "1", "--eval_fraction", "0.3"], "--holdout_fold is the")):
+        err = _cli_error(common + extra, capsys)
+        assert expect in err, err
+    assert not os.path.exists(tmp_path / "finetune")
+    # Their defaults, and the same options where they are read, are not refused.
+    for argv in (["--dataset_dir", data, "--linear_probe", "--probe_c", "0.5", "--eval_fraction", "0.3"],
+                 ["--dataset_dir", data, "--freeze_base", "--probe_c", "0.5", "--iterations", "5"],
+                 ["--dataset_dir", data, "--head_init", "probe", "--probe_c", "0.5"],
+                 ["--dataset_dir", str(split)], ["--train_csv", lists[0], "--audio_dir", data, "--eval_fraction", "0.3"]):
+        ft.refuse_unused(ft.build_parser().parse_args(common + argv))
 
 
 def test_finetune_resume_with_changed_settings(ft_setup, tmp_path, capsys, caplog):

@@ -54,6 +54,7 @@ from panns.utilities import atomic_write, die_with_parent, float32_to_int16, int
 logger = logging.getLogger(__name__)
 
 EVAL_FOLDER_NAMES = ("eval", "val", "validation", "valid", "test")
+DEFAULT_EVAL_FRACTION = 0.2   # share of every class held out when the data names no evaluation split
 CACHE_VERSION = 1
 
 
@@ -124,17 +125,28 @@ def _scan_class_folders(folder: str) -> List[Item]:
     return items
 
 
-def from_folder(dataset_dir: str, eval_fraction: float = 0.2, seed: int = 0) -> LabelledData:
+def split_folders(dataset_dir: str) -> Optional[Tuple[str, str]]:
+    """``('train', <eval folder>)`` when ``dataset_dir`` holds the two splits as folders of class folders, else
+    None (one set of class folders, split by a hold-out; or not a folder at all)."""
+    if not os.path.isdir(dataset_dir):
+        return None
+    subs = _class_folders(dataset_dir)
+    eval_dirs = [d for d in subs if d.lower() in EVAL_FOLDER_NAMES]
+    if "train" in subs and eval_dirs and all(_class_folders(os.path.join(dataset_dir, d)) for d in ["train"] + eval_dirs[:1]):
+        return "train", eval_dirs[0]
+    return None
+
+
+def from_folder(dataset_dir: str, eval_fraction: float = DEFAULT_EVAL_FRACTION, seed: int = 0) -> LabelledData:
     """``dataset_dir/<class>/...`` (hold-out split) or ``dataset_dir/{train,eval|val|test}/<class>/...``."""
     if not os.path.isdir(dataset_dir):
         raise PannsError(f"--dataset_dir {dataset_dir} is not a folder")
-    subs = _class_folders(dataset_dir)
-    eval_dirs = [d for d in subs if d.lower() in EVAL_FOLDER_NAMES]
     name = os.path.basename(os.path.normpath(os.path.abspath(dataset_dir)))
-    if "train" in subs and eval_dirs and all(_class_folders(os.path.join(dataset_dir, d)) for d in ["train"] + eval_dirs[:1]):
-        train = _scan_class_folders(os.path.join(dataset_dir, "train"))
-        evl = _scan_class_folders(os.path.join(dataset_dir, eval_dirs[0]))
-        return _build(train, evl, name, f"folders {dataset_dir}/train and {dataset_dir}/{eval_dirs[0]}")
+    splits = split_folders(dataset_dir)
+    if splits is not None:
+        train = _scan_class_folders(os.path.join(dataset_dir, splits[0]))
+        evl = _scan_class_folders(os.path.join(dataset_dir, splits[1]))
+        return _build(train, evl, name, f"folders {dataset_dir}/train and {dataset_dir}/{splits[1]}")
     items = _scan_class_folders(dataset_dir)
     train, evl = stratified_split(items, eval_fraction, seed)
     return _build(train, evl, name, f"class folders in {dataset_dir} ({eval_fraction:.0%} held out for eval, seed {seed})")
@@ -173,7 +185,7 @@ def read_list_csv(csv_path: str, audio_dir: Optional[str] = None) -> List[Item]:
 
 
 def from_csv_lists(train_csv: str, eval_csv: Optional[str] = None, audio_dir: Optional[str] = None,
-                   eval_fraction: float = 0.2, seed: int = 0) -> LabelledData:
+                   eval_fraction: float = DEFAULT_EVAL_FRACTION, seed: int = 0) -> LabelledData:
     train = read_list_csv(train_csv, audio_dir)
     name = os.path.splitext(os.path.basename(train_csv))[0]
     if eval_csv:

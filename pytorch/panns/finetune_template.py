@@ -52,6 +52,38 @@ from panns.frontend import add_frontend_args
 from panns.models import Transfer_Cnn14, make_transfer_model  # noqa: F401  (official names, re-exported)
 
 
+# Defaults of the options that only fine-tuning reads: they are None until main() fills them in, so that one
+# given to --linear_probe (no training steps) is refused instead of ignored.
+TRAINING_DEFAULTS = {"iterations": 1000, "eval_every": 100, "log_every": 10}
+PROBE_C = 1.0   # --probe_c when not given (scikit-learn's C)
+
+
+def refuse_unused(args) -> None:
+    """Options this run would not read are refused in one line (their defaults are None, so only given ones
+    are): fine-tuning's with --linear_probe, --probe_c without a probe, --audio_dir without CSV paths,
+    --eval_fraction where the data names its evaluation split. Run before the defaults are filled in."""
+    if args.linear_probe:
+        given = [f"--{n}" for n in ("learning_rate", "head_init", *TRAINING_DEFAULTS) if getattr(args, n) is not None]
+        given += ["--augmentation mixup"] * (args.augmentation == "mixup") + ["--resume"] * bool(args.resume)
+        if given:
+            raise PannsError(f"{', '.join(given)} {'has' if len(given) == 1 else 'have'} no effect with --linear_probe: "
+                             "it fits a logistic regression on the base's embeddings, without training steps; "
+                             f"drop {'it' if len(given) == 1 else 'them'}, or drop --linear_probe to fine-tune")
+    elif args.probe_c is not None and (args.head_init or ("probe" if args.freeze_base else "random")) == "random":
+        raise PannsError("--probe_c has no effect without a linear probe: it is for --linear_probe, or for --head_init "
+                         "probe (the default with --freeze_base)")
+    if args.audio_dir and args.dataset_dir:
+        raise PannsError("--audio_dir has no effect with --dataset_dir (its clips are in the class folders): it is "
+                         "where relative paths of --train_csv, --eval_csv or --meta_csv start")
+    if args.eval_fraction is not None:
+        folders = fd.split_folders(args.dataset_dir) if args.dataset_dir else None
+        split = ("--eval_csv lists the evaluation clips" if args.eval_csv else
+                 "--holdout_fold is the evaluation split" if args.meta_csv else
+                 f"{os.path.join(args.dataset_dir, folders[1])} holds the evaluation clips" if folders else None)
+        if split:
+            raise PannsError(f"--eval_fraction has no effect here: {split} (nothing is held out of training)")
+
+
 def load_data(args) -> Optional[fd.LabelledData]:
     """The data set named by the arguments, or None when no data argument was given."""
     given = [n for n in ("dataset_dir", "train_csv", "meta_csv") if getattr(args, n)]
@@ -114,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--audio_dir", type=str, default=None,
                    help="folder that relative paths in the CSVs start from (default: <meta csv>/../audio, "
                         "then the CSV's folder)")
-    d.add_argument("--eval_fraction", type=float, default=0.2,
-                   help="share of every class held out for evaluation when no eval split is given")
+    d.add_argument("--eval_fraction", type=float, default=None,
+                   help="share of every class held out for evaluation when no eval split is given (default: "
+                        f"{fd.DEFAULT_EVAL_FRACTION})")
     d.add_argument("--clip_seconds", type=argtypes.positive_float, default=None,
                    help="clip length fed to the model: random crops for training, the first seconds for "
                         "evaluation, zero-padded when shorter (default: longest clip, at most 10 s)")
@@ -127,9 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch_size", type=int, default=32, help="clips per optimizer step")
     t.add_argument("--learning_rate", type=argtypes.positive_float, default=None,
                    help="Adam learning rate (default: 1e-3 with --freeze_base, 1e-4 otherwise)")
-    t.add_argument("--iterations", type=int, default=1000, help="optimizer steps")
-    t.add_argument("--eval_every", type=int, default=100, help="evaluate and save every this many steps (and at the end)")
-    t.add_argument("--log_every", type=int, default=10, help="log the training loss every this many steps (0: off)")
+    # None: not given (refused with --linear_probe, which takes no steps); TRAINING_DEFAULTS otherwise
+    t.add_argument("--iterations", type=int, default=None,
+                   help=f"optimizer steps (default: {TRAINING_DEFAULTS['iterations']})")
+    t.add_argument("--eval_every", type=int, default=None,
+                   help="evaluate and save every this many steps (and at the end) "
+                        f"(default: {TRAINING_DEFAULTS['eval_every']})")
+    t.add_argument("--log_every", type=argtypes.non_negative_int, default=None,
+                   help=f"log the training loss every this many steps (0: off) (default: {TRAINING_DEFAULTS['log_every']})")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in the run folder from its latest.pth (same arguments; exact: the weights "
                         "equal those of one run straight). A changed --seed, --batch_size, --augmentation or "
@@ -153,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "between clips, so the first hundred steps only shift the class biases")
     t.add_argument("--linear_probe", action="store_true",
                    help="instead of fine-tuning: base embeddings (extracted once) + logistic regression")
-    t.add_argument("--probe_c", type=argtypes.positive_float, default=1.0, help="inverse L2 strength of the linear probe")
+    t.add_argument("--probe_c", type=argtypes.positive_float, default=None,
+                   help=f"inverse L2 strength of the linear probe (--linear_probe, --head_init probe) (default: "
+                        f"{PROBE_C})")
     e = sub.add_parser("export", help="a self-contained copy of a fine-tuned checkpoint (a frozen base's weights "
                                       "inside, instead of the reference to its file)",
                        formatter_class=DefaultsOnceFormatter)
@@ -188,6 +228,10 @@ def main(argv=None) -> Optional[dict]:
         return {"checkpoint_path": out}
     if args.mode != "train":
         parser.error("choose the sub-command: train or export")
+    refuse_unused(args)
+    for name, value in (*TRAINING_DEFAULTS.items(), ("probe_c", PROBE_C), ("eval_fraction", fd.DEFAULT_EVAL_FRACTION)):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.head_init is None:
         args.head_init = "probe" if args.freeze_base else "random"
     if args.learning_rate is None:
