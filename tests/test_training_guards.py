@@ -132,6 +132,21 @@ def test_window_longer_than_the_clips_is_one_line(ws):
         build_model(tiny_config("ws", ws[1]), 3, clip_samples=300, eval_clip_samples=300)
 
 
+def test_resume_at_early_stop_is_refused_before_any_work(tmp_path, capsys):
+    """--resume_iteration N with --early_stop N loaded the checkpoint, took no step, evaluated and saved nothing
+    and logged 'Finished at iteration N'."""
+    argv = ["train", "--workspace", str(tmp_path), "--model_type", "Cnn6", "--resume_iteration", "4", "--early_stop", "4"]
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main_cli.main(argv))
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == ("error: --resume_iteration 4 is already --early_stop 4: nothing left to "
+                                               "train; raise --early_stop to train on")
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(PannsError, match="--resume_iteration 5 is past --early_stop 4: nothing left"):
+        tl.TrainConfig(workspace="w", resume_iteration=5, early_stop=4).validate()
+    tl.TrainConfig(workspace="w", early_stop=0).validate()   # a fresh run of no steps still evaluates the start
+
+
 @pytest.mark.parametrize("flag,value,expect", [
     ("--learning_rate", "nan", "finite"), ("--learning_rate", "inf", "finite"), ("--learning_rate", "0", "> 0"),
     ("--sample_rate", "0", ">= 1"), ("--hop_size", "0", ">= 1"), ("--seed", "-1", ">= 0"),

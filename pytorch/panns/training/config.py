@@ -185,8 +185,11 @@ class TrainConfig:
                 raise PannsError(f"--{name} must be >= 1 (got {getattr(self, name)})")
         if self.early_stop < 0 or self.resume_iteration < 0:
             raise PannsError("--early_stop and --resume_iteration must be >= 0")
-        if self.resume_iteration > self.early_stop:
-            raise PannsError(f"--resume_iteration {self.resume_iteration} is past --early_stop {self.early_stop}")
+        if self.resume_iteration > 0 and self.resume_iteration >= self.early_stop:
+            # equal: the run would load everything, take no step, evaluate and save nothing, and say it finished
+            where = "is past" if self.resume_iteration > self.early_stop else "is already"
+            raise PannsError(f"--resume_iteration {self.resume_iteration} {where} --early_stop {self.early_stop}: "
+                             "nothing left to train; raise --early_stop to train on")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise PannsError(f"--learning_rate must be a finite number > 0 (got {self.learning_rate})")
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
