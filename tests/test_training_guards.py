@@ -231,6 +231,13 @@ def test_finetune_front_end_is_checked_before_the_model_is_built(capsys):
     assert "--fmax 9000 is above the Nyquist frequency" in err, err
 
 
+def test_finetune_help_shows_every_default_once():
+    text = " ".join(ft.build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
+    assert "--seed SEED seed of the eval hold-out, batch order, crops and init (default: 0)" in text   # 0 == False
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "optimizer steps (default: 1000)" in text and "--linear_probe instead of fine-tuning" in text
+
+
 def test_finetune_options_that_would_change_nothing_are_refused(ft_setup, tmp_path, capsys):
     """Read by another mode or data source only: one line before any work, instead of a run that ignores them."""
     data, base, _ = ft_setup
