@@ -334,3 +334,15 @@ def test_decode_failures_line_lists_count_and_names(tmp_path):
     with pytest.raises(PannsError, match=r"3 of 4 audio files cannot be decoded: cannot decode .*bad0\.wav.*; also "
                                          r".*bad1\.wav, .*bad2\.wav; fix or remove"):
         fd.build_cache([good] + bad, 16000, str(tmp_path / "cache"))
+
+
+def test_a_run_name_that_leaves_the_finetune_folder_is_a_usage_error(capsys):
+    """--run_name names a sub-folder of <workspace>/finetune: '..' or an absolute path would put a run (and an
+    --overwrite's removals) somewhere else; nested names stay allowed."""
+    for name in ("..", "a/../../x", "/tmp/x", "a\\..\\..\\x", " "):
+        with pytest.raises(SystemExit) as e:
+            ft.build_parser().parse_args(["train", "--run_name", name])
+        assert e.value.code == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]   # argparse's usage, then the one error line
+        assert "argument --run_name: a folder name inside <workspace>/finetune" in last, last
+    assert ft.build_parser().parse_args(["train", "--run_name", "exp/1"]).run_name == "exp/1"

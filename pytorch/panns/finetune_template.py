@@ -58,6 +58,15 @@ TRAINING_DEFAULTS = {"iterations": 1000, "eval_every": 100, "log_every": 10}
 PROBE_C = 1.0   # --probe_c when not given (scikit-learn's C)
 
 
+def run_name(text: str) -> str:
+    """``--run_name``: a sub-folder of <workspace>/finetune (nested ones too), never a path out of it."""
+    parts = text.replace("\\", "/").split("/")
+    if not text.strip() or os.path.isabs(text) or ".." in parts:
+        raise argparse.ArgumentTypeError(f"a folder name inside <workspace>/finetune, got {text!r} (no absolute "
+                                         "path, no '..'; --workspace picks where runs go)")
+    return text
+
+
 def refuse_unused(args) -> None:
     """Options this run would not read are refused in one line (their defaults are None, so only given ones
     are): fine-tuning's with --linear_probe, --probe_c without a probe, --audio_dir without CSV paths,
@@ -155,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "evaluation, zero-padded when shorter (default: longest clip, at most 10 s)")
     t = p.add_argument_group("training")
     t.add_argument("--workspace", type=str, default=None, help="folder for the cache, checkpoints and reports")
-    t.add_argument("--run_name", type=str, default=None,
+    t.add_argument("--run_name", type=run_name, default=None,
                    help="sub-folder of <workspace>/finetune (default: model, data set, loss, frozen)")
     t.add_argument("--cache_dir", type=str, default=None, help="decoded-clip cache (default: <workspace>/cache)")
     t.add_argument("--batch_size", type=int, default=32, help="clips per optimizer step")
