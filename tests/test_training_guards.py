@@ -47,6 +47,10 @@ def test_a_fresh_run_refuses_a_folder_holding_a_run_unless_overwrite(ws, tmp_pat
     before = os.path.getmtime(cfg.checkpoint_path(4)), os.path.getmtime(cfg.statistics_path)
     with pytest.raises(PannsError, match=r"already holds a run \(checkpoints at iterations 2, 4\); resume it with "
                                          r"--resume_iteration 4.*--overwrite"):
+        _train(ws, tmp_path, early_stop=6)
+    # where this command would stop no later than the run already got, resuming alone would be refused next
+    with pytest.raises(PannsError, match=r"\(checkpoints at iterations 2, 4\); it reached iteration 4, so resuming it "
+                                         r"takes --resume_iteration 4 with an --early_stop above 4, .*--overwrite"):
         _train(ws, tmp_path, early_stop=2)
     assert (os.path.getmtime(cfg.checkpoint_path(4)), os.path.getmtime(cfg.statistics_path)) == before
     _train(ws, tmp_path, early_stop=2, overwrite=True)

@@ -189,7 +189,10 @@ def check_run_folder(cfg: TrainConfig) -> List[str]:
     if not cfg.overwrite:
         held = f"checkpoints at iterations {', '.join(map(str, trained))}" if trained else \
             f"{cfg.statistics_path}" + (" (unreadable)" if last_eval == -1 else f" up to iteration {last_eval}")
-        resume = f"resume it with --resume_iteration {trained[-1]}, " if trained else ""
+        resume = "" if not trained else (
+            f"resume it with --resume_iteration {trained[-1]}, " if trained[-1] < cfg.early_stop else
+            f"it reached iteration {trained[-1]}, so resuming it takes --resume_iteration {trained[-1]} with an "
+            f"--early_stop above {trained[-1]}, ")
         raise PannsError(f"the run folder {cfg.checkpoints_dir} already holds a run ({held}); {resume}change a "
                          "setting that names the folder, or add --overwrite to replace it")
     stem = os.path.splitext(cfg.statistics_path)[0]
