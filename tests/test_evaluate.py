@@ -256,3 +256,18 @@ def test_ap_and_auc_equal_scikit_learn_with_ties_and_degenerate_columns():
     np.testing.assert_allclose(auc[both], metrics.roc_auc_score(target[:, both], output[:, both], average=None),
                                rtol=0, atol=1e-12)
     assert np.isnan(ap[4]) and np.isnan(auc[4]) and np.isnan(auc[5]) and not np.isnan(ap[5])
+
+
+def test_plot_runs_plots_a_run_once_however_its_path_is_spelt(tmp_path, monkeypatch):
+    """A statistics file given by --statistics_paths and found again under --workspace is one run, not two
+    curves, when the two spellings differ ('./ws/...' against 'ws/...')."""
+    from panns import plot_statistics as ps
+
+    _write_stats(str(tmp_path / "ws" / "statistics" / "main" / "run" / "statistics.pkl"), [0.1, 0.2])
+    plotted = []
+    monkeypatch.setattr(ps, "plot_runs", lambda paths, *a, **k: plotted.append(list(paths)) or "y.png")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["plot_statistics.py", "plot_runs", "--workspace", "ws", "--statistics_paths",
+                                      "./ws/statistics/main/run/statistics.pkl", "--output", "y.png"])
+    ps.main()
+    assert plotted == [["./ws/statistics/main/run/statistics.pkl"]]

@@ -155,7 +155,8 @@ def main() -> None:
             found = find_statistics(args.workspace)
             if not found:
                 raise PannsError(f"no statistics.pkl under {os.path.join(args.workspace, 'statistics')}")
-            paths += [f for f in found if f not in paths]
+            given = {os.path.realpath(f) for f in paths}   # one run however its path is spelt
+            paths += [f for f in found if os.path.realpath(f) not in given]
         if args.labels is not None and args.workspace:
             raise PannsError("--labels cannot be combined with --workspace (the number of runs is not known)")
         out = plot_runs(paths, args.output, args.labels, args.title)
