@@ -350,3 +350,12 @@ def test_a_run_name_that_leaves_the_finetune_folder_is_a_usage_error(capsys):
         last = capsys.readouterr().err.strip().splitlines()[-1]   # argparse's usage, then the one error line
         assert "argument --run_name: a folder name inside <workspace>/finetune" in last, last
     assert ft.build_parser().parse_args(["train", "--run_name", "exp/1"]).run_name == "exp/1"
+
+
+def test_a_frozen_base_without_pretrained_weights_is_called_a_random_feature_baseline(caplog):
+    """Without --pretrained_checkpoint_path a frozen base never trains: the warning must not say 'from scratch'."""
+    with caplog.at_level(logging.WARNING):
+        assert ft.main(["train", "--model_type", "Transfer_Cnn6", "--freeze_base"]) is None   # no data: no work
+        assert ft.main(["train", "--model_type", "Transfer_Cnn6"]) is None
+    lines = [r.getMessage() for r in caplog.records if "No --pretrained_checkpoint_path" in r.getMessage()]
+    assert len(lines) == 2 and "frozen: a random-feature baseline" in lines[0] and "from scratch" in lines[1], lines

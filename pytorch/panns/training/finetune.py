@@ -385,7 +385,9 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
     if sd is not None:
         print("Load pretrained model successfully!")
     else:
-        logger.warning("No --pretrained_checkpoint_path: the base starts from random weights (training from scratch)")
+        frozen = args.freeze_base or getattr(args, "linear_probe", False)
+        logger.warning("No --pretrained_checkpoint_path: the base starts from random weights (%s)",
+                       "and stays so, frozen: a random-feature baseline" if frozen else "training from scratch")
     if data is None:
         print("No data given, nothing to fine-tune: pass --dataset_dir DIR (one sub-folder per class), "
               "--train_csv [--eval_csv], or --meta_csv with --holdout_fold, and --workspace.")
