@@ -52,6 +52,14 @@ else
   echo "4_train.sh: $PY sees no CUDA GPU; training on the CPU" >&2
 fi
 
+# The trainer runs as a child in its own process group that gets this script's Ctrl-C, SIGTERM and hang-up: it
+# then stops after its current step with a checkpoint (main.py train --help). Without the hand-over, a signal
+# to this script alone (a container's PID 1 on `docker stop` or pod deletion, `kill <pid>`) never reached
+# the trainer, which was killed later with everything since its last checkpoint.
+TRAINER=""
+trap '[ -z "$TRAINER" ] || kill -INT "$TRAINER" 2>/dev/null || true' INT
+trap '[ -z "$TRAINER" ] || kill -TERM "$TRAINER" 2>/dev/null || true' TERM HUP
+set -m
 # shellcheck disable=SC2086  # PYTHON may be "torchrun --nproc_per_node=N"
 $PYTHON "$REPO/pytorch/main.py" train \
   --workspace="$WORKSPACE" \
@@ -71,7 +79,16 @@ $PYTHON "$REPO/pytorch/main.py" train \
   --resume_iteration=0 \
   --early_stop=1000000 \
   --precision=auto \
-  "${LABELS_FLAG[@]}" "${CUDA_FLAG[@]}" "${EXTRA_ARGS[@]}"
+  "${LABELS_FLAG[@]}" "${CUDA_FLAG[@]}" "${EXTRA_ARGS[@]}" &
+TRAINER=$!
+STATUS=0
+while :; do   # a trapped signal ends `wait` early: wait again until the trainer has saved and exited
+  wait "$TRAINER" && STATUS=0 || STATUS=$?
+  kill -0 "$TRAINER" 2>/dev/null || break
+done
+set +m
+trap - INT TERM HUP
+[ "$STATUS" -eq 0 ] || exit "$STATUS"
 
 # Plot the statistics of every run in the workspace (results/1_aug.pdf, relative to the current directory).
 "$PY" "$REPO/utils/plot_statistics.py" plot --dataset_dir="$DATASET_DIR" --workspace="$WORKSPACE" --select=1_aug

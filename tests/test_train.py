@@ -496,3 +496,46 @@ def test_a_second_ctrl_c_stops_at_once_and_signals_together_are_one_request():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.1)
     assert signal.getsignal(signal.SIGTERM) is term
+
+
+def test_train_script_hands_a_signal_to_the_trainer(tmp_path):
+    """SIGTERM to scripts/4_train.sh alone (a container's PID 1 on `docker stop`, `kill <pid>`) reaches the
+    trainer, which stops after its step with a checkpoint there; the script exits with the trainer's 143 and
+    skips the plot. Before, bash kept the signal and the trainer ran on until it was killed outright."""
+    import signal
+    import time
+
+    ws, labels = make_workspace(str(tmp_path), classes_num=3, train_per_class=2, eval_per_class=1,
+                                clip_seconds=1.0, sample_rate=32000, full_train=True)
+    env = {**os.environ, "MODEL_TYPE": "Cnn6"}
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as f:
+        p = subprocess.Popen(["bash", os.path.join(REPO, "scripts", "4_train.sh"), ws, str(tmp_path / "dataset"),
+                              "--early_stop=100000", "--eval_every=100000", "--save_every=100000", "--log_every=1",
+                              "--num_workers=0", f"--class_labels_csv={labels}"],
+                             cwd=str(tmp_path), env=env, stdout=subprocess.DEVNULL, stderr=f)
+    try:
+        deadline = time.time() + 240
+        while "iteration: 2," not in err.read_text():
+            assert p.poll() is None and time.time() < deadline, err.read_text()[-2000:]
+            time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)   # the script's own PID only, not its process group
+        assert p.wait(timeout=120) == 143, err.read_text()[-2000:]
+    finally:   # nothing of this run outlives the test, whatever failed (the trainer has its own group)
+        for pid in (d for d in os.listdir("/proc") if d.isdigit()):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as c:
+                    if ws.encode() in c.read() and int(pid) != os.getpid():
+                        os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+    text = err.read_text()
+    stopped = [line for line in text.splitlines() if "Stopped by SIGTERM at iteration" in line]
+    assert len(stopped) == 1 and "--resume_iteration" in stopped[0], text[-2000:]
+    n = int(stopped[0].split("Stopped by SIGTERM at iteration ")[1].split(":")[0])
+    ckpt_dir = os.path.join(ws, "checkpoints", "main",
+                            "sample_rate=32000,window_size=1024,hop_size=320,mel_bins=64,fmin=50,fmax=14000",
+                            "data_type=full_train", "Cnn6", "loss_type=clip_bce", "balanced=balanced",
+                            "augmentation=mixup", "batch_size=32")
+    assert n >= 2 and sorted(os.listdir(ckpt_dir)) == sorted(["0_iterations.pth", f"{n}_iterations.pth"])
+    assert not (tmp_path / "results").exists(), "the plot runs only after a finished training"
