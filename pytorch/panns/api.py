@@ -33,7 +33,7 @@ from panns import runtime
 from panns import stream as stream_mod
 from panns import validate
 from panns.errors import PannsError
-from panns.postprocess import EventTracker, top_indexes
+from panns.postprocess import DEFAULT_MIN_DURATION, DEFAULT_THRESHOLD, EventTracker, top_indexes
 from panns.runtime import Runtime, WindowedPrediction
 
 Audio = Union[str, os.PathLike, np.ndarray, torch.Tensor, Sequence[Union[str, os.PathLike, np.ndarray]]]
@@ -209,8 +209,8 @@ class Model:
         preds = self.predict(audio, sample_rate, framewise=True, **options)
         return preds.framewise if isinstance(preds, WindowedPrediction) else [p.framewise for p in preds]
 
-    def detect_events(self, audio: Audio, sample_rate: Optional[int] = None, threshold: float = 0.5,
-                      min_duration: float = 0.0, **options) -> Union[List[dict], List[List[dict]]]:
+    def detect_events(self, audio: Audio, sample_rate: Optional[int] = None, threshold: float = DEFAULT_THRESHOLD,
+                      min_duration: float = DEFAULT_MIN_DURATION, **options) -> Union[List[dict], List[List[dict]]]:
         """Sound events per input: dicts with onset/offset (seconds), label, class index and score
         (the highest framewise probability inside), for runs of frames at or above ``threshold``."""
         self._need_sed()

@@ -46,6 +46,7 @@ import torch
 from panns import audio_io
 from panns import config
 from panns import extract
+from panns import postprocess
 from panns import pretrained
 from panns import runtime
 from panns import stream
@@ -619,10 +620,12 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                                 "(default: not saved)")
             p.add_argument("--events_csv", type=str, default=None,
                            help="write detected events (onset,offset,label,score) to this CSV (default: none)")
-            p.add_argument("--threshold", type=float, default=0.5,
-                           help="framewise probability at or above which a class is active (default 0.5)")
-            p.add_argument("--min_duration", type=float, default=0.0,
-                           help="drop events shorter than this many seconds (default 0)")
+            p.add_argument("--threshold", type=float, default=postprocess.DEFAULT_THRESHOLD,
+                           help="framewise probability at or above which a class is active (default "
+                                f"{postprocess.DEFAULT_THRESHOLD:g})")
+            p.add_argument("--min_duration", type=float, default=postprocess.DEFAULT_MIN_DURATION,
+                           help="drop events shorter than this many seconds (default "
+                                f"{postprocess.DEFAULT_MIN_DURATION:g})")
     for mode, (_, text) in SUBCOMMANDS.items():
         p = sub.add_parser(mode, help=text)
         _add_common(p)

@@ -36,6 +36,12 @@ class Event:
                 "index": self.index, "score": round(self.score, 4)}
 
 
+# Event post-processing defaults (offline detection, the live stream, the Python API): the official
+# threshold, and no minimum duration.
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_MIN_DURATION = 0.0
+
+
 class EventTracker:
     """Runs of frames whose probability is >= threshold, per class, found piece by piece.
 
@@ -43,8 +49,8 @@ class EventTracker:
     when given); its score is the highest probability inside; events shorter than min_duration
     are dropped. :meth:`events` sorts by onset, then score (descending), then class."""
 
-    def __init__(self, labels: Sequence[str], frames_per_second: float, threshold: float = 0.5,
-                 min_duration: float = 0.0):
+    def __init__(self, labels: Sequence[str], frames_per_second: float, threshold: float = DEFAULT_THRESHOLD,
+                 min_duration: float = DEFAULT_MIN_DURATION):
         self.labels, self.fps = labels, frames_per_second
         self.threshold, self.min_duration = threshold, min_duration
         self.frame = 0                         # index of the next frame to come
@@ -112,7 +118,7 @@ def _event_order(e: Event):
 
 
 def detect_events(framewise: np.ndarray, labels: Sequence[str], frames_per_second: float,
-                  threshold: float = 0.5, min_duration: float = 0.0,
+                  threshold: float = DEFAULT_THRESHOLD, min_duration: float = DEFAULT_MIN_DURATION,
                   duration: Optional[float] = None) -> List[Event]:
     """Events of a whole (frames, classes) framewise matrix (see EventTracker)."""
     tracker = EventTracker(labels, frames_per_second, threshold, min_duration)

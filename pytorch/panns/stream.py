@@ -57,7 +57,7 @@ from panns import runtime
 from panns import validate
 from panns.errors import AudioDecodeError, PannsError
 from panns.frontend import frontend_overrides
-from panns.postprocess import Event, EventTracker, top_indexes
+from panns.postprocess import DEFAULT_MIN_DURATION, DEFAULT_THRESHOLD, Event, EventTracker, top_indexes
 from panns.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def _to_grid(seconds: float, sample_rate: int, step: int, name: str) -> int:
 # ----------------------------------------------------------------------------- the stream
 # Defaults of the options that act on frames and events only (SED models); None in the signatures and
 # the parser means "not given", so that one given with a clip-level model can be refused (check_event_options).
-DEFAULT_LOOKAHEAD_SECONDS, DEFAULT_THRESHOLD, DEFAULT_MIN_DURATION = 1.0, 0.5, 0.0
+DEFAULT_LOOKAHEAD_SECONDS = 1.0   # threshold and min_duration: postprocess's, as offline detection
 
 
 def _is_number(value) -> bool:
