@@ -218,6 +218,13 @@ def test_env_forces_a_backend_and_the_key_follows_the_machine(tmp_path, monkeypa
     fake.builds.clear()
     assert _auto(model, cfg, job_seconds=1e4).backend_name == "torch" and len(fake.builds) == 2
     assert len(os.listdir(tmp_path / "calibration")) == 2
+    # the same (generic) model name on a node with other instruction sets: measured again, not reused
+    flags = devices.cpu_flags()
+    monkeypatch.setattr(devices, "cpu_flags", lambda *a: flags ^ {"amx_bf16"})
+    fake.costs = {FP32: 1.0, ORT: 0.5}
+    fake.builds.clear()
+    assert _auto(model, cfg, job_seconds=1e4).backend_name == "onnxruntime" and len(fake.builds) == 2
+    assert len(os.listdir(tmp_path / "calibration")) == 3
 
 
 def test_a_path_that_fails_is_left_out(tmp_path, monkeypatch, caplog):

@@ -91,6 +91,7 @@ def test_cpu_has_fast_bf16(tmp_path, monkeypatch):
     amx = tmp_path / "amx"
     amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
     assert devices.cpu_has_fast_bf16(str(amx))
+    assert {"avx512f", "amx_bf16"} <= devices.cpu_flags(str(amx)) and not devices.cpu_flags(str(tmp_path / "none"))
     plain = tmp_path / "plain"
     plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")

@@ -9,8 +9,8 @@ convolutions made torch the fastest. So the choice is measured on the machine at
   natively: ``devices.cpu_has_fast_bf16``);
 * :func:`measure` - a few timed batches of each (one warm-up call each, then ``repeats`` rounds in
   alternating order, the fastest round of each path counting; the losers are dropped afterwards);
-* :class:`Verdict` - the timings, cached as a small JSON file per machine (CPU model, core count),
-  library versions, model type and candidate set under ``$PANNS_CACHE/calibration`` (or
+* :class:`Verdict` - the timings, cached as a small JSON file per machine (CPU model, instruction sets,
+  core count), library versions, model type and candidate set under ``$PANNS_CACHE/calibration`` (or
   ``~/.cache/panns/calibration``), written atomically and reused afterwards. Delete the file to
   measure again.
 
@@ -93,10 +93,17 @@ def _version(package: str) -> str:
         return "none"
 
 
+# The instruction sets that decide which path wins (vector width, bf16/int8 matrix units): part of the key
+# because virtual machines often report a generic model name ("Intel(R) Xeon(R) Processor") for CPUs
+# from AVX2-only to AMX, and a cache in a home folder shared across a cluster's nodes sees them all.
+ISA_FLAGS = frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_int8"})
+
+
 def machine_key(model_type: str, paths: Sequence[Path], torch_side_by_side: int = 1) -> Dict[str, object]:
-    """What a verdict holds for: this CPU, its cores and bf16 support, the libraries, the model, the paths
-    and how torch runs (``torch_side_by_side``, see :func:`measure`)."""
+    """What a verdict holds for: this CPU (model name, instruction sets, cores, bf16 support), the libraries,
+    the model, the paths and how torch runs (``torch_side_by_side``, see :func:`measure`)."""
     key = {"format": FORMAT, "cpu": cpu_model(), "cores": os.cpu_count() or 0, "threads": torch.get_num_threads(),
+           "isa": sorted(devices.cpu_flags() & ISA_FLAGS), "torch_cpu": devices.cpu_capability(),
            "native_bf16": devices.cpu_has_fast_bf16(), "torch": torch.__version__,
            "onnxruntime": _version("onnxruntime"), "model_type": model_type,
            "paths": [path_name(p) for p in paths]}

@@ -28,7 +28,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple, Union
+from typing import FrozenSet, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -209,23 +209,31 @@ def map_location(device: DeviceLike) -> torch.device:
 
 
 # -------------------------------------------------------------------------------------- precision
-def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True when the CPU has native bf16 matrix instructions (AMX-BF16 or AVX512-BF16)."""
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> FrozenSet[str]:
+    """The CPU's instruction-set flags (``/proc/cpuinfo``; empty where that file is missing)."""
     try:
         with open(cpuinfo) as f:
-            flags = set()
             for line in f:
                 if line.startswith("flags"):
-                    flags.update(line.split(":", 1)[1].split())
-                    break
-        if flags & {"amx_bf16", "avx512_bf16"}:
-            return True
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return frozenset()
+
+
+def cpu_capability() -> str:
+    """What torch's CPU kernels were dispatched for, e.g. 'AVX2', 'AVX512' ('' on a torch without the query)."""
     try:
-        cap = torch.backends.cpu.get_cpu_capability()   # e.g. 'AVX2', 'AVX512', 'AVX512_BF16', 'AMX'
-    except Exception:  # older torch without the query: assume no native bf16
-        return False
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # older torch without the query
+        return ""
+
+
+def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when the CPU has native bf16 matrix instructions (AMX-BF16 or AVX512-BF16)."""
+    if cpu_flags(cpuinfo) & {"amx_bf16", "avx512_bf16"}:
+        return True
+    cap = cpu_capability()   # e.g. 'AVX2', 'AVX512', 'AVX512_BF16', 'AMX'
     return "AMX" in cap or "BF16" in cap
 
 
@@ -308,5 +316,5 @@ def describe(device: DeviceLike) -> str:
         except Exception:  # faked or unusual devices: the name is cosmetic
             name = "GPU"
         return f"{name} ({device}, sm{_sm(device)}, native bf16: {native_bf16(device)})"
-    return f"CPU ({torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_fast_bf16()})" \
+    return f"CPU ({cpu_capability()}, native bf16: {cpu_has_fast_bf16()})" \
         if device.type == "cpu" else str(device)
