@@ -86,6 +86,27 @@ def test_pack_refuses_output_that_is_its_csv_or_a_folder(small, tmp_path):
     assert os.listdir(folder) == []
 
 
+def test_outputs_that_exist_and_are_not_hdf5_are_refused_not_replaced(small, tmp_path):
+    # A typo'd output path naming a notes file, or one of the clips being packed, was replaced by the HDF5
+    info, wave = small
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    with pytest.raises(PannsError, match="notes.txt exists and is not an HDF5 file"):
+        _pack(info, notes)
+    clip = tmp_path / "Yclip.wav"
+    shutil.copy(os.path.join(info["eval_dir"], sorted(os.listdir(info["eval_dir"]))[0]), clip)
+    before = _digest(clip)
+    with pytest.raises(PannsError, match="Yclip.wav exists and is not an HDF5 file"):
+        _pack(info, clip)
+    with pytest.raises(PannsError, match="index file .*notes.txt exists and is not an HDF5 file"):
+        ci.create_indexes(wave, str(notes))
+    assert notes.read_text() == "my notes\n" and _digest(clip) == before
+    assert sorted(os.listdir(tmp_path)) == ["Yclip.wav", "notes.txt"]
+    empty = tmp_path / "empty.h5"   # an empty file holds nothing to lose: written as before
+    empty.touch()
+    assert _pack(info, empty).rows > 0
+
+
 def test_outputs_through_a_missing_folder_and_back_are_one_line_before_any_work(small, tmp_path, monkeypatch):
     # 'nodir/../x.h5' cannot be opened while nodir does not exist: refused up front, not after packing
     # with an error about a temporary file; nothing is created (neither nodir nor a temp)

@@ -431,3 +431,15 @@ def test_shards_whose_labels_are_all_unknown_are_refused(clips, tmp_path):
     rep = shards.pack_from_shards(tars[0], out, allow_unlabelled=True, **kw)
     got, _ = _rows(rep.path)
     assert got and not any(t.any() for _, t in got.values())
+
+
+def test_output_that_is_a_shard_of_another_set_is_refused(clips, tmp_path):
+    # The output path typed as a shard not among --shards (or any file that is not HDF5) was replaced
+    other = tmp_path / "other-0000.tar"
+    with open(clips["tars"][1], "rb") as f:
+        data = f.read()
+    other.write_bytes(data)
+    with pytest.raises(PannsError, match="other-0000.tar exists and is not an HDF5 file"):
+        shards.pack_from_shards(clips["tars"][0], str(other), clip_seconds=1.0, num_workers=1,
+                                class_labels_csv=clips["labels_csv"], progress=False)
+    assert other.read_bytes() == data and os.listdir(tmp_path) == ["other-0000.tar"]

@@ -44,7 +44,7 @@ import numpy as np
 
 from panns import packing, storage
 from panns.errors import PannsError, run_cli
-from panns.utilities import atomic_write, check_output_path, disk_full_error, remove_stale_temps
+from panns.utilities import atomic_write, disk_full_error, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -157,16 +157,16 @@ def _check_index_file(hf: h5py.File, path: str) -> None:
 
 
 def _check_index_output(path: str, inputs: Sequence[str]) -> None:
-    """Refuse an index output that is a folder, one of ``inputs``, or an existing waveform HDF5 (packed
-    data that an index written there would replace)."""
-    check_output_path(path, inputs, "index file")
+    """Refuse an index output that is a folder, one of ``inputs``, an existing file that is not HDF5, or an
+    existing waveform HDF5 (packed data that an index written there would replace)."""
+    packing.check_hdf5_output(path, inputs, "index file")   # also refuses an existing file that is not HDF5
     if not os.path.isfile(path):
         return
     try:
         with h5py.File(path, "r") as hf:
             holds_waveforms = storage.PCM_KEY in hf or storage.FLAC_KEY in hf
     except OSError:
-        return   # not an HDF5 file: nothing packed in it to protect
+        return   # an HDF5 cut short (an interrupted run): nothing packed in it to protect
     if holds_waveforms:
         raise PannsError(f"index file {path} is an existing waveform HDF5; writing the index there would destroy "
                          "the packed clips. Give another --indexes_hdf5_path / --full_indexes_hdf5_path")

@@ -663,8 +663,7 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
         waveforms_hdf5_path += ".mini"
     labels = config.read_class_labels(class_labels_csv)
     inputs = [csv_path, class_labels_csv or config.DEFAULT_LABELS_CSV]
-    check_output_path(waveforms_hdf5_path, inputs)
-    check_output_path(waveforms_hdf5_path + ".missing.csv", inputs, "list of missing clips")
+    packing.check_pack_output(waveforms_hdf5_path, inputs)
     if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
         packing.check_reusable(waveforms_hdf5_path, sample_rate, clip_samples, storage, labels)
         logger.info("Skip %s: already packed", waveforms_hdf5_path)

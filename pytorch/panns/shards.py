@@ -52,7 +52,7 @@ import numpy as np
 from panns import config, packing, storage
 from panns.errors import PannsError
 from panns.packing import is_complete_waveforms_hdf5
-from panns.utilities import Progress, check_output_path
+from panns.utilities import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -441,8 +441,7 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
     labels = config.read_class_labels(class_labels_csv)
     paths = list_shards(shards)
     inputs = paths + [class_labels_csv or config.DEFAULT_LABELS_CSV]
-    check_output_path(waveforms_hdf5_path, inputs)
-    check_output_path(waveforms_hdf5_path + ".missing.csv", inputs, "list of missing clips")
+    packing.check_pack_output(waveforms_hdf5_path, inputs)
     if os.path.exists(waveforms_hdf5_path + ".parts") and not os.path.isdir(waveforms_hdf5_path + ".parts"):
         raise PannsError(f"{waveforms_hdf5_path}.parts (the folder of packed shards) is a file; move it away")
     if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
