@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import io
 import os
+import shutil
 import subprocess
 import sys
 
@@ -385,6 +386,31 @@ def test_resume_with_another_label_field_repacks_the_finished_shards(clips, tmp_
     spec = _interrupted_after_first_shard(clips, out2, monkeypatch, class_labels_csv=clips["labels_csv"],
                                           label_field="no_such_field", allow_unlabelled=True)
     assert shards.pack_from_shards(spec, out2, skip_existing=True, **kw).shards_skipped == 1
+
+
+def test_resume_with_other_shards_of_the_same_names_repacks_them(clips, tmp_path, monkeypatch):
+    # Two configurations whose shards are named alike (shard-0000.tar, ...): a run on A stopped after its first
+    # shard, resumed on B, kept A's part for B's first shard: A's clips twice, B's first shard's clips lost
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    for k, (x, y) in enumerate([(clips["tars"][0], clips["tars"][1]), (clips["tars"][1], clips["tars"][0])]):
+        shutil.copy(x, a / f"shard-{k:04d}.tar")
+        shutil.copy(y, b / f"shard-{k:04d}.tar")
+    clips_a = dict(clips, tars=[str(a / "shard-0000.tar"), str(a / "shard-0001.tar")])
+    out = str(tmp_path / "o.h5")
+    _interrupted_after_first_shard(clips_a, out, monkeypatch, class_labels_csv=clips["labels_csv"])
+    kw = dict(clip_seconds=1.0, num_workers=1, progress=False, class_labels_csv=clips["labels_csv"])
+    spec_b = str(b / "shard-0000.tar") + "," + str(b / "shard-0001.tar")
+    rep = shards.pack_from_shards(spec_b, out, skip_existing=True, **kw)
+    assert rep.shards_skipped == 0
+    got, _ = _rows(out)
+    want, _ = _rows(shards.pack_from_shards(spec_b, str(tmp_path / "fresh.h5"), **kw).path)
+    assert list(got) == list(want) and len(set(got)) == 6
+    # The same shards resumed: the finished part is still reused.
+    out2 = str(tmp_path / "o2.h5")
+    spec_a = _interrupted_after_first_shard(clips_a, out2, monkeypatch, class_labels_csv=clips["labels_csv"])
+    assert shards.pack_from_shards(spec_a, out2, skip_existing=True, **kw).shards_skipped == 1
 
 
 def test_skip_existing_output_packed_with_other_options_is_refused(clips, tmp_path):

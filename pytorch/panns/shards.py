@@ -27,7 +27,8 @@ packing the same audio from a file. Each shard is packed into ``OUT.h5.parts/NNN
 When every shard is done the parts are joined into ``OUT.h5`` (atomic; joining needs the parts'
 disk space again, then they are removed; a single shard's part is simply renamed). A part is reused
 only when it was packed with the same sample rate, clip length, storage, label list and
-``--id_field``/``--label_field``/``--audio_field`` (kept in its ``shard_fields`` attribute). A shard that
+``--id_field``/``--label_field``/``--audio_field`` (kept in its ``shard_fields`` attribute), from a shard
+file of the same name and size (``shard_source``). A shard that
 cannot be read (truncated tar, also one cut between two members, broken Parquet) stops the run with
 one line naming it; finished parts are kept.
 """
@@ -352,6 +353,29 @@ def _fields_mismatch(part: str, fields: str) -> List[str]:
     return [f"--{k} {old.get(k)}, not {new[k]}" for k in sorted(new) if old.get(k) != new[k]]
 
 
+SOURCE_ATTR = "shard_source"
+
+
+def shard_source(shard: str) -> str:
+    """Which shard file a part is packed from (name and size), as stored in its ``shard_source`` attribute: a
+    resumed run whose --shards now lists another file at that position (another configuration whose shards
+    are named alike, a shard downloaded again) re-packs the part instead of keeping another shard's clips."""
+    return json.dumps({"name": os.path.basename(shard), "bytes": os.path.getsize(shard)}, sort_keys=True)
+
+
+def _source_mismatch(part: str, source: str) -> List[str]:
+    """[] when ``part`` was packed from the shard file ``source`` describes, else what differs (a part
+    without the attribute, from an older version, counts as packed from an unknown shard)."""
+    with h5py.File(part, "r") as hf:
+        had = hf.attrs.get(SOURCE_ATTR)
+    if had is None:
+        return ["shard it was packed from unknown"]
+    old, new = json.loads(had if isinstance(had, str) else bytes(had).decode()), json.loads(source)
+    if old == new:
+        return []
+    return [f"packed from {old.get('name')} of {old.get('bytes')} bytes, not {new['name']} of {new['bytes']} bytes"]
+
+
 def _pack_shard(shard: str, part: str, mapper: LabelMapper, labels: config.ClassLabels, sample_rate: int,
                 clip_seconds: float, clip_samples: int, storage_name: str, num_workers: int,
                 id_field: Optional[str], label_field: Optional[str], audio_field: str, bar) -> Tuple[int, int]:
@@ -387,7 +411,8 @@ def _pack_shard(shard: str, part: str, mapper: LabelMapper, labels: config.Class
                 short += res.seconds < packing.SHORT_FRACTION * clip_seconds
             bar.update(1)
         packing.write_missing_csv(part, missing)
-        out.commit(labels, sample_rate, {FIELDS_ATTR: shard_fields(id_field, label_field, audio_field)})
+        out.commit(labels, sample_rate, {FIELDS_ATTR: shard_fields(id_field, label_field, audio_field),
+                                         SOURCE_ATTR: shard_source(shard)})
     return out.rows, short
 
 
@@ -472,13 +497,15 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
                 diff = packing.option_mismatch(part, sample_rate, clip_samples, storage_name, labels)
                 # And the fields: another --id_field/--label_field/--audio_field gives other names or targets.
                 diff += _fields_mismatch(part, fields)
+                # And the shard itself: the part at this position may hold another shard's clips.
+                diff += _source_mismatch(part, shard_source(shard))
                 if not diff:
                     skipped += 1
                     if known is not None:
                         bar.update(parquet_rows(shard))
                     logger.info("Skip shard %s: packed in an earlier run (%s)", shard, part)
                     continue
-                logger.warning("Re-packing shard %s: %s was packed with other options (%s)", shard, part,
+                logger.warning("Re-packing shard %s: %s was packed otherwise (%s)", shard, part,
                                "; ".join(diff))
             bar.set_description(f"pack shard {i + 1}/{len(paths)}")
             rows, s = _pack_shard(shard, part, mapper, labels, sample_rate, clip_seconds, clip_samples, storage_name,
