@@ -151,3 +151,22 @@ def test_black_list(tmp_path, capsys):
     from panns.data_generator import read_black_list
 
     assert read_black_list(out) == {"Y-5QrBL6MzLg.wav", "Y-E0shPRxAbo.wav", "Y0BHN3aVgXNU.wav"}
+
+
+def test_black_list_refuses_empty_inputs_and_an_unwritable_output_in_one_line(tmp_path):
+    # An empty (cut-off) ground-truth CSV wrote an empty black list silently; a workspace that is a file or a
+    # folder where the list goes failed with Python's NotADirectoryError/IsADirectoryError text
+    bl = tmp_path / "bl"
+    bl.mkdir()
+    (bl / "groundtruth_weak_label_testing_set.csv").write_text("-5QrBL6MzLg_60.000_70.000.wav\t60.0\t70.0\tTrain\n")
+    (bl / "groundtruth_weak_label_evaluation_set.csv").write_text("\r\n")
+    with pytest.raises(PannsError, match="groundtruth_weak_label_evaluation_set.csv lists no clips"):
+        create_black_list.dcase2017task4(str(tmp_path / "ws"), str(bl))
+    assert not (tmp_path / "ws").exists()
+    (bl / "groundtruth_weak_label_evaluation_set.csv").write_text("0BHN3aVgXNU_2.000_12.000.wav\t2.0\t12.0\tTruck\n")
+    (tmp_path / "wsfile").write_text("x")
+    with pytest.raises(PannsError, match="wsfile is a file"):
+        create_black_list.dcase2017task4(str(tmp_path / "wsfile"), str(bl))
+    (tmp_path / "ws" / "black_list" / "dcase2017task4.csv").mkdir(parents=True)
+    with pytest.raises(PannsError, match="is a folder"):
+        create_black_list.dcase2017task4(str(tmp_path / "ws"), str(bl))

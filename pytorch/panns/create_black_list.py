@@ -19,7 +19,7 @@ from typing import List, Optional
 
 from panns import config
 from panns.errors import PannsError, run_cli
-from panns.utilities import atomic_write_text
+from panns.utilities import atomic_write_text, check_output_path
 
 DEFAULT_BLACK_LIST_DIR = os.path.join(config.REPO_ROOT, "metadata", "black_list")
 DCASE2017_FILES = ("groundtruth_weak_label_testing_set.csv", "groundtruth_weak_label_evaluation_set.csv")
@@ -48,6 +48,9 @@ def _ytids(path: str) -> List[str]:
     except UnicodeDecodeError as e:
         raise PannsError(f"{path} is not a UTF-8 text file (byte {e.start}: {e.reason}); "
                          "expected the DCASE 2017 task 4 ground-truth CSV") from None
+    if not out:   # an empty (cut-off) download would black-list nothing, silently
+        raise PannsError(f"{path} lists no clips; expected the DCASE 2017 task 4 ground-truth CSV "
+                         "('<YTID>_<start>_<end>.wav<TAB>...' lines)")
     return out
 
 
@@ -59,10 +62,11 @@ def dcase2017task4(workspace: str, black_list_dir: str = DEFAULT_BLACK_LIST_DIR)
         print(f"Skip black list: DCASE 2017 task 4 label CSVs not found ({', '.join(missing)}). They come with the "
               "official repository (metadata/black_list/); training works without a black list.")
         return None
+    out = os.path.join(workspace, "black_list", "dcase2017task4.csv")
+    check_output_path(out, inputs, "black list")   # a folder there, or a workspace that is a file: one line
     ytids: List[str] = []
     for path in inputs:  # testing set first, then evaluation set (official order); no cross-file de-dup
         ytids.extend(_ytids(path))
-    out = os.path.join(workspace, "black_list", "dcase2017task4.csv")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     atomic_write_text(out, "".join(y + "\n" for y in ytids))
     print(f"Write black list to {out}")
