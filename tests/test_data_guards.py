@@ -316,3 +316,18 @@ def test_split_unbalanced_refuses_a_part_that_is_its_input(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(PannsError, match="is a file"):
         ds.split_unbalanced_csv_to_partial_csvs(str(src), str(tmp_path / "afile" / "sub"))
+
+
+def test_plot_of_statistics_without_evaluations_is_refused_not_an_empty_figure(tmp_path):
+    import pickle
+
+    from panns import plot_statistics
+
+    empty, full = tmp_path / "empty.pkl", tmp_path / "full.pkl"
+    empty.write_bytes(pickle.dumps({"bal": [], "test": []}))
+    full.write_bytes(pickle.dumps({"bal": [], "test": [{"iteration": 0, "average_precision": np.array([0.5, 0.7])}]}))
+    out = tmp_path / "p.png"
+    with pytest.raises(PannsError, match="empty.pkl holds no mAP yet"):
+        plot_statistics.plot_runs([str(empty)], str(out))
+    assert not out.exists()
+    assert plot_statistics.plot_runs([str(empty), str(full)], str(out)) == str(out) and out.stat().st_size > 0

@@ -17,6 +17,7 @@ mAP of one evaluation is the mean AP over the classes that have positives in the
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import pickle
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -25,6 +26,8 @@ import numpy as np
 
 from panns.errors import PannsError, run_cli
 from panns.utilities import atomic_write, check_output_path
+
+logger = logging.getLogger(__name__)
 
 Curve = Tuple[np.ndarray, np.ndarray]
 
@@ -92,10 +95,16 @@ def plot_runs(statistics_paths: Sequence[str], output: str, labels: Optional[Seq
 
     fmt = _check_output(output, plt)
     labels = list(labels) if labels is not None else run_labels(statistics_paths)
+    all_curves = [load_curves(path) for path in statistics_paths]
+    empty = [path for path, c in zip(statistics_paths, all_curves) if not len(c["bal"][0]) and not len(c["test"][0])]
+    if len(empty) == len(statistics_paths):   # an empty figure with a legend warning, saved as if it were a result
+        raise PannsError(f"no evaluation to plot: {', '.join(empty)} "
+                         f"{'holds' if len(empty) == 1 else 'hold'} no mAP yet (written at each evaluation)")
+    for path in empty:
+        logger.warning("%s holds no evaluation yet; not plotted", path)
     fig, ax = plt.subplots(figsize=(10, 6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for n, (path, label) in enumerate(zip(statistics_paths, labels)):
-        curves = load_curves(path)
+    for n, (curves, label) in enumerate(zip(all_curves, labels)):
         color = colors[n % len(colors)]
         if len(curves["bal"][0]):
             ax.plot(*curves["bal"], color=color, linestyle="--", alpha=0.6, label=f"{label} (balanced train)")
