@@ -65,6 +65,19 @@ def test_hear_empty_batch_keeps_the_timestamp_axis(hear_model):
     assert hear.get_scene_embeddings(torch.zeros(0, sr), hear_model).shape == (0, hear_model.scene_embedding_size)
 
 
+def test_hear_module_put_in_train_mode_still_embeds_in_eval_mode(cnn6_path):
+    """HEAR hands out an nn.Module; its .train() made BatchNorm normalise by the batch (other embeddings)
+    and overwrite its running statistics, so the embeddings stayed wrong after .eval() too."""
+    model = hear.load_model(cnn6_path)
+    audio = torch.from_numpy(np.random.RandomState(0).uniform(-0.5, 0.5, (2, model.sample_rate)).astype(np.float32))
+    ref = hear.get_scene_embeddings(audio, model)
+    model.train()
+    assert torch.equal(hear.get_scene_embeddings(audio, model), ref)
+    assert model.model.training   # the caller's mode is given back
+    model.eval()
+    assert torch.equal(hear.get_scene_embeddings(audio, model), ref)
+
+
 # ----------------------------------------------------------------------------- ONNX export
 def test_failed_export_check_keeps_the_file_already_there(tmp_path, monkeypatch):
     """A checked export that differs from torch is not installed, and the earlier file stays."""
@@ -221,6 +234,19 @@ def test_device_names_torch_does_not_know_are_one_line():
         runtime.resolve_device(-1)
     # A GPU index means that GPU (the CPU here when there is none), not torch's accelerator error.
     assert runtime.resolve_device(0) == runtime.resolve_device("cuda:0")
+
+
+def test_api_module_put_in_train_mode_still_runs_in_eval_mode(cnn6_path):
+    """panns.load(...).module is the torch model; fine-tuning it (.train()) then tagging ran BatchNorm on
+    batch statistics and overwrote the running ones (the tags stayed wrong after .eval())."""
+    m = panns.load(cnn6_path, device="cpu", backend="torch")
+    clip = np.random.RandomState(0).uniform(-0.5, 0.5, 32000).astype(np.float32)
+    ref = m.embed(clip)
+    m.module.train()
+    np.testing.assert_array_equal(m.embed(clip), ref)
+    assert m.module.training
+    m.module.eval()
+    np.testing.assert_array_equal(m.embed(clip), ref)
 
 
 def test_api_window_options_that_would_be_ignored_are_refused(cnn6_path, caplog):

@@ -161,8 +161,15 @@ class TorchBackend:
 
     def __call__(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-        with torch.inference_mode(), amp.autocast(self.precision, self.device):
-            out = self.model(x)
+        # always eval mode: a caller's .train() on the module (HEAR's HearModel, panns.load(...).module) made
+        # BatchNorm normalise by the batch and overwrite its running statistics; its mode is given back after
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode(), amp.autocast(self.precision, self.device):
+                out = self.model(x)
+        finally:
+            self.model.train(was_training)
         return {k: v.float().cpu().numpy() for k, v in out.items() if isinstance(v, torch.Tensor)}
 
 
