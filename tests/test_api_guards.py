@@ -78,6 +78,13 @@ def test_hear_module_put_in_train_mode_still_embeds_in_eval_mode(cnn6_path):
     assert torch.equal(hear.get_scene_embeddings(audio, model), ref)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_hear_module_cast_to_another_dtype_is_one_line(cnn6_path, dtype):
+    model = hear.load_model(cnn6_path).to(dtype)
+    with pytest.raises(PannsError, match=f"weights are {str(dtype)[6:]}.*model.float"):
+        hear.get_scene_embeddings(torch.zeros(1, model.sample_rate), model)
+
+
 # ----------------------------------------------------------------------------- ONNX export
 def test_failed_export_check_keeps_the_file_already_there(tmp_path, monkeypatch):
     """A checked export that differs from torch is not installed, and the earlier file stays."""

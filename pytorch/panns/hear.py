@@ -30,6 +30,7 @@ import torch
 
 from panns import audio_io
 from panns import validate
+from panns.errors import PannsError
 from panns.runtime import Runtime, load_model as _load
 
 HEAR_RATES = (16000, 22050, 44100, 48000)
@@ -67,7 +68,11 @@ class HearModel(torch.nn.Module):
     def runtime(self) -> Runtime:
         """Always the torch backend (not ``auto``): HEAR hands out this torch module, its harness
         moves and may change it, and an ONNX export of the weights at load time would not follow."""
-        device = next(self.model.parameters()).device
+        param = next(self.model.parameters())
+        if param.dtype != torch.float32:   # .half()/.double() failed deep in the first convolution
+            raise PannsError(f"the HEAR model's weights are {str(param.dtype).replace('torch.', '')}; it runs float32 "
+                             "weights (call model.float(); audio may be any float or integer PCM dtype)")
+        device = param.device
         if self._runtime is None or self._runtime.device != device:
             self._runtime = Runtime(self.model, self.config, device=device, backend="torch")
         return self._runtime
