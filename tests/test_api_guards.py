@@ -243,6 +243,19 @@ def test_device_names_torch_does_not_know_are_one_line():
     assert runtime.resolve_device(0) == runtime.resolve_device("cuda:0")
 
 
+def test_devices_this_machine_lacks_are_one_line(monkeypatch):
+    """'mps' or 'xpu' (a Mac notebook run on Linux) is a device torch knows but cannot use here: it failed
+    at the model's .to() with torch's message."""
+    def no_device(*args, device=None, **kw):
+        raise RuntimeError("PyTorch is not linked with support for mps devices")
+
+    monkeypatch.setattr(runtime.torch, "empty", no_device)
+    for device in ("mps", torch.device("mps"), "xpu:0"):
+        with pytest.raises(PannsError, match="is not available: this PyTorch build or machine has no"):
+            runtime.resolve_device(device)
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+
+
 def test_api_module_put_in_train_mode_still_runs_in_eval_mode(cnn6_path):
     """panns.load(...).module is the torch model; fine-tuning it (.train()) then tagging ran BatchNorm on
     batch statistics and overwrote the running ones (the tags stayed wrong after .eval())."""

@@ -58,9 +58,9 @@ def resolve_device(device: Union[None, bool, int, str, torch.device] = None) -> 
 
     None/'auto': CUDA when available, else CPU; True/False: the CLIs' --cuda flag; an int: that GPU;
     'cuda' without a GPU: the CPU, with a warning; other strings/devices as given, and a string torch
-    does not know is a one-line PannsError."""
+    does not know, or a device this machine lacks ('mps' on Linux), is a one-line PannsError."""
     if isinstance(device, torch.device) and device.type != "cuda":
-        return device
+        return _usable(device, device)
     if isinstance(device, bool):
         return devices.select_device(device)
     if device is None or device == "auto":
@@ -74,8 +74,21 @@ def resolve_device(device: Union[None, bool, int, str, torch.device] = None) -> 
     except (RuntimeError, TypeError, ValueError):   # torch's message lists every backend it was built for
         raise PannsError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' (or a GPU index) or 'auto'") from None
     if dev.type != "cuda":
-        return dev
+        return _usable(dev, device)
     return devices.select_device(True, dev.index) if dev.index is not None else devices.select_device(True)
+
+
+def _usable(dev: torch.device, given) -> torch.device:
+    """``dev`` when this machine can hold tensors there: 'mps' on a Linux build, or 'xpu' without the
+    hardware, failed at the model's .to() with torch's message, not one line naming the argument."""
+    if dev.type == "cpu":
+        return dev
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, ValueError):   # torch's message lists every dispatch key it has
+        raise PannsError(f"device {str(given)!r} is not available: this PyTorch build or machine has no {dev.type} "
+                         "device; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
+    return dev
 
 
 def model_min_samples(config, model: Optional[torch.nn.Module] = None) -> int:
