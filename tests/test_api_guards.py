@@ -269,6 +269,13 @@ def test_api_module_put_in_train_mode_still_runs_in_eval_mode(cnn6_path):
     np.testing.assert_array_equal(m.embed(clip), ref)
 
 
+def test_big_endian_pcm_is_scaled_like_native_pcm(cnn6_path):
+    """np.frombuffer(aiff_bytes, '>i2') is int16 PCM too; it was refused as a dtype 'with no PCM scale'."""
+    m = panns.load(cnn6_path, device="cpu", backend="torch")
+    pcm = (np.random.RandomState(0).uniform(-0.5, 0.5, 16000) * 32767).astype(np.int16)
+    np.testing.assert_array_equal(m.embed(pcm.astype(">i2")), m.embed(pcm))
+
+
 def test_api_window_options_that_would_be_ignored_are_refused(cnn6_path, caplog):
     m = panns.load(cnn6_path, device="cpu")
     clip = np.zeros(32000, np.float32)

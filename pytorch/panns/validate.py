@@ -60,6 +60,8 @@ def as_float(x, name: str = "audio") -> np.ndarray:
     """Any array/tensor of samples -> float32 in the same shape: integer PCM scaled to [-1, 1]
     like soundfile; bool, complex and non-PCM integer types refused."""
     a = _to_numpy(x, name)
+    if a.dtype.byteorder == (">" if np.little_endian else "<"):   # '>i2' (AIFF/network PCM) is int16 all the same
+        a = a.astype(a.dtype.newbyteorder("="))
     dt = a.dtype
     if dt.kind == "f":
         return a.astype(np.float32, copy=False)
