@@ -276,6 +276,37 @@ def test_big_endian_pcm_is_scaled_like_native_pcm(cnn6_path):
     np.testing.assert_array_equal(m.embed(pcm.astype(">i2")), m.embed(pcm))
 
 
+# ----------------------------------------------------------------------------- live audio (Model.stream)
+@pytest.mark.parametrize("rate,message", [(44.1, "must be a whole number of Hz"), (22050.5, "must be a whole number of Hz"),
+                                          ("44100", "must be a number")])
+def test_stream_sample_rate_is_checked_like_every_front_door(cnn6_path, rate, message):
+    """push(chunk, 44.1) (kHz for Hz) ran the stream as 44-Hz audio resampled to 32 kHz: tags of garbage."""
+    s = panns.load(cnn6_path, device="cpu", backend="torch").stream(hop_seconds=0.5, window_seconds=1.0)
+    with pytest.raises(PannsError, match=f"sample_rate {message}"):
+        s.push(np.zeros(4410, np.float32), rate)
+
+
+@pytest.mark.parametrize("shape", [(2, 16000), (1, 16000)])
+def test_stream_channel_first_chunk_is_refused(cnn6_path, shape):
+    """torchaudio.load's (channels, samples) was read as (samples, channels): 16000 'channels' averaged into
+    one or two samples, silently."""
+    s = panns.load(cnn6_path, device="cpu", backend="torch").stream(hop_seconds=0.5, window_seconds=1.0)
+    with pytest.raises(PannsError, match=r"chunk\.T"):
+        s.push(np.zeros(shape, np.float32))
+    assert s.push(np.zeros(shape[::-1], np.float32)) and s.seconds == 0.5   # (samples, channels) as before
+    assert len(s.push(np.zeros((10, 64), np.float32))) == 0   # a short block of a 64-channel interface
+
+
+@pytest.mark.parametrize("option,message", [(dict(top_k=2.5), "top_k must be an integer"),
+                                            (dict(top_k="3"), "top_k must be an integer"),
+                                            (dict(hop_seconds="1"), "hop_seconds must be a positive number"),
+                                            (dict(window_seconds=0.01), "window_seconds 0.01 is shorter than")])
+def test_stream_options_are_one_line(cnn6_path, option, message):
+    m = panns.load(cnn6_path, device="cpu", backend="torch")
+    with pytest.raises(PannsError, match=message):
+        m.stream(**{"hop_seconds": 0.01, **option})
+
+
 def test_api_window_options_that_would_be_ignored_are_refused(cnn6_path, caplog):
     m = panns.load(cnn6_path, device="cpu")
     clip = np.zeros(32000, np.float32)

@@ -66,13 +66,24 @@ Item = dict   # {"time", "tags"} per hop, {"event", "onset", "offset", "score", 
 
 
 # ----------------------------------------------------------------------------- input side
+# More channels than this and than samples: a (channels, samples) chunk, not a block of a multichannel
+# interface's frames (which may be shorter than its channel count: 64-channel MADI gives (10, 64) blocks)
+MAX_CHUNK_CHANNELS = 256
+
+
 def as_mono(samples, sample_rate: Optional[int] = None, start_seconds: Optional[float] = None) -> np.ndarray:
     """One chunk -> mono float32 (n,). Accepts (n,) or (n, channels) (soundfile's and sounddevice's
     layout) arrays or tensors; dtypes as every front door takes them (``validate.as_float``: integer PCM
     scaled as soundfile reads it) and non-finite samples refused, named by their time in the stream
     when ``start_seconds`` (the chunk's start) and ``sample_rate`` are given. Channels are always last
-    here: a chunk may be shorter than its channel count, so the layout is not guessed from the shape."""
+    here: a chunk may be shorter than its channel count, so the layout is not guessed from the shape; only
+    more than MAX_CHUNK_CHANNELS channels in fewer samples, a (channels, samples) array, is refused."""
     x = validate.as_float(samples, "audio chunk")
+    if x.ndim == 2 and x.shape[1] > max(x.shape[0], MAX_CHUNK_CHANNELS):
+        # (2, n) from torchaudio.load / librosa mono=False was averaged over n "channels" into 2 samples
+        raise PannsError(f"audio chunk of shape {tuple(x.shape)} reads as {x.shape[0]} sample(s) of {x.shape[1]} "
+                         "channels; chunks are (samples,) or (samples, channels): pass chunk.T for a (channels, "
+                         "samples) array")
     if x.ndim == 2:
         x = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
     elif x.ndim != 1:
@@ -118,8 +129,8 @@ class ChunkResampler:
 
 def _to_grid(seconds: float, sample_rate: int, step: int, name: str) -> int:
     """Seconds -> samples, a whole number of model hops (frames stay on one grid); at least one."""
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
-        raise PannsError(f"{name} must be a positive number of seconds, got {seconds}")
+    if not _is_number(seconds) or not math.isfinite(seconds) or seconds <= 0:
+        raise PannsError(f"{name} must be a positive number of seconds, got {seconds!r}")
     return max(step, int(round(seconds * sample_rate)) // step * step)
 
 
@@ -170,8 +181,7 @@ class Stream:
                  min_duration: Optional[float] = None, prefix: str = ""):
         if len(labels) != rt.classes_num:
             raise PannsError(f"the model has {rt.classes_num} classes but {len(labels)} labels were given")
-        if top_k < 1:
-            raise PannsError("top_k must be at least 1")
+        top_k = validate.positive_int(top_k, prefix + "top_k")   # 2.5 was truncated, '3' a TypeError
         validate.options(threshold_=threshold, min_duration=min_duration, prefix=prefix)
         if lookahead_seconds is not None and not (_is_number(lookahead_seconds) and 0 <= lookahead_seconds < math.inf):
             raise PannsError(f"{prefix}lookahead_seconds must be 0 or more seconds, got {lookahead_seconds!r}")
@@ -183,6 +193,8 @@ class Stream:
         self.rt, self.labels, self.top_k = rt, list(labels), int(top_k)
         self.hop = _to_grid(hop_seconds, sr, h, prefix + "hop_seconds")
         self.window = _to_grid(window_seconds, sr, h, prefix + "window_seconds")
+        # a window under the model's shortest input ran mostly zero padding every hop, as segment_seconds once did
+        validate.segment_fits(self.window / sr, rt.min_samples, sr, rt.config.model_type, prefix + "window_seconds")
         self.lookahead = int(round(lookahead_seconds * sr)) // h * h
         if self.window < self.hop:
             raise PannsError(f"{prefix}window_seconds ({window_seconds}) must be at least {prefix}hop_seconds "
@@ -239,9 +251,8 @@ class Stream:
         t0 = (time.perf_counter(), time.process_time())
         if self._closed:
             raise PannsError("push() after close(): start a new stream")
-        rate = self.rt.sample_rate if sample_rate is None else int(sample_rate)
-        if rate <= 0:
-            raise PannsError(f"sample_rate must be positive, got {sample_rate}")
+        # validate's rule, as every front door: 44.1 (kHz for Hz) ran as 44 Hz, 22050.5 as 22050
+        rate = self.rt.sample_rate if sample_rate is None else validate.sample_rate(sample_rate)
         if self._resampler is None:
             self._resampler = ChunkResampler(rate, self.rt.sample_rate)
         elif rate != self._resampler.rate:
