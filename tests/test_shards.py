@@ -469,3 +469,24 @@ def test_output_that_is_a_shard_of_another_set_is_refused(clips, tmp_path):
         shards.pack_from_shards(clips["tars"][0], str(other), clip_seconds=1.0, num_workers=1,
                                 class_labels_csv=clips["labels_csv"], progress=False)
     assert other.read_bytes() == data and os.listdir(tmp_path) == ["other-0000.tar"]
+
+
+def test_parquet_rows_without_a_clip_id_are_refused_not_named_by_row_number(clips, tmp_path):
+    # Without a video_id column every shard named its clips Y0.wav, Y1.wav, ...: the same names in every shard,
+    # and create_indexes keeps one clip per name (the rest of the data set silently dropped)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kw = dict(clip_seconds=1.0, num_workers=1, progress=False, class_labels_csv=clips["labels_csv"])
+    specs = []
+    for k in range(2):
+        path = str(tmp_path / f"part-{k}.parquet")
+        chunk = clips["clips"][3 * k:3 * k + 3]
+        pq.write_table(pa.table({"file": [c[0] for c in chunk], "audio": [{"bytes": c[3], "path": None} for c in chunk],
+                                 "labels": [c[2] for c in chunk]}), path)
+        specs.append(path)
+    with pytest.raises(PannsError, match=r"part-0.parquet:row 0: no clip id .*columns: file, labels.*--id_field"):
+        shards.pack_from_shards(",".join(specs), str(tmp_path / "o.h5"), **kw)
+    rep = shards.pack_from_shards(",".join(specs), str(tmp_path / "o.h5"), id_field="file", **kw)
+    got, _ = _rows(rep.path)
+    assert sorted(got) == sorted(f"Y{c[0]}.wav" for c in clips["clips"])

@@ -825,7 +825,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                    help="json key / column holding the labels; default: first of " + ", ".join(shards.LABEL_FIELDS))
     p.add_argument("--id_field", type=str, default=None,
                    help="json key / column holding the YouTube id; default: first of " + ", ".join(shards.ID_FIELDS)
-                   + ", else the tar key")
+                   + ", else the tar key (a Parquet row needs one)")
     p.add_argument("--audio_field", type=str, default="audio", help="Parquet column holding the audio")
     p.add_argument("--storage", choices=storage_mod.STORAGES, default="pcm16",
                    help="pcm16: official int16 rows; flac: lossless FLAC bytes per row")

@@ -12,8 +12,8 @@ Shard formats (chosen by extension):
   column (struct of ``bytes`` + ``path``, or plain binary), ``video_id`` and ``labels``.
 
 Clip ids: ``--id_field`` (default: the first of video_id, youtube_id, ytid, YTID, id present),
-else the tar key; a 12-character id starting with 'Y' is taken as already prefixed (YouTube ids
-have 11). Rows are named ``Y<id>.wav`` as download_wavs names files, so create_indexes, the black
+else the tar key (a Parquet row without an id is an error: its row number would name clips alike in
+every shard); a 12-character id starting with 'Y' is taken as already prefixed (YouTube ids have 11). Rows are named ``Y<id>.wav`` as download_wavs names files, so create_indexes, the black
 list and the eval/train separation work unchanged.
 
 Labels (``--label_field``, default the first of labels, label, mids, positive_labels,
@@ -206,7 +206,7 @@ def iter_parquet(shard: str, audio_field: str = "audio") -> Iterator[Sample]:
                     audio = audio.get("bytes")
                 if audio is None:
                     problem = "no audio bytes"
-                yield Sample(str(n), audio, row, where, problem)
+                yield Sample("", audio, row, where, problem)   # no key: a row number is no clip id
                 n += 1
     except ShardError:
         raise
@@ -229,6 +229,11 @@ def clip_id(sample: Sample, id_field: Optional[str]) -> str:
     else:
         if id_field:
             raise PannsError(f"{sample.where}: no field {id_field!r} (fields: {', '.join(sample.meta) or 'none'})")
+        if not sample.key:
+            # A Parquet row has no name of its own: its row number would name clips 'Y0.wav', 'Y1.wav', ... in
+            # every shard alike, and indexing keeps one clip per name.
+            raise PannsError(f"{sample.where}: no clip id (none of {', '.join(ID_FIELDS)} is set; columns: "
+                             f"{', '.join(sample.meta) or 'none'}); pass --id_field naming the column of clip ids")
         ytid = os.path.basename(sample.key)
     if len(ytid) == 12 and ytid.startswith("Y"):
         ytid = ytid[1:]  # already named like download_wavs' files
