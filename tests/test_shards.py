@@ -490,3 +490,15 @@ def test_parquet_rows_without_a_clip_id_are_refused_not_named_by_row_number(clip
     rep = shards.pack_from_shards(",".join(specs), str(tmp_path / "o.h5"), id_field="file", **kw)
     got, _ = _rows(rep.path)
     assert sorted(got) == sorted(f"Y{c[0]}.wav" for c in clips["clips"])
+
+
+def test_shards_without_rows_do_not_point_at_a_missing_list(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = str(tmp_path / "empty.parquet")
+    pq.write_table(pa.table({"video_id": pa.array([], pa.string()), "audio": pa.array([], pa.binary()),
+                             "labels": pa.array([], pa.list_(pa.string()))}), path)
+    with pytest.raises(PannsError, match=r"the shards hold no clips \(1 shards, 0 rows\)"):
+        shards.pack_from_shards(path, str(tmp_path / "o.h5"), clip_seconds=1.0, num_workers=1, progress=False)
+    assert not os.path.exists(str(tmp_path / "o.h5.missing.csv"))

@@ -439,6 +439,8 @@ def join_packed_files(parts: Sequence[str], out_path: str, labels: config.ClassL
                 missing += [(r["audio_name"], r["reason"]) for r in csv.DictReader(f)]
     if total == 0:
         packing.write_missing_csv(out_path, missing)
+        if not missing:   # no list was written: do not point at one
+            raise PannsError(f"the shards hold no clips ({len(parts)} shards, 0 rows); nothing packed")
         raise PannsError(f"no clip of the shards could be decoded (reasons in {out_path}.missing.csv); nothing packed")
     if move_single and len(parts) == 1:  # one shard: the part becomes the output (no copy, no second disk space)
         packing.write_missing_csv(out_path, missing)
