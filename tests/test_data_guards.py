@@ -107,6 +107,21 @@ def test_outputs_that_exist_and_are_not_hdf5_are_refused_not_replaced(small, tmp
     assert _pack(info, empty).rows > 0
 
 
+def test_output_paths_ending_in_a_separator_are_refused_before_any_work(small, tmp_path, monkeypatch):
+    # 'out/new/' was packed in full, then failed renaming the temp with 'file not found: .../..missing.csv.tmp'
+    # (the index writers: NotADirectoryError), leaving the new folder behind
+    info, wave = small
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ds, "read_segments_csv", lambda *a: pytest.fail("packing started"))
+    with pytest.raises(PannsError, match=r"output new/ ends with a path separator.*e\.g\. new/eval\.h5"):
+        _pack(info, "new" + os.sep)
+    with pytest.raises(PannsError, match=r"index file idx/ ends with a path separator"):
+        ci.create_indexes(wave, "idx" + os.sep)
+    with pytest.raises(PannsError, match=r"index file full/ ends with a path separator"):
+        ci.combine_full_indexes(os.path.dirname(wave), "full" + os.sep)
+    assert os.listdir(tmp_path) == []
+
+
 def test_outputs_through_a_missing_folder_and_back_are_one_line_before_any_work(small, tmp_path, monkeypatch):
     # 'nodir/../x.h5' cannot be opened while nodir does not exist: refused up front, not after packing
     # with an error about a temporary file; nothing is created (neither nodir nor a temp)

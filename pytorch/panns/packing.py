@@ -195,7 +195,11 @@ class OrderedPool(object):
 def check_hdf5_output(path: str, inputs: Sequence[str] = (), what: str = "output") -> None:
     """``check_output_path`` for an HDF5 output (waveforms or index), and refuse an existing file that is not
     HDF5 at all: a notes file, a CSV or a shard typed as the output would be replaced by the HDF5, and it was
-    never ours to replace (an HDF5, even one cut short by an interrupted official run, may be)."""
+    never ours to replace (an HDF5, even one cut short by an interrupted official run, may be). A path ending
+    in a separator names a folder: refused here, not after the whole pack when the rename fails."""
+    if os.fspath(path).endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
+        raise PannsError(f"{what} {path} ends with a path separator (a folder); give a file name, "
+                         f"e.g. {os.path.join(path, 'eval.h5')}")
     check_output_path(path, inputs, what)
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return
