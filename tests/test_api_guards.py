@@ -276,8 +276,23 @@ def test_big_endian_pcm_is_scaled_like_native_pcm(cnn6_path):
     np.testing.assert_array_equal(m.embed(pcm.astype(">i2")), m.embed(pcm))
 
 
+@pytest.mark.parametrize("as_file", [False, True])
+def test_api_audio_that_resamples_to_nothing_is_one_line(cnn6_path, tmp_path, as_file):
+    """1 sample at 96 kHz is none at 32 kHz: it ran as zero padding alone and gave the tags of silence."""
+    m = panns.load(cnn6_path, device="cpu", backend="torch")
+    audio = np.full(1, 0.5, np.float32)
+    if as_file:
+        sf.write(str(tmp_path / "one.wav"), audio, 96000)
+        audio = str(tmp_path / "one.wav")
+    with pytest.raises(PannsError, match="too short: no sample is left" if as_file else "leave none at the model's"):
+        m.embed(audio, sample_rate=None if as_file else 96000)
+    with pytest.raises(PannsError, match="too short: no sample is left" if as_file else r"audio\[1\] has 1 sample"):
+        m.tag([np.full(3200, 0.5, np.float32), audio], sample_rate=None if as_file else 96000)
+
+
 # ----------------------------------------------------------------------------- live audio (Model.stream)
-@pytest.mark.parametrize("rate,message", [(44.1, "must be a whole number of Hz"), (22050.5, "must be a whole number of Hz"),
+@pytest.mark.parametrize("rate,message", [(44.1, "must be a whole number of Hz"),
+                                          (22050.5, "must be a whole number of Hz"),
                                           ("44100", "must be a number")])
 def test_stream_sample_rate_is_checked_like_every_front_door(cnn6_path, rate, message):
     """push(chunk, 44.1) (kHz for Hz) ran the stream as 44-Hz audio resampled to 32 kHz: tags of garbage."""

@@ -122,24 +122,39 @@ class Model:
         Arrays go through ``validate``: stereo (samples, 2) averaged to mono, integer PCM scaled
         like soundfile, NaN/inf and empty inputs refused."""
         sr = self.sample_rate if sample_rate is None else validate.sample_rate(sample_rate)
+
+        def resampled(w: np.ndarray, name: str) -> np.ndarray:
+            y = audio_io.resample(w, sr, self.sample_rate)
+            if not len(y):   # 1 sample at 96 kHz is none at 32 kHz: it ran as padding alone, a result of silence
+                raise PannsError(f"{name} has {len(w)} sample(s) at {sr} Hz, which leave none at the model's "
+                                 f"{self.sample_rate} Hz; give longer audio")
+            return y
+
+        def loaded(path) -> np.ndarray:
+            y = audio_io.load_audio(os.fspath(path), self.sample_rate)
+            if not len(y):   # decoded samples, none left after resampling (a 1-sample 96-kHz file)
+                raise PannsError(f"{os.fspath(path)} is too short: no sample is left at the model's "
+                                 f"{self.sample_rate} Hz")
+            return y
+
         if isinstance(audio, (str, os.PathLike)):
-            return [audio_io.load_audio(os.fspath(audio), self.sample_rate)], True
+            return [loaded(audio)], True
         if isinstance(audio, (np.ndarray, torch.Tensor)):
             x, single = validate.batch(audio, "audio", sr)
-            return [audio_io.resample(w, sr, self.sample_rate) for w in x], single
+            return [resampled(w, "audio") for w in x], single
         if isinstance(audio, (bytes, dict)) or not isinstance(audio, Sequence):
             raise PannsError(f"audio must be a path, an array/tensor or a list of them, got {type(audio).__name__}")
         if len(audio) == 0:
             raise PannsError("no audio given (an empty list)")
         if isinstance(audio[0], numbers.Number):   # a plain list of samples is one clip
             x, single = validate.batch(audio, "audio", sr)
-            return [audio_io.resample(w, sr, self.sample_rate) for w in x], single
+            return [resampled(w, "audio") for w in x], single
         out = []
         for i, item in enumerate(audio):
             if isinstance(item, (str, os.PathLike)):
-                out.append(audio_io.load_audio(os.fspath(item), self.sample_rate))
+                out.append(loaded(item))
             else:
-                out.append(audio_io.resample(validate.clip(item, f"audio[{i}]", sr), sr, self.sample_rate))
+                out.append(resampled(validate.clip(item, f"audio[{i}]", sr), f"audio[{i}]"))
         return out, False
 
     # -- outputs --------------------------------------------------------------------------------
