@@ -502,3 +502,25 @@ def test_shards_without_rows_do_not_point_at_a_missing_list(tmp_path):
     with pytest.raises(PannsError, match=r"the shards hold no clips \(1 shards, 0 rows\)"):
         shards.pack_from_shards(path, str(tmp_path / "o.h5"), clip_seconds=1.0, num_workers=1, progress=False)
     assert not os.path.exists(str(tmp_path / "o.h5.missing.csv"))
+
+
+def test_tar_whose_members_are_not_grouped_by_key_is_refused(clips, tmp_path):
+    # 'tar cf x.tar *.flac *.json' puts every audio member before every json: each clip was packed without its
+    # labels (all-zero targets) and listed again as missing with its json, and the run succeeded
+    import json
+    import tarfile
+
+    path = str(tmp_path / "by-extension.tar")
+    chosen = clips["clips"][:2]
+    members = [(f"{c[0]}{c[4]}", c[3]) for c in chosen] + [(f"{c[0]}.json", json.dumps({"labels": c[2]}).encode())
+                                                           for c in chosen]
+    with tarfile.open(path, "w") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    with pytest.raises(PannsError, match=rf"by-extension.tar is not a WebDataset shard: the files of '{chosen[0][0]}' "
+                                         r"are not next to each other.*--sort=name"):
+        shards.pack_from_shards(path, str(tmp_path / "o.h5"), clip_seconds=1.0, num_workers=1, progress=False,
+                                class_labels_csv=clips["labels_csv"])
+    assert not os.path.exists(str(tmp_path / "o.h5"))

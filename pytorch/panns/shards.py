@@ -7,7 +7,8 @@ Shard formats (chosen by extension):
 
 * ``.tar`` (also ``.tar.gz``/``.tgz``), read as a stream: WebDataset samples, i.e. consecutive
   members sharing a key (the name up to the first dot): ``<key>.flac`` (or .wav/.mp3/.ogg/...)
-  and ``<key>.json`` with the labels and, optionally, the YouTube id.
+  and ``<key>.json`` with the labels and, optionally, the YouTube id. A tar whose members are not
+  grouped by key (``tar cf x.tar *.flac *.json``) is refused: its clips would lose their labels.
 * ``.parquet`` as the ``datasets`` library writes it, read one row group at a time: an ``audio``
   column (struct of ``bytes`` + ``path``, or plain binary), ``video_id`` and ``labels``.
 
@@ -144,6 +145,7 @@ def _tar_group(shard: str, key: str, files: Dict[str, bytes]) -> Sample:
 def iter_tar(shard: str) -> Iterator[Sample]:
     """Samples of a tar shard, read as a stream (members of one sample are consecutive)."""
     key, files = None, {}
+    done: set = set()   # keys whose group has ended
     try:
         with tarfile.open(shard, mode="r|*") as tf:
             for m in tf:
@@ -152,7 +154,14 @@ def iter_tar(shard: str) -> Iterator[Sample]:
                 k, ext = _split_key(m.name)
                 if key is not None and k != key:
                     yield _tar_group(shard, key, files)
+                    done.add(key)
                     files = {}
+                    if k in done:
+                        # 'tar cf x.tar *.flac *.json': every clip would be packed without its labels and listed
+                        # again as missing ("no audio member") with its json
+                        raise ShardError(f"{shard} is not a WebDataset shard: the files of '{k}' are not next to "
+                                         f"each other ({m.name} comes after other keys' files); re-create it with "
+                                         "the files sorted by name (tar --sort=name -cf ...)")
                 key = k
                 f = tf.extractfile(m)
                 files[ext] = f.read() if f is not None else b""
