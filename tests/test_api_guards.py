@@ -234,6 +234,22 @@ def test_compat_classes_take_the_type_from_a_published_file_name(tmp_path, capsy
         SoundEventDetection(checkpoint_path=str(path), device="cpu")
 
 
+@pytest.mark.parametrize("device,expected", [("cuda:1", "cuda:1"), (torch.device("cuda", 1), "cuda:1"),
+                                             ("cuda", "cuda"), ("cpu", "cpu")])
+def test_compat_classes_run_on_the_gpu_asked_for(cnn6_path, monkeypatch, capsys, device, expected):
+    """AudioTagging(device='cuda:1') on a two-GPU box ran on GPU 0: the index was dropped."""
+    from panns import api
+    from panns.api import AudioTagging
+
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(api, "Runtime", lambda model, cfg, device, **kw: seen.append(device) or
+                        runtime.Runtime(model, cfg, device="cpu", **kw))
+    AudioTagging(checkpoint_path=cnn6_path, device=device)
+    assert seen == [expected]
+
+
 def test_device_names_torch_does_not_know_are_one_line():
     with pytest.raises(PannsError, match=r"unknown device 'gpu'; use 'cpu', 'cuda'"):
         runtime.resolve_device("gpu")

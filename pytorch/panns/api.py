@@ -280,7 +280,8 @@ def _compat_runtime(model: Optional[torch.nn.Module], checkpoint_path: Optional[
         model.load_state_dict(built.state_dict(), strict=True)
         built = model
     use_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
-    rt = Runtime(built, cfg, device="cuda" if use_cuda else "cpu", checkpoint_path=checkpoint_path)
+    # the GPU asked for: 'cuda:1' ran on GPU 0 (or this rank's GPU), beside the jobs the user meant to avoid
+    rt = Runtime(built, cfg, device=str(device) if use_cuda else "cpu", checkpoint_path=checkpoint_path)
     if use_cuda:
         print("GPU number: {}".format(torch.cuda.device_count()))
     else:
