@@ -122,6 +122,22 @@ def test_output_paths_ending_in_a_separator_are_refused_before_any_work(small, t
     assert os.listdir(tmp_path) == []
 
 
+def test_output_starting_with_an_unexpanded_tilde_is_refused(small, tmp_path, monkeypatch):
+    # bash passes '--waveforms_hdf5_path=~/ws/eval.h5' as it is: the pack went to a folder named '~' in the
+    # current directory while the summary said '~/ws/eval.h5'
+    info, wave = small
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(PannsError, match=r"output ~/ws/eval\.h5 starts with '~', which the shell did not expand.*"
+                                         + str(tmp_path / "home" / "ws" / "eval.h5")):
+        _pack(info, "~/ws/eval.h5")
+    with pytest.raises(PannsError, match=r"index file ~/i\.h5 starts with '~'"):
+        ci.create_indexes(wave, "~/i.h5")
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "~").mkdir()   # a folder really named '~' here: taken as meant
+    assert _pack(info, "~/eval.h5").rows > 0
+
+
 def test_outputs_through_a_missing_folder_and_back_are_one_line_before_any_work(small, tmp_path, monkeypatch):
     # 'nodir/../x.h5' cannot be opened while nodir does not exist: refused up front, not after packing
     # with an error about a temporary file; nothing is created (neither nodir nor a temp)

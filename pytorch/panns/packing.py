@@ -196,10 +196,17 @@ def check_hdf5_output(path: str, inputs: Sequence[str] = (), what: str = "output
     """``check_output_path`` for an HDF5 output (waveforms or index), and refuse an existing file that is not
     HDF5 at all: a notes file, a CSV or a shard typed as the output would be replaced by the HDF5, and it was
     never ours to replace (an HDF5, even one cut short by an interrupted official run, may be). A path ending
-    in a separator names a folder: refused here, not after the whole pack when the rename fails."""
+    in a separator names a folder: refused here, not after the whole pack when the rename fails. So is a
+    leading '~' the shell left as it is (``--option=~/x.h5``), unless a folder of that name exists here."""
     if os.fspath(path).endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
         raise PannsError(f"{what} {path} ends with a path separator (a folder); give a file name, "
                          f"e.g. {os.path.join(path, 'eval.h5')}")
+    home = os.path.expanduser(os.fspath(path))
+    if home != os.fspath(path) and not os.path.exists(os.fspath(path).split(os.sep)[0]):
+        # bash leaves '~' alone after '--option=': the file would go to a folder named '~' here, which the
+        # summary's '~/...' makes look like the home folder (and 'rm -rf ~' would be the way to remove it)
+        raise PannsError(f"{what} {path} starts with '~', which the shell did not expand (it does not after "
+                         f"'--option='); write {home}, or put a space instead of '='")
     check_output_path(path, inputs, what)
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return
