@@ -431,8 +431,8 @@ def run(args) -> int:
         _sounddevice()   # before the model loads: a missing package is one line, at once
     pcm_rate = args.sample_rate
     args.sample_rate = None   # see add_arguments: not a front-end setting here
-    if pcm_rate is not None and pcm_rate <= 0:
-        raise PannsError("--sample_rate must be positive")
+    if pcm_rate is not None:   # push()'s rule (Stream checks it too, under the API's name), before the model loads
+        validate.sample_rate(pcm_rate, "--sample_rate")
     if pcm_rate is not None and source not in (None, "-"):
         # it would be ignored: a file or URL is decoded at its own rate (the model's rate is the checkpoint's)
         raise PannsError(f"--sample_rate {pcm_rate} applies only to raw PCM on stdin (--audio_path -) and to "
