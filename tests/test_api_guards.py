@@ -328,6 +328,13 @@ def test_stream_channel_first_chunk_is_refused(cnn6_path, shape):
     assert len(s.push(np.zeros((10, 64), np.float32))) == 0   # a short block of a 64-channel interface
 
 
+def test_stream_command_checks_its_pcm_rate_before_loading(monkeypatch):
+    """--sample_rate 500 was refused only by push(), after the model loaded, as the API's 'sample_rate'."""
+    monkeypatch.setattr(runtime, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(PannsError, match="--sample_rate must be a whole number of Hz"):
+        inference.main(["stream", "--checkpoint_path=unused.pth", "--audio_path=-", "--sample_rate=500"])
+
+
 @pytest.mark.parametrize("option,message", [(dict(top_k=2.5), "top_k must be an integer"),
                                             (dict(top_k="3"), "top_k must be an integer"),
                                             (dict(hop_seconds="1"), "hop_seconds must be a positive number"),
