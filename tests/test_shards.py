@@ -152,6 +152,21 @@ def test_label_mapper_forms():
     assert dict(m.unknown) == {"7": 1} and m.unlabelled == 1
 
 
+def test_label_mapper_reads_multi_hot_vectors_as_vectors():
+    # [0, 0, 1, 1, 0] was read as class indices: every clip got classes 0 and 1, whatever its labels
+    from panns import config
+
+    labels = config.ClassLabels(ids=[f"/m/{k}" for k in range(5)], labels=[f"c{k}" for k in range(5)])
+    m = shards.LabelMapper(labels)
+    assert m.target([0, 0, 1, 1, 0]).tolist() == [False, False, True, True, False]
+    assert m.target([0.0, 1.0, 0.0, 0.0, 0.0]).tolist() == [False, True, False, False, False]
+    assert m.target(np.array([True, False, False, False, True])).tolist() == [True, False, False, False, True]
+    assert m.target([0, 1, 4]).tolist() == [True, True, False, False, True]   # indices stay indices
+    assert not m.unknown and m.labelled == 4
+    with pytest.raises(PannsError, match="a 0/1 vector of 7 classes but the label CSV has 5"):
+        m.target([0, 1, 0, 0, 0, 0, 0])
+
+
 def test_flac_workspace_trains_to_the_same_map_as_pcm16(tmp_path):
     """Same generated clips packed both ways; same seed and config: the same eval mAP (flac rows are decoded in
     2 loader workers, pcm16 rows read in the main process)."""

@@ -14,8 +14,9 @@ Shard formats (chosen by extension):
 
 Clip ids: ``--id_field`` (default: the first of video_id, youtube_id, ytid, YTID, id present),
 else the tar key (a Parquet row without an id is an error: its row number would name clips alike in
-every shard); a 12-character id starting with 'Y' is taken as already prefixed (YouTube ids have 11). Rows are named ``Y<id>.wav`` as download_wavs names files, so create_indexes, the black
-list and the eval/train separation work unchanged.
+every shard); a 12-character id starting with 'Y' is taken as already prefixed (YouTube ids have 11).
+Rows are named ``Y<id>.wav`` as download_wavs names files, so create_indexes, the black list and the
+eval/train separation work unchanged.
 
 Labels (``--label_field``, default the first of labels, label, mids, positive_labels,
 human_labels present) may be AudioSet ids (``/m/09x0r``), display names (``Speech``) or class
@@ -275,6 +276,18 @@ class LabelMapper(object):
             return int(s)
         return None
 
+    def _multi_hot(self, items: list) -> Optional[np.ndarray]:
+        """A 0/1 vector (``[0, 1, 0, ...]``, one entry per class) as a target, else None. Read as class indices it
+        gave every clip classes 0 and 1. An index list never repeats a value, so more than two 0/1 numbers are a
+        vector; one whose length is not the label CSV's class count is a PannsError."""
+        numbers = (int, float, np.integer, np.floating, np.bool_)
+        if len(items) <= 2 or not all(isinstance(v, numbers) and v in (0, 1) for v in items):
+            return None
+        if len(items) != self.classes_num:
+            raise PannsError(f"a label value is a 0/1 vector of {len(items)} classes but the label CSV has "
+                             f"{self.classes_num}; pass the data set's own --class_labels_csv")
+        return np.asarray(items, dtype=float) != 0
+
     def target(self, value) -> np.ndarray:
         """Multi-hot bool (classes_num,) of a label value: a list, or a string (one label or comma-separated)."""
         t = np.zeros(self.classes_num, dtype=bool)
@@ -287,6 +300,10 @@ class LabelMapper(object):
             items = [value] if ix is not None else [x for x in value.split(",") if x.strip()]
         elif isinstance(value, (list, tuple, np.ndarray)):
             items = list(value)
+            hot = self._multi_hot(items)
+            if hot is not None:
+                self.labelled += bool(hot.any())
+                return hot
         else:
             items = [value]
         for v in items:
