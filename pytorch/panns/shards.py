@@ -20,8 +20,9 @@ eval/train separation work unchanged.
 
 Labels (``--label_field``, default the first of labels, label, mids, positive_labels,
 human_labels present) may be AudioSet ids (``/m/09x0r``), display names (``Speech``) or class
-indices, as a list or a comma-separated string; they are mapped through the label CSV. Values the
-CSV does not know are counted and reported (log, summary line), and the clip keeps its known labels.
+indices, as a list or a comma-separated string, or a 0/1 vector with one entry per class; they are
+mapped through the label CSV. Values the CSV does not know are counted and reported (log, summary
+line), and the clip keeps its known labels.
 
 Decoding uses the packer's numerics (``packing.decode_row``), so a clip gives the same row as
 packing the same audio from a file. Each shard is packed into ``OUT.h5.parts/NNNNN_<shard>.h5``
