@@ -194,6 +194,25 @@ def test_skip_existing_refuses_a_file_packed_with_other_options(small, tmp_path)
     assert _digest(out) == _digest(wave)
 
 
+def test_skip_existing_packs_again_when_missing_clips_have_arrived(small, tmp_path):
+    # download, pack, download again to fill the gaps, re-run the pack script (always --skip_existing): the old
+    # output, without the clips downloaded since, was kept ("Skip: already packed")
+    info, _wave = small
+    audios = tmp_path / "audios"
+    shutil.copytree(info["eval_dir"], audios)
+    held = sorted(os.listdir(audios))[0]
+    shutil.move(str(audios / held), str(tmp_path / held))
+    out = tmp_path / "e.h5"
+    kw = dict(clip_seconds=1.0, num_workers=1, class_labels_csv=info["labels_csv"], progress=False)
+    first = ds.pack_waveforms_to_hdf5(info["eval_csv"], str(audios), str(out), **kw)
+    assert [m[0] for m in first.missing] == [held]
+    assert ds.pack_waveforms_to_hdf5(info["eval_csv"], str(audios), str(out), skip_existing=True, **kw).skipped_existing
+    shutil.move(str(tmp_path / held), str(audios / held))   # downloaded at last
+    again = ds.pack_waveforms_to_hdf5(info["eval_csv"], str(audios), str(out), skip_existing=True, **kw)
+    assert not again.skipped_existing and again.rows == first.rows + 1 and not again.missing
+    assert ds.pack_waveforms_to_hdf5(info["eval_csv"], str(audios), str(out), skip_existing=True, **kw).skipped_existing
+
+
 def test_pack_script_skip_existing_refuses_changed_sample_rate(tmp_path, repo_root):
     info = make_dataset(str(tmp_path / "data"), extras=False,
                         per_class={"balanced_train": 1, "eval": 1, "unbalanced_train": 1})

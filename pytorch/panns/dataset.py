@@ -42,7 +42,8 @@ removes temporaries of killed runs. Before and while writing, free space is chec
 ends in one line naming the file and the bytes needed, never with a half-written output. An output that
 is an input, a folder or unwritable is refused before any decoding; an existing one is replaced unless
 ``--skip_existing``, which keeps it only when it was packed with the same options (else one line says
-what differs).
+what differs) and none of the clips its ``.missing.csv`` lists has arrived in the audio folder since
+(a re-run after ``download_wavs`` filled gaps packs them).
 """
 from __future__ import annotations
 
@@ -618,6 +619,28 @@ def scan_audios(audios_dir: str) -> Dict[str, str]:
     return {stem: path for stem, (_rank, path) in found.items()}
 
 
+def _missing_clips_now_present(waveforms_hdf5_path: str, audios_dir: str) -> int:
+    """How many clips ``<out>.missing.csv`` lists that ``audios_dir`` now holds: not found then, or a file written
+    after the output (a re-download of one that did not decode). A re-run of the pack script after
+    ``download_wavs`` fills gaps must pack them, not keep the output that lacks them (--skip_existing)."""
+    listed = waveforms_hdf5_path + ".missing.csv"
+    if not os.path.isfile(listed) or not os.path.isdir(audios_dir):
+        return 0
+    try:
+        with open(listed, newline="", encoding="utf-8") as f:
+            rows = [(r.get("audio_name") or "", r.get("reason") or "") for r in csv.DictReader(f)]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return 0
+    packed_at = os.path.getmtime(waveforms_hdf5_path)
+    available = scan_audios(audios_dir)
+    arrived = 0
+    for name, reason in rows:
+        path = available.get(os.path.splitext(name)[0])
+        if path is not None and (reason == "file not found" or os.path.getmtime(path) > packed_at):
+            arrived += 1
+    return arrived
+
+
 @dataclass
 class PackReport:
     path: str
@@ -666,8 +689,12 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
     packing.check_pack_output(waveforms_hdf5_path, inputs)
     if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
         packing.check_reusable(waveforms_hdf5_path, sample_rate, clip_samples, storage, labels)
-        logger.info("Skip %s: already packed", waveforms_hdf5_path)
-        return PackReport(waveforms_hdf5_path, -1, [], skipped_existing=True)
+        arrived = _missing_clips_now_present(waveforms_hdf5_path, audios_dir)
+        if not arrived:
+            logger.info("Skip %s: already packed", waveforms_hdf5_path)
+            return PackReport(waveforms_hdf5_path, -1, [], skipped_existing=True)
+        logger.warning("%s: %d clips listed in %s.missing.csv are in %s now (downloaded since?); packing it again",
+                       waveforms_hdf5_path, arrived, waveforms_hdf5_path, audios_dir)
     replaced = os.path.exists(waveforms_hdf5_path)
     if replaced:
         logger.warning("%s exists and will be replaced (--skip_existing keeps a complete one)", waveforms_hdf5_path)
@@ -808,7 +835,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--mini_data", action="store_true", default=False,
                    help="only the first 10 clips; output name gets the suffix .mini")
     _add_row_options(p)
-    p.add_argument("--skip_existing", action="store_true", help=_SKIP_HELP)
+    p.add_argument("--skip_existing", action="store_true",
+                   help=_SKIP_HELP + "; packed again when clips its .missing.csv lists have arrived in --audios_dir")
     p.add_argument("--storage", choices=storage_mod.STORAGES, default="pcm16",
                    help="pcm16: official int16 rows; flac: lossless FLAC bytes per row (about half the size)")
     p.add_argument("--keep_duplicates", action="store_true",
