@@ -47,6 +47,13 @@ def test_hear_options_out_of_range_are_refused_at_load(cnn6_path, option):
         hear.load_model(cnn6_path, **option)
 
 
+def test_hear_window_shorter_than_the_model_runs_on_is_refused(cnn6_path):
+    """window_seconds=0.05 was widened to Cnn6's shortest input (0.15 s) without a word."""
+    with pytest.raises(PannsError, match="window_seconds 0.05 is shorter than the shortest input Cnn6 runs on"):
+        hear.load_model(cnn6_path, window_seconds=0.05)
+    assert hear.load_model(cnn6_path, window_seconds=0.15).window_seconds == 0.15
+
+
 def test_hear_accepts_arrays_and_lists_like_tensors(hear_model):
     sr = hear_model.sample_rate
     ref = hear.get_scene_embeddings(torch.zeros(1, sr), hear_model)

@@ -63,6 +63,9 @@ class HearModel(torch.nn.Module):
         self.is_sed = "embedding" not in probe
         self.scene_embedding_size = int(probe["clipwise_output" if self.is_sed else "embedding"].shape[-1])
         self.timestamp_embedding_size = self.scene_embedding_size
+        if not self.is_sed:   # a shorter window was silently widened to the model's shortest input (0.05 s ran 0.31 s)
+            validate.segment_fits(self.window_seconds, self.runtime.min_samples, self.model_sample_rate,
+                                  config.model_type, "window_seconds")
 
     @property
     def runtime(self) -> Runtime:
