@@ -16,6 +16,7 @@ from panns import config, packing
 from panns import create_indexes as ci
 from panns import dataset as ds
 from panns.errors import PannsError
+from panns.utilities import check_output_path
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_output_paths_ending_in_a_separator_are_refused_before_any_work(small, t
     info, wave = small
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(ds, "read_segments_csv", lambda *a: pytest.fail("packing started"))
-    with pytest.raises(PannsError, match=r"output new/ ends with a path separator.*e\.g\. new/eval\.h5"):
+    with pytest.raises(PannsError, match=r"output new/ ends with a path separator \(a folder\); give a file name"):
         _pack(info, "new" + os.sep)
     with pytest.raises(PannsError, match=r"index file idx/ ends with a path separator"):
         ci.create_indexes(wave, "idx" + os.sep)
@@ -133,6 +134,12 @@ def test_output_starting_with_an_unexpanded_tilde_is_refused(small, tmp_path, mo
         _pack(info, "~/ws/eval.h5")
     with pytest.raises(PannsError, match=r"index file ~/i\.h5 starts with '~'"):
         ci.create_indexes(wave, "~/i.h5")
+    assert os.listdir(tmp_path) == []
+    # one rule for every output (utilities.check_output_path), e.g. the figure of plot_statistics
+    with pytest.raises(PannsError, match=r"--output ~/mAP\.png starts with '~'"):
+        check_output_path("~/mAP.png", what="--output")
+    with pytest.raises(PannsError, match=r"--output figs/ ends with a path separator"):
+        check_output_path("figs" + os.sep, what="--output")
     assert os.listdir(tmp_path) == []
     (tmp_path / "~").mkdir()   # a folder really named '~' here: taken as meant
     assert _pack(info, "~/eval.h5").rows > 0

@@ -195,18 +195,7 @@ class OrderedPool(object):
 def check_hdf5_output(path: str, inputs: Sequence[str] = (), what: str = "output") -> None:
     """``check_output_path`` for an HDF5 output (waveforms or index), and refuse an existing file that is not
     HDF5 at all: a notes file, a CSV or a shard typed as the output would be replaced by the HDF5, and it was
-    never ours to replace (an HDF5, even one cut short by an interrupted official run, may be). A path ending
-    in a separator names a folder: refused here, not after the whole pack when the rename fails. So is a
-    leading '~' the shell left as it is (``--option=~/x.h5``), unless a folder of that name exists here."""
-    if os.fspath(path).endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
-        raise PannsError(f"{what} {path} ends with a path separator (a folder); give a file name, "
-                         f"e.g. {os.path.join(path, 'eval.h5')}")
-    home = os.path.expanduser(os.fspath(path))
-    if home != os.fspath(path) and not os.path.exists(os.fspath(path).split(os.sep)[0]):
-        # bash leaves '~' alone after '--option=': the file would go to a folder named '~' here, which the
-        # summary's '~/...' makes look like the home folder (and 'rm -rf ~' would be the way to remove it)
-        raise PannsError(f"{what} {path} starts with '~', which the shell did not expand (it does not after "
-                         f"'--option='); write {home}, or put a space instead of '='")
+    never ours to replace (an HDF5, even one cut short by an interrupted official run, may be)."""
     check_output_path(path, inputs, what)
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return
@@ -282,7 +271,8 @@ class PackedFile(object):
         self.names.append(name)
         self.targets.append(target)
 
-    def commit(self, labels: config.ClassLabels, sample_rate: int, extra_attrs: Optional[Dict[str, str]] = None) -> None:
+    def commit(self, labels: config.ClassLabels, sample_rate: int,
+               extra_attrs: Optional[Dict[str, str]] = None) -> None:
         """Write names, targets and attributes (plus ``extra_attrs``, e.g. the shard fields a part was packed
         with); the file is renamed to its final name on leaving the block."""
         n = len(self.names)

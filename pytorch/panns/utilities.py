@@ -233,8 +233,19 @@ def check_output_path(path: str, inputs: Sequence[str] = (), what: str = "output
     """Refuse, before any work, an output that is a folder or the same file as one of ``inputs``
     (writing it would destroy that input), one whose folder cannot be written, and one whose ``..``
     the file system reads otherwise than the writers (``nodir/../x.h5`` while ``nodir`` does not exist,
-    ``link/../x.h5``): missing folders are created by the writers, but never the ones a ``..`` leaves."""
+    ``link/../x.h5``): missing folders are created by the writers, but never the ones a ``..`` leaves.
+    Also refused: a path ending in a separator (it names a folder: the writers would make it, work, then fail
+    at the rename) and a leading '~' the shell left as it is (``--option=~/x.h5``), unless a folder of that
+    name exists here."""
     path = os.fspath(path)
+    if path.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
+        raise PannsError(f"{what} {path} ends with a path separator (a folder); give a file name in it")
+    home = os.path.expanduser(path)
+    if home != path and not os.path.exists(path.split(os.sep)[0]):
+        # bash leaves '~' alone after '--option=': the file would go to a folder named '~' here, which a
+        # summary's '~/...' makes look like the home folder (and 'rm -rf ~' would be the way to remove it)
+        raise PannsError(f"{what} {path} starts with '~', which the shell did not expand (it does not after "
+                         f"'--option='); write {home}, or put a space instead of '='")
     check_dotdot(path, what)
     full = os.path.abspath(path)   # normalised: after check_dotdot, the file system reads it the same way
     if os.path.isdir(full):
