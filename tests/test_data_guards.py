@@ -341,6 +341,17 @@ def test_label_csv_that_disagrees_with_itself_is_refused(tmp_path, body, error):
         config.read_class_labels(str(p))
 
 
+def test_label_csv_blank_lines_are_skipped_and_indexes_still_checked(tmp_path):
+    # an editor's trailing blank lines (or a blank line between rows) were 'line 4 has 0 columns'
+    p = tmp_path / "l.csv"
+    p.write_text("index,mid,display_name\r\n0,/m/a,A\r\n\r\n1,/m/b,B\r\n\r\n , ,\r\n\r\n")
+    labels = config.read_class_labels(str(p))
+    assert labels.ids == ["/m/a", "/m/b"] and labels.labels == ["A", "B"]
+    p.write_text("index,mid,display_name\n0,/m/a,A\n\n2,/m/b,B\n")   # the index check counts classes, not lines
+    with pytest.raises(PannsError, match="line 4 has index '2', expected 1"):
+        config.read_class_labels(str(p))
+
+
 def test_label_csv_fields_are_stripped(tmp_path):
     p = tmp_path / "l.csv"
     p.write_text('index, mid, display_name\n0, /m/a, Speech\n1, /m/b, "Male speech, man speaking"\n')

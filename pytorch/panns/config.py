@@ -118,8 +118,10 @@ def _read_class_labels_cached(path: str, _mtime: float) -> ClassLabels:
     if not rows or [c.strip() for c in rows[0][:3]] != ["index", "mid", "display_name"]:
         raise PannsError(f"{path} is not a label CSV (expected header 'index,mid,display_name')")
     first_line: Dict[str, int] = {}
-    for n, row in enumerate(rows[1:]):
-        line = n + 2
+    n = 0   # the class index: rows without any text (a blank line an editor left, often at the end) are skipped
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
         if len(row) < 3:
             raise PannsError(f"{path}: line {line} has {len(row)} columns, expected 3")
         index, mid, name = (c.strip() for c in row[:3])   # 'index, mid, name' as some editors save it
@@ -134,6 +136,7 @@ def _read_class_labels_cached(path: str, _mtime: float) -> ClassLabels:
         first_line[mid] = line
         ids.append(mid)
         labels.append(name)
+        n += 1
     if not labels:
         raise PannsError(f"{path} lists no classes")
     return ClassLabels(ids=ids, labels=labels)
