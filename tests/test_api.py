@@ -85,6 +85,9 @@ def test_arrays_paths_batches_and_resampling_agree(tmp_path):
     tags = m.tag([str(tmp_path / "a16.wav"), a16], sample_rate=16000, top_k=2)
     assert len(tags) == 2 and [t[0] for t in tags[0]] == [t[0] for t in tags[1]]
     assert tags[0][0][0] == panns.labels[int(np.argmax(from_file))]
+    for files in (str(tmp_path / "a16.wav"), [tmp_path / "a16.wav"]):   # a rate that would be ignored: refused
+        with pytest.raises(PannsError, match="sample_rate=8000 applies to arrays; files are read at the rate"):
+            m.tag(files, sample_rate=8000)
     with pytest.raises(PannsError, match="decision-level"):
         m.framewise(a)
     with pytest.raises(PannsError, match="neither a checkpoint file nor a published model"):

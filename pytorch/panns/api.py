@@ -13,10 +13,11 @@
 
 Inputs everywhere: a path, a list of paths, a 1-D array/tensor (one clip), a 2-D (batch, samples)
 array/tensor, or a list of 1-D arrays; arrays are taken at ``sample_rate`` (default: the model's
-rate) and resampled when it differs. One input gives one answer, several give a list. A
-(samples, channels) array as ``soundfile.read`` returns it is one clip averaged to mono; integer
-PCM (int16, int32, uint8) is scaled to [-1, 1] like soundfile; NaN/inf, empty inputs and options
-out of range are refused in one line (``panns.validate``).
+rate) and resampled when it differs (files at their own rate: ``sample_rate`` with files only is
+refused). One input gives one answer, several give a list. A (samples, channels) array as
+``soundfile.read`` returns it is one clip averaged to mono; integer PCM (int16, int32, uint8) is
+scaled to [-1, 1] like soundfile; NaN/inf, empty inputs and options out of range are refused in one
+line (``panns.validate``).
 """
 from __future__ import annotations
 
@@ -137,7 +138,13 @@ class Model:
                                  f"{self.sample_rate} Hz")
             return y
 
+        def files_only() -> None:
+            if sample_rate is not None:   # it would be ignored: a file's own header gives its rate
+                raise PannsError(f"sample_rate={sample_rate!r} applies to arrays; files are read at the rate their "
+                                 "headers give (and resampled to the model's): drop sample_rate")
+
         if isinstance(audio, (str, os.PathLike)):
+            files_only()
             return [loaded(audio)], True
         if isinstance(audio, (np.ndarray, torch.Tensor)):
             x, single = validate.batch(audio, "audio", sr)
@@ -149,6 +156,8 @@ class Model:
         if isinstance(audio[0], numbers.Number):   # a plain list of samples is one clip
             x, single = validate.batch(audio, "audio", sr)
             return [resampled(w, "audio") for w in x], single
+        if all(isinstance(item, (str, os.PathLike)) for item in audio):
+            files_only()
         out = []
         for i, item in enumerate(audio):
             if isinstance(item, (str, os.PathLike)):
@@ -178,7 +187,8 @@ class Model:
         runtime.check_window_options(segment_seconds, [len(w) / rt.sample_rate for w in waves], hop_seconds, aggregate,
                                      prefix="")
         results: List[Optional[WindowedPrediction]] = [None] * len(waves)
-        whole = [i for i, w in enumerate(waves) if runtime.auto_segment(len(w), rt.sample_rate, segment_seconds) is None]
+        whole = [i for i, w in enumerate(waves)
+                 if runtime.auto_segment(len(w), rt.sample_rate, segment_seconds) is None]
         if whole:
             pred = rt.predict([waves[i] for i in whole], batch_size)
             for k, i in enumerate(whole):
