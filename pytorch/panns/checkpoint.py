@@ -159,7 +159,7 @@ def load_model(checkpoint_path: str, model_type: Optional[str] = None, frontend:
         cfg = ModelConfig.from_dict(ckpt["config"])
         if model_type is not None and model_type != cfg.model_type:
             raise CheckpointError(f"checkpoint {checkpoint_path} holds a {cfg.model_type} model but "
-                                  f"--model_type={model_type} was given")
+                                  f"{model_type} was asked for (--model_type, model_type=)")
         wrong = {k: v for k, v in frontend.items() if v != getattr(cfg, k)}
         if wrong:
             trained = ", ".join(f"{k}={v}" for k, v in cfg.frontend().items())
