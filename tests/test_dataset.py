@@ -37,6 +37,13 @@ def test_read_segments_csv_official_rule(tmp_path):
     assert segs[0].mids == ("/m/068hy", "/m/07q6cd_", "/m/0bt9lr", "/m/0jbk")
     assert (segs[1].start, segs[1].end) == (30.0, 40.0)
     assert segs[0].audio_name == "Y--4gqARaEJE.wav"
+    # every field quoted (pandas' QUOTE_ALL, sheet exports), with its column header: the same rows
+    q = tmp_path / "q.csv"
+    q.write_text('"YTID","start_seconds","end_seconds","positive_labels"\n'
+                 '"--4gqARaEJE","0.000","10.000","/m/068hy,/m/07q6cd_,/m/0bt9lr,/m/0jbk"\n'
+                 '"-0SdAVK79lg","30.000","40.000","/m/0155w"\n')
+    assert [(s.ytid, s.start, s.end, s.mids) for s in ds.read_segments_csv(str(q))] == \
+        [(s.ytid, s.start, s.end, s.mids) for s in segs]
 
 
 def test_split_unbalanced_csv(tmp_path):

@@ -107,17 +107,20 @@ def _parse_segment(line: str, n: int) -> Segment:
     items = line.split(", ")
     if len(items) < 4:
         items = [x.strip() for x in line.split(",", 3)]  # tolerate missing spaces after the commas
-    if len(items) < 4 or not items[0].strip():
+    # every field quoted ('"YTID","0.000","10.000","/m/a,/m/b"', as pandas' QUOTE_ALL and some sheet exports
+    # write it): the quotes around id, start and end are not part of them
+    ytid, start_text, end_text = (x.strip().strip('"').strip() for x in items[:3]) if len(items) >= 4 else ("",) * 3
+    if len(items) < 4 or not ytid:
         raise ValueError("expected 'YTID, start, end, \"labels\"'")
     try:
-        start, end = float(items[1]), float(items[2])
+        start, end = float(start_text), float(end_text)
     except ValueError:
         raise ValueError("start/end are not numbers") from None
     label_field = ", ".join(items[3:])
     parts = label_field.split('"')
     labels = parts[1] if len(parts) >= 3 else label_field.strip()
     mids = tuple(m.strip() for m in labels.split(",") if m.strip())
-    return Segment(items[0].strip(), start, end, mids, n)
+    return Segment(ytid, start, end, mids, n)
 
 
 def drop_repeated(segments: Sequence[Segment]) -> Tuple[List[Segment], List[Segment]]:
@@ -140,7 +143,7 @@ def _is_header(line: str, n: int) -> bool:
     text = line.strip()
     if not text or text.startswith("#"):
         return True
-    return n <= _HEADER_LINES and (text == "empty" or text.split(",")[0].strip().upper() == "YTID")
+    return n <= _HEADER_LINES and (text == "empty" or text.split(",")[0].strip().strip('"').upper() == "YTID")
 
 
 def read_segments_csv(csv_path: str) -> List[Segment]:
