@@ -225,12 +225,18 @@ def test_truncated_file_listed_and_short_clips_counted(tmp_path, caplog):
     append_segment(info["eval_csv"], "xtrunc00000", ["/m/demo00"])
     sf.write(tmp_path / "d" / "audios" / "eval_segments" / "Yxshort00000.wav", y[:SR // 4], SR, subtype="PCM_16")
     append_segment(info["eval_csv"], "xshort00000", ["/m/demo00"])
+    sf.write(tmp_path / "d" / "audios" / "eval_segments" / "Yxnolab00000.wav", y[:SR], SR, subtype="PCM_16")
+    append_segment(info["eval_csv"], "xnolab00000", [])   # '""': packed, with no positive label, and said so
     with caplog.at_level(logging.INFO):
         rep = _pack(info, tmp_path / "e.h5")
     reasons = dict(rep.missing)
     assert reasons["Yxtrunc00000.wav"].endswith("header says 3.00 s, only 0.62 s present")
     assert rep.short == 1 and "Clip length 1 s (32000 samples at 32000 Hz)" in caplog.text
     assert "1 clips are shorter than 0.5 x the clip length" in ds.summarize(rep, rep.rows + 1)
+    with h5py.File(tmp_path / "e.h5", "r") as hf:
+        names = [n.decode() for n in hf["audio_name"][:]]
+        assert not hf["target"][names.index("Yxnolab00000.wav")].any()
+    assert rep.unlabelled == 1 and "1 clips have no label in the CSV" in ds.summarize(rep, rep.rows + 1)
 
 
 def test_stale_temp_of_dead_run_is_removed(tmp_path):

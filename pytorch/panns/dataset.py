@@ -654,6 +654,7 @@ class PackReport:
     clip_seconds: float = 0.0
     repeated: int = 0       # CSV rows naming a clip listed before (packed once)
     replaced: bool = False  # an existing output was replaced
+    unlabelled: int = 0     # packed clips whose CSV row names no label (their targets are all zero)
 
 
 def log_clip_length(sample_rate: int, clip_seconds: float, clip_samples: int) -> None:
@@ -667,7 +668,10 @@ def summarize(rep: PackReport, total: int) -> str:
     if rep.missing:
         msg += f"; {len(rep.missing)} of {total} missing or undecodable, see {rep.path}.missing.csv"
     if rep.repeated:
-        msg += f"; {rep.repeated} repeated rows of the CSV (a clip id listed again) packed once (--keep_duplicates: every row)"
+        msg += (f"; {rep.repeated} repeated rows of the CSV (a clip id listed again) packed once "
+                "(--keep_duplicates: every row)")
+    if rep.unlabelled:
+        msg += f"; {rep.unlabelled} clips have no label in the CSV (packed with no positive label)"
     if rep.short:
         msg += (f"; {rep.short} clips are shorter than {packing.SHORT_FRACTION:g} x the clip length "
                 f"({rep.clip_seconds:g} s) and were zero-padded (set --clip_seconds to the clips' length?)")
@@ -735,7 +739,7 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
                          f"(listed in {waveforms_hdf5_path}.missing.csv); nothing packed")
 
     t0 = time.time()
-    short = 0
+    short = unlabelled = 0
     # The pool forks its workers on entering, before the output file is opened.
     with packing.OrderedPool(packing.decode_row, min(num_workers, len(jobs))) as pool, \
             packing.PackedFile(waveforms_hdf5_path, len(jobs), clip_samples, storage) as out:
@@ -748,6 +752,7 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
                 else:
                     out.add(seg.audio_name.encode(), targets[res.n], res.row)
                     short += res.seconds < packing.SHORT_FRACTION * clip_seconds
+                    unlabelled += not seg.mids
                 bar.update(1)
         order = {s.audio_name: i for i, s in enumerate(segments)}
         missing.sort(key=lambda m: order.get(m[0], 0))
@@ -757,7 +762,7 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
                              "nothing packed")
         out.commit(labels, sample_rate)
     rep = PackReport(waveforms_hdf5_path, out.rows, missing, short=short, clip_seconds=clip_seconds, repeated=repeated,
-                     replaced=replaced)
+                     replaced=replaced, unlabelled=unlabelled)
     if missing:
         logger.info("%d of %d clips missing or undecodable, listed in %s.missing.csv", len(missing), len(segments),
                     waveforms_hdf5_path)
