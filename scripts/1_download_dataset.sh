@@ -88,6 +88,6 @@ download_part() {
 export -f download download_part
 export PYTHON REPO NUM_WORKERS URL_TEMPLATE DATASET_DIR EXTRA_FLAGS
 find "$META/unbalanced_partial_csvs" -name 'unbalanced_train_segments_part*.csv' | sort | \
-  xargs -P "$PARALLEL_PARTS" -I{} bash -c 'set -euo pipefail; download_part "$1"' _ {}
+  xargs -P "$PARALLEL_PARTS" -d '\n' -I{} bash -c 'set -euo pipefail; download_part "$1"' _ {}
 
 echo "Download finished: $DATASET_DIR"

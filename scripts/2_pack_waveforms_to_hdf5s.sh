@@ -68,6 +68,6 @@ pack_part() {  # unbalanced_train_segments_partNN.csv -> unbalanced_train/unbala
 export -f pack pack_part
 export PYTHON REPO DATASET_DIR WAVEFORMS SAMPLE_RATE CLIP_SECONDS STORAGE LABELS_CSV SKIP_FLAG
 find "$DATASET_DIR/metadata/unbalanced_partial_csvs" -name 'unbalanced_train_segments_part*.csv' | sort | \
-  xargs -P "$PACK_JOBS" -I{} bash -c 'set -euo pipefail; pack_part "$1"' _ {}
+  xargs -P "$PACK_JOBS" -d '\n' -I{} bash -c 'set -euo pipefail; pack_part "$1"' _ {}
 
 echo "Packed waveforms in $WAVEFORMS"

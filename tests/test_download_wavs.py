@@ -245,7 +245,9 @@ def test_scripts_1_2_3_end_to_end(tmp_path, repo_root):
     base = f"http://127.0.0.1:{srv.server_address[1]}"
     env = dict(os.environ, CSV_BASE_URL=base, URL_TEMPLATE=base + "/media/{ytid}.wav", NUM_WORKERS="2",
                PARALLEL_PARTS="2", CLIP_SECONDS="1", PACK_JOBS="2")
-    data, ws = tmp_path / "data train", tmp_path / "ws train"
+    # Spaces and a quote in the paths: xargs reads quotes in its input unless -d '\n' (an apostrophe in the
+    # data set path stopped the unbalanced parts with "xargs: unmatched single quote")
+    data, ws = tmp_path / "it's data train", tmp_path / "ws train"
     try:
         for script, args in (("1_download_dataset.sh", [data]), ("2_pack_waveforms_to_hdf5s.sh", [data, ws]),
                              ("3_create_training_indexes.sh", [ws])):
