@@ -41,9 +41,13 @@ PACK_JOBS="${PACK_JOBS:-$(( CORES > 1 ? CORES / 2 : 1 ))}"
 SAMPLE_RATE="${SAMPLE_RATE:-32000}"
 CLIP_SECONDS="${CLIP_SECONDS:-10}"
 STORAGE="${STORAGE:-pcm16}"
-EVAL_SHARDS="${EVAL_SHARDS-$SHARDS_DIR/data/eval/*.parquet}"
-BALANCED_SHARDS="${BALANCED_SHARDS-$SHARDS_DIR/data/bal_train/*.parquet}"
-UNBALANCED_SHARDS="${UNBALANCED_SHARDS-$SHARDS_DIR/data/unbal_train/*.parquet}"
+# SHARDS_DIR as a literal part of the default globs: its glob characters ([, *, ?) bracketed, so a folder named
+# 'ws[1]' is itself and not a pattern that matches 'ws1'.
+glob_escape() { sed -e 's/\[/[[]/g' -e 's/\*/[*]/g' -e 's/?/[?]/g'; }
+SHARDS_GLOB_DIR="$(printf '%s' "$SHARDS_DIR" | glob_escape)"
+EVAL_SHARDS="${EVAL_SHARDS-$SHARDS_GLOB_DIR/data/eval/*.parquet}"
+BALANCED_SHARDS="${BALANCED_SHARDS-$SHARDS_GLOB_DIR/data/bal_train/*.parquet}"
+UNBALANCED_SHARDS="${UNBALANCED_SHARDS-$SHARDS_GLOB_DIR/data/unbal_train/*.parquet}"
 LABELS_CSV="${LABELS_CSV:-$REPO/metadata/class_labels_indices.csv}"
 SKIP_FLAG="--skip_existing"
 if [ "${SKIP_EXISTING:-1}" = "0" ]; then SKIP_FLAG=""; fi
@@ -67,14 +71,33 @@ export PYTHON REPO SAMPLE_RATE CLIP_SECONDS STORAGE LABELS_CSV SKIP_FLAG EXTRA_F
 pack "$EVAL_SHARDS" "$WAVEFORMS/eval.h5" "$NUM_WORKERS"
 pack "$BALANCED_SHARDS" "$WAVEFORMS/balanced_train.h5" "$NUM_WORKERS"
 
-# shellcheck disable=SC2086  # the globs are meant to expand here
-if [ -n "$UNBALANCED_SHARDS" ] && ! compgen -G "$UNBALANCED_SHARDS" > /dev/null; then
-  echo "No unbalanced shards match $UNBALANCED_SHARDS; packed eval and balanced_train only"
-  UNBALANCED_SHARDS=""
-fi
+# The unbalanced shards as pack_from_shards reads a --shards value (a glob, a folder, a file or a comma-separated
+# list; panns.shards.list_shards), one path a line. The shell's own `ls $UNBALANCED_SHARDS` split a path with a
+# space into two, listed a folder's bare file names and skipped a comma-separated list as matching nothing.
+UNBALANCED_LIST=""
 if [ -n "$UNBALANCED_SHARDS" ]; then
-  # One output per shard (unbalanced_train_partNNNNN.h5, the name script 3 indexes), PACK_JOBS at a time.
-  ls -1 $UNBALANCED_SHARDS | sort | awk '{printf "%05d %s\n", NR - 1, $0}' | \
+  UNBALANCED_LIST="$("$PYTHON" -c '
+import sys
+sys.path.insert(0, sys.argv[1])
+from panns.errors import PannsError, run_cli
+from panns.shards import list_shards
+def main():
+    try:
+        paths = list_shards(sys.argv[2])
+    except PannsError as e:
+        if str(e).startswith("no shards match"):
+            return
+        raise
+    print("\n".join(paths))
+run_cli(main)' "$REPO/pytorch" "$UNBALANCED_SHARDS")"
+  if [ -z "$UNBALANCED_LIST" ]; then
+    echo "No unbalanced shards match $UNBALANCED_SHARDS; packed eval and balanced_train only"
+  fi
+fi
+if [ -n "$UNBALANCED_LIST" ]; then
+  # One output per shard (unbalanced_train_partNNNNN.h5, the name script 3 indexes), PACK_JOBS at a time; each
+  # shard's path glob-escaped, as --shards reads it as a pattern when it holds [, * or ?.
+  printf '%s\n' "$UNBALANCED_LIST" | glob_escape | awk '{printf "%05d %s\n", NR - 1, $0}' | \
     while read -r nn shard; do echo "$shard"; echo "$WAVEFORMS/unbalanced_train/unbalanced_train_part$nn.h5"; done | \
     xargs -P "$PACK_JOBS" -n 2 -d '\n' bash -c 'set -euo pipefail; pack "$1" "$2" 2' _
 fi

@@ -224,6 +224,41 @@ def test_hosted_route_scripts(clips, tmp_path, repo_root):
     assert "3 rows repeat a clip id of an earlier part; kept once" in r.stdout
 
 
+def test_hosted_route_script_shards_dir_with_space_and_brackets(clips, tmp_path, repo_root):
+    """SHARDS_DIR 'my shards [1]' with the default globs: the brackets are the folder's name, not a pattern (they
+    matched 'my shards 1'), and the unbalanced shards are listed whole (`ls $UNBALANCED_SHARDS` split the path at
+    the space and stopped after balanced_train)."""
+    import shutil
+
+    shards = tmp_path / "my shards [1]"
+    for sub, picks in (("eval", clips["parquets"][:1]), ("bal_train", clips["parquets"][1:2]),
+                       ("unbal_train", clips["parquets"])):
+        (shards / "data" / sub).mkdir(parents=True)
+        for p in picks:
+            shutil.copy(p, shards / "data" / sub)
+    repo = tmp_path / "repo"
+    shutil.copytree(os.path.join(repo_root, "scripts"), repo / "scripts")
+    os.symlink(os.path.join(repo_root, "utils"), repo / "utils")
+    os.symlink(os.path.join(repo_root, "pytorch"), repo / "pytorch")
+    (repo / "metadata").mkdir()
+    shutil.copy(clips["labels_csv"], repo / "metadata" / "class_labels_indices.csv")
+    env = {k: v for k, v in os.environ.items() if k not in ("EVAL_SHARDS", "BALANCED_SHARDS", "UNBALANCED_SHARDS")}
+    env.update(CLIP_SECONDS="1", NUM_WORKERS="1", PACK_JOBS="2", PYTHON=sys.executable)
+    ws = tmp_path / "ws"
+    r = subprocess.run(["bash", str(repo / "scripts" / "2_pack_from_shards.sh"), str(shards), str(ws)],
+                       capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(os.listdir(ws / "hdf5s" / "waveforms" / "unbalanced_train")) == [
+        "unbalanced_train_part00000.h5", "unbalanced_train_part00001.h5"]
+    # A comma-separated list (which --shards takes) packs one part per shard too, instead of 'No ... match'
+    env["UNBALANCED_SHARDS"] = ",".join(clips["parquets"])
+    ws2 = tmp_path / "ws2"
+    r = subprocess.run(["bash", str(repo / "scripts" / "2_pack_from_shards.sh"), str(shards), str(ws2)],
+                       capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(os.listdir(ws2 / "hdf5s" / "waveforms" / "unbalanced_train")) == 2
+
+
 def _flac(samples: np.ndarray, level: float) -> np.ndarray:
     """int16 (T,) or (T, channels) -> FLAC bytes at libsndfile's ``level`` (0..1)."""
     buf = io.BytesIO()
