@@ -10,6 +10,11 @@
 #   BACKEND      what runs the model (default: the CLI's auto = the path a cached calibration found
 #                fastest on this CPU, torch for short jobs; "torch" forces torch, as PANNS_BACKEND=torch does)
 set -euo pipefail
+# AUDIO_PATH and PYTHON given relative to the directory the script was started from: made absolute before the
+# cd into the repository (they named a file there, or nothing: 'cd /tmp && AUDIO_PATH=clip.wav bash .../0_inference.sh'
+# analysed the repository's clip.wav or failed to find one).
+case "${AUDIO_PATH:-/}" in /*) ;; *) AUDIO_PATH="$PWD/$AUDIO_PATH" ;; esac
+case "${PYTHON:-/}" in /*) ;; */*) PYTHON="$PWD/$PYTHON" ;; esac
 cd "$(dirname "$0")/.."
 . scripts/python.sh   # PYTHON: the interpreter PANNs is installed into
 

@@ -188,6 +188,25 @@ def test_scripts_find_the_installed_python_or_say_what_to_do(tmp_path):
     assert got.returncode == 1 and "PYTHON=" in got.stderr
 
 
+def test_inference_script_resolves_relative_paths_from_the_callers_directory(tmp_path):
+    """scripts/0_inference.sh cds into the repository: an AUDIO_PATH or PYTHON relative to where the user started it
+    is made absolute first (it named a file under the repository, or nothing)."""
+    (tmp_path / "my clips").mkdir()
+    (tmp_path / "my clips" / "clip.wav").write_bytes(b"")
+    log = tmp_path / "calls.log"
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "python"   # records the inference calls; 'downloads' a checkpoint path
+    fake.write_text('#!/bin/bash\ncase "$1" in\n  */pretrained.py|pytorch/pretrained.py) echo /ckpt.pth ;;\n'
+                    f'  *) printf "%s\\n" "$@" >> "{log}" ;;\nesac\n')
+    fake.chmod(0o755)
+    r = subprocess.run(["bash", os.path.join(REPO, "scripts", "0_inference.sh")], cwd=str(tmp_path),
+                       env=dict(os.environ, PYTHON="bin/python", AUDIO_PATH="my clips/clip.wav", CUDA_FLAG=""),
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    args = log.read_text().splitlines()
+    assert args.count(f"--audio_path={tmp_path}/my clips/clip.wav") == 2, args
+
+
 def test_repeated_clip_ids_are_packed_and_indexed_once(tmp_path, capsys):
     import h5py
 
