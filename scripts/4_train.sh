@@ -32,10 +32,21 @@ if [ -z "${PYTHON:-}" ]; then . "$REPO/scripts/python.sh"; fi
 MODEL_TYPE="${MODEL_TYPE:-Cnn14}"
 
 # The interpreter that trains probes CUDA and plots: PYTHON itself, or the python torchrun runs (its #! line).
+# A PYTHON (or torchrun) that is not there, or that lacks torch, is one line here: it was 'sees no CUDA GPU;
+# training on the CPU' and then the shell's 'No such file or directory' (or head's, for torchrun off PATH).
 read -r -a PY_CMD <<< "$PYTHON"
-PY="${PY_CMD[0]}"
+PY="${PY_CMD[0]:-}"
+if [ -z "$PY" ] || ! command -v "$PY" >/dev/null 2>&1; then
+  echo "error: PYTHON=$PYTHON is not an executable; set PYTHON to the python PANNs is installed into" \
+       "(or to \"torchrun --nproc_per_node=N\" with torchrun on PATH)" >&2
+  exit 1
+fi
 if [ "$(basename "$PY")" = "torchrun" ]; then
   PY="$(head -n 1 "$(command -v "$PY")" | sed -e 's/^#! *//' -e 's/ .*//')"
+fi
+if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
+  echo "error: $PY (from PYTHON=$PYTHON) cannot import torch; set PYTHON to the python PANNs is installed into" >&2
+  exit 1
 fi
 LABELS_FLAG=()
 if [ -z "${LABELS_CSV:-}" ] && [ -f "$DATASET_DIR/metadata/class_labels_indices.csv" ]; then

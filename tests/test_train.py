@@ -322,6 +322,24 @@ def test_train_script_runs_as_written(tmp_path):
     assert os.path.getsize(tmp_path / "results" / "1_aug.pdf") > 1000
 
 
+def test_train_script_bad_python_is_one_line(tmp_path):
+    """PYTHON that is not there (or torchrun off PATH, or a python without torch): one error line, exit 1, nothing
+    created (it said 'training on the CPU' and then failed with the shell's 'No such file or directory')."""
+    stub = tmp_path / "notorch"
+    stub.write_text("#!/bin/sh\nexit 1\n")   # a python that cannot import torch
+    stub.chmod(0o755)
+    ws = tmp_path / "ws"
+    for python, expect in ((str(tmp_path / "nope"), "is not an executable"),
+                           ("torchrun --nproc_per_node=2", "is not an executable"),
+                           (str(stub), "cannot import torch")):
+        r = subprocess.run(["bash", os.path.join(REPO, "scripts", "4_train.sh"), str(ws), str(tmp_path / "dataset")],
+                           capture_output=True, text=True, cwd=str(tmp_path), timeout=60,
+                           env=dict(os.environ, PYTHON=python, PATH="/usr/bin:/bin"))
+        assert r.returncode == 1 and expect in r.stderr, (python, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "training on the CPU" not in r.stderr, r.stderr
+    assert not ws.exists()
+
+
 def _fake_cuda_env(tmp_path, count=1, cap="9.0"):
     """Environment in which every Python process sees ``count`` fake GPUs (tests/fake_cuda/sitecustomize.py)."""
     log = tmp_path / "fake_cuda.log"
