@@ -188,6 +188,22 @@ def test_scripts_find_the_installed_python_or_say_what_to_do(tmp_path):
     assert got.returncode == 1 and "PYTHON=" in got.stderr
 
 
+@pytest.mark.parametrize("script", ["1_download_dataset.sh", "2_pack_waveforms_to_hdf5s.sh", "2_pack_from_shards.sh",
+                                    "3_create_training_indexes.sh", "4_train.sh", "demo.sh"])
+def test_scripts_help_and_an_option_for_a_path(tmp_path, script):
+    """--help prints the script's usage; an option where a path belongs is one error line. Both create nothing
+    (--help was taken for a path: mkdir's 'unrecognized option', or a default workspace made in the current
+    directory before 'segment CSV not found: --help/...')."""
+    path = os.path.join(REPO, "scripts", script)
+    env = dict(os.environ, PYTHON=sys.executable)
+    r = subprocess.run(["bash", path, "--help"], cwd=str(tmp_path), env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "bash scripts/" + script in r.stdout and r.stderr == "", r.stdout + r.stderr
+    r = subprocess.run(["bash", path, "--early_stop=10"], cwd=str(tmp_path), env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: --early_stop=10: the arguments are paths"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert os.listdir(tmp_path) == []
+
+
 def test_inference_script_resolves_relative_paths_from_the_callers_directory(tmp_path):
     """scripts/0_inference.sh cds into the repository: an AUDIO_PATH or PYTHON relative to where the user started it
     is made absolute first (it named a file under the repository, or nothing)."""
