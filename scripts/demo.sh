@@ -21,8 +21,20 @@ for arg in "${@:1:1}"; do
 done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# OUT_DIR relative to the directory the script was started from (it was taken relative to the repository).
+OUT="$(mkdir -p -- "${1:-$ROOT/demo_out}" && cd -- "${1:-$ROOT/demo_out}" && pwd)"
 cd "$ROOT"
-OUT="$(mkdir -p "${1:-$ROOT/demo_out}" && cd "${1:-$ROOT/demo_out}" && pwd)"
+# Re-running replaces dataset/, workspace/, results/ ... in OUT_DIR: only in a folder the demo made (its marker
+# file, or the files an earlier demo run left), never in a folder of the user's that happens to hold such names
+# (bash scripts/demo.sh ~/project deleted ~/project/dataset, workspace and results).
+MARKER="$OUT/.panns_demo_out"
+if [ ! -e "$MARKER" ] && [ -n "$(ls -A "$OUT")" ] && [ ! -f "$OUT/example_clip_truth.csv" ] && \
+   [ ! -f "$OUT/checks.jsonl" ]; then
+  echo "error: $OUT already holds files the demo did not make; give the demo a new or empty folder" \
+       "(it replaces its dataset/, workspace/ and results/ there)" >&2
+  exit 2
+fi
+touch "$MARKER"
 QUICK="${DEMO_QUICK:-0}"
 . "$ROOT/scripts/python.sh"   # PYTHON: as given, else the active venv's python, else says what to do
 PY="$PYTHON"

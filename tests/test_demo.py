@@ -34,6 +34,35 @@ def test_demo_quick_runs_every_stage(tmp_path):
     assert "Done in " in r.stdout
 
 
+def test_demo_out_dir_of_the_users_is_not_emptied_and_relative_is_from_cwd(tmp_path):
+    """demo.sh replaces dataset/, workspace/, results/ in OUT_DIR: a folder it did not make is refused (its dataset/
+    was deleted); a relative OUT_DIR is taken from the current directory (it was made under the repository)."""
+    import shutil
+
+    stub = tmp_path / "python"   # stops the demo at its first python step, after the clean-up
+    stub.write_text("#!/bin/sh\nexit 1\n")
+    stub.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(stub), DEMO_QUICK="1")
+    proj = tmp_path / "proj"
+    (proj / "dataset").mkdir(parents=True)
+    (proj / "dataset" / "precious.wav").write_bytes(b"x")
+    r = subprocess.run(["bash", os.path.join(REPO, "scripts", "demo.sh"), str(proj)], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "already holds files the demo did not make" in r.stderr, r.stderr
+    assert (proj / "dataset" / "precious.wav").exists()
+    name = f"demo_rel_{os.getpid()}"
+    try:
+        r = subprocess.run(["bash", os.path.join(REPO, "scripts", "demo.sh"), name], env=env, cwd=str(tmp_path),
+                           capture_output=True, text=True, timeout=60)
+        assert (tmp_path / name / ".panns_demo_out").exists() and not os.path.exists(os.path.join(REPO, name))
+        # a second run in the folder the demo made goes ahead (up to the stub python)
+        r = subprocess.run(["bash", os.path.join(REPO, "scripts", "demo.sh"), name], env=env, cwd=str(tmp_path),
+                           capture_output=True, text=True, timeout=60)
+        assert "did not make" not in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(os.path.join(REPO, name), ignore_errors=True)
+
+
 def test_example_clip_truth_comes_from_the_generator(tmp_path):
     truth = make_example_clip(str(tmp_path / "clip.wav"))
     with open(truth, newline="") as f:
