@@ -22,6 +22,13 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 WAVEFORMS="$WORKSPACE/hdf5s/waveforms"
 INDEXES="$WORKSPACE/hdf5s/indexes"
+# A WORKSPACE with no packed waveforms (a typo, or script 2 not run yet) is one line, and leaves no empty
+# hdf5s/indexes tree at that path.
+if [ ! -d "$WAVEFORMS" ]; then
+  echo "error: no packed waveforms in $WAVEFORMS; give the WORKSPACE that scripts/2_pack_waveforms_to_hdf5s.sh" \
+       "(or 2_pack_from_shards.sh) packed into, or run it first" >&2
+  exit 2
+fi
 mkdir -p "$INDEXES/unbalanced_train"
 
 index() {  # index WAVEFORMS.h5 INDEX.h5
@@ -30,7 +37,7 @@ index() {  # index WAVEFORMS.h5 INDEX.h5
 
 index "$WAVEFORMS/eval.h5" "$INDEXES/eval.h5"
 index "$WAVEFORMS/balanced_train.h5" "$INDEXES/balanced_train.h5"
-find "$WAVEFORMS/unbalanced_train" -name 'unbalanced_train_part*.h5' | sort | while read -r part; do
+[ ! -d "$WAVEFORMS/unbalanced_train" ] || find "$WAVEFORMS/unbalanced_train" -name 'unbalanced_train_part*.h5' | sort | while read -r part; do
   index "$part" "$INDEXES/unbalanced_train/$(basename "$part")"
 done
 

@@ -264,6 +264,30 @@ def test_scripts_1_2_3_end_to_end(tmp_path, repo_root):
         assert hf["audio_name"].shape == (2,)
 
 
+def test_index_script_without_waveforms_or_unbalanced_parts(tmp_path, repo_root):
+    """scripts/3_create_training_indexes.sh: a WORKSPACE with no packed waveforms is one line and creates nothing
+    (it left an empty hdf5s/indexes tree at a typo'd path); one without unbalanced_train/ (eval and balanced_train
+    packed only) is indexed (find's 'No such file or directory' stopped it before full_train.h5)."""
+    from data_helpers import make_dataset
+
+    script = os.path.join(repo_root, "scripts", "3_create_training_indexes.sh")
+    env = dict(os.environ, PYTHON=sys.executable, CLIP_SECONDS="1", NUM_WORKERS="1", PACK_JOBS="1")
+    r = subprocess.run(["bash", script, "wrkspace"], env=env, cwd=str(tmp_path), capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: no packed waveforms in wrkspace/hdf5s/waveforms"), r.stderr
+    assert os.listdir(tmp_path) == []
+    info = make_dataset(str(tmp_path / "data"), extras=False,
+                        per_class={"balanced_train": 1, "eval": 1, "unbalanced_train": 1})
+    ws = tmp_path / "ws"
+    r = subprocess.run(["bash", os.path.join(repo_root, "scripts", "2_pack_waveforms_to_hdf5s.sh"), info["root"],
+                        str(ws)], env=env, cwd=str(tmp_path), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    import shutil
+    shutil.rmtree(ws / "hdf5s" / "waveforms" / "unbalanced_train")
+    r = subprocess.run(["bash", script, str(ws)], env=env, cwd=str(tmp_path), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (ws / "hdf5s" / "indexes" / "full_train.h5").is_file()
+
+
 def test_interrupt_keeps_failure_list(tmp_path, monkeypatch):
     """Ctrl-C: queued clips are cancelled and earlier failure entries of clips not reached are kept."""
     csv_path = _csv(tmp_path / "seg.csv", [f"clip{i:07d}" for i in range(6)])
