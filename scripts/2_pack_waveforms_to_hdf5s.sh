@@ -53,6 +53,13 @@ SKIP_FLAG="--skip_existing"
 if [ "${SKIP_EXISTING:-1}" = "0" ]; then SKIP_FLAG=""; fi
 
 WAVEFORMS="$WORKSPACE/hdf5s/waveforms"
+# A DATASET_DIR without the segment CSVs (a typo, or script 1 not run) is one line before any workspace folder is
+# made (an empty WORKSPACE tree was left behind).
+if [ ! -f "$DATASET_DIR/metadata/eval_segments.csv" ]; then
+  echo "error: $DATASET_DIR/metadata/eval_segments.csv not found; give the DATASET_DIR that" \
+       "scripts/1_download_dataset.sh downloaded into, or run it first" >&2
+  exit 2
+fi
 mkdir -p "$WAVEFORMS/unbalanced_train"
 
 pack() {  # pack CSV AUDIOS_DIR OUT.h5 WORKERS

@@ -220,6 +220,15 @@ def test_skip_existing_packs_again_when_missing_clips_have_arrived(small, tmp_pa
     assert ds.pack_waveforms_to_hdf5(info["eval_csv"], str(audios), str(out), skip_existing=True, **kw).skipped_existing
 
 
+def test_pack_script_without_dataset_is_one_line_and_creates_nothing(tmp_path, repo_root):
+    """A mistyped DATASET_DIR: one error line, and no empty workspace tree left in the current directory."""
+    script = os.path.join(repo_root, "scripts", "2_pack_waveforms_to_hdf5s.sh")
+    r = subprocess.run(["bash", script, "datset"], env=dict(os.environ, PYTHON=sys.executable), capture_output=True,
+                       text=True, cwd=str(tmp_path))
+    assert r.returncode == 2 and r.stderr.startswith("error: datset/metadata/eval_segments.csv not found"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and os.listdir(tmp_path) == []
+
+
 def test_pack_script_skip_existing_refuses_changed_sample_rate(tmp_path, repo_root):
     info = make_dataset(str(tmp_path / "data"), extras=False,
                         per_class={"balanced_train": 1, "eval": 1, "unbalanced_train": 1})
