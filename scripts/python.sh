@@ -2,12 +2,17 @@
 # into, so a script never runs a python3 from PATH that lacks torch (a raw ModuleNotFoundError far
 # into the run). In order: $PYTHON as given; the active virtual environment's python
 # ($VIRTUAL_ENV, or $CONDA_PREFIX); a .venv/ or venv/ in the repository; python3 if it imports
-# torch. Otherwise one line says what to do, and the script stops (exit 1).
+# torch. A PYTHON that is not there or cannot import torch, or none found: one line says what to do,
+# and the script stops (exit 1).
 panns_find_python() {
   local root="$1" cand
   if [ -n "${PYTHON:-}" ]; then
     if ! command -v "$PYTHON" >/dev/null 2>&1; then
       echo "error: PYTHON=$PYTHON is not an executable; set PYTHON to the python PANNs is installed into" >&2
+      return 1
+    fi
+    if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then   # else a ModuleNotFoundError traceback later
+      echo "error: PYTHON=$PYTHON cannot import torch; set PYTHON to the python PANNs is installed into" >&2
       return 1
     fi
     return 0

@@ -186,6 +186,9 @@ def test_scripts_find_the_installed_python_or_say_what_to_do(tmp_path):
     assert len(got.stderr.strip().splitlines()) == 1 and "activate the environment" in got.stderr
     got = source(PYTHON=str(tmp_path / "nope"))
     assert got.returncode == 1 and "PYTHON=" in got.stderr
+    got = source(PYTHON=str(stub / "python3"))   # there, but without torch: one line, not a traceback later
+    assert got.returncode == 1 and got.stderr == f"error: PYTHON={stub}/python3 cannot import torch; set PYTHON to " \
+                                                 "the python PANNs is installed into\n", got.stderr
 
 
 @pytest.mark.parametrize("script", ["1_download_dataset.sh", "2_pack_waveforms_to_hdf5s.sh", "2_pack_from_shards.sh",
