@@ -226,6 +226,19 @@ def test_inference_script_resolves_relative_paths_from_the_callers_directory(tmp
     assert args.count(f"--audio_path={tmp_path}/my clips/clip.wav") == 2, args
 
 
+def test_fetch_metadata_dest_is_relative_to_the_callers_directory(tmp_path):
+    """scripts/fetch_metadata.sh --dest labels.csv run from another directory writes there, not into the
+    repository (the script cd'ed into the repository before handing --dest on)."""
+    log = tmp_path / "calls.log"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/bash\n[ "$1" = -c ] && exit 0\necho "$PWD" "$@" >> "{log}"\n')
+    fake.chmod(0o755)
+    r = subprocess.run(["bash", os.path.join(REPO, "scripts", "fetch_metadata.sh"), "--dest", "labels.csv"],
+                       cwd=str(tmp_path), env=dict(os.environ, PYTHON=str(fake)), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert log.read_text() == f"{tmp_path} {REPO}/utils/download.py labels --dest labels.csv\n"
+
+
 def test_repeated_clip_ids_are_packed_and_indexed_once(tmp_path, capsys):
     import h5py
 
