@@ -10,6 +10,15 @@
 #   BACKEND      what runs the model (default: the CLI's auto = the path a cached calibration found
 #                fastest on this CPU, torch for short jobs; "torch" forces torch, as PANNS_BACKEND=torch does)
 set -euo pipefail
+# --help prints the text above; an argument is refused (it was ignored: the examples ran, checkpoint downloads and
+# all, on the default clip instead of the file named).
+case "${1-}" in
+  -h|--help) sed -n '2,/^set -euo pipefail/{/^set -euo pipefail/d;s/^# \{0,1\}//;p;}' "${BASH_SOURCE[0]}"; exit 0 ;;
+esac
+if [ "$#" -gt 0 ]; then
+  echo "error: 0_inference.sh takes no arguments; name the clip with AUDIO_PATH=<file> bash scripts/0_inference.sh" >&2
+  exit 2
+fi
 # AUDIO_PATH and PYTHON given relative to the directory the script was started from: made absolute before the
 # cd into the repository (they named a file there, or nothing: 'cd /tmp && AUDIO_PATH=clip.wav bash .../0_inference.sh'
 # analysed the repository's clip.wav or failed to find one).

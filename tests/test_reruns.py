@@ -224,6 +224,12 @@ def test_inference_script_resolves_relative_paths_from_the_callers_directory(tmp
     assert r.returncode == 0, r.stderr
     args = log.read_text().splitlines()
     assert args.count(f"--audio_path={tmp_path}/my clips/clip.wav") == 2, args
+    r = subprocess.run(["bash", os.path.join(REPO, "scripts", "0_inference.sh"), "my clips/clip.wav"],
+                       cwd=str(tmp_path), env=dict(os.environ, PYTHON=str(fake)), capture_output=True, text=True)
+    assert r.returncode == 2 and "takes no arguments; name the clip with AUDIO_PATH=" in r.stderr, r.stderr
+    r = subprocess.run(["bash", os.path.join(REPO, "scripts", "0_inference.sh"), "--help"], cwd=str(tmp_path),
+                       env=dict(os.environ, PYTHON=str(fake)), capture_output=True, text=True)
+    assert r.returncode == 0 and "AUDIO_PATH" in r.stdout and log.read_text().count("--audio_path") == 2
 
 
 def test_fetch_metadata_dest_is_relative_to_the_callers_directory(tmp_path):
