@@ -60,7 +60,7 @@ def test_cpu_choices(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert devices.select_device(False) == torch.device("cpu")
     assert devices.select_device(True) == torch.device("cpu")
-    assert "CUDA asked for (--cuda, device='cuda') but not available here; running on the CPU" in caplog.text
+    assert "CUDA asked for (--cuda, device='cuda') but CUDA is not available; running on the CPU" in caplog.text
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "3")
     with pytest.raises(PannsError, match="inconsistent"):

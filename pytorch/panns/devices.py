@@ -119,7 +119,7 @@ def select_device(cuda: bool, local_rank: Optional[int] = None) -> torch.device:
     if not cuda:
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        logger.warning("CUDA asked for (--cuda, device='cuda') but not available here; running on the CPU")
+        logger.warning("CUDA asked for (--cuda, device='cuda') but CUDA is not available; running on the CPU")
         return torch.device("cpu")
     count = torch.cuda.device_count()
     visible = _visible_devices()
