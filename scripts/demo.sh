@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Offline end-to-end demo of the whole PANNs pipeline on a generated AudioSet-layout data set.
 #
-#   bash scripts/demo.sh [OUT_DIR]          (default ./demo_out; DEMO_QUICK=1 for a reduced run)
+#   bash scripts/demo.sh [OUT_DIR]          (default: demo_out/ in the repository; DEMO_QUICK=1 for a reduced run)
 #
 # Runs the same entry points you run on AudioSet: generate data (and the example clip with its ground
 # truth) -> pack waveforms -> indexes -> main.py train (Cnn6, and Cnn6_DecisionLevelAvg for SED) ->
