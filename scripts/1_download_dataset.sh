@@ -13,15 +13,8 @@
 #                       youtube_corpus/v1; a mirror must hold csv/<name>.csv and qa/qa_true_counts.csv)
 #   PYTHON=(default: the active venv's python)
 set -euo pipefail
-# --help prints the usage above; an option where a path belongs is refused (it became a folder named '--help',
-# or mkdir's 'unrecognized option', after creating the default workspace in the current directory).
-for arg in "${@:1:1}"; do
-  case "$arg" in
-    -h|--help) sed -n '2,/^set -euo pipefail/{/^set -euo pipefail/d;s/^# \{0,1\}//;p;}' "${BASH_SOURCE[0]}"; exit 0 ;;
-    -*) echo "error: $arg: the arguments are paths; bash ${BASH_SOURCE[0]} --help shows the usage" >&2
-        exit 2 ;;
-  esac
-done
+. "$(dirname "${BASH_SOURCE[0]}")/args.sh"   # --help: the usage above; an option where a path belongs: refused
+panns_script_args "${BASH_SOURCE[0]}" 1 "$@"
 
 DATASET_DIR="${1:-./datasets/audioset201906}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -30,15 +30,8 @@
 #   SKIP_EXISTING=1      0: re-pack and replace outputs that are already there
 #   PYTHON=(default: the active venv's python)
 set -euo pipefail
-# --help prints the usage above; an option where a path belongs is refused (it became a folder named '--help',
-# or mkdir's 'unrecognized option', after creating the default workspace in the current directory).
-for arg in "${@:1:2}"; do
-  case "$arg" in
-    -h|--help) sed -n '2,/^set -euo pipefail/{/^set -euo pipefail/d;s/^# \{0,1\}//;p;}' "${BASH_SOURCE[0]}"; exit 0 ;;
-    -*) echo "error: $arg: the arguments are paths; bash ${BASH_SOURCE[0]} --help shows the usage" >&2
-        exit 2 ;;
-  esac
-done
+. "$(dirname "${BASH_SOURCE[0]}")/args.sh"   # --help: the usage above; an option where a path belongs: refused
+panns_script_args "${BASH_SOURCE[0]}" 2 "$@"
 
 SHARDS_DIR="${1:?usage: bash scripts/2_pack_from_shards.sh SHARDS_DIR [WORKSPACE]}"
 WORKSPACE="${2:-./workspaces/audioset_tagging}"

@@ -21,15 +21,8 @@
 #   LABELS_CSV=<path>     label CSV (default: the rule above)
 #   SKIP_EXISTING=1       0: re-pack and replace outputs that are already there
 set -euo pipefail
-# --help prints the usage above; an option where a path belongs is refused (it became a folder named '--help',
-# or mkdir's 'unrecognized option', after creating the default workspace in the current directory).
-for arg in "${@:1:2}"; do
-  case "$arg" in
-    -h|--help) sed -n '2,/^set -euo pipefail/{/^set -euo pipefail/d;s/^# \{0,1\}//;p;}' "${BASH_SOURCE[0]}"; exit 0 ;;
-    -*) echo "error: $arg: the arguments are paths; bash ${BASH_SOURCE[0]} --help shows the usage" >&2
-        exit 2 ;;
-  esac
-done
+. "$(dirname "${BASH_SOURCE[0]}")/args.sh"   # --help: the usage above; an option where a path belongs: refused
+panns_script_args "${BASH_SOURCE[0]}" 2 "$@"
 
 DATASET_DIR="${1:-./datasets/audioset201906}"
 WORKSPACE="${2:-./workspaces/audioset_tagging}"

@@ -22,15 +22,8 @@
 # Environment: MODEL_TYPE=Cnn14, LABELS_CSV (above), PYTHON (default: the active venv's python, see
 # scripts/python.sh).
 set -euo pipefail
-# --help prints the usage above; an option where a path belongs is refused (it became a folder named '--help',
-# or mkdir's 'unrecognized option', after creating the default workspace in the current directory).
-for arg in "${@:1:2}"; do
-  case "$arg" in
-    -h|--help) sed -n '2,/^set -euo pipefail/{/^set -euo pipefail/d;s/^# \{0,1\}//;p;}' "${BASH_SOURCE[0]}"; exit 0 ;;
-    -*) echo "error: $arg: the arguments are paths (main.py options come after WORKSPACE DATASET_DIR); bash ${BASH_SOURCE[0]} --help shows the usage" >&2
-        exit 2 ;;
-  esac
-done
+. "$(dirname "${BASH_SOURCE[0]}")/args.sh"   # --help: the usage above; an option where a path belongs: refused
+panns_script_args "${BASH_SOURCE[0]}" 2 "$@"
 
 WORKSPACE="${1:-./workspaces/audioset_tagging}"
 DATASET_DIR="${2:-./datasets/audioset201906}"

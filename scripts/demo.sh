@@ -10,15 +10,8 @@
 # Each stage is checked against the generated truth (utils/demo_checks.py); the run ends with a
 # table and exits 1 when a check failed. Re-running replaces the previous outputs in OUT_DIR cleanly.
 set -euo pipefail
-# --help prints the usage above; an option where a path belongs is refused (it became a folder named '--help',
-# or mkdir's 'unrecognized option', after creating the default workspace in the current directory).
-for arg in "${@:1:1}"; do
-  case "$arg" in
-    -h|--help) sed -n '2,/^set -euo pipefail/{/^set -euo pipefail/d;s/^# \{0,1\}//;p;}' "${BASH_SOURCE[0]}"; exit 0 ;;
-    -*) echo "error: $arg: the arguments are paths; bash ${BASH_SOURCE[0]} --help shows the usage" >&2
-        exit 2 ;;
-  esac
-done
+. "$(dirname "${BASH_SOURCE[0]}")/args.sh"   # --help: the usage above; an option where a path belongs: refused
+panns_script_args "${BASH_SOURCE[0]}" 1 "$@"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # OUT_DIR relative to the directory the script was started from (it was taken relative to the repository).
