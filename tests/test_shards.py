@@ -191,22 +191,28 @@ def test_flac_workspace_trains_to_the_same_map_as_pcm16(tmp_path):
     assert flac == pytest.approx(pcm, abs=1e-6), (pcm, flac)
 
 
-def test_hosted_route_scripts(clips, tmp_path, repo_root):
-    """scripts/2_pack_from_shards.sh (tar globs, flac storage, one part per unbalanced shard), then script 3."""
+def _repo_with_labels(tmp_path, repo_root, labels_csv):
+    """The scripts use the repository's label CSV: give them the test's (5 demo classes) through a copy of the
+    repository's scripts folder next to a metadata folder."""
     import shutil
 
-    ws = tmp_path / "ws"
-    env = dict(os.environ, EVAL_SHARDS=clips["tars"][1], BALANCED_SHARDS=clips["tars"][0],
-               UNBALANCED_SHARDS=os.path.join(os.path.dirname(clips["parquets"][0]), "*.parquet"),
-               CLIP_SECONDS="1", STORAGE="flac", NUM_WORKERS="2", PACK_JOBS="2", PYTHON=sys.executable)
-    # The script uses the repository's label CSV: give it the test's (5 demo classes) through a copy of the repo
-    # scripts folder next to a metadata folder.
     repo = tmp_path / "repo"
     shutil.copytree(os.path.join(repo_root, "scripts"), repo / "scripts")
     os.symlink(os.path.join(repo_root, "utils"), repo / "utils")
     os.symlink(os.path.join(repo_root, "pytorch"), repo / "pytorch")
     (repo / "metadata").mkdir()
-    shutil.copy(clips["labels_csv"], repo / "metadata" / "class_labels_indices.csv")
+    shutil.copy(labels_csv, repo / "metadata" / "class_labels_indices.csv")
+    return repo
+
+
+def test_hosted_route_scripts(clips, tmp_path, repo_root):
+    """scripts/2_pack_from_shards.sh (tar globs, flac storage, one part per unbalanced shard), then script 3."""
+
+    ws = tmp_path / "ws"
+    env = dict(os.environ, EVAL_SHARDS=clips["tars"][1], BALANCED_SHARDS=clips["tars"][0],
+               UNBALANCED_SHARDS=os.path.join(os.path.dirname(clips["parquets"][0]), "*.parquet"),
+               CLIP_SECONDS="1", STORAGE="flac", NUM_WORKERS="2", PACK_JOBS="2", PYTHON=sys.executable)
+    repo = _repo_with_labels(tmp_path, repo_root, clips["labels_csv"])
     r = subprocess.run(["bash", str(repo / "scripts" / "2_pack_from_shards.sh"), str(tmp_path / "unused"), str(ws)],
                        capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -236,12 +242,7 @@ def test_hosted_route_script_shards_dir_with_space_and_brackets(clips, tmp_path,
         (shards / "data" / sub).mkdir(parents=True)
         for p in picks:
             shutil.copy(p, shards / "data" / sub)
-    repo = tmp_path / "repo"
-    shutil.copytree(os.path.join(repo_root, "scripts"), repo / "scripts")
-    os.symlink(os.path.join(repo_root, "utils"), repo / "utils")
-    os.symlink(os.path.join(repo_root, "pytorch"), repo / "pytorch")
-    (repo / "metadata").mkdir()
-    shutil.copy(clips["labels_csv"], repo / "metadata" / "class_labels_indices.csv")
+    repo = _repo_with_labels(tmp_path, repo_root, clips["labels_csv"])
     env = {k: v for k, v in os.environ.items() if k not in ("EVAL_SHARDS", "BALANCED_SHARDS", "UNBALANCED_SHARDS")}
     env.update(CLIP_SECONDS="1", NUM_WORKERS="1", PACK_JOBS="2", PYTHON=sys.executable)
     ws = tmp_path / "ws"
