@@ -358,7 +358,10 @@ def test_folder_splits_and_decode_once_cache(tmp_path):
 
 
 _SLOW_CACHE_SCRIPT = r"""
-import sys, time
+import signal, sys, time
+# Ctrl-C as in a terminal: a test run started in the background ('nohup pytest &', some CI runners) hands its
+# children SIGINT ignored, which Python then keeps
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from panns import finetune_data as fd
 real = fd.load_audio
 def slow(path, sr):   # a slow decoder, so that Ctrl-C comes while workers are busy
