@@ -34,7 +34,7 @@ from sklearn import metrics  # classification_report of fine-tuned classifiers
 
 from panns import data_generator as dg
 from panns import runtime
-from panns.utilities import atomic_path, create_folder, d_prime
+from panns.utilities import atomic_path, create_folder, d_prime, read_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -314,8 +314,7 @@ class StatisticsContainer:
         if not os.path.isfile(self.statistics_path):
             logger.warning("no %s to resume statistics from; starting a new record", self.statistics_path)
             return
-        with open(self.statistics_path, "rb") as f:
-            loaded = pickle.load(f)
+        loaded = read_statistics(self.statistics_path)
         self.statistics_dict = {k: [s for s in v if s["iteration"] <= resume_iteration] for k, v in loaded.items()}
         for k in ("bal", "test"):
             self.statistics_dict.setdefault(k, [])

@@ -7,6 +7,7 @@ import glob
 import logging
 import os
 import pathlib
+import pickle
 import re
 import shutil
 import signal
@@ -358,3 +359,38 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
         pass
+
+
+# What a statistics pickle may name: numpy's array and scalar rebuilders (``numpy.core`` before numpy 2,
+# ``numpy._core`` since) and, in protocol-2 pickles, the bytes of an array (``_codecs.encode``). Dicts, lists
+# and numbers need none, so anything else is code, not statistics.
+_STATISTICS_GLOBALS = {(m, n) for core in ("numpy.core", "numpy._core")
+                       for m, n in ((f"{core}.multiarray", "_reconstruct"), (f"{core}.multiarray", "scalar"),
+                                    (f"{core}.numeric", "_frombuffer"))} | {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _StatisticsUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _STATISTICS_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which statistics never hold")
+        if module.startswith("numpy.core") and int(np.__version__.split(".")[0]) >= 2:
+            module = "numpy._core" + module[len("numpy.core"):]   # same objects, without numpy 2's warning
+        return super().find_class(module, name)
+
+
+def read_statistics(statistics_path: str) -> dict:
+    """A statistics pickle (``{'bal': [stat, ...], 'test': [...]}``: this project's, the official code's, or
+    the paper's published ones) read as data only: a pickle that would run code is refused, so a
+    downloaded or shared file cannot act on load. PannsError (one line) for a missing or foreign file."""
+    if not os.path.isfile(statistics_path):
+        raise PannsError(f"statistics file not found: {statistics_path}")
+    try:
+        with open(statistics_path, "rb") as f:
+            stats = _StatisticsUnpickler(f).load()
+    except Exception as e:  # noqa: BLE001 - truncated, foreign or hostile: one line naming the file
+        raise PannsError(f"cannot read {statistics_path} as statistics: {type(e).__name__}: {e}") from None
+    if not isinstance(stats, dict):
+        raise PannsError(f"{statistics_path} is not a statistics pickle (expected a dict with 'bal'/'test', "
+                         f"found {type(stats).__name__})")
+    return stats

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -34,7 +33,7 @@ from panns.losses import get_loss_func
 from panns.pytorch_utils import count_parameters
 from panns.training.core import CoreSettings, Meter, Trainer
 from panns.training.config import TrainConfig
-from panns.utilities import create_folder, create_logging
+from panns.utilities import create_folder, create_logging, read_statistics
 
 logger = logging.getLogger("main")
 
@@ -160,8 +159,7 @@ def _last_evaluation(statistics_path: str) -> Optional[int]:
     if not os.path.isfile(statistics_path):
         return None
     try:
-        with open(statistics_path, "rb") as f:
-            stats = pickle.load(f)
+        stats = read_statistics(statistics_path)
         return max((int(s["iteration"]) for v in stats.values() for s in v), default=None)
     except Exception:  # noqa: BLE001 - any damage: it still belongs to an earlier run
         return -1
