@@ -15,16 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "pytorch"))  # the `panns` package in a checkout
 
 from panns import models  # noqa: E402
-from panns.pytorch_utils import count_flops, count_parameters  # noqa: E402
-
-
-def count(name: str, seconds: float = 10.0):
-    """(trainable parameters, FLOPs) of ``name`` on a ``seconds``-long clip at its own sample rate."""
-    spec = models.get_model_spec(name)
-    with models.skip_init():   # values do not matter, only shapes
-        model = models.create_model(name)
-    params = count_parameters(model)
-    return params, count_flops(model.to("meta"), int(seconds * spec.sample_rate))
+from panns.pytorch_utils import model_counts as count  # noqa: E402  (tests/test_readme_zoo.py imports it)
 
 
 def main() -> None:

@@ -5,12 +5,13 @@ re-exported here under their official names."""
 from __future__ import annotations
 
 import logging
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from panns import models
 from panns import runtime
 from panns.models import do_mixup, interpolate, pad_framewise_output  # noqa: F401  (official names)
 
@@ -88,6 +89,16 @@ def count_flops(model: nn.Module, audio_length: int) -> int:
         for h in hooks:
             h.remove()
     return total[0]
+
+
+def model_counts(name: str, seconds: float = 10.0) -> Tuple[int, int]:
+    """(trainable parameters, forward FLOPs by :func:`count_flops`) of registered model ``name`` on a
+    ``seconds``-long clip at its own sample rate. Shapes are all the counter needs, so the model is built
+    without initialisation and runs on PyTorch's "meta" device (no arithmetic; about a second a model)."""
+    spec = models.get_model_spec(name)
+    with models.skip_init():   # values do not matter, only shapes
+        model = models.create_model(name)
+    return count_parameters(model), count_flops(model.to("meta"), int(seconds * spec.sample_rate))
 
 
 def forward(model: nn.Module, generator: Iterable[dict], return_input: bool = False,
