@@ -4,59 +4,82 @@ Sub-commands:
 
   plot_runs --statistics_paths a.pkl b.pkl [--labels A B] [--workspace WS] --output x.png
       one colour per run; balanced-train mAP dashed, evaluation mAP solid. With --workspace every
-      ``statistics.pkl`` under ``WS/statistics`` is added.
+      ``statistics.pkl`` under ``WS/statistics`` is added. The paper's published statistics
+      (``utils/plot_for_paper.py fetch``) are files of the same kind: give one beside your run to
+      compare with the paper's curve.
   plot --dataset_dir D --workspace WS --select NAME
       the official sub-command (used by scripts/4_train.sh). The official version needed the
       authors' runs at hard-coded cluster paths; this one plots whatever runs the workspace holds
       and writes ``results/<NAME>.pdf`` (``--output`` to choose). ``--dataset_dir`` is accepted for
       compatibility and not needed.
+  plot_class_iteration --workspace WS --select NAME [--statistics_path P]
+      official sub-command: AP vs iteration of the 10 most frequent, 10 median and 10 least frequent
+      classes of one run (clips counted in the index it trained on), ``results_map/class_iteration_map.pdf``.
+  plot_flops
+      official sub-command: forward GFLOPs (counted) vs published mAP of the paper's 15 systems,
+      ``results_map/flops.pdf``.
+
+The official plot_for_paper, plot_for_paper2, plot_long_fig, summary_stats, spearman and print read the
+authors' own files; they answer with one line naming what does the job here (utils/plot_for_paper.py
+draws the paper's figures from its published statistics).
 
 mAP of one evaluation is the mean AP over the classes that have positives in the evaluated set
-(entries stored as NaN are skipped), so official pickles (no NaN) plot as before.
+(entries stored as NaN are skipped), so official pickles (no NaN) plot as before. Statistics pickles
+are read as data only: one that would run code is refused.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import pickle
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from panns import config
+from panns import pretrained
+from panns.create_indexes import read_index
 from panns.errors import PannsError, run_cli
-from panns.utilities import atomic_write, check_output_path
+from panns.pytorch_utils import model_counts
+from panns.utilities import Progress, atomic_write, check_output_path, read_statistics
 
 logger = logging.getLogger(__name__)
 
 Curve = Tuple[np.ndarray, np.ndarray]
 
 
+def load_evaluations(statistics_path: str, key: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(iterations (E,), per-class AP (E, C)) of one set (``'bal'`` or ``'test'``) of a statistics pickle;
+    entries without an iteration (the paper's published files) are taken as one evaluation per 2,000."""
+    stats = read_statistics(statistics_path)
+    entries = stats.get(key)
+    its, aps = [], []
+    try:   # another pickle with these keys: one line naming the file, not a KeyError/TypeError traceback
+        for n, s in enumerate([] if entries is None else entries):
+            aps.append(np.asarray(s["average_precision"], dtype=np.float64).reshape(-1))
+            its.append(int(s.get("iteration", n * 2000)))
+        if len({len(a) for a in aps}) > 1:
+            raise ValueError(f"evaluations of {sorted({len(a) for a in aps})} classes")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise PannsError(f"{statistics_path} is not a statistics pickle: its {key!r} entries are not "
+                         f"evaluations with 'average_precision' ({type(e).__name__}: {e})") from None
+    return np.asarray(its, dtype=np.int64), (np.stack(aps) if aps else np.zeros((0, 0)))
+
+
+def mean_ap(ap: np.ndarray) -> np.ndarray:
+    """mAP of each evaluation (E,) of per-class AP (E, C): the mean over the classes with a defined AP
+    (NaN marks a class without positives in the evaluated set; NaN where none has one)."""
+    ok = ~np.isnan(ap)
+    counted = ok.sum(axis=1)
+    return np.where(counted > 0, np.where(ok, ap, 0.0).sum(axis=1) / np.maximum(counted, 1), np.nan)
+
+
 def load_curves(statistics_path: str) -> Dict[str, Curve]:
     """{'bal'|'test': (iterations, mAP)} of one statistics pickle."""
-    if not os.path.isfile(statistics_path):
-        raise PannsError(f"statistics file not found: {statistics_path}")
-    try:
-        with open(statistics_path, "rb") as f:
-            stats = pickle.load(f)
-    except Exception as e:  # truncated or foreign file
-        raise PannsError(f"cannot read {statistics_path}: {type(e).__name__}: {e}") from None
-    if not isinstance(stats, dict):
-        raise PannsError(f"{statistics_path} is not a statistics pickle (expected a dict with 'bal'/'test')")
     curves: Dict[str, Curve] = {}
     for key in ("bal", "test"):
-        entries = stats.get(key)
-        its, maps = [], []
-        try:   # another pickle with these keys: one line naming the file, not a KeyError/TypeError traceback
-            for n, s in enumerate([] if entries is None else entries):
-                ap = np.asarray(s["average_precision"], dtype=np.float64)
-                ok = ~np.isnan(ap)
-                its.append(int(s.get("iteration", n * 2000)))
-                maps.append(float(ap[ok].mean()) if ok.any() else np.nan)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise PannsError(f"{statistics_path} is not a statistics pickle: its {key!r} entries are not "
-                             f"evaluations with 'average_precision' ({type(e).__name__}: {e})") from None
-        curves[key] = (np.asarray(its), np.asarray(maps))
+        its, ap = load_evaluations(statistics_path, key)
+        curves[key] = (its, mean_ap(ap) if len(its) else np.zeros(0))
     return curves
 
 
@@ -88,12 +111,8 @@ def plot_runs(statistics_paths: Sequence[str], output: str, labels: Optional[Seq
         raise PannsError("no statistics files to plot")
     if labels is not None and len(labels) != len(statistics_paths):
         raise PannsError(f"{len(labels)} labels given for {len(statistics_paths)} statistics files")
-    import matplotlib  # heavy, and only plotting needs it; the Agg backend must be chosen before pyplot
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fmt = _check_output(output, plt)
+    plt = pyplot()
+    fmt = check_figure_output(output, plt)
     labels = list(labels) if labels is not None else run_labels(statistics_paths)
     all_curves = [load_curves(path) for path in statistics_paths]
     empty = [path for path, c in zip(statistics_paths, all_curves) if not len(c["bal"][0]) and not len(c["test"][0])]
@@ -110,7 +129,7 @@ def plot_runs(statistics_paths: Sequence[str], output: str, labels: Optional[Seq
             ax.plot(*curves["bal"], color=color, linestyle="--", alpha=0.6, label=f"{label} (balanced train)")
         if len(curves["test"][0]):
             ax.plot(*curves["test"], color=color, linestyle="-", label=f"{label} (eval)")
-    ax.set_xlabel("iteration")
+    iteration_axis(ax)
     ax.set_ylabel("mAP")
     ax.set_ylim(0, 1)
     ax.grid(True, alpha=0.3)
@@ -118,15 +137,40 @@ def plot_runs(statistics_paths: Sequence[str], output: str, labels: Optional[Seq
     if title:
         ax.set_title(title)
     fig.tight_layout()
+    return save_figure(fig, output, fmt)
+
+
+def iteration_axis(ax) -> None:
+    """Iterations on an x axis as 0, 100k, 200k ... (a million-step run's raw numbers crowd the axis)."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
+    ax.set_xlabel("iteration")
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (imported here: heavy, and only plotting needs it;
+    the backend must be chosen before pyplot is imported)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, output: str, fmt: str) -> str:
+    """Write ``fig`` to ``output`` atomically (no temporary left behind when saving fails) and close it."""
+    plt = pyplot()
     try:
-        with atomic_write(output) as tmp:   # no temporary left behind when saving fails
+        with atomic_write(output) as tmp:
             fig.savefig(tmp, format=fmt)
     finally:
         plt.close(fig)
     return output
 
 
-def _check_output(output: str, plt) -> str:
+def check_figure_output(output: str, plt) -> str:
     """The figure format of ``output``; PannsError before plotting for an unknown extension, a folder,
     or a folder that cannot be made."""
     fmt = os.path.splitext(output)[1].lstrip(".").lower() or "png"
@@ -140,7 +184,126 @@ def _check_output(output: str, plt) -> str:
     return fmt
 
 
-def main() -> None:
+def class_ranks(counts: np.ndarray, per_panel: int = 10) -> List[Tuple[str, np.ndarray]]:
+    """The classes of the class-iteration figure: the ``per_panel`` most frequent, the ones around the
+    median and the least frequent, as (panel title, class indices by falling count). Fewer classes than
+    three panels' worth: fewer per panel, never a class twice."""
+    order = np.argsort(-np.asarray(counts), kind="stable")
+    c = len(order)
+    k = max(1, min(per_panel, c // 3)) if c >= 3 else c
+    if c < 3:
+        return [(f"{c} classes", order)]
+    mid = (c - k) // 2
+    return [(f"the {k} most frequent classes", order[:k]),
+            (f"{k} classes around the median (ranks {mid + 1}-{mid + k} of {c})", order[mid:mid + k]),
+            (f"the {k} least frequent classes", order[c - k:])]
+
+
+def plot_class_curves(iterations: np.ndarray, ap: np.ndarray, counts: np.ndarray, labels: Sequence[str],
+                      output: str, title: Optional[str] = None, per_panel: int = 10) -> str:
+    """Per-class AP (E, C) against iteration (E,) for the most frequent, median and least frequent classes
+    by training clips ``counts`` (C,), one panel each; legend entries name the class and its clip count.
+    This is where data-starved classes show: they learn late, or not at all."""
+    if ap.ndim != 2 or not len(iterations) or ap.shape[0] != len(iterations):
+        raise PannsError("no evaluation to plot (statistics are written at each evaluation)")
+    if ap.shape[1] != len(counts) or len(labels) != len(counts):
+        raise PannsError(f"the statistics hold {ap.shape[1]} classes, the class counts {len(counts)} and the "
+                         f"label list {len(labels)}: they describe different data sets")
+    plt = pyplot()
+    fmt = check_figure_output(output, plt)
+    panels = class_ranks(counts, per_panel)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
+    for ax, (panel_title, classes) in zip(axes[0], panels):
+        for k in classes:
+            name = labels[k] if len(labels[k]) <= 24 else labels[k][:23] + "…"
+            ax.plot(iterations, ap[:, k], label=f"{name} ({int(counts[k]):,})")
+        ax.set_title(panel_title, fontsize=10)
+        iteration_axis(ax)
+        ax.set_ylabel("AP")
+        ax.set_ylim(0, 1)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", title="class (training clips)", title_fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, output, fmt)
+
+
+def run_class_counts(statistics_path: str, workspace: str) -> Tuple[np.ndarray, str]:
+    """Training clips per class (C,) of the run whose statistics are ``statistics_path``: the positives of
+    the index it trained on, named by its ``data_type=`` folder (``<workspace>/hdf5s/indexes/<data_type>.h5``)."""
+    parts = os.path.normpath(os.path.abspath(statistics_path)).split(os.sep)
+    data_types = [p.split("=", 1)[1] for p in parts if p.startswith("data_type=")]
+    if not data_types:
+        raise PannsError(f"{statistics_path} is not in a run folder of pytorch/main.py train (no 'data_type=' "
+                         "folder names its training index)")
+    index_path = os.path.join(workspace, "hdf5s", "indexes", f"{data_types[-1]}.h5")
+    if not os.path.isfile(index_path):
+        raise PannsError(f"the run trained on {data_types[-1]}, but {index_path} is not there to count its "
+                         "clips per class (--workspace: the workspace the run was trained in)")
+    table = read_index(index_path, load_positives=True)
+    assert table.positives is not None
+    return np.bincount(table.positives[1], minlength=table.classes_num), index_path
+
+
+# The paper's complexity figure (FLOPs vs mAP): the 15 systems of its Table, joined by family as in the paper.
+COMPLEXITY_FAMILIES = (("Cnn6", "Cnn10", "Cnn14"), ("ResNet22", "ResNet38", "ResNet54"),
+                       ("MobileNetV1", "MobileNetV2"), ("DaiNet19",), ("LeeNet11", "LeeNet24"),
+                       ("Res1dNet31", "Res1dNet51"), ("Wavegram_Cnn14", "Wavegram_Logmel_Cnn14"))
+
+
+def plot_complexity(output: str, progress: bool = True) -> str:
+    """Forward GFLOPs of a 10-s clip (counted by ``pytorch_utils.count_flops`` on the meta device, as the model
+    zoo table) against published AudioSet mAP (the pretrained catalogue) of the paper's 15 systems."""
+    plt = pyplot()
+    fmt = check_figure_output(output, plt)
+    names = [m for family in COMPLEXITY_FAMILIES for m in family]
+    gflops = {}
+    with Progress(len(names), desc="counting FLOPs", unit="model", enabled=progress) as bar:
+        for m in names:
+            gflops[m] = model_counts(m)[1] / 1e9
+            bar.update(1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for family in COMPLEXITY_FAMILIES:
+        xs, ys = [gflops[m] for m in family], [pretrained.CATALOGUE[m].mAP for m in family]
+        ax.plot(xs, ys, marker="o")
+        for m, x, y in zip(family, xs, ys):
+            ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("forward GFLOPs (10-s clip)")
+    ax.set_ylabel("AudioSet mAP (published)")
+    ax.set_xlim(0, max(gflops.values()) * 1.35)   # room for the rightmost names
+    ax.margins(y=0.08)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, output, fmt)
+
+
+# Official sub-commands that read what only the authors had (their runs at cluster paths, summaries of their
+# earlier systems): accepted with their flags and answered with one line saying what does the job here.
+_AUTHORS_ONLY = {
+    "plot_for_paper": "the paper's curves: python3 utils/plot_for_paper.py plot_six_figures",
+    "plot_for_paper2": "the paper's curves: python3 utils/plot_for_paper.py plot_six_figures",
+    "plot_long_fig": "the paper's per-class figure: python3 utils/plot_for_paper.py plot_long_fig",
+    "summary_stats": "per-class AP against training clips of a run of yours: plot_class_iteration",
+    "spearman": "per-class AP against training clips of a run of yours: plot_class_iteration",
+    "print": "a run's numbers: its statistics.json beside statistics.pkl",
+}
+
+
+def _one_run(workspace: str, statistics_path: Optional[str]) -> str:
+    if statistics_path:
+        return statistics_path
+    found = find_statistics(workspace)
+    if not found:
+        raise PannsError(f"no statistics.pkl under {os.path.join(workspace, 'statistics')}; train first "
+                         "(pytorch/main.py train)")
+    if len(found) > 1:
+        raise PannsError(f"{len(found)} runs under {os.path.join(workspace, 'statistics')}: choose one with "
+                         f"--statistics_path (one is {found[0]})")
+    return found[0]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
 
@@ -157,7 +320,35 @@ def main() -> None:
     p.add_argument("--select", required=True, help="name of the figure (official experiment group name)")
     p.add_argument("--output", default=None, help="figure path (default results/<select>.pdf)")
 
-    args = parser.parse_args()
+    p = sub.add_parser("plot_class_iteration", help="official sub-command: AP vs iteration of the most frequent, "
+                       "median and least frequent classes of one run")
+    p.add_argument("--workspace", required=True, help="workspace of pytorch/main.py train (its index counts the "
+                   "training clips of each class)")
+    p.add_argument("--select", required=True, help="name of the figure (its title)")
+    p.add_argument("--statistics_path", default=None, help="the run's statistics.pkl (needed when the workspace "
+                   "holds several runs)")
+    p.add_argument("--set", choices=("test", "bal"), default="test", help="evaluation set: test (the evaluation "
+                   "set, default) or bal (the balanced training subset)")
+    p.add_argument("--class_labels_csv", default=None, help="label CSV of the run (default "
+                   "metadata/class_labels_indices.csv)")
+    p.add_argument("--output", default=os.path.join("results_map", "class_iteration_map.pdf"),
+                   help="figure path (default: %(default)s)")
+
+    p = sub.add_parser("plot_flops", help="official sub-command: forward GFLOPs vs published mAP of the paper's "
+                       "15 systems (the same figure as utils/plot_for_paper.py plot_complexity_map)")
+    p.add_argument("--workspace", default=None, help="accepted for compatibility with the official CLI; unused")
+    p.add_argument("--output", default=os.path.join("results_map", "flops.pdf"), help="figure path (default: "
+                   "%(default)s)")
+
+    for mode, instead in _AUTHORS_ONLY.items():
+        p = sub.add_parser(mode, help=f"official sub-command that read the authors' own files; instead: {instead}")
+        for flag in ("--dataset_dir", "--workspace", "--select"):
+            p.add_argument(flag, default=None, help="accepted for compatibility with the official CLI")
+
+    args = parser.parse_args(argv)
+    if args.mode in _AUTHORS_ONLY:
+        raise PannsError(f"{args.mode} read files only the authors had (their runs at their cluster paths); "
+                         f"for {_AUTHORS_ONLY[args.mode]}")
     if args.mode == "plot_runs":
         paths = list(args.statistics_paths)
         if args.workspace:
@@ -169,6 +360,15 @@ def main() -> None:
         if args.labels is not None and args.workspace:
             raise PannsError("--labels cannot be combined with --workspace (the number of runs is not known)")
         out = plot_runs(paths, args.output, args.labels, args.title)
+    elif args.mode == "plot_class_iteration":
+        path = _one_run(args.workspace, args.statistics_path)
+        iterations, ap = load_evaluations(path, args.set)
+        counts, index_path = run_class_counts(path, args.workspace)
+        labels = config.read_class_labels(args.class_labels_csv).labels
+        out = plot_class_curves(iterations, ap, counts, labels, args.output, title=args.select)
+        logger.info("classes ranked by their clips in %s", index_path)
+    elif args.mode == "plot_flops":
+        out = plot_complexity(args.output)
     else:
         paths = find_statistics(args.workspace)
         if not paths:
