@@ -1,7 +1,9 @@
-"""Train an AudioSet tagging model (official ``pytorch/main.py train``), resumable and DDP-ready.
+"""Train an AudioSet tagging model (official ``pytorch/main.py train``), resumable and DDP-ready; evaluate a
+checkpoint on an index file (``evaluate``, an addition).
 
     python3 pytorch/main.py train --workspace WS --model_type Cnn14 [official options] [--cuda]
     torchrun --nproc_per_node=N pytorch/main.py train ...       # DistributedDataParallel
+    python3 pytorch/main.py evaluate --workspace WS --checkpoint_path Cnn14_mAP=0.431.pth [--cuda]
 
 Reads ``WS/hdf5s/indexes/{<data_type>,balanced_train,eval}.h5`` and writes, under the official layout
 ``WS/{checkpoints,statistics,logs}/main/<features>/data_type=../<Model>/loss_type=../balanced=../
@@ -16,16 +18,28 @@ work; one log line every ``--log_every`` iterations instead of ``print(loss)`` e
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import datetime
+import io
+import json
+import logging
+import math
+import os
+import sys
 from typing import Any, Dict, Optional
 
+import numpy as np
+
 from panns import argtypes, devices
-from panns.errors import run_cli
-from panns.frontend import add_frontend_args
+from panns import pretrained
+from panns import validate
+from panns.errors import PannsError, run_cli
+from panns.frontend import add_frontend_args, frontend_overrides
 from panns.training import config as tl
 from panns.training.config import TrainConfig
-from panns.training.audioset import AudioSetTask
+from panns.training.audioset import AudioSetTask, evaluate_checkpoint
+from panns.utilities import atomic_write_text, check_output_path
 
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
@@ -137,7 +151,98 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dist_timeout", type=argtypes.positive_float, default=d.dist_timeout,
                    help="minutes a process waits for the others in a collective before the run fails "
                         "(a stalled rank stops the run instead of idling every GPU)")
+    add_evaluate_parser(sub)
     return parser
+
+
+def add_evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="mAP of a checkpoint on an index file (e.g. a published checkpoint on your "
+                       "copy of the evaluation set)",
+                       description="Per-class AP/AUC, mAP, mAUC and d-prime of a checkpoint over every clip of an "
+                                   "index file, computed as a training run's evaluations. AudioSet copies lack "
+                                   "different clips, so a published checkpoint's mAP on yours is the number to hold "
+                                   "your runs against.",
+                       epilog="example: python3 pytorch/main.py evaluate --workspace WS --checkpoint_path "
+                              "Cnn14_mAP=0.431.pth --cuda --output cnn14_eval.csv",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("--workspace", type=str, default=None, help="workspace holding hdf5s/indexes/<data_type>.h5")
+    p.add_argument("--data_type", type=str, default="eval", choices=("eval", "balanced_train", "full_train"),
+                   help="which index of the workspace")
+    p.add_argument("--indexes_hdf5_path", type=str, default=None,
+                   help="an index file to evaluate on, instead of --workspace and --data_type")
+    g = p.add_argument_group("model (front-end flags only for official checkpoints without a config)")
+    add_frontend_args(g)
+    g.add_argument("--model_type", type=str, default=None,
+                   help="model class; needed for official checkpoints that lost their published name "
+                        "(Cnn14_mAP=0.431.pth says Cnn14), and without --checkpoint_path")
+    g.add_argument("--checkpoint_path", type=str, default=None,
+                   help="checkpoint file: a run's <N>_iterations.pth, a fine-tune's, or an official file (default: "
+                        "the official pretrained file of --model_type, downloaded once into $PANNS_CACHE)")
+    p.add_argument("--class_labels_csv", type=str, default=None,
+                   help="label CSV when the checkpoint carries no labels (default metadata/class_labels_indices.csv)")
+    p.add_argument("--cuda", action="store_true", default=False, help="evaluate on the GPU when one is available")
+    p.add_argument("--precision", type=str, default="fp32", choices=("fp32", "bf16", "fp16", "auto"),
+                   help="CNN body precision (fp32: the official numerics, TF32 off on GPUs; auto: bf16 where the "
+                        "hardware has it natively)")
+    p.add_argument("--batch_size", type=argtypes.int_in(1), default=32, help="clips per forward pass")
+    p.add_argument("--num_workers", type=argtypes.non_negative_int, default=4, help="data loader worker processes")
+    p.add_argument("--output", type=str, default=None,
+                   help="also write the per-class results: .csv (index, mid, display_name, positives, AP, AUC) or "
+                        ".json (the summary and every class)")
+    p.add_argument("--show", type=argtypes.non_negative_int, default=5,
+                   help="classes printed with the best and the worst AP")
+
+
+def _per_class(r: Dict[str, Any]):
+    def num(x: float) -> Optional[float]:
+        return None if not math.isfinite(float(x)) else round(float(x), 6)
+
+    return [{"index": k, "mid": r["ids"][k], "display_name": r["labels"][k], "positives": int(r["positives"][k]),
+             "AP": num(r["average_precision"][k]), "AUC": num(r["auc"][k])} for k in range(len(r["labels"]))]
+
+
+def write_evaluation(r: Dict[str, Any], output: str) -> None:
+    """The per-class results of :func:`training.audioset.evaluate_checkpoint` as .csv or .json (atomically)."""
+    rows = _per_class(r)
+    if output.lower().endswith(".json"):
+        keys = ("model_type", "checkpoint_path", "indexes_hdf5_path", "precision", "device", "clips", "mAP", "mAUC",
+                "d_prime", "ap_classes", "auc_classes", "classes_num")
+        text = json.dumps({**{k: r[k] for k in keys}, "classes": rows}, indent=1) + "\n"
+    else:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+        text = buf.getvalue()
+    atomic_write_text(output, text)
+
+
+def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
+    if (args.workspace is None) == (args.indexes_hdf5_path is None):
+        raise PannsError("give --workspace (with --data_type) or --indexes_hdf5_path, not both or neither")
+    index = args.indexes_hdf5_path or os.path.join(args.workspace, "hdf5s", "indexes", f"{args.data_type}.h5")
+    if args.output:
+        if not args.output.lower().endswith((".csv", ".json")):
+            raise PannsError(f"--output {args.output}: write .csv or .json")
+        check_output_path(args.output, what="--output", inputs=[index, args.checkpoint_path, args.class_labels_csv])
+    path = pretrained.resolve_published(args.checkpoint_path) if args.checkpoint_path else None
+    r = evaluate_checkpoint(index, path, validate.model_type_for(path, args.model_type),
+                            frontend_overrides(args) or None, args.class_labels_csv, cuda=args.cuda,
+                            precision=args.precision, batch_size=args.batch_size, num_workers=args.num_workers)
+    print(f"{r['model_type']} ({r['checkpoint_path']}) on {index}: {r['clips']:,} clips, {r['precision']} on "
+          f"{r['device']}, {r['seconds']:.1f} s")
+    print(f"mAP {r['mAP']:.4f} over the {r['ap_classes']} of {r['classes_num']} classes with positives; mAUC "
+          f"{r['mAUC']:.4f}; d-prime {r['d_prime']:.3f}")
+    ap = np.asarray(r["average_precision"])
+    ranked = [k for k in np.argsort(-np.nan_to_num(ap, nan=-1.0), kind="stable") if np.isfinite(ap[k])]
+    show = min(args.show, len(ranked) // 2)
+    for title, part in (("best", ranked[:show]), ("worst", ranked[::-1][:show])):
+        if part:
+            print(f"{title}: " + "; ".join(f"{r['labels'][k]} {ap[k]:.3f} ({int(r['positives'][k])})" for k in part))
+    if args.output:
+        write_evaluation(r, args.output)
+        print(f"Per-class results written to {args.output}")
+    return r
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -149,6 +254,9 @@ def main(argv: Optional[list] = None) -> None:
     args = build_parser().parse_args(argv)
     if args.mode == "train":
         train(config_from_args(args))
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+        evaluate(args)
 
 
 if __name__ == "__main__":

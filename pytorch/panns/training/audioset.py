@@ -23,6 +23,7 @@ from panns import config
 from panns import data_generator as dg
 from panns import devices
 from panns import models
+from panns import runtime
 from panns.training import config as tl
 from panns.create_indexes import read_index
 from panns.devices import DistInfo
@@ -33,7 +34,7 @@ from panns.losses import get_loss_func
 from panns.pytorch_utils import count_parameters
 from panns.training.core import CoreSettings, Meter, Trainer
 from panns.training.config import TrainConfig
-from panns.utilities import create_folder, create_logging, read_statistics
+from panns.utilities import Progress, create_folder, create_logging, read_statistics
 
 logger = logging.getLogger("main")
 
@@ -144,6 +145,62 @@ def build_model(cfg: TrainConfig, classes_num: int, clip_samples: int, eval_clip
                              f"are too short for {cfg.model_type} with hop {cfg.hop_size}: it needs >= {want} "
                              f"samples ({want / cfg.sample_rate:.2f} s); repack with a longer --clip_seconds")
     return model
+
+
+def evaluate_checkpoint(indexes_hdf5_path: str, checkpoint_path: Optional[str] = None, model_type: Optional[str] = None,
+                        frontend: Optional[Dict[str, int]] = None, class_labels_csv: Optional[str] = None,
+                        cuda: bool = False, precision: str = "fp32", batch_size: int = 32, num_workers: int = 4,
+                        progress: bool = True) -> Dict[str, Any]:
+    """A checkpoint's per-class AP/AUC, mAP, mAUC and d-prime over every clip of an index file, computed as a
+    training run's evaluations (``main.py evaluate``): e.g. a published checkpoint on your copy of the
+    AudioSet evaluation set, whose missing clips move mAP. One-line errors before any work for an index
+    of another class count or label list, or clips too short for the model.
+
+    Returns the metrics of :func:`evaluate.compute_metrics` plus 'labels', 'ids', 'positives' (C,),
+    'model_type', 'checkpoint_path', 'indexes_hdf5_path', 'precision' and 'device'."""
+    if not os.path.isfile(indexes_hdf5_path):
+        raise PannsError(f"index file {indexes_hdf5_path} not found; create it with utils/create_indexes.py "
+                         "create_indexes (scripts/3_create_training_indexes.sh)")
+    model, cfg, path = runtime.load_model(checkpoint_path, model_type, frontend)
+    labels, ids = runtime.resolve_labels(cfg, class_labels_csv)
+    sampler = dg.EvaluateSampler(indexes_hdf5_path=indexes_hdf5_path, batch_size=batch_size)
+    table = sampler.table
+    if table.classes_num != cfg.classes_num:
+        raise PannsError(f"{indexes_hdf5_path} has targets for {table.classes_num} classes but {cfg.model_type} "
+                         f"({path}) outputs {cfg.classes_num}")
+    if not len(table):
+        raise PannsError(f"{indexes_hdf5_path} lists no clips")
+    clip_samples = _clip_samples(indexes_hdf5_path, config.ClassLabels(ids=ids, labels=labels), cfg.sample_rate,
+                                 cfg.fmax)
+    need = runtime.model_min_samples(cfg, model)
+    if clip_samples < need:
+        raise PannsError(f"the clips of {indexes_hdf5_path} ({clip_samples} samples at {cfg.sample_rate} Hz) are "
+                         f"shorter than {cfg.model_type} takes ({need})")
+    device = devices.select_device(cuda)
+    precision = amp.resolve_precision(precision, device)
+    devices.configure_backends(device)
+    model = model.to(device)
+    workers = min(num_workers, dg.usable_cpus())   # as training's loaders: no more workers than CPUs to run them
+    loader = dg.train_loader(cfg.sample_rate, sampler, workers, device, seed=0)
+    name = os.path.basename(indexes_hdf5_path)
+    pin = device.type == "cuda"   # as a training run's evaluations: fp32 means IEEE fp32 (TF32 off) on GPUs
+    if pin:
+        amp.pin_ieee_fp32()
+    try:
+        with Progress(len(table), desc=f"evaluating on {name}", enabled=progress) as bar:
+            def counted():
+                for batch in loader:
+                    yield batch
+                    bar.update(len(batch["audio_name"]))
+            result = Evaluator(model, precision=precision, batch_size=batch_size).evaluate(counted(), name=name)
+    finally:
+        if pin:
+            amp.unpin_ieee_fp32()
+    assert result is not None   # one process: this one holds the metrics
+    assert table.targets is not None
+    return {**result, "labels": labels, "ids": ids, "positives": table.targets.sum(axis=0),
+            "model_type": cfg.model_type, "checkpoint_path": path, "indexes_hdf5_path": indexes_hdf5_path,
+            "precision": precision, "device": str(device)}
 
 
 def saved_iterations(checkpoints_dir: str) -> List[int]:

@@ -1,0 +1,99 @@
+"""``main.py evaluate``: a checkpoint's mAP on an index file, checked against scikit-learn on the model's own
+outputs for the packed clips, for checkpoints of ours and of the official format."""
+import csv
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics
+
+from panns import checkpoint
+from panns import main as main_cli
+from panns import models
+from panns.config import read_class_labels
+from panns.utilities import int16_to_float32
+
+from data_helpers import build_workspace, make_dataset
+from test_api_guards import _cli
+
+CLASSES = 5
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    data = make_dataset(str(root / "data"), extras=False, classes_num=CLASSES,
+                        per_class={"balanced_train": 2, "eval": 4, "unbalanced_train": 1})
+    ws = build_workspace(data, str(root / "ws"))
+    labels = read_class_labels(data["labels_csv"])
+    torch.manual_seed(0)
+    model = models.create_model("Cnn6", classes_num=CLASSES).eval()
+    cfg = checkpoint.ModelConfig.from_registry("Cnn6", classes_num=CLASSES)
+    cfg.labels, cfg.ids = list(labels.labels), list(labels.ids)
+    ours = str(root / "ours.pth")
+    checkpoint.save_checkpoint(ours, {"model": model.state_dict(), "config": cfg.to_dict()})
+    official = str(root / "official.pth")
+    torch.save({"model": model.state_dict(), "iteration": 0}, official)   # the published files' layout
+    # What the command must find: the model's scores for every packed evaluation clip, scored by scikit-learn.
+    with h5py.File(os.path.join(ws["waveforms"], "eval.h5"), "r") as hf:
+        x = torch.from_numpy(int16_to_float32(hf["waveform"][:]))
+        target = hf["target"][:].astype(bool)
+    with torch.no_grad():
+        scores = model(x)["clipwise_output"].numpy()
+    ap = np.array([metrics.average_precision_score(target[:, k], scores[:, k]) for k in range(CLASSES)])
+    auc = np.array([metrics.roc_auc_score(target[:, k], scores[:, k]) for k in range(CLASSES)])
+    return {"ws": ws["ws"], "ours": ours, "official": official, "labels_csv": data["labels_csv"], "ap": ap,
+            "auc": auc, "clips": len(target), "labels": labels, "root": root}
+
+
+def test_evaluate_scores_every_clip_of_the_index_as_scikit_learn(env, tmp_path, capsys):
+    out = str(tmp_path / "per_class.csv")
+    r = main_cli.evaluate(main_cli.build_parser().parse_args(
+        ["evaluate", "--workspace", env["ws"], "--checkpoint_path", env["ours"], "--num_workers", "1",
+         "--output", out]))
+    assert r["clips"] == env["clips"]
+    np.testing.assert_allclose(r["average_precision"], env["ap"], rtol=1e-6)
+    assert abs(r["mAP"] - env["ap"].mean()) < 1e-6
+    printed = capsys.readouterr().out
+    assert f"mAP {env['ap'].mean():.4f} over the {CLASSES} of {CLASSES} classes" in printed
+    rows = list(csv.DictReader(open(out)))
+    assert [row["display_name"] for row in rows] == env["labels"].labels
+    np.testing.assert_allclose([float(row["AP"]) for row in rows], env["ap"], atol=1e-6)
+    np.testing.assert_allclose([float(row["AUC"]) for row in rows], env["auc"], atol=1e-6)
+
+
+def test_an_official_checkpoint_takes_its_model_type_and_the_label_csv(env, tmp_path):
+    out = str(tmp_path / "r.json")
+    main_cli.main(["evaluate", "--indexes_hdf5_path", os.path.join(env["ws"], "hdf5s", "indexes", "eval.h5"),
+                   "--checkpoint_path", env["official"], "--model_type", "Cnn6", "--class_labels_csv",
+                   env["labels_csv"], "--num_workers", "0", "--output", out])
+    r = json.load(open(out))
+    assert r["model_type"] == "Cnn6" and r["clips"] == env["clips"] and abs(r["mAP"] - env["ap"].mean()) < 1e-6
+    assert [c["mid"] for c in r["classes"]] == env["labels"].ids
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--indexes_hdf5_path", "x.h5"], "not both or neither"),
+    (["--data_type", "full_train", "--output", "r.txt"], "write .csv or .json"),
+    (["--class_labels_csv", "LABELS", "--output", "LABELS"], "writing it would destroy the input"),
+])
+def test_usage_errors_are_one_line_before_any_work(env, monkeypatch, capsys, extra, message):
+    argv = ["evaluate", "--workspace", env["ws"], "--checkpoint_path", env["ours"]] + \
+        [env["labels_csv"] if a == "LABELS" else a for a in extra]
+    code, err = _cli(main_cli.main, argv, monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 0 and message in err, err
+
+
+def test_an_index_of_other_classes_is_one_line(env, monkeypatch, capsys, tmp_path):
+    torch.manual_seed(0)
+    audioset = str(tmp_path / "cnn6_527.pth")
+    torch.save({"model": models.create_model("Cnn6").state_dict()}, audioset)
+    code, err = _cli(main_cli.main, ["evaluate", "--workspace", env["ws"], "--checkpoint_path", audioset,
+                                     "--model_type", "Cnn6"], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 0 and f"targets for {CLASSES} classes" in err and "527" in err
+    code, err = _cli(main_cli.main, ["evaluate", "--workspace", str(tmp_path), "--checkpoint_path", env["ours"]],
+                     monkeypatch, capsys)
+    assert code == 2 and "index file" in err and "not found" in err
