@@ -116,6 +116,25 @@ def add_frontend_args(parser: Union[argparse.ArgumentParser, argparse._ArgumentG
                                 help=f"{_HELP[key]} (default: %(default)s)")
 
 
+CHECKPOINT_FLAGS_TITLE = "model (front-end flags only for official checkpoints, which carry no config)"
+
+
+def add_model_args(parser: argparse.ArgumentParser, title: str = CHECKPOINT_FLAGS_TITLE) -> argparse._ArgumentGroup:
+    """The flags that name the model of a command that loads a checkpoint, as one group: the front-end flags
+    (default: the checkpoint's), ``--model_type`` and ``--checkpoint_path`` (default: the official file of
+    ``--model_type``). Returns the group, for a command's own model flags (e.g. inference's --backend)."""
+    g = parser.add_argument_group(title)
+    add_frontend_args(g)
+    g.add_argument("--model_type", type=str, default=None,
+                   help="model class (e.g. Cnn14); needed for official checkpoints that lost their published name "
+                        "(Cnn14_mAP=0.431.pth says Cnn14) and without --checkpoint_path")
+    g.add_argument("--checkpoint_path", type=str, default=None,
+                   help="checkpoint file: an official one, a training run's <N>_iterations.pth or a fine-tune's "
+                        "(default: the official pretrained file of --model_type, downloaded once into $PANNS_CACHE "
+                        "or ~/.cache/panns)")
+    return g
+
+
 def frontend_overrides(args: argparse.Namespace) -> Dict[str, int]:
     """The front-end flags the user actually gave (not None), e.g. to check against a checkpoint."""
     return {k: int(getattr(args, k)) for k in FRONTEND_KEYS if getattr(args, k, None) is not None}

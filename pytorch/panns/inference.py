@@ -52,7 +52,7 @@ from panns import runtime
 from panns import stream
 from panns import validate
 from panns.errors import AudioDecodeError, PannsError, run_cli
-from panns.frontend import add_frontend_args, frontend_overrides
+from panns.frontend import add_model_args, frontend_overrides
 from panns.postprocess import Event, EventTracker, detect_events, tags_of, top_indexes  # noqa: F401 (re-exported)
 from panns.runtime import AUTO_SEGMENT_SECONDS, AUTO_WINDOW_SECONDS, Runtime
 from panns.runtime import gather_inputs, resolve_labels  # noqa: F401 (re-exported: shared with extract.py)
@@ -563,14 +563,7 @@ def _command_module(mode: str):
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     """Flags every inference sub-command shares: model, backend, inputs, device, precision, batch."""
-    g = p.add_argument_group("model (front-end flags default to the checkpoint's settings)")
-    add_frontend_args(g)
-    g.add_argument("--model_type", type=str, default=None,
-                   help="model class (e.g. Cnn14); needed for official checkpoints that lost their published name "
-                        "(Cnn14_mAP=0.431.pth says Cnn14) and without --checkpoint_path (default: %(default)s)")
-    g.add_argument("--checkpoint_path", type=str, default=None,
-                   help="checkpoint file (default: the official pretrained file of --model_type, downloaded once "
-                        "into $PANNS_CACHE or ~/.cache/panns)")
+    g = add_model_args(p, "model (front-end flags default to the checkpoint's settings)")
     g.add_argument("--backend", choices=runtime.backend_names(), default="auto",
                    help="what runs the model (default: %(default)s = the path measured fastest on this CPU by a "
                         "cached calibration (torch fp32, onnxruntime fp32, torch bf16 where native and --precision "
@@ -636,11 +629,7 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def _add_export_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model (front-end flags only for official checkpoints without a config)")
-    add_frontend_args(g)
-    g.add_argument("--model_type", type=str, default=None, help="model class; needed for official checkpoints")
-    g.add_argument("--checkpoint_path", type=str, default=None,
-                   help="checkpoint file (default: the official pretrained file of --model_type)")
+    add_model_args(p)
     p.add_argument("--output", type=str, required=True, help="ONNX file to write (atomically)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s, the lowest the exporter writes)")
     p.add_argument("--class_labels_csv", type=str, default=None,

@@ -35,7 +35,7 @@ from panns import argtypes, devices
 from panns import pretrained
 from panns import validate
 from panns.errors import PannsError, run_cli
-from panns.frontend import add_frontend_args, frontend_overrides
+from panns.frontend import add_frontend_args, add_model_args, frontend_overrides
 from panns.training import config as tl
 from panns.training.config import TrainConfig
 from panns.training.audioset import AudioSetTask, evaluate_checkpoint
@@ -170,14 +170,7 @@ def add_evaluate_parser(sub) -> None:
                    help="which index of the workspace")
     p.add_argument("--indexes_hdf5_path", type=str, default=None,
                    help="an index file to evaluate on, instead of --workspace and --data_type")
-    g = p.add_argument_group("model (front-end flags only for official checkpoints without a config)")
-    add_frontend_args(g)
-    g.add_argument("--model_type", type=str, default=None,
-                   help="model class; needed for official checkpoints that lost their published name "
-                        "(Cnn14_mAP=0.431.pth says Cnn14), and without --checkpoint_path")
-    g.add_argument("--checkpoint_path", type=str, default=None,
-                   help="checkpoint file: a run's <N>_iterations.pth, a fine-tune's, or an official file (default: "
-                        "the official pretrained file of --model_type, downloaded once into $PANNS_CACHE)")
+    add_model_args(p)
     p.add_argument("--class_labels_csv", type=str, default=None,
                    help="label CSV when the checkpoint carries no labels (default metadata/class_labels_indices.csv)")
     p.add_argument("--cuda", action="store_true", default=False, help="evaluate on the GPU when one is available")
