@@ -241,24 +241,28 @@ def test_worker_cpus_from_the_ranks_own_set(monkeypatch):
 
 
 def test_shared_memory_estimate_and_warning():
-    """The /dev/shm a node's loaders need (the official 8-GPU Cnn14 recipe: 4 examples per GPU with mixup,
-    8 training + 4 evaluation workers) and the warning naming the container flag when it is short."""
+    """The /dev/shm a node's loaders need (the official 8-GPU Cnn14 recipe on CUDA: 4 examples per GPU with mixup,
+    8 training workers; evaluation batches of 4x the per-process batch from 4 workers; int16 rows on both)
+    and the warning naming the container flag when it is short."""
     from panns import data_generator as dg
     from panns.training import config as tl
+    from panns.training.audioset import eval_batch_size
 
     clip, classes = 320000, 527
     train = dg.shm_bytes(8, clip, classes, workers=8, raw=True)
     assert train == 8 * dg._ShmPool.PIPELINE * 8 * (2 * clip + classes)
-    evaluation = dg.shm_bytes(32, clip, classes, workers=4, raw=False)
-    assert evaluation == 4 * dg._ShmPool.PIPELINE * 32 * 4 * (clip + classes)
+    batch = eval_batch_size(0, 4, 32, torch.device("cuda"))
+    assert batch == 16
+    evaluation = dg.shm_bytes(batch, clip, classes, workers=4, raw=True)
+    assert evaluation == 4 * dg._ShmPool.PIPELINE * batch * (2 * clip + classes)
     per_rank = train + evaluation
-    assert 0.7 < per_rank / 2**30 < 0.9
+    assert 0.29 < per_rank / 2**30 < 0.32
     assert tl.check_shared_memory(per_rank, 8, available=64 * 2**30) is None
     assert tl.check_shared_memory(per_rank, 8, available=None) is None
-    assert tl.check_shared_memory(per_rank, 8, available=8 * 2**30) is None  # 6.1 GiB + a quarter fits
-    line = tl.check_shared_memory(per_rank, 8, available=7 * 2**30)
-    assert line.startswith("/dev/shm has 7.0 GiB free but the loader workers of 8 process(es) on this node need "
-                           "about 6.1 GiB") and "--shm-size=8g" in line and "\n" not in line
+    assert tl.check_shared_memory(per_rank, 8, available=4 * 2**30) is None  # 2.4 GiB + a quarter fits
+    line = tl.check_shared_memory(per_rank, 8, available=3 * 2**30)
+    assert line.startswith("/dev/shm has 3.0 GiB free but the loader workers of 8 process(es) on this node need "
+                           "about 2.4 GiB") and "--shm-size=4g" in line and "\n" not in line
     assert dg.shm_available("/nonexistent/shm") is None
 
 

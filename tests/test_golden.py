@@ -94,3 +94,20 @@ def test_matches_official(name):
         assert a.dtype == np.float32 and a.shape == b.shape, key
         err = float(np.abs(a - b).max() / (np.abs(b).max() + 1e-8))
         assert err < 2e-4, f"{key}: max relative error {err:.2e}"
+
+
+def test_the_official_import_paths_give_these_classes():
+    """Code written against the official layout puts pytorch/ on sys.path and imports ``models`` and
+    ``pytorch_utils`` (the official scripts, the notebooks and fine-tuning repositories built on them, the
+    conformance kit): those names are the package's, not copies."""
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(GOLDEN))
+    code = ("import sys; sys.path.insert(0, 'pytorch'); import models, pytorch_utils, panns.models as pm; "
+            "from models import *; "
+            "assert all(getattr(models, n) is getattr(pm, n) for n in pm.OFFICIAL_NAMES), 'models'; "
+            "assert pytorch_utils.do_mixup is pm.do_mixup and callable(pytorch_utils.move_data_to_device); "
+            "print(len(pm.OFFICIAL_NAMES), Cnn14.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["30", "panns.models"]

@@ -142,7 +142,7 @@ class Extractor:
 
     model: a PANNs model whose forward returns ``embedding`` and ``clipwise_output``.
     config: its checkpoint.ModelConfig (sample rate, output kind, labels).
-    precision: 'fp32' | 'bf16' | 'fp16' | 'auto' (resolved for the device by precision.py).
+    precision: 'fp32' | 'bf16' | 'fp16' | 'auto' (resolved for the device by devices.resolve_precision).
     segment_seconds: crop/zero-pad every file to this length (None: keep each file whole): only the first
     ``segment_seconds`` of a longer file are embedded (one line, :meth:`log_crops`, says how many files
     were cut and how much audio that dropped).
