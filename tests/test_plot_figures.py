@@ -2,6 +2,7 @@
 by a loopback server), the official plot_statistics sub-commands beside plot/plot_runs, and statistics
 pickles read as data only."""
 import io
+import json
 import os
 import pickle
 import zipfile
@@ -215,8 +216,10 @@ def test_plot_class_iteration_of_a_workspace_run(tmp_path, monkeypatch, capsys, 
         stats.append(it, {"average_precision": np.ones(40), "auc": np.ones(40)}, "bal")
     stats.dump()
     out = str(tmp_path / "cls.png")
-    ps.main(["plot_class_iteration", "--workspace", str(tmp_path / "ws"), "--select", "mine",
-             "--class_labels_csv", str(csv), "--output", out])
+    record = tmp_path / "ws" / "logs" / "main" / "sr" / "data_type=balanced_train" / "Cnn6" / "config.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"train": {"class_labels_csv": str(csv)}}))   # the run's label CSV, as it names it
+    ps.main(["plot_class_iteration", "--workspace", str(tmp_path / "ws"), "--select", "mine", "--output", out])
     most = captured[out].axes[0]
     top = np.argsort(-counts, kind="stable")[:10]
     assert [ln.get_label() for ln in most.lines] == [f"c{k} ({counts[k]})" for k in top]

@@ -30,6 +30,7 @@ are read as data only: one that would run code is refused.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -141,10 +142,11 @@ def plot_runs(statistics_paths: Sequence[str], output: str, labels: Optional[Seq
 
 
 def iteration_axis(ax) -> None:
-    """Iterations on an x axis as 0, 100k, 200k ... (a million-step run's raw numbers crowd the axis)."""
+    """Iterations on an x axis as 0, 100k, 200k ... (a million-step run's raw numbers crowd the axis); a short
+    run's ticks stay plain numbers."""
     from matplotlib.ticker import FuncFormatter
 
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v and v % 1000 == 0 else f"{v:g}"))
     ax.set_xlabel("iteration")
 
 
@@ -246,6 +248,22 @@ def run_class_counts(statistics_path: str, workspace: str) -> Tuple[np.ndarray, 
     return np.bincount(table.positives[1], minlength=table.classes_num), index_path
 
 
+def run_labels_csv(statistics_path: str, workspace: str) -> Optional[str]:
+    """The label CSV a run of ``main.py train`` used, as its run record (``<workspace>/logs/<run>/config.json``)
+    names it; None where the record, or the CSV it names, is not there (the repository's default then)."""
+    stats_root = os.path.join(os.path.abspath(workspace), "statistics")
+    run_dir = os.path.dirname(os.path.abspath(statistics_path))
+    if os.path.commonpath([stats_root, run_dir]) != stats_root:
+        return None
+    record = os.path.join(workspace, "logs", os.path.relpath(run_dir, stats_root), "config.json")
+    try:
+        with open(record, encoding="utf-8") as f:
+            csv_path = json.load(f)["train"]["class_labels_csv"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return csv_path if isinstance(csv_path, str) and os.path.isfile(csv_path) else None
+
+
 # The paper's complexity figure (FLOPs vs mAP): the 15 systems of its Table, joined by family as in the paper.
 COMPLEXITY_FAMILIES = (("Cnn6", "Cnn10", "Cnn14"), ("ResNet22", "ResNet38", "ResNet54"),
                        ("MobileNetV1", "MobileNetV2"), ("DaiNet19",), ("LeeNet11", "LeeNet24"),
@@ -329,8 +347,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                    "holds several runs)")
     p.add_argument("--set", choices=("test", "bal"), default="test", help="evaluation set: test (the evaluation "
                    "set, default) or bal (the balanced training subset)")
-    p.add_argument("--class_labels_csv", default=None, help="label CSV of the run (default "
-                   "metadata/class_labels_indices.csv)")
+    p.add_argument("--class_labels_csv", default=None, help="label CSV of the run (default: the one its run "
+                   "record names, <workspace>/logs/<run>/config.json, else metadata/class_labels_indices.csv)")
     p.add_argument("--output", default=os.path.join("results_map", "class_iteration_map.pdf"),
                    help="figure path (default: %(default)s)")
 
@@ -364,7 +382,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         path = _one_run(args.workspace, args.statistics_path)
         iterations, ap = load_evaluations(path, args.set)
         counts, index_path = run_class_counts(path, args.workspace)
-        labels = config.read_class_labels(args.class_labels_csv).labels
+        labels = config.read_class_labels(args.class_labels_csv or run_labels_csv(path, args.workspace)).labels
         out = plot_class_curves(iterations, ap, counts, labels, args.output, title=args.select)
         logger.info("classes ranked by their clips in %s", index_path)
     elif args.mode == "plot_flops":
