@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from typing import Dict
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
+
+from panns.errors import run_cli
 
 CLIP_SECONDS = 1.0
 SR = 32000
@@ -241,3 +245,18 @@ def seeded_checkpoint(path: str, model_type: str = "Cnn6") -> torch.nn.Module:
     checkpoint.save_checkpoint(path, {"model": model.state_dict(),
                                       "config": checkpoint.ModelConfig.from_registry(model_type).to_dict()})
     return model
+
+
+def cli_error(main, argv, monkeypatch, capsys):
+    """Run an entry point under ``errors.run_cli`` with ``argv`` that must fail: (exit code, its one error line).
+    No traceback, exactly one ``error:`` line; log lines that a logging set up by earlier tests in the same
+    process prints beside it are left out."""
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["prog"] + list(argv))
+    with pytest.raises(SystemExit) as ei:
+        run_cli(main)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return ei.value.code, lines[0]
