@@ -94,7 +94,7 @@ CKPT="$(find "$WORKSPACE/checkpoints" -path "*/$MODEL/*" -name "${ITERS}_iterati
 SED_CKPT="$(find "$WORKSPACE/checkpoints" -path "*/$SED_MODEL/*" -name "${ITERS}_iterations.pth" | head -n 1)"
 STATS="$(find "$WORKSPACE/statistics" -path "*/$MODEL/*" -name statistics.json | head -n 1)"
 
-step "5/9 Evaluation (mAP over the eval set, from $STATS)"
+step "5/9 Evaluation (mAP over the eval set, from $STATS; then the final checkpoint with main.py evaluate)"
 "$PY" - "$STATS" <<'PYEOF'
 import json, sys
 s = json.load(open(sys.argv[1]))
@@ -102,6 +102,10 @@ print("\n".join(f"iteration {r['iteration']:>4}: eval mAP {r['mAP']:.3f}, mAUC {
                 for r in s["test"]))
 PYEOF
 check map --statistics "$STATS" --min 0.5
+# The final checkpoint scored on its own (main.py evaluate): the same figures as the run's last evaluation.
+"$PY" pytorch/main.py evaluate --workspace "$WORKSPACE" --checkpoint_path "$CKPT" --num_workers 1 --show 3 \
+    --output "$RESULTS/eval_per_class.json"
+check evaluate --results "$RESULTS/eval_per_class.json" --statistics "$STATS"
 
 step "6/9 Plot mAP vs iteration (utils/plot_statistics.py)"
 "$PY" utils/plot_statistics.py plot_runs --workspace "$WORKSPACE" --output "$RESULTS/mAP.png"

@@ -23,13 +23,14 @@ def test_demo_quick_runs_every_stage(tmp_path):
         assert f"==== {stage}/9 " in r.stdout
     assert "Sound event detection result (time_steps x classes_num)" in r.stdout
     assert (out / "results" / "mAP.png").stat().st_size > 0
+    assert json.load(open(out / "results" / "eval_per_class.json"))["clips"] == 10   # main.py evaluate ran
     assert (out / "results" / "example_clip.png").stat().st_size > 0
     with h5py.File(out / "embeddings.h5", "r") as f:
         assert f["embedding"].shape == (10, 512)  # 10 classes x 1 eval clip, Cnn6 embedding
     assert list((out / "finetune_ws").rglob("best.pth")), "fine-tune wrote no checkpoint"
     # every stage was checked against the generated truth and the table was printed
     rows = [json.loads(line) for line in open(out / "checks.jsonl")]
-    assert len(rows) == 6 and all(not r["result"].startswith("no result") for r in rows), rows
+    assert len(rows) == 7 and all(not r["result"].startswith("no result") for r in rows), rows
     assert "| stage | result | expected | |" in r.stdout and (out / "checks.md").is_file()
     assert "Done in " in r.stdout
 

@@ -100,6 +100,18 @@ def check_map(a) -> bool:
                     last["mAP"] >= a.min and degenerate == 0)
 
 
+def check_evaluate(a) -> bool:
+    """main.py evaluate of the run's final checkpoint gives the run's own last evaluation (same clips, same
+    model, the same evaluation path): standalone scores are the ones training logged."""
+    with open(a.statistics) as f:
+        last = json.load(f)["test"][-1]
+    with open(a.results) as f:
+        ev = json.load(f)
+    same = abs(ev["mAP"] - last["mAP"]) < 1e-6 and ev["clips"] == last.get("clips", ev["clips"])
+    return _add_row(a.out, "main.py evaluate of the final checkpoint", f"mAP {ev['mAP']:.4f} over {ev['clips']} clips",
+                    f"the run's evaluation at iteration {last['iteration']}: {last['mAP']:.4f}", same)
+
+
 def check_tagging(a) -> bool:
     with open(a.results) as f:
         tags = json.load(f)["results"][0]["tags"]
@@ -204,6 +216,7 @@ def main() -> None:
 
     req = dict(required=True)
     add("map", check_map, statistics=req, min=dict(type=float, default=0.5, help="lowest passing eval mAP"))
+    add("evaluate", check_evaluate, results=req, statistics=req)
     add("tagging", check_tagging, results=req, truth=req, top=dict(type=int, default=3, help="top-k to search"))
     add("sed", check_sed, events=req, truth=req,
         tolerance=dict(type=float, default=0.5, help="onset/offset tolerance (s)"),
