@@ -233,3 +233,18 @@ def test_input_list_in_latin1_names_the_files(tmp_path):
     want = [str(tmp_path / n) for n in names]
     assert runtime.gather_inputs([str(tmp_path / "utf8.txt")]) == want
     assert runtime.gather_inputs([str(tmp_path / "latin1.txt")]) == want
+
+
+def test_a_file_with_no_sample_left_at_the_model_rate_is_a_failure(setup, tmp_path, capsys):
+    """1 sample at 96 kHz is none at 32 kHz: it was extracted as the embedding of zero padding (silence)."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    sf.write(str(clips / "ok.wav"), np.full(SR, 0.1, np.float32), SR)
+    sf.write(str(clips / "one.wav"), np.full(1, 0.5, np.float32), 96000)
+    out = tmp_path / "feats.h5"
+    with pytest.raises(SystemExit) as exit_info:
+        inference.main(["extract_embeddings", TORCH, f"--checkpoint_path={setup['ckpt']}", f"--audio_path={clips}",
+                        f"--output_path={out}", "--num_workers=1", "--precision=fp32", "--quiet"])
+    assert exit_info.value.code == 1 and "Extracted 1 clips (1 failed)" in capsys.readouterr().out
+    failed = (tmp_path / "feats.h5.failed.csv").read_text().splitlines()
+    assert len(failed) == 2 and "one.wav" in failed[1] and "no sample is left at 32000 Hz" in failed[1]

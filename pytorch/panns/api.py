@@ -131,13 +131,6 @@ class Model:
                                  f"{self.sample_rate} Hz; give longer audio")
             return y
 
-        def loaded(path) -> np.ndarray:
-            y = audio_io.load_audio(os.fspath(path), self.sample_rate)
-            if not len(y):   # decoded samples, none left after resampling (a 1-sample 96-kHz file)
-                raise PannsError(f"{os.fspath(path)} is too short: no sample is left at the model's "
-                                 f"{self.sample_rate} Hz")
-            return y
-
         def files_only() -> None:
             if sample_rate is not None:   # it would be ignored: a file's own header gives its rate
                 raise PannsError(f"sample_rate={sample_rate!r} applies to arrays; files are read at the rate their "
@@ -145,7 +138,7 @@ class Model:
 
         if isinstance(audio, (str, os.PathLike)):
             files_only()
-            return [loaded(audio)], True
+            return [audio_io.load_audio(os.fspath(audio), self.sample_rate)], True
         if isinstance(audio, (np.ndarray, torch.Tensor)):
             x, single = validate.batch(audio, "audio", sr)
             return [resampled(w, "audio") for w in x], single
@@ -161,7 +154,7 @@ class Model:
         out = []
         for i, item in enumerate(audio):
             if isinstance(item, (str, os.PathLike)):
-                out.append(loaded(item))
+                out.append(audio_io.load_audio(os.fspath(item), self.sample_rate))
             else:
                 out.append(resampled(validate.clip(item, f"audio[{i}]", sr), f"audio[{i}]"))
         return out, False

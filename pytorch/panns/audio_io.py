@@ -182,19 +182,24 @@ def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 
 def load_audio(path: str, sample_rate: int, mono: bool = True, on_truncated: str = "warn") -> np.ndarray:
     """Decode, downmix and resample a file. Returns float32 (samples,) (or (channels, samples))."""
-    return _downmix_resample(*read_audio(path, on_truncated), sample_rate, mono)
+    return _downmix_resample(*read_audio(path, on_truncated), sample_rate, mono, path)
 
 
 def load_audio_bytes(data: bytes, sample_rate: int, mono: bool = True, name: str = "<bytes>",
                      on_truncated: str = "warn") -> np.ndarray:
     """:func:`load_audio` for encoded bytes (same decoder, downmix and resampler, so equal output)."""
-    return _downmix_resample(*read_audio_bytes(data, name, on_truncated), sample_rate, mono)
+    return _downmix_resample(*read_audio_bytes(data, name, on_truncated), sample_rate, mono, name)
 
 
-def _downmix_resample(data: np.ndarray, sr: int, sample_rate: int, mono: bool) -> np.ndarray:
+def _downmix_resample(data: np.ndarray, sr: int, sample_rate: int, mono: bool, name: str) -> np.ndarray:
     if mono:
-        return np.ascontiguousarray(resample(to_mono(data), sr, sample_rate), dtype=np.float32)
-    return np.stack([resample(c, sr, sample_rate) for c in data]).astype(np.float32)
+        out = np.ascontiguousarray(resample(to_mono(data), sr, sample_rate), dtype=np.float32)
+    else:
+        out = np.stack([resample(c, sr, sample_rate) for c in data]).astype(np.float32)
+    if out.shape[-1] == 0:   # decoded samples, none left after resampling (1 sample at 96 kHz is none at 32 kHz):
+        # every caller would have run zero padding alone and reported the result of silence
+        raise AudioDecodeError(f"{name} is too short: no sample is left at {sample_rate} Hz")
+    return out
 
 
 def is_audio_file(path: str) -> bool:
