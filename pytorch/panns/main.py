@@ -22,7 +22,6 @@ import csv
 import dataclasses
 import datetime
 import io
-import json
 import logging
 import math
 import os
@@ -200,14 +199,13 @@ def write_evaluation(r: Dict[str, Any], output: str) -> None:
     if output.lower().endswith(".json"):
         keys = ("model_type", "checkpoint_path", "indexes_hdf5_path", "precision", "device", "clips", "mAP", "mAUC",
                 "d_prime", "ap_classes", "auc_classes", "classes_num")
-        text = json.dumps({**{k: r[k] for k in keys}, "classes": rows}, indent=1) + "\n"
-    else:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
-        text = buf.getvalue()
-    atomic_write_text(output, text)
+        tl.write_json(output, {**{k: r[k] for k in keys}, "classes": rows})
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    atomic_write_text(output, buf.getvalue())
 
 
 def evaluate(args: argparse.Namespace) -> Dict[str, Any]:

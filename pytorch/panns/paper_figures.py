@@ -21,7 +21,7 @@ import argparse
 import dataclasses
 import logging
 import os
-import posixpath
+import shutil
 import zipfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -30,7 +30,7 @@ import numpy as np
 from panns import config
 from panns import plot_statistics as ps
 from panns import pretrained
-from panns.download import DownloadError, check_dest, download
+from panns.download import DownloadError, download
 from panns.errors import PannsError, run_cli
 from panns.utilities import atomic_write, read_statistics
 
@@ -122,8 +122,7 @@ def fetch(dest: str = DEFAULT_DIR, url: Optional[str] = None, progress: bool = T
     dest = os.path.abspath(dest)
     if os.path.exists(dest) and not os.path.isdir(dest):
         raise PannsError(f"--dest {dest} is a file, not a folder")
-    archive = dest.rstrip(os.sep) + ".zip"
-    check_dest(archive, "download")
+    archive = dest + ".zip"   # download() refuses an unwritable place before any request
     logger.info("downloading %s to %s", url, archive)
     try:
         download(url, archive, progress=progress)
@@ -134,10 +133,14 @@ def fetch(dest: str = DEFAULT_DIR, url: Optional[str] = None, progress: bool = T
     return written
 
 
+def _member_name(member: zipfile.ZipInfo) -> str:
+    return member.filename.replace("\\", "/")   # an archive made on Windows may use backslashes
+
+
 def _is_statistics_member(member: zipfile.ZipInfo) -> bool:
     """A ``.pkl`` file of the archive; not a macOS resource fork (``._name``), not a name that climbs out
     (``../``) or starts at the root, which an unzip would also skip."""
-    name = member.filename.replace("\\", "/")
+    name = _member_name(member)
     parts = name.split("/")
     return (not member.is_dir() and name.endswith(".pkl") and not parts[-1].startswith(".")
             and ".." not in parts and not name.startswith("/") and "__MACOSX" not in parts)
@@ -154,10 +157,9 @@ def unpack(archive: str, dest: str) -> List[str]:
             os.makedirs(dest, exist_ok=True)
             written = []
             for m in members:
-                path = os.path.join(dest, posixpath.basename(m.filename.replace("\\", "/")))
+                path = os.path.join(dest, _member_name(m).rsplit("/", 1)[-1])
                 with atomic_write(path) as tmp, zf.open(m) as src, open(tmp, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
+                    shutil.copyfileobj(src, out)
                 read_statistics(path)
                 written.append(path)
     except (zipfile.BadZipFile, EOFError) as e:
@@ -221,7 +223,7 @@ def plot_classwise_iteration_map(stats_dir: str, output: str, labels_csv: Option
     """AP vs iteration (evaluation set, to 600k iterations) of Wavegram-Logmel-CNN for the 10 most frequent,
     10 median and 10 least frequent classes by training clips (counted in stats_for_long_fig.pkl)."""
     labels = config.read_class_labels(labels_csv).labels
-    iterations, ap = ps.load_evaluations(_stats_path(stats_dir, WAVEGRAM_LOGMEL), "test")
+    iterations, ap = ps.load_evaluations(_stats_path(stats_dir, WAVEGRAM_LOGMEL))["test"]
     counts = _long_fig_stats(stats_dir, len(labels))["clips"]
     keep = iterations <= CLASSWISE_MAX_ITERATION
     return ps.plot_class_curves(iterations[keep], ap[keep], counts, labels, output,

@@ -49,22 +49,25 @@ logger = logging.getLogger(__name__)
 Curve = Tuple[np.ndarray, np.ndarray]
 
 
-def load_evaluations(statistics_path: str, key: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(iterations (E,), per-class AP (E, C)) of one set (``'bal'`` or ``'test'``) of a statistics pickle;
-    entries without an iteration (the paper's published files) are taken as one evaluation per 2,000."""
+def load_evaluations(statistics_path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """{'bal'|'test': (iterations (E,), per-class AP (E, C))} of a statistics pickle (read once); entries
+    without an iteration (the paper's published files) are taken as one evaluation per 2,000."""
     stats = read_statistics(statistics_path)
-    entries = stats.get(key)
-    its, aps = [], []
-    try:   # another pickle with these keys: one line naming the file, not a KeyError/TypeError traceback
-        for n, s in enumerate([] if entries is None else entries):
-            aps.append(np.asarray(s["average_precision"], dtype=np.float64).reshape(-1))
-            its.append(int(s.get("iteration", n * 2000)))
-        if len({len(a) for a in aps}) > 1:
-            raise ValueError(f"evaluations of {sorted({len(a) for a in aps})} classes")
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise PannsError(f"{statistics_path} is not a statistics pickle: its {key!r} entries are not "
-                         f"evaluations with 'average_precision' ({type(e).__name__}: {e})") from None
-    return np.asarray(its, dtype=np.int64), (np.stack(aps) if aps else np.zeros((0, 0)))
+    out = {}
+    for key in ("bal", "test"):
+        entries = stats.get(key)
+        its, aps = [], []
+        try:   # another pickle with these keys: one line naming the file, not a KeyError/TypeError traceback
+            for n, s in enumerate([] if entries is None else entries):
+                aps.append(np.asarray(s["average_precision"], dtype=np.float64).reshape(-1))
+                its.append(int(s.get("iteration", n * 2000)))
+            if len({len(a) for a in aps}) > 1:
+                raise ValueError(f"evaluations of {sorted({len(a) for a in aps})} classes")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise PannsError(f"{statistics_path} is not a statistics pickle: its {key!r} entries are not "
+                             f"evaluations with 'average_precision' ({type(e).__name__}: {e})") from None
+        out[key] = (np.asarray(its, dtype=np.int64), np.stack(aps) if aps else np.zeros((0, 0)))
+    return out
 
 
 def mean_ap(ap: np.ndarray) -> np.ndarray:
@@ -77,11 +80,8 @@ def mean_ap(ap: np.ndarray) -> np.ndarray:
 
 def load_curves(statistics_path: str) -> Dict[str, Curve]:
     """{'bal'|'test': (iterations, mAP)} of one statistics pickle."""
-    curves: Dict[str, Curve] = {}
-    for key in ("bal", "test"):
-        its, ap = load_evaluations(statistics_path, key)
-        curves[key] = (its, mean_ap(ap) if len(its) else np.zeros(0))
-    return curves
+    return {key: (its, mean_ap(ap) if len(its) else np.zeros(0))
+            for key, (its, ap) in load_evaluations(statistics_path).items()}
 
 
 def find_statistics(workspace: str) -> List[str]:
@@ -192,9 +192,9 @@ def class_ranks(counts: np.ndarray, per_panel: int = 10) -> List[Tuple[str, np.n
     three panels' worth: fewer per panel, never a class twice."""
     order = np.argsort(-np.asarray(counts), kind="stable")
     c = len(order)
-    k = max(1, min(per_panel, c // 3)) if c >= 3 else c
     if c < 3:
         return [(f"{c} classes", order)]
+    k = min(per_panel, c // 3)
     mid = (c - k) // 2
     return [(f"the {k} most frequent classes", order[:k]),
             (f"{k} classes around the median (ranks {mid + 1}-{mid + k} of {c})", order[mid:mid + k]),
@@ -380,7 +380,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         out = plot_runs(paths, args.output, args.labels, args.title)
     elif args.mode == "plot_class_iteration":
         path = _one_run(args.workspace, args.statistics_path)
-        iterations, ap = load_evaluations(path, args.set)
+        iterations, ap = load_evaluations(path)[args.set]
         counts, index_path = run_class_counts(path, args.workspace)
         labels = config.read_class_labels(args.class_labels_csv or run_labels_csv(path, args.workspace)).labels
         out = plot_class_curves(iterations, ap, counts, labels, args.output, title=args.select)

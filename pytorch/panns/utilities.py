@@ -370,12 +370,16 @@ _STATISTICS_GLOBALS = {(m, n) for core in ("numpy.core", "numpy._core")
     ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
+# numpy 2 moved numpy.core to numpy._core (the old name still loads, with a warning)
+_NUMPY_CORE = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
+
+
 class _StatisticsUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in _STATISTICS_GLOBALS:
             raise pickle.UnpicklingError(f"it refers to {module}.{name}, which statistics never hold")
-        if module.startswith("numpy.core") and int(np.__version__.split(".")[0]) >= 2:
-            module = "numpy._core" + module[len("numpy.core"):]   # same objects, without numpy 2's warning
+        if module.startswith("numpy.core"):
+            module = _NUMPY_CORE + module[len("numpy.core"):]   # same objects, without numpy 2's warning
         return super().find_class(module, name)
 
 

@@ -159,8 +159,7 @@ def evaluate_checkpoint(indexes_hdf5_path: str, checkpoint_path: Optional[str] =
     Returns the metrics of :func:`evaluate.compute_metrics` plus 'labels', 'ids', 'positives' (C,),
     'model_type', 'checkpoint_path', 'indexes_hdf5_path', 'precision' and 'device'."""
     if not os.path.isfile(indexes_hdf5_path):
-        raise PannsError(f"index file {indexes_hdf5_path} not found; create it with utils/create_indexes.py "
-                         "create_indexes (scripts/3_create_training_indexes.sh)")
+        raise PannsError(f"index file {indexes_hdf5_path} not found; create it with {INDEX_SCRIPTS['eval']}")
     model, cfg, path = runtime.load_model(checkpoint_path, model_type, frontend)
     labels, ids = runtime.resolve_labels(cfg, class_labels_csv)
     sampler = dg.EvaluateSampler(indexes_hdf5_path=indexes_hdf5_path, batch_size=batch_size)
