@@ -374,14 +374,20 @@ def shard_fields(id_field: Optional[str], label_field: Optional[str], audio_fiel
                        "audio_field": audio_field}, sort_keys=True)
 
 
+def _json_attr(part: str, name: str) -> Optional[dict]:
+    """A part's JSON attribute (``shard_fields``, ``shard_source``) decoded; None where a part from an older
+    version lacks it."""
+    with h5py.File(part, "r") as hf:
+        had = hf.attrs.get(name)
+    return None if had is None else json.loads(had if isinstance(had, str) else bytes(had).decode())
+
+
 def _fields_mismatch(part: str, fields: str) -> List[str]:
     """How the field options ``part`` was packed with differ from ``fields`` ([] when they match; a part
     without the attribute, from an older version, counts as packed with unknown fields)."""
-    with h5py.File(part, "r") as hf:
-        had = hf.attrs.get(FIELDS_ATTR)
-    if had is None:
+    old, new = _json_attr(part, FIELDS_ATTR), json.loads(fields)
+    if old is None:
         return ["fields it was packed with unknown"]
-    old, new = json.loads(had if isinstance(had, str) else bytes(had).decode()), json.loads(fields)
     return [f"--{k} {old.get(k)}, not {new[k]}" for k in sorted(new) if old.get(k) != new[k]]
 
 
@@ -398,11 +404,9 @@ def shard_source(shard: str) -> str:
 def _source_mismatch(part: str, source: str) -> List[str]:
     """[] when ``part`` was packed from the shard file ``source`` describes, else what differs (a part
     without the attribute, from an older version, counts as packed from an unknown shard)."""
-    with h5py.File(part, "r") as hf:
-        had = hf.attrs.get(SOURCE_ATTR)
-    if had is None:
+    old, new = _json_attr(part, SOURCE_ATTR), json.loads(source)
+    if old is None:
         return ["shard it was packed from unknown"]
-    old, new = json.loads(had if isinstance(had, str) else bytes(had).decode()), json.loads(source)
     if old == new:
         return []
     return [f"packed from {old.get('name')} of {old.get('bytes')} bytes, not {new['name']} of {new['bytes']} bytes"]
