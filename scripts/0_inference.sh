@@ -12,8 +12,9 @@
 set -euo pipefail
 # --help prints the text above; an argument is refused (it was ignored: the examples ran, checkpoint downloads and
 # all, on the default clip instead of the file named).
+. "$(dirname "${BASH_SOURCE[0]}")/args.sh"
 case "${1-}" in
-  -h|--help) sed -n '2,/^set -euo pipefail/{/^set -euo pipefail/d;s/^# \{0,1\}//;p;}' "${BASH_SOURCE[0]}"; exit 0 ;;
+  -h|--help) panns_script_usage "${BASH_SOURCE[0]}"; exit 0 ;;
 esac
 if [ "$#" -gt 0 ]; then
   echo "error: 0_inference.sh takes no arguments; name the clip with AUDIO_PATH=<file> bash scripts/0_inference.sh" >&2

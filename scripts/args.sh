@@ -3,12 +3,17 @@
 # prints the script's usage (its header comment, up to 'set -euo pipefail') for -h/--help and exits 0,
 # and refuses an option given where a path belongs with one line, exit 2 (it became a folder named
 # '--help', or mkdir's 'unrecognized option', after the default workspace was made in the current directory).
+# panns_script_usage <script> prints the usage alone (0_inference.sh, which takes no arguments).
+panns_script_usage() {   # <script>: its header comment, the usage
+  sed -n '2,/^set -euo pipefail/{/^set -euo pipefail/d;s/^# \{0,1\}//;p;}' "$1"
+}
+
 panns_script_args() {
   local script="$1" count="$2" arg
   shift 2
   for arg in "${@:1:$count}"; do
     case "$arg" in
-      -h|--help) sed -n '2,/^set -euo pipefail/{/^set -euo pipefail/d;s/^# \{0,1\}//;p;}' "$script"; exit 0 ;;
+      -h|--help) panns_script_usage "$script"; exit 0 ;;
       -*) echo "error: $arg: the arguments are paths; bash $script --help shows the usage" >&2
           exit 2 ;;
     esac
