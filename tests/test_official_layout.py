@@ -1,0 +1,113 @@
+"""Code written against the official layout (``utils/`` and ``pytorch/`` on ``sys.path``, then ``import config``,
+``from utilities import ...``, ``from data_generator import ...``, ``from evaluate import Evaluator``,
+``from losses import get_loss_func``) gets the package's names and runs, from any working directory (~10 s)."""
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+
+from panns import config
+from panns.create_indexes import create_indexes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(code: str, *args: str, cwd: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-c", code, REPO, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_utils_import_paths_are_the_package_names(tmp_path):
+    """Only ``utils/`` on the path (as a script beside the official utils does): ``config``'s label tables come
+    from the repository's CSV although the working directory is elsewhere, and every name is the package's."""
+    code = (
+        "import os, sys; sys.path.insert(0, os.path.join(sys.argv[1], 'utils'))\n"
+        "import config, utilities, data_generator\n"
+        "import panns, panns.config as pc, panns.utilities as pu, panns.data_generator as pd, panns.evaluate as pe\n"
+        "from panns.dataset import read_metadata\n"
+        "assert panns.__file__.startswith(os.path.join(sys.argv[1], 'pytorch')), panns.__file__\n"
+        "assert utilities.Mixup is pu.Mixup and utilities.create_logging is pu.create_logging\n"
+        "assert utilities.StatisticsContainer is pe.StatisticsContainer and utilities.read_metadata is read_metadata\n"
+        "assert data_generator.TrainSampler is pd.TrainSampler and data_generator.collate_fn is pd.collate_fn\n"
+        "assert config.read_class_labels is pc.read_class_labels\n"
+        "print(config.sample_rate, config.clip_samples, config.classes_num, config.labels[0], config.ids[0],\n"
+        "      config.lb_to_ix[config.labels[5]], config.ix_to_lb[5] == config.labels[5],\n"
+        "      config.id_to_ix[config.ids[7]], config.ix_to_id[7] == config.ids[7])\n"
+        "try:\n"
+        "    config.no_such_name\n"
+        "except AttributeError as e:\n"
+        "    print(e)\n")
+    proc = _run(code, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, error = proc.stdout.splitlines()
+    labels = config.read_class_labels()
+    assert first.split() == ["32000", "320000", str(labels.classes_num), *labels.labels[0].split(), labels.ids[0],
+                             "5", "True", "7", "True"]
+    assert error == "module 'config' has no attribute 'no_such_name'"
+
+
+def _waveform_hdf5(path: str, clips: int, samples: int, classes_num: int) -> np.ndarray:
+    """An official-format waveform HDF5 (int16 rows, multi-hot targets) of noise clips; returns the targets."""
+    rs = np.random.RandomState(0)
+    targets = np.zeros((clips, classes_num), bool)
+    targets[np.arange(clips), np.arange(clips) % 4] = True   # classes 0-3: positives and negatives each
+    with h5py.File(path, "w") as hf:
+        hf.create_dataset("audio_name", data=np.array([f"Y{i:011d}.wav".encode() for i in range(clips)], "S20"))
+        hf.create_dataset("waveform", data=(rs.randn(clips, samples) * 3000).astype(np.int16))
+        hf.create_dataset("target", data=targets)
+        hf.attrs["sample_rate"] = np.int32(32000)
+    return targets
+
+
+def test_an_official_style_training_loop_runs_on_the_official_names(tmp_path):
+    """The official ``main.py`` train loop written with the official imports (dataset, sampler with the doubled
+    mixup batch, collate, model, Mixup, loss, Evaluator, StatisticsContainer) trains and evaluates."""
+    waveforms, index = str(tmp_path / "w.h5"), str(tmp_path / "i.h5")
+    _waveform_hdf5(waveforms, clips=8, samples=32000, classes_num=config.read_class_labels().classes_num)
+    create_indexes(waveforms, index)
+    code = (
+        "import os, sys; repo = sys.argv[1]\n"
+        "sys.path.insert(0, os.path.join(repo, 'pytorch')); sys.path.insert(1, os.path.join(repo, 'utils'))\n"
+        "import numpy as np, torch\n"
+        "import config\n"
+        "from utilities import create_folder, Mixup, StatisticsContainer\n"
+        "from data_generator import AudioSetDataset, TrainSampler, EvaluateSampler, collate_fn\n"
+        "from models import Cnn6\n"
+        "from pytorch_utils import move_data_to_device, do_mixup\n"
+        "from losses import get_loss_func\n"
+        "from evaluate import Evaluator\n"
+        "torch.manual_seed(0)\n"
+        "dataset = AudioSetDataset(sample_rate=config.sample_rate)\n"
+        "sampler = TrainSampler(indexes_hdf5_path=sys.argv[2], batch_size=4 * 2, random_seed=1234)\n"
+        "loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=0)\n"
+        "model = Cnn6(sample_rate=32000, window_size=1024, hop_size=320, mel_bins=64, fmin=50, fmax=14000,\n"
+        "             classes_num=config.classes_num)\n"
+        "mixup, loss_func = Mixup(mixup_alpha=1.), get_loss_func('clip_bce')\n"
+        "optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)\n"
+        "for iteration, batch in enumerate(loader):\n"
+        "    batch['mixup_lambda'] = mixup.get_lambda(batch_size=len(batch['waveform']))\n"
+        "    for key in ('waveform', 'target', 'mixup_lambda'):\n"
+        "        batch[key] = move_data_to_device(batch[key], 'cpu')\n"
+        "    model.train()\n"
+        "    output = model(batch['waveform'], batch['mixup_lambda'])\n"
+        "    loss = loss_func(output, {'target': do_mixup(batch['target'], batch['mixup_lambda'])})\n"
+        "    loss.backward(); optimizer.step(); optimizer.zero_grad()\n"
+        "    if iteration == 1:\n"
+        "        break\n"
+        "evaluate_loader = torch.utils.data.DataLoader(dataset, batch_sampler=EvaluateSampler(\n"
+        "    indexes_hdf5_path=sys.argv[2], batch_size=4), collate_fn=collate_fn, num_workers=0)\n"
+        "statistics = Evaluator(model=model).evaluate(evaluate_loader)\n"
+        "create_folder(sys.argv[3])\n"
+        "container = StatisticsContainer(os.path.join(sys.argv[3], 'statistics.pkl'))\n"
+        "container.append(iteration + 1, statistics, 'bal'); container.dump()\n"
+        "print(output['clipwise_output'].shape[0], statistics['average_precision'].shape[0], float(loss) > 0)\n")
+    proc = _run(code, index, str(tmp_path / "statistics"), cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-3:] == ["4", str(config.read_class_labels().classes_num), "True"]
+    from panns.utilities import read_statistics
+
+    bal = read_statistics(str(tmp_path / "statistics" / "statistics.pkl"))["bal"]
+    assert [s["iteration"] for s in bal] == [2] and np.isfinite(bal[0]["auc"][:4]).all()
