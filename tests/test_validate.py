@@ -76,6 +76,25 @@ def test_shapes_nonfinite_and_options_are_refused_in_one_line():
     validate.options(segment_seconds=1, hop_seconds=3)   # tagging may skip audio (a warning), SED may not
 
 
+def test_every_sample_rate_check_has_the_same_range():
+    """The array APIs, the front end, the packers' flag and the packer itself accept the same rates: one that
+    inference takes can be packed, and the reverse."""
+    import argparse
+
+    from panns import argtypes, packing
+
+    for rate in (argtypes.MIN_SAMPLE_RATE, 44100, argtypes.MAX_SAMPLE_RATE):
+        assert validate.sample_rate(rate) == argtypes.sample_rate(str(rate)) == rate
+        assert packing.clip_samples_for(rate, 1.0) == rate
+    for rate in (argtypes.MIN_SAMPLE_RATE - 1, argtypes.MAX_SAMPLE_RATE + 1):
+        with pytest.raises(PannsError, match=f"from {argtypes.MIN_SAMPLE_RATE} to {argtypes.MAX_SAMPLE_RATE}"):
+            validate.sample_rate(rate)
+        with pytest.raises(argparse.ArgumentTypeError):
+            argtypes.sample_rate(str(rate))
+        with pytest.raises(PannsError, match=f"between {argtypes.MIN_SAMPLE_RATE} and {argtypes.MAX_SAMPLE_RATE}"):
+            packing.clip_samples_for(rate, 1.0)
+
+
 def test_api_takes_stereo_and_int16_as_meant_and_refuses_nan(cnn6):
     _, m = cnn6
     mono = _tone(1.0, seed=1)

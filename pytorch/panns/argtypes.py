@@ -54,4 +54,9 @@ def int_in(minimum: int, maximum: float = math.inf, unit: str = "") -> Callable[
     return parse
 
 
+# A sample rate outside these is a mistake (seconds or kHz typed for Hz, or a rate no recorder makes: 768 kHz is
+# the highest); every check of a rate, command line or array API, uses them.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768_000
+sample_rate = int_in(MIN_SAMPLE_RATE, MAX_SAMPLE_RATE, "Hz")   # --sample_rate of the packers
+
 non_negative_int = int_in(0)   # --num_workers: 0 loads in the main process

@@ -795,7 +795,7 @@ _SKIP_HELP = ("if the output exists and is complete, keep it instead of re-packi
 def _add_row_options(p: argparse.ArgumentParser) -> None:
     """What every packed row is made of (rate, length), how it is decoded and the classes' CSV: one set of flags
     for both packers, so they cannot drift apart."""
-    p.add_argument("--sample_rate", type=argtypes.int_in(packing.MIN_SAMPLE_RATE, packing.MAX_SAMPLE_RATE, "Hz"),
+    p.add_argument("--sample_rate", type=argtypes.sample_rate,
                    default=config.sample_rate, help="sample rate of the packed waveforms")
     p.add_argument("--clip_seconds", type=argtypes.positive_float, default=config.clip_seconds,
                    help="clip length (pad or truncate)")

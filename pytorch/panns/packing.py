@@ -31,7 +31,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import h5py
 import numpy as np
 
-from panns import config, storage
+from panns import argtypes, config, storage
 from panns.audio_io import load_audio, load_audio_bytes
 from panns.errors import PannsError
 from panns.utilities import (atomic_write, atomic_write_text, check_free_space, check_output_path, die_with_parent,
@@ -40,14 +40,14 @@ from panns.utilities import (atomic_write, atomic_write_text, check_free_space, 
 logger = logging.getLogger(__name__)
 
 SHORT_FRACTION = 0.5  # clips shorter than this fraction of the clip length are counted in the summary
-MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000   # outside: a typo (the models use 8, 16 and 32 kHz)
 
 
 def clip_samples_for(sample_rate: int, clip_seconds: float) -> int:
     """Samples per packed clip; PannsError for a sample rate out of range or a clip length that is not a
     positive finite number (NaN or inf would crash the packer or allocate without bound)."""
-    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise PannsError(f"--sample_rate must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz, got {sample_rate}")
+    if not argtypes.MIN_SAMPLE_RATE <= sample_rate <= argtypes.MAX_SAMPLE_RATE:
+        raise PannsError(f"--sample_rate must be between {argtypes.MIN_SAMPLE_RATE} and {argtypes.MAX_SAMPLE_RATE} Hz, "
+                         f"got {sample_rate}")
     if not (math.isfinite(clip_seconds) and clip_seconds > 0):
         raise PannsError(f"--clip_seconds must be a positive number of seconds, got {clip_seconds}")
     clip_samples = int(round(sample_rate * clip_seconds))

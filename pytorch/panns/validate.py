@@ -33,6 +33,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from panns import argtypes
 from panns.errors import PannsError
 from panns.utilities import check_output_path
 
@@ -271,15 +272,13 @@ def segment_fits(segment_seconds: Optional[float], min_samples: int, sample_rate
                          f"({min_samples} samples at {sample_rate} Hz); use at least {need:g} seconds")
 
 
-MIN_RATE, MAX_RATE = 1000, 1_000_000   # beyond these a rate is a mistake (a resample would be absurdly large)
-
-
 def sample_rate(value, name: str = "sample_rate") -> int:
-    """A sample rate: a whole number of Hz from MIN_RATE to MAX_RATE (8000 and 44100.0 fine; 0, -1,
+    """A sample rate: a whole number of Hz in the range of ``argtypes`` (8000 and 44100.0 fine; 0, -1,
     22050.5 and 32 - seconds or kHz given for Hz - not)."""
     v = _number(value, name)
-    if v != int(v) or not MIN_RATE <= v <= MAX_RATE:
-        raise PannsError(f"{name} must be a whole number of Hz from {MIN_RATE} to {MAX_RATE}, got {value!r}")
+    low, high = argtypes.MIN_SAMPLE_RATE, argtypes.MAX_SAMPLE_RATE
+    if v != int(v) or not low <= v <= high:
+        raise PannsError(f"{name} must be a whole number of Hz from {low} to {high}, got {value!r}")
     return int(v)
 
 
