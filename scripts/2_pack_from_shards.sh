@@ -74,24 +74,11 @@ pack "$EVAL_SHARDS" "$WAVEFORMS/eval.h5" "$NUM_WORKERS"
 pack "$BALANCED_SHARDS" "$WAVEFORMS/balanced_train.h5" "$NUM_WORKERS"
 
 # The unbalanced shards as pack_from_shards reads a --shards value (a glob, a folder, a file or a comma-separated
-# list; panns.shards.list_shards), one path a line. The shell's own `ls $UNBALANCED_SHARDS` split a path with a
-# space into two, listed a folder's bare file names and skipped a comma-separated list as matching nothing.
+# list), one path a line. The shell's own `ls $UNBALANCED_SHARDS` split a path with a space into two, listed a
+# folder's bare file names and skipped a comma-separated list as matching nothing.
 UNBALANCED_LIST=""
 if [ -n "$UNBALANCED_SHARDS" ]; then
-  UNBALANCED_LIST="$("$PYTHON" -c '
-import sys
-sys.path.insert(0, sys.argv[1])
-from panns.errors import PannsError, run_cli
-from panns.shards import list_shards
-def main():
-    try:
-        paths = list_shards(sys.argv[2])
-    except PannsError as e:
-        if str(e).startswith("no shards match"):
-            return
-        raise
-    print("\n".join(paths))
-run_cli(main)' "$REPO/pytorch" "$UNBALANCED_SHARDS")"
+  UNBALANCED_LIST="$("$PYTHON" "$REPO/utils/dataset.py" list_shards --shards="$UNBALANCED_SHARDS" --allow_none)"
   if [ -z "$UNBALANCED_LIST" ]; then
     echo "No unbalanced shards match $UNBALANCED_SHARDS; packed eval and balanced_train only"
   fi

@@ -230,13 +230,13 @@ def test_hosted_route_scripts(clips, tmp_path, repo_root):
     assert "3 rows repeat a clip id of an earlier part; kept once" in r.stdout
 
 
-def test_hosted_route_script_shards_dir_with_space_and_brackets(clips, tmp_path, repo_root):
-    """SHARDS_DIR 'my shards [1]' with the default globs: the brackets are the folder's name, not a pattern (they
-    matched 'my shards 1'), and the unbalanced shards are listed whole (`ls $UNBALANCED_SHARDS` split the path at
-    the space and stopped after balanced_train)."""
+def test_hosted_route_script_shards_dir_with_space_brackets_and_comma(clips, tmp_path, repo_root):
+    """SHARDS_DIR 'my shards [1], copy' with the default globs: the brackets are the folder's name, not a pattern
+    (they matched 'my shards 1'), the comma does not split the path in two, and the unbalanced shards are listed
+    whole (`ls $UNBALANCED_SHARDS` split the path at the space and stopped after balanced_train)."""
     import shutil
 
-    shards = tmp_path / "my shards [1]"
+    shards = tmp_path / "my shards [1], copy"
     for sub, picks in (("eval", clips["parquets"][:1]), ("bal_train", clips["parquets"][1:2]),
                        ("unbal_train", clips["parquets"])):
         (shards / "data" / sub).mkdir(parents=True)
@@ -258,6 +258,28 @@ def test_hosted_route_script_shards_dir_with_space_and_brackets(clips, tmp_path,
                        capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(os.listdir(ws2 / "hdf5s" / "waveforms" / "unbalanced_train")) == 2
+
+
+def test_list_shards_reads_a_path_with_a_comma_whole_and_a_list_split(clips, tmp_path, capsys):
+    """A file, folder or glob whose name holds a comma is one path; otherwise the commas separate shards. The
+    `list_shards` sub-command prints what pack_from_shards would read; --allow_none makes no match an empty list."""
+    odd = tmp_path / "a,b"
+    odd.mkdir()
+    for p in clips["parquets"]:
+        shutil.copy(p, odd)
+    inside = sorted(str(odd / os.path.basename(p)) for p in clips["parquets"])
+    assert shards.list_shards(str(odd)) == inside
+    assert shards.list_shards(str(odd / "*.parquet")) == inside
+    assert shards.list_shards(inside[0]) == inside[:1]
+    assert shards.list_shards(",".join(clips["parquets"])) == sorted(clips["parquets"])
+    with pytest.raises(PannsError, match="shard not found: .*nope"):
+        shards.list_shards(f"{clips['parquets'][0]},{tmp_path / 'nope.tar'}")
+    ds.main(["list_shards", f"--shards={odd}"])
+    assert capsys.readouterr().out.split("\n")[:-1] == inside
+    ds.main(["list_shards", f"--shards={tmp_path / 'none' / '*.tar'}", "--allow_none"])
+    assert capsys.readouterr().out == ""
+    with pytest.raises(shards.NoShards, match="no shards match"):
+        ds.main(["list_shards", f"--shards={tmp_path / 'none' / '*.tar'}"])
 
 
 def _flac(samples: np.ndarray, level: float) -> np.ndarray:

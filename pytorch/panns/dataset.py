@@ -9,6 +9,7 @@ Sub-commands (official names and arguments, plus options)::
         [--storage=pcm16|flac]
     pack_from_shards --shards='DIR/*.tar'|'DIR/*.parquet' --waveforms_hdf5_path=OUT.h5 [same options]
         [--label_field=F] [--id_field=F] [--audio_field=audio]      (hosted copies, no YouTube: shards.py)
+    list_shards --shards=... [--allow_none]       (the shard files a --shards value names, one a line)
 
 Segment CSVs: every line is ``<YTID>, <start>, <end>, "<mid>,<mid>"`` (split on ``", "``); AudioSet's
 three ``#`` header lines are optional (the official code dropped the first three lines of any CSV, so a
@@ -854,7 +855,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p = sub.add_parser("pack_from_shards", help="pack hosted AudioSet shards (WebDataset .tar or Parquet) into one "
                        "waveform HDF5", formatter_class=_Help)
     p.add_argument("--shards", type=str, required=True,
-                   help="glob ('DIR/*.tar', 'DIR/*.parquet'), folder, or comma-separated shard files")
+                   help="glob ('DIR/*.tar', 'DIR/*.parquet'), folder, or comma-separated shard files (a path "
+                   "with a comma in it is read whole)")
     p.add_argument("--waveforms_hdf5_path", type=str, required=True, help="output HDF5")
     _add_row_options(p)
     p.add_argument("--label_field", type=str, default=None,
@@ -871,8 +873,25 @@ def main(argv: Optional[List[str]] = None) -> None:
                    help="pack shards whose clips carry no labels (default: refused after the first shard)")
     p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
 
+    p = sub.add_parser("list_shards", help="print the shard files a --shards value names, one a line (what "
+                       "pack_from_shards would read, in its order)", formatter_class=_Help)
+    p.add_argument("--shards", type=str, required=True,
+                   help="glob ('DIR/*.tar', 'DIR/*.parquet'), folder, or comma-separated shard files (a path "
+                   "with a comma in it is read whole)")
+    p.add_argument("--allow_none", action="store_true",
+                   help="print nothing and succeed when nothing matches (default: an error says so)")
+
     args = parser.parse_args(argv)
-    if args.mode == "split_unbalanced_csv_to_partial_csvs":
+    if args.mode == "list_shards":
+        try:
+            found = shards.list_shards(args.shards)
+        except shards.NoShards:
+            if not args.allow_none:
+                raise
+            found = []
+        for path in found:
+            print(path)
+    elif args.mode == "split_unbalanced_csv_to_partial_csvs":
         split_unbalanced_csv_to_partial_csvs(args.unbalanced_csv, args.unbalanced_partial_csvs_dir)
     elif args.mode == "download_wavs":
         sub_dir = "download_dataset_minidata" if args.mini_data else "download_dataset"
@@ -918,7 +937,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                 print(srep.label_report)
     else:
         parser.error("choose a sub-command: split_unbalanced_csv_to_partial_csvs, download_wavs, "
-                     "pack_waveforms_to_hdf5, pack_from_shards")
+                     "pack_waveforms_to_hdf5, pack_from_shards, list_shards")
 
 
 if __name__ == "__main__":

@@ -70,10 +70,22 @@ class ShardError(PannsError):
     """A shard that cannot be read (corrupt, truncated, wrong format)."""
 
 
+class NoShards(PannsError):
+    """A --shards value that names no shard file (a glob matching nothing, an empty folder)."""
+
+
+def _names_something(part: str) -> bool:
+    """``part`` is an existing file or folder, or a glob that matches a file."""
+    return os.path.exists(part) or (any(c in part for c in "*?[") and any(map(os.path.isfile, glob.glob(part))))
+
+
 def list_shards(spec: str) -> List[str]:
-    """Shard paths from a glob (``'DIR/*.tar'``), a folder, a file, or a comma-separated list; sorted."""
+    """Shard paths from a glob (``'DIR/*.tar'``), a folder, a file, or a comma-separated list of them; sorted.
+    The whole value is read as one path or glob first, so a path with a comma in it is not split."""
     paths: List[str] = []
-    for part in [p for p in spec.split(",") if p.strip()]:
+    whole = os.path.expanduser(spec.strip())
+    parts = [whole] if "," in spec and _names_something(whole) else [p for p in spec.split(",") if p.strip()]
+    for part in parts:
         part = os.path.expanduser(part.strip())
         if os.path.isdir(part):
             found = [os.path.join(part, n) for n in os.listdir(part)]
@@ -86,7 +98,7 @@ def list_shards(spec: str) -> List[str]:
             raise PannsError(f"shard not found: {part}")
     paths = sorted(set(paths))
     if not paths:
-        raise PannsError(f"no shards match {spec!r} (expected .tar or .parquet files)")
+        raise NoShards(f"no shards match {spec!r} (expected .tar or .parquet files)")
     for p in paths:
         shard_format(p)
     return paths
