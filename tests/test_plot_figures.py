@@ -232,6 +232,20 @@ def test_plot_class_iteration_of_a_workspace_run(tmp_path, monkeypatch, capsys, 
     assert code == 2 and "2 runs" in err and "--statistics_path" in err
 
 
+def test_a_runs_statistics_lead_back_to_the_record_the_run_writes(tmp_path):
+    """The run record plot_class_iteration reads is the one ``main.py train`` writes, for any run folder; a
+    statistics file outside the workspace's statistics/ belongs to no run."""
+    from panns.training import layout
+    from panns.training.config import TrainConfig
+
+    cfg = TrainConfig(workspace=str(tmp_path / "ws"), model_type="Cnn10", world_size=2, augmentation="none")
+    run = layout.run_of_statistics(cfg.statistics_path, cfg.workspace)
+    assert run == cfg.run_subpath
+    assert layout.run_record_path(cfg.workspace, run) == os.path.join(cfg.logs_dir, "config.json")
+    assert layout.run_of_statistics(str(tmp_path / "elsewhere" / "statistics.pkl"), cfg.workspace) is None
+    assert layout.run_of_statistics(os.path.join(cfg.workspace, "statistics", "statistics.pkl"), cfg.workspace) is None
+
+
 def test_complexity_figure_counts_flops_and_uses_published_maps(tmp_path, monkeypatch, captured):
     assert all(m in pretrained.CATALOGUE for family in ps.COMPLEXITY_FAMILIES for m in family)
     monkeypatch.setattr(ps, "COMPLEXITY_FAMILIES", (("Cnn6", "Cnn10"), ("MobileNetV1",)))

@@ -42,6 +42,7 @@ from panns import pretrained
 from panns.create_indexes import read_index
 from panns.errors import PannsError, run_cli
 from panns.pytorch_utils import model_counts
+from panns.training import layout
 from panns.utilities import Progress, atomic_write, check_output_path, read_statistics
 
 logger = logging.getLogger(__name__)
@@ -251,13 +252,11 @@ def run_class_counts(statistics_path: str, workspace: str) -> Tuple[np.ndarray, 
 def run_labels_csv(statistics_path: str, workspace: str) -> Optional[str]:
     """The label CSV a run of ``main.py train`` used, as its run record (``<workspace>/logs/<run>/config.json``)
     names it; None where the record, or the CSV it names, is not there (the repository's default then)."""
-    stats_root = os.path.join(os.path.abspath(workspace), "statistics")
-    run_dir = os.path.dirname(os.path.abspath(statistics_path))
-    if os.path.commonpath([stats_root, run_dir]) != stats_root:
+    run = layout.run_of_statistics(statistics_path, workspace)
+    if run is None:
         return None
-    record = os.path.join(workspace, "logs", os.path.relpath(run_dir, stats_root), "config.json")
     try:
-        with open(record, encoding="utf-8") as f:
+        with open(layout.run_record_path(workspace, run), encoding="utf-8") as f:
             csv_path = json.load(f)["train"]["class_labels_csv"]
     except (OSError, ValueError, KeyError, TypeError):
         return None

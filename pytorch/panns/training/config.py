@@ -35,6 +35,7 @@ from panns.eval_cache import EVAL_CACHE_MODES
 from panns.state_dicts import state_digest  # noqa: F401  (re-exported: compared across ranks here)
 from panns.errors import PannsError
 from panns.frontend import FRONT_END_32K, FRONTEND_KEYS, FrontEnd
+from panns.training import layout
 from panns.utilities import atomic_write_text, create_folder
 
 logger = logging.getLogger(__name__)
@@ -131,15 +132,15 @@ class TrainConfig:
 
     @property
     def checkpoints_dir(self) -> str:
-        return os.path.join(self.workspace, "checkpoints", self.run_subpath)
+        return layout.checkpoints_dir(self.workspace, self.run_subpath)
 
     @property
     def statistics_path(self) -> str:
-        return os.path.join(self.workspace, "statistics", self.run_subpath, "statistics.pkl")
+        return layout.statistics_path(self.workspace, self.run_subpath)
 
     @property
     def logs_dir(self) -> str:
-        return os.path.join(self.workspace, "logs", self.run_subpath)
+        return layout.logs_dir(self.workspace, self.run_subpath)
 
     def indexes_path(self, name: str) -> str:
         return os.path.join(self.workspace, "hdf5s", "indexes", f"{name}.h5")
@@ -494,6 +495,6 @@ def write_run_record(cfg: TrainConfig, model_config: Dict[str, Any], parameters:
     record = {"train": cfg.to_dict(), "model": mc, "parameters": parameters, "versions": versions(),
               "git_commit": git_commit(), "world_size": info.world_size, "device": str(info.device),
               "precision": precision, "argv": sys.argv, "started": datetime.datetime.now().isoformat(timespec="seconds")}
-    path = os.path.join(cfg.logs_dir, "config.json")
+    path = layout.run_record_path(cfg.workspace, cfg.run_subpath)
     write_json(path, record)
     return path
