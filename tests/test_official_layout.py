@@ -36,17 +36,19 @@ def test_utils_import_paths_are_the_package_names(tmp_path):
         "print(config.sample_rate, config.clip_samples, config.classes_num, config.labels[0], config.ids[0],\n"
         "      config.lb_to_ix[config.labels[5]], config.ix_to_lb[5] == config.labels[5],\n"
         "      config.id_to_ix[config.ids[7]], config.ix_to_id[7] == config.ids[7])\n"
-        "try:\n"
-        "    config.no_such_name\n"
-        "except AttributeError as e:\n"
-        "    print(e)\n")
+        "for name in ('no_such_name', 'full_samples_per_class'):\n"
+        "    try:\n"
+        "        getattr(config, name)\n"
+        "    except AttributeError as e:\n"
+        "        print(e)\n")
     proc = _run(code, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    first, error = proc.stdout.splitlines()
+    first, error, counts = proc.stdout.splitlines()
     labels = config.read_class_labels()
     assert first.split() == ["32000", "320000", str(labels.classes_num), *labels.labels[0].split(), labels.ids[0],
                              "5", "True", "7", "True"]
     assert error == "module 'config' has no attribute 'no_such_name'"
+    assert counts.startswith("config.full_samples_per_class (the per-class clip counts") and "read_index" in counts
 
 
 def _waveform_hdf5(path: str, clips: int, samples: int, classes_num: int) -> np.ndarray:

@@ -168,4 +168,8 @@ def __getattr__(name: str):
         return dict(enumerate(read_class_labels().labels))
     if name == "ix_to_id":
         return dict(enumerate(read_class_labels().ids))
+    if name == "full_samples_per_class":   # official config: the authors' clips per class, hard-coded
+        raise AttributeError("config.full_samples_per_class (the per-class clip counts of the authors' own download) "
+                             "is not shipped; count your training index: panns.plot_statistics.run_class_counts, "
+                             "or create_indexes.read_index(path, load_positives=True)")
     raise AttributeError(f"module 'config' has no attribute {name!r}")
