@@ -33,6 +33,12 @@ def test_utils_import_paths_are_the_package_names(tmp_path):
         "assert utilities.StatisticsContainer is pe.StatisticsContainer and utilities.read_metadata is read_metadata\n"
         "assert data_generator.TrainSampler is pd.TrainSampler and data_generator.collate_fn is pd.collate_fn\n"
         "assert config.read_class_labels is pc.read_class_labels\n"
+        "official = {utilities: 'create_folder get_filename get_sub_filepaths create_logging read_metadata '\n"
+        "                       'float32_to_int16 int16_to_float32 pad_or_truncate d_prime Mixup '\n"
+        "                       'StatisticsContainer',\n"
+        "            data_generator: 'AudioSetDataset TrainSampler BalancedTrainSampler AlternateTrainSampler '\n"
+        "                            'EvaluateSampler collate_fn'}\n"
+        "assert not [n for m, names in official.items() for n in names.split() if not hasattr(m, n)]\n"
         "print(config.sample_rate, config.clip_samples, config.classes_num, config.labels[0], config.ids[0],\n"
         "      config.lb_to_ix[config.labels[5]], config.ix_to_lb[5] == config.labels[5],\n"
         "      config.id_to_ix[config.ids[7]], config.ix_to_id[7] == config.ids[7])\n"
@@ -81,6 +87,8 @@ def test_an_official_style_training_loop_runs_on_the_official_names(tmp_path):
         "from pytorch_utils import move_data_to_device, do_mixup\n"
         "from losses import get_loss_func\n"
         "from evaluate import Evaluator\n"
+        "from pytorch_utils import append_to_dict, count_parameters, count_flops, forward, interpolate\n"
+        "from pytorch_utils import pad_framewise_output\n"
         "torch.manual_seed(0)\n"
         "dataset = AudioSetDataset(sample_rate=config.sample_rate)\n"
         "sampler = TrainSampler(indexes_hdf5_path=sys.argv[2], batch_size=4 * 2, random_seed=1234)\n"
@@ -88,7 +96,7 @@ def test_an_official_style_training_loop_runs_on_the_official_names(tmp_path):
         "model = Cnn6(sample_rate=32000, window_size=1024, hop_size=320, mel_bins=64, fmin=50, fmax=14000,\n"
         "             classes_num=config.classes_num)\n"
         "mixup, loss_func = Mixup(mixup_alpha=1.), get_loss_func('clip_bce')\n"
-        "optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)\n"
+        "optimizer, history = torch.optim.Adam(model.parameters(), lr=1e-3), {}\n"
         "for iteration, batch in enumerate(loader):\n"
         "    batch['mixup_lambda'] = mixup.get_lambda(batch_size=len(batch['waveform']))\n"
         "    for key in ('waveform', 'target', 'mixup_lambda'):\n"
@@ -97,6 +105,7 @@ def test_an_official_style_training_loop_runs_on_the_official_names(tmp_path):
         "    output = model(batch['waveform'], batch['mixup_lambda'])\n"
         "    loss = loss_func(output, {'target': do_mixup(batch['target'], batch['mixup_lambda'])})\n"
         "    loss.backward(); optimizer.step(); optimizer.zero_grad()\n"
+        "    append_to_dict(history, 'loss', float(loss))\n"
         "    if iteration == 1:\n"
         "        break\n"
         "evaluate_loader = torch.utils.data.DataLoader(dataset, batch_sampler=EvaluateSampler(\n"
@@ -105,10 +114,11 @@ def test_an_official_style_training_loop_runs_on_the_official_names(tmp_path):
         "create_folder(sys.argv[3])\n"
         "container = StatisticsContainer(os.path.join(sys.argv[3], 'statistics.pkl'))\n"
         "container.append(iteration + 1, statistics, 'bal'); container.dump()\n"
-        "print(output['clipwise_output'].shape[0], statistics['average_precision'].shape[0], float(loss) > 0)\n")
+        "print(output['clipwise_output'].shape[0], statistics['average_precision'].shape[0], len(history['loss']),\n"
+        "      min(history['loss']) > 0)\n")
     proc = _run(code, index, str(tmp_path / "statistics"), cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-3:] == ["4", str(config.read_class_labels().classes_num), "True"]
+    assert proc.stdout.split()[-4:] == ["4", str(config.read_class_labels().classes_num), "2", "True"]
     from panns.utilities import read_statistics
 
     bal = read_statistics(str(tmp_path / "statistics" / "statistics.pkl"))["bal"]

@@ -101,6 +101,11 @@ def model_counts(name: str, seconds: float = 10.0) -> Tuple[int, int]:
     return count_parameters(model), count_flops(model.to("meta"), int(seconds * spec.sample_rate))
 
 
+def append_to_dict(d: dict, key, value) -> None:
+    """Official helper: append ``value`` to the list ``d[key]``, starting the list on first use."""
+    d.setdefault(key, []).append(value)
+
+
 def forward(model: nn.Module, generator: Iterable[dict], return_input: bool = False,
             return_target: bool = False) -> Dict[str, np.ndarray]:
     """Run ``model`` (eval, no grad) over batches {'audio_name', 'waveform'(, 'target')} and
