@@ -22,10 +22,16 @@ def _run(code: str, *args: str, cwd: str) -> subprocess.CompletedProcess:
 
 def test_utils_import_paths_are_the_package_names(tmp_path):
     """Only ``utils/`` on the path (as a script beside the official utils does): ``config``'s label tables come
-    from the repository's CSV although the working directory is elsewhere, and every name is the package's."""
+    from the repository's CSV although the working directory is elsewhere, every name is the package's, and the
+    script's own modules (a ``models.py`` of its own) still come first."""
+    (tmp_path / "models.py").write_text("WHO = 'mine'\n")
     code = (
-        "import os, sys; sys.path.insert(0, os.path.join(sys.argv[1], 'utils'))\n"
+        "import os, sys; sys.path.insert(1, os.path.join(sys.argv[1], 'utils'))\n"
         "import config, utilities, data_generator\n"
+        "import models\n"
+        "assert models.WHO == 'mine', models.__file__\n"
+        "from config import *\n"
+        "assert labels is config.labels and classes_num == len(labels) and lb_to_ix[labels[3]] == 3\n"
         "import panns, panns.config as pc, panns.utilities as pu, panns.data_generator as pd, panns.evaluate as pe\n"
         "from panns.dataset import read_metadata\n"
         "assert panns.__file__.startswith(os.path.join(sys.argv[1], 'pytorch')), panns.__file__\n"
@@ -87,6 +93,8 @@ def test_an_official_style_training_loop_runs_on_the_official_names(tmp_path):
         "from pytorch_utils import move_data_to_device, do_mixup\n"
         "from losses import get_loss_func\n"
         "from evaluate import Evaluator\n"
+        "import finetune_template, models\n"
+        "assert finetune_template.Transfer_Cnn14 is models.Transfer_Cnn14   # the official file defined it\n"
         "from pytorch_utils import append_to_dict, count_parameters, count_flops, forward, interpolate\n"
         "from pytorch_utils import pad_framewise_output\n"
         "torch.manual_seed(0)\n"

@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=argtypes.non_negative_int, default=d.num_workers,
                    help="data loader worker processes per training process (clamped to the CPUs it may use)")
     p.add_argument("--seed", type=tl.seed_arg, default=d.seed,
-                   help="seed of the sampler, Mixup and torch/numpy RNGs (1234 = official sampler/Mixup)")
+                   help="seed of the sampler, Mixup and torch/numpy RNGs (1234: Mixup draws the official lambdas; "
+                        "the sampler's order is its own, resumable one)")
     p.add_argument("--precision", type=str, default=d.precision, choices=tl.PRECISIONS,
                    help="CNN body precision under autocast (front end and loss stay fp32); also for evaluation. "
                         "fp32 is IEEE fp32 everywhere (TF32 off for the whole run, the official numerics). "
