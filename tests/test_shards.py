@@ -274,6 +274,14 @@ def test_list_shards_reads_a_path_with_a_comma_whole_and_a_list_split(clips, tmp
     assert shards.list_shards(",".join(clips["parquets"])) == sorted(clips["parquets"])
     with pytest.raises(PannsError, match="shard not found: .*nope"):
         shards.list_shards(f"{clips['parquets'][0]},{tmp_path / 'nope.tar'}")
+    with pytest.raises(PannsError, match="no shards match .*none.*one of the comma-separated"):   # not dropped
+        shards.list_shards(f"{clips['parquets'][0]},{tmp_path / 'none' / '*.tar'}")
+    literal = tmp_path / "x[1].tar"                    # an existing file is itself, not a pattern matching 'x1.tar'
+    shutil.copy(clips["tars"][0], literal)
+    assert shards.list_shards(f"{literal},{clips['parquets'][0]}") == sorted([str(literal), clips["parquets"][0]])
+    (odd / "sub.tar").mkdir()                          # a folder's subfolder or broken link is no shard
+    os.symlink(tmp_path / "gone.parquet", odd / "broken.parquet")
+    assert shards.list_shards(str(odd)) == inside
     ds.main(["list_shards", f"--shards={odd}"])
     assert capsys.readouterr().out.split("\n")[:-1] == inside
     ds.main(["list_shards", f"--shards={tmp_path / 'none' / '*.tar'}", "--allow_none"])

@@ -79,23 +79,31 @@ def _names_something(part: str) -> bool:
     return os.path.exists(part) or (any(c in part for c in "*?[") and any(map(os.path.isfile, glob.glob(part))))
 
 
+def _part_shards(part: str) -> List[str]:
+    """The shard files one part of a --shards value names: an existing file as itself (even with [ ] in its
+    name), a folder's shard files (not its subfolders or broken links), or a glob's files."""
+    if os.path.isfile(part):
+        return [part]
+    if os.path.isdir(part):
+        return [p for p in (os.path.join(part, n) for n in os.listdir(part)) if _is_shard(p) and os.path.isfile(p)]
+    if any(c in part for c in "*?["):
+        return [p for p in glob.glob(part) if os.path.isfile(p)]
+    raise PannsError(f"shard not found: {part}")
+
+
 def list_shards(spec: str) -> List[str]:
     """Shard paths from a glob (``'DIR/*.tar'``), a folder, a file, or a comma-separated list of them; sorted.
-    The whole value is read as one path or glob first, so a path with a comma in it is not split."""
+    The whole value is read as one path or glob first, so a path with a comma in it is not split. In a list,
+    a part that names no shard is an error (a mistyped glob would drop a whole split)."""
     paths: List[str] = []
     whole = os.path.expanduser(spec.strip())
     parts = [whole] if "," in spec and _names_something(whole) else [p for p in spec.split(",") if p.strip()]
     for part in parts:
         part = os.path.expanduser(part.strip())
-        if os.path.isdir(part):
-            found = [os.path.join(part, n) for n in os.listdir(part)]
-            paths += [p for p in found if _is_shard(p)]
-        elif any(c in part for c in "*?["):
-            paths += [p for p in glob.glob(part) if os.path.isfile(p)]
-        elif os.path.isfile(part):
-            paths.append(part)
-        else:
-            raise PannsError(f"shard not found: {part}")
+        found = _part_shards(part)
+        if not found and len(parts) > 1:
+            raise PannsError(f"no shards match {part!r} (one of the comma-separated --shards {spec!r})")
+        paths += found
     paths = sorted(set(paths))
     if not paths:
         raise NoShards(f"no shards match {spec!r} (expected .tar or .parquet files)")
