@@ -2,7 +2,9 @@
 outputs for the packed clips, for checkpoints of ours and of the official format."""
 import csv
 import json
+import logging
 import os
+import shutil
 
 import h5py
 import numpy as np
@@ -43,9 +45,10 @@ def env(tmp_path_factory):
     with torch.no_grad():
         scores = model(x)["clipwise_output"].numpy()
     ap = np.array([metrics.average_precision_score(target[:, k], scores[:, k]) for k in range(CLASSES)])
+    assert target.any(axis=1).all() and target.any(axis=0).all()   # every clip and class has a positive
     auc = np.array([metrics.roc_auc_score(target[:, k], scores[:, k]) for k in range(CLASSES)])
     return {"ws": ws["ws"], "ours": ours, "official": official, "labels_csv": data["labels_csv"], "ap": ap,
-            "auc": auc, "clips": len(target), "labels": labels, "root": root}
+            "auc": auc, "clips": len(target), "labels": labels, "root": root, "positives": target.sum(axis=0)}
 
 
 def test_evaluate_scores_every_clip_of_the_index_as_scikit_learn(env, tmp_path, capsys):
@@ -53,7 +56,8 @@ def test_evaluate_scores_every_clip_of_the_index_as_scikit_learn(env, tmp_path, 
     r = main_cli.evaluate(main_cli.build_parser().parse_args(
         ["evaluate", "--workspace", env["ws"], "--checkpoint_path", env["ours"], "--num_workers", "1",
          "--output", out]))
-    assert r["clips"] == env["clips"]
+    np.testing.assert_array_equal(r["positives"], env["positives"])
+    assert r["clips"] == env["clips"] and r["index_mismatched_clips"] == 0
     np.testing.assert_allclose(r["average_precision"], env["ap"], rtol=1e-6)
     assert abs(r["mAP"] - env["ap"].mean()) < 1e-6
     printed = capsys.readouterr().out
@@ -72,6 +76,31 @@ def test_an_official_checkpoint_takes_its_model_type_and_the_label_csv(env, tmp_
     r = json.load(open(out))
     assert r["model_type"] == "Cnn6" and r["clips"] == env["clips"] and abs(r["mAP"] - env["ap"].mean()) < 1e-6
     assert [c["mid"] for c in r["classes"]] == env["labels"].ids
+
+
+def test_positives_are_those_of_the_targets_scored_and_a_stale_index_is_named(env, tmp_path, capsys, caplog):
+    # An index whose `target` no longer matches its waveform file (the audit: all False). The scores are
+    # against the waveform file's targets, as training's evaluations; the counts printed and written must be
+    # those same targets', and the disagreement is one warning line, not silence.
+    os.makedirs(tmp_path / "indexes")
+    shutil.copytree(os.path.join(env["ws"], "hdf5s", "waveforms"), tmp_path / "waveforms")
+    index = str(tmp_path / "indexes" / "stale.h5")
+    shutil.copy(os.path.join(env["ws"], "hdf5s", "indexes", "eval.h5"), index)
+    with h5py.File(index, "r+") as hf:
+        hf["target"][...] = False
+    out = str(tmp_path / "r.json")
+    with caplog.at_level(logging.WARNING):
+        main_cli.main(["evaluate", "--indexes_hdf5_path", index, "--checkpoint_path", env["ours"],
+                       "--num_workers", "0", "--output", out])
+    r = json.load(open(out))
+    assert [c["positives"] for c in r["classes"]] == env["positives"].tolist()
+    assert abs(r["mAP"] - env["ap"].mean()) < 1e-6 and r["index_mismatched_clips"] == env["clips"]
+    printed = capsys.readouterr().out
+    best = int(np.argmax(env["ap"]))
+    assert f"best: {env['labels'].labels[best]} {env['ap'][best]:.3f} ({env['positives'][best]})" in printed
+    warned = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert len(warned) == 1 and "stale.h5's targets differ" in warned[0], warned
+    assert f"for {env['clips']} of {env['clips']} clips" in warned[0] and "create_indexes" in warned[0]
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -136,8 +136,9 @@ def compute_metrics(target, clipwise_output, device: Optional[torch.device] = No
     tensors, computed on ``device`` (default: the CPU; the evaluations of training use the model's device).
     Returns 'average_precision' (C,), 'auc' (C,) (NaN where undefined), 'mAP', 'mAUC', 'd_prime',
     'ap_classes', 'auc_classes' (how many classes each mean covers), 'classes_num', 'clips',
-    'degenerate_classes' (classes whose scores are constant across clips; warned about when most are, the
-    warning naming the set ``name`` when given).
+    'positives' (C,) int64 (each class's positive clips in the targets scored here: the counts that go with
+    these AP/AUC), 'degenerate_classes' (classes whose scores are constant across clips; warned about when
+    most are, the warning naming the set ``name`` when given).
     """
     output = torch.as_tensor(clipwise_output).to(device or "cpu", torch.float64)
     target = torch.as_tensor(target).to(output.device) >= 0.5
@@ -157,7 +158,7 @@ def compute_metrics(target, clipwise_output, device: Optional[torch.device] = No
     m_auc = float(np.mean(auc[has_both])) if has_both.any() else 0.5
     return {"average_precision": ap, "auc": auc, "mAP": m_ap, "mAUC": m_auc, "d_prime": float(d_prime(m_auc)),
             "ap_classes": int(has_pos.sum()), "auc_classes": int(has_both.sum()),
-            "classes_num": int(classes_num), "clips": int(n),
+            "classes_num": int(classes_num), "clips": int(n), "positives": positives.astype(np.int64),
             "degenerate_classes": check_constant_outputs(output, name=name)}
 
 

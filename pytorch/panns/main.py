@@ -199,7 +199,7 @@ def write_evaluation(r: Dict[str, Any], output: str) -> None:
     rows = _per_class(r)
     if output.lower().endswith(".json"):
         keys = ("model_type", "checkpoint_path", "indexes_hdf5_path", "precision", "device", "clips", "mAP", "mAUC",
-                "d_prime", "ap_classes", "auc_classes", "classes_num")
+                "d_prime", "ap_classes", "auc_classes", "classes_num", "index_mismatched_clips")
         tl.write_json(output, {**{k: r[k] for k in keys}, "classes": rows})
         return
     buf = io.StringIO()

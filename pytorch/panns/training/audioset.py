@@ -156,8 +156,14 @@ def evaluate_checkpoint(indexes_hdf5_path: str, checkpoint_path: Optional[str] =
     AudioSet evaluation set, whose missing clips move mAP. One-line errors before any work for an index
     of another class count or label list, or clips too short for the model.
 
-    Returns the metrics of :func:`evaluate.compute_metrics` plus 'labels', 'ids', 'positives' (C,),
-    'model_type', 'checkpoint_path', 'indexes_hdf5_path', 'precision' and 'device'."""
+    Scores, and the per-class 'positives' (C,) that go with them, use the targets the loader reads from the
+    waveform HDF5 rows, as a training run's evaluations do (the index file's ``target`` is a copy made by
+    create_indexes). Each batch's targets are also compared with the index's rows as they pass (no extra read):
+    clips where they differ (a stale or edited index) are counted in 'index_mismatched_clips' and named in one
+    warning line.
+
+    Returns the metrics of :func:`evaluate.compute_metrics` (with 'positives') plus 'labels', 'ids',
+    'index_mismatched_clips', 'model_type', 'checkpoint_path', 'indexes_hdf5_path', 'precision' and 'device'."""
     if not os.path.isfile(indexes_hdf5_path):
         raise PannsError(f"index file {indexes_hdf5_path} not found; create it with {INDEX_SCRIPTS['eval']}")
     model, cfg, path = runtime.load_model(checkpoint_path, model_type, frontend)
@@ -185,10 +191,17 @@ def evaluate_checkpoint(indexes_hdf5_path: str, checkpoint_path: Optional[str] =
     pin = device.type == "cuda"   # as a training run's evaluations: fp32 means IEEE fp32 (TF32 off) on GPUs
     if pin:
         amp.pin_ieee_fp32()
+    assert table.targets is not None
+    index_targets = table.targets
+    differ = np.zeros(len(table), dtype=bool)   # clips whose waveform-file targets differ from the index's
     try:
         with Progress(len(table), desc=f"evaluating on {name}", enabled=progress) as bar:
             def counted():
+                seen = 0   # the loader yields the sampler's rows in index order
                 for batch in loader:
+                    got = np.asarray(batch["target"]) >= 0.5
+                    differ[seen:seen + len(got)] = (got != index_targets[seen:seen + len(got)]).any(axis=1)
+                    seen += len(got)
                     yield batch
                     bar.update(len(batch["audio_name"]))
             result = Evaluator(model, precision=precision, batch_size=batch_size).evaluate(counted(), name=name)
@@ -196,8 +209,14 @@ def evaluate_checkpoint(indexes_hdf5_path: str, checkpoint_path: Optional[str] =
         if pin:
             amp.unpin_ieee_fp32()
     assert result is not None   # one process: this one holds the metrics
-    assert table.targets is not None
-    return {**result, "labels": labels, "ids": ids, "positives": table.targets.sum(axis=0),
+    mismatched = int(differ.sum())
+    if mismatched:
+        files = sorted({table.hdf5_paths[c] for c in np.unique(table.path_codes[differ])})
+        logger.warning("index %s's targets differ from those of its waveform file%s %s for %d of %d clips; the "
+                       "scores and positives use the waveform file's targets (as training's evaluations do): "
+                       "re-create the index with create_indexes", indexes_hdf5_path, "s" if len(files) > 1 else "",
+                       ", ".join(files), mismatched, len(table))
+    return {**result, "labels": labels, "ids": ids, "index_mismatched_clips": mismatched,
             "model_type": cfg.model_type, "checkpoint_path": path, "indexes_hdf5_path": indexes_hdf5_path,
             "precision": precision, "device": str(device)}
 
