@@ -9,6 +9,8 @@ the registry defaults of ``model_type``) and refuses front-end values that contr
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, fields
 from typing import Dict, List, Optional, Tuple
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from panns import models
-from panns.errors import CheckpointError
+from panns.errors import CheckpointError, PannsError
 from panns.state_dicts import (_frontend_from_mel, _mel_matrix, _shape, check_state_dict,  # noqa: F401
                                describe_state_dict, load_checkpoint, load_pretrained_base, model_state_dict,
                                state_digest, strip_prefixes)
@@ -64,9 +66,46 @@ class ModelConfig:
     def frontend(self) -> dict:
         return {k: getattr(self, k) for k in FRONTEND_KEYS}
 
+    def check(self, path: str) -> "ModelConfig":
+        """Refuse, in one line naming checkpoint ``path`` and the field, a saved config no model can be built
+        from or whose outputs cannot be named: a front end :meth:`FrontEnd.check` refuses (a checkpoint's dict
+        is not typed by argparse: 'abc', NaN, 1024.5 or a zero hop crashed deep in the resampler or the STFT,
+        an fmax above Nyquist ran empty mel bands), a class count that is not a whole number >= 1, labels or
+        ids that are not lists of strings of that length, an unknown output. Whole-number floats become ints
+        (32000.0). Returns self."""
+        try:
+            fe = FrontEnd(**self.frontend()).check(prefix="")
+            if not isinstance(self.model_type, str) or not self.model_type:
+                raise PannsError(f"model_type must be a model name, got {self.model_type!r}")
+            if isinstance(self.classes_num, bool) or not isinstance(self.classes_num, numbers.Real) \
+                    or not math.isfinite(self.classes_num) or self.classes_num != int(self.classes_num) \
+                    or self.classes_num < 1:
+                raise PannsError(f"classes_num must be a whole number >= 1, got {self.classes_num!r}")
+            if self.output not in ("sigmoid", "log_softmax"):
+                raise PannsError(f"output must be 'sigmoid' or 'log_softmax', got {self.output!r}")
+            for key in ("labels", "ids"):
+                names = getattr(self, key)
+                if names is not None and (not isinstance(names, (list, tuple))
+                                          or not all(isinstance(x, str) for x in names)):
+                    raise PannsError(f"{key} must be a list of strings, got {_brief(names)}")
+                if names and len(names) != int(self.classes_num):
+                    raise PannsError(f"its {key} list has {len(names)} entries but classes_num is "
+                                     f"{self.classes_num} (the model's outputs)")
+        except PannsError as e:
+            raise CheckpointError(f"checkpoint {path} has an unusable config: {e}") from None
+        for k, v in fe.to_dict().items():
+            setattr(self, k, v)
+        self.classes_num = int(self.classes_num)
+        return self
+
     @property
     def front_end(self) -> FrontEnd:
         return FrontEnd.from_dict(self.frontend())
+
+
+def _brief(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 # ------------------------------------------------------------------------------------------------
@@ -156,7 +195,7 @@ def load_model(checkpoint_path: str, model_type: Optional[str] = None, frontend:
         sd = {**frozen_base_weights(ref, checkpoint_path), **sd}
 
     if isinstance(ckpt.get("config"), dict):
-        cfg = ModelConfig.from_dict(ckpt["config"])
+        cfg = ModelConfig.from_dict(ckpt["config"]).check(checkpoint_path)   # before anything reads its values
         if model_type is not None and model_type != cfg.model_type:
             raise CheckpointError(f"checkpoint {checkpoint_path} holds a {cfg.model_type} model but "
                                   f"{model_type} was asked for (--model_type, model_type=)")

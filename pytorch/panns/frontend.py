@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Dict, Optional, Union
 
@@ -59,29 +61,49 @@ class FrontEnd:
     def describe(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.to_dict().items())
 
-    def check(self) -> "FrontEnd":
-        """Refuse settings no model can run (one line naming the flags): a rate outside validate's range,
-        non-positive window, hop or mel bins, a window past MAX_WINDOW (the STFT's DFT matrices alone would take
-        gigabytes), and a mel range that is not 0 <= fmin < fmax <= sample_rate / 2 (above Nyquist the mel
-        filters are empty). Returns self."""
+    def check(self, prefix: str = "--") -> "FrontEnd":
+        """Refuse settings no model can run (one line naming the setting): a value that is not a whole, finite
+        number (a checkpoint's config is a plain dict, not typed by argparse: 'abc', NaN or 1024.5 crashed deep
+        in the STFT or the resampler), a rate outside validate's range, non-positive window, hop or mel bins, a
+        window past MAX_WINDOW (the STFT's DFT matrices alone would take gigabytes), and a mel range that is
+        not 0 <= fmin < fmax <= sample_rate / 2 (above Nyquist the mel filters are empty).
+
+        prefix: how a setting is named, after it: '--' for the flags (``--fmax``), '' for a saved config
+        (``fmax``, the caller says whose). Returns self, or a copy with ints (32000.0 from a config is 32000)."""
         from panns import validate   # the one sample-rate rule of every front door
 
-        validate.sample_rate(self.sample_rate, "--sample_rate")
+        flags = prefix == "--"
+        whole = {key: _whole(getattr(self, key), prefix + key) for key in FRONTEND_KEYS}
+        fe = self if all(type(getattr(self, k)) is int for k in FRONTEND_KEYS) else dataclasses.replace(self, **whole)
+
+        def n(key: str) -> str:
+            return prefix + key
+
+        sr = fe.sample_rate
+        validate.sample_rate(sr, n("sample_rate"))
         for key in ("window_size", "hop_size", "mel_bins"):
-            if getattr(self, key) < 1:
-                raise PannsError(f"--{key} must be >= 1 (got {getattr(self, key)})")
-        if self.window_size > MAX_WINDOW:
-            raise PannsError(f"--window_size {self.window_size} is too large: at most {MAX_WINDOW} samples "
-                             f"({MAX_WINDOW / self.sample_rate:.2f} s at {self.sample_rate} Hz)")
-        if self.fmin < 0:
-            raise PannsError(f"--fmin must be >= 0 Hz (got {self.fmin})")
-        if self.fmin >= self.fmax:
-            raise PannsError(f"--fmin {self.fmin} must be below --fmax {self.fmax}")
-        if self.fmax * 2 > self.sample_rate:
-            raise PannsError(f"--fmax {self.fmax} is above the Nyquist frequency of --sample_rate {self.sample_rate} "
-                             f"({self.sample_rate // 2} Hz): those mel bands would be empty; use --fmax <= "
-                             f"{self.sample_rate // 2}")
-        return self
+            if getattr(fe, key) < 1:
+                raise PannsError(f"{n(key)} must be >= 1 (got {getattr(fe, key)})")
+        if fe.window_size > MAX_WINDOW:
+            raise PannsError(f"{n('window_size')} {fe.window_size} is too large: at most {MAX_WINDOW} samples "
+                             f"({MAX_WINDOW / sr:.2f} s at {sr} Hz)")
+        if fe.fmin < 0:
+            raise PannsError(f"{n('fmin')} must be >= 0 Hz (got {fe.fmin})")
+        if fe.fmin >= fe.fmax:
+            raise PannsError(f"{n('fmin')} {fe.fmin} must be below {n('fmax')} {fe.fmax}")
+        if fe.fmax * 2 > sr:
+            fix = f"; use {n('fmax')} <= {sr // 2}" if flags else ""
+            raise PannsError(f"{n('fmax')} {fe.fmax} is above the Nyquist frequency of {n('sample_rate')} {sr} "
+                             f"({sr // 2} Hz): those mel bands would be empty{fix}")
+        return fe
+
+
+def _whole(value, name: str) -> int:
+    """``value`` as an int when it is a whole, finite number (32000 or 32000.0), else a PannsError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value != int(value):
+        raise PannsError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
 
 
 FRONTEND_KEYS = tuple(f.name for f in dataclasses.fields(FrontEnd))
