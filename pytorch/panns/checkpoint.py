@@ -20,7 +20,7 @@ import torch
 
 from panns import models
 from panns.errors import CheckpointError, PannsError
-from panns.state_dicts import (_frontend_from_mel, _mel_matrix, _shape, check_state_dict,  # noqa: F401
+from panns.state_dicts import (_frontend_from_mel, _mel_matrix, _shape, check_finite, check_state_dict,  # noqa: F401
                                describe_state_dict, load_checkpoint, load_pretrained_base, model_state_dict,
                                state_digest, strip_prefixes)
 from panns.frontend import FRONT_END_32K, FRONTEND_KEYS, FrontEnd
@@ -190,6 +190,7 @@ def load_model(checkpoint_path: str, model_type: Optional[str] = None, frontend:
         raise CheckpointError(f"unknown front-end option(s) {sorted(bad)}")
     ckpt = load_checkpoint(checkpoint_path, map_location="cpu")
     sd = strip_prefixes(model_state_dict(ckpt, checkpoint_path))
+    check_finite(sd, checkpoint_path)   # a diverged run's NaN weights ran, printing NaN scores
     ref = ckpt.get("base_checkpoint")
     if isinstance(ref, dict):   # a fine-tune on a frozen base: the trained part, and the base by reference
         sd = {**frozen_base_weights(ref, checkpoint_path), **sd}
@@ -247,6 +248,7 @@ def frozen_base_weights(ref: dict, checkpoint_path: str) -> Dict[str, torch.Tens
     base = strip_prefixes(model_state_dict(load_checkpoint(path), path))
     if any(k.startswith("base.") for k in base):
         base = {k[5:]: v for k, v in base.items() if k.startswith("base.")}
+    check_finite(base, path)
     return {"base." + k: v for k, v in base.items()}
 
 

@@ -204,6 +204,27 @@ def describe_state_dict(sd: Dict[str, torch.Tensor]) -> str:
     return ", ".join(hints) if hints else "no known PANNs model"
 
 
+def check_finite(sd: Dict[str, torch.Tensor], path: str) -> None:
+    """Raise one-line CheckpointError naming the first floating tensor of ``sd`` with a NaN or inf value:
+    what a diverged training run saves, which ran and printed NaN scores.
+
+    One read of each tensor: its sum is finite unless a value is NaN or inf (or finite values overflow,
+    which the exact test of that tensor alone then rules out). torch.isfinite(t).all() on every tensor
+    makes temporaries the size of the weights: 0.3-0.6 s for Cnn14's 82M weights on two CPU cores, the
+    sums 0.015 s."""
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor) or not (v.is_floating_point() or v.is_complex()) \
+                or bool(torch.isfinite(v.sum())):
+            continue
+        finite = torch.isfinite(v)
+        if bool(finite.all()):
+            continue   # large finite values whose sum overflowed
+        what = "NaN" if bool(torch.isnan(v).any()) else "inf"
+        raise CheckpointError(f"checkpoint {path} has non-finite weights: {k} holds {int((~finite).sum())} {what} "
+                              f"value(s) of {v.numel()}; it looks like a diverged training run (take an earlier "
+                              "checkpoint)")
+
+
 def check_state_dict(model: torch.nn.Module, sd: Dict[str, torch.Tensor], path: str,
                      model_type: str) -> None:
     """Raise one-line CheckpointError unless ``sd`` fits ``model`` exactly (keys and shapes)."""
@@ -241,6 +262,7 @@ def load_pretrained_base(base: torch.nn.Module, sd: Dict[str, torch.Tensor], pat
     size. The transfer model never uses that head (it reads the embedding), so the base keeps its
     527-class head: a standard Transfer_<Base> that inference rebuilds.
     """
+    check_finite(sd, path)   # fine-tuning from a diverged base trains on NaN
     mel = "logmel_extractor.melW"
     own = base.state_dict()
     if official and mel in sd and mel in own:
