@@ -585,8 +585,10 @@ def resolve_labels(cfg, class_labels_csv: Optional[str],
         cl = read_class_labels(class_labels_csv)
         labels, ids = list(cl.labels), list(cl.ids)
     if len(labels) != cfg.classes_num:
-        src = class_labels_csv or DEFAULT_LABELS_CSV
-        raise PannsError(f"the model has {cfg.classes_num} classes but the label list ({src}) has {len(labels)}")
+        # name where the labels came from: the checkpoint's own list was reported as the default CSV
+        src = "the checkpoint's own label list" if getattr(cfg, "labels", None) else \
+            f"the label list ({class_labels_csv or DEFAULT_LABELS_CSV})"
+        raise PannsError(f"the model has {cfg.classes_num} classes but {src} has {len(labels)}")
     return labels, ids
 
 
