@@ -7,6 +7,7 @@ and offline events can be compared for real (random weights find none, or noise)
 import io
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -232,3 +233,70 @@ def test_ffmpeg_reader_gives_the_decoder_samples(sed):
     np.testing.assert_array_equal(got, sf.read(sed["wav"], dtype="float32")[0])
     with pytest.raises(PannsError, match="cannot decode"):
         list(stream._ffmpeg_chunks(sed["dir"] / "missing.mp3", 0.3))
+
+
+# ----------------------------------------------------------------------------- flag values, checked up front
+@pytest.fixture()
+def loads_nothing(monkeypatch):
+    """A stream command that gets as far as loading the model (or making a backend: auto may export and
+    calibrate, writing the cache) fails the test: its flags are refused before."""
+    from panns import runtime
+    monkeypatch.setattr(runtime, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(stream, "Runtime", lambda *a, **k: pytest.fail("a backend was made"))
+
+
+@pytest.mark.parametrize("argv,message", [
+    # inf was an OverflowError traceback from the reader; nan, 0 and -1 were refused, without naming the value
+    (["--chunk_seconds=inf"], "--chunk_seconds must be a positive number of seconds, got inf"),
+    (["--chunk_seconds=nan"], "--chunk_seconds must be a positive number of seconds, got nan"),
+    (["--chunk_seconds=0"], "--chunk_seconds must be a positive number of seconds, got 0"),
+    (["--chunk_seconds=-1"], "--chunk_seconds must be a positive number of seconds, got -1"),
+    (["--chunk_seconds=1e300"], "--chunk_seconds 1e+300 is over 600 s"),   # an OverflowError on stdin
+    # refused only after the model loaded and auto exported and calibrated; 1e300 ran
+    (["--window_seconds=inf"], "--window_seconds must be a positive number of seconds, got inf"),
+    (["--window_seconds=nan"], "--window_seconds must be a positive number of seconds, got nan"),
+    (["--window_seconds=0"], "--window_seconds must be a positive number of seconds, got 0"),
+    (["--window_seconds=-2"], "--window_seconds must be a positive number of seconds, got -2"),
+    (["--window_seconds=1e300"], "--window_seconds 1e+300 is over 600 s"),
+    (["--window_seconds=600.5"], "--window_seconds 600.5 is over 600 s"),
+    (["--hop_seconds=1e300"], "--hop_seconds 1e+300 is over 600 s"),
+    (["--hop_seconds=3", "--window_seconds=2"], "--window_seconds (2) must be at least --hop_seconds (3)"),
+    (["--lookahead_seconds=inf"], "--lookahead_seconds must be 0 or more seconds, got inf"),
+    (["--lookahead_seconds=-0.5"], "--lookahead_seconds must be 0 or more seconds, got -0.5"),
+    (["--lookahead_seconds=1e300"], "--lookahead_seconds 1e+300 is over 600 s"),
+])
+def test_cli_seconds_flags_are_refused_before_the_model_loads(tmp_path, loads_nothing, argv, message):
+    wav = tmp_path / "x.wav"
+    sf.write(str(wav), np.zeros(SR, np.float32), SR)
+    with pytest.raises(PannsError, match="^" + re.escape(message)) as e:
+        inference.main(["stream", "--checkpoint_path=unused.pth", f"--audio_path={wav}", *argv])
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("argv,message", [
+    # the value given, not the window it was rounded to ('0.001 ... 0.01 is shorter' said 0.01)
+    (["--window_seconds=0.001", "--hop_seconds=0.001"], "--window_seconds 0.001 is shorter than the shortest input"),
+    (["--window_seconds=1e-9", "--hop_seconds=1e-9"], "--window_seconds 1e-09 is shorter than the shortest input"),
+    (["--window_seconds=0.1449999", "--hop_seconds=0.1"], "--window_seconds 0.1449999 is shorter than the shortest"),
+    (["--window_seconds=2", "--lookahead_seconds=1.5"], r"--lookahead_seconds \+ --hop_seconds \(1.5 \+ 1\) must not "
+                                                        r"exceed --window_seconds \(2\)"),
+])
+def test_cli_checks_that_need_the_model_come_before_a_backend(sed, monkeypatch, argv, message):
+    monkeypatch.setattr(stream, "Runtime", lambda *a, **k: pytest.fail("a backend was made"))
+    with pytest.raises(PannsError, match=f"^{message}"):
+        inference.main(["stream", f"--checkpoint_path={sed['ckpt']}", f"--audio_path={sed['wav']}", *argv])
+
+
+def test_api_window_values_are_echoed_and_bounded(sed):
+    m = sed["model"]
+    for window, text in ((0.001, "0.001"), (1e-9, "1e-09"), (0.1449999, "0.1449999")):
+        with pytest.raises(PannsError, match=rf"^window_seconds {text} is shorter .*use at least 0.15 seconds"):
+            m.stream(hop_seconds=window, window_seconds=window)
+    assert m.stream(hop_seconds=0.01, window_seconds=0.15, lookahead_seconds=0).window == int(0.15 * SR)
+    with pytest.raises(PannsError, match=r"^window_seconds 1e\+300 is over 600 s"):
+        m.stream(window_seconds=1e300)
+    with pytest.raises(PannsError, match=r"^window_seconds 10{400} is over 600 s"):   # was an OverflowError
+        m.stream(window_seconds=10 ** 400)
+    with pytest.raises(PannsError, match=r"^window_seconds must be a positive number of seconds, got '10'"):
+        m.stream(window_seconds="10")
+    assert m.stream(hop_seconds=10, window_seconds=600).window == 600 * SR

@@ -127,10 +127,9 @@ class ChunkResampler:
         return np.asarray(out, dtype=np.float32)
 
 
-def _to_grid(seconds: float, sample_rate: int, step: int, name: str) -> int:
-    """Seconds -> samples, a whole number of model hops (frames stay on one grid); at least one."""
-    if not _is_number(seconds) or not math.isfinite(seconds) or seconds <= 0:
-        raise PannsError(f"{name} must be a positive number of seconds, got {seconds!r}")
+def _to_grid(seconds: float, sample_rate: int, step: int) -> int:
+    """Seconds (checked by :func:`check_options`) -> samples, a whole number of model hops (frames stay
+    on one grid); at least one."""
     return max(step, int(round(seconds * sample_rate)) // step * step)
 
 
@@ -140,8 +139,64 @@ def _to_grid(seconds: float, sample_rate: int, step: int, name: str) -> int:
 DEFAULT_LOOKAHEAD_SECONDS = 1.0   # threshold and min_duration: postprocess's, as offline detection
 
 
+# The longest a window may be, and so the hop and look-ahead inside it: each window is one forward of the model,
+# and no command runs a longer input in one forward (inference windows recordings over this; one forward of an
+# hour needs tens of GB). A chunk too is read whole in one call before it is pushed (1e300 s overflowed there).
+MAX_SECONDS = runtime.AUTO_WINDOW_SECONDS
+
+
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _text(value) -> str:
+    """A value as given, for a message: ``:g`` where that reads back as the same number (1.0 -> '1'),
+    else repr (``:g`` alone printed 0.1499999 as 0.15)."""
+    if _is_number(value):
+        try:
+            short = f"{value:g}"
+            if float(short) == value:
+                return short
+        except (OverflowError, ValueError):   # an int too large for a float
+            pass
+    return repr(value)
+
+
+def _seconds(value, name: str, why: str, zero: bool = False) -> float:
+    """A number of seconds: finite, > 0 (>= 0 with ``zero``), at most MAX_SECONDS (``why`` says why)."""
+    v, finite = math.nan, False
+    if _is_number(value):
+        try:
+            v = float(value)
+            finite = math.isfinite(v)
+        except OverflowError:   # finite, but too large for a float (10 ** 400): over the maximum
+            v, finite = (math.inf if value > 0 else -math.inf), True
+    if not finite or (v < 0 if zero else v <= 0):
+        raise PannsError(f"{name} must be {'0 or more' if zero else 'a positive number of'} seconds, got "
+                         f"{_text(value)}")
+    if v > MAX_SECONDS:
+        raise PannsError(f"{name} {_text(value)} is over {MAX_SECONDS:g} s: {why}")
+    return v
+
+
+def check_options(hop_seconds, window_seconds, lookahead_seconds=None, chunk_seconds=None, prefix: str = "") -> None:
+    """The checks of :class:`Stream`'s seconds that need no model, which the ``stream`` sub-command runs
+    before anything loads (with ``chunk_seconds``, its own flag): each a finite number, > 0 (the look-ahead
+    >= 0; None: not given), at most MAX_SECONDS; the window no shorter than the hop. ``prefix``: '--' on
+    the command line. The checks that need the model are in :func:`check_model_options`."""
+    window = (f"each hop's window is one forward of the model, and nothing here runs more than {MAX_SECONDS:g} s "
+              "in one forward (one of an hour of audio needs tens of GB)")
+    hop = _seconds(hop_seconds, prefix + "hop_seconds", f"a hop must fit in the window, of at most {MAX_SECONDS:g} s")
+    win = _seconds(window_seconds, prefix + "window_seconds", window)
+    if lookahead_seconds is not None:
+        _seconds(lookahead_seconds, prefix + "lookahead_seconds",
+                 f"the look-ahead must fit in the window, of at most {MAX_SECONDS:g} s", zero=True)
+    if chunk_seconds is not None:
+        _seconds(chunk_seconds, prefix + "chunk_seconds", "a chunk is read whole before it is pushed, and it sets "
+                 "only how often the stream is fed, not what the model sees (the window): a second or less is usual")
+    if win < hop:
+        raise PannsError(f"{prefix}window_seconds ({_text(window_seconds)}) must be at least {prefix}hop_seconds "
+                         f"({_text(hop_seconds)})")
 
 
 def check_event_options(config, lookahead_seconds: Optional[float] = None, threshold: Optional[float] = None,
@@ -155,13 +210,39 @@ def check_event_options(config, lookahead_seconds: Optional[float] = None, thres
                                                ("min_duration", min_duration)) if value is not None]
     if not given or runtime.config_is_sed(config):
         return
-    named = " and ".join(f"{prefix}{name} {value:g}" if _is_number(value) else f"{prefix}{name} {value!r}"
-                         for name, value in given)
+    named = " and ".join(f"{prefix}{name} {_text(value)}" for name, value in given)
     one = len(given) == 1
     raise PannsError(f"{named} {'has' if one else 'have'} no effect with {config.model_type}: a clip-level model has "
                      "no framewise output, so its stream reports tags per hop and no events (look-ahead, threshold "
                      f"and minimum duration act on frames and events); drop {'it' if one else 'them'} or stream a "
                      "decision-level model such as Cnn14_DecisionLevelMax")
+
+
+def check_model_options(config, min_samples: int, hop_seconds: float, window_seconds: float,
+                        lookahead_seconds: Optional[float] = None, threshold: Optional[float] = None,
+                        min_duration: Optional[float] = None, prefix: str = "") -> Tuple[int, int, int]:
+    """The checks that need the model, after :func:`check_options`: known from the checkpoint's ``config``
+    and the model's shortest input ``min_samples`` alone, so the ``stream`` sub-command runs them before a
+    backend is made (auto may export and calibrate). Event options with a clip-level model
+    (:func:`check_event_options`); a window shorter than the shortest input (it ran mostly zero padding
+    every hop, as segment_seconds once did); for SED models, a look-ahead (default
+    DEFAULT_LOOKAHEAD_SECONDS) and hop that do not fit in the window. Returns (hop, window, look-ahead)
+    in samples, on the model's hop grid."""
+    check_event_options(config, lookahead_seconds, threshold, min_duration, prefix)
+    sr, h = int(config.sample_rate), int(config.hop_size)
+    hop, window = _to_grid(hop_seconds, sr, h), _to_grid(window_seconds, sr, h)
+    if window < min_samples:
+        need = -(-min_samples // h) * h / sr   # the shortest window on the grid that holds it
+        raise PannsError(f"{prefix}window_seconds {_text(window_seconds)} is shorter than the shortest input "
+                         f"{config.model_type} runs on ({min_samples} samples at {sr} Hz); use at least {need:g} "
+                         "seconds")
+    ahead = DEFAULT_LOOKAHEAD_SECONDS if lookahead_seconds is None else lookahead_seconds
+    lookahead = int(round(ahead * sr)) // h * h
+    if runtime.config_is_sed(config) and lookahead + hop > window:
+        # a frame must still be inside the first window that puts it `lookahead` before the edge
+        raise PannsError(f"{prefix}lookahead_seconds + {prefix}hop_seconds ({_text(ahead)} + {_text(hop_seconds)}) "
+                         f"must not exceed {prefix}window_seconds ({_text(window_seconds)})")
+    return hop, window, lookahead
 
 
 class Stream:
@@ -174,7 +255,9 @@ class Stream:
     1.0), how far before a window's right edge a frame must lie to be final (lookahead + hop must
     fit in the window); threshold (0.5), min_duration (0.0): the event post-processing of offline
     sound event detection. Hop, window and look-ahead are rounded to the model's hop (10 ms for the
-    32-kHz models). prefix: '--' when the options come from the command line (messages name the flags)."""
+    32-kHz models); none may exceed MAX_SECONDS (600), and the window must hold the model's shortest
+    input (:func:`check_options`, :func:`check_model_options`). prefix: '--' when the options come
+    from the command line (messages name the flags)."""
 
     def __init__(self, rt: Runtime, labels: Sequence[str], hop_seconds: float = 1.0, window_seconds: float = 10.0,
                  lookahead_seconds: Optional[float] = None, top_k: int = 10, threshold: Optional[float] = None,
@@ -183,26 +266,13 @@ class Stream:
             raise PannsError(f"the model has {rt.classes_num} classes but {len(labels)} labels were given")
         top_k = validate.positive_int(top_k, prefix + "top_k")   # 2.5 was truncated, '3' a TypeError
         validate.options(threshold_=threshold, min_duration=min_duration, prefix=prefix)
-        if lookahead_seconds is not None and not (_is_number(lookahead_seconds) and 0 <= lookahead_seconds < math.inf):
-            raise PannsError(f"{prefix}lookahead_seconds must be 0 or more seconds, got {lookahead_seconds!r}")
-        check_event_options(rt.config, lookahead_seconds, threshold, min_duration, prefix)
-        lookahead_seconds = DEFAULT_LOOKAHEAD_SECONDS if lookahead_seconds is None else lookahead_seconds
+        check_options(hop_seconds, window_seconds, lookahead_seconds, prefix=prefix)
+        self.hop, self.window, self.lookahead = check_model_options(
+            rt.config, rt.min_samples, hop_seconds, window_seconds, lookahead_seconds, threshold, min_duration, prefix)
         threshold = DEFAULT_THRESHOLD if threshold is None else threshold
         min_duration = DEFAULT_MIN_DURATION if min_duration is None else min_duration
         sr, h = rt.sample_rate, rt.hop_size
         self.rt, self.labels, self.top_k = rt, list(labels), int(top_k)
-        self.hop = _to_grid(hop_seconds, sr, h, prefix + "hop_seconds")
-        self.window = _to_grid(window_seconds, sr, h, prefix + "window_seconds")
-        # a window under the model's shortest input ran mostly zero padding every hop, as segment_seconds once did
-        validate.segment_fits(self.window / sr, rt.min_samples, sr, rt.config.model_type, prefix + "window_seconds")
-        self.lookahead = int(round(lookahead_seconds * sr)) // h * h
-        if self.window < self.hop:
-            raise PannsError(f"{prefix}window_seconds ({window_seconds}) must be at least {prefix}hop_seconds "
-                             f"({hop_seconds})")
-        if rt.is_sed and self.lookahead + self.hop > self.window:
-            # a frame must still be inside the first window that puts it `lookahead` before the edge
-            raise PannsError(f"{prefix}lookahead_seconds + {prefix}hop_seconds ({lookahead_seconds} + {hop_seconds}) "
-                             f"must not exceed {prefix}window_seconds ({window_seconds})")
         self.tracker = EventTracker(self.labels, sr / h, threshold, min_duration)
         self._resampler: Optional[ChunkResampler] = None
         self._buf = np.zeros(0, np.float32)   # resampled samples from _buf_start on
@@ -387,11 +457,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "sample rate of the raw PCM on stdin (--audio_path -) and of the microphone (default: the model's); "
         "refused with a file or URL, which carry their own")
     p.add_argument("--chunk_seconds", type=float, default=0.1,
-                   help="audio read (or recorded) per push (default: %(default)s)")
+                   help=f"audio read (or recorded) per push (default: %(default)s; at most {MAX_SECONDS:g})")
     p.add_argument("--hop_seconds", type=float, default=1.0,
-                   help="tags (and newly final frames) every this many seconds (default: %(default)s)")
+                   help="tags (and newly final frames) every this many seconds (default: %(default)s; at most "
+                        "--window_seconds)")
     p.add_argument("--window_seconds", type=float, default=10.0,
-                   help="seconds of audio each hop's window sees (default: %(default)s)")
+                   help="seconds of audio each hop's window sees (default: %(default)s; at most "
+                        f"{MAX_SECONDS:g}, the longest input run in one forward)")
     # The three SED-only flags default to None ("not given") so that one given with a clip-level model is
     # refused (check_event_options); the Stream fills in the defaults the help names.
     p.add_argument("--lookahead_seconds", type=float, default=None,
@@ -415,8 +487,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     """Stream one source through the model, printing JSON lines: tags per hop, events once each, and
     a last line with the real-time factor and the latency."""
-    if args.chunk_seconds is None or not args.chunk_seconds > 0:
-        raise PannsError("--chunk_seconds must be positive")
+    # every flag before anything loads (auto may export and calibrate, writing the cache)
+    check_options(args.hop_seconds, args.window_seconds, args.lookahead_seconds, args.chunk_seconds, prefix="--")
     if args.batch_size is not None:
         raise PannsError(f"--batch_size {args.batch_size} has no effect on a stream: it runs one window per hop")
     # one path (the parser's _OneSource); a list from a caller that built args by other means is taken too
@@ -442,8 +514,10 @@ def run(args) -> int:
                                if os.path.isdir(source) else f"audio file not found: {source}")
     model, cfg, checkpoint_path = runtime.load_model(args.checkpoint_path, args.model_type,
                                                      frontend_overrides(args) or None)
-    # before the backend is made (auto may calibrate or export): SED-only flags with a clip-level model
-    check_event_options(cfg, args.lookahead_seconds, args.threshold, args.min_duration, prefix="--")
+    # before the backend is made (auto may calibrate or export): the checks that need the model (SED-only flags
+    # with a clip-level model, a window shorter than the model's shortest input, a look-ahead outside the window)
+    check_model_options(cfg, runtime.model_min_samples(cfg, model), args.hop_seconds, args.window_seconds,
+                        args.lookahead_seconds, args.threshold, args.min_duration, prefix="--")
     rt = Runtime(model, cfg, device=bool(args.cuda), precision=args.precision, backend=args.backend,
                  checkpoint_path=checkpoint_path, **_auto_options(args, source))
     labels = runtime.resolve_labels(rt.config, args.class_labels_csv)[0]
