@@ -20,7 +20,8 @@ Fixes against the official code:
   ``unbalanced_train*.h5``), not by a substring of the whole path (a workspace under
   ``/data/train_ws`` used to pull ``eval.h5`` into full_train), in sorted, deterministic order.
 * Outputs are written to a temporary name and renamed. An output that is one of the inputs, or an
-  existing waveform HDF5, is refused before anything is written (the official code overwrote it).
+  existing HDF5 of another kind (a waveform HDF5, embeddings, framewise outputs), is refused before
+  anything is written (the official code overwrote it).
 
 Usage (official command lines)::
 
@@ -44,7 +45,7 @@ import numpy as np
 
 from panns import packing, storage
 from panns.errors import PannsError, run_cli
-from panns.utilities import atomic_write, disk_full_error, remove_stale_temps
+from panns.utilities import atomic_write, check_hdf5_output, disk_full_error, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -158,18 +159,9 @@ def _check_index_file(hf: h5py.File, path: str) -> None:
 
 def _check_index_output(path: str, inputs: Sequence[str]) -> None:
     """Refuse an index output that is a folder, one of ``inputs``, an existing file that is not HDF5, or an
-    existing waveform HDF5 (packed data that an index written there would replace)."""
-    packing.check_hdf5_output(path, inputs, "index file")   # also refuses an existing file that is not HDF5
-    if not os.path.isfile(path):
-        return
-    try:
-        with h5py.File(path, "r") as hf:
-            holds_waveforms = storage.PCM_KEY in hf or storage.FLAC_KEY in hf
-    except OSError:
-        return   # an HDF5 cut short (an interrupted run): nothing packed in it to protect
-    if holds_waveforms:
-        raise PannsError(f"index file {path} is an existing waveform HDF5; writing the index there would destroy "
-                         "the packed clips. Give another --indexes_hdf5_path / --full_indexes_hdf5_path")
+    existing HDF5 of another kind (packed clips, embeddings, framewise outputs that an index written there
+    would replace): ``utilities.check_hdf5_output``. An existing index file is replaced."""
+    check_hdf5_output(path, "index", inputs, "index file", "--indexes_hdf5_path / --full_indexes_hdf5_path")
 
 
 def read_index(indexes_hdf5_path: str, load_targets: bool = False, keep_empty: bool = False,

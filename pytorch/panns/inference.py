@@ -56,8 +56,8 @@ from panns.frontend import add_model_args, frontend_overrides
 from panns.postprocess import Event, EventTracker, detect_events, tags_of, top_indexes  # noqa: F401 (re-exported)
 from panns.runtime import AUTO_SEGMENT_SECONDS, AUTO_WINDOW_SECONDS, Runtime
 from panns.runtime import gather_inputs, resolve_labels  # noqa: F401 (re-exported: shared with extract.py)
-from panns.utilities import (Progress, atomic_write, check_dotdot, check_free_space, create_folder, disk_full_error,
-                             get_filename, remove_stale_temps)
+from panns.utilities import (Progress, atomic_write, check_dotdot, check_free_space, check_hdf5_kind, create_folder,
+                             disk_full_error, get_filename, remove_stale_temps)
 
 logger = logging.getLogger("inference")
 
@@ -353,7 +353,9 @@ def check_outputs(args, paths: Sequence[str] = ()) -> None:
     """Refuse, before the model loads or any audio is decoded, outputs with a wrong extension and
     outputs that cannot be written (a missing folder is made later, so the nearest existing one is
     probed), that are folders, or that are an input (``paths``, the checkpoint, the label CSV) or
-    another output: found after computing, each of these cost the whole run, or destroyed a file."""
+    another output, and a ``.h5`` --framewise_output that exists and is no framewise output (packed clips,
+    an index, embeddings, not HDF5: ``utilities.check_hdf5_kind``): found after computing, each of these
+    cost the whole run, or destroyed a file."""
     outputs = []
     for key, exts in OUTPUT_EXTENSIONS.items():
         path = getattr(args, key, None)
@@ -368,6 +370,9 @@ def check_outputs(args, paths: Sequence[str] = ()) -> None:
         outputs.append(("--output_dir figure", _figure_paths(paths[:1], args.output_dir)[0]))
     validate.output_paths(outputs, inputs=[args.checkpoint_path, getattr(args, "class_labels_csv", None),
                                            *args.audio_path], files=paths)
+    fw_out = getattr(args, "framewise_output", None)
+    if fw_out and fw_out.lower().endswith(".h5"):   # not packed clips, an index or embeddings, nor other bytes
+        check_hdf5_kind(fw_out, "framewise", "--framewise_output", "--framewise_output")
 
 
 def check_figure_options(args) -> None:

@@ -34,8 +34,8 @@ import numpy as np
 from panns import argtypes, config, storage
 from panns.audio_io import load_audio, load_audio_bytes
 from panns.errors import PannsError
-from panns.utilities import (atomic_write, atomic_write_text, check_free_space, check_output_path, die_with_parent,
-                             disk_full_error, float32_to_int16, pad_or_truncate, remove_stale_temps)
+from panns.utilities import (atomic_write, atomic_write_text, check_free_space, check_hdf5_output, check_output_path,
+                             die_with_parent, disk_full_error, float32_to_int16, pad_or_truncate, remove_stale_temps)
 
 logger = logging.getLogger(__name__)
 
@@ -192,25 +192,11 @@ class OrderedPool(object):
         self.procs, self.conns = [], []
 
 
-def check_hdf5_output(path: str, inputs: Sequence[str] = (), what: str = "output") -> None:
-    """``check_output_path`` for an HDF5 output (waveforms or index), and refuse an existing file that is not
-    HDF5 at all: a notes file, a CSV or a shard typed as the output would be replaced by the HDF5, and it was
-    never ours to replace (an HDF5, even one cut short by an interrupted official run, may be)."""
-    check_output_path(path, inputs, what)
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        return
-    try:
-        ours = h5py.is_hdf5(path)
-    except Exception:
-        ours = False
-    if not ours:
-        raise PannsError(f"{what} {path} exists and is not an HDF5 file; writing there would replace it. "
-                         "Give another path (or remove that file first)")
-
-
 def check_pack_output(path: str, inputs: Sequence[str]) -> None:
-    """Both packers' checks of their outputs, before any decoding: the waveform HDF5 and ``<out>.missing.csv``."""
-    check_hdf5_output(path, inputs)
+    """Both packers' checks of their outputs, before any decoding: the waveform HDF5 (``utilities.check_hdf5_output``:
+    an existing waveform HDF5 is replaced, a file that is not HDF5 or an index, embeddings or framewise file is
+    refused) and ``<out>.missing.csv``."""
+    check_hdf5_output(path, "waveforms", inputs, flag="--waveforms_hdf5_path")
     check_output_path(path + ".missing.csv", inputs, "list of missing clips")
 
 

@@ -266,6 +266,86 @@ def check_output_path(path: str, inputs: Sequence[str] = (), what: str = "output
         raise PannsError(f"cannot write {what} {path} in {parent}: {e.strerror or e}") from None
 
 
+# What each HDF5 writer of the project puts in its files and no other writer does: the datasets (or file
+# attributes) of storage.WaveformWriter (PCM_KEY, FLAC_KEY), create_indexes, extract.FeatureWriter and
+# inference.FramewiseWriter. Kind: (its name, what replacing it would destroy, its marks: any one tells it).
+HDF5_KINDS = {
+    "waveforms": ("a waveform HDF5", "the packed clips", ("waveform", "waveform_flac")),
+    "index": ("an index file", "the index", ("hdf5_path", "index_in_hdf5")),
+    "embeddings": ("an embeddings file", "the extracted embeddings", ("embedding",)),
+    "framewise": ("a framewise-output file", "the framewise probabilities", ("framewise", "frames_per_second")),
+}
+# what else ``hdf5_kind`` may find
+NO_FILE, EMPTY_FILE, NOT_HDF5, OTHER_HDF5 = "no file", "empty", "not HDF5", "other HDF5"
+
+
+def is_lock_error(e: OSError) -> bool:
+    """HDF5's file lock held by another process (h5py: BlockingIOError, errno EAGAIN)."""
+    return e.errno in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock file" in str(e)
+
+
+def busy_error(path: str, flag: str = "path") -> PannsError:
+    return PannsError(f"{path} is in use by another process (a run still writing it?); wait for it to finish, or "
+                      f"give another {flag}")
+
+
+def hdf5_kind(path: str, flag: str = "path") -> str:
+    """Which of the project's HDF5 files ``path`` is (a key of ``HDF5_KINDS``), else ``NO_FILE`` (none, or not a
+    plain file), ``EMPTY_FILE`` (zero bytes), ``NOT_HDF5`` (other bytes) or ``OTHER_HDF5`` (an HDF5 file with
+    none of the marks, or one cut short). Read-only; a file another process holds open for writing is a
+    PannsError (``busy_error``)."""
+    if not os.path.isfile(path):
+        return NO_FILE
+    if os.path.getsize(path) == 0:
+        return EMPTY_FILE
+    import h5py  # late: most commands write no HDF5
+
+    try:
+        if not h5py.is_hdf5(path):
+            return NOT_HDF5
+        with h5py.File(path, "r") as hf:
+            for kind, (_name, _holds, marks) in HDF5_KINDS.items():
+                if any(m in hf or m in hf.attrs for m in marks):
+                    return kind
+    except OSError as e:
+        if is_lock_error(e):
+            raise busy_error(path, flag) from None
+        return OTHER_HDF5   # an HDF5 cut short: nothing readable in it to tell
+    return OTHER_HDF5
+
+
+def check_hdf5_kind(path: str, kind: str, what: str = "output", flag: str = "path", resume: str = "") -> str:
+    """Refuse, before any work, an existing ``path`` that a writer of ``kind`` files (a key of ``HDF5_KINDS``)
+    must not replace: a file that is not HDF5 (a notes file, a CSV, a clip typed as the output: never ours to
+    replace) or one of the project's HDF5 files of another kind (packed clips, an index, embeddings,
+    framewise outputs: writing there would destroy them). A file of ``kind``, an empty one and an HDF5 of
+    unknown content (one cut short by an interrupted official run) may be replaced. ``resume``: the writer
+    appends to an existing file, and ``resume`` says how to start afresh instead (e.g. ``--overwrite``):
+    then an existing file must be of ``kind`` already. Returns what ``path`` is (``hdf5_kind``); ``flag``:
+    the option that names the output, for the advice."""
+    found = hdf5_kind(path, flag)
+    name = HDF5_KINDS[kind][0]
+    if found == NOT_HDF5:
+        raise PannsError(f"{what} {path} exists and is not an HDF5 file; writing there would replace it. "
+                         f"Give another {flag} (or remove that file first)")
+    if found in HDF5_KINDS and found != kind:
+        other, holds, _marks = HDF5_KINDS[found]
+        raise PannsError(f"{what} {path} is an existing {other.split(' ', 1)[1]}, not {name}; writing there "
+                         f"would destroy {holds}. Give another {flag}")
+    if resume and found in (EMPTY_FILE, OTHER_HDF5):
+        state = "an empty file" if found == EMPTY_FILE else "an HDF5 file of other content"
+        raise PannsError(f"{what} {path} is not {name} ({state}), so there is nothing to resume in it; give another "
+                         f"{flag}, or {resume} to replace it")
+    return found
+
+
+def check_hdf5_output(path: str, kind: str, inputs: Sequence[str] = (), what: str = "output", flag: str = "path",
+                      resume: str = "") -> str:
+    """``check_output_path`` and ``check_hdf5_kind`` of an HDF5 output of ``kind``, before any work."""
+    check_output_path(path, inputs, what)
+    return check_hdf5_kind(path, kind, what, flag, resume)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str, suffix: str = "") -> Iterator[str]:
     """Write ``path`` atomically: yield a temporary sibling name, rename it to ``path`` on success.
