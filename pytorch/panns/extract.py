@@ -28,12 +28,17 @@ the model config (``model_type``, ``sample_rate``, ``window_size``, ``hop_size``
 Crash safety: rows are appended batch by batch; after each batch the data are flushed and only
 then ``num_rows`` is advanced and flushed. A run killed at any point leaves a readable file whose
 first ``num_rows`` rows are complete; :func:`read_features` and a resumed run ignore anything
-past ``num_rows``. Re-running the same command skips the names already in the file.
+past ``num_rows``. Re-running the same command skips the names already in the file. With ``--overwrite``
+the new file is written under a temporary name and renamed over the old one only when the run succeeds: a
+run that fails (an SED model without embeddings, Ctrl-C, a full disk) leaves the old file as it was. An
+existing output that is not an embeddings file (packed clips, an index, an empty file...) is refused, never
+resumed into or replaced (``utilities.check_hdf5_kind``).
 Under ``torchrun`` each rank writes ``<output>.rank<k>.h5`` for its share ``files[rank::world]``
 and rank 0 merges the shares into the output once every rank is done.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import errno
@@ -56,7 +61,8 @@ from panns import validate
 from panns.errors import PannsError
 from panns.frontend import FRONTEND_KEYS, frontend_overrides
 from panns.runtime import pad_to_min
-from panns.utilities import atomic_write, check_free_space, disk_full_error, remove_stale_temps
+from panns.utilities import (NO_FILE, atomic_write, busy_error, check_free_space, check_hdf5_kind, disk_full_error,
+                             is_lock_error, remove_stale_temps)
 
 logger = logging.getLogger(__name__)
 
@@ -196,9 +202,18 @@ class Extractor:
         """(B, samples) float32 -> (embedding (B, D), clipwise probabilities (B, classes)) float32."""
         out = self.runtime.forward(batch)
         if "embedding" not in out:
-            raise PannsError(f"{self.config.model_type} outputs no embedding (decision-level SED models have none); "
-                             "use a clip-level model such as Cnn14")
+            raise self._no_embedding()
         return out["embedding"], out["clipwise_output"]
+
+    def _no_embedding(self) -> PannsError:
+        return PannsError(f"{self.config.model_type} outputs no embedding (decision-level SED models have none); "
+                          "use a clip-level model such as Cnn14")
+
+    def check_embeds(self) -> None:
+        """PannsError, before any file is decoded or written, when the model is known from its config to output
+        no embedding (a decision-level SED model); a custom model that has none fails at its first forward."""
+        if runtime.config_is_sed(self.config):
+            raise self._no_embedding()
 
     def _prepare(self, wav: np.ndarray) -> np.ndarray:
         wav = np.asarray(wav, dtype=np.float32)
@@ -383,25 +398,32 @@ _IDENTITY_ATTRS = ("model_type",) + FRONTEND_KEYS + ("classes_num", "weights_fin
 
 
 class FeatureWriter:
-    """Append-only, crash-safe HDF5 feature file (see the module docstring for the layout)."""
+    """Append-only, crash-safe HDF5 feature file (see the module docstring for the layout). ``shown_as``: how
+    messages name the file (default ``path``; the output a temporary ``path`` is renamed to)."""
 
     def __init__(self, path: str, attrs: dict, embedding_dim: int, classes_num: int,
-                 labels: Optional[Sequence[str]] = None, overwrite: bool = False, chunk_rows: int = 64):
+                 labels: Optional[Sequence[str]] = None, overwrite: bool = False, chunk_rows: int = 64,
+                 shown_as: Optional[str] = None):
         import h5py
 
         self.path = path
-        if overwrite and os.path.exists(path):
-            check_not_busy(path)   # --overwrite must not pull the file from under a running extraction
+        self.name = shown_as or path
+        # Never one of the project's other HDF5 files (packed clips, an index...) nor other bytes; resumed: only
+        # an embeddings file (not an empty file that h5py would turn into an HDF5, nor an HDF5 of other content).
+        # A file another process holds (a running extraction) is refused, not pulled from under it.
+        found = check_hdf5_kind(path, "embeddings", "output", "--output_path",
+                                resume="" if overwrite else "--overwrite")
+        if overwrite and found != NO_FILE:
             os.remove(path)
         if not os.path.exists(path):
-            self._create(path, attrs, embedding_dim, classes_num, labels, chunk_rows)
+            self._create(path, attrs, embedding_dim, classes_num, labels, chunk_rows, self.name)
         try:
             self.f = h5py.File(path, "r+")
         except OSError as e:
-            if _is_lock_error(e):
-                raise _busy_error(path) from None
-            raise PannsError(f"{path} exists but is not a readable HDF5 file ({e}); delete it or pass --overwrite") \
-                from None
+            if is_lock_error(e):
+                raise _busy_error(self.name) from None
+            raise PannsError(f"{self.name} exists but is not a readable HDF5 file ({e}); delete it or pass "
+                             "--overwrite") from None
         self._check(attrs, embedding_dim, classes_num)
         n = int(self.f.attrs.get("num_rows", 0))
         for key in ("audio_name", "embedding", "clipwise_output"):
@@ -419,12 +441,12 @@ class FeatureWriter:
         return name_key(path) in self.keys
 
     @staticmethod
-    def _create(path, attrs, embedding_dim, classes_num, labels, chunk_rows) -> None:
+    def _create(path, attrs, embedding_dim, classes_num, labels, chunk_rows, name) -> None:
         import h5py
 
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         remove_stale_temps(path)
-        check_free_space(path, 4 * chunk_rows * (embedding_dim + classes_num))
+        check_free_space(name, 4 * chunk_rows * (embedding_dim + classes_num))
         with atomic_write(path) as tmp:
             try:
                 with h5py.File(tmp, "w") as f:
@@ -442,19 +464,19 @@ class FeatureWriter:
                     f.attrs["num_rows"] = 0
                     f.attrs["names_relative_to"] = os.getcwd()
             except OSError as e:   # h5py reports a full disk as a generic OSError
-                raise _disk_error(path, e) from e
+                raise _disk_error(name, e) from e
 
     def _check(self, attrs: dict, embedding_dim: int, classes_num: int) -> None:
         have = self.f.attrs
         for k in _IDENTITY_ATTRS:
             if k in attrs and k in have and _norm(have[k]) != _norm(attrs[k]):
-                raise PannsError(f"{self.path} holds features of a different model or setting ({k}: "
+                raise PannsError(f"{self.name} holds features of a different model or setting ({k}: "
                                  f"{_norm(have[k])} in the file, {_norm(attrs[k])} now); use another --output_path "
                                  "or pass --overwrite")
         if self.f["embedding"].shape[1] != embedding_dim or self.f["clipwise_output"].shape[1] != classes_num:
-            raise PannsError(f"{self.path} has other feature sizes; use another --output_path or pass --overwrite")
+            raise PannsError(f"{self.name} has other feature sizes; use another --output_path or pass --overwrite")
         if "precision" in attrs and "precision" in have and _norm(have["precision"]) != attrs["precision"]:
-            logger.warning("%s was started with precision %s, continuing with %s", self.path,
+            logger.warning("%s was started with precision %s, continuing with %s", self.name,
                            _norm(have["precision"]), attrs["precision"])
 
     def append(self, names: Sequence[str], embedding: np.ndarray, clipwise: np.ndarray) -> None:
@@ -470,7 +492,7 @@ class FeatureWriter:
         n0, n1 = self.num_rows, self.num_rows + len(names)
         # h5py can crash the process on a full disk: check first (rows + chunk slack), then
         # turn any OSError that still comes into one line naming the file.
-        check_free_space(self.path, 2 * (embedding[keep].nbytes + clipwise[keep].nbytes) + 64 * len(names))
+        check_free_space(self.name, 2 * (embedding[keep].nbytes + clipwise[keep].nbytes) + 64 * len(names))
         try:
             for key, data in (("audio_name", np.array(names, dtype=object)), ("embedding", embedding[keep]),
                               ("clipwise_output", clipwise[keep])):
@@ -481,7 +503,7 @@ class FeatureWriter:
             self.f.attrs["num_rows"] = n1
             self.f.flush()
         except OSError as e:
-            raise _disk_error(self.path, e) from e
+            raise _disk_error(self.name, e) from e
         self.num_rows = n1
         self.names.update(names)
         self.keys.update(keys[k] for k in keep)
@@ -504,25 +526,8 @@ def name_key(path: str, base: Optional[str] = None) -> str:
     return os.path.normcase(os.path.abspath(os.path.join(base, path) if base else path))
 
 
-def _is_lock_error(e: OSError) -> bool:
-    """HDF5's file lock held by another process (h5py: BlockingIOError, errno EAGAIN)."""
-    return e.errno in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock file" in str(e)
-
-
 def _busy_error(path: str) -> PannsError:
-    return PannsError(f"{path} is in use by another process (an extraction still writing it?); wait for it to "
-                      "finish, or write to another --output_path")
-
-
-def check_not_busy(path: str) -> None:
-    """PannsError when another process holds ``path`` open (HDF5 locks files it writes)."""
-    import h5py
-
-    try:
-        h5py.File(path, "r").close()
-    except OSError as e:
-        if _is_lock_error(e):
-            raise _busy_error(path) from None
+    return busy_error(path, "--output_path")
 
 
 def _disk_error(path: str, e: OSError) -> Exception:
@@ -596,12 +601,13 @@ def _labels_of(extractor: "Extractor") -> Optional[List[str]]:
     return list(labels) if labels and len(labels) == extractor.config.classes_num else None
 
 
-def _extract_one(extractor: Extractor, paths: Sequence[str], output_path: str, overwrite: bool,
-                 skip: set, desc: str, share: str = "") -> Tuple[int, List[Tuple[str, str]]]:
-    """Extract ``paths`` (minus ``skip`` and rows already in the file) into ``output_path``."""
+def _extract_one(extractor: Extractor, paths: Sequence[str], output_path: str, overwrite: bool, skip: set,
+                 desc: str, share: str = "", shown_as: Optional[str] = None) -> Tuple[int, List[Tuple[str, str]]]:
+    """Extract ``paths`` (minus ``skip`` and rows already in the file) into ``output_path`` (``shown_as``: see
+    :class:`FeatureWriter`)."""
     emb_dim = _embedding_dim(extractor)
     with FeatureWriter(output_path, extractor.attributes(), emb_dim, extractor.config.classes_num,
-                       _labels_of(extractor), overwrite=overwrite) as writer:
+                       _labels_of(extractor), overwrite=overwrite, shown_as=shown_as) as writer:
         todo = [p for p in paths if not writer.has(p) and name_key(p) not in skip]
         done_before = len(paths) - len(todo)
         if done_before:
@@ -634,12 +640,13 @@ def _embedding_dim(extractor: Extractor) -> int:
 
 
 def merge_feature_files(output_path: str, part_paths: Sequence[str], attrs: dict, embedding_dim: int,
-                        classes_num: int, labels=None, remove_parts: bool = True, chunk: int = 1024) -> int:
+                        classes_num: int, labels=None, remove_parts: bool = True, chunk: int = 1024,
+                        shown_as: Optional[str] = None) -> int:
     """Append the committed rows of ``part_paths`` to ``output_path`` (names already there skipped)."""
     import h5py
 
     added = 0
-    with FeatureWriter(output_path, attrs, embedding_dim, classes_num, labels) as writer:
+    with FeatureWriter(output_path, attrs, embedding_dim, classes_num, labels, shown_as=shown_as) as writer:
         for part in part_paths:
             if not os.path.exists(part):
                 continue
@@ -658,10 +665,26 @@ def merge_feature_files(output_path: str, part_paths: Sequence[str], attrs: dict
     return added
 
 
+@contextlib.contextmanager
+def _output_file(output_path: str, fresh: bool) -> Iterator[str]:
+    """Where rows go: ``output_path`` itself (resumed in place), or with ``fresh`` (--overwrite) a temporary
+    sibling renamed over it only when the run succeeded (``atomic_write``): an existing file is neither removed
+    nor replaced by a run that fails (an SED model without embeddings, Ctrl-C, a full disk)."""
+    if not fresh:
+        yield output_path
+        return
+    remove_stale_temps(output_path)   # of killed --overwrite runs
+    with atomic_write(output_path) as tmp:
+        yield tmp
+
+
 def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str, overwrite: bool = False,
                     rank: Optional[int] = None, world_size: Optional[int] = None, barrier=None) -> dict:
     """Extract features of ``paths`` into ``output_path`` (resumable); returns a summary dict.
 
+    ``overwrite``: start afresh; the new file is written under a temporary name and replaces ``output_path``
+    only once complete (a failed run leaves the old file as it was). An existing ``output_path`` must be an
+    embeddings file (with ``overwrite``: not another kind of HDF5 of the project, nor other bytes).
     With ``world_size > 1`` this process handles ``paths[rank::world_size]`` into
     ``<output>.rank<rank>.h5``; after ``barrier()`` (all ranks done) rank 0 merges the shares.
     Files that fail to decode are listed in ``<output>.failed.csv`` (not fatal).
@@ -669,28 +692,29 @@ def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str
     r0, w0, _ = devices.dist_env()
     rank = r0 if rank is None else rank
     world_size = w0 if world_size is None else world_size
+    extractor.check_embeds()
+    # before any work: not packed clips, an index, another file; resumed, an embeddings file; not in use
+    check_hdf5_kind(output_path, "embeddings", "output", "--output_path", resume="" if overwrite else "--overwrite")
     unique: Dict[str, str] = {}
     for p in paths:   # one spelling per file, the first kept, in order
         unique.setdefault(name_key(p), p)
     paths = list(unique.values())
     failed_csv = output_path + ".failed.csv"
-    if overwrite and rank == 0:
-        if os.path.exists(output_path):
-            check_not_busy(output_path)
-        for p in [output_path, failed_csv] + [f"{output_path}.rank{k}.h5" for k in range(world_size)]:
-            if os.path.exists(p):
-                os.remove(p)
     if world_size <= 1:
-        ok, failed = _extract_one(extractor, paths, output_path, False, set(), "extract")
+        with _output_file(output_path, overwrite) as target:
+            ok, failed = _extract_one(extractor, paths, target, False, set(), "extract", shown_as=output_path)
+            total = len(read_feature_names(target))
+        if overwrite and os.path.exists(f"{output_path}.rank0.h5"):   # a share of an earlier run: not resumed now
+            os.remove(f"{output_path}.rank0.h5")
         write_failed_csv(failed_csv, failed)
-        total = len(read_feature_names(output_path))
         return {"extracted": ok, "failed": len(failed), "rows": total, "output": output_path}
 
-    # Distributed: each rank does its share into its own file, rank 0 merges.
-    done = read_feature_keys(output_path)
+    # Distributed: each rank does its share into its own file (a stale one started afresh with ``overwrite``),
+    # rank 0 merges.
+    done = set() if overwrite else read_feature_keys(output_path)
     share = paths[rank::world_size]
     part = f"{output_path}.rank{rank}.h5"
-    ok, failed = _extract_one(extractor, share, part, False, done, f"extract[rank {rank}]",
+    ok, failed = _extract_one(extractor, share, part, overwrite, done, f"extract[rank {rank}]",
                               share=f" of rank {rank}'s share")
     write_failed_csv(f"{output_path}.rank{rank}.failed.csv", failed)
     if barrier is not None:
@@ -698,8 +722,14 @@ def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str
     summary = {"extracted": ok, "failed": len(failed), "output": part}
     if rank == 0:
         parts = [f"{output_path}.rank{k}.h5" for k in range(world_size)]
-        merge_feature_files(output_path, parts, extractor.attributes(), _embedding_dim(extractor),
-                            extractor.config.classes_num, _labels_of(extractor))
+        with _output_file(output_path, overwrite) as target:
+            merge_feature_files(target, parts, extractor.attributes(), _embedding_dim(extractor),
+                                extractor.config.classes_num, _labels_of(extractor), remove_parts=False,
+                                shown_as=output_path)
+            rows = len(read_feature_names(target))
+        for p in parts:   # merged into the output under its own name: the shares are done
+            if os.path.exists(p):
+                os.remove(p)
         all_failed: List[Tuple[str, str]] = []
         for k in range(world_size):
             fc = f"{output_path}.rank{k}.failed.csv"
@@ -707,7 +737,6 @@ def extract_to_hdf5(extractor: Extractor, paths: Sequence[str], output_path: str
             if os.path.exists(fc):
                 os.remove(fc)
         write_failed_csv(failed_csv, all_failed)
-        rows = len(read_feature_names(output_path))
         summary.update(extracted=rows - len(done), failed=len(all_failed), rows=rows, output=output_path)
     return summary
 
@@ -741,12 +770,15 @@ HDF5_EXTENSIONS = (".h5", ".hdf5")
 def check_output(args, paths: Sequence[str]) -> None:
     """Before the model loads: ``--output_path`` names an HDF5 file (``x.json`` would get HDF5 bytes
     under a misleading name) that can be written and is no input (an audio file, the checkpoint, the
-    label CSV: resuming or --overwrite would destroy it), and neither is its failures list."""
+    label CSV: resuming or --overwrite would destroy it), and neither is its failures list; an existing one
+    is an embeddings file to resume, or with --overwrite at least none of the project's other HDF5 files
+    (packed clips, an index...) nor other bytes (``utilities.check_hdf5_kind``)."""
     out = args.output_path
     if os.path.splitext(out)[1].lower() not in HDF5_EXTENSIONS:
         raise PannsError(f"--output_path must end in {' or '.join(HDF5_EXTENSIONS)} (an HDF5 file), got {out}")
     validate.output_paths([("--output_path", out), ("--output_path's failures list", out + ".failed.csv")],
                           inputs=[args.checkpoint_path, args.class_labels_csv, *args.audio_path], files=paths)
+    check_hdf5_kind(out, "embeddings", "--output_path", "--output_path", resume="" if args.overwrite else "--overwrite")
 
 
 def _failure_line(summary: dict, output_path: str) -> str:
