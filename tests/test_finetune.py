@@ -234,6 +234,24 @@ def test_base_trained_on_another_class_list(tmp_path):
         checkpoint.load_pretrained_base(models.make_transfer_model("Cnn10", 3, **fe).base, sd, path, "Cnn10")
 
 
+@pytest.mark.parametrize("key,value,message", [("hop_size", "abc", "hop_size must be a whole number"),
+                                               ("sample_rate", float("nan"), "sample_rate must be a whole number"),
+                                               ("window_size", 1024.5, "window_size must be a whole number"),
+                                               ("fmax", 100000, "fmax 100000 is above the Nyquist")])
+def test_base_whose_saved_front_end_is_unusable_is_one_line_naming_it(tmp_path, key, value, message):
+    """A base checkpoint's front end is checked as the inference front doors check it ('abc' was a ValueError
+    traceback, 1024.5 silently became 1024); whole-number floats (32000.0) still load as ints."""
+    base = models.create_model("Cnn6", 10, **FRONTEND)
+    cfg = checkpoint.ModelConfig("Cnn6", **FRONTEND, classes_num=10).to_dict()
+    path = str(tmp_path / "base.pth")
+    torch.save({"model": base.state_dict(), "config": {**cfg, key: value}}, path)
+    with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint {path} has an unusable config: {message}"):
+        ftask.read_pretrained(path, "Cnn6", {k: None for k in FRONTEND_KEYS})
+    torch.save({"model": base.state_dict(), "config": {**cfg, "sample_rate": float(FRONTEND["sample_rate"])}}, path)
+    _, fe, _ = ftask.read_pretrained(path, "Cnn6", {k: None for k in FRONTEND_KEYS})
+    assert fe == FRONTEND and type(fe["sample_rate"]) is int
+
+
 def _cli_error(argv, capsys) -> str:
     with pytest.raises(SystemExit) as e:
         run_cli(lambda: ft.main(argv))

@@ -96,12 +96,14 @@ def read_pretrained(path: str, base_name: str, cli_frontend: dict) -> Tuple[dict
                                       "--model_type Transfer_<that model>")
             raise CheckpointError(f"{path} holds a {saved_type} model, but --model_type asks for {base_name} "
                                   f"(use --model_type Transfer_{saved_type})")
+        # the saved values as the inference front doors check them: 'abc', NaN or 1024.5 is one line naming the file
+        saved = ckpt_lib.ModelConfig.from_dict({"model_type": base_name, **cfg}).check(path).frontend()
         for k in FRONTEND_KEYS:
             if cfg.get(k) is not None:
-                if cli_frontend.get(k) is not None and int(cli_frontend[k]) != int(cfg[k]):
+                if cli_frontend.get(k) is not None and int(cli_frontend[k]) != saved[k]:
                     raise CheckpointError(f"--{k} {cli_frontend[k]} contradicts the checkpoint {path}, "
-                                          f"which was trained with {k}={cfg[k]}; drop the flag or pass {cfg[k]}")
-                frontend[k] = int(cfg[k])
+                                          f"which was trained with {k}={saved[k]}; drop the flag or pass {saved[k]}")
+                frontend[k] = saved[k]
     else:
         frontend.update({k: int(v) for k, v in cli_frontend.items() if v is not None})
     return sd, frontend, cfg
