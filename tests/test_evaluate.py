@@ -211,7 +211,7 @@ def _write_stats(path, maps):
         pickle.dump(stats, f)
 
 
-def test_plot_runs_and_official_plot_command(tmp_path):
+def test_plot_runs_and_official_plot_command(tmp_path, monkeypatch):
     from panns.plot_statistics import load_curves, plot_runs
 
     ws = tmp_path / "ws"
@@ -234,6 +234,13 @@ def test_plot_runs_and_official_plot_command(tmp_path):
     r = subprocess.run([sys.executable, script, "plot", "--workspace", str(tmp_path / "nothing"), "--select=x"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: no statistics.pkl"), r.stderr
+    from panns import plot_statistics as ps
+
+    monkeypatch.chdir(tmp_path)
+    for select in ("../../escaped", "a/b", ".."):   # the figure's name, not a path out of results/
+        with pytest.raises(PannsError, match="is not a figure name"):
+            ps.main(["plot", f"--workspace={ws}", f"--select={select}"])
+    assert not (tmp_path.parent.parent / "escaped.pdf").exists() and not (tmp_path / "results" / "a").exists()
 
 
 def test_ap_and_auc_equal_scikit_learn_with_ties_and_degenerate_columns():

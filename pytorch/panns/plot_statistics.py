@@ -391,8 +391,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if not paths:
             raise PannsError(f"no statistics.pkl under {os.path.join(args.workspace, 'statistics')}; "
                              "train first (pytorch/main.py train)")
-        out = plot_runs(paths, args.output or os.path.join("results", f"{args.select}.pdf"), title=args.select)
+        out = plot_runs(paths, args.output or _default_figure(args.select), title=args.select)
     print(f"Saved figure to {out}")
+
+
+def _default_figure(select: str) -> str:
+    """``results/<select>.pdf``, the official place; a name with a path in it would write elsewhere
+    ('../../x' out of results/, 'a/b' into a new folder), so it must go through --output instead."""
+    if not select or select in (".", "..") or any(sep and sep in select for sep in (os.sep, os.altsep)):
+        raise PannsError(f"--select {select!r} is not a figure name (it would be saved as results/{select}.pdf); "
+                         "use a plain name, or --output for another path")
+    return os.path.join("results", f"{select}.pdf")
 
 
 if __name__ == "__main__":
