@@ -605,3 +605,98 @@ def test_tar_whose_members_are_not_grouped_by_key_is_refused(clips, tmp_path):
         shards.pack_from_shards(path, str(tmp_path / "o.h5"), clip_seconds=1.0, num_workers=1, progress=False,
                                 class_labels_csv=clips["labels_csv"])
     assert not os.path.exists(str(tmp_path / "o.h5"))
+
+
+def test_the_same_clips_in_two_shards_are_packed_once(clips, tmp_path):
+    # A tar and a Parquet copy of the same clips: every clip was written twice (audio_name [a, b, c, a, b, c]),
+    # and said nothing; pack_waveforms_to_hdf5 packs a repeated CSV row once and reports it
+    tar = write_tar_shards(str(tmp_path / "a"), clips["clips"][:3], corrupt_member=False)[0]
+    parquet = write_parquet_shards(str(tmp_path / "b"), clips["clips"][:3])[0]
+    kw = dict(clip_seconds=1.0, num_workers=1, class_labels_csv=clips["labels_csv"], progress=False)
+    rep = shards.pack_from_shards(f"{tar},{parquet}", str(tmp_path / "o.h5"), **kw)
+    ref, _ = _rows(clips["ref"])
+    got, _ = _rows(rep.path)
+    assert list(got) == list(ref)[:3] and rep.rows == 3   # one row per clip, in shard order
+    for name in got:
+        np.testing.assert_array_equal(got[name][0], ref[name][0], err_msg=name)
+        assert got[name][1].tolist() == ref[name][1].tolist(), name
+    assert rep.repeated == 3 and rep.relabelled == 0 and rep.missing == []
+    assert rep.repeat_report.startswith("3 repeated clips (a clip id met again in the shards) packed once")
+    assert "Yshard00000a.wav in train-00000-of-00001.parquet" in rep.repeat_report
+    rep = shards.pack_from_shards(f"{tar},{parquet}", str(tmp_path / "all.h5"), keep_duplicates=True, **kw)
+    assert rep.rows == 6 and rep.repeated == 0 and rep.repeat_report == ""
+    with h5py.File(rep.path, "r") as hf:
+        assert [x.decode() for x in hf["audio_name"][:]] == list(ref)[:3] * 2
+
+
+def _repeats_in_and_across_shards(clips, tmp_path):
+    """a/x.tar: clips a, b, c and an undecodable 'broken00000'; b/y.parquet: c with another label, broken00000
+    that decodes, d twice. Expected, each clip once: a, b, c (labels of both copies), broken00000, d."""
+    from panns import config
+
+    ids = config.read_class_labels(clips["labels_csv"]).ids
+    tar = write_tar_shards(str(tmp_path / "a"), clips["clips"][:3])[0]
+    c, d = clips["clips"][2], clips["clips"][3]
+    good_broken = ("broken00000", None, [ids[0]], clips["clips"][1][3], clips["clips"][1][4])
+    rows = [(c[0], None, [ids[3]], c[3], c[4]), good_broken, d, d]
+    parquet = write_parquet_shards(str(tmp_path / "b"), rows, per_shard=4)[0]
+    return f"{tar},{parquet}"
+
+
+def test_repeats_in_one_shard_and_across_shards_are_packed_once_with_the_union_of_their_labels(clips, tmp_path):
+    spec = _repeats_in_and_across_shards(clips, tmp_path)
+    kw = dict(clip_seconds=1.0, num_workers=1, class_labels_csv=clips["labels_csv"], progress=False)
+    rep = shards.pack_from_shards(spec, str(tmp_path / "o.h5"), **kw)
+    got, _ = _rows(rep.path)
+    ref, _ = _rows(clips["ref"])
+    c, d = (f"Y{x[0]}.wav" for x in clips["clips"][2:4])
+    assert list(got) == list(ref)[:3] + ["Ybroken00000.wav", d]
+    np.testing.assert_array_equal(got[c][0], ref[c][0])   # the first occurrence's audio
+    assert np.nonzero(got[c][1])[0].tolist() == [0, 2, 3]  # [2, 0] in the tar, mids[3] in the Parquet: the union
+    np.testing.assert_array_equal(got[d][0], ref[d][0])
+    # broken00000 cannot be decoded in the tar, but its Parquet copy can: packed, not listed as missing
+    assert rep.missing == [] and not os.path.exists(rep.path + ".missing.csv")
+    assert rep.rows == 5 and rep.repeated == 3 and rep.relabelled == 1
+    assert "1 of these clips carried other labels in their repeats" in rep.repeat_report
+    rep = shards.pack_from_shards(spec, str(tmp_path / "all.h5"), keep_duplicates=True, **kw)
+    assert rep.rows == 7 and [m[0] for m in rep.missing] == ["Ybroken00000.wav"] and rep.relabelled == 0
+    # one shard holding a repeat: its part is not simply renamed into the output
+    one = write_parquet_shards(str(tmp_path / "one"), [clips["clips"][3]] * 2)[0]
+    rep = shards.pack_from_shards(one, str(tmp_path / "one.h5"), **kw)
+    assert list(_rows(rep.path)[0]) == [d] and rep.repeated == 1
+
+
+def test_repeats_across_parts_resume_to_the_uninterrupted_output(clips, tmp_path, monkeypatch):
+    spec = _repeats_in_and_across_shards(clips, tmp_path)
+    kw = dict(clip_seconds=1.0, num_workers=1, class_labels_csv=clips["labels_csv"], progress=False, skip_existing=True)
+    whole = shards.pack_from_shards(spec, str(tmp_path / "whole.h5"), **kw)
+    real = shards._pack_shard
+    calls = []
+
+    def interrupted(shard, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(shard, *a, **k)
+
+    monkeypatch.setattr(shards, "_pack_shard", interrupted)
+    out = str(tmp_path / "resumed.h5")
+    with pytest.raises(KeyboardInterrupt):
+        shards.pack_from_shards(spec, out, **kw)
+    monkeypatch.setattr(shards, "_pack_shard", real)
+    rep = shards.pack_from_shards(spec, out, **kw)
+    assert rep.shards_skipped == 1 and (rep.rows, rep.repeated, rep.relabelled) == (5, 3, 1)
+    with h5py.File(whole.path, "r") as a, h5py.File(out, "r") as b:
+        for key in ("audio_name", "target", storage.PCM_KEY):
+            np.testing.assert_array_equal(a[key][:], b[key][:], err_msg=key)
+
+
+def test_skip_existing_packs_again_an_output_holding_repeated_clips(clips, tmp_path):
+    # an output packed with keep_duplicates (or before repeats were packed once) is not "already packed"
+    spec = _repeats_in_and_across_shards(clips, tmp_path)
+    kw = dict(clip_seconds=1.0, num_workers=1, class_labels_csv=clips["labels_csv"], progress=False)
+    out = str(tmp_path / "o.h5")
+    assert shards.pack_from_shards(spec, out, keep_duplicates=True, **kw).rows == 7
+    assert shards.pack_from_shards(spec, out, skip_existing=True, keep_duplicates=True, **kw).rows == -1
+    assert shards.pack_from_shards(spec, out, skip_existing=True, **kw).rows == 5
+    assert shards.pack_from_shards(spec, out, skip_existing=True, **kw).rows == -1

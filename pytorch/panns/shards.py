@@ -28,12 +28,22 @@ Decoding uses the packer's numerics (``packing.decode_row``), so a clip gives th
 packing the same audio from a file. Each shard is packed into ``OUT.h5.parts/NNNNN_<shard>.h5``
 (atomic); ``--skip_existing`` reuses finished parts, so an interrupted run resumes shard by shard.
 When every shard is done the parts are joined into ``OUT.h5`` (atomic; joining needs the parts'
-disk space again, then they are removed; a single shard's part is simply renamed). A part is reused
+disk space again, then they are removed; a single shard's part without repeats is renamed). A part is reused
 only when it was packed with the same sample rate, clip length, storage, label list and
 ``--id_field``/``--label_field``/``--audio_field`` (kept in its ``shard_fields`` attribute), from a shard
 file of the same name and size (``shard_source``). A shard that
 cannot be read (truncated tar, also one cut between two members, broken Parquet) stops the run with
 one line naming it; finished parts are kept.
+
+Repeated clips: a clip id met again (the same clip in two shards, e.g. a tar and a Parquet copy, or twice
+in one shard) is packed once, as pack_waveforms_to_hdf5 packs a repeated CSV row once: its first occurrence
+in shard order (the sorted order list_shards prints) that could be decoded is kept, with the union of the
+labels of every decoded occurrence (repeats whose labels differ are counted and reported), and the repeats
+are counted in the report and the log; a failure listed for a clip that is packed from another occurrence,
+or listed before, is left out of ``.missing.csv``. ``keep_duplicates`` packs every occurrence (as before).
+Parts always hold every clip of their shard and repeats are resolved when the parts are joined, so a resumed
+run gives what an uninterrupted one gives, repeats across parts included; ``--skip_existing`` packs again,
+rather than keeps, a complete output holding repeated clip ids (from keep_duplicates or an older version).
 """
 from __future__ import annotations
 
@@ -373,6 +383,9 @@ class ShardPackReport:
     unknown_labels: Dict[str, int] = field(default_factory=dict)
     label_report: str = ""
     replaced: bool = False  # an existing output was replaced
+    repeated: int = 0       # occurrences of a clip id met before (packed once; 0 with keep_duplicates)
+    relabelled: int = 0     # clip ids whose repeats carried other labels (packed with the union)
+    repeat_report: str = ""  # '' or one sentence on the repeats, for the console
 
 
 def _part_path(parts_dir: str, i: int, shard: str) -> str:
@@ -472,41 +485,134 @@ def _pack_shard(shard: str, part: str, mapper: LabelMapper, labels: config.Class
     return out.rows, short
 
 
+@dataclass
+class Repeats:
+    """Clip ids met again when packed files are joined: each is packed once (see the module docstring)."""
+
+    count: int = 0          # occurrences dropped: rows, and failures of a clip packed or listed before
+    relabelled: int = 0     # clip ids whose repeats carried other labels than their first row
+    examples: List[Tuple[str, int]] = field(default_factory=list)  # (name, part index) of the first few rows dropped
+
+
+def _first_rows(parts: Sequence[str], keep_duplicates: bool
+                ) -> Tuple[np.ndarray, np.ndarray, Dict[bytes, np.ndarray], Repeats]:
+    """Which rows of the concatenated parts are kept (the first of each clip id, or all with ``keep_duplicates``),
+    the sorted distinct names, the union targets of the repeated names, and the repeats (only the names, and the
+    targets of repeated names, are read)."""
+    names: List[np.ndarray] = []
+    for p in parts:
+        with h5py.File(p, "r") as hf:
+            names.append(hf["audio_name"][:])
+    every = np.concatenate(names) if names else np.zeros(0, dtype="S1")
+    uniq, first, counts = np.unique(every, return_index=True, return_counts=True)
+    rep = Repeats()
+    if keep_duplicates or len(uniq) == len(every):
+        return np.ones(len(every), dtype=bool), uniq, {}, rep
+    keep = np.zeros(len(every), dtype=bool)
+    keep[first] = True
+    rep.count = int(len(every) - len(uniq))
+    part_of = np.repeat(np.arange(len(parts)), [len(n) for n in names])
+    rep.examples = [(bytes(every[i]).decode(errors="replace"), int(part_of[i])) for i in np.nonzero(~keep)[0][:5]]
+    repeated = uniq[counts > 1]
+    firsts: Dict[bytes, np.ndarray] = {}
+    merged: Dict[bytes, np.ndarray] = {}
+    relabelled: set = set()
+    for p, n in zip(parts, names):
+        rows = np.nonzero(np.isin(n, repeated))[0]
+        if not len(rows):
+            continue
+        with h5py.File(p, "r") as hf:
+            tg = hf["target"][:]
+        for r in rows:
+            name, t = bytes(n[r]), tg[r].astype(bool)
+            if name not in firsts:
+                firsts[name], merged[name] = t, t.copy()
+                continue
+            if not np.array_equal(firsts[name], t):
+                relabelled.add(name)
+            merged[name] |= t
+    rep.relabelled = len(relabelled)
+    return keep, uniq, merged, rep
+
+
 def join_packed_files(parts: Sequence[str], out_path: str, labels: config.ClassLabels, sample_rate: int,
-                      move_single: bool = False) -> Tuple[int, List[Tuple[str, str]]]:
+                      move_single: bool = False, keep_duplicates: bool = False
+                      ) -> Tuple[int, List[Tuple[str, str]], Repeats]:
     """Concatenate packed files of one layout (and their ``.missing.csv`` lists) into ``out_path``
-    (atomic); returns (rows, failures). The storage and clip length come from the first part.
-    ``move_single``: a single part is renamed to ``out_path`` instead of copied."""
+    (atomic); returns (rows, failures, repeats). The storage and clip length come from the first part.
+    A clip id met again is packed once: its first row kept, with the union of the targets of all its rows;
+    a failure listed for a clip that is packed, or listed before, is dropped (``keep_duplicates``: every
+    row and failure). ``move_single``: a single part without repeats is renamed to ``out_path`` instead of
+    copied."""
     total = 0
     for p in parts:
         with h5py.File(p, "r") as hf:
             total += int(hf["audio_name"].shape[0])
             layout, clip_samples = storage.storage_of(hf), storage.clip_samples_of(hf)
+    keep, packed, merged, repeats = _first_rows(parts, keep_duplicates)
     missing: List[Tuple[str, str]] = []
+    listed: set = set()
     for p in parts:
         mp = p + ".missing.csv"
         if os.path.isfile(mp):
             with open(mp, newline="", encoding="utf-8") as f:
-                missing += [(r["audio_name"], r["reason"]) for r in csv.DictReader(f)]
+                for r in csv.DictReader(f):
+                    name = r["audio_name"]
+                    if not keep_duplicates:
+                        b = name.encode()
+                        i = int(np.searchsorted(packed, b))
+                        if name in listed or (i < len(packed) and packed[i] == b):
+                            repeats.count += 1  # the clip is packed from another occurrence, or already listed
+                            continue
+                        listed.add(name)
+                    missing.append((name, r["reason"]))
     if total == 0:
         packing.write_missing_csv(out_path, missing)
         if not missing:   # no list was written: do not point at one
             raise PannsError(f"the shards hold no clips ({len(parts)} shards, 0 rows); nothing packed")
         raise PannsError(f"no clip of the shards could be decoded (reasons in {out_path}.missing.csv); nothing packed")
-    if move_single and len(parts) == 1:  # one shard: the part becomes the output (no copy, no second disk space)
+    rows = int(keep.sum())
+    if move_single and len(parts) == 1 and rows == total:  # one shard: the part becomes the output (no copy)
         packing.write_missing_csv(out_path, missing)
         os.replace(parts[0], out_path)
-        return total, missing
-    with packing.PackedFile(out_path, total, clip_samples, layout) as out:
+        return total, missing, repeats
+    with packing.PackedFile(out_path, rows, clip_samples, layout) as out:
+        offset = 0
         for p in parts:
             with h5py.File(p, "r") as hf:
                 ds = hf[storage.FLAC_KEY if layout == "flac" else storage.PCM_KEY]
                 names, tg = hf["audio_name"][:], hf["target"][:]
                 for i in range(len(names)):
-                    out.add(bytes(names[i]), tg[i], ds[i])
+                    if keep[offset + i]:
+                        name = bytes(names[i])
+                        out.add(name, merged.get(name, tg[i]), ds[i])
+                offset += len(names)
         packing.write_missing_csv(out_path, missing)
         out.commit(labels, sample_rate)
-    return total, missing
+    return rows, missing, repeats
+
+
+def repeat_report(repeats: Repeats, shard_paths: Sequence[str]) -> str:
+    """'' or one sentence on the clips met again (``shard_paths``: the shards of the parts, to name them)."""
+    if not repeats.count:
+        return ""
+    where = ", ".join(f"{name} in {os.path.basename(shard_paths[i]) if i < len(shard_paths) else i}"
+                      for name, i in repeats.examples)
+    msg = (f"{repeats.count} repeated clips (a clip id met again in the shards) packed once, the first occurrence "
+           "kept (keep_duplicates: every occurrence)"
+           + (f"; repeats dropped: {where}" + (", ..." if repeats.count > len(repeats.examples) else "")
+              if where else ""))
+    if repeats.relabelled:
+        msg += (f"; {repeats.relabelled} of these clips carried other labels in their repeats and are packed with "
+                "the labels of all (union)")
+    return msg
+
+
+def _repeated_rows(path: str) -> int:
+    """How many rows of a packed file repeat a clip id of an earlier row."""
+    with h5py.File(path, "r") as hf:
+        names = hf["audio_name"][:]
+    return int(len(names) - len(np.unique(names)))
 
 
 def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = config.sample_rate,
@@ -514,11 +620,12 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
                      class_labels_csv: Optional[str] = None, label_field: Optional[str] = None,
                      id_field: Optional[str] = None, audio_field: str = "audio", storage_name: str = "pcm16",
                      skip_existing: bool = False, progress: bool = True,
-                     allow_unlabelled: bool = False) -> ShardPackReport:
+                     allow_unlabelled: bool = False, keep_duplicates: bool = False) -> ShardPackReport:
     """Pack tar or Parquet shards into one waveform HDF5 (see module docstring).
 
     Shards whose clips carry no label field at all are refused after the first shard (training on them
-    learns nothing) unless ``allow_unlabelled``."""
+    learns nothing) unless ``allow_unlabelled``. A clip id met again is packed once (its first occurrence,
+    labels merged by union) and counted in the report, unless ``keep_duplicates`` (every occurrence)."""
     storage.check_storage(storage_name)
     clip_samples = packing.clip_samples_for(sample_rate, clip_seconds)
     labels = config.read_class_labels(class_labels_csv)
@@ -529,8 +636,12 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
         raise PannsError(f"{waveforms_hdf5_path}.parts (the folder of packed shards) is a file; move it away")
     if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
         packing.check_reusable(waveforms_hdf5_path, sample_rate, clip_samples, storage_name, labels)
-        logger.info("Skip %s: already packed", waveforms_hdf5_path)
-        return ShardPackReport(waveforms_hdf5_path, -1, [], 0, 0)
+        again = 0 if keep_duplicates else _repeated_rows(waveforms_hdf5_path)
+        if not again:
+            logger.info("Skip %s: already packed", waveforms_hdf5_path)
+            return ShardPackReport(waveforms_hdf5_path, -1, [], 0, 0)
+        logger.warning("%s holds %d repeated clip ids (packed with keep_duplicates, or by an older version); "
+                       "packing it again with each clip once", waveforms_hdf5_path, again)
     replaced = os.path.exists(waveforms_hdf5_path)
     if replaced:
         logger.warning("%s exists and will be replaced (--skip_existing keeps a complete one)", waveforms_hdf5_path)
@@ -579,13 +690,18 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
                 # Every target would be all-zero, as pack_waveforms_to_hdf5 refuses for an unknown mid.
                 shutil.rmtree(parts_dir, ignore_errors=True)
                 top = ", ".join(f"{k!r}" for k, _ in mapper.unknown.most_common(3))
-                raise PannsError(f"no label value of {shard} is in the label CSV {class_labels_csv or config.DEFAULT_LABELS_CSV} "
+                csv_name = class_labels_csv or config.DEFAULT_LABELS_CSV
+                raise PannsError(f"no label value of {shard} is in the label CSV {csv_name} "
                                  f"(e.g. {top}); pass the data set's own --class_labels_csv, or --allow_unlabelled to "
                                  "pack audio without labels")
-    rows, missing = join_packed_files(parts, waveforms_hdf5_path, labels, sample_rate, move_single=True)
+    rows, missing, repeats = join_packed_files(parts, waveforms_hdf5_path, labels, sample_rate, move_single=True,
+                                               keep_duplicates=keep_duplicates)
     shutil.rmtree(parts_dir, ignore_errors=True)
     rep = ShardPackReport(waveforms_hdf5_path, rows, missing, len(paths), skipped, short, clip_seconds,
-                          dict(mapper.unknown), mapper.report(), replaced)
+                          dict(mapper.unknown), mapper.report(), replaced, repeats.count, repeats.relabelled,
+                          repeat_report(repeats, paths))
+    if rep.repeat_report:
+        logger.warning(rep.repeat_report)
     if rep.label_report:
         logger.warning(rep.label_report)
     logger.info("Packed %d clips from %d shards in %.1f s", rows, len(paths), time.time() - t0)
