@@ -264,6 +264,27 @@ def test_malformed_rows_among_the_first_three_lines_are_reported(tmp_path):
         ds.read_segments_csv(str(late))
 
 
+@pytest.mark.parametrize("start, end, why", [("10.000", "10.000", "end 10.000 is not after start 10.000"),
+                                             ("10.000", "9.000", "end 9.000 is not after start 10.000"),
+                                             ("-1.000", "9.000", "start -1.000 is negative"),
+                                             ("nan", "10.000", "start/end must be finite numbers"),
+                                             ("0.000", "inf", "start/end must be finite numbers")])
+def test_segments_with_no_length_are_refused_by_pack_and_split(small, tmp_path, start, end, why):
+    # a zero-length segment became ffmpeg '-t 0.000' (no limit): the rest of the video saved as the clip
+    info, _wave = small
+    good = 'id000000001, 0.000, 10.000, "/m/a"'
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f'# a\n# b\n# c\n{good}\nid000000002, {start}, {end}, "/m/a"\n')
+    with pytest.raises(PannsError, match=rf"{bad}: 1 rows cannot be parsed: line 5 \({why}"):
+        ds.read_segments_csv(str(bad))
+    with pytest.raises(PannsError, match=r"bad\.csv: 1 rows cannot be parsed: line 5 "):
+        ds.pack_waveforms_to_hdf5(str(bad), info["eval_dir"], str(tmp_path / "o.h5"), clip_seconds=1.0,
+                                  num_workers=1, class_labels_csv=info["labels_csv"], progress=False)
+    with pytest.raises(PannsError, match=r"bad\.csv: 1 rows cannot be parsed: line 5 "):
+        ds.split_unbalanced_csv_to_partial_csvs(str(bad), str(tmp_path / "parts"))
+    assert sorted(os.listdir(tmp_path)) == ["bad.csv"]
+
+
 # ------------------------------------------------------------------------------------------------
 # Inconsistent waveform files and index parts
 # ------------------------------------------------------------------------------------------------

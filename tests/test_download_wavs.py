@@ -140,6 +140,22 @@ def test_segment_beyond_media_fails_cleanly(server, tmp_path):
     assert os.listdir(tmp_path / "a") == [ds.FAILURES_CSV_NAME]  # no temp folders or partial files left
 
 
+def test_segments_with_no_length_are_refused_before_downloading(server, tmp_path):
+    # end == start became ffmpeg '-t 0.000', which ffmpeg reads as no limit: the rest of the video was the clip
+    url = f"http://127.0.0.1:{server.server_address[1]}/media/{{ytid}}"
+    seg = tmp_path / "seg.csv"
+    seg.write_text('wavclip0000, 1.000, 2.000, "/m/demo00"\nflacclip000, 1.000, 1.000, "/m/demo00"\n'
+                   'mp3clip0000, 2.000, 1.000, "/m/demo00"\n')
+    asked = len(server.requests)
+    with pytest.raises(PannsError, match=r"seg\.csv: 2 rows cannot be parsed: line 2 \(end 1\.000 is not after start "
+                                         r"1\.000.*line 3 \(end 1\.000 is not after start 2\.000"):
+        ds.download_wavs(str(seg), str(tmp_path / "audios"), url_template=url, progress=False)
+    assert len(server.requests) == asked and not (tmp_path / "audios").exists()
+    # and the cut itself never asks ffmpeg for '-t 0'
+    with pytest.raises(RuntimeError, match="segment 1-1 s is empty"):
+        ds._cut_segment("media", ds.Segment("x", 1.0, 1.0, ()), str(tmp_path / "o.wav"), 32000)
+
+
 def test_url_template_needs_placeholder(tmp_path):
     csv_path = _csv(tmp_path / "seg.csv", ["x"])
     with pytest.raises(PannsError, match="ytid"):

@@ -13,8 +13,10 @@ Sub-commands (official names and arguments, plus options)::
 
 Segment CSVs: every line is ``<YTID>, <start>, <end>, "<mid>,<mid>"`` (split on ``", "``); AudioSet's
 three ``#`` header lines are optional (the official code dropped the first three lines of any CSV, so a
-CSV without them lost three clips). Rows that cannot be parsed are reported with their line numbers,
-on line 1 as anywhere else.
+CSV without them lost three clips). Rows that cannot be parsed, or whose times are no segment (end not
+after start, a negative start, NaN or inf: ffmpeg read a zero length as "no limit" and saved the rest of the
+video as the clip), are reported with their line numbers, on line 1 as anywhere else; download, pack and
+split refuse such a CSV before any work.
 
 download_wavs: for each segment, yt-dlp downloads the whole audio stream to a temporary folder,
 ffmpeg cuts the segment (``-ss``/``-t`` *before* ``-i``, so it seeks instead of decoding the whole
@@ -52,6 +54,7 @@ import argparse
 import csv
 import io
 import logging
+import math
 import os
 import random
 import shutil
@@ -117,6 +120,14 @@ def _parse_segment(line: str, n: int) -> Segment:
         start, end = float(start_text), float(end_text)
     except ValueError:
         raise ValueError("start/end are not numbers") from None
+    # A segment the download could not cut: ffmpeg reads '-t 0' as no limit (the rest of the video became the
+    # clip), and a negative or NaN time is no place in a video.
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise ValueError(f"start/end must be finite numbers, got {start_text} and {end_text}")
+    if start < 0:
+        raise ValueError(f"start {start_text} is negative")
+    if end <= start:
+        raise ValueError(f"end {end_text} is not after start {start_text}")
     label_field = ", ".join(items[3:])
     parts = label_field.split('"')
     labels = parts[1] if len(parts) >= 3 else label_field.strip()
@@ -152,8 +163,9 @@ def read_segments_csv(csv_path: str) -> List[Segment]:
 
     The official rule dropped the first three lines blindly, so a CSV without them lost three clips.
     Here header lines (see :func:`_is_header`) are skipped and every other line must be a segment row.
-    Rows that cannot be parsed are all reported with their line numbers in one error; none is dropped
-    silently. An empty CSV is an error."""
+    Rows that cannot be parsed, or whose times are no segment (end not after start, a negative start, NaN or
+    inf), are all reported with their line numbers in one error; none is dropped silently. An empty CSV is an
+    error."""
     if not os.path.isfile(csv_path):
         raise PannsError(f"segment CSV not found: {csv_path}")
     lines = config.read_text(csv_path).splitlines()   # UTF-8, UTF-16 or Latin-1, else one line
@@ -369,10 +381,13 @@ class _Fetcher(object):
 
 def _cut_segment(media: str, seg: Segment, out_wav: str, sample_rate: int) -> None:
     """ffmpeg: seek to the segment start before opening the input, cut, downmix, resample, 16-bit PCM."""
+    duration = seg.end - seg.start
+    if not (math.isfinite(seg.start) and seg.start >= 0 and math.isfinite(duration) and duration > 0):
+        # read_segments_csv refuses such rows; '-t 0' would be no limit to ffmpeg (the rest of the video)
+        raise RuntimeError(f"segment {seg.start:g}-{seg.end:g} s is empty or not in the video")
     exe = ffmpeg_exe()
     if exe is None:
         raise PannsError("ffmpeg not found; install it or 'pip install imageio-ffmpeg'")
-    duration = max(seg.end - seg.start, 0.0)
     cmd = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
            "-ss", f"{seg.start:.3f}", "-t", f"{duration:.3f}", "-i", media,
            "-vn", "-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le", "-f", "wav", out_wav]
