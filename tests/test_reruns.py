@@ -282,6 +282,39 @@ def test_repeated_clip_ids_are_packed_and_indexed_once(tmp_path, capsys):
     assert create_indexes.combine_full_indexes(str(idx), str(tmp_path / "all.h5"), keep_duplicates=True) == 4
 
 
+def test_a_clip_listed_twice_with_other_labels_is_packed_once_with_all_its_labels(tmp_path, caplog):
+    # the packer kept the first row and dropped the second row's labels without a word
+    import h5py
+
+    from panns import dataset
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("index,mid,display_name\n0,/m/a,A\n1,/m/b,B\n2,/m/c,C\n")
+    (tmp_path / "audios").mkdir()
+    for ytid in ("abc", "def"):
+        sf.write(str(tmp_path / "audios" / f"Y{ytid}.wav"), np.zeros(1600, np.float32), 16000)
+    seg = tmp_path / "segments.csv"
+    seg.write_text('abc, 0.000, 10.000, "/m/a"\ndef, 0.000, 10.000, "/m/b"\nabc, 0.000, 10.000, "/m/c,/m/a"\n'
+                   'def, 0.000, 10.000, "/m/b"\n')
+    kw = dict(sample_rate=16000, clip_seconds=0.1, class_labels_csv=str(labels), progress=False)
+
+    def targets(path):
+        with h5py.File(path, "r") as hf:
+            return [(n.decode(), t.nonzero()[0].tolist()) for n, t in zip(hf["audio_name"][:], hf["target"][:])]
+
+    rep = dataset.pack_waveforms_to_hdf5(str(seg), str(tmp_path / "audios"), str(tmp_path / "once.h5"), **kw)
+    assert rep.rows == 2 and rep.repeated == 2
+    assert targets(tmp_path / "once.h5") == [("Yabc.wav", [0, 2]), ("Ydef.wav", [1])]
+    assert "2 repeated rows packed once (first row kept, labels of its rows merged; 1 clips got labels from a " \
+           "later row): line 3 (abc), line 4 (def)" in caplog.text
+    assert "with the labels of all its rows" in dataset.summarize(rep, 4)
+    # --keep_duplicates (official): every row as it is
+    rep = dataset.pack_waveforms_to_hdf5(str(seg), str(tmp_path / "audios"), str(tmp_path / "all.h5"),
+                                         keep_duplicates=True, **kw)
+    assert targets(tmp_path / "all.h5") == [("Yabc.wav", [0]), ("Ydef.wav", [1]), ("Yabc.wav", [0, 2]),
+                                            ("Ydef.wav", [1])]
+
+
 def test_shards_without_labels_are_refused_unless_asked_for(tmp_path):
     import io
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -135,14 +136,26 @@ def _parse_segment(line: str, n: int) -> Segment:
     return Segment(ytid, start, end, mids, n)
 
 
-def drop_repeated(segments: Sequence[Segment]) -> Tuple[List[Segment], List[Segment]]:
-    """(segments with each clip id once, first row kept; the rows dropped)."""
-    seen: set = set()
-    kept, dropped = [], []
+def drop_repeated(segments: Sequence[Segment]) -> Tuple[List[Segment], List[Segment], int]:
+    """(segments with each clip id once, at its first row, with the labels of all the rows naming it; the later
+    rows dropped; how many clips got labels from a later row). A clip is positive for a class when any of its
+    rows says so: keeping the first row's labels alone dropped the others silently."""
+    first: Dict[str, int] = {}
+    kept: List[Segment] = []
+    dropped: List[Segment] = []
+    merged: set = set()
     for s in segments:
-        (dropped if s.audio_name in seen else kept).append(s)
-        seen.add(s.audio_name)
-    return kept, dropped
+        k = first.get(s.audio_name)
+        if k is None:
+            first[s.audio_name] = len(kept)
+            kept.append(s)
+            continue
+        dropped.append(s)
+        new = [m for m in s.mids if m not in kept[k].mids]
+        if new:
+            kept[k] = dataclasses.replace(kept[k], mids=kept[k].mids + tuple(dict.fromkeys(new)))
+            merged.add(s.audio_name)
+    return kept, dropped, len(merged)
 
 
 _HEADER_LINES = 3  # AudioSet's segment CSVs open with three header lines
@@ -684,8 +697,8 @@ def summarize(rep: PackReport, total: int) -> str:
     if rep.missing:
         msg += f"; {len(rep.missing)} of {total} missing or undecodable, see {rep.path}.missing.csv"
     if rep.repeated:
-        msg += (f"; {rep.repeated} repeated rows of the CSV (a clip id listed again) packed once "
-                "(--keep_duplicates: every row)")
+        msg += (f"; {rep.repeated} repeated rows of the CSV (a clip id listed again) packed once, with the labels "
+                "of all its rows (--keep_duplicates: every row)")
     if rep.unlabelled:
         msg += f"; {rep.unlabelled} clips have no label in the CSV (packed with no positive label)"
     if rep.short:
@@ -701,8 +714,9 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
                            keep_duplicates: bool = False) -> PackReport:
     """Pack the clips of a segment CSV found in ``audios_dir`` into one waveform HDF5 (see module docstring).
 
-    A clip id listed again in the CSV is packed once (its first row), and counted in the report: two
-    rows would be sampled and evaluated twice. ``keep_duplicates``: pack every row (official)."""
+    A clip id listed again in the CSV is packed once (at its first row, with the labels of all its rows), and
+    counted in the report: two rows would be sampled and evaluated twice. ``keep_duplicates``: pack every row
+    (official)."""
     storage_mod.check_storage(storage)
     clip_samples = packing.clip_samples_for(sample_rate, clip_seconds)
     if mini_data:
@@ -726,10 +740,11 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
         segments = segments[:MINI_ROWS]
     repeated = 0
     if not keep_duplicates:
-        segments, dropped = drop_repeated(segments)
+        segments, dropped, merged = drop_repeated(segments)
         repeated = len(dropped)
         if dropped:
-            logger.warning("%s: %d repeated rows packed once (first row kept): %s", csv_path, repeated,
+            logger.warning("%s: %d repeated rows packed once (first row kept, labels of its rows merged%s): %s",
+                           csv_path, repeated, f"; {merged} clips got labels from a later row" if merged else "",
                            ", ".join(f"line {s.line} ({s.ytid})" for s in dropped[:5]) + (", ..." if repeated > 5 else ""))
     targets = targets_for(segments, labels, csv_path, class_labels_csv or config.DEFAULT_LABELS_CSV)
     if not os.path.isdir(audios_dir):
@@ -864,7 +879,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--storage", choices=storage_mod.STORAGES, default="pcm16",
                    help="pcm16: official int16 rows; flac: lossless FLAC bytes per row (about half the size)")
     p.add_argument("--keep_duplicates", action="store_true",
-                   help="pack every CSV row, a clip id listed twice included (official; default: once, reported)")
+                   help="pack every CSV row, a clip id listed twice included (official; default: once, with the "
+                   "labels of all its rows, reported)")
     p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
 
     p = sub.add_parser("pack_from_shards", help="pack hosted AudioSet shards (WebDataset .tar or Parquet) into one "
