@@ -58,6 +58,36 @@ def test_split_unbalanced_csv(tmp_path):
     assert [len(ds.read_segments_csv(p)) for p in out] == [3, 3, 1]
 
 
+def test_split_into_a_folder_with_parts_of_a_longer_csv_refuses_or_removes_them(tmp_path, capsys):
+    # a re-split after the CSV shrank left the old extra parts, which scripts/1 and 2 download and pack
+    src, parts = tmp_path / "unbalanced.csv", tmp_path / "parts"
+    src.write_text("".join(f'id{i:09d}, 0.000, 10.000, "/m/a"\n' for i in range(7)))
+    ds.split_unbalanced_csv_to_partial_csvs(str(src), str(parts), rows_per_part=2)   # 4 parts
+    names = sorted(os.listdir(parts))
+    before = {n: (parts / n).read_text() for n in names}
+    assert ds.split_unbalanced_csv_to_partial_csvs(str(src), str(parts), rows_per_part=2)  # the same split: fine
+    src.write_text("".join(f'id{i:09d}, 0.000, 10.000, "/m/b"\n' for i in range(3)))   # 2 parts now
+    with pytest.raises(PannsError, match=r"parts holds 2 part CSVs that this split of .*unbalanced\.csv \(2 parts\) "
+                                         r"would not write.*: unbalanced_train_segments_part02\.csv, "
+                                         r"unbalanced_train_segments_part03\.csv\. .*--remove_stale_parts; "
+                                         r"nothing was written"):
+        ds.split_unbalanced_csv_to_partial_csvs(str(src), str(parts), rows_per_part=2)
+    assert {n: (parts / n).read_text() for n in sorted(os.listdir(parts))} == before
+    capsys.readouterr()
+    out = ds.split_unbalanced_csv_to_partial_csvs(str(src), str(parts), rows_per_part=2, remove_stale_parts=True)
+    assert sorted(os.listdir(parts)) == [os.path.basename(p) for p in out] == names[:2]
+    assert "/m/b" in (parts / names[0]).read_text()
+    assert ("Removed 2 part CSVs of an earlier split (--remove_stale_parts): unbalanced_train_segments_part02.csv, "
+            "unbalanced_train_segments_part03.csv") in capsys.readouterr().out
+    # the CLI flag (50,000 rows a part: one part now); other files in the folder are not parts
+    (parts / "notes.csv").write_text("mine\n")
+    (parts / "unbalanced_train_segments_part09.csv").write_text("old\n")
+    ds.main(["split_unbalanced_csv_to_partial_csvs", f"--unbalanced_csv={src}",
+             f"--unbalanced_partial_csvs_dir={parts}", "--remove_stale_parts"])
+    assert sorted(os.listdir(parts)) == ["notes.csv", names[0]]
+    assert "Removed 2 part CSVs" in capsys.readouterr().out
+
+
 def test_pack_format_is_official(packed):
     info, out, rep = packed
     with h5py.File(out, "r") as hf:

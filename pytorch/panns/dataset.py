@@ -3,6 +3,7 @@
 Sub-commands (official names and arguments, plus options)::
 
     split_unbalanced_csv_to_partial_csvs --unbalanced_csv=CSV --unbalanced_partial_csvs_dir=DIR
+        [--remove_stale_parts]
     download_wavs --csv_path=CSV --audios_dir=DIR [--mini_data] [--num_workers=4] [--url_template=...]
     pack_waveforms_to_hdf5 --csv_path=CSV --audios_dir=DIR --waveforms_hdf5_path=OUT.h5 [--mini_data]
         [--sample_rate=32000] [--clip_seconds=10] [--num_workers=N] [--class_labels_csv=CSV] [--skip_existing]
@@ -53,6 +54,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import fnmatch
 import io
 import logging
 import math
@@ -229,9 +231,36 @@ def read_metadata(csv_path: str, classes_num: Optional[int] = None, id_to_ix: Op
     return {"audio_name": np.array([s.audio_name for s in segments]), "target": targets}
 
 
+PART_CSV_PATTERN = "unbalanced_train_segments_part*.csv"   # what scripts/1 and 2 find (and download and pack)
+
+
+def _stale_parts(folder: str, written: Sequence[str], unbalanced_csv: str) -> List[str]:
+    """Part CSVs in ``folder`` or below (the scripts find them recursively) that this split does not write: parts
+    of an earlier split of a longer CSV, which the scripts would download and pack as if they were current."""
+    if not os.path.isdir(folder):
+        return []
+    keep = {os.path.realpath(p) for p in written} | {os.path.realpath(unbalanced_csv)}
+    stale = []
+    for d, dirs, files in os.walk(folder):
+        dirs.sort()
+        stale += [os.path.join(d, f) for f in sorted(files) if fnmatch.fnmatchcase(f, PART_CSV_PATTERN)
+                  and os.path.realpath(os.path.join(d, f)) not in keep]
+    return stale
+
+
+def _name_paths(paths: Sequence[str], folder: str, shown: int = 5) -> str:
+    names = [os.path.relpath(p, folder) for p in paths]
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def split_unbalanced_csv_to_partial_csvs(unbalanced_csv: str, unbalanced_partial_csvs_dir: str,
-                                         rows_per_part: int = UNBALANCED_ROWS_PER_PART) -> List[str]:
-    """Split the big unbalanced CSV into parts of <= 50,000 rows (official format: 3 'empty' lines first)."""
+                                         rows_per_part: int = UNBALANCED_ROWS_PER_PART,
+                                         remove_stale_parts: bool = False) -> List[str]:
+    """Split the big unbalanced CSV into parts of <= 50,000 rows (official format: 3 'empty' lines first).
+
+    Part CSVs already in the folder that this split does not write (an earlier split of a longer CSV) are refused
+    before anything is written, naming them: the scripts would download and pack them with the new parts. With
+    ``remove_stale_parts`` they are removed after the new parts are written, and named."""
     if not os.path.isfile(unbalanced_csv):
         raise PannsError(f"unbalanced CSV not found: {unbalanced_csv}")
     read_segments_csv(unbalanced_csv)  # every row must parse (reported with line numbers)
@@ -243,6 +272,12 @@ def split_unbalanced_csv_to_partial_csvs(unbalanced_csv: str, unbalanced_partial
              for r in range(files_num)]
     for path in paths:   # all before the first write: a part named like the input would replace it
         check_output_path(path, [unbalanced_csv], "part CSV")
+    stale = _stale_parts(unbalanced_partial_csvs_dir, paths, unbalanced_csv)
+    if stale and not remove_stale_parts:
+        raise PannsError(f"{unbalanced_partial_csvs_dir} holds {len(stale)} part CSVs that this split of "
+                         f"{unbalanced_csv} ({files_num} parts) would not write, left by an earlier split of a longer "
+                         f"CSV: {_name_paths(stale, unbalanced_partial_csvs_dir)}. The scripts would download and pack "
+                         "them too: remove them, or re-run with --remove_stale_parts; nothing was written")
     os.makedirs(unbalanced_partial_csvs_dir, exist_ok=True)
     out = []
     for r, path in enumerate(paths):
@@ -250,6 +285,11 @@ def split_unbalanced_csv_to_partial_csvs(unbalanced_csv: str, unbalanced_partial
         atomic_write_text(path, "empty\nempty\nempty\n" + "".join(chunk))
         print(f"Write out csv to {path}")
         out.append(path)
+    for path in stale:
+        os.remove(path)
+    if stale:
+        print(f"Removed {len(stale)} part CSVs of an earlier split (--remove_stale_parts): "
+              f"{_name_paths(stale, unbalanced_partial_csvs_dir)}")
     return out
 
 
@@ -845,6 +885,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                        formatter_class=_Help)
     p.add_argument("--unbalanced_csv", type=str, required=True, help="path of unbalanced_train_segments.csv")
     p.add_argument("--unbalanced_partial_csvs_dir", type=str, required=True, help="folder for the part CSVs")
+    p.add_argument("--remove_stale_parts", action="store_true",
+                   help="remove part CSVs in the folder that this split does not write (left by an earlier split of "
+                   "a longer CSV; the scripts would download and pack them). Without it such parts are refused")
 
     p = sub.add_parser("download_wavs", help="download the clips of a segment CSV as 32 kHz mono wavs",
                        formatter_class=_Help)
@@ -923,7 +966,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         for path in found:
             print(path)
     elif args.mode == "split_unbalanced_csv_to_partial_csvs":
-        split_unbalanced_csv_to_partial_csvs(args.unbalanced_csv, args.unbalanced_partial_csvs_dir)
+        split_unbalanced_csv_to_partial_csvs(args.unbalanced_csv, args.unbalanced_partial_csvs_dir,
+                                             remove_stale_parts=args.remove_stale_parts)
     elif args.mode == "download_wavs":
         sub_dir = "download_dataset_minidata" if args.mini_data else "download_dataset"
         logs = os.path.join(args.logs_dir, sub_dir, get_filename(args.csv_path))
