@@ -220,6 +220,57 @@ def test_skip_existing_packs_again_when_missing_clips_have_arrived(small, tmp_pa
     assert ds.pack_waveforms_to_hdf5(info["eval_csv"], str(audios), str(out), skip_existing=True, **kw).skipped_existing
 
 
+def _targets(path):
+    with h5py.File(path, "r") as hf:
+        return dict(zip(hf["audio_name"][:].tolist(), hf["target"][:].tolist()))
+
+
+def test_skip_existing_packs_again_when_the_segment_csv_changed(small, tmp_path, caplog):
+    # scripts/2 always passes --skip_existing: a corrected CSV (a label edited, a clip added) or another
+    # --csv_path kept the old output ("Skip: already packed"), and training read the stale labels
+    info, _wave = small
+    seg = tmp_path / "seg.csv"
+    shutil.copy(info["eval_csv"], seg)
+    out = tmp_path / "e.h5"
+    kw = dict(clip_seconds=1.0, num_workers=1, class_labels_csv=info["labels_csv"], progress=False)
+
+    def pack(csv_path, audios=info["eval_dir"], **more):
+        return ds.pack_waveforms_to_hdf5(str(csv_path), str(audios), str(out), skip_existing=True, **kw, **more)
+
+    first = pack(seg)
+    assert not first.skipped_existing and pack(seg).skipped_existing
+    rows = [r for r in seg.read_text().splitlines() if not r.startswith("#")]
+    # the same rows written otherwise (no header lines, other spacing and quoting), or the audio folder moved: kept
+    seg.write_text("".join(",".join(f'"{x}"' for x in r.split(", ", 3)[:3]) + ", " + r.split(", ", 3)[3] + "\n"
+                           for r in rows))
+    moved = tmp_path / "moved"
+    shutil.copytree(info["eval_dir"], moved)
+    assert pack(seg).skipped_existing and pack(seg, audios=moved).skipped_existing
+    # a label edited: packed again, with the new label, and the log says why
+    mids = [m for m, _ in config.read_class_labels(info["labels_csv"]).id_to_ix.items()]
+    ytid, old_mid = rows[0].split(", ")[0], rows[0].split('"')[1]
+    new_mid = next(m for m in mids if m != old_mid)
+    seg.write_text("\n".join([rows[0].replace(old_mid, new_mid)] + rows[1:]) + "\n")
+    caplog.clear()
+    again = pack(seg)
+    assert not again.skipped_existing and again.replaced and again.rows == first.rows
+    assert "packed from other segment rows than " + str(seg) in caplog.text and "packing it again" in caplog.text
+    assert "replaced the existing file: packed from other segment rows" in ds.summarize(again, again.rows)
+    labels = config.read_class_labels(info["labels_csv"])
+    row = _targets(out)[f"Y{ytid}.wav".encode()]
+    assert row[labels.id_to_ix[new_mid]] and not row[labels.id_to_ix[old_mid]]
+    assert pack(seg).skipped_existing
+    # another --csv_path (one clip fewer): packed again
+    fewer = tmp_path / "fewer.csv"
+    fewer.write_text("\n".join(rows[1:]) + "\n")
+    assert pack(fewer).rows == first.rows - 1
+    # an output of an earlier version records no digest: kept as before (no multi-hour re-pack), with a note
+    with h5py.File(out, "a") as hf:
+        del hf.attrs[packing.SEGMENTS_DIGEST_ATTR]
+    kept = pack(seg)
+    assert kept.skipped_existing and "cannot be seen" in kept.skip_note and len(_targets(out)) == first.rows - 1
+
+
 def test_pack_script_without_dataset_is_one_line_and_creates_nothing(tmp_path, repo_root):
     """A mistyped DATASET_DIR: one error line, and no empty workspace tree left in the current directory."""
     script = os.path.join(repo_root, "scripts", "2_pack_waveforms_to_hdf5s.sh")

@@ -36,18 +36,21 @@ stereo is averaged, other rates are resampled (soxr HQ, as librosa); out-of-rang
 instead of aborting; decoding runs in a process pool with ordered writes; the file is written under a
 temporary name and renamed. On 32 kHz input rows are byte-identical to the official packer
 (``librosa.load(sr=32000, mono=True)`` -> ``pad_or_truncate`` -> ``float32_to_int16``).
-A label id (mid) missing from the label CSV is an error naming the mid, the line and the label CSV.
-Extra attributes (the official code ignores them): ``clip_samples``, ``class_ids``, ``class_labels``,
-``storage``. ``--storage flac`` stores each row as FLAC bytes instead (lossless, about half the size;
-see storage.py). The clip length used is logged, and clips much shorter than it (zero-padded) are
-counted in the summary; a truncated file (shorter than its header says) is listed as failed with the
-length actually present. Ctrl-C stops the workers at once and leaves no temporary file; a re-run
-removes temporaries of killed runs. Before and while writing, free space is checked, so a full disk
-ends in one line naming the file and the bytes needed, never with a half-written output. An output that
-is an input, a folder or unwritable is refused before any decoding; an existing one is replaced unless
-``--skip_existing``, which keeps it only when it was packed with the same options (else one line says
-what differs) and none of the clips its ``.missing.csv`` lists has arrived in the audio folder since
-(a re-run after ``download_wavs`` filled gaps packs them).
+A label id (mid) missing from the label CSV is an error naming the mid, the line and the label CSV. Extra
+attributes (the official code ignores them): ``clip_samples``, ``class_ids``, ``class_labels``, ``storage``,
+``segments_sha256`` (a digest of the segment rows packed: clip ids, times, labels). ``--storage flac``
+stores each row as FLAC bytes instead (lossless, about half the size; see storage.py). The clip length used
+is logged, and clips much shorter than it (zero-padded) are counted in the summary; a truncated file
+(shorter than its header says) is listed as failed with the length actually present. Ctrl-C stops the
+workers at once and leaves no temporary file; a re-run removes temporaries of killed runs. Before and while
+writing, free space is checked, so a full disk ends in one line naming the file and the bytes needed, never
+with a half-written output. An output that is an input, a folder or unwritable is refused before any
+decoding; an existing one is replaced unless ``--skip_existing``, which keeps it only when it was packed
+with the same options (else one line says what differs), from the same segment rows (``segments_sha256``: a
+CSV edited since, or another --csv_path, packs it again, and the log says why; a file of an earlier version
+has no digest and is kept, with a note) and none of the clips its ``.missing.csv`` lists has arrived in the
+audio folder since (a re-run after ``download_wavs`` filled gaps packs them). A clip listed twice is packed
+once with the labels of all its rows (``--keep_duplicates``: every row as it is, official).
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ import argparse
 import csv
 import dataclasses
 import fnmatch
+import hashlib
 import io
 import logging
 import math
@@ -713,6 +717,35 @@ def _missing_clips_now_present(waveforms_hdf5_path: str, audios_dir: str) -> int
     return arrived
 
 
+def segments_digest(segments: Sequence[Segment]) -> str:
+    """sha256 of the segment rows an output is packed from (clip id, start, end, labels, in order), stored in the
+    output (``packing.SEGMENTS_DIGEST_ATTR``) for --skip_existing. Parsed values, not the bytes: header lines,
+    spacing, quoting or the CSV's encoding do not count, a label, a time or a clip does."""
+    h = hashlib.sha256()
+    for s in segments:
+        h.update(f"{s.ytid}\t{s.start!r}\t{s.end!r}\t{','.join(s.mids)}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+def _repack_reason(waveforms_hdf5_path: str, csv_path: str, audios_dir: str, digest: str) -> Tuple[str, str]:
+    """(why a complete output kept by --skip_existing must be packed again, '' when it need not; a note on a kept
+    one). Packed again: its segment rows differ from the CSV's now (a label edited, a clip added, another
+    --csv_path), or clips its .missing.csv lists have arrived. Not the audio folder's path: moving the folder
+    must not force a re-pack. An output of an earlier version has no digest: kept as before, with a note."""
+    have = packing.read_text_attr(waveforms_hdf5_path, packing.SEGMENTS_DIGEST_ATTR)
+    if have is not None and have != digest:
+        return (f"packed from other segment rows than {csv_path} lists now (a label, time or clip changed, or "
+                "another --csv_path)"), ""
+    arrived = _missing_clips_now_present(waveforms_hdf5_path, audios_dir)
+    if arrived:
+        return (f"{arrived} clips listed in {waveforms_hdf5_path}.missing.csv are in {audios_dir} now "
+                "(downloaded since?)"), ""
+    if have is None:
+        return "", (f"packed by an earlier version, which recorded no digest of its segment CSV: changes to "
+                    f"{csv_path} since then cannot be seen; drop --skip_existing to re-pack it")
+    return "", ""
+
+
 @dataclass
 class PackReport:
     path: str
@@ -724,6 +757,8 @@ class PackReport:
     repeated: int = 0       # CSV rows naming a clip listed before (packed once)
     replaced: bool = False  # an existing output was replaced
     unlabelled: int = 0     # packed clips whose CSV row names no label (their targets are all zero)
+    repack_reason: str = ""  # why an output --skip_existing found was packed again
+    skip_note: str = ""      # about an output --skip_existing kept (one of an earlier version: CSV not compared)
 
 
 def log_clip_length(sample_rate: int, clip_seconds: float, clip_samples: int) -> None:
@@ -733,7 +768,8 @@ def log_clip_length(sample_rate: int, clip_seconds: float, clip_samples: int) ->
 
 def summarize(rep: PackReport, total: int) -> str:
     """One line for the console and the log: rows, failures, short clips."""
-    msg = f"Write {rep.rows} clips to {rep.path}" + (" (replaced the existing file)" if rep.replaced else "")
+    msg = f"Write {rep.rows} clips to {rep.path}" + (" (replaced the existing file" + (
+        f": {rep.repack_reason})" if rep.repack_reason else ")") if rep.replaced else "")
     if rep.missing:
         msg += f"; {len(rep.missing)} of {total} missing or undecodable, see {rep.path}.missing.csv"
     if rep.repeated:
@@ -764,20 +800,22 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
     labels = config.read_class_labels(class_labels_csv)
     inputs = [csv_path, class_labels_csv or config.DEFAULT_LABELS_CSV]
     packing.check_pack_output(waveforms_hdf5_path, inputs)
-    if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
-        packing.check_reusable(waveforms_hdf5_path, sample_rate, clip_samples, storage, labels)
-        arrived = _missing_clips_now_present(waveforms_hdf5_path, audios_dir)
-        if not arrived:
-            logger.info("Skip %s: already packed", waveforms_hdf5_path)
-            return PackReport(waveforms_hdf5_path, -1, [], skipped_existing=True)
-        logger.warning("%s: %d clips listed in %s.missing.csv are in %s now (downloaded since?); packing it again",
-                       waveforms_hdf5_path, arrived, waveforms_hdf5_path, audios_dir)
-    replaced = os.path.exists(waveforms_hdf5_path)
-    if replaced:
-        logger.warning("%s exists and will be replaced (--skip_existing keeps a complete one)", waveforms_hdf5_path)
+    # Read before the --skip_existing decision: an output is kept only when packed from these same rows.
     segments = read_segments_csv(csv_path)
     if mini_data:
         segments = segments[:MINI_ROWS]
+    digest = segments_digest(segments)
+    repack_reason = ""
+    if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
+        packing.check_reusable(waveforms_hdf5_path, sample_rate, clip_samples, storage, labels)
+        repack_reason, note = _repack_reason(waveforms_hdf5_path, csv_path, audios_dir, digest)
+        if not repack_reason:
+            logger.info("Skip %s: already packed%s", waveforms_hdf5_path, f" ({note})" if note else "")
+            return PackReport(waveforms_hdf5_path, -1, [], skipped_existing=True, skip_note=note)
+        logger.warning("%s: %s; packing it again", waveforms_hdf5_path, repack_reason)
+    replaced = os.path.exists(waveforms_hdf5_path)
+    if replaced:
+        logger.warning("%s exists and will be replaced (--skip_existing keeps a complete one)", waveforms_hdf5_path)
     repeated = 0
     if not keep_duplicates:
         segments, dropped, merged = drop_repeated(segments)
@@ -831,9 +869,9 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
         if out.rows == 0:
             raise PannsError(f"no clip of {csv_path} could be decoded (reasons in {waveforms_hdf5_path}.missing.csv); "
                              "nothing packed")
-        out.commit(labels, sample_rate)
+        out.commit(labels, sample_rate, {packing.SEGMENTS_DIGEST_ATTR: digest})
     rep = PackReport(waveforms_hdf5_path, out.rows, missing, short=short, clip_seconds=clip_seconds, repeated=repeated,
-                     replaced=replaced, unlabelled=unlabelled)
+                     replaced=replaced, unlabelled=unlabelled, repack_reason=repack_reason)
     if missing:
         logger.info("%d of %d clips missing or undecodable, listed in %s.missing.csv", len(missing), len(segments),
                     waveforms_hdf5_path)
@@ -918,7 +956,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                    help="only the first 10 clips; output name gets the suffix .mini")
     _add_row_options(p)
     p.add_argument("--skip_existing", action="store_true",
-                   help=_SKIP_HELP + "; packed again when clips its .missing.csv lists have arrived in --audios_dir")
+                   help=_SKIP_HELP + "; packed again when the CSV's rows differ from those it was packed from (a "
+                   "label, time or clip changed) or clips its .missing.csv lists have arrived in --audios_dir")
     p.add_argument("--storage", choices=storage_mod.STORAGES, default="pcm16",
                    help="pcm16: official int16 rows; flac: lossless FLAC bytes per row (about half the size)")
     p.add_argument("--keep_duplicates", action="store_true",
@@ -989,7 +1028,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                                      args.sample_rate, args.clip_seconds, args.num_workers, args.class_labels_csv,
                                      args.skip_existing, storage=args.storage, keep_duplicates=args.keep_duplicates)
         if rep.skipped_existing:
-            print(f"Skip {rep.path}: already packed")
+            print(f"Skip {rep.path}: already packed" + (f" ({rep.skip_note})" if rep.skip_note else ""))
         else:
             print(summarize(rep, rep.rows + len(rep.missing)))
     elif args.mode == "pack_from_shards":

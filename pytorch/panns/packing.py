@@ -336,6 +336,22 @@ def is_complete_waveforms_hdf5(path: str) -> bool:
         return False
 
 
+# The digest of the segment rows a waveform HDF5 was packed from (dataset.segments_digest): --skip_existing packs
+# an output again when its CSV changed. Files of earlier versions (and of pack_from_shards) have none.
+SEGMENTS_DIGEST_ATTR = "segments_sha256"
+
+
+def read_text_attr(path: str, name: str) -> Optional[str]:
+    """A text attribute of an HDF5 file; None when the file has none of that name."""
+    with h5py.File(path, "r") as hf:
+        if name not in hf.attrs:
+            return None
+        value = hf.attrs[name]
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def option_mismatch(path: str, sample_rate: int, clip_samples: int, storage_name: str,
                     labels: config.ClassLabels) -> List[str]:
     """How an existing complete waveform HDF5 differs from the options asked for now ([] when it matches):
