@@ -629,6 +629,20 @@ def test_the_same_clips_in_two_shards_are_packed_once(clips, tmp_path):
         assert [x.decode() for x in hf["audio_name"][:]] == list(ref)[:3] * 2
 
 
+def test_shard_repeats_on_the_command_line(clips, tmp_path, capsys):
+    """The CLI says what it dropped, and --keep_duplicates packs every copy."""
+    tar = write_tar_shards(str(tmp_path / "a"), clips["clips"][:3], corrupt_member=False)[0]
+    parquet = write_parquet_shards(str(tmp_path / "b"), clips["clips"][:3])[0]
+    argv = ["pack_from_shards", f"--shards={tar},{parquet}", "--clip_seconds=1", "--num_workers=1",
+            f"--class_labels_csv={clips['labels_csv']}", f"--logs_dir={tmp_path / 'logs'}"]
+    ds.main(argv + [f"--waveforms_hdf5_path={tmp_path / 'once.h5'}"])
+    assert "3 repeated clips (a clip id met again in the shards) packed once" in capsys.readouterr().out
+    ds.main(argv + [f"--waveforms_hdf5_path={tmp_path / 'all.h5'}", "--keep_duplicates"])
+    assert "repeated" not in capsys.readouterr().out
+    with h5py.File(tmp_path / "once.h5", "r") as a, h5py.File(tmp_path / "all.h5", "r") as b:
+        assert len(a["audio_name"]) == 3 and len(b["audio_name"]) == 6
+
+
 def _repeats_in_and_across_shards(clips, tmp_path):
     """a/x.tar: clips a, b, c and an undecodable 'broken00000'; b/y.parquet: c with another label, broken00000
     that decodes, d twice. Expected, each clip once: a, b, c (labels of both copies), broken00000, d."""

@@ -984,6 +984,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                    help="also reuse the shards an interrupted run packed with the same options; " + _SKIP_HELP)
     p.add_argument("--allow_unlabelled", action="store_true",
                    help="pack shards whose clips carry no labels (default: refused after the first shard)")
+    p.add_argument("--keep_duplicates", action="store_true",
+                   help="pack every occurrence of a clip id met again in the shards (default: once, the first copy "
+                   "in shard order with the labels of all its copies, reported)")
     p.add_argument("--logs_dir", type=str, default="_logs", help="folder for log files")
 
     p = sub.add_parser("list_shards", help="print the shard files a --shards value names, one a line (what "
@@ -1038,7 +1041,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         srep = shards.pack_from_shards(args.shards, args.waveforms_hdf5_path, args.sample_rate, args.clip_seconds,
                                        args.num_workers, args.class_labels_csv, args.label_field, args.id_field,
                                        args.audio_field, args.storage, args.skip_existing,
-                                       allow_unlabelled=args.allow_unlabelled)
+                                       allow_unlabelled=args.allow_unlabelled, keep_duplicates=args.keep_duplicates)
         if srep.rows < 0:
             print(f"Skip {srep.path}: already packed")
         else:
@@ -1047,6 +1050,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             print(summarize(rep, srep.rows + len(srep.missing))
                   + (f" ({srep.shards_skipped} of {srep.shards} shards reused from an earlier run)"
                      if srep.shards_skipped else ""))
+            if srep.repeat_report:
+                print(srep.repeat_report)
             if srep.label_report:
                 print(srep.label_report)
     else:
