@@ -158,6 +158,19 @@ def test_black_list_filtered_at_load(ws, tmp_path):
         dg.TrainSampler(ws["full"], 4, black_list=[names[1]]).load_state_dict(state)
 
 
+def test_black_list_in_a_spreadsheet_encoding(ws, tmp_path):
+    """A black list saved by a spreadsheet (UTF-8 with a BOM, UTF-16, Latin-1 with an accented note) is read
+    like a plain one: a UnicodeDecodeError/UnicodeEncodeError traceback before; a name that is not ASCII
+    matches no clip instead of crashing."""
+    t = ci.read_index(ws["full"])
+    ytid = t.audio_names[0].decode()[1:-4]
+    for encoding, extra in (("utf-8-sig", ""), ("utf-16", ""), ("latin-1", "café\n")):
+        path = tmp_path / f"bl_{encoding}.csv"
+        path.write_bytes(f"{ytid}\n{extra}".encode(encoding))
+        assert ytid and dg.read_black_list(str(path)) == {f"Y{ytid}.wav"} | ({"Ycafé.wav"} if extra else set())
+        assert dg.TrainSampler(ws["full"], 4, black_list_csv=str(path)).audios_num == len(t) - 1
+
+
 def test_evaluate_sampler_sharding(ws):
     t = ci.read_index(ws["eval_index"], load_targets=True)
     ev = dg.EvaluateSampler(ws["eval_index"], batch_size=3)

@@ -49,7 +49,6 @@ Differences on purpose (fixes):
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
@@ -66,7 +65,7 @@ import soxr
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
-from panns import storage
+from panns import config, storage
 from panns.create_indexes import IndexTable, open_waveform_hdf5, read_index, resolve_hdf5_path
 from panns.errors import PannsError
 from panns.utilities import INT16_SCALE, int16_to_float32
@@ -654,12 +653,11 @@ def read_black_list(black_list_csv: str) -> Set[str]:
     if not os.path.isfile(black_list_csv):
         raise PannsError(f"black list CSV not found: {black_list_csv}")
     names = set()
-    with open(black_list_csv, newline="", encoding="utf-8") as f:
-        for row in csv.reader(f):
-            if not row or not row[0].strip():
-                continue
-            x = row[0].strip()
-            names.add(x if x.endswith(".wav") and x.startswith("Y") else f"Y{x}.wav")
+    for row in config.read_csv_rows(black_list_csv):   # UTF-8 with or without a BOM, UTF-16, Latin-1: one line
+        if not row or not row[0].strip():
+            continue
+        x = row[0].strip()
+        names.add(x if x.endswith(".wav") and x.startswith("Y") else f"Y{x}.wav")
     return names
 
 
@@ -688,7 +686,7 @@ class _Index(object):
             names |= read_black_list(black_list_csv)
         keep = np.ones(len(self.table), dtype=bool)
         if names:
-            listed = np.array(sorted(names), dtype="S")
+            listed = np.array([n.encode("utf-8") for n in sorted(names)], dtype="S")   # a non-ASCII name matches none
             keep &= ~np.isin(self.table.audio_names, listed)
         self.pool = np.flatnonzero(keep)
         self.black_listed = int(len(self.table) - len(self.pool))
