@@ -190,3 +190,28 @@ def test_config_from_dict_ignores_unknown_keys():
     assert cfg.classes_num == 10 and cfg.frontend()["fmax"] == 14000
     with pytest.raises(CheckpointError):
         ck.ModelConfig.from_dict({"classes_num": 10})
+
+
+def test_a_disk_that_fills_under_torch_save_is_one_line(tmp_path, monkeypatch):
+    """A real full disk under torch.save: the write fails with ENOSPC, then torch's zip writer raises
+    "unexpected pos" on top of it while cleaning up; the user gets the disk-full line naming the checkpoint,
+    and neither the checkpoint nor a temporary file is left."""
+    import builtins
+    import errno
+    import io
+
+    from panns.utilities import DiskFullError
+
+    class Full(io.FileIO):   # a disk with 100 kB left
+        def write(self, b):
+            if self.tell() + len(b) > 100_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(b)
+
+    real_open = builtins.open
+    monkeypatch.setattr(ck, "open", lambda p, mode="r", *a, **k: Full(p, mode) if "w" in mode else real_open(p, mode),
+                        raising=False)
+    path = tmp_path / "1000_iterations.pth"
+    with pytest.raises(DiskFullError, match=f"disk full while writing {path}"):
+        ck.save_checkpoint(str(path), {"model": {"w": torch.randn(100_000)}, "iteration": 1000})
+    assert os.listdir(tmp_path) == []

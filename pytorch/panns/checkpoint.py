@@ -139,7 +139,13 @@ def save_checkpoint(path: str, obj: dict) -> None:
         # Through a Python file object a full disk raises OSError(ENOSPC), which atomic_write turns into
         # one line naming the checkpoint; torch.save(obj, <path>) raised an opaque RuntimeError instead.
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            try:
+                torch.save(obj, f)
+            except RuntimeError as e:
+                # torch's zip writer, cleaning up after the failed write, raises "unexpected pos" on top of it
+                if isinstance(e.__context__, OSError):
+                    raise e.__context__ from None
+                raise
 
 
 def _check_frontend_weights(sd: Dict[str, torch.Tensor], path: str, cfg: ModelConfig) -> None:
