@@ -92,6 +92,34 @@ def test_hear_module_cast_to_another_dtype_is_one_line(cnn6_path, dtype):
         hear.get_scene_embeddings(torch.zeros(1, model.sample_rate), model)
 
 
+@pytest.mark.parametrize("shape", [(16, 8), (2, 1), (3, 2)])
+def test_hear_two_dimensional_audio_is_always_sounds_by_samples(hear_model, shape):
+    """(16, 8) and (2, 1) were read as one (samples, channels) clip (the general array rule): one row came
+    back for 16 sounds. HEAR's input is (n_sounds, n_samples), however short the sounds (they are padded)."""
+    audio = torch.from_numpy(np.random.RandomState(0).uniform(-0.5, 0.5, shape).astype(np.float32))
+    scene = hear.get_scene_embeddings(audio, hear_model)
+    emb, ts = hear.get_timestamp_embeddings(audio, hear_model)
+    assert scene.shape == (shape[0], hear_model.scene_embedding_size)
+    assert emb.shape[0] == ts.shape[0] == shape[0]
+    assert torch.allclose(scene[-1:], hear.get_scene_embeddings(audio[-1:], hear_model), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(48000,), (1, 48000, 2)])
+def test_hear_audio_of_another_rank_is_one_line(hear_model, shape):
+    for fn in (hear.get_scene_embeddings, hear.get_timestamp_embeddings):
+        with pytest.raises(PannsError, match=r"must be \(n_sounds, n_samples\) at 48000 Hz, got shape"):
+            fn(torch.zeros(shape), hear_model)
+
+
+@pytest.mark.parametrize("which", ["none", "torch module"])
+def test_hear_functions_without_a_hear_model_are_one_line(hear_model, which):
+    """None or the bare torch model gave AttributeError: 'NoneType' object has no attribute 'to_model_rate'."""
+    model = None if which == "none" else hear_model.model
+    for fn in (hear.get_scene_embeddings, hear.get_timestamp_embeddings):
+        with pytest.raises(PannsError, match=r"a HearModel from panns.hear.load_model"):
+            fn(torch.zeros(1, 48000), model)
+
+
 # ----------------------------------------------------------------------------- ONNX export
 def test_failed_export_check_keeps_the_file_already_there(tmp_path, monkeypatch):
     """A checked export that differs from torch is not installed, and the earlier file stays."""
@@ -255,6 +283,25 @@ def test_compat_classes_run_on_the_gpu_asked_for(cnn6_path, monkeypatch, capsys,
                         runtime.Runtime(model, cfg, device="cpu", **kw))
     AudioTagging(checkpoint_path=cnn6_path, device=device)
     assert seen == [expected]
+
+
+@pytest.mark.parametrize("cls", ["AudioTagging", "SoundEventDetection"])
+def test_compat_classes_refuse_devices_as_panns_load_does(cnn6_path, monkeypatch, capsys, cls):
+    """AudioTagging(device='tpu') ran on the CPU without a word while panns.load(device='tpu') refused it."""
+    from panns import api
+
+    monkeypatch.setattr(api, "Runtime", lambda *a, **kw: pytest.fail("the model was loaded"))
+    with pytest.raises(PannsError, match=r"unknown device 'tpu'; use 'cpu', 'cuda'"):
+        getattr(api, cls)(checkpoint_path=cnn6_path, device="tpu")
+
+
+def test_compat_classes_asked_for_cuda_without_a_gpu_run_on_the_cpu(cnn6_path, monkeypatch, capsys):
+    """panns_inference's behaviour, kept: device='cuda' (its default) on a machine without CUDA is the CPU."""
+    from panns.api import AudioTagging
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    at = AudioTagging(checkpoint_path=cnn6_path, device="cuda")
+    assert at.device == "cpu" and capsys.readouterr().out.splitlines()[-1] == "Using CPU."
 
 
 def test_device_names_torch_does_not_know_are_one_line():

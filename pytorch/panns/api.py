@@ -268,6 +268,9 @@ def _compat_runtime(model: Optional[torch.nn.Module], checkpoint_path: Optional[
                     default_type: str) -> Runtime:
     from panns import checkpoint, pretrained  # loading and the catalogue
 
+    # panns.load's check, before any download: 'tpu' ran on the CPU without a word; 'cuda' without a GPU
+    # is still the CPU (panns_inference's behaviour, and resolve_device's with its warning)
+    dev = runtime.resolve_device(device)
     model_type = type(model).__name__ if model is not None else default_type
     if model is None and checkpoint_path:   # an official file keeps its published name: Cnn6_mAP=0.343.pth
         model_type = validate.model_type_for(checkpoint_path, None) or default_type
@@ -282,9 +285,10 @@ def _compat_runtime(model: Optional[torch.nn.Module], checkpoint_path: Optional[
     if model is not None:   # the caller's own instance gets the weights (strict)
         model.load_state_dict(built.state_dict(), strict=True)
         built = model
-    use_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+    use_cuda = dev.type == "cuda"
     # the GPU asked for: 'cuda:1' ran on GPU 0 (or this rank's GPU), beside the jobs the user meant to avoid
-    rt = Runtime(built, cfg, device=str(device) if use_cuda else "cpu", checkpoint_path=checkpoint_path)
+    target = str(device) if use_cuda and isinstance(device, (str, torch.device)) else str(dev)
+    rt = Runtime(built, cfg, device=target, checkpoint_path=checkpoint_path)
     if use_cuda:
         print("GPU number: {}".format(torch.cuda.device_count()))
     else:
@@ -304,7 +308,8 @@ class AudioTagging:
     .inference(audio)`` -> ``(clipwise_output (B, classes), embedding (B, D))`` for audio
     (B, samples) at the model's rate (32 kHz for Cnn14).
 
-    Differences: runs on the CPU when CUDA is missing (as before) without DataParallel; nothing
+    Differences: runs on the CPU when CUDA is missing (as before) without DataParallel; a device
+    name torch does not know ('tpu') is refused as by ``panns.load``, not run on the CPU; nothing
     is downloaded at import; without ``checkpoint_path`` an existing ``~/panns_data`` file is
     used, else the published file is downloaded once into the cache (``$PANNS_CACHE`` or
     ``~/.cache/panns``) and a checkpoint file is never overwritten; any model type's checkpoint

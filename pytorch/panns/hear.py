@@ -5,9 +5,11 @@
     scene = hear.get_scene_embeddings(audio, model)        # (n_sounds, scene_embedding_size)
     emb, ts = hear.get_timestamp_embeddings(audio, model)  # (n_sounds, n_timestamps, d), (n_sounds, n_timestamps)
 
-``audio`` is a (n_sounds, n_samples) float tensor at ``model.sample_rate`` (integer PCM is scaled
-like soundfile, a channel-last (n_samples, 2) array is one sound averaged to mono, NaN/inf is
-refused: see ``panns.validate``). HEAR allows only
+``audio`` is a (n_sounds, n_samples) float tensor at ``model.sample_rate``, always: one row out per
+row in, however short the sounds (a (16, 8) batch is 16 sounds of 8 samples, not one 8-channel
+clip as elsewhere in ``panns``); any other rank is refused. Integer PCM is scaled like soundfile,
+NaN/inf is refused (see ``panns.validate``), and sounds shorter than the model's shortest input are
+zero-padded. HEAR allows only
 16000, 22050, 44100 and 48000 Hz, so models that run at 32 kHz declare **48000 Hz** (nothing
 above their 14 kHz mel range is lost) and the 16 kHz and 8 kHz models declare **16000 Hz**; the
 audio is resampled to the model's own rate inside (soxr, as for files).
@@ -82,9 +84,7 @@ class HearModel(torch.nn.Module):
 
     def to_model_rate(self, audio: torch.Tensor) -> np.ndarray:
         """(n_sounds, n_samples) at ``sample_rate`` -> float32 numpy at the model's rate."""
-        # validate: int16/int32/uint8 PCM scaled like soundfile, (n_samples, 2) stereo averaged to one
-        # mono sound, NaN/inf refused (they turned into silent garbage before); (0, n) passes.
-        x, _ = validate.batch(audio, "audio", self.sample_rate, allow_empty_batch=True)
+        x = _sounds(audio, self.sample_rate)
         if self.sample_rate == self.model_sample_rate:
             return np.ascontiguousarray(x)
         if not len(x):   # keep the length: (0, n) gives as many timestamps per sound as (k, n)
@@ -111,8 +111,32 @@ def load_model(model_file_path: str = "", model_type: Optional[str] = None, **op
     return HearModel(model, cfg, **options)
 
 
+def _sounds(audio, sample_rate: int) -> np.ndarray:
+    """HEAR's (n_sounds, n_samples) -> float32, rows kept. Not ``validate.batch``: its general rule reads
+    a (n, c<=8) array as one channel-last clip, so (16, 8) sounds gave one embedding row, not 16.
+    int16/int32/uint8 PCM scaled like soundfile, NaN/inf refused; (0, n) passes (HEAR's empty batches)."""
+    x = validate.as_float(audio, "audio")
+    if x.ndim != 2:
+        hint = " (one sound: audio[None])" if x.ndim == 1 else ""
+        raise PannsError(f"HEAR audio must be (n_sounds, n_samples) at {sample_rate} Hz, got shape "
+                         f"{tuple(x.shape)}{hint}")
+    if x.size == 0 and len(x):
+        raise PannsError(f"audio is empty (shape {tuple(x.shape)})")
+    validate.check_finite(x, "audio", sample_rate)
+    validate.check_scale(x, "audio")
+    return np.ascontiguousarray(x)
+
+
+def _hear_model(model) -> HearModel:
+    """A model from ``load_model``; None or a bare torch model failed deep inside with an AttributeError."""
+    if not isinstance(model, HearModel):
+        raise PannsError(f"model must be a HearModel from panns.hear.load_model(...), got {type(model).__name__}")
+    return model
+
+
 def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     """(n_sounds, n_samples) at ``model.sample_rate`` -> (n_sounds, scene_embedding_size) float32."""
+    model = _hear_model(model)
     x = model.to_model_rate(audio)
     if len(x) == 0:
         return torch.zeros((0, model.scene_embedding_size), device=_device_of(audio))
@@ -124,6 +148,7 @@ def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
 def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> Tuple[torch.Tensor, torch.Tensor]:
     """(n_sounds, n_samples) at ``model.sample_rate`` -> (embeddings (n_sounds, n_timestamps,
     timestamp_embedding_size), timestamps (n_sounds, n_timestamps) in milliseconds)."""
+    model = _hear_model(model)
     x = model.to_model_rate(audio)
     rt, sr = model.runtime, model.model_sample_rate
     n = x.shape[1] if x.ndim == 2 else 0
