@@ -50,6 +50,7 @@ from panns.training import finetune as finetune_task
 from panns.errors import PannsError, run_cli
 from panns.frontend import add_frontend_args
 from panns.models import Transfer_Cnn14, make_transfer_model  # noqa: F401  (official names, re-exported)
+from panns.runtime import AUTO_WINDOW_SECONDS
 
 
 # Defaults of the options that only fine-tuning reads: they are None until main() fills them in, so that one
@@ -65,6 +66,52 @@ def run_name(text: str) -> str:
         raise argparse.ArgumentTypeError(f"a folder name inside <workspace>/finetune, got {text!r} (no absolute "
                                          "path, no '..'; --workspace picks where runs go)")
     return text
+
+
+def clip_seconds(text: str) -> float:
+    """``--clip_seconds``: a finite number > 0, at most AUTO_WINDOW_SECONDS (the longest input any command runs in
+    one forward; 1e9 asked numpy for tebibytes of zero padding when the first clip was read)."""
+    value = argtypes.positive_float(text)
+    if value > AUTO_WINDOW_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {AUTO_WINDOW_SECONDS:.0f} s (the longest input run in one "
+                                         f"forward; the default is the longest clip, at most 10 s), got {text!r}")
+    return value
+
+
+def _at_or_under(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (real paths: symbolic links followed; neither need exist)."""
+    path, folder = (os.path.normcase(os.path.realpath(p)) for p in (path, folder))
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def refuse_outputs_in_dataset(args) -> None:
+    """A ``--dataset_dir`` is scanned for class folders: refuse, in one line and before any work, a run whose
+    outputs would land in it (``--workspace`` or the cache folder equal to it or inside it, the data set being
+    <workspace>/finetune or the run folder). The first such run wrote cache/ and finetune/ into the data
+    set, and the next one failed on them as class folders without audio. A data set elsewhere inside the
+    workspace is fine, and so are CSV data sources (they list their clips: nothing written is picked up)."""
+    dataset, ws = args.dataset_dir, args.workspace
+    if not dataset or not ws:
+        return
+    cache_dir = getattr(args, "cache_dir", None)
+    name = getattr(args, "run_name", None)
+    outside = "give a --workspace outside the data set"
+    outputs = [("--workspace", ws, outside),
+               ("--cache_dir", cache_dir, "give a --cache_dir outside the data set") if cache_dir else
+               ("<workspace>/cache", os.path.join(ws, "cache"), outside),
+               ("<workspace>/finetune", os.path.join(ws, "finetune"), outside)]
+    if name:
+        outputs.append(("the run folder", os.path.join(ws, "finetune", name), "give another --run_name"))
+    for what, path, advice in outputs:
+        if not _at_or_under(path, dataset):
+            continue
+        where = "is" if _at_or_under(dataset, path) else "lies inside"
+        earlier = [f + "/" for f in ("cache", "finetune") if os.path.isdir(os.path.join(dataset, f))]
+        if earlier and what == "--workspace" and where == "is":
+            advice += f", and remove the {' and '.join(earlier)} an earlier run wrote into it"
+        raise PannsError(f"{what} {path} {where} the data set folder (--dataset_dir {dataset}): fine-tuning would "
+                         "write its cache and runs into the data set, and a later run would take them for class "
+                         f"folders; {advice}")
 
 
 def refuse_unused(args) -> None:
@@ -103,6 +150,7 @@ def load_data(args) -> Optional[fd.LabelledData]:
     if args.holdout_fold is not None and not args.meta_csv:
         raise PannsError("--holdout_fold needs --meta_csv")
     if args.dataset_dir:
+        refuse_outputs_in_dataset(args)
         return fd.from_folder(args.dataset_dir, args.eval_fraction, args.seed)
     if args.train_csv:
         return fd.from_csv_lists(args.train_csv, args.eval_csv, args.audio_dir, args.eval_fraction, args.seed)
@@ -159,9 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval_fraction", type=float, default=None,
                    help="share of every class held out for evaluation when no eval split is given (default: "
                         f"{fd.DEFAULT_EVAL_FRACTION})")
-    d.add_argument("--clip_seconds", type=argtypes.positive_float, default=None,
+    d.add_argument("--clip_seconds", type=clip_seconds, default=None,
                    help="clip length fed to the model: random crops for training, the first seconds for "
-                        "evaluation, zero-padded when shorter (default: longest clip, at most 10 s)")
+                        "evaluation, zero-padded when shorter (default: longest clip, at most 10 s; at most "
+                        f"{AUTO_WINDOW_SECONDS:.0f} s)")
     t = p.add_argument_group("training")
     t.add_argument("--workspace", type=str, default=None, help="folder for the cache, checkpoints and reports")
     t.add_argument("--run_name", type=run_name, default=None,

@@ -39,6 +39,7 @@ from panns.utilities import atomic_write_text, create_folder, create_logging
 logger = logging.getLogger("finetune")
 
 MAX_AUTO_CLIP_SECONDS = 10.0
+PADDING_WARN_FACTOR = 2.0   # --clip_seconds over this many times the longest clip: a warning (mostly padding)
 RUN_FILES = ("metrics.jsonl", "best.pth", "latest.pth", "linear_probe.pth", "report.txt", "run.json")
 
 
@@ -127,13 +128,28 @@ def train_min_samples(model: torch.nn.Module) -> int:
 
 def resolve_clip_samples(clip_seconds: Optional[float], cache: fd.ClipCache, data: fd.LabelledData,
                          sample_rate: int, min_samples: int) -> int:
-    """``clip_seconds``, or the longest clip of the data set up to 10 s; never below the model's minimum input."""
+    """``clip_seconds``, or the longest clip of the data set up to 10 s; never below the model's minimum input.
+
+    A ``clip_seconds`` over ``runtime.AUTO_WINDOW_SECONDS`` (the longest input any command runs in one forward)
+    is refused (the command line refuses it already); one over PADDING_WARN_FACTOR times the longest clip is
+    run with a warning: most of every training input would be zero padding."""
+    lengths = [cache.length(cache.index[p]) for p in data.train.paths + data.eval.paths]
+    longest = max(lengths)
+    auto = max(min(longest, int(MAX_AUTO_CLIP_SECONDS * sample_rate)), min_samples)
     if clip_seconds is not None:
         if not (math.isfinite(clip_seconds) and clip_seconds > 0):
             raise PannsError(f"--clip_seconds must be a finite number > 0 (got {clip_seconds})")
+        if clip_seconds > runtime.AUTO_WINDOW_SECONDS:
+            raise PannsError(f"--clip_seconds must be at most {runtime.AUTO_WINDOW_SECONDS:.0f} s, the longest input "
+                             f"run in one forward (got {clip_seconds:g})")
         n = int(round(clip_seconds * sample_rate))
+        if n > PADDING_WARN_FACTOR * max(longest, min_samples):
+            padding = 1.0 - float(np.mean(lengths)) / n
+            logger.warning("--clip_seconds %g is %.0fx the longest clip of the data (%.2f s): %.0f%% of each training "
+                           "input is zero padding on average, and a step takes about %.0fx as long as with the "
+                           "default, %.2f s (leave --clip_seconds out)", clip_seconds, n / longest,
+                           longest / sample_rate, 100 * padding, n / auto, auto / sample_rate)
     else:
-        longest = max(cache.length(cache.index[p]) for p in data.train.paths + data.eval.paths)
         n = min(longest, int(MAX_AUTO_CLIP_SECONDS * sample_rate))
         logger.info("Clip length: %.2f s (longest clip, at most %.0f s; set --clip_seconds to change)",
                     n / sample_rate, MAX_AUTO_CLIP_SECONDS)
