@@ -302,6 +302,8 @@ def test_compat_classes_asked_for_cuda_without_a_gpu_run_on_the_cpu(cnn6_path, m
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     at = AudioTagging(checkpoint_path=cnn6_path, device="cuda")
     assert at.device == "cpu" and capsys.readouterr().out.splitlines()[-1] == "Using CPU."
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)   # device=None is panns_inference's CPU
+    assert AudioTagging(checkpoint_path=cnn6_path, device=None).device == "cpu"
 
 
 def test_device_names_torch_does_not_know_are_one_line():

@@ -270,7 +270,7 @@ def _compat_runtime(model: Optional[torch.nn.Module], checkpoint_path: Optional[
 
     # panns.load's check, before any download: 'tpu' ran on the CPU without a word; 'cuda' without a GPU
     # is still the CPU (panns_inference's behaviour, and resolve_device's with its warning)
-    dev = runtime.resolve_device(device)
+    dev = runtime.resolve_device("cpu" if device is None else device)   # panns_inference: None is the CPU
     model_type = type(model).__name__ if model is not None else default_type
     if model is None and checkpoint_path:   # an official file keeps its published name: Cnn6_mAP=0.343.pth
         model_type = validate.model_type_for(checkpoint_path, None) or default_type
