@@ -245,18 +245,25 @@ def test_fetch_metadata_dest_is_relative_to_the_callers_directory(tmp_path):
     assert log.read_text() == f"{tmp_path} {REPO}/utils/download.py labels --dest labels.csv\n"
 
 
+def _two_clips(tmp_path, *rows: str):
+    """Label CSV of classes /m/a, /m/b, /m/c; silent clips Yabc.wav and Ydef.wav in audios/; a segment CSV of
+    ``rows`` ('<ytid> <mid>,<mid>', one a row). Returns (label CSV, segment CSV)."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("index,mid,display_name\n0,/m/a,A\n1,/m/b,B\n2,/m/c,C\n")
+    (tmp_path / "audios").mkdir()
+    for ytid in ("abc", "def"):
+        sf.write(str(tmp_path / "audios" / f"Y{ytid}.wav"), np.zeros(1600, np.float32), 16000)
+    seg = tmp_path / "segments.csv"
+    seg.write_text("".join(f'{row.split()[0]}, 0.000, 10.000, "{row.split()[1]}"\n' for row in rows))
+    return labels, seg
+
+
 def test_repeated_clip_ids_are_packed_and_indexed_once(tmp_path, capsys):
     import h5py
 
     from panns import create_indexes, dataset
 
-    labels = tmp_path / "labels.csv"
-    labels.write_text("index,mid,display_name\n0,/m/a,A\n1,/m/b,B\n")
-    (tmp_path / "audios").mkdir()
-    for ytid in ("abc", "def"):
-        sf.write(str(tmp_path / "audios" / f"Y{ytid}.wav"), np.zeros(1600, np.float32), 16000)
-    seg = tmp_path / "segments.csv"
-    seg.write_text('abc, 0.000, 10.000, "/m/a"\ndef, 0.000, 10.000, "/m/b"\nabc, 0.000, 10.000, "/m/a"\n')
+    labels, seg = _two_clips(tmp_path, "abc /m/a", "def /m/b", "abc /m/a")
     wav_dir = tmp_path / "waveforms"
     rep = dataset.pack_waveforms_to_hdf5(str(seg), str(tmp_path / "audios"), str(wav_dir / "balanced_train.h5"),
                                          sample_rate=16000, clip_seconds=0.1, class_labels_csv=str(labels),
@@ -288,14 +295,7 @@ def test_a_clip_listed_twice_with_other_labels_is_packed_once_with_all_its_label
 
     from panns import dataset
 
-    labels = tmp_path / "labels.csv"
-    labels.write_text("index,mid,display_name\n0,/m/a,A\n1,/m/b,B\n2,/m/c,C\n")
-    (tmp_path / "audios").mkdir()
-    for ytid in ("abc", "def"):
-        sf.write(str(tmp_path / "audios" / f"Y{ytid}.wav"), np.zeros(1600, np.float32), 16000)
-    seg = tmp_path / "segments.csv"
-    seg.write_text('abc, 0.000, 10.000, "/m/a"\ndef, 0.000, 10.000, "/m/b"\nabc, 0.000, 10.000, "/m/c,/m/a"\n'
-                   'def, 0.000, 10.000, "/m/b"\n')
+    labels, seg = _two_clips(tmp_path, "abc /m/a", "def /m/b", "abc /m/c,/m/a", "def /m/b")
     kw = dict(sample_rate=16000, clip_seconds=0.1, class_labels_csv=str(labels), progress=False)
 
     def targets(path):
