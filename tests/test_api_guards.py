@@ -408,6 +408,8 @@ def test_api_window_options_that_would_be_ignored_are_refused(cnn6_path, caplog)
         m.tag(clip, hop_seconds=1.0)
     with pytest.raises(PannsError, match=r"segment_seconds 0.001 is shorter than the shortest input Cnn6 runs on"):
         m.clipwise(clip, segment_seconds=0.001)
+    with pytest.raises(PannsError, match=r"segment_seconds 0\.1449999 is shorter"):   # not rounded to 0.145
+        m.clipwise(clip, segment_seconds=0.1449999)
     assert m.clipwise(clip, segment_seconds=0.5, hop_seconds=0.25).shape == (527,)
 
 

@@ -55,6 +55,7 @@ import soxr
 from panns import audio_io
 from panns import runtime
 from panns import validate
+from panns.validate import as_given
 from panns.errors import AudioDecodeError, PannsError
 from panns.frontend import frontend_overrides
 from panns.postprocess import DEFAULT_MIN_DURATION, DEFAULT_THRESHOLD, Event, EventTracker, top_indexes
@@ -149,19 +150,6 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _text(value) -> str:
-    """A value as given, for a message: ``:g`` where that reads back as the same number (1.0 -> '1'),
-    else repr (``:g`` alone printed 0.1499999 as 0.15)."""
-    if _is_number(value):
-        try:
-            short = f"{value:g}"
-            if float(short) == value:
-                return short
-        except (OverflowError, ValueError):   # an int too large for a float
-            pass
-    return repr(value)
-
-
 def _seconds(value, name: str, why: str, zero: bool = False) -> float:
     """A number of seconds: finite, > 0 (>= 0 with ``zero``), at most MAX_SECONDS (``why`` says why)."""
     v, finite = math.nan, False
@@ -173,9 +161,9 @@ def _seconds(value, name: str, why: str, zero: bool = False) -> float:
             v, finite = (math.inf if value > 0 else -math.inf), True
     if not finite or (v < 0 if zero else v <= 0):
         raise PannsError(f"{name} must be {'0 or more' if zero else 'a positive number of'} seconds, got "
-                         f"{_text(value)}")
+                         f"{as_given(value)}")
     if v > MAX_SECONDS:
-        raise PannsError(f"{name} {_text(value)} is over {MAX_SECONDS:g} s: {why}")
+        raise PannsError(f"{name} {as_given(value)} is over {MAX_SECONDS:g} s: {why}")
     return v
 
 
@@ -195,8 +183,8 @@ def check_options(hop_seconds, window_seconds, lookahead_seconds=None, chunk_sec
         _seconds(chunk_seconds, prefix + "chunk_seconds", "a chunk is read whole before it is pushed, and it sets "
                  "only how often the stream is fed, not what the model sees (the window): a second or less is usual")
     if win < hop:
-        raise PannsError(f"{prefix}window_seconds ({_text(window_seconds)}) must be at least {prefix}hop_seconds "
-                         f"({_text(hop_seconds)})")
+        raise PannsError(f"{prefix}window_seconds ({as_given(window_seconds)}) must be at least {prefix}hop_seconds "
+                         f"({as_given(hop_seconds)})")
 
 
 def check_event_options(config, lookahead_seconds: Optional[float] = None, threshold: Optional[float] = None,
@@ -210,7 +198,7 @@ def check_event_options(config, lookahead_seconds: Optional[float] = None, thres
                                                ("min_duration", min_duration)) if value is not None]
     if not given or runtime.config_is_sed(config):
         return
-    named = " and ".join(f"{prefix}{name} {_text(value)}" for name, value in given)
+    named = " and ".join(f"{prefix}{name} {as_given(value)}" for name, value in given)
     one = len(given) == 1
     raise PannsError(f"{named} {'has' if one else 'have'} no effect with {config.model_type}: a clip-level model has "
                      "no framewise output, so its stream reports tags per hop and no events (look-ahead, threshold "
@@ -233,15 +221,16 @@ def check_model_options(config, min_samples: int, hop_seconds: float, window_sec
     hop, window = _to_grid(hop_seconds, sr, h), _to_grid(window_seconds, sr, h)
     if window < min_samples:
         need = -(-min_samples // h) * h / sr   # the shortest window on the grid that holds it
-        raise PannsError(f"{prefix}window_seconds {_text(window_seconds)} is shorter than the shortest input "
+        raise PannsError(f"{prefix}window_seconds {as_given(window_seconds)} is shorter than the shortest input "
                          f"{config.model_type} runs on ({min_samples} samples at {sr} Hz); use at least {need:g} "
                          "seconds")
     ahead = DEFAULT_LOOKAHEAD_SECONDS if lookahead_seconds is None else lookahead_seconds
     lookahead = int(round(ahead * sr)) // h * h
     if runtime.config_is_sed(config) and lookahead + hop > window:
         # a frame must still be inside the first window that puts it `lookahead` before the edge
-        raise PannsError(f"{prefix}lookahead_seconds + {prefix}hop_seconds ({_text(ahead)} + {_text(hop_seconds)}) "
-                         f"must not exceed {prefix}window_seconds ({_text(window_seconds)})")
+        raise PannsError(f"{prefix}lookahead_seconds + {prefix}hop_seconds ({as_given(ahead)} + "
+                         f"{as_given(hop_seconds)}) must not exceed {prefix}window_seconds "
+                         f"({as_given(window_seconds)})")
     return hop, window, lookahead
 
 
@@ -558,10 +547,10 @@ def _auto_options(args, source: Optional[str]) -> dict:
     if seconds is None:
         return {"unknown_job": f"the length of {os.path.basename(source)} is not in its header"}
     per_second = max(1.0, args.window_seconds / args.hop_seconds)
-    text = runtime.seconds_text(seconds) + " of audio"
+    text = runtime.secondsas_given(seconds) + " of audio"
     if per_second > 1.0:
         text += (f" in {args.window_seconds:g}-s windows every {args.hop_seconds:g} s "
-                 f"({runtime.seconds_text(seconds * per_second)} of model input)")
+                 f"({runtime.secondsas_given(seconds * per_second)} of model input)")
     return {"job_seconds": runtime.JobSize(seconds * per_second, text)}
 
 

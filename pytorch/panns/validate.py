@@ -259,6 +259,19 @@ def options(top_k=None, batch_size=None, segment_seconds=None, hop_seconds=None,
         raise PannsError(f"{prefix}min_duration must be >= 0, got {min_duration}")
 
 
+def as_given(value) -> str:
+    """A value as the user gave it, for a message: ``:g`` where that reads back as the same number (1.0 -> '1'),
+    else repr (``:g`` alone printed 0.1499999 as 0.15, a limit the value did not break)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            short = f"{value:g}"
+            if float(short) == value:
+                return short
+        except (OverflowError, ValueError):   # an int too large for a float
+            pass
+    return repr(value)
+
+
 def segment_fits(segment_seconds: Optional[float], min_samples: int, sample_rate: int, model_type: str,
                  flag: str = "--segment_seconds") -> None:
     """Refuse a window shorter than the shortest input the model runs on (``min_samples``): such a
@@ -268,7 +281,7 @@ def segment_fits(segment_seconds: Optional[float], min_samples: int, sample_rate
         return
     if int(round(segment_seconds * sample_rate)) < min_samples:
         need = math.ceil(min_samples / sample_rate * 1000) / 1000
-        raise PannsError(f"{flag} {segment_seconds:g} is shorter than the shortest input {model_type} runs on "
+        raise PannsError(f"{flag} {as_given(segment_seconds)} is shorter than the shortest input {model_type} runs on "
                          f"({min_samples} samples at {sample_rate} Hz); use at least {need:g} seconds")
 
 
