@@ -264,6 +264,9 @@ def test_skip_existing_packs_again_when_the_segment_csv_changed(small, tmp_path,
     fewer = tmp_path / "fewer.csv"
     fewer.write_text("\n".join(rows[1:]) + "\n")
     assert pack(fewer).rows == first.rows - 1
+    # --keep_duplicates switched: the rows packed would differ, so packed again (and again when switched back)
+    assert not pack(fewer, keep_duplicates=True).skipped_existing and pack(fewer, keep_duplicates=True).skipped_existing
+    assert not pack(fewer).skipped_existing
     # an output of an earlier version records no digest: kept as before (no multi-hour re-pack), with a note
     with h5py.File(out, "a") as hf:
         del hf.attrs[packing.SEGMENTS_DIGEST_ATTR]

@@ -717,13 +717,16 @@ def _missing_clips_now_present(waveforms_hdf5_path: str, audios_dir: str) -> int
     return arrived
 
 
-def segments_digest(segments: Sequence[Segment]) -> str:
+def segments_digest(segments: Sequence[Segment], keep_duplicates: bool = False) -> str:
     """sha256 of the segment rows an output is packed from (clip id, start, end, labels, in order), stored in the
     output (``packing.SEGMENTS_DIGEST_ATTR``) for --skip_existing. Parsed values, not the bytes: header lines,
-    spacing, quoting or the CSV's encoding do not count, a label, a time or a clip does."""
+    spacing, quoting or the CSV's encoding do not count, a label, a time or a clip does; so does
+    ``keep_duplicates``, which decides which of those rows become rows of the output."""
     h = hashlib.sha256()
     for s in segments:
         h.update(f"{s.ytid}\t{s.start!r}\t{s.end!r}\t{','.join(s.mids)}\n".encode("utf-8"))
+    if keep_duplicates:   # the default leaves the digest of outputs packed before this option counted
+        h.update(b"keep_duplicates\n")
     return h.hexdigest()
 
 
@@ -734,8 +737,8 @@ def _repack_reason(waveforms_hdf5_path: str, csv_path: str, audios_dir: str, dig
     must not force a re-pack. An output of an earlier version has no digest: kept as before, with a note."""
     have = packing.read_text_attr(waveforms_hdf5_path, packing.SEGMENTS_DIGEST_ATTR)
     if have is not None and have != digest:
-        return (f"packed from other segment rows than {csv_path} lists now (a label, time or clip changed, or "
-                "another --csv_path)"), ""
+        return (f"packed from other segment rows than {csv_path} lists now (a label, time or clip changed, "
+                "another --csv_path, or --keep_duplicates switched)"), ""
     arrived = _missing_clips_now_present(waveforms_hdf5_path, audios_dir)
     if arrived:
         return (f"{arrived} clips listed in {waveforms_hdf5_path}.missing.csv are in {audios_dir} now "
@@ -804,7 +807,7 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
     segments = read_segments_csv(csv_path)
     if mini_data:
         segments = segments[:MINI_ROWS]
-    digest = segments_digest(segments)
+    digest = segments_digest(segments, keep_duplicates)
     repack_reason = ""
     if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
         packing.check_reusable(waveforms_hdf5_path, sample_rate, clip_samples, storage, labels)
