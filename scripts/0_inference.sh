@@ -32,6 +32,10 @@ if [ -z "${AUDIO_PATH:-}" ]; then
   if [ -f resources/R9_ZSCveAHg_7s.wav ]; then AUDIO_PATH=resources/R9_ZSCveAHg_7s.wav
   else AUDIO_PATH=resources/example_clip.wav; fi
 fi
+if [ ! -e "$AUDIO_PATH" ]; then   # before the checkpoints (~300 MB each) are downloaded for nothing
+  echo "error: audio file not found: $AUDIO_PATH (AUDIO_PATH)" >&2
+  exit 2
+fi
 TAGGING_MODEL="${TAGGING_MODEL:-Cnn14}"
 BACKEND_FLAG="${BACKEND:+--backend=$BACKEND}"
 SED_MODEL="${SED_MODEL:-Cnn14_DecisionLevelMax}"

@@ -76,7 +76,12 @@ pack_part() {  # unbalanced_train_segments_partNN.csv -> unbalanced_train/unbala
 }
 export -f pack pack_part
 export PYTHON REPO DATASET_DIR WAVEFORMS SAMPLE_RATE CLIP_SECONDS STORAGE LABELS_CSV SKIP_FLAG
-find "$DATASET_DIR/metadata/unbalanced_partial_csvs" -name 'unbalanced_train_segments_part*.csv' | sort | \
-  xargs -P "$PACK_JOBS" -d '\n' -I{} bash -c 'set -euo pipefail; pack_part "$1"' _ {}
+if [ -d "$DATASET_DIR/metadata/unbalanced_partial_csvs" ]; then
+  find "$DATASET_DIR/metadata/unbalanced_partial_csvs" -name 'unbalanced_train_segments_part*.csv' | sort | \
+    xargs -P "$PACK_JOBS" -d '\n' -I{} bash -c 'set -euo pipefail; pack_part "$1"' _ {}
+else   # a download that stopped before the split (or a data set without the unbalanced part)
+  echo "No $DATASET_DIR/metadata/unbalanced_partial_csvs (script 1 splits the unbalanced CSV there);" \
+       "packed eval and balanced_train only"
+fi
 
 echo "Packed waveforms in $WAVEFORMS"

@@ -30,7 +30,7 @@ index() {  # index WAVEFORMS.h5 INDEX.h5
 
 index "$WAVEFORMS/eval.h5" "$INDEXES/eval.h5"
 index "$WAVEFORMS/balanced_train.h5" "$INDEXES/balanced_train.h5"
-[ ! -d "$WAVEFORMS/unbalanced_train" ] || find "$WAVEFORMS/unbalanced_train" -name 'unbalanced_train_part*.h5' | sort | while read -r part; do
+[ ! -d "$WAVEFORMS/unbalanced_train" ] || find "$WAVEFORMS/unbalanced_train" -name 'unbalanced_train_part*.h5' | sort | while IFS= read -r part; do
   index "$part" "$INDEXES/unbalanced_train/$(basename "$part")"
 done
 

@@ -23,7 +23,7 @@
 # scripts/python.sh).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/args.sh"   # --help: the usage above; an option where a path belongs: refused
-panns_script_args "${BASH_SOURCE[0]}" 2 "$@"
+panns_script_args "${BASH_SOURCE[0]}" 2+ "$@"
 
 WORKSPACE="${1:-./workspaces/audioset_tagging}"
 DATASET_DIR="${2:-./datasets/audioset201906}"
@@ -36,7 +36,9 @@ MODEL_TYPE="${MODEL_TYPE:-Cnn14}"
 # The interpreter that trains probes CUDA and plots: PYTHON itself, or the python torchrun runs (its #! line).
 # A PYTHON (or torchrun) that is not there, or that lacks torch, is one line here: it was 'sees no CUDA GPU;
 # training on the CPU' and then the shell's 'No such file or directory' (or head's, for torchrun off PATH).
-read -r -a PY_CMD <<< "$PYTHON"
+# A PYTHON that is an executable file as given is one word (a venv path may hold a space); else it is a command
+# line such as "torchrun --nproc_per_node=N", split into words.
+if [ -f "$PYTHON" ] && [ -x "$PYTHON" ]; then PY_CMD=("$PYTHON"); else read -r -a PY_CMD <<< "$PYTHON"; fi
 PY="${PY_CMD[0]:-}"
 if [ -z "$PY" ] || ! command -v "$PY" >/dev/null 2>&1; then
   echo "error: PYTHON=$PYTHON is not an executable; set PYTHON to the python PANNs is installed into" \
@@ -73,8 +75,7 @@ TRAINER=""
 trap '[ -z "$TRAINER" ] || kill -INT "$TRAINER" 2>/dev/null || true' INT
 trap '[ -z "$TRAINER" ] || kill -TERM "$TRAINER" 2>/dev/null || true' TERM HUP
 set -m
-# shellcheck disable=SC2086  # PYTHON may be "torchrun --nproc_per_node=N"
-$PYTHON "$REPO/pytorch/main.py" train \
+"${PY_CMD[@]}" "$REPO/pytorch/main.py" train \
   --workspace="$WORKSPACE" \
   --data_type=full_train \
   --sample_rate=32000 \
@@ -102,6 +103,9 @@ done
 set +m
 trap - INT TERM HUP
 [ "$STATUS" -eq 0 ] || exit "$STATUS"
+for arg in "${EXTRA_ARGS[@]}"; do   # main.py train printed its help and trained nothing: nothing to plot
+  case "$arg" in -h|--help) exit 0 ;; esac
+done
 
 # Plot the statistics of every run in the workspace (results/1_aug.pdf, relative to the current directory).
 "$PY" "$REPO/utils/plot_statistics.py" plot --dataset_dir="$DATASET_DIR" --workspace="$WORKSPACE" --select=1_aug

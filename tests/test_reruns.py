@@ -204,6 +204,15 @@ def test_scripts_help_and_an_option_for_a_path(tmp_path, script):
     r = subprocess.run(["bash", path, "--early_stop=10"], cwd=str(tmp_path), env=env, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: --early_stop=10: the arguments are paths"), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    paths = {"1_download_dataset.sh": 1, "2_pack_waveforms_to_hdf5s.sh": 2, "2_pack_from_shards.sh": 2,
+             "3_create_training_indexes.sh": 1, "demo.sh": 1}.get(script)
+    if paths:   # an argument past the paths (an unquoted path with a space) was ignored: the job ran on the rest
+        r = subprocess.run(["bash", path] + ["my"] * paths + ["out"], cwd=str(tmp_path), env=env,
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.startswith("error: unexpected argument 'out': bash "), r.stderr
+        r = subprocess.run(["bash", path] + ["my"] * paths + ["--help"], cwd=str(tmp_path), env=env,
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and "bash scripts/" + script in r.stdout, r.stdout + r.stderr
     assert os.listdir(tmp_path) == []
 
 
@@ -230,6 +239,13 @@ def test_inference_script_resolves_relative_paths_from_the_callers_directory(tmp
     r = subprocess.run(["bash", os.path.join(REPO, "scripts", "0_inference.sh"), "--help"], cwd=str(tmp_path),
                        env=dict(os.environ, PYTHON=str(fake)), capture_output=True, text=True)
     assert r.returncode == 0 and "AUDIO_PATH" in r.stdout and log.read_text().count("--audio_path") == 2
+    # a clip that is not there: one line before any checkpoint download (~300 MB each, for nothing)
+    fake.write_text(f'#!/bin/bash\necho "$@" >> "{log}"\n')
+    r = subprocess.run(["bash", os.path.join(REPO, "scripts", "0_inference.sh")], cwd=str(tmp_path),
+                       env=dict(os.environ, PYTHON=str(fake), AUDIO_PATH="nope.wav", CUDA_FLAG=""),
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr == f"error: audio file not found: {tmp_path}/nope.wav (AUDIO_PATH)\n"
+    assert "pretrained.py" not in log.read_text()
 
 
 def test_fetch_metadata_dest_is_relative_to_the_callers_directory(tmp_path):

@@ -340,6 +340,20 @@ def test_train_script_bad_python_is_one_line(tmp_path):
     assert not ws.exists()
 
 
+def test_train_script_takes_a_python_path_with_a_space_and_help_plots_nothing(tmp_path):
+    """PYTHON="/.../my venv/bin/python" (an executable path with a space) is one word, not 'is not an executable';
+    `4_train.sh WS DATA --help` shows main.py train's help and stops (it went on to plot, over results/1_aug.pdf
+    or with an error)."""
+    (tmp_path / "my venv").mkdir()
+    (tmp_path / "my venv" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (tmp_path / "my venv" / "python").chmod(0o755)
+    r = subprocess.run(["bash", os.path.join(REPO, "scripts", "4_train.sh"), str(tmp_path / "ws"),
+                        str(tmp_path / "dataset"), "--help"], capture_output=True, text=True, cwd=str(tmp_path),
+                       timeout=120, env=dict(os.environ, PYTHON=str(tmp_path / "my venv" / "python")))
+    assert r.returncode == 0 and "--resume_iteration" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path)) == ["my venv"]   # no results/, no workspace
+
+
 def _fake_cuda_env(tmp_path, count=1, cap="9.0"):
     """Environment in which every Python process sees ``count`` fake GPUs (tests/fake_cuda/sitecustomize.py)."""
     log = tmp_path / "fake_cuda.log"
