@@ -547,10 +547,10 @@ def _auto_options(args, source: Optional[str]) -> dict:
     if seconds is None:
         return {"unknown_job": f"the length of {os.path.basename(source)} is not in its header"}
     per_second = max(1.0, args.window_seconds / args.hop_seconds)
-    text = runtime.secondsas_given(seconds) + " of audio"
+    text = runtime.seconds_text(seconds) + " of audio"
     if per_second > 1.0:
         text += (f" in {args.window_seconds:g}-s windows every {args.hop_seconds:g} s "
-                 f"({runtime.secondsas_given(seconds * per_second)} of model input)")
+                 f"({runtime.seconds_text(seconds * per_second)} of model input)")
     return {"job_seconds": runtime.JobSize(seconds * per_second, text)}
 
 
