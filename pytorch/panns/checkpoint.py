@@ -9,8 +9,6 @@ the registry defaults of ``model_type``) and refuses front-end values that contr
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import os
 from dataclasses import asdict, dataclass, fields
 from typing import Dict, List, Optional, Tuple
@@ -23,7 +21,7 @@ from panns.errors import CheckpointError, PannsError
 from panns.state_dicts import (_frontend_from_mel, _mel_matrix, _shape, check_finite, check_state_dict,  # noqa: F401
                                describe_state_dict, load_checkpoint, load_pretrained_base, model_state_dict,
                                state_digest, strip_prefixes)
-from panns.frontend import FRONT_END_32K, FRONTEND_KEYS, FrontEnd
+from panns.frontend import FRONT_END_32K, FRONTEND_KEYS, FrontEnd, whole_number
 from panns.utilities import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -77,10 +75,7 @@ class ModelConfig:
             fe = FrontEnd(**self.frontend()).check(prefix="")
             if not isinstance(self.model_type, str) or not self.model_type:
                 raise PannsError(f"model_type must be a model name, got {self.model_type!r}")
-            if isinstance(self.classes_num, bool) or not isinstance(self.classes_num, numbers.Real) \
-                    or not math.isfinite(self.classes_num) or self.classes_num != int(self.classes_num) \
-                    or self.classes_num < 1:
-                raise PannsError(f"classes_num must be a whole number >= 1, got {self.classes_num!r}")
+            classes_num = whole_number(self.classes_num, "classes_num", minimum=1)
             if self.output not in ("sigmoid", "log_softmax"):
                 raise PannsError(f"output must be 'sigmoid' or 'log_softmax', got {self.output!r}")
             for key in ("labels", "ids"):
@@ -88,14 +83,14 @@ class ModelConfig:
                 if names is not None and (not isinstance(names, (list, tuple))
                                           or not all(isinstance(x, str) for x in names)):
                     raise PannsError(f"{key} must be a list of strings, got {_brief(names)}")
-                if names and len(names) != int(self.classes_num):
+                if names and len(names) != classes_num:
                     raise PannsError(f"its {key} list has {len(names)} entries but classes_num is "
                                      f"{self.classes_num} (the model's outputs)")
         except PannsError as e:
             raise CheckpointError(f"checkpoint {path} has an unusable config: {e}") from None
         for k, v in fe.to_dict().items():
             setattr(self, k, v)
-        self.classes_num = int(self.classes_num)
+        self.classes_num = classes_num
         return self
 
     @property

@@ -73,7 +73,7 @@ class FrontEnd:
         from panns import validate   # the one sample-rate rule of every front door
 
         flags = prefix == "--"
-        whole = {key: _whole(getattr(self, key), prefix + key) for key in FRONTEND_KEYS}
+        whole = {key: whole_number(getattr(self, key), prefix + key) for key in FRONTEND_KEYS}
         fe = self if all(type(getattr(self, k)) is int for k in FRONTEND_KEYS) else dataclasses.replace(self, **whole)
 
         def n(key: str) -> str:
@@ -98,11 +98,13 @@ class FrontEnd:
         return fe
 
 
-def _whole(value, name: str) -> int:
-    """``value`` as an int when it is a whole, finite number (32000 or 32000.0), else a PannsError naming it."""
+def whole_number(value, name: str, minimum: Optional[int] = None) -> int:
+    """``value`` as an int when it is a whole, finite number (32000 or 32000.0) of at least ``minimum``, else a
+    PannsError naming it: a saved config is a plain dict, not typed by argparse."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or value != int(value):
-        raise PannsError(f"{name} must be a whole number, got {value!r}")
+            or value != int(value) or (minimum is not None and value < minimum):
+        raise PannsError(f"{name} must be a whole number{'' if minimum is None else f' >= {minimum}'}, "
+                         f"got {value!r}")
     return int(value)
 
 
