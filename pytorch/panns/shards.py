@@ -410,9 +410,8 @@ def shard_fields(id_field: Optional[str], label_field: Optional[str], audio_fiel
 def _json_attr(part: str, name: str) -> Optional[dict]:
     """A part's JSON attribute (``shard_fields``, ``shard_source``) decoded; None where a part from an older
     version lacks it."""
-    with h5py.File(part, "r") as hf:
-        had = hf.attrs.get(name)
-    return None if had is None else json.loads(had if isinstance(had, str) else bytes(had).decode())
+    had = packing.read_text_attr(part, name)
+    return None if had is None else json.loads(had)
 
 
 def _fields_mismatch(part: str, fields: str) -> List[str]:
