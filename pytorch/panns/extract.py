@@ -421,7 +421,7 @@ class FeatureWriter:
             self.f = h5py.File(path, "r+")
         except OSError as e:
             if is_lock_error(e):
-                raise _busy_error(self.name) from None
+                raise busy_error(self.name, "--output_path") from None
             raise PannsError(f"{self.name} exists but is not a readable HDF5 file ({e}); delete it or pass "
                              "--overwrite") from None
         self._check(attrs, embedding_dim, classes_num)
@@ -524,10 +524,6 @@ def name_key(path: str, base: Optional[str] = None) -> str:
     """What makes two spellings of a file one row: its absolute, normalised path (``base``: the
     folder a relative path is relative to, default the current one)."""
     return os.path.normcase(os.path.abspath(os.path.join(base, path) if base else path))
-
-
-def _busy_error(path: str) -> PannsError:
-    return busy_error(path, "--output_path")
 
 
 def _disk_error(path: str, e: OSError) -> Exception:
