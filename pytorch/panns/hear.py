@@ -84,7 +84,7 @@ class HearModel(torch.nn.Module):
 
     def to_model_rate(self, audio: torch.Tensor) -> np.ndarray:
         """(n_sounds, n_samples) at ``sample_rate`` -> float32 numpy at the model's rate."""
-        x = _sounds(audio, self.sample_rate)
+        x, _ = validate.batch(audio, "audio", self.sample_rate, allow_empty_batch=True, sounds_of="HEAR")
         if self.sample_rate == self.model_sample_rate:
             return np.ascontiguousarray(x)
         if not len(x):   # keep the length: (0, n) gives as many timestamps per sound as (k, n)
@@ -109,22 +109,6 @@ def load_model(model_file_path: str = "", model_type: Optional[str] = None, **op
         model_type = validate.model_type_for(path, model_type, "model_type=")
     model, cfg, _ = _load(path, model_type)
     return HearModel(model, cfg, **options)
-
-
-def _sounds(audio, sample_rate: int) -> np.ndarray:
-    """HEAR's (n_sounds, n_samples) -> float32, rows kept. Not ``validate.batch``: its general rule reads
-    a (n, c<=8) array as one channel-last clip, so (16, 8) sounds gave one embedding row, not 16.
-    int16/int32/uint8 PCM scaled like soundfile, NaN/inf refused; (0, n) passes (HEAR's empty batches)."""
-    x = validate.as_float(audio, "audio")
-    if x.ndim != 2:
-        hint = " (one sound: audio[None])" if x.ndim == 1 else ""
-        raise PannsError(f"HEAR audio must be (n_sounds, n_samples) at {sample_rate} Hz, got shape "
-                         f"{tuple(x.shape)}{hint}")
-    if x.size == 0 and len(x):
-        raise PannsError(f"audio is empty (shape {tuple(x.shape)})")
-    validate.check_finite(x, "audio", sample_rate)
-    validate.check_scale(x, "audio")
-    return np.ascontiguousarray(x)
 
 
 def _hear_model(model) -> HearModel:

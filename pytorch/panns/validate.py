@@ -152,20 +152,26 @@ def clip(x, name: str = "audio", sample_rate: Optional[int] = None) -> np.ndarra
 
 
 def batch(x, name: str = "audio", sample_rate: Optional[int] = None,
-          allow_empty_batch: bool = False) -> Tuple[np.ndarray, bool]:
+          allow_empty_batch: bool = False, sounds_of: str = "") -> Tuple[np.ndarray, bool]:
     """An array/tensor -> (float32 (B, samples), whether it was one clip).
 
     (samples,) and channel-last (samples, channels) are one clip; (B, samples) a batch;
     (B, samples, channels) a batch of multichannel clips. ``allow_empty_batch``: (0, samples) is
-    returned as it is (HEAR hands out empty batches); otherwise refused."""
+    returned as it is (HEAR hands out empty batches); otherwise refused. ``sounds_of``: the API (HEAR) whose
+    input is always (n_sounds, n_samples), one row a clip however short: a (16, 8) batch is 16 sounds, not one
+    8-channel clip, and any other rank is refused."""
     a = as_float(x, name)
+    if sounds_of and a.ndim != 2:
+        hint = f" (one sound: {name}[None])" if a.ndim == 1 else ""
+        raise PannsError(f"{sounds_of} {name} must be (n_sounds, n_samples) at {sample_rate} Hz, got shape "
+                         f"{tuple(a.shape)}{hint}")
     if a.size == 0 and not (allow_empty_batch and a.ndim in (2, 3) and a.shape[0] == 0):
         # before any downmix: the mean of nothing is NaN, which would be reported as such
         raise PannsError(f"{name} is empty (shape {tuple(a.shape)})")
     single = False
     if a.ndim == 1:
         a, single = a[None], True
-    elif a.ndim == 2 and _is_channel_last(a.shape):
+    elif a.ndim == 2 and _is_channel_last(a.shape) and not sounds_of:
         a, single = _downmix(a, 1, name)[None], True
     elif a.ndim == 3 and _is_channel_last(a.shape):
         a = _downmix(a, 2, name)
