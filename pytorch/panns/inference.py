@@ -11,6 +11,8 @@ print what the official script prints (``Using CPU.``, the top-10 ``label: prob`
 embedding shape; the SED result shape and the figure path ``results/<stem>.png``). The model is
 rebuilt from the checkpoint (its saved config, or the registry defaults of ``--model_type`` for an
 official ``{'model': ...}`` file); front-end flags that contradict the checkpoint are an error.
+From Python (``import inference``, an ``argparse.Namespace`` of the official flags), ``audio_tagging(args)`` and
+``sound_event_detection(args)`` return the official ``(clipwise_output, labels)`` / ``(framewise_output, labels)``.
 Without ``--checkpoint_path`` the official file of ``--model_type`` is downloaded once into the
 cache (see pretrained.py).
 
@@ -37,7 +39,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 
 import numpy as np
@@ -408,7 +410,13 @@ def check_window_options(args, paths: Sequence[str]) -> None:
                                      args.hop_seconds, aggregate)
 
 
-def _tag_files(args, sed: bool) -> int:
+def _tag_files(args, sed: bool, collect: bool = False) -> Tuple[int, List[Optional[np.ndarray]], List[str]]:
+    """Tag (or detect events in) every input of ``args.audio_path``, printing the official lines; returns
+    (exit status: 0, or 1 when some of several files could not be decoded, per-file outputs, labels).
+
+    With ``collect`` (the Python API), the outputs, in input order (None for a file that failed to decode), are
+    the clipwise probabilities (classes,), or for SED the framewise ones (frames, classes); without it (the
+    command line) the list is empty and no file's framewise matrix is kept, streamed or not."""
     paths = gather_inputs(args.audio_path)
     check_outputs(args, paths)
     check_window_options(args, paths)
@@ -435,21 +443,26 @@ def _tag_files(args, sed: bool) -> int:
     fig_paths = _figure_paths(paths, args.output_dir) if plot else []
     writer = FramewiseWriter(fw_out, labels, fps, _expected_frames(paths, fps)) if fw_out else None
     records, events_by_file, failures = [], [], 0
+    outputs: List[Optional[np.ndarray]] = []
     try:
         for n, path in enumerate(paths):
             if len(paths) > 1:
                 print("==> {} <==".format(path))
             try:
-                rec, events = _run_file(ld, args, path, sed, labels, ids, top_k, fig_paths[n] if plot else None,
-                                        writer)
+                rec, events, res = _run_file(ld, args, path, sed, labels, ids, top_k,
+                                             fig_paths[n] if plot else None, writer, collect)
             except AudioDecodeError as e:
                 if len(paths) == 1:
                     raise
                 logger.error("%s", e)
                 records.append({"audio_path": path, "error": str(e)})
+                if collect:
+                    outputs.append(None)
                 failures += 1
                 continue
             records.append(rec)
+            if collect:
+                outputs.append(res.framewise if sed else res.clipwise)
             if sed:
                 events_by_file.append((path, events))
     except BaseException:
@@ -472,16 +485,17 @@ def _tag_files(args, sed: bool) -> int:
         logger.info("wrote %s", args.events_csv)
     if failures:
         logger.error("%d of %d files could not be decoded", failures, len(paths))
-        return 1
-    return 0
+    return (1 if failures else 0), outputs, list(labels)
 
 
 def _run_file(ld: Runtime, args, path: str, sed: bool, labels: Sequence[str], ids: Sequence[str], top_k: int,
-              fig_path: Optional[str], writer: Optional[FramewiseWriter]) -> Tuple[dict, List[Event]]:
-    """Tag (or detect events in) one file, printing the official lines; returns (record, events).
+              fig_path: Optional[str], writer: Optional[FramewiseWriter],
+              collect: bool = False) -> Tuple[dict, List[Event], runtime.WindowedPrediction]:
+    """Tag (or detect events in) one file, printing the official lines; returns (record, events, prediction).
 
     Files up to AUTO_WINDOW_SECONDS are decoded whole (the official path); longer ones are decoded,
-    run and written window by window, so memory stays bounded whatever their length."""
+    run and written window by window, so memory stays bounded whatever their length, unless
+    ``collect`` (a caller wants the (frames, classes) matrix back) keeps the framewise output."""
     sr, hop = ld.sample_rate, ld.hop_size
     fps = sr / hop
     seconds = audio_io.probe_seconds(path)
@@ -519,7 +533,7 @@ def _run_file(ld: Runtime, args, path: str, sed: bool, labels: Sequence[str], id
                        unit="window")
     try:
         res = ld.predict_windows(blocks, segment, args.hop_seconds, args.aggregate, args.batch_size,
-                                 framewise=sed and fig_path is not None and not streamed,
+                                 framewise=sed and (collect or (fig_path is not None and not streamed)),
                                  framewise_sink=sink if sed else None, on_window=bar.update if bar else None)
     finally:
         if bar is not None:
@@ -530,7 +544,7 @@ def _run_file(ld: Runtime, args, path: str, sed: bool, labels: Sequence[str], id
     if not sed:
         for line in format_tagging(res.clipwise, labels, top_k, res.embedding):
             print(line)
-        return rec, []
+        return rec, [], res
     frames = res.samples // hop + 1
     print("Sound event detection result (time_steps x classes_num): {}".format((frames, len(labels))))
     if fig_path:
@@ -543,18 +557,70 @@ def _run_file(ld: Runtime, args, path: str, sed: bool, labels: Sequence[str], id
     events = tracker.events(duration)
     rec["frames"] = int(frames)
     rec["events"] = [e.to_dict() for e in events]
-    return rec, events
+    return rec, events, res
 
 
-def audio_tagging(args) -> int:
-    return _tag_files(args, sed=False)
+Outputs = Union[np.ndarray, List[Optional[np.ndarray]]]
 
 
-def sound_event_detection(args) -> int:
-    return _tag_files(args, sed=True)
+def audio_tagging(args: argparse.Namespace) -> Tuple[Outputs, List[str]]:
+    """The official ``audio_tagging(args)``: print the device line and the top-k ``label: prob`` lines (and
+    the embedding shape) of each input, and return ``(clipwise_output, labels)``.
+
+    ``args`` needs only the official fields (sample_rate, window_size, hop_size, mel_bins, fmin, fmax,
+    model_type, checkpoint_path, audio_path, cuda); any other flag it lacks takes the command line's
+    default. For one audio file, clipwise_output is a float32 array (classes_num,); for other inputs (a
+    folder, .txt/.lst list file, glob, or several of these as a list) it is a list of such arrays in input
+    order, None for a file that could not be decoded. labels: the classes_num label names."""
+    return _python_call(args, "audio_tagging")
+
+
+def sound_event_detection(args: argparse.Namespace) -> Tuple[Outputs, List[str]]:
+    """The official ``sound_event_detection(args)``: print the result shape, draw ``results/<stem>.png``
+    (``--no_plot``/``--output_dir`` fields as on the command line) and return ``(framewise_output, labels)``.
+
+    framewise_output: a float32 array (frames, classes_num), frames = samples // hop_size + 1, also for a
+    long recording run window by window; for several inputs a list of them (None for an undecodable
+    file). ``args`` as for :func:`audio_tagging`."""
+    return _python_call(args, "sound_event_detection")
+
+
+def _python_call(args: argparse.Namespace, mode: str) -> Tuple[Outputs, List[str]]:
+    """Run ``mode`` for a caller's Namespace (left unchanged) and return its outputs: one array when
+    audio_path names one audio file (a string, or a one-item list as the parser makes), else the list."""
+    args = _with_parser_defaults(args, mode)
+    specs = [args.audio_path] if isinstance(args.audio_path, (str, os.PathLike)) else list(args.audio_path)
+    if not specs:
+        raise PannsError(f"{mode}: audio_path names no input")
+    args.audio_path = [os.fspath(p) for p in specs]
+    # one audio file named (not a folder, list file or glob): the official single array
+    single = len(args.audio_path) == 1 and os.path.isfile(args.audio_path[0]) \
+        and os.path.splitext(args.audio_path[0])[1].lower() not in runtime.LIST_EXTENSIONS
+    _prepare(args)
+    _, outputs, labels = _tag_files(args, sed=mode == "sound_event_detection", collect=True)
+    return (outputs[0] if single else outputs), labels
+
+
+def _with_parser_defaults(args: argparse.Namespace, mode: str) -> argparse.Namespace:
+    """A copy of ``args`` with every flag of sub-command ``mode`` that it lacks set to the parser's default
+    (the parser owns the defaults); a required flag it lacks is a PannsError."""
+    parser = argparse.ArgumentParser()
+    _add_common(parser)
+    _add_tagging_args(parser, mode)
+    out = argparse.Namespace(**vars(args))
+    for action in parser._actions:
+        if action.default is argparse.SUPPRESS or hasattr(out, action.dest):
+            continue
+        if action.required:
+            raise PannsError(f"{mode}: args has no {action.dest} (the command line's {action.option_strings[0]})")
+        setattr(out, action.dest, action.default)
+    out.mode = mode
+    return out
 
 
 # ----------------------------------------------------------------------------- CLI
+TAGGING_MODES = {"audio_tagging": "print the top clip-level tags (official output)",
+                 "sound_event_detection": "framewise detection + figure (decision-level models)"}
 # Sub-commands owned by other modules: name -> (module, help). Each module defines
 # add_arguments(parser) for its own flags (the model, device and input flags come from
 # _add_common) and run(args) -> exit status; it imports nothing from this file.
@@ -578,52 +644,58 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "int8 once: faster on CPUs with VNNI, embeddings within cosine 0.999)")
     p.add_argument("--audio_path", type=str, required=True, nargs="+", action="extend",
                    help="audio file(s), folder(s), .txt/.lst list(s) of paths or glob(s); may repeat (required)")
-    p.add_argument("--cuda", action="store_true", default=False, help="run on the GPU if available (else warn, CPU; default: CPU)")
+    p.add_argument("--cuda", action="store_true", default=False,
+                   help="run on the GPU if available (else warn, CPU; default: CPU)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
                    help="numeric precision of the CNN body (default: %(default)s; auto picks bf16 where the hardware "
                         "has native bf16 (CUDA sm80+, CPUs with AMX/AVX512-BF16), fp16 on sm70/75 GPUs, else fp32)")
     p.add_argument("--batch_size", type=int, default=8, help="windows/clips per forward pass (default: %(default)s)")
 
 
+def _add_tagging_args(p: argparse.ArgumentParser, mode: str) -> None:
+    """The flags of ``audio_tagging`` / ``sound_event_detection`` beyond the common ones (our extensions)."""
+    p.add_argument("--segment_seconds", type=float, default=None,
+                   help="split recordings into windows of this length (default: whole file up to "
+                        f"{AUTO_WINDOW_SECONDS:.0f} s, {AUTO_SEGMENT_SECONDS:.0f}-s windows beyond)")
+    p.add_argument("--class_labels_csv", type=str, default=None,
+                   help="label CSV when the checkpoint carries no labels (default: metadata/class_labels_indices.csv "
+                        "in the repository; fetch it with scripts/fetch_metadata.sh)")
+    p.add_argument("--top_k", type=int, default=10, help="number of classes printed/plotted (default 10)")
+    p.add_argument("--hop_seconds", type=float, default=None,
+                   help="hop between windows (default: --segment_seconds, i.e. no overlap)")
+    p.add_argument("--aggregate", choices=("max", "mean"), default=None,
+                   help="how window outputs are combined into one clip result (default max; with windows only: "
+                        "--segment_seconds, or recordings over %.0f s)" % AUTO_WINDOW_SECONDS)
+    p.add_argument("--output", type=str, default=None,
+                   help="also write results to this .json or .csv file (default: none)")
+    if mode == "sound_event_detection":
+        p.add_argument("--output_dir", type=str, default=None,
+                       help=f"folder of the figures <stem>.png, and only of them (default: {FIGURES_DIR}, "
+                            "relative to the current dir; refused with --no_plot)")
+        p.add_argument("--no_plot", action="store_true",
+                       help=f"skip the figures (faster; default: write {FIGURES_DIR}/<stem>.png per file)")
+        p.add_argument("--framewise_output", type=str, default=None,
+                       help="save the framewise probabilities: x.npy (one input: (frames, classes) float32) or "
+                            "x.h5 (framewise/<k> per input k, with audio_path and labels); written as computed "
+                            "(default: not saved)")
+        p.add_argument("--events_csv", type=str, default=None,
+                       help="write detected events (onset,offset,label,score) to this CSV (default: none)")
+        p.add_argument("--threshold", type=float, default=postprocess.DEFAULT_THRESHOLD,
+                       help="framewise probability at or above which a class is active (default "
+                            f"{postprocess.DEFAULT_THRESHOLD:g})")
+        p.add_argument("--min_duration", type=float, default=postprocess.DEFAULT_MIN_DURATION,
+                       help="drop events shorter than this many seconds (default "
+                            f"{postprocess.DEFAULT_MIN_DURATION:g})")
+
+
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="PANNs inference: audio tagging, sound event detection, "
                                      "embeddings.")
     sub = parser.add_subparsers(dest="mode", required=True)
-    for mode, text in (("audio_tagging", "print the top clip-level tags (official output)"),
-                       ("sound_event_detection", "framewise detection + figure (decision-level models)")):
+    for mode, text in TAGGING_MODES.items():
         p = sub.add_parser(mode, help=text)
         _add_common(p)
-        p.add_argument("--segment_seconds", type=float, default=None,
-                       help="split recordings into windows of this length (default: whole file up to "
-                            f"{AUTO_WINDOW_SECONDS:.0f} s, {AUTO_SEGMENT_SECONDS:.0f}-s windows beyond)")
-        p.add_argument("--class_labels_csv", type=str, default=None,
-                       help="label CSV when the checkpoint carries no labels (default: metadata/class_labels_indices.csv "
-                            "in the repository; fetch it with scripts/fetch_metadata.sh)")
-        p.add_argument("--top_k", type=int, default=10, help="number of classes printed/plotted (default 10)")
-        p.add_argument("--hop_seconds", type=float, default=None,
-                       help="hop between windows (default: --segment_seconds, i.e. no overlap)")
-        p.add_argument("--aggregate", choices=("max", "mean"), default=None,
-                       help="how window outputs are combined into one clip result (default max; with windows only: "
-                            "--segment_seconds, or recordings over %.0f s)" % AUTO_WINDOW_SECONDS)
-        p.add_argument("--output", type=str, default=None, help="also write results to this .json or .csv file (default: none)")
-        if mode == "sound_event_detection":
-            p.add_argument("--output_dir", type=str, default=None,
-                           help=f"folder of the figures <stem>.png, and only of them (default: {FIGURES_DIR}, "
-                                "relative to the current dir; refused with --no_plot)")
-            p.add_argument("--no_plot", action="store_true",
-                           help=f"skip the figures (faster; default: write {FIGURES_DIR}/<stem>.png per file)")
-            p.add_argument("--framewise_output", type=str, default=None,
-                           help="save the framewise probabilities: x.npy (one input: (frames, classes) float32) or "
-                                "x.h5 (framewise/<k> per input k, with audio_path and labels); written as computed "
-                                "(default: not saved)")
-            p.add_argument("--events_csv", type=str, default=None,
-                           help="write detected events (onset,offset,label,score) to this CSV (default: none)")
-            p.add_argument("--threshold", type=float, default=postprocess.DEFAULT_THRESHOLD,
-                           help="framewise probability at or above which a class is active (default "
-                                f"{postprocess.DEFAULT_THRESHOLD:g})")
-            p.add_argument("--min_duration", type=float, default=postprocess.DEFAULT_MIN_DURATION,
-                           help="drop events shorter than this many seconds (default "
-                                f"{postprocess.DEFAULT_MIN_DURATION:g})")
+        _add_tagging_args(p, mode)
     for mode, (_, text) in SUBCOMMANDS.items():
         p = sub.add_parser(mode, help=text)
         _add_common(p)
@@ -636,9 +708,11 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
 def _add_export_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--output", type=str, required=True, help="ONNX file to write (atomically)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s, the lowest the exporter writes)")
+    p.add_argument("--opset", type=int, default=18,
+                   help="ONNX opset (default: %(default)s, the lowest the exporter writes)")
     p.add_argument("--class_labels_csv", type=str, default=None,
-                   help="label CSV stored in the metadata when the checkpoint has no labels (default: the repository's)")
+                   help="label CSV stored in the metadata when the checkpoint has no labels "
+                        "(default: the repository's)")
     p.set_defaults(batch_size=1, segment_seconds=None)
 
 
@@ -669,15 +743,12 @@ def export(args) -> int:
     return 0
 
 
-def main(argv=None, prog: Optional[str] = None) -> None:
-    args = build_parser(prog).parse_args(argv)
+def _prepare(args: argparse.Namespace) -> None:
+    """Resolve and check parsed flags (command line or Python API) before any work."""
     if hasattr(args, "aggregate"):   # None in the parser so that a --aggregate given can be checked for effect
         args.aggregate_given, args.aggregate = args.aggregate is not None, args.aggregate or runtime.DEFAULT_AGGREGATE
     if hasattr(args, "no_plot"):     # --output_dir is None in the parser for the same reason
         check_figure_options(args)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    for noisy in ("matplotlib", "numba", "PIL", "h5py"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     if getattr(args, "checkpoint_path", None):   # Cnn14_mAP=0.431.pth as the official commands write it: the cache's
         args.checkpoint_path = pretrained.resolve_published(args.checkpoint_path)
     # The same checks as the Python API's (validate); hop > segment in SED would leave frames never analysed.
@@ -685,9 +756,18 @@ def main(argv=None, prog: Optional[str] = None) -> None:
                      segment_seconds=args.segment_seconds, hop_seconds=getattr(args, "hop_seconds", None),
                      threshold_=getattr(args, "threshold", None), min_duration=getattr(args, "min_duration", None),
                      framewise=args.mode == "sound_event_detection", prefix="--")
-    handler = {"audio_tagging": audio_tagging, "sound_event_detection": sound_event_detection,
-               "export": export}.get(args.mode) or _command_module(args.mode).run
-    rc = handler(args)
+
+
+def main(argv=None, prog: Optional[str] = None) -> None:
+    args = build_parser(prog).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    for noisy in ("matplotlib", "numba", "PIL", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _prepare(args)
+    if args.mode in TAGGING_MODES:   # the exit status; the public functions return the official tuples
+        rc = _tag_files(args, sed=args.mode == "sound_event_detection")[0]
+    else:
+        rc = (export if args.mode == "export" else _command_module(args.mode).run)(args)
     if rc:
         sys.exit(rc)
 
