@@ -8,6 +8,8 @@
 # Environment overrides:
 #   NUM_WORKERS=4       parallel downloads per CSV          PARALLEL_PARTS=1  unbalanced parts at the same time
 #   MINI_DATA=0         1: only the first 10 clips of each CSV (debug)
+#   REMOVE_STALE_PARTS=0  1: remove part CSVs of an earlier split of a longer unbalanced CSV (without it the
+#                       split stops and names them: they would be downloaded and packed as current data)
 #   URL_TEMPLATE=...    video URL with {ytid} (default YouTube; point it at a mirror)
 #   CSV_BASE_URL=...    where the metadata CSVs come from (default Google's storage.googleapis.com/us_audioset/
 #                       youtube_corpus/v1; a mirror must hold csv/<name>.csv and qa/qa_true_counts.csv)
@@ -26,6 +28,7 @@ NUM_WORKERS="${NUM_WORKERS:-4}"
 PARALLEL_PARTS="${PARALLEL_PARTS:-1}"
 MINI_DATA="${MINI_DATA:-0}"
 RETRY_FAILED="${RETRY_FAILED:-0}"
+REMOVE_STALE_PARTS="${REMOVE_STALE_PARTS:-0}"
 
 EXTRA_FLAGS=""  # plain flags without spaces, word-split on purpose below
 if [ "$MINI_DATA" = "1" ]; then EXTRA_FLAGS="$EXTRA_FLAGS --mini_data"; fi
@@ -69,9 +72,12 @@ if [ "$CSV_BASE_URL" = "$DEFAULT_CSV_BASE_URL" ] && [ ! -f "$REPO/metadata/class
 fi
 
 # Split the unbalanced CSV into parts of 50,000 clips (41 parts for AudioSet).
+SPLIT_FLAG=""
+if [ "$REMOVE_STALE_PARTS" = "1" ]; then SPLIT_FLAG="--remove_stale_parts"; fi
+# shellcheck disable=SC2086  # SPLIT_FLAG is empty or one flag
 "$PYTHON" "$REPO/utils/dataset.py" split_unbalanced_csv_to_partial_csvs \
   --unbalanced_csv="$META/unbalanced_train_segments.csv" \
-  --unbalanced_partial_csvs_dir="$META/unbalanced_partial_csvs"
+  --unbalanced_partial_csvs_dir="$META/unbalanced_partial_csvs" $SPLIT_FLAG
 
 download() {  # download CSV AUDIOS_DIR
   "$PYTHON" "$REPO/utils/dataset.py" download_wavs --csv_path="$1" --audios_dir="$2" \

@@ -2,6 +2,8 @@
 clips, atomic output, CSV parsing and splitting."""
 import csv
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ import pytest
 from data_helpers import CLIP_SECONDS, SR, append_segment, make_dataset, official_pack_row
 
 from panns import dataset as ds
+from panns import packing
 from panns.errors import PannsError
 
 CLIP = int(SR * CLIP_SECONDS)
@@ -69,7 +72,8 @@ def test_split_into_a_folder_with_parts_of_a_longer_csv_refuses_or_removes_them(
     src.write_text("".join(f'id{i:09d}, 0.000, 10.000, "/m/b"\n' for i in range(3)))   # 2 parts now
     with pytest.raises(PannsError, match=r"parts holds 2 part CSVs that this split of .*unbalanced\.csv \(2 parts\) "
                                          r"would not write.*: unbalanced_train_segments_part02\.csv, "
-                                         r"unbalanced_train_segments_part03\.csv\. .*--remove_stale_parts; "
+                                         r"unbalanced_train_segments_part03\.csv\. .*--remove_stale_parts "
+                                         r"\(REMOVE_STALE_PARTS=1 for scripts/1_download_dataset\.sh\); "
                                          r"nothing was written"):
         ds.split_unbalanced_csv_to_partial_csvs(str(src), str(parts), rows_per_part=2)
     assert {n: (parts / n).read_text() for n in sorted(os.listdir(parts))} == before
@@ -120,6 +124,21 @@ def test_pack_missing_csv_lists_reasons(packed):
     assert {m[0] for m in rep.missing} == set(rows)
 
 
+def test_skip_existing_advice_names_the_scripts_setting_too(packed, tmp_path):
+    """scripts/2_*.sh pass --skip_existing themselves: the advice to drop it names SKIP_EXISTING=0 as well."""
+    info, out, _ = packed
+    hint = r"drop --skip_existing \(SKIP_EXISTING=0 in scripts/2_\*\.sh\) to re-pack it"
+    kw = dict(clip_seconds=CLIP_SECONDS, class_labels_csv=info["labels_csv"], skip_existing=True, progress=False)
+    with pytest.raises(PannsError, match=f"other options .*; remove it or {hint}$"):
+        ds.pack_waveforms_to_hdf5(info["bal_csv"], info["bal_dir"], out, sample_rate=16000, **kw)
+    old = str(tmp_path / "balanced_train.h5")   # packed by an earlier version: no digest of its CSV
+    shutil.copy(out, old)
+    with h5py.File(old, "a") as hf:
+        del hf.attrs[packing.SEGMENTS_DIGEST_ATTR]
+    rep = ds.pack_waveforms_to_hdf5(info["bal_csv"], info["bal_dir"], old, **kw)
+    assert rep.skipped_existing and re.search(f"cannot be seen; {hint}$", rep.skip_note), rep.skip_note
+
+
 def test_pack_rows_byte_identical_to_official(packed):
     """32 kHz wav (normal, longer, shorter clips) and 44.1 kHz wav and stereo flac: same bytes as the official
     algorithm computed directly with librosa; hot file clipped instead of aborting."""
@@ -132,7 +151,8 @@ def test_pack_rows_byte_identical_to_official(packed):
     plain = [n for n in names if n.startswith("Yd")][:3]
     for name in plain + [info["extras"][k] for k in ("long", "short", "44k")]:
         np.testing.assert_array_equal(rows[name], official_pack_row(os.path.join(d, name), CLIP), err_msg=name)
-    np.testing.assert_array_equal(rows[info["extras"]["stereo"]], official_pack_row(info["extras"]["stereo_file"], CLIP))
+    np.testing.assert_array_equal(rows[info["extras"]["stereo"]],
+                                  official_pack_row(info["extras"]["stereo_file"], CLIP))
     hot = rows[info["extras"]["hot"]]
     assert hot.max() == 32767 and hot.min() == -32767
     assert targets[info["extras"]["stereo"]].tolist() == [False, True, False, False, False]

@@ -252,11 +252,6 @@ def _stale_parts(folder: str, written: Sequence[str], unbalanced_csv: str) -> Li
     return stale
 
 
-def _name_paths(paths: Sequence[str], folder: str, shown: int = 5) -> str:
-    names = [os.path.relpath(p, folder) for p in paths]
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
-
-
 def split_unbalanced_csv_to_partial_csvs(unbalanced_csv: str, unbalanced_partial_csvs_dir: str,
                                          rows_per_part: int = UNBALANCED_ROWS_PER_PART,
                                          remove_stale_parts: bool = False) -> List[str]:
@@ -280,8 +275,9 @@ def split_unbalanced_csv_to_partial_csvs(unbalanced_csv: str, unbalanced_partial
     if stale and not remove_stale_parts:
         raise PannsError(f"{unbalanced_partial_csvs_dir} holds {len(stale)} part CSVs that this split of "
                          f"{unbalanced_csv} ({files_num} parts) would not write, left by an earlier split of a longer "
-                         f"CSV: {_name_paths(stale, unbalanced_partial_csvs_dir)}. The scripts would download and pack "
-                         "them too: remove them, or re-run with --remove_stale_parts; nothing was written")
+                         f"CSV: {packing.name_paths(stale, unbalanced_partial_csvs_dir)}. The scripts would download "
+                         "and pack them too: remove them, or re-run with --remove_stale_parts (REMOVE_STALE_PARTS=1 "
+                         "for scripts/1_download_dataset.sh); nothing was written")
     os.makedirs(unbalanced_partial_csvs_dir, exist_ok=True)
     out = []
     for r, path in enumerate(paths):
@@ -293,7 +289,7 @@ def split_unbalanced_csv_to_partial_csvs(unbalanced_csv: str, unbalanced_partial
         os.remove(path)
     if stale:
         print(f"Removed {len(stale)} part CSVs of an earlier split (--remove_stale_parts): "
-              f"{_name_paths(stale, unbalanced_partial_csvs_dir)}")
+              f"{packing.name_paths(stale, unbalanced_partial_csvs_dir)}")
     return out
 
 
@@ -569,7 +565,8 @@ def download_wavs(csv_path: str, audios_dir: str, mini_data: bool = False, num_w
     _clean_stale_tmp_dirs(audios_dir)
     remove_stale_temps(failures_csv)
     previous = _read_failures(failures_csv)
-    opts = DownloadOptions(audios_dir, url_template, sample_rate, max_retries, retry_base_delay, socket_timeout, cookies)
+    opts = DownloadOptions(audios_dir, url_template, sample_rate, max_retries, retry_base_delay, socket_timeout,
+                           cookies)
 
     report = DownloadReport(failures_csv=failures_csv)
     todo = []
@@ -745,7 +742,7 @@ def _repack_reason(waveforms_hdf5_path: str, csv_path: str, audios_dir: str, dig
                 "(downloaded since?)"), ""
     if have is None:
         return "", (f"packed by an earlier version, which recorded no digest of its segment CSV: changes to "
-                    f"{csv_path} since then cannot be seen; drop --skip_existing to re-pack it")
+                    f"{csv_path} since then cannot be seen; {packing.REPACK_HINT}")
     return "", ""
 
 
@@ -826,7 +823,8 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
         if dropped:
             logger.warning("%s: %d repeated rows packed once (first row kept, labels of its rows merged%s): %s",
                            csv_path, repeated, f"; {merged} clips got labels from a later row" if merged else "",
-                           ", ".join(f"line {s.line} ({s.ytid})" for s in dropped[:5]) + (", ..." if repeated > 5 else ""))
+                           ", ".join(f"line {s.line} ({s.ytid})" for s in dropped[:5])
+                           + (", ..." if repeated > 5 else ""))
     targets = targets_for(segments, labels, csv_path, class_labels_csv or config.DEFAULT_LABELS_CSV)
     if not os.path.isdir(audios_dir):
         raise PannsError(f"audio folder not found: {audios_dir}")

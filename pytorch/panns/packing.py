@@ -40,6 +40,15 @@ from panns.utilities import (atomic_write, atomic_write_text, check_free_space, 
 logger = logging.getLogger(__name__)
 
 SHORT_FRACTION = 0.5  # clips shorter than this fraction of the clip length are counted in the summary
+# How to re-pack an output --skip_existing keeps, for the command line and for the scripts, which pass the flag
+# themselves and take SKIP_EXISTING=0 instead.
+REPACK_HINT = "drop --skip_existing (SKIP_EXISTING=0 in scripts/2_*.sh) to re-pack it"
+
+
+def name_paths(paths: Sequence[str], folder: str, shown: int = 5) -> str:
+    """The first ``shown`` of ``paths``, relative to ``folder``, for a one-line message ('a, b and 3 more')."""
+    names = [os.path.relpath(p, folder) for p in paths]
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def clip_samples_for(sample_rate: int, clip_seconds: float) -> int:
@@ -383,4 +392,4 @@ def check_reusable(path: str, sample_rate: int, clip_samples: int, storage_name:
     diff = option_mismatch(path, sample_rate, clip_samples, storage_name, labels)
     if diff:
         raise PannsError(f"--skip_existing: {path} was packed with other options ({'; '.join(diff)}); "
-                         "remove it or drop --skip_existing to re-pack it")
+                         f"remove it or {REPACK_HINT}")
