@@ -5,6 +5,8 @@
 #   bash scripts/3_create_training_indexes.sh [WORKSPACE]     (default ./workspaces/audioset_tagging)
 #
 # Index files store waveform paths relative to themselves, so the workspace can be moved afterwards.
+# An unbalanced part index whose packed part is gone (deleted, or a part of an earlier split) is removed, and
+# named, before full_train is combined: combine_full_indexes refuses an index whose waveforms are missing.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/args.sh"   # --help: the usage above; an option where a path belongs: refused
 panns_script_args "${BASH_SOURCE[0]}" 1 "$@"
@@ -34,6 +36,7 @@ index "$WAVEFORMS/balanced_train.h5" "$INDEXES/balanced_train.h5"
   index "$part" "$INDEXES/unbalanced_train/$(basename "$part")"
 done
 
+"$PYTHON" "$REPO/utils/create_indexes.py" remove_stale_indexes --indexes_hdf5s_dir="$INDEXES/unbalanced_train"
 "$PYTHON" "$REPO/utils/create_indexes.py" combine_full_indexes \
   --indexes_hdf5s_dir="$INDEXES" --full_indexes_hdf5_path="$INDEXES/full_train.h5"
 

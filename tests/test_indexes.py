@@ -61,8 +61,8 @@ def test_combine_selects_by_file_name_sorted(ws):
 
 def test_combine_ignores_mini_and_other_files(ws, tmp_path):
     _, w = ws
-    idx = tmp_path / "indexes"
-    shutil.copytree(w["indexes"], idx)
+    shutil.copytree(w["ws"], tmp_path / "ws")   # the waveforms too: their index files point at them
+    idx = tmp_path / "ws" / "hdf5s" / "indexes"
     shutil.copy(idx / "balanced_train.h5", idx / "balanced_train.h5.mini")
     shutil.copy(idx / "eval.h5", idx / "eval_train_like.h5")
     n_full = ci.combine_full_indexes(str(idx), str(idx / "full_train.h5"))

@@ -18,7 +18,10 @@ Fixes against the official code:
 * Rows of clips that were never packed (empty ``audio_name`` in official waveform files) are dropped.
 * ``combine_full_indexes`` chooses part files by **file name** (``balanced_train*.h5`` and
   ``unbalanced_train*.h5``), not by a substring of the whole path (a workspace under
-  ``/data/train_ws`` used to pull ``eval.h5`` into full_train), in sorted, deterministic order.
+  ``/data/train_ws`` used to pull ``eval.h5`` into full_train), in sorted, deterministic order. A part index
+  whose waveform HDF5 is gone (a deleted packed part, or one of an earlier split of the unbalanced CSV) is
+  refused, not combined into rows that point nowhere; ``remove_stale_indexes`` (script 3 runs it on
+  ``indexes/unbalanced_train``) removes such part indexes and names them.
 * Outputs are written to a temporary name and renamed. An output that is one of the inputs, or an
   existing HDF5 of another kind (a waveform HDF5, embeddings, framewise outputs), is refused before
   anything is written (the official code overwrote it).
@@ -27,6 +30,7 @@ Usage (official command lines)::
 
     python3 utils/create_indexes.py create_indexes --waveforms_hdf5_path=W.h5 --indexes_hdf5_path=I.h5
     python3 utils/create_indexes.py combine_full_indexes --indexes_hdf5s_dir=DIR --full_indexes_hdf5_path=F.h5
+    python3 utils/create_indexes.py remove_stale_indexes --indexes_hdf5s_dir=DIR
 """
 from __future__ import annotations
 
@@ -79,6 +83,12 @@ def resolve_hdf5_path(stored: str, index_dir: str) -> str:
     if os.path.exists(stored):
         return os.path.abspath(stored)
     return candidate
+
+
+def missing_waveform_files(stored: Sequence[str], index_dir: str) -> List[str]:
+    """The waveform HDF5s among ``stored`` (an index file's ``hdf5_path`` values, resolved by
+    :func:`resolve_hdf5_path`) that are not there: a packed part deleted, e.g. one of an earlier split."""
+    return [p for p in (resolve_hdf5_path(s, index_dir) for s in stored) if not os.path.isfile(p)]
 
 
 def _decode(x) -> str:
@@ -305,11 +315,35 @@ def find_part_indexes(indexes_hdf5s_dir: str, exclude: Optional[str] = None) -> 
     return sorted(found, key=lambda p: os.path.relpath(p, indexes_hdf5s_dir).replace(os.sep, "/"))
 
 
+def remove_stale_indexes(indexes_hdf5s_dir: str) -> List[str]:
+    """Remove the part index files under a folder whose waveform HDF5s are all gone (the packed part was deleted,
+    e.g. one of an earlier split of the unbalanced CSV), which :func:`combine_full_indexes` refuses; returns them.
+
+    Script 3 runs it on ``indexes/unbalanced_train``, where it writes one index per packed part. Files that are not
+    index files, or cannot be read, are left for ``combine_full_indexes`` to name."""
+    removed = []
+    for path in find_part_indexes(indexes_hdf5s_dir) if os.path.isdir(indexes_hdf5s_dir) else []:
+        try:
+            with h5py.File(path, "r") as hf:
+                stored = _unique_codes(hf["hdf5_path"])[0] if "hdf5_path" in hf else []
+        except (OSError, ValueError):
+            continue
+        index_dir = os.path.dirname(os.path.abspath(path))
+        if stored and len(missing_waveform_files(stored, index_dir)) == len(stored):
+            os.remove(path)
+            removed.append(path)
+    if removed:
+        print(f"Removed {len(removed)} index files whose packed waveforms are gone (deleted, or parts of an earlier "
+              f"split): {packing.name_paths(removed, indexes_hdf5s_dir)}")
+    return removed
+
+
 def combine_full_indexes(indexes_hdf5s_dir: str, full_indexes_hdf5_path: str, keep_duplicates: bool = False) -> int:
     """Concatenate the training part indexes under a folder into one index; returns its row count.
 
     A clip id in several parts (balanced and unbalanced, or two shards) is kept once, from the first
-    part, and reported; ``keep_duplicates``: every row (official)."""
+    part, and reported; ``keep_duplicates``: every row (official). A part whose waveform HDF5 is gone (a deleted
+    packed part, or one of an earlier split) is refused before anything is written: its rows would point nowhere."""
     if not os.path.isdir(indexes_hdf5s_dir):
         raise PannsError(f"indexes folder not found: {indexes_hdf5s_dir}")
     paths = find_part_indexes(indexes_hdf5s_dir)
@@ -333,6 +367,11 @@ def combine_full_indexes(indexes_hdf5s_dir: str, full_indexes_hdf5_path: str, ke
                 raise PannsError(f"cannot read index file {path}: {' '.join(str(e).split())}") from None
         sizes.append((n, classes))
         index_dir = os.path.dirname(os.path.abspath(path))
+        gone = missing_waveform_files(uniq, index_dir)
+        if gone:
+            raise PannsError(f"index file {path} points at {gone[0]}, which is gone (a deleted packed part, or one of "
+                             "an earlier split?): remove the index file (scripts/3_create_training_indexes.sh removes "
+                             "such unbalanced part indexes) or pack the part again; nothing was written")
         rel_paths[path] = [_relpath_for(resolve_hdf5_path(p, index_dir), full_indexes_hdf5_path) for p in uniq]
     path_dtype = _path_dtype([p for v in rel_paths.values() for p in v])
     _prepare_output(full_indexes_hdf5_path,
@@ -389,6 +428,10 @@ def main() -> None:
     p.add_argument("--indexes_hdf5_path", type=str, required=True, help="index HDF5 to write")
     p.add_argument("--keep_duplicates", action="store_true",
                    help="index every row, a clip id packed twice included (official; default: once, reported)")
+    p = sub.add_parser("remove_stale_indexes",
+                       help="remove part index files whose packed waveform HDF5s are gone (scripts/3 runs it)")
+    p.add_argument("--indexes_hdf5s_dir", type=str, required=True,
+                   help="folder searched (recursively) for balanced_train*.h5 and unbalanced_train*.h5 indexes")
     p = sub.add_parser("combine_full_indexes", help="combine balanced + unbalanced part indexes into full_train")
     p.add_argument("--indexes_hdf5s_dir", type=str, required=True,
                    help="folder searched (recursively) for balanced_train*.h5 and unbalanced_train*.h5 indexes")
@@ -398,10 +441,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "create_indexes":
         create_indexes(args.waveforms_hdf5_path, args.indexes_hdf5_path, args.keep_duplicates)
+    elif args.mode == "remove_stale_indexes":
+        remove_stale_indexes(args.indexes_hdf5s_dir)
     elif args.mode == "combine_full_indexes":
         combine_full_indexes(args.indexes_hdf5s_dir, args.full_indexes_hdf5_path, args.keep_duplicates)
     else:
-        parser.error("choose a sub-command: create_indexes or combine_full_indexes")
+        parser.error("choose a sub-command: create_indexes, combine_full_indexes or remove_stale_indexes")
 
 
 if __name__ == "__main__":
