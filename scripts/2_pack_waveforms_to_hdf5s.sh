@@ -20,6 +20,8 @@
 #   STORAGE=pcm16|flac    flac: lossless FLAC rows, about half the disk; decoded in the training loader workers
 #   LABELS_CSV=<path>     label CSV (default: the rule above)
 #   SKIP_EXISTING=1       0: re-pack and replace outputs that are already there
+#   REMOVE_STALE_PARTS=0  1: remove packed unbalanced parts that no part CSV maps to (left by an earlier split of a
+#                         longer CSV; script 3 would index them as current data). Without it they stop the script
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/args.sh"   # --help: the usage above; an option where a path belongs: refused
 panns_script_args "${BASH_SOURCE[0]}" 2 "$@"
@@ -54,6 +56,32 @@ if [ ! -f "$DATASET_DIR/metadata/eval_segments.csv" ]; then
   exit 2
 fi
 mkdir -p "$WAVEFORMS/unbalanced_train"
+PARTS_DIR="$DATASET_DIR/metadata/unbalanced_partial_csvs"
+
+# Packed parts that no part CSV maps to were left by an earlier split of a longer unbalanced CSV (script 1 names or,
+# with REMOVE_STALE_PARTS=1, removes its part CSVs): script 3 would index them into full_train.h5 as current data.
+# Refused before anything is packed, or removed (with their .missing.csv) when REMOVE_STALE_PARTS=1.
+if [ -d "$PARTS_DIR" ]; then
+  EXPECTED="$(find "$PARTS_DIR" -name 'unbalanced_train_segments_part*.csv' | \
+    sed 's|.*/unbalanced_train_segments_part\(.*\)\.csv$|unbalanced_train_part\1.h5|')"
+  STALE="$(find "$WAVEFORMS/unbalanced_train" -maxdepth 1 -name 'unbalanced_train_part*.h5' | sed 's|.*/||' | sort | \
+    grep -vxF -e "$EXPECTED" || true)"
+  if [ -n "$STALE" ]; then
+    COUNT="$(printf '%s\n' "$STALE" | wc -l | tr -d ' ')"
+    SHOWN="$(printf '%s\n' "$STALE" | head -n 5 | paste -sd, - | sed 's/,/, /g')"
+    if [ "$COUNT" -gt 5 ]; then SHOWN="$SHOWN and $((COUNT - 5)) more"; fi
+    if [ "${REMOVE_STALE_PARTS:-0}" != "1" ]; then
+      echo "error: $WAVEFORMS/unbalanced_train holds $COUNT packed parts that no part CSV in $PARTS_DIR maps to," \
+           "left by an earlier split: $SHOWN. Script 3 would index them into full_train.h5: remove them, or re-run" \
+           "with REMOVE_STALE_PARTS=1; nothing was packed" >&2
+      exit 2
+    fi
+    while IFS= read -r name; do
+      rm -f "$WAVEFORMS/unbalanced_train/$name" "$WAVEFORMS/unbalanced_train/$name.missing.csv"
+    done <<< "$STALE"
+    echo "Removed $COUNT packed parts of an earlier split (REMOVE_STALE_PARTS=1): $SHOWN"
+  fi
+fi
 
 pack() {  # pack CSV AUDIOS_DIR OUT.h5 WORKERS
   # shellcheck disable=SC2086  # SKIP_FLAG is empty or one flag
@@ -76,8 +104,8 @@ pack_part() {  # unbalanced_train_segments_partNN.csv -> unbalanced_train/unbala
 }
 export -f pack pack_part
 export PYTHON REPO DATASET_DIR WAVEFORMS SAMPLE_RATE CLIP_SECONDS STORAGE LABELS_CSV SKIP_FLAG
-if [ -d "$DATASET_DIR/metadata/unbalanced_partial_csvs" ]; then
-  find "$DATASET_DIR/metadata/unbalanced_partial_csvs" -name 'unbalanced_train_segments_part*.csv' | sort | \
+if [ -d "$PARTS_DIR" ]; then
+  find "$PARTS_DIR" -name 'unbalanced_train_segments_part*.csv' | sort | \
     xargs -P "$PACK_JOBS" -d '\n' -I{} bash -c 'set -euo pipefail; pack_part "$1"' _ {}
 else   # a download that stopped before the split (or a data set without the unbalanced part)
   echo "No $DATASET_DIR/metadata/unbalanced_partial_csvs (script 1 splits the unbalanced CSV there);" \
