@@ -15,6 +15,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Dict, Optional, Union
 
+import numpy as np
+
 from panns import argtypes
 from panns.errors import PannsError
 
@@ -95,7 +97,54 @@ class FrontEnd:
             fix = f"; use {n('fmax')} <= {sr // 2}" if flags else ""
             raise PannsError(f"{n('fmax')} {fe.fmax} is above the Nyquist frequency of {n('sample_rate')} {sr} "
                              f"({sr // 2} Hz): those mel bands would be empty{fix}")
+        empty = fe.empty_mel_bands()
+        if empty:
+            raise PannsError(fe._empty_bands_error(empty, prefix))
         return fe
+
+    def empty_mel_bands(self) -> int:
+        """How many rows of the model's mel filterbank (``librosa.filters.mel``, through torchlibrosa) are all
+        zero: a band takes weight only from FFT bins strictly inside its span, mel points i to i + 2, so a
+        band narrower than the FFT's bin spacing (a small window, many mel bins, a low fmin) can hold none.
+        Such a bin is the log of ``amin`` in every frame: a constant the model trains on as if it were sound.
+        Counted from librosa's own mel and FFT frequencies, not from its "Empty filters" warning. Settings
+        must already satisfy 0 <= fmin < fmax <= sample_rate / 2 (``check``)."""
+        bins = self.window_size // 2 + 1
+        if self.mel_bins > 2 * bins:   # bands i and i + 2 share no bin: at most 2 * bins bands can hold one
+            return self.mel_bins - 2 * bins   # a lower bound; no mel points worth computing for the rest
+        import librosa  # late: the mel scale is librosa's (as the model's filterbank); the flags need no librosa
+
+        edges = librosa.mel_frequencies(n_mels=self.mel_bins + 2, fmin=self.fmin, fmax=self.fmax, htk=False)
+        fft = librosa.fft_frequencies(sr=self.sample_rate, n_fft=self.window_size)
+        # FFT bins strictly above each band's lower edge and strictly below its upper edge
+        inside = np.searchsorted(fft, edges[2:], side="left") - np.searchsorted(fft, edges[:-2], side="right")
+        return int(np.count_nonzero(inside <= 0))
+
+    def _empty_bands_error(self, empty: int, prefix: str) -> str:
+        """The one line for settings that leave ``empty`` mel bands empty; with flags, the nearest settings that
+        leave none: the smallest power-of-two window, else the most mel bins at this window."""
+        def n(key: str) -> str:
+            return f"{prefix}{key} {getattr(self, key)}"
+
+        bins = self.window_size // 2 + 1
+        count = f"at least {empty}" if self.mel_bins > 2 * bins else str(empty)
+        line = (f"{n('window_size')} with {n('mel_bins')} ({n('fmin')} to {n('fmax')} Hz at {n('sample_rate')}) "
+                f"leaves {count} of the {self.mel_bins} mel bands empty: the FFT's bins are "
+                f"{self.sample_rate / self.window_size:.4g} Hz apart, wider than those bands")
+        if prefix != "--":
+            return line
+        fixes = []
+        window = 1 << self.window_size.bit_length()   # the next power of two (the official windows are)
+        while window <= MAX_WINDOW and dataclasses.replace(self, window_size=window).empty_mel_bands():
+            window *= 2
+        if window <= MAX_WINDOW:
+            fixes.append(f"--window_size {window}")
+        mel_bins = min(self.mel_bins - 1, 2 * bins)
+        while mel_bins >= 1 and dataclasses.replace(self, mel_bins=mel_bins).empty_mel_bands():
+            mel_bins -= 1
+        if mel_bins >= 1:
+            fixes.append(f"--mel_bins {mel_bins}")
+        return line + (f"; use {' or '.join(fixes)}" if fixes else f"; raise {prefix}fmax or lower {prefix}fmin")
 
 
 def whole_number(value, name: str, minimum: Optional[int] = None) -> int:

@@ -362,6 +362,14 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
     if data is not None and data.multi_label and loss == "nll":
         raise PannsError("some clips have several labels; single-label --loss nll cannot learn that: use --loss bce")
     output = OUTPUT_OF_LOSS[loss]
+    # The front end (flags over the checkpoint's or the registry's settings) before the run folder, the logs or
+    # the model: settings no model can run (a zero hop, an empty mel band) are one line, with nothing written.
+    sd = None
+    if args.pretrained_checkpoint_path:
+        sd, frontend, saved_cfg = read_pretrained(args.pretrained_checkpoint_path, base_name, cli_fe)
+    else:
+        frontend = {**models.get_model_spec(base_name).frontend(), **{k: v for k, v in cli_fe.items() if v is not None}}
+    FrontEnd.from_dict(frontend).check()
 
     run_dir, can_resume, replace = None, False, []
     if data is not None:
@@ -385,12 +393,6 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
     precision = devices.resolve_precision(args.precision, device, training=not args.linear_probe)
 
     # Model (official order: build, load pretrained, report device).
-    sd = None
-    if args.pretrained_checkpoint_path:
-        sd, frontend, saved_cfg = read_pretrained(args.pretrained_checkpoint_path, base_name, cli_fe)
-    else:
-        frontend = {**models.get_model_spec(base_name).frontend(), **{k: v for k, v in cli_fe.items() if v is not None}}
-    FrontEnd.from_dict(frontend).check()   # flags or checkpoint: no STFT of a zero hop or an empty mel band
     classes_num = data.classes_num if data is not None else probe.AUDIOSET_CLASSES_NUM
     model = make_transfer_model(base_name, classes_num, freeze_base=args.freeze_base, output=output, **frontend)
     if sd is not None:
