@@ -1,21 +1,25 @@
 """Front-end settings that leave mel bands empty (a window too small for the mel bins between fmin and fmax) are
 refused in one line by the one owner of the front-end settings, ``FrontEnd.check``, at every entry point, before any
 model or data work: they used to print librosa's "Empty filters" warning and train on constant mel bins. Every
-registered model's own settings still pass."""
+registered model's own settings still pass. And the fine-tuning clip cache is one of the HDF5 kinds: a file of
+another kind at its path is refused, not rebuilt over."""
+import hashlib
 import os
 import re
 import subprocess
 import sys
 import warnings
 
+import h5py
 import librosa
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
+from panns import finetune_data as fd
 from panns import finetune_template as ft
-from panns import inference, models
+from panns import inference, models, utilities
 from panns.errors import PannsError
 from panns.frontend import KNOWN, MAX_WINDOW, FrontEnd
 from data_helpers import cli_error
@@ -138,3 +142,54 @@ def test_finetune_refuses_the_flags_before_the_run_folder_or_the_model(tmp_path,
                            monkeypatch, capsys)
     assert code == 2 and line.startswith("error: --window_size 128 with --mel_bins 64 "), line
     assert "--sample_rate 16000" in line and not ws.exists()
+
+
+# ----------------------------------------------------------------------------- the clip cache's kind
+def _digest(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
+
+
+def _paths(tmp_path):
+    ds = _dataset(tmp_path / "sounds")
+    return sorted(os.path.join(ds, c, f) for c in ("hum", "hiss") for f in os.listdir(os.path.join(ds, c)))
+
+
+def _official_waveforms(path) -> None:
+    with h5py.File(path, "w") as f:   # the official packer's datasets
+        f.create_dataset("audio_name", data=np.array([b"Yx.wav"], dtype="S20"))
+        f.create_dataset("waveform", data=np.zeros((1, 10), np.int16))
+        f.create_dataset("target", data=np.zeros((1, 3), bool))
+
+
+@pytest.mark.parametrize("other", ["waveforms", "not HDF5"])
+def test_a_file_of_another_kind_at_the_cache_path_is_refused_not_rebuilt_over(tmp_path, other):
+    paths, cache_dir = _paths(tmp_path), str(tmp_path / "cache")
+    target = fd.cache_path(cache_dir, SR, fd.cache_key(paths, SR))
+    os.makedirs(cache_dir)
+    if other == "waveforms":
+        _official_waveforms(target)
+    else:
+        with open(target, "w") as f:
+            f.write("notes\n")
+    before = _digest(target)
+    with pytest.raises(PannsError) as e:
+        fd.build_cache(paths, SR, cache_dir)
+    line = str(e.value)
+    assert "\n" not in line and line.startswith(f"clip cache {target} ") and "--cache_dir" in line, line
+    assert ("existing waveform HDF5, not a fine-tuning clip cache" if other == "waveforms"
+            else "is not an HDF5 file") in line, line
+    assert _digest(target) == before and os.listdir(cache_dir) == [os.path.basename(target)]
+
+
+def test_the_cache_is_its_own_kind_and_a_cut_short_one_is_still_rebuilt(tmp_path):
+    paths, cache_dir = _paths(tmp_path), str(tmp_path / "cache")
+    cache = fd.build_cache(paths, SR, cache_dir)
+    assert utilities.hdf5_kind(cache.h5_path) == "clips"   # not "waveforms": it holds a 'waveform' too
+    with pytest.raises(PannsError, match="is an existing fine-tuning clip cache, not a waveform HDF5; writing there "
+                                         "would destroy the decoded clips"):
+        utilities.check_hdf5_kind(cache.h5_path, "waveforms", flag="--waveforms_hdf5_path")
+    with h5py.File(cache.h5_path, "w") as f:   # an HDF5 without the cache's datasets (one cut short)
+        f.create_dataset("x", data=np.zeros(1))
+    again = fd.build_cache(paths, SR, cache_dir)
+    assert again.paths == paths and utilities.hdf5_kind(again.h5_path) == "clips"

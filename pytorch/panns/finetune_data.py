@@ -49,7 +49,8 @@ from panns import config
 from panns.audio_io import AUDIO_EXTENSIONS, is_audio_file, load_audio
 from panns.data_generator import ResumableBatchSampler
 from panns.errors import AudioDecodeError, PannsError
-from panns.utilities import atomic_write, die_with_parent, float32_to_int16, int16_to_float32, remove_stale_temps
+from panns.utilities import (atomic_write, check_hdf5_kind, die_with_parent, float32_to_int16, int16_to_float32,
+                             remove_stale_temps)
 
 logger = logging.getLogger(__name__)
 
@@ -372,15 +373,25 @@ class ClipCache:
         return d
 
 
+def cache_path(cache_dir: str, sample_rate: int, key: str) -> str:
+    """Where the cache of a file list (``key``: its :func:`cache_key`) at ``sample_rate`` lies."""
+    return os.path.join(cache_dir, f"clips_{sample_rate}Hz_{key}.h5")
+
+
 def build_cache(paths: Sequence[str], sample_rate: int, cache_dir: str, num_workers: int = 0) -> ClipCache:
     """Decode ``paths`` once into ``cache_dir/clips_<rate>Hz_<key>.h5`` (or reuse it). Atomic write.
 
+    Before any decoding, a file at that path that is not a clip cache (one of the project's other HDF5 files,
+    or no HDF5 at all: a rebuild would have replaced it) is refused in one line naming --cache_dir
+    (``utilities.check_hdf5_kind``); a cache cut short is rebuilt. (No write probe: a complete cache in a
+    read-only folder is read, not written.)
     Unreadable files abort with one line: how many, the first one's error and the names of a few more.
     """
     paths = sorted(set(paths))
-    os.makedirs(cache_dir, exist_ok=True)
     key = cache_key(paths, sample_rate)
-    h5_path = os.path.join(cache_dir, f"clips_{sample_rate}Hz_{key}.h5")
+    h5_path = cache_path(cache_dir, sample_rate, key)
+    check_hdf5_kind(h5_path, "clips", "clip cache", "--cache_dir")
+    os.makedirs(cache_dir, exist_ok=True)
     if os.path.isfile(h5_path):
         try:
             cache = ClipCache(h5_path)

@@ -267,9 +267,12 @@ def check_output_path(path: str, inputs: Sequence[str] = (), what: str = "output
 
 
 # What each HDF5 writer of the project puts in its files and no other writer does: the datasets (or file
-# attributes) of storage.WaveformWriter (PCM_KEY, FLAC_KEY), create_indexes, extract.FeatureWriter and
-# inference.FramewiseWriter. Kind: (its name, what replacing it would destroy, its marks: any one tells it).
+# attributes) of finetune_data.build_cache, storage.WaveformWriter (PCM_KEY, FLAC_KEY), create_indexes,
+# extract.FeatureWriter and inference.FramewiseWriter. Kind: (its name, what replacing it would destroy, its
+# marks: any one tells it). Asked in this order: the clip cache holds a 'waveform' too (one flat int16 row of
+# all clips), told from packed clips by its 'offset' (where each clip starts), which no other writer makes.
 HDF5_KINDS = {
+    "clips": ("a fine-tuning clip cache", "the decoded clips", ("offset",)),
     "waveforms": ("a waveform HDF5", "the packed clips", ("waveform", "waveform_flac")),
     "index": ("an index file", "the index", ("hdf5_path", "index_in_hdf5")),
     "embeddings": ("an embeddings file", "the extracted embeddings", ("embedding",)),
