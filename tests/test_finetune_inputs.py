@@ -72,6 +72,14 @@ def test_clip_seconds_bound_holds_for_callers_of_the_api(tmp_path):
         _resolve(tmp_path, 1e9)
 
 
+def test_clip_seconds_bound_has_one_owner():
+    assert ftask.check_clip_seconds(AUTO_WINDOW_SECONDS) == AUTO_WINDOW_SECONDS   # the bound itself is accepted
+    for bad, says in ((AUTO_WINDOW_SECONDS + 1, "at most 600 s"), (float("nan"), "finite number > 0"),
+                      (0.0, "finite number > 0")):
+        with pytest.raises(ftask.PannsError, match=f"^--clip_seconds must be .*{says}"):
+            ftask.check_clip_seconds(bad)
+
+
 def _run(argv, capsys) -> str:
     with pytest.raises(SystemExit) as e:
         run_cli(lambda: ft.main(argv))

@@ -126,23 +126,30 @@ def train_min_samples(model: torch.nn.Module) -> int:
     return n
 
 
+def check_clip_seconds(seconds: float) -> float:
+    """The one bound of ``--clip_seconds``: a finite number > 0, at most ``runtime.AUTO_WINDOW_SECONDS`` (the
+    longest input any command runs in one forward; 1e9 asked numpy for tebibytes of zero padding when the first
+    clip was read). Returns ``seconds``; else a PannsError naming the flag."""
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise PannsError(f"--clip_seconds must be a finite number > 0 (got {seconds})")
+    if seconds > runtime.AUTO_WINDOW_SECONDS:
+        raise PannsError(f"--clip_seconds must be at most {runtime.AUTO_WINDOW_SECONDS:.0f} s, the longest input "
+                         f"run in one forward (got {seconds:g})")
+    return seconds
+
+
 def resolve_clip_samples(clip_seconds: Optional[float], cache: fd.ClipCache, data: fd.LabelledData,
                          sample_rate: int, min_samples: int) -> int:
     """``clip_seconds``, or the longest clip of the data set up to 10 s; never below the model's minimum input.
 
-    A ``clip_seconds`` over ``runtime.AUTO_WINDOW_SECONDS`` (the longest input any command runs in one forward)
-    is refused (the command line refuses it already); one over PADDING_WARN_FACTOR times the longest clip is
+    A ``clip_seconds`` out of :func:`check_clip_seconds`' bound is refused (for callers of the API; the command
+    line refuses it already, as a usage error); one over PADDING_WARN_FACTOR times the longest clip is
     run with a warning: most of every training input would be zero padding."""
     lengths = [cache.length(cache.index[p]) for p in data.train.paths + data.eval.paths]
     longest = max(lengths)
     auto = max(min(longest, int(MAX_AUTO_CLIP_SECONDS * sample_rate)), min_samples)
     if clip_seconds is not None:
-        if not (math.isfinite(clip_seconds) and clip_seconds > 0):
-            raise PannsError(f"--clip_seconds must be a finite number > 0 (got {clip_seconds})")
-        if clip_seconds > runtime.AUTO_WINDOW_SECONDS:
-            raise PannsError(f"--clip_seconds must be at most {runtime.AUTO_WINDOW_SECONDS:.0f} s, the longest input "
-                             f"run in one forward (got {clip_seconds:g})")
-        n = int(round(clip_seconds * sample_rate))
+        n = int(round(check_clip_seconds(clip_seconds) * sample_rate))
         if n > PADDING_WARN_FACTOR * max(longest, min_samples):
             padding = 1.0 - float(np.mean(lengths)) / n
             logger.warning("--clip_seconds %g is %.0fx the longest clip of the data (%.2f s): %.0f%% of each training "
