@@ -61,7 +61,7 @@ from panns import validate
 from panns.errors import PannsError
 from panns.frontend import FRONTEND_KEYS, frontend_overrides
 from panns.runtime import pad_to_min
-from panns.utilities import (NO_FILE, atomic_write, busy_error, check_free_space, check_hdf5_kind, disk_full_error,
+from panns.utilities import (atomic_write, busy_error, check_free_space, check_hdf5_kind, disk_full_error,
                              is_lock_error, remove_stale_temps)
 
 logger = logging.getLogger(__name__)
@@ -408,12 +408,10 @@ class FeatureWriter:
 
         self.path = path
         self.name = shown_as or path
-        # Never one of the project's other HDF5 files (packed clips, an index...) nor other bytes; resumed: only
-        # an embeddings file (not an empty file that h5py would turn into an HDF5, nor an HDF5 of other content).
-        # A file another process holds (a running extraction) is refused, not pulled from under it.
-        found = check_hdf5_kind(path, "embeddings", "output", "--output_path",
-                                resume="" if overwrite else "--overwrite")
-        if overwrite and found != NO_FILE:
+        # What an existing output may be (an embeddings file to resume; with overwrite, none of the project's other
+        # HDF5 files nor other bytes) is extract_to_hdf5's check, before any work: the writer opens only the files
+        # it names, the output, its temporary sibling (--overwrite) and the rank shares <output>.rank<k>.h5.
+        if overwrite and os.path.exists(path):
             os.remove(path)
         if not os.path.exists(path):
             self._create(path, attrs, embedding_dim, classes_num, labels, chunk_rows, self.name)
