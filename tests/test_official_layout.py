@@ -131,3 +131,24 @@ def test_an_official_style_training_loop_runs_on_the_official_names(tmp_path):
 
     bal = read_statistics(str(tmp_path / "statistics" / "statistics.pkl"))["bal"]
     assert [s["iteration"] for s in bal] == [2] and np.isfinite(bal[0]["auc"][:4]).all()
+
+
+def test_models_exports_the_official_building_blocks_by_name(tmp_path):
+    """``from models import _ResNet`` and the other official pieces (``import *`` skips private names) work with
+    ``pytorch/`` on the path, and the conv helpers build the official layers: a ResNet22 body assembled from them
+    has the official parameter count."""
+    code = (
+        "import os, sys; sys.path.insert(0, os.path.join(sys.argv[1], 'pytorch'))\n"
+        "from models import (init_layer, init_bn, ConvBlock, ConvBlock5x5, AttBlock, _resnet_conv3x3,\n"
+        "    _resnet_conv1x1, _ResnetBasicBlock, _ResnetBottleneck, _ResNet, InvertedResidual, LeeNetConvBlock,\n"
+        "    LeeNetConvBlock2, DaiNetResBlock, _resnet_conv3x1_wav1d, _resnet_conv1x1_wav1d, _ResnetBasicBlockWav1d,\n"
+        "    _ResNetWav1d, ConvPreWavBlock, ResNet22)\n"
+        "c = _resnet_conv3x3(4, 8); d = _resnet_conv3x1_wav1d(4, 8, 2)\n"
+        "print(c.kernel_size, c.padding, c.bias is None, d.kernel_size, d.padding, d.dilation, d.bias is None,\n"
+        "      _resnet_conv1x1(4, 8).kernel_size, _resnet_conv1x1_wav1d(4, 8).kernel_size)\n"
+        "body = _ResNet(block=_ResnetBasicBlock, layers=[2, 2, 2, 2])\n"
+        "m = ResNet22(32000, 1024, 320, 64, 50, 14000, 527)\n"
+        "print(sum(p.numel() for p in body.parameters()) == sum(p.numel() for p in m.resnet.parameters()))\n")
+    proc = _run(code, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[:2] == ["(3, 3) (1, 1) True (3,) (2,) (2,) True (1, 1) (1,)", "True"]

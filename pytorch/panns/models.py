@@ -351,6 +351,28 @@ class AttBlock(nn.Module):
 
 
 # Residual blocks (2-D for ResNet22/38/54, 1-D for Res1dNet31/51) -----------------------------------
+# The official conv helpers, by their official names (code built on the official models.py imports them).
+def _resnet_conv3x3(in_planes: int, out_planes: int) -> nn.Conv2d:
+    """3x3 conv, stride 1, padding 1, no bias."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=1, padding=1, groups=1, bias=False, dilation=1)
+
+
+def _resnet_conv1x1(in_planes: int, out_planes: int) -> nn.Conv2d:
+    """1x1 conv, stride 1, no bias."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=1, bias=False)
+
+
+def _resnet_conv3x1_wav1d(in_planes: int, out_planes: int, dilation: int) -> nn.Conv1d:
+    """1-D conv of width 3, stride 1, padded by ``dilation`` (length kept), no bias."""
+    return nn.Conv1d(in_planes, out_planes, kernel_size=3, stride=1, padding=dilation, groups=1, bias=False,
+                     dilation=dilation)
+
+
+def _resnet_conv1x1_wav1d(in_planes: int, out_planes: int) -> nn.Conv1d:
+    """1-D conv of width 1, stride 1, no bias."""
+    return nn.Conv1d(in_planes, out_planes, kernel_size=1, stride=1, bias=False)
+
+
 class _ResnetBasicBlock(nn.Module):
     """conv3x3-BN-ReLU-dropout(0.1)-conv3x3-BN (+ identity) -ReLU. Downsampling pools the input
     of the main path first (avg 2x2 in 2-D; max in 1-D, whose 2nd conv is dilated by 2)."""
@@ -358,13 +380,12 @@ class _ResnetBasicBlock(nn.Module):
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, nd: int = 2):
         super().__init__()
-        conv, bn = (nn.Conv1d, nn.BatchNorm1d) if nd == 1 else (nn.Conv2d, nn.BatchNorm2d)
-        d2 = 2 if nd == 1 else 1
+        bn = nn.BatchNorm1d if nd == 1 else nn.BatchNorm2d
         self.nd, self.stride = nd, stride
-        self.conv1 = conv(inplanes, planes, 3, padding=1, bias=False)
+        self.conv1 = _resnet_conv3x1_wav1d(inplanes, planes, 1) if nd == 1 else _resnet_conv3x3(inplanes, planes)
         self.bn1 = bn(planes)
         self.relu = nn.ReLU(inplace=True)   # a module (not F.relu) so count_flops sees it
-        self.conv2 = conv(planes, planes, 3, padding=d2, dilation=d2, bias=False)
+        self.conv2 = _resnet_conv3x1_wav1d(planes, planes, 2) if nd == 1 else _resnet_conv3x3(planes, planes)
         self.bn2 = bn(planes)
         self.downsample = downsample
         init_layer(self.conv1)
@@ -393,11 +414,11 @@ class _ResnetBottleneck(nn.Module):
     def __init__(self, inplanes, planes, stride=1, downsample=None, nd: int = 2):
         super().__init__()
         self.stride = stride
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.conv1 = _resnet_conv1x1(inplanes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.conv2 = _resnet_conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.conv3 = _resnet_conv1x1(planes, planes * 4)
         self.bn3 = nn.BatchNorm2d(planes * 4)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -425,15 +446,15 @@ class _ResNet(nn.Module):
 
     def __init__(self, block, layers, planes=(64, 128, 256, 512), strides=(1, 2, 2, 2), nd: int = 2):
         super().__init__()
-        conv, bn, pool = ((nn.Conv1d, nn.BatchNorm1d, nn.AvgPool1d) if nd == 1
-                          else (nn.Conv2d, nn.BatchNorm2d, nn.AvgPool2d))
+        conv, bn, pool = ((_resnet_conv1x1_wav1d, nn.BatchNorm1d, nn.AvgPool1d) if nd == 1
+                          else (_resnet_conv1x1, nn.BatchNorm2d, nn.AvgPool2d))
         self.n_layers = len(layers)
         inplanes = 64
         for li, (n, p, s) in enumerate(zip(layers, planes, strides), 1):
             out = p * block.expansion
             downsample = None
             if s != 1 or inplanes != out:
-                mods = ([pool(s)] if s != 1 else []) + [conv(inplanes, out, 1, bias=False), bn(out)]
+                mods = ([pool(s)] if s != 1 else []) + [conv(inplanes, out), bn(out)]
                 downsample = nn.Sequential(*mods)
                 init_layer(downsample[-2])
                 init_bn(downsample[-1])
