@@ -69,13 +69,11 @@ def run_name(text: str) -> str:
 
 
 def clip_seconds(text: str) -> float:
-    """``--clip_seconds``: a finite number > 0, at most AUTO_WINDOW_SECONDS (the longest input any command runs in
-    one forward; 1e9 asked numpy for tebibytes of zero padding when the first clip was read)."""
-    value = argtypes.positive_float(text)
-    if value > AUTO_WINDOW_SECONDS:
-        raise argparse.ArgumentTypeError(f"must be at most {AUTO_WINDOW_SECONDS:.0f} s (the longest input run in one "
-                                         f"forward; the default is the longest clip, at most 10 s), got {text!r}")
-    return value
+    """``--clip_seconds``: a number, within ``finetune.check_clip_seconds``' bound (a usage error if not)."""
+    try:
+        return finetune_task.check_clip_seconds(argtypes.positive_float(text), flag="")
+    except PannsError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _at_or_under(path: str, folder: str) -> bool:

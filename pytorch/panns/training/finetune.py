@@ -126,14 +126,15 @@ def train_min_samples(model: torch.nn.Module) -> int:
     return n
 
 
-def check_clip_seconds(seconds: float) -> float:
+def check_clip_seconds(seconds: float, flag: str = "--clip_seconds ") -> float:
     """The one bound of ``--clip_seconds``: a finite number > 0, at most ``runtime.AUTO_WINDOW_SECONDS`` (the
     longest input any command runs in one forward; 1e9 asked numpy for tebibytes of zero padding when the first
-    clip was read). Returns ``seconds``; else a PannsError naming the flag."""
+    clip was read). Returns ``seconds``; else a PannsError starting with ``flag`` (the argparse type passes ""
+    since argparse names the flag itself)."""
     if not (math.isfinite(seconds) and seconds > 0):
-        raise PannsError(f"--clip_seconds must be a finite number > 0 (got {seconds})")
+        raise PannsError(f"{flag}must be a finite number > 0 (got {seconds})")
     if seconds > runtime.AUTO_WINDOW_SECONDS:
-        raise PannsError(f"--clip_seconds must be at most {runtime.AUTO_WINDOW_SECONDS:.0f} s, the longest input "
+        raise PannsError(f"{flag}must be at most {runtime.AUTO_WINDOW_SECONDS:.0f} s, the longest input "
                          f"run in one forward (got {seconds:g})")
     return seconds
 
