@@ -28,6 +28,9 @@
 #                        metadata/class_labels_indices.csv, the AudioSet classes); train with the same one
 #                        (LABELS_CSV=<path> bash scripts/4_train.sh ..., or --class_labels_csv)
 #   SKIP_EXISTING=1      0: re-pack and replace outputs that are already there
+#   REMOVE_STALE_PARTS=0 1: remove packed unbalanced parts that no unbalanced shard maps to (numbered beyond a
+#                        shorter shard list: left by a run over a longer list or another mirror; script 3 would
+#                        index them as current data). Without it they stop the script before anything is packed
 #   PYTHON=(default: the active venv's python)
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/args.sh"   # --help: the usage above; an option where a path belongs: refused
@@ -70,9 +73,6 @@ pack() {  # pack SHARDS OUT.h5 WORKERS
 export -f pack
 export PYTHON REPO SAMPLE_RATE CLIP_SECONDS STORAGE LABELS_CSV SKIP_FLAG EXTRA_FLAGS
 
-pack "$EVAL_SHARDS" "$WAVEFORMS/eval.h5" "$NUM_WORKERS"
-pack "$BALANCED_SHARDS" "$WAVEFORMS/balanced_train.h5" "$NUM_WORKERS"
-
 # The unbalanced shards as pack_from_shards reads a --shards value (a glob, a folder, a file or a comma-separated
 # list), one path a line. The shell's own `ls $UNBALANCED_SHARDS` split a path with a space into two, listed a
 # folder's bare file names and skipped a comma-separated list as matching nothing.
@@ -83,6 +83,21 @@ if [ -n "$UNBALANCED_SHARDS" ]; then
     echo "No unbalanced shards match $UNBALANCED_SHARDS; packed eval and balanced_train only"
   fi
 fi
+# Packed parts numbered beyond the unbalanced shards listed now (a run over a longer shard list, or another mirror)
+# would be indexed by script 3 as current data: refused before anything is packed, or removed (with their
+# .missing.csv) when REMOVE_STALE_PARTS=1; the same check as scripts/2_pack_waveforms_to_hdf5s.sh. No unbalanced
+# shards at all (skipped, or deleted once packed) leaves packed parts alone.
+if [ -n "$UNBALANCED_LIST" ]; then
+  STALE_FLAG=""
+  if [ "${REMOVE_STALE_PARTS:-0}" = "1" ]; then STALE_FLAG="--remove_stale_parts"; fi
+  # shellcheck disable=SC2086  # STALE_FLAG is empty or one flag
+  "$PYTHON" "$REPO/utils/dataset.py" check_packed_parts --packed_dir="$WAVEFORMS/unbalanced_train" \
+    --shards="$UNBALANCED_SHARDS" $STALE_FLAG
+fi
+
+pack "$EVAL_SHARDS" "$WAVEFORMS/eval.h5" "$NUM_WORKERS"
+pack "$BALANCED_SHARDS" "$WAVEFORMS/balanced_train.h5" "$NUM_WORKERS"
+
 if [ -n "$UNBALANCED_LIST" ]; then
   # One output per shard (unbalanced_train_partNNNNN.h5, the name script 3 indexes), PACK_JOBS at a time; each
   # shard's path glob-escaped, as --shards reads it as a pattern when it holds [, * or ?.

@@ -60,27 +60,14 @@ PARTS_DIR="$DATASET_DIR/metadata/unbalanced_partial_csvs"
 
 # Packed parts that no part CSV maps to were left by an earlier split of a longer unbalanced CSV (script 1 names or,
 # with REMOVE_STALE_PARTS=1, removes its part CSVs): script 3 would index them into full_train.h5 as current data.
-# Refused before anything is packed, or removed (with their .missing.csv) when REMOVE_STALE_PARTS=1.
+# Refused before anything is packed, or removed (with their .missing.csv) when REMOVE_STALE_PARTS=1; the same check
+# as scripts/2_pack_from_shards.sh (utils/dataset.py check_packed_parts).
 if [ -d "$PARTS_DIR" ]; then
-  EXPECTED="$(find "$PARTS_DIR" -name 'unbalanced_train_segments_part*.csv' | \
-    sed 's|.*/unbalanced_train_segments_part\(.*\)\.csv$|unbalanced_train_part\1.h5|')"
-  STALE="$(find "$WAVEFORMS/unbalanced_train" -maxdepth 1 -name 'unbalanced_train_part*.h5' | sed 's|.*/||' | sort | \
-    grep -vxF -e "$EXPECTED" || true)"
-  if [ -n "$STALE" ]; then
-    COUNT="$(printf '%s\n' "$STALE" | wc -l | tr -d ' ')"
-    SHOWN="$(printf '%s\n' "$STALE" | head -n 5 | paste -sd, - | sed 's/,/, /g')"
-    if [ "$COUNT" -gt 5 ]; then SHOWN="$SHOWN and $((COUNT - 5)) more"; fi
-    if [ "${REMOVE_STALE_PARTS:-0}" != "1" ]; then
-      echo "error: $WAVEFORMS/unbalanced_train holds $COUNT packed parts that no part CSV in $PARTS_DIR maps to," \
-           "left by an earlier split: $SHOWN. Script 3 would index them into full_train.h5: remove them, or re-run" \
-           "with REMOVE_STALE_PARTS=1; nothing was packed" >&2
-      exit 2
-    fi
-    while IFS= read -r name; do
-      rm -f "$WAVEFORMS/unbalanced_train/$name" "$WAVEFORMS/unbalanced_train/$name.missing.csv"
-    done <<< "$STALE"
-    echo "Removed $COUNT packed parts of an earlier split (REMOVE_STALE_PARTS=1): $SHOWN"
-  fi
+  STALE_FLAG=""
+  if [ "${REMOVE_STALE_PARTS:-0}" = "1" ]; then STALE_FLAG="--remove_stale_parts"; fi
+  # shellcheck disable=SC2086  # STALE_FLAG is empty or one flag
+  "$PYTHON" "$REPO/utils/dataset.py" check_packed_parts --packed_dir="$WAVEFORMS/unbalanced_train" \
+    --part_csvs_dir="$PARTS_DIR" $STALE_FLAG
 fi
 
 pack() {  # pack CSV AUDIOS_DIR OUT.h5 WORKERS

@@ -230,6 +230,38 @@ def test_hosted_route_scripts(clips, tmp_path, repo_root):
     assert "3 rows repeat a clip id of an earlier part; kept once" in r.stdout
 
 
+def test_hosted_route_script_refuses_or_removes_parts_beyond_a_shorter_shard_list(clips, tmp_path, repo_root):
+    """A packed part numbered beyond the unbalanced shards listed now (left by a run over a longer list, or another
+    mirror) stops scripts/2_pack_from_shards.sh before anything is packed, in one line naming it (script 3 indexed
+    it as current data); REMOVE_STALE_PARTS=1 removes it, its .missing.csv and its half-packed .parts folder."""
+    ws = tmp_path / "ws"
+    unbalanced = ws / "hdf5s" / "waveforms" / "unbalanced_train"
+    unbalanced.mkdir(parents=True)
+    stale = unbalanced / "unbalanced_train_part00001.h5"
+    shutil.copy(clips["ref"], stale)
+    (unbalanced / "unbalanced_train_part00001.h5.missing.csv").write_text("audio_name,reason\n")
+    (unbalanced / "unbalanced_train_part00001.h5.parts").mkdir()
+    env = dict(os.environ, EVAL_SHARDS=clips["tars"][1], BALANCED_SHARDS=clips["tars"][0],
+               UNBALANCED_SHARDS=clips["parquets"][0], CLIP_SECONDS="1", NUM_WORKERS="1", PACK_JOBS="1",
+               PYTHON=sys.executable)
+    repo = _repo_with_labels(tmp_path, repo_root, clips["labels_csv"])
+    script = ["bash", str(repo / "scripts" / "2_pack_from_shards.sh"), str(tmp_path / "unused"), str(ws)]
+    r = subprocess.run(script, capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stdout + r.stderr
+    assert r.stderr.startswith(f"error: {unbalanced} holds 1 packed parts that no shard of {clips['parquets'][0]} "
+                               "maps to (1 shards: parts 00000 to 00000), left by a run over a longer shard list "
+                               "or another mirror: unbalanced_train_part00001.h5. "), r.stderr
+    assert "REMOVE_STALE_PARTS=1" in r.stderr and "nothing was packed" in r.stderr
+    assert stale.is_file() and not (ws / "hdf5s" / "waveforms" / "eval.h5").exists()
+
+    r = subprocess.run(script, capture_output=True, text=True, env=dict(env, REMOVE_STALE_PARTS="1"),
+                       cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ("Removed 1 packed parts of a run over a longer shard list or another mirror (--remove_stale_parts): "
+            "unbalanced_train_part00001.h5\n") in r.stdout
+    assert sorted(os.listdir(unbalanced)) == ["unbalanced_train_part00000.h5"]
+
+
 def test_hosted_route_script_shards_dir_with_space_brackets_and_comma(clips, tmp_path, repo_root):
     """SHARDS_DIR 'my shards [1], copy' with the default globs: the brackets are the folder's name, not a pattern
     (they matched 'my shards 1'), the comma does not split the path in two, and the unbalanced shards are listed

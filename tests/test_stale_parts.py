@@ -96,7 +96,7 @@ def test_stale_parts_of_an_earlier_split_through_scripts_1_2_3(built, ws, tmp_pa
     assert (ws["waveforms"] / PART01).is_file()
     r = _script(repo_root, "2_pack_waveforms_to_hdf5s.sh", [data, ws["ws"]], tmp_path, REMOVE_STALE_PARTS="1")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "Removed 1 packed parts of an earlier split (REMOVE_STALE_PARTS=1): unbalanced_train_part01.h5" in r.stdout
+    assert "Removed 1 packed parts of an earlier split (--remove_stale_parts): unbalanced_train_part01.h5" in r.stdout
     assert sorted(os.listdir(ws["waveforms"] / "unbalanced_train")) == ["unbalanced_train_part00.h5"]
 
     r = _script(repo_root, "3_create_training_indexes.sh", [ws["ws"]], tmp_path)

@@ -11,6 +11,8 @@ Sub-commands (official names and arguments, plus options)::
     pack_from_shards --shards='DIR/*.tar'|'DIR/*.parquet' --waveforms_hdf5_path=OUT.h5 [same options]
         [--label_field=F] [--id_field=F] [--audio_field=audio]      (hosted copies, no YouTube: shards.py)
     list_shards --shards=... [--allow_none]       (the shard files a --shards value names, one a line)
+    check_packed_parts --packed_dir=DIR (--part_csvs_dir=DIR | --shards=...) [--remove_stale_parts]
+        (packed unbalanced parts no current part CSV or shard maps to: refused, or removed; scripts/2_*.sh)
 
 Segment CSVs: every line is ``<YTID>, <start>, <end>, "<mid>,<mid>"`` (split on ``", "``); AudioSet's
 three ``#`` header lines are optional (the official code dropped the first three lines of any CSV, so a
@@ -291,6 +293,75 @@ def split_unbalanced_csv_to_partial_csvs(unbalanced_csv: str, unbalanced_partial
         print(f"Removed {len(stale)} part CSVs of an earlier split (--remove_stale_parts): "
               f"{packing.name_paths(stale, unbalanced_partial_csvs_dir)}")
     return out
+
+
+PACKED_PART_PATTERN = "unbalanced_train_part*.h5"   # what scripts/2_*.sh pack and scripts/3 indexes
+
+
+def packed_part_name(nn: str) -> str:
+    """The packed file of unbalanced part ``nn`` (``'01'`` of a part CSV, ``'00001'`` of a shard), as
+    scripts/2_*.sh name it."""
+    return f"unbalanced_train_part{nn}.h5"
+
+
+def parts_of_csvs(part_csvs_dir: str) -> List[str]:
+    """The packed parts the part CSVs in ``part_csvs_dir`` or below map to (scripts/2_pack_waveforms_to_hdf5s.sh:
+    ``unbalanced_train_segments_partNN.csv`` -> ``unbalanced_train_partNN.h5``)."""
+    if not os.path.isdir(part_csvs_dir):
+        raise PannsError(f"part CSV folder not found: {part_csvs_dir}")
+    stem = PART_CSV_PATTERN.split("*")[0]
+    return sorted({packed_part_name(f[len(stem):-len(".csv")]) for _d, _dirs, files in os.walk(part_csvs_dir)
+                   for f in files if fnmatch.fnmatchcase(f, PART_CSV_PATTERN)})
+
+
+def parts_of_shards(spec: str) -> List[str]:
+    """The packed parts the unbalanced shards of a --shards value map to (scripts/2_pack_from_shards.sh: the
+    shard at position i of ``shards.list_shards`` -> ``unbalanced_train_part<i, 5 digits>.h5``)."""
+    return [packed_part_name(f"{i:05d}") for i in range(len(shards.list_shards(spec)))]
+
+
+def stale_packed_parts(packed_dir: str, expected: Sequence[str]) -> List[str]:
+    """Packed unbalanced parts directly in ``packed_dir`` whose names are not in ``expected`` (sorted paths)."""
+    if not os.path.isdir(packed_dir):
+        return []
+    keep = set(expected)
+    return [os.path.join(packed_dir, n) for n in sorted(os.listdir(packed_dir))
+            if fnmatch.fnmatchcase(n, PACKED_PART_PATTERN) and n not in keep
+            and os.path.isfile(os.path.join(packed_dir, n))]
+
+
+def check_packed_parts(packed_dir: str, part_csvs_dir: Optional[str] = None, shards_spec: Optional[str] = None,
+                       remove_stale_parts: bool = False) -> List[str]:
+    """Refuse (or, with ``remove_stale_parts``, remove and name) packed unbalanced parts in ``packed_dir`` that no
+    current part maps to: parts of an earlier split of a longer CSV (``part_csvs_dir``), or parts numbered beyond
+    a shorter shard list (``shards_spec``: an earlier, longer list, another mirror). Script 3 would index them
+    into full_train.h5 as current data. The one check of both scripts/2_*.sh, before they pack anything; removal
+    takes a part's ``.missing.csv`` and its half-packed ``.parts`` folder too. Returns the stale parts."""
+    if (part_csvs_dir is None) == (shards_spec is None):
+        raise PannsError("give one of --part_csvs_dir and --shards")
+    if part_csvs_dir is not None:
+        stale = stale_packed_parts(packed_dir, parts_of_csvs(part_csvs_dir))
+        source, cause = f"no part CSV in {part_csvs_dir} maps to", "an earlier split"
+    else:
+        assert shards_spec is not None
+        expected = parts_of_shards(shards_spec)
+        stale = stale_packed_parts(packed_dir, expected)
+        source = f"no shard of {shards_spec} maps to ({len(expected)} shards: parts 00000 to {len(expected) - 1:05d})"
+        cause = "a run over a longer shard list or another mirror"
+    if not stale:
+        return []
+    shown = packing.name_paths(stale, packed_dir)
+    if not remove_stale_parts:
+        raise PannsError(f"{packed_dir} holds {len(stale)} packed parts that {source}, left by {cause}: {shown}. "
+                         "Script 3 would index them into full_train.h5: remove them, or re-run with "
+                         "--remove_stale_parts (REMOVE_STALE_PARTS=1 for scripts/2_*.sh); nothing was packed")
+    for path in stale:
+        for extra in (path + ".missing.csv", path):
+            if os.path.exists(extra):
+                os.remove(extra)
+        shutil.rmtree(path + ".parts", ignore_errors=True)
+    print(f"Removed {len(stale)} packed parts of {cause} (--remove_stale_parts): {shown}")
+    return stale
 
 
 # ------------------------------------------------------------------------------------------------
@@ -998,8 +1069,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--allow_none", action="store_true",
                    help="print nothing and succeed when nothing matches (default: an error says so)")
 
+    p = sub.add_parser("check_packed_parts", help="refuse (or remove) packed unbalanced parts that no current part "
+                       "CSV or shard maps to (what scripts/2_*.sh run before packing)", formatter_class=_Help)
+    p.add_argument("--packed_dir", type=str, required=True, help="folder of the packed parts (unbalanced_train)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--part_csvs_dir", type=str, help="folder of the part CSVs (unbalanced_partial_csvs)")
+    source.add_argument("--shards", type=str, help="the unbalanced shards, as pack_from_shards reads --shards")
+    p.add_argument("--remove_stale_parts", action="store_true",
+                   help="remove such parts (with their .missing.csv), and name them; without it they are refused")
+
     args = parser.parse_args(argv)
-    if args.mode == "list_shards":
+    if args.mode == "check_packed_parts":
+        check_packed_parts(args.packed_dir, args.part_csvs_dir, args.shards, args.remove_stale_parts)
+    elif args.mode == "list_shards":
         try:
             found = shards.list_shards(args.shards)
         except shards.NoShards:
@@ -1057,7 +1139,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                 print(srep.label_report)
     else:
         parser.error("choose a sub-command: split_unbalanced_csv_to_partial_csvs, download_wavs, "
-                     "pack_waveforms_to_hdf5, pack_from_shards, list_shards")
+                     "pack_waveforms_to_hdf5, pack_from_shards, list_shards, check_packed_parts")
 
 
 if __name__ == "__main__":
