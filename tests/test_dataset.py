@@ -139,6 +139,24 @@ def test_skip_existing_advice_names_the_scripts_setting_too(packed, tmp_path):
     assert rep.skipped_existing and re.search(f"cannot be seen; {hint}$", rep.skip_note), rep.skip_note
 
 
+def test_skip_existing_reads_a_kept_output_in_one_open(packed, monkeypatch):
+    """--skip_existing asks a kept output whether it is complete, what it was packed with and from which rows in
+    one open (it was opened once per question), besides the kind check that every writer makes."""
+    info, out, _ = packed
+    opened = []
+    real = h5py.File
+
+    def counting(name, *a, **k):
+        opened.append(os.path.abspath(str(name)))
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(h5py, "File", counting)
+    rep = ds.pack_waveforms_to_hdf5(info["bal_csv"], info["bal_dir"], out, clip_seconds=CLIP_SECONDS,
+                                    class_labels_csv=info["labels_csv"], skip_existing=True, progress=False)
+    assert rep.skipped_existing
+    assert opened.count(os.path.abspath(out)) == 2, opened   # utilities.hdf5_kind, packing.read_kept_output
+
+
 def test_pack_rows_byte_identical_to_official(packed):
     """32 kHz wav (normal, longer, shorter clips) and 44.1 kHz wav and stereo flac: same bytes as the official
     algorithm computed directly with librosa; hot file clipped instead of aborting."""
@@ -185,7 +203,7 @@ def test_pack_interrupted_leaves_no_output(tmp_path, monkeypatch):
         ds.pack_waveforms_to_hdf5(info["eval_csv"], info["eval_dir"], str(out), clip_seconds=1.0, num_workers=1,
                                   class_labels_csv=info["labels_csv"], progress=False)
     assert os.listdir(out.parent) == []  # neither the output nor a temporary file
-    assert not ds.is_complete_waveforms_hdf5(str(out))
+    assert not ds.packing.is_complete_waveforms_hdf5(str(out))
 
 
 def test_pack_cli_mini_and_skip_existing(tmp_path, repo_root):

@@ -83,7 +83,6 @@ from panns import argtypes, config, packing, shards
 from panns import storage as storage_mod
 from panns.audio_io import AUDIO_EXTENSIONS, ffmpeg_exe, is_truncated
 from panns.errors import PannsError, run_cli
-from panns.packing import is_complete_waveforms_hdf5
 from panns.utilities import (Progress, atomic_write_text, check_output_path, create_logging, get_filename,
                              remove_stale_temps)
 
@@ -798,12 +797,13 @@ def segments_digest(segments: Sequence[Segment], keep_duplicates: bool = False) 
     return h.hexdigest()
 
 
-def _repack_reason(waveforms_hdf5_path: str, csv_path: str, audios_dir: str, digest: str) -> Tuple[str, str]:
+def _repack_reason(kept: packing.KeptOutput, csv_path: str, audios_dir: str, digest: str) -> Tuple[str, str]:
     """(why a complete output kept by --skip_existing must be packed again, '' when it need not; a note on a kept
     one). Packed again: its segment rows differ from the CSV's now (a label edited, a clip added, another
     --csv_path), or clips its .missing.csv lists have arrived. Not the audio folder's path: moving the folder
     must not force a re-pack. An output of an earlier version has no digest: kept as before, with a note."""
-    have = packing.read_text_attr(waveforms_hdf5_path, packing.SEGMENTS_DIGEST_ATTR)
+    waveforms_hdf5_path = kept.path
+    have = kept.text_attr(packing.SEGMENTS_DIGEST_ATTR)
     if have is not None and have != digest:
         return (f"packed from other segment rows than {csv_path} lists now (a label, time or clip changed, "
                 "another --csv_path, or --keep_duplicates switched)"), ""
@@ -877,9 +877,10 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
         segments = segments[:MINI_ROWS]
     digest = segments_digest(segments, keep_duplicates)
     repack_reason = ""
-    if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
-        packing.check_reusable(waveforms_hdf5_path, sample_rate, clip_samples, storage, labels)
-        repack_reason, note = _repack_reason(waveforms_hdf5_path, csv_path, audios_dir, digest)
+    kept = packing.read_kept_output(waveforms_hdf5_path) if skip_existing else None
+    if kept is not None:
+        kept.check_reusable(sample_rate, clip_samples, storage, labels)
+        repack_reason, note = _repack_reason(kept, csv_path, audios_dir, digest)
         if not repack_reason:
             logger.info("Skip %s: already packed%s", waveforms_hdf5_path, f" ({note})" if note else "")
             return PackReport(waveforms_hdf5_path, -1, [], skipped_existing=True, skip_note=note)

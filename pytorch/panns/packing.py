@@ -336,11 +336,15 @@ def waveform_hdf5_problem(hf: h5py.File) -> str:
     return ""
 
 
+def _is_complete(hf: h5py.File) -> bool:
+    return not waveform_hdf5_problem(hf) and "sample_rate" in hf.attrs
+
+
 def is_complete_waveforms_hdf5(path: str) -> bool:
     """True for a readable waveform HDF5 (either layout) whose datasets agree in length."""
     try:
         with h5py.File(path, "r") as hf:
-            return not waveform_hdf5_problem(hf) and "sample_rate" in hf.attrs
+            return _is_complete(hf)
     except Exception:
         return False
 
@@ -350,46 +354,78 @@ def is_complete_waveforms_hdf5(path: str) -> bool:
 SEGMENTS_DIGEST_ATTR = "segments_sha256"
 
 
-def read_text_attr(path: str, name: str) -> Optional[str]:
-    """A text attribute of an HDF5 file; None when the file has none of that name."""
-    with h5py.File(path, "r") as hf:
-        if name not in hf.attrs:
+def _text(value) -> Optional[str]:
+    """A scalar attribute as text; None for an array (the label lists)."""
+    if isinstance(value, np.ndarray):
+        if value.shape != ():
             return None
-        value = hf.attrs[name]
-    if isinstance(value, np.ndarray) and value.shape == ():
         value = value[()]
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def option_mismatch(path: str, sample_rate: int, clip_samples: int, storage_name: str,
-                    labels: config.ClassLabels) -> List[str]:
-    """How an existing complete waveform HDF5 differs from the options asked for now ([] when it matches):
-    sample rate, clip length, storage layout and the label list (``class_ids``; files without it, as the
-    official packer wrote them, are compared by class count)."""
-    with h5py.File(path, "r") as hf:
-        have_rate = int(hf.attrs["sample_rate"])
-        have_layout = storage.storage_of(hf)
-        have_clip = storage.clip_samples_of(hf)
-        have_ids = [x.decode() if isinstance(x, bytes) else str(x) for x in hf.attrs.get("class_ids", [])]
-        have_classes = int(hf["target"].shape[1])
-    diff = []
-    if have_rate != sample_rate:
-        diff.append(f"sample rate {have_rate} Hz, not {sample_rate}")
-    if have_clip != clip_samples:
-        diff.append(f"clip length {have_clip} samples, not {clip_samples}")
-    if have_layout != storage_name:
-        diff.append(f"storage {have_layout}, not {storage_name}")
-    if have_ids and have_ids != list(labels.ids):
-        diff.append("another label list (class_ids differ from the label CSV)")
-    elif have_classes != labels.classes_num:
-        diff.append(f"{have_classes} classes, not {labels.classes_num}")
-    return diff
+@dataclass
+class KeptOutput:
+    """An existing complete waveform HDF5 as --skip_existing sees it: what it was packed with, its text
+    attributes (the segments digest, the shard fields and source) and, when asked, how many of its rows repeat
+    a clip id; all read in one open (:func:`read_kept_output`)."""
+
+    path: str
+    sample_rate: int
+    clip_samples: int
+    storage: str
+    class_ids: List[str]
+    classes: int
+    text_attrs: Dict[str, str]
+    repeated: int = 0
+
+    def text_attr(self, name: str) -> Optional[str]:
+        """A text attribute of the file; None when it has none of that name."""
+        return self.text_attrs.get(name)
+
+    def option_mismatch(self, sample_rate: int, clip_samples: int, storage_name: str,
+                        labels: config.ClassLabels) -> List[str]:
+        """How the file differs from the options asked for now ([] when it matches): sample rate, clip length,
+        storage layout and the label list (``class_ids``; files without it, as the official packer wrote them,
+        are compared by class count)."""
+        diff = []
+        if self.sample_rate != sample_rate:
+            diff.append(f"sample rate {self.sample_rate} Hz, not {sample_rate}")
+        if self.clip_samples != clip_samples:
+            diff.append(f"clip length {self.clip_samples} samples, not {clip_samples}")
+        if self.storage != storage_name:
+            diff.append(f"storage {self.storage}, not {storage_name}")
+        if self.class_ids and self.class_ids != list(labels.ids):
+            diff.append("another label list (class_ids differ from the label CSV)")
+        elif self.classes != labels.classes_num:
+            diff.append(f"{self.classes} classes, not {labels.classes_num}")
+        return diff
+
+    def check_reusable(self, sample_rate: int, clip_samples: int, storage_name: str,
+                       labels: config.ClassLabels) -> None:
+        """PannsError naming what differs when the output (--skip_existing) was packed with other options."""
+        diff = self.option_mismatch(sample_rate, clip_samples, storage_name, labels)
+        if diff:
+            raise PannsError(f"--skip_existing: {self.path} was packed with other options ({'; '.join(diff)}); "
+                             f"remove it or {REPACK_HINT}")
 
 
-def check_reusable(path: str, sample_rate: int, clip_samples: int, storage_name: str,
-                   labels: config.ClassLabels) -> None:
-    """PannsError naming what differs when an existing output (--skip_existing) was packed with other options."""
-    diff = option_mismatch(path, sample_rate, clip_samples, storage_name, labels)
-    if diff:
-        raise PannsError(f"--skip_existing: {path} was packed with other options ({'; '.join(diff)}); "
-                         f"remove it or {REPACK_HINT}")
+def read_kept_output(path: str, count_repeats: bool = False) -> Optional[KeptOutput]:
+    """``path`` as a :class:`KeptOutput` when it is a complete waveform HDF5 (:func:`is_complete_waveforms_hdf5`),
+    else None (missing, unreadable, cut short: packed again). ``count_repeats``: also count rows whose clip id an
+    earlier row has."""
+    try:
+        hf = h5py.File(path, "r")
+    except Exception:
+        return None
+    with hf:
+        try:
+            if not _is_complete(hf):
+                return None
+        except Exception:
+            return None
+        texts = {k: t for k, t in ((k, _text(v)) for k, v in hf.attrs.items()) if t is not None}
+        names = hf["audio_name"][:] if count_repeats else None
+        return KeptOutput(
+            path, int(hf.attrs["sample_rate"]), storage.clip_samples_of(hf), storage.storage_of(hf),
+            [x.decode() if isinstance(x, bytes) else str(x) for x in hf.attrs.get("class_ids", [])],
+            int(hf["target"].shape[1]), texts, 0 if names is None else int(len(names) - len(np.unique(names))))

@@ -65,7 +65,6 @@ import numpy as np
 
 from panns import config, packing, storage
 from panns.errors import PannsError
-from panns.packing import is_complete_waveforms_hdf5
 from panns.utilities import Progress
 
 logger = logging.getLogger(__name__)
@@ -407,14 +406,14 @@ def shard_fields(id_field: Optional[str], label_field: Optional[str], audio_fiel
                        "audio_field": audio_field}, sort_keys=True)
 
 
-def _json_attr(part: str, name: str) -> Optional[dict]:
+def _json_attr(part: packing.KeptOutput, name: str) -> Optional[dict]:
     """A part's JSON attribute (``shard_fields``, ``shard_source``) decoded; None where a part from an older
     version lacks it."""
-    had = packing.read_text_attr(part, name)
+    had = part.text_attr(name)
     return None if had is None else json.loads(had)
 
 
-def _fields_mismatch(part: str, fields: str) -> List[str]:
+def _fields_mismatch(part: packing.KeptOutput, fields: str) -> List[str]:
     """How the field options ``part`` was packed with differ from ``fields`` ([] when they match; a part
     without the attribute, from an older version, counts as packed with unknown fields)."""
     old, new = _json_attr(part, FIELDS_ATTR), json.loads(fields)
@@ -433,7 +432,7 @@ def shard_source(shard: str) -> str:
     return json.dumps({"name": os.path.basename(shard), "bytes": os.path.getsize(shard)}, sort_keys=True)
 
 
-def _source_mismatch(part: str, source: str) -> List[str]:
+def _source_mismatch(part: packing.KeptOutput, source: str) -> List[str]:
     """[] when ``part`` was packed from the shard file ``source`` describes, else what differs (a part
     without the attribute, from an older version, counts as packed from an unknown shard)."""
     old, new = _json_attr(part, SOURCE_ATTR), json.loads(source)
@@ -607,13 +606,6 @@ def repeat_report(repeats: Repeats, shard_paths: Sequence[str]) -> str:
     return msg
 
 
-def _repeated_rows(path: str) -> int:
-    """How many rows of a packed file repeat a clip id of an earlier row."""
-    with h5py.File(path, "r") as hf:
-        names = hf["audio_name"][:]
-    return int(len(names) - len(np.unique(names)))
-
-
 def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = config.sample_rate,
                      clip_seconds: float = config.clip_seconds, num_workers: int = 1,
                      class_labels_csv: Optional[str] = None, label_field: Optional[str] = None,
@@ -633,9 +625,10 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
     packing.check_pack_output(waveforms_hdf5_path, inputs)
     if os.path.exists(waveforms_hdf5_path + ".parts") and not os.path.isdir(waveforms_hdf5_path + ".parts"):
         raise PannsError(f"{waveforms_hdf5_path}.parts (the folder of packed shards) is a file; move it away")
-    if skip_existing and is_complete_waveforms_hdf5(waveforms_hdf5_path):
-        packing.check_reusable(waveforms_hdf5_path, sample_rate, clip_samples, storage_name, labels)
-        again = 0 if keep_duplicates else _repeated_rows(waveforms_hdf5_path)
+    kept = packing.read_kept_output(waveforms_hdf5_path, count_repeats=not keep_duplicates) if skip_existing else None
+    if kept is not None:
+        kept.check_reusable(sample_rate, clip_samples, storage_name, labels)
+        again = kept.repeated
         if not again:
             logger.info("Skip %s: already packed", waveforms_hdf5_path)
             return ShardPackReport(waveforms_hdf5_path, -1, [], 0, 0)
@@ -660,13 +653,14 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
         for i, shard in enumerate(paths):
             part = _part_path(parts_dir, i, shard)
             parts.append(part)
-            if skip_existing and is_complete_waveforms_hdf5(part):
+            kept_part = packing.read_kept_output(part) if skip_existing else None
+            if kept_part is not None:
                 # The label list too: a part packed with another label CSV has targets of other classes.
-                diff = packing.option_mismatch(part, sample_rate, clip_samples, storage_name, labels)
+                diff = kept_part.option_mismatch(sample_rate, clip_samples, storage_name, labels)
                 # And the fields: another --id_field/--label_field/--audio_field gives other names or targets.
-                diff += _fields_mismatch(part, fields)
+                diff += _fields_mismatch(kept_part, fields)
                 # And the shard itself: the part at this position may hold another shard's clips.
-                diff += _source_mismatch(part, shard_source(shard))
+                diff += _source_mismatch(kept_part, shard_source(shard))
                 if not diff:
                     skipped += 1
                     if known is not None:
