@@ -67,7 +67,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -988,7 +987,7 @@ def _add_row_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    packing.catch_ctrl_c()   # KeyboardInterrupt as Python gives it, recorded: one dropped in a finalizer still stops
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode")
 
@@ -1141,6 +1140,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     else:
         parser.error("choose a sub-command: split_unbalanced_csv_to_partial_csvs, download_wavs, "
                      "pack_waveforms_to_hdf5, pack_from_shards, list_shards, check_packed_parts")
+    packing.check_ctrl_c()   # a Ctrl-C dropped after the last row: the output is whole, but the run was stopped
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@
   Ctrl-C and own no lock the parent could wait on; on Ctrl-C or any error the parent kills them,
   so an interrupted pack stops at once (a ``multiprocessing.Pool`` can hang in ``terminate`` when
   a worker holds its queue lock).
+* :func:`catch_ctrl_c` / :func:`check_ctrl_c`: Ctrl-C that cannot be lost. Python raises KeyboardInterrupt
+  wherever the main thread is, and one raised inside a weakref callback or ``__del__`` (an HDF5 or
+  pipe object collected mid-pack) is printed as "Exception ignored in: ..." and dropped: the packer
+  went on and wrote the whole output. The packing commands' handler also records it (and keeps that
+  drop off stderr), and the pool, every row, the missing list and the rename ask again.
 * :class:`PackedFile`: writes one waveform HDF5 under a temporary name and renames it when
   complete. It removes temporaries of dead runs first, checks free space before and while writing
   (h5py can crash the process when the disk fills mid-write), and turns a full disk into a
@@ -24,6 +29,7 @@ import math
 import multiprocessing
 import os
 import signal
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -49,6 +55,41 @@ def name_paths(paths: Sequence[str], folder: str, shown: int = 5) -> str:
     """The first ``shown`` of ``paths``, relative to ``folder``, for a one-line message ('a, b and 3 more')."""
     names = [os.path.relpath(p, folder) for p in paths]
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+# Set by on_ctrl_c: a Ctrl-C stays seen even when its KeyboardInterrupt was dropped. A plain flag, not an Event,
+# whose lock a second Ctrl-C arriving inside set() would wait on forever.
+_ctrl_c = {"seen": False}
+
+
+def on_ctrl_c(signum: int, frame: object) -> None:
+    """SIGINT handler of the packing commands (:func:`catch_ctrl_c`): raise KeyboardInterrupt, as Python's
+    default does, and record it for :func:`check_ctrl_c`."""
+    _ctrl_c["seen"] = True
+    raise KeyboardInterrupt
+
+
+def _unraisable(hook_args) -> None:
+    """``sys.unraisablehook``: a KeyboardInterrupt :func:`on_ctrl_c` raised inside a finalizer, where Python can only
+    drop it, is not printed as a traceback (:func:`check_ctrl_c` raises it again); anything else is, as before."""
+    if isinstance(hook_args.exc_value, KeyboardInterrupt) and _ctrl_c["seen"]:
+        return
+    sys.__unraisablehook__(hook_args)
+
+
+def catch_ctrl_c() -> None:
+    """Make Ctrl-C stop the packing commands reliably (main thread, the command line's ``main``): SIGINT raises and
+    is recorded (:func:`on_ctrl_c`), and one dropped inside a finalizer is neither printed nor lost."""
+    _ctrl_c["seen"] = False
+    signal.signal(signal.SIGINT, on_ctrl_c)
+    sys.unraisablehook = _unraisable
+
+
+def check_ctrl_c() -> None:
+    """Raise KeyboardInterrupt again if :func:`on_ctrl_c` saw a Ctrl-C (its own raise may have been dropped inside
+    a finalizer). Without that handler (library use) it never raises."""
+    if _ctrl_c["seen"]:
+        raise KeyboardInterrupt
 
 
 def clip_samples_for(sample_rate: int, clip_seconds: float) -> int:
@@ -166,7 +207,9 @@ class OrderedPool(object):
 
     def imap(self, jobs: Iterable) -> Iterator:
         if self.num_workers <= 1:
-            yield from map(self.fn, jobs)
+            for job in jobs:
+                check_ctrl_c()
+                yield self.fn(job)
             return
         it = iter(jobs)
         if not self.procs:
@@ -184,6 +227,7 @@ class OrderedPool(object):
                 res = self.conns[k].recv()
             except (EOFError, OSError):
                 raise PannsError("a decoding process died (out of memory?); re-run with fewer --num_workers") from None
+            check_ctrl_c()
             job = next(it, None)
             if job is not None:
                 self.conns[k].send(job)
@@ -253,13 +297,16 @@ class PackedFile(object):
             self.tmp = self._stack.enter_context(atomic_write(self.path))
             self.hf = self._stack.enter_context(h5py.File(self.tmp, "w"))
             self.writer = storage.WaveformWriter(self.hf, self.capacity, self.clip_samples, self.storage)
-        except BaseException:
-            self._stack.close()
+        except BaseException as e:
+            # Told the exception: atomic_write removes the temp. close() told it nothing, so a Ctrl-C (or an error)
+            # here renamed the empty temp over the output, an existing complete one included.
+            self._stack.__exit__(type(e), e, e.__traceback__)
             raise
         return self
 
     def add(self, name: bytes, target: np.ndarray, encoded: np.ndarray) -> None:
         """Append one clip (called in output order)."""
+        check_ctrl_c()
         # Checked before every row: h5py can crash the process when the disk fills mid-write.
         check_free_space(self.path, int(encoded.nbytes) + len(self.names) * (len(target) + 32))
         self.writer.append(encoded)
@@ -270,6 +317,7 @@ class PackedFile(object):
                extra_attrs: Optional[Dict[str, str]] = None) -> None:
         """Write names, targets and attributes (plus ``extra_attrs``, e.g. the shard fields a part was packed
         with); the file is renamed to its final name on leaving the block."""
+        check_ctrl_c()
         n = len(self.names)
         self.writer.finish()
         width = max([20] + [len(b) for b in self.names])
@@ -288,6 +336,10 @@ class PackedFile(object):
         return len(self.names)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None and _ctrl_c["seen"]:   # a Ctrl-C dropped since the last row: no rename
+            exc_type, exc, tb = KeyboardInterrupt, KeyboardInterrupt(), None
+            self._stack.__exit__(exc_type, exc, tb)   # closes the HDF5 and removes the temp
+            raise exc
         try:
             self._stack.__exit__(exc_type, exc, tb)  # closes the HDF5, then renames (or removes) the temp
         except BaseException as e:
@@ -301,6 +353,7 @@ class PackedFile(object):
 
 def write_missing_csv(out_path: str, missing: Sequence[Tuple[str, str]], header=("audio_name", "reason")) -> str:
     """``<out>.missing.csv`` listing clips that were not packed and why (removes a stale list when none)."""
+    check_ctrl_c()   # an interrupted pack leaves the list of the output it did not write alone
     path = out_path + ".missing.csv"
     if missing:
         buf = io.StringIO()
