@@ -312,12 +312,12 @@ class Stream:
             raise PannsError("push() after close(): start a new stream")
         # validate's rule, as every front door: 44.1 (kHz for Hz) ran as 44 Hz, 22050.5 as 22050
         rate = self.rt.sample_rate if sample_rate is None else validate.sample_rate(sample_rate)
-        if self._resampler is None:
-            self._resampler = ChunkResampler(rate, self.rt.sample_rate)
-        elif rate != self._resampler.rate:
+        if self._resampler is not None and rate != self._resampler.rate:
             raise PannsError(f"sample rate changed within the stream ({self._resampler.rate} -> {rate} Hz); "
                              "start a new stream")
         x = as_mono(samples, rate, self._received)   # NaN named by its time in the stream, not in the chunk
+        if self._resampler is None:   # only once a chunk is taken: a refused first chunk fixed the rate
+            self._resampler = ChunkResampler(rate, self.rt.sample_rate)
         self._received += len(x) / rate
         self._append(self._resampler.feed(x))
         items = self._advance()
