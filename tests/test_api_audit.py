@@ -39,3 +39,24 @@ def test_stream_rate_is_not_fixed_by_a_refused_chunk(cnn6):
         with pytest.raises(PannsError):
             s.push(bad, 44100)
         assert len(s.push(x, SR) + s.close()) == 2
+
+
+def test_hear_sed_timestamp_embeddings_run_batch_size_sounds_at_a_time(tmp_path):
+    """Decision-level models ran every sound of the call in one forward, whatever ``batch_size`` (the
+    clip-level path and scene embeddings kept to it): a HEAR harness's large batches ran out of memory."""
+    model = hear.load_model(_checkpoint(tmp_path / "sed.pth", "Cnn6_DecisionLevelAvg"), batch_size=2)
+    audio = torch.from_numpy(np.stack([_noise(0.5, seed=i, sr=model.sample_rate) for i in range(5)]))
+    emb, ts = hear.get_timestamp_embeddings(audio, model)
+    rt = model.runtime
+    sizes = []
+    backend = rt.backend
+
+    def recording(batch):
+        sizes.append(len(batch))
+        return backend(batch)
+
+    rt.backend = recording
+    emb2, ts2 = hear.get_timestamp_embeddings(audio, model)
+    assert max(sizes) <= 2 and sum(sizes) == 5
+    torch.testing.assert_close(emb2, emb, rtol=1e-4, atol=1e-6)
+    assert torch.equal(ts2, ts) and emb.shape[:2] == ts.shape == (5, len(ts[0]))

@@ -137,7 +137,8 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> Tuple[tor
     rt, sr = model.runtime, model.model_sample_rate
     n = x.shape[1] if x.ndim == 2 else 0
     if model.is_sed:
-        fw = rt.forward(x)["framewise_output"] if len(x) else \
+        # batch_size sounds at a time, as the other paths: the whole call in one forward ran out of memory
+        fw = np.asarray(rt.predict(x, batch_size=model.batch_size).framewise) if len(x) else \
             np.zeros((0, n // rt.hop_size + 1, model.timestamp_embedding_size), np.float32)
         frames = n // rt.hop_size + 1     # centred STFT frames: frame i is centred at i * hop
         fw = fw[:, :frames]
