@@ -60,3 +60,17 @@ def test_hear_sed_timestamp_embeddings_run_batch_size_sounds_at_a_time(tmp_path)
     assert max(sizes) <= 2 and sum(sizes) == 5
     torch.testing.assert_close(emb2, emb, rtol=1e-4, atol=1e-6)
     assert torch.equal(ts2, ts) and emb.shape[:2] == ts.shape == (5, len(ts[0]))
+
+
+def test_api_numpy_array_of_paths_reads_the_files(cnn6, tmp_path):
+    """A column of paths (``df["path"].values``: a str or object array) was read as samples and refused
+    as 'dtype <U..' or 'dtype object', while the same paths in a list ran."""
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / f"{i}.wav"))
+        sf.write(paths[-1], _noise(0.5, seed=i), SR)
+    want = cnn6.clipwise(paths)
+    for column in (np.array(paths), np.array(paths, dtype=object)):
+        np.testing.assert_array_equal(cnn6.clipwise(column), want)
+    with pytest.raises(PannsError, match="sample_rate"):
+        cnn6.clipwise(np.array(paths), sample_rate=16000)

@@ -11,7 +11,7 @@
     m.detect_events("street.wav", threshold=0.3) # SED models: [{"onset", "offset", "label", "score", "index"}]
     s = m.stream(hop_seconds=1.0)                # live audio: s.push(chunk, rate) -> tags per hop, events once
 
-Inputs everywhere: a path, a list of paths, a 1-D array/tensor (one clip), a 2-D (batch, samples)
+Inputs everywhere: a path, a list (or numpy array) of paths, a 1-D array/tensor (one clip), a 2-D (batch, samples)
 array/tensor, or a list of 1-D arrays; arrays are taken at ``sample_rate`` (default: the model's
 rate) and resampled when it differs (files at their own rate: ``sample_rate`` with files only is
 refused). One input gives one answer, several give a list. A (samples, channels) array as
@@ -136,6 +136,8 @@ class Model:
                 raise PannsError(f"sample_rate={sample_rate!r} applies to arrays; files are read at the rate their "
                                  "headers give (and resampled to the model's): drop sample_rate")
 
+        if _is_path_array(audio):   # a column of paths (df["path"].values) is read as the list of them
+            audio = audio.tolist()
         if isinstance(audio, (str, os.PathLike)):
             files_only()
             return [audio_io.load_audio(os.fspath(audio), self.sample_rate)], True
@@ -258,6 +260,13 @@ class Model:
         if not self.runtime.is_sed:
             raise PannsError(f"{self.model_type} is a clip-level model without framewise output; load a "
                              "decision-level model such as Cnn14_DecisionLevelMax")
+
+
+def _is_path_array(audio) -> bool:
+    """A numpy array of paths (str dtype, or object dtype holding only paths), not of samples."""
+    if not isinstance(audio, np.ndarray) or audio.dtype.kind not in "UO" or not audio.size:
+        return False
+    return audio.dtype.kind != "O" or all(isinstance(item, (str, os.PathLike)) for item in audio.flat)
 
 
 # ----------------------------------------------------------------------------- panns_inference
