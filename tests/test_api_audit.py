@@ -74,3 +74,16 @@ def test_api_numpy_array_of_paths_reads_the_files(cnn6, tmp_path):
         np.testing.assert_array_equal(cnn6.clipwise(column), want)
     with pytest.raises(PannsError, match="sample_rate"):
         cnn6.clipwise(np.array(paths), sample_rate=16000)
+
+
+@pytest.mark.parametrize("cls", ["AudioTagging", "SoundEventDetection"])
+def test_compat_inference_of_clips_of_different_lengths_says_so(tmp_path, capsys, cls):
+    """A list of clips of different lengths was refused with numpy's words ('setting an array element
+    with a sequence. The requested array has an inhomogeneous shape after 1 dimensions...')."""
+    name = "Cnn6" if cls == "AudioTagging" else "Cnn6_DecisionLevelAvg"
+    model = getattr(panns, cls)(checkpoint_path=_checkpoint(tmp_path / f"{name}.pth", name), device="cpu")
+    with pytest.raises(PannsError, match=r"different lengths \(16000, 8000 samples\).*pad them") as e:
+        model.inference([_noise(0.5), torch.from_numpy(_noise(0.25))])
+    assert "inhomogeneous" not in str(e.value)
+    out = model.inference([_noise(0.5), _noise(0.5, seed=1)])   # equal lengths: a batch, as before
+    assert len(out[0] if isinstance(out, tuple) else out) == 2

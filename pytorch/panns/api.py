@@ -374,6 +374,12 @@ def _compat_batch(audio, sample_rate: int) -> np.ndarray:
         raise PannsError(f"inference() takes audio samples, a (batch, samples) array at {sample_rate} Hz, not "
                          f"file paths; read the file first (librosa.load(path, sr={sample_rate}, mono=True)) or use "
                          "panns.load(...).tag(path)")
+    if isinstance(audio, (list, tuple)):   # numpy's own words were 'an inhomogeneous shape after 1 dimensions'
+        lengths = list(dict.fromkeys(np.shape(item)[-1] for item in audio if np.ndim(item) >= 1))
+        if len(lengths) > 1:
+            raise PannsError(f"inference() takes one (batch, samples) array, but the clips given have different "
+                             f"lengths ({', '.join(map(str, lengths))} samples); pad them to one length, or pass "
+                             "the list to panns.load(...).clipwise / .embed / .framewise, which take any lengths")
     return validate.batch(audio, "audio")[0]
 
 
