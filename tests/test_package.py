@@ -83,6 +83,15 @@ def test_pip_install_gives_one_panns_package_usable_from_another_folder(tmp_path
     site_dir = glob.glob(str(venv / "lib" / "python*" / "site-packages"))[0]
     installed = sorted(n for n in os.listdir(site_dir) if not n.startswith("_") and n != "__pycache__")
     assert [n for n in installed if not n.endswith(".dist-info") and not n.endswith(".pth")] == ["panns"]
+    # every module of the source tree is in the wheel (sub-packages too: a fixed package list once left out
+    # panns.training, so training and fine-tuning failed after a normal install)
+    def modules(root) -> set:
+        return {os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files
+                if f.endswith(".py")}
+
+    source_modules = modules(os.path.join(REPO, "pytorch", "panns"))
+    assert {"training/core.py", "demo/data.py"} <= source_modules
+    assert source_modules - modules(os.path.join(site_dir, "panns")) == set()
     with open(os.path.join(site_dir, "panns", "metadata", "class_labels_indices.csv"), encoding="utf-8") as f:
         assert len(f.read().splitlines()) == 528   # the file itself (the checkout holds a link), header + 527
     assert [n for n in installed if n.endswith(".dist-info")] == [f"panns_audio-{_version()}.dist-info"]
@@ -98,6 +107,7 @@ def test_pip_install_gives_one_panns_package_usable_from_another_folder(tmp_path
     work = tmp_path / "elsewhere"
     work.mkdir()
     code = ("import panns, sys; m = panns.load(sys.argv[1], backend='torch'); tags = m.tag(sys.argv[2], top_k=3); "
+            "import panns.main, panns.finetune_template, panns.plot_statistics, panns.demo.data; "
             "print(panns.__file__); print(panns.__version__); print(tags[0][0] in panns.labels, len(tags))")
     proc = subprocess.run([py, "-c", code, str(ckpt), str(wav)], cwd=str(work), env=env, capture_output=True,
                           text=True, timeout=300)
