@@ -1,5 +1,7 @@
 """Defects found auditing the public Python API as a researcher uses it (panns.load, the HEAR API,
 live streams): each test here failed before its fix. Checkpoints are generated in tmp_path."""
+import inspect
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -87,3 +89,23 @@ def test_compat_inference_of_clips_of_different_lengths_says_so(tmp_path, capsys
     assert "inhomogeneous" not in str(e.value)
     out = model.inference([_noise(0.5), _noise(0.5, seed=1)])   # equal lengths: a batch, as before
     assert len(out[0] if isinstance(out, tuple) else out) == 2
+
+
+def test_output_methods_name_their_window_options(cnn6):
+    """tag/clipwise/embed/framewise/detect_events spell out predict's window options (editors and pyright see
+    them; a misspelled one is a TypeError naming the method called, not predict), and each is passed through."""
+    m = cnn6
+    for name in ("tag", "clipwise", "embed", "framewise", "detect_events"):
+        params = inspect.signature(getattr(panns.api.Model, name)).parameters
+        assert {"segment_seconds", "hop_seconds", "aggregate", "batch_size"} <= set(params), name
+        assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()), name
+    x = _noise(3.0)
+    with pytest.raises(TypeError, match=r"tag\(\) got an unexpected keyword argument 'segmnet_seconds'"):
+        m.tag(x, segmnet_seconds=1.0)   # type: ignore[call-arg]
+    windowed = m.predict(x, segment_seconds=1.0, hop_seconds=0.5, aggregate="mean", batch_size=2)
+    assert np.array_equal(m.clipwise(x, segment_seconds=1.0, hop_seconds=0.5, aggregate="mean", batch_size=2),
+                          windowed.clipwise)
+    assert np.array_equal(m.embed(x, segment_seconds=1.0, hop_seconds=0.5, aggregate="mean", batch_size=2),
+                          windowed.embedding)
+    with pytest.raises(PannsError, match="batch_size"):
+        m.tag(x, batch_size=0)

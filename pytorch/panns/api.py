@@ -198,44 +198,62 @@ class Model:
                 results[i] = rt.predict_windows(w, seg, hop_seconds, aggregate, batch_size, framewise=framewise)
         return results[0] if single else results
 
-    def tag(self, audio: Audio, sample_rate: Optional[int] = None, top_k: int = 10,
-            **options) -> Union[List[Tuple[str, float]], List[List[Tuple[str, float]]]]:
-        """Top-k (label, probability) pairs, most probable first (official ranking)."""
+    def tag(self, audio: Audio, sample_rate: Optional[int] = None, top_k: int = 10, *,
+            segment_seconds: Optional[float] = None, hop_seconds: Optional[float] = None,
+            aggregate: Optional[str] = None, batch_size: int = 8
+            ) -> Union[List[Tuple[str, float]], List[List[Tuple[str, float]]]]:
+        """Top-k (label, probability) pairs, most probable first (official ranking). The window options are
+        :meth:`predict`'s."""
         validate.positive_int(top_k, "top_k")
-        preds = self.predict(audio, sample_rate, **options)
+        preds = self.predict(audio, sample_rate, segment_seconds, hop_seconds, aggregate, batch_size)
         one = lambda p: [(self.labels[i], float(p.clipwise[i])) for i in top_indexes(p.clipwise, top_k)]  # noqa: E731
         return one(preds) if isinstance(preds, WindowedPrediction) else [one(p) for p in preds]
 
-    def clipwise(self, audio: Audio, sample_rate: Optional[int] = None, **options) -> np.ndarray:
-        """Clip-level probabilities: (classes,) for one input, (N, classes) for several."""
-        preds = self.predict(audio, sample_rate, **options)
+    def clipwise(self, audio: Audio, sample_rate: Optional[int] = None, *,
+                 segment_seconds: Optional[float] = None, hop_seconds: Optional[float] = None,
+                 aggregate: Optional[str] = None, batch_size: int = 8
+                 ) -> np.ndarray:
+        """Clip-level probabilities: (classes,) for one input, (N, classes) for several. The window options are
+        :meth:`predict`'s."""
+        preds = self.predict(audio, sample_rate, segment_seconds, hop_seconds, aggregate, batch_size)
         return preds.clipwise if isinstance(preds, WindowedPrediction) else np.stack([p.clipwise for p in preds])
 
-    def embed(self, audio: Audio, sample_rate: Optional[int] = None, **options) -> np.ndarray:
-        """Embeddings: (D,) for one input, (N, D) for several (2048 for Cnn14)."""
+    def embed(self, audio: Audio, sample_rate: Optional[int] = None, *,
+              segment_seconds: Optional[float] = None, hop_seconds: Optional[float] = None,
+              aggregate: Optional[str] = None, batch_size: int = 8
+              ) -> np.ndarray:
+        """Embeddings: (D,) for one input, (N, D) for several (2048 for Cnn14). The window options are
+        :meth:`predict`'s."""
         if self.runtime.is_sed:
             raise PannsError(f"{self.model_type} outputs no embedding (decision-level SED models have none); "
                              "load a clip-level model such as Cnn14")
-        preds = self.predict(audio, sample_rate, **options)
+        preds = self.predict(audio, sample_rate, segment_seconds, hop_seconds, aggregate, batch_size)
         if isinstance(preds, WindowedPrediction):
             return preds.embedding
         return np.stack([p.embedding for p in preds])
 
-    def framewise(self, audio: Audio, sample_rate: Optional[int] = None,
-                  **options) -> Union[np.ndarray, List[np.ndarray]]:
+    def framewise(self, audio: Audio, sample_rate: Optional[int] = None, *,
+                  segment_seconds: Optional[float] = None, hop_seconds: Optional[float] = None,
+                  aggregate: Optional[str] = None, batch_size: int = 8
+                  ) -> Union[np.ndarray, List[np.ndarray]]:
         """Framewise probabilities (frames, classes) per input, ``frames_per_second`` frames a second
-        (SED models: Cnn14_DecisionLevelMax/Avg/Att and other decision-level models)."""
+        (SED models: Cnn14_DecisionLevelMax/Avg/Att and other decision-level models). The window options are
+        :meth:`predict`'s."""
         self._need_sed()
-        preds = self.predict(audio, sample_rate, framewise=True, **options)
+        preds = self.predict(audio, sample_rate, segment_seconds, hop_seconds, aggregate, batch_size, framewise=True)
         return preds.framewise if isinstance(preds, WindowedPrediction) else [p.framewise for p in preds]
 
     def detect_events(self, audio: Audio, sample_rate: Optional[int] = None, threshold: float = DEFAULT_THRESHOLD,
-                      min_duration: float = DEFAULT_MIN_DURATION, **options) -> Union[List[dict], List[List[dict]]]:
+                      min_duration: float = DEFAULT_MIN_DURATION, *,
+                      segment_seconds: Optional[float] = None, hop_seconds: Optional[float] = None,
+                      aggregate: Optional[str] = None, batch_size: int = 8
+                      ) -> Union[List[dict], List[List[dict]]]:
         """Sound events per input: dicts with onset/offset (seconds), label, class index and score
-        (the highest framewise probability inside), for runs of frames at or above ``threshold``."""
+        (the highest framewise probability inside), for runs of frames at or above ``threshold``. The window
+        options are :meth:`predict`'s."""
         self._need_sed()
         validate.options(threshold_=threshold, min_duration=min_duration)
-        preds = self.predict(audio, sample_rate, framewise=True, **options)
+        preds = self.predict(audio, sample_rate, segment_seconds, hop_seconds, aggregate, batch_size, framewise=True)
 
         def events(p: WindowedPrediction) -> List[dict]:
             tracker = EventTracker(self.labels, self.frames_per_second, threshold, min_duration)
