@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from panns import config
 from panns.errors import PannsError, run_cli
@@ -73,14 +73,14 @@ def dcase2017task4(workspace: str, black_list_dir: str = DEFAULT_BLACK_LIST_DIR)
     return out
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode")
     p = sub.add_parser("dcase2017task4", help="black-list clips of the DCASE 2017 task 4 test/evaluation sets")
     p.add_argument("--workspace", type=str, required=True, help="workspace; output goes to <ws>/black_list/")
     p.add_argument("--black_list_dir", type=str, default=DEFAULT_BLACK_LIST_DIR,
                    help="folder holding the two DCASE 2017 task 4 ground-truth CSVs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.mode == "dcase2017task4":
         dcase2017task4(args.workspace, args.black_list_dir)
     else:

@@ -419,7 +419,7 @@ def combine_full_indexes(indexes_hdf5s_dir: str, full_indexes_hdf5_path: str, ke
     return n
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode")
@@ -438,7 +438,7 @@ def main() -> None:
     p.add_argument("--full_indexes_hdf5_path", type=str, required=True, help="combined index HDF5 to write")
     p.add_argument("--keep_duplicates", action="store_true",
                    help="keep a clip id found in several parts in each (official; default: once, reported)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.mode == "create_indexes":
         create_indexes(args.waveforms_hdf5_path, args.indexes_hdf5_path, args.keep_duplicates)
     elif args.mode == "remove_stale_indexes":

@@ -21,7 +21,7 @@ import csv
 import json
 import os
 import sys
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -203,7 +203,7 @@ def table(a) -> bool:
     return not failed
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="check", required=True)
 
@@ -227,7 +227,7 @@ def main() -> None:
     add("folder_tagging", check_folder_tagging, results=req,
         min=dict(type=float, default=0.9, help="lowest passing top-1 accuracy"))
     add("table", table)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.check == "table":
         if not table(a):
             sys.exit(1)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -248,7 +248,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
     pass
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--dataset_dir", help="output folder (AudioSet layout)")
     p.add_argument("--classes_num", type=int, default=10, help=f"number of synthetic classes (1..{len(CLASSES)})")
@@ -268,7 +268,7 @@ def main() -> None:
     p.add_argument("--example_clip", default=None, metavar="WAV",
                    help="instead: write the 7-s example clip (" + ", ".join(f"{lb} {a}-{b} s" for lb, a, b in EXAMPLE_EVENTS)
                         + ") and its ground truth <stem>_truth.csv")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.example_clip:
         truth = make_example_clip(a.example_clip, sample_rate=a.sample_rate)
         print(f"Wrote {a.example_clip} and its ground truth {truth}")
