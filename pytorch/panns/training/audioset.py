@@ -315,8 +315,6 @@ class AudioSetTask:
         n_params = count_parameters(raw)
         logger.info("Parameters num: %d", n_params)
         model_config = self._model_config()
-        if info.is_main:
-            tl.write_run_record(cfg, model_config, n_params, info, self.precision)
         self._setup_data(data)
         self.statistics = StatisticsContainer(cfg.statistics_path)
         self._last_stats: Dict[str, Any] = {}
@@ -328,6 +326,10 @@ class AudioSetTask:
                                {**cfg.to_dict(), "global_batch": self.global_batch,
                                 "per_rank_batch": self.batch_per_rank},
                                data.clip_samples, self.global_batch, resume_from)
+        # The run record once the run is sure to start: a resume the Trainer refuses (e.g. another --seed) leaves
+        # the folder's config.json describing the run that wrote its checkpoints.
+        if info.is_main:
+            tl.write_run_record(cfg, model_config, n_params, info, self.precision)
         # Before the first backward, on the DDP module (under torch.compile's wrapper when compiled).
         tl.register_grad_comm(getattr(self.trainer.model, "_orig_mod", self.trainer.model), cfg.grad_comm)
         # A compiled run compiles its evaluation forward too (one more graph, once per run; ~39k clips every

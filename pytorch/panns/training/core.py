@@ -69,7 +69,7 @@ class Meter:
 
     losses: List[torch.Tensor] = field(default_factory=list)
     wait: float = 0.0
-    start: float = field(default_factory=time.perf_counter)
+    start: float = field(default_factory=lambda: time.perf_counter())   # looked up at each call (tests' clocks)
 
     def update(self, scalars: Dict[str, torch.Tensor], wait: float) -> None:
         self.losses.append(scalars["loss"])
@@ -78,11 +78,22 @@ class Meter:
     def mean_loss(self) -> float:
         return float(torch.stack(self.losses).float().mean()) if self.losses else float("nan")
 
+    end: Optional[float] = None   # set by stop(): the window's time no longer grows
+
     def elapsed(self) -> float:
-        return max(time.perf_counter() - self.start, 1e-9)
+        end = time.perf_counter() if self.end is None else self.end
+        return max(end - self.start, 1e-9)
+
+    def stop(self) -> None:
+        """End the window now (an evaluation starts: its time is not training time)."""
+        self.end = time.perf_counter()
+
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` spent on something else (a checkpoint write) out of the window's time."""
+        self.start += seconds
 
     def reset(self) -> None:
-        self.losses, self.wait, self.start = [], 0.0, time.perf_counter()
+        self.losses, self.wait, self.start, self.end = [], 0.0, time.perf_counter(), None
 
 
 def resolve_compile(setting: Union[bool, str], device: torch.device) -> bool:
@@ -236,6 +247,7 @@ class Trainer:
             self._resume(resume_from)
         self.start = self.iteration
         self.meter = Meter()     # since the last log line
+        self.eval_seconds = 0.0  # the last evaluation's wall time (the log lines' ETA counts those to come)
         self.trained = Meter()   # since the last evaluation
         self.progress = Progress(settings.iterations, "iteration", enabled=info.is_main, every_s=60.0, unit="it",
                                  start=self.iteration)
@@ -465,13 +477,20 @@ class Trainer:
         return lam
 
     def evaluate(self, iteration: int) -> None:
+        # The task reports the training time since the last evaluation beside its own time: stop the window
+        # first, or "train time" would hold the evaluation too (at iteration 0 it equalled "validate time").
+        self.trained.stop()
+        t0 = time.perf_counter()
         tl.broadcast_buffers(self.info, self.raw_model)
         self.task.evaluate(iteration, self.trained)
+        self.eval_seconds = time.perf_counter() - t0
         self.trained.reset()
         self.meter.reset()
 
     def save(self, iteration: int) -> None:
-        """Checkpoint (rank 0 writes; every rank contributes its RNG/Mixup state)."""
+        """Checkpoint (rank 0 writes; every rank contributes its RNG/Mixup state). The time it takes is left out
+        of the next log line's speed (a Cnn14 checkpoint is ~1.2 GB: seconds of writing, not training)."""
+        t0 = time.perf_counter()
         mine = {"rng": tl.rng_state(self.info.device),
                 "mixup": self.mixup.state_dict() if self.mixup is not None else None}
         states = tl.all_gather_object(self.info, mine)
@@ -487,6 +506,7 @@ class Trainer:
             self.last_saved = self.task.write_checkpoint(ckpt, iteration)
         self.saved_iteration = iteration
         tl.barrier(self.info)
+        self.meter.exclude(time.perf_counter() - t0)
 
     def log_progress(self, iteration: int) -> None:
         m = self.meter
@@ -500,10 +520,21 @@ class Trainer:
                 ("" if self._peak_reset else " (start-up: cuDNN autotuning, compilation)")
             torch.cuda.reset_peak_memory_stats(self.info.device)
             self._peak_reset = True
-        logger.info("iteration: %d, loss: %.4f, %.2f it/s, %.1f examples/s, data wait %.0f%%%s", iteration, loss,
-                    steps / elapsed, steps * self.global_batch / elapsed, 100.0 * m.wait / elapsed, memory)
+        logger.info("iteration: %d, loss: %.4f, %.2f it/s, %.1f examples/s, data wait %.0f%%%s%s", iteration, loss,
+                    steps / elapsed, steps * self.global_batch / elapsed, 100.0 * m.wait / elapsed, memory,
+                    self.eta(iteration, elapsed / steps))
         m.reset()
         self.progress.note()
+
+    def eta(self, iteration: int, step_seconds: float) -> str:
+        """', ETA <time> to iteration <N>' for a log line: the steps left at ``step_seconds`` each plus the
+        evaluations left at the last one's duration (checkpoints not counted); '' at the last iteration."""
+        left, every = self.s.iterations - iteration, self.s.eval_every
+        if left <= 0:
+            return ""
+        evals = self.s.iterations // every - iteration // every + (1 if self.s.iterations % every else 0)
+        return f", ETA {format_duration(left * step_seconds + evals * self.eval_seconds)} to iteration " \
+               f"{self.s.iterations}"
 
     def finish(self) -> None:
         """Close the progress bar and the loaders; with DDP give every rank rank 0's buffers and check the
@@ -540,6 +571,14 @@ class Trainer:
             raise CheckpointError(f"{path} was saved by a run with {', '.join(f'--{k} {saved[k]}' for k in changed)}; "
                                   f"this run has {', '.join(f'--{k} {self.config.get(k)}' for k in changed)}: resume "
                                   "with the checkpoint's settings, or start a new run")
+        # Every other setting may change on resume (a lower learning rate, another precision, more steps), but
+        # never silently: one line names what differs from the run that saved the checkpoint.
+        quiet = ("resume_iteration", "overwrite", "learning_rate")   # the learning rate has a line of its own
+        differ = [f"{k} {saved[k]} -> {self.config[k]}" for k in self.config
+                  if k in saved and k not in quiet and saved[k] != self.config[k]]
+        if differ:
+            logger.info("Resuming with settings that differ from %s's run: %s", os.path.basename(path),
+                        ", ".join(differ))
         model_sd = ckpt["model"]
         if isinstance(ckpt.get("base_checkpoint"), dict):   # fine-tuning stores a frozen base by reference (checked
             model_sd = {**self.raw_model.state_dict(), **model_sd}   # by the task): the model holds it already
@@ -594,6 +633,14 @@ class Trainer:
             logger.warning("%s was saved by %d processes, this run has %d: RNG and Mixup states "
                            "restart (resume not exact)", path, len(per_rank), self.info.world_size)
         return {}
+
+
+def format_duration(seconds: float) -> str:
+    """``H:MM:SS``, with days in front past 24 h (``3d 04:05:06``): an official run's 1,000,000 steps take days."""
+    days, rest = divmod(int(round(seconds)), 86400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {hours:02d}:{rest // 60:02d}:{rest % 60:02d}" if days else text
 
 
 def read_checkpoint(info: DistInfo, path: str) -> Dict[str, Any]:
