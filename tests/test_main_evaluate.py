@@ -97,7 +97,9 @@ def test_positives_are_those_of_the_targets_scored_and_a_stale_index_is_named(en
     assert abs(r["mAP"] - env["ap"].mean()) < 1e-6 and r["index_mismatched_clips"] == env["clips"]
     printed = capsys.readouterr().out
     best = int(np.argmax(env["ap"]))
-    assert f"best: {env['labels'].labels[best]} {env['ap'][best]:.3f} ({env['positives'][best]})" in printed
+    n = int(env["positives"][best])   # the bracket says what its number counts
+    assert f"best AP: {env['labels'].labels[best]} {env['ap'][best]:.3f} ({n} positive{'s' if n != 1 else ''})" \
+        in printed
     warned = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
     assert len(warned) == 1 and "stale.h5's targets differ" in warned[0], warned
     assert f"for {env['clips']} of {env['clips']} clips" in warned[0] and "create_indexes" in warned[0]

@@ -230,11 +230,17 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     show = min(args.show, len(ranked) // 2)
     for title, part in (("best", ranked[:show]), ("worst", ranked[::-1][:show])):
         if part:
-            print(f"{title}: " + "; ".join(f"{r['labels'][k]} {ap[k]:.3f} ({int(r['positives'][k])})" for k in part))
+            print(f"{title} AP: " + "; ".join(f"{r['labels'][k]} {ap[k]:.3f} ({positives(r['positives'][k])})"
+                                            for k in part))
     if args.output:
         write_evaluation(r, args.output)
         print(f"Per-class results written to {args.output}")
     return r
+
+
+def positives(n: Any) -> str:
+    """'1 positive' / '12 positives': the clips of a class in the evaluated set."""
+    return f"{int(n)} positive{'' if int(n) == 1 else 's'}"
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
