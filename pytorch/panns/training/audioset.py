@@ -426,10 +426,11 @@ class AudioSetTask:
         if self.info.is_main:   # rank 0 alone holds the metrics
             for key in ("bal", "test"):
                 r = results[key]
+                rate = r["clips"] / max(r["seconds"], 1e-9)   # two digits at least: a slow CPU run read '0 clips/s'
                 logger.info("Validate %s mAP: %.3f (mAUC %.3f, d-prime %.3f; %d/%d classes with positives; %d clips in "
-                            "%.2f s, %.0f clips/s, metrics %.2f s)", key, r["mAP"], r["mAUC"], r["d_prime"],
+                            "%.2f s, %s clips/s, metrics %.2f s)", key, r["mAP"], r["mAUC"], r["d_prime"],
                             r["ap_classes"], r["classes_num"], r["clips"], r["seconds"],
-                            r["clips"] / max(r["seconds"], 1e-9), r["metrics_seconds"])
+                            f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}", r["metrics_seconds"])
                 self.statistics.append(iteration, r, key)
             self.statistics.dump()
             took = time.perf_counter() - t0
