@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class_labels_csv", type=str, default=None,
                    help="label CSV (index,mid,display_name); default metadata/class_labels_indices.csv")
     p.add_argument("--log_every", type=int, default=d.log_every, help="log loss/speed every N iterations")
-    p.add_argument("--grad_clip", type=argtypes.non_negative_float, default=d.grad_clip, help="clip the gradient norm (0: off, official)")
+    p.add_argument("--grad_clip", type=argtypes.non_negative_float, default=d.grad_clip,
+                   help="clip the gradient norm (0: off, official)")
     p.add_argument("--deterministic", action="store_true", default=False,
                    help="deterministic kernels (cuDNN/cuBLAS): resume is bit-exact on CUDA too, at some speed")
     p.add_argument("--per_rank_batch_size", type=int, default=d.per_rank_batch_size,
