@@ -228,10 +228,16 @@ def from_meta_csv(meta_csv: str, holdout_fold: Optional[str], audio_dir: Optiona
     # Class order: by integer index when the CSV has one (ESC-50 'target', UrbanSound8K 'classID'), else by name.
     if icol is not None:
         try:
-            index_of = {}
+            index_of: Dict[str, int] = {}
+            name_of: Dict[int, str] = {}
             for r in rows:
-                name = r[lcol].strip() if lcol else r[icol].strip()
-                index_of.setdefault(name, int(r[icol]))
+                name, index = (r[lcol].strip() if lcol else r[icol].strip()), int(r[icol])
+                # one index per name and one name per index, else the order is the first row's guess
+                for key, value, seen, what in ((name, index, index_of, "class"), (index, name, name_of, icol)):
+                    if seen.setdefault(key, value) != value:
+                        raise PannsError(f"{meta_csv}: {what} {key!r} has two values in the '"
+                                         f"{icol if what == 'class' else lcol}' column, {seen[key]} and {value} "
+                                         f"(row of {r[fcol].strip()}); each class needs one '{icol}' index")
             names = sorted(index_of, key=lambda n: (index_of[n], n))
         except ValueError:
             raise PannsError(f"{meta_csv}: column '{icol}' must hold integer class indexes")

@@ -171,13 +171,14 @@ def resolve_clip_samples(clip_seconds: Optional[float], cache: fd.ClipCache, dat
 # ------------------------------------------------------------------------------------------------------------
 # Run folder and records
 # ------------------------------------------------------------------------------------------------------------
-def prepare_run_dir(run_dir: str, overwrite: bool, resume: bool = False) -> Tuple[bool, List[str]]:
+def prepare_run_dir(run_dir: str, overwrite: bool, resume: bool = False, hint: str = "") -> Tuple[bool, List[str]]:
     """Create ``run_dir``; one that already holds a run is an error unless ``resume`` (continue it) or
     ``overwrite`` (remove that run's files, so metrics.jsonl never mixes two runs). A run that
     stopped before its first checkpoint (Ctrl-C early) left nothing worth keeping: its folder is
     re-used by the same command, with or without ``resume``. Returns whether there is a
     ``latest.pth`` to resume from, and the earlier run's files to remove (:func:`remove_files`) when the
-    new run writes its first file - not now: a run that fails while setting up keeps the earlier one."""
+    new run writes its first file - not now: a run that fails while setting up keeps the earlier one.
+    ``hint`` ends the error of a ``resume`` with nothing to resume (:func:`other_runs_hint`)."""
     if resume and overwrite:
         raise PannsError("--resume continues the run in the folder, --overwrite replaces it: give one")
     latest = os.path.join(run_dir, "latest.pth")
@@ -187,7 +188,7 @@ def prepare_run_dir(run_dir: str, overwrite: bool, resume: bool = False) -> Tupl
     found = [f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f))]
     unsaved = bool(found) and not any(f.endswith(".pth") for f in found)
     if resume and not unsaved:
-        raise PannsError(f"--resume: no {latest} to resume from (a run saves it at every evaluation)")
+        raise PannsError(f"--resume: no {latest} to resume from (a run saves it at every evaluation){hint}")
     if unsaved:
         logger.warning("%s holds a run that stopped before its first checkpoint (%s); starting it afresh", run_dir,
                        ", ".join(found))
@@ -239,6 +240,34 @@ def check_resume_labels(path: str, labels: List[str]) -> None:
     raise PannsError(f"--resume: {path} was trained on the classes {show(saved)} but the data now has {show(labels)} "
                      "(class folders renamed, added or removed?); resume with the data it started on, or start a "
                      "new run (another --run_name, or --overwrite)")
+
+
+def check_resume_model(path: str, freeze_base: bool, loss: str) -> None:
+    """Refuse to continue ``path`` as another kind of model: a base that trained cannot resume frozen (its
+    checkpoints would refer to the pretrained base file, dropping the trained base; the optimizer's state does
+    not fit either), nor a frozen one resume training; another --loss changes the head's output function."""
+    saved = ckpt_lib.load_checkpoint(path).get("config") or {}
+    was_frozen, saved_output = saved.get("freeze_base"), saved.get("output")
+    if was_frozen is not None and bool(was_frozen) != freeze_base:
+        how = "with" if was_frozen else "without"
+        raise PannsError(f"--resume: {path} was trained {how} --freeze_base; resume {how} it, or start a new run "
+                         "(another --run_name, or --overwrite)")
+    if saved_output is not None and saved_output != OUTPUT_OF_LOSS[loss]:
+        was = next(k for k, v in OUTPUT_OF_LOSS.items() if v == saved_output)
+        raise PannsError(f"--resume: {path} was trained with --loss {was} ({saved_output} head), this run has --loss "
+                         f"{loss} ({OUTPUT_OF_LOSS[loss]}); resume with --loss {was}, or start a new run")
+
+
+def other_runs_hint(workspace: str, run_dir: str) -> str:
+    """For a --resume without --run_name that found no latest.pth: the default folder name follows the flags,
+    so name the runs of ``workspace`` that can be resumed ('' when there are none)."""
+    root = os.path.join(workspace, "finetune")
+    found = sorted(os.path.relpath(r, root) for r, _d, files in os.walk(root) if "latest.pth" in files)
+    if not found:
+        return ""
+    return (f"; the default run folder ({os.path.basename(run_dir)}) is named after --model_type, the data set, "
+            f"--loss and --freeze_base, so a changed flag names another one: give --run_name to resume one of "
+            f"{', '.join(found[:5])}{' ...' if len(found) > 5 else ''} (in {root})")
 
 
 def append_jsonl(path: str, obj: dict) -> None:
@@ -385,9 +414,11 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
             [f"Transfer_{base_name}", data.name] + (["linear_probe"] if args.linear_probe else
                                                     [loss] + (["frozen"] if args.freeze_base else [])))
         run_dir = os.path.join(args.workspace, "finetune", run_name)
-        can_resume, replace = prepare_run_dir(run_dir, args.overwrite, args.resume)
+        can_resume, replace = prepare_run_dir(run_dir, args.overwrite, args.resume,
+                                              "" if args.run_name else other_runs_hint(args.workspace, run_dir))
         if can_resume:
             check_resume_labels(os.path.join(run_dir, "latest.pth"), data.labels)
+            check_resume_model(os.path.join(run_dir, "latest.pth"), args.freeze_base, loss)
         create_logging(os.path.join(run_dir, "logs"), filemode="w")
         logger.info("Data: %s; %d classes, %d train / %d eval clips%s", data.source, data.classes_num,
                     len(data.train), len(data.eval), " (multi-label)" if data.multi_label else "")
