@@ -12,6 +12,7 @@ from panns import checkpoint, models
 from panns import finetune_data as fd
 from panns import finetune_template as ft
 from panns.errors import PannsError
+from panns.training import finetune as ftask
 
 SR = 16000
 FRONTEND = dict(sample_rate=SR, window_size=512, hop_size=250, mel_bins=64, fmin=50, fmax=8000)
@@ -94,3 +95,9 @@ def test_meta_csv_whose_index_contradicts_the_class_name_is_refused(tmp_path):
     meta.write_text("\n".join(rows) + "\n")
     with pytest.raises(PannsError, match="dog.*0 and 1"):
         fd.from_meta_csv(str(meta), "1")
+
+
+def test_evaluation_line_names_map_once_when_it_is_the_metric():
+    # multi-label runs logged 'eval mAP 1.0000, mAP 1.0000'
+    assert ftask.score_text({"metric": "mAP", "value": 0.5, "mAP": 0.5}) == "eval mAP 0.5000"
+    assert ftask.score_text({"metric": "accuracy", "value": 0.75, "mAP": 0.5}) == "eval accuracy 0.7500, mAP 0.5000"

@@ -284,6 +284,13 @@ def _run_record(args, extra: dict) -> dict:
 # ------------------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------------------
+def score_text(sc: dict) -> str:
+    """'eval accuracy 0.9000, mAP 0.9500' (single-label), 'eval mAP 0.9500' (multi-label: mAP is the metric,
+    once - it read 'eval mAP 0.95, mAP 0.95')."""
+    text = f"eval {sc['metric']} {sc['value']:.4f}"
+    return text if sc["metric"] == "mAP" else f"{text}, mAP {sc['mAP']:.4f}"
+
+
 def predict(model: torch.nn.Module, loader, precision: str, output: str) -> Tuple[np.ndarray, np.ndarray]:
     """Probabilities (N, C) and targets (N, C) over a loader (the shared evaluation path of training;
     exp of log-softmax outputs)."""
@@ -340,13 +347,13 @@ class FineTuneTask:
             "train_time_s": round(train_time, 3), "eval_time_s": round(eval_time, 3),
             "s_per_iteration": round(train_time / steps, 4) if loss is not None else None, "best": self.improved})
         if loss is None:
-            logger.info("iteration %d (start): eval %s %.4f, mAP %.4f (eval %.1f s); training must beat it to replace "
-                        "best.pth", iteration, sc["metric"], sc["value"], sc["mAP"], eval_time)
+            logger.info("iteration %d (start): %s (eval %.1f s); training must beat it to replace "
+                        "best.pth", iteration, score_text(sc), eval_time)
         else:
             left = self.iterations - iteration
             eta = left * train_time / steps + -(-left // self.eval_every) * eval_time
-            logger.info("iteration %d: train loss %.4f, eval %s %.4f, mAP %.4f%s (train %.1f s, %.3f s/it; eval %.1f s)%s",
-                        iteration, loss, sc["metric"], sc["value"], sc["mAP"], " *best*" if self.improved else "",
+            logger.info("iteration %d: train loss %.4f, %s%s (train %.1f s, %.3f s/it; eval %.1f s)%s",
+                        iteration, loss, score_text(sc), " *best*" if self.improved else "",
                         train_time, train_time / steps, eval_time, f"; about {eta / 60:.1f} min to go" if left > 0 else "")
         self.scores = sc
         if self.improved:
