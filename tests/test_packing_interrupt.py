@@ -110,3 +110,27 @@ def test_ctrl_c_while_the_output_is_opened_keeps_the_existing_one(tmp_path, monk
         with packing.PackedFile(str(out), 4, 100, "pcm16"):
             pass
     assert out.read_bytes() == b"the output of an earlier run" and os.listdir(tmp_path) == ["eval.h5"]
+
+
+def test_main_run_in_process_gives_back_ctrl_c_and_forgets_it(clips, tmp_path):
+    """``dataset.main`` called in the caller's own process (a notebook, a test session) puts back the SIGINT
+    handler and ``sys.unraisablehook`` it found, and a Ctrl-C it saw does not stop later packing there. The
+    handler stayed installed with its record: a later Ctrl-C handled elsewhere left every pack of that process
+    raising KeyboardInterrupt (a pytest worker died of it)."""
+    from panns import dataset as ds
+
+    handler, hook = signal.getsignal(signal.SIGINT), sys.unraisablehook
+    labels = tmp_path / "labels.csv"
+    labels.write_text('index,mid,display_name\n0,/m/09x0r,"Speech"\n')
+    args = [f"--csv_path={clips / 'seg.csv'}", f"--audios_dir={clips}", "--clip_seconds=1", "--num_workers=1",
+            f"--class_labels_csv={labels}", f"--logs_dir={tmp_path / '_logs'}"]
+    ds.main(["pack_waveforms_to_hdf5", *args, f"--waveforms_hdf5_path={tmp_path / 'a.h5'}"])
+    assert signal.getsignal(signal.SIGINT) is handler and sys.unraisablehook is hook
+    with pytest.raises(KeyboardInterrupt):   # a Ctrl-C inside the command is its own, and stops it
+        with packing.catch_ctrl_c():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is handler and sys.unraisablehook is hook
+    rep = ds.pack_waveforms_to_hdf5(str(clips / "seg.csv"), str(clips), str(tmp_path / "b.h5"), clip_seconds=1.0,
+                                    class_labels_csv=str(labels), progress=False)
+    assert rep is not None and os.path.isfile(tmp_path / "b.h5")

@@ -987,7 +987,11 @@ def _add_row_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    packing.catch_ctrl_c()   # KeyboardInterrupt as Python gives it, recorded: one dropped in a finalizer still stops
+    with packing.catch_ctrl_c():   # a Ctrl-C dropped in a finalizer still stops the command; restored after
+        _main(argv)
+
+
+def _main(argv: Optional[List[str]]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode")
 
@@ -1140,7 +1144,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     else:
         parser.error("choose a sub-command: split_unbalanced_csv_to_partial_csvs, download_wavs, "
                      "pack_waveforms_to_hdf5, pack_from_shards, list_shards, check_packed_parts")
-    packing.check_ctrl_c()   # a Ctrl-C dropped after the last row: the output is whole, but the run was stopped
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -77,12 +78,27 @@ def _unraisable(hook_args) -> None:
     sys.__unraisablehook__(hook_args)
 
 
-def catch_ctrl_c() -> None:
-    """Make Ctrl-C stop the packing commands reliably (main thread, the command line's ``main``): SIGINT raises and
-    is recorded (:func:`on_ctrl_c`), and one dropped inside a finalizer is neither printed nor lost."""
+@contextlib.contextmanager
+def catch_ctrl_c() -> Iterator[None]:
+    """Around a packing command (``dataset.main``): Ctrl-C stops it reliably. SIGINT raises and is recorded
+    (:func:`on_ctrl_c`); one dropped inside a finalizer is neither printed nor lost (raised again at the end, or
+    earlier where :func:`check_ctrl_c` asks). On the way out the SIGINT handler, ``sys.unraisablehook`` and the
+    record are what they were: a caller that runs ``main`` in its own process (a notebook, a test session) keeps
+    its Ctrl-C, and a Ctrl-C seen here cannot stop its later packing. Off the main thread, where no handler can
+    be installed, Python's own behaviour stays."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _ctrl_c["seen"] = False
-    signal.signal(signal.SIGINT, on_ctrl_c)
+    handler, hook = signal.signal(signal.SIGINT, on_ctrl_c), sys.unraisablehook
     sys.unraisablehook = _unraisable
+    try:
+        yield
+        check_ctrl_c()   # a Ctrl-C dropped after the last check: the output is whole, but the run was stopped
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        sys.unraisablehook = hook
+        _ctrl_c["seen"] = False
 
 
 def check_ctrl_c() -> None:
