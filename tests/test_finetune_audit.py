@@ -101,3 +101,12 @@ def test_evaluation_line_names_map_once_when_it_is_the_metric():
     # multi-label runs logged 'eval mAP 1.0000, mAP 1.0000'
     assert ftask.score_text({"metric": "mAP", "value": 0.5, "mAP": 0.5}) == "eval mAP 0.5000"
     assert ftask.score_text({"metric": "accuracy", "value": 0.75, "mAP": 0.5}) == "eval accuracy 0.7500, mAP 0.5000"
+
+
+def test_a_folder_link_back_up_the_tree_reads_each_clip_once(tmp_path):
+    # os.walk(followlinks=True) followed dog/again -> ../dog 40 levels deep: 4 clips became 164, in both splits
+    root = _write_clips(tmp_path / "sounds")
+    os.symlink(os.path.join("..", "dog"), os.path.join(root, "dog", "again"))
+    data = fd.from_folder(root, 0.34, 0)
+    assert len(data.train) + len(data.eval) == 6
+    assert not set(map(os.path.realpath, data.train.paths)) & set(map(os.path.realpath, data.eval.paths))

@@ -99,8 +99,13 @@ Item = Tuple[str, List[str]]  # (absolute path, label names)
 
 def _audio_files(folder: str) -> List[str]:
     out = []
+    # Linked folders are followed, each real folder once: a link to a folder above (dog/again -> ../dog) read
+    # the same clips once per level up to the kernel's link limit, 40 times, into both splits.
+    seen = {os.path.realpath(folder)}
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        real = {d: os.path.realpath(os.path.join(root, d)) for d in dirs}
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and real[d] not in seen)
+        seen.update(real[d] for d in dirs)
         out.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith(".") and is_audio_file(f))
     return out
 
