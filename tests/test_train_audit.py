@@ -137,3 +137,38 @@ def test_validate_line_shows_a_slow_evaluation_speed(caplog):
     with caplog.at_level(logging.INFO, logger="main"):
         AudioSetTask.evaluate(fake, 3, core.Meter())
     assert "9 clips in 21.80 s, 0.41 clips/s" in caplog.text
+
+
+def test_a_run_with_one_evaluation_is_drawn_not_just_named_in_the_legend(tmp_path, monkeypatch):
+    """A run stopped after its iteration-0 evaluation (or one evaluation so far) was a line of one point: nothing
+    drawn, only a legend entry."""
+    import pickle
+
+    import numpy as np
+
+    from panns import plot_statistics
+
+    one, two = tmp_path / "one.pkl", tmp_path / "two.pkl"
+    point = {"iteration": 0, "average_precision": np.array([0.5, 0.7])}
+    one.write_bytes(pickle.dumps({"bal": [point], "test": [point]}))
+    two.write_bytes(pickle.dumps({"bal": [], "test": [point, {**point, "iteration": 2}]}))
+    figures = []
+    monkeypatch.setattr(plot_statistics, "save_figure", lambda fig, output, fmt: figures.append(fig) or output)
+    plot_statistics.plot_runs([str(one), str(two)], str(tmp_path / "p.png"))
+    lines = figures[0].axes[0].get_lines()
+    assert [len(line.get_xdata()) for line in lines] == [1, 1, 2]
+    assert all(line.get_marker() not in (None, "None", "", " ") for line in lines[:2])
+
+
+def test_class_curves_of_one_evaluation_are_drawn(tmp_path, monkeypatch):
+    """plot_class_iteration after the first evaluation: each class's AP is one point, drawn with a marker."""
+    import numpy as np
+
+    from panns import plot_statistics
+
+    figures = []
+    monkeypatch.setattr(plot_statistics, "save_figure", lambda fig, output, fmt: figures.append(fig) or output)
+    plot_statistics.plot_class_curves(np.array([0]), np.array([[0.5, 0.7, 0.2]]), np.array([3, 2, 1]),
+                                      ["a", "b", "c"], str(tmp_path / "c.png"), per_panel=1)
+    lines = [line for ax in figures[0].axes for line in ax.get_lines()]
+    assert lines and all(line.get_marker() not in (None, "None", "", " ") for line in lines)

@@ -127,10 +127,11 @@ def plot_runs(statistics_paths: Sequence[str], output: str, labels: Optional[Seq
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for n, (curves, label) in enumerate(zip(all_curves, labels)):
         color = colors[n % len(colors)]
-        if len(curves["bal"][0]):
-            ax.plot(*curves["bal"], color=color, linestyle="--", alpha=0.6, label=f"{label} (balanced train)")
-        if len(curves["test"][0]):
-            ax.plot(*curves["test"], color=color, linestyle="-", label=f"{label} (eval)")
+        for key, style, alpha, what in (("bal", "--", 0.6, "balanced train"), ("test", "-", 1.0, "eval")):
+            x, y = curves[key]
+            if len(x):   # a single evaluation (iteration 0 alone, so far) is a point: drawn only with a marker
+                ax.plot(x, y, color=color, linestyle=style, alpha=alpha, marker="o" if len(x) == 1 else None,
+                        label=f"{label} ({what})")
     iteration_axis(ax)
     ax.set_ylabel("mAP")
     ax.set_ylim(0, 1)
@@ -219,7 +220,8 @@ def plot_class_curves(iterations: np.ndarray, ap: np.ndarray, counts: np.ndarray
     for ax, (panel_title, classes) in zip(axes[0], panels):
         for k in classes:
             name = labels[k] if len(labels[k]) <= 24 else labels[k][:23] + "…"
-            ax.plot(iterations, ap[:, k], label=f"{name} ({int(counts[k]):,})")
+            ax.plot(iterations, ap[:, k], marker="o" if len(iterations) == 1 else None,   # one evaluation: a point
+                    label=f"{name} ({int(counts[k]):,})")
         ax.set_title(panel_title, fontsize=10)
         iteration_axis(ax)
         ax.set_ylabel("AP")
