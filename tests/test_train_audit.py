@@ -83,6 +83,8 @@ def test_log_line_gives_an_eta_counting_the_evaluations_left(clock, caplog):
     with caplog.at_level(logging.INFO, logger="main"):
         core.Trainer.log_progress(fake, 100)   # nothing left: no ETA
     assert "ETA" not in caplog.text
+    fake.eval_seconds = None   # a resumed run before its first evaluation: the steps alone, and it says so
+    assert core.Trainer.eta(fake, 10, 1.0) == ", ETA 0:01:30 to iteration 100 plus 4 evaluations"
     assert core.format_duration(3 * 86400 + 4 * 3600 + 5 * 60 + 6) == "3d 04:05:06"
 
 

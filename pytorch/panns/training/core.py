@@ -247,7 +247,8 @@ class Trainer:
             self._resume(resume_from)
         self.start = self.iteration
         self.meter = Meter()     # since the last log line
-        self.eval_seconds = 0.0  # the last evaluation's wall time (the log lines' ETA counts those to come)
+        # The last evaluation's wall time (the log lines' ETA counts those to come); None: none timed yet (resumed)
+        self.eval_seconds: Optional[float] = None
         self.trained = Meter()   # since the last evaluation
         self.progress = Progress(settings.iterations, "iteration", enabled=info.is_main, every_s=60.0, unit="it",
                                  start=self.iteration)
@@ -528,13 +529,16 @@ class Trainer:
 
     def eta(self, iteration: int, step_seconds: float) -> str:
         """', ETA <time> to iteration <N>' for a log line: the steps left at ``step_seconds`` each plus the
-        evaluations left at the last one's duration (checkpoints not counted); '' at the last iteration."""
+        evaluations left at the last one's duration (checkpoints not counted; before any evaluation was timed, the
+        line names how many are left instead); '' at the last iteration."""
         left, every = self.s.iterations - iteration, self.s.eval_every
         if left <= 0:
             return ""
         evals = self.s.iterations // every - iteration // every + (1 if self.s.iterations % every else 0)
-        return f", ETA {format_duration(left * step_seconds + evals * self.eval_seconds)} to iteration " \
-               f"{self.s.iterations}"
+        untimed = self.eval_seconds is None
+        seconds = left * step_seconds + (0.0 if self.eval_seconds is None else evals * self.eval_seconds)
+        return f", ETA {format_duration(seconds)} to iteration {self.s.iterations}" + \
+            (f" plus {evals} evaluation{'s' if evals != 1 else ''}" if untimed and evals else "")
 
     def finish(self) -> None:
         """Close the progress bar and the loaders; with DDP give every rank rank 0's buffers and check the
