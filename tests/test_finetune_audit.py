@@ -1,5 +1,6 @@
 """Fine-tuning as a user runs it: resuming a run with flags that change the model it trains, the hint when a
 changed flag renames the default run folder, and metadata CSVs whose class index contradicts the class name."""
+import logging
 import os
 
 import numpy as np
@@ -110,3 +111,12 @@ def test_a_folder_link_back_up_the_tree_reads_each_clip_once(tmp_path):
     data = fd.from_folder(root, 0.34, 0)
     assert len(data.train) + len(data.eval) == 6
     assert not set(map(os.path.realpath, data.train.paths)) & set(map(os.path.realpath, data.eval.paths))
+
+
+def test_resume_lists_no_change_of_the_resume_flag_itself(unfrozen_run, caplog):
+    # 'Resuming with settings that differ from latest.pth's run: ..., resume False -> True' on every resume
+    argv, run_dir = unfrozen_run
+    with caplog.at_level(logging.INFO):
+        ft.main(argv + ["--iterations", "4", "--run_name", "r", "--resume"])
+    differ = [r.getMessage() for r in caplog.records if "differ from" in r.getMessage()]
+    assert differ and "iterations 2 -> 4" in differ[0] and "resume" not in differ[0].split(": ", 1)[1], differ

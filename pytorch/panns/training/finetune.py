@@ -464,7 +464,10 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
     clip_samples = resolve_clip_samples(args.clip_seconds, cache, data, frontend["sample_rate"], train_min_samples(model))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     mc = model_config(base_name, frontend, data.labels, output)
-    run_config = {**vars(args), "clip_seconds": clip_samples / frontend["sample_rate"],
+    # The checkpoint's record of the run; without --resume, which says how this session started, not what the
+    # run is (kept, every resume listed 'resume False -> True' among the settings that changed).
+    run_config = {**{k: v for k, v in vars(args).items() if k != "resume"},
+                  "clip_seconds": clip_samples / frontend["sample_rate"],
                   "pretrained_checkpoint_path": args.pretrained_checkpoint_path, "freeze_base": args.freeze_base}
     remove_files(replace)   # the new run's first file comes next
     tl.write_json(os.path.join(run_dir, "run.json"), _run_record(args, {
