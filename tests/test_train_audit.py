@@ -125,6 +125,9 @@ def test_resume_names_changed_settings_and_a_refused_one_keeps_the_run_record(ws
     line = next(r.getMessage() for r in caplog.records if "differ from" in r.getMessage())
     assert "grad_clip 0.0 -> 1.0" in line and "early_stop 1 -> 2" in line and "seed" not in line
     assert _record(cfg)["grad_clip"] == 1.0
+    with open(os.path.join(cfg.logs_dir, "config.json")) as f:   # the resume keeps the first run's record too
+        earlier = json.load(f)["earlier_runs"]
+    assert [(r["train"]["resume_iteration"], r["train"]["grad_clip"]) for r in earlier] == [(0, 0.0)]
 
 
 def test_validate_line_shows_a_slow_evaluation_speed(caplog):

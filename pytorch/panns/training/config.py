@@ -490,11 +490,22 @@ def write_json(path: str, obj: Any) -> None:
 
 def write_run_record(cfg: TrainConfig, model_config: Dict[str, Any], parameters: int, info: DistInfo,
                      precision: str) -> str:
-    """``<logs dir>/config.json``: resolved config, model config, parameter count, versions, git commit."""
+    """``<logs dir>/config.json``: resolved config, model config, parameter count, versions, git commit. A resumed
+    run keeps the records of the runs before it (``earlier_runs``, oldest first): its own settings may differ
+    (--learning_rate, --precision, ...), and the first run's command line is the one that made the folder."""
     mc = {k: v for k, v in model_config.items() if k not in ("labels", "ids")}
     record = {"train": cfg.to_dict(), "model": mc, "parameters": parameters, "versions": versions(),
               "git_commit": git_commit(), "world_size": info.world_size, "device": str(info.device),
-              "precision": precision, "argv": sys.argv, "started": datetime.datetime.now().isoformat(timespec="seconds")}
+              "precision": precision, "argv": sys.argv,
+              "started": datetime.datetime.now().isoformat(timespec="seconds")}
     path = layout.run_record_path(cfg.workspace, cfg.run_subpath)
+    if cfg.resume_iteration > 0 and os.path.isfile(path):
+        try:
+            with open(path) as f:
+                before = json.load(f)
+        except (OSError, ValueError):   # unreadable: the history is lost, not the run
+            before = None
+        if isinstance(before, dict):
+            record["earlier_runs"] = list(before.pop("earlier_runs", None) or []) + [before]
     write_json(path, record)
     return path
