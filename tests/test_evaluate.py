@@ -278,3 +278,18 @@ def test_plot_runs_plots_a_run_once_however_its_path_is_spelt(tmp_path, monkeypa
                                       "./ws/statistics/main/run/statistics.pkl", "--output", "y.png"])
     ps.main()
     assert plotted == [["./ws/statistics/main/run/statistics.pkl"]]
+
+
+def test_classification_report_names_classes_without_evaluation_clips():
+    """sklearn's macro avg counts a class with no evaluation clip as 0: the fine-tune report says so and gives the
+    average over the classes with clips (here 0.5, where the macro avg line shows 0.333); none when all have some."""
+    from panns.evaluate import classification_scores
+
+    targets = np.zeros((4, 3))
+    targets[[0, 1], 0] = targets[[2, 3], 1] = 1
+    probs = np.array([[.9, .1, 0], [.2, .7, .1], [.1, .8, .1], [.6, .3, .1]])
+    for multi_label in (False, True):
+        report = classification_scores(probs, targets, ["a", "b", "c"], multi_label)["report"]
+        assert ("1 of 3 classes have no evaluation clip; the macro avg above counts them as 0. Over the 2 classes "
+                "with clips: precision 0.500, recall 0.500, f1-score 0.500") in report, report
+    assert "no evaluation clip" not in classification_scores(probs[:, :2], targets[:, :2], ["a", "b"], False)["report"]

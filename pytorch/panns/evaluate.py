@@ -333,17 +333,30 @@ def classification_scores(probs: np.ndarray, targets: np.ndarray, labels: List[s
     if present.any():
         ap[present] = average_precision(targets[:, present] >= 0.5, probs[:, present])
     mean_ap = float(np.nanmean(ap)) if present.any() else float("nan")
+
+    def absent_note(y_true, y_pred) -> str:
+        """sklearn's macro avg counts a class without evaluation clips as recall 0: say so, with the macro
+        average over the classes that have clips beside it ('' when every class has some)."""
+        if present.all() or not present.any():
+            return ""
+        p, r, f, _ = metrics.precision_recall_fscore_support(y_true, y_pred, labels=np.flatnonzero(present),
+                                                             average="macro", zero_division=0)
+        return (f"\n{int((~present).sum())} of {len(labels)} classes have no evaluation clip; the macro avg above "
+                f"counts them as 0. Over the {int(present.sum())} classes with clips: precision {p:.3f}, "
+                f"recall {r:.3f}, f1-score {f:.3f}\n")
+
     if not multi_label:
         y_true, y_pred = targets.argmax(1), probs.argmax(1)
         acc = float((y_true == y_pred).mean())
         report = metrics.classification_report(y_true, y_pred, labels=list(range(len(labels))),
                                                target_names=labels, digits=3, zero_division=0)
+        report += absent_note(y_true, y_pred)
         return {"metric": "accuracy", "value": acc, "accuracy": acc, "mAP": mean_ap, "clips": int(len(y_true)),
                 "report": f"accuracy: {acc:.4f} ({int((y_true == y_pred).sum())}/{len(y_true)} clips), "
                           f"mAP: {mean_ap:.4f}\n\n{report}"}
-    report = metrics.classification_report(targets.astype(int), (probs >= 0.5).astype(int),
-                                           labels=list(range(len(labels))), target_names=labels, digits=3,
-                                           zero_division=0)
+    y_true, y_pred = targets.astype(int), (probs >= 0.5).astype(int)
+    report = metrics.classification_report(y_true, y_pred, labels=list(range(len(labels))), target_names=labels,
+                                           digits=3, zero_division=0) + absent_note(y_true, y_pred)
     width = max(len(lb) for lb in labels)
     ap_lines = "\n".join(f"{lb:>{width}}  {('%.3f' % a) if np.isfinite(a) else '  -  '}  {int(n)}"
                          for lb, a, n in zip(labels, ap, targets.sum(0)))
