@@ -74,7 +74,7 @@ from panns.create_indexes import create_indexes  # noqa: E402
 from panns.dataset import pack_waveforms_to_hdf5  # noqa: E402
 from panns.demo.data import make_demo_dataset  # noqa: E402
 
-EVAL_LINE = re.compile(r"Validate (bal|test) mAP: .*?; (\d+) clips in ([\d.]+) s, \d+ clips/s, metrics ([\d.]+) s\)")
+EVAL_LINE = re.compile(r"Validate (bal|test) mAP: .*?; (\d+) clips in ([\d.]+) s, \S+ clips/s, metrics ([\d.]+) s\)")
 LOG_LINE = re.compile(r"iteration: (\d+), loss: ([\d.na]+), ([\d.]+) it/s, ([\d.]+) examples/s, data wait (\d+)%"
                       r"(?:, peak memory ([\d.]+) GiB)?")
 
