@@ -30,7 +30,6 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from sklearn import metrics  # classification_report of fine-tuned classifiers
 
 from panns import data_generator as dg
 from panns import runtime
@@ -328,6 +327,10 @@ def classification_scores(probs: np.ndarray, targets: np.ndarray, labels: List[s
     ``metric``/``value`` name the number used to pick the best checkpoint (accuracy, or mAP); ``report``
     is the text for report.txt.
     """
+    # Late: sklearn takes ~2 s to import, and only fine-tuning reports need it (every training, evaluation and
+    # inference process paid it at start-up).
+    from sklearn import metrics
+
     present = targets.sum(0) > 0
     ap = np.full(len(labels), np.nan)
     if present.any():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib.metadata
 import json
 import logging
 import math
@@ -22,7 +23,6 @@ from typing import Any, Callable, Dict, List, Optional
 
 import h5py
 import numpy as np
-import sklearn
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -479,7 +479,7 @@ def git_commit() -> Optional[str]:
 
 def versions() -> Dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "h5py": h5py.__version__, "sklearn": sklearn.__version__}
+            "h5py": h5py.__version__, "sklearn": importlib.metadata.version("scikit-learn")}
 
 
 def write_json(path: str, obj: Any) -> None:
