@@ -19,6 +19,7 @@ import numpy as np
 
 from panns import argtypes
 from panns.errors import PannsError
+from panns.filterbanks import fft_frequencies, mel_frequencies
 
 
 @dataclass(frozen=True)
@@ -103,19 +104,17 @@ class FrontEnd:
         return fe
 
     def empty_mel_bands(self) -> int:
-        """How many rows of the model's mel filterbank (``librosa.filters.mel``, through torchlibrosa) are all
+        """How many rows of the model's mel filterbank (``filterbanks.mel_filterbank``, librosa's) are all
         zero: a band takes weight only from FFT bins strictly inside its span, mel points i to i + 2, so a
         band narrower than the FFT's bin spacing (a small window, many mel bins, a low fmin) can hold none.
         Such a bin is the log of ``amin`` in every frame: a constant the model trains on as if it were sound.
-        Counted from librosa's own mel and FFT frequencies, not from its "Empty filters" warning. Settings
+        Counted from the filterbank's own mel and FFT frequencies, not from its "Empty filters" warning. Settings
         must already satisfy 0 <= fmin < fmax <= sample_rate / 2 (``check``)."""
         bins = self.window_size // 2 + 1
         if self.mel_bins > 2 * bins:   # bands i and i + 2 share no bin: at most 2 * bins bands can hold one
             return self.mel_bins - 2 * bins   # a lower bound; no mel points worth computing for the rest
-        import librosa  # late: the mel scale is librosa's (as the model's filterbank); the flags need no librosa
-
-        edges = librosa.mel_frequencies(n_mels=self.mel_bins + 2, fmin=self.fmin, fmax=self.fmax, htk=False)
-        fft = librosa.fft_frequencies(sr=self.sample_rate, n_fft=self.window_size)
+        edges = mel_frequencies(self.mel_bins + 2, self.fmin, self.fmax)
+        fft = fft_frequencies(self.sample_rate, self.window_size)
         # FFT bins strictly above each band's lower edge and strictly below its upper edge
         inside = np.searchsorted(fft, edges[2:], side="left") - np.searchsorted(fft, edges[:-2], side="right")
         return int(np.count_nonzero(inside <= 0))

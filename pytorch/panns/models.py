@@ -31,13 +31,13 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchlibrosa.stft import LogmelFilterBank, Spectrogram
 
 from panns import state_dicts
 from panns.amp import ieee_fp32
 from panns.errors import PannsError
 from panns.frontend import FRONT_END_8K, FRONT_END_16K, FRONT_END_32K, FrontEnd
 from panns.frontend import KNOWN as KNOWN_FRONT_ENDS
+from panns.frontend_modules import LogmelFilterBank, Spectrogram
 from panns.spec_augment import SpecAugmentation
 
 

@@ -14,11 +14,11 @@ import warnings
 import zipfile
 from typing import Dict, Optional, Tuple
 
-import librosa  # already loaded by the models (torchlibrosa): no extra start-up cost
 import numpy as np
 import torch
 
 from panns.errors import CheckpointError
+from panns.filterbanks import mel_filterbank
 from panns.frontend import FRONT_END_32K, KNOWN
 
 logger = logging.getLogger(__name__)
@@ -159,10 +159,10 @@ def _mel_matrix(sample_rate, window_size, mel_bins, fmin, fmax) -> torch.Tensor:
     librosa's "Empty filters" warning (e.g. --sample_rate 16000 with the 32 kHz fmax 14000) is
     silenced here, where it is benign: when the settings differ from the checkpoint's, the one-line
     front-end error that follows says so (the warning only printed two source lines before it); when
-    they match, the model's own filterbank (models.py, torchlibrosa) still warns as it always did."""
+    they match, the model's own filterbank (models.py, frontend_modules) still warns as it always did."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Empty filters detected", category=UserWarning)
-        mel = librosa.filters.mel(sr=sample_rate, n_fft=window_size, n_mels=mel_bins, fmin=fmin, fmax=fmax)
+        mel = mel_filterbank(sample_rate, window_size, mel_bins, fmin, fmax)
     return torch.tensor(mel.T, dtype=torch.float32)
 
 
