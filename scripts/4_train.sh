@@ -48,7 +48,8 @@ fi
 if [ "$(basename "$PY")" = "torchrun" ]; then
   PY="$(head -n 1 "$(command -v "$PY")" | sed -e 's/^#! *//' -e 's/ .*//')"
 fi
-if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
+# One import of torch (~2 s) both checks the interpreter and asks for a GPU.
+if ! HAS_CUDA="$("$PY" -c 'import torch;print(torch.cuda.is_available())' 2>/dev/null)"; then
   echo "error: $PY (from PYTHON=$PYTHON) cannot import torch; set PYTHON to the python PANNs is installed into" >&2
   exit 1
 fi
@@ -61,7 +62,7 @@ if [ -n "${LABELS_CSV:-}" ]; then
   LABELS_FLAG=(--class_labels_csv="$LABELS_CSV")
 fi
 CUDA_FLAG=()
-if [ "$("$PY" -c 'import torch;print(torch.cuda.is_available())')" = "True" ]; then
+if [ "$HAS_CUDA" = "True" ]; then
   CUDA_FLAG=(--cuda)
 else
   echo "4_train.sh: $PY sees no CUDA GPU; training on the CPU" >&2

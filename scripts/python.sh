@@ -4,6 +4,10 @@
 # ($VIRTUAL_ENV, or $CONDA_PREFIX); a .venv/ or venv/ in the repository; python3 if it imports
 # torch. A PYTHON that is not there or cannot import torch, or none found: one line says what to do,
 # and the script stops (exit 1).
+# Whether python $1 has torch installed: found, not imported (an import takes ~2 s, and every script probes).
+panns_has_torch() {
+  "$1" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)" >/dev/null 2>&1
+}
 panns_find_python() {
   local root="$1" cand
   if [ -n "${PYTHON:-}" ]; then
@@ -11,7 +15,7 @@ panns_find_python() {
       echo "error: PYTHON=$PYTHON is not an executable; set PYTHON to the python PANNs is installed into" >&2
       return 1
     fi
-    if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then   # else a ModuleNotFoundError traceback later
+    if ! panns_has_torch "$PYTHON"; then   # else a ModuleNotFoundError traceback later
       echo "error: PYTHON=$PYTHON cannot import torch; set PYTHON to the python PANNs is installed into" >&2
       return 1
     fi
@@ -21,7 +25,7 @@ panns_find_python() {
               "$root/.venv/bin/python" "$root/venv/bin/python" python3; do
     [ -n "$cand" ] || continue
     command -v "$cand" >/dev/null 2>&1 || continue
-    if "$cand" -c "import torch" >/dev/null 2>&1; then
+    if panns_has_torch "$cand"; then
       PYTHON="$cand"
       return 0
     fi
