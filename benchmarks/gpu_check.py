@@ -841,7 +841,9 @@ def stage_finetune(c: Check, ws: Dict[str, str], a, base_ckpt: Optional[str]) ->
             cls = re.sub(r"[^A-Za-z0-9_-]+", "_", names[mids.strip().strip('"').split(",")[0]])
             os.makedirs(os.path.join(folders, cls), exist_ok=True)
             src = os.path.join(ws["dataset"], "audios", "balanced_train_segments", f"Y{ytid}.wav")
-            os.symlink(src, os.path.join(folders, cls, f"Y{ytid}.wav"))
+            dst = os.path.join(folders, cls, f"Y{ytid}.wav")
+            if not os.path.lexists(dst):   # a rerun with the same --out keeps the folders it made
+                os.symlink(src, dst)
     steps = 1 if a.dry_run else 20
     # A CPU emulates fp16 (16 s for a step of 4 one-second clips): the dry run steps on two half-second clips.
     size = ["--batch_size", "2", "--clip_seconds", "0.5"] if a.dry_run else ["--batch_size", str(a.batch_size)]
