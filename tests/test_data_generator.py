@@ -235,10 +235,14 @@ def test_dataset_opens_each_file_once(ws, monkeypatch):
     d.close()
 
 
-def test_dataloader_with_workers(ws):
+def test_dataloader_with_workers(ws, monkeypatch):
     """Workers hand batches over in recycled shared memory: values equal the in-process read, plain numpy
     arrays arrive, and batches still referenced are never overwritten when buffers are recycled."""
     import torch
+
+    # This test holds batches on purpose, so every slot stays in use and each new array would first wait the
+    # pool's 0.5 s for a release that cannot come (13 s of the test); the forked workers inherit the shorter wait.
+    monkeypatch.setattr(dg._ShmPool, "WAIT_FULL_S", 0.02)
 
     sampler = dg.BalancedTrainSampler(ws["full"], batch_size=4)
     loader = torch.utils.data.DataLoader(dg.AudioSetDataset(), batch_sampler=sampler, collate_fn=dg.collate_fn,
