@@ -741,7 +741,8 @@ def stage_resume(c: Check, ws: Dict[str, str], a) -> None:
     opt_same = all(torch.equal(torch.as_tensor(x["optimizer"]["state"][k][m]), torch.as_tensor(y["optimizer"]["state"][k][m]))
                    for k in x["optimizer"]["state"] for m in x["optimizer"]["state"][k])
     worst = max((float((x["model"][k].float() - y["model"][k].float()).abs().max()) for k in diff), default=0.0)
-    c.add("resume", f"{2 * n} steps straight vs resumed from its step-{n} checkpoint, --deterministic, {precision} eager",
+    c.add("resume", f"{2 * n} steps straight vs resumed from its step-{n} checkpoint, --deterministic, "
+                    f"{precision} eager",
           f"weights bit-equal: {not diff} ({len(diff)} tensors differ, max {worst:.1e}); optimizer equal: {opt_same}; "
           f"sampler equal: {x['sampler'] == y['sampler']}", ok=not diff and opt_same and x["sampler"] == y["sampler"])
 

@@ -544,7 +544,8 @@ def test_train_script_hands_a_signal_to_the_trainer(tmp_path):
     with open(err, "w") as f:
         p = subprocess.Popen(["bash", os.path.join(REPO, "scripts", "4_train.sh"), ws, str(tmp_path / "dataset"),
                               "--early_stop=100000", "--eval_every=100000", "--save_every=100000", "--log_every=1",
-                              "--num_workers=0", f"--class_labels_csv={labels}", "--batch_size=4"],   # steps of 8 clips, not 64
+                              "--num_workers=0", f"--class_labels_csv={labels}",
+                              "--batch_size=4"],   # steps of 8 clips, not the recipe's 64
                              cwd=str(tmp_path), env=env, stdout=subprocess.DEVNULL, stderr=f)
     try:
         deadline = time.time() + 240

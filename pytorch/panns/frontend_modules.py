@@ -40,8 +40,9 @@ class STFT(tl_stft.STFT):
                                    dilation=1, groups=1, bias=False)
         self.conv_imag = nn.Conv1d(1, out_channels, kernel_size=n_fft, stride=self.hop_length, padding=0,
                                    dilation=1, groups=1, bias=False)
-        self.conv_real.weight.data = torch.Tensor(np.real(self.W[:, 0:out_channels] * fft_window[:, None]).T)[:, None, :]
-        self.conv_imag.weight.data = torch.Tensor(np.imag(self.W[:, 0:out_channels] * fft_window[:, None]).T)[:, None, :]
+        windowed = self.W[:, 0:out_channels] * fft_window[:, None]   # (n_fft, n_fft // 2 + 1) complex
+        self.conv_real.weight.data = torch.Tensor(np.real(windowed).T)[:, None, :]
+        self.conv_imag.weight.data = torch.Tensor(np.imag(windowed).T)[:, None, :]
         if freeze_parameters:
             _freeze(self)
 
