@@ -25,10 +25,8 @@ def hann_window(n: int) -> np.ndarray:
     if n <= 1:
         return np.ones(n, dtype=np.float64)
     fac = np.linspace(-np.pi, np.pi, n + 1, dtype=np.float64)   # one point more, dropped: periodic
-    w = np.zeros(n + 1, dtype=np.float64)
-    for k, a in enumerate(np.asarray([0.5, 0.5], dtype=np.float64)):
-        w += a * np.cos(k * fac)
-    return w[:-1]
+    # scipy sums its cosine terms onto zeros: 0 + 0.5 * cos(0) is exactly 0.5, so this is its rounding too
+    return (0.5 + 0.5 * np.cos(fac))[:-1]
 
 
 def hz_to_mel(frequencies) -> np.ndarray:
