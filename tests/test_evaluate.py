@@ -66,8 +66,6 @@ def test_d_prime_is_the_official_formula_bit_for_bit():
     assert float(d_prime(0.8)) == float(official[8000])
 
 
-
-
 def test_evaluator_over_batches_matches_metrics():
     from panns.evaluate import Evaluator, compute_metrics
 
