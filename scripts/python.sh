@@ -4,6 +4,7 @@
 # ($VIRTUAL_ENV, or $CONDA_PREFIX); a .venv/ or venv/ in the repository; python3 if it imports
 # torch. A PYTHON that is not there or cannot import torch, or none found: one line says what to do,
 # and the script stops (exit 1).
+
 # Whether python $1 has torch installed: found, not imported (an import takes ~2 s, and every script probes).
 panns_has_torch() {
   "$1" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)" >/dev/null 2>&1
