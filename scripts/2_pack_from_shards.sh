@@ -22,7 +22,7 @@
 #   EVAL_SHARDS, BALANCED_SHARDS, UNBALANCED_SHARDS   shard globs (an empty UNBALANCED_SHARDS skips it)
 #   STORAGE=pcm16|flac   flac: lossless, about half the disk; decoded in the loader workers
 #   SAMPLE_RATE=32000  CLIP_SECONDS=10 (AudioSet clips are 10 s; shorter clips are zero-padded)
-#   NUM_WORKERS=<cores>  decoding processes    PACK_JOBS=<cores>/NUM_WORKERS unbalanced shards at a time
+#   NUM_WORKERS=<cores>  decoding processes    PACK_JOBS=<cores>/2 unbalanced shards at a time
 #   LABEL_FIELD, ID_FIELD  json key / column of the labels and of the YouTube id (default: detected)
 #   LABELS_CSV=<path>    label CSV the shards' labels are mapped through (default: the repository's
 #                        metadata/class_labels_indices.csv, the AudioSet classes); train with the same one

@@ -756,6 +756,11 @@ def add_arguments(p) -> None:
     # natively: Cnn14 embeddings within cosine 0.9999 of fp32 (tests/test_auto_backend.py), 1.2-1.4x faster on
     # an AVX512-BF16 CPU; backend auto still measures it against the fp32 paths (runtime._auto_backend).
     p.set_defaults(precision="auto")
+    for action in p._actions:   # the shared help names sm70/75's fp16, which extraction's auto does not pick
+        if action.dest == "precision":
+            action.help = ("numeric precision of the CNN body (default: %(default)s: bf16 where the hardware has "
+                           "native bf16 (CUDA sm80+, CPUs with AMX/AVX512-BF16), else fp32; backend auto measures "
+                           "bf16 against fp32 on CPUs)")
 
 
 HDF5_EXTENSIONS = (".h5", ".hdf5")
