@@ -553,6 +553,9 @@ def test_frozen_base_checkpoints_refer_to_their_base(frozen_run, pretrained, tmp
     assert os.path.getsize(full) > 5 * os.path.getsize(best)
     model2, _ = checkpoint.load_model(full)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+    with pytest.raises(PannsError, match="official format .* export takes best.pth or latest.pth"):
+        finetune_main(["export", "--checkpoint_path", pretrained[0], "--output_path", str(tmp_path / "o.pth")])
+    assert not os.path.exists(tmp_path / "o.pth")
 
     moved = str(tmp_path / "moved.pth")
     shutil.copy(pretrained[1], moved)

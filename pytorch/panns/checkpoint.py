@@ -256,8 +256,11 @@ def frozen_base_weights(ref: dict, checkpoint_path: str) -> Dict[str, torch.Tens
 def self_contained(checkpoint_path: str, output_path: str) -> str:
     """Write a copy of a fine-tuning checkpoint with its frozen base's weights inside (no reference to another
     file): what to share or archive. Returns ``output_path``."""
-    model, _ = load_model(checkpoint_path)
     ckpt = load_checkpoint(checkpoint_path)
+    if not isinstance(ckpt.get("config"), dict):   # load_model would ask for --model_type, a flag export lacks
+        raise CheckpointError(f"checkpoint {checkpoint_path} is in the official format (weights only, no config), "
+                              "already self-contained: export takes best.pth or latest.pth of a fine-tuning run")
+    model, _ = load_model(checkpoint_path)
     out = {k: v for k, v in ckpt.items() if k != "base_checkpoint"}
     out["model"] = model.state_dict()
     save_checkpoint(output_path, out)
