@@ -171,10 +171,11 @@ def test_linear_probe(dataset, pretrained, tmp_path, caplog):
 
 
 def test_unfrozen_bce_mixup_from_csv_changes_the_base(dataset, pretrained, tmp_path):
-    """Multi-label CSV lists, sigmoid head, mixup, official-format base with the front end given as flags."""
+    """Multi-label CSV lists, sigmoid head, mixup, official-format base with the front end given as flags; a
+    clip in both lists is a warning that report.txt repeats."""
     files = sorted(glob.glob(os.path.join(dataset, "*", "*.wav")))
     rows = [[f, os.path.basename(os.path.dirname(f))] + (["Extra"] if i % 3 == 0 else []) for i, f in enumerate(files)]
-    for name, part in (("train.csv", rows[::2]), ("eval.csv", rows[1::2])):
+    for name, part in (("train.csv", rows[::2]), ("eval.csv", rows[1::2] + rows[:1])):
         with open(tmp_path / name, "w", newline="") as f:
             csv.writer(f).writerows([["path", "label"]] + part)
     flags = [x for k, v in FRONTEND.items() for x in (f"--{k}", str(v))]
@@ -183,6 +184,9 @@ def test_unfrozen_bce_mixup_from_csv_changes_the_base(dataset, pretrained, tmp_p
                    "--workspace", str(tmp_path / "ws"), "--augmentation", "mixup", "--batch_size", "2",
                    "--iterations", "2", "--eval_every", "2", "--num_workers", "0", "--clip_seconds", "0.5"])
     assert res["metric"] == "mAP" and 0.0 <= res["value"] <= 1.0
+    report = open(os.path.join(os.path.dirname(res["best_path"]), "report.txt")).read()
+    assert f"\nwarning: 1 clip(s) are in both the train and the eval split (eval scores will be optimistic), " \
+           f"e.g. {files[0]}\n" in report, report
     ck = checkpoint.load_checkpoint(res["best_path"])
     assert ck["config"]["output"] == "sigmoid" and ck["config"]["labels"] == sorted(NAMES + ["Extra"])
     # clip_seconds 0.5 is below the 64 frames SpecAugment needs in training: raised to 63 hops

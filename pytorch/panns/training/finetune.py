@@ -375,8 +375,8 @@ class FineTuneTask:
             # What inference needs (no optimizer or RNG state: --resume continues from latest.pth).
             keep = ("iteration", "model", "config", "metrics", "base_checkpoint")
             ckpt_lib.save_checkpoint(self.best_path, {k: ckpt[k] for k in keep if k in ckpt})
-            atomic_write_text(os.path.join(self.run_dir, "report.txt"), f"{self.data.source}\nbest checkpoint: "
-                              f"{self.best_path} (iteration {iteration})\n\n{self.scores['report']}\n")
+            write_report(self.run_dir, self.data, f"best checkpoint: {self.best_path} (iteration {iteration})",
+                         self.scores["report"])
             self.improved = False   # a later save without an evaluation (a stop on a signal) keeps best.pth
         return self.latest_path
 
@@ -537,6 +537,13 @@ def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.Cli
     return {**task.best, "wall_s": time.time() - t0, "best_path": task.best_path, "latest_path": task.latest_path}
 
 
+def write_report(run_dir: str, data: fd.LabelledData, what: str, scores_report: str) -> None:
+    """``report.txt``: the data source, which checkpoint, the data's warnings (what the log said at the start:
+    a report read alone must not look cleaner than the run was) and the per-class scores."""
+    warned = "".join(f"warning: {w}\n" for w in data.warnings)
+    atomic_write_text(os.path.join(run_dir, "report.txt"), f"{data.source}\n{what}\n{warned}\n{scores_report}\n")
+
+
 def linear_probe(fit_probe, model: torch.nn.Module, data: fd.LabelledData, run_dir: str, config: dict) -> dict:
     """``fit_probe()`` (a bound probe.fit_probe_head), then write ``model`` with the fitted head to
     ``linear_probe.pth`` (a Transfer_<Base> checkpoint that ``inference.py audio_tagging --checkpoint_path``
@@ -547,7 +554,7 @@ def linear_probe(fit_probe, model: torch.nn.Module, data: fd.LabelledData, run_d
     metrics = {k: v for k, v in sc.items() if k != "report"}
     ckpt_lib.save_checkpoint(probe_path, {"model": model.state_dict(), "config": config, "iteration": 0,
                                           "metrics": metrics})
-    atomic_write_text(os.path.join(run_dir, "report.txt"), f"{data.source}\nlinear probe: {probe_path}\n\n{sc['report']}\n")
+    write_report(run_dir, data, f"linear probe: {probe_path}", sc["report"])
     append_jsonl(os.path.join(run_dir, "metrics.jsonl"),
                  {"linear_probe": True, sc["metric"]: sc["value"], "mAP": sc["mAP"],
                   "embedding_time_s": round(t_emb, 3), "total_time_s": round(time.time() - t0, 3)})
