@@ -3,14 +3,17 @@
 A data set is described in one of three ways (exactly one per run):
 
 * ``--dataset_dir DIR``: one sub-folder per class, ``DIR/<class>/**/<clip>.<audio ext>``. If ``DIR`` instead
-  holds a ``train`` folder and an ``eval`` / ``val`` / ``validation`` / ``test`` folder, each with class
-  sub-folders, those are the two splits; otherwise a stratified ``eval_fraction`` of every class is held out
-  (seeded, so every run with the same seed holds out the same clips).
-* ``--train_csv`` [``--eval_csv``]: rows ``path,label[,label...]`` (an optional header line whose first cell is
-  ``path``/``filename``/``file``; relative paths are taken from ``--audio_dir`` or else the CSV's own folder).
-  Without ``--eval_csv`` the same stratified hold-out is used.
+  holds a ``train`` (or ``training``) folder and an evaluation folder (``eval``, ``val``, ``validation``,
+  ``valid``, ``dev`` or ``test``, in that order of preference; any case), each with class sub-folders, those are
+  the two splits; otherwise a stratified ``eval_fraction`` of every class is held out (seeded, so every run with
+  the same seed holds out the same clips). Folders named like splits in any other layout are refused: read as
+  class folders they would train a "which split" classifier.
+* ``--train_csv`` [``--eval_csv``]: rows ``path,label[,label...]`` (an optional header line whose first cell
+  names a file column, as in ``--meta_csv``; relative paths are taken from ``--audio_dir`` or else the CSV's own
+  folder). A path on several rows (one row per label) is one clip with the labels of all its rows. Without
+  ``--eval_csv`` the same stratified hold-out is used.
 * ``--meta_csv`` with a header and a fold column, ``--holdout_fold K`` being the eval split (cross-validation).
-  The file column is ``filename``/``slice_file_name``/``path``/``file``; the label column is
+  The file column is ``filename``/``slice_file_name``/``path``/``file``/``fname``/...; the label column is
   ``category``/``class``/``label``, or an integer ``target``/``classID`` (with only integers the classes are
   named by them). ESC-50: ``--meta_csv ESC-50/meta/esc50.csv --audio_dir ESC-50/audio`` (``--audio_dir``
   defaults to ``<csv folder>/../audio`` and then the CSV folder); UrbanSound8K's ``audio/fold<k>/`` layout is
@@ -54,7 +57,8 @@ from panns.utilities import (atomic_write, check_hdf5_kind, die_with_parent, flo
 
 logger = logging.getLogger(__name__)
 
-EVAL_FOLDER_NAMES = ("eval", "val", "validation", "valid", "test")
+TRAIN_FOLDER_NAMES = ("train", "training")
+EVAL_FOLDER_NAMES = ("eval", "val", "validation", "valid", "dev", "test")   # in order of preference
 DEFAULT_EVAL_FRACTION = 0.2   # share of every class held out when the data names no evaluation split
 CACHE_VERSION = 1
 
@@ -97,6 +101,11 @@ class LabelledData:
 Item = Tuple[str, List[str]]  # (absolute path, label names)
 
 
+# A CSV's file column (and a list CSV's optional header cell): ESC-50, UrbanSound8K, FSDKaggle, ...
+_FILE_COLS = ("filename", "slice_file_name", "path", "file", "file_name", "audio_path", "fname", "filepath",
+              "file_path")
+
+
 def _audio_files(folder: str) -> List[str]:
     out = []
     # Linked folders are followed, each real folder once: a link to a folder above (dog/again -> ../dog) read
@@ -132,15 +141,27 @@ def _scan_class_folders(folder: str) -> List[Item]:
 
 
 def split_folders(dataset_dir: str) -> Optional[Tuple[str, str]]:
-    """``('train', <eval folder>)`` when ``dataset_dir`` holds the two splits as folders of class folders, else
-    None (one set of class folders, split by a hold-out; or not a folder at all)."""
+    """``(<train folder>, <eval folder>)`` when ``dataset_dir`` holds the splits as folders of class folders, else
+    None (one set of class folders, split by a hold-out; or not a folder at all). Split-named folders in any other
+    layout (``Train/`` beside ``Test/`` of loose clips, a ``train/`` alone, class folders beside the splits) are
+    refused: read as class folders they would train a classifier of splits."""
     if not os.path.isdir(dataset_dir):
         return None
     subs = _class_folders(dataset_dir)
-    eval_dirs = [d for d in subs if d.lower() in EVAL_FOLDER_NAMES]
-    if "train" in subs and eval_dirs and all(_class_folders(os.path.join(dataset_dir, d)) for d in ["train"] + eval_dirs[:1]):
-        return "train", eval_dirs[0]
-    return None
+    named = [d for d in subs if d.lower() in TRAIN_FOLDER_NAMES + EVAL_FOLDER_NAMES]
+    if not named:
+        return None
+    with_classes = [d for d in named if _class_folders(os.path.join(dataset_dir, d))]
+    train = [d for d in with_classes if d.lower() in TRAIN_FOLDER_NAMES]
+    evals = sorted((d for d in with_classes if d.lower() in EVAL_FOLDER_NAMES),
+                   key=lambda d: EVAL_FOLDER_NAMES.index(d.lower()))
+    if len(train) == 1 and evals and set(subs) <= set(named):
+        return train[0], evals[0]
+    raise PannsError(f"--dataset_dir {dataset_dir} holds folders named like splits ({', '.join(named)}) but not "
+                     f"the split layout: one {'|'.join(TRAIN_FOLDER_NAMES)}/<class>/ folder and an evaluation folder "
+                     f"({'|'.join(EVAL_FOLDER_NAMES)})/<class>/, nothing else beside them; read as class folders they "
+                     "would train a classifier of splits. Arrange them so, point --dataset_dir at the training "
+                     "folder (a share of each class is then held out), or rename a class folder named like a split")
 
 
 def from_folder(dataset_dir: str, eval_fraction: float = DEFAULT_EVAL_FRACTION, seed: int = 0) -> LabelledData:
@@ -152,7 +173,12 @@ def from_folder(dataset_dir: str, eval_fraction: float = DEFAULT_EVAL_FRACTION, 
     if splits is not None:
         train = _scan_class_folders(os.path.join(dataset_dir, splits[0]))
         evl = _scan_class_folders(os.path.join(dataset_dir, splits[1]))
-        return _build(train, evl, name, f"folders {dataset_dir}/train and {dataset_dir}/{splits[1]}")
+        data = _build(train, evl, name, f"folders {dataset_dir}/{splits[0]} and {dataset_dir}/{splits[1]}")
+        unused = [d for d in _class_folders(dataset_dir) if d not in splits]
+        if unused:   # train/, val/, test/: the test split stays untouched
+            data.warnings.append(f"{', '.join(os.path.join(dataset_dir, d) for d in unused)} not used (the "
+                                 f"evaluation split is {os.path.join(dataset_dir, splits[1])})")
+        return data
     items = _scan_class_folders(dataset_dir)
     train, evl = stratified_split(items, eval_fraction, seed)
     return _build(train, evl, name, f"class folders in {dataset_dir} ({eval_fraction:.0%} held out for eval, seed {seed})")
@@ -177,17 +203,21 @@ def read_list_csv(csv_path: str, audio_dir: Optional[str] = None) -> List[Item]:
             if r and any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
     bases = [audio_dir] if audio_dir else []
     bases.append(os.path.dirname(os.path.abspath(csv_path)))
-    if rows and rows[0][0].strip().lower() in ("path", "filename", "file", "audio_path", "file_name"):
+    if rows and rows[0][0].strip().lower() in _FILE_COLS:
         rows = rows[1:]
-    items: List[Item] = []
+    labels_of: Dict[str, List[str]] = {}   # in first-row order; a path on several rows gets all their labels
     for n, row in enumerate(rows):
         labels = [c.strip() for c in row[1:] if c.strip()]
         if not labels:
             raise PannsError(f"{csv_path}: row {n + 1} ({row[0].strip()}) has no label; expected 'path,label[,label...]'")
-        items.append((_resolve(row[0], bases), labels))
-    if not items:
+        have = labels_of.setdefault(_resolve(row[0], bases), [])
+        have.extend(lb for lb in labels if lb not in have)
+    if not labels_of:
         raise PannsError(f"{csv_path} lists no clips; expected rows 'path,label[,label...]'")
-    return items
+    if len(labels_of) < len(rows):
+        logger.info("%s: %d rows name %d clips: the labels of a clip's rows are merged", csv_path, len(rows),
+                    len(labels_of))
+    return list(labels_of.items())
 
 
 def from_csv_lists(train_csv: str, eval_csv: Optional[str] = None, audio_dir: Optional[str] = None,
@@ -200,7 +230,6 @@ def from_csv_lists(train_csv: str, eval_csv: Optional[str] = None, audio_dir: Op
     return _build(tr, ev, name, f"{train_csv} ({eval_fraction:.0%} held out for eval, seed {seed})")
 
 
-_FILE_COLS = ("filename", "slice_file_name", "path", "file", "file_name", "audio_path")
 _LABEL_COLS = ("category", "class", "label", "labels", "class_name")
 _INDEX_COLS = ("target", "classid", "class_id", "label_id")
 
@@ -209,10 +238,15 @@ def from_meta_csv(meta_csv: str, holdout_fold: Optional[str], audio_dir: Optiona
     """ESC-50-style metadata with a fold column; ``holdout_fold`` is the eval split, the other folds train."""
     if not os.path.isfile(meta_csv):
         raise PannsError(f"metadata CSV not found: {meta_csv}")
-    rows = list(csv.DictReader(io.StringIO(config.read_text(meta_csv), newline="")))
+    reader = csv.DictReader(io.StringIO(config.read_text(meta_csv), newline=""))
+    cols = {c.strip().lower(): c for c in reader.fieldnames or () if c is not None}
+    # Cells as stripped text ('' for a cell the row lacks); blank rows (a spreadsheet's trailing ',,,') skipped.
+    numbered = [(reader.line_num, {k: (v or "").strip() for k, v in r.items() if isinstance(k, str)})
+                for r in reader]
+    numbered = [(n, r) for n, r in numbered if any(r.values())]
+    rows = [r for _n, r in numbered]
     if not rows:
         raise PannsError(f"{meta_csv} has no rows")
-    cols = {c.strip().lower(): c for c in rows[0].keys() if c is not None}
 
     def pick(names):
         return next((cols[n] for n in names if n in cols), None)
@@ -221,7 +255,12 @@ def from_meta_csv(meta_csv: str, holdout_fold: Optional[str], audio_dir: Optiona
     if fcol is None or foldcol is None or (lcol is None and icol is None):
         raise PannsError(f"{meta_csv}: need a file column ({'/'.join(_FILE_COLS)}), a 'fold' column and a label column "
                          f"({'/'.join(_LABEL_COLS + _INDEX_COLS)}); found {', '.join(cols.values())}")
-    folds = sorted({r[foldcol].strip() for r in rows}, key=lambda s: (len(s), s))
+    for n, r in numbered:   # a short row or an empty cell: named, not a traceback nor a clip put in training
+        empty = [c for c in (fcol, foldcol, lcol, icol) if c is not None and not r[c]]
+        if empty:
+            raise PannsError(f"{meta_csv}: line {n} ({r[fcol] or 'no file name'}) has no "
+                             f"{' and no '.join(repr(c) for c in empty)} value")
+    folds = sorted({r[foldcol] for r in rows}, key=lambda s: (len(s), s))
     if holdout_fold is None:
         raise PannsError(f"--meta_csv needs --holdout_fold (the eval fold), one of: {', '.join(folds)}")
     holdout_fold = str(holdout_fold).strip()
@@ -232,33 +271,35 @@ def from_meta_csv(meta_csv: str, holdout_fold: Optional[str], audio_dir: Optiona
 
     # Class order: by integer index when the CSV has one (ESC-50 'target', UrbanSound8K 'classID'), else by name.
     if icol is not None:
-        try:
-            index_of: Dict[str, int] = {}
-            name_of: Dict[int, str] = {}
-            for r in rows:
-                name, index = (r[lcol].strip() if lcol else r[icol].strip()), int(r[icol])
-                # one index per name and one name per index, else the order is the first row's guess
-                for key, value, seen, what in ((name, index, index_of, "class"), (index, name, name_of, icol)):
-                    if seen.setdefault(key, value) != value:
-                        raise PannsError(f"{meta_csv}: {what} {key!r} has two values in the '"
-                                         f"{icol if what == 'class' else lcol}' column, {seen[key]} and {value} "
-                                         f"(row of {r[fcol].strip()}); each class needs one '{icol}' index")
-            names = sorted(index_of, key=lambda n: (index_of[n], n))
-        except ValueError:
-            raise PannsError(f"{meta_csv}: column '{icol}' must hold integer class indexes")
+        index_of: Dict[str, int] = {}
+        name_of: Dict[int, str] = {}
+        for n, r in numbered:
+            try:
+                index = int(r[icol])
+            except ValueError:
+                raise PannsError(f"{meta_csv}: column '{icol}' must hold integer class indexes; line {n} "
+                                 f"({r[fcol]}) has {r[icol]!r}") from None
+            name = r[lcol] if lcol else r[icol]
+            # one index per name and one name per index, else the order is the first row's guess
+            for key, value, seen, what in ((name, index, index_of, "class"), (index, name, name_of, icol)):
+                if seen.setdefault(key, value) != value:
+                    raise PannsError(f"{meta_csv}: {what} {key!r} has two values in the '"
+                                     f"{icol if what == 'class' else lcol}' column, {seen[key]} and {value} "
+                                     f"(row of {r[fcol]}); each class needs one '{icol}' index")
+        names = sorted(index_of, key=lambda n: (index_of[n], n))
     else:
-        names = sorted({r[lcol].strip() for r in rows})
+        names = sorted({r[lcol] for r in rows})
 
     train: List[Item] = []
     evl: List[Item] = []
     for r in rows:
-        fold = r[foldcol].strip()
-        rel = r[fcol].strip()
+        fold = r[foldcol]
+        rel = r[fcol]
         path = _resolve(rel, bases)
         if not os.path.exists(path) and not os.path.isabs(rel):  # UrbanSound8K: audio/fold<k>/<file>
             alt = _resolve(os.path.join(f"fold{fold}", rel), bases)
             path = alt if os.path.exists(alt) else path
-        label = r[lcol].strip() if lcol else r[icol].strip()
+        label = r[lcol] if lcol else r[icol]
         (evl if fold == holdout_fold else train).append((path, [label]))
     name = os.path.splitext(os.path.basename(meta_csv))[0] + f"_fold{holdout_fold}"
     return _build(train, evl, name, f"{meta_csv}, fold {holdout_fold} held out ({len(folds)} folds)", names)
@@ -278,7 +319,23 @@ def stratified_split(items: List[Item], eval_fraction: float, seed: int) -> Tupl
         k = int(round(eval_fraction * len(ix)))
         k = min(max(k, 1 if len(ix) >= 2 else 0), len(ix) - 1)
         eval_ix.update(rs.permutation(ix)[:k].tolist())
+    # Multi-label rows are split by their first label: a clip held out for it may carry the only copies of a
+    # rarer label, which training would then never see. It trains instead (that label has no eval clip: a warning).
+    seen = {lb for i, (_p, labels) in enumerate(items) if i not in eval_ix for lb in labels}
+    for i in sorted(eval_ix):
+        if not set(items[i][1]) <= seen:
+            eval_ix.discard(i)
+            seen.update(items[i][1])
     return ([it for i, it in enumerate(items) if i not in eval_ix], [it for i, it in enumerate(items) if i in eval_ix])
+
+
+def _is_utf8(path: str) -> bool:
+    """False for a file name whose bytes are not UTF-8 (Python holds them as lone surrogates)."""
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _build(train: List[Item], evl: List[Item], name: str, source: str, labels: Optional[List[str]] = None) -> LabelledData:
@@ -307,6 +364,11 @@ def _build(train: List[Item], evl: List[Item], name: str, source: str, labels: O
     missing_files = [p for p, _ in train + evl if not os.path.isfile(p)]
     if missing_files:
         raise PannsError(f"{source}: {len(missing_files)} audio file(s) not found, first: {missing_files[0]}")
+    not_text = [p for p, _ in train + evl if not _is_utf8(p)]
+    if not_text:   # the clip cache, logs and checkpoints store paths as UTF-8 text
+        raise PannsError(f"{source}: {len(not_text)} file name(s) are not UTF-8 text (from an archive made on another "
+                         f"system?), first: {os.fsencode(not_text[0])!r}; rename them, e.g. convmv -f latin1 -t utf8 "
+                         "-r --notest <folder>")
     overlap = {p for p, _ in train} & {p for p, _ in evl}
     if overlap:
         warnings.append(f"{len(overlap)} clip(s) are in both the train and the eval split (eval scores will be "

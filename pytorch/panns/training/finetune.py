@@ -470,17 +470,18 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
                   "clip_seconds": clip_samples / frontend["sample_rate"],
                   "pretrained_checkpoint_path": args.pretrained_checkpoint_path, "freeze_base": args.freeze_base}
     remove_files(replace)   # the new run's first file comes next
-    tl.write_json(os.path.join(run_dir, "run.json"), _run_record(args, {
+    record = _run_record(args, {
         "data": data.source, "labels": data.labels, "train_clips": len(data.train), "eval_clips": len(data.eval),
         "loss": loss, "output": output, "frontend": frontend, "clip_samples": clip_samples, "precision": precision,
         "device": str(device), "parameters": sum(p.numel() for p in model.parameters()),
-        "trainable_parameters": trainable, "cache": cache.h5_path}))
+        "trainable_parameters": trainable, "cache": cache.h5_path})
 
     def fit_probe() -> Tuple[dict, float]:
         return probe.fit_probe_head(model, base_name, frontend, data, cache, clip_samples, device, cache_dir,
                                     precision=args.precision, batch_size=args.batch_size, c=args.probe_c)
 
     if args.linear_probe:
+        tl.write_json(os.path.join(run_dir, "run.json"), record)
         res = linear_probe(fit_probe, model, data, run_dir, {**run_config, **mc, "linear_probe": True})
         print(res["report"])
         print(f"Linear probe {res['metric']}: {res['value']:.4f} ({res['wall_s']:.1f} s); saved to {res['probe_path']}\n"
@@ -504,7 +505,7 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
         logger.info("Head initialised from a linear probe on the %d training clips' embeddings (eval %s %.4f)",
                     len(data.train), sc["metric"], sc["value"])
     res = fine_tune(args, model, data, cache, clip_samples, device, precision, LOSSES[loss], mc, run_config,
-                    run_dir, resume_from)
+                    run_dir, resume_from, record)
     print(res["report"])
     print(f"Best {res['metric']}: {res['value']:.4f} at iteration {res['iteration']} "
           f"({res['wall_s']:.1f} s); checkpoint: {res['best_path']}")
@@ -513,9 +514,11 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
 
 def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.ClipCache, clip_samples: int,
               device: torch.device, precision: str, loss_func, mc: dict, run_config: dict, run_dir: str,
-              resume_from: Optional[str]) -> dict:
+              resume_from: Optional[str], record: Optional[dict] = None) -> dict:
     """Train ``model`` with the training core for ``args.iterations`` steps, evaluating and saving every
-    ``args.eval_every``; returns the best scores with 'iteration', 'wall_s', 'best_path', 'latest_path'."""
+    ``args.eval_every``; returns the best scores with 'iteration', 'wall_s', 'best_path', 'latest_path'.
+    ``record`` goes to ``run.json`` once the run is sure to start: a refused resume leaves the record of the run
+    that wrote the checkpoints."""
     t0 = time.time()
     task = FineTuneTask(args, model, data, cache, clip_samples, device, precision, run_dir)
     settings = CoreSettings(iterations=args.iterations, eval_every=args.eval_every, save_every=args.eval_every,
@@ -525,11 +528,14 @@ def fine_tune(args, model: torch.nn.Module, data: fd.LabelledData, cache: fd.Cli
                             # that only makes it worse must not end below where it started.
                             at_start=args.head_init == "probe",
                             # the held-out split is drawn from these too: another value trains on eval clips
-                            fixed_on_resume=("seed", "batch_size", "augmentation", "eval_fraction"))
+                            fixed_on_resume=("seed", "batch_size", "augmentation", "eval_fraction",
+                                             "holdout_fold"))
     trainer = Trainer(settings, DistInfo(device=device), model, loss_func, task, mc, run_config, clip_samples,
                       args.batch_size, resume_from)
     if trainer.iteration >= args.iterations:
         raise PannsError(f"{resume_from} already reached --iterations {args.iterations}; raise it to train on")
+    if record is not None:
+        tl.write_json(os.path.join(run_dir, "run.json"), record)
     if resume_from:
         logger.info("Resumed from %s at iteration %d", resume_from, trainer.iteration)
     trainer.run()
