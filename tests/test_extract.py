@@ -248,3 +248,34 @@ def test_a_file_with_no_sample_left_at_the_model_rate_is_a_failure(setup, tmp_pa
     assert exit_info.value.code == 1 and "Extracted 1 clips (1 failed)" in capsys.readouterr().out
     failed = (tmp_path / "feats.h5.failed.csv").read_text().splitlines()
     assert len(failed) == 2 and "one.wav" in failed[1] and "no sample is left at 32000 Hz" in failed[1]
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_before_the_model_loads(setup, tmp_path, monkeypatch, capsys):
+    # the rows' names are HDF5 text: h5py raised UnicodeEncodeError after the first batch, a traceback
+    from data_helpers import cli_error
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    raw = os.path.join(os.fsencode(str(clips)), b"caf\xe9.wav")   # as an old zip unpacks it
+    with open(raw, "wb") as f, open(setup["paths"][0], "rb") as g:
+        f.write(g.read())
+    out = tmp_path / "feats.h5"
+    code, line = cli_error(inference.main, ["extract_embeddings", TORCH, "--checkpoint_path=missing.pth",
+                                            f"--audio_path={clips}", f"--output_path={out}"], monkeypatch, capsys)
+    assert code == 2 and r"1 file name(s) are not UTF-8 text" in line and r"caf\xe9.wav" in line, line
+    assert not os.path.exists(out)
+
+
+def test_audio_decoded_by_ffmpeg_gives_writable_waveforms(setup, monkeypatch):
+    # ffmpeg's samples are a view of its output bytes: every mono file at the model's rate (an .m4a, an .opus)
+    # printed torch's 'The given NumPy array is not writable' warning in the middle of the progress bar
+    import warnings
+
+    if audio_io.ffmpeg_exe() is None:
+        pytest.skip("no ffmpeg")
+    monkeypatch.setattr(audio_io, "read_audio", lambda path, on_truncated="warn": audio_io._decode_ffmpeg(path))
+    mono = [p for p in setup["paths"] if p.endswith("c0.wav")][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _i, wav, err, _n = extract._DecodeDataset([mono], SR, None, 1)[0]
+    assert err is None and wav.shape == (SR,)

@@ -193,7 +193,8 @@ def load_audio_bytes(data: bytes, sample_rate: int, mono: bool = True, name: str
 
 def _downmix_resample(data: np.ndarray, sr: int, sample_rate: int, mono: bool, name: str) -> np.ndarray:
     if mono:
-        out = np.ascontiguousarray(resample(to_mono(data), sr, sample_rate), dtype=np.float32)
+        # writable: ffmpeg's samples are a view of its output bytes, and torch.from_numpy warns on a read-only array
+        out = np.require(resample(to_mono(data), sr, sample_rate), np.float32, ["C_CONTIGUOUS", "WRITEABLE"])
     else:
         out = np.stack([resample(c, sr, sample_rate) for c in data]).astype(np.float32)
     if out.shape[-1] == 0:   # decoded samples, none left after resampling (1 sample at 96 kHz is none at 32 kHz):
