@@ -61,8 +61,8 @@ from panns import validate
 from panns.errors import PannsError
 from panns.frontend import FRONTEND_KEYS, frontend_overrides
 from panns.runtime import pad_to_min
-from panns.utilities import (atomic_write, busy_error, check_free_space, check_hdf5_kind, disk_full_error,
-                             is_lock_error, remove_stale_temps)
+from panns.utilities import (atomic_write, busy_error, check_free_space, check_hdf5_kind, check_utf8_names,
+                             disk_full_error, is_lock_error, remove_stale_temps)
 
 logger = logging.getLogger(__name__)
 
@@ -775,6 +775,7 @@ def check_output(args, paths: Sequence[str]) -> None:
     out = args.output_path
     if os.path.splitext(out)[1].lower() not in HDF5_EXTENSIONS:
         raise PannsError(f"--output_path must end in {' or '.join(HDF5_EXTENSIONS)} (an HDF5 file), got {out}")
+    check_utf8_names(paths, "--audio_path")   # the rows' names are HDF5 text
     validate.output_paths([("--output_path", out), ("--output_path's failures list", out + ".failed.csv")],
                           inputs=[args.checkpoint_path, args.class_labels_csv, *args.audio_path], files=paths)
     check_hdf5_kind(out, "embeddings", "--output_path", "--output_path", resume="" if args.overwrite else "--overwrite")

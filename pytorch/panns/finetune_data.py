@@ -52,8 +52,8 @@ from panns import config
 from panns.audio_io import AUDIO_EXTENSIONS, is_audio_file, load_audio
 from panns.data_generator import ResumableBatchSampler
 from panns.errors import AudioDecodeError, PannsError
-from panns.utilities import (atomic_write, check_hdf5_kind, die_with_parent, float32_to_int16, int16_to_float32,
-                             remove_stale_temps)
+from panns.utilities import (atomic_write, check_hdf5_kind, check_utf8_names, die_with_parent, float32_to_int16,
+                             int16_to_float32, remove_stale_temps)
 
 logger = logging.getLogger(__name__)
 
@@ -329,15 +329,6 @@ def stratified_split(items: List[Item], eval_fraction: float, seed: int) -> Tupl
     return ([it for i, it in enumerate(items) if i not in eval_ix], [it for i, it in enumerate(items) if i in eval_ix])
 
 
-def _is_utf8(path: str) -> bool:
-    """False for a file name whose bytes are not UTF-8 (Python holds them as lone surrogates)."""
-    try:
-        path.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
 def _build(train: List[Item], evl: List[Item], name: str, source: str, labels: Optional[List[str]] = None) -> LabelledData:
     if labels is None:
         labels = sorted({lb for _p, lbs in train for lb in lbs})
@@ -364,11 +355,7 @@ def _build(train: List[Item], evl: List[Item], name: str, source: str, labels: O
     missing_files = [p for p, _ in train + evl if not os.path.isfile(p)]
     if missing_files:
         raise PannsError(f"{source}: {len(missing_files)} audio file(s) not found, first: {missing_files[0]}")
-    not_text = [p for p, _ in train + evl if not _is_utf8(p)]
-    if not_text:   # the clip cache, logs and checkpoints store paths as UTF-8 text
-        raise PannsError(f"{source}: {len(not_text)} file name(s) are not UTF-8 text (from an archive made on another "
-                         f"system?), first: {os.fsencode(not_text[0])!r}; rename them, e.g. convmv -f latin1 -t utf8 "
-                         "-r --notest <folder>")
+    check_utf8_names([p for p, _ in train + evl], source)   # the clip cache stores paths as UTF-8 text
     overlap = {p for p, _ in train} & {p for p, _ in evl}
     if overlap:
         warnings.append(f"{len(overlap)} clip(s) are in both the train and the eval split (eval scores will be "

@@ -232,6 +232,25 @@ def check_dotdot(path: str, what: str = "output") -> None:
                              "give the folder without '..'")
 
 
+def check_utf8_names(paths: Sequence[str], where: str) -> None:
+    """Refuse file names whose bytes are not UTF-8 (Python holds them as lone surrogates), which HDF5 and JSON
+    outputs cannot store as text: one line with the first name's bytes, before any work. ``where``: what lists
+    the files, for the message."""
+    bad = [p for p in paths if not _is_utf8(p)]
+    if bad:
+        raise PannsError(f"{where}: {len(bad)} file name(s) are not UTF-8 text (from an archive made on another "
+                         f"system?), first: {os.fsencode(bad[0])!r}; rename them, e.g. convmv -f latin1 -t utf8 "
+                         "-r --notest <folder>")
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def check_output_path(path: str, inputs: Sequence[str] = (), what: str = "output") -> None:
     """Refuse, before any work, an output that is a folder or the same file as one of ``inputs``
     (writing it would destroy that input), one whose folder cannot be written, and one whose ``..``
