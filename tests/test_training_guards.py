@@ -155,13 +155,22 @@ def test_resume_at_early_stop_is_refused_before_any_work(tmp_path, capsys):
     ("--learning_rate", "nan", "finite"), ("--learning_rate", "inf", "finite"), ("--learning_rate", "0", "> 0"),
     ("--sample_rate", "0", ">= 1"), ("--hop_size", "0", ">= 1"), ("--seed", "-1", ">= 0"),
     ("--dist_timeout", "nan", "finite"), ("--grad_clip", "-1", ">= 0"), ("--grad_clip", "nan", "finite"),
-    ("--num_workers", "-1", ">= 0")])
+    ("--num_workers", "-1", ">= 0"), ("--log_every", "-1", ">= 0")])
 def test_main_flags_refuse_bad_numbers(flag, value, expect, capsys):
     with pytest.raises(SystemExit) as e:
         main_cli.build_parser().parse_args(["train", "--workspace", "w", "--model_type", "Cnn6", flag, value])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {flag}: must be" in err and expect in err and "Traceback" not in err
+
+
+def test_log_every_0_trains_without_loss_lines(ws, tmp_path, caplog):
+    # the README documents it (and fine-tuning takes it), but main.py train refused it: '--log_every must be >= 1'
+    assert main_cli.build_parser().parse_args(["train", "--workspace", "w", "--model_type", "Cnn6", "--log_every", "0"]).log_every == 0
+    with caplog.at_level(logging.INFO):
+        cfg, _ = _train(ws, tmp_path, early_stop=2, log_every=0)
+    assert _saved(cfg)[-1] == 2
+    assert not [r for r in caplog.records if r.getMessage().startswith("iteration: ") and "loss:" in r.getMessage()]
 
 
 def test_front_end_combinations():

@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV of clips to skip in training (e.g. WS/black_list/dcase2017task4.csv)")
     p.add_argument("--class_labels_csv", type=str, default=None,
                    help="label CSV (index,mid,display_name); default metadata/class_labels_indices.csv")
-    p.add_argument("--log_every", type=int, default=d.log_every, help="log loss, speed and ETA every N iterations")
+    p.add_argument("--log_every", type=argtypes.non_negative_int, default=d.log_every,
+                   help="log loss, speed and ETA every N iterations (0: no such lines)")
     p.add_argument("--grad_clip", type=argtypes.non_negative_float, default=d.grad_clip,
                    help="clip the gradient norm (0: off, official)")
     p.add_argument("--deterministic", action="store_true", default=False,

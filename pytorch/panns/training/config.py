@@ -181,9 +181,11 @@ class TrainConfig:
                              f"--per_rank_batch_size {max(1, self.batch_size // self.world_size)}")
         if not (math.isfinite(self.dist_timeout) and self.dist_timeout > 0):
             raise PannsError(f"--dist_timeout must be a finite number of minutes > 0 (got {self.dist_timeout})")
-        for name in ("batch_size", "eval_every", "save_every", "log_every"):
+        for name in ("batch_size", "eval_every", "save_every"):
             if getattr(self, name) < 1:
                 raise PannsError(f"--{name} must be >= 1 (got {getattr(self, name)})")
+        if self.log_every < 0:   # 0: no loss lines (distributed ranks then agree on a stop at evaluations)
+            raise PannsError(f"--log_every must be >= 0 (got {self.log_every}; 0: no loss lines)")
         if self.early_stop < 0 or self.resume_iteration < 0:
             raise PannsError("--early_stop and --resume_iteration must be >= 0")
         if self.resume_iteration > 0 and self.resume_iteration >= self.early_stop:
