@@ -127,3 +127,60 @@ def test_an_index_of_other_classes_is_one_line(env, monkeypatch, capsys, tmp_pat
     code, err = _cli(main_cli.main, ["evaluate", "--workspace", str(tmp_path), "--checkpoint_path", env["ours"]],
                      monkeypatch, capsys)
     assert code == 2 and "index file" in err and "not found" in err
+
+
+def _index_of_edited_copy(env, tmp_path, edit) -> str:
+    """An index of a copy of the packed evaluation clips, changed by ``edit(h5py.File)``."""
+    from panns.create_indexes import create_indexes
+
+    os.makedirs(tmp_path)
+    wav = str(tmp_path / "eval.h5")
+    shutil.copy(os.path.join(env["ws"], "hdf5s", "waveforms", "eval.h5"), wav)
+    with h5py.File(wav, "r+") as hf:
+        edit(hf)
+    index = str(tmp_path / "eval_index.h5")
+    create_indexes(wav, index)
+    return index
+
+
+def test_data_that_cannot_be_scored_or_is_of_other_classes_is_one_line_naming_the_fix(env, monkeypatch, capsys,
+                                                                                      tmp_path, caplog):
+    def no_positives(hf):
+        hf["target"][...] = 0
+
+    def other_ids(hf):   # packed with another label CSV of the same length
+        hf.attrs["class_ids"] = list(np.roll(np.asarray(hf.attrs["class_ids"]), 1))
+
+    # printed 'mAP 0.0000 over the 0 of 5 classes' and exit status 0
+    code, err = _cli(main_cli.main, ["evaluate", "--indexes_hdf5_path", _index_of_edited_copy(env, tmp_path / "a",
+                     no_positives), "--checkpoint_path", env["ours"]], monkeypatch, capsys)
+    assert code == 2 and "has a positive label (in the targets of its waveform files" in err, err
+    # the checkpoint carries its labels, so '--class_labels_csv' (the advice given) was ignored, with the same error
+    code, err = _cli(main_cli.main, ["evaluate", "--indexes_hdf5_path", _index_of_edited_copy(env, tmp_path / "b",
+                     other_ids), "--checkpoint_path", env["ours"]], monkeypatch, capsys)
+    assert code == 2 and "the checkpoint's classes" in err and "--class_labels_csv" not in err, err
+    # no checkpoint: a published one (527 AudioSet classes) was downloaded before the 5-class index refused it
+    monkeypatch.setenv("PANNS_CACHE", str(tmp_path / "cache"))
+    with caplog.at_level(logging.INFO):
+        code, err = _cli(main_cli.main, ["evaluate", "--workspace", env["ws"], "--model_type", "Cnn6"], monkeypatch,
+                         capsys)
+    assert code == 2 and f"targets for {CLASSES} classes but the published checkpoints output the 527" in err, err
+    assert "download" not in caplog.text.lower() and not os.path.exists(tmp_path / "cache")
+
+
+def test_output_is_not_a_training_runs_own_file(env, monkeypatch, capsys, tmp_path):
+    # --output .../statistics.json replaced the run's evaluation history with per-class results
+    stats = tmp_path / "statistics" / "run"
+    stats.mkdir(parents=True)
+    (stats / "statistics.pkl").write_bytes(b"x")
+    (stats / "statistics.json").write_text('{"bal": [], "test": []}')
+    logs = tmp_path / "logs" / "run"
+    logs.mkdir(parents=True)
+    (logs / "0000.log").write_text("")
+    (logs / "config.json").write_text("{}")
+    for out, kind in ((stats / "statistics.json", "statistics"), (logs / "config.json", "run record")):
+        before = out.read_bytes()
+        code, err = _cli(main_cli.main, ["evaluate", "--workspace", env["ws"], "--checkpoint_path", env["ours"],
+                                         "--output", str(out)], monkeypatch, capsys)
+        assert code == 2 and f"is a training run's {kind}; give another path" in err, err
+        assert out.read_bytes() == before

@@ -36,6 +36,7 @@ from panns import validate
 from panns.errors import PannsError, run_cli
 from panns.frontend import add_frontend_args, add_model_args, frontend_overrides
 from panns.training import config as tl
+from panns.training import layout
 from panns.training.config import TrainConfig
 from panns.training.audioset import AudioSetTask, evaluate_checkpoint
 from panns.utilities import atomic_write_text, check_output_path
@@ -219,6 +220,9 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
         if not args.output.lower().endswith((".csv", ".json")):
             raise PannsError(f"--output {args.output}: write .csv or .json")
         check_output_path(args.output, what="--output", inputs=[index, args.checkpoint_path, args.class_labels_csv])
+        kind = layout.run_file_kind(args.output)
+        if kind:
+            raise PannsError(f"--output {args.output} is a training run's {kind}; give another path")
     path = pretrained.resolve_published(args.checkpoint_path) if args.checkpoint_path else None
     r = evaluate_checkpoint(index, path, validate.model_type_for(path, args.model_type),
                             frontend_overrides(args) or None, args.class_labels_csv, cuda=args.cuda,

@@ -586,9 +586,10 @@ def resolve_labels(cfg, class_labels_csv: Optional[str],
         labels, ids = list(cl.labels), list(cl.ids)
     if len(labels) != cfg.classes_num:
         # name where the labels came from: the checkpoint's own list was reported as the default CSV
-        src = "the checkpoint's own label list" if getattr(cfg, "labels", None) else \
-            f"the label list ({class_labels_csv or DEFAULT_LABELS_CSV})"
-        raise PannsError(f"the model has {cfg.classes_num} classes but {src} has {len(labels)}")
+        own = bool(getattr(cfg, "labels", None))
+        src = "the checkpoint's own label list" if own else f"the label list ({class_labels_csv or DEFAULT_LABELS_CSV})"
+        fix = "" if own else f"; give the label CSV of its classes with {flag}"
+        raise PannsError(f"the model has {cfg.classes_num} classes but {src} has {len(labels)}{fix}")
     return labels, ids
 
 

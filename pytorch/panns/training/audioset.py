@@ -64,8 +64,11 @@ def _waveform_files(indexes_path: str) -> List[str]:
     return sorted(set(table.hdf5_paths[c] for c in np.unique(table.path_codes)))
 
 
-def _clip_samples(indexes_path: str, labels: config.ClassLabels, sample_rate: int, fmax: int) -> int:
-    """Clip length (samples at ``sample_rate``) of the clips an index points to; they must all agree."""
+def _clip_samples(indexes_path: str, labels: config.ClassLabels, sample_rate: int, fmax: int,
+                  labels_hint: str = "pass the matching --class_labels_csv", doing: str = "training") -> int:
+    """Clip length (samples at ``sample_rate``) of the clips an index points to; they must all agree.
+    ``labels_hint``: what to do when the files were packed with other class ids; ``doing``: for the warning
+    about resampling."""
     lengths: Dict[str, int] = {}
     rates: Dict[int, str] = {}
     for path in _waveform_files(indexes_path):
@@ -74,11 +77,11 @@ def _clip_samples(indexes_path: str, labels: config.ClassLabels, sample_rate: in
         file_sr, file_len, ids = info.sample_rate, info.clip_samples, info.class_ids
         if ids and ids != list(labels.ids):
             raise PannsError(f"{path} was packed with another label CSV (class ids differ from "
-                             f"{labels.ids[:2]}...); pass the matching --class_labels_csv")
+                             f"{labels.ids[:2]}...); {labels_hint}")
         rates.setdefault(file_sr, path)
         lengths[path] = int(round(file_len * sample_rate / file_sr))
     for file_sr, path in rates.items():
-        check_resampling(file_sr, sample_rate, path, fmax)
+        check_resampling(file_sr, sample_rate, path, fmax, doing)
     if len(set(lengths.values())) > 1:
         raise PannsError(f"{indexes_path} mixes clips of different lengths ({sorted(set(lengths.values()))} samples "
                          f"at {sample_rate} Hz); repack all parts with the same --clip_seconds")
@@ -111,15 +114,16 @@ def check_inputs(cfg: TrainConfig) -> DataInfo:
     return DataInfo(labels, lengths[cfg.data_type], min(lengths["balanced_train"], lengths["eval"]))
 
 
-def check_resampling(file_sr: int, sample_rate: int, path: str, fmax: int) -> None:
+def check_resampling(file_sr: int, sample_rate: int, path: str, fmax: int, doing: str = "training") -> None:
     """The loader resamples packed clips to the model rate (soxr, both ways); warn where it loses nothing
-    but gains nothing either (upsampling leaves the band above the file's Nyquist empty)."""
+    but gains nothing either (upsampling leaves the band above the file's Nyquist empty). ``doing``: 'training'
+    or 'evaluating', for the warning."""
     if file_sr == sample_rate:
         return
     logger.info("%s holds %d Hz audio; the loader resamples it to %d Hz", path, file_sr, sample_rate)
     if sample_rate > file_sr and fmax > file_sr / 2:
-        logger.warning("training at %d Hz on %d Hz data: mel bands above %d Hz (fmax=%d) will be empty",
-                       sample_rate, file_sr, file_sr // 2, fmax)
+        logger.warning("%s at %d Hz on %d Hz data: mel bands above %d Hz (fmax=%d) will be empty",
+                       doing, sample_rate, file_sr, file_sr // 2, fmax)
 
 
 def build_model(cfg: TrainConfig, classes_num: int, clip_samples: int, eval_clip_samples: int) -> torch.nn.Module:
@@ -166,17 +170,23 @@ def evaluate_checkpoint(indexes_hdf5_path: str, checkpoint_path: Optional[str] =
     'index_mismatched_clips', 'model_type', 'checkpoint_path', 'indexes_hdf5_path', 'precision' and 'device'."""
     if not os.path.isfile(indexes_hdf5_path):
         raise PannsError(f"index file {indexes_hdf5_path} not found; create it with {INDEX_SCRIPTS['eval']}")
-    model, cfg, path = runtime.load_model(checkpoint_path, model_type, frontend)
-    labels, ids = runtime.resolve_labels(cfg, class_labels_csv)
     sampler = dg.EvaluateSampler(indexes_hdf5_path=indexes_hdf5_path, batch_size=batch_size)
     table = sampler.table
+    if not len(table):
+        raise PannsError(f"{indexes_hdf5_path} lists no clips")
+    if checkpoint_path is None and table.classes_num != config.AUDIOSET_CLASSES_NUM:   # before a download
+        raise PannsError(f"{indexes_hdf5_path} has targets for {table.classes_num} classes but the published "
+                         f"checkpoints output the {config.AUDIOSET_CLASSES_NUM} AudioSet classes; give "
+                         "--checkpoint_path of a model trained on these classes")
+    model, cfg, path = runtime.load_model(checkpoint_path, model_type, frontend)
+    labels, ids = runtime.resolve_labels(cfg, class_labels_csv)
     if table.classes_num != cfg.classes_num:
         raise PannsError(f"{indexes_hdf5_path} has targets for {table.classes_num} classes but {cfg.model_type} "
                          f"({path}) outputs {cfg.classes_num}")
-    if not len(table):
-        raise PannsError(f"{indexes_hdf5_path} lists no clips")
+    hint = (f"the checkpoint's classes ({path}) are not the data's: evaluate a model trained on these classes"
+            if getattr(cfg, "labels", None) else "pass the matching --class_labels_csv")
     clip_samples = _clip_samples(indexes_hdf5_path, config.ClassLabels(ids=ids, labels=labels), cfg.sample_rate,
-                                 cfg.fmax)
+                                 cfg.fmax, hint, "evaluating")
     need = runtime.model_min_samples(cfg, model)
     if clip_samples < need:
         raise PannsError(f"the clips of {indexes_hdf5_path} ({clip_samples} samples at {cfg.sample_rate} Hz) are "
@@ -209,6 +219,9 @@ def evaluate_checkpoint(indexes_hdf5_path: str, checkpoint_path: Optional[str] =
         if pin:
             amp.unpin_ieee_fp32()
     assert result is not None   # one process: this one holds the metrics
+    if not np.any(result["positives"]):   # every AP undefined: it printed 'mAP 0.0000 over the 0 of C classes'
+        raise PannsError(f"no clip of {indexes_hdf5_path} has a positive label (in the targets of its waveform "
+                         "files, which are scored): there is nothing to score")
     mismatched = int(differ.sum())
     if mismatched:
         files = sorted({table.hdf5_paths[c] for c in np.unique(table.path_codes[differ])})

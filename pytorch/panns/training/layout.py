@@ -33,3 +33,14 @@ def run_of_statistics(statistics_file: str, workspace: str) -> Optional[str]:
     if os.path.commonpath([root, run_dir]) != root or run_dir == root:
         return None
     return os.path.relpath(run_dir, root)
+
+
+def run_file_kind(path: str) -> Optional[str]:
+    """What a run's own file at ``path`` is ('statistics' beside its statistics.pkl, 'run record' among its
+    logs), None for any other path: another command's output (``main.py evaluate --output``) must not replace it."""
+    folder, name = os.path.split(os.path.abspath(path))
+    if name == "statistics.json" and os.path.isfile(os.path.join(folder, "statistics.pkl")):
+        return "statistics"
+    if name == RUN_RECORD and os.path.isdir(folder) and any(f.endswith(".log") for f in os.listdir(folder)):
+        return "run record"
+    return None
