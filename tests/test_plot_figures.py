@@ -11,9 +11,9 @@ import h5py
 import numpy as np
 import pytest
 
+from panns import config, pretrained
 from panns import paper_figures as pf
 from panns import plot_statistics as ps
-from panns import pretrained
 from panns.errors import PannsError
 from panns.evaluate import StatisticsContainer
 from panns.pytorch_utils import model_counts
@@ -263,3 +263,90 @@ def test_official_sub_commands_of_the_authors_files_are_one_line(tmp_path, monke
                      monkeypatch, capsys)
     assert code == 2 and "only the authors had" in err
     assert os.listdir(tmp_path) == []
+
+
+def _evaluations(aps, start: int = 0) -> list:
+    """Statistics entries as StatisticsContainer writes them: one per AP vector, iterations start, start+1, ..."""
+    return [{"iteration": start + n, "average_precision": np.asarray(ap, dtype=np.float64),
+             "auc": np.full(len(ap), 0.5)} for n, ap in enumerate(aps)]
+
+
+def test_plot_runs_leaves_out_sets_without_any_map(tmp_path, monkeypatch, capsys, captured, caplog):
+    """An evaluation set without positive clips stores every AP as NaN: no mAP, so no legend entry over nothing
+    (one warning naming the file); a figure of nothing else is one error line, not a blank figure saved."""
+    nan, good = tmp_path / "nan" / "statistics.pkl", tmp_path / "good" / "statistics.pkl"
+    nan.parent.mkdir()
+    good.parent.mkdir()
+    nan.write_bytes(pickle.dumps({"bal": _evaluations([[0.5, 0.7]] * 2), "test": _evaluations([[np.nan] * 2] * 2)}))
+    good.write_bytes(pickle.dumps({"bal": [], "test": _evaluations([[0.2, 0.4], [0.3, 0.5]])}))
+    out = str(tmp_path / "two.png")
+    ps.plot_runs([str(nan), str(good)], out)
+    assert [ln.get_label() for ln in captured[out].axes[0].lines] == ["nan (balanced train)", "good (eval)"]
+    warned = [r.getMessage() for r in caplog.records if "NaN" in r.getMessage()]
+    assert len(warned) == 1 and str(nan) in warned[0] and "eval" in warned[0]
+    all_nan = tmp_path / "all_nan.pkl"
+    all_nan.write_bytes(pickle.dumps({"bal": _evaluations([[np.nan] * 3]), "test": _evaluations([[np.nan] * 3] * 2)}))
+    code, err = _cli(ps.main, ["plot_runs", "--statistics_paths", str(all_nan), "--output", str(tmp_path / "x.png")],
+                     monkeypatch, capsys)
+    assert code == 2 and "nothing to plot" in err and "all_nan.pkl" in err and "NaN" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("stats", [{"foo": _evaluations([[0.5]])}, {}])
+def test_a_dict_without_bal_or_test_is_named_as_no_training_statistics(tmp_path, monkeypatch, capsys, stats):
+    path = tmp_path / "other.pkl"
+    path.write_bytes(pickle.dumps(stats))
+    code, err = _cli(ps.main, ["plot_runs", "--statistics_paths", str(path), "--output", str(tmp_path / "x.png")],
+                     monkeypatch, capsys)
+    assert code == 2 and "is not a training run's statistics pickle" in err and "expected 'bal' and/or 'test'" in err
+    assert ("'foo'" in err) == bool(stats) and "no mAP yet" not in err
+
+
+def _ten_class_run(tmp_path):
+    """A workspace with a 10-class run (its index counts 10 classes) and no run record."""
+    os.makedirs(tmp_path / "ws" / "hdf5s" / "indexes")
+    _index(tmp_path / "ws" / "hdf5s" / "indexes" / "balanced_train.h5", np.arange(1, 11))
+    run = tmp_path / "ws" / "statistics" / "main" / "data_type=balanced_train" / "Cnn6" / "statistics.pkl"
+    run.parent.mkdir(parents=True)
+    run.write_bytes(pickle.dumps({"bal": [], "test": _evaluations([np.linspace(0, 1, 10)] * 2)}))
+    return str(tmp_path / "ws")
+
+
+def test_plot_class_iteration_of_another_label_list_names_the_csv_and_the_flag(tmp_path, monkeypatch, capsys):
+    ws = _ten_class_run(tmp_path)
+    five = tmp_path / "five.csv"
+    five.write_text("index,mid,display_name\n" + "".join(f"{i},/m/{i},c{i}\n" for i in range(5)))
+    monkeypatch.setattr(config, "DEFAULT_LABELS_CSV", str(five))   # no run record: the default list is used
+    argv = ["plot_class_iteration", "--workspace", ws, "--select", "s", "--output", str(tmp_path / "c.png")]
+    code, err = _cli(ps.main, argv, monkeypatch, capsys)
+    assert code == 2 and str(five) in err and "the default" in err and "--class_labels_csv" in err
+    code, err = _cli(ps.main, argv + ["--class_labels_csv", str(five)], monkeypatch, capsys)
+    assert code == 2 and str(five) in err and "10 classes" in err and "has 5" in err and "--class_labels_csv" in err
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_curves_at_one_are_inside_the_frame_and_iterations_are_whole(tmp_path, captured):
+    """AP or mAP of exactly 1 (a short run on a few clips) was drawn on the frame's top edge, and a two-step run
+    had ticks at iteration 0.5 and 1.5."""
+    path = tmp_path / "statistics.pkl"
+    path.write_bytes(pickle.dumps({"bal": _evaluations([[1.0, 1.0]] * 3), "test": _evaluations([[0.5, 1.0]] * 3)}))
+    out = str(tmp_path / "runs.png")
+    ps.plot_runs([str(path)], out)
+    out_cls = str(tmp_path / "cls.png")
+    ps.plot_class_curves(np.array([0, 1, 2]), np.ones((3, 3)), np.array([3, 2, 1]), ["a", "b", "c"], out_cls,
+                         per_panel=1)
+    for ax in captured[out].axes + captured[out_cls].axes:
+        low, high = ax.get_ylim()
+        assert low < 0 and high > 1
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
+
+
+def test_runs_side_by_side_in_one_folder_get_their_file_names_as_labels(tmp_path, captured):
+    """Published statistics are files of one folder (paper_statistics/*.pkl): labels made of folders alone were
+    the same for every one."""
+    for name in ("a.pkl", "b.pkl"):
+        (tmp_path / name).write_bytes(pickle.dumps({"bal": [], "test": _evaluations([[0.5]])}))
+    out = str(tmp_path / "p.png")
+    ps.plot_runs([str(tmp_path / "a.pkl"), str(tmp_path / "b.pkl")], out)
+    assert [ln.get_label() for ln in captured[out].axes[0].lines] == ["a.pkl (eval)", "b.pkl (eval)"]

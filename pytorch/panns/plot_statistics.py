@@ -54,6 +54,11 @@ def load_evaluations(statistics_path: str) -> Dict[str, Tuple[np.ndarray, np.nda
     """{'bal'|'test': (iterations (E,), per-class AP (E, C))} of a statistics pickle (read once); entries
     without an iteration (the paper's published files) are taken as one evaluation per 2,000."""
     stats = read_statistics(statistics_path)
+    if not any(key in stats for key in ("bal", "test")):   # another dict: naming it beats "no mAP yet"
+        keys = sorted(map(repr, stats))
+        shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+        raise PannsError(f"{statistics_path} is not a training run's statistics pickle: it has "
+                         f"{'keys ' + shown if keys else 'no keys'}; expected 'bal' and/or 'test'")
     out = {}
     for key in ("bal", "test"):
         entries = stats.get(key)
@@ -96,14 +101,15 @@ def find_statistics(workspace: str) -> List[str]:
 
 
 def run_labels(paths: Sequence[str]) -> List[str]:
-    """Short labels: the path components that differ between runs (the run folder if only one)."""
-    parts = [os.path.dirname(os.path.abspath(p)).split(os.sep) for p in paths]
-    if len(parts) == 1:
-        return [" ".join(parts[0][-6:])]
+    """Short labels: the path components that differ between runs (the run folder if only one); the file name
+    counts too, so files side by side in one folder (paper_statistics/*.pkl) are told apart."""
+    if len(paths) == 1:
+        return [" ".join(os.path.dirname(os.path.abspath(paths[0])).split(os.sep)[-6:])]
+    parts = [os.path.abspath(p).split(os.sep) for p in paths]
     width = max(len(p) for p in parts)
     padded = [p + [""] * (width - len(p)) for p in parts]
     differ = [i for i in range(width) if len({p[i] for p in padded}) > 1]
-    return [" ".join(p[i] for i in differ if p[i]) or os.path.dirname(paths[n]) for n, p in enumerate(padded)]
+    return [" ".join(p[i] for i in differ if p[i]) or paths[n] for n, p in enumerate(padded)]
 
 
 def plot_runs(statistics_paths: Sequence[str], output: str, labels: Optional[Sequence[str]] = None,
@@ -117,24 +123,43 @@ def plot_runs(statistics_paths: Sequence[str], output: str, labels: Optional[Seq
     fmt = check_figure_output(output, plt)
     labels = list(labels) if labels is not None else run_labels(statistics_paths)
     all_curves = [load_curves(path) for path in statistics_paths]
+    sets = (("bal", "--", 0.6, "balanced train"), ("test", "-", 1.0, "eval"))
     empty = [path for path, c in zip(statistics_paths, all_curves) if not len(c["bal"][0]) and not len(c["test"][0])]
     if len(empty) == len(statistics_paths):   # an empty figure with a legend warning, saved as if it were a result
         raise PannsError(f"no evaluation to plot: {', '.join(empty)} "
                          f"{'holds' if len(empty) == 1 else 'hold'} no mAP yet (written at each evaluation)")
+    # Evaluations whose every AP is NaN (a set without positive clips) have no mAP: such a curve would be a
+    # legend entry over nothing, and a figure of only such curves a blank one saved as if it were a result.
+    no_map = {}   # path -> the sets of it without any mAP, one warning line per run
+    for path, curves in zip(statistics_paths, all_curves):
+        sets_without = [what for key, _, _, what in sets
+                        if len(curves[key][0]) and not np.isfinite(curves[key][1]).any()]
+        if sets_without:
+            no_map[path] = sets_without
+    nan_runs = ", ".join(f"{path} ({', '.join(whats)})" for path, whats in no_map.items())
+    if not any(np.isfinite(c[key][1]).any() for c in all_curves for key, *_ in sets):
+        raise PannsError(f"nothing to plot: every AP of {nan_runs} is NaN (no class has positive clips in the "
+                         "evaluated set)" + (f"; {', '.join(empty)} {'holds' if len(empty) == 1 else 'hold'} "
+                                             "no evaluation yet" if empty else ""))
     for path in empty:
         logger.warning("%s holds no evaluation yet; not plotted", path)
+    for path, whats in no_map.items():
+        logger.warning("%s: every AP of its %s evaluations is NaN (no class has positive clips in that set); "
+                       "not plotted", path, " and ".join(whats))
     fig, ax = plt.subplots(figsize=(10, 6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for n, (curves, label) in enumerate(zip(all_curves, labels)):
         color = colors[n % len(colors)]
-        for key, style, alpha, what in (("bal", "--", 0.6, "balanced train"), ("test", "-", 1.0, "eval")):
+        for key, style, alpha, what in sets:
             x, y = curves[key]
+            ok = np.isfinite(y)   # an evaluation without mAP is no point of the curve
+            x, y = x[ok], y[ok]
             if len(x):   # a single evaluation (iteration 0 alone, so far) is a point: drawn only with a marker
                 ax.plot(x, y, color=color, linestyle=style, alpha=alpha, marker="o" if len(x) == 1 else None,
                         label=f"{label} ({what})")
     iteration_axis(ax)
     ax.set_ylabel("mAP")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(-0.02, 1.02)   # a curve at exactly 0 or 1 would hide under the frame
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     if title:
@@ -145,9 +170,11 @@ def plot_runs(statistics_paths: Sequence[str], output: str, labels: Optional[Seq
 
 def iteration_axis(ax) -> None:
     """Iterations on an x axis as 0, 100k, 200k ... (a million-step run's raw numbers crowd the axis); a short
-    run's ticks stay plain numbers."""
-    from matplotlib.ticker import FuncFormatter
+    run's ticks stay plain numbers, at whole iterations (a 2-step run had ticks at 0.5, 1.5)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+    # matplotlib's default locator (AutoLocator) is this MaxNLocator without integer=True
+    ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v and v % 1000 == 0 else f"{v:g}"))
     ax.set_xlabel("iteration")
 
@@ -225,7 +252,7 @@ def plot_class_curves(iterations: np.ndarray, ap: np.ndarray, counts: np.ndarray
         ax.set_title(panel_title, fontsize=10)
         iteration_axis(ax)
         ax.set_ylabel("AP")
-        ax.set_ylim(0, 1)
+        ax.set_ylim(-0.02, 1.02)   # a class at AP 0 or 1 (often, for the frequent ones) would hide under the frame
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", title="class (training clips)", title_fontsize=7)
     if title:
@@ -309,6 +336,21 @@ _AUTHORS_ONLY = {
 }
 
 
+def check_class_iteration_inputs(classes: int, counts: np.ndarray, index_path: str, labels: Sequence[str],
+                                 csv_path: Optional[str], given_csv: Optional[str]) -> None:
+    """PannsError naming the index or label CSV whose class count differs from the statistics' ``classes``,
+    and what chooses another."""
+    if len(counts) != classes:
+        raise PannsError(f"the statistics hold {classes} classes but the index {index_path} counts "
+                         f"{len(counts)}: --workspace must be the workspace the run was trained in")
+    if len(labels) != classes:
+        where = ("" if given_csv else " (named by the run's record)" if csv_path
+                 else " (the default: no run record names the run's label CSV)")
+        raise PannsError(f"the statistics hold {classes} classes but the label list "
+                         f"{csv_path or config.DEFAULT_LABELS_CSV}{where} has {len(labels)}: give the run's label "
+                         "CSV with --class_labels_csv")
+
+
 def _one_run(workspace: str, statistics_path: Optional[str]) -> str:
     if statistics_path:
         return statistics_path
@@ -383,7 +425,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         path = _one_run(args.workspace, args.statistics_path)
         iterations, ap = load_evaluations(path)[args.set]
         counts, index_path = run_class_counts(path, args.workspace)
-        labels = config.read_class_labels(args.class_labels_csv or run_labels_csv(path, args.workspace)).labels
+        csv_path = args.class_labels_csv or run_labels_csv(path, args.workspace)
+        labels = config.read_class_labels(csv_path).labels
+        if len(iterations) and ap.ndim == 2:   # name the file at fault and the flag that fixes it
+            check_class_iteration_inputs(ap.shape[1], counts, index_path, labels, csv_path, args.class_labels_csv)
         out = plot_class_curves(iterations, ap, counts, labels, args.output, title=args.select)
         logger.info("classes ranked by their clips in %s", index_path)
     elif args.mode == "plot_flops":
