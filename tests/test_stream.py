@@ -7,8 +7,10 @@ and offline events can be compared for real (random weights find none, or noise)
 import io
 import json
 import os
+import logging
 import re
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ from panns import inference
 from panns import models
 from panns import stream
 from panns.demo.data import CLASSES, EXAMPLE_EVENTS, make_example_clip
-from panns.errors import PannsError
+from panns.errors import AudioDecodeError, PannsError
 from panns.runtime import Runtime
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden"))
@@ -300,3 +302,161 @@ def test_api_window_values_are_echoed_and_bounded(sed):
     with pytest.raises(PannsError, match=r"^window_seconds must be a positive number of seconds, got '10'"):
         m.stream(window_seconds="10")
     assert m.stream(hop_seconds=10, window_seconds=600).window == 600 * SR
+
+
+# ----------------------------------------------------------------------------- sources that failed or misread
+def _in_thread(fn, timeout: float = 30.0):
+    """fn() on a daemon thread: a hang fails the test after ``timeout`` s instead of blocking the suite."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as e:   # re-raised below, in the test's thread
+            box["error"] = e
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"still running after {timeout} s (hung)"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _fake_ffmpeg(tmp_path, body: str) -> str:
+    """An executable standing in for ffmpeg: 400 KB of warnings on stderr (a damaged file's), then ``body``."""
+    exe = tmp_path / "fake_ffmpeg"
+    exe.write_text(f"#!{sys.executable}\nimport sys\nsys.stderr.write('[aac] damaged frame\\n' * 20000)\n"
+                   f"sys.stderr.flush()\n{body}\n")
+    exe.chmod(0o755)
+    return str(exe)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a script as the ffmpeg executable")
+def test_ffmpeg_warnings_beyond_the_pipe_buffer_do_not_hang(tmp_path, monkeypatch):
+    # stderr was read only after stdout: ffmpeg blocked writing its warnings (~64 KB pipe), the stream reading
+    # samples, for ever (a damaged AAC); and the error must still carry ffmpeg's last line
+    wav = tmp_path / "decoded.wav"
+    x = (0.1 * np.random.RandomState(0).randn(SR)).astype(np.float32)
+    sf.write(str(wav), x, SR, subtype="FLOAT")
+    ok = _fake_ffmpeg(tmp_path, f"sys.stdout.buffer.write(open({str(wav)!r}, 'rb').read())")
+    monkeypatch.setattr(audio_io, "ffmpeg_exe", lambda: ok)
+    chunks = _in_thread(lambda: list(stream._ffmpeg_chunks(str(tmp_path / "x.aac"), 0.1)))
+    np.testing.assert_array_equal(np.concatenate([c[:, 0] for c, _ in chunks]), x)
+    bad = _fake_ffmpeg(tmp_path, "sys.stderr.write('x.aac: Invalid data found when processing input\\n')\n"
+                                 "sys.exit(1)")
+    monkeypatch.setattr(audio_io, "ffmpeg_exe", lambda: bad)
+    with pytest.raises(AudioDecodeError, match=r"^cannot decode \S*x.aac: x.aac: Invalid data found when processing "
+                                               r"input$"):
+        _in_thread(lambda: list(stream._ffmpeg_chunks(str(tmp_path / "x.aac"), 0.1)))
+
+
+def test_cut_flac_goes_on_as_offline_decoding(tmp_path, monkeypatch, caplog):
+    # soundfile opens a FLAC cut short, then fails part-way ('flac decoder lost sync'): a traceback after the
+    # first lines; offline decoding falls back to ffmpeg and warns that the file is truncated, so does the stream
+    x = (0.3 * np.random.RandomState(0).randn(2 * SR)).astype(np.float32)
+    whole = io.BytesIO()
+    sf.write(whole, x, SR, format="FLAC", subtype="PCM_16")
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(whole.getvalue()[:len(whole.getvalue()) // 2])
+    with pytest.raises(sf.LibsndfileError, match="lost sync"):   # the case under test
+        sf.read(str(cut))
+    if audio_io.ffmpeg_exe() is not None:
+        with caplog.at_level(logging.WARNING):
+            chunks = list(stream._read_source(str(cut), 0.1, SR))
+        offline = audio_io.read_audio(str(cut))[0][0]
+        np.testing.assert_array_equal(np.concatenate([c[:, 0] for c, _ in chunks]), offline)
+        assert {r for _, r in chunks} == {SR}
+        assert re.search(r"truncated file \S*cut.flac: header says 2.00 s, only [\d.]+ s present", caplog.text)
+    monkeypatch.setattr(audio_io, "ffmpeg_exe", lambda: None)   # no fallback: one line after what was read
+    read = []
+    with pytest.raises(AudioDecodeError, match=r"^cannot decode \S*cut.flac: .*lost sync.* after [\d.]+ s .*ffmpeg"):
+        for chunk, _ in stream._read_source(str(cut), 0.1, SR):
+            read.append(chunk)
+    assert read
+
+
+def test_closed_stdin_is_one_line_before_the_model_loads(loads_nothing, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", None)   # what `<&-` leaves: an AttributeError traceback after the model loaded
+    with pytest.raises(PannsError, match="^stdin is closed: --audio_path - reads"):
+        inference.main(["stream", "--checkpoint_path=unused.pth", "--audio_path=-"])
+
+
+def _adts(length: int) -> bytes:
+    """An ADTS frame (AAC-LC, 44.1 kHz, stereo) of ``length`` bytes, header included, payload zeros."""
+    return bytes([0xFF, 0xF1, 0x50, 0x80 | length >> 11, (length >> 3) & 0xFF, (length & 7) << 5 | 0x1F, 0xFC]) + \
+        bytes(length - 7)
+
+
+def _sf_bytes(**kw) -> bytes:
+    out = io.BytesIO()
+    sf.write(out, np.zeros(1600, np.float32), 16000, subtype="PCM_16", **kw)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name,data", [
+    ("MP4/M4A", b"\x00\x00\x00\x1cftypM4A \x00\x00\x02\x00isomiso2" + bytes(4000)),
+    # MPEG-1 layer III, 128 kbit/s, 44.1 kHz: 417-byte frames, no ID3 tag before them
+    ("MPEG audio (MP3)", (b"\xff\xfb\x90\x64" + bytes(413)) * 3),
+    ("AAC (ADTS)", _adts(300) * 3),
+    ("big-endian WAV (RIFX)", _sf_bytes(format="WAV", endian="BIG")),
+    ("Wave64", _sf_bytes(format="W64")),
+    ("CAF", _sf_bytes(format="CAF")),
+])
+def test_stdin_containers_are_refused_not_read_as_pcm_noise(name, data):
+    with pytest.raises(AudioDecodeError, match=f"^stdin holds {re.escape(name)} data; --audio_path - reads a WAV "
+                                               "stream or raw 16-bit"):
+        list(stream._stdin_chunks(io.BytesIO(data), SR, 0.1))
+
+
+def test_stdin_raw_pcm_is_still_read():
+    t = np.arange(SR // 2) / SR
+    sine = (8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2")
+    # the first sample -1 and the second 100 (FF FF 64 00) make a valid MPEG layer I header; no second one
+    # follows a frame on, so it is raw PCM
+    for pcm in (sine, np.concatenate([np.array([-1, 100], "<i2"), sine])):
+        got = np.concatenate([c for c, _ in stream._stdin_chunks(io.BytesIO(pcm.tobytes()), SR, 0.1)])
+        np.testing.assert_array_equal(got, pcm)
+    assert stream._frame_header(np.array([-1, 100], "<i2").tobytes() + bytes(4)) is not None
+
+
+def test_chunk_channel_count_is_kept_and_few_sample_chunks_warned(sed, caplog):
+    m = sed["model"]
+    s = m.stream(hop_seconds=HOP, window_seconds=WINDOW)
+    frames = np.zeros((2, 160), np.float32)   # stereo 10-ms frames in (channels, samples): read as 160 channels
+    with caplog.at_level(logging.WARNING, logger="panns.stream"):
+        s.push(frames, 16000)
+        s.push(frames, 16000)
+    warned = [r.getMessage() for r in caplog.records if "reads as 2 sample(s) of 160 channels" in r.getMessage()]
+    assert len(warned) == 1 and "chunk.T" in warned[0]   # once per stream
+    with pytest.raises(PannsError, match=re.escape("audio chunk of shape (2, 80) has 80 channel(s), the stream's first "
+                                                   "chunk (2, 160) had 160;") + ".*pass chunk.T"):
+        s.push(frames[:, :80], 16000)   # the last, shorter frame was 2 more samples of 80 channels
+    s = m.stream(hop_seconds=HOP, window_seconds=WINDOW)
+    s.push(np.zeros((10, 64), np.float32), SR)   # a 64-channel interface's blocks stay accepted
+    s.push(np.zeros((0,), np.float32), SR)       # no samples: nothing to compare
+    s.push(np.zeros((7, 64), np.float32), SR)
+    with pytest.raises(PannsError, match=r"shape \(100,\) has 1 channel\(s\), the stream's first chunk \(10, 64\)"):
+        s.push(np.zeros(100, np.float32), SR)
+    with pytest.raises(PannsError, match=r"shape \(2, 0\) has no channels"):   # was an IndexError traceback
+        m.stream().push(np.zeros((2, 0), np.float32), SR)
+
+
+def test_file_below_1000_hz_streams_as_offline_resamples_it(sed, capsys, tmp_path):
+    # 'sample_rate must be a whole number of Hz from 1000 to 768000, got 100' named a setting never given;
+    # offline tagging resamples such a file, and so does the stream now
+    wav = tmp_path / "r100.wav"
+    x = (0.3 * np.random.RandomState(0).randn(300)).astype(np.float32)
+    sf.write(str(wav), x, 100, subtype="FLOAT")
+    lines = [json.loads(line) for line in _cli(capsys, f"--checkpoint_path={sed['ckpt']}", f"--audio_path={wav}",
+                                               f"--hop_seconds={HOP}", f"--window_seconds={WINDOW}")]
+    assert lines[-1]["audio_seconds"] == 3.0
+    got = next(x["tags"] for x in lines if x.get("time") == 3.0)
+    ref = sed["model"].tag(audio_io.load_audio(str(wav), SR), top_k=10)
+    assert [lb for lb, _ in got] == [lb for lb, _ in ref]
+    np.testing.assert_allclose([p for _, p in got], [p for _, p in ref], atol=1e-4)
+    # a WAV stream on stdin at that rate too; a rate given in Python is still checked (kHz given for Hz)
+    chunks = list(stream._stdin_chunks(io.BytesIO(wav.read_bytes()), SR, 0.5))
+    assert {r for _, r in chunks} == {100} and sum(len(c) for c, _ in chunks) == 300
+    with pytest.raises(PannsError, match="from 1000 to 768000, got 100"):
+        sed["model"].stream().push(x, 100)

@@ -45,6 +45,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import time
 from typing import IO, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -70,6 +71,12 @@ Item = dict   # {"time", "tags"} per hop, {"event", "onset", "offset", "score", 
 # More channels than this and than samples: a (channels, samples) chunk, not a block of a multichannel
 # interface's frames (which may be shorter than its channel count: 64-channel MADI gives (10, 64) blocks)
 MAX_CHUNK_CHANNELS = 256
+# Up to MAX_CHUNK_CHANNELS, a (channels, samples) chunk of few samples - stereo 10-ms frames (2, 160) - cannot be told
+# from a block of a many-channel interface by its shape: it is taken as channels-last (C samples of N channels). A
+# stream keeps the channel count of its first chunk and refuses another (the frames' last, shorter chunk gives it away,
+# and no interface changes its channel count mid-stream), and says once, as a warning, when a chunk has more than this
+# many channels and fewer samples than channels, which is how a (channels, samples) chunk is usually read.
+WARN_CHUNK_CHANNELS = 8
 
 
 def as_mono(samples, sample_rate: Optional[int] = None, start_seconds: Optional[float] = None) -> np.ndarray:
@@ -78,13 +85,17 @@ def as_mono(samples, sample_rate: Optional[int] = None, start_seconds: Optional[
     scaled as soundfile reads it) and non-finite samples refused, named by their time in the stream
     when ``start_seconds`` (the chunk's start) and ``sample_rate`` are given. Channels are always last
     here: a chunk may be shorter than its channel count, so the layout is not guessed from the shape; only
-    more than MAX_CHUNK_CHANNELS channels in fewer samples, a (channels, samples) array, is refused."""
+    more than MAX_CHUNK_CHANNELS channels in fewer samples, a (channels, samples) array, is refused (a
+    stream also keeps one channel count: :meth:`Stream._check_layout`)."""
     x = validate.as_float(samples, "audio chunk")
     if x.ndim == 2 and x.shape[1] > max(x.shape[0], MAX_CHUNK_CHANNELS):
         # (2, n) from torchaudio.load / librosa mono=False was averaged over n "channels" into 2 samples
         raise PannsError(f"audio chunk of shape {tuple(x.shape)} reads as {x.shape[0]} sample(s) of {x.shape[1]} "
                          "channels; chunks are (samples,) or (samples, channels): pass chunk.T for a (channels, "
                          "samples) array")
+    if x.ndim == 2 and x.shape[1] == 0:   # x[:, 0] below was an IndexError traceback
+        raise PannsError(f"audio chunk of shape {tuple(x.shape)} has no channels; chunks are (samples,) or "
+                         "(samples, channels)")
     if x.ndim == 2:
         x = x.mean(axis=1, dtype=np.float32) if x.shape[1] > 1 else x[:, 0]
     elif x.ndim != 1:
@@ -264,6 +275,8 @@ class Stream:
         self.rt, self.labels, self.top_k = rt, list(labels), int(top_k)
         self.tracker = EventTracker(self.labels, sr / h, threshold, min_duration)
         self._resampler: Optional[ChunkResampler] = None
+        self._layout: Optional[Tuple[int, Tuple[int, ...]]] = None   # (channels, shape) of the first chunk taken
+        self._warned_layout = False
         self._buf = np.zeros(0, np.float32)   # resampled samples from _buf_start on
         self._buf_start = 0
         self._total = 0                       # resampled samples received
@@ -306,16 +319,24 @@ class Stream:
         the rate cannot change within a stream) and return the items it made known: per hop
         ``{"time": window end in seconds, "tags": [(label, probability), ...]}`` (top_k, most
         probable first), then, for SED models, ``{"event", "onset", "offset", "score", "index"}`` per
-        event whose end became final."""
-        t0 = (time.perf_counter(), time.process_time())
-        if self._closed:
-            raise PannsError("push() after close(): start a new stream")
+        event whose end became final. Every chunk has the channel count of the first one."""
+        self._check_open()
         # validate's rule, as every front door: 44.1 (kHz for Hz) ran as 44 Hz, 22050.5 as 22050
         rate = self.rt.sample_rate if sample_rate is None else validate.sample_rate(sample_rate)
+        return self._push(samples, rate)
+
+    def _push(self, samples, rate: int) -> List[Item]:
+        """:meth:`push` at a rate that needs no check: the ``stream`` command's, a decoded file's own rate (which
+        may be outside validate's range, e.g. a 100-Hz file, that offline tagging resamples: validate's range is
+        there to catch kHz or seconds given for Hz, which a file header does not do) or a --sample_rate checked."""
+        t0 = (time.perf_counter(), time.process_time())
+        self._check_open()
         if self._resampler is not None and rate != self._resampler.rate:
             raise PannsError(f"sample rate changed within the stream ({self._resampler.rate} -> {rate} Hz); "
                              "start a new stream")
-        x = as_mono(samples, rate, self._received)   # NaN named by its time in the stream, not in the chunk
+        arr = validate.as_float(samples, "audio chunk")
+        x = as_mono(arr, rate, self._received)   # NaN named by its time in the stream, not in the chunk
+        self._check_layout(arr.shape)
         if self._resampler is None:   # only once a chunk is taken: a refused first chunk fixed the rate
             self._resampler = ChunkResampler(rate, self.rt.sample_rate)
         self._received += len(x) / rate
@@ -323,6 +344,30 @@ class Stream:
         items = self._advance()
         self._account(t0)
         return items
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PannsError("push() after close(): start a new stream")
+
+    def _check_layout(self, shape: Tuple[int, ...]) -> None:
+        """Every chunk with samples has the first one's channel count ((n,) is one channel, as (n, 1)), so a
+        (channels, samples) chunk read as samples of channels shows itself when its length changes (see
+        WARN_CHUNK_CHANNELS); said once, as a warning, when the channels outnumber the samples. Called only once
+        a chunk passed every other check, so a refused chunk fixes nothing."""
+        if not shape[0]:   # no samples: no layout to compare, (0,) after stereo chunks is fine
+            return
+        channels = shape[1] if len(shape) == 2 else 1
+        if self._layout is None:
+            self._layout = (channels, shape)
+        elif channels != self._layout[0]:
+            raise PannsError(f"audio chunk of shape {shape} has {channels} channel(s), the stream's first chunk "
+                             f"{self._layout[1]} had {self._layout[0]}; chunks are (samples,) or (samples, channels) "
+                             "with one channel count per stream: pass chunk.T for a (channels, samples) array")
+        if channels > max(shape[0], WARN_CHUNK_CHANNELS) and not self._warned_layout:
+            self._warned_layout = True
+            logger.warning("audio chunk of shape %s reads as %d sample(s) of %d channels (chunks are (samples,) or "
+                           "(samples, channels)); if it is (channels, samples), pass chunk.T", shape, shape[0],
+                           channels)
 
     def close(self) -> List[Item]:
         """End of stream: a last window ending at the end (when the end is not a hop edge; also for a
@@ -490,6 +535,8 @@ def run(args) -> int:
     source = None if args.microphone else paths[0]
     if source is None:
         _sounddevice()   # before the model loads: a missing package is one line, at once
+    if source == "-":
+        _stdin_buffer()   # likewise: stdin closed (<&-) was an AttributeError traceback once the model had loaded
     pcm_rate = args.sample_rate
     args.sample_rate = None   # see add_arguments: not a front-end setting here
     if pcm_rate is not None:   # push()'s rule (Stream checks it too, under the API's name), before the model loads
@@ -517,7 +564,9 @@ def run(args) -> int:
     out = sys.stdout
     try:
         for chunk, rate in chunks:
-            _print_items(out, stream.push(chunk, rate))
+            # _push: the rate is a file's own (which may be under validate's 1000 Hz: offline tagging resamples
+            # a 100-Hz file, so does this) or --sample_rate, checked above
+            _print_items(out, stream._push(chunk, rate))
     except KeyboardInterrupt:   # the way a microphone stream ends
         logger.info("interrupted: closing the stream")
     _print_items(out, stream.close())
@@ -575,7 +624,7 @@ def _read_source(source: str, chunk_seconds: float, pcm_rate: int,
     ``pcm_rate``), a file soundfile reads, or anything else through ffmpeg (other formats, URLs).
     ``rate_given``: --sample_rate as the user gave it (None: not given), checked against a WAV header."""
     if source == "-":
-        yield from _stdin_chunks(sys.stdin.buffer, pcm_rate, chunk_seconds, rate_given)
+        yield from _stdin_chunks(_stdin_buffer(), pcm_rate, chunk_seconds, rate_given)
         return
     if "://" not in source:
         try:
@@ -583,17 +632,112 @@ def _read_source(source: str, chunk_seconds: float, pcm_rate: int,
         except Exception:
             f = None
         if f is not None:
-            with f:
-                for block in f.blocks(blocksize=max(1, int(round(chunk_seconds * f.samplerate))), dtype="float32",
-                                      always_2d=True):
-                    yield block, f.samplerate
+            yield from _soundfile_chunks(f, source, chunk_seconds)
             return
     yield from _ffmpeg_chunks(source, chunk_seconds)
 
 
+def _stdin_buffer() -> IO[bytes]:
+    """Stdin's bytes, or one line when there is no stdin (``<&-`` leaves sys.stdin None)."""
+    buffer = getattr(sys.stdin, "buffer", None) if sys.stdin is not None else None
+    if buffer is None:
+        raise PannsError("stdin is closed: --audio_path - reads the audio from stdin; pipe it in (e.g. arecord -f "
+                         "S16_LE -r 32000 -c 1 | ...) or give the file itself")
+    return buffer
+
+
+def _soundfile_chunks(f: sf.SoundFile, source: str, chunk_seconds: float) -> Iterator[Tuple[np.ndarray, int]]:
+    """A file soundfile opened, ``chunk_seconds`` at a time, with the outcome of offline decoding
+    (``audio_io.read_audio``): a file that fails part-way (a cut FLAC: 'flac decoder lost sync', a traceback
+    here before) goes on through ffmpeg from the first sample not yet given (offline decodes the whole file
+    with ffmpeg then; lossless, its samples up to there are soundfile's), and a file shorter than its header
+    says is a logged warning, as offline. Without ffmpeg, the failure is one line after the chunks given."""
+    done, failure, rate = 0, None, int(f.samplerate)
+    with f:
+        declared = audio_io._declared_frames(f)
+        try:
+            for block in f.blocks(blocksize=max(1, int(round(chunk_seconds * rate))), dtype="float32",
+                                  always_2d=True):
+                done += len(block)
+                yield block, rate
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:   # audio_io.read_audio's list
+            failure = e
+            declared = int(f.frames) if "lost sync" in str(e) else None   # as read_audio: a cut FLAC stream
+    if failure is not None:
+        if audio_io.ffmpeg_exe() is None:
+            raise AudioDecodeError(f"cannot decode {source}: {failure} after {done / rate:.2f} s (the rest needs "
+                                   "ffmpeg: pip install imageio-ffmpeg)")
+        for block, r in _ffmpeg_chunks(source, chunk_seconds, skip=done):
+            if r != rate:   # not seen: ffmpeg decodes at the file's own rate
+                raise AudioDecodeError(f"cannot decode {source}: soundfile read it at {rate} Hz, ffmpeg at {r} Hz")
+            done += len(block)
+            yield block, rate
+    if declared is not None and done < declared:
+        logger.warning("%s; using what is there", audio_io.TruncatedAudioError(source, declared / rate, done / rate))
+
+
 # Containers that are neither WAV nor raw PCM, by their first bytes: read as PCM they are loud noise.
+# RIFX is big-endian WAV; 'riff' opens Sony Wave64 (a GUID follows); MP4/M4A has 'ftyp' after its box size.
 _OTHER_FORMATS = ((b"fLaC", "FLAC"), (b"OggS", "Ogg"), (b"ID3", "MP3"), (b"\x1aE\xdf\xa3", "Matroska/WebM"),
-                  (b"FORM", "AIFF"), (b".snd", "AU"))
+                  (b"FORM", "AIFF"), (b".snd", "AU"), (b"RIFX", "big-endian WAV (RIFX)"), (b"riff", "Wave64"),
+                  (b"caff", "CAF"))
+
+
+def _container(head: bytes) -> Optional[str]:
+    """The container ``head`` (a stream's first 12 bytes) opens by its magic number or MP4's 'ftyp' box,
+    if it is not WAV; None otherwise (raw PCM, or an MP3/AAC frame header: :func:`_frame_header`)."""
+    for magic, name in _OTHER_FORMATS:
+        if head.startswith(magic):
+            return name
+    return "MP4/M4A" if head[4:8] == b"ftyp" else None
+
+
+# kbit/s by bitrate index (1..14) for (MPEG-1?, layer): layer 1, 2, 3; MPEG-2 and 2.5 share theirs, 2 and 3 too
+_MPEG_KBPS = {(True, 1): (32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+              (True, 2): (32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+              (True, 3): (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+              (False, 1): (32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+              (False, 2): (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)}
+_MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}   # by version bits
+
+
+def _frame_header(head: bytes) -> Optional[Tuple[str, int]]:
+    """(codec, frame length in bytes) when ``head`` opens with an MPEG audio frame header (an MP3 without
+    ID3 tag) or an ADTS one (raw AAC), every field valid; else None. Raw PCM may start with the sync bits
+    by chance (0xFF 0xEx: a first sample of -7937..-1), so the caller also looks for the next frame's
+    header one frame length on (:func:`_next_frame_agrees`); silence at -1 (FF FF ..) has bitrate index 15."""
+    if len(head) < 6 or head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
+        return None
+    if head[1] & 0xF6 == 0xF0:   # ADTS: 12 sync bits, layer 00; the frame length (header included) is in it
+        length = (head[3] & 3) << 11 | head[4] << 3 | head[5] >> 5
+        return ("AAC (ADTS)", length) if (head[2] >> 2) & 0xF <= 12 and length >= 7 else None
+    version, layer_bits = (head[1] >> 3) & 3, (head[1] >> 1) & 3
+    bitrate, rate, pad = head[2] >> 4, (head[2] >> 2) & 3, (head[2] >> 1) & 1
+    if version == 1 or layer_bits == 0 or not 0 < bitrate < 15 or rate == 3 or head[3] & 3 == 2:   # reserved
+        return None
+    layer, mpeg1 = 4 - layer_bits, version == 3
+    bps = 1000 * _MPEG_KBPS[mpeg1, min(layer, 2) if not mpeg1 else layer][bitrate - 1]
+    hz = _MPEG_RATES[version][rate]
+    length = (12 * bps // hz + pad) * 4 if layer == 1 else \
+        (72 if layer == 3 and not mpeg1 else 144) * bps // hz + pad
+    return "MPEG audio (MP3)", length
+
+
+def _next_frame_agrees(head: bytes, nxt: bytes) -> bool:
+    """Whether ``nxt``, the bytes one frame length after ``head``, open a frame header of the same stream
+    (same sync, version and layer; the CRC flag aside)."""
+    return len(nxt) >= 2 and nxt[0] == 0xFF and nxt[1] & 0xFE == head[1] & 0xFE
+
+
+def _read_upto(f: IO[bytes], n: int) -> bytes:
+    """Up to ``n`` bytes, fewer only at the end of the stream (a raw file object may return less)."""
+    out = b""
+    while len(out) < n:
+        data = f.read(n - len(out))
+        if not data:
+            break
+        out += data
+    return out
 
 
 def _stdin_chunks(f: IO[bytes], rate: int, chunk_seconds: float,
@@ -609,11 +753,23 @@ def _stdin_chunks(f: IO[bytes], rate: int, chunk_seconds: float,
                              "drop --sample_rate (a WAV stream carries its rate)")
         yield from _wav_chunks(f, fmt, chunk_seconds)
         return
-    for magic, name in _OTHER_FORMATS:
-        if head.startswith(magic):
-            raise AudioDecodeError(f"stdin holds {name} data; --audio_path - reads a WAV stream or raw 16-bit "
-                                   "little-endian mono PCM: decode it first (e.g. ffmpeg -i x -f wav -) or pass "
-                                   "the file itself")
+    name, sync = _container(head), None
+    if name is None:
+        sync = _frame_header(head)
+    if sync is not None:
+        # one frame on, the next header: raw PCM that starts like one (rare, see _frame_header) has none there;
+        # a stream that ends before is refused on the one header (a frame or less: nothing lost either way)
+        name, length = sync
+        head += _read_upto(f, length + 2 - len(head))
+        nxt = head[length:length + 2]
+        if len(nxt) == 2 and not _next_frame_agrees(head, nxt):
+            name = None
+    if name is not None:
+        raise AudioDecodeError(
+            f"stdin holds {name} data; --audio_path - reads a WAV stream or raw 16-bit little-endian mono PCM (at "
+            "--sample_rate): decode it first (e.g. ffmpeg -i x -f wav -) or pass the file itself" +
+            ("; raw PCM that starts like an MPEG/AAC frame header is taken for one: send it as a WAV stream (e.g. "
+             "arecord without -t raw)" if sync else ""))
     yield from _pcm_chunks(f, rate, chunk_seconds, head)
 
 
@@ -633,32 +789,70 @@ def _pcm_chunks(f: IO[bytes], rate: int, chunk_seconds: float, head: bytes = b""
             break
 
 
-def _ffmpeg_chunks(source: str, chunk_seconds: float) -> Iterator[Tuple[np.ndarray, int]]:
+class _StderrTail:
+    """A child's stderr drained on a daemon thread while its stdout is read, keeping the last KEEP bytes
+    (the error message needs only its last line). Read after stdout, a damaged file's warnings filled the
+    pipe (~64 KB): ffmpeg blocked writing them while this process blocked reading samples, for ever."""
+    KEEP = 16384
+
+    def __init__(self, pipe: IO[bytes]):
+        self._pipe, self._tail = pipe, b""
+        self._thread = threading.Thread(target=self._drain, name="ffmpeg-stderr", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                data = os.read(self._pipe.fileno(), 65536)   # what is there, not a full buffer's worth
+                if not data:
+                    break
+                self._tail = (self._tail + data)[-self.KEEP:]
+        except (OSError, ValueError):   # the pipe went away: nothing more to keep
+            pass
+        finally:
+            self._pipe.close()
+
+    def last_line(self) -> str:
+        """The last line written, once the child has exited (its end of the pipe is closed then)."""
+        self._thread.join(timeout=10)
+        return _last_line(self._tail)
+
+
+def _ffmpeg_chunks(source: str, chunk_seconds: float, skip: int = 0) -> Iterator[Tuple[np.ndarray, int]]:
     """Decode with ffmpeg (any format or URL it reads) at the source's own rate and channels, as a
-    float32 WAV on a pipe, read ``chunk_seconds`` at a time (the same samples ``audio_io`` decodes)."""
+    float32 WAV on a pipe, read ``chunk_seconds`` at a time (the same samples ``audio_io`` decodes);
+    ``skip``: frames already given from elsewhere (soundfile, before the file failed), left out."""
     exe = audio_io.ffmpeg_exe()
     if exe is None:
         raise AudioDecodeError(f"cannot decode {source}: needs ffmpeg (pip install imageio-ffmpeg)")
     proc = subprocess.Popen([exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-i", source, "-vn",
                              "-map_metadata", "-1", "-fflags", "+bitexact", "-f", "wav", "-acodec", "pcm_f32le", "-"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None   # both PIPE
+    err = _StderrTail(proc.stderr)
     try:
         head = proc.stdout.read(12)
         if head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
             proc.wait()
-            raise AudioDecodeError(f"cannot decode {source}: {_last_line(proc.stderr.read())}")
+            raise AudioDecodeError(f"cannot decode {source}: {err.last_line()}")
         try:
             fmt = _wav_format(proc.stdout, head, source)
         except AudioDecodeError:
             proc.wait()
-            raise AudioDecodeError(f"cannot decode {source}: {_last_line(proc.stderr.read())}") from None
-        yield from _wav_chunks(proc.stdout, fmt, chunk_seconds)
+            raise AudioDecodeError(f"cannot decode {source}: {err.last_line()}") from None
+        for block, rate in _wav_chunks(proc.stdout, fmt, chunk_seconds):
+            if skip:
+                cut = min(skip, len(block))
+                block, skip = block[cut:], skip - cut
+            if len(block):
+                yield block, rate
         if proc.wait() != 0:
-            raise AudioDecodeError(f"cannot decode {source}: {_last_line(proc.stderr.read())}")
+            raise AudioDecodeError(f"cannot decode {source}: {err.last_line()}")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        proc.stdout.close()
 
 
 class WavFormat(NamedTuple):
@@ -704,7 +898,8 @@ def _wav_format(f: IO[bytes], head: bytes, name: str) -> WavFormat:
         raise AudioDecodeError(f"{name}: WAV sample format {tag} with {bits} bits and {channels} channel(s) is not "
                                "read here (8/16/24/32-bit PCM or 32/64-bit float are); convert it first (e.g. "
                                "ffmpeg -i x -f wav -acodec pcm_s16le -)")
-    rate = validate.sample_rate(rate, f"{name}: the WAV header's sample rate")
+    if rate < 1:   # any other rate is the file's own, resampled as offline does (validate's range is for a rate typed)
+        raise AudioDecodeError(f"{name}: the WAV header's sample rate is 0")
     # A pipe's writer cannot know the length: 0 or 0xFFFFFFFF-ish (arecord, ffmpeg) mean "until the end".
     data_bytes = size if 0 < size < 0x7FFF0000 and head[:4] == b"RIFF" else None
     return WavFormat(channels, rate, dtype, channels * bits // 8, data_bytes)
