@@ -224,7 +224,8 @@ def test_resume_on_another_holdout_fold_is_refused_and_keeps_the_run_record(tmp_
     ft.main(argv + ["--holdout_fold", "1", "--iterations", "2"])
     record = tmp_path / "ws" / "finetune" / "r" / "run.json"
     before = record.read_bytes()
-    for more, message in ((["--holdout_fold", "2", "--iterations", "4"], "--holdout_fold 1; this run has --holdout_fold 2"),
+    for more, message in ((["--holdout_fold", "2", "--iterations", "4"],
+                           "--holdout_fold 1; this run has --holdout_fold 2"),
                           (["--holdout_fold", "1", "--iterations", "2"], "already reached --iterations 2")):
         code, line = cli_error(ft.main, argv + more + ["--resume"], monkeypatch, capsys)
         assert code == 2 and message in line, line

@@ -166,7 +166,8 @@ def test_main_flags_refuse_bad_numbers(flag, value, expect, capsys):
 
 def test_log_every_0_trains_without_loss_lines(ws, tmp_path, caplog):
     # the README documents it (and fine-tuning takes it), but main.py train refused it: '--log_every must be >= 1'
-    assert main_cli.build_parser().parse_args(["train", "--workspace", "w", "--model_type", "Cnn6", "--log_every", "0"]).log_every == 0
+    args = main_cli.build_parser().parse_args(["train", "--workspace", "w", "--model_type", "Cnn6", "--log_every", "0"])
+    assert args.log_every == 0
     with caplog.at_level(logging.INFO):
         cfg, _ = _train(ws, tmp_path, early_stop=2, log_every=0)
     assert _saved(cfg)[-1] == 2

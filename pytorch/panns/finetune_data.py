@@ -181,7 +181,8 @@ def from_folder(dataset_dir: str, eval_fraction: float = DEFAULT_EVAL_FRACTION, 
         return data
     items = _scan_class_folders(dataset_dir)
     train, evl = stratified_split(items, eval_fraction, seed)
-    return _build(train, evl, name, f"class folders in {dataset_dir} ({eval_fraction:.0%} held out for eval, seed {seed})")
+    return _build(train, evl, name,
+                  f"class folders in {dataset_dir} ({eval_fraction:.0%} held out for eval, seed {seed})")
 
 
 def _resolve(path: str, base_dirs: Sequence[str]) -> str:
@@ -209,7 +210,8 @@ def read_list_csv(csv_path: str, audio_dir: Optional[str] = None) -> List[Item]:
     for n, row in enumerate(rows):
         labels = [c.strip() for c in row[1:] if c.strip()]
         if not labels:
-            raise PannsError(f"{csv_path}: row {n + 1} ({row[0].strip()}) has no label; expected 'path,label[,label...]'")
+            raise PannsError(f"{csv_path}: row {n + 1} ({row[0].strip()}) has no label; "
+                             "expected 'path,label[,label...]'")
         have = labels_of.setdefault(_resolve(row[0], bases), [])
         have.extend(lb for lb in labels if lb not in have)
     if not labels_of:
@@ -329,7 +331,8 @@ def stratified_split(items: List[Item], eval_fraction: float, seed: int) -> Tupl
     return ([it for i, it in enumerate(items) if i not in eval_ix], [it for i, it in enumerate(items) if i in eval_ix])
 
 
-def _build(train: List[Item], evl: List[Item], name: str, source: str, labels: Optional[List[str]] = None) -> LabelledData:
+def _build(train: List[Item], evl: List[Item], name: str, source: str,
+           labels: Optional[List[str]] = None) -> LabelledData:
     if labels is None:
         labels = sorted({lb for _p, lbs in train for lb in lbs})
     warnings = []

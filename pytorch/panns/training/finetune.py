@@ -85,8 +85,8 @@ def read_pretrained(path: str, base_name: str, cli_frontend: dict) -> Tuple[dict
         saved_base = cfg.get("base_model_type") or (saved_type[9:] if str(saved_type).startswith("Transfer_") else None)
         if saved_base:  # a fine-tuned transfer model: continue from its base
             if saved_base != base_name:
-                raise CheckpointError(f"{path} is a fine-tuned {saved_type} (base {saved_base}), not a {base_name} base; "
-                                      f"use --model_type Transfer_{saved_base}")
+                raise CheckpointError(f"{path} is a fine-tuned {saved_type} (base {saved_base}), not a {base_name} "
+                                      f"base; use --model_type Transfer_{saved_base}")
             sd = {k[5:]: v for k, v in sd.items() if k.startswith("base.")}
         elif saved_type and saved_type != base_name:
             if saved_type not in models.MODELS or models.get_model_spec(saved_type).is_sed:
@@ -354,7 +354,8 @@ class FineTuneTask:
             eta = left * train_time / steps + -(-left // self.eval_every) * eval_time
             logger.info("iteration %d: train loss %.4f, %s%s (train %.1f s, %.3f s/it; eval %.1f s)%s",
                         iteration, loss, score_text(sc), " *best*" if self.improved else "",
-                        train_time, train_time / steps, eval_time, f"; about {eta / 60:.1f} min to go" if left > 0 else "")
+                        train_time, train_time / steps, eval_time,
+                        f"; about {eta / 60:.1f} min to go" if left > 0 else "")
         self.scores = sc
         if self.improved:
             self.best = {**sc, "iteration": iteration}
@@ -461,7 +462,8 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
 
     cache_dir = args.cache_dir or os.path.join(args.workspace, "cache")
     cache = fd.build_cache(data.train.paths + data.eval.paths, frontend["sample_rate"], cache_dir, args.num_workers)
-    clip_samples = resolve_clip_samples(args.clip_seconds, cache, data, frontend["sample_rate"], train_min_samples(model))
+    clip_samples = resolve_clip_samples(args.clip_seconds, cache, data, frontend["sample_rate"],
+                                        train_min_samples(model))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     mc = model_config(base_name, frontend, data.labels, output)
     # The checkpoint's record of the run; without --resume, which says how this session started, not what the
@@ -484,9 +486,9 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
         tl.write_json(os.path.join(run_dir, "run.json"), record)
         res = linear_probe(fit_probe, model, data, run_dir, {**run_config, **mc, "linear_probe": True})
         print(res["report"])
-        print(f"Linear probe {res['metric']}: {res['value']:.4f} ({res['wall_s']:.1f} s); saved to {res['probe_path']}\n"
-              f"Tag with it: python3 pytorch/inference.py audio_tagging --checkpoint_path {res['probe_path']} "
-              "--audio_path <clip>")
+        print(f"Linear probe {res['metric']}: {res['value']:.4f} ({res['wall_s']:.1f} s); saved to "
+              f"{res['probe_path']}\nTag with it: python3 pytorch/inference.py audio_tagging --checkpoint_path "
+              f"{res['probe_path']} --audio_path <clip>")
         return res
 
     logger.info("Fine-tuning Transfer_%s: %s loss, %s output, %d trainable of %d parameters, clip %.2f s, "
@@ -494,8 +496,8 @@ def run(args, data: Optional[fd.LabelledData]) -> Optional[dict]:
                 sum(p.numel() for p in model.parameters()), clip_samples / frontend["sample_rate"], args.batch_size,
                 args.learning_rate, args.iterations, precision, device)
     if device.type == "cpu":
-        logger.warning("Training on the CPU: each step runs the %s base%s, so long runs take hours here (an ETA follows "
-                       "the first evaluation); --linear_probe takes minutes, --cuda uses a GPU", base_name,
+        logger.warning("Training on the CPU: each step runs the %s base%s, so long runs take hours here (an ETA "
+                       "follows the first evaluation); --linear_probe takes minutes, --cuda uses a GPU", base_name,
                        "" if args.freeze_base else " forward and backward")
     resume_from = os.path.join(run_dir, "latest.pth") if can_resume else None
     if resume_from:
