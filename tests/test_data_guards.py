@@ -483,3 +483,24 @@ def test_plot_of_statistics_without_evaluations_is_refused_not_an_empty_figure(t
         plot_statistics.plot_runs([str(empty)], str(out))
     assert not out.exists()
     assert plot_statistics.plot_runs([str(empty), str(full)], str(out)) == str(out) and out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("size", [0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000])
+def test_a_wav_written_to_a_pipe_is_whole_not_truncated(tmp_path, size):
+    """ffmpeg, sox and others write a WAV to a pipe with an "unknown" data size: it was refused as truncated
+    ('header says 67108.86 s, only 1.00 s present'), so packing dropped such clips and raise-mode readers failed."""
+    import soundfile as sf
+
+    from panns import audio_io
+
+    path = str(tmp_path / "Ypiped000000.wav")
+    x = (0.1 * np.sin(np.arange(16000) / 5)).astype(np.float32)
+    sf.write(path, x, 16000, subtype="PCM_16")
+    raw = bytearray(open(path, "rb").read())
+    assert raw[36:40] == b"data"   # soundfile's plain 44-byte header
+    raw[4:8] = raw[40:44] = size.to_bytes(4, "little")
+    open(path, "wb").write(bytes(raw))
+    data, sr = audio_io.read_audio(path, on_truncated="raise")
+    assert sr == 16000 and data.shape == (1, 16000)
+    assert np.allclose(data[0], x, atol=1 / 32768)
+    assert not audio_io.is_truncated(path)

@@ -56,6 +56,9 @@ class TruncatedAudioError(AudioDecodeError):
         self.declared_s, self.read_s = declared_s, read_s
 
 
+# A pipe's writer cannot know the length when it writes the header: ffmpeg and sox put 0xFFFFFFFF, others
+# 0x7FFFFFFF or 0x7FFFF000 (and arecord 0). A WAV data size of 0 or at least this means "until the end".
+WAV_UNKNOWN_SIZE = 0x7FFF0000
 _SAMPLE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
 _WAV_DATA_RE = re.compile(r"\ndata : (\d+) \(should be (\d+)\)")
 
@@ -64,11 +67,14 @@ def _declared_frames(f: "sf.SoundFile") -> Optional[int]:
     """Frames the header promises, where the format states it exactly (WAV data size, FLAC STREAMINFO).
 
     libsndfile silently shortens a WAV whose data chunk runs past the end of the file and only says so
-    in its log (``data : 192000 (should be 39680)``)."""
+    in its log (``data : 192000 (should be 39680)``). A size that means "unknown" (a WAV written to a pipe,
+    WAV_UNKNOWN_SIZE) promises nothing: such files were refused as truncated."""
     if f.format == "WAV":
         m = _WAV_DATA_RE.search(f.extra_info or "")
         width = _SAMPLE_BYTES.get(f.subtype)
-        return int(m.group(1)) // (width * f.channels) if m and width else None
+        if not (m and width) or not 0 < int(m.group(1)) < WAV_UNKNOWN_SIZE:
+            return None
+        return int(m.group(1)) // (width * f.channels)
     if f.format == "FLAC" and f.frames > 0:
         return int(f.frames)
     return None

@@ -901,7 +901,7 @@ def _wav_format(f: IO[bytes], head: bytes, name: str) -> WavFormat:
     if rate < 1:   # any other rate is the file's own, resampled as offline does (validate's range is for a rate typed)
         raise AudioDecodeError(f"{name}: the WAV header's sample rate is 0")
     # A pipe's writer cannot know the length: 0 or 0xFFFFFFFF-ish (arecord, ffmpeg) mean "until the end".
-    data_bytes = size if 0 < size < 0x7FFF0000 and head[:4] == b"RIFF" else None
+    data_bytes = size if 0 < size < audio_io.WAV_UNKNOWN_SIZE and head[:4] == b"RIFF" else None
     return WavFormat(channels, rate, dtype, channels * bits // 8, data_bytes)
 
 
