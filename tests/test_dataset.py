@@ -47,6 +47,12 @@ def test_read_segments_csv_official_rule(tmp_path):
                  '"-0SdAVK79lg","30.000","40.000","/m/0155w"\n')
     assert [(s.ytid, s.start, s.end, s.mids) for s in ds.read_segments_csv(str(q))] == \
         [(s.ytid, s.start, s.end, s.mids) for s in segs]
+    # labels separated by ', ' inside the quotes (quoted or bare other fields): four or more of them were refused
+    # as 'start/end are not numbers'
+    r = tmp_path / "r.csv"
+    r.write_text('"--4gqARaEJE","0.000","10.000","/m/068hy, /m/07q6cd_, /m/0bt9lr, /m/0jbk"\n'
+                 '--4gqARaEJF, 0, 10, "/m/068hy, /m/07q6cd_, /m/0bt9lr, /m/0jbk"\n')
+    assert [s.mids for s in ds.read_segments_csv(str(r))] == [segs[0].mids] * 2
 
 
 def test_split_unbalanced_csv(tmp_path):

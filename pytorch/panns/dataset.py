@@ -115,9 +115,9 @@ class Segment:
 
 def _parse_segment(line: str, n: int) -> Segment:
     """One ``YTID, start, end, "mid,mid"`` row; ValueError with the reason when it is not one."""
-    items = line.split(", ")
-    if len(items) < 4:
-        items = [x.strip() for x in line.split(",", 3)]  # tolerate missing spaces after the commas
+    # The first three commas end id, start and end (none of them holds one); the rest is the label field. (A
+    # split on ', ' first took a quoted field of four or more labels, '"/m/a, /m/b, /m/c, /m/d"', for the row.)
+    items = [x.strip() for x in line.split(",", 3)]
     # every field quoted ('"YTID","0.000","10.000","/m/a,/m/b"', as pandas' QUOTE_ALL and some sheet exports
     # write it): the quotes around id, start and end are not part of them
     ytid, start_text, end_text = (x.strip().strip('"').strip() for x in items[:3]) if len(items) >= 4 else ("",) * 3
@@ -135,7 +135,7 @@ def _parse_segment(line: str, n: int) -> Segment:
         raise ValueError(f"start {start_text} is negative")
     if end <= start:
         raise ValueError(f"end {end_text} is not after start {start_text}")
-    label_field = ", ".join(items[3:])
+    label_field = items[3]
     parts = label_field.split('"')
     labels = parts[1] if len(parts) >= 3 else label_field.strip()
     mids = tuple(m.strip() for m in labels.split(",") if m.strip())
