@@ -504,3 +504,30 @@ def test_a_wav_written_to_a_pipe_is_whole_not_truncated(tmp_path, size):
     assert sr == 16000 and data.shape == (1, 16000)
     assert np.allclose(data[0], x, atol=1 / 32768)
     assert not audio_io.is_truncated(path)
+
+
+def test_a_failed_repack_keeps_the_output_and_its_missing_list(small, tmp_path):
+    """A re-pack that packs nothing (a wrong --audios_dir, every clip undecodable) keeps the earlier output, and
+    now its .missing.csv too: it was replaced by the attempt's list (every clip 'file not found') beside a file
+    that holds them."""
+    import soundfile as sf
+
+    info, _ = small
+    out = tmp_path / "eval.h5"
+    _pack(info, out)
+    (tmp_path / "eval.h5.missing.csv").write_text("audio_name,reason\nYkept.wav,file not found\n")
+    kept = _digest(out), _digest(str(out) + ".missing.csv")
+    elsewhere = tmp_path / "other_audio"
+    elsewhere.mkdir()
+    sf.write(str(elsewhere / "Ynot_listed.wav"), np.zeros(1600, np.float32), 16000)
+    with pytest.raises(PannsError, match=r"none of the .* is in .*other_audio \(first: Y.*: file not found\); nothing "
+                                         r"packed, and .*eval.h5 and its .missing.csv are kept as they were"):
+        ds.pack_waveforms_to_hdf5(info["eval_csv"], str(elsewhere), str(out), clip_seconds=1.0,
+                                  class_labels_csv=info["labels_csv"], progress=False)
+    assert (_digest(out), _digest(str(out) + ".missing.csv")) == kept
+    # without an earlier output, the list says why nothing was written
+    fresh = tmp_path / "fresh.h5"
+    with pytest.raises(PannsError, match=r"\(listed in .*fresh.h5.missing.csv\); nothing packed"):
+        ds.pack_waveforms_to_hdf5(info["eval_csv"], str(elsewhere), str(fresh), clip_seconds=1.0,
+                                  class_labels_csv=info["labels_csv"], progress=False)
+    assert not fresh.exists() and "file not found" in (tmp_path / "fresh.h5.missing.csv").read_text()

@@ -915,9 +915,8 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
         else:
             jobs.append(packing.DecodeJob(n, path, seg.audio_name, sample_rate, clip_samples, storage))
     if not jobs:
-        packing.write_missing_csv(waveforms_hdf5_path, missing)
-        raise PannsError(f"none of the {len(segments)} clips of {csv_path} is in {audios_dir} "
-                         f"(listed in {waveforms_hdf5_path}.missing.csv); nothing packed")
+        _nothing_packed(waveforms_hdf5_path, missing,
+                        f"none of the {len(segments)} clips of {csv_path} is in {audios_dir}")
 
     t0 = time.time()
     short = unlabelled = 0
@@ -937,10 +936,9 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
                 bar.update(1)
         order = {s.audio_name: i for i, s in enumerate(segments)}
         missing.sort(key=lambda m: order.get(m[0], 0))
-        packing.write_missing_csv(waveforms_hdf5_path, missing)
         if out.rows == 0:
-            raise PannsError(f"no clip of {csv_path} could be decoded (reasons in {waveforms_hdf5_path}.missing.csv); "
-                             "nothing packed")
+            _nothing_packed(waveforms_hdf5_path, missing, f"no clip of {csv_path} could be decoded")
+        packing.write_missing_csv(waveforms_hdf5_path, missing)
         out.commit(labels, sample_rate, {packing.SEGMENTS_DIGEST_ATTR: digest})
     rep = PackReport(waveforms_hdf5_path, out.rows, missing, short=short, clip_seconds=clip_seconds, repeated=repeated,
                      replaced=replaced, unlabelled=unlabelled, repack_reason=repack_reason)
@@ -950,6 +948,18 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
     logger.info(summarize(rep, len(segments)))
     logger.info("Pack hdf5 time: %.3f", time.time() - t0)
     return rep
+
+
+def _nothing_packed(waveforms_hdf5_path: str, missing: Sequence[Tuple[str, str]], what: str) -> None:
+    """Raise the one line of a pack that wrote no clip. Without an earlier output, the clips and reasons go to
+    ``<output>.missing.csv``; an earlier output is kept, and so is its .missing.csv, which describes it (it was
+    replaced by this attempt's list: a 9-row file beside a list of all 14 clips as not found)."""
+    if os.path.exists(waveforms_hdf5_path):
+        first = f" (first: {missing[0][0]}: {missing[0][1]})" if missing else ""
+        raise PannsError(f"{what}{first}; nothing packed, and {waveforms_hdf5_path} and its .missing.csv are kept "
+                         "as they were")
+    packing.write_missing_csv(waveforms_hdf5_path, missing)
+    raise PannsError(f"{what} (listed in {waveforms_hdf5_path}.missing.csv); nothing packed")
 
 
 # ------------------------------------------------------------------------------------------------
