@@ -746,3 +746,151 @@ def test_skip_existing_packs_again_an_output_holding_repeated_clips(clips, tmp_p
     assert shards.pack_from_shards(spec, out, skip_existing=True, keep_duplicates=True, **kw).rows == -1
     assert shards.pack_from_shards(spec, out, skip_existing=True, **kw).rows == 5
     assert shards.pack_from_shards(spec, out, skip_existing=True, **kw).rows == -1
+
+
+def _write_tar(path, members):
+    """A tar of (name, bytes) members, in the order given."""
+    import tarfile
+
+    with tarfile.open(path, "w") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def test_skip_existing_repacks_an_output_of_other_shards_or_fields(clips, tmp_path):
+    # '--shards 0001.tar --skip_existing' kept an output packed from 0000.tar ("Skip: already packed"), as it kept
+    # one packed with another --label_field, or from fewer shards (scripts/2_pack_from_shards.sh numbers the
+    # unbalanced parts by shard order: a shard added shifted every later shard onto another part's output)
+    out = str(tmp_path / "o.h5")
+    kw = dict(clip_seconds=1.0, num_workers=1, progress=False, class_labels_csv=clips["labels_csv"],
+              skip_existing=True)
+    t0, t1 = clips["tars"][:2]
+    names = {t: [f"Y{c[0]}.wav" for c in cs] for t, cs in ((t0, clips["clips"][:3]), (t1, clips["clips"][3:6]))}
+    shards.pack_from_shards(t0, out, **kw)
+    assert shards.pack_from_shards(t0, out, **kw).rows == -1
+    rep = shards.pack_from_shards(t1, out, **kw)
+    assert rep.rows == 3   # was -1: skipped
+    assert "packed from other shard files (audioset-0000.tar, not audioset-0001.tar" in rep.repack_reason
+    assert list(_rows(out)[0]) == names[t1] and rep.replaced
+    rep = shards.pack_from_shards(t1, out, label_field="labels", **kw)
+    assert rep.rows == 3 and rep.repack_reason == "--label_field auto, not labels"
+    assert shards.pack_from_shards(t1, out, label_field="labels", **kw).rows == -1
+    both = f"{t0},{t1}"
+    rep = shards.pack_from_shards(both, out, label_field="labels", **kw)
+    assert "not 2 shards, audioset-0000.tar to audioset-0001.tar" in rep.repack_reason
+    assert sorted(_rows(out)[0]) == sorted(names[t0] + names[t1])
+    assert shards.pack_from_shards(both, out, label_field="labels", **kw).rows == -1
+    # The same shard files in another folder (the shard folder moved): still the output of these shards.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for t in (t0, t1):
+        shutil.copy(t, moved)
+    assert shards.pack_from_shards(str(moved / "*.tar"), out, label_field="labels", **kw).rows == -1
+    rep = shards.pack_from_shards(both, out, label_field="labels", keep_duplicates=True, **kw)
+    assert "--keep_duplicates" in rep.repack_reason
+
+
+def test_skip_existing_output_of_an_earlier_version(clips, tmp_path):
+    """An output without the shard list: one from a single shard is compared by its shard_source; a joined one
+    cannot be compared and is packed again, saying why."""
+    kw = dict(clip_seconds=1.0, num_workers=1, progress=False, class_labels_csv=clips["labels_csv"],
+              skip_existing=True)
+    t0, t1 = clips["tars"][:2]
+    single, joined = str(tmp_path / "single.h5"), str(tmp_path / "joined.h5")
+    shards.pack_from_shards(t0, single, **kw)
+    shards.pack_from_shards(f"{t0},{t1}", joined, **kw)
+    for path in (single, joined):
+        with h5py.File(path, "r+") as hf:
+            del hf.attrs[shards.SHARDS_ATTR]
+            if path == joined:
+                del hf.attrs[shards.FIELDS_ATTR]   # the earlier version wrote neither into a joined output
+    assert shards.pack_from_shards(t0, single, **kw).rows == -1
+    rep = shards.pack_from_shards(f"{t0},{t1}", joined, **kw)
+    assert rep.rows == 6 and "earlier version, which recorded no list of the shards" in rep.repack_reason
+    assert shards.pack_from_shards(f"{t0},{t1}", joined, **kw).rows == -1
+    rep = shards.pack_from_shards(t1, single, **kw)
+    assert rep.rows == 3 and "packed from audioset-0000.tar" in rep.repack_reason
+
+
+def test_a_refused_resume_keeps_the_parts_of_earlier_runs(clips, tmp_path, monkeypatch):
+    # A resume with a mistyped --label_field re-packed the first shard, found no label and removed the whole
+    # .parts folder: the finished shards of the interrupted run were lost
+    out = str(tmp_path / "o.h5")
+    kw = dict(clip_seconds=1.0, num_workers=1, progress=False, class_labels_csv=clips["labels_csv"],
+              skip_existing=True)
+    spec = _interrupted_after_first_shard(clips, out, monkeypatch, class_labels_csv=clips["labels_csv"])
+    part = os.path.join(out + ".parts", "00000_audioset-0000.h5")
+    before = open(part, "rb").read(), open(part + ".missing.csv").read()
+    with pytest.raises(PannsError, match=r"no clip of .*audioset-0000\.tar has a label \(label\)"):
+        shards.pack_from_shards(spec, out, label_field="label", **kw)
+    assert (open(part, "rb").read(), open(part + ".missing.csv").read()) == before
+    assert sorted(os.listdir(out + ".parts")) == ["00000_audioset-0000.h5", "00000_audioset-0000.h5.missing.csv"]
+    assert shards.pack_from_shards(spec, out, **kw).shards_skipped == 1
+
+
+def test_tar_made_on_macos_packs_without_its_appledouble_members(clips, tmp_path):
+    # macOS tar adds '._<name>' (AppleDouble) beside each file: its empty key stopped the pack with "no clip id ...
+    # pass --id_field"
+    import json
+
+    members = []
+    for ytid, _v, mids, data, ext in clips["clips"][:2]:
+        for name, blob in ((f"{ytid}{ext}", data), (f"{ytid}.json", json.dumps({"labels": mids}).encode())):
+            members += [(f"._{name}", b"\x00\x05\x16\x07 AppleDouble"), (name, blob)]
+    members += [(".DS_Store", b"Bud1"), ("__MACOSX/._x.flac", b"\x00\x05\x16\x07")]
+    tar = _write_tar(tmp_path / "mac.tar", members)
+    rep = shards.pack_from_shards(tar, str(tmp_path / "o.h5"), clip_seconds=1.0, num_workers=1, progress=False,
+                                  class_labels_csv=clips["labels_csv"])
+    assert rep.rows == 2 and rep.missing == []
+    ref, _ = _rows(clips["ref"])
+    got, _ = _rows(rep.path)
+    assert list(got) == list(ref)[:2] and all(got[n][1].tolist() == ref[n][1].tolist() for n in got)
+
+
+def test_tar_json_with_a_byte_order_mark_is_read(clips, tmp_path):
+    import json
+
+    ytid, _v, mids, data, ext = clips["clips"][0]
+    tar = _write_tar(tmp_path / "bom.tar", [(f"{ytid}{ext}", data),
+                                            (f"{ytid}.json", json.dumps({"labels": mids}).encode("utf-8-sig"))])
+    rep = shards.pack_from_shards(tar, str(tmp_path / "o.h5"), clip_seconds=1.0, num_workers=1, progress=False,
+                                  class_labels_csv=clips["labels_csv"])
+    assert rep.rows == 1 and rep.missing == []
+    got, _ = _rows(rep.path)
+    assert got[f"Y{ytid}.wav"][1].tolist() == _rows(clips["ref"])[0][f"Y{ytid}.wav"][1].tolist()
+
+
+def test_a_second_audio_member_of_a_tar_sample_is_listed_not_dropped(clips, tmp_path):
+    # 'k.30.000.flac' and 'k.40.000.flac' are one WebDataset sample (key 'k': the name up to the first dot); its
+    # second audio was dropped without a word
+    import json
+
+    (ytid, _v, mids, data, ext), other = clips["clips"][0], clips["clips"][1]
+    tar = _write_tar(tmp_path / "two.tar", [(f"{ytid}.30.000{ext}", data), (f"{ytid}.40.000{other[4]}", other[3]),
+                                            (f"{ytid}.json", json.dumps({"labels": mids}).encode())])
+    more = write_tar_shards(str(tmp_path / "more"), clips["clips"][2:3], corrupt_member=False)[0]
+    rep = shards.pack_from_shards(f"{tar},{more}", str(tmp_path / "o.h5"), clip_seconds=1.0, num_workers=1,
+                                  progress=False, class_labels_csv=clips["labels_csv"])
+    assert rep.rows == 2 and rep.repeated == 0
+    assert [m[0] for m in rep.missing] == [f"Y{ytid}.wav"]
+    assert f"two.tar:{ytid}.40.000{other[4]}: {shards.EXTRA_AUDIO_REASON}" in rep.missing[0][1]
+    got, _ = _rows(rep.path)
+    np.testing.assert_array_equal(got[f"Y{ytid}.wav"][0], _rows(clips["ref"])[0][f"Y{ytid}.wav"][0])  # the first
+    with open(rep.path + ".missing.csv") as f:
+        assert [r["audio_name"] for r in csv.DictReader(f)] == [f"Y{ytid}.wav"]
+
+
+def test_parquet_rows_with_an_empty_label_list_are_reported(clips, tmp_path):
+    # 'labels: []' packed an all-zero target and said nothing; a shard of only such rows was refused as holding
+    # label values the label CSV does not know, naming none ("e.g. ")
+    rows = [(c[0], None, ([] if k == 1 else c[2]), c[3], c[4]) for k, c in enumerate(clips["clips"][:3])]
+    kw = dict(clip_seconds=1.0, num_workers=1, progress=False, class_labels_csv=clips["labels_csv"])
+    path = write_parquet_shards(str(tmp_path / "some"), rows)[0]
+    rep = shards.pack_from_shards(path, str(tmp_path / "o.h5"), **kw)
+    assert rep.rows == 3 and "1 clips have an empty label list (packed with no positive label)" in rep.label_report
+    empty = write_parquet_shards(str(tmp_path / "none"), [(c[0], None, [], c[3], c[4]) for c in clips["clips"][:2]])
+    with pytest.raises(PannsError, match=r"no clip of .* has a label: 2 clips have an empty label list"):
+        shards.pack_from_shards(empty[0], str(tmp_path / "e.h5"), **kw)

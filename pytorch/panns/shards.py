@@ -7,8 +7,11 @@ Shard formats (chosen by extension):
 
 * ``.tar`` (also ``.tar.gz``/``.tgz``), read as a stream: WebDataset samples, i.e. consecutive
   members sharing a key (the name up to the first dot): ``<key>.flac`` (or .wav/.mp3/.ogg/...)
-  and ``<key>.json`` with the labels and, optionally, the YouTube id. A tar whose members are not
-  grouped by key (``tar cf x.tar *.flac *.json``) is refused: its clips would lose their labels.
+  and ``<key>.json`` (UTF-8, a byte order mark allowed) with the labels and, optionally, the YouTube id.
+  A tar whose members are not grouped by key (``tar cf x.tar *.flac *.json``) is refused: its clips
+  would lose their labels. A sample is one clip: a second audio member under one key (``k.30.000.flac``
+  and ``k.40.000.flac`` are both key ``k``) is not packed and is listed in ``.missing.csv``. Members
+  macOS adds (``._*`` AppleDouble files, ``__MACOSX/``, ``.DS_Store``) are skipped and counted in the log.
 * ``.parquet`` as the ``datasets`` library writes it, read one row group at a time: an ``audio``
   column (struct of ``bytes`` + ``path``, or plain binary), ``video_id`` and ``labels``.
 
@@ -22,7 +25,8 @@ Labels (``--label_field``, default the first of labels, label, mids, positive_la
 human_labels present) may be AudioSet ids (``/m/09x0r``), display names (``Speech``) or class
 indices, as a list or a comma-separated string, or a 0/1 vector with one entry per class; they are
 mapped through the label CSV. Values the CSV does not know are counted and reported (log, summary
-line), and the clip keeps its known labels.
+line), and the clip keeps its known labels; so are clips without a label field or with an empty label list
+(packed with an all-zero target).
 
 Decoding uses the packer's numerics (``packing.decode_row``), so a clip gives the same row as
 packing the same audio from a file. Each shard is packed into ``OUT.h5.parts/NNNNN_<shard>.h5``
@@ -33,7 +37,13 @@ only when it was packed with the same sample rate, clip length, storage, label l
 ``--id_field``/``--label_field``/``--audio_field`` (kept in its ``shard_fields`` attribute), from a shard
 file of the same name and size (``shard_source``). A shard that
 cannot be read (truncated tar, also one cut between two members, broken Parquet) stops the run with
-one line naming it; finished parts are kept.
+one line naming it; finished parts are kept, and so are they when a shard is refused (no label): the refused
+shard writes nothing. ``--skip_existing`` keeps a complete ``OUT.h5`` only when it was packed with the same
+options, from the same shard files (names and sizes, in order, as a digest in its ``shard_list`` attribute: not
+their folder, so moving the shards forces no re-pack) with the same field options (``shard_fields``) and, with
+``keep_duplicates``, keeping every occurrence; otherwise it is packed again and the log says why. An output of
+an earlier version has no ``shard_list``: one of a single shard is compared by its ``shard_source``, any other
+is packed again.
 
 Repeated clips: a clip id met again (the same clip in two shards, e.g. a tar and a Parquet copy, or twice
 in one shard) is packed once, as pack_waveforms_to_hdf5 packs a repeated CSV row once: its first occurrence
@@ -50,6 +60,7 @@ from __future__ import annotations
 import collections
 import csv
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -58,7 +69,7 @@ import tarfile
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -146,6 +157,8 @@ class Sample:
     meta: dict
     where: str  # for messages: 'shard.tar:key.flac'
     problem: str = ""
+    # Further audio members of a tar sample ('shard.tar:k.40.000.flac'): not packed, listed in .missing.csv
+    extra_audio: List[str] = field(default_factory=list)
 
 
 def _split_key(name: str) -> Tuple[str, str]:
@@ -155,32 +168,55 @@ def _split_key(name: str) -> Tuple[str, str]:
     return (os.path.join(d, stem) if d else stem), (dot + ext).lower()
 
 
+# Why an audio member of a tar sample beside the one packed is listed in .missing.csv. join_packed_files keeps
+# these lines although the clip is packed (other failures of a packed clip are repeats and left out).
+EXTRA_AUDIO_REASON = "another audio member of the same WebDataset sample"
+
+
 def _tar_group(shard: str, key: str, files: Dict[str, bytes]) -> Sample:
     meta: dict = {}
     problem = ""
     js = next((f for f in files if f.endswith(".json")), None)
     if js is not None:
         try:
-            meta = json.loads(files[js].decode("utf-8"))
+            # utf-8-sig: a json saved by an editor that writes a byte order mark is as readable as one without
+            meta = json.loads(files[js].decode("utf-8-sig"))
             if not isinstance(meta, dict):
                 meta = {"labels": meta}
         except (ValueError, UnicodeDecodeError) as e:
             problem = f"unreadable json: {e}"
-    for ext in AUDIO_MEMBER_EXTS:
-        for field_name in files:  # 'flac', or e.g. '30.000.flac' when the key itself contains dots
-            if field_name == ext or field_name.endswith(ext):
-                return Sample(key, files[field_name], meta, f"{os.path.basename(shard)}:{key}{field_name}", problem)
-    return Sample(key, None, meta, f"{os.path.basename(shard)}:{key}", problem or "no audio member")
+    shard_name = os.path.basename(shard)
+    # 'flac', or e.g. '30.000.flac' when the name has dots after the key ('k.30.000.flac': key 'k', WebDataset's
+    # convention). The first by AUDIO_MEMBER_EXTS order is the clip; any other ('k.40.000.flac' beside it) is
+    # one sample's second audio, not a clip of its own (it has the same key, hence the same id and labels).
+    audio = [f for ext in AUDIO_MEMBER_EXTS for f in files if f == ext or f.endswith(ext)]
+    if not audio:
+        return Sample(key, None, meta, f"{shard_name}:{key}", problem or "no audio member")
+    return Sample(key, files[audio[0]], meta, f"{shard_name}:{key}{audio[0]}", problem,
+                  [f"{shard_name}:{key}{f}" for f in audio[1:]])
+
+
+def _is_macos_metadata(name: str) -> bool:
+    """A member macOS adds to archives it makes: AppleDouble resource forks ('._k.flac', beside 'k.flac'), the
+    '__MACOSX/' folder, Finder's '.DS_Store'. None is a clip, and their names have no WebDataset key."""
+    parts = name.split("/")
+    return "__MACOSX" in parts or parts[-1].startswith("._") or parts[-1] == ".DS_Store"
 
 
 def iter_tar(shard: str) -> Iterator[Sample]:
     """Samples of a tar shard, read as a stream (members of one sample are consecutive)."""
     key, files = None, {}
     done: set = set()   # keys whose group has ended
+    macos = 0
     try:
         with tarfile.open(shard, mode="r|*") as tf:
             for m in tf:
                 if not m.isfile():
+                    continue
+                if _is_macos_metadata(m.name):
+                    # Skipped, not read as samples: '._k.flac' has the empty key, which named no clip id and,
+                    # met again after 'k.flac', read as a tar not grouped by key
+                    macos += 1
                     continue
                 k, ext = _split_key(m.name)
                 if key is not None and k != key:
@@ -206,6 +242,9 @@ def iter_tar(shard: str) -> Iterator[Sample]:
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise ShardError(f"corrupt shard {shard}: {' '.join(str(e).split()) or type(e).__name__}; "
                          "re-download it (finished shards are kept: re-run with --skip_existing)") from None
+    if macos:
+        logger.info("Skipped %d macOS metadata members of %s (._* AppleDouble files, __MACOSX/, .DS_Store)", macos,
+                    shard)
     if key is not None:
         yield _tar_group(shard, key, files)
 
@@ -289,6 +328,7 @@ class LabelMapper(object):
         self.by_name = {str(n).strip().lower(): i for i, n in enumerate(labels.labels)}
         self.unknown: collections.Counter = collections.Counter()
         self.unlabelled = 0
+        self.empty = 0      # clips whose label field is there but empty ('labels: []', ''): all-zero targets
         self.seen = 0
         self.labelled = 0   # clips with at least one label value the label CSV knows
 
@@ -333,9 +373,12 @@ class LabelMapper(object):
             hot = self._multi_hot(items)
             if hot is not None:
                 self.labelled += bool(hot.any())
+                self.empty += not hot.any()   # an all-zero vector names no class, as an empty list
                 return hot
         else:
             items = [value]
+        if not items:
+            self.empty += 1
         for v in items:
             ix = self._one(v)
             if ix is None:
@@ -354,6 +397,8 @@ class LabelMapper(object):
                          f"label CSV and were ignored: {top}" + (", ..." if len(self.unknown) > 5 else ""))
         if self.unlabelled:
             parts.append(f"{self.unlabelled} clips have no label field (packed with no positive label)")
+        if self.empty:
+            parts.append(f"{self.empty} clips have an empty label list (packed with no positive label)")
         return "; ".join(parts)
 
 
@@ -385,6 +430,7 @@ class ShardPackReport:
     repeated: int = 0       # occurrences of a clip id met before (packed once; 0 with keep_duplicates)
     relabelled: int = 0     # clip ids whose repeats carried other labels (packed with the union)
     repeat_report: str = ""  # '' or one sentence on the repeats, for the console
+    repack_reason: str = ""  # why a complete output --skip_existing found was packed again ('' when none was)
 
 
 def _part_path(parts_dir: str, i: int, shard: str) -> str:
@@ -410,7 +456,13 @@ def _json_attr(part: packing.KeptOutput, name: str) -> Optional[dict]:
     """A part's JSON attribute (``shard_fields``, ``shard_source``) decoded; None where a part from an older
     version lacks it."""
     had = part.text_attr(name)
-    return None if had is None else json.loads(had)
+    if had is None:
+        return None
+    try:
+        value = json.loads(had)
+    except ValueError:   # not written by this module: as good as none (packed again, never a traceback)
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _fields_mismatch(part: packing.KeptOutput, fields: str) -> List[str]:
@@ -432,6 +484,50 @@ def shard_source(shard: str) -> str:
     return json.dumps({"name": os.path.basename(shard), "bytes": os.path.getsize(shard)}, sort_keys=True)
 
 
+SHARDS_ATTR = "shard_list"
+
+
+def shard_list(paths: Sequence[str], keep_duplicates: bool = False) -> str:
+    """What a joined output is packed from, as stored in its ``shard_list`` attribute: a sha256 of each shard
+    file's name and size in --shards order (not its folder: moving the shard folder must not force a re-pack),
+    their count, first and last name (for the log line), and ``keep_duplicates`` (which decides which rows are
+    kept). --skip_existing keeps the output only when this matches, so another --shards list (a shard added, one
+    of another split, the shards shifted between scripts/2_pack_from_shards.sh's numbered parts) is packed again.
+    """
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(os.fsencode(os.path.basename(p)) + f"\t{os.path.getsize(p)}\n".encode())
+    names = [os.path.basename(p) for p in paths]
+    return json.dumps({"count": len(paths), "first": names[0] if names else "", "last": names[-1] if names else "",
+                       "sha256": h.hexdigest(), "keep_duplicates": bool(keep_duplicates)}, sort_keys=True)
+
+
+def _shards_named(record: dict) -> str:
+    n = record.get("count")
+    return f"{record.get('first')}" if n == 1 else f"{n} shards, {record.get('first')} to {record.get('last')}"
+
+
+def output_repack_reason(kept: packing.KeptOutput, paths: Sequence[str], fields: str, keep_duplicates: bool) -> str:
+    """Why a complete output --skip_existing found must be packed again ('' when it is reusable): packed from
+    other shard files, with other field options, or merging repeats that --keep_duplicates now keeps. An output
+    of an earlier version has no ``shard_list``: one from a single shard is compared by its ``shard_source`` and
+    ``shard_fields`` (the part it was renamed from had them), any other cannot be compared and is packed again."""
+    old = _json_attr(kept, SHARDS_ATTR)
+    if old is None:
+        if len(paths) == 1 and kept.text_attr(SOURCE_ATTR) is not None and kept.text_attr(FIELDS_ATTR) is not None:
+            return "; ".join(_source_mismatch(kept, shard_source(paths[0])) + _fields_mismatch(kept, fields))
+        return "packed by an earlier version, which recorded no list of the shards it was packed from"
+    new = json.loads(shard_list(paths, keep_duplicates))
+    diff = []
+    if old.get("sha256") != new["sha256"]:
+        diff.append(f"packed from other shard files ({_shards_named(old)}, not {_shards_named(new)}; "
+                    "their names or sizes differ)")
+    diff += _fields_mismatch(kept, fields)
+    if keep_duplicates and not old.get("keep_duplicates"):
+        diff.append("packed with each repeated clip once, not every occurrence (--keep_duplicates)")
+    return "; ".join(diff)
+
+
 def _source_mismatch(part: packing.KeptOutput, source: str) -> List[str]:
     """[] when ``part`` was packed from the shard file ``source`` describes, else what differs (a part
     without the attribute, from an older version, counts as packed from an unknown shard)."""
@@ -445,8 +541,11 @@ def _source_mismatch(part: packing.KeptOutput, source: str) -> List[str]:
 
 def _pack_shard(shard: str, part: str, mapper: LabelMapper, labels: config.ClassLabels, sample_rate: int,
                 clip_seconds: float, clip_samples: int, storage_name: str, num_workers: int,
-                id_field: Optional[str], label_field: Optional[str], audio_field: str, bar) -> Tuple[int, int]:
-    """Pack one shard into ``part`` (atomic). Returns (rows, short clips); failures go to part.missing.csv."""
+                id_field: Optional[str], label_field: Optional[str], audio_field: str, bar,
+                check: Optional[Callable[[], None]] = None) -> Tuple[int, int]:
+    """Pack one shard into ``part`` (atomic). Returns (rows, short clips); failures go to part.missing.csv.
+    ``check`` runs once every clip is read, before anything is written: its PannsError leaves ``part`` and its
+    .missing.csv as they were (a finished part of an earlier run included)."""
     fmt = shard_format(shard)
     samples = iter_tar(shard) if fmt == "tar" else iter_parquet(shard, audio_field)
     capacity = parquet_rows(shard) if fmt == "parquet" else 0
@@ -460,6 +559,10 @@ def _pack_shard(shard: str, part: str, mapper: LabelMapper, labels: config.Class
             names.append(name)
             targets.append(mapper.target(label_value(s, label_field)))
             n = len(names) - 1
+            for where in s.extra_audio:
+                missing.append((name, f"{where}: {EXTRA_AUDIO_REASON} (the key is the name up to the first dot), "
+                                      f"not packed; {s.where} is"))
+                logger.warning("%s: %s as %s; not packed", where, EXTRA_AUDIO_REASON, s.where)
             if s.audio is None or s.problem:
                 missing.append((name, f"{s.where}: {s.problem}"))
                 bar.update(1)
@@ -477,6 +580,8 @@ def _pack_shard(shard: str, part: str, mapper: LabelMapper, labels: config.Class
                 out.add(names[res.n].encode(), targets[res.n], res.row)
                 short += res.seconds < packing.SHORT_FRACTION * clip_seconds
             bar.update(1)
+        if check is not None:
+            check()
         packing.write_missing_csv(part, missing)
         out.commit(labels, sample_rate, {FIELDS_ATTR: shard_fields(id_field, label_field, audio_field),
                                          SOURCE_ATTR: shard_source(shard)})
@@ -534,14 +639,15 @@ def _first_rows(parts: Sequence[str], keep_duplicates: bool
 
 
 def join_packed_files(parts: Sequence[str], out_path: str, labels: config.ClassLabels, sample_rate: int,
-                      move_single: bool = False, keep_duplicates: bool = False
-                      ) -> Tuple[int, List[Tuple[str, str]], Repeats]:
+                      move_single: bool = False, keep_duplicates: bool = False,
+                      attrs: Optional[Dict[str, str]] = None) -> Tuple[int, List[Tuple[str, str]], Repeats]:
     """Concatenate packed files of one layout (and their ``.missing.csv`` lists) into ``out_path``
     (atomic); returns (rows, failures, repeats). The storage and clip length come from the first part.
     A clip id met again is packed once: its first row kept, with the union of the targets of all its rows;
     a failure listed for a clip that is packed, or listed before, is dropped (``keep_duplicates``: every
-    row and failure). ``move_single``: a single part without repeats is renamed to ``out_path`` instead of
-    copied."""
+    row and failure); a further audio member of a sample (``EXTRA_AUDIO_REASON``) stays listed. ``move_single``: a
+    single part without repeats is renamed to ``out_path`` instead of copied. ``attrs``: text attributes of the
+    output (what it was packed from)."""
     total = 0
     for p in parts:
         with h5py.File(p, "r") as hf:
@@ -556,7 +662,7 @@ def join_packed_files(parts: Sequence[str], out_path: str, labels: config.ClassL
             with open(mp, newline="", encoding="utf-8") as f:
                 for r in csv.DictReader(f):
                     name = r["audio_name"]
-                    if not keep_duplicates:
+                    if not keep_duplicates and EXTRA_AUDIO_REASON not in r["reason"]:
                         b = name.encode()
                         i = int(np.searchsorted(packed, b))
                         if name in listed or (i < len(packed) and packed[i] == b):
@@ -571,6 +677,12 @@ def join_packed_files(parts: Sequence[str], out_path: str, labels: config.ClassL
         raise PannsError(f"no clip of the shards could be decoded (reasons in {out_path}.missing.csv); nothing packed")
     rows = int(keep.sum())
     if move_single and len(parts) == 1 and rows == total:  # one shard: the part becomes the output (no copy)
+        if attrs:
+            # Written into the part before it is renamed: the output appears whole or not at all. A run killed
+            # here leaves a complete part, reused or packed again by the next run.
+            with h5py.File(parts[0], "r+") as hf:
+                for k, v in attrs.items():
+                    hf.attrs[k] = v
         packing.write_missing_csv(out_path, missing)
         os.replace(parts[0], out_path)
         return total, missing, repeats
@@ -586,7 +698,7 @@ def join_packed_files(parts: Sequence[str], out_path: str, labels: config.ClassL
                         out.add(name, merged.get(name, tg[i]), ds[i])
                 offset += len(names)
         packing.write_missing_csv(out_path, missing)
-        out.commit(labels, sample_rate)
+        out.commit(labels, sample_rate, attrs)
     return rows, missing, repeats
 
 
@@ -604,6 +716,34 @@ def repeat_report(repeats: Repeats, shard_paths: Sequence[str]) -> str:
         msg += (f"; {repeats.relabelled} of these clips carried other labels in their repeats and are packed with "
                 "the labels of all (union)")
     return msg
+
+
+def _check_labelled(mapper: LabelMapper, shard: str, label_field: Optional[str],
+                    class_labels_csv: Optional[str]) -> None:
+    """PannsError when no clip packed so far in this run has a label the label CSV knows (checked on the first
+    shard this run packs; later shards only add clips): training on all-zero targets learns nothing, as
+    pack_waveforms_to_hdf5 refuses an unknown mid."""
+    if not mapper.seen or mapper.labelled:
+        return
+    looked = label_field or ", ".join(LABEL_FIELDS)
+    if mapper.unlabelled == mapper.seen:
+        raise PannsError(f"no clip of {shard} has a label ({looked}); name the field holding the labels with "
+                         "--label_field, or pass --allow_unlabelled to pack audio without labels")
+    if not mapper.unknown:
+        raise PannsError(f"no clip of {shard} has a label: {mapper.empty} clips have an empty label list and "
+                         f"{mapper.unlabelled} none ({looked}); name the field holding the labels with --label_field, "
+                         "or pass --allow_unlabelled to pack audio without labels")
+    top = ", ".join(f"{k!r}" for k, _ in mapper.unknown.most_common(3))
+    csv_name = class_labels_csv or config.DEFAULT_LABELS_CSV
+    raise PannsError(f"no label value of {shard} is in the label CSV {csv_name} (e.g. {top}); pass the data set's "
+                     "own --class_labels_csv, or --allow_unlabelled to pack audio without labels")
+
+
+def _remove_if_empty(folder: str) -> None:
+    try:
+        os.rmdir(folder)   # only an empty folder: finished parts are never removed here
+    except OSError:
+        pass
 
 
 def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = config.sample_rate,
@@ -625,17 +765,25 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
     packing.check_pack_output(waveforms_hdf5_path, inputs)
     if os.path.exists(waveforms_hdf5_path + ".parts") and not os.path.isdir(waveforms_hdf5_path + ".parts"):
         raise PannsError(f"{waveforms_hdf5_path}.parts (the folder of packed shards) is a file; move it away")
+    fields = shard_fields(id_field, label_field, audio_field)
+    # Read before anything is packed: the sizes recorded are those of the shards this run reads.
+    source = shard_list(paths, keep_duplicates)
     kept = packing.read_kept_output(waveforms_hdf5_path, count_repeats=not keep_duplicates) if skip_existing else None
+    repack_reason = ""
     if kept is not None:
         kept.check_reusable(sample_rate, clip_samples, storage_name, labels)
-        again = kept.repeated
-        if not again:
+        # Other shards or fields give other rows under the same options: packed again, not kept as if current.
+        repack_reason = output_repack_reason(kept, paths, fields, keep_duplicates)
+        if not repack_reason and kept.repeated:
+            repack_reason = (f"it holds {kept.repeated} repeated clip ids (packed with keep_duplicates, or by an "
+                             "older version)")
+        if not repack_reason:
             logger.info("Skip %s: already packed", waveforms_hdf5_path)
             return ShardPackReport(waveforms_hdf5_path, -1, [], 0, 0)
-        logger.warning("%s holds %d repeated clip ids (packed with keep_duplicates, or by an older version); "
-                       "packing it again with each clip once", waveforms_hdf5_path, again)
+        logger.warning("Re-packing %s (--skip_existing keeps only an output of these shards and options): %s",
+                       waveforms_hdf5_path, repack_reason)
     replaced = os.path.exists(waveforms_hdf5_path)
-    if replaced:
+    if replaced and not repack_reason:
         logger.warning("%s exists and will be replaced (--skip_existing keeps a complete one)", waveforms_hdf5_path)
     logger.info("Packing %d shards into %s (%s storage)", len(paths), waveforms_hdf5_path, storage_name)
     logger.info("Clip length %g s (%d samples at %d Hz): longer clips are cut, shorter ones zero-padded "
@@ -643,7 +791,6 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
     parts_dir = waveforms_hdf5_path + ".parts"
     os.makedirs(parts_dir, exist_ok=True)
     mapper = LabelMapper(labels)
-    fields = shard_fields(id_field, label_field, audio_field)
     t0 = time.time()
     parts, skipped, short = [], 0, 0
     known = None
@@ -670,29 +817,25 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
                 logger.warning("Re-packing shard %s: %s was packed otherwise (%s)", shard, part,
                                "; ".join(diff))
             bar.set_description(f"pack shard {i + 1}/{len(paths)}")
-            rows, s = _pack_shard(shard, part, mapper, labels, sample_rate, clip_seconds, clip_samples, storage_name,
-                                  num_workers, id_field, label_field, audio_field, bar)
+            check = None if allow_unlabelled else lambda shard=shard: _check_labelled(mapper, shard, label_field,
+                                                                                       class_labels_csv)
+            try:
+                rows, s = _pack_shard(shard, part, mapper, labels, sample_rate, clip_seconds, clip_samples,
+                                      storage_name, num_workers, id_field, label_field, audio_field, bar, check=check)
+            except PannsError:
+                # The refused shard wrote nothing (its check runs before the part is written), and the parts of
+                # earlier runs stay for the resume; only a folder this run made and left empty goes.
+                _remove_if_empty(parts_dir)
+                raise
             short += s
             logger.info("Shard %s: %d clips -> %s", shard, rows, part)
-            if not allow_unlabelled and mapper.seen and mapper.unlabelled == mapper.seen:
-                shutil.rmtree(parts_dir, ignore_errors=True)
-                looked = label_field or ", ".join(LABEL_FIELDS)
-                raise PannsError(f"no clip of {shard} has a label ({looked}); name the field holding the labels with "
-                                 "--label_field, or pass --allow_unlabelled to pack audio without labels")
-            if not allow_unlabelled and mapper.seen and not mapper.labelled:
-                # Every target would be all-zero, as pack_waveforms_to_hdf5 refuses for an unknown mid.
-                shutil.rmtree(parts_dir, ignore_errors=True)
-                top = ", ".join(f"{k!r}" for k, _ in mapper.unknown.most_common(3))
-                csv_name = class_labels_csv or config.DEFAULT_LABELS_CSV
-                raise PannsError(f"no label value of {shard} is in the label CSV {csv_name} "
-                                 f"(e.g. {top}); pass the data set's own --class_labels_csv, or --allow_unlabelled to "
-                                 "pack audio without labels")
     rows, missing, repeats = join_packed_files(parts, waveforms_hdf5_path, labels, sample_rate, move_single=True,
-                                               keep_duplicates=keep_duplicates)
+                                               keep_duplicates=keep_duplicates,
+                                               attrs={FIELDS_ATTR: fields, SHARDS_ATTR: source})
     shutil.rmtree(parts_dir, ignore_errors=True)
     rep = ShardPackReport(waveforms_hdf5_path, rows, missing, len(paths), skipped, short, clip_seconds,
                           dict(mapper.unknown), mapper.report(), replaced, repeats.count, repeats.relabelled,
-                          repeat_report(repeats, paths))
+                          repeat_report(repeats, paths), repack_reason)
     if rep.repeat_report:
         logger.warning(rep.repeat_report)
     if rep.label_report:
