@@ -109,3 +109,59 @@ def test_output_methods_name_their_window_options(cnn6):
                           windowed.embedding)
     with pytest.raises(PannsError, match="batch_size"):
         m.tag(x, batch_size=0)
+
+
+def test_panns_inference_sed_file_in_panns_data_is_used(tmp_path, monkeypatch, capsys):
+    """panns_inference saves the SED checkpoint as ~/panns_data/Cnn14_DecisionLevelMax.pth: it was ignored (its
+    published name was looked for), so the 300-MB file was downloaded again, or offline refused."""
+    from panns import api
+
+    legacy = tmp_path / "panns_data"
+    legacy.mkdir()
+    torch.manual_seed(0)
+    torch.save({"model": models.create_model("Cnn14_DecisionLevelMax").state_dict()},
+               str(legacy / "Cnn14_DecisionLevelMax.pth"))   # official format, as panns_inference downloads it
+    monkeypatch.setattr(api, "_LEGACY_DIR", str(legacy))
+    monkeypatch.setenv("PANNS_CACHE", str(tmp_path / "cache"))   # a download would land (or fail) here
+    sed = panns.SoundEventDetection(device="cpu")
+    assert f"Checkpoint path: {legacy / 'Cnn14_DecisionLevelMax.pth'}" in capsys.readouterr().out
+    assert sed.inference(_noise(1.0)[None]).shape[-1] == 527 and not (tmp_path / "cache").exists()
+
+
+def test_sound_event_detection_takes_panns_inference_interpolate_mode(tmp_path):
+    name = "Cnn6_DecisionLevelMax"
+    path = _checkpoint(tmp_path / f"{name}.pth", name)
+    sed = panns.SoundEventDetection(checkpoint_path=path, device="cpu", interpolate_mode="nearest")
+    assert sed.inference(_noise(1.0)[None]).ndim == 3
+    with pytest.raises(PannsError, match="interpolate_mode='linear' is not supported.*repeating frames"):
+        panns.SoundEventDetection(checkpoint_path=path, device="cpu", interpolate_mode="linear")
+
+
+def test_audio_tagging_loads_an_official_16k_file_into_a_16k_instance(tmp_path):
+    """model=Cnn14(sample_rate=16000, ...) with an official 16-kHz file (panns_inference's way to use it) was
+    loaded as the 32-kHz registry Cnn14 and refused: 'trained with another front end ... pass --sample_rate'."""
+    kw = dict(sample_rate=16000, window_size=512, hop_size=160, mel_bins=64, fmin=50, fmax=8000, classes_num=527)
+    torch.manual_seed(0)
+    official = models.Cnn6(**kw).eval()
+    path = str(tmp_path / "renamed_16k.pth")   # no published name to read the model type from
+    torch.save({"model": official.state_dict()}, path)
+    at = panns.AudioTagging(model=models.Cnn6(**kw), checkpoint_path=path, device="cpu")
+    assert at.runtime.sample_rate == 16000
+    x = _noise(1.0, sr=16000)[None]
+    with torch.no_grad():
+        want = official(torch.from_numpy(x))["clipwise_output"].numpy()
+    assert np.allclose(at.inference(x)[0], want, atol=1e-6)
+
+
+def test_hear_batch_of_sounds_of_different_lengths_says_so(cnn6, tmp_path):
+    model = hear.load_model(_checkpoint(tmp_path / "cnn6.pth", "Cnn6"))
+    for fn in (hear.get_scene_embeddings, hear.get_timestamp_embeddings):
+        with pytest.raises(PannsError, match=r"HEAR audio must be one \(n_sounds, n_samples\) array, but the sounds "
+                                             r"given have different lengths \(48000, 100 samples\); pad them") as e:
+            fn([torch.zeros(48000), torch.zeros(100)], model)
+        assert "inhomogeneous" not in str(e.value)
+
+
+def test_dir_of_the_package_lists_the_lazy_api_names():
+    # tab completion (dir(panns)) missed load, Model, AudioTagging, SoundEventDetection and labels
+    assert {"load", "Model", "AudioTagging", "SoundEventDetection", "labels", "classes_num"} <= set(dir(panns))

@@ -36,3 +36,8 @@ def __getattr__(name: str):
 
         return getattr(config, name)
     raise AttributeError(f"module 'panns' has no attribute {name!r}")
+
+
+def __dir__():
+    """The lazy API names too, so tab completion and dir(panns) show them."""
+    return sorted(set(globals()) | set(__all__))

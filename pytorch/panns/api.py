@@ -289,6 +289,27 @@ def _is_path_array(audio) -> bool:
 
 # ----------------------------------------------------------------------------- panns_inference
 _LEGACY_DIR = os.path.join(os.path.expanduser("~"), "panns_data")   # where panns_inference keeps its files
+# panns_inference saves the SED checkpoint without its published name's mAP
+_LEGACY_NAMES = {"Cnn14_DecisionLevelMax": ("Cnn14_DecisionLevelMax.pth",)}
+
+
+def _instance_frontend(model: torch.nn.Module) -> Optional[dict]:
+    """The front end a caller's model instance was built with, read from its mel filterbank (sample rate, fmin
+    and fmax are in the filter values) and its hop: panns_inference's way to use the 16 and 8 kHz files is
+    ``model=Cnn14(sample_rate=16000, ...)``, which loaded as the 32 kHz registry Cnn14 and was refused. None
+    when the filterbank is none of the zoo's (the checkpoint's config or registry front end decides)."""
+    from panns import state_dicts   # the zoo's front ends by their filterbanks
+
+    sd = model.state_dict()
+    melW = sd.get("logmel_extractor.melW", sd.get("base.logmel_extractor.melW"))
+    found = state_dicts.known_frontend(melW) if isinstance(melW, torch.Tensor) else None
+    if found is None:
+        return None
+    frontend = found[0].to_dict()
+    hop = getattr(model, "hop_size", None)
+    if isinstance(hop, int):
+        frontend["hop_size"] = hop
+    return frontend
 
 
 def _compat_runtime(model: Optional[torch.nn.Module], checkpoint_path: Optional[str], device: str,
@@ -302,13 +323,15 @@ def _compat_runtime(model: Optional[torch.nn.Module], checkpoint_path: Optional[
     if model is None and checkpoint_path:   # an official file keeps its published name: Cnn6_mAP=0.343.pth
         model_type = validate.model_type_for(checkpoint_path, None) or default_type
     if not checkpoint_path:
-        legacy = os.path.join(_LEGACY_DIR, pretrained.lookup(default_type).filename)
-        checkpoint_path = legacy if model is None and os.path.isfile(legacy) else None
+        names = (pretrained.lookup(default_type).filename,) + _LEGACY_NAMES.get(default_type, ())
+        legacy = [p for p in (os.path.join(_LEGACY_DIR, n) for n in names) if os.path.isfile(p)]
+        checkpoint_path = legacy[0] if model is None and legacy else None
     if checkpoint_path is None:
         checkpoint_path = pretrained.get_checkpoint(model_type)
     print("Checkpoint path: {}".format(checkpoint_path))
     given_type = model_type if model is not None or _needs_type(checkpoint_path) else None
-    built, cfg = checkpoint.load_model(checkpoint_path, model_type=given_type)
+    built, cfg = checkpoint.load_model(checkpoint_path, model_type=given_type,
+                                       frontend=_instance_frontend(model) if model is not None else None)
     if model is not None:   # the caller's own instance gets the weights (strict)
         model.load_state_dict(built.state_dict(), strict=True)
         built = model
@@ -362,12 +385,17 @@ class AudioTagging:
 
 class SoundEventDetection(AudioTagging):
     """panns_inference's ``SoundEventDetection``: ``.inference(audio)`` -> framewise_output
-    (B, frames, classes) (default model Cnn14_DecisionLevelMax; differences as AudioTagging)."""
+    (B, frames, classes) (default model Cnn14_DecisionLevelMax; differences as AudioTagging).
+    ``interpolate_mode``: 'nearest' (frames repeated, what the official models do); panns_inference's 'linear'
+    would change the official outputs and is refused."""
 
     default_model_type = "Cnn14_DecisionLevelMax"
 
     def __init__(self, model: Optional[torch.nn.Module] = None, checkpoint_path: Optional[str] = None,
-                 device: str = "cuda"):
+                 device: str = "cuda", interpolate_mode: str = "nearest"):
+        if interpolate_mode != "nearest":   # before any loading or download
+            raise PannsError(f"interpolate_mode={interpolate_mode!r} is not supported: the official models "
+                             "upsample their framewise output by repeating frames, interpolate_mode='nearest'")
         super().__init__(model, checkpoint_path, device)
         if self.runtime.spec is not None and not self.runtime.is_sed:   # said now, not at the first inference
             raise PannsError(f"{self.runtime.config.model_type} has no framewise output, so it cannot detect "
@@ -392,12 +420,11 @@ def _compat_batch(audio, sample_rate: int) -> np.ndarray:
         raise PannsError(f"inference() takes audio samples, a (batch, samples) array at {sample_rate} Hz, not "
                          f"file paths; read the file first (librosa.load(path, sr={sample_rate}, mono=True)) or use "
                          "panns.load(...).tag(path)")
-    if isinstance(audio, (list, tuple)):   # numpy's own words were 'an inhomogeneous shape after 1 dimensions'
-        lengths = list(dict.fromkeys(np.shape(item)[-1] for item in audio if np.ndim(item) >= 1))
-        if len(lengths) > 1:
-            raise PannsError(f"inference() takes one (batch, samples) array, but the clips given have different "
-                             f"lengths ({', '.join(map(str, lengths))} samples); pad them to one length, or pass "
-                             "the list to panns.load(...).clipwise / .embed / .framewise, which take any lengths")
+    lengths = validate.ragged_lengths(audio)   # numpy's own words were 'an inhomogeneous shape after 1 dimensions'
+    if len(lengths) > 1:
+        raise PannsError(f"inference() takes one (batch, samples) array, but the clips given have different "
+                         f"lengths ({', '.join(map(str, lengths))} samples); pad them to one length, or pass "
+                         "the list to panns.load(...).clipwise / .embed / .framewise, which take any lengths")
     return validate.batch(audio, "audio")[0]
 
 

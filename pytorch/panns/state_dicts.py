@@ -19,7 +19,7 @@ import torch
 
 from panns.errors import CheckpointError
 from panns.filterbanks import mel_filterbank
-from panns.frontend import FRONT_END_32K, KNOWN
+from panns.frontend import FRONT_END_32K, KNOWN, FrontEnd
 
 logger = logging.getLogger(__name__)
 
@@ -139,19 +139,30 @@ _FAMILY_HINTS = (
 )
 
 
-def _frontend_from_mel(melW: torch.Tensor) -> Optional[str]:
-    """Name the registered front end whose mel matrix equals ``melW`` (sample rate, fmin, fmax are
-    not visible in shapes but are in the filter values); ``frontend.KNOWN`` holds the zoo's front ends."""
+def known_frontend(melW: torch.Tensor) -> Optional[Tuple[FrontEnd, str]]:
+    """(front end, the first model registered with it) of the zoo whose mel matrix equals ``melW`` (sample rate,
+    fmin, fmax are not visible in shapes but are in the filter values); ``frontend.KNOWN`` holds them."""
+    if melW.dim() != 2:
+        return None
     for fe, name in KNOWN.items():
         if fe.window_size != 2 * (melW.shape[0] - 1) or fe.mel_bins != melW.shape[1]:
             continue
         key = (fe.sample_rate, fe.window_size, fe.mel_bins, fe.fmin, fe.fmax)
         if torch.allclose(_mel_matrix(*key), melW.float().cpu(), atol=1e-6):
-            # KNOWN names the first model registered with a front end: for the one most models share
-            # that was Cnn6, and a Cnn14 file read "a Cnn14-family model ... as Cnn6"
-            whose = "the 32 kHz front end of most models" if fe == FRONT_END_32K else f"as {name}"
-            return f"sample_rate={key[0]}, fmin={key[3]}, fmax={key[4]}, {whose}"
+            return fe, name
     return None
+
+
+def _frontend_from_mel(melW: torch.Tensor) -> Optional[str]:
+    """Name the registered front end whose mel matrix equals ``melW``, for a message."""
+    found = known_frontend(melW)
+    if found is None:
+        return None
+    fe, name = found
+    # KNOWN names the first model registered with a front end: for the one most models share
+    # that was Cnn6, and a Cnn14 file read "a Cnn14-family model ... as Cnn6"
+    whose = "the 32 kHz front end of most models" if fe == FRONT_END_32K else f"as {name}"
+    return f"sample_rate={fe.sample_rate}, fmin={fe.fmin}, fmax={fe.fmax}, {whose}"
 
 
 def _mel_matrix(sample_rate, window_size, mel_bins, fmin, fmax) -> torch.Tensor:

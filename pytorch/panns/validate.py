@@ -151,6 +151,14 @@ def clip(x, name: str = "audio", sample_rate: Optional[int] = None) -> np.ndarra
     return np.ascontiguousarray(a)
 
 
+def ragged_lengths(x) -> List[int]:
+    """The distinct lengths (last axis) of the clips of a list/tuple given as one batch; more than one means
+    no (batch, samples) array (numpy's words for it: 'an inhomogeneous shape after 1 dimensions')."""
+    if not isinstance(x, (list, tuple)):
+        return []
+    return list(dict.fromkeys(np.shape(item)[-1] for item in x if np.ndim(item) >= 1))
+
+
 def batch(x, name: str = "audio", sample_rate: Optional[int] = None,
           allow_empty_batch: bool = False, sounds_of: str = "") -> Tuple[np.ndarray, bool]:
     """An array/tensor -> (float32 (B, samples), whether it was one clip).
@@ -160,6 +168,11 @@ def batch(x, name: str = "audio", sample_rate: Optional[int] = None,
     returned as it is (HEAR hands out empty batches); otherwise refused. ``sounds_of``: the API (HEAR) whose
     input is always (n_sounds, n_samples), one row a clip however short: a (16, 8) batch is 16 sounds, not one
     8-channel clip, and any other rank is refused."""
+    lengths = ragged_lengths(x)
+    if len(lengths) > 1:
+        raise PannsError(f"{sounds_of + ' ' if sounds_of else ''}{name} must be one (n_sounds, n_samples) array, but "
+                         f"the sounds given have different lengths ({', '.join(map(str, lengths))} samples); pad "
+                         "them to one length")
     a = as_float(x, name)
     if sounds_of and a.ndim != 2:
         hint = f" (one sound: {name}[None])" if a.ndim == 1 else ""
