@@ -16,8 +16,10 @@
 #
 # Resumable: finished outputs are kept and a half-packed output resumes shard by shard (--skip_existing). A kept
 # output must have been packed with the same SAMPLE_RATE, CLIP_SECONDS, STORAGE and label list: other options
-# stop with one line naming the file (a finished shard's part packed with other options is packed again). To
-# re-pack, remove the files to redo, or run with SKIP_EXISTING=0 (every output is packed again and replaced).
+# stop with one line naming the file (a finished shard's part packed with other options is packed again); one
+# packed from other shard files (a shard added renumbers the parts after it) or another LABEL_FIELD/ID_FIELD is
+# packed again. To re-pack, remove the files to redo, or run with SKIP_EXISTING=0 (every output is packed again
+# and replaced).
 # Environment overrides:
 #   EVAL_SHARDS, BALANCED_SHARDS, UNBALANCED_SHARDS   shard globs (an empty UNBALANCED_SHARDS skips it)
 #   STORAGE=pcm16|flac   flac: lossless, about half the disk; decoded in the loader workers

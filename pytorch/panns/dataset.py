@@ -1067,7 +1067,9 @@ def _main(argv: Optional[List[str]]) -> None:
     p.add_argument("--storage", choices=storage_mod.STORAGES, default="pcm16",
                    help="pcm16: official int16 rows; flac: lossless FLAC bytes per row")
     p.add_argument("--skip_existing", action="store_true",
-                   help="also reuse the shards an interrupted run packed with the same options; " + _SKIP_HELP)
+                   help="also reuse the shards an interrupted run packed with the same options; " + _SKIP_HELP
+                   + "; packed again when it was packed from other shard files (names and sizes) or with another "
+                   "--id_field/--label_field/--audio_field")
     p.add_argument("--allow_unlabelled", action="store_true",
                    help="pack shards whose clips carry no labels (default: refused after the first shard)")
     p.add_argument("--keep_duplicates", action="store_true",
@@ -1143,7 +1145,7 @@ def _main(argv: Optional[List[str]]) -> None:
             print(f"Skip {srep.path}: already packed")
         else:
             rep = PackReport(srep.path, srep.rows, srep.missing, short=srep.short, clip_seconds=srep.clip_seconds,
-                             replaced=srep.replaced)
+                             replaced=srep.replaced, repack_reason=srep.repack_reason)
             print(summarize(rep, srep.rows + len(srep.missing))
                   + (f" ({srep.shards_skipped} of {srep.shards} shards reused from an earlier run)"
                      if srep.shards_skipped else ""))
