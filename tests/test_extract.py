@@ -279,3 +279,19 @@ def test_audio_decoded_by_ffmpeg_gives_writable_waveforms(setup, monkeypatch):
         warnings.simplefilter("error")
         _i, wav, err, _n = extract._DecodeDataset([mono], SR, None, 1)[0]
     assert err is None and wav.shape == (SR,)
+
+
+def test_inputs_are_one_file_however_spelt_and_hidden_files_are_left_out(tmp_path, monkeypatch):
+    """'a.wav', './a.wav' and '/abs/a.wav' ran the same file two or three times (SED wrote a.png and a_1.png), and
+    a folder copied from a Mac holds '._a.wav' AppleDouble files, each failing to decode (exit status 1)."""
+    from panns import runtime
+
+    clips = tmp_path / "clips"
+    (clips / ".hidden").mkdir(parents=True)
+    for name in ("a.wav", "b.wav", ".hidden/c.wav"):
+        sf.write(str(clips / name), np.zeros(800, np.float32), SR)
+    (clips / "._a.wav").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    monkeypatch.chdir(tmp_path)
+    assert runtime.gather_inputs(["clips/a.wav", "./clips/a.wav", str(clips / "a.wav"), "clips/../clips/b.wav"]) \
+        == [os.path.join("clips", "a.wav"), os.path.join("clips", "b.wav")]
+    assert runtime.gather_inputs(["clips"]) == [os.path.join("clips", "a.wav"), os.path.join("clips", "b.wav")]

@@ -533,10 +533,14 @@ def _read_list_file(path: str) -> List[str]:
 
 
 def _audio_files_under(folder: str) -> List[str]:
+    """Audio files below ``folder``, sorted; hidden ones left out (macOS's '._x.wav' AppleDouble files, copied
+    beside every clip from a Mac volume, are no audio: each failed to decode and made the run exit 1), as are
+    hidden folders (.git, .Trash)."""
     found = []
     for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        found.extend(os.path.join(root, n) for n in sorted(files) if audio_io.is_audio_file(n))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(os.path.join(root, n) for n in sorted(files)
+                     if audio_io.is_audio_file(n) and not n.startswith("."))
     return found
 
 
@@ -544,8 +548,9 @@ def gather_inputs(specs: Sequence[str]) -> List[str]:
     """Expand input specs (files, folders, .txt/.lst lists, globs: the --audio_path values of the
     command lines) into audio paths.
 
-    Order is kept (folders and globs sorted), duplicates dropped. Missing paths and empty
-    folders/globs are a PannsError; a listed file that turns out undecodable fails later.
+    Order is kept (folders and globs sorted), duplicates dropped (however spelt: 'a.wav', './a.wav' and
+    '/abs/a.wav' are one file, given as first spelt). Missing paths and empty folders/globs are a PannsError;
+    a listed file that turns out undecodable fails later.
     """
     out: List[str] = []
     for spec in specs:
@@ -568,7 +573,10 @@ def gather_inputs(specs: Sequence[str]) -> List[str]:
             out += files
         else:
             raise AudioDecodeError(f"audio file not found: {spec}")
-    return list(dict.fromkeys(os.path.normpath(p) if not os.path.isabs(p) else p for p in out))
+    first: Dict[str, str] = {}   # the file (absolute) -> how it was first given
+    for p in out:
+        first.setdefault(os.path.abspath(p), os.path.normpath(p) if not os.path.isabs(p) else p)
+    return list(first.values())
 
 
 def resolve_labels(cfg, class_labels_csv: Optional[str],
