@@ -531,3 +531,22 @@ def test_a_failed_repack_keeps_the_output_and_its_missing_list(small, tmp_path):
         ds.pack_waveforms_to_hdf5(info["eval_csv"], str(elsewhere), str(fresh), clip_seconds=1.0,
                                   class_labels_csv=info["labels_csv"], progress=False)
     assert not fresh.exists() and "file not found" in (tmp_path / "fresh.h5.missing.csv").read_text()
+
+
+def test_a_flac_cut_short_streams_what_is_there_with_a_warning(tmp_path, caplog):
+    """Long files are decoded block by block (audio_io.stream_audio): a FLAC cut short raised soundfile's
+    'flac decoder lost sync' mid-stream, a traceback that stopped the other files of the run too."""
+    import logging
+
+    import soundfile as sf
+
+    from panns import audio_io
+
+    path = str(tmp_path / "cut.flac")
+    sf.write(path, (0.1 * np.random.RandomState(0).randn(8000 * 20)).astype(np.float32), 8000)
+    raw = open(path, "rb").read()
+    open(path, "wb").write(raw[:len(raw) // 2])
+    with caplog.at_level(logging.WARNING):
+        got = np.concatenate(list(audio_io.stream_audio(path, 8000, block_seconds=0.5)))
+    assert 0 < len(got) < 8000 * 20
+    assert "truncated file" in caplog.text and "header says 20.00 s" in caplog.text

@@ -236,7 +236,20 @@ def stream_audio(path: str, sample_rate: int, block_seconds: float = 30.0) -> It
         declared, sr = _declared_frames(f), f.samplerate
         stream = None if sr == sample_rate else soxr.ResampleStream(sr, sample_rate, 1, dtype="float32", quality="HQ")
         read = 0
-        for block in f.blocks(blocksize=max(1, int(block_seconds * sr)), dtype="float32", always_2d=True):
+        blocks = f.blocks(blocksize=max(1, int(block_seconds * sr)), dtype="float32", always_2d=True)
+        while True:
+            try:
+                block = next(blocks)
+            except StopIteration:
+                break
+            except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:   # read_audio's list
+                # A file that fails part-way (a FLAC cut short: 'decoder lost sync') aborted a whole multi-file
+                # run with a traceback; as read_audio does, what came before is the file, with the warning below
+                if "lost sync" not in str(e) or read == 0:
+                    raise AudioDecodeError(f"cannot decode {path}: {' '.join(str(e).split())} after "
+                                           f"{read / sr:.2f} s") from None
+                declared = max(declared or 0, int(f.frames))
+                break
             if not np.all(np.isfinite(block)):
                 raise AudioDecodeError(f"cannot decode {path}: contains NaN or infinite samples")
             read += len(block)
