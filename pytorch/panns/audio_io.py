@@ -116,7 +116,8 @@ def _decode_ffmpeg(path: str, data: Optional[bytes] = None) -> Tuple[np.ndarray,
     channels = {"mono": 1, "stereo": 2}.get(layout)
     if channels is None:
         cm = re.match(r"(\d+) channels", layout)
-        channels = int(cm.group(1)) if cm else {"2.1": 3, "quad": 4, "5.0": 5, "5.1": 6, "7.1": 8}.get(layout.split("(")[0], 1)
+        named = {"2.1": 3, "quad": 4, "5.0": 5, "5.1": 6, "7.1": 8}
+        channels = int(cm.group(1)) if cm else named.get(layout.split("(")[0], 1)
     data = np.frombuffer(proc.stdout, dtype=np.float32)
     data = data[: len(data) // channels * channels].reshape(-1, channels).T
     return data, sr
