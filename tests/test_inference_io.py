@@ -1,6 +1,7 @@
 """inference.py outputs and bad inputs: --no_plot, --framewise_output (.npy/.h5, written as
 computed), long files streamed window by window, checks before the model loads, truncated wavs,
 text files given as checkpoints, full disks and unwritable outputs (one line, no temp files)."""
+import csv
 import errno
 import glob
 import json
@@ -45,8 +46,8 @@ def sed(tmp_path_factory, audioset_labels_csv):
 
 
 def _sed(sed, *extra):
-    inference.main(["sound_event_detection", TORCH, f"--checkpoint_path={sed['ckpt']}", f"--class_labels_csv={sed['csv']}",
-                    *[str(x) for x in extra]])
+    inference.main(["sound_event_detection", TORCH, f"--checkpoint_path={sed['ckpt']}",
+                    f"--class_labels_csv={sed['csv']}", *[str(x) for x in extra]])
 
 
 def _no_temps(folder):
@@ -113,8 +114,8 @@ def test_checks_before_the_model_loads(sed, tmp_path):
     text = tmp_path / "model.pth"
     text.write_text("this is not a checkpoint\nsecond line\n")
     with pytest.raises(CheckpointError, match="is a text file"):
-        inference.main(["audio_tagging", TORCH, "--model_type=Cnn6", f"--checkpoint_path={text}", f"--audio_path={sed['a']}",
-                        f"--class_labels_csv={sed['csv']}"])
+        inference.main(["audio_tagging", TORCH, "--model_type=Cnn6", f"--checkpoint_path={text}",
+                        f"--audio_path={sed['a']}", f"--class_labels_csv={sed['csv']}"])
 
 
 def test_truncated_wav_is_warned_with_the_length_read(sed, tmp_path, caplog, capsys):
@@ -169,3 +170,80 @@ def test_unwritable_output_folder_is_refused_before_inference(sed, tmp_path):
             _sed(sed, f"--audio_path={sed['a']}", "--no_plot", f"--events_csv={ro / 'ev.csv'}")
     finally:
         os.chmod(ro, 0o700)
+
+
+def test_figure_names_stay_unique_when_a_numbered_name_is_another_inputs_stem(sed, tmp_path):
+    """c1/a.wav c2/a.wav c1/a_1.wav: the repeat of a must not take a_1.png, the third input's own name
+    (its figure was overwritten and the JSON named a_1.png twice)."""
+    wavs = [tmp_path / "c1" / "a.wav", tmp_path / "c2" / "a.wav", tmp_path / "c1" / "a_1.wav"]
+    for k, w in enumerate(wavs):
+        w.parent.mkdir(exist_ok=True)
+        sf.write(str(w), _noise(1.0, 10 + k), SR)
+    js = tmp_path / "res.json"
+    _sed(sed, "--audio_path", *wavs, f"--output_dir={tmp_path / 'figs'}", f"--output={js}")
+    figures = [r["figure"] for r in json.loads(js.read_text())["results"]]
+    assert figures == [str(tmp_path / "figs" / n) for n in ("a.png", "a_2.png", "a_1.png")]
+    assert sorted(os.listdir(tmp_path / "figs")) == ["a.png", "a_1.png", "a_2.png"]
+    # case-folded: A.png and a.png are one file on macOS and Windows
+    assert inference._figure_paths(["x/A.wav", "y/a.wav", "z/a.flac"], "f") == ["f/A.png", "f/a_1.png", "f/a_2.png"]
+
+
+def test_failed_files_have_a_row_in_both_csvs(sed, tmp_path):
+    """One of two inputs undecodable: the events CSV keeps its audio_path column (it depended on how many
+    files succeeded) and both CSVs name the failed file with its error, as the JSON does; the rows of the
+    decoded file are the same as without the failure."""
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF....not really a wav file")
+    ev, ev_ref = tmp_path / "ev.csv", tmp_path / "ev_ref.csv"
+    _sed(sed, "--audio_path", sed["a"], sed["b"], "--no_plot", "--threshold=0.05", f"--events_csv={ev_ref}")
+    with pytest.raises(SystemExit) as exit_info:
+        _sed(sed, "--audio_path", sed["a"], bad, "--no_plot", "--threshold=0.05", f"--events_csv={ev}")
+    assert exit_info.value.code == 1
+    rows = list(csv.reader(open(ev, newline="")))
+    assert rows[0] == ["audio_path", "onset", "offset", "label", "score", "error"]
+    good = [r for r in rows[1:] if r[0] == sed["a"]]
+    assert good and good == [r for r in list(csv.reader(open(ev_ref, newline="")))[1:] if r[0] == sed["a"]]
+    assert all(r[5] == "" for r in good)
+    failed = [r for r in rows[1:] if r[0] == str(bad)]
+    assert len(failed) == 1 and failed[0][1:5] == ["", "", "", ""] and "bad.wav" in failed[0][5]
+
+    out, out_ref = tmp_path / "tags.csv", tmp_path / "tags_ref.csv"
+    tagging = ["audio_tagging", TORCH, f"--checkpoint_path={sed['ckpt']}", f"--class_labels_csv={sed['csv']}",
+               "--top_k=3"]
+    inference.main(tagging + ["--audio_path", sed["a"], f"--output={out_ref}"])
+    with pytest.raises(SystemExit) as exit_info:
+        inference.main(tagging + ["--audio_path", sed["a"], str(bad), f"--output={out}"])
+    assert exit_info.value.code == 1
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert rows[:3] == list(csv.DictReader(open(out_ref, newline="")))
+    assert [r["error"] for r in rows[:3]] == ["", "", ""] and rows[0]["label"]
+    assert len(rows) == 4 and rows[3]["audio_path"] == str(bad) and "bad.wav" in rows[3]["error"]
+    assert rows[3]["rank"] == rows[3]["label"] == rows[3]["probability"] == ""
+
+
+def test_long_sed_figure_ticks_are_round_seconds(tmp_path, monkeypatch):
+    """A 1500-s figure had 20 ticks every 76 s labelled 0.0 76.0 152.0 ... that ran into each other."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seen = {}
+
+    def record(path, *a, **k):
+        ax = plt.gcf().axes[1]
+        seen["labels"] = [t.get_text() for t in ax.get_xticklabels()]
+        seen["ticks"] = list(ax.get_xticks())
+        open(path, "wb").close()
+
+    monkeypatch.setattr(plt, "savefig", record)
+    labels = [f"class {i}" for i in range(12)]
+    cps = 100 / 38   # a streamed 1500-s recording's pooled columns
+    cols = int(1500 * cps) + 1
+    inference.draw_sed(np.zeros((8, cols)), np.random.RandomState(0).rand(cols, 12), labels, cps,
+                       str(tmp_path / "long.png"))
+    assert seen["labels"] == [str(s) for s in range(0, 1500, 120)]
+    np.testing.assert_allclose(seen["ticks"], np.arange(0, 1500, 120) * cps)
+    # up to 30 s: the official ticks, every second labelled 0.0, 1.0, ...
+    inference.draw_sed(np.zeros((8, 701)), np.random.RandomState(0).rand(701, 12), labels, 100.0,
+                       str(tmp_path / "short.png"))
+    assert seen["labels"] == [f"{s}.0" for s in range(8)] and seen["ticks"] == [100.0 * s for s in range(8)]

@@ -117,33 +117,48 @@ def _atomic_write_text(path: str, write) -> None:
             write(f)
 
 
-def write_events_csv(path: str, events_by_file: Sequence[Tuple[str, List[Event]]]) -> None:
-    """``onset,offset,label,score`` (seconds); an ``audio_path`` column first when several files."""
-    multi = len(events_by_file) > 1
+EventsOfFile = Tuple[str, List[Event], str]   # (audio_path, events, error: "" when the file was decoded)
+
+
+def write_events_csv(path: str, events_by_file: Sequence[EventsOfFile], several: Optional[bool] = None) -> None:
+    """``onset,offset,label,score`` (seconds) for one input; for several inputs (``several``, default: more
+    than one entry) ``audio_path`` first and ``error`` last, and a file that could not be decoded gets one
+    row of its path and error (else it would look like a file without events).
+
+    The columns follow the inputs given, not how many files were decoded: one failure among two inputs
+    would otherwise drop the audio_path column. (A failure always takes the wide form: it has no row
+    in the other; the command line never gets there, one input that fails is an error.)"""
+    multi = (len(events_by_file) > 1 if several is None else several) or any(err for _, _, err in events_by_file)
 
     def write(f):
         w = csv.writer(f)
-        w.writerow((["audio_path"] if multi else []) + ["onset", "offset", "label", "score"])
-        for audio_path, events in events_by_file:
+        w.writerow(["audio_path", "onset", "offset", "label", "score", "error"] if multi
+                   else ["onset", "offset", "label", "score"])
+        for audio_path, events, error in events_by_file:
+            if error:
+                w.writerow([audio_path, "", "", "", "", error])
             for e in events:
-                w.writerow(([audio_path] if multi else []) + [f"{e.onset:.3f}", f"{e.offset:.3f}", e.label,
-                                                              f"{e.score:.4f}"])
+                row = [f"{e.onset:.3f}", f"{e.offset:.3f}", e.label, f"{e.score:.4f}"]
+                w.writerow([audio_path, *row, ""] if multi else row)
     _atomic_write_text(path, write)
 
 
 def write_results(path: str, records: List[dict], meta: dict) -> None:
-    """--output: .json (everything) or .csv (one row per file and tag)."""
+    """--output: .json (everything) or .csv (one row per file and tag, ``error`` empty; a file that could not
+    be decoded gets one row of its path and its error, so the CSV says which files are missing, as the JSON does)."""
     ext = os.path.splitext(path)[1].lower()
     if ext == ".json":
         _atomic_write_text(path, lambda f: json.dump(dict(meta, results=records), f, indent=2))
     elif ext == ".csv":
         def write(f):
             w = csv.writer(f)
-            w.writerow(["audio_path", "rank", "index", "mid", "label", "probability"])
+            w.writerow(["audio_path", "rank", "index", "mid", "label", "probability", "error"])
             for r in records:
+                if r.get("error"):
+                    w.writerow([r["audio_path"], "", "", "", "", "", r["error"]])
                 for t in r.get("tags", []):
                     w.writerow([r["audio_path"], t["rank"], t["index"], t["mid"], t["label"],
-                                f"{t['probability']:.6f}"])
+                                f"{t['probability']:.6f}", ""])
         _atomic_write_text(path, write)
     else:
         raise PannsError(f"--output must end in .json or .csv, got {path}")
@@ -159,6 +174,30 @@ def plot_sed(waveform: np.ndarray, framewise: np.ndarray, labels: Sequence[str],
 
     stft = np.abs(librosa.stft(y=waveform, n_fft=window_size, hop_length=hop_size, window="hann", center=True))
     draw_sed(np.log(stft + 1e-10), framewise, labels, sample_rate / hop_size, fig_path, top_k)
+
+
+# Tick steps (seconds) of long SED figures: round numbers, so that the labels read as times.
+_TICK_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+_MAX_TICKS = 15   # ~5-character labels on the 10-inch figure stay apart
+
+
+def _time_ticks(frames_num: int, columns_per_second: float) -> Tuple[np.ndarray, List[str]]:
+    """x ticks (column positions) and labels of the SED figure. Up to 30 s: every second labelled 0.0, 1.0, ...
+    (official); longer: a round step in seconds (1, 2, 5, 10, 15, 30 s, 1, 2, 5, 10, 15, 30 min, hours) giving at
+    most _MAX_TICKS ticks, labelled in whole seconds (a step of frames_num/20 gave labels such as 152.0228.0 that
+    ran into each other)."""
+    seconds = frames_num / columns_per_second
+    if seconds <= 30:
+        step = 1.0
+    else:
+        step = next((float(s) for s in _TICK_STEPS if seconds / s <= _MAX_TICKS),
+                    86400.0 * math.ceil(seconds / 86400 / _MAX_TICKS))
+    times = np.arange(0, seconds, step)
+    ticks = times * columns_per_second
+    ticks = ticks[ticks < frames_num]
+    times = times[:len(ticks)]
+    labels = [f"{t:.1f}" for t in times] if seconds <= 30 else [f"{t:.0f}" for t in times]
+    return ticks, labels
 
 
 def draw_sed(log_spec: np.ndarray, framewise: np.ndarray, labels: Sequence[str], columns_per_second: float,
@@ -178,13 +217,9 @@ def draw_sed(log_spec: np.ndarray, framewise: np.ndarray, labels: Sequence[str],
     axs[0].set_ylabel("Frequency bins")
     axs[0].set_title("Log spectrogram")
     axs[1].matshow(top.T, origin="upper", aspect="auto", cmap="jet", vmin=0, vmax=1)
-    fps = int(round(columns_per_second)) if abs(columns_per_second - round(columns_per_second)) < 1e-6 \
-        else columns_per_second
-    seconds = frames_num / columns_per_second
-    step = 1 if seconds <= 30 else max(1, int(math.ceil(seconds / 20)))  # keep long plots readable
-    ticks = np.arange(0, frames_num, fps * step)
+    ticks, tick_labels = _time_ticks(frames_num, columns_per_second)
     axs[1].xaxis.set_ticks(ticks)
-    axs[1].xaxis.set_ticklabels([f"{t / columns_per_second:.1f}" for t in ticks])
+    axs[1].xaxis.set_ticklabels(tick_labels)
     axs[1].yaxis.set_ticks(np.arange(0, len(order)))
     axs[1].yaxis.set_ticklabels([labels[i] for i in order])
     axs[1].yaxis.grid(color="k", linestyle="solid", linewidth=0.3, alpha=0.3)
@@ -335,14 +370,24 @@ class FramewiseWriter:
 
 
 def _figure_paths(paths: Sequence[str], output_dir: str) -> List[str]:
-    """results/<stem>.png per input (official), made unique when two inputs share a stem."""
-    seen: dict = {}
+    """results/<stem>.png per input (official), made unique when two inputs share a stem.
+
+    Every input's own stem is reserved before any repeat is numbered, and a number already taken is
+    skipped: inputs ``c1/a.wav c2/a.wav c1/a_1.wav`` get a.png, a_2.png, a_1.png (numbering the
+    repeat a_1 would overwrite the third input's figure). Names are compared case-folded, since
+    A.png and a.png are one file on macOS and Windows."""
+    stems = [get_filename(p) for p in paths]
+    taken = {s.casefold() for s in stems}
+    given: set = set()
     out = []
-    for p in paths:
-        stem = get_filename(p)
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        out.append(os.path.join(output_dir, f"{stem}.png" if n == 0 else f"{stem}_{n}.png"))
+    for stem in stems:
+        name, n = stem, 0
+        # a repeat takes the first stem_<n> that was not given and is no input's own stem
+        while name.casefold() in given or (n and name.casefold() in taken):
+            n += 1
+            name = f"{stem}_{n}"
+        given.add(name.casefold())
+        out.append(os.path.join(output_dir, f"{name}.png"))
     return out
 
 
@@ -442,7 +487,9 @@ def _tag_files(args, sed: bool, collect: bool = False) -> Tuple[int, List[Option
     plot = sed and not getattr(args, "no_plot", False)
     fig_paths = _figure_paths(paths, args.output_dir) if plot else []
     writer = FramewiseWriter(fw_out, labels, fps, _expected_frames(paths, fps)) if fw_out else None
-    records, events_by_file, failures = [], [], 0
+    records: List[dict] = []
+    events_by_file: List[EventsOfFile] = []
+    failures = 0
     outputs: List[Optional[np.ndarray]] = []
     try:
         for n, path in enumerate(paths):
@@ -455,16 +502,17 @@ def _tag_files(args, sed: bool, collect: bool = False) -> Tuple[int, List[Option
                 if len(paths) == 1:
                     raise
                 logger.error("%s", e)
-                records.append({"audio_path": path, "error": str(e)})
+                error = str(e) or "could not be decoded"   # never empty: "" means decoded in the CSVs
+                records.append({"audio_path": path, "error": error})
                 if collect:
                     outputs.append(None)
+                events_by_file.append((path, [], error))
                 failures += 1
                 continue
             records.append(rec)
             if collect:
                 outputs.append(res.framewise if sed else res.clipwise)
-            if sed:
-                events_by_file.append((path, events))
+            events_by_file.append((path, events, ""))
     except BaseException:
         if writer is not None:
             writer.close(ok=False)
@@ -481,7 +529,7 @@ def _tag_files(args, sed: bool, collect: bool = False) -> Tuple[int, List[Option
         write_results(args.output, records, meta)
         logger.info("wrote %s", args.output)
     if sed and args.events_csv:
-        write_events_csv(args.events_csv, events_by_file)
+        write_events_csv(args.events_csv, events_by_file, several=len(paths) > 1)
         logger.info("wrote %s", args.events_csv)
     if failures:
         logger.error("%d of %d files could not be decoded", failures, len(paths))
