@@ -247,3 +247,20 @@ def test_long_sed_figure_ticks_are_round_seconds(tmp_path, monkeypatch):
     inference.draw_sed(np.zeros((8, 701)), np.random.RandomState(0).rand(701, 12), labels, 100.0,
                        str(tmp_path / "short.png"))
     assert seen["labels"] == [f"{s}.0" for s in range(8)] and seen["ticks"] == [100.0 * s for s in range(8)]
+
+
+def test_a_long_file_of_unknown_length_runs_as_streamed_ones_do(sed, tmp_path, monkeypatch, capsys, caplog):
+    """A file whose header gives no length (m4a, opus: probe_seconds None) was run whole past the streaming limit:
+    the whole-file figure and framewise matrix took 7 GB at 25 minutes. Once decoded, it runs as streamed files
+    do (the windows line, the pooled figure); its outputs are those of the same samples streamed."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(inference, "AUTO_WINDOW_SECONDS", 3.0)   # b.wav (5.3 s) is "long"
+    args = [f"--audio_path={sed['b']}", "--segment_seconds=1", "--threshold=0.2"]
+    _sed(sed, *args, f"--framewise_output={tmp_path / 'known.npy'}", f"--output_dir={tmp_path / 'known'}")
+    monkeypatch.setattr(inference.audio_io, "probe_seconds", lambda path: None)
+    monkeypatch.setattr(inference, "plot_sed", lambda *a, **k: pytest.fail("the whole-file figure was drawn"))
+    with caplog.at_level(logging.INFO):
+        _sed(sed, *args, f"--framewise_output={tmp_path / 'unknown.npy'}", f"--output_dir={tmp_path / 'unknown'}")
+    assert "b.wav is 5 s long; running it in 1-s windows" in caplog.text
+    np.testing.assert_allclose(np.load(tmp_path / "unknown.npy"), np.load(tmp_path / "known.npy"), atol=1e-6)
+    assert (tmp_path / "unknown" / "b.png").stat().st_size > 5_000

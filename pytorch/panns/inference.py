@@ -548,20 +548,29 @@ def _run_file(ld: Runtime, args, path: str, sed: bool, labels: Sequence[str], id
     fps = sr / hop
     seconds = audio_io.probe_seconds(path)
     streamed = seconds is not None and seconds > AUTO_WINDOW_SECONDS
+    waveform: Optional[np.ndarray] = None
+    if streamed:
+        blocks = audio_io.stream_audio(path, sr)
+    else:
+        waveform = audio_io.load_audio(path, sr)
+        blocks = waveform
+        if len(waveform) > AUTO_WINDOW_SECONDS * sr:
+            # A long file whose header gives no length (m4a, opus: decoded whole by ffmpeg) runs as the streamed
+            # ones do from here: its whole-file figure and framewise matrix took 7 GB at 25 minutes
+            seconds, streamed = len(waveform) / sr, True
+            blocks, waveform = iter([waveform]), None
     figure = None
     if streamed:
+        assert seconds is not None
         segment = args.segment_seconds or AUTO_SEGMENT_SECONDS
         logger.info("%s is %.0f s long; running it in %.0f-s windows%s", path, seconds, segment,
                     "" if args.segment_seconds else " (set --segment_seconds to change)")
-        blocks = audio_io.stream_audio(path, sr)
-        waveform = None
         if fig_path:
             figure = _PooledFigure(int(seconds * fps) + 1, ld.config.window_size, hop)
             blocks = (figure.audio(b) for b in blocks)
     else:
-        waveform = audio_io.load_audio(path, sr)
+        assert waveform is not None
         segment = runtime.auto_segment(len(waveform), sr, args.segment_seconds)
-        blocks = waveform
     tracker = EventTracker(labels, fps, args.threshold, args.min_duration) if sed else None
     if writer is not None:
         writer.start(path)
@@ -596,9 +605,10 @@ def _run_file(ld: Runtime, args, path: str, sed: bool, labels: Sequence[str], id
     frames = res.samples // hop + 1
     print("Sound event detection result (time_steps x classes_num): {}".format((frames, len(labels))))
     if fig_path:
-        if streamed:
+        if figure is not None:
             figure.draw(labels, fps, fig_path, top_k)
         else:
+            assert waveform is not None
             plot_sed(waveform, res.framewise, labels, sr, ld.config.window_size, hop, fig_path, top_k)
         print("Save sound event detection visualization to {}".format(fig_path))
         rec["figure"] = fig_path
