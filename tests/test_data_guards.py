@@ -550,3 +550,12 @@ def test_a_flac_cut_short_streams_what_is_there_with_a_warning(tmp_path, caplog)
         got = np.concatenate(list(audio_io.stream_audio(path, 8000, block_seconds=0.5)))
     assert 0 < len(got) < 8000 * 20
     assert "truncated file" in caplog.text and "header says 20.00 s" in caplog.text
+
+
+def test_flac_storage_at_a_rate_flac_cannot_hold_is_refused_before_any_decoding(small, tmp_path, monkeypatch):
+    # --storage flac --sample_rate 700000 decoded every clip, then listed each as a decode error
+    info, _ = small
+    monkeypatch.setattr(packing, "decode_row", lambda *a: pytest.fail("a clip was decoded"))
+    with pytest.raises(PannsError, match="--storage flac cannot hold audio at 700000 Hz"):
+        _pack(info, tmp_path / "x.h5", storage="flac", sample_rate=700000)
+    assert not list(tmp_path.iterdir())

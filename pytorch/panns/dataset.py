@@ -863,7 +863,7 @@ def pack_waveforms_to_hdf5(csv_path: str, audios_dir: str, waveforms_hdf5_path: 
     A clip id listed again in the CSV is packed once (at its first row, with the labels of all its rows), and
     counted in the report: two rows would be sampled and evaluated twice. ``keep_duplicates``: pack every row
     (official)."""
-    storage_mod.check_storage(storage)
+    storage_mod.check_storage(storage, sample_rate)
     clip_samples = packing.clip_samples_for(sample_rate, clip_seconds)
     if mini_data:
         waveforms_hdf5_path += ".mini"

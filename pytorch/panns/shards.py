@@ -757,7 +757,7 @@ def pack_from_shards(shards: str, waveforms_hdf5_path: str, sample_rate: int = c
     Shards whose clips carry no label field at all are refused after the first shard (training on them
     learns nothing) unless ``allow_unlabelled``. A clip id met again is packed once (its first occurrence,
     labels merged by union) and counted in the report, unless ``keep_duplicates`` (every occurrence)."""
-    storage.check_storage(storage_name)
+    storage.check_storage(storage_name, sample_rate)
     clip_samples = packing.clip_samples_for(sample_rate, clip_seconds)
     labels = config.read_class_labels(class_labels_csv)
     paths = list_shards(shards)

@@ -39,9 +39,17 @@ if not hasattr(_DR_FLAC, "ma_dr_flac_open_memory"):
 FLAC_DECODERS = ("miniaudio", "soundfile") if _DR_FLAC is not None else ("soundfile",)
 
 
-def check_storage(storage: str) -> str:
+def check_storage(storage: str, sample_rate: Optional[int] = None) -> str:
+    """``storage`` if it is one of STORAGES and, for flac with ``sample_rate`` given, the encoder takes that
+    rate (FLAC stops at 655,350 Hz: each clip was decoded, then listed as a decode error)."""
     if storage not in STORAGES:
         raise PannsError(f"--storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    if storage == "flac" and sample_rate is not None:
+        try:   # the library's own limit, asked once: a short silent row
+            encode_flac(np.zeros(16, np.int16), sample_rate)
+        except Exception:   # soundfile's words name a BytesIO object, not the cause
+            raise PannsError(f"--storage flac cannot hold audio at {sample_rate} Hz (FLAC stops at 655,350 Hz); "
+                             "use --storage pcm16 or a lower --sample_rate") from None
     return storage
 
 
