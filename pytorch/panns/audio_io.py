@@ -56,6 +56,16 @@ class TruncatedAudioError(AudioDecodeError):
         self.declared_s, self.read_s = declared_s, read_s
 
 
+# What soundfile raises on a file it opened but cannot decode (every reader here catches this list), and the
+# words of libsndfile for a FLAC stream cut short, whose samples up to the cut are the file (with a warning).
+SOUNDFILE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
+
+
+def cut_short(error: Exception) -> bool:
+    """Whether a soundfile error is a FLAC stream cut short ('decoder lost sync')."""
+    return "lost sync" in str(error)
+
+
 # A pipe's writer cannot know the length when it writes the header: ffmpeg and sox put 0xFFFFFFFF, others
 # 0x7FFFFFFF or 0x7FFFF000 (and arecord 0). A WAV data size of 0 or at least this means "until the end".
 WAV_UNKNOWN_SIZE = 0x7FFF0000
@@ -63,7 +73,7 @@ _SAMPLE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4
 _WAV_DATA_RE = re.compile(r"\ndata : (\d+) \(should be (\d+)\)")
 
 
-def _declared_frames(f: "sf.SoundFile") -> Optional[int]:
+def declared_frames(f: "sf.SoundFile") -> Optional[int]:
     """Frames the header promises, where the format states it exactly (WAV data size, FLAC STREAMINFO).
 
     libsndfile silently shortens a WAV whose data chunk runs past the end of the file and only says so
@@ -84,7 +94,7 @@ def is_truncated(path: str) -> bool:
     """True when a WAV/FLAC file is shorter than its header says (an interrupted download or copy)."""
     try:
         with sf.SoundFile(path) as f:
-            declared = _declared_frames(f)
+            declared = declared_frames(f)
             return declared is not None and declared > f.frames
     except Exception:
         return False
@@ -93,7 +103,7 @@ def is_truncated(path: str) -> bool:
 def _decode_soundfile(src) -> Tuple[np.ndarray, int, Optional[int]]:
     """(float32 (channels, samples), rate, frames the header declares or None) of a path or file object."""
     with sf.SoundFile(src) as f:
-        declared = _declared_frames(f)
+        declared = declared_frames(f)
         data = f.read(dtype="float32", always_2d=True)  # (samples, channels)
         return data.T, f.samplerate, declared
 
@@ -148,9 +158,9 @@ def read_audio(path: str, on_truncated: str = "warn") -> Tuple[np.ndarray, int]:
     declared = None
     try:
         data, sr, declared = _decode_soundfile(path)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+    except SOUNDFILE_ERRORS as e:
         try:
-            declared = sf.info(path).frames if "lost sync" in str(e) else None  # a cut FLAC stream
+            declared = sf.info(path).frames if cut_short(e) else None
         except Exception:
             declared = None
         data, sr = _decode_ffmpeg(path)
@@ -165,9 +175,9 @@ def read_audio_bytes(data: bytes, name: str = "<bytes>", on_truncated: str = "wa
     declared = None
     try:
         audio, sr, declared = _decode_soundfile(io.BytesIO(data))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+    except SOUNDFILE_ERRORS as e:
         try:
-            declared = sf.info(io.BytesIO(data)).frames if "lost sync" in str(e) else None
+            declared = sf.info(io.BytesIO(data)).frames if cut_short(e) else None
         except Exception:
             declared = None
         audio, sr = _decode_ffmpeg(name, data)
@@ -234,7 +244,7 @@ def stream_audio(path: str, sample_rate: int, block_seconds: float = 30.0) -> It
         yield load_audio(path, sample_rate)
         return
     with f:
-        declared, sr = _declared_frames(f), f.samplerate
+        declared, sr = declared_frames(f), f.samplerate
         stream = None if sr == sample_rate else soxr.ResampleStream(sr, sample_rate, 1, dtype="float32", quality="HQ")
         read = 0
         blocks = f.blocks(blocksize=max(1, int(block_seconds * sr)), dtype="float32", always_2d=True)
@@ -243,10 +253,10 @@ def stream_audio(path: str, sample_rate: int, block_seconds: float = 30.0) -> It
                 block = next(blocks)
             except StopIteration:
                 break
-            except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:   # read_audio's list
+            except SOUNDFILE_ERRORS as e:
                 # A file that fails part-way (a FLAC cut short: 'decoder lost sync') aborted a whole multi-file
                 # run with a traceback; as read_audio does, what came before is the file, with the warning below
-                if "lost sync" not in str(e) or read == 0:
+                if not cut_short(e) or read == 0:
                     raise AudioDecodeError(f"cannot decode {path}: {' '.join(str(e).split())} after "
                                            f"{read / sr:.2f} s") from None
                 declared = max(declared or 0, int(f.frames))

@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import soundfile as sf
 
+from panns import audio_io
 from panns.errors import PannsError
 
 try:  # optional: without it (or in a version without the dr_flac functions) libsndfile decodes
@@ -98,7 +99,7 @@ def _decode_soundfile(data: np.ndarray, out: np.ndarray, name: str) -> None:
                 raise PannsError(f"FLAC {name} has {f.channels} channels, expected 1")
             n = f.read(frames=len(out), dtype="int16", out=out)
             n = len(n) if isinstance(n, np.ndarray) else int(n)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+    except audio_io.SOUNDFILE_ERRORS as e:
         raise PannsError(f"cannot decode FLAC {name}: {e}") from None
     if n != len(out):
         raise PannsError(f"FLAC {name} holds {n} samples, expected {len(out)}")

@@ -654,15 +654,15 @@ def _soundfile_chunks(f: sf.SoundFile, source: str, chunk_seconds: float) -> Ite
     says is a logged warning, as offline. Without ffmpeg, the failure is one line after the chunks given."""
     done, failure, rate = 0, None, int(f.samplerate)
     with f:
-        declared = audio_io._declared_frames(f)
+        declared = audio_io.declared_frames(f)
         try:
             for block in f.blocks(blocksize=max(1, int(round(chunk_seconds * rate))), dtype="float32",
                                   always_2d=True):
                 done += len(block)
                 yield block, rate
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:   # audio_io.read_audio's list
+        except audio_io.SOUNDFILE_ERRORS as e:
             failure = e
-            declared = int(f.frames) if "lost sync" in str(e) else None   # as read_audio: a cut FLAC stream
+            declared = int(f.frames) if audio_io.cut_short(e) else None   # as read_audio
     if failure is not None:
         if audio_io.ffmpeg_exe() is None:
             raise AudioDecodeError(f"cannot decode {source}: {failure} after {done / rate:.2f} s (the rest needs "
